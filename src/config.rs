@@ -1,0 +1,344 @@
+//! `UNet2DModel` configuration: diffusers' `config.json`, parsed and validated.
+//!
+//! Every key diffusers writes is either understood or rejected with an error naming the key and
+//! its value; nothing is silently ignored that would change the computation.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use serde_json::Value;
+
+use crate::error::{unsupported, Error, Result};
+
+/// The kinds of down block diffusers' `UNet2DModel` can hold that this library runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownBlockKind {
+    /// `DownBlock2D`: resnets only.
+    Plain,
+    /// `AttnDownBlock2D`: each resnet followed by a self-attention block.
+    Attention,
+}
+
+/// The kinds of up block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpBlockKind {
+    /// `UpBlock2D`.
+    Plain,
+    /// `AttnUpBlock2D`.
+    Attention,
+}
+
+/// A validated `UNet2DModel` configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UNetConfig {
+    /// (height, width) the model was trained at; sampling uses it.
+    pub sample_size: (usize, usize),
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub center_input_sample: bool,
+    /// Width of the sinusoidal embedding is `block_out_channels[0]`.
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    /// `time_embedding_dim`, default `4 * block_out_channels[0]`.
+    pub time_embed_dim: usize,
+    pub down_blocks: Vec<DownBlockKind>,
+    pub up_blocks: Vec<UpBlockKind>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    /// `None` when `mid_block_type` is null.
+    pub mid_block: Option<MidBlockConfig>,
+    pub downsample_padding: usize,
+    /// `None` means heads of width = the block's channels (one head).
+    pub attention_head_dim: Option<usize>,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+    pub num_class_embeds: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MidBlockConfig {
+    pub add_attention: bool,
+    /// Output scale of the mid block's resnets and attention (`mid_block_scale_factor`).
+    pub scale_factor: f64,
+    /// Groups of the mid attention's GroupNorm (`attn_norm_num_groups`, default `norm_num_groups`).
+    pub attn_groups: usize,
+}
+
+const FILE: &str = "config.json";
+
+fn json_err(message: impl Into<String>) -> Error {
+    Error::InvalidJson { file: FILE, message: message.into() }
+}
+
+fn bad(key: &str, message: impl Into<String>) -> Error {
+    Error::InvalidConfig { key: key.into(), message: message.into() }
+}
+
+/// A positive integer that fits comfortably in memory arithmetic (no overflow later on).
+fn as_size(key: &str, v: &Value) -> Result<usize> {
+    const MAX: u64 = 1 << 20;
+    match v.as_u64() {
+        Some(n) if n >= 1 && n <= MAX => Ok(n as usize),
+        Some(n) => Err(bad(key, alloc::format!("{n} is out of range 1..={MAX}"))),
+        None => Err(bad(key, alloc::format!("expected a positive integer, got {v}"))),
+    }
+}
+
+fn as_bool(key: &str, v: &Value) -> Result<bool> {
+    v.as_bool().ok_or_else(|| bad(key, alloc::format!("expected true or false, got {v}")))
+}
+
+fn as_f64(key: &str, v: &Value) -> Result<f64> {
+    match v.as_f64() {
+        Some(x) if x.is_finite() => Ok(x),
+        _ => Err(bad(key, alloc::format!("expected a number, got {v}"))),
+    }
+}
+
+fn as_str<'a>(key: &str, v: &'a Value) -> Result<&'a str> {
+    v.as_str().ok_or_else(|| bad(key, alloc::format!("expected a string, got {v}")))
+}
+
+fn as_list<'a>(key: &str, v: &'a Value) -> Result<&'a Vec<Value>> {
+    v.as_array().ok_or_else(|| bad(key, alloc::format!("expected a list, got {v}")))
+}
+
+impl UNetConfig {
+    /// Parses diffusers' `config.json` for a `UNet2DModel`.
+    pub fn from_json(text: &str) -> Result<UNetConfig> {
+        let root: Value = serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
+        let obj = root.as_object().ok_or_else(|| json_err("top level is not an object"))?;
+
+        // diffusers' defaults for UNet2DModel.
+        let mut sample_size = None;
+        let mut in_channels = 3;
+        let mut out_channels = 3;
+        let mut center_input_sample = false;
+        let mut flip_sin_to_cos = true;
+        let mut freq_shift = 0.0;
+        let mut time_embedding_dim = None;
+        let mut down_types: Vec<String> = ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut up_types: Vec<String> = ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut block_out_channels = alloc::vec![224, 448, 672, 896];
+        let mut layers_per_block = 2;
+        let mut mid_block_type = true;
+        let mut mid_scale = 1.0;
+        let mut downsample_padding = 1;
+        let mut attention_head_dim = Some(8);
+        let mut norm_num_groups = 32;
+        let mut attn_norm_num_groups = None;
+        let mut norm_eps = 1e-5;
+        let mut add_attention = true;
+        let mut num_class_embeds = None;
+
+        for (key, v) in obj {
+            let k = key.as_str();
+            match k {
+                _ if k.starts_with('_') => {} // _class_name, _diffusers_version, _name_or_path
+                "sample_size" => {
+                    sample_size = Some(match v {
+                        Value::Array(hw) if hw.len() == 2 => (as_size(k, &hw[0])?, as_size(k, &hw[1])?),
+                        Value::Null => return Err(bad(k, "null: give the trained resolution")),
+                        _ => {
+                            let s = as_size(k, v)?;
+                            (s, s)
+                        }
+                    })
+                }
+                "in_channels" => in_channels = as_size(k, v)?,
+                "out_channels" => out_channels = as_size(k, v)?,
+                "center_input_sample" => center_input_sample = as_bool(k, v)?,
+                "flip_sin_to_cos" => flip_sin_to_cos = as_bool(k, v)?,
+                "freq_shift" => freq_shift = as_f64(k, v)?,
+                "time_embedding_dim" => {
+                    time_embedding_dim = if v.is_null() { None } else { Some(as_size(k, v)?) }
+                }
+                "down_block_types" => {
+                    down_types = as_list(k, v)?.iter().map(|s| as_str(k, s).map(String::from)).collect::<Result<_>>()?
+                }
+                "up_block_types" => {
+                    up_types = as_list(k, v)?.iter().map(|s| as_str(k, s).map(String::from)).collect::<Result<_>>()?
+                }
+                "block_out_channels" => {
+                    block_out_channels = as_list(k, v)?.iter().map(|c| as_size(k, c)).collect::<Result<_>>()?
+                }
+                "layers_per_block" => layers_per_block = as_size(k, v)?,
+                "mid_block_type" => {
+                    mid_block_type = match v {
+                        Value::Null => false,
+                        Value::String(s) if s == "UNetMidBlock2D" => true,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                "mid_block_scale_factor" => mid_scale = as_f64(k, v)?,
+                "downsample_padding" => {
+                    downsample_padding = match v.as_u64() {
+                        Some(p @ (0 | 1)) => p as usize,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                "attention_head_dim" => {
+                    attention_head_dim = if v.is_null() { None } else { Some(as_size(k, v)?) }
+                }
+                "norm_num_groups" => {
+                    if v.is_null() {
+                        return Err(unsupported(k, v));
+                    }
+                    norm_num_groups = as_size(k, v)?
+                }
+                "attn_norm_num_groups" => {
+                    attn_norm_num_groups = if v.is_null() { None } else { Some(as_size(k, v)?) }
+                }
+                "norm_eps" => {
+                    norm_eps = as_f64(k, v)?;
+                    if norm_eps <= 0.0 {
+                        return Err(bad(k, "must be positive"));
+                    }
+                }
+                "add_attention" => add_attention = as_bool(k, v)?,
+                "num_class_embeds" => {
+                    num_class_embeds = if v.is_null() { None } else { Some(as_size(k, v)?) }
+                }
+                // Options with one supported value.
+                "act_fn" => expect_value(k, v, &Value::from("silu"))?,
+                "time_embedding_type" => expect_value(k, v, &Value::from("positional"))?,
+                "downsample_type" => expect_value(k, v, &Value::from("conv"))?,
+                "upsample_type" => expect_value(k, v, &Value::from("conv"))?,
+                "resnet_time_scale_shift" => expect_value(k, v, &Value::from("default"))?,
+                "class_embed_type" => expect_value(k, v, &Value::Null)?,
+                // Training-only or unused by the positional embedding.
+                "dropout" => {
+                    as_f64(k, v)?;
+                }
+                "num_train_timesteps" => {}
+                _ => return Err(unsupported(k, v)),
+            }
+        }
+
+        let sample_size = sample_size.ok_or_else(|| bad("sample_size", "missing"))?;
+        let parse_down = |s: &String| match s.as_str() {
+            "DownBlock2D" => Ok(DownBlockKind::Plain),
+            "AttnDownBlock2D" => Ok(DownBlockKind::Attention),
+            other => Err(unsupported("down_block_types", other)),
+        };
+        let parse_up = |s: &String| match s.as_str() {
+            "UpBlock2D" => Ok(UpBlockKind::Plain),
+            "AttnUpBlock2D" => Ok(UpBlockKind::Attention),
+            other => Err(unsupported("up_block_types", other)),
+        };
+        let down_blocks = down_types.iter().map(parse_down).collect::<Result<Vec<_>>>()?;
+        let up_blocks = up_types.iter().map(parse_up).collect::<Result<Vec<_>>>()?;
+        let time_embed_dim = time_embedding_dim.unwrap_or(block_out_channels.first().copied().unwrap_or(1) * 4);
+
+        let cfg = UNetConfig {
+            sample_size,
+            in_channels,
+            out_channels,
+            center_input_sample,
+            flip_sin_to_cos,
+            freq_shift,
+            time_embed_dim,
+            down_blocks,
+            up_blocks,
+            block_out_channels,
+            layers_per_block,
+            mid_block: mid_block_type.then(|| MidBlockConfig {
+                add_attention,
+                scale_factor: mid_scale,
+                attn_groups: attn_norm_num_groups.unwrap_or(norm_num_groups),
+            }),
+            downsample_padding,
+            attention_head_dim,
+            norm_num_groups,
+            norm_eps,
+            num_class_embeds,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the relations between fields that diffusers would reject (or that would make the
+    /// model ill-defined): matching block counts, channels divisible by groups and heads,
+    /// even spatial sizes at every downsampling.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err(bad("block_out_channels", "must not be empty"));
+        }
+        if self.down_blocks.len() != n {
+            return Err(bad("down_block_types", "needs one entry per block_out_channels"));
+        }
+        if self.up_blocks.len() != n {
+            return Err(bad("up_block_types", "needs one entry per block_out_channels"));
+        }
+        let g = self.norm_num_groups;
+        for &c in &self.block_out_channels {
+            if c % g != 0 {
+                return Err(bad(
+                    "norm_num_groups",
+                    alloc::format!("{g} groups do not divide block channels {c}"),
+                ));
+            }
+        }
+        if let Some(mid) = &self.mid_block {
+            let c = self.block_out_channels[n - 1];
+            if mid.add_attention && c % mid.attn_groups != 0 {
+                return Err(bad("attn_norm_num_groups", alloc::format!("does not divide {c}")));
+            }
+        }
+        let attention_channels = self
+            .down_blocks
+            .iter()
+            .zip(&self.block_out_channels)
+            .filter(|(k, _)| **k == DownBlockKind::Attention)
+            .map(|(_, c)| *c)
+            .chain(
+                self.up_blocks
+                    .iter()
+                    .zip(self.block_out_channels.iter().rev())
+                    .filter(|(k, _)| **k == UpBlockKind::Attention)
+                    .map(|(_, c)| *c),
+            )
+            .chain(self.mid_block.iter().filter(|m| m.add_attention).map(|_| self.block_out_channels[n - 1]));
+        for c in attention_channels {
+            if let Some(d) = self.attention_head_dim {
+                if c % d != 0 {
+                    return Err(bad("attention_head_dim", alloc::format!("{d} does not divide {c} channels")));
+                }
+            }
+        }
+        let (h, w) = self.sample_size;
+        let scale = 1usize << (n - 1).min(20);
+        if h % scale != 0 || w % scale != 0 {
+            return Err(bad(
+                "sample_size",
+                alloc::format!("{h}x{w} is not divisible by {scale}, the total downsampling factor"),
+            ));
+        }
+        if self.time_embed_dim == 0 || self.block_out_channels[0] < 2 {
+            return Err(bad("block_out_channels", "first block needs at least 2 channels"));
+        }
+        Ok(())
+    }
+
+    /// Number of heads of an attention block over `channels`.
+    pub fn heads(&self, channels: usize) -> usize {
+        match self.attention_head_dim {
+            Some(d) => channels / d,
+            None => 1,
+        }
+    }
+}
+
+fn expect_value(key: &str, v: &Value, want: &Value) -> Result<()> {
+    if v == want {
+        Ok(())
+    } else {
+        Err(unsupported(key, v))
+    }
+}

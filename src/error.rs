@@ -1,0 +1,81 @@
+//! One error type for the whole library: every bad input ends here, typed, never as a panic.
+
+use alloc::string::String;
+use core::fmt;
+
+/// Everything that can go wrong when loading a model, planning memory or sampling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// A JSON file (config.json, scheduler_config.json, model_index.json) is not valid JSON
+    /// or has a field of the wrong type.
+    InvalidJson { file: &'static str, message: String },
+    /// A config key has a value this library does not support (or an unknown key).
+    UnsupportedConfig { key: String, value: String },
+    /// A config value is out of its valid range (e.g. channels not divisible by groups).
+    InvalidConfig { key: String, message: String },
+    /// The safetensors container itself is malformed (header, offsets, lengths).
+    InvalidSafetensors { message: String },
+    /// A tensor the config requires is absent from the weights file.
+    MissingTensor { name: String },
+    /// A tensor has a shape other than the config implies.
+    ShapeMismatch { name: String, expected: String, found: String },
+    /// A tensor has a dtype this library cannot read (only F32, F16, BF16 are).
+    UnsupportedDtype { name: String, dtype: String },
+    /// f16 data in the file is not 2-byte aligned, so it cannot be used in place.
+    UnalignedTensor { name: String },
+    /// A weight contains NaN or infinity.
+    NonFiniteWeight { name: String },
+    /// A caller-provided buffer (workspace, input, output, noise) has the wrong length.
+    BufferSize { what: &'static str, expected: usize, found: usize },
+    /// An argument is out of range (batch 0, steps 0, class label too large, ...).
+    InvalidArgument { what: &'static str, message: String },
+    /// Reading a file or folder failed (std only).
+    Io { path: String, message: String },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidJson { file, message } => write!(f, "{file}: invalid JSON: {message}"),
+            Error::UnsupportedConfig { key, value } => {
+                write!(f, "unsupported config: `{key}` = {value}")
+            }
+            Error::InvalidConfig { key, message } => write!(f, "invalid config `{key}`: {message}"),
+            Error::InvalidSafetensors { message } => {
+                write!(f, "malformed safetensors file: {message}")
+            }
+            Error::MissingTensor { name } => write!(f, "missing tensor `{name}` in weights file"),
+            Error::ShapeMismatch { name, expected, found } => {
+                write!(f, "tensor `{name}` has shape {found}, expected {expected}")
+            }
+            Error::UnsupportedDtype { name, dtype } => {
+                write!(f, "tensor `{name}` has unsupported dtype {dtype} (F32, F16, BF16 are)")
+            }
+            Error::UnalignedTensor { name } => write!(
+                f,
+                "f16 tensor `{name}` is not 2-byte aligned in the file; rewrite it with `sample convert`"
+            ),
+            Error::NonFiniteWeight { name } => write!(f, "tensor `{name}` contains NaN or infinity"),
+            Error::BufferSize { what, expected, found } => {
+                write!(f, "{what}: expected {expected} elements, got {found}")
+            }
+            Error::InvalidArgument { what, message } => write!(f, "invalid {what}: {message}"),
+            Error::Io { path, message } => write!(f, "{path}: {message}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// Shorthand used by validation code: `invalid("batch", "must be at least 1")`.
+pub(crate) fn invalid_arg(what: &'static str, message: impl Into<String>) -> Error {
+    Error::InvalidArgument { what, message: message.into() }
+}
+
+pub(crate) fn unsupported(key: &str, value: impl fmt::Display) -> Error {
+    use alloc::string::ToString;
+    Error::UnsupportedConfig { key: key.into(), value: value.to_string() }
+}

@@ -1,0 +1,179 @@
+//! The scalar reference kernels: straightforward loops, f32 accumulation, f16 weights.
+//!
+//! Every faster path is tested against these. They are also what a `no_std` target without SIMD
+//! runs, so they avoid allocation and keep the inner loops over contiguous memory where the
+//! layout allows.
+
+use super::{AttentionArgs, ConvArgs, GroupNormArgs, KernelTable, LinearArgs};
+
+pub static TABLE: KernelTable =
+    KernelTable { name: "scalar", conv2d, group_norm, linear, attention };
+
+/// Direct convolution over NHWC input with OIHW f16 weights.
+pub fn conv2d(a: &ConvArgs<'_>, out: &mut [f32]) {
+    let s = &a.shape;
+    let (vh, vw) = s.virtual_in();
+    let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
+    let k = s.kernel;
+    let kk = k * k;
+    let up = s.upsample as usize;
+    for b in 0..s.batch {
+        for oy in 0..s.out_h {
+            for ox in 0..s.out_w {
+                let pixel = (b * s.out_h + oy) * s.out_w + ox;
+                let acc = &mut out[pixel * s.out_c..(pixel + 1) * s.out_c];
+                for (co, o) in acc.iter_mut().enumerate() {
+                    *o = a.bias[co].to_f32();
+                }
+                for ky in 0..k {
+                    // Virtual input row; rows outside [0, vh) are zero padding.
+                    let iy = (oy * s.stride + ky) as isize - s.pad_top as isize;
+                    if iy < 0 || iy >= vh as isize {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let ix = (ox * s.stride + kx) as isize - s.pad_left as isize;
+                        if ix < 0 || ix >= vw as isize {
+                            continue;
+                        }
+                        let src = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
+                        let xa = &a.in_a[src * ca..(src + 1) * ca];
+                        let xb = &a.in_b[src * cb..(src + 1) * cb];
+                        let tap = ky * k + kx;
+                        for (co, o) in acc.iter_mut().enumerate() {
+                            let w = &a.weight[co * cin * kk..(co + 1) * cin * kk];
+                            let mut sum = 0.0f32;
+                            for (ci, x) in xa.iter().chain(xb.iter()).enumerate() {
+                                sum += x * w[ci * kk + tap].to_f32();
+                            }
+                            *o += sum;
+                        }
+                    }
+                }
+                finish_pixel(acc, b, pixel, a.channel_add, a.residual, a.out_scale);
+            }
+        }
+    }
+}
+
+/// Adds the per-channel term and the residual, then applies the output scale.
+#[inline]
+pub(crate) fn finish_pixel(acc: &mut [f32], b: usize, pixel: usize, channel_add: &[f32], residual: &[f32], scale: f32) {
+    let c = acc.len();
+    if !channel_add.is_empty() {
+        for (o, t) in acc.iter_mut().zip(&channel_add[b * c..(b + 1) * c]) {
+            *o += t;
+        }
+    }
+    if !residual.is_empty() {
+        for (o, r) in acc.iter_mut().zip(&residual[pixel * c..(pixel + 1) * c]) {
+            *o += r;
+        }
+    }
+    if scale != 1.0 {
+        for o in acc.iter_mut() {
+            *o /= scale;
+        }
+    }
+}
+
+/// GroupNorm over NHWC (statistics per sample and group, over pixels and the group's channels),
+/// optionally followed by SiLU. Statistics accumulate in f64: groups can span many pixels.
+pub fn group_norm(a: &GroupNormArgs<'_>, out: &mut [f32]) {
+    let (ca, cb) = (a.in_ca, a.in_cb);
+    let c = ca + cb;
+    let cpg = c / a.groups;
+    let count = (a.pixels * cpg) as f64;
+    let at = |b: usize, p: usize, ch: usize| -> f32 {
+        let pix = b * a.pixels + p;
+        if ch < ca {
+            a.in_a[pix * ca + ch]
+        } else {
+            a.in_b[pix * cb + ch - ca]
+        }
+    };
+    for b in 0..a.batch {
+        for g in 0..a.groups {
+            let chans = g * cpg..(g + 1) * cpg;
+            let mut sum = 0.0f64;
+            for p in 0..a.pixels {
+                for ch in chans.clone() {
+                    sum += at(b, p, ch) as f64;
+                }
+            }
+            let mean = sum / count;
+            let mut var = 0.0f64;
+            for p in 0..a.pixels {
+                for ch in chans.clone() {
+                    let d = at(b, p, ch) as f64 - mean;
+                    var += d * d;
+                }
+            }
+            let inv_std = 1.0 / libm::sqrt(var / count + a.eps as f64);
+            for p in 0..a.pixels {
+                for ch in chans.clone() {
+                    let scale = inv_std as f32 * a.gamma[ch].to_f32();
+                    let y = (at(b, p, ch) - mean as f32) * scale + a.beta[ch].to_f32();
+                    out[(b * a.pixels + p) * c + ch] = if a.silu { super::silu(y) } else { y };
+                }
+            }
+        }
+    }
+}
+
+pub fn linear(a: &LinearArgs<'_>, out: &mut [f32]) {
+    for r in 0..a.rows {
+        let x = &a.input[r * a.in_f..(r + 1) * a.in_f];
+        for o in 0..a.out_f {
+            let w = &a.weight[o * a.in_f..(o + 1) * a.in_f];
+            let mut sum = 0.0f32;
+            for (xi, wi) in x.iter().zip(w) {
+                sum += xi * wi.to_f32();
+            }
+            let mut y = sum + a.bias[o].to_f32();
+            if !a.residual.is_empty() {
+                y += a.residual[r * a.out_f + o];
+            }
+            out[r * a.out_f + o] = if a.out_scale != 1.0 { y / a.out_scale } else { y };
+        }
+    }
+}
+
+/// softmax(Q K^T / sqrt(d)) V per head, one query row at a time, so only `tokens` scores exist
+/// at once.
+pub fn attention(a: &AttentionArgs<'_>, scores: &mut [f32], out: &mut [f32]) {
+    let (n, c) = (a.tokens, a.channels);
+    let d = c / a.heads;
+    let scale = 1.0 / libm::sqrtf(d as f32);
+    let scores = &mut scores[..n];
+    for b in 0..a.batch {
+        let base = b * n * c;
+        for h in 0..a.heads {
+            let off = base + h * d;
+            for i in 0..n {
+                let q = &a.q[off + i * c..off + i * c + d];
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let k = &a.k[off + j * c..off + j * c + d];
+                    let dot: f32 = q.iter().zip(k).map(|(x, y)| x * y).sum();
+                    *s = dot * scale;
+                    max = max.max(*s);
+                }
+                let mut total = 0.0f32;
+                for s in scores.iter_mut() {
+                    *s = libm::expf(*s - max);
+                    total += *s;
+                }
+                let o = &mut out[off + i * c..off + i * c + d];
+                o.fill(0.0);
+                for (j, s) in scores.iter().enumerate() {
+                    let v = &a.v[off + j * c..off + j * c + d];
+                    let p = s / total;
+                    for (oe, ve) in o.iter_mut().zip(v) {
+                        *oe += p * ve;
+                    }
+                }
+            }
+        }
+    }
+}

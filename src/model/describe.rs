@@ -1,0 +1,331 @@
+//! Config → op list: diffusers' `UNet2DModel`, block by block.
+//!
+//! The walk mirrors `UNet2DModel.forward`: time embedding, `conv_in`, down blocks (resnets,
+//! optional attention, stride-2 conv), mid block, up blocks (resnets over the skip concat,
+//! optional attention, nearest-2x upsample folded into a conv), GroupNorm+SiLU, `conv_out`.
+//! Each weight is looked up by its diffusers name once, here.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::{AttentionOp, ConvOp, GroupNormOp, Input, LinearOp, Op, Tap, TensorId, TensorSpec, TimeEmbeddingOp};
+use crate::config::{DownBlockKind, UNetConfig, UpBlockKind};
+use crate::error::{unsupported, Result};
+use crate::kernels::ConvShape;
+use crate::weights::{WeightLoader, WeightRef};
+
+pub struct Described {
+    pub tensors: Vec<TensorSpec>,
+    pub ops: Vec<Op>,
+    pub taps: Vec<Tap>,
+    pub parameters: usize,
+}
+
+/// A feature map in the walk: which tensor, and its (channels, height, width).
+#[derive(Clone, Copy)]
+struct Map {
+    input: Input,
+    ca: usize,
+    cb: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Map {
+    fn one(t: TensorId, c: usize, h: usize, w: usize) -> Map {
+        Map { input: Input::One(t), ca: c, cb: 0, h, w }
+    }
+    fn channels(&self) -> usize {
+        self.ca + self.cb
+    }
+    fn tensor(&self) -> TensorId {
+        self.input.first()
+    }
+}
+
+struct Builder<'a> {
+    cfg: &'a UNetConfig,
+    loader: &'a mut WeightLoader,
+    tensors: Vec<TensorSpec>,
+    ops: Vec<Op>,
+    taps: Vec<Tap>,
+    parameters: usize,
+    /// Silu'd time embedding, `[embed_dim]` per sample.
+    temb: TensorId,
+}
+
+impl Builder<'_> {
+    fn tensor(&mut self, name: String, len: usize) -> TensorId {
+        self.tensors.push(TensorSpec { len, name });
+        self.tensors.len() - 1
+    }
+
+    fn weight(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
+        let r = self.loader.take(names, shape)?;
+        self.parameters += r.len();
+        Ok(r)
+    }
+
+    /// `{prefix}.weight` and `{prefix}.bias`.
+    fn weight_bias(&mut self, prefix: &str, shape: &[usize]) -> Result<(WeightRef, WeightRef)> {
+        let w = self.weight(&[&format!("{prefix}.weight")], shape)?;
+        let b = self.weight(&[&format!("{prefix}.bias")], &shape[..1])?;
+        Ok((w, b))
+    }
+
+    fn tap(&mut self, name: &str, m: Map) {
+        self.taps.push(Tap { name: name.into(), tensor: m.tensor(), channels: m.channels(), height: m.h, width: m.w });
+    }
+
+    fn group_norm(&mut self, prefix: &str, x: Map, groups: usize, silu: bool) -> Result<Map> {
+        let c = x.channels();
+        let (gamma, beta) = self.weight_bias(prefix, &[c])?;
+        let out = self.tensor(prefix.into(), c * x.h * x.w);
+        self.ops.push(Op::GroupNorm(GroupNormOp {
+            input: x.input,
+            in_ca: x.ca,
+            in_cb: x.cb,
+            pixels: x.h * x.w,
+            groups,
+            eps: self.cfg.norm_eps as f32,
+            gamma,
+            beta,
+            silu,
+            out,
+        }));
+        Ok(Map::one(out, c, x.h, x.w))
+    }
+
+    /// A convolution; `stride_pad` is (stride, padding) with diffusers' padding semantics
+    /// (padding 0 at stride 2 means one row/column of zeros at the bottom/right).
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        prefix: &str,
+        x: Map,
+        out_c: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        upsample: bool,
+        channel_add: Option<TensorId>,
+        residual: Option<TensorId>,
+        out_scale: f64,
+    ) -> Result<Map> {
+        let (weight, bias) = self.weight_bias(prefix, &[out_c, x.channels(), kernel, kernel])?;
+        let (vh, vw) = if upsample { (2 * x.h, 2 * x.w) } else { (x.h, x.w) };
+        // diffusers' Downsample2D with padding 0 pads (0, 1, 0, 1) before a stride-2 conv.
+        let extra = if stride == 2 && padding == 0 { 1 } else { 0 };
+        let out_h = (vh + 2 * padding + extra - kernel) / stride + 1;
+        let out_w = (vw + 2 * padding + extra - kernel) / stride + 1;
+        let out = self.tensor(prefix.into(), out_c * out_h * out_w);
+        let shape = ConvShape {
+            batch: 1,
+            in_h: x.h,
+            in_w: x.w,
+            in_ca: x.ca,
+            in_cb: x.cb,
+            out_c,
+            out_h,
+            out_w,
+            kernel,
+            stride,
+            pad_top: padding,
+            pad_left: padding,
+            upsample,
+        };
+        self.ops.push(Op::Conv(ConvOp {
+            input: x.input,
+            shape,
+            weight,
+            bias,
+            channel_add,
+            residual,
+            out_scale: out_scale as f32,
+            out,
+        }));
+        Ok(Map::one(out, out_c, out_h, out_w))
+    }
+
+    /// diffusers' `ResnetBlock2D` (time_embedding_norm "default"):
+    /// `(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`.
+    fn resnet(&mut self, p: &str, x: Map, out_c: usize, scale: f64) -> Result<Map> {
+        let groups = self.cfg.norm_num_groups;
+        let h = self.group_norm(&format!("{p}.norm1"), x, groups, true)?;
+        let (pw, pb) = self.weight_bias(&format!("{p}.time_emb_proj"), &[out_c, self.cfg.time_embed_dim])?;
+        let proj = self.tensor(format!("{p}.time_emb_proj"), out_c);
+        self.ops.push(Op::Linear(LinearOp {
+            input: self.temb,
+            rows: 1,
+            in_f: self.cfg.time_embed_dim,
+            out_f: out_c,
+            weight: pw,
+            bias: pb,
+            residual: None,
+            out_scale: 1.0,
+            out: proj,
+        }));
+        let h = self.conv(&format!("{p}.conv1"), h, out_c, 3, 1, 1, false, Some(proj), None, 1.0)?;
+        let h = self.group_norm(&format!("{p}.norm2"), h, groups, true)?;
+        let shortcut = if x.channels() != out_c {
+            self.conv(&format!("{p}.conv_shortcut"), x, out_c, 1, 1, 0, false, None, None, 1.0)?.tensor()
+        } else {
+            match x.input {
+                Input::One(t) => t,
+                Input::Concat(..) => {
+                    return Err(unsupported(
+                        "up_block_types",
+                        format!("{p}: identity shortcut over a skip concatenation"),
+                    ))
+                }
+            }
+        };
+        self.conv(&format!("{p}.conv2"), h, out_c, 3, 1, 1, false, None, Some(shortcut), scale)
+    }
+
+    /// diffusers' `Attention` with a residual connection, as used by the Attn*Block2D blocks and
+    /// the mid block. Accepts both the current (`to_q`, `to_out.0`) and the older
+    /// (`query`, `proj_attn`) tensor names.
+    fn attention(&mut self, p: &str, x: Map, groups: usize, rescale: f64) -> Result<Map> {
+        let c = x.channels();
+        let heads = self.cfg.heads(c);
+        let norm = self.weight_bias(&format!("{p}.group_norm"), &[c])?;
+        let mut proj = |new: &str, old: &str| -> Result<(WeightRef, WeightRef)> {
+            let w = self.weight(&[&format!("{p}.{new}.weight"), &format!("{p}.{old}.weight")], &[c, c])?;
+            let b = self.weight(&[&format!("{p}.{new}.bias"), &format!("{p}.{old}.bias")], &[c])?;
+            Ok((w, b))
+        };
+        let q = proj("to_q", "query")?;
+        let k = proj("to_k", "key")?;
+        let v = proj("to_v", "value")?;
+        let o = proj("to_out.0", "proj_attn")?;
+        let tokens = x.h * x.w;
+        let scratch = self.tensor(format!("{p}.scratch"), 5 * tokens * c + tokens);
+        let out = self.tensor(p.into(), tokens * c);
+        self.ops.push(Op::Attention(AttentionOp {
+            input: x.tensor(),
+            tokens,
+            channels: c,
+            heads,
+            groups,
+            eps: self.cfg.norm_eps as f32,
+            norm,
+            q,
+            k,
+            v,
+            o,
+            rescale: rescale as f32,
+            scratch,
+            out,
+        }));
+        Ok(Map::one(out, c, x.h, x.w))
+    }
+}
+
+/// Builds the op list of `cfg` at resolution `(height, width)`.
+pub fn describe(cfg: &UNetConfig, loader: &mut WeightLoader, (height, width): (usize, usize)) -> Result<Described> {
+    let mut b = Builder {
+        cfg,
+        loader,
+        tensors: Vec::new(),
+        ops: Vec::new(),
+        taps: Vec::new(),
+        parameters: 0,
+        temb: 0,
+    };
+    let boc = &cfg.block_out_channels;
+    let levels = boc.len();
+    let groups = cfg.norm_num_groups;
+
+    // Input, time embedding.
+    let x_in = b.tensor("sample".into(), cfg.in_channels * height * width);
+    b.ops.push(Op::InputToNhwc {
+        channels: cfg.in_channels,
+        height,
+        width,
+        center: cfg.center_input_sample,
+        out: x_in,
+    });
+    let (c0, e) = (boc[0], cfg.time_embed_dim);
+    let linear_1 = b.weight_bias("time_embedding.linear_1", &[e, c0])?;
+    let linear_2 = b.weight_bias("time_embedding.linear_2", &[e, e])?;
+    let class_embedding = match cfg.num_class_embeds {
+        Some(n) => Some((b.weight(&["class_embedding.weight"], &[n, e])?, n)),
+        None => None,
+    };
+    let temb_scratch = b.tensor("time_embedding.scratch".into(), c0 + e);
+    b.temb = b.tensor("time_embedding".into(), e);
+    b.ops.push(Op::TimeEmbedding(TimeEmbeddingOp {
+        sinusoid_dim: c0,
+        flip_sin_to_cos: cfg.flip_sin_to_cos,
+        freq_shift: cfg.freq_shift as f32,
+        embed_dim: e,
+        linear_1,
+        linear_2,
+        class_embedding,
+        scratch: temb_scratch,
+        out: b.temb,
+    }));
+    // diffusers' `time_embedding` module output excludes the class embedding.
+    let tap = if cfg.num_class_embeds.is_some() { "embedding+class+silu" } else { "time_embedding+silu" };
+    b.tap(tap, Map::one(b.temb, e, 1, 1));
+
+    let mut h = b.conv("conv_in", Map::one(x_in, cfg.in_channels, height, width), c0, 3, 1, 1, false, None, None, 1.0)?;
+    b.tap("conv_in", h);
+    let mut skips: Vec<Map> = alloc::vec![h];
+
+    for (i, kind) in cfg.down_blocks.iter().enumerate() {
+        let out_c = boc[i];
+        for j in 0..cfg.layers_per_block {
+            h = b.resnet(&format!("down_blocks.{i}.resnets.{j}"), h, out_c, 1.0)?;
+            if *kind == DownBlockKind::Attention {
+                h = b.attention(&format!("down_blocks.{i}.attentions.{j}"), h, groups, 1.0)?;
+            }
+            skips.push(h);
+        }
+        if i + 1 < levels {
+            let p = format!("down_blocks.{i}.downsamplers.0.conv");
+            h = b.conv(&p, h, out_c, 3, 2, cfg.downsample_padding, false, None, None, 1.0)?;
+            skips.push(h);
+        }
+        b.tap(&format!("down_blocks.{i}"), h);
+    }
+
+    if let Some(mid) = &cfg.mid_block {
+        let c = boc[levels - 1];
+        h = b.resnet("mid_block.resnets.0", h, c, mid.scale_factor)?;
+        if mid.add_attention {
+            h = b.attention("mid_block.attentions.0", h, mid.attn_groups, mid.scale_factor)?;
+        }
+        h = b.resnet("mid_block.resnets.1", h, c, mid.scale_factor)?;
+        b.tap("mid_block", h);
+    }
+
+    for (i, kind) in cfg.up_blocks.iter().enumerate() {
+        let out_c = boc[levels - 1 - i];
+        for j in 0..=cfg.layers_per_block {
+            let skip = skips.pop().ok_or_else(|| unsupported("layers_per_block", "skip connections exhausted"))?;
+            if skip.h != h.h || skip.w != h.w {
+                return Err(unsupported("sample_size", format!("{height}x{width}: skip sizes do not match")));
+            }
+            let cat = Map { input: Input::Concat(h.tensor(), skip.tensor()), ca: h.channels(), cb: skip.channels(), h: h.h, w: h.w };
+            h = b.resnet(&format!("up_blocks.{i}.resnets.{j}"), cat, out_c, 1.0)?;
+            if *kind == UpBlockKind::Attention {
+                h = b.attention(&format!("up_blocks.{i}.attentions.{j}"), h, groups, 1.0)?;
+            }
+        }
+        if i + 1 < levels {
+            h = b.conv(&format!("up_blocks.{i}.upsamplers.0.conv"), h, out_c, 3, 1, 1, true, None, None, 1.0)?;
+        }
+        b.tap(&format!("up_blocks.{i}"), h);
+    }
+
+    h = b.group_norm("conv_norm_out", h, groups, true)?;
+    b.tap("conv_norm_out+silu", h);
+    h = b.conv("conv_out", h, cfg.out_channels, 3, 1, 1, false, None, None, 1.0)?;
+    b.tap("conv_out", h);
+    b.ops.push(Op::OutputToNchw { input: h.tensor(), channels: cfg.out_channels, height, width });
+
+    Ok(Described { tensors: b.tensors, ops: b.ops, taps: b.taps, parameters: b.parameters })
+}

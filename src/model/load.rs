@@ -1,0 +1,77 @@
+//! Loading from a folder (std): a `UNet2DModel` folder (`config.json` +
+//! `diffusion_pytorch_model.safetensors`) or a diffusers pipeline folder (`model_index.json`,
+//! `unet/`, `scheduler/scheduler_config.json`). Weights are memory-mapped, never read whole.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::string::ToString;
+
+use super::Model;
+use crate::config::UNetConfig;
+use crate::error::{Error, Result};
+use crate::memory::Reuse;
+use crate::weights::{LoadOptions, WeightBytes};
+
+/// The files of a model folder, resolved.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    /// `scheduler/scheduler_config.json` of a pipeline folder, or `scheduler_config.json`
+    /// beside the UNet's config, if present.
+    pub scheduler_config: Option<PathBuf>,
+}
+
+fn io_err(path: &Path, e: impl ToString) -> Error {
+    Error::Io { path: path.display().to_string(), message: e.to_string() }
+}
+
+impl ModelFiles {
+    pub fn find(dir: &Path) -> Result<ModelFiles> {
+        if !dir.is_dir() {
+            return Err(io_err(dir, "not a folder (give a UNet2DModel or diffusers pipeline folder)"));
+        }
+        let (unet, scheduler_dir) = if dir.join("model_index.json").is_file() {
+            (dir.join("unet"), dir.join("scheduler"))
+        } else {
+            (dir.to_path_buf(), dir.to_path_buf())
+        };
+        let config = unet.join("config.json");
+        if !config.is_file() {
+            return Err(io_err(&config, "missing (a UNet2DModel folder holds config.json)"));
+        }
+        let weights = unet.join("diffusion_pytorch_model.safetensors");
+        if !weights.is_file() {
+            return Err(io_err(&weights, "missing (only safetensors weights are read)"));
+        }
+        let scheduler_config = Some(scheduler_dir.join("scheduler_config.json")).filter(|p| p.is_file());
+        Ok(ModelFiles { config, weights, scheduler_config })
+    }
+}
+
+pub fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| io_err(path, e))
+}
+
+/// Memory-maps a weights file.
+pub fn map_file(path: &Path) -> Result<WeightBytes> {
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    // SAFETY: the map is read-only and private to this process. Another process truncating or
+    // rewriting the file while it is mapped is outside what any mmap-based loader can defend
+    // against (the same contract as llama.cpp's and safetensors' own mmap loading).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
+    Ok(WeightBytes::Mapped(map))
+}
+
+impl Model {
+    /// Loads a model folder (UNet or pipeline) with memory-mapped weights.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Model> {
+        Model::load_with(dir, LoadOptions::default(), Reuse::Shared)
+    }
+
+    pub fn load_with(dir: impl AsRef<Path>, options: LoadOptions, reuse: Reuse) -> Result<Model> {
+        let files = ModelFiles::find(dir.as_ref())?;
+        let config = UNetConfig::from_json(&read_text(&files.config)?)?;
+        Model::new(config, map_file(&files.weights)?, options, reuse)
+    }
+}

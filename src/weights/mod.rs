@@ -1,0 +1,217 @@
+//! Weights: a safetensors file viewed in place.
+//!
+//! f16 tensors are used straight from the file bytes (memory-mapped under `std`); f32 and bf16
+//! tensors are rounded to f16 once at load into one owned buffer. Either way the model sees a
+//! [`WeightRef`], resolved to `&[f16]` by [`WeightStore::get`] without searching by name.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use half::f16;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+#[cfg(feature = "std")]
+pub mod convert;
+
+/// Where the bytes of a weights file live. Each variant keeps its bytes at a fixed address for
+/// as long as it exists, which is what lets a [`WeightRef`] hold plain byte offsets.
+pub enum WeightBytes {
+    /// Bytes compiled into the program (`include_bytes!`) or otherwise living forever.
+    Static(&'static [u8]),
+    /// Bytes the library owns.
+    Owned(Vec<u8>),
+    /// A read-only memory map of the file.
+    #[cfg(feature = "std")]
+    Mapped(memmap2::Mmap),
+}
+
+impl WeightBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            WeightBytes::Static(b) => b,
+            WeightBytes::Owned(v) => v,
+            #[cfg(feature = "std")]
+            WeightBytes::Mapped(m) => m,
+        }
+    }
+}
+
+/// A tensor's f16 data: either a range of the file's bytes (f16 in the file, used in place) or a
+/// range of the converted buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightRef {
+    /// Byte range in the file, 2-byte aligned at load time.
+    File { byte_start: usize, len: usize },
+    /// Element range in the owned f16 buffer.
+    Owned { start: usize, len: usize },
+}
+
+impl WeightRef {
+    pub fn len(&self) -> usize {
+        match *self {
+            WeightRef::File { len, .. } | WeightRef::Owned { len, .. } => len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything the weights of one model occupy: the file and the f16 copies of non-f16 tensors.
+pub struct WeightStore {
+    bytes: WeightBytes,
+    converted: Vec<f16>,
+    /// Tensors read from the file as f16 in place, and total elements converted (for reports).
+    pub in_place_tensors: usize,
+    pub converted_tensors: usize,
+}
+
+/// Load-time options.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Reject weights containing NaN or infinity (one pass over the data at load).
+    pub check_finite: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { check_finite: true }
+    }
+}
+
+impl WeightStore {
+    /// The f16 data of a tensor resolved at load.
+    #[inline]
+    pub fn get(&self, r: WeightRef) -> &[f16] {
+        match r {
+            WeightRef::File { byte_start, len } => {
+                // Alignment and bounds were checked when the ref was made, and the bytes never
+                // move, so this cast cannot fail.
+                bytemuck::cast_slice(&self.bytes.as_slice()[byte_start..byte_start + 2 * len])
+            }
+            WeightRef::Owned { start, len } => &self.converted[start..start + len],
+        }
+    }
+
+    pub fn file_bytes(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+}
+
+/// Resolves named tensors of a safetensors file into [`WeightRef`]s, checking each one's
+/// presence, shape and dtype, and converting non-f16 data.
+pub struct WeightLoader {
+    store: WeightStore,
+    options: LoadOptions,
+}
+
+fn st_err(e: safetensors::SafeTensorError) -> Error {
+    Error::InvalidSafetensors { message: alloc::format!("{e:?}") }
+}
+
+fn shape_string(shape: &[usize]) -> String {
+    let mut s = String::from("[");
+    for (i, d) in shape.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&d.to_string());
+    }
+    s.push(']');
+    s
+}
+
+impl WeightLoader {
+    /// Validates the container (header, offsets, lengths) up front.
+    pub fn new(bytes: WeightBytes, options: LoadOptions) -> Result<WeightLoader> {
+        SafeTensors::deserialize(bytes.as_slice()).map_err(st_err)?;
+        Ok(WeightLoader {
+            store: WeightStore { bytes, converted: Vec::new(), in_place_tensors: 0, converted_tensors: 0 },
+            options,
+        })
+    }
+
+    /// Whether the file holds a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        // The header was validated in `new`, so deserializing again cannot fail.
+        SafeTensors::deserialize(self.store.bytes.as_slice()).map(|st| st.tensor(name).is_ok()).unwrap_or(false)
+    }
+
+    /// Finds the first of `names` present (to accept old and new diffusers names), checks its
+    /// shape, and returns its f16 data reference.
+    pub fn take(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
+        let bytes = self.store.bytes.as_slice();
+        let st = SafeTensors::deserialize(bytes).map_err(st_err)?;
+        let (name, view) = names
+            .iter()
+            .find_map(|n| st.tensor(n).ok().map(|v| (*n, v)))
+            .ok_or_else(|| Error::MissingTensor { name: names[0].into() })?;
+        // diffusers' Linear weights are [out, in]; a few old checkpoints store attention
+        // projections as 1x1 convs [out, in, 1, 1]: accept trailing unit dimensions.
+        let found = view.shape();
+        let squeezed: Vec<usize> = {
+            let mut f = found.to_vec();
+            while f.len() > shape.len() && f.last() == Some(&1) {
+                f.pop();
+            }
+            f
+        };
+        if squeezed != shape {
+            return Err(Error::ShapeMismatch {
+                name: name.into(),
+                expected: shape_string(shape),
+                found: shape_string(found),
+            });
+        }
+        let data = view.data();
+        let len: usize = shape.iter().product();
+        let check = self.options.check_finite;
+        let nonfinite = || Error::NonFiniteWeight { name: name.into() };
+        match view.dtype() {
+            Dtype::F16 => {
+                let byte_start = data.as_ptr() as usize - bytes.as_ptr() as usize;
+                if (data.as_ptr() as usize) % core::mem::align_of::<f16>() != 0 {
+                    return Err(Error::UnalignedTensor { name: name.into() });
+                }
+                let halves: &[f16] = bytemuck::cast_slice(data);
+                if check && halves.iter().any(|h| !h.is_finite()) {
+                    return Err(nonfinite());
+                }
+                self.store.in_place_tensors += 1;
+                Ok(WeightRef::File { byte_start, len })
+            }
+            Dtype::F32 | Dtype::BF16 => {
+                let start = self.store.converted.len();
+                let converted = &mut self.store.converted;
+                converted.reserve(len);
+                if view.dtype() == Dtype::F32 {
+                    for c in data.chunks_exact(4) {
+                        let h = f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                        // Also catches finite f32 values beyond f16's range (65504).
+                        if check && !h.is_finite() {
+                            return Err(nonfinite());
+                        }
+                        converted.push(h);
+                    }
+                } else {
+                    for c in data.chunks_exact(2) {
+                        let h = f16::from_f32(half::bf16::from_le_bytes([c[0], c[1]]).to_f32());
+                        if check && !h.is_finite() {
+                            return Err(nonfinite());
+                        }
+                        converted.push(h);
+                    }
+                }
+                self.store.converted_tensors += 1;
+                Ok(WeightRef::Owned { start, len })
+            }
+            other => Err(Error::UnsupportedDtype { name: name.into(), dtype: alloc::format!("{other:?}") }),
+        }
+    }
+
+    pub fn finish(self) -> WeightStore {
+        self.store
+    }
+}

@@ -1,0 +1,80 @@
+//! Shared helpers for the integration tests: reading the reference fixtures copied from
+//! diffusers (tests/fixtures, see tests/fixtures/README.md) and comparing with relative L2.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
+
+/// A safetensors file of reference tensors, read whole (tests only).
+pub struct TensorFile {
+    bytes: Vec<u8>,
+}
+
+impl TensorFile {
+    pub fn open(path: impl Into<PathBuf>) -> TensorFile {
+        let path = path.into();
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        TensorFile { bytes }
+    }
+
+    fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("fixture header");
+        st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e:?}"))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("fixture header");
+        st.tensor(name).is_ok()
+    }
+
+    pub fn shape(&self, name: &str) -> Vec<usize> {
+        self.view(name).shape().to_vec()
+    }
+
+    /// Any float or integer tensor, converted to f64.
+    pub fn f64s(&self, name: &str) -> Vec<f64> {
+        use safetensors::Dtype;
+        let v = self.view(name);
+        let d = v.data();
+        match v.dtype() {
+            Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            other => panic!("{name}: dtype {other:?} not handled in tests"),
+        }
+    }
+
+    pub fn f32s(&self, name: &str) -> Vec<f32> {
+        self.f64s(name).into_iter().map(|v| v as f32).collect()
+    }
+
+    pub fn i64s(&self, name: &str) -> Vec<i64> {
+        self.f64s(name).into_iter().map(|v| v as i64).collect()
+    }
+}
+
+/// ||a - b|| / ||b||, in f64.
+pub fn rel_l2<A: Copy + Into<f64>, B: Copy + Into<f64>>(ours: &[A], expected: &[B]) -> f64 {
+    assert_eq!(ours.len(), expected.len(), "length mismatch");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&a, &b) in ours.iter().zip(expected) {
+        let (a, b) = (a.into(), b.into());
+        num += (a - b) * (a - b);
+        den += b * b;
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+pub fn read_json(path: impl Into<PathBuf>) -> serde_json::Value {
+    let path = path.into();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture json")
+}
