@@ -296,6 +296,21 @@ impl Model {
         self.ops.iter().map(Op::flops_per_sample).sum()
     }
 
+    /// Every tensor of the forward pass, in definition order.
+    pub fn tensors(&self) -> &[TensorSpec] {
+        &self.tensors
+    }
+
+    /// The op list, in execution order.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// The weights (f16), resolved through a [`crate::weights::WeightRef`].
+    pub fn weights(&self) -> &WeightStore {
+        &self.weights
+    }
+
     pub fn taps(&self) -> &[Tap] {
         &self.taps
     }
