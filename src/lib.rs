@@ -21,6 +21,8 @@ extern crate alloc;
 
 pub mod config;
 pub mod error;
+#[cfg(feature = "std")]
+pub mod io;
 pub mod kernels;
 pub mod memory;
 pub mod model;

@@ -145,6 +145,14 @@ impl KernelPath {
         KernelPath::Scalar
     }
 
+    /// Parses a path name (`scalar`, ...), as given on a command line.
+    pub fn from_name(name: &str) -> crate::Result<KernelPath> {
+        match name {
+            "scalar" => Ok(KernelPath::Scalar),
+            other => Err(crate::error::invalid_arg("kernel path", alloc::format!("'{other}' is not one of: scalar"))),
+        }
+    }
+
     pub fn table(self) -> &'static KernelTable {
         match self {
             KernelPath::Scalar => &scalar::TABLE,

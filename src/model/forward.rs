@@ -14,7 +14,8 @@ impl Model {
     /// - `x`: `[batch, in_channels, height, width]` (NCHW, as diffusers), batch inferred.
     /// - `timesteps`: one per sample, or a single one for all (diffusers broadcasts it too).
     ///   Fractional timesteps are allowed (continuous-time samplers use them).
-    /// - `class_labels`: one per sample, required exactly when the model is class-conditional.
+    /// - `class_labels`: one per sample (or a single one for all), required exactly when the
+    ///   model is class-conditional.
     /// - `out`: `[batch, out_channels, height, width]`.
     /// - `workspace`: at least [`Model::workspace_len`]`(batch)` floats.
     pub fn forward(
@@ -45,7 +46,7 @@ impl Model {
             (Some(_), None) => return Err(invalid_arg("class labels", "the model is class-conditional: give one label per sample")),
             (None, Some(_)) => return Err(invalid_arg("class labels", "the model is not class-conditional")),
             (Some(_), Some(labels)) => {
-                if labels.len() != batch {
+                if labels.len() != batch && labels.len() != 1 {
                     return Err(Error::BufferSize { what: "class labels", expected: batch, found: labels.len() });
                 }
                 for &l in labels {
@@ -266,8 +267,9 @@ impl Model {
         linear(te.linear_2, hidden, e, dst);
         if let (Some((table, _)), Some(labels)) = (te.class_embedding, class_labels) {
             let table = wt(table);
-            for (b, &label) in labels.iter().enumerate() {
-                let row = &table[label as usize * e..(label as usize + 1) * e];
+            for b in 0..batch {
+                let label = if labels.len() == 1 { labels[0] } else { labels[b] } as usize;
+                let row = &table[label * e..(label + 1) * e];
                 for (d, c) in dst[b * e..(b + 1) * e].iter_mut().zip(row) {
                     *d += c.to_f32();
                 }

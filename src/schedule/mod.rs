@@ -1,1 +1,27 @@
-//! placeholder
+//! Noise schedules, DDPM / DDIM steps and the built-in noise source, matching diffusers 0.42's
+//! `DDPMScheduler` and `DDIMScheduler`.
+//!
+//! - [`config`]: `scheduler_config.json` → [`SchedulerConfig`] (both classes, validated).
+//! - [`betas`](mod@betas): training betas and alpha-bars, as diffusers' float32 tensors hold them.
+//! - [`timesteps`](mod@timesteps): `set_timesteps`, reproduced exactly (leading / trailing / linspace).
+//! - [`Scheduler`]: one run's schedule and the allocation-free, in-place `step`.
+//! - [`noise`]: seeded, counter-based Gaussian noise, identical on every machine.
+//!
+//! Where diffusers 0.42 is knowingly wrong we say so and, unless parity needs the bug, differ:
+//! `fixed_large_log` noise is finite here (diffusers returns NaN), and DDIM's previous timestep
+//! can follow the schedule ([`DdimPrevTimestep::NextInSchedule`]) instead of `t - T / N`.
+
+pub mod betas;
+pub mod config;
+pub mod noise;
+mod scheduler;
+pub mod timesteps;
+
+pub use betas::{alphas_cumprod, betas};
+pub use config::{
+    BetaSchedule, DdimPrevTimestep, PredictionType, SchedulerConfig, SchedulerKind,
+    TimestepSpacing, VarianceType,
+};
+pub use noise::GaussianNoise;
+pub use scheduler::{Scheduler, StepShape};
+pub use timesteps::set_timesteps;

@@ -1,0 +1,195 @@
+//! Command-line flags of `sample`, parsed by hand to keep the binary small.
+
+use std::path::PathBuf;
+
+pub const HELP: &str = "\
+sample: draw images from a diffusers UNet2DModel with DDPM or DDIM
+
+USAGE:
+    sample [FLAGS]                 sample from --model (default: the model in weights/)
+    sample convert IN_DIR OUT_DIR  write an f16 copy of a model that loads without copying
+    sample info [DIR] [--batch B]  print configuration, parameters, FLOPs, workspace bytes
+
+FLAGS:
+    --model DIR          UNet2DModel folder or diffusers pipeline folder   [default: weights]
+    --scheduler NAME     ddpm | ddim                      [default: the folder's scheduler]
+    --steps N            inference steps                   [default: ddpm 1000, ddim 50]
+    --eta F              DDIM eta (0 = deterministic)                          [default: 0]
+    --ddim-prev MODE     DDIM previous timestep: diffusers (t - T/N) | next (the next
+                         scheduled timestep, correct for trailing/linspace)  [default: diffusers]
+    --batch B            images per run                                        [default: 4]
+    --seed S             seed of the built-in noise generator                  [default: 0]
+    --class-label K[,K..]  class of every image, or one per image (class-conditional
+                         models)                                               [default: 0]
+    --guidance W         classifier-free guidance weight w (eps = (1+w) eps_y - w eps_null)
+                                                                               [default: 0]
+    --null-class K       label used as 'no class' for guidance       [default: last class]
+    --init-noise FILE    safetensors with tensor x_T [B,C,H,W] f32 to start from
+    --step-noise FILE    safetensors with tensor noise [S,B,C,H,W] f32, row i for step i
+    --save-tensor FILE   also write the final sample as tensor x_0 [B,C,H,W] f32
+    --out PATH           PNG grid of the batch                       [default: samples.png]
+    --grid COLS          images per row of the grid                 [default: ceil(sqrt(B))]
+    --height H, --width W  must equal the model's sample_size          [default: the model's]
+    --threads N          worker threads                                 [default: all cores]
+    --kernels NAME       force a kernel path (scalar, ...)                [default: fastest]
+    --quiet              no progress line
+    -h, --help           this text
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerChoice {
+    Ddpm,
+    Ddim,
+}
+
+#[derive(Debug, Clone)]
+pub struct SampleArgs {
+    pub model: Option<PathBuf>,
+    pub scheduler: Option<SchedulerChoice>,
+    pub steps: Option<usize>,
+    pub eta: f64,
+    pub ddim_next: bool,
+    pub batch: usize,
+    pub seed: u64,
+    pub class_labels: Option<Vec<i64>>,
+    pub guidance: f32,
+    pub null_class: Option<i64>,
+    pub init_noise: Option<PathBuf>,
+    pub step_noise: Option<PathBuf>,
+    pub save_tensor: Option<PathBuf>,
+    pub out: PathBuf,
+    pub grid: Option<usize>,
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+    pub threads: Option<usize>,
+    pub kernels: Option<String>,
+    pub quiet: bool,
+}
+
+pub enum Command {
+    Sample(SampleArgs),
+    Convert { input: PathBuf, output: PathBuf },
+    Info { model: Option<PathBuf>, batch: usize },
+    Help,
+}
+
+fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("{flag}: '{v}' is not a valid value (see --help)"))
+}
+
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(Command::Help);
+    }
+    match args.first().map(String::as_str) {
+        Some("convert") => {
+            return match &args[1..] {
+                [i, o] => Ok(Command::Convert { input: i.into(), output: o.into() }),
+                _ => Err("convert takes two arguments: IN_DIR OUT_DIR".into()),
+            }
+        }
+        Some("info") => {
+            let mut model = None;
+            let mut batch = 1;
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--batch" => batch = parse_num("--batch", it.next().ok_or("--batch needs a value")?)?,
+                    "--model" => model = Some(it.next().ok_or("--model needs a value")?.into()),
+                    s if !s.starts_with('-') && model.is_none() => model = Some(s.into()),
+                    s => return Err(format!("info: unknown argument '{s}' (see --help)")),
+                }
+            }
+            return Ok(Command::Info { model, batch });
+        }
+        _ => {}
+    }
+    let mut s = SampleArgs {
+        model: None,
+        scheduler: None,
+        steps: None,
+        eta: 0.0,
+        ddim_next: false,
+        batch: 4,
+        seed: 0,
+        class_labels: None,
+        guidance: 0.0,
+        null_class: None,
+        init_noise: None,
+        step_noise: None,
+        save_tensor: None,
+        out: "samples.png".into(),
+        grid: None,
+        height: None,
+        width: None,
+        threads: None,
+        kernels: None,
+        quiet: false,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--quiet" {
+            s.quiet = true;
+            continue;
+        }
+        let mut value = || it.next().map(String::as_str).ok_or_else(|| format!("{flag} needs a value (see --help)"));
+        match flag.as_str() {
+            "--model" => s.model = Some(value()?.into()),
+            "--scheduler" => {
+                s.scheduler = Some(match value()? {
+                    "ddpm" => SchedulerChoice::Ddpm,
+                    "ddim" => SchedulerChoice::Ddim,
+                    other => return Err(format!("--scheduler: '{other}' is not one of ddpm, ddim")),
+                })
+            }
+            "--steps" => s.steps = Some(parse_num(flag, value()?)?),
+            "--eta" => s.eta = parse_num(flag, value()?)?,
+            "--ddim-prev" => {
+                s.ddim_next = match value()? {
+                    "diffusers" => false,
+                    "next" => true,
+                    other => return Err(format!("--ddim-prev: '{other}' is not one of diffusers, next")),
+                }
+            }
+            "--batch" => s.batch = parse_num(flag, value()?)?,
+            "--seed" => s.seed = parse_num(flag, value()?)?,
+            "--class-label" => {
+                let list = value()?.split(',').map(|v| parse_num(flag, v.trim())).collect::<Result<Vec<i64>, _>>()?;
+                s.class_labels = Some(list);
+            }
+            "--guidance" => s.guidance = parse_num(flag, value()?)?,
+            "--null-class" => s.null_class = Some(parse_num(flag, value()?)?),
+            "--init-noise" => s.init_noise = Some(value()?.into()),
+            "--step-noise" => s.step_noise = Some(value()?.into()),
+            "--save-tensor" => s.save_tensor = Some(value()?.into()),
+            "--out" => s.out = value()?.into(),
+            "--grid" => s.grid = Some(parse_num(flag, value()?)?),
+            "--height" => s.height = Some(parse_num(flag, value()?)?),
+            "--width" => s.width = Some(parse_num(flag, value()?)?),
+            "--threads" => s.threads = Some(parse_num(flag, value()?)?),
+            "--kernels" => s.kernels = Some(value()?.into()),
+            other => return Err(format!("unknown argument '{other}' (see --help)")),
+        }
+    }
+    if s.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    if let Some(l) = &s.class_labels {
+        if l.len() != 1 && l.len() != s.batch {
+            return Err(format!("--class-label: give one label or {} (one per image), not {}", s.batch, l.len()));
+        }
+    }
+    if s.grid == Some(0) {
+        return Err("--grid must be at least 1".into());
+    }
+    if s.threads == Some(0) {
+        return Err("--threads must be at least 1".into());
+    }
+    if !s.eta.is_finite() || s.eta < 0.0 {
+        return Err("--eta must be a finite number >= 0".into());
+    }
+    if !s.guidance.is_finite() {
+        return Err("--guidance must be a finite number".into());
+    }
+    Ok(Command::Sample(s))
+}

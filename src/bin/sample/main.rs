@@ -1,0 +1,209 @@
+//! `sample`: the command-line sampler. Errors print one line and exit with status 1.
+
+mod args;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use args::{Command, SampleArgs, SchedulerChoice};
+use tinydiffusion::io::{read_tensor, write_png_grid, write_tensors};
+use tinydiffusion::kernels::KernelPath;
+use tinydiffusion::model::load::{read_text, ModelFiles};
+use tinydiffusion::sampler::{self, Guidance, SampleOptions, StepInfo};
+use tinydiffusion::schedule::{DdimPrevTimestep, Scheduler, SchedulerConfig, SchedulerKind};
+use tinydiffusion::{Error, Model};
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args::parse(&argv) {
+        Ok(Command::Help) => {
+            print!("{}", args::HELP);
+            Ok(())
+        }
+        Ok(Command::Convert { input, output }) => convert(&input, &output),
+        Ok(Command::Info { model, batch }) => info(&model_dir(model.as_deref()), batch),
+        Ok(Command::Sample(a)) => run(&a),
+        Err(message) => Err(message),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The default model: `weights/` in the working directory, else the one beside the sources.
+fn model_dir(given: Option<&Path>) -> PathBuf {
+    if let Some(p) = given {
+        return p.to_path_buf();
+    }
+    let local = PathBuf::from("weights");
+    if local.join("config.json").is_file() || local.join("model_index.json").is_file() {
+        return local;
+    }
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    if built_in.is_dir() {
+        built_in
+    } else {
+        local
+    }
+}
+
+fn load_model(dir: &Path) -> Result<Model, String> {
+    let has_model = dir.join("config.json").is_file() || dir.join("model_index.json").is_file();
+    if !has_model && dir.ends_with("weights") && dir.is_dir() {
+        return Err(format!(
+            "{}: no default model has been shipped yet (the MNIST model is trained by the `train` tool); \
+             pass --model DIR with a diffusers UNet2DModel or pipeline folder",
+            dir.display()
+        ));
+    }
+    Model::load(dir).map_err(|e| e.to_string())
+}
+
+/// The scheduler as diffusers' `from_config` would build it from the folder's config (or the
+/// defaults), converted to the requested class.
+fn scheduler_config(dir: &Path, choice: Option<SchedulerChoice>) -> Result<SchedulerConfig, Error> {
+    let files = ModelFiles::find(dir)?;
+    let base = match &files.scheduler_config {
+        Some(path) => SchedulerConfig::from_json(&read_text(path)?)?,
+        None => SchedulerConfig::ddpm_default(),
+    };
+    Ok(match choice {
+        None => base,
+        Some(SchedulerChoice::Ddpm) => base.with_kind(SchedulerKind::Ddpm),
+        Some(SchedulerChoice::Ddim) => base.with_kind(SchedulerKind::Ddim),
+    })
+}
+
+fn convert(input: &Path, output: &Path) -> Result<(), String> {
+    let report = tinydiffusion::weights::convert::convert_folder(input, output).map_err(|e| e.to_string())?;
+    println!(
+        "wrote {} ({} tensors, {} converted to f16, {} -> {} bytes)",
+        output.display(),
+        report.tensors,
+        report.converted,
+        report.bytes_in,
+        report.bytes_out
+    );
+    Ok(())
+}
+
+fn info(dir: &Path, batch: usize) -> Result<(), String> {
+    if batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let model = load_model(dir)?;
+    let c = &model.config;
+    println!("model            {}", dir.display());
+    println!("sample size      {}x{}, {} -> {} channels", c.sample_size.0, c.sample_size.1, c.in_channels, c.out_channels);
+    println!("blocks           {:?} x {} layers", c.block_out_channels, c.layers_per_block);
+    println!("down / up        {:?} / {:?}", c.down_blocks, c.up_blocks);
+    println!("mid block        {:?}", c.mid_block);
+    println!("classes          {}", c.num_class_embeds.map_or("unconditional".into(), |n| n.to_string()));
+    println!("parameters       {}", model.parameters());
+    println!("GFLOP per step   {:.3} per image", model.flops_per_sample() as f64 / 1e9);
+    println!("workspace        {} bytes for a forward pass at batch {batch}", model.workspace_bytes(batch));
+    println!("kernels          {}", model.kernels_name());
+    Ok(())
+}
+
+fn run(a: &SampleArgs) -> Result<(), String> {
+    let t0 = Instant::now();
+    let dir = model_dir(a.model.as_deref());
+    let mut model = load_model(&dir)?;
+    if let Some(k) = &a.kernels {
+        let path = KernelPath::from_name(k).map_err(|e| e.to_string())?;
+        model.set_kernels(path);
+    }
+    let (c, h, w) = model.input_shape();
+    if a.height.is_some_and(|v| v != h) || a.width.is_some_and(|v| v != w) {
+        return Err(format!("--height/--width: this model samples at {h}x{w} only"));
+    }
+    let mut sched_cfg = scheduler_config(&dir, a.scheduler).map_err(|e| e.to_string())?;
+    if a.ddim_next {
+        sched_cfg.ddim_prev_timestep = DdimPrevTimestep::NextInSchedule;
+    }
+    let steps = a.steps.unwrap_or(match sched_cfg.kind {
+        SchedulerKind::Ddpm => sched_cfg.num_train_timesteps,
+        SchedulerKind::Ddim => 50,
+    });
+    let mut scheduler = Scheduler::new(sched_cfg, steps).map_err(|e| e.to_string())?;
+    scheduler.set_eta(a.eta);
+
+    let n = a.batch * c * h * w;
+    let read = |path: &Option<PathBuf>, name: &str, expected: &[usize]| -> Result<Option<Vec<f32>>, String> {
+        let Some(path) = path else { return Ok(None) };
+        let (data, shape) = read_tensor(path, name).map_err(|e| e.to_string())?;
+        if shape != expected {
+            return Err(format!("{}: tensor {name} has shape {shape:?}, expected {expected:?}", path.display()));
+        }
+        Ok(Some(data))
+    };
+    let init = read(&a.init_noise, "x_T", &[a.batch, c, h, w])?;
+    let step_noise = read(&a.step_noise, "noise", &[steps, a.batch, c, h, w])?;
+
+    let labels: Option<Vec<i64>> = match model.config.num_class_embeds {
+        Some(_) => Some(a.class_labels.clone().unwrap_or_else(|| vec![0])),
+        None if a.class_labels.is_some() => return Err("--class-label: the model is not class-conditional".into()),
+        None => None,
+    };
+    let guidance = if a.guidance != 0.0 || a.null_class.is_some() {
+        let mut g = Guidance::new(&model, a.guidance).map_err(|e| e.to_string())?;
+        if let Some(nc) = a.null_class {
+            g.null_class = nc;
+        }
+        Some(g)
+    } else {
+        None
+    };
+    let opts = SampleOptions {
+        batch: a.batch,
+        seed: a.seed,
+        initial_noise: init.as_deref(),
+        step_noise: step_noise.as_deref(),
+        class_labels: labels.as_deref(),
+        guidance,
+    };
+    let mut workspace = vec![0.0f32; sampler::workspace_len(&model, &scheduler, a.batch, guidance.is_some())];
+    let mut out = vec![0.0f32; n];
+    let start = Instant::now();
+    let setup_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let quiet = a.quiet;
+    let mut progress = |s: &StepInfo<'_>| {
+        if quiet {
+            return;
+        }
+        let done = s.index + 1;
+        let elapsed = start.elapsed().as_secs_f64();
+        let eta = elapsed / done as f64 * (s.steps - done) as f64;
+        eprint!("\rstep {done}/{} (t={}), {elapsed:.1}s elapsed, eta {eta:.1}s   ", s.steps, s.timestep);
+    };
+    sampler::sample(&model, &scheduler, &mut workspace, &opts, &mut out, Some(&mut progress)).map_err(|e| e.to_string())?;
+    let secs = start.elapsed().as_secs_f64();
+    if !quiet {
+        eprintln!();
+    }
+
+    let (grid_c, grid) = (c, a.grid.unwrap_or_else(|| (a.batch as f64).sqrt().ceil() as usize));
+    write_png_grid(&a.out, &out, a.batch, grid_c, h, w, grid).map_err(|e| e.to_string())?;
+    if let Some(path) = &a.save_tensor {
+        write_tensors(path, &[("x_0", &[a.batch, c, h, w], &out)]).map_err(|e| e.to_string())?;
+    }
+    if !quiet {
+        eprintln!(
+            "{steps} steps, batch {}, {:.2}s ({:.2} images/s), setup {:.0} ms, workspace {:.1} MiB, kernels {}; wrote {}",
+            a.batch,
+            secs,
+            a.batch as f64 / secs,
+            setup_ms,
+            (workspace.len() * 4) as f64 / (1 << 20) as f64,
+            model.kernels_name(),
+            a.out.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! `DDPMScheduler` / `DDIMScheduler` configuration: diffusers' `scheduler_config.json`, parsed
+//! and validated.
+//!
+//! One struct holds the options of both classes, because diffusers lets either class be built
+//! from the other's config (`DDIMScheduler.from_config(ddpm.config)`), and pipelines routinely
+//! swap them. Every key either class writes is understood; anything else is rejected with an
+//! error naming the key, so a config that would change the computation is never half-read.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use serde_json::Value;
+
+use crate::error::{unsupported, Error, Result};
+
+/// Largest `num_train_timesteps` (and `steps_offset`) accepted: far beyond any trained model,
+/// small enough that schedule buffers and timestep arithmetic cannot overflow.
+pub const MAX_TRAIN_TIMESTEPS: usize = 1 << 20;
+
+const FILE: &str = "scheduler_config.json";
+
+/// Which diffusers scheduler class the config describes (its `_class_name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerKind {
+    /// `DDPMScheduler`: ancestral sampling, noise at every step with t > 0.
+    Ddpm,
+    /// `DDIMScheduler`: deterministic for eta = 0, DDPM-like noise as eta grows.
+    Ddim,
+}
+
+impl SchedulerKind {
+    /// diffusers' class name.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            SchedulerKind::Ddpm => "DDPMScheduler",
+            SchedulerKind::Ddim => "DDIMScheduler",
+        }
+    }
+}
+
+/// `beta_schedule`: how the training betas are laid out over `num_train_timesteps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BetaSchedule {
+    /// `linear`: evenly spaced from `beta_start` to `beta_end`.
+    Linear,
+    /// `scaled_linear`: evenly spaced square roots, squared (latent diffusion).
+    ScaledLinear,
+    /// `squaredcos_cap_v2`: the cosine alpha-bar of improved DDPM, betas capped at 0.999.
+    SquaredcosCapV2,
+    /// `sigmoid`: sigmoid over [-6, 6] scaled into [`beta_start`, `beta_end`] (DDPM only in
+    /// diffusers; accepted for DDIM here since the betas do not depend on the class).
+    Sigmoid,
+    /// `laplace`: the Laplace alpha-bar (DDPM only in diffusers, undocumented there).
+    Laplace,
+}
+
+/// `variance_type` (DDPM): the variance of the noise added at each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarianceType {
+    /// Posterior variance beta~_t.
+    FixedSmall,
+    /// Posterior variance, computed through its log.
+    FixedSmallLog,
+    /// beta_t of the (possibly skipped) step.
+    FixedLarge,
+    /// beta_t through its log. diffusers 0.42 takes the square root of the log and returns NaN
+    /// for every t > 0 (huggingface/diffusers#14569); this library uses the intended
+    /// `exp(0.5 * log beta_t)`, i.e. the same noise as [`VarianceType::FixedLarge`].
+    FixedLargeLog,
+    /// The model predicts the variance (second half of its output channels); diffusers takes its
+    /// square root as the noise scale.
+    Learned,
+    /// The model predicts v in [-1, 1] interpolating the log variance between beta~_t and
+    /// beta_t (improved DDPM).
+    LearnedRange,
+}
+
+impl VarianceType {
+    /// Whether the model output carries variance channels (`out_channels = 2 * in_channels`).
+    pub fn is_learned(self) -> bool {
+        matches!(self, VarianceType::Learned | VarianceType::LearnedRange)
+    }
+}
+
+/// `prediction_type`: what the model output means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionType {
+    /// The noise epsilon.
+    Epsilon,
+    /// The clean sample x_0.
+    Sample,
+    /// v = sqrt(abar) eps - sqrt(1 - abar) x_0.
+    VPrediction,
+}
+
+/// `timestep_spacing`: how the inference timesteps are picked from the training ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestepSpacing {
+    /// Multiples of `T / N` (integer division) from 0, plus `steps_offset`.
+    Leading,
+    /// Evenly spaced down from T - 1 (by the real-valued `T / N`).
+    Trailing,
+    /// `N` evenly spaced points over [0, T - 1], rounded.
+    Linspace,
+}
+
+/// How DDIM picks the timestep it steps to (ours; not a diffusers key).
+///
+/// diffusers' DDIM always steps from t to `t - T / N` (integer division), whatever the spacing.
+/// That matches the listed timesteps for `leading` spacing, but not for `trailing` or
+/// `linspace` when N does not divide T: the step then lands between listed timesteps, and the
+/// last step lands on t >= 0 instead of the final alpha (huggingface/diffusers#12633, #11347).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DdimPrevTimestep {
+    /// `t - T / N`, exactly as diffusers does (the default, for parity).
+    Diffusers,
+    /// The next entry of the timestep list, or the final alpha after the last one.
+    NextInSchedule,
+}
+
+macro_rules! names {
+    ($ty:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The value as diffusers writes it in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+
+            fn parse(key: &str, v: &Value) -> Result<$ty> {
+                match v.as_str() {
+                    $(Some($name) => Ok($ty::$variant),)+
+                    Some(_) => Err(unsupported(key, v)),
+                    None => Err(bad(key, format!("expected a string, got {v}"))),
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names!(BetaSchedule {
+    Linear = "linear",
+    ScaledLinear = "scaled_linear",
+    SquaredcosCapV2 = "squaredcos_cap_v2",
+    Sigmoid = "sigmoid",
+    Laplace = "laplace",
+});
+names!(VarianceType {
+    FixedSmall = "fixed_small",
+    FixedSmallLog = "fixed_small_log",
+    FixedLarge = "fixed_large",
+    FixedLargeLog = "fixed_large_log",
+    Learned = "learned",
+    LearnedRange = "learned_range",
+});
+names!(PredictionType {
+    Epsilon = "epsilon",
+    Sample = "sample",
+    VPrediction = "v_prediction",
+});
+names!(TimestepSpacing {
+    Leading = "leading",
+    Trailing = "trailing",
+    Linspace = "linspace",
+});
+
+/// The options of diffusers' `DDPMScheduler` and `DDIMScheduler` (0.42), plus two of ours
+/// (`ddim_prev_timestep`, `use_clipped_model_output`).
+///
+/// Fields that only one class reads are still kept for the other, so that
+/// [`SchedulerConfig::with_kind`] can convert like diffusers' `from_config` does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    pub kind: SchedulerKind,
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    /// Replaces `beta_schedule` when given; one value per training timestep, each in (0, 1].
+    pub trained_betas: Option<Vec<f64>>,
+    /// DDPM only.
+    pub variance_type: VarianceType,
+    pub clip_sample: bool,
+    pub clip_sample_range: f64,
+    pub prediction_type: PredictionType,
+    /// Dynamic thresholding of the x_0 prediction (Imagen); replaces `clip_sample` when on.
+    pub thresholding: bool,
+    pub dynamic_thresholding_ratio: f64,
+    pub sample_max_value: f64,
+    pub timestep_spacing: TimestepSpacing,
+    pub steps_offset: usize,
+    pub rescale_betas_zero_snr: bool,
+    /// DDIM only: the alpha-bar "before" t = 0 is 1 (true) or `alphas_cumprod[0]` (false).
+    pub set_alpha_to_one: bool,
+    /// DDIM only; ours. See [`DdimPrevTimestep`].
+    pub ddim_prev_timestep: DdimPrevTimestep,
+    /// DDIM only; diffusers' `step(use_clipped_model_output=...)` argument, kept here so a
+    /// whole sampling run is described by one value. Not a JSON key.
+    pub use_clipped_model_output: bool,
+}
+
+fn json_err(message: impl Into<String>) -> Error {
+    Error::InvalidJson {
+        file: FILE,
+        message: message.into(),
+    }
+}
+
+fn bad(key: &str, message: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn as_bool(key: &str, v: &Value) -> Result<bool> {
+    v.as_bool()
+        .ok_or_else(|| bad(key, format!("expected true or false, got {v}")))
+}
+
+fn as_f64(key: &str, v: &Value) -> Result<f64> {
+    match v.as_f64() {
+        Some(x) if x.is_finite() => Ok(x),
+        _ => Err(bad(key, format!("expected a number, got {v}"))),
+    }
+}
+
+/// A non-negative integer no larger than [`MAX_TRAIN_TIMESTEPS`].
+fn as_count(key: &str, v: &Value) -> Result<usize> {
+    match (v.as_u64(), v.as_i64()) {
+        (Some(n), _) if n <= MAX_TRAIN_TIMESTEPS as u64 => Ok(n as usize),
+        (Some(n), _) => Err(bad(
+            key,
+            format!("{n} is larger than {MAX_TRAIN_TIMESTEPS}"),
+        )),
+        (None, Some(n)) => Err(bad(key, format!("{n} is negative"))),
+        _ => Err(bad(
+            key,
+            format!("expected a non-negative integer, got {v}"),
+        )),
+    }
+}
+
+/// Keys of diffusers 0.1-era scheduler configs that diffusers 0.42 ignores and that never
+/// changed the computation; old Hub folders (e.g. the original DDPM conversions) carry them.
+fn is_legacy_noop(key: &str, v: &Value) -> bool {
+    match key {
+        "tensor_format" => v.is_string(),
+        "timestep_values" => v.is_null(),
+        _ => false,
+    }
+}
+
+impl SchedulerConfig {
+    /// diffusers' `DDPMScheduler()` constructor defaults.
+    pub fn ddpm_default() -> SchedulerConfig {
+        SchedulerConfig {
+            kind: SchedulerKind::Ddpm,
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            variance_type: VarianceType::FixedSmall,
+            clip_sample: true,
+            clip_sample_range: 1.0,
+            prediction_type: PredictionType::Epsilon,
+            thresholding: false,
+            dynamic_thresholding_ratio: 0.995,
+            sample_max_value: 1.0,
+            timestep_spacing: TimestepSpacing::Leading,
+            steps_offset: 0,
+            rescale_betas_zero_snr: false,
+            set_alpha_to_one: true,
+            ddim_prev_timestep: DdimPrevTimestep::Diffusers,
+            use_clipped_model_output: false,
+        }
+    }
+
+    /// diffusers' `DDIMScheduler()` constructor defaults (the shared keys have the same
+    /// defaults in both classes).
+    pub fn ddim_default() -> SchedulerConfig {
+        SchedulerConfig {
+            kind: SchedulerKind::Ddim,
+            ..SchedulerConfig::ddpm_default()
+        }
+    }
+
+    /// Parses a diffusers `scheduler_config.json`.
+    ///
+    /// `_class_name` picks the class (absent: DDPM); other keys starting with `_` are ignored.
+    /// Keys of either class are accepted and kept (a DDPM config may carry `set_alpha_to_one`,
+    /// as diffusers keeps such keys for a later `from_config` into the other class). `null`
+    /// means "default" for `trained_betas`. Errors: invalid JSON → [`Error::InvalidJson`];
+    /// unknown key, unknown class or enum value → [`Error::UnsupportedConfig`]; wrong type or
+    /// out-of-range value → [`Error::InvalidConfig`], each naming the key.
+    pub fn from_json(text: &str) -> Result<SchedulerConfig> {
+        let root: Value = serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
+        let obj = root
+            .as_object()
+            .ok_or_else(|| json_err("top level is not an object"))?;
+        let mut cfg = SchedulerConfig::ddpm_default();
+        for (key, v) in obj {
+            let k = key.as_str();
+            match k {
+                "_class_name" => {
+                    cfg.kind = match v.as_str() {
+                        Some("DDPMScheduler") => SchedulerKind::Ddpm,
+                        Some("DDIMScheduler") => SchedulerKind::Ddim,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                _ if k.starts_with('_') => {} // _diffusers_version, _use_default_values, ...
+                "num_train_timesteps" => cfg.num_train_timesteps = as_count(k, v)?,
+                "beta_start" => cfg.beta_start = as_f64(k, v)?,
+                "beta_end" => cfg.beta_end = as_f64(k, v)?,
+                "beta_schedule" => cfg.beta_schedule = BetaSchedule::parse(k, v)?,
+                "trained_betas" => {
+                    cfg.trained_betas = match v {
+                        Value::Null => None,
+                        Value::Array(items) => Some(
+                            items
+                                .iter()
+                                .map(|b| as_f64(k, b))
+                                .collect::<Result<Vec<f64>>>()?,
+                        ),
+                        _ => {
+                            return Err(bad(
+                                k,
+                                format!("expected a list of numbers or null, got {v}"),
+                            ))
+                        }
+                    }
+                }
+                "variance_type" => cfg.variance_type = VarianceType::parse(k, v)?,
+                "clip_sample" => cfg.clip_sample = as_bool(k, v)?,
+                "clip_sample_range" => cfg.clip_sample_range = as_f64(k, v)?,
+                "prediction_type" => cfg.prediction_type = PredictionType::parse(k, v)?,
+                "thresholding" => cfg.thresholding = as_bool(k, v)?,
+                "dynamic_thresholding_ratio" => cfg.dynamic_thresholding_ratio = as_f64(k, v)?,
+                "sample_max_value" => cfg.sample_max_value = as_f64(k, v)?,
+                "timestep_spacing" => cfg.timestep_spacing = TimestepSpacing::parse(k, v)?,
+                "steps_offset" => cfg.steps_offset = as_count(k, v)?,
+                "rescale_betas_zero_snr" => cfg.rescale_betas_zero_snr = as_bool(k, v)?,
+                "set_alpha_to_one" => cfg.set_alpha_to_one = as_bool(k, v)?,
+                _ if is_legacy_noop(k, v) => {}
+                _ => return Err(unsupported(k, v)),
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as the other class's `from_config` would build it: what
+    /// `DDIMScheduler.from_config(ddpm.config)` (or the reverse) gives in diffusers 0.42.
+    ///
+    /// Shared keys carry over unchanged. The target class's own key (`set_alpha_to_one` for
+    /// DDIM, `variance_type` for DDPM) keeps the value it has here: that is the JSON's value
+    /// when the key was present (diffusers keeps such keys as hidden config entries) and the
+    /// target's default otherwise, since absent keys are parsed as defaults and both classes
+    /// share every other default. The source class's own key is dropped by diffusers
+    /// (`unexpected_keys_from_orig`), so it returns to its default here. Our own fields
+    /// (`ddim_prev_timestep`, `use_clipped_model_output`) carry over.
+    pub fn with_kind(mut self, kind: SchedulerKind) -> SchedulerConfig {
+        if kind == self.kind {
+            return self;
+        }
+        let defaults = SchedulerConfig::ddpm_default();
+        match self.kind {
+            SchedulerKind::Ddpm => self.variance_type = defaults.variance_type,
+            SchedulerKind::Ddim => self.set_alpha_to_one = defaults.set_alpha_to_one,
+        }
+        self.kind = kind;
+        self
+    }
+
+    /// Checks every range the schedule and step arithmetic rely on. Called by
+    /// [`SchedulerConfig::from_json`] and again when a scheduler is built, since the fields
+    /// are public.
+    pub fn validate(&self) -> Result<()> {
+        let t = self.num_train_timesteps;
+        if t == 0 || t > MAX_TRAIN_TIMESTEPS {
+            return Err(bad(
+                "num_train_timesteps",
+                format!("{t} is out of range 1..={MAX_TRAIN_TIMESTEPS}"),
+            ));
+        }
+        if self.steps_offset > MAX_TRAIN_TIMESTEPS {
+            return Err(bad(
+                "steps_offset",
+                format!("{} is larger than {MAX_TRAIN_TIMESTEPS}", self.steps_offset),
+            ));
+        }
+        for (key, v) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return Err(bad(key, format!("{v} is outside [0, 1]")));
+            }
+        }
+        if let Some(tb) = &self.trained_betas {
+            if tb.len() != t {
+                return Err(bad(
+                    "trained_betas",
+                    format!("has {} values, num_train_timesteps is {t}", tb.len()),
+                ));
+            }
+            if let Some((i, b)) = tb
+                .iter()
+                .enumerate()
+                .find(|(_, b)| !(**b > 0.0 && **b <= 1.0))
+            {
+                return Err(bad(
+                    "trained_betas",
+                    format!("value {i} = {b} is outside (0, 1]"),
+                ));
+            }
+        }
+        if !(self.clip_sample_range.is_finite() && self.clip_sample_range >= 0.0) {
+            return Err(bad(
+                "clip_sample_range",
+                format!("{} must be finite and >= 0", self.clip_sample_range),
+            ));
+        }
+        let r = self.dynamic_thresholding_ratio;
+        if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
+            return Err(bad(
+                "dynamic_thresholding_ratio",
+                format!("{r} is outside [0, 1]"),
+            ));
+        }
+        if !(self.sample_max_value.is_finite() && self.sample_max_value > 0.0) {
+            return Err(bad(
+                "sample_max_value",
+                format!("{} must be finite and > 0", self.sample_max_value),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig::ddpm_default()
+    }
+}

@@ -1,0 +1,173 @@
+//! Loading: f16 files are used in place, conversion is exact, old attention names load, and
+//! bad configs or weights give typed errors naming the key or tensor.
+
+mod common;
+
+use common::fixtures_dir;
+use safetensors::{Dtype, SafeTensors};
+use tinydiffusion::memory::Reuse;
+use tinydiffusion::weights::{convert::to_f16_safetensors, LoadOptions, WeightBytes};
+use tinydiffusion::{Error, Model, UNetConfig};
+
+fn fixture(model: &str) -> (String, Vec<u8>) {
+    let dir = fixtures_dir().join(model);
+    (
+        std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap(),
+    )
+}
+
+fn run(model: &Model) -> Vec<f32> {
+    let (c, h, w) = model.input_shape();
+    let x: Vec<f32> = (0..2 * c * h * w).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let (co, _, _) = model.output_shape();
+    let mut out = vec![0.0; 2 * co * h * w];
+    let mut ws = vec![0.0; model.workspace_len(2)];
+    let labels = model.config.num_class_embeds.map(|_| vec![0i64, 1]);
+    model.forward(&mut ws, &x, &[3.0, 700.0], labels.as_deref(), &mut out).unwrap();
+    out
+}
+
+/// Rewrites a safetensors buffer through `f(name, dtype, shape, data)`; returning None drops
+/// the tensor.
+fn rewrite(bytes: &[u8], f: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(String, Dtype, Vec<usize>, Vec<u8>)>) -> Vec<u8> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let owned: Vec<_> = st.tensors().into_iter().filter_map(|(n, v)| f(&n, v.dtype(), v.shape(), v.data())).collect();
+    let views: Vec<_> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+#[test]
+fn converted_f16_loads_in_place_and_matches() {
+    for m in ["tiny-rgb16", "tiny-class16"] {
+        let (config, bytes) = fixture(m);
+        let original = Model::from_parts(&config, WeightBytes::Owned(bytes.clone())).unwrap();
+        assert_eq!(original.weights().in_place_tensors, 0);
+        let (f16_bytes, report) = to_f16_safetensors(&bytes).unwrap();
+        assert_eq!(report.converted, report.tensors);
+        let converted = Model::from_parts(&config, WeightBytes::Owned(f16_bytes)).unwrap();
+        assert_eq!(converted.weights().converted_tensors, 0, "{m}: f16 file must need no conversion");
+        assert!(converted.weights().in_place_tensors > 0);
+        assert_eq!(run(&original), run(&converted), "{m}: conversion changed the numbers");
+    }
+}
+
+#[test]
+fn old_attention_names_load() {
+    let (config, bytes) = fixture("tiny-rgb16");
+    let renamed = rewrite(&bytes, |n, d, s, b| {
+        let n = n
+            .replace(".to_q.", ".query.")
+            .replace(".to_k.", ".key.")
+            .replace(".to_v.", ".value.")
+            .replace(".to_out.0.", ".proj_attn.");
+        Some((n, d, s.to_vec(), b.to_vec()))
+    });
+    assert_ne!(renamed, bytes);
+    let a = Model::from_parts(&config, WeightBytes::Owned(bytes)).unwrap();
+    let b = Model::from_parts(&config, WeightBytes::Owned(renamed)).unwrap();
+    assert_eq!(run(&a), run(&b));
+}
+
+#[test]
+fn bf16_weights_load() {
+    let (config, bytes) = fixture("tiny-gray8");
+    let bf16 = rewrite(&bytes, |n, _d, s, b| {
+        let data: Vec<u8> = b
+            .chunks_exact(4)
+            .flat_map(|c| half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+            .collect();
+        Some((n.to_string(), Dtype::BF16, s.to_vec(), data))
+    });
+    let a = run(&Model::from_parts(&config, WeightBytes::Owned(bytes)).unwrap());
+    let b = run(&Model::from_parts(&config, WeightBytes::Owned(bf16)).unwrap());
+    let err = common::rel_l2(&b, &a);
+    assert!(err < 5e-2, "bf16 weights should be close to f32 ({err})");
+}
+
+#[test]
+fn extra_tensors_are_ignored() {
+    let (config, bytes) = fixture("tiny-rgb16");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    tensors.push(("ema.decay".into(), Dtype::F32, vec![1], 0.999f32.to_le_bytes().to_vec()));
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let with_extra = safetensors::serialize(views, None).unwrap();
+    let a = Model::from_parts(&config, WeightBytes::Owned(bytes)).unwrap();
+    let b = Model::from_parts(&config, WeightBytes::Owned(with_extra)).unwrap();
+    assert_eq!(run(&a), run(&b));
+}
+
+#[test]
+fn bad_weights_name_the_tensor() {
+    let (config, bytes) = fixture("tiny-rgb16");
+    let missing = rewrite(&bytes, |n, d, s, b| (n != "conv_in.bias").then(|| (n.to_string(), d, s.to_vec(), b.to_vec())));
+    assert_eq!(
+        Model::from_parts(&config, WeightBytes::Owned(missing)).err(),
+        Some(Error::MissingTensor { name: "conv_in.bias".into() })
+    );
+    let reshaped = rewrite(&bytes, |n, d, s, b| {
+        let s = if n == "conv_out.weight" { vec![s[0], s[1], 9] } else { s.to_vec() };
+        Some((n.to_string(), d, s, b.to_vec()))
+    });
+    match Model::from_parts(&config, WeightBytes::Owned(reshaped)) {
+        Err(Error::ShapeMismatch { name, .. }) => assert_eq!(name, "conv_out.weight"),
+        other => panic!("expected a shape mismatch, got {:?}", other.err()),
+    }
+    let nan = rewrite(&bytes, |n, d, s, b| {
+        let mut b = b.to_vec();
+        if n == "conv_in.weight" {
+            b[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        Some((n.to_string(), d, s.to_vec(), b))
+    });
+    assert_eq!(
+        Model::from_parts(&config, WeightBytes::Owned(nan.clone())).err(),
+        Some(Error::NonFiniteWeight { name: "conv_in.weight".into() })
+    );
+    // Refusing non-finite weights is an option; without it the model loads.
+    let cfg = UNetConfig::from_json(&config).unwrap();
+    assert!(Model::new(cfg, WeightBytes::Owned(nan), LoadOptions { check_finite: false }, Reuse::Shared).is_ok());
+    let int = rewrite(&bytes, |n, d, s, b| {
+        let d = if n == "conv_in.bias" { Dtype::I32 } else { d };
+        Some((n.to_string(), d, s.to_vec(), b.to_vec()))
+    });
+    assert!(matches!(Model::from_parts(&config, WeightBytes::Owned(int)), Err(Error::UnsupportedDtype { .. })));
+    assert!(matches!(
+        Model::from_parts(&config, WeightBytes::Owned(bytes[..bytes.len() / 2].to_vec())),
+        Err(Error::InvalidSafetensors { .. })
+    ));
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let (config, _) = fixture("tiny-rgb16");
+    let mut v: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut c = v.clone();
+        c[key] = value;
+        UNetConfig::from_json(&c.to_string())
+    };
+    let key_of = |r: Result<UNetConfig, Error>| match r {
+        Err(Error::UnsupportedConfig { key, .. }) | Err(Error::InvalidConfig { key, .. }) => key,
+        other => panic!("expected a config error, got {other:?}"),
+    };
+    assert_eq!(key_of(with("act_fn", "gelu".into())), "act_fn");
+    assert_eq!(key_of(with("time_embedding_type", "fourier".into())), "time_embedding_type");
+    assert_eq!(key_of(with("down_block_types", serde_json::json!(["DownBlock2D", "CrossAttnDownBlock2D"]))), "down_block_types");
+    assert_eq!(key_of(with("norm_num_groups", 7.into())), "norm_num_groups");
+    assert_eq!(key_of(with("block_out_channels", serde_json::json!([]))), "block_out_channels");
+    assert_eq!(key_of(with("in_channels", 0.into())), "in_channels");
+    assert_eq!(key_of(with("sample_size", 15.into())), "sample_size");
+    assert_eq!(key_of(with("resnet_time_scale_shift", "scale_shift".into())), "resnet_time_scale_shift");
+    assert_eq!(key_of(with("some_future_option", true.into())), "some_future_option");
+    v["sample_size"] = serde_json::json!([16, 32]);
+    assert_eq!(UNetConfig::from_json(&v.to_string()).unwrap().sample_size, (16, 32));
+    assert!(matches!(UNetConfig::from_json("{not json"), Err(Error::InvalidJson { .. })));
+}
