@@ -7,6 +7,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use half::f16;
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
@@ -101,9 +102,12 @@ impl WeightStore {
 }
 
 /// Resolves named tensors of a safetensors file into [`WeightRef`]s, checking each one's
-/// presence, shape and dtype, and converting non-f16 data.
+/// presence, shape and dtype, and converting non-f16 data. The header is parsed once.
 pub struct WeightLoader {
     store: WeightStore,
+    metadata: Metadata,
+    /// Byte offset of the data section (8 + header length).
+    data_start: usize,
     options: LoadOptions,
 }
 
@@ -123,41 +127,43 @@ fn shape_string(shape: &[usize]) -> String {
     s
 }
 
+/// True when any f16 bit pattern is NaN or infinite (all exponent bits set). Written as a
+/// branch-free reduction so it vectorises: it runs over every weight at load.
+fn any_nonfinite_f16(bits: &[u16]) -> bool {
+    bits.chunks(256).any(|c| c.iter().fold(false, |acc, &b| acc | (b & 0x7c00 == 0x7c00)))
+}
+
 impl WeightLoader {
     /// Validates the container (header, offsets, lengths) up front.
     pub fn new(bytes: WeightBytes, options: LoadOptions) -> Result<WeightLoader> {
-        SafeTensors::deserialize(bytes.as_slice()).map_err(st_err)?;
+        let (header_len, metadata) = SafeTensors::read_metadata(bytes.as_slice()).map_err(st_err)?;
         Ok(WeightLoader {
             store: WeightStore { bytes, converted: Vec::new(), in_place_tensors: 0, converted_tensors: 0 },
+            metadata,
+            data_start: 8 + header_len,
             options,
         })
     }
 
     /// Whether the file holds a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        // The header was validated in `new`, so deserializing again cannot fail.
-        SafeTensors::deserialize(self.store.bytes.as_slice()).map(|st| st.tensor(name).is_ok()).unwrap_or(false)
+        self.metadata.info(name).is_some()
     }
 
     /// Finds the first of `names` present (to accept old and new diffusers names), checks its
     /// shape, and returns its f16 data reference.
     pub fn take(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
-        let bytes = self.store.bytes.as_slice();
-        let st = SafeTensors::deserialize(bytes).map_err(st_err)?;
-        let (name, view) = names
+        let (name, info) = names
             .iter()
-            .find_map(|n| st.tensor(n).ok().map(|v| (*n, v)))
+            .find_map(|n| self.metadata.info(n).map(|i| (*n, i)))
             .ok_or_else(|| Error::MissingTensor { name: names[0].into() })?;
         // diffusers' Linear weights are [out, in]; a few old checkpoints store attention
         // projections as 1x1 convs [out, in, 1, 1]: accept trailing unit dimensions.
-        let found = view.shape();
-        let squeezed: Vec<usize> = {
-            let mut f = found.to_vec();
-            while f.len() > shape.len() && f.last() == Some(&1) {
-                f.pop();
-            }
-            f
-        };
+        let found = &info.shape;
+        let mut squeezed: &[usize] = found;
+        while squeezed.len() > shape.len() && squeezed.last() == Some(&1) {
+            squeezed = &squeezed[..squeezed.len() - 1];
+        }
         if squeezed != shape {
             return Err(Error::ShapeMismatch {
                 name: name.into(),
@@ -165,18 +171,19 @@ impl WeightLoader {
                 found: shape_string(found),
             });
         }
-        let data = view.data();
+        let bytes = self.store.bytes.as_slice();
+        // `read_metadata` checked that the offsets lie inside the file and match dtype * shape.
+        let byte_start = self.data_start + info.data_offsets.0;
+        let data = &bytes[byte_start..self.data_start + info.data_offsets.1];
         let len: usize = shape.iter().product();
         let check = self.options.check_finite;
         let nonfinite = || Error::NonFiniteWeight { name: name.into() };
-        match view.dtype() {
+        match info.dtype {
             Dtype::F16 => {
-                let byte_start = data.as_ptr() as usize - bytes.as_ptr() as usize;
-                if (data.as_ptr() as usize) % core::mem::align_of::<f16>() != 0 {
+                let Ok(bits) = bytemuck::try_cast_slice::<u8, u16>(data) else {
                     return Err(Error::UnalignedTensor { name: name.into() });
-                }
-                let halves: &[f16] = bytemuck::cast_slice(data);
-                if check && halves.iter().any(|h| !h.is_finite()) {
+                };
+                if check && any_nonfinite_f16(bits) {
                     return Err(nonfinite());
                 }
                 self.store.in_place_tensors += 1;
@@ -186,7 +193,7 @@ impl WeightLoader {
                 let start = self.store.converted.len();
                 let converted = &mut self.store.converted;
                 converted.reserve(len);
-                if view.dtype() == Dtype::F32 {
+                if info.dtype == Dtype::F32 {
                     for c in data.chunks_exact(4) {
                         let h = f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
                         // Also catches finite f32 values beyond f16's range (65504).
