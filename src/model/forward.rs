@@ -74,8 +74,14 @@ impl Model {
         t.map_or(EMPTY, |t| self.region(t, batch))
     }
 
-    fn input_regions(&self, i: Input, batch: usize) -> [(usize, usize); 2] {
-        [self.region(i.first(), batch), self.opt_region(i.second(), batch)]
+    /// Regions of an op's main input. A concatenation of a tensor with itself (the UNet
+    /// without a mid block concatenates the bottom feature map with its own skip) is carved
+    /// once; the caller reads the first half twice.
+    fn input_regions(&self, i: Input, batch: usize) -> ([(usize, usize); 2], bool) {
+        match i {
+            Input::Concat(a, b) if a == b => ([self.region(a, batch), EMPTY], true),
+            _ => ([self.region(i.first(), batch), self.opt_region(i.second(), batch)], false),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -124,7 +130,7 @@ impl Model {
                 (k.linear)(&args, dst);
             }
             Op::Conv(c) => {
-                let [a, b] = self.input_regions(c.input, batch);
+                let ([a, b], self_concat) = self.input_regions(c.input, batch);
                 let [in_a, in_b, channel_add, residual, dst] = carve(
                     ws,
                     [
@@ -135,6 +141,7 @@ impl Model {
                         self.region(c.out, batch),
                     ],
                 )?;
+                let in_b: &[f32] = if self_concat { in_a } else { in_b };
                 let args = ConvArgs {
                     shape: crate::kernels::ConvShape { batch, ..c.shape },
                     in_a,
@@ -148,8 +155,9 @@ impl Model {
                 (k.conv2d)(&args, dst);
             }
             Op::GroupNorm(g) => {
-                let [a, b] = self.input_regions(g.input, batch);
+                let ([a, b], self_concat) = self.input_regions(g.input, batch);
                 let [in_a, in_b, dst] = carve(ws, [a, b, self.region(g.out, batch)])?;
+                let in_b: &[f32] = if self_concat { in_a } else { in_b };
                 let args = GroupNormArgs {
                     batch,
                     pixels: g.pixels,
