@@ -107,6 +107,13 @@ fn info(dir: &Path, batch: usize) -> Result<(), String> {
     println!("parameters       {}", model.parameters());
     println!("GFLOP per step   {:.3} per image", model.flops_per_sample() as f64 / 1e9);
     println!("workspace        {} bytes for a forward pass at batch {batch}", model.workspace_bytes(batch));
+    let sched = Scheduler::new(scheduler_config(dir, None).map_err(|e| e.to_string())?, 1).map_err(|e| e.to_string())?;
+    let floats = sampler::workspace_len(&model, &sched, batch, false);
+    print!("                 {} bytes for sampling at batch {batch}", floats * 4);
+    if model.config.num_class_embeds.is_some() {
+        print!(" ({} with guidance)", sampler::workspace_len(&model, &sched, batch, true) * 4);
+    }
+    println!();
     println!("kernels          {}", model.kernels_name());
     Ok(())
 }
@@ -195,15 +202,23 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     }
     if !quiet {
         eprintln!(
-            "{steps} steps, batch {}, {:.2}s ({:.2} images/s), setup {:.0} ms, workspace {:.1} MiB, kernels {}; wrote {}",
+            "{steps} steps, batch {}, {:.2}s ({:.2} images/s), setup {:.0} ms, workspace {:.1} MiB, peak RSS {}, kernels {}; wrote {}",
             a.batch,
             secs,
             a.batch as f64 / secs,
             setup_ms,
             (workspace.len() * 4) as f64 / (1 << 20) as f64,
+            peak_rss().map_or("n/a".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
             model.kernels_name(),
             a.out.display()
         );
     }
     Ok(())
+}
+
+/// Peak resident memory in KiB (Linux: `VmHWM` of /proc/self/status).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
