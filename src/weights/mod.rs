@@ -66,6 +66,19 @@ pub struct WeightStore {
     /// Tensors read from the file as f16 in place, and total elements converted (for reports).
     pub in_place_tensors: usize,
     pub converted_tensors: usize,
+    /// Every tensor the model took, in the order the description took them: its diffusers name
+    /// (the one found in the file), shape and reference. The trainer keys its f32 master weights
+    /// on this list.
+    pub named: Vec<NamedWeight>,
+}
+
+/// A parameter tensor of the model: diffusers name, shape (diffusers layout) and where its f16
+/// data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedWeight {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub weight: WeightRef,
 }
 
 /// Load-time options.
@@ -105,10 +118,15 @@ impl WeightStore {
 pub struct WeightLoader {
     store: WeightStore,
     options: LoadOptions,
+    /// No file: every tensor is zeros of the requested shape (to list a config's parameters
+    /// before any weights exist, e.g. to initialise training).
+    shapes_only: bool,
 }
 
 fn st_err(e: safetensors::SafeTensorError) -> Error {
-    Error::InvalidSafetensors { message: alloc::format!("{e:?}") }
+    Error::InvalidSafetensors {
+        message: alloc::format!("{e:?}"),
+    }
 }
 
 fn shape_string(shape: &[usize]) -> String {
@@ -128,26 +146,76 @@ impl WeightLoader {
     pub fn new(bytes: WeightBytes, options: LoadOptions) -> Result<WeightLoader> {
         SafeTensors::deserialize(bytes.as_slice()).map_err(st_err)?;
         Ok(WeightLoader {
-            store: WeightStore { bytes, converted: Vec::new(), in_place_tensors: 0, converted_tensors: 0 },
+            store: WeightStore {
+                bytes,
+                converted: Vec::new(),
+                in_place_tensors: 0,
+                converted_tensors: 0,
+                named: Vec::new(),
+            },
             options,
+            shapes_only: false,
         })
+    }
+
+    /// A loader without a file: `take` accepts any name and hands out zeros of the requested
+    /// shape, recording the first name. Used to list the parameters a config implies.
+    pub fn shapes_only() -> WeightLoader {
+        WeightLoader {
+            store: WeightStore {
+                bytes: WeightBytes::Owned(Vec::new()),
+                converted: Vec::new(),
+                in_place_tensors: 0,
+                converted_tensors: 0,
+                named: Vec::new(),
+            },
+            options: LoadOptions {
+                check_finite: false,
+            },
+            shapes_only: true,
+        }
     }
 
     /// Whether the file holds a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
         // The header was validated in `new`, so deserializing again cannot fail.
-        SafeTensors::deserialize(self.store.bytes.as_slice()).map(|st| st.tensor(name).is_ok()).unwrap_or(false)
+        SafeTensors::deserialize(self.store.bytes.as_slice())
+            .map(|st| st.tensor(name).is_ok())
+            .unwrap_or(false)
     }
 
     /// Finds the first of `names` present (to accept old and new diffusers names), checks its
     /// shape, and returns its f16 data reference.
     pub fn take(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
+        if self.shapes_only {
+            let len: usize = shape.iter().product();
+            let start = self.store.converted.len();
+            self.store.converted.resize(start + len, f16::ZERO);
+            let weight = WeightRef::Owned { start, len };
+            self.record(names[0], shape, weight);
+            return Ok(weight);
+        }
+        let weight = self.take_from_file(names, shape)?;
+        Ok(weight)
+    }
+
+    fn record(&mut self, name: &str, shape: &[usize], weight: WeightRef) {
+        self.store.named.push(NamedWeight {
+            name: name.into(),
+            shape: shape.to_vec(),
+            weight,
+        });
+    }
+
+    fn take_from_file(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
         let bytes = self.store.bytes.as_slice();
         let st = SafeTensors::deserialize(bytes).map_err(st_err)?;
         let (name, view) = names
             .iter()
             .find_map(|n| st.tensor(n).ok().map(|v| (*n, v)))
-            .ok_or_else(|| Error::MissingTensor { name: names[0].into() })?;
+            .ok_or_else(|| Error::MissingTensor {
+                name: names[0].into(),
+            })?;
         // diffusers' Linear weights are [out, in]; a few old checkpoints store attention
         // projections as 1x1 convs [out, in, 1, 1]: accept trailing unit dimensions.
         let found = view.shape();
@@ -180,7 +248,9 @@ impl WeightLoader {
                     return Err(nonfinite());
                 }
                 self.store.in_place_tensors += 1;
-                Ok(WeightRef::File { byte_start, len })
+                let weight = WeightRef::File { byte_start, len };
+                self.record(name, shape, weight);
+                Ok(weight)
             }
             Dtype::F32 | Dtype::BF16 => {
                 let start = self.store.converted.len();
@@ -205,9 +275,14 @@ impl WeightLoader {
                     }
                 }
                 self.store.converted_tensors += 1;
-                Ok(WeightRef::Owned { start, len })
+                let weight = WeightRef::Owned { start, len };
+                self.record(name, shape, weight);
+                Ok(weight)
             }
-            other => Err(Error::UnsupportedDtype { name: name.into(), dtype: alloc::format!("{other:?}") }),
+            other => Err(Error::UnsupportedDtype {
+                name: name.into(),
+                dtype: alloc::format!("{other:?}"),
+            }),
         }
     }
 
