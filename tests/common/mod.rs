@@ -31,7 +31,7 @@ impl TensorFile {
     /// Every tensor name in the file.
     pub fn names(&self) -> Vec<String> {
         let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("fixture header");
-        st.names().into_iter().cloned().collect()
+        st.names().into_iter().map(String::from).collect()
     }
 
     pub fn has(&self, name: &str) -> bool {
