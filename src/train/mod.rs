@@ -20,17 +20,17 @@
 //! - [`data`]: MNIST IDX and PNG folders.
 //! - [`checkpoint`], [`trainer`]: diffusers-layout checkpoints with training state; the loop.
 
-//pub mod checkpoint;
-//pub mod data;
+pub mod checkpoint;
+pub mod data;
 pub mod graph;
 pub mod layers;
 pub mod loss;
-//pub mod optim;
+pub mod optim;
 pub mod params;
 pub mod rng;
 pub mod schedule;
-//pub mod trainer;
+pub mod trainer;
 
 pub use graph::{TrainGraph, TrainWorkspace};
 pub use params::ParamTable;
-//pub use trainer::{TrainOptions, Trainer};
+pub use trainer::{TrainOptions, Trainer};
