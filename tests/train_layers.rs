@@ -147,7 +147,7 @@ fn conv_case(
             out_scale: scale,
         };
         let mut out = vec![0.0; n_out];
-        conv::forward(&c, &mut out);
+        conv::forward(&c, &mut out, &mut vec![0.0; conv::scratch_len(&shape)]);
         out
     };
     let bwd = |t: &[Vec<f32>], d: &[f32]| {
@@ -177,6 +177,7 @@ fn conv_case(
                 channel_add: gch,
                 residual: gres,
             },
+            &mut vec![0.0; conv::scratch_len(&shape)],
         );
         g
     };

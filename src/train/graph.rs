@@ -47,6 +47,8 @@ pub struct TrainWorkspace {
     pub out: Vec<f32>,
     /// dLoss/d(out), NCHW: the loss writes it, the backward reads it.
     pub d_out: Vec<f32>,
+    /// Kernel scratch (the convolutions' gathered tiles), independent of the batch.
+    scratch: Vec<f32>,
 }
 
 impl TrainWorkspace {
@@ -55,7 +57,11 @@ impl TrainWorkspace {
     }
     /// Bytes held (activations, gradients, output and its gradient).
     pub fn bytes(&self) -> usize {
-        4 * (self.acts.len() + self.grads.len() + self.out.len() + self.d_out.len())
+        4 * (self.acts.len()
+            + self.grads.len()
+            + self.out.len()
+            + self.d_out.len()
+            + self.scratch.len())
     }
 }
 
@@ -158,6 +164,21 @@ impl TrainGraph {
         &self.tensors
     }
 
+    /// Floats of kernel scratch (any batch).
+    pub fn scratch_len(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| {
+                if let Op::Conv(c) = op {
+                    conv::scratch_len(&c.shape)
+                } else {
+                    0
+                }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Allocates the workspace for `batch` (the only allocation of a training run's steps).
     pub fn workspace(&self, batch: usize) -> TrainWorkspace {
         TrainWorkspace {
@@ -166,6 +187,7 @@ impl TrainGraph {
             grads: alloc::vec![0.0; self.grads.arena_len(batch)],
             out: alloc::vec![0.0; batch * self.output_len()],
             d_out: alloc::vec![0.0; batch * self.output_len()],
+            scratch: alloc::vec![0.0; self.scratch_len()],
         }
     }
 
@@ -323,7 +345,7 @@ impl TrainGraph {
                         residual,
                         out_scale: c.out_scale,
                     };
-                    conv::forward(&args, out);
+                    conv::forward(&args, out, &mut ws.scratch);
                 }
                 Op::GroupNorm(g) => {
                     let [in_a, in_b, saved, out] = carve(
@@ -519,7 +541,7 @@ impl TrainGraph {
                         channel_add: d_chan,
                         residual: d_res,
                     };
-                    conv::backward(&args, d_out, g);
+                    conv::backward(&args, d_out, g, &mut ws.scratch);
                 }
                 Op::Linear(l) => {
                     let [d_in, d_res, d_out] = carve(

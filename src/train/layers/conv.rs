@@ -17,10 +17,14 @@
 //!   pixel all add into it (the backward of nearest upsampling is a 2x2 sum); with the concat,
 //!   channels `< in_ca` go to the first part's gradient and the rest to the second's.
 //!
-//! Weights are HWIO (`[kh][kw][in][out]`), so every inner loop runs over contiguous output
-//! channels.
+//! Weights are HWIO (`[kh][kw][in][out]`). Each pass is a matrix product over tiles of output
+//! pixels whose input taps are gathered into rows (`cols`, "im2col", never for the whole map):
+//! forward `Y = cols · W`, weight gradient `dW += cols^T · dY`, input gradient
+//! `dcols = dY · W^T` scattered back (the scatter is what sums the four virtual pixels of an
+//! upsample and splits the concat).
 
-use super::{axpy, dot};
+use super::axpy;
+use super::gemm::{gemm, Strided};
 use crate::kernels::ConvShape;
 
 /// One convolution's inputs (f32, HWIO weights). Optional inputs are empty slices.
@@ -70,43 +74,96 @@ fn for_each_tap(s: &ConvShape, b: usize, oy: usize, ox: usize, mut f: impl FnMut
     }
 }
 
-pub fn forward(a: &Conv<'_>, out: &mut [f32]) {
+/// Output pixels per tile: the gathered input of a tile (`TILE x k*k*in_c`) stays in L2.
+const TILE: usize = 64;
+
+/// Floats of scratch one conv of this shape needs (any batch): the gathered input tile, its
+/// gradient, and the transposed weights.
+pub fn scratch_len(s: &ConvShape) -> usize {
+    let kdim = s.kernel * s.kernel * s.in_c();
+    2 * TILE * kdim + s.out_c * kdim
+}
+
+/// Gathers the inputs of output pixels `start..start + rows` into `cols` (`[rows, k*k*in_c]`,
+/// `[tap][channel]` order, zeros in the padding), each value times `scale`: the "im2col" view
+/// under which the conv is `cols · W`.
+fn gather(a: &Conv<'_>, start: usize, rows: usize, scale: f32, cols: &mut [f32]) {
     let s = &a.shape;
-    let (ca, cb, cin, co) = (s.in_ca, s.in_cb, s.in_c(), s.out_c);
-    for b in 0..s.batch {
-        for oy in 0..s.out_h {
-            for ox in 0..s.out_w {
-                let pixel = (b * s.out_h + oy) * s.out_w + ox;
-                let acc = &mut out[pixel * co..(pixel + 1) * co];
-                acc.copy_from_slice(&a.bias[..co]);
-                for_each_tap(s, b, oy, ox, |tap, src| {
-                    let w = &a.weight[tap * cin * co..(tap + 1) * cin * co];
-                    let xa = &a.in_a[src * ca..(src + 1) * ca];
-                    let xb = &a.in_b[src * cb..(src + 1) * cb];
-                    for (i, &x) in xa.iter().chain(xb).enumerate() {
-                        axpy(acc, x, &w[i * co..(i + 1) * co]);
-                    }
-                });
-                if !a.channel_add.is_empty() {
-                    axpy(acc, 1.0, &a.channel_add[b * co..(b + 1) * co]);
-                }
-                if !a.residual.is_empty() {
-                    axpy(acc, 1.0, &a.residual[pixel * co..(pixel + 1) * co]);
-                }
-                if a.out_scale != 1.0 {
-                    for o in acc.iter_mut() {
-                        *o /= a.out_scale;
-                    }
-                }
+    let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
+    let kdim = s.kernel * s.kernel * cin;
+    cols[..rows * kdim].fill(0.0);
+    for r in 0..rows {
+        let pixel = start + r;
+        let (b, oy, ox) = (
+            pixel / (s.out_h * s.out_w),
+            pixel / s.out_w % s.out_h,
+            pixel % s.out_w,
+        );
+        let row = &mut cols[r * kdim..(r + 1) * kdim];
+        for_each_tap(s, b, oy, ox, |tap, src| {
+            let dst = &mut row[tap * cin..(tap + 1) * cin];
+            for (d, x) in dst.iter_mut().zip(
+                a.in_a[src * ca..(src + 1) * ca]
+                    .iter()
+                    .chain(&a.in_b[src * cb..(src + 1) * cb]),
+            ) {
+                *d = x * scale;
+            }
+        });
+    }
+}
+
+pub fn forward(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) {
+    let s = &a.shape;
+    let co = s.out_c;
+    let kdim = s.kernel * s.kernel * s.in_c();
+    let pixels = s.batch * s.out_h * s.out_w;
+    let cols = &mut scratch[..TILE * kdim];
+    for start in (0..pixels).step_by(TILE) {
+        let rows = TILE.min(pixels - start);
+        let tile = &mut out[start * co..(start + rows) * co];
+        // Bias, time-embedding channel add and residual first; the conv accumulates on top.
+        for (r, acc) in tile.chunks_exact_mut(co).enumerate() {
+            let pixel = start + r;
+            acc.copy_from_slice(&a.bias[..co]);
+            if !a.channel_add.is_empty() {
+                let b = pixel / (s.out_h * s.out_w);
+                axpy(acc, 1.0, &a.channel_add[b * co..(b + 1) * co]);
+            }
+            if !a.residual.is_empty() {
+                axpy(acc, 1.0, &a.residual[pixel * co..(pixel + 1) * co]);
+            }
+        }
+        gather(a, start, rows, 1.0, cols);
+        gemm(
+            rows,
+            co,
+            kdim,
+            Strided {
+                data: cols,
+                rs: kdim,
+                cs: 1,
+            },
+            a.weight,
+            co,
+            tile,
+            co,
+            true,
+        );
+        if a.out_scale != 1.0 {
+            for o in tile.iter_mut() {
+                *o /= a.out_scale;
             }
         }
     }
 }
 
-pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>) {
+pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f32]) {
     let s = &a.shape;
     let (ca, cb, cin, co) = (s.in_ca, s.in_cb, s.in_c(), s.out_c);
+    let kdim = s.kernel * s.kernel * cin;
     let inv = 1.0 / a.out_scale;
+    let pixels = s.batch * s.out_h * s.out_w;
     let ConvGrads {
         in_a: da,
         in_b: db,
@@ -115,43 +172,85 @@ pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>) {
         channel_add: dchan,
         residual: dres,
     } = g;
-    for b in 0..s.batch {
-        for oy in 0..s.out_h {
-            for ox in 0..s.out_w {
-                let pixel = (b * s.out_h + oy) * s.out_w + ox;
-                let dy = &d_out[pixel * co..(pixel + 1) * co];
-                if !dbias.is_empty() {
-                    axpy(dbias, inv, dy);
-                }
-                if !dchan.is_empty() {
-                    axpy(&mut dchan[b * co..(b + 1) * co], inv, dy);
-                }
-                if !dres.is_empty() {
-                    axpy(&mut dres[pixel * co..(pixel + 1) * co], inv, dy);
-                }
+    let need_dx = !da.is_empty() || !db.is_empty();
+    let (cols, rest) = scratch.split_at_mut(TILE * kdim);
+    let (dcols, wt) = rest.split_at_mut(TILE * kdim);
+    let wt = &mut wt[..co * kdim];
+    if need_dx {
+        // W^T: [out_c, k*k*in_c], so dX = dY · W^T is a plain row-major product.
+        for kk in 0..kdim {
+            for o in 0..co {
+                wt[o * kdim + kk] = a.weight[kk * co + o];
+            }
+        }
+    }
+    for start in (0..pixels).step_by(TILE) {
+        let rows = TILE.min(pixels - start);
+        let dy = &d_out[start * co..(start + rows) * co];
+        for (r, dyp) in dy.chunks_exact(co).enumerate() {
+            let pixel = start + r;
+            if !dbias.is_empty() {
+                axpy(dbias, inv, dyp);
+            }
+            if !dchan.is_empty() {
+                let b = pixel / (s.out_h * s.out_w);
+                axpy(&mut dchan[b * co..(b + 1) * co], inv, dyp);
+            }
+            if !dres.is_empty() {
+                axpy(&mut dres[pixel * co..(pixel + 1) * co], inv, dyp);
+            }
+        }
+        if !dw.is_empty() {
+            // dW[k*k*in_c, out_c] += cols^T · dY (cols read transposed through its strides).
+            gather(a, start, rows, inv, cols);
+            gemm(
+                kdim,
+                co,
+                rows,
+                Strided {
+                    data: cols,
+                    rs: 1,
+                    cs: kdim,
+                },
+                dy,
+                co,
+                dw,
+                co,
+                true,
+            );
+        }
+        if need_dx {
+            // dcols = dY · W^T, then scattered back to the input pixels each column came from.
+            gemm(
+                rows,
+                kdim,
+                co,
+                Strided {
+                    data: dy,
+                    rs: co,
+                    cs: 1,
+                },
+                wt,
+                kdim,
+                dcols,
+                kdim,
+                false,
+            );
+            for r in 0..rows {
+                let pixel = start + r;
+                let (b, oy, ox) = (
+                    pixel / (s.out_h * s.out_w),
+                    pixel / s.out_w % s.out_h,
+                    pixel % s.out_w,
+                );
+                let row = &dcols[r * kdim..(r + 1) * kdim];
                 for_each_tap(s, b, oy, ox, |tap, src| {
-                    let w = &a.weight[tap * cin * co..(tap + 1) * cin * co];
-                    for i in 0..cin {
-                        let x = if i < ca {
-                            a.in_a[src * ca + i]
-                        } else {
-                            a.in_b[src * cb + i - ca]
-                        };
-                        if !dw.is_empty() {
-                            axpy(
-                                &mut dw[(tap * cin + i) * co..(tap * cin + i + 1) * co],
-                                x * inv,
-                                dy,
-                            );
-                        }
-                        let dx = if i < ca {
-                            da.get_mut(src * ca + i)
-                        } else {
-                            db.get_mut(src * cb + i - ca)
-                        };
-                        if let Some(dx) = dx {
-                            *dx += inv * dot(dy, &w[i * co..(i + 1) * co]);
-                        }
+                    let d = &row[tap * cin..(tap + 1) * cin];
+                    if !da.is_empty() {
+                        axpy(&mut da[src * ca..(src + 1) * ca], inv, &d[..ca]);
+                    }
+                    if !db.is_empty() {
+                        axpy(&mut db[src * cb..(src + 1) * cb], inv, &d[ca..]);
                     }
                 });
             }

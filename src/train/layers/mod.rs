@@ -23,6 +23,7 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod embedding;
+pub mod gemm;
 pub mod group_norm;
 pub mod linear;
 
