@@ -294,7 +294,7 @@ fn gn_case(name: &str, silu: bool, cb: usize) {
         group_norm::backward(
             &args,
             &saved,
-            d,
+            &mut d.to_vec(),
             group_norm::GroupNormGrads {
                 in_a: ga,
                 in_b: gb,

@@ -19,6 +19,8 @@ use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
 use tinydiffusion::UNetConfig;
 
 const USAGE: &str = "usage: train --data DIR_OR_IDX --out DIR (--config CONFIG.json | --init MODEL_DIR) --steps N --batch B --lr X [options]
+       train eval --model DIR --data DIR_OR_IDX [--range 9000..10000] [--timesteps K] [--batch B] [--seed S]
+                  [--variance fixed_small|fixed_large|learned_range]   (variational bound, bits/dim)
 
 data:
   --data PATH           MNIST IDX images file (.gz ok; labels file beside it is used), a folder
@@ -292,7 +294,161 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `train eval`: the variational bound in bits/dim of a model folder on IDX or PNG images.
+fn eval_main(args: &[String]) -> Result<(), String> {
+    use tinydiffusion::train::eval;
+    use tinydiffusion::train::loss::Variance;
+    use tinydiffusion::train::schedule::Schedule;
+    let (mut model, mut data, mut range, mut k, mut batch, mut seed, mut variance) = (
+        None,
+        None,
+        9000..10000,
+        1000usize,
+        16usize,
+        0u64,
+        None::<Variance>,
+    );
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        let num = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{a}: cannot parse `{v}`"))
+        };
+        match a.as_str() {
+            "--model" => model = Some(PathBuf::from(val()?)),
+            "--data" => data = Some(PathBuf::from(val()?)),
+            "--range" => {
+                let v = val()?;
+                let (s, e) = v.split_once("..").ok_or("--range takes A..B")?;
+                range = num(s.into())? as usize..num(e.into())? as usize;
+            }
+            "--timesteps" => k = num(val()?)? as usize,
+            "--batch" => batch = num(val()?)? as usize,
+            "--seed" => seed = num(val()?)?,
+            "--variance" => {
+                variance = Some(match val()?.as_str() {
+                    "fixed_small" => Variance::FixedSmall,
+                    "fixed_large" => Variance::FixedLarge,
+                    "learned_range" => Variance::Learned,
+                    v => {
+                        return Err(format!(
+                            "--variance: `{v}` (fixed_small | fixed_large | learned_range)"
+                        ))
+                    }
+                })
+            }
+            other => return Err(format!("eval: unknown argument `{other}`")),
+        }
+    }
+    let e = |e: tinydiffusion::Error| e.to_string();
+    let dir = model.ok_or("eval: --model DIR is required")?;
+    let files = tinydiffusion::model::load::ModelFiles::find(&dir).map_err(e)?;
+    let m = tinydiffusion::Model::load(&dir).map_err(e)?;
+    let graph = tinydiffusion::train::TrainGraph::new(&m).map_err(e)?;
+    let mut params = vec![0.0f32; graph.params.buffer_len()];
+    let bytes = std::fs::read(&files.weights).map_err(|x| x.to_string())?;
+    graph
+        .params
+        .read_safetensors(&bytes, "", &mut params)
+        .map_err(e)?;
+    // The training schedule, prediction type and variance from the scheduler config.
+    let sc: serde_json::Value = match &files.scheduler_config {
+        Some(p) => serde_json::from_str(&std::fs::read_to_string(p).map_err(|x| x.to_string())?)
+            .map_err(|x| x.to_string())?,
+        None => serde_json::json!({}),
+    };
+    let schedule =
+        BetaSchedule::parse(sc["beta_schedule"].as_str().unwrap_or("linear")).map_err(e)?;
+    let sched = Schedule::new(
+        schedule,
+        sc["num_train_timesteps"].as_u64().unwrap_or(1000) as usize,
+        sc["beta_start"].as_f64().unwrap_or(1e-4),
+        sc["beta_end"].as_f64().unwrap_or(0.02),
+    );
+    let pred = if sc["prediction_type"] == "v_prediction" {
+        Prediction::V
+    } else {
+        Prediction::Epsilon
+    };
+    let variance = variance.unwrap_or(match sc["variance_type"].as_str() {
+        Some("learned_range") => Variance::Learned,
+        Some("fixed_large") | Some("fixed_large_log") => Variance::FixedLarge,
+        _ => Variance::FixedSmall,
+    });
+    let data_path = data.ok_or("eval: --data is required")?;
+    let args_like = Args {
+        data: data_path,
+        range,
+        out: PathBuf::new(),
+        config: None,
+        init: None,
+        steps: 0,
+        resume: false,
+        save_every: 1,
+        keep: 1,
+        log_every: 1,
+        opts: TrainOptions::default(),
+    };
+    let ds = load_data(&args_like, &m.config)?;
+    let mut ws = graph.workspace(batch.max(1));
+    let t0 = Instant::now();
+    eprintln!(
+        "eval: {} images x {} timesteps, {variance:?} variance, {} prediction",
+        ds.len(),
+        k.min(sched.steps()),
+        pred.name()
+    );
+    let nll = eval::evaluate(
+        &graph,
+        &params,
+        &mut ws,
+        &ds,
+        &sched,
+        pred,
+        variance,
+        k,
+        seed,
+        |done, total| {
+            if done % (50 * batch.max(1)) < batch.max(1) || done == total {
+                let el = t0.elapsed().as_secs_f64();
+                eprint!(
+                    "\r{done}/{total} model evaluations, ETA {}   ",
+                    fmt_duration(el / done as f64 * (total - done) as f64)
+                );
+            }
+        },
+    )
+    .map_err(e)?;
+    eprintln!();
+    println!(
+        "bits/dim {:.4} +- {:.4} (prior L_T {:.5}, decoder L_0 {:.4}); {} images, {} timesteps each; {:.0} s",
+        nll.bits_per_dim,
+        nll.std_err,
+        nll.prior,
+        nll.decoder,
+        nll.images,
+        nll.timesteps_per_image,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    let all: Vec<String> = std::env::args().collect();
+    if all.get(1).map(String::as_str) == Some("eval") {
+        return match eval_main(&all[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("train eval: {msg}\n\nusage: train eval --model DIR --data DIR_OR_IDX [--range 9000..10000] [--timesteps K] [--batch B] [--seed S] [--variance V]");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match parse() {
         Err(msg) => {
             if !msg.is_empty() {

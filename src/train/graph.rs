@@ -160,6 +160,10 @@ impl TrainGraph {
         self.out_channels * self.in_shape.1 * self.in_shape.2
     }
 
+    pub fn class_conditional(&self) -> bool {
+        self.class_conditional
+    }
+
     pub fn tensors(&self) -> &[TensorSpec] {
         &self.tensors
     }

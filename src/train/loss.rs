@@ -98,7 +98,16 @@ pub fn loss_and_grad(
         let weight = lambda * sched.steps() as f64;
         let mut vlb = 0.0;
         for n in 0..batch {
-            vlb += vlb_term(sched, pred, b, n, out, d_out, weight / (batch as f64));
+            vlb += vlb_term(
+                sched,
+                pred,
+                Variance::Learned,
+                b,
+                n,
+                out,
+                Some(&mut *d_out),
+                weight / (batch as f64),
+            );
         }
         value.vlb = vlb / batch as f64;
         value.total += weight * value.vlb;
@@ -118,17 +127,38 @@ fn approx_cdf(x: f64) -> (f64, f64) {
     )
 }
 
-/// `L_t` of sample `n` in bits/dim; adds `scale * dL_t/d(variance channels)` into `d_out`.
-fn vlb_term(
+/// The variance of the model's reverse step `p(x_{t-1} | x_t)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variance {
+    /// `learned_range`: the second half of the output channels interpolates the log variance.
+    Learned,
+    /// `beta~_t` (the posterior's variance; clipped at t = 0 to its value at t = 1).
+    FixedSmall,
+    /// `beta_t` (at t = 0 the posterior variance at t = 1, as improved DDPM does).
+    FixedLarge,
+}
+
+/// `L_t` of sample `n` in bits/dim (`t > 0`: KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t));
+/// `t = 0`: the discretized-Gaussian decoder's negative log-likelihood of `x_0`). With a
+/// gradient buffer, adds `scale * dL_t / d(variance channels)` to it (learned variance only;
+/// the model mean is treated as a constant).
+#[allow(clippy::too_many_arguments)]
+pub fn vlb_term(
     sched: &Schedule,
     pred: Prediction,
+    variance: Variance,
     b: &Batch<'_>,
     n: usize,
     out: &[f32],
-    d_out: &mut [f32],
+    mut d_out: Option<&mut [f32]>,
     scale: f64,
 ) -> f64 {
     let (c, hw) = (b.channels, b.pixels);
+    let out_c = if variance == Variance::Learned {
+        2 * c
+    } else {
+        out.len() / (b.timesteps.len() * hw)
+    };
     let t = b.timesteps[n];
     let beta = &sched.betas;
     let ac = &sched.alphas_cumprod;
@@ -144,6 +174,11 @@ fn vlb_term(
     } else {
         post_var(t)
     });
+    let log_beta = if t == 0 {
+        log_var_q
+    } else {
+        libm::log(beta[t])
+    };
     let (min_log, max_log) = (log_var_q, libm::log(beta[t]));
     let c1 = abar_prev.sqrt() * beta[t] / (1.0 - abar);
     let c2 = (1.0 - beta[t]).sqrt() * (1.0 - abar_prev) / (1.0 - abar);
@@ -153,9 +188,8 @@ fn vlb_term(
     for ch in 0..c {
         for p in 0..hw {
             let i = (n * c + ch) * hw + p;
-            let mean_out = out[(n * 2 * c + ch) * hw + p] as f64; // detached
-            let var_idx = (n * 2 * c + c + ch) * hw + p;
-            let v = out[var_idx] as f64;
+            let mean_out = out[(n * out_c + ch) * hw + p] as f64; // detached
+            let var_idx = (n * out_c + c + ch) * hw + p;
             let x_t = b.x_t[i] as f64;
             let x0 = b.x0[i] as f64;
             let x0_hat = match pred {
@@ -163,8 +197,14 @@ fn vlb_term(
                 Prediction::V => abar.sqrt() * x_t - (1.0 - abar).sqrt() * mean_out,
             };
             let mean_p = c1 * x0_hat + c2 * x_t;
-            let frac = (v + 1.0) / 2.0;
-            let log_var_p = frac * max_log + (1.0 - frac) * min_log;
+            let log_var_p = match variance {
+                Variance::Learned => {
+                    let frac = (out[var_idx] as f64 + 1.0) / 2.0;
+                    frac * max_log + (1.0 - frac) * min_log
+                }
+                Variance::FixedSmall => log_var_q,
+                Variance::FixedLarge => log_beta,
+            };
             let dlogvar_dv = 0.5 * (max_log - min_log);
             let (term, dterm_dlogvar) = if t > 0 {
                 let mean_q = c1 * x0 + c2 * x_t;
@@ -223,7 +263,9 @@ fn vlb_term(
                 (-logp, -dlogp_dls * 0.5)
             };
             total += term;
-            d_out[var_idx] += (scale * dterm_dlogvar * dlogvar_dv / (dims * ln2)) as f32;
+            if let (Some(d), Variance::Learned) = (d_out.as_deref_mut(), variance) {
+                d[var_idx] += (scale * dterm_dlogvar * dlogvar_dv / (dims * ln2)) as f32;
+            }
         }
     }
     total / (dims * ln2)

@@ -18,10 +18,12 @@
 //! - [`optim`]: AdamW, gradient clipping, warmup, EMA.
 //! - [`rng`], [`schedule`]: counter-based random numbers; betas (private helper, see there).
 //! - [`data`]: MNIST IDX and PNG folders.
+//! - [`eval`]: the variational bound in bits/dim on held-out images.
 //! - [`checkpoint`], [`trainer`]: diffusers-layout checkpoints with training state; the loop.
 
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod graph;
 pub mod layers;
 pub mod loss;

@@ -280,7 +280,7 @@ pub fn backward(
     group_norm::backward(
         &blk.norm_args(),
         stats,
-        d_normed,
+        &mut *d_normed,
         GroupNormGrads {
             in_a: d_input,
             in_b: &mut [],

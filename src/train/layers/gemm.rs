@@ -34,14 +34,44 @@ pub fn gemm(
     for i in (0..m4).step_by(MR) {
         for j in (0..n8).step_by(NR) {
             let mut acc = [[0.0f32; NR]; MR];
-            for p in 0..k {
-                let brow: [f32; NR] = b[p * ldb + j..p * ldb + j + NR]
-                    .try_into()
-                    .unwrap_or([0.0; NR]);
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let av = a.data[(i + r) * a.rs + p * a.cs];
-                    for l in 0..NR {
-                        row[l] += av * brow[l];
+            let bcols = &b[j..];
+            if a.cs == 1 {
+                // A row-major: four contiguous rows.
+                let rows: [&[f32]; MR] =
+                    core::array::from_fn(|r| &a.data[(i + r) * a.rs..(i + r) * a.rs + k]);
+                for p in 0..k {
+                    let brow: [f32; NR] =
+                        bcols[p * ldb..p * ldb + NR].try_into().unwrap_or([0.0; NR]);
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let av = rows[r][p];
+                        for l in 0..NR {
+                            row[l] += av * brow[l];
+                        }
+                    }
+                }
+            } else if a.rs == 1 {
+                // A transposed: the four values of one step are contiguous.
+                for p in 0..k {
+                    let brow: [f32; NR] =
+                        bcols[p * ldb..p * ldb + NR].try_into().unwrap_or([0.0; NR]);
+                    let av: [f32; MR] = a.data[p * a.cs + i..p * a.cs + i + MR]
+                        .try_into()
+                        .unwrap_or([0.0; MR]);
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        for l in 0..NR {
+                            row[l] += av[r] * brow[l];
+                        }
+                    }
+                }
+            } else {
+                for p in 0..k {
+                    let brow: [f32; NR] =
+                        bcols[p * ldb..p * ldb + NR].try_into().unwrap_or([0.0; NR]);
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let av = a.data[(i + r) * a.rs + p * a.cs];
+                        for l in 0..NR {
+                            row[l] += av * brow[l];
+                        }
                     }
                 }
             }

@@ -94,7 +94,9 @@ pub fn forward(a: &GroupNorm<'_>, out: &mut [f32], saved: &mut [f32]) {
     }
 }
 
-pub fn backward(a: &GroupNorm<'_>, saved: &[f32], d_out: &[f32], g: GroupNormGrads<'_>) {
+/// Backward. `d_out` is consumed: pass 1 overwrites it with the gradient of the
+/// pre-activation `y` (so SiLU's derivative is evaluated once per element).
+pub fn backward(a: &GroupNorm<'_>, saved: &[f32], d_out: &mut [f32], g: GroupNormGrads<'_>) {
     let c = a.channels();
     let cpg = c / a.groups;
     let count = (a.pixels * cpg) as f64;
@@ -106,20 +108,18 @@ pub fn backward(a: &GroupNorm<'_>, saved: &[f32], d_out: &[f32], g: GroupNormGra
                 saved[(b * a.groups + grp) * 2],
                 saved[(b * a.groups + grp) * 2 + 1],
             );
-            // d(pre-activation) at one element, and its xhat.
-            let dy_xhat = |p: usize, ch: usize| -> (f32, f32) {
-                let xhat = (a.at(b, p, ch) - mean) * rstd;
-                let mut dy = d_out[(b * a.pixels + p) * c + ch];
-                if a.silu {
-                    dy *= silu_grad(xhat * a.gamma[ch] + a.beta[ch]);
-                }
-                (dy, xhat)
-            };
-            // Pass 1: parameter gradients and the two group means of the backward.
+            let xhat_at = |p: usize, ch: usize| (a.at(b, p, ch) - mean) * rstd;
+            // Pass 1: dy = d(pre-activation), kept in `d_out`; parameter gradients; the two
+            // group means of the backward.
             let (mut sum_dxhat, mut sum_dxhat_xhat) = (0.0f64, 0.0f64);
             for p in 0..a.pixels {
                 for ch in chans.clone() {
-                    let (dy, xhat) = dy_xhat(p, ch);
+                    let xhat = xhat_at(p, ch);
+                    let slot = &mut d_out[(b * a.pixels + p) * c + ch];
+                    if a.silu {
+                        *slot *= silu_grad(xhat * a.gamma[ch] + a.beta[ch]);
+                    }
+                    let dy = *slot;
                     if !g.gamma.is_empty() {
                         g.gamma[ch] += dy * xhat;
                     }
@@ -136,7 +136,7 @@ pub fn backward(a: &GroupNorm<'_>, saved: &[f32], d_out: &[f32], g: GroupNormGra
             for p in 0..a.pixels {
                 let pix = b * a.pixels + p;
                 for ch in chans.clone() {
-                    let (dy, xhat) = dy_xhat(p, ch);
+                    let (dy, xhat) = (d_out[pix * c + ch], xhat_at(p, ch));
                     let dx = rstd * (dy * a.gamma[ch] - m1 - xhat * m2);
                     let slot = if ch < ca {
                         g.in_a.get_mut(pix * ca + ch)
