@@ -71,6 +71,8 @@ fn check(
     }
 }
 
+type Six = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
 #[allow(clippy::too_many_arguments)]
 fn conv_case(
     name: &str,
@@ -124,7 +126,7 @@ fn conv_case(
         if extras { randn(6, n_out, 1.0) } else { vec![] },
     ];
     let scale = if extras { 1.3 } else { 1.0 };
-    let args = |t: &[Vec<f32>]| -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let args = |t: &[Vec<f32>]| -> Six {
         (
             t[0].clone(),
             t[1].clone(),

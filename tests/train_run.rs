@@ -15,6 +15,8 @@ use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
 use tinydiffusion::train::TrainGraph;
 use tinydiffusion::Model;
 
+type LossFn<'a> = dyn FnMut(&[f32], Option<&mut Vec<f32>>) -> f64 + 'a;
+
 const MODELS: [&str; 4] = [
     "tiny-rgb16",
     "tiny-gray8",
@@ -132,7 +134,7 @@ fn whole_model_finite_differences() {
                 .zip(&u)
                 .map(|(a, b)| *a as f64 * *b as f64)
                 .sum();
-            let central = |hh: f32, loss: &mut dyn FnMut(&[f32], Option<&mut Vec<f32>>) -> f64| {
+            let central = |hh: f32, loss: &mut LossFn<'_>| {
                 let (mut plus, mut minus) = (p.clone(), p.clone());
                 for (k, d) in spec.range().zip(&u) {
                     plus[k] += hh * d;
