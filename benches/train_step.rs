@@ -67,11 +67,14 @@ fn bench(
         cpu.push(thread_cpu() - c0);
     }
     let (w, c) = (median(wall), median(cpu));
+    // Forward multiply-adds x 3 (forward, input gradient, weight gradient).
+    let gflop = 3.0 * tr.model.flops_per_sample() as f64 * batch as f64 * 1e-9;
     println!(
-        "{name:<11} batch {batch:>3}: median {:>8.1} ms/step wall, {:>8.1} ms CPU ({:.2} steps/s by CPU time); {} params, {:.1} MiB training memory",
+        "{name:<11} batch {batch:>3}: median {:>8.1} ms/step wall, {:>8.1} ms CPU ({:.2} steps/s by CPU time, ~{:.1} GFLOP/s); {} params, {:.1} MiB training memory",
         w * 1e3,
         c * 1e3,
         1.0 / c.max(1e-9),
+        gflop / c.max(1e-9),
         tr.graph.params.count(),
         tr.memory_bytes() as f64 / 1048576.0
     );

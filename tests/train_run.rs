@@ -187,24 +187,24 @@ fn resume_equals_uninterrupted() {
     let _ = std::fs::remove_dir_all(&out);
     let mut a = Trainer::new(&config, Init::Seeded(1), data.clone(), opts.clone()).unwrap();
     let mut losses = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..4 {
         losses.push(a.train_step().unwrap().loss.total);
     }
     let mut b = Trainer::new(&config, Init::Seeded(1), data.clone(), opts).unwrap();
-    for _ in 0..3 {
+    for _ in 0..2 {
         b.train_step().unwrap();
     }
     b.save(&out, 2).unwrap();
     drop(b);
     let ckpt = tinydiffusion::train::checkpoint::latest(&out).unwrap();
     let mut c = Trainer::resume(&ckpt, data).unwrap();
-    assert_eq!(c.step_count(), 3);
-    for l in &losses[3..] {
+    assert_eq!(c.step_count(), 2);
+    for l in &losses[2..] {
         assert_eq!(c.train_step().unwrap().loss.total, *l);
     }
     assert!(a.params() == c.params(), "params differ after resume");
     assert!(a.ema() == c.ema(), "EMA differs after resume");
-    assert!(losses[5] < losses[0] * 1.5, "training diverged: {losses:?}");
+    assert!(losses[3] < losses[0] * 1.5, "training diverged: {losses:?}");
     std::fs::remove_dir_all(&out).unwrap();
 }
 
