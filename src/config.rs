@@ -66,11 +66,17 @@ pub struct MidBlockConfig {
 const FILE: &str = "config.json";
 
 fn json_err(message: impl Into<String>) -> Error {
-    Error::InvalidJson { file: FILE, message: message.into() }
+    Error::InvalidJson {
+        file: FILE,
+        message: message.into(),
+    }
 }
 
 fn bad(key: &str, message: impl Into<String>) -> Error {
-    Error::InvalidConfig { key: key.into(), message: message.into() }
+    Error::InvalidConfig {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// A positive integer that fits comfortably in memory arithmetic (no overflow later on).
@@ -79,12 +85,16 @@ fn as_size(key: &str, v: &Value) -> Result<usize> {
     match v.as_u64() {
         Some(n) if n >= 1 && n <= MAX => Ok(n as usize),
         Some(n) => Err(bad(key, alloc::format!("{n} is out of range 1..={MAX}"))),
-        None => Err(bad(key, alloc::format!("expected a positive integer, got {v}"))),
+        None => Err(bad(
+            key,
+            alloc::format!("expected a positive integer, got {v}"),
+        )),
     }
 }
 
 fn as_bool(key: &str, v: &Value) -> Result<bool> {
-    v.as_bool().ok_or_else(|| bad(key, alloc::format!("expected true or false, got {v}")))
+    v.as_bool()
+        .ok_or_else(|| bad(key, alloc::format!("expected true or false, got {v}")))
 }
 
 fn as_f64(key: &str, v: &Value) -> Result<f64> {
@@ -95,18 +105,22 @@ fn as_f64(key: &str, v: &Value) -> Result<f64> {
 }
 
 fn as_str<'a>(key: &str, v: &'a Value) -> Result<&'a str> {
-    v.as_str().ok_or_else(|| bad(key, alloc::format!("expected a string, got {v}")))
+    v.as_str()
+        .ok_or_else(|| bad(key, alloc::format!("expected a string, got {v}")))
 }
 
 fn as_list<'a>(key: &str, v: &'a Value) -> Result<&'a Vec<Value>> {
-    v.as_array().ok_or_else(|| bad(key, alloc::format!("expected a list, got {v}")))
+    v.as_array()
+        .ok_or_else(|| bad(key, alloc::format!("expected a list, got {v}")))
 }
 
 impl UNetConfig {
     /// Parses diffusers' `config.json` for a `UNet2DModel`.
     pub fn from_json(text: &str) -> Result<UNetConfig> {
         let root: Value = serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
-        let obj = root.as_object().ok_or_else(|| json_err("top level is not an object"))?;
+        let obj = root
+            .as_object()
+            .ok_or_else(|| json_err("top level is not an object"))?;
 
         // diffusers' defaults for UNet2DModel.
         let mut sample_size = None;
@@ -116,14 +130,24 @@ impl UNetConfig {
         let mut flip_sin_to_cos = true;
         let mut freq_shift = 0.0;
         let mut time_embedding_dim = None;
-        let mut down_types: Vec<String> = ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let mut up_types: Vec<String> = ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut down_types: Vec<String> = [
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut up_types: Vec<String> = [
+            "AttnUpBlock2D",
+            "AttnUpBlock2D",
+            "AttnUpBlock2D",
+            "UpBlock2D",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let mut block_out_channels = alloc::vec![224, 448, 672, 896];
         let mut layers_per_block = 2;
         let mut mid_block_type = true;
@@ -142,7 +166,9 @@ impl UNetConfig {
                 _ if k.starts_with('_') => {} // _class_name, _diffusers_version, _name_or_path
                 "sample_size" => {
                     sample_size = Some(match v {
-                        Value::Array(hw) if hw.len() == 2 => (as_size(k, &hw[0])?, as_size(k, &hw[1])?),
+                        Value::Array(hw) if hw.len() == 2 => {
+                            (as_size(k, &hw[0])?, as_size(k, &hw[1])?)
+                        }
                         Value::Null => return Err(bad(k, "null: give the trained resolution")),
                         _ => {
                             let s = as_size(k, v)?;
@@ -156,16 +182,29 @@ impl UNetConfig {
                 "flip_sin_to_cos" => flip_sin_to_cos = as_bool(k, v)?,
                 "freq_shift" => freq_shift = as_f64(k, v)?,
                 "time_embedding_dim" => {
-                    time_embedding_dim = if v.is_null() { None } else { Some(as_size(k, v)?) }
+                    time_embedding_dim = if v.is_null() {
+                        None
+                    } else {
+                        Some(as_size(k, v)?)
+                    }
                 }
                 "down_block_types" => {
-                    down_types = as_list(k, v)?.iter().map(|s| as_str(k, s).map(String::from)).collect::<Result<_>>()?
+                    down_types = as_list(k, v)?
+                        .iter()
+                        .map(|s| as_str(k, s).map(String::from))
+                        .collect::<Result<_>>()?
                 }
                 "up_block_types" => {
-                    up_types = as_list(k, v)?.iter().map(|s| as_str(k, s).map(String::from)).collect::<Result<_>>()?
+                    up_types = as_list(k, v)?
+                        .iter()
+                        .map(|s| as_str(k, s).map(String::from))
+                        .collect::<Result<_>>()?
                 }
                 "block_out_channels" => {
-                    block_out_channels = as_list(k, v)?.iter().map(|c| as_size(k, c)).collect::<Result<_>>()?
+                    block_out_channels = as_list(k, v)?
+                        .iter()
+                        .map(|c| as_size(k, c))
+                        .collect::<Result<_>>()?
                 }
                 "layers_per_block" => layers_per_block = as_size(k, v)?,
                 "mid_block_type" => {
@@ -183,7 +222,11 @@ impl UNetConfig {
                     }
                 }
                 "attention_head_dim" => {
-                    attention_head_dim = if v.is_null() { None } else { Some(as_size(k, v)?) }
+                    attention_head_dim = if v.is_null() {
+                        None
+                    } else {
+                        Some(as_size(k, v)?)
+                    }
                 }
                 "norm_num_groups" => {
                     if v.is_null() {
@@ -192,7 +235,11 @@ impl UNetConfig {
                     norm_num_groups = as_size(k, v)?
                 }
                 "attn_norm_num_groups" => {
-                    attn_norm_num_groups = if v.is_null() { None } else { Some(as_size(k, v)?) }
+                    attn_norm_num_groups = if v.is_null() {
+                        None
+                    } else {
+                        Some(as_size(k, v)?)
+                    }
                 }
                 "norm_eps" => {
                     norm_eps = as_f64(k, v)?;
@@ -202,7 +249,11 @@ impl UNetConfig {
                 }
                 "add_attention" => add_attention = as_bool(k, v)?,
                 "num_class_embeds" => {
-                    num_class_embeds = if v.is_null() { None } else { Some(as_size(k, v)?) }
+                    num_class_embeds = if v.is_null() {
+                        None
+                    } else {
+                        Some(as_size(k, v)?)
+                    }
                 }
                 // Options with one supported value.
                 "act_fn" => expect_value(k, v, &Value::from("silu"))?,
@@ -231,9 +282,13 @@ impl UNetConfig {
             "AttnUpBlock2D" => Ok(UpBlockKind::Attention),
             other => Err(unsupported("up_block_types", other)),
         };
-        let down_blocks = down_types.iter().map(parse_down).collect::<Result<Vec<_>>>()?;
+        let down_blocks = down_types
+            .iter()
+            .map(parse_down)
+            .collect::<Result<Vec<_>>>()?;
         let up_blocks = up_types.iter().map(parse_up).collect::<Result<Vec<_>>>()?;
-        let time_embed_dim = time_embedding_dim.unwrap_or(block_out_channels.first().copied().unwrap_or(1) * 4);
+        let time_embed_dim =
+            time_embedding_dim.unwrap_or(block_out_channels.first().copied().unwrap_or(1) * 4);
 
         let cfg = UNetConfig {
             sample_size,
@@ -271,10 +326,16 @@ impl UNetConfig {
             return Err(bad("block_out_channels", "must not be empty"));
         }
         if self.down_blocks.len() != n {
-            return Err(bad("down_block_types", "needs one entry per block_out_channels"));
+            return Err(bad(
+                "down_block_types",
+                "needs one entry per block_out_channels",
+            ));
         }
         if self.up_blocks.len() != n {
-            return Err(bad("up_block_types", "needs one entry per block_out_channels"));
+            return Err(bad(
+                "up_block_types",
+                "needs one entry per block_out_channels",
+            ));
         }
         let g = self.norm_num_groups;
         for &c in &self.block_out_channels {
@@ -288,7 +349,10 @@ impl UNetConfig {
         if let Some(mid) = &self.mid_block {
             let c = self.block_out_channels[n - 1];
             if mid.add_attention && c % mid.attn_groups != 0 {
-                return Err(bad("attn_norm_num_groups", alloc::format!("does not divide {c}")));
+                return Err(bad(
+                    "attn_norm_num_groups",
+                    alloc::format!("does not divide {c}"),
+                ));
             }
         }
         let attention_channels = self
@@ -304,11 +368,19 @@ impl UNetConfig {
                     .filter(|(k, _)| **k == UpBlockKind::Attention)
                     .map(|(_, c)| *c),
             )
-            .chain(self.mid_block.iter().filter(|m| m.add_attention).map(|_| self.block_out_channels[n - 1]));
+            .chain(
+                self.mid_block
+                    .iter()
+                    .filter(|m| m.add_attention)
+                    .map(|_| self.block_out_channels[n - 1]),
+            );
         for c in attention_channels {
             if let Some(d) = self.attention_head_dim {
                 if c % d != 0 {
-                    return Err(bad("attention_head_dim", alloc::format!("{d} does not divide {c} channels")));
+                    return Err(bad(
+                        "attention_head_dim",
+                        alloc::format!("{d} does not divide {c} channels"),
+                    ));
                 }
             }
         }
@@ -317,11 +389,16 @@ impl UNetConfig {
         if h % scale != 0 || w % scale != 0 {
             return Err(bad(
                 "sample_size",
-                alloc::format!("{h}x{w} is not divisible by {scale}, the total downsampling factor"),
+                alloc::format!(
+                    "{h}x{w} is not divisible by {scale}, the total downsampling factor"
+                ),
             ));
         }
         if self.time_embed_dim == 0 || self.block_out_channels[0] < 2 {
-            return Err(bad("block_out_channels", "first block needs at least 2 channels"));
+            return Err(bad(
+                "block_out_channels",
+                "first block needs at least 2 channels",
+            ));
         }
         Ok(())
     }

@@ -18,7 +18,11 @@ pub enum Error {
     /// A tensor the config requires is absent from the weights file.
     MissingTensor { name: String },
     /// A tensor has a shape other than the config implies.
-    ShapeMismatch { name: String, expected: String, found: String },
+    ShapeMismatch {
+        name: String,
+        expected: String,
+        found: String,
+    },
     /// A tensor has a dtype this library cannot read (only F32, F16, BF16 are).
     UnsupportedDtype { name: String, dtype: String },
     /// f16 data in the file is not 2-byte aligned, so it cannot be used in place.
@@ -26,7 +30,11 @@ pub enum Error {
     /// A weight contains NaN or infinity.
     NonFiniteWeight { name: String },
     /// A caller-provided buffer (workspace, input, output, noise) has the wrong length.
-    BufferSize { what: &'static str, expected: usize, found: usize },
+    BufferSize {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
     /// An argument is out of range (batch 0, steps 0, class label too large, ...).
     InvalidArgument { what: &'static str, message: String },
     /// Reading a file or folder failed (std only).
@@ -72,10 +80,16 @@ pub type Result<T> = core::result::Result<T, Error>;
 
 /// Shorthand used by validation code: `invalid("batch", "must be at least 1")`.
 pub(crate) fn invalid_arg(what: &'static str, message: impl Into<String>) -> Error {
-    Error::InvalidArgument { what, message: message.into() }
+    Error::InvalidArgument {
+        what,
+        message: message.into(),
+    }
 }
 
 pub(crate) fn unsupported(key: &str, value: impl fmt::Display) -> Error {
     use alloc::string::ToString;
-    Error::UnsupportedConfig { key: key.into(), value: value.to_string() }
+    Error::UnsupportedConfig {
+        key: key.into(),
+        value: value.to_string(),
+    }
 }

@@ -45,7 +45,10 @@ impl MemoryPlan {
     /// `lifetimes[i] = (first, last)` (inclusive).
     pub fn new(lens: &[usize], lifetimes: &[(usize, usize)], reuse: Reuse) -> MemoryPlan {
         let n = lens.len();
-        let padded: Vec<usize> = lens.iter().map(|l| l.div_ceil(ALIGN_FLOATS) * ALIGN_FLOATS).collect();
+        let padded: Vec<usize> = lens
+            .iter()
+            .map(|l| l.div_ceil(ALIGN_FLOATS) * ALIGN_FLOATS)
+            .collect();
         let mut order: Vec<usize> = (0..n).collect();
         // Largest first; ties by definition order so the plan is deterministic.
         order.sort_by(|&a, &b| padded[b].cmp(&padded[a]).then(a.cmp(&b)));
@@ -54,7 +57,8 @@ impl MemoryPlan {
         let mut per_sample = 0;
         for &t in &order {
             let overlaps = |u: usize| {
-                reuse == Reuse::None || (lifetimes[t].0 <= lifetimes[u].1 && lifetimes[u].0 <= lifetimes[t].1)
+                reuse == Reuse::None
+                    || (lifetimes[t].0 <= lifetimes[u].1 && lifetimes[u].0 <= lifetimes[t].1)
             };
             // Busy intervals of already-placed tensors that are live at the same time, by offset.
             let mut busy: Vec<(usize, usize)> = placed
@@ -70,7 +74,10 @@ impl MemoryPlan {
                 }
                 offset = offset.max(end);
             }
-            slots[t] = Slot { offset, len: lens[t] };
+            slots[t] = Slot {
+                offset,
+                len: lens[t],
+            };
             per_sample = per_sample.max(offset + padded[t]);
             placed.push(t);
         }
@@ -103,7 +110,10 @@ impl MemoryPlan {
 /// allowed anywhere. This is how the forward walk borrows an op's inputs and outputs from one
 /// buffer without `unsafe`: the plan guarantees that tensors live at the same time never
 /// overlap, and this function checks it.
-pub fn carve<'a, const N: usize>(arena: &'a mut [f32], regions: [(usize, usize); N]) -> Result<[&'a mut [f32]; N]> {
+pub fn carve<'a, const N: usize>(
+    arena: &'a mut [f32],
+    regions: [(usize, usize); N],
+) -> Result<[&'a mut [f32]; N]> {
     let mut order = [0usize; N];
     for (i, o) in order.iter_mut().enumerate() {
         *o = i;
@@ -120,7 +130,9 @@ pub fn carve<'a, const N: usize>(arena: &'a mut [f32], regions: [(usize, usize);
         if start < cursor || start + len > cursor + rest.len() {
             return Err(Error::InvalidArgument {
                 what: "memory plan",
-                message: alloc::format!("region {start}+{len} overlaps another or exceeds the arena"),
+                message: alloc::format!(
+                    "region {start}+{len} overlaps another or exceeds the arena"
+                ),
             });
         }
         let tail = core::mem::take(&mut rest);

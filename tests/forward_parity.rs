@@ -10,7 +10,12 @@ use tinydiffusion::memory::Reuse;
 use tinydiffusion::weights::LoadOptions;
 use tinydiffusion::Model;
 
-pub const MODELS: [&str; 4] = ["tiny-rgb16", "tiny-gray8", "tiny-class16", "tiny-learnedvar8"];
+pub const MODELS: [&str; 4] = [
+    "tiny-rgb16",
+    "tiny-gray8",
+    "tiny-class16",
+    "tiny-learnedvar8",
+];
 
 struct ForwardCase {
     x: Vec<f32>,
@@ -24,15 +29,30 @@ struct ForwardCase {
 fn forward_case(model: &str) -> ForwardCase {
     let dir = fixtures_dir().join(model);
     let cases = read_json(dir.join("cases.json"));
-    let case = cases["cases"].as_array().unwrap().iter().find(|c| c["kind"] == "forward").unwrap().clone();
+    let case = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "forward")
+        .unwrap()
+        .clone();
     let tensors = TensorFile::open(dir.join("cases.safetensors"));
     let inputs = &case["inputs"];
     let x = tensors.f32s(inputs["x"].as_str().unwrap());
     let t = tensors.f32s(inputs["t"].as_str().unwrap());
-    let labels = inputs.get("class_labels").map(|n| tensors.i64s(n.as_str().unwrap()));
+    let labels = inputs
+        .get("class_labels")
+        .map(|n| tensors.i64s(n.as_str().unwrap()));
     let expected = tensors.f64s(case["expected"]["out"].as_str().unwrap());
     let activations = case["expected"]["activations"].as_object().unwrap().clone();
-    ForwardCase { x, t, labels, expected, activations, tensors }
+    ForwardCase {
+        x,
+        t,
+        labels,
+        expected,
+        activations,
+        tensors,
+    }
 }
 
 fn check_model(name: &str, path: KernelPath) {
@@ -45,7 +65,9 @@ fn check_model(name: &str, path: KernelPath) {
     let batch = case.x.len() / (c * h * w);
     let mut ws = vec![0.0f32; model.workspace_len(batch)];
     let mut out = vec![0.0f32; case.expected.len()];
-    model.forward(&mut ws, &case.x, &case.t, case.labels.as_deref(), &mut out).unwrap();
+    model
+        .forward(&mut ws, &case.x, &case.t, case.labels.as_deref(), &mut out)
+        .unwrap();
 
     let mut report = String::new();
     for tap in model.taps() {
@@ -53,10 +75,14 @@ fn check_model(name: &str, path: KernelPath) {
             Some((k, p)) => (k, Some(p)),
             None => (tap.name.as_str(), None),
         };
-        let Some(tensor) = case.activations.get(key) else { continue };
+        let Some(tensor) = case.activations.get(key) else {
+            continue;
+        };
         let mut expected = case.tensors.f64s(tensor.as_str().unwrap());
         if post == Some("silu") {
-            expected.iter_mut().for_each(|v| *v = *v / (1.0 + (-*v).exp()));
+            expected
+                .iter_mut()
+                .for_each(|v| *v = *v / (1.0 + (-*v).exp()));
         }
         // Ours is NHWC (or [B, E] for embeddings); diffusers' is NCHW.
         let (s, l) = model.tensor_region(tap.tensor, batch);
@@ -66,15 +92,22 @@ fn check_model(name: &str, path: KernelPath) {
         for b in 0..batch {
             for p in 0..hw {
                 for ch in 0..tap.channels {
-                    ours[(b * tap.channels + ch) * hw + p] = ours_nhwc[(b * hw + p) * tap.channels + ch];
+                    ours[(b * tap.channels + ch) * hw + p] =
+                        ours_nhwc[(b * hw + p) * tap.channels + ch];
                 }
             }
         }
         report += &format!("  {:<22} {:.2e}\n", tap.name, rel_l2(&ours, &expected));
     }
     let err = rel_l2(&out, &case.expected);
-    println!("{name} [{}]: out rel L2 {err:.3e}\n{report}", model.kernels_name());
-    assert!(err <= 1e-4, "{name}: forward rel L2 {err:.3e} > 1e-4\n{report}");
+    println!(
+        "{name} [{}]: out rel L2 {err:.3e}\n{report}",
+        model.kernels_name()
+    );
+    assert!(
+        err <= 1e-4,
+        "{name}: forward rel L2 {err:.3e} > 1e-4\n{report}"
+    );
 
     // The shared (inference) plan must give the same numbers bit for bit.
     let mut shared = Model::load(&dir).unwrap();
@@ -82,7 +115,15 @@ fn check_model(name: &str, path: KernelPath) {
     assert!(shared.workspace_len(batch) < model.workspace_len(batch));
     let mut ws2 = vec![f32::NAN; shared.workspace_len(batch)];
     let mut out2 = vec![0.0f32; out.len()];
-    shared.forward(&mut ws2, &case.x, &case.t, case.labels.as_deref(), &mut out2).unwrap();
+    shared
+        .forward(
+            &mut ws2,
+            &case.x,
+            &case.t,
+            case.labels.as_deref(),
+            &mut out2,
+        )
+        .unwrap();
     assert_eq!(out, out2, "{name}: shared memory plan changed the result");
 }
 

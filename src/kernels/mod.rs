@@ -57,7 +57,13 @@ impl ConvShape {
         }
     }
     pub fn flops(&self) -> u64 {
-        2 * (self.batch * self.out_h * self.out_w * self.out_c * self.in_c() * self.kernel * self.kernel) as u64
+        2 * (self.batch
+            * self.out_h
+            * self.out_w
+            * self.out_c
+            * self.in_c()
+            * self.kernel
+            * self.kernel) as u64
     }
 }
 

@@ -6,8 +6,13 @@
 
 use super::{AttentionArgs, ConvArgs, GroupNormArgs, KernelTable, LinearArgs};
 
-pub static TABLE: KernelTable =
-    KernelTable { name: "scalar", conv2d, group_norm, linear, attention };
+pub static TABLE: KernelTable = KernelTable {
+    name: "scalar",
+    conv2d,
+    group_norm,
+    linear,
+    attention,
+};
 
 /// Direct convolution over NHWC input with OIHW f16 weights.
 pub fn conv2d(a: &ConvArgs<'_>, out: &mut [f32]) {
@@ -58,7 +63,14 @@ pub fn conv2d(a: &ConvArgs<'_>, out: &mut [f32]) {
 
 /// Adds the per-channel term and the residual, then applies the output scale.
 #[inline]
-pub(crate) fn finish_pixel(acc: &mut [f32], b: usize, pixel: usize, channel_add: &[f32], residual: &[f32], scale: f32) {
+pub(crate) fn finish_pixel(
+    acc: &mut [f32],
+    b: usize,
+    pixel: usize,
+    channel_add: &[f32],
+    residual: &[f32],
+    scale: f32,
+) {
     let c = acc.len();
     if !channel_add.is_empty() {
         for (o, t) in acc.iter_mut().zip(&channel_add[b * c..(b + 1) * c]) {
@@ -134,7 +146,11 @@ pub fn linear(a: &LinearArgs<'_>, out: &mut [f32]) {
             if !a.residual.is_empty() {
                 y += a.residual[r * a.out_f + o];
             }
-            out[r * a.out_f + o] = if a.out_scale != 1.0 { y / a.out_scale } else { y };
+            out[r * a.out_f + o] = if a.out_scale != 1.0 {
+                y / a.out_scale
+            } else {
+                y
+            };
         }
     }
 }

@@ -9,7 +9,10 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{AttentionOp, ConvOp, GroupNormOp, Input, LinearOp, Op, Tap, TensorId, TensorSpec, TimeEmbeddingOp};
+use super::{
+    AttentionOp, ConvOp, GroupNormOp, Input, LinearOp, Op, Tap, TensorId, TensorSpec,
+    TimeEmbeddingOp,
+};
 use crate::config::{DownBlockKind, UNetConfig, UpBlockKind};
 use crate::error::{unsupported, Result};
 use crate::kernels::ConvShape;
@@ -34,7 +37,13 @@ struct Map {
 
 impl Map {
     fn one(t: TensorId, c: usize, h: usize, w: usize) -> Map {
-        Map { input: Input::One(t), ca: c, cb: 0, h, w }
+        Map {
+            input: Input::One(t),
+            ca: c,
+            cb: 0,
+            h,
+            w,
+        }
     }
     fn channels(&self) -> usize {
         self.ca + self.cb
@@ -75,7 +84,13 @@ impl Builder<'_> {
     }
 
     fn tap(&mut self, name: &str, m: Map) {
-        self.taps.push(Tap { name: name.into(), tensor: m.tensor(), channels: m.channels(), height: m.h, width: m.w });
+        self.taps.push(Tap {
+            name: name.into(),
+            tensor: m.tensor(),
+            channels: m.channels(),
+            height: m.h,
+            width: m.w,
+        });
     }
 
     fn group_norm(&mut self, prefix: &str, x: Map, groups: usize, silu: bool) -> Result<Map> {
@@ -114,7 +129,11 @@ impl Builder<'_> {
         out_scale: f64,
     ) -> Result<Map> {
         let (weight, bias) = self.weight_bias(prefix, &[out_c, x.channels(), kernel, kernel])?;
-        let (vh, vw) = if upsample { (2 * x.h, 2 * x.w) } else { (x.h, x.w) };
+        let (vh, vw) = if upsample {
+            (2 * x.h, 2 * x.w)
+        } else {
+            (x.h, x.w)
+        };
         // diffusers' Downsample2D with padding 0 pads (0, 1, 0, 1) before a stride-2 conv.
         let extra = if stride == 2 && padding == 0 { 1 } else { 0 };
         let out_h = (vh + 2 * padding + extra - kernel) / stride + 1;
@@ -153,7 +172,10 @@ impl Builder<'_> {
     fn resnet(&mut self, p: &str, x: Map, out_c: usize, scale: f64) -> Result<Map> {
         let groups = self.cfg.norm_num_groups;
         let h = self.group_norm(&format!("{p}.norm1"), x, groups, true)?;
-        let (pw, pb) = self.weight_bias(&format!("{p}.time_emb_proj"), &[out_c, self.cfg.time_embed_dim])?;
+        let (pw, pb) = self.weight_bias(
+            &format!("{p}.time_emb_proj"),
+            &[out_c, self.cfg.time_embed_dim],
+        )?;
         let proj = self.tensor(format!("{p}.time_emb_proj"), out_c);
         self.ops.push(Op::Linear(LinearOp {
             input: self.temb,
@@ -166,10 +188,33 @@ impl Builder<'_> {
             out_scale: 1.0,
             out: proj,
         }));
-        let h = self.conv(&format!("{p}.conv1"), h, out_c, 3, 1, 1, false, Some(proj), None, 1.0)?;
+        let h = self.conv(
+            &format!("{p}.conv1"),
+            h,
+            out_c,
+            3,
+            1,
+            1,
+            false,
+            Some(proj),
+            None,
+            1.0,
+        )?;
         let h = self.group_norm(&format!("{p}.norm2"), h, groups, true)?;
         let shortcut = if x.channels() != out_c {
-            self.conv(&format!("{p}.conv_shortcut"), x, out_c, 1, 1, 0, false, None, None, 1.0)?.tensor()
+            self.conv(
+                &format!("{p}.conv_shortcut"),
+                x,
+                out_c,
+                1,
+                1,
+                0,
+                false,
+                None,
+                None,
+                1.0,
+            )?
+            .tensor()
         } else {
             match x.input {
                 Input::One(t) => t,
@@ -181,7 +226,18 @@ impl Builder<'_> {
                 }
             }
         };
-        self.conv(&format!("{p}.conv2"), h, out_c, 3, 1, 1, false, None, Some(shortcut), scale)
+        self.conv(
+            &format!("{p}.conv2"),
+            h,
+            out_c,
+            3,
+            1,
+            1,
+            false,
+            None,
+            Some(shortcut),
+            scale,
+        )
     }
 
     /// diffusers' `Attention` with a residual connection, as used by the Attn*Block2D blocks and
@@ -192,8 +248,14 @@ impl Builder<'_> {
         let heads = self.cfg.heads(c);
         let norm = self.weight_bias(&format!("{p}.group_norm"), &[c])?;
         let mut proj = |new: &str, old: &str| -> Result<(WeightRef, WeightRef)> {
-            let w = self.weight(&[&format!("{p}.{new}.weight"), &format!("{p}.{old}.weight")], &[c, c])?;
-            let b = self.weight(&[&format!("{p}.{new}.bias"), &format!("{p}.{old}.bias")], &[c])?;
+            let w = self.weight(
+                &[&format!("{p}.{new}.weight"), &format!("{p}.{old}.weight")],
+                &[c, c],
+            )?;
+            let b = self.weight(
+                &[&format!("{p}.{new}.bias"), &format!("{p}.{old}.bias")],
+                &[c],
+            )?;
             Ok((w, b))
         };
         let q = proj("to_q", "query")?;
@@ -224,7 +286,11 @@ impl Builder<'_> {
 }
 
 /// Builds the op list of `cfg` at resolution `(height, width)`.
-pub fn describe(cfg: &UNetConfig, loader: &mut WeightLoader, (height, width): (usize, usize)) -> Result<Described> {
+pub fn describe(
+    cfg: &UNetConfig,
+    loader: &mut WeightLoader,
+    (height, width): (usize, usize),
+) -> Result<Described> {
     let mut b = Builder {
         cfg,
         loader,
@@ -268,10 +334,25 @@ pub fn describe(cfg: &UNetConfig, loader: &mut WeightLoader, (height, width): (u
         out: b.temb,
     }));
     // diffusers' `time_embedding` module output excludes the class embedding.
-    let tap = if cfg.num_class_embeds.is_some() { "embedding+class+silu" } else { "time_embedding+silu" };
+    let tap = if cfg.num_class_embeds.is_some() {
+        "embedding+class+silu"
+    } else {
+        "time_embedding+silu"
+    };
     b.tap(tap, Map::one(b.temb, e, 1, 1));
 
-    let mut h = b.conv("conv_in", Map::one(x_in, cfg.in_channels, height, width), c0, 3, 1, 1, false, None, None, 1.0)?;
+    let mut h = b.conv(
+        "conv_in",
+        Map::one(x_in, cfg.in_channels, height, width),
+        c0,
+        3,
+        1,
+        1,
+        false,
+        None,
+        None,
+        1.0,
+    )?;
     b.tap("conv_in", h);
     let mut skips: Vec<Map> = alloc::vec![h];
 
@@ -286,7 +367,18 @@ pub fn describe(cfg: &UNetConfig, loader: &mut WeightLoader, (height, width): (u
         }
         if i + 1 < levels {
             let p = format!("down_blocks.{i}.downsamplers.0.conv");
-            h = b.conv(&p, h, out_c, 3, 2, cfg.downsample_padding, false, None, None, 1.0)?;
+            h = b.conv(
+                &p,
+                h,
+                out_c,
+                3,
+                2,
+                cfg.downsample_padding,
+                false,
+                None,
+                None,
+                1.0,
+            )?;
             skips.push(h);
         }
         b.tap(&format!("down_blocks.{i}"), h);
@@ -296,7 +388,12 @@ pub fn describe(cfg: &UNetConfig, loader: &mut WeightLoader, (height, width): (u
         let c = boc[levels - 1];
         h = b.resnet("mid_block.resnets.0", h, c, mid.scale_factor)?;
         if mid.add_attention {
-            h = b.attention("mid_block.attentions.0", h, mid.attn_groups, mid.scale_factor)?;
+            h = b.attention(
+                "mid_block.attentions.0",
+                h,
+                mid.attn_groups,
+                mid.scale_factor,
+            )?;
         }
         h = b.resnet("mid_block.resnets.1", h, c, mid.scale_factor)?;
         b.tap("mid_block", h);
@@ -305,27 +402,70 @@ pub fn describe(cfg: &UNetConfig, loader: &mut WeightLoader, (height, width): (u
     for (i, kind) in cfg.up_blocks.iter().enumerate() {
         let out_c = boc[levels - 1 - i];
         for j in 0..=cfg.layers_per_block {
-            let skip = skips.pop().ok_or_else(|| unsupported("layers_per_block", "skip connections exhausted"))?;
+            let skip = skips
+                .pop()
+                .ok_or_else(|| unsupported("layers_per_block", "skip connections exhausted"))?;
             if skip.h != h.h || skip.w != h.w {
-                return Err(unsupported("sample_size", format!("{height}x{width}: skip sizes do not match")));
+                return Err(unsupported(
+                    "sample_size",
+                    format!("{height}x{width}: skip sizes do not match"),
+                ));
             }
-            let cat = Map { input: Input::Concat(h.tensor(), skip.tensor()), ca: h.channels(), cb: skip.channels(), h: h.h, w: h.w };
+            let cat = Map {
+                input: Input::Concat(h.tensor(), skip.tensor()),
+                ca: h.channels(),
+                cb: skip.channels(),
+                h: h.h,
+                w: h.w,
+            };
             h = b.resnet(&format!("up_blocks.{i}.resnets.{j}"), cat, out_c, 1.0)?;
             if *kind == UpBlockKind::Attention {
                 h = b.attention(&format!("up_blocks.{i}.attentions.{j}"), h, groups, 1.0)?;
             }
         }
         if i + 1 < levels {
-            h = b.conv(&format!("up_blocks.{i}.upsamplers.0.conv"), h, out_c, 3, 1, 1, true, None, None, 1.0)?;
+            h = b.conv(
+                &format!("up_blocks.{i}.upsamplers.0.conv"),
+                h,
+                out_c,
+                3,
+                1,
+                1,
+                true,
+                None,
+                None,
+                1.0,
+            )?;
         }
         b.tap(&format!("up_blocks.{i}"), h);
     }
 
     h = b.group_norm("conv_norm_out", h, groups, true)?;
     b.tap("conv_norm_out+silu", h);
-    h = b.conv("conv_out", h, cfg.out_channels, 3, 1, 1, false, None, None, 1.0)?;
+    h = b.conv(
+        "conv_out",
+        h,
+        cfg.out_channels,
+        3,
+        1,
+        1,
+        false,
+        None,
+        None,
+        1.0,
+    )?;
     b.tap("conv_out", h);
-    b.ops.push(Op::OutputToNchw { input: h.tensor(), channels: cfg.out_channels, height, width });
+    b.ops.push(Op::OutputToNchw {
+        input: h.tensor(),
+        channels: cfg.out_channels,
+        height,
+        width,
+    });
 
-    Ok(Described { tensors: b.tensors, ops: b.ops, taps: b.taps, parameters: b.parameters })
+    Ok(Described {
+        tensors: b.tensors,
+        ops: b.ops,
+        taps: b.taps,
+        parameters: b.parameters,
+    })
 }

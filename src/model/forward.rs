@@ -29,22 +29,44 @@ impl Model {
         let (c_in, h, w) = self.input_shape();
         let per_sample = c_in * h * w;
         if x.is_empty() || x.len() % per_sample != 0 {
-            return Err(Error::BufferSize { what: "model input x", expected: per_sample, found: x.len() });
+            return Err(Error::BufferSize {
+                what: "model input x",
+                expected: per_sample,
+                found: x.len(),
+            });
         }
         let batch = x.len() / per_sample;
         let (c_out, _, _) = self.output_shape();
         if out.len() != batch * c_out * h * w {
-            return Err(Error::BufferSize { what: "model output", expected: batch * c_out * h * w, found: out.len() });
+            return Err(Error::BufferSize {
+                what: "model output",
+                expected: batch * c_out * h * w,
+                found: out.len(),
+            });
         }
         if timesteps.len() != batch && timesteps.len() != 1 {
-            return Err(Error::BufferSize { what: "timesteps", expected: batch, found: timesteps.len() });
+            return Err(Error::BufferSize {
+                what: "timesteps",
+                expected: batch,
+                found: timesteps.len(),
+            });
         }
         if timesteps.iter().any(|t| !t.is_finite()) {
             return Err(invalid_arg("timestep", "must be finite"));
         }
         match (self.config.num_class_embeds, class_labels) {
-            (Some(_), None) => return Err(invalid_arg("class labels", "the model is class-conditional: give one label per sample")),
-            (None, Some(_)) => return Err(invalid_arg("class labels", "the model is not class-conditional")),
+            (Some(_), None) => {
+                return Err(invalid_arg(
+                    "class labels",
+                    "the model is class-conditional: give one label per sample",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid_arg(
+                    "class labels",
+                    "the model is not class-conditional",
+                ))
+            }
             (Some(_), Some(labels)) => {
                 if labels.len() != batch && labels.len() != 1 {
                     return Err(Error::BufferSize { what: "class labels", expected: batch, found: labels.len() });
@@ -57,7 +79,11 @@ impl Model {
         }
         let need = self.workspace_len(batch);
         if workspace.len() < need {
-            return Err(Error::BufferSize { what: "workspace", expected: need, found: workspace.len() });
+            return Err(Error::BufferSize {
+                what: "workspace",
+                expected: need,
+                found: workspace.len(),
+            });
         }
         let ws = &mut workspace[..need];
         for op in &self.ops {
@@ -98,7 +124,13 @@ impl Model {
         let k = self.kernels;
         let wt = |r| self.weights.get(r);
         match op {
-            Op::InputToNhwc { channels, height, width, center, out: t } => {
+            Op::InputToNhwc {
+                channels,
+                height,
+                width,
+                center,
+                out: t,
+            } => {
                 let (s, l) = self.region(*t, batch);
                 let dst = &mut ws[s..s + l];
                 let (c, hw) = (*channels, height * width);
@@ -115,7 +147,11 @@ impl Model {
             Op::Linear(l) => {
                 let [input, residual, dst] = carve(
                     ws,
-                    [self.region(l.input, batch), self.opt_region(l.residual, batch), self.region(l.out, batch)],
+                    [
+                        self.region(l.input, batch),
+                        self.opt_region(l.residual, batch),
+                        self.region(l.out, batch),
+                    ],
                 )?;
                 let args = LinearArgs {
                     rows: batch * l.rows,
@@ -174,8 +210,14 @@ impl Model {
                 (k.group_norm)(&args, dst);
             }
             Op::Attention(a) => {
-                let [input, scratch, dst] =
-                    carve(ws, [self.region(a.input, batch), self.region(a.scratch, batch), self.region(a.out, batch)])?;
+                let [input, scratch, dst] = carve(
+                    ws,
+                    [
+                        self.region(a.input, batch),
+                        self.region(a.scratch, batch),
+                        self.region(a.out, batch),
+                    ],
+                )?;
                 let n = batch * a.tokens * a.channels;
                 let (normed, rest) = scratch.split_at_mut(n);
                 let (q, rest) = rest.split_at_mut(n);
@@ -196,7 +238,11 @@ impl Model {
                     silu: false,
                 };
                 (k.group_norm)(&norm, normed);
-                let project = |(w, b): (crate::weights::WeightRef, crate::weights::WeightRef), src: &[f32], residual: &[f32], scale: f32, dst: &mut [f32]| {
+                let project = |(w, b): (crate::weights::WeightRef, crate::weights::WeightRef),
+                               src: &[f32],
+                               residual: &[f32],
+                               scale: f32,
+                               dst: &mut [f32]| {
                     let args = LinearArgs {
                         rows: batch * a.tokens,
                         in_f: a.channels,
@@ -212,11 +258,24 @@ impl Model {
                 project(a.q, normed, &[], 1.0, q);
                 project(a.k, normed, &[], 1.0, kk);
                 project(a.v, normed, &[], 1.0, v);
-                let args = AttentionArgs { batch, tokens: a.tokens, channels: a.channels, heads: a.heads, q, k: kk, v };
+                let args = AttentionArgs {
+                    batch,
+                    tokens: a.tokens,
+                    channels: a.channels,
+                    heads: a.heads,
+                    q,
+                    k: kk,
+                    v,
+                };
                 (k.attention)(&args, scores, attended);
                 project(a.o, attended, input, a.rescale, dst);
             }
-            Op::OutputToNchw { input, channels, height, width } => {
+            Op::OutputToNchw {
+                input,
+                channels,
+                height,
+                width,
+            } => {
                 let (s, l) = self.region(*input, batch);
                 let src = &ws[s..s + l];
                 let (c, hw) = (*channels, height * width);
@@ -245,27 +304,47 @@ impl Model {
     ) -> Result<()> {
         let k = self.kernels;
         let wt = |r| self.weights.get(r);
-        let [scratch, dst] = carve(ws, [self.region(te.scratch, batch), self.region(te.out, batch)])?;
+        let [scratch, dst] = carve(
+            ws,
+            [self.region(te.scratch, batch), self.region(te.out, batch)],
+        )?;
         let (c0, e) = (te.sinusoid_dim, te.embed_dim);
         let (sinusoid, rest) = scratch.split_at_mut(batch * c0);
         let hidden = &mut rest[..batch * e];
         let half = c0 / 2;
         let ln_max_period = -libm::logf(10000.0);
         for b in 0..batch {
-            let t = if timesteps.len() == 1 { timesteps[0] } else { timesteps[b] };
+            let t = if timesteps.len() == 1 {
+                timesteps[0]
+            } else {
+                timesteps[b]
+            };
             let row = &mut sinusoid[b * c0..(b + 1) * c0];
             row.fill(0.0); // an odd width leaves the last entry zero, as diffusers pads
             for i in 0..half {
                 let exponent = ln_max_period * i as f32 / (half as f32 - te.freq_shift);
                 let arg = t * libm::expf(exponent);
                 let (sin, cos) = (libm::sin(arg as f64) as f32, libm::cos(arg as f64) as f32);
-                let (first, second) = if te.flip_sin_to_cos { (cos, sin) } else { (sin, cos) };
+                let (first, second) = if te.flip_sin_to_cos {
+                    (cos, sin)
+                } else {
+                    (sin, cos)
+                };
                 row[i] = first;
                 row[half + i] = second;
             }
         }
         let linear = |(w, bias), input: &[f32], in_f: usize, dst: &mut [f32]| {
-            let args = LinearArgs { rows: batch, in_f, out_f: e, input, weight: wt(w), bias: wt(bias), residual: &[], out_scale: 1.0 };
+            let args = LinearArgs {
+                rows: batch,
+                in_f,
+                out_f: e,
+                input,
+                weight: wt(w),
+                bias: wt(bias),
+                residual: &[],
+                out_scale: 1.0,
+            };
             (k.linear)(&args, dst);
         };
         linear(te.linear_1, sinusoid, c0, hidden);

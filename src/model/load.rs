@@ -23,13 +23,19 @@ pub struct ModelFiles {
 }
 
 fn io_err(path: &Path, e: impl ToString) -> Error {
-    Error::Io { path: path.display().to_string(), message: e.to_string() }
+    Error::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
 }
 
 impl ModelFiles {
     pub fn find(dir: &Path) -> Result<ModelFiles> {
         if !dir.is_dir() {
-            return Err(io_err(dir, "not a folder (give a UNet2DModel or diffusers pipeline folder)"));
+            return Err(io_err(
+                dir,
+                "not a folder (give a UNet2DModel or diffusers pipeline folder)",
+            ));
         }
         let (unet, scheduler_dir) = if dir.join("model_index.json").is_file() {
             (dir.join("unet"), dir.join("scheduler"))
@@ -38,14 +44,25 @@ impl ModelFiles {
         };
         let config = unet.join("config.json");
         if !config.is_file() {
-            return Err(io_err(&config, "missing (a UNet2DModel folder holds config.json)"));
+            return Err(io_err(
+                &config,
+                "missing (a UNet2DModel folder holds config.json)",
+            ));
         }
         let weights = unet.join("diffusion_pytorch_model.safetensors");
         if !weights.is_file() {
-            return Err(io_err(&weights, "missing (only safetensors weights are read)"));
+            return Err(io_err(
+                &weights,
+                "missing (only safetensors weights are read)",
+            ));
         }
-        let scheduler_config = Some(scheduler_dir.join("scheduler_config.json")).filter(|p| p.is_file());
-        Ok(ModelFiles { config, weights, scheduler_config })
+        let scheduler_config =
+            Some(scheduler_dir.join("scheduler_config.json")).filter(|p| p.is_file());
+        Ok(ModelFiles {
+            config,
+            weights,
+            scheduler_config,
+        })
     }
 }
 

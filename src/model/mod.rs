@@ -135,14 +135,25 @@ pub struct AttentionOp {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// Reads the caller's NCHW sample into the arena as NHWC (and centers it if configured).
-    InputToNhwc { channels: usize, height: usize, width: usize, center: bool, out: TensorId },
+    InputToNhwc {
+        channels: usize,
+        height: usize,
+        width: usize,
+        center: bool,
+        out: TensorId,
+    },
     TimeEmbedding(TimeEmbeddingOp),
     Linear(LinearOp),
     Conv(ConvOp),
     GroupNorm(GroupNormOp),
     Attention(AttentionOp),
     /// Writes the final NHWC tensor to the caller's NCHW output.
-    OutputToNchw { input: TensorId, channels: usize, height: usize, width: usize },
+    OutputToNchw {
+        input: TensorId,
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
 }
 
 impl Op {
@@ -186,7 +197,11 @@ impl Op {
 
     pub fn flops_per_sample(&self) -> u64 {
         match self {
-            Op::Conv(c) => ConvShape { batch: 1, ..c.shape }.flops(),
+            Op::Conv(c) => ConvShape {
+                batch: 1,
+                ..c.shape
+            }
+            .flops(),
             Op::Linear(l) => 2 * (l.rows * l.in_f * l.out_f) as u64,
             Op::Attention(a) => {
                 let (n, c) = (a.tokens as u64, a.channels as u64);
@@ -236,7 +251,12 @@ impl Model {
 
     /// Builds a model from a parsed config. `reuse` chooses between the shared-memory plan
     /// (inference) and one slot per tensor (inspection of every activation).
-    pub fn new(config: UNetConfig, weights: WeightBytes, options: LoadOptions, reuse: Reuse) -> Result<Model> {
+    pub fn new(
+        config: UNetConfig,
+        weights: WeightBytes,
+        options: LoadOptions,
+        reuse: Reuse,
+    ) -> Result<Model> {
         let mut loader = WeightLoader::new(weights, options)?;
         let resolution = config.sample_size;
         let described = describe::describe(&config, &mut loader, resolution)?;
@@ -255,6 +275,14 @@ impl Model {
             resolution,
             parameters: described.parameters,
         })
+    }
+
+    /// The parameter tensors a config implies, in description order (diffusers names and shapes),
+    /// without any weights file. The trainer uses it to initialise a model from scratch.
+    pub fn parameter_specs(config: &UNetConfig) -> Result<Vec<crate::weights::NamedWeight>> {
+        let mut loader = WeightLoader::shapes_only();
+        describe::describe(config, &mut loader, config.sample_size)?;
+        Ok(loader.finish().named)
     }
 
     /// Chooses the kernel implementation (for testing every path, or forcing the reference).
@@ -278,12 +306,20 @@ impl Model {
 
     /// (channels, height, width) of the model's input.
     pub fn input_shape(&self) -> (usize, usize, usize) {
-        (self.config.in_channels, self.resolution.0, self.resolution.1)
+        (
+            self.config.in_channels,
+            self.resolution.0,
+            self.resolution.1,
+        )
     }
 
     /// (channels, height, width) of the model's output.
     pub fn output_shape(&self) -> (usize, usize, usize) {
-        (self.config.out_channels, self.resolution.0, self.resolution.1)
+        (
+            self.config.out_channels,
+            self.resolution.0,
+            self.resolution.1,
+        )
     }
 
     /// Number of learned parameters.
@@ -324,7 +360,10 @@ impl Model {
     /// Checks a class label against the model (and that the model takes labels at all).
     pub fn check_class_label(&self, label: i64) -> Result<()> {
         match self.config.num_class_embeds {
-            None => Err(invalid_arg("class label", "the model is not class-conditional")),
+            None => Err(invalid_arg(
+                "class label",
+                "the model is not class-conditional",
+            )),
             Some(n) if label >= 0 && (label as usize) < n => Ok(()),
             Some(n) => Err(Error::InvalidArgument {
                 what: "class label",

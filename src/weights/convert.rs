@@ -26,14 +26,21 @@ pub struct ConvertReport {
 }
 
 fn io_err(path: &Path, e: impl ToString) -> Error {
-    Error::Io { path: path.display().to_string(), message: e.to_string() }
+    Error::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
 }
 
 /// Rounds every F32/BF16 tensor of a safetensors buffer to F16; other dtypes are copied.
 pub fn to_f16_safetensors(bytes: &[u8]) -> Result<(Vec<u8>, ConvertReport)> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::InvalidSafetensors { message: std::format!("{e:?}") })?;
-    let mut report = ConvertReport { bytes_in: bytes.len(), ..Default::default() };
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::InvalidSafetensors {
+        message: std::format!("{e:?}"),
+    })?;
+    let mut report = ConvertReport {
+        bytes_in: bytes.len(),
+        ..Default::default()
+    };
     let mut out: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, view) in st.tensors() {
         report.tensors += 1;
@@ -43,7 +50,9 @@ pub fn to_f16_safetensors(bytes: &[u8]) -> Result<(Vec<u8>, ConvertReport)> {
                 report.converted += 1;
                 let halves: Vec<u8> = data
                     .chunks_exact(4)
-                    .flat_map(|c| f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+                    .flat_map(|c| {
+                        f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
+                    })
                     .collect();
                 (Dtype::F16, halves)
             }
@@ -51,7 +60,10 @@ pub fn to_f16_safetensors(bytes: &[u8]) -> Result<(Vec<u8>, ConvertReport)> {
                 report.converted += 1;
                 let halves: Vec<u8> = data
                     .chunks_exact(2)
-                    .flat_map(|c| f16::from_f32(half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).to_le_bytes())
+                    .flat_map(|c| {
+                        f16::from_f32(half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                            .to_le_bytes()
+                    })
                     .collect();
                 (Dtype::F16, halves)
             }
@@ -64,11 +76,14 @@ pub fn to_f16_safetensors(bytes: &[u8]) -> Result<(Vec<u8>, ConvertReport)> {
         .map(|(name, dtype, shape, data)| {
             safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
                 .map(|v| (name.clone(), v))
-                .map_err(|e| Error::InvalidSafetensors { message: std::format!("{e:?}") })
+                .map_err(|e| Error::InvalidSafetensors {
+                    message: std::format!("{e:?}"),
+                })
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| Error::InvalidSafetensors { message: std::format!("{e:?}") })?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::InvalidSafetensors {
+        message: std::format!("{e:?}"),
+    })?;
     report.bytes_out = bytes.len();
     Ok((bytes, report))
 }

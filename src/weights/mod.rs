@@ -67,6 +67,19 @@ pub struct WeightStore {
     /// Tensors read from the file as f16 in place, and total elements converted (for reports).
     pub in_place_tensors: usize,
     pub converted_tensors: usize,
+    /// Every tensor the model took, in the order the description took them: its diffusers name
+    /// (the one found in the file), shape and reference. The trainer keys its f32 master weights
+    /// on this list.
+    pub named: Vec<NamedWeight>,
+}
+
+/// A parameter tensor of the model: diffusers name, shape (diffusers layout) and where its f16
+/// data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedWeight {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub weight: WeightRef,
 }
 
 /// Load-time options.
@@ -109,6 +122,9 @@ pub struct WeightLoader {
     /// Byte offset of the data section (8 + header length).
     data_start: usize,
     options: LoadOptions,
+    /// No file: every tensor is zeros of the requested shape (to list a config's parameters
+    /// before any weights exist, e.g. to initialise training).
+    shapes_only: bool,
 }
 
 fn st_err(e: safetensors::SafeTensorError) -> Error {
@@ -138,11 +154,27 @@ impl WeightLoader {
     pub fn new(bytes: WeightBytes, options: LoadOptions) -> Result<WeightLoader> {
         let (header_len, metadata) = SafeTensors::read_metadata(bytes.as_slice()).map_err(st_err)?;
         Ok(WeightLoader {
-            store: WeightStore { bytes, converted: Vec::new(), in_place_tensors: 0, converted_tensors: 0 },
+            store: WeightStore { bytes, converted: Vec::new(), in_place_tensors: 0, converted_tensors: 0, named: Vec::new() },
             metadata,
             data_start: 8 + header_len,
             options,
+            shapes_only: false,
         })
+    }
+
+    /// A loader without a file: every tensor asked for is zeros of the requested shape,
+    /// recording the first name. Used to list the parameters a config implies.
+    pub fn shapes_only() -> WeightLoader {
+        // The smallest valid safetensors file: an empty header padded to 8 bytes.
+        let empty = WeightBytes::Owned(b"\x08\0\0\0\0\0\0\0{}      ".to_vec());
+        let mut loader = WeightLoader::new(empty, LoadOptions { check_finite: false })
+            .unwrap_or_else(|_| unreachable!("the empty safetensors file is valid"));
+        loader.shapes_only = true;
+        loader
+    }
+
+    fn record(&mut self, name: &str, shape: &[usize], weight: WeightRef) {
+        self.store.named.push(NamedWeight { name: name.into(), shape: shape.to_vec(), weight });
     }
 
     /// Whether the file holds a tensor of this name.
@@ -153,6 +185,14 @@ impl WeightLoader {
     /// Finds the first of `names` present (to accept old and new diffusers names), checks its
     /// shape, and returns its f16 data reference.
     pub fn take(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
+        if self.shapes_only {
+            let len: usize = shape.iter().product();
+            let start = self.store.converted.len();
+            self.store.converted.resize(start + len, f16::ZERO);
+            let weight = WeightRef::Owned { start, len };
+            self.record(names[0], shape, weight);
+            return Ok(weight);
+        }
         let (name, info) = names
             .iter()
             .find_map(|n| self.metadata.info(n).map(|i| (*n, i)))
@@ -187,7 +227,9 @@ impl WeightLoader {
                     return Err(nonfinite());
                 }
                 self.store.in_place_tensors += 1;
-                Ok(WeightRef::File { byte_start, len })
+                let weight = WeightRef::File { byte_start, len };
+                self.record(name, shape, weight);
+                Ok(weight)
             }
             Dtype::F32 | Dtype::BF16 => {
                 let start = self.store.converted.len();
@@ -212,7 +254,9 @@ impl WeightLoader {
                     }
                 }
                 self.store.converted_tensors += 1;
-                Ok(WeightRef::Owned { start, len })
+                let weight = WeightRef::Owned { start, len };
+                self.record(name, shape, weight);
+                Ok(weight)
             }
             other => Err(Error::UnsupportedDtype { name: name.into(), dtype: alloc::format!("{other:?}") }),
         }

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }
 
 /// A safetensors file of reference tensors, read whole (tests only).
@@ -22,7 +24,14 @@ impl TensorFile {
 
     fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
         let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("fixture header");
-        st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e:?}"))
+        st.tensor(name)
+            .unwrap_or_else(|e| panic!("fixture tensor {name}: {e:?}"))
+    }
+
+    /// Every tensor name in the file.
+    pub fn names(&self) -> Vec<String> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("fixture header");
+        st.names().into_iter().map(String::from).collect()
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -40,10 +49,22 @@ impl TensorFile {
         let v = self.view(name);
         let d = v.data();
         match v.dtype() {
-            Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            Dtype::F64 => d
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            Dtype::I32 => d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
             other => panic!("{name}: dtype {other:?} not handled in tests"),
         }
     }

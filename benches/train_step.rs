@@ -1,0 +1,97 @@
+//! Training-step speed: median time of one full step (data, forward, loss, backward, clipping,
+//! AdamW, EMA), single thread, on the fixtures' tiny-rgb16 model and on an MNIST-sized
+//! class-conditional model. Reports wall time and the thread's CPU time (Linux
+//! `/proc/thread-self/schedstat`), which stays meaningful on a shared, loaded machine.
+//!
+//! `cargo bench --features train --bench train_step [-- STEPS]`
+
+use std::time::Instant;
+
+use tinydiffusion::train::data::Dataset;
+use tinydiffusion::train::rng::{Purpose, Stream};
+use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
+
+const MNIST_LIKE: &str = r#"{"_class_name":"UNet2DModel","sample_size":32,"in_channels":1,"out_channels":1,
+"block_out_channels":[32,64,64],"layers_per_block":1,"down_block_types":["DownBlock2D","AttnDownBlock2D","DownBlock2D"],
+"up_block_types":["UpBlock2D","AttnUpBlock2D","UpBlock2D"],"norm_num_groups":8,"attention_head_dim":32,"num_class_embeds":11}"#;
+
+/// CPU time of this thread in seconds (0 where unavailable).
+fn thread_cpu() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |ns| ns * 1e-9)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn bench(
+    name: &str,
+    config: &str,
+    (c, s): (usize, usize),
+    labels: bool,
+    batch: usize,
+    steps: usize,
+) {
+    let mut r = Stream::new(1, Purpose::Noise, 0);
+    let n = 64;
+    let images = (0..n * c * s * s)
+        .map(|_| (r.uniform() * 2.0 - 1.0) as f32)
+        .collect();
+    let labels = labels.then(|| (0..n as i64).map(|i| i % 10).collect());
+    let data = Dataset {
+        channels: c,
+        height: s,
+        width: s,
+        images,
+        labels,
+    };
+    let opts = TrainOptions {
+        batch,
+        ..Default::default()
+    };
+    let mut tr = Trainer::new(config, Init::Seeded(0), data, opts).unwrap();
+    tr.train_step().unwrap(); // warm-up
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let (t, c0) = (Instant::now(), thread_cpu());
+        tr.train_step().unwrap();
+        wall.push(t.elapsed().as_secs_f64());
+        cpu.push(thread_cpu() - c0);
+    }
+    let (w, c) = (median(wall), median(cpu));
+    // Forward multiply-adds x 3 (forward, input gradient, weight gradient).
+    let gflop = 3.0 * tr.model.flops_per_sample() as f64 * batch as f64 * 1e-9;
+    println!(
+        "{name:<11} batch {batch:>3}: median {:>8.1} ms/step wall, {:>8.1} ms CPU ({:.2} steps/s by CPU time, ~{:.1} GFLOP/s); {} params, {:.1} MiB training memory",
+        w * 1e3,
+        c * 1e3,
+        1.0 / c.max(1e-9),
+        gflop / c.max(1e-9),
+        tr.graph.params.count(),
+        tr.memory_bytes() as f64 / 1048576.0
+    );
+}
+
+fn main() {
+    let steps: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(9);
+    let rgb16 = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny-rgb16/config.json"
+    ))
+    .unwrap();
+    for batch in [2, 16] {
+        bench("tiny-rgb16", &rgb16, (3, 16), false, batch, steps);
+    }
+    bench("mnist-like", MNIST_LIKE, (1, 32), true, 16, steps.min(5));
+}

@@ -1,0 +1,281 @@
+//! 2-D convolution over NHWC input, covering every conv of the UNet in one loop nest:
+//! 3x3 and 1x1 kernels, stride 2 with diffusers' asymmetric padding (downsampler), a nearest-2x
+//! upsample folded into the read (upsampler), an input split in two channel ranges (the skip
+//! concatenation, never materialised), a per-channel add (the resnet's time-embedding
+//! projection), a residual (the resnet's shortcut) and an output scale:
+//!
+//! `y[b,p,o] = (sum_{tap,i} x[b, src(p,tap), i] W[tap,i,o] + bias[o] + chan[b,o] + res[b,p,o]) / s`
+//!
+//! where `src(p, tap)` is the stored input pixel that the (virtually upsampled, zero-padded)
+//! input has under kernel tap `tap` of output pixel `p` (none in the padding).
+//!
+//! Backward, with `dz = dy / s`:
+//! - `dW[tap,i,o] += sum_{b,p} x[b, src(p,tap), i] dz[b,p,o]`, `dbias[o] += sum_{b,p} dz[b,p,o]`;
+//! - `dchan[b,o] += sum_p dz[b,p,o]`, `dres += dz`;
+//! - `dx[b, src(p,tap), i] += sum_o W[tap,i,o] dz[b,p,o]`: each output pixel scatters back into
+//!   the input pixels it read. With the upsample, the four virtual pixels that share a stored
+//!   pixel all add into it (the backward of nearest upsampling is a 2x2 sum); with the concat,
+//!   channels `< in_ca` go to the first part's gradient and the rest to the second's.
+//!
+//! Weights are HWIO (`[kh][kw][in][out]`). Each pass is a matrix product over tiles of output
+//! pixels whose input taps are gathered into rows (`cols`, "im2col", never for the whole map):
+//! forward `Y = cols · W`, weight gradient `dW += cols^T · dY`, input gradient
+//! `dcols = dY · W^T` scattered back (the scatter is what sums the four virtual pixels of an
+//! upsample and splits the concat).
+
+use super::axpy;
+use super::gemm::{gemm, Strided};
+use crate::kernels::ConvShape;
+
+/// One convolution's inputs (f32, HWIO weights). Optional inputs are empty slices.
+pub struct Conv<'a> {
+    pub shape: ConvShape,
+    pub in_a: &'a [f32],
+    pub in_b: &'a [f32],
+    /// `[k, k, in_c, out_c]`.
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    /// `[batch, out_c]`.
+    pub channel_add: &'a [f32],
+    /// `[batch, out_h, out_w, out_c]`.
+    pub residual: &'a [f32],
+    pub out_scale: f32,
+}
+
+/// Gradients to accumulate into; empty slices are skipped.
+pub struct ConvGrads<'a> {
+    pub in_a: &'a mut [f32],
+    pub in_b: &'a mut [f32],
+    pub weight: &'a mut [f32],
+    pub bias: &'a mut [f32],
+    pub channel_add: &'a mut [f32],
+    pub residual: &'a mut [f32],
+}
+
+/// Calls `f(tap, stored_input_pixel)` for every kernel tap of output pixel `(b, oy, ox)` that
+/// lands inside the input (padding taps contribute nothing).
+#[inline]
+fn for_each_tap(s: &ConvShape, b: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+    let (vh, vw) = s.virtual_in();
+    let up = s.upsample as usize;
+    for ky in 0..s.kernel {
+        let iy = (oy * s.stride + ky) as isize - s.pad_top as isize;
+        if iy < 0 || iy >= vh as isize {
+            continue;
+        }
+        for kx in 0..s.kernel {
+            let ix = (ox * s.stride + kx) as isize - s.pad_left as isize;
+            if ix < 0 || ix >= vw as isize {
+                continue;
+            }
+            let src = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
+            f(ky * s.kernel + kx, src);
+        }
+    }
+}
+
+/// Output pixels per tile: the gathered input of a tile (`TILE x k*k*in_c`) stays in L2.
+const TILE: usize = 64;
+
+/// Floats of scratch one conv of this shape needs (any batch): the gathered input tile, its
+/// gradient, and the transposed weights.
+pub fn scratch_len(s: &ConvShape) -> usize {
+    let kdim = s.kernel * s.kernel * s.in_c();
+    2 * TILE * kdim + s.out_c * kdim
+}
+
+/// Gathers the inputs of output pixels `start..start + rows` into `cols` (`[rows, k*k*in_c]`,
+/// `[tap][channel]` order, zeros in the padding), each value times `scale`: the "im2col" view
+/// under which the conv is `cols · W`.
+fn gather(a: &Conv<'_>, start: usize, rows: usize, scale: f32, cols: &mut [f32]) {
+    let s = &a.shape;
+    let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
+    let kdim = s.kernel * s.kernel * cin;
+    cols[..rows * kdim].fill(0.0);
+    for r in 0..rows {
+        let pixel = start + r;
+        let (b, oy, ox) = (
+            pixel / (s.out_h * s.out_w),
+            pixel / s.out_w % s.out_h,
+            pixel % s.out_w,
+        );
+        let row = &mut cols[r * kdim..(r + 1) * kdim];
+        for_each_tap(s, b, oy, ox, |tap, src| {
+            let dst = &mut row[tap * cin..(tap + 1) * cin];
+            for (d, x) in dst.iter_mut().zip(
+                a.in_a[src * ca..(src + 1) * ca]
+                    .iter()
+                    .chain(&a.in_b[src * cb..(src + 1) * cb]),
+            ) {
+                *d = x * scale;
+            }
+        });
+    }
+}
+
+pub fn forward(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) {
+    let s = &a.shape;
+    let co = s.out_c;
+    let kdim = s.kernel * s.kernel * s.in_c();
+    let pixels = s.batch * s.out_h * s.out_w;
+    let cols = &mut scratch[..TILE * kdim];
+    for start in (0..pixels).step_by(TILE) {
+        let rows = TILE.min(pixels - start);
+        let tile = &mut out[start * co..(start + rows) * co];
+        // Bias, time-embedding channel add and residual first; the conv accumulates on top.
+        for (r, acc) in tile.chunks_exact_mut(co).enumerate() {
+            let pixel = start + r;
+            acc.copy_from_slice(&a.bias[..co]);
+            if !a.channel_add.is_empty() {
+                let b = pixel / (s.out_h * s.out_w);
+                axpy(acc, 1.0, &a.channel_add[b * co..(b + 1) * co]);
+            }
+            if !a.residual.is_empty() {
+                axpy(acc, 1.0, &a.residual[pixel * co..(pixel + 1) * co]);
+            }
+        }
+        gather(a, start, rows, 1.0, cols);
+        gemm(
+            rows,
+            co,
+            kdim,
+            Strided {
+                data: cols,
+                rs: kdim,
+                cs: 1,
+            },
+            a.weight,
+            co,
+            tile,
+            co,
+            true,
+        );
+        if a.out_scale != 1.0 {
+            for o in tile.iter_mut() {
+                *o /= a.out_scale;
+            }
+        }
+    }
+}
+
+pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f32]) {
+    let s = &a.shape;
+    let (ca, cb, cin, co) = (s.in_ca, s.in_cb, s.in_c(), s.out_c);
+    let kdim = s.kernel * s.kernel * cin;
+    let inv = 1.0 / a.out_scale;
+    let pixels = s.batch * s.out_h * s.out_w;
+    let ConvGrads {
+        in_a: da,
+        in_b: db,
+        weight: dw,
+        bias: dbias,
+        channel_add: dchan,
+        residual: dres,
+    } = g;
+    let need_dx = !da.is_empty() || !db.is_empty();
+    let (cols, rest) = scratch.split_at_mut(TILE * kdim);
+    let (dcols, wt) = rest.split_at_mut(TILE * kdim);
+    let wt = &mut wt[..co * kdim];
+    if need_dx {
+        // W^T: [out_c, k*k*in_c], so dX = dY · W^T is a plain row-major product.
+        for kk in 0..kdim {
+            for o in 0..co {
+                wt[o * kdim + kk] = a.weight[kk * co + o];
+            }
+        }
+    }
+    for start in (0..pixels).step_by(TILE) {
+        let rows = TILE.min(pixels - start);
+        let dy = &d_out[start * co..(start + rows) * co];
+        for (r, dyp) in dy.chunks_exact(co).enumerate() {
+            let pixel = start + r;
+            if !dbias.is_empty() {
+                axpy(dbias, inv, dyp);
+            }
+            if !dchan.is_empty() {
+                let b = pixel / (s.out_h * s.out_w);
+                axpy(&mut dchan[b * co..(b + 1) * co], inv, dyp);
+            }
+            if !dres.is_empty() {
+                axpy(&mut dres[pixel * co..(pixel + 1) * co], inv, dyp);
+            }
+        }
+        if !dw.is_empty() {
+            // dW[k*k*in_c, out_c] += cols^T · dY (cols read transposed through its strides).
+            gather(a, start, rows, inv, cols);
+            gemm(
+                kdim,
+                co,
+                rows,
+                Strided {
+                    data: cols,
+                    rs: 1,
+                    cs: kdim,
+                },
+                dy,
+                co,
+                dw,
+                co,
+                true,
+            );
+        }
+        if need_dx {
+            // dcols = dY · W^T, then scattered back to the input pixels each column came from.
+            gemm(
+                rows,
+                kdim,
+                co,
+                Strided {
+                    data: dy,
+                    rs: co,
+                    cs: 1,
+                },
+                wt,
+                kdim,
+                dcols,
+                kdim,
+                false,
+            );
+            for r in 0..rows {
+                let pixel = start + r;
+                let (b, oy, ox) = (
+                    pixel / (s.out_h * s.out_w),
+                    pixel / s.out_w % s.out_h,
+                    pixel % s.out_w,
+                );
+                let row = &dcols[r * kdim..(r + 1) * kdim];
+                for_each_tap(s, b, oy, ox, |tap, src| {
+                    let d = &row[tap * cin..(tap + 1) * cin];
+                    if !da.is_empty() {
+                        axpy(&mut da[src * ca..(src + 1) * ca], inv, &d[..ca]);
+                    }
+                    if !db.is_empty() {
+                        axpy(&mut db[src * cb..(src + 1) * cb], inv, &d[ca..]);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// diffusers' `[out, in, kh, kw]` → HWIO `[kh, kw, in, out]`.
+pub fn oihw_to_hwio(src: &[f32], out_c: usize, in_c: usize, k: usize, dst: &mut [f32]) {
+    for o in 0..out_c {
+        for i in 0..in_c {
+            for t in 0..k * k {
+                dst[(t * in_c + i) * out_c + o] = src[(o * in_c + i) * k * k + t];
+            }
+        }
+    }
+}
+
+/// HWIO `[kh, kw, in, out]` → diffusers' `[out, in, kh, kw]`.
+pub fn hwio_to_oihw(src: &[f32], out_c: usize, in_c: usize, k: usize, dst: &mut [f32]) {
+    for o in 0..out_c {
+        for i in 0..in_c {
+            for t in 0..k * k {
+                dst[(o * in_c + i) * k * k + t] = src[(t * in_c + i) * out_c + o];
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Training (feature `train`): the same UNet the core runs, with hand-written backward passes.
+//!
+//! ## How the trainer reuses the model
+//! There is one model definition: [`crate::model::describe`] turns a config into the op list.
+//! The trainer builds a [`Model`](crate::Model) as inference does and then walks *its* op list
+//! ([`graph::TrainGraph`]); only the weight source differs. Inference ops hold `WeightRef`s to
+//! f16 data; the trainer resolves the same `WeightRef`s through [`params::ParamTable`] to its
+//! f32 master weights (one flat buffer, conv weights in HWIO layout), keyed by the diffusers
+//! names the description recorded. The kernels differ too: [`layers`] holds an f32-weight
+//! forward for every layer with its backward beside it; the inference kernels are untouched.
+//! `tests/train_checkpoint.rs` checks that both forwards agree (to f16 rounding of the weights).
+//!
+//! ## Modules
+//! - [`layers`]: each layer's forward and backward, side by side.
+//! - [`graph`]: the training walk and its planned memory.
+//! - [`params`]: f32 master weights by diffusers name; init, load, save.
+//! - [`loss`]: L_simple (epsilon / v), hybrid loss for learned variance.
+//! - [`optim`]: AdamW, gradient clipping, warmup, EMA.
+//! - [`rng`], [`schedule`]: counter-based random numbers; betas (private helper, see there).
+//! - [`data`]: MNIST IDX and PNG folders.
+//! - [`eval`]: the variational bound in bits/dim on held-out images.
+//! - [`checkpoint`], [`trainer`]: diffusers-layout checkpoints with training state; the loop.
+
+pub mod checkpoint;
+pub mod data;
+pub mod eval;
+pub mod graph;
+pub mod layers;
+pub mod loss;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod schedule;
+pub mod trainer;
+
+pub use graph::{TrainGraph, TrainWorkspace};
+pub use params::ParamTable;
+pub use trainer::{TrainOptions, Trainer};
