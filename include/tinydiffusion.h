@@ -55,9 +55,10 @@
 #define TD_DEFAULT_NULL_CLASS (int64_t)-1
 
 /**
- * What every fallible function returns. `TD_STATUS_OK` (0) is success; on any other value
- * the function has written nothing to its outputs except where it says so (handle outputs
- * are set to NULL), and `td_last_error_message` gives the detail.
+ * What every fallible function returns. `TD_STATUS_OK` (0) is success. On any other value
+ * the function has left its outputs unchanged, except where it says so (handle outputs are
+ * set to NULL; a workspace is scratch either way), and `td_last_error_message` gives the
+ * detail.
  */
 enum td_status
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L

@@ -43,9 +43,10 @@ use crate::weights::WeightBytes;
 // Types shared with C
 // ---------------------------------------------------------------------------------------------
 
-/// What every fallible function returns. `TD_STATUS_OK` (0) is success; on any other value
-/// the function has written nothing to its outputs except where it says so (handle outputs
-/// are set to NULL), and `td_last_error_message` gives the detail.
+/// What every fallible function returns. `TD_STATUS_OK` (0) is success. On any other value
+/// the function has left its outputs unchanged, except where it says so (handle outputs are
+/// set to NULL; a workspace is scratch either way), and `td_last_error_message` gives the
+/// detail.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum td_status {

@@ -290,6 +290,18 @@ fn c_example_matches_rust_api_bit_for_bit() {
     );
 }
 
+/// The README's C example compiles and links as printed.
+#[test]
+fn readme_c_example_builds() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Using from C").expect("README section")..];
+    let start = section.find("```c\n").expect("a C block") + 5;
+    let code = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = scratch_dir("readme");
+    std::fs::write(dir.join("app.c"), code).unwrap();
+    compile_c(&dir.join("app.c"), &dir.join("app"));
+}
+
 #[test]
 fn c_negative_cases() {
     let dir = scratch_dir("negative");
