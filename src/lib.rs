@@ -19,6 +19,8 @@
 
 extern crate alloc;
 
+#[cfg(feature = "std")]
+pub mod capi;
 pub mod config;
 pub mod error;
 #[cfg(feature = "std")]

@@ -1,5 +1,5 @@
-//! `libtinydiffusion.a`: the core crate's C API (`tinydiffusion::capi`, see
-//! `include/tinydiffusion.h`), linked into one static library with the Rust runtime it needs.
-//! Build with `cargo build --release -p tinydiffusion-capi`.
+//! `libtinydiffusion.a`: the C static library. The functions live in `tinydiffusion::capi`
+//! (src/capi.rs); this crate only links them, with everything they need, into one archive.
+//! Header: `include/tinydiffusion.h`.
 
-pub use tinydiffusion_core::*;
+pub use tinydiffusion_core::capi::*;

@@ -1,0 +1,508 @@
+//! The C API end to end.
+//!
+//! - Builds `libtinydiffusion.a` (the `tinydiffusion-capi` package) with the profile of this
+//!   test binary, into the same target folder, so it reuses the dependencies `cargo test`
+//!   already compiled (about 20 s the first time, nothing after); set `TINYDIFFUSION_STATICLIB`
+//!   to use a library built elsewhere.
+//! - Compiles `examples/c/sample.c` and `tests/c/negative.c` with
+//!   `-std=c99 -Wall -Wextra -Werror -pedantic` (compiler: `$CC`, else `gcc`, else `cc`).
+//! - Runs the example on fixture models and checks its output equals the Rust API's for the same
+//!   seed bit for bit (raw floats and PGM/PPM bytes), and runs the negative cases (NULL
+//!   pointers, small buffers, malformed files).
+//! - Without a C compiler: threads sharing one model, and f16 weights used in place from memory,
+//!   through the same `extern "C"` functions called from Rust.
+
+mod common;
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::fixtures_dir;
+use tinydiffusion::capi::*;
+use tinydiffusion::sampler::{self, Guidance, SampleOptions};
+use tinydiffusion::schedule::{Scheduler, SchedulerConfig, SchedulerKind};
+use tinydiffusion::weights::WeightBytes;
+use tinydiffusion::Model;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("c_api")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `target/<profile>/libtinydiffusion.a`, built once per test run.
+fn staticlib() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        if let Some(p) = std::env::var_os("TINYDIFFUSION_STATICLIB") {
+            return PathBuf::from(p);
+        }
+        // This binary is target/<profile dir>/deps/c_api-<hash>.
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary location")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().unwrap();
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("release") => "release",
+            _ => "test", // target/debug holds the test profile's artifacts under `cargo test`
+        };
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root())
+            .args([
+                "build",
+                "--quiet",
+                "--lib",
+                "-p",
+                "tinydiffusion-capi",
+                "--profile",
+                profile,
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .status()
+            .expect("running cargo to build tinydiffusion-capi");
+        assert!(status.success(), "cargo build -p tinydiffusion-capi failed");
+        let lib = profile_dir.join("libtinydiffusion.a");
+        assert!(lib.is_file(), "{} was not produced", lib.display());
+        lib
+    })
+}
+
+fn c_compiler() -> String {
+    if let Ok(cc) = std::env::var("CC") {
+        return cc;
+    }
+    let has = |c: &str| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has("gcc") {
+        "gcc".into()
+    } else {
+        "cc".into()
+    }
+}
+
+/// The system libraries the static library needs, as printed by
+/// `cargo rustc -p tinydiffusion-capi --lib -- --print native-static-libs` on each platform.
+fn native_libs() -> Vec<String> {
+    if let Ok(libs) = std::env::var("TINYDIFFUSION_NATIVE_LIBS") {
+        return libs.split_whitespace().map(String::from).collect();
+    }
+    let libs: &[&str] = if cfg!(target_os = "macos") {
+        &["-lSystem", "-lc", "-lm"]
+    } else {
+        &[
+            "-lgcc_s",
+            "-lutil",
+            "-lrt",
+            "-lpthread",
+            "-lm",
+            "-ldl",
+            "-lc",
+        ]
+    };
+    libs.iter().map(|s| s.to_string()).collect()
+}
+
+/// Compiles one C file against the header and the static library, the way the README says.
+fn compile_c(source: &Path, out: &Path) {
+    let output = Command::new(c_compiler())
+        .args([
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-O1",
+        ])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(source)
+        .arg(staticlib())
+        .args(native_libs())
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("running the C compiler (set CC)");
+    assert!(
+        output.status.success(),
+        "compiling {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn run(cmd: &mut Command) -> String {
+    let output = cmd.output().expect("running a compiled C program");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        output.status
+    );
+    text
+}
+
+/// What the Rust API gives for the same run as the example's flags.
+fn rust_sample(
+    dir: &Path,
+    kind: SchedulerKind,
+    steps: usize,
+    batch: usize,
+    seed: u64,
+    label: Option<i64>,
+    w: f32,
+) -> Vec<f32> {
+    let model = Model::load(dir).unwrap();
+    // The fixture folders have no scheduler_config.json: diffusers' DDPM defaults.
+    let scheduler = Scheduler::new(SchedulerConfig::ddpm_default().with_kind(kind), steps).unwrap();
+    let guidance = (w != 0.0).then(|| Guidance::new(&model, w).unwrap());
+    let labels = label.map(|l| [l]);
+    let opts = SampleOptions {
+        class_labels: labels.as_ref().map(|l| &l[..]),
+        guidance,
+        ..SampleOptions::new(batch, seed)
+    };
+    let mut ws =
+        vec![0.0f32; sampler::workspace_len(&model, &scheduler, batch, guidance.is_some())];
+    let (c, h, w) = model.input_shape();
+    let mut out = vec![0.0f32; batch * c * h * w];
+    sampler::sample(&model, &scheduler, &mut ws, &opts, &mut out, None).unwrap();
+    out
+}
+
+/// The example's PGM/PPM bytes for `x`, with the same float arithmetic.
+fn netpbm(x: &[f32], batch: usize, c: usize, h: usize, w: usize) -> Vec<u8> {
+    let mut bytes = format!(
+        "{}\n{} {}\n255\n",
+        if c == 1 { "P5" } else { "P6" },
+        batch * w,
+        h
+    )
+    .into_bytes();
+    for y in 0..h {
+        for b in 0..batch {
+            for xx in 0..w {
+                for ch in 0..c {
+                    let v = x[((b * c + ch) * h + y) * w + xx];
+                    let u = ((v + 1.0) * 0.5).clamp(0.0, 1.0);
+                    bytes.push((u * 255.0 + 0.5) as i32 as u8);
+                }
+            }
+        }
+    }
+    bytes
+}
+
+fn read_raw(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_ne_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn assert_same_bits(c: &[f32], rust: &[f32], what: &str) {
+    assert_eq!(c.len(), rust.len(), "{what}: length");
+    let differing = c
+        .iter()
+        .zip(rust)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(
+        differing,
+        0,
+        "{what}: {differing} of {} values differ from the Rust API",
+        c.len()
+    );
+}
+
+#[test]
+fn c_example_matches_rust_api_bit_for_bit() {
+    let dir = scratch_dir("example");
+    let exe = dir.join("sample_c");
+    compile_c(&root().join("examples/c/sample.c"), &exe);
+
+    // Class-conditional RGB model, DDIM with guidance -> PPM.
+    let model = fixtures_dir().join("tiny-class16");
+    let (ppm, raw) = (dir.join("class.ppm"), dir.join("class.raw"));
+    run(Command::new(&exe)
+        .arg(&model)
+        .arg(&ppm)
+        .args(["--batch", "2", "--seed", "5", "--scheduler", "ddim"])
+        .args(["--steps", "4", "--class", "4", "--guidance", "1.5", "--raw"])
+        .arg(&raw));
+    let expected = rust_sample(&model, SchedulerKind::Ddim, 4, 2, 5, Some(4), 1.5);
+    assert_same_bits(&read_raw(&raw), &expected, "tiny-class16 DDIM guided");
+    assert_eq!(
+        std::fs::read(&ppm).unwrap(),
+        netpbm(&expected, 2, 3, 16, 16),
+        "PPM bytes"
+    );
+
+    // Unconditional 1-channel model, DDPM -> PGM.
+    let model = fixtures_dir().join("tiny-gray8");
+    let (pgm, raw) = (dir.join("gray.pgm"), dir.join("gray.raw"));
+    run(Command::new(&exe)
+        .arg(&model)
+        .arg(&pgm)
+        .args(["--batch", "3", "--seed", "1", "--scheduler", "ddpm"])
+        .args(["--steps", "20", "--raw"])
+        .arg(&raw));
+    let expected = rust_sample(&model, SchedulerKind::Ddpm, 20, 3, 1, None, 0.0);
+    assert_same_bits(&read_raw(&raw), &expected, "tiny-gray8 DDPM");
+    assert_eq!(
+        std::fs::read(&pgm).unwrap(),
+        netpbm(&expected, 3, 1, 8, 8),
+        "PGM bytes"
+    );
+
+    // Errors reach the user as a status message plus the detail.
+    let out = Command::new(&exe)
+        .arg(dir.join("no-such-model"))
+        .arg(dir.join("x.pgm"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("I/O error") && err.contains("no-such-model"),
+        "{err}"
+    );
+}
+
+/// The README's C example compiles and links as printed.
+#[test]
+fn readme_c_example_builds() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Using from C").expect("README section")..];
+    let start = section.find("```c\n").expect("a C block") + 5;
+    let code = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = scratch_dir("readme");
+    std::fs::write(dir.join("app.c"), code).unwrap();
+    compile_c(&dir.join("app.c"), &dir.join("app"));
+}
+
+#[test]
+fn c_negative_cases() {
+    let dir = scratch_dir("negative");
+    let exe = dir.join("negative");
+    compile_c(&root().join("tests/c/negative.c"), &exe);
+
+    let src = fixtures_dir().join("tiny-class16");
+    let weights = std::fs::read(src.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let config = std::fs::read(src.join("config.json")).unwrap();
+    let bad_json = dir.join("bad-json");
+    std::fs::create_dir_all(&bad_json).unwrap();
+    std::fs::write(bad_json.join("config.json"), b"{\"in_channels\": 3,").unwrap();
+    std::fs::write(
+        bad_json.join("diffusion_pytorch_model.safetensors"),
+        &weights,
+    )
+    .unwrap();
+    let truncated = dir.join("truncated");
+    std::fs::create_dir_all(&truncated).unwrap();
+    std::fs::write(truncated.join("config.json"), &config).unwrap();
+    std::fs::write(
+        truncated.join("diffusion_pytorch_model.safetensors"),
+        &weights[..weights.len() - 100],
+    )
+    .unwrap();
+
+    let text = run(Command::new(&exe)
+        .arg(&src)
+        .arg(fixtures_dir().join("tiny-gray8"))
+        .arg(&bad_json)
+        .arg(&truncated));
+    println!("{text}");
+    assert!(text.contains(" 0 failed"), "{text}");
+}
+
+/// A model handle shared by threads (the pointer is only read; `td_model` is `Sync`).
+#[derive(Clone, Copy)]
+struct Shared(*const td_model);
+// SAFETY: `td_model` is immutable and `Sync` (asserted in src/capi.rs); the C API documents
+// concurrent use with separate workspaces, which is what the threads below do.
+unsafe impl Send for Shared {}
+
+fn load(dir: &Path) -> *mut td_model {
+    let path = CString::new(dir.to_str().unwrap()).unwrap();
+    let mut model = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    assert_eq!(
+        unsafe { td_model_load(path.as_ptr(), &mut model) },
+        td_status::Ok
+    );
+    model
+}
+
+/// One `td_sample` run with its own buffers.
+fn c_sample(model: *const td_model, desc: &td_sampler_desc) -> Vec<f32> {
+    let mut info = td_model_info::default();
+    let mut ws_len = 0;
+    // SAFETY: live model, valid out-pointers; buffers sized as the library says.
+    unsafe {
+        assert_eq!(td_model_get_info(model, &mut info), td_status::Ok);
+        assert_eq!(
+            td_sample_workspace_len(model, desc, &mut ws_len),
+            td_status::Ok
+        );
+        let mut ws = vec![0.0f32; ws_len];
+        let mut out = vec![0.0f32; desc.batch * info.sample_len];
+        let s = td_sample(
+            model,
+            desc,
+            ws.as_mut_ptr(),
+            ws.len(),
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        assert_eq!(s, td_status::Ok);
+        out
+    }
+}
+
+#[test]
+fn threads_share_one_model() {
+    let model = load(&fixtures_dir().join("tiny-class16"));
+    let desc = |seed: u64| td_sampler_desc {
+        batch: 2,
+        seed,
+        class_label: (seed % 10) as i64,
+        scheduler: td_scheduler_desc {
+            kind: td_scheduler_kind::Ddim as i32,
+            steps: 3,
+            eta: 0.3,
+            flags: 0,
+        },
+        ..td_sampler_desc_default()
+    };
+    let sequential: Vec<Vec<f32>> = (0..3).map(|seed| c_sample(model, &desc(seed))).collect();
+    let shared = Shared(model);
+    let parallel: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|seed| {
+                s.spawn(move || {
+                    let shared = shared;
+                    c_sample(shared.0, &desc(seed))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (seed, (a, b)) in sequential.iter().zip(&parallel).enumerate() {
+        assert_same_bits(b, a, &format!("seed {seed} on a thread"));
+    }
+    // SAFETY: no thread uses the model any more.
+    unsafe { td_model_free(model) };
+}
+
+#[test]
+fn from_memory_uses_f16_weights_in_place() {
+    let dir = scratch_dir("f16");
+    tinydiffusion::weights::convert::convert_folder(&fixtures_dir().join("tiny-gray8"), &dir)
+        .unwrap();
+    let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let config = std::fs::read(dir.join("config.json")).unwrap();
+    // 8-aligned storage, and a copy one byte off.
+    let mut store = vec![0u64; bytes.len() / 8 + 2];
+    let aligned: &mut [u8] =
+        &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..bytes.len() + 1];
+    aligned[..bytes.len()].copy_from_slice(&bytes);
+    let aligned_ptr = aligned.as_ptr();
+
+    let mut model = std::ptr::null_mut();
+    // SAFETY: valid pointers and lengths; `store` outlives the model (freed below).
+    let s = unsafe {
+        td_model_from_memory(
+            aligned_ptr,
+            bytes.len(),
+            config.as_ptr().cast(),
+            config.len(),
+            std::ptr::null(),
+            0,
+            &mut model,
+        )
+    };
+    assert_eq!(s, td_status::Ok);
+    let scheduler = td_scheduler_desc {
+        kind: td_scheduler_kind::Ddim as i32,
+        steps: 10,
+        ..td_scheduler_desc_default()
+    };
+    let desc = td_sampler_desc {
+        batch: 2,
+        seed: 9,
+        scheduler,
+        ..td_sampler_desc_default()
+    };
+    let ours = c_sample(model, &desc);
+    // SAFETY: not used afterwards.
+    unsafe { td_model_free(model) };
+
+    let rust = Model::from_parts(
+        std::str::from_utf8(&config).unwrap(),
+        WeightBytes::Owned(bytes.clone()),
+    )
+    .unwrap();
+    let sched = Scheduler::new(SchedulerConfig::ddim_default(), 10).unwrap();
+    let mut ws = vec![0.0; sampler::workspace_len(&rust, &sched, 2, false)];
+    let mut expected = vec![0.0; ours.len()];
+    sampler::sample(
+        &rust,
+        &sched,
+        &mut ws,
+        &SampleOptions::new(2, 9),
+        &mut expected,
+        None,
+    )
+    .unwrap();
+    assert_same_bits(&ours, &expected, "f16 model from memory");
+
+    // One byte off, the f16 data is misaligned: used in place, it cannot be read as f16.
+    let shifted: &mut [u8] =
+        &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..bytes.len() + 1];
+    shifted.copy_within(0..bytes.len(), 1);
+    let mut model = std::ptr::null_mut();
+    // SAFETY: as above.
+    let s = unsafe {
+        td_model_from_memory(
+            shifted[1..].as_ptr(),
+            bytes.len(),
+            config.as_ptr().cast(),
+            config.len(),
+            std::ptr::null(),
+            0,
+            &mut model,
+        )
+    };
+    assert_eq!(s, td_status::InvalidWeights);
+    assert!(model.is_null());
+    let mut msg = [0 as std::ffi::c_char; 256];
+    // SAFETY: a valid buffer.
+    unsafe { td_last_error_message(msg.as_mut_ptr(), msg.len(), std::ptr::null_mut()) };
+    // SAFETY: NUL-terminated by the call.
+    let msg = unsafe { std::ffi::CStr::from_ptr(msg.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    assert!(msg.contains("aligned"), "{msg}");
+}
