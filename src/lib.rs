@@ -28,6 +28,8 @@ pub mod memory;
 pub mod model;
 pub mod sampler;
 pub mod schedule;
+#[cfg(feature = "std")]
+pub mod testing;
 pub mod weights;
 
 pub use config::UNetConfig;
