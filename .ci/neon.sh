@@ -23,5 +23,5 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 # One test binary, optimised (qemu is slow); the scalar reference also runs, which checks the
 # packed layout on a second architecture.
 export CARGO_PROFILE_TEST_OPT_LEVEL=2
-cargo test --target "$TARGET" --test forward_parity -- --nocapture --test-threads 1 2>&1 | tee /tmp/neon-test.log
+cargo test --target "$TARGET" --test forward_parity -- --nocapture --test-threads 1 neon 2>&1 | tee /tmp/neon-test.log
 grep -q "\[neon\]: out rel L2" /tmp/neon-test.log || { echo "the NEON path did not run" >&2; exit 1; }

@@ -131,4 +131,4 @@ impl Simd for Neon {
     }
 }
 
-simd_table!(TABLE, fma_peak, "neon", KernelPath::Neon, Neon, 6, 4, "neon");
+simd_table!(TABLE, fma_peak, "neon", KernelPath::Neon, Neon, 6, 4, 4, "neon");

@@ -180,6 +180,10 @@ unsafe fn copy_run<S: Simd>(dst: *mut f32, src: *const f32, len: usize) {
 
 /// Packs the input of tile (`b`, pixels `p0..p0 + m`) for reduction indices `k0..k0 + kc` into
 /// `dst` as `[kcp / 16][MR][16]`, zero-filling padding taps, rows `m..MR` and `kc..kcp`.
+///
+/// The reduction range is walked in runs that stay within one tap and one input part; for each
+/// run every pixel copies its channels (whole 16-float blocks with vector moves when the run is
+/// aligned, which is the case whenever channel counts are multiples of 16).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pack_a<S: Simd, const MR: usize>(
@@ -194,71 +198,76 @@ unsafe fn pack_a<S: Simd, const MR: usize>(
 ) {
     let a = p.args;
     let s = &a.shape;
-    let (ca, cb, cin) = (s.in_ca, s.in_cb, p.cin);
+    let (ca, cin) = (s.in_ca, p.cin);
     let (vh, vw) = s.virtual_in();
     let up = s.upsample as usize;
     let groups = kcp / 16;
-    assert!(dst.len() >= groups * MR * 16);
+    assert!(dst.len() >= groups * MR * 16 && m <= MR);
     let d = dst.as_mut_ptr();
-    for i in 0..MR {
-        let row = |q: usize| (q / 16) * MR * 16 + i * 16 + q % 16;
-        if i >= m {
+    let row = |q: usize, i: usize| (q / 16) * MR * 16 + i * 16 + q % 16;
+    // SAFETY (whole body): every destination index is `row(q, i) + len` with q + len <= kcp
+    // inside one 16-block and i < MR, so below groups * MR * 16 (asserted); every source run
+    // lies inside the input part's slice (see below).
+    unsafe {
+        for i in m..MR {
             for g in 0..groups {
-                // SAFETY: g * MR * 16 + i * 16 + 16 <= groups * MR * 16 (asserted above).
-                unsafe { copy_run::<S>(d.add(g * MR * 16 + i * 16), core::ptr::null(), 16) };
+                copy_run::<S>(d.add(g * MR * 16 + i * 16), core::ptr::null(), 16);
             }
-            continue;
         }
-        let px = p0 + i;
-        let (oy, ox) = (px / s.out_w, px % s.out_w);
+        let mut oy = [0usize; MR_MAX];
+        let mut ox = [0usize; MR_MAX];
+        for i in 0..m {
+            oy[i] = (p0 + i) / s.out_w;
+            ox[i] = (p0 + i) % s.out_w;
+        }
         let mut kk = k0;
         while kk < k0 + kc {
             let tap = kk / cin;
             let c = kk % cin;
             let (ky, kx) = (tap / s.kernel, tap % s.kernel);
-            let iy = (oy * s.stride + ky) as isize - s.pad_top as isize;
-            let ix = (ox * s.stride + kx) as isize - s.pad_left as isize;
-            let inside = iy >= 0 && (iy as usize) < vh && ix >= 0 && (ix as usize) < vw;
-            let (avail, src): (usize, *const f32) = if c < ca {
-                let src = if inside {
-                    let sp = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
-                    // In bounds: sp < batch * in_h * in_w and the check() on in_a's length.
-                    a.in_a[sp * ca + c..sp * ca + ca].as_ptr()
-                } else {
-                    core::ptr::null()
-                };
-                (ca - c, src)
-            } else {
-                let cc = c - ca;
-                let src = if inside {
-                    let sp = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
-                    a.in_b[sp * cb + cc..sp * cb + cb].as_ptr()
-                } else {
-                    core::ptr::null()
-                };
-                (cb - cc, src)
-            };
+            // The run's part: its slice, channels per pixel, and first channel.
+            let (part, pc, c_off, avail) =
+                if c < ca { (a.in_a, ca, c, ca - c) } else { (a.in_b, cin - ca, c - ca, cin - c) };
             let run = avail.min(k0 + kc - kk);
-            // Copy in pieces that do not cross a 16-boundary of the packed layout.
-            let mut done = 0;
-            while done < run {
-                let q = kk + done - k0;
-                let piece = (16 - q % 16).min(run - done);
-                let sp = if src.is_null() { src } else { src.wrapping_add(done) };
-                // SAFETY: `row(q) + piece <= groups * MR * 16` since q + piece <= kcp and the
-                // piece stays within one 16-block; `src + done .. + piece` lies in the slice
-                // taken above (done + piece <= run <= avail).
-                unsafe { copy_run::<S>(d.add(row(q)), sp, piece) };
-                done += piece;
+            let q0 = kk - k0;
+            let aligned = q0 % 16 == 0 && run % 16 == 0;
+            for i in 0..m {
+                let iy = (oy[i] * s.stride + ky) as isize - s.pad_top as isize;
+                let ix = (ox[i] * s.stride + kx) as isize - s.pad_left as isize;
+                let src: *const f32 = if iy >= 0 && (iy as usize) < vh && ix >= 0 && (ix as usize) < vw {
+                    let sp = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
+                    // Bounds-checked: channels c_off..c_off + run of input pixel `sp`.
+                    part[sp * pc + c_off..sp * pc + c_off + run].as_ptr()
+                } else {
+                    core::ptr::null()
+                };
+                if aligned {
+                    let mut blk = 0;
+                    while blk < run {
+                        let sp = if src.is_null() { src } else { src.add(blk) };
+                        copy_run::<S>(d.add(row(q0 + blk, i)), sp, 16);
+                        blk += 16;
+                    }
+                } else {
+                    let mut done = 0;
+                    while done < run {
+                        let q = q0 + done;
+                        let piece = (16 - q % 16).min(run - done);
+                        let sp = if src.is_null() { src } else { src.add(done) };
+                        copy_run::<S>(d.add(row(q, i)), sp, piece);
+                        done += piece;
+                    }
+                }
             }
             kk += run;
         }
-        let mut q = kc;
-        while q < kcp {
-            let piece = 16 - q % 16;
-            // SAFETY: as above, q + piece <= kcp.
-            unsafe { copy_run::<S>(d.add(row(q)), core::ptr::null(), piece) };
-            q += piece;
+        for i in 0..m {
+            let mut q = kc;
+            while q < kcp {
+                let piece = 16 - q % 16;
+                copy_run::<S>(d.add(row(q, i)), core::ptr::null(), piece);
+                q += piece;
+            }
         }
     }
 }
@@ -387,17 +396,92 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
+/// One tile (`m` pixels from `px0` of sample `b`) for reduction chunk `k0..k0 + kc` and output
+/// blocks `ob0..ob1`, whose panels are widened in `panels`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+    p: &ConvPlan<'_>,
+    b: usize,
+    px0: usize,
+    m: usize,
+    k0: usize,
+    kc: usize,
+    ob0: usize,
+    ob1: usize,
+    a_buf: &mut [f32],
+    panels: &[f32],
+) {
+    let a = p.args;
+    let oc = a.shape.out_c;
+    let nr = NV * S::LANES;
+    let kcp = kc.div_ceil(16) * 16;
+    let (first, last) = (k0 == 0, k0 + kc == p.k_total);
+    let mut init = [0.0f32; 64];
+    // SAFETY: the target features of `S` are enabled (our caller's contract).
+    unsafe { pack_a::<S, MR>(p, b, px0, m, k0, kc, kcp, a_buf) };
+    let row0 = b * p.out_hw + px0;
+    for ob in ob0..ob1 {
+        let mut col0 = ob * PACK_OC;
+        while col0 < (ob + 1) * PACK_OC && col0 < oc {
+            let ncols = nr.min(oc - col0);
+            let init_ptr = if first {
+                for (j, v) in init[..nr].iter_mut().enumerate() {
+                    *v = if j < ncols {
+                        let mut x = a.bias[col0 + j].to_f32();
+                        if !a.channel_add.is_empty() {
+                            x += a.channel_add[b * oc + col0 + j];
+                        }
+                        x
+                    } else {
+                        0.0
+                    };
+                }
+                init.as_ptr()
+            } else {
+                core::ptr::null()
+            };
+            let res = if last && !a.residual.is_empty() {
+                a.residual[row0 * oc + col0..(row0 + m - 1) * oc + col0 + ncols].as_ptr()
+            } else {
+                core::ptr::null()
+            };
+            let panel = panels[(ob - ob0) * KC * PACK_OC + (col0 - ob * PACK_OC)..].as_ptr();
+            // SAFETY: `a_buf` holds kcp/16 groups of the packed tile; the panel rows
+            // have stride 32 with `nr` columns from `col0 - ob * 32`; the output rows
+            // `row0..row0 + m`, columns `col0..col0 + ncols` are in bounds (checked by
+            // `ConvArgs::check`) and belong to this task alone (tiles `t0..t1` x blocks
+            // `ob0..ob1`), so no other task touches them.
+            unsafe {
+                micro::<S, MR, NV>(
+                    kcp / 16,
+                    a_buf.as_ptr(),
+                    panel,
+                    p.out.0.add(row0 * oc + col0),
+                    oc,
+                    m,
+                    ncols,
+                    init_ptr,
+                    res,
+                    a.out_scale,
+                    last,
+                )
+            };
+            col0 += nr;
+        }
+    }
+}
+
 /// One task of a convolution: its tiles times its output-channel blocks, every reduction chunk.
 #[inline(always)]
-pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const NV: usize>(
+pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const MRS: usize, const NV: usize>(
     p: &ConvPlan<'_>,
     task: usize,
     scratch: &mut [f32],
 ) {
     let a = p.args;
     let s = &a.shape;
-    let nr = NV * S::LANES;
-    debug_assert!(p.mr == MR && PACK_OC % nr == 0 && nr <= 64);
+    debug_assert!(p.mr == MR && MRS <= MR && PACK_OC % (NV * S::LANES) == 0 && NV * S::LANES <= 64);
     let (og, tg) = (task / p.tile_groups, task % p.tile_groups);
     let ob0 = og * p.obs_per_task;
     let ob1 = (ob0 + p.obs_per_task).min(p.n_ob);
@@ -405,69 +489,23 @@ pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const NV: usize>(
     let t0 = tg * p.tiles_per_task;
     let t1 = (t0 + p.tiles_per_task).min(n_tiles);
     let (a_buf, panels) = scratch.split_at_mut(MR_MAX * KC);
-    let oc = s.out_c;
-    let mut init = [0.0f32; 64];
     let mut k0 = 0;
     while k0 < p.k_total {
         let kc = KC.min(p.k_total - k0);
         let kcp = kc.div_ceil(16) * 16;
-        let (first, last) = (k0 == 0, k0 + kc == p.k_total);
         for ob in ob0..ob1 {
             // SAFETY: the target features of `S` are enabled (our caller's contract).
             unsafe { widen_panel::<S>(p, ob, k0, kc, kcp, &mut panels[(ob - ob0) * KC * PACK_OC..]) };
         }
         for t in t0..t1 {
             let (b, px0, m) = p.tile(t);
-            // SAFETY: as above.
-            unsafe { pack_a::<S, MR>(p, b, px0, m, k0, kc, kcp, a_buf) };
-            let row0 = b * p.out_hw + px0;
-            for ob in ob0..ob1 {
-                let mut col0 = ob * PACK_OC;
-                while col0 < (ob + 1) * PACK_OC && col0 < oc {
-                    let ncols = nr.min(oc - col0);
-                    let init_ptr = if first {
-                        for (j, v) in init[..nr].iter_mut().enumerate() {
-                            *v = if j < ncols {
-                                let mut x = a.bias[col0 + j].to_f32();
-                                if !a.channel_add.is_empty() {
-                                    x += a.channel_add[b * oc + col0 + j];
-                                }
-                                x
-                            } else {
-                                0.0
-                            };
-                        }
-                        init.as_ptr()
-                    } else {
-                        core::ptr::null()
-                    };
-                    let res = if last && !a.residual.is_empty() {
-                        a.residual[row0 * oc + col0..(row0 + m - 1) * oc + col0 + ncols].as_ptr()
-                    } else {
-                        core::ptr::null()
-                    };
-                    let panel = panels[(ob - ob0) * KC * PACK_OC + (col0 - ob * PACK_OC)..].as_ptr();
-                    // SAFETY: `a_buf` holds kcp/16 groups of the packed tile; the panel rows
-                    // have stride 32 with `nr` columns from `col0 - ob * 32`; the output rows
-                    // `row0..row0 + m`, columns `col0..col0 + ncols` are in bounds (checked by
-                    // `ConvArgs::check`) and belong to this task alone (tiles `t0..t1` x blocks
-                    // `ob0..ob1`), so no other task touches them.
-                    unsafe {
-                        micro::<S, MR, NV>(
-                            kcp / 16,
-                            a_buf.as_ptr(),
-                            panel,
-                            p.out.0.add(row0 * oc + col0),
-                            oc,
-                            m,
-                            ncols,
-                            init_ptr,
-                            res,
-                            a.out_scale,
-                            last,
-                        )
-                    };
-                    col0 += nr;
+            // SAFETY: forwarded contract; a tile of at most MRS pixels runs the narrower
+            // microkernel (fewer wasted rows), otherwise the full one.
+            unsafe {
+                if m <= MRS {
+                    tile::<S, MRS, NV>(p, b, px0, m, k0, kc, ob0, ob1, a_buf, panels)
+                } else {
+                    tile::<S, MR, NV>(p, b, px0, m, k0, kc, ob0, ob1, a_buf, panels)
                 }
             }
         }
@@ -909,7 +947,7 @@ pub(crate) unsafe fn fma_loop<S: Simd>(iters: usize) -> f32 {
 /// Generates a path's kernel table from its [`Simd`] type: entry points (plain Rust, checking
 /// arguments and splitting tasks) and per-task functions compiled with the path's features.
 macro_rules! simd_table {
-    ($table:ident, $peak:ident, $name:literal, $path:expr, $S:ty, $mr:literal, $nv:literal, $features:literal) => {
+    ($table:ident, $peak:ident, $name:literal, $path:expr, $S:ty, $mr:literal, $mrs:literal, $nv:literal, $features:literal) => {
         /// FMA throughput probe: (flops done, result).
         pub(crate) fn $peak(iters: usize) -> (f64, f32) {
             #[target_feature(enable = $features)]
@@ -930,7 +968,7 @@ macro_rules! simd_table {
             #[target_feature(enable = $features)]
             unsafe fn conv_task(p: &ConvPlan<'_>, task: usize, scratch: &mut [f32]) {
                 // SAFETY: forwarded contract (features enabled, plan checked).
-                unsafe { simd::conv_task::<$S, $mr, $nv>(p, task, scratch) }
+                unsafe { simd::conv_task::<$S, $mr, $mrs, $nv>(p, task, scratch) }
             }
             #[target_feature(enable = $features)]
             unsafe fn gn_task(a: &GroupNormArgs<'_>, out: Shared<f32>, task: usize, gpt: usize) {

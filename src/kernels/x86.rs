@@ -249,5 +249,5 @@ impl Simd for Avx2 {
     }
 }
 
-simd_table!(AVX512_TABLE, avx512_fma_peak, "avx512", KernelPath::Avx512, Avx512, 14, 2, "avx512f,avx2,fma,f16c");
-simd_table!(AVX2_TABLE, avx2_fma_peak, "avx2", KernelPath::Avx2, Avx2, 6, 2, "avx2,fma,f16c");
+simd_table!(AVX512_TABLE, avx512_fma_peak, "avx512", KernelPath::Avx512, Avx512, 14, 8, 2, "avx512f,avx2,fma,f16c");
+simd_table!(AVX2_TABLE, avx2_fma_peak, "avx2", KernelPath::Avx2, Avx2, 6, 4, 2, "avx2,fma,f16c");
