@@ -327,7 +327,8 @@ pub struct KernelTable {
     pub conv2d: fn(&ConvArgs<'_>, &mut [f32], &Exec<'_>),
     pub group_norm: fn(&GroupNormArgs<'_>, &mut [f32], &Exec<'_>),
     pub linear: fn(&LinearArgs<'_>, &mut [f32], &Exec<'_>),
-    /// `scores` holds at least `tokens` floats of scratch (the scalar path's score row).
+    /// `scratch` holds at least `batch * tokens * channels` floats (the SIMD paths keep K^T
+    /// there; the scalar path its score row).
     pub attention: fn(&AttentionArgs<'_>, &mut [f32], &mut [f32], &Exec<'_>),
 }
 

@@ -78,6 +78,14 @@ pub(crate) trait Simd: Copy {
 pub(crate) struct Shared<T>(pub *mut T);
 // SAFETY: a plain address; every dereference site documents its disjointness argument.
 unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The address (a method, so closures capture the `Sync` wrapper, not the raw pointer).
+    #[inline(always)]
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
 // SAFETY: as above.
 unsafe impl<T> Send for Shared<T> {}
 
@@ -452,20 +460,39 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
             // `row0..row0 + m`, columns `col0..col0 + ncols` are in bounds (checked by
             // `ConvArgs::check`) and belong to this task alone (tiles `t0..t1` x blocks
             // `ob0..ob1`), so no other task touches them.
+            let c = p.out.get().wrapping_add(row0 * oc + col0);
+            // SAFETY: as stated above; a block of at most one vector of valid columns (conv_out's
+            // 3 channels) runs the one-vector-wide microkernel.
             unsafe {
-                micro::<S, MR, NV>(
-                    kcp / 16,
-                    a_buf.as_ptr(),
-                    panel,
-                    p.out.0.add(row0 * oc + col0),
-                    oc,
-                    m,
-                    ncols,
-                    init_ptr,
-                    res,
-                    a.out_scale,
-                    last,
-                )
+                if NV > 1 && ncols <= S::LANES {
+                    micro::<S, MR, 1>(
+                        kcp / 16,
+                        a_buf.as_ptr(),
+                        panel,
+                        c,
+                        oc,
+                        m,
+                        ncols,
+                        init_ptr,
+                        res,
+                        a.out_scale,
+                        last,
+                    )
+                } else {
+                    micro::<S, MR, NV>(
+                        kcp / 16,
+                        a_buf.as_ptr(),
+                        panel,
+                        c,
+                        oc,
+                        m,
+                        ncols,
+                        init_ptr,
+                        res,
+                        a.out_scale,
+                        last,
+                    )
+                }
             };
             col0 += nr;
         }
@@ -710,55 +737,32 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(a: &GroupNormArgs<'_>, out: Shared
 // Attention
 // ---------------------------------------------------------------------------------------------
 
+/// Writes K^T for (sample, head) `task` into `kt` as `[d][tokens]` at offset
+/// `task * d * tokens`, so the score blocks read keys as contiguous vectors.
+#[inline(always)]
+pub(crate) unsafe fn transpose_k(a: &AttentionArgs<'_>, kt: Shared<f32>, task: usize) {
+    let (n, c) = (a.tokens, a.channels);
+    let d = c / a.heads;
+    let (b, h) = (task / a.heads, task % a.heads);
+    let src = &a.k[b * n * c + h * d..];
+    // SAFETY: the caller gives `kt` room for batch * heads * d * n floats; this task writes only
+    // its own `d * n` block.
+    let dst = unsafe { core::slice::from_raw_parts_mut(kt.0.add(task * d * n), d * n) };
+    let mut j0 = 0;
+    while j0 < n {
+        let j1 = (j0 + 16).min(n);
+        for dd in 0..d {
+            for j in j0..j1 {
+                dst[dd * n + j] = src[j * c + dd];
+            }
+        }
+        j0 = j1;
+    }
+}
+
 /// Query tasks of an attention call.
 pub(crate) fn attention_tasks(a: &AttentionArgs<'_>) -> usize {
     a.batch * a.heads * a.tokens.div_ceil(BQ)
-}
-
-#[inline(always)]
-unsafe fn dot<S: Simd>(x: *const f32, y: *const f32, d: usize) -> f32 {
-    // SAFETY: the caller guarantees `d` readable floats at `x` and `y`.
-    unsafe {
-        let l = S::LANES;
-        let mut acc = S::zero();
-        let mut i = 0;
-        while i + l <= d {
-            acc = S::fma(S::load(x.add(i)), S::load(y.add(i)), acc);
-            i += l;
-        }
-        let mut s = S::hsum(acc);
-        while i < d {
-            s += *x.add(i) * *y.add(i);
-            i += 1;
-        }
-        s
-    }
-}
-
-/// Four dot products of `q` with `k0..k3`.
-#[inline(always)]
-unsafe fn dot4<S: Simd>(q: *const f32, k: [*const f32; 4], d: usize) -> [f32; 4] {
-    // SAFETY: the caller guarantees `d` readable floats at every pointer.
-    unsafe {
-        let l = S::LANES;
-        let mut acc = [S::zero(); 4];
-        let mut i = 0;
-        while i + l <= d {
-            let qv = S::load(q.add(i));
-            for (a, kp) in acc.iter_mut().zip(k) {
-                *a = S::fma(qv, S::load(kp.add(i)), *a);
-            }
-            i += l;
-        }
-        let mut s = [S::hsum(acc[0]), S::hsum(acc[1]), S::hsum(acc[2]), S::hsum(acc[3])];
-        while i < d {
-            for (sj, kp) in s.iter_mut().zip(k) {
-                *sj += *q.add(i) * *kp.add(i);
-            }
-            i += 1;
-        }
-        s
-    }
 }
 
 /// softmax(Q K^T / sqrt(d)) V for `BQ` queries of one (sample, head): key tiles of `BK` with an
@@ -767,6 +771,7 @@ unsafe fn dot4<S: Simd>(q: *const f32, k: [*const f32; 4], d: usize) -> [f32; 4]
 #[inline(always)]
 pub(crate) unsafe fn attention_task<S: Simd>(
     a: &AttentionArgs<'_>,
+    kt: *const f32,
     out: Shared<f32>,
     task: usize,
     scratch: &mut [f32],
@@ -784,7 +789,9 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     let s = &mut scratch[..BQ * BK];
     let mut mrow = [f32::NEG_INFINITY; BQ];
     let mut lrow = [0.0f32; BQ];
-    let (q, k, v) = (a.q.as_ptr(), a.k.as_ptr(), a.v.as_ptr());
+    let (q, v) = (a.q.as_ptr(), a.v.as_ptr());
+    // SAFETY: `kt` holds K^T for every (sample, head): `d x n` floats each (see `transpose_k`).
+    let ktb = unsafe { kt.add((b * a.heads + h) * d * n) };
     // SAFETY (whole body): every row pointer is `off + token * c` with token < n plus up to
     // `d` floats (AttentionArgs::check); output rows `q0..q0 + nq` of head `h` of sample `b`
     // belong to this task only.
@@ -796,23 +803,56 @@ pub(crate) unsafe fn attention_task<S: Simd>(
         let mut j0 = 0;
         while j0 < n {
             let bk = BK.min(n - j0);
-            // Scores.
-            for i in 0..nq {
-                let qp = q.add(off + (q0 + i) * c);
-                let srow = &mut s[i * BK..i * BK + bk];
+            // Scores S = Q K^T * scale from K^T rows (`ktb + dd * n`): 4 query rows x 4 (then
+            // 1) vectors of keys per block, broadcasting one query element per row.
+            let mut i = 0;
+            while i < nq {
+                let rows = 4.min(nq - i);
+                // Rows past `nq` repeat the last one (never stored), so the block stays square.
+                let qr = [0, 1, 2, 3].map(|r| q.add(off + (q0 + i + r.min(rows - 1)) * c));
                 let mut j = 0;
-                while j + 4 <= bk {
-                    let kp = [0, 1, 2, 3].map(|u| k.add(off + (j0 + j + u) * c));
-                    let r = dot4::<S>(qp, kp, d);
-                    for u in 0..4 {
-                        srow[j + u] = r[u] * scale;
+                while j + 4 * l <= bk {
+                    let mut acc = [[S::zero(); 4]; 4];
+                    for dd in 0..d {
+                        let kp = ktb.add(dd * n + j0 + j);
+                        let kv = [S::load(kp), S::load(kp.add(l)), S::load(kp.add(2 * l)), S::load(kp.add(3 * l))];
+                        for (r, ar) in acc.iter_mut().enumerate() {
+                            let qv = S::bcast(qr[r].add(dd));
+                            for u in 0..4 {
+                                ar[u] = S::fma(qv, kv[u], ar[u]);
+                            }
+                        }
                     }
-                    j += 4;
+                    for (r, ar) in acc.iter().enumerate().take(rows) {
+                        for (u, x) in ar.iter().enumerate() {
+                            S::store(s.as_mut_ptr().add((i + r) * BK + j + u * l), S::mul(*x, S::splat(scale)));
+                        }
+                    }
+                    j += 4 * l;
                 }
-                while j < bk {
-                    srow[j] = dot::<S>(qp, k.add(off + (j0 + j) * c), d) * scale;
-                    j += 1;
+                while j + l <= bk {
+                    let mut acc = [S::zero(); 4];
+                    for dd in 0..d {
+                        let kv = S::load(ktb.add(dd * n + j0 + j));
+                        for (r, x) in acc.iter_mut().enumerate() {
+                            *x = S::fma(S::bcast(qr[r].add(dd)), kv, *x);
+                        }
+                    }
+                    for (r, x) in acc.iter().enumerate().take(rows) {
+                        S::store(s.as_mut_ptr().add((i + r) * BK + j), S::mul(*x, S::splat(scale)));
+                    }
+                    j += l;
                 }
+                for r in 0..rows {
+                    for jj in j..bk {
+                        let mut dot = 0.0f32;
+                        for dd in 0..d {
+                            dot += *qr[r].add(dd) * *ktb.add(dd * n + j0 + jj);
+                        }
+                        s[(i + r) * BK + jj] = dot * scale;
+                    }
+                }
+                i += rows;
             }
             // Online softmax.
             for i in 0..nq {
@@ -976,9 +1016,20 @@ macro_rules! simd_table {
                 unsafe { simd::group_norm_task::<$S>(a, out, task, gpt) }
             }
             #[target_feature(enable = $features)]
-            unsafe fn attn_task(a: &AttentionArgs<'_>, out: Shared<f32>, task: usize, scratch: &mut [f32]) {
+            unsafe fn attn_task(
+                a: &AttentionArgs<'_>,
+                kt: *const f32,
+                out: Shared<f32>,
+                task: usize,
+                scratch: &mut [f32],
+            ) {
                 // SAFETY: forwarded contract.
-                unsafe { simd::attention_task::<$S>(a, out, task, scratch) }
+                unsafe { simd::attention_task::<$S>(a, kt, out, task, scratch) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn kt_task(a: &AttentionArgs<'_>, kt: Shared<f32>, task: usize) {
+                // SAFETY: forwarded contract.
+                unsafe { simd::transpose_k(a, kt, task) }
             }
 
             fn conv2d(a: &ConvArgs<'_>, out: &mut [f32], ex: &Exec<'_>) {
@@ -1001,12 +1052,18 @@ macro_rules! simd_table {
                 // channel ranges.
                 ex.run(tasks, &|t, _| unsafe { gn_task(a, o, t, gpt) });
             }
-            fn attention(a: &AttentionArgs<'_>, _scores: &mut [f32], out: &mut [f32], ex: &Exec<'_>) {
+            fn attention(a: &AttentionArgs<'_>, scratch: &mut [f32], out: &mut [f32], ex: &Exec<'_>) {
                 a.check(out);
+                let n = a.batch * a.tokens * a.channels;
+                assert!(scratch.len() >= n, "attention scratch must hold batch * tokens * channels floats");
+                let kt = Shared(scratch.as_mut_ptr());
+                // SAFETY: features checked (see conv2d); each task writes its own (sample, head)
+                // block of `kt`, inside `scratch` (asserted).
+                ex.run(a.batch * a.heads, &|t, _| unsafe { kt_task(a, kt, t) });
                 let o = Shared(out.as_mut_ptr());
-                // SAFETY: features checked (see conv2d); tasks write disjoint query rows;
-                // `th` is the running thread.
-                ex.run(simd::attention_tasks(a), &|t, th| unsafe { attn_task(a, o, t, ex.scratch(th)) });
+                // SAFETY: features checked; `kt` is complete and now only read; tasks write
+                // disjoint query rows; `th` is the running thread.
+                ex.run(simd::attention_tasks(a), &|t, th| unsafe { attn_task(a, kt.get(), o, t, ex.scratch(th)) });
             }
             $crate::kernels::KernelTable { name: $name, path: $path, conv2d, group_norm, linear, attention }
         };

@@ -254,7 +254,9 @@ impl Model {
                 project(a.k, normed, &[], 1.0, kk);
                 project(a.v, normed, &[], 1.0, v);
                 let args = AttentionArgs { batch, tokens: a.tokens, channels: a.channels, heads: a.heads, q, k: kk, v };
-                (k.attention)(&args, scores, attended, exec);
+                // `normed` is dead once projected: it is the kernel's scratch (K^T, or score rows).
+                let _ = scores;
+                (k.attention)(&args, normed, attended, exec);
                 project(a.o, attended, input, a.rescale, dst);
             }
             Op::OutputToNchw { input, channels, height, width } => {
