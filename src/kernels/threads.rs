@@ -23,6 +23,8 @@ use super::Parallel;
 
 /// How long an idle worker spins before sleeping.
 const SPIN: Duration = Duration::from_micros(200);
+/// After this long, a waiting worker yields between checks instead of only spinning.
+const YIELD_AFTER: Duration = Duration::from_micros(20);
 
 type Task = dyn Fn(usize, usize) + Sync;
 
@@ -127,8 +129,17 @@ fn worker(shared: &Shared, id: usize) {
                 break;
             }
             spins += 1;
-            if spins % 64 != 0 || start.elapsed() < SPIN {
+            if spins % 64 != 0 {
                 std::hint::spin_loop();
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited < SPIN {
+                // Past the first few microseconds, let other threads (a descheduled caller on
+                // a busy machine) have the core between checks.
+                if waited > YIELD_AFTER {
+                    std::thread::yield_now();
+                }
                 continue;
             }
             let mut guard = shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,7 +201,7 @@ impl Parallel for ThreadPool {
         let mut spins = 0u32;
         while s.active.load(Ordering::Acquire) != 0 {
             spins += 1;
-            if spins < 1 << 14 {
+            if spins < 256 {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
