@@ -189,7 +189,9 @@ fn bench_convs(c: &mut Criterion, model: &Model, path: KernelPath, teams: &mut T
             })
         });
         let ex1 = Exec::new(&Sequential, &mut teams.scratch1);
-        g.bench_function(BenchmarkId::new("ours-1t", path.name()), |b| b.iter(|| (table.conv2d)(&args, &mut out, &ex1)));
+        g.bench_function(BenchmarkId::new("ours-1t", path.name()), |b| {
+            b.iter(|| (table.conv2d)(&args, &mut out, &ex1))
+        });
         let exn = Exec::new(&teams.pool, &mut teams.scratch_n);
         g.bench_function(BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()), |b| {
             b.iter(|| (table.conv2d)(&args, &mut out, &exn))
@@ -220,11 +222,16 @@ fn bench_group_norm(c: &mut Criterion, path: KernelPath, teams: &mut Teams) {
             silu: true,
         };
         let mut out = vec![0.0f32; pixels * ch];
-        let mut g = c.benchmark_group(format!("group_norm_silu_{pixels}px_{ca}{}ch", if cb > 0 { format!("+{cb}") } else { String::new() }));
+        let mut g = c.benchmark_group(format!(
+            "group_norm_silu_{pixels}px_{ca}{}ch",
+            if cb > 0 { format!("+{cb}") } else { String::new() }
+        ));
         g.throughput(Throughput::Elements((pixels * ch) as u64));
         g.bench_function("naive", |b| b.iter(|| scalar::group_norm(&args, &mut out)));
         let ex1 = Exec::new(&Sequential, &mut teams.scratch1);
-        g.bench_function(BenchmarkId::new("ours-1t", path.name()), |b| b.iter(|| (table.group_norm)(&args, &mut out, &ex1)));
+        g.bench_function(BenchmarkId::new("ours-1t", path.name()), |b| {
+            b.iter(|| (table.group_norm)(&args, &mut out, &ex1))
+        });
         let exn = Exec::new(&teams.pool, &mut teams.scratch_n);
         g.bench_function(BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()), |b| {
             b.iter(|| (table.group_norm)(&args, &mut out, &exn))
@@ -260,7 +267,9 @@ fn bench_linear_attention(c: &mut Criterion, model: &Model, path: KernelPath, te
         g.bench_function("naive", |b| b.iter(|| scalar::linear(&args, &mut out)));
         g.bench_function("gemm", |b| b.iter(|| gemm_f32(rows, out_f, in_f, &input, &w_kn, &mut out)));
         let ex1 = Exec::new(&Sequential, &mut teams.scratch1);
-        g.bench_function(BenchmarkId::new("ours-1t", path.name()), |b| b.iter(|| (table.linear)(&args, &mut out, &ex1)));
+        g.bench_function(BenchmarkId::new("ours-1t", path.name()), |b| {
+            b.iter(|| (table.linear)(&args, &mut out, &ex1))
+        });
         let exn = Exec::new(&teams.pool, &mut teams.scratch_n);
         g.bench_function(BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()), |b| {
             b.iter(|| (table.linear)(&args, &mut out, &exn))
@@ -321,9 +330,10 @@ fn bench_forward(c: &mut Criterion, model: &Model) {
         let mut out = vec![0.0f32; x.len()];
         let mut ws = vec![0.0f32; model.workspace_len(batch)];
         g.throughput(Throughput::Elements(model.flops_per_sample() * batch as u64));
-        g.bench_function(BenchmarkId::new(format!("{}-{}t", model.kernels_name(), model.threads()), format!("batch{batch}")), |b| {
-            b.iter(|| model.forward(&mut ws, &x, &t, None, &mut out).unwrap())
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("{}-{}t", model.kernels_name(), model.threads()), format!("batch{batch}")),
+            |b| b.iter(|| model.forward(&mut ws, &x, &t, None, &mut out).unwrap()),
+        );
     }
     g.finish();
 

@@ -273,6 +273,7 @@ impl Parallel for Sequential {
 pub const SCRATCH_PER_THREAD: usize = simd::SCRATCH_FLOATS;
 
 /// How a kernel call may run: the thread team and one scratch region per thread.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 pub struct Exec<'a> {
     par: &'a dyn Parallel,
     scratch: *mut f32,
@@ -311,6 +312,7 @@ impl<'a> Exec<'a> {
     /// Call only from a task that [`Parallel::run`] started on thread `thread`, and drop the
     /// slice before that task returns: then no two live slices alias.
     #[allow(clippy::mut_from_ref)]
+    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
     pub(crate) unsafe fn scratch(&self, thread: usize) -> &mut [f32] {
         assert!(thread < self.par.threads());
         // SAFETY: in bounds by the assert and the check in `new`; exclusive by the contract.
@@ -457,7 +459,7 @@ pub fn fma_probe(path: KernelPath, iters: usize) -> crate::Result<(f64, f32)> {
             let mut acc = [0.0f32; 8];
             for _ in 0..iters {
                 for a in acc.iter_mut() {
-                    *a = a.mul_add(0.999_999, 1e-7);
+                    *a = libm::fmaf(*a, 0.999_999, 1e-7);
                 }
             }
             Ok(((iters * 16) as f64, acc.iter().sum()))

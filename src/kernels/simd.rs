@@ -986,6 +986,7 @@ pub(crate) unsafe fn fma_loop<S: Simd>(iters: usize) -> f32 {
 
 /// Generates a path's kernel table from its [`Simd`] type: entry points (plain Rust, checking
 /// arguments and splitting tasks) and per-task functions compiled with the path's features.
+#[allow(unused_macros)] // no SIMD path on some targets (thumbv7em)
 macro_rules! simd_table {
     ($table:ident, $peak:ident, $name:literal, $path:expr, $S:ty, $mr:literal, $mrs:literal, $nv:literal, $features:literal) => {
         /// FMA throughput probe: (flops done, result).
@@ -1069,4 +1070,5 @@ macro_rules! simd_table {
         };
     };
 }
+#[allow(unused_imports)]
 pub(crate) use simd_table;

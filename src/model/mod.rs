@@ -253,6 +253,7 @@ impl Model {
         let lifetimes = lifetimes(&described.ops, described.tensors.len());
         let lens: Vec<usize> = described.tensors.iter().map(|t| t.len).collect();
         let plan = MemoryPlan::new(&lens, &lifetimes, reuse);
+        #[cfg_attr(not(feature = "std"), allow(unused_mut))]
         let mut model = Model {
             config,
             weights,

@@ -264,6 +264,7 @@ impl WeightLoader {
 
     /// A loader that makes up every tensor asked for (seeded, see [`Synth`]), in diffusers'
     /// layout; [`WeightLoader::synthesized`] returns them for writing a safetensors file.
+    #[cfg(feature = "std")]
     pub(crate) fn synthetic(seed: u64) -> Result<WeightLoader> {
         let empty = safetensors::serialize(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), None).map_err(st_err)?;
         let mut loader = WeightLoader::new(WeightBytes::Owned(empty), LoadOptions::default())?;
@@ -272,6 +273,7 @@ impl WeightLoader {
     }
 
     /// The tensors a synthetic loader made.
+    #[cfg(feature = "std")]
     pub(crate) fn synthesized(&mut self) -> Vec<(String, Vec<usize>, Vec<f16>)> {
         self.synth.as_mut().map(|s| core::mem::take(&mut s.tensors)).unwrap_or_default()
     }
