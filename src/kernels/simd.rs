@@ -37,7 +37,9 @@ pub(crate) const G_MAX: usize = 4;
 /// Attention tiles: queries per task, keys per score tile.
 pub(crate) const BQ: usize = 16;
 pub(crate) const BK: usize = 64;
-pub(crate) const SCRATCH_FLOATS: usize = MR_MAX * KC + G_MAX * KC * PACK_OC;
+/// Tiles packed together (their A buffers live in L2 while each weight panel sweeps them).
+pub(crate) const TG: usize = 8;
+pub(crate) const SCRATCH_FLOATS: usize = TG * MR_MAX * KC + G_MAX * KC * PACK_OC;
 
 const _: () = assert!(BQ * BK <= SCRATCH_FLOATS);
 
@@ -404,20 +406,20 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// One tile (`m` pixels from `px0` of sample `b`) for reduction chunk `k0..k0 + kc` and output
-/// blocks `ob0..ob1`, whose panels are widened in `panels`.
+/// One packed tile (`m` pixels from `px0` of sample `b`, in `a_buf`) times output block `ob`
+/// (panel `ob - ob0` of `panels`) for reduction chunk `k0..k0 + kc`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn tile_ob<S: Simd, const MR: usize, const NV: usize>(
     p: &ConvPlan<'_>,
     b: usize,
     px0: usize,
     m: usize,
     k0: usize,
     kc: usize,
+    ob: usize,
     ob0: usize,
-    ob1: usize,
-    a_buf: &mut [f32],
+    a_buf: &[f32],
     panels: &[f32],
 ) {
     let a = p.args;
@@ -426,10 +428,8 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     let kcp = kc.div_ceil(16) * 16;
     let (first, last) = (k0 == 0, k0 + kc == p.k_total);
     let mut init = [0.0f32; 64];
-    // SAFETY: the target features of `S` are enabled (our caller's contract).
-    unsafe { pack_a::<S, MR>(p, b, px0, m, k0, kc, kcp, a_buf) };
     let row0 = b * p.out_hw + px0;
-    for ob in ob0..ob1 {
+    {
         let mut col0 = ob * PACK_OC;
         while col0 < (ob + 1) * PACK_OC && col0 < oc {
             let ncols = nr.min(oc - col0);
@@ -515,28 +515,51 @@ pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const MRS: usize, const
     let n_tiles = s.batch * p.tiles_per_sample;
     let t0 = tg * p.tiles_per_task;
     let t1 = (t0 + p.tiles_per_task).min(n_tiles);
-    let (a_buf, panels) = scratch.split_at_mut(MR_MAX * KC);
-    let mut k0 = 0;
-    while k0 < p.k_total {
-        let kc = KC.min(p.k_total - k0);
-        let kcp = kc.div_ceil(16) * 16;
-        for ob in ob0..ob1 {
-            // SAFETY: the target features of `S` are enabled (our caller's contract).
-            unsafe { widen_panel::<S>(p, ob, k0, kc, kcp, &mut panels[(ob - ob0) * KC * PACK_OC..]) };
-        }
-        for t in t0..t1 {
-            let (b, px0, m) = p.tile(t);
-            // SAFETY: forwarded contract; a tile of at most MRS pixels runs the narrower
-            // microkernel (fewer wasted rows), otherwise the full one.
-            unsafe {
-                if m <= MRS {
-                    tile::<S, MRS, NV>(p, b, px0, m, k0, kc, ob0, ob1, a_buf, panels)
-                } else {
-                    tile::<S, MR, NV>(p, b, px0, m, k0, kc, ob0, ob1, a_buf, panels)
+    let (a_bufs, panels) = scratch.split_at_mut(TG * MR_MAX * KC);
+    // BLIS order: for a group of up to TG tiles (whose output rows stay in L2 across the
+    // reduction chunks), chunk by chunk: widen the chunk's weight panels, pack the tiles (L2),
+    // then run every output block's panel (kept in L1) over them. A tile of at most MRS pixels
+    // uses the narrower microkernel (fewer wasted rows).
+    let mut g0 = t0;
+    while g0 < t1 {
+        let g1 = (g0 + TG).min(t1);
+        let mut k0 = 0;
+        while k0 < p.k_total {
+            let kc = KC.min(p.k_total - k0);
+            let kcp = kc.div_ceil(16) * 16;
+            for ob in ob0..ob1 {
+                // SAFETY: the target features of `S` are enabled (our caller's contract).
+                unsafe { widen_panel::<S>(p, ob, k0, kc, kcp, &mut panels[(ob - ob0) * KC * PACK_OC..]) };
+            }
+            for t in g0..g1 {
+                let (b, px0, m) = p.tile(t);
+                let buf = &mut a_bufs[(t - g0) * MR_MAX * KC..(t - g0 + 1) * MR_MAX * KC];
+                // SAFETY: as above.
+                unsafe {
+                    if m <= MRS {
+                        pack_a::<S, MRS>(p, b, px0, m, k0, kc, kcp, buf)
+                    } else {
+                        pack_a::<S, MR>(p, b, px0, m, k0, kc, kcp, buf)
+                    }
                 }
             }
+            for ob in ob0..ob1 {
+                for t in g0..g1 {
+                    let (b, px0, m) = p.tile(t);
+                    let buf = &a_bufs[(t - g0) * MR_MAX * KC..(t - g0 + 1) * MR_MAX * KC];
+                    // SAFETY: as above; `buf` was packed for this tile and chunk just now.
+                    unsafe {
+                        if m <= MRS {
+                            tile_ob::<S, MRS, NV>(p, b, px0, m, k0, kc, ob, ob0, buf, panels)
+                        } else {
+                            tile_ob::<S, MR, NV>(p, b, px0, m, k0, kc, ob, ob0, buf, panels)
+                        }
+                    }
+                }
+            }
+            k0 += kc;
         }
-        k0 += kc;
+        g0 = g1;
     }
 }
 
