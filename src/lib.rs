@@ -32,6 +32,8 @@ pub mod sampler;
 pub mod schedule;
 #[cfg(feature = "train")]
 pub mod train;
+#[cfg(feature = "std")]
+pub mod testing;
 pub mod weights;
 
 pub use config::UNetConfig;

@@ -60,7 +60,7 @@ fn check_model(name: &str, path: KernelPath) {
     let case = forward_case(name);
     // Every tensor in its own slot, so each block's output can be read after the pass.
     let mut model = Model::load_with(&dir, LoadOptions::default(), Reuse::None).unwrap();
-    model.set_kernels(path);
+    model.set_kernels(path).unwrap();
     let (c, h, w) = model.input_shape();
     let batch = case.x.len() / (c * h * w);
     let mut ws = vec![0.0f32; model.workspace_len(batch)];
@@ -111,7 +111,7 @@ fn check_model(name: &str, path: KernelPath) {
 
     // The shared (inference) plan must give the same numbers bit for bit.
     let mut shared = Model::load(&dir).unwrap();
-    shared.set_kernels(path);
+    shared.set_kernels(path).unwrap();
     assert!(shared.workspace_len(batch) < model.workspace_len(batch));
     let mut ws2 = vec![f32::NAN; shared.workspace_len(batch)];
     let mut out2 = vec![0.0f32; out.len()];
@@ -125,6 +125,53 @@ fn check_model(name: &str, path: KernelPath) {
         )
         .unwrap();
     assert_eq!(out, out2, "{name}: shared memory plan changed the result");
+
+    // Any thread count gives the same bits (kernels split outputs, never reductions).
+    for threads in [1, 3] {
+        shared.set_threads(threads).unwrap();
+        let mut ws3 = vec![f32::NAN; shared.workspace_len(batch)];
+        let mut out3 = vec![0.0f32; out.len()];
+        shared.forward(&mut ws3, &case.x, &case.t, case.labels.as_deref(), &mut out3).unwrap();
+        assert_eq!(out, out3, "{name}: {threads} threads changed the result");
+    }
+}
+
+/// Runs every fixture model on `path`, or says why it cannot on this machine.
+fn check_path(path: KernelPath) {
+    if !path.is_available() {
+        println!("skipped: this CPU or build cannot run the {} kernels", path.name());
+        return;
+    }
+    for m in MODELS {
+        check_model(m, path);
+    }
+}
+
+#[test]
+fn forward_matches_diffusers_avx2() {
+    check_path(KernelPath::Avx2);
+}
+
+#[test]
+fn forward_matches_diffusers_avx512() {
+    check_path(KernelPath::Avx512);
+}
+
+#[test]
+fn forward_matches_diffusers_neon() {
+    check_path(KernelPath::Neon);
+}
+
+#[test]
+fn unavailable_path_is_an_error() {
+    let mut model = Model::load(fixtures_dir().join("tiny-rgb16")).unwrap();
+    for path in KernelPath::ALL {
+        assert_eq!(model.set_kernels(path).is_ok(), path.is_available(), "{path:?}");
+    }
+    assert!(KernelPath::Scalar.is_available());
+    assert!(KernelPath::detect().is_available());
+    assert_eq!(KernelPath::parse("AVX512"), Some(KernelPath::Avx512));
+    assert_eq!(KernelPath::parse("sse"), None);
 }
 
 #[test]

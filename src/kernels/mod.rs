@@ -4,20 +4,62 @@
 //! UNet needs. The model's forward walk ([`crate::model`]) only ever calls through a table, so a
 //! new backend (SIMD, GPU host side) adds a table and never touches model code.
 //!
+//! ## Backends ([`KernelPath`])
+//! - [`KernelPath::Scalar`]: plain loops, the reference every other path is tested against and
+//!   the fallback of targets without SIMD (`no_std` microcontrollers).
+//! - [`KernelPath::Avx512`], [`KernelPath::Avx2`] (x86-64, with FMA and F16C) and
+//!   [`KernelPath::Neon`] (aarch64): hand-written `core::arch` microkernels, f32 accumulation,
+//!   f16 weights widened in registers. Under `std` the CPU is probed at run time; without
+//!   `std` a path is available when the build enables its target features.
+//!
+//! `TINYDIFFUSION_KERNELS=scalar|avx2|avx512|neon` forces a path at model load (std); a path the
+//! CPU lacks is an error ([`KernelPath::table`]), never undefined behaviour.
+//!
 //! ## Activation layout: NHWC, f32
 //! Activations are stored channels-last (`[batch, height, width, channels]`):
 //! - a convolution becomes a GEMM whose reduction runs over contiguous channels (`9 * C_in` per
-//!   output pixel), the layout SIMD microkernels and tensor cores want;
+//!   output pixel), the layout SIMD microkernels and tensor cores want: the SIMD paths copy each
+//!   pixel's channel run into a small packed tile with plain vector loads (no transpose), and the
+//!   output pixel's channels are one contiguous vector store;
 //! - attention reads `[batch, tokens, channels]` with no transpose;
 //! - the UNet's skip concatenation (along channels) needs no copy: kernels take the two parts
 //!   as separate slices (`in_a`, `in_b`) and read channel `c` from whichever holds it.
 //!
-//! Weights stay in diffusers' layout (`[out, in, kh, kw]` for convs, `[out, in]` for linears),
-//! f16, read in place from the file.
+//! A blocked layout (`NCHW16c`, as oneDNN uses) would let a microkernel address a row of pixels
+//! with one pointer, but every non-conv op (GroupNorm, attention, the skip concat, the NCHW
+//! boundary) would then have to follow it; packing a 14-pixel tile from NHWC costs one vector
+//! copy per 16 channels, amortised over all output channels, so NHWC stays.
+//!
+//! ## Weight layout: output channels in blocks of [`PACK_OC`]
+//! Conv and linear weights are stored *packed*, f16: `[ceil(out / 32), kh, kw, in, 32]`
+//! (see [`packed_index`]), zero-padded to a multiple of 32 output channels. Why:
+//! - the microkernels compute 32 output channels of a tile of pixels (AVX-512: two zmm per
+//!   pixel; AVX2 and NEON: 16 at a time, half a block), so one reduction step reads one
+//!   contiguous 64-byte row of weights;
+//! - the reduction order (tap-major, then input channel) is the order in which an NHWC pixel's
+//!   channels sit in memory, so the weight rows and the packed input tile walk the same `k`;
+//! - a kernel-size-1 conv and a linear (`[out, in]`) share the layout, so linears run on the
+//!   conv microkernel too.
+//!
+//! `weights::convert::convert_folder` writes this layout into the safetensors file, so a
+//! converted model still loads in place; an unconverted diffusers file is packed once at load.
+//! Biases, norms and the class embedding stay in diffusers' layout.
 
 use half::f16;
 
+pub mod pack;
 pub mod scalar;
+mod simd;
+#[cfg(feature = "std")]
+pub mod threads;
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+pub use pack::{pack_weight, packed_index, packed_len, PACK_OC};
 
 /// Geometry of one convolution over NHWC activations whose input may be split in two channel
 /// ranges (`in_ca` channels from `in_a`, then `in_cb` from `in_b`).
@@ -65,6 +107,10 @@ impl ConvShape {
             * self.kernel
             * self.kernel) as u64
     }
+    /// Elements of the packed weight (see [`packed_len`]).
+    pub fn weight_len(&self) -> usize {
+        packed_len(self.out_c, self.in_c(), self.kernel)
+    }
 }
 
 /// Arguments of a convolution. Optional inputs are empty slices.
@@ -72,7 +118,7 @@ pub struct ConvArgs<'a> {
     pub shape: ConvShape,
     pub in_a: &'a [f32],
     pub in_b: &'a [f32],
-    /// `[out_c, in_c, k, k]`.
+    /// Packed: `[ceil(out_c / 32), k, k, in_c, 32]` (see the module docs).
     pub weight: &'a [f16],
     /// `[out_c]`.
     pub bias: &'a [f16],
@@ -82,6 +128,28 @@ pub struct ConvArgs<'a> {
     pub residual: &'a [f32],
     /// Output is `(conv + bias + channel_add + residual) / out_scale`.
     pub out_scale: f32,
+}
+
+impl ConvArgs<'_> {
+    /// Checks every slice against the shape (the SIMD kernels rely on it before reading
+    /// through raw pointers).
+    pub fn check(&self, out: &[f32]) {
+        let s = &self.shape;
+        let in_px = s.batch * s.in_h * s.in_w;
+        let out_len = s.batch * s.out_h * s.out_w * s.out_c;
+        assert!(s.kernel == 1 || s.kernel == 3, "conv kernel must be 1 or 3");
+        assert!(s.stride == 1 || s.stride == 2, "conv stride must be 1 or 2");
+        assert!(self.in_a.len() >= in_px * s.in_ca, "conv in_a too short");
+        assert!(self.in_b.len() >= in_px * s.in_cb, "conv in_b too short");
+        assert!(self.weight.len() >= s.weight_len(), "conv weight too short");
+        assert!(self.bias.len() >= s.out_c, "conv bias too short");
+        assert!(
+            self.channel_add.is_empty() || self.channel_add.len() >= s.batch * s.out_c,
+            "conv channel_add too short"
+        );
+        assert!(self.residual.is_empty() || self.residual.len() >= out_len, "conv residual too short");
+        assert!(out.len() >= out_len, "conv output too short");
+    }
 }
 
 /// Arguments of a GroupNorm (optionally followed by SiLU) over NHWC activations.
@@ -99,19 +167,60 @@ pub struct GroupNormArgs<'a> {
     pub silu: bool,
 }
 
+impl GroupNormArgs<'_> {
+    pub fn check(&self, out: &[f32]) {
+        let c = self.in_ca + self.in_cb;
+        let px = self.batch * self.pixels;
+        assert!(self.groups > 0 && c % self.groups == 0, "group_norm: channels not divisible by groups");
+        assert!(self.in_a.len() >= px * self.in_ca && self.in_b.len() >= px * self.in_cb, "group_norm input too short");
+        assert!(self.gamma.len() >= c && self.beta.len() >= c, "group_norm affine too short");
+        assert!(out.len() >= px * c, "group_norm output too short");
+    }
+}
+
 /// `out[r] = (in[r] · W^T + bias + residual[r]) / out_scale` for `rows` rows.
 pub struct LinearArgs<'a> {
     pub rows: usize,
     pub in_f: usize,
     pub out_f: usize,
     pub input: &'a [f32],
-    /// `[out_f, in_f]`.
+    /// Packed like a 1x1 conv: `[ceil(out_f / 32), in_f, 32]`.
     pub weight: &'a [f16],
     /// `[out_f]`.
     pub bias: &'a [f16],
     /// Empty, or `[rows, out_f]`.
     pub residual: &'a [f32],
     pub out_scale: f32,
+}
+
+impl<'a> LinearArgs<'a> {
+    /// The same computation as a 1x1 convolution over `rows` pixels.
+    pub fn as_conv(&self) -> ConvArgs<'a> {
+        ConvArgs {
+            shape: ConvShape {
+                batch: 1,
+                in_h: self.rows,
+                in_w: 1,
+                in_ca: self.in_f,
+                in_cb: 0,
+                out_c: self.out_f,
+                out_h: self.rows,
+                out_w: 1,
+                kernel: 1,
+                stride: 1,
+                pad_top: 0,
+                pad_left: 0,
+                upsample: false,
+            },
+            in_a: self.input,
+            in_b: &[],
+            weight: self.weight,
+            bias: self.bias,
+            channel_add: &[],
+            residual: self.residual,
+            out_scale: self.out_scale,
+        }
+    }
 }
 
 /// Multi-head softmax(Q K^T * scale) V over `[batch, tokens, channels]` tensors whose channels
@@ -126,47 +235,241 @@ pub struct AttentionArgs<'a> {
     pub v: &'a [f32],
 }
 
+impl AttentionArgs<'_> {
+    pub fn check(&self, out: &[f32]) {
+        let n = self.batch * self.tokens * self.channels;
+        assert!(self.heads > 0 && self.channels % self.heads == 0, "attention: channels not divisible by heads");
+        assert!(
+            self.q.len() >= n && self.k.len() >= n && self.v.len() >= n && out.len() >= n,
+            "attention buffers too short"
+        );
+    }
+}
+
+/// Runs independent tasks, possibly on several threads.
+///
+/// Kernels split their output (pixels, output channels, queries) into tasks, never a
+/// reduction, so results do not depend on how many threads run them.
+pub trait Parallel: Sync {
+    /// Upper bound (exclusive) of the `thread` index passed to tasks.
+    fn threads(&self) -> usize;
+    /// Calls `f(task, thread)` once for every `task` in `0..tasks` and returns when all are done.
+    /// A thread runs its tasks one after another, so per-thread scratch indexed by `thread` is
+    /// never shared by two running tasks.
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync));
+}
+
+/// Every task on the calling thread, in order (and the only choice without `std`).
+pub struct Sequential;
+
+impl Parallel for Sequential {
+    fn threads(&self) -> usize {
+        1
+    }
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        for t in 0..tasks {
+            f(t, 0);
+        }
+    }
+}
+
+/// f32 elements of scratch each thread of a forward pass gets (in the caller's workspace, see
+/// [`crate::Model::workspace_len`]). Sized for the SIMD conv's packed input tile and weight
+/// panels, which is more than the other kernels need.
+pub const SCRATCH_PER_THREAD: usize = simd::SCRATCH_FLOATS;
+
+/// How a kernel call may run: the thread team and one scratch region per thread.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+pub struct Exec<'a> {
+    par: &'a dyn Parallel,
+    scratch: *mut f32,
+    per_thread: usize,
+    _scratch: core::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `Exec` hands out the scratch region of thread `t` only through `Exec::scratch(t)`,
+// whose contract is that only the task running on thread `t` calls it; the regions of different
+// threads are disjoint, so sharing `Exec` between threads creates no aliasing `&mut`.
+unsafe impl Sync for Exec<'_> {}
+
+impl<'a> Exec<'a> {
+    /// `scratch` must hold [`SCRATCH_PER_THREAD`] floats for each of `par.threads()` threads.
+    pub fn new(par: &'a dyn Parallel, scratch: &'a mut [f32]) -> Exec<'a> {
+        let per_thread = SCRATCH_PER_THREAD;
+        assert!(scratch.len() >= par.threads() * per_thread, "kernel scratch too small for the thread count");
+        Exec { par, scratch: scratch.as_mut_ptr(), per_thread, _scratch: core::marker::PhantomData }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.par.threads()
+    }
+
+    pub fn run(&self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        if tasks == 1 {
+            f(0, 0)
+        } else {
+            self.par.run(tasks, f)
+        }
+    }
+
+    /// The scratch region of thread `thread`.
+    ///
+    /// # Safety
+    /// Call only from a task that [`Parallel::run`] started on thread `thread`, and drop the
+    /// slice before that task returns: then no two live slices alias.
+    #[allow(clippy::mut_from_ref)]
+    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+    pub(crate) unsafe fn scratch(&self, thread: usize) -> &mut [f32] {
+        assert!(thread < self.par.threads());
+        // SAFETY: in bounds by the assert and the check in `new`; exclusive by the contract.
+        unsafe { core::slice::from_raw_parts_mut(self.scratch.add(thread * self.per_thread), self.per_thread) }
+    }
+}
+
 /// One backend: the functions the forward walk calls. Output slices have exactly the size the
 /// arguments imply (the forward walk checks this before calling).
 #[derive(Clone, Copy)]
 pub struct KernelTable {
     pub name: &'static str,
-    pub conv2d: fn(&ConvArgs<'_>, &mut [f32]),
-    pub group_norm: fn(&GroupNormArgs<'_>, &mut [f32]),
-    pub linear: fn(&LinearArgs<'_>, &mut [f32]),
-    /// `scores` holds at least `tokens` floats of scratch.
-    pub attention: fn(&AttentionArgs<'_>, &mut [f32], &mut [f32]),
+    pub path: KernelPath,
+    pub conv2d: fn(&ConvArgs<'_>, &mut [f32], &Exec<'_>),
+    pub group_norm: fn(&GroupNormArgs<'_>, &mut [f32], &Exec<'_>),
+    pub linear: fn(&LinearArgs<'_>, &mut [f32], &Exec<'_>),
+    /// `scratch` holds at least `batch * tokens * channels` floats (the SIMD paths keep K^T
+    /// there; the scalar path its score row).
+    pub attention: fn(&AttentionArgs<'_>, &mut [f32], &mut [f32], &Exec<'_>),
 }
 
 /// Which implementation of the kernels to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelPath {
     /// Plain Rust loops: the reference every other path is tested against.
     Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512F (+ AVX2, FMA, F16C).
+    Avx512,
+    /// aarch64 Advanced SIMD.
+    Neon,
 }
 
-impl KernelPath {
-    /// The fastest path this machine supports.
-    pub fn detect() -> KernelPath {
-        KernelPath::Scalar
-    }
+/// Name of the environment variable that forces a kernel path at model load.
+pub const KERNELS_ENV: &str = "TINYDIFFUSION_KERNELS";
 
-    /// Parses a path name (`scalar`, ...), as given on a command line.
-    pub fn from_name(name: &str) -> crate::Result<KernelPath> {
-        match name {
-            "scalar" => Ok(KernelPath::Scalar),
-            other => Err(crate::error::invalid_arg("kernel path", alloc::format!("'{other}' is not one of: scalar"))),
+impl KernelPath {
+    pub const ALL: [KernelPath; 4] = [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon];
+
+    /// Whether this CPU (under `std`: probed at run time; without: the build's target
+    /// features) can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            KernelPath::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => x86::avx2_available(),
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => x86::avx512_available(),
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::Neon => neon::available(),
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
     }
 
-    pub fn table(self) -> &'static KernelTable {
+    /// The fastest path this machine supports (ignores [`KERNELS_ENV`]).
+    pub fn detect() -> KernelPath {
+        [KernelPath::Avx512, KernelPath::Avx2, KernelPath::Neon]
+            .into_iter()
+            .find(|p| p.is_available())
+            .unwrap_or(KernelPath::Scalar)
+    }
+
+    /// `scalar`, `avx2`, `avx512` or `neon` (case-insensitive).
+    pub fn parse(name: &str) -> Option<KernelPath> {
+        KernelPath::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// Parses a path name (`scalar`, `avx2`, `avx512`, `neon`), as given on a command line.
+    pub fn from_name(name: &str) -> crate::Result<KernelPath> {
+        KernelPath::parse(name).ok_or_else(|| {
+            crate::error::invalid_arg(
+                "kernel path",
+                alloc::format!("'{name}' is not one of: scalar, avx2, avx512, neon"),
+            )
+        })
+    }
+
+    /// The path named by [`KERNELS_ENV`], if set (an unknown name is an error).
+    #[cfg(feature = "std")]
+    pub fn from_env() -> crate::Result<Option<KernelPath>> {
+        match std::env::var(KERNELS_ENV) {
+            Ok(v) if !v.trim().is_empty() => KernelPath::parse(&v).map(Some).ok_or_else(|| {
+                crate::error::invalid_arg(KERNELS_ENV, alloc::format!("`{v}`: expected scalar, avx2, avx512 or neon"))
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// The path forced by [`KERNELS_ENV`] if set, else [`KernelPath::detect`].
+    pub fn preferred() -> crate::Result<KernelPath> {
+        #[cfg(feature = "std")]
+        if let Some(p) = KernelPath::from_env()? {
+            return Ok(p);
+        }
+        Ok(KernelPath::detect())
+    }
+
+    /// The kernel table, or an error if this CPU cannot run the path.
+    pub fn table(self) -> crate::Result<&'static KernelTable> {
+        if !self.is_available() {
+            return Err(crate::error::invalid_arg(
+                "kernel path",
+                alloc::format!("`{}` is not supported by this CPU or build", self.name()),
+            ));
+        }
         match self {
-            KernelPath::Scalar => &scalar::TABLE,
+            KernelPath::Scalar => Ok(&scalar::TABLE),
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => Ok(&x86::AVX2_TABLE),
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => Ok(&x86::AVX512_TABLE),
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::Neon => Ok(&neon::TABLE),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("is_available() was checked"),
         }
     }
 
     pub fn name(self) -> &'static str {
-        self.table().name
+        match self {
+            KernelPath::Scalar => "scalar",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Avx512 => "avx512",
+            KernelPath::Neon => "neon",
+        }
+    }
+}
+
+/// Runs `iters` rounds of an f32 FMA loop (24 independent vector FMAs per round) on the
+/// calling thread with `path`'s instructions; returns the floating-point operations done (and
+/// a value to keep alive). Benchmarks use it to measure the machine's FMA peak.
+pub fn fma_probe(path: KernelPath, iters: usize) -> crate::Result<(f64, f32)> {
+    path.table()?;
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512 => Ok(x86::avx512_fma_peak(iters)),
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 => Ok(x86::avx2_fma_peak(iters)),
+        #[cfg(target_arch = "aarch64")]
+        KernelPath::Neon => Ok(neon::fma_peak(iters)),
+        _ => {
+            let mut acc = [0.0f32; 8];
+            for _ in 0..iters {
+                for a in acc.iter_mut() {
+                    *a = libm::fmaf(*a, 0.999_999, 1e-7);
+                }
+            }
+            Ok(((iters * 16) as f64, acc.iter().sum()))
+        }
     }
 }
 

@@ -4,17 +4,21 @@
 //! runs, so they avoid allocation and keep the inner loops over contiguous memory where the
 //! layout allows.
 
-use super::{AttentionArgs, ConvArgs, GroupNormArgs, KernelTable, LinearArgs};
+//!
+//! They are single-threaded: the [`Exec`] argument is accepted for the common signature only.
+
+use super::{packed_index, AttentionArgs, ConvArgs, Exec, GroupNormArgs, KernelPath, KernelTable, LinearArgs, PACK_OC};
 
 pub static TABLE: KernelTable = KernelTable {
     name: "scalar",
-    conv2d,
-    group_norm,
-    linear,
-    attention,
+    path: KernelPath::Scalar,
+    conv2d: |a, out, _| conv2d(a, out),
+    group_norm: |a, out, _| group_norm(a, out),
+    linear: |a, out, _| linear(a, out),
+    attention: |a, scores, out, _: &Exec<'_>| attention(a, scores, out),
 };
 
-/// Direct convolution over NHWC input with OIHW f16 weights.
+/// Direct convolution over NHWC input with packed f16 weights (see [`super::pack`]).
 pub fn conv2d(a: &ConvArgs<'_>, out: &mut [f32]) {
     let s = &a.shape;
     let (vh, vw) = s.virtual_in();
@@ -46,10 +50,11 @@ pub fn conv2d(a: &ConvArgs<'_>, out: &mut [f32]) {
                         let xb = &a.in_b[src * cb..(src + 1) * cb];
                         let tap = ky * k + kx;
                         for (co, o) in acc.iter_mut().enumerate() {
-                            let w = &a.weight[co * cin * kk..(co + 1) * cin * kk];
+                            // Weights of (co, ci = 0, tap); consecutive ci are PACK_OC apart.
+                            let w = &a.weight[packed_index(co, 0, tap, cin, kk)..];
                             let mut sum = 0.0f32;
                             for (ci, x) in xa.iter().chain(xb.iter()).enumerate() {
-                                sum += x * w[ci * kk + tap].to_f32();
+                                sum += x * w[ci * PACK_OC].to_f32();
                             }
                             *o += sum;
                         }
@@ -137,10 +142,10 @@ pub fn linear(a: &LinearArgs<'_>, out: &mut [f32]) {
     for r in 0..a.rows {
         let x = &a.input[r * a.in_f..(r + 1) * a.in_f];
         for o in 0..a.out_f {
-            let w = &a.weight[o * a.in_f..(o + 1) * a.in_f];
+            let w = &a.weight[packed_index(o, 0, 0, a.in_f, 1)..];
             let mut sum = 0.0f32;
-            for (xi, wi) in x.iter().zip(w) {
-                sum += xi * wi.to_f32();
+            for (i, xi) in x.iter().enumerate() {
+                sum += xi * w[i * PACK_OC].to_f32();
             }
             let mut y = sum + a.bias[o].to_f32();
             if !a.residual.is_empty() {

@@ -76,6 +76,22 @@ impl Builder<'_> {
         Ok(r)
     }
 
+    /// A conv (`kernel = Some(k)`) or linear (`None`) weight in the kernels' packed layout,
+    /// found under the first present of `names`.
+    fn packed(&mut self, names: &[&str], out: usize, inp: usize, kernel: Option<usize>) -> Result<WeightRef> {
+        let r = self.loader.take_packed(names, out, inp, kernel)?;
+        let k = kernel.unwrap_or(1);
+        self.parameters += out * inp * k * k;
+        Ok(r)
+    }
+
+    /// Packed `{prefix}.weight` and `{prefix}.bias`.
+    fn packed_bias(&mut self, prefix: &str, out: usize, inp: usize, kernel: Option<usize>) -> Result<(WeightRef, WeightRef)> {
+        let w = self.packed(&[&format!("{prefix}.weight")], out, inp, kernel)?;
+        let b = self.weight(&[&format!("{prefix}.bias")], &[out])?;
+        Ok((w, b))
+    }
+
     /// `{prefix}.weight` and `{prefix}.bias`.
     fn weight_bias(&mut self, prefix: &str, shape: &[usize]) -> Result<(WeightRef, WeightRef)> {
         let w = self.weight(&[&format!("{prefix}.weight")], shape)?;
@@ -128,12 +144,8 @@ impl Builder<'_> {
         residual: Option<TensorId>,
         out_scale: f64,
     ) -> Result<Map> {
-        let (weight, bias) = self.weight_bias(prefix, &[out_c, x.channels(), kernel, kernel])?;
-        let (vh, vw) = if upsample {
-            (2 * x.h, 2 * x.w)
-        } else {
-            (x.h, x.w)
-        };
+        let (weight, bias) = self.packed_bias(prefix, out_c, x.channels(), Some(kernel))?;
+        let (vh, vw) = if upsample { (2 * x.h, 2 * x.w) } else { (x.h, x.w) };
         // diffusers' Downsample2D with padding 0 pads (0, 1, 0, 1) before a stride-2 conv.
         let extra = if stride == 2 && padding == 0 { 1 } else { 0 };
         let out_h = (vh + 2 * padding + extra - kernel) / stride + 1;
@@ -172,10 +184,7 @@ impl Builder<'_> {
     fn resnet(&mut self, p: &str, x: Map, out_c: usize, scale: f64) -> Result<Map> {
         let groups = self.cfg.norm_num_groups;
         let h = self.group_norm(&format!("{p}.norm1"), x, groups, true)?;
-        let (pw, pb) = self.weight_bias(
-            &format!("{p}.time_emb_proj"),
-            &[out_c, self.cfg.time_embed_dim],
-        )?;
+        let (pw, pb) = self.packed_bias(&format!("{p}.time_emb_proj"), out_c, self.cfg.time_embed_dim, None)?;
         let proj = self.tensor(format!("{p}.time_emb_proj"), out_c);
         self.ops.push(Op::Linear(LinearOp {
             input: self.temb,
@@ -248,14 +257,8 @@ impl Builder<'_> {
         let heads = self.cfg.heads(c);
         let norm = self.weight_bias(&format!("{p}.group_norm"), &[c])?;
         let mut proj = |new: &str, old: &str| -> Result<(WeightRef, WeightRef)> {
-            let w = self.weight(
-                &[&format!("{p}.{new}.weight"), &format!("{p}.{old}.weight")],
-                &[c, c],
-            )?;
-            let b = self.weight(
-                &[&format!("{p}.{new}.bias"), &format!("{p}.{old}.bias")],
-                &[c],
-            )?;
+            let w = self.packed(&[&format!("{p}.{new}.weight"), &format!("{p}.{old}.weight")], c, c, None)?;
+            let b = self.weight(&[&format!("{p}.{new}.bias"), &format!("{p}.{old}.bias")], &[c])?;
             Ok((w, b))
         };
         let q = proj("to_q", "query")?;
@@ -314,8 +317,8 @@ pub fn describe(
         out: x_in,
     });
     let (c0, e) = (boc[0], cfg.time_embed_dim);
-    let linear_1 = b.weight_bias("time_embedding.linear_1", &[e, c0])?;
-    let linear_2 = b.weight_bias("time_embedding.linear_2", &[e, e])?;
+    let linear_1 = b.packed_bias("time_embedding.linear_1", e, c0, None)?;
+    let linear_2 = b.packed_bias("time_embedding.linear_2", e, e, None)?;
     let class_embedding = match cfg.num_class_embeds {
         Some(n) => Some((b.weight(&["class_embedding.weight"], &[n, e])?, n)),
         None => None,

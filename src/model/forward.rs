@@ -3,7 +3,7 @@
 
 use super::{Input, Model, Op, TensorId, TimeEmbeddingOp};
 use crate::error::{invalid_arg, Error, Result};
-use crate::kernels::{silu, AttentionArgs, ConvArgs, GroupNormArgs, LinearArgs};
+use crate::kernels::{silu, AttentionArgs, ConvArgs, Exec, GroupNormArgs, LinearArgs, Parallel, Sequential};
 use crate::memory::carve;
 
 const EMPTY: (usize, usize) = (0, 0);
@@ -25,6 +25,18 @@ impl Model {
         timesteps: &[f32],
         class_labels: Option<&[i64]>,
         out: &mut [f32],
+    ) -> Result<()> {
+        self.forward_impl(workspace, x, timesteps, class_labels, out, None)
+    }
+
+    fn forward_impl(
+        &self,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        class_labels: Option<&[i64]>,
+        out: &mut [f32],
+        op_seconds: Option<(&mut [f64], &dyn Fn() -> f64)>,
     ) -> Result<()> {
         let (c_in, h, w) = self.input_shape();
         let per_sample = c_in * h * w;
@@ -85,11 +97,47 @@ impl Model {
                 found: workspace.len(),
             });
         }
-        let ws = &mut workspace[..need];
-        for op in &self.ops {
-            self.run_op(op, batch, ws, x, timesteps, class_labels, out)?;
+        let (ws, scratch) = workspace[..need].split_at_mut(self.plan.arena_len(batch));
+        #[cfg(feature = "std")]
+        let par: &dyn Parallel = match &self.pool {
+            Some(pool) => pool,
+            None => &Sequential,
+        };
+        #[cfg(not(feature = "std"))]
+        let par: &dyn Parallel = &Sequential;
+        let exec = Exec::new(par, scratch);
+        match op_seconds {
+            None => {
+                for op in &self.ops {
+                    self.run_op(op, batch, ws, x, timesteps, class_labels, out, &exec)?;
+                }
+            }
+            Some((times, clock)) => {
+                for (op, t) in self.ops.iter().zip(times.iter_mut()) {
+                    let t0 = clock();
+                    self.run_op(op, batch, ws, x, timesteps, class_labels, out, &exec)?;
+                    *t += clock() - t0;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// [`Model::forward`], adding each op's time as measured by `clock` (seconds, e.g. wall or
+    /// CPU time) to `op_seconds[i]` (one entry per [`Model::ops`]); for profiling.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_profiled(
+        &self,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        class_labels: Option<&[i64]>,
+        out: &mut [f32],
+        op_seconds: &mut [f64],
+        clock: &dyn Fn() -> f64,
+    ) -> Result<()> {
+        assert_eq!(op_seconds.len(), self.ops.len(), "one time slot per op");
+        self.forward_impl(workspace, x, timesteps, class_labels, out, Some((op_seconds, clock)))
     }
 
     fn region(&self, t: TensorId, batch: usize) -> (usize, usize) {
@@ -120,6 +168,7 @@ impl Model {
         timesteps: &[f32],
         class_labels: Option<&[i64]>,
         out: &mut [f32],
+        exec: &Exec<'_>,
     ) -> Result<()> {
         let k = self.kernels;
         let wt = |r| self.weights.get(r);
@@ -143,7 +192,7 @@ impl Model {
                     }
                 }
             }
-            Op::TimeEmbedding(te) => self.time_embedding(te, batch, ws, timesteps, class_labels)?,
+            Op::TimeEmbedding(te) => self.time_embedding(te, batch, ws, timesteps, class_labels, exec)?,
             Op::Linear(l) => {
                 let [input, residual, dst] = carve(
                     ws,
@@ -163,7 +212,7 @@ impl Model {
                     residual,
                     out_scale: l.out_scale,
                 };
-                (k.linear)(&args, dst);
+                (k.linear)(&args, dst, exec);
             }
             Op::Conv(c) => {
                 let ([a, b], self_concat) = self.input_regions(c.input, batch);
@@ -188,7 +237,7 @@ impl Model {
                     residual,
                     out_scale: c.out_scale,
                 };
-                (k.conv2d)(&args, dst);
+                (k.conv2d)(&args, dst, exec);
             }
             Op::GroupNorm(g) => {
                 let ([a, b], self_concat) = self.input_regions(g.input, batch);
@@ -207,7 +256,7 @@ impl Model {
                     beta: wt(g.beta),
                     silu: g.silu,
                 };
-                (k.group_norm)(&args, dst);
+                (k.group_norm)(&args, dst, exec);
             }
             Op::Attention(a) => {
                 let [input, scratch, dst] = carve(
@@ -237,12 +286,8 @@ impl Model {
                     beta: wt(a.norm.1),
                     silu: false,
                 };
-                (k.group_norm)(&norm, normed);
-                let project = |(w, b): (crate::weights::WeightRef, crate::weights::WeightRef),
-                               src: &[f32],
-                               residual: &[f32],
-                               scale: f32,
-                               dst: &mut [f32]| {
+                (k.group_norm)(&norm, normed, exec);
+                let project = |(w, b): (crate::weights::WeightRef, crate::weights::WeightRef), src: &[f32], residual: &[f32], scale: f32, dst: &mut [f32]| {
                     let args = LinearArgs {
                         rows: batch * a.tokens,
                         in_f: a.channels,
@@ -253,21 +298,15 @@ impl Model {
                         residual,
                         out_scale: scale,
                     };
-                    (k.linear)(&args, dst);
+                    (k.linear)(&args, dst, exec);
                 };
                 project(a.q, normed, &[], 1.0, q);
                 project(a.k, normed, &[], 1.0, kk);
                 project(a.v, normed, &[], 1.0, v);
-                let args = AttentionArgs {
-                    batch,
-                    tokens: a.tokens,
-                    channels: a.channels,
-                    heads: a.heads,
-                    q,
-                    k: kk,
-                    v,
-                };
-                (k.attention)(&args, scores, attended);
+                let args = AttentionArgs { batch, tokens: a.tokens, channels: a.channels, heads: a.heads, q, k: kk, v };
+                // `normed` is dead once projected: it is the kernel's scratch (K^T, or score rows).
+                let _ = scores;
+                (k.attention)(&args, normed, attended, exec);
                 project(a.o, attended, input, a.rescale, dst);
             }
             Op::OutputToNchw {
@@ -301,6 +340,7 @@ impl Model {
         ws: &mut [f32],
         timesteps: &[f32],
         class_labels: Option<&[i64]>,
+        exec: &Exec<'_>,
     ) -> Result<()> {
         let k = self.kernels;
         let wt = |r| self.weights.get(r);
@@ -335,17 +375,8 @@ impl Model {
             }
         }
         let linear = |(w, bias), input: &[f32], in_f: usize, dst: &mut [f32]| {
-            let args = LinearArgs {
-                rows: batch,
-                in_f,
-                out_f: e,
-                input,
-                weight: wt(w),
-                bias: wt(bias),
-                residual: &[],
-                out_scale: 1.0,
-            };
-            (k.linear)(&args, dst);
+            let args = LinearArgs { rows: batch, in_f, out_f: e, input, weight: wt(w), bias: wt(bias), residual: &[], out_scale: 1.0 };
+            (k.linear)(&args, dst, exec);
         };
         linear(te.linear_1, sinusoid, c0, hidden);
         for v in hidden.iter_mut() {

@@ -228,6 +228,11 @@ pub struct Tap {
 
 /// A loaded `UNet2DModel`: config, weights, op list and memory plan. Immutable once built, so
 /// one model can serve several threads, each with its own workspace.
+///
+/// Under `std` a model owns a persistent team of threads (default: all cores, see
+/// [`Model::set_threads`]) that splits each kernel call of a forward pass; it is built once, so
+/// a forward pass spawns nothing and allocates nothing. Two forward passes running at the same
+/// time on one model share the team: the second runs its kernels on its own thread.
 pub struct Model {
     pub config: UNetConfig,
     pub(crate) weights: WeightStore,
@@ -236,6 +241,10 @@ pub struct Model {
     pub(crate) taps: Vec<Tap>,
     pub(crate) plan: MemoryPlan,
     pub(crate) kernels: &'static KernelTable,
+    #[cfg(feature = "std")]
+    pub(crate) pool: Option<crate::kernels::threads::ThreadPool>,
+    /// Threads a forward pass uses (1 without `std`).
+    pub(crate) threads: usize,
     /// (height, width) the op list was built for.
     pub(crate) resolution: (usize, usize),
     pub(crate) parameters: usize,
@@ -264,17 +273,24 @@ impl Model {
         let lifetimes = lifetimes(&described.ops, described.tensors.len());
         let lens: Vec<usize> = described.tensors.iter().map(|t| t.len).collect();
         let plan = MemoryPlan::new(&lens, &lifetimes, reuse);
-        Ok(Model {
+        #[cfg_attr(not(feature = "std"), allow(unused_mut))]
+        let mut model = Model {
             config,
             weights,
             tensors: described.tensors,
             ops: described.ops,
             taps: described.taps,
             plan,
-            kernels: KernelPath::detect().table(),
+            kernels: KernelPath::preferred()?.table()?,
+            #[cfg(feature = "std")]
+            pool: None,
+            threads: 1,
             resolution,
             parameters: described.parameters,
-        })
+        };
+        #[cfg(feature = "std")]
+        model.set_threads(0)?;
+        Ok(model)
     }
 
     /// The parameter tensors a config implies, in description order (diffusers names and shapes),
@@ -286,17 +302,58 @@ impl Model {
     }
 
     /// Chooses the kernel implementation (for testing every path, or forcing the reference).
-    pub fn set_kernels(&mut self, path: KernelPath) {
-        self.kernels = path.table();
+    /// A path this CPU cannot run is an error and leaves the model unchanged.
+    pub fn set_kernels(&mut self, path: KernelPath) -> Result<()> {
+        self.kernels = path.table()?;
+        Ok(())
+    }
+
+    /// The kernel path in use.
+    pub fn kernels(&self) -> KernelPath {
+        self.kernels.path
     }
 
     pub fn kernels_name(&self) -> &'static str {
         self.kernels.name
     }
 
-    /// f32 elements of workspace one forward pass at `batch` needs.
+    /// Sets the number of threads a forward pass uses; 0 means all cores. The team is built
+    /// here, once (this spawns `n - 1` threads); [`Model::workspace_len`] grows with `n`.
+    #[cfg(feature = "std")]
+    pub fn set_threads(&mut self, n: usize) -> Result<()> {
+        let n = if n == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { n };
+        if n > 1024 {
+            return Err(invalid_arg("threads", alloc::format!("{n} is more than 1024")));
+        }
+        if n == self.threads && (n == 1 || self.pool.is_some()) {
+            return Ok(());
+        }
+        self.pool = None;
+        self.threads = 1;
+        if n > 1 {
+            let pool = crate::kernels::threads::ThreadPool::new(n)
+                .map_err(|e| invalid_arg("threads", alloc::format!("cannot start {n} threads: {e}")))?;
+            self.pool = Some(pool);
+        }
+        self.threads = n;
+        Ok(())
+    }
+
+    /// Threads a forward pass uses.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// f32 elements of workspace one forward pass at `batch` needs: the activations
+    /// (`batch` times the per-sample plan) followed by [`crate::kernels::SCRATCH_PER_THREAD`]
+    /// floats of kernel scratch for each of [`Model::threads`] threads.
     pub fn workspace_len(&self, batch: usize) -> usize {
-        self.plan.arena_len(batch)
+        self.plan.arena_len(batch) + self.scratch_len()
+    }
+
+    /// Kernel scratch at the end of the workspace (independent of the batch).
+    pub fn scratch_len(&self) -> usize {
+        self.threads * crate::kernels::SCRATCH_PER_THREAD
     }
 
     /// Bytes of workspace one forward pass at `batch` needs.

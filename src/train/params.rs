@@ -149,7 +149,7 @@ impl ParamTable {
                 .map_err(|_| Error::MissingTensor {
                     name: alloc::format!("{} (not used by any op)", nw.name),
                 })?;
-            let len = nw.weight.len();
+            let len: usize = nw.shape.iter().product();
             specs.push(ParamSpec {
                 name: nw.name.clone(),
                 shape: nw.shape.clone(),

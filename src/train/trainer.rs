@@ -188,7 +188,7 @@ fn zero_weights(config: &UNetConfig) -> Result<Vec<u8>> {
     let specs = Model::parameter_specs(config)?;
     let data: Vec<Vec<u8>> = specs
         .iter()
-        .map(|s| std::vec![0u8; 4 * s.weight.len()])
+        .map(|s| std::vec![0u8; 4 * s.shape.iter().product::<usize>()])
         .collect();
     let views = specs
         .iter()

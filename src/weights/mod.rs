@@ -3,6 +3,13 @@
 //! f16 tensors are used straight from the file bytes (memory-mapped under `std`); f32 and bf16
 //! tensors are rounded to f16 once at load into one owned buffer. Either way the model sees a
 //! [`WeightRef`], resolved to `&[f16]` by [`WeightStore::get`] without searching by name.
+//!
+//! Conv and linear weights are used in the kernels' packed layout ([`crate::kernels::pack`]).
+//! A file written by [`convert::convert_folder`] already holds them packed (safetensors
+//! metadata [`LAYOUT_KEY`] = [`LAYOUT_PACKED`], tensors under their diffusers names with the
+//! packed shape `[ceil(out/32), k, k, in, 32]` for convs and `[ceil(out/32), in, 32]` for
+//! linears), so they are used in place. A diffusers file (no such metadata) is packed once at
+//! load into the owned buffer.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -11,6 +18,12 @@ use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::kernels::{pack_weight, packed_len, PACK_OC};
+
+/// safetensors `__metadata__` key naming the weight layout of a converted file.
+pub const LAYOUT_KEY: &str = "tinydiffusion.layout";
+/// Its value for the packed layout (output channels in blocks of 32, see [`crate::kernels`]).
+pub const LAYOUT_PACKED: &str = "oc32";
 
 #[cfg(feature = "std")]
 pub mod convert;
@@ -60,6 +73,33 @@ impl WeightRef {
     }
 }
 
+/// A conv or linear weight the model uses in packed layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedTensor {
+    /// Its name in the file.
+    pub name: String,
+    pub out: usize,
+    pub inp: usize,
+    /// `Some(k)` for a `k x k` conv, `None` for a linear.
+    pub kernel: Option<usize>,
+    pub weight: WeightRef,
+}
+
+impl PackedTensor {
+    /// The shape under which a converted file stores it.
+    pub fn packed_shape(&self) -> Vec<usize> {
+        packed_shape(self.out, self.inp, self.kernel)
+    }
+}
+
+fn packed_shape(out: usize, inp: usize, kernel: Option<usize>) -> Vec<usize> {
+    let blocks = out.div_ceil(PACK_OC);
+    match kernel {
+        Some(k) => alloc::vec![blocks, k, k, inp, PACK_OC],
+        None => alloc::vec![blocks, inp, PACK_OC],
+    }
+}
+
 /// Everything the weights of one model occupy: the file and the f16 copies of non-f16 tensors.
 pub struct WeightStore {
     bytes: WeightBytes,
@@ -67,14 +107,22 @@ pub struct WeightStore {
     /// Tensors read from the file as f16 in place, and total elements converted (for reports).
     pub in_place_tensors: usize,
     pub converted_tensors: usize,
+    /// Conv and linear weights packed into owned memory at load (a file not written by
+    /// [`convert::convert_folder`]); 0 for a converted file. Counted apart from
+    /// `converted_tensors` (dtype conversions) and `in_place_tensors`.
+    pub packed_at_load: usize,
+    /// Whether the file declares the packed layout ([`LAYOUT_KEY`]).
+    pub packed_file: bool,
+    /// Every conv and linear weight, in the order the model took them.
+    pub packed: Vec<PackedTensor>,
     /// Every tensor the model took, in the order the description took them: its diffusers name
-    /// (the one found in the file), shape and reference. The trainer keys its f32 master weights
-    /// on this list.
+    /// (the one found in the file), diffusers shape and reference (to packed data for convs and
+    /// linears). The trainer keys its f32 master weights on this list.
     pub named: Vec<NamedWeight>,
 }
 
 /// A parameter tensor of the model: diffusers name, shape (diffusers layout) and where its f16
-/// data lives.
+/// data lives (in the kernels' layout, which for convs and linears is the packed one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedWeight {
     pub name: String,
@@ -112,6 +160,11 @@ impl WeightStore {
     pub fn file_bytes(&self) -> &[u8] {
         self.bytes.as_slice()
     }
+
+    /// f16 elements copied into owned memory at load (0 for a converted file).
+    pub fn owned_len(&self) -> usize {
+        self.converted.len()
+    }
 }
 
 /// Resolves named tensors of a safetensors file into [`WeightRef`]s, checking each one's
@@ -122,9 +175,55 @@ pub struct WeightLoader {
     /// Byte offset of the data section (8 + header length).
     data_start: usize,
     options: LoadOptions,
+    /// When set, every requested tensor is made up (seeded random), see [`WeightLoader::synthetic`].
+    synth: Option<Synth>,
     /// No file: every tensor is zeros of the requested shape (to list a config's parameters
     /// before any weights exist, e.g. to initialise training).
     shapes_only: bool,
+}
+
+/// Seeded random weights for whatever a model asks for (benchmarks and tests build models of
+/// any config this way, see `crate::testing`).
+pub(crate) struct Synth {
+    state: u64,
+    /// (name, diffusers shape, data) of every tensor made, in request order.
+    pub(crate) tensors: Vec<(String, Vec<usize>, Vec<f16>)>,
+}
+
+impl Synth {
+    fn next_unit(&mut self) -> f32 {
+        // splitmix64 -> uniform in [-1, 1).
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Norm scales near 1, small biases, other weights uniform with variance 1 / fan_in (so
+    /// activations keep their scale through the network).
+    fn make(&mut self, name: &str, shape: &[usize]) -> Vec<f16> {
+        let len: usize = shape.iter().product();
+        let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+        let norm = shape.len() == 1 && name.ends_with(".weight");
+        let bias = shape.len() == 1 && !norm;
+        let amp = libm::sqrtf(3.0 / fan_in as f32);
+        let data: Vec<f16> = (0..len)
+            .map(|_| {
+                let u = self.next_unit();
+                f16::from_f32(if norm {
+                    1.0 + 0.1 * u
+                } else if bias {
+                    0.05 * u
+                } else {
+                    amp * u
+                })
+            })
+            .collect();
+        self.tensors.push((name.into(), shape.to_vec(), data.clone()));
+        data
+    }
 }
 
 fn st_err(e: safetensors::SafeTensorError) -> Error {
@@ -153,11 +252,30 @@ impl WeightLoader {
     /// Validates the container (header, offsets, lengths) up front.
     pub fn new(bytes: WeightBytes, options: LoadOptions) -> Result<WeightLoader> {
         let (header_len, metadata) = SafeTensors::read_metadata(bytes.as_slice()).map_err(st_err)?;
+        let packed_file = match metadata.metadata().as_ref().and_then(|m| m.get(LAYOUT_KEY)) {
+            None => false,
+            Some(v) if v == LAYOUT_PACKED => true,
+            Some(v) => {
+                return Err(Error::InvalidSafetensors {
+                    message: alloc::format!("unknown weight layout {LAYOUT_KEY} = `{v}` (this build reads `{LAYOUT_PACKED}`)"),
+                })
+            }
+        };
         Ok(WeightLoader {
-            store: WeightStore { bytes, converted: Vec::new(), in_place_tensors: 0, converted_tensors: 0, named: Vec::new() },
+            store: WeightStore {
+                bytes,
+                converted: Vec::new(),
+                in_place_tensors: 0,
+                converted_tensors: 0,
+                packed_at_load: 0,
+                packed_file,
+                packed: Vec::new(),
+                named: Vec::new(),
+            },
             metadata,
             data_start: 8 + header_len,
             options,
+            synth: None,
             shapes_only: false,
         })
     }
@@ -173,8 +291,60 @@ impl WeightLoader {
         loader
     }
 
-    fn record(&mut self, name: &str, shape: &[usize], weight: WeightRef) {
-        self.store.named.push(NamedWeight { name: name.into(), shape: shape.to_vec(), weight });
+    /// A loader that makes up every tensor asked for (seeded, see [`Synth`]), in diffusers'
+    /// layout; [`WeightLoader::synthesized`] returns them for writing a safetensors file.
+    #[cfg(feature = "std")]
+    pub(crate) fn synthetic(seed: u64) -> Result<WeightLoader> {
+        let empty = safetensors::serialize(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), None).map_err(st_err)?;
+        let mut loader = WeightLoader::new(WeightBytes::Owned(empty), LoadOptions::default())?;
+        loader.synth = Some(Synth { state: seed, tensors: Vec::new() });
+        Ok(loader)
+    }
+
+    /// The tensors a synthetic loader made.
+    #[cfg(feature = "std")]
+    pub(crate) fn synthesized(&mut self) -> Vec<(String, Vec<usize>, Vec<f16>)> {
+        self.synth.as_mut().map(|s| core::mem::take(&mut s.tensors)).unwrap_or_default()
+    }
+
+    /// A conv (`kernel = Some(k)`, diffusers shape `[out, inp, k, k]`) or linear (`None`,
+    /// `[out, inp]`) weight in the kernels' packed layout: in place from a converted file,
+    /// else packed now into owned memory (a copy, made once at load).
+    pub fn take_packed(&mut self, names: &[&str], out: usize, inp: usize, kernel: Option<usize>) -> Result<WeightRef> {
+        let r = if self.store.packed_file {
+            let r = self.take_unrecorded(names, &packed_shape(out, inp, kernel))?;
+            if let WeightRef::Owned { .. } = r {
+                return Err(Error::UnsupportedDtype { name: names[0].into(), dtype: "non-F16 tensor in a packed file".into() });
+            }
+            r
+        } else {
+            let k = kernel.unwrap_or(1);
+            let shape: Vec<usize> = match kernel {
+                Some(k) => alloc::vec![out, inp, k, k],
+                None => alloc::vec![out, inp],
+            };
+            // Take it in diffusers' layout (in place or rounded), then pack a copy.
+            let plain = self.take_unrecorded(names, &shape)?;
+            let src: Vec<f16> = self.store.get(plain).to_vec();
+            match plain {
+                WeightRef::File { .. } => self.store.in_place_tensors -= 1,
+                WeightRef::Owned { start, .. } => self.store.converted.truncate(start),
+            }
+            let start = self.store.converted.len();
+            let len = packed_len(out, inp, k);
+            self.store.converted.resize(start + len, f16::ZERO);
+            pack_weight(&src, out, inp, k, &mut self.store.converted[start..]);
+            self.store.packed_at_load += 1;
+            WeightRef::Owned { start, len }
+        };
+        let name = names.iter().find(|n| self.contains(n)).map(|n| String::from(*n)).unwrap_or_else(|| names[0].into());
+        let shape = match kernel {
+            Some(k) => alloc::vec![out, inp, k, k],
+            None => alloc::vec![out, inp],
+        };
+        self.store.named.push(NamedWeight { name: name.clone(), shape, weight: r });
+        self.store.packed.push(PackedTensor { name, out, inp, kernel, weight: r });
+        Ok(r)
     }
 
     /// Whether the file holds a tensor of this name.
@@ -185,13 +355,26 @@ impl WeightLoader {
     /// Finds the first of `names` present (to accept old and new diffusers names), checks its
     /// shape, and returns its f16 data reference.
     pub fn take(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
+        let weight = self.take_unrecorded(names, shape)?;
+        let name = names.iter().find(|n| self.contains(n)).copied().unwrap_or(names[0]);
+        self.store.named.push(NamedWeight { name: name.into(), shape: shape.to_vec(), weight });
+        Ok(weight)
+    }
+
+    /// [`WeightLoader::take`] without adding the tensor to [`WeightStore::named`].
+    fn take_unrecorded(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
         if self.shapes_only {
             let len: usize = shape.iter().product();
             let start = self.store.converted.len();
             self.store.converted.resize(start + len, f16::ZERO);
-            let weight = WeightRef::Owned { start, len };
-            self.record(names[0], shape, weight);
-            return Ok(weight);
+            return Ok(WeightRef::Owned { start, len });
+        }
+        if let Some(synth) = &mut self.synth {
+            let data = synth.make(names[0], shape);
+            let start = self.store.converted.len();
+            self.store.converted.extend_from_slice(&data);
+            self.store.converted_tensors += 1;
+            return Ok(WeightRef::Owned { start, len: data.len() });
         }
         let (name, info) = names
             .iter()
@@ -227,9 +410,7 @@ impl WeightLoader {
                     return Err(nonfinite());
                 }
                 self.store.in_place_tensors += 1;
-                let weight = WeightRef::File { byte_start, len };
-                self.record(name, shape, weight);
-                Ok(weight)
+                Ok(WeightRef::File { byte_start, len })
             }
             Dtype::F32 | Dtype::BF16 => {
                 let start = self.store.converted.len();
@@ -254,9 +435,7 @@ impl WeightLoader {
                     }
                 }
                 self.store.converted_tensors += 1;
-                let weight = WeightRef::Owned { start, len };
-                self.record(name, shape, weight);
-                Ok(weight)
+                Ok(WeightRef::Owned { start, len })
             }
             other => Err(Error::UnsupportedDtype { name: name.into(), dtype: alloc::format!("{other:?}") }),
         }

@@ -124,7 +124,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     let mut model = load_model(&dir)?;
     if let Some(k) = &a.kernels {
         let path = KernelPath::from_name(k).map_err(|e| e.to_string())?;
-        model.set_kernels(path);
+        model.set_kernels(path).map_err(|e| e.to_string())?;
     }
     let (c, h, w) = model.input_shape();
     if a.height.is_some_and(|v| v != h) || a.width.is_some_and(|v| v != w) {

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# NEON path in CI: cross-build the forward-parity test for aarch64-unknown-linux-gnu and run it
+# under qemu-user: every fixture model on the NEON kernels, at 1 and 3 threads.
+# Installs what it needs: the Rust target, Debian's gcc-aarch64-linux-gnu (linker and libc)
+# and qemu-user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=aarch64-unknown-linux-gnu
+rustup target add "$TARGET"
+
+need=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+# One test binary, optimised, only the NEON test (qemu is slow: about 2 minutes here).
+export CARGO_PROFILE_TEST_OPT_LEVEL=2
+cargo test --target "$TARGET" --test forward_parity -- --nocapture --test-threads 1 neon 2>&1 | tee /tmp/neon-test.log
+grep -q "\[neon\]: out rel L2" /tmp/neon-test.log || { echo "the NEON path did not run" >&2; exit 1; }
