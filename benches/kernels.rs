@@ -19,8 +19,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use half::f16;
 use tinydiffusion::kernels::threads::ThreadPool;
 use tinydiffusion::kernels::{
-    scalar, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, KernelPath, LinearArgs, Parallel, Sequential,
-    SCRATCH_PER_THREAD,
+    scalar, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, KernelPath, LinearArgs,
+    Parallel, Sequential, SCRATCH_PER_THREAD,
 };
 use tinydiffusion::model::Op;
 use tinydiffusion::sampler::{self, SampleOptions};
@@ -41,7 +41,9 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// The packed weight back in f32 `[k][out]` order (k = tap * in_c + channel), as im2col wants.
@@ -140,7 +142,11 @@ fn conv_label(s: &ConvShape) -> String {
         s.out_h,
         s.out_w,
         s.in_ca,
-        if s.in_cb > 0 { format!("+{}", s.in_cb) } else { String::new() },
+        if s.in_cb > 0 {
+            format!("+{}", s.in_cb)
+        } else {
+            String::new()
+        },
         s.out_c,
         if s.upsample { "_up" } else { "" }
     )
@@ -193,16 +199,22 @@ fn bench_convs(c: &mut Criterion, model: &Model, path: KernelPath, teams: &mut T
             b.iter(|| (table.conv2d)(&args, &mut out, &ex1))
         });
         let exn = Exec::new(&teams.pool, &mut teams.scratch_n);
-        g.bench_function(BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()), |b| {
-            b.iter(|| (table.conv2d)(&args, &mut out, &exn))
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()),
+            |b| b.iter(|| (table.conv2d)(&args, &mut out, &exn)),
+        );
         g.finish();
     }
 }
 
 fn bench_group_norm(c: &mut Criterion, path: KernelPath, teams: &mut Teams) {
     let table = path.table().unwrap();
-    for (pixels, ca, cb) in [(1024, 128, 0), (1024, 256, 128), (256, 256, 0), (64, 512, 0)] {
+    for (pixels, ca, cb) in [
+        (1024, 128, 0),
+        (1024, 256, 128),
+        (256, 256, 0),
+        (64, 512, 0),
+    ] {
         let ch = ca + cb;
         let in_a = rand_vec(pixels * ca, 3);
         let in_b = rand_vec(pixels * cb, 4);
@@ -224,7 +236,11 @@ fn bench_group_norm(c: &mut Criterion, path: KernelPath, teams: &mut Teams) {
         let mut out = vec![0.0f32; pixels * ch];
         let mut g = c.benchmark_group(format!(
             "group_norm_silu_{pixels}px_{ca}{}ch",
-            if cb > 0 { format!("+{cb}") } else { String::new() }
+            if cb > 0 {
+                format!("+{cb}")
+            } else {
+                String::new()
+            }
         ));
         g.throughput(Throughput::Elements((pixels * ch) as u64));
         g.bench_function("naive", |b| b.iter(|| scalar::group_norm(&args, &mut out)));
@@ -233,9 +249,10 @@ fn bench_group_norm(c: &mut Criterion, path: KernelPath, teams: &mut Teams) {
             b.iter(|| (table.group_norm)(&args, &mut out, &ex1))
         });
         let exn = Exec::new(&teams.pool, &mut teams.scratch_n);
-        g.bench_function(BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()), |b| {
-            b.iter(|| (table.group_norm)(&args, &mut out, &exn))
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()),
+            |b| b.iter(|| (table.group_norm)(&args, &mut out, &exn)),
+        );
         g.finish();
     }
 }
@@ -259,33 +276,59 @@ fn bench_linear_attention(c: &mut Criterion, model: &Model, path: KernelPath, te
     for (rows, in_f, out_f, w, bias) in lins {
         let (weight, bias) = (model.weights().get(w), model.weights().get(bias));
         let input = rand_vec(rows * in_f, 7);
-        let args = LinearArgs { rows, in_f, out_f, input: &input, weight, bias, residual: &[], out_scale: 1.0 };
+        let args = LinearArgs {
+            rows,
+            in_f,
+            out_f,
+            input: &input,
+            weight,
+            bias,
+            residual: &[],
+            out_scale: 1.0,
+        };
         let mut out = vec![0.0f32; rows * out_f];
         let w_kn = weight_kn(weight, out_f, in_f);
         let mut g = c.benchmark_group(format!("linear_{rows}x{in_f}to{out_f}"));
         g.throughput(Throughput::Elements(2 * (rows * in_f * out_f) as u64));
         g.bench_function("naive", |b| b.iter(|| scalar::linear(&args, &mut out)));
-        g.bench_function("gemm", |b| b.iter(|| gemm_f32(rows, out_f, in_f, &input, &w_kn, &mut out)));
+        g.bench_function("gemm", |b| {
+            b.iter(|| gemm_f32(rows, out_f, in_f, &input, &w_kn, &mut out))
+        });
         let ex1 = Exec::new(&Sequential, &mut teams.scratch1);
         g.bench_function(BenchmarkId::new("ours-1t", path.name()), |b| {
             b.iter(|| (table.linear)(&args, &mut out, &ex1))
         });
         let exn = Exec::new(&teams.pool, &mut teams.scratch_n);
-        g.bench_function(BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()), |b| {
-            b.iter(|| (table.linear)(&args, &mut out, &exn))
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()),
+            |b| b.iter(|| (table.linear)(&args, &mut out, &exn)),
+        );
         g.finish();
     }
 
     // softmax(Q K^T / sqrt(d)) V at 16x16 (256 tokens, 256 channels, one head).
     let (n, ch) = (256usize, 256usize);
-    let (q, k, v) = (rand_vec(n * ch, 8), rand_vec(n * ch, 9), rand_vec(n * ch, 10));
-    let args = AttentionArgs { batch: 1, tokens: n, channels: ch, heads: 1, q: &q, k: &k, v: &v };
+    let (q, k, v) = (
+        rand_vec(n * ch, 8),
+        rand_vec(n * ch, 9),
+        rand_vec(n * ch, 10),
+    );
+    let args = AttentionArgs {
+        batch: 1,
+        tokens: n,
+        channels: ch,
+        heads: 1,
+        q: &q,
+        k: &k,
+        v: &v,
+    };
     let mut scratch = vec![0.0f32; n * ch];
     let mut out = vec![0.0f32; n * ch];
     let mut g = c.benchmark_group(format!("attention_{n}tok_{ch}ch"));
     g.throughput(Throughput::Elements(4 * (n * n * ch) as u64));
-    g.bench_function("naive", |b| b.iter(|| scalar::attention(&args, &mut scratch, &mut out)));
+    g.bench_function("naive", |b| {
+        b.iter(|| scalar::attention(&args, &mut scratch, &mut out))
+    });
     // The gemm crate: the whole score matrix materialised (what a framework does).
     let mut kt = vec![0.0f32; n * ch];
     let mut s = vec![0.0f32; n * n];
@@ -315,9 +358,10 @@ fn bench_linear_attention(c: &mut Criterion, model: &Model, path: KernelPath, te
         b.iter(|| (table.attention)(&args, &mut scratch, &mut out, &ex1))
     });
     let exn = Exec::new(&teams.pool, &mut teams.scratch_n);
-    g.bench_function(BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()), |b| {
-        b.iter(|| (table.attention)(&args, &mut scratch, &mut out, &exn))
-    });
+    g.bench_function(
+        BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()),
+        |b| b.iter(|| (table.attention)(&args, &mut scratch, &mut out, &exn)),
+    );
     g.finish();
 }
 
@@ -329,24 +373,49 @@ fn bench_forward(c: &mut Criterion, model: &Model) {
         let t: Vec<f32> = (0..batch).map(|i| (10 + 97 * i) as f32).collect();
         let mut out = vec![0.0f32; x.len()];
         let mut ws = vec![0.0f32; model.workspace_len(batch)];
-        g.throughput(Throughput::Elements(model.flops_per_sample() * batch as u64));
+        g.throughput(Throughput::Elements(
+            model.flops_per_sample() * batch as u64,
+        ));
         g.bench_function(
-            BenchmarkId::new(format!("{}-{}t", model.kernels_name(), model.threads()), format!("batch{batch}")),
+            BenchmarkId::new(
+                format!("{}-{}t", model.kernels_name(), model.threads()),
+                format!("batch{batch}"),
+            ),
             |b| b.iter(|| model.forward(&mut ws, &x, &t, None, &mut out).unwrap()),
         );
     }
     g.finish();
 
     // One full 50-step DDIM sample at batch 1 (the sampler's own loop, guidance off).
-    let scheduler = Scheduler::new(SchedulerConfig::ddpm_default().with_kind(SchedulerKind::Ddim), 50).unwrap();
+    let scheduler = Scheduler::new(
+        SchedulerConfig::ddpm_default().with_kind(SchedulerKind::Ddim),
+        50,
+    )
+    .unwrap();
     let mut ws = vec![0.0f32; sampler::workspace_len(model, &scheduler, 1, false)];
     let mut out = vec![0.0f32; ch * h * w];
     let mut g = c.benchmark_group("ddim50");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(50 * model.flops_per_sample()));
-    g.bench_function(BenchmarkId::new(format!("{}-{}t", model.kernels_name(), model.threads()), "batch1"), |b| {
-        b.iter(|| sampler::sample(model, &scheduler, &mut ws, &SampleOptions::new(1, 7), &mut out, None).unwrap())
-    });
+    g.bench_function(
+        BenchmarkId::new(
+            format!("{}-{}t", model.kernels_name(), model.threads()),
+            "batch1",
+        ),
+        |b| {
+            b.iter(|| {
+                sampler::sample(
+                    model,
+                    &scheduler,
+                    &mut ws,
+                    &SampleOptions::new(1, 7),
+                    &mut out,
+                    None,
+                )
+                .unwrap()
+            })
+        },
+    );
     g.finish();
 }
 

@@ -15,8 +15,18 @@ use tinydiffusion::testing::{random_model, CIFAR10_CONFIG};
 /// other jobs on the machine, wall time overstates our cost; CPU time does not.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -37,8 +47,12 @@ fn fma_peak(path: KernelPath, threads: usize) -> (f64, f64) {
     for _ in 0..5 {
         let t0 = Instant::now();
         let flops: f64 = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads).map(|_| s.spawn(move || fma_probe(path, iters).unwrap())).collect();
-            hs.into_iter().map(|h| std::hint::black_box(h.join().unwrap()).0).sum()
+            let hs: Vec<_> = (0..threads)
+                .map(|_| s.spawn(move || fma_probe(path, iters).unwrap()))
+                .collect();
+            hs.into_iter()
+                .map(|h| std::hint::black_box(h.join().unwrap()).0)
+                .sum()
         });
         flops_total += flops;
         best = best.max(flops / t0.elapsed().as_secs_f64() / 1e9);
@@ -58,18 +72,29 @@ fn path_lanes(path: KernelPath) -> usize {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let mut model = random_model(CIFAR10_CONFIG, 42).expect("build the CIFAR-10 model");
     if let Some(t) = flag("--threads") {
         model.set_threads(t.parse().expect("--threads N")).unwrap();
     }
     if let Some(k) = flag("--kernels") {
-        model.set_kernels(KernelPath::from_name(&k).unwrap()).unwrap();
+        model
+            .set_kernels(KernelPath::from_name(&k).unwrap())
+            .unwrap();
     }
     let runs: usize = flag("--runs").map(|r| r.parse().unwrap()).unwrap_or(0);
     let threads = model.threads();
     let path = model.kernels();
-    let peak_path = if path == KernelPath::Scalar { KernelPath::detect() } else { path };
+    let peak_path = if path == KernelPath::Scalar {
+        KernelPath::detect()
+    } else {
+        path
+    };
     let (peak, peak_cpu) = fma_peak(peak_path, threads);
     let flops = model.flops_per_sample() as f64;
     println!(
@@ -93,7 +118,9 @@ fn main() {
     );
     let (c, h, w) = model.input_shape();
     for batch in [1usize, 8] {
-        let x: Vec<f32> = (0..batch * c * h * w).map(|i| ((i * 7919 % 2000) as f32 / 1000.0) - 1.0).collect();
+        let x: Vec<f32> = (0..batch * c * h * w)
+            .map(|i| ((i * 7919 % 2000) as f32 / 1000.0) - 1.0)
+            .collect();
         let t: Vec<f32> = (0..batch).map(|b| (37 + 100 * b) as f32).collect();
         let mut out = vec![0.0f32; x.len()];
         let mut ws = vec![0.0f32; model.workspace_len(batch)];

@@ -11,23 +11,36 @@ use tinydiffusion::testing::{random_model, CIFAR10_CONFIG};
 /// several threads; `--wall` uses wall time.
 fn thread_cpu() -> f64 {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) * 1e-9
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        * 1e-9
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let mut model = random_model(CIFAR10_CONFIG, 42).unwrap();
     if let Some(t) = flag("--threads") {
         model.set_threads(t.parse().unwrap()).unwrap();
     }
     if let Some(k) = flag("--kernels") {
-        model.set_kernels(KernelPath::from_name(&k).unwrap()).unwrap();
+        model
+            .set_kernels(KernelPath::from_name(&k).unwrap())
+            .unwrap();
     }
     let batch: usize = flag("--batch").map(|b| b.parse().unwrap()).unwrap_or(1);
     let runs: usize = flag("--runs").map(|b| b.parse().unwrap()).unwrap_or(10);
     let (c, h, w) = model.input_shape();
-    let x: Vec<f32> = (0..batch * c * h * w).map(|i| ((i * 7919 % 2000) as f32 / 1000.0) - 1.0).collect();
+    let x: Vec<f32> = (0..batch * c * h * w)
+        .map(|i| ((i * 7919 % 2000) as f32 / 1000.0) - 1.0)
+        .collect();
     let mut out = vec![0.0f32; x.len()];
     let mut ws = vec![0.0f32; model.workspace_len(batch)];
     let mut times = vec![0.0f64; model.ops().len()];
@@ -36,13 +49,19 @@ fn main() {
     let wall = move || start.elapsed().as_secs_f64();
     // Wall time by default (the per-op minimum over runs filters other jobs out); `--cpu`: CPU
     // time of this thread (only meaningful with one thread; updated at scheduler ticks).
-    let clock: &dyn Fn() -> f64 = if args.iter().any(|a| a == "--cpu") { &thread_cpu } else { &wall };
+    let clock: &dyn Fn() -> f64 = if args.iter().any(|a| a == "--cpu") {
+        &thread_cpu
+    } else {
+        &wall
+    };
     // Per op, the fastest of the runs: other jobs on the machine only ever add time.
     times.fill(f64::INFINITY);
     let mut one = vec![0.0f64; times.len()];
     for _ in 0..runs {
         one.fill(0.0);
-        model.forward_profiled(&mut ws, &x, &[10.0], None, &mut out, &mut one, clock).unwrap();
+        model
+            .forward_profiled(&mut ws, &x, &[10.0], None, &mut out, &mut one, clock)
+            .unwrap();
         for (t, o) in times.iter_mut().zip(&one) {
             *t = t.min(*o);
         }
@@ -87,6 +106,13 @@ fn main() {
         total * 1e3
     );
     for (k, (t, f, n)) in rows {
-        println!("{:>8.3} ms {:>5.1}% {:>7.1} GFLOP/s  x{:<3} {}", t * 1e3, 100.0 * t / total, f / t / 1e9, n, k);
+        println!(
+            "{:>8.3} ms {:>5.1}% {:>7.1} GFLOP/s  x{:<3} {}",
+            t * 1e3,
+            100.0 * t / total,
+            f / t / 1e9,
+            n,
+            k
+        );
     }
 }

@@ -30,10 +30,10 @@ pub mod memory;
 pub mod model;
 pub mod sampler;
 pub mod schedule;
-#[cfg(feature = "train")]
-pub mod train;
 #[cfg(feature = "std")]
 pub mod testing;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod weights;
 
 pub use config::UNetConfig;

@@ -26,8 +26,14 @@ impl Guidance {
     /// Guidance with the model's last class as the null class.
     pub fn new(model: &Model, scale: f32) -> Result<Guidance> {
         match model.config.num_class_embeds {
-            Some(n) => Ok(Guidance { scale, null_class: n as i64 - 1 }),
-            None => Err(invalid_arg("guidance", "the model is not class-conditional")),
+            Some(n) => Ok(Guidance {
+                scale,
+                null_class: n as i64 - 1,
+            }),
+            None => Err(invalid_arg(
+                "guidance",
+                "the model is not class-conditional",
+            )),
         }
     }
 }
@@ -49,7 +55,14 @@ pub struct SampleOptions<'a> {
 
 impl<'a> SampleOptions<'a> {
     pub fn new(batch: usize, seed: u64) -> SampleOptions<'a> {
-        SampleOptions { batch, seed, initial_noise: None, step_noise: None, class_labels: None, guidance: None }
+        SampleOptions {
+            batch,
+            seed,
+            initial_noise: None,
+            step_noise: None,
+            class_labels: None,
+            guidance: None,
+        }
     }
 }
 
@@ -77,7 +90,12 @@ fn layout(model: &Model, scheduler: &Scheduler, batch: usize, guided: bool) -> L
     let (c_out, _, _) = model.output_shape();
     let sample = batch * c * h * w;
     let eps = batch * c_out * h * w;
-    let shape = StepShape { batch, channels: c, height: h, width: w };
+    let shape = StepShape {
+        batch,
+        channels: c,
+        height: h,
+        width: w,
+    };
     let mut at = 0;
     let mut take = |len: usize| {
         let r = (at, len);
@@ -89,7 +107,14 @@ fn layout(model: &Model, scheduler: &Scheduler, batch: usize, guided: bool) -> L
     let eps_uncond = take(if guided { eps } else { 0 });
     let noise = take(sample);
     let scratch = take(scheduler.scratch_len(shape));
-    Layout { model: model_ws, eps: eps_r, eps_uncond, noise, scratch, total: at }
+    Layout {
+        model: model_ws,
+        eps: eps_r,
+        eps_uncond,
+        noise,
+        scratch,
+        total: at,
+    }
 }
 
 /// Exact workspace (f32 elements) of [`sample`] for this model, scheduler and batch.
@@ -119,27 +144,52 @@ pub fn sample(
     let (c_out, _, _) = model.output_shape();
     let per_sample = c * h * w;
     if c_out != c && c_out != 2 * c {
-        return Err(invalid_arg("model", "out_channels must equal in_channels (or twice it, for learned variance)"));
+        return Err(invalid_arg(
+            "model",
+            "out_channels must equal in_channels (or twice it, for learned variance)",
+        ));
     }
     let n = batch * per_sample;
     if out.len() != n {
-        return Err(Error::BufferSize { what: "sample output", expected: n, found: out.len() });
+        return Err(Error::BufferSize {
+            what: "sample output",
+            expected: n,
+            found: out.len(),
+        });
     }
     let steps = scheduler.timesteps().len();
     if let Some(z) = opts.step_noise {
         if z.len() != steps * n {
-            return Err(Error::BufferSize { what: "step noise [steps, B, C, H, W]", expected: steps * n, found: z.len() });
+            return Err(Error::BufferSize {
+                what: "step noise [steps, B, C, H, W]",
+                expected: steps * n,
+                found: z.len(),
+            });
         }
     }
     let labels = opts.class_labels;
     match (model.config.num_class_embeds, labels) {
-        (Some(_), None) => return Err(invalid_arg("class labels", "the model is class-conditional: give a class label")),
-        (None, Some(_)) => return Err(invalid_arg("class labels", "the model is not class-conditional")),
+        (Some(_), None) => {
+            return Err(invalid_arg(
+                "class labels",
+                "the model is class-conditional: give a class label",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid_arg(
+                "class labels",
+                "the model is not class-conditional",
+            ))
+        }
         _ => {}
     }
     if let Some(l) = labels {
         if l.len() != batch && l.len() != 1 {
-            return Err(Error::BufferSize { what: "class labels", expected: batch, found: l.len() });
+            return Err(Error::BufferSize {
+                what: "class labels",
+                expected: batch,
+                found: l.len(),
+            });
         }
     }
     let guidance = opts.guidance.filter(|g| g.scale != 0.0);
@@ -151,20 +201,33 @@ pub fn sample(
     }
     let lay = layout(model, scheduler, batch, guidance.is_some());
     if workspace.len() < lay.total {
-        return Err(Error::BufferSize { what: "sampling workspace", expected: lay.total, found: workspace.len() });
+        return Err(Error::BufferSize {
+            what: "sampling workspace",
+            expected: lay.total,
+            found: workspace.len(),
+        });
     }
 
     let noise = GaussianNoise::new(opts.seed);
     match opts.initial_noise {
         Some(x_t) if x_t.len() != n => {
-            return Err(Error::BufferSize { what: "initial noise x_T", expected: n, found: x_t.len() })
+            return Err(Error::BufferSize {
+                what: "initial noise x_T",
+                expected: n,
+                found: x_t.len(),
+            })
         }
         Some(x_t) => out.copy_from_slice(x_t),
         None => noise.fill(0, out),
     }
     // init_noise_sigma is 1 for DDPM and DDIM: x_T is the standard normal draw itself.
 
-    let shape = StepShape { batch, channels: c, height: h, width: w };
+    let shape = StepShape {
+        batch,
+        channels: c,
+        height: h,
+        width: w,
+    };
     let (model_start, model_len) = lay.model;
     for (i, &t) in scheduler.timesteps().iter().enumerate() {
         let (model_ws, rest) = workspace[model_start..].split_at_mut(model_len);
@@ -182,7 +245,8 @@ pub fn sample(
                 model.forward(model_ws, out, &ts, Some(&[g.null_class]), uncond)?;
             }
             // eps and eps_uncond are adjacent: eps first.
-            let (eps_part, uncond_part) = rest[eps_r.0..uncond_r.0 + uncond_r.1].split_at_mut(eps_r.1);
+            let (eps_part, uncond_part) =
+                rest[eps_r.0..uncond_r.0 + uncond_r.1].split_at_mut(eps_r.1);
             let hw = h * w;
             for b in 0..batch {
                 // Guide the prediction channels; learned-variance channels keep the
@@ -211,10 +275,19 @@ pub fn sample(
         let eps = &head[eps_r.0..eps_r.0 + eps_r.1];
         let (noise_buf, tail) = tail.split_at_mut(noise_r.1);
         let scratch = &mut tail[scratch_r.0 - (noise_r.0 + noise_r.1)..][..scratch_r.1];
-        let z = if scheduler.needs_noise(i) { Some(noise_row.unwrap_or(noise_buf)) } else { None };
+        let z = if scheduler.needs_noise(i) {
+            Some(noise_row.unwrap_or(noise_buf))
+        } else {
+            None
+        };
         scheduler.step(i, shape, eps, out, z, None, scratch)?;
         if let Some(cb) = on_step.as_mut() {
-            cb(&StepInfo { index: i, steps, timestep: t, sample: out });
+            cb(&StepInfo {
+                index: i,
+                steps,
+                timestep: t,
+                sample: out,
+            });
         }
     }
     Ok(())

@@ -38,10 +38,18 @@ pub fn random_weights(config_json: &str, seed: u64) -> Result<Vec<u8>> {
     let mut loader = WeightLoader::synthetic(seed)?;
     crate::model::describe::describe(&config, &mut loader, config.sample_size)?;
     let tensors = loader.synthesized();
-    let st_err = |e| Error::InvalidSafetensors { message: std::format!("{e:?}") };
+    let st_err = |e| Error::InvalidSafetensors {
+        message: std::format!("{e:?}"),
+    };
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
-        .map(|(name, shape, data)| (name, shape, data.iter().flat_map(|h| h.to_le_bytes()).collect()))
+        .map(|(name, shape, data)| {
+            (
+                name,
+                shape,
+                data.iter().flat_map(|h| h.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views = bytes
         .iter()
@@ -60,5 +68,10 @@ pub fn random_model(config_json: &str, seed: u64) -> Result<Model> {
     let weights = random_weights(config_json, seed)?;
     let (packed, _) = crate::weights::convert::to_packed_safetensors(config_json, &weights)?;
     let config = UNetConfig::from_json(config_json)?;
-    Model::new(config, WeightBytes::Owned(packed), Default::default(), Reuse::Shared)
+    Model::new(
+        config,
+        WeightBytes::Owned(packed),
+        Default::default(),
+        Reuse::Shared,
+    )
 }

@@ -43,20 +43,32 @@ fn main() {
         let mut out = vec![0.0f32; x.len()];
         for path in KernelPath::ALL {
             if !path.is_available() {
-                println!("skipped: this CPU or build cannot run the {} kernels", path.name());
+                println!(
+                    "skipped: this CPU or build cannot run the {} kernels",
+                    path.name()
+                );
                 continue;
             }
             model.set_kernels(path).unwrap();
             for threads in [1, 2, 3] {
                 model.set_threads(threads).unwrap();
                 let mut ws = vec![0.0f32; model.workspace_len(3)];
-                model.forward(&mut ws, &x, &[5.0, 50.0, 500.0], None, &mut out).unwrap();
+                model
+                    .forward(&mut ws, &x, &[5.0, 50.0, 500.0], None, &mut out)
+                    .unwrap();
                 let before = ALLOCATIONS.load(Ordering::SeqCst);
                 for _ in 0..3 {
-                    model.forward(&mut ws, &x, &[5.0, 50.0, 500.0], None, &mut out).unwrap();
+                    model
+                        .forward(&mut ws, &x, &[5.0, 50.0, 500.0], None, &mut out)
+                        .unwrap();
                 }
                 let n = ALLOCATIONS.load(Ordering::SeqCst) - before;
-                assert_eq!(n, 0, "{name} [{}] {threads} threads: {n} allocations in 3 forward passes", path.name());
+                assert_eq!(
+                    n,
+                    0,
+                    "{name} [{}] {threads} threads: {n} allocations in 3 forward passes",
+                    path.name()
+                );
                 checked += 1;
             }
         }

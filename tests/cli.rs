@@ -9,7 +9,10 @@ use std::process::{Command, Output};
 use common::{fixtures_dir, read_json, rel_l2, TensorFile};
 
 fn sample(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sample")).args(args).output().expect("run sample")
+    Command::new(env!("CARGO_BIN_EXE_sample"))
+        .args(args)
+        .output()
+        .expect("run sample")
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -32,7 +35,11 @@ fn pipeline_folder(model: &str, scheduler: &serde_json::Value, dir: &Path) {
     for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
         std::fs::copy(src.join(f), dir.join("unet").join(f)).unwrap();
     }
-    std::fs::write(dir.join("scheduler/scheduler_config.json"), scheduler.to_string()).unwrap();
+    std::fs::write(
+        dir.join("scheduler/scheduler_config.json"),
+        scheduler.to_string(),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("model_index.json"),
         r#"{"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1", "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}"#,
@@ -47,27 +54,66 @@ fn write_f32(path: &Path, name: &str, shape: &[usize], data: &[f32]) {
 #[test]
 fn replays_a_diffusers_run_from_a_pipeline_folder() {
     for (model, case_name, flags) in [
-        ("tiny-gray8", "ddim20_eta1_trailing", &["--scheduler", "ddim", "--eta", "1"][..]),
-        ("tiny-rgb16", "ddpm50_fixed_small", &["--scheduler", "ddpm"][..]),
+        (
+            "tiny-gray8",
+            "ddim20_eta1_trailing",
+            &["--scheduler", "ddim", "--eta", "1"][..],
+        ),
+        (
+            "tiny-rgb16",
+            "ddpm50_fixed_small",
+            &["--scheduler", "ddpm"][..],
+        ),
     ] {
         let dir = scratch_dir(case_name);
         let cases = read_json(fixtures_dir().join(model).join("cases.json"));
-        let case = cases["cases"].as_array().unwrap().iter().find(|c| c["name"] == case_name).unwrap();
+        let case = cases["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == case_name)
+            .unwrap();
         let tensors = TensorFile::open(fixtures_dir().join(model).join("cases.safetensors"));
         pipeline_folder(model, &case["scheduler"], &dir.join("pipe"));
         let x_t_name = case["inputs"]["x_T"].as_str().unwrap();
         let noise_name = case["inputs"]["noise"].as_str().unwrap();
         let shape = tensors.shape(x_t_name);
-        write_f32(&dir.join("x_T.safetensors"), "x_T", &shape, &tensors.f32s(x_t_name));
-        write_f32(&dir.join("noise.safetensors"), "noise", &tensors.shape(noise_name), &tensors.f32s(noise_name));
+        write_f32(
+            &dir.join("x_T.safetensors"),
+            "x_T",
+            &shape,
+            &tensors.f32s(x_t_name),
+        );
+        write_f32(
+            &dir.join("noise.safetensors"),
+            "noise",
+            &tensors.shape(noise_name),
+            &tensors.f32s(noise_name),
+        );
         let steps = case["num_inference_steps"].to_string();
         let batch = shape[0].to_string();
         let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
         let pipe = p("pipe");
-        let mut args = vec!["--model", &pipe, "--steps", &steps, "--batch", &batch, "--quiet"];
+        let mut args = vec![
+            "--model", &pipe, "--steps", &steps, "--batch", &batch, "--quiet",
+        ];
         args.extend_from_slice(flags);
-        let (x_t, noise, x_0, png) = (p("x_T.safetensors"), p("noise.safetensors"), p("x_0.safetensors"), p("grid.png"));
-        args.extend_from_slice(&["--init-noise", &x_t, "--step-noise", &noise, "--save-tensor", &x_0, "--out", &png]);
+        let (x_t, noise, x_0, png) = (
+            p("x_T.safetensors"),
+            p("noise.safetensors"),
+            p("x_0.safetensors"),
+            p("grid.png"),
+        );
+        args.extend_from_slice(&[
+            "--init-noise",
+            &x_t,
+            "--step-noise",
+            &noise,
+            "--save-tensor",
+            &x_0,
+            "--out",
+            &png,
+        ]);
         let o = sample(&args);
         assert!(o.status.success(), "{case_name}: {}", stderr(&o));
         let ours = TensorFile::open(dir.join("x_0.safetensors")).f64s("x_0");
@@ -87,8 +133,25 @@ fn png_grid_has_the_right_size_and_seeds_reproduce_bytes() {
         let out = dir.join(out).to_string_lossy().into_owned();
         let m = model.to_string_lossy().into_owned();
         let o = sample(&[
-            "--model", &m, "--scheduler", "ddim", "--steps", "5", "--batch", "3", "--grid", "2", "--seed", seed,
-            "--class-label", "2", "--guidance", "1.5", "--out", &out, "--quiet",
+            "--model",
+            &m,
+            "--scheduler",
+            "ddim",
+            "--steps",
+            "5",
+            "--batch",
+            "3",
+            "--grid",
+            "2",
+            "--seed",
+            seed,
+            "--class-label",
+            "2",
+            "--guidance",
+            "1.5",
+            "--out",
+            &out,
+            "--quiet",
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         std::fs::read(out).unwrap()
@@ -102,28 +165,60 @@ fn png_grid_has_the_right_size_and_seeds_reproduce_bytes() {
     let reader = decoder.read_info().unwrap();
     let info = reader.info();
     // 3 images of 16x16 in 2 columns with a 2-pixel gap: 34 x 34, RGB.
-    assert_eq!((info.width, info.height, info.color_type), (34, 34, png::ColorType::Rgb));
+    assert_eq!(
+        (info.width, info.height, info.color_type),
+        (34, 34, png::ColorType::Rgb)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn bad_input_gives_one_line_and_nonzero_exit() {
-    let model = fixtures_dir().join("tiny-rgb16").to_string_lossy().into_owned();
-    let class = fixtures_dir().join("tiny-class16").to_string_lossy().into_owned();
+    let model = fixtures_dir()
+        .join("tiny-rgb16")
+        .to_string_lossy()
+        .into_owned();
+    let class = fixtures_dir()
+        .join("tiny-class16")
+        .to_string_lossy()
+        .into_owned();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--model", "/nonexistent/folder"], "not a folder"),
         (vec!["--model", &model, "--steps", "abc"], "--steps"),
-        (vec!["--model", &model, "--scheduler", "euler"], "--scheduler"),
+        (
+            vec!["--model", &model, "--scheduler", "euler"],
+            "--scheduler",
+        ),
         (vec!["--model", &model, "--steps", "0"], "steps"),
         (vec!["--model", &model, "--steps", "5000"], "steps"),
         (vec!["--model", &model, "--batch", "0"], "--batch"),
         (vec!["--model", &model, "--bogus"], "unknown argument"),
-        (vec!["--model", &model, "--class-label", "1"], "not class-conditional"),
-        (vec!["--model", &model, "--guidance", "2"], "not class-conditional"),
-        (vec!["--model", &class, "--class-label", "99"], "out of range"),
+        (
+            vec!["--model", &model, "--class-label", "1"],
+            "not class-conditional",
+        ),
+        (
+            vec!["--model", &model, "--guidance", "2"],
+            "not class-conditional",
+        ),
+        (
+            vec!["--model", &class, "--class-label", "99"],
+            "out of range",
+        ),
         (vec!["--model", &model, "--height", "64"], "--height"),
-        (vec!["--model", &model, "--kernels", "quantum"], "kernel path"),
-        (vec!["--model", &model, "--init-noise", "/nonexistent.safetensors"], "nonexistent"),
+        (
+            vec!["--model", &model, "--kernels", "quantum"],
+            "kernel path",
+        ),
+        (
+            vec![
+                "--model",
+                &model,
+                "--init-noise",
+                "/nonexistent.safetensors",
+            ],
+            "nonexistent",
+        ),
     ];
     for (args, needle) in cases {
         let mut all = args.clone();
@@ -132,8 +227,15 @@ fn bad_input_gives_one_line_and_nonzero_exit() {
         let o = sample(&all);
         let err = stderr(&o);
         assert!(!o.status.success(), "{args:?} should fail");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: expected one line, got:\n{err}");
-        assert!(err.starts_with("error: ") && err.contains(needle), "{args:?}: '{err}' lacks '{needle}'");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: expected one line, got:\n{err}"
+        );
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: '{err}' lacks '{needle}'"
+        );
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
 }
@@ -143,7 +245,16 @@ fn help_lists_the_flags() {
     let o = sample(&["--help"]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    for flag in ["--model", "--scheduler", "--steps", "--eta", "--init-noise", "--step-noise", "--save-tensor", "--guidance"] {
+    for flag in [
+        "--model",
+        "--scheduler",
+        "--steps",
+        "--eta",
+        "--init-noise",
+        "--step-noise",
+        "--save-tensor",
+        "--guidance",
+    ] {
         assert!(text.contains(flag), "help lacks {flag}");
     }
 }

@@ -35,10 +35,16 @@ fn scheduler_options_match_diffusers() {
     let mut worst = 0.0f64;
     for case in cases["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let cfg = SchedulerConfig::from_json(&case["scheduler"].to_string()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let cfg = SchedulerConfig::from_json(&case["scheduler"].to_string())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
         let mut s = Scheduler::new(cfg, steps).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected_ts: Vec<i64> = case["timesteps"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let expected_ts: Vec<i64> = case["timesteps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         assert_eq!(s.timesteps(), &expected_ts[..], "{name}: timesteps");
         s.set_eta(case["eta"].as_f64().unwrap());
         s.set_use_clipped_model_output(case["use_clipped_model_output"].as_bool().unwrap());
@@ -51,11 +57,26 @@ fn scheduler_options_match_diffusers() {
         let mut x0 = vec![0.0f32; sample.len()];
         let mut scratch = vec![0.0f32; s.scratch_len(shape)];
         let noise = s.needs_noise(index).then_some(&z[..]);
-        s.step(index, shape, &mo, &mut sample, noise, Some(&mut x0), &mut scratch).unwrap();
+        s.step(
+            index,
+            shape,
+            &mo,
+            &mut sample,
+            noise,
+            Some(&mut x0),
+            &mut scratch,
+        )
+        .unwrap();
         let e1 = rel_l2(&sample, &t.f64s(&format!("{name}.prev_sample")));
         let e2 = rel_l2(&x0, &t.f64s(&format!("{name}.pred_original_sample")));
         worst = worst.max(e1).max(e2);
-        assert!(e1 <= 1e-5 && e2 <= 1e-5, "{name}: prev {e1:.2e}, x0 {e2:.2e}");
+        assert!(
+            e1 <= 1e-5 && e2 <= 1e-5,
+            "{name}: prev {e1:.2e}, x0 {e2:.2e}"
+        );
     }
-    println!("{} extra scheduler cases, worst rel L2 {worst:.2e}", cases["cases"].as_array().unwrap().len());
+    println!(
+        "{} extra scheduler cases, worst rel L2 {worst:.2e}",
+        cases["cases"].as_array().unwrap().len()
+    );
 }

@@ -131,7 +131,15 @@ fn check_model(name: &str, path: KernelPath) {
         shared.set_threads(threads).unwrap();
         let mut ws3 = vec![f32::NAN; shared.workspace_len(batch)];
         let mut out3 = vec![0.0f32; out.len()];
-        shared.forward(&mut ws3, &case.x, &case.t, case.labels.as_deref(), &mut out3).unwrap();
+        shared
+            .forward(
+                &mut ws3,
+                &case.x,
+                &case.t,
+                case.labels.as_deref(),
+                &mut out3,
+            )
+            .unwrap();
         assert_eq!(out, out3, "{name}: {threads} threads changed the result");
     }
 }
@@ -139,7 +147,10 @@ fn check_model(name: &str, path: KernelPath) {
 /// Runs every fixture model on `path`, or says why it cannot on this machine.
 fn check_path(path: KernelPath) {
     if !path.is_available() {
-        println!("skipped: this CPU or build cannot run the {} kernels", path.name());
+        println!(
+            "skipped: this CPU or build cannot run the {} kernels",
+            path.name()
+        );
         return;
     }
     for m in MODELS {
@@ -166,7 +177,11 @@ fn forward_matches_diffusers_neon() {
 fn unavailable_path_is_an_error() {
     let mut model = Model::load(fixtures_dir().join("tiny-rgb16")).unwrap();
     for path in KernelPath::ALL {
-        assert_eq!(model.set_kernels(path).is_ok(), path.is_available(), "{path:?}");
+        assert_eq!(
+            model.set_kernels(path).is_ok(),
+            path.is_available(),
+            "{path:?}"
+        );
     }
     assert!(KernelPath::Scalar.is_available());
     assert!(KernelPath::detect().is_available());

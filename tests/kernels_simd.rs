@@ -11,15 +11,18 @@ use common::rel_l2;
 use half::f16;
 use tinydiffusion::kernels::threads::ThreadPool;
 use tinydiffusion::kernels::{
-    pack_weight, packed_len, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, KernelPath, KernelTable,
-    LinearArgs, Parallel, Sequential, SCRATCH_PER_THREAD,
+    pack_weight, packed_len, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, KernelPath,
+    KernelTable, LinearArgs, Parallel, Sequential, SCRATCH_PER_THREAD,
 };
 
 struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: usize) -> usize {
@@ -42,7 +45,10 @@ fn simd_paths() -> Vec<KernelPath> {
         if p.is_available() {
             v.push(p);
         } else {
-            println!("skipped: this CPU or build cannot run the {} kernels", p.name());
+            println!(
+                "skipped: this CPU or build cannot run the {} kernels",
+                p.name()
+            );
         }
     }
     v
@@ -58,10 +64,23 @@ fn both(pool: &ThreadPool, f: impl Fn(&Exec<'_>) -> Vec<f32>) -> (Vec<f32>, Vec<
 }
 
 fn check(what: &str, path: KernelPath, ours: (Vec<f32>, Vec<f32>), reference: &[f32], tol: f64) {
-    assert_eq!(ours.0, ours.1, "{what} [{}]: 1 thread and 3 threads differ", path.name());
-    assert!(ours.0.iter().all(|v| v.is_finite()), "{what} [{}]: non-finite output", path.name());
+    assert_eq!(
+        ours.0,
+        ours.1,
+        "{what} [{}]: 1 thread and 3 threads differ",
+        path.name()
+    );
+    assert!(
+        ours.0.iter().all(|v| v.is_finite()),
+        "{what} [{}]: non-finite output",
+        path.name()
+    );
     let err = rel_l2(&ours.0, reference);
-    assert!(err <= tol, "{what} [{}]: rel L2 {err:.2e} > {tol:.0e}", path.name());
+    assert!(
+        err <= tol,
+        "{what} [{}]: rel L2 {err:.2e} > {tol:.0e}",
+        path.name()
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -79,7 +98,11 @@ fn conv_case(
     upsample: bool,
     extras: bool,
 ) {
-    let (vh, vw) = if upsample { (2 * in_h, 2 * in_w) } else { (in_h, in_w) };
+    let (vh, vw) = if upsample {
+        (2 * in_h, 2 * in_w)
+    } else {
+        (in_h, in_w)
+    };
     let extra = if stride == 2 && padding == 0 { 1 } else { 0 };
     let out_h = (vh + 2 * padding + extra - kernel) / stride + 1;
     let out_w = (vw + 2 * padding + extra - kernel) / stride + 1;
@@ -99,14 +122,21 @@ fn conv_case(
         upsample,
     };
     let cin = ca + cb;
-    let plain = rng.halves(out_c * cin * kernel * kernel, 1.0 / ((cin * kernel * kernel) as f32).sqrt());
+    let plain = rng.halves(
+        out_c * cin * kernel * kernel,
+        1.0 / ((cin * kernel * kernel) as f32).sqrt(),
+    );
     let mut weight = vec![f16::ZERO; packed_len(out_c, cin, kernel)];
     pack_weight(&plain, out_c, cin, kernel, &mut weight);
     let in_a = rng.vec(batch * in_h * in_w * ca);
     let in_b = rng.vec(batch * in_h * in_w * cb);
     let bias = rng.halves(out_c, 0.5);
     let out_len = batch * out_h * out_w * out_c;
-    let channel_add = if extras { rng.vec(batch * out_c) } else { Vec::new() };
+    let channel_add = if extras {
+        rng.vec(batch * out_c)
+    } else {
+        Vec::new()
+    };
     let residual = if extras { rng.vec(out_len) } else { Vec::new() };
     let args = ConvArgs {
         shape,
@@ -126,12 +156,21 @@ fn conv_case(
             (t.conv2d)(&args, &mut out, ex);
             out
         });
-        check(&format!("conv {shape:?} extras={extras}"), t.path, ours, &reference, 2e-6);
+        check(
+            &format!("conv {shape:?} extras={extras}"),
+            t.path,
+            ours,
+            &reference,
+            2e-6,
+        );
     }
 }
 
 fn tables() -> Vec<&'static KernelTable> {
-    simd_paths().into_iter().map(|p| p.table().unwrap()).collect()
+    simd_paths()
+        .into_iter()
+        .map(|p| p.table().unwrap())
+        .collect()
 }
 
 #[test]
@@ -143,16 +182,133 @@ fn conv_matches_scalar() {
     let pool = ThreadPool::new(3).unwrap();
     let mut rng = Rng(1);
     // The UNet's own cases, small.
-    conv_case(&mut rng, &tables, &pool, 2, (8, 8), (3, 0), 32, 3, 1, 1, false, false); // conv_in
-    conv_case(&mut rng, &tables, &pool, 1, (8, 8), (32, 0), 3, 3, 1, 1, false, false); // conv_out
-    conv_case(&mut rng, &tables, &pool, 2, (8, 8), (48, 0), 64, 3, 1, 1, false, true); // resnet conv
-    conv_case(&mut rng, &tables, &pool, 2, (6, 6), (48, 32), 64, 3, 1, 1, false, true); // concat input
-    conv_case(&mut rng, &tables, &pool, 1, (6, 6), (48, 32), 64, 1, 1, 0, false, false); // 1x1 shortcut
-    conv_case(&mut rng, &tables, &pool, 2, (8, 8), (32, 0), 32, 3, 2, 0, false, false); // downsample, pad (0,1,0,1)
-    conv_case(&mut rng, &tables, &pool, 1, (9, 7), (32, 0), 32, 3, 2, 1, false, false); // stride 2, pad 1
-    conv_case(&mut rng, &tables, &pool, 2, (4, 5), (64, 0), 64, 3, 1, 1, true, false); // folded upsample
-    conv_case(&mut rng, &tables, &pool, 1, (4, 4), (512, 256), 256, 3, 1, 1, false, true); // many chunks
-                                                                                           // Random odd shapes.
+    conv_case(
+        &mut rng,
+        &tables,
+        &pool,
+        2,
+        (8, 8),
+        (3, 0),
+        32,
+        3,
+        1,
+        1,
+        false,
+        false,
+    ); // conv_in
+    conv_case(
+        &mut rng,
+        &tables,
+        &pool,
+        1,
+        (8, 8),
+        (32, 0),
+        3,
+        3,
+        1,
+        1,
+        false,
+        false,
+    ); // conv_out
+    conv_case(
+        &mut rng,
+        &tables,
+        &pool,
+        2,
+        (8, 8),
+        (48, 0),
+        64,
+        3,
+        1,
+        1,
+        false,
+        true,
+    ); // resnet conv
+    conv_case(
+        &mut rng,
+        &tables,
+        &pool,
+        2,
+        (6, 6),
+        (48, 32),
+        64,
+        3,
+        1,
+        1,
+        false,
+        true,
+    ); // concat input
+    conv_case(
+        &mut rng,
+        &tables,
+        &pool,
+        1,
+        (6, 6),
+        (48, 32),
+        64,
+        1,
+        1,
+        0,
+        false,
+        false,
+    ); // 1x1 shortcut
+    conv_case(
+        &mut rng,
+        &tables,
+        &pool,
+        2,
+        (8, 8),
+        (32, 0),
+        32,
+        3,
+        2,
+        0,
+        false,
+        false,
+    ); // downsample, pad (0,1,0,1)
+    conv_case(
+        &mut rng,
+        &tables,
+        &pool,
+        1,
+        (9, 7),
+        (32, 0),
+        32,
+        3,
+        2,
+        1,
+        false,
+        false,
+    ); // stride 2, pad 1
+    conv_case(
+        &mut rng,
+        &tables,
+        &pool,
+        2,
+        (4, 5),
+        (64, 0),
+        64,
+        3,
+        1,
+        1,
+        true,
+        false,
+    ); // folded upsample
+    conv_case(
+        &mut rng,
+        &tables,
+        &pool,
+        1,
+        (4, 4),
+        (512, 256),
+        256,
+        3,
+        1,
+        1,
+        false,
+        true,
+    ); // many chunks
+       // Random odd shapes.
     for _ in 0..24 {
         let kernel = [1, 3][rng.below(2)];
         let stride = if kernel == 3 { 1 + rng.below(2) } else { 1 };
@@ -165,11 +321,28 @@ fn conv_matches_scalar() {
             continue;
         }
         let ca = 1 + rng.below(70);
-        let cb = if rng.below(2) == 0 { 0 } else { 1 + rng.below(40) };
+        let cb = if rng.below(2) == 0 {
+            0
+        } else {
+            1 + rng.below(40)
+        };
         let out_c = 1 + rng.below(80);
         let batch = 1 + rng.below(3);
         let extras = rng.below(2) == 0;
-        conv_case(&mut rng, &tables, &pool, batch, (h, w), (ca, cb), out_c, kernel, stride, padding, upsample, extras);
+        conv_case(
+            &mut rng,
+            &tables,
+            &pool,
+            batch,
+            (h, w),
+            (ca, cb),
+            out_c,
+            kernel,
+            stride,
+            padding,
+            upsample,
+            extras,
+        );
     }
 }
 
@@ -181,15 +354,23 @@ fn linear_matches_scalar() {
     }
     let pool = ThreadPool::new(3).unwrap();
     let mut rng = Rng(2);
-    for (rows, in_f, out_f, residual) in
-        [(1, 128, 512, false), (3, 512, 256, false), (37, 24, 24, true), (256, 64, 64, true), (5, 300, 33, false)]
-    {
+    for (rows, in_f, out_f, residual) in [
+        (1, 128, 512, false),
+        (3, 512, 256, false),
+        (37, 24, 24, true),
+        (256, 64, 64, true),
+        (5, 300, 33, false),
+    ] {
         let plain = rng.halves(out_f * in_f, 1.0 / (in_f as f32).sqrt());
         let mut weight = vec![f16::ZERO; packed_len(out_f, in_f, 1)];
         pack_weight(&plain, out_f, in_f, 1, &mut weight);
         let input = rng.vec(rows * in_f);
         let bias = rng.halves(out_f, 0.5);
-        let res = if residual { rng.vec(rows * out_f) } else { Vec::new() };
+        let res = if residual {
+            rng.vec(rows * out_f)
+        } else {
+            Vec::new()
+        };
         let args = LinearArgs {
             rows,
             in_f,
@@ -208,7 +389,13 @@ fn linear_matches_scalar() {
                 (t.linear)(&args, &mut out, ex);
                 out
             });
-            check(&format!("linear {rows}x{in_f}->{out_f}"), t.path, ours, &reference, 2e-6);
+            check(
+                &format!("linear {rows}x{in_f}->{out_f}"),
+                t.path,
+                ours,
+                &reference,
+                2e-6,
+            );
         }
     }
 }
@@ -233,7 +420,11 @@ fn group_norm_matches_scalar() {
     ] {
         let c = ca + cb;
         // An offset, so the two-pass statistics matter.
-        let in_a: Vec<f32> = rng.vec(batch * pixels * ca).into_iter().map(|v| 3.0 + 2.0 * v).collect();
+        let in_a: Vec<f32> = rng
+            .vec(batch * pixels * ca)
+            .into_iter()
+            .map(|v| 3.0 + 2.0 * v)
+            .collect();
         let in_b = rng.vec(batch * pixels * cb);
         let gamma = rng.halves(c, 1.0);
         let beta = rng.halves(c, 1.0);
@@ -281,14 +472,27 @@ fn attention_matches_scalar() {
     let pool = ThreadPool::new(3).unwrap();
     let mut rng = Rng(4);
     // (batch, tokens, channels, heads)
-    for (batch, tokens, channels, heads) in
-        [(1, 256, 64, 1), (2, 16, 64, 1), (1, 37, 24, 3), (2, 70, 36, 2), (1, 5, 16, 4), (1, 129, 32, 1)]
-    {
+    for (batch, tokens, channels, heads) in [
+        (1, 256, 64, 1),
+        (2, 16, 64, 1),
+        (1, 37, 24, 3),
+        (2, 70, 36, 2),
+        (1, 5, 16, 4),
+        (1, 129, 32, 1),
+    ] {
         let n = batch * tokens * channels;
         let (q, k, v) = (rng.vec(n), rng.vec(n), rng.vec(n));
         // Larger logits, so the softmax is not flat.
         let q: Vec<f32> = q.into_iter().map(|x| 3.0 * x).collect();
-        let args = AttentionArgs { batch, tokens, channels, heads, q: &q, k: &k, v: &v };
+        let args = AttentionArgs {
+            batch,
+            tokens,
+            channels,
+            heads,
+            q: &q,
+            k: &k,
+            v: &v,
+        };
         let mut scores = vec![0.0f32; n.max(tokens)];
         let mut reference = vec![0.0f32; n];
         tinydiffusion::kernels::scalar::attention(&args, &mut scores, &mut reference);
@@ -299,7 +503,13 @@ fn attention_matches_scalar() {
                 (t.attention)(&args, &mut scores, &mut out, ex);
                 out
             });
-            check(&format!("attention b{batch} n{tokens} c{channels} h{heads}"), t.path, ours, &reference, 2e-6);
+            check(
+                &format!("attention b{batch} n{tokens} c{channels} h{heads}"),
+                t.path,
+                ours,
+                &reference,
+                2e-6,
+            );
         }
     }
 }

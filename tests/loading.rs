@@ -19,23 +19,39 @@ fn fixture(model: &str) -> (String, Vec<u8>) {
 
 fn run(model: &Model) -> Vec<f32> {
     let (c, h, w) = model.input_shape();
-    let x: Vec<f32> = (0..2 * c * h * w).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let x: Vec<f32> = (0..2 * c * h * w)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
     let (co, _, _) = model.output_shape();
     let mut out = vec![0.0; 2 * co * h * w];
     let mut ws = vec![0.0; model.workspace_len(2)];
     let labels = model.config.num_class_embeds.map(|_| vec![0i64, 1]);
-    model.forward(&mut ws, &x, &[3.0, 700.0], labels.as_deref(), &mut out).unwrap();
+    model
+        .forward(&mut ws, &x, &[3.0, 700.0], labels.as_deref(), &mut out)
+        .unwrap();
     out
 }
 
 /// Rewrites a safetensors buffer through `f(name, dtype, shape, data)`; returning None drops
 /// the tensor.
-fn rewrite(bytes: &[u8], f: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(String, Dtype, Vec<usize>, Vec<u8>)>) -> Vec<u8> {
+fn rewrite(
+    bytes: &[u8],
+    f: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(String, Dtype, Vec<usize>, Vec<u8>)>,
+) -> Vec<u8> {
     let st = SafeTensors::deserialize(bytes).unwrap();
-    let owned: Vec<_> = st.tensors().into_iter().filter_map(|(n, v)| f(&n, v.dtype(), v.shape(), v.data())).collect();
+    let owned: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(n, v)| f(&n, v.dtype(), v.shape(), v.data()))
+        .collect();
     let views: Vec<_> = owned
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize(views, None).unwrap()
 }
@@ -49,9 +65,17 @@ fn converted_f16_loads_in_place_and_matches() {
         let (f16_bytes, report) = to_f16_safetensors(&bytes).unwrap();
         assert_eq!(report.converted, report.tensors);
         let converted = Model::from_parts(&config, WeightBytes::Owned(f16_bytes)).unwrap();
-        assert_eq!(converted.weights().converted_tensors, 0, "{m}: f16 file must need no conversion");
+        assert_eq!(
+            converted.weights().converted_tensors,
+            0,
+            "{m}: f16 file must need no conversion"
+        );
         assert!(converted.weights().in_place_tensors > 0);
-        assert_eq!(run(&original), run(&converted), "{m}: conversion changed the numbers");
+        assert_eq!(
+            run(&original),
+            run(&converted),
+            "{m}: conversion changed the numbers"
+        );
     }
 }
 
@@ -78,7 +102,9 @@ fn bf16_weights_load() {
     let bf16 = rewrite(&bytes, |n, _d, s, b| {
         let data: Vec<u8> = b
             .chunks_exact(4)
-            .flat_map(|c| half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+            .flat_map(|c| {
+                half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
+            })
             .collect();
         Some((n.to_string(), Dtype::BF16, s.to_vec(), data))
     });
@@ -92,11 +118,25 @@ fn bf16_weights_load() {
 fn extra_tensors_are_ignored() {
     let (config, bytes) = fixture("tiny-rgb16");
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
-    tensors.push(("ema.decay".into(), Dtype::F32, vec![1], 0.999f32.to_le_bytes().to_vec()));
+    let mut tensors: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    tensors.push((
+        "ema.decay".into(),
+        Dtype::F32,
+        vec![1],
+        0.999f32.to_le_bytes().to_vec(),
+    ));
     let views: Vec<_> = tensors
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let with_extra = safetensors::serialize(views, None).unwrap();
     let a = Model::from_parts(&config, WeightBytes::Owned(bytes)).unwrap();
@@ -107,13 +147,21 @@ fn extra_tensors_are_ignored() {
 #[test]
 fn bad_weights_name_the_tensor() {
     let (config, bytes) = fixture("tiny-rgb16");
-    let missing = rewrite(&bytes, |n, d, s, b| (n != "conv_in.bias").then(|| (n.to_string(), d, s.to_vec(), b.to_vec())));
+    let missing = rewrite(&bytes, |n, d, s, b| {
+        (n != "conv_in.bias").then(|| (n.to_string(), d, s.to_vec(), b.to_vec()))
+    });
     assert_eq!(
         Model::from_parts(&config, WeightBytes::Owned(missing)).err(),
-        Some(Error::MissingTensor { name: "conv_in.bias".into() })
+        Some(Error::MissingTensor {
+            name: "conv_in.bias".into()
+        })
     );
     let reshaped = rewrite(&bytes, |n, d, s, b| {
-        let s = if n == "conv_out.weight" { vec![s[0], s[1], 9] } else { s.to_vec() };
+        let s = if n == "conv_out.weight" {
+            vec![s[0], s[1], 9]
+        } else {
+            s.to_vec()
+        };
         Some((n.to_string(), d, s, b.to_vec()))
     });
     match Model::from_parts(&config, WeightBytes::Owned(reshaped)) {
@@ -129,18 +177,34 @@ fn bad_weights_name_the_tensor() {
     });
     assert_eq!(
         Model::from_parts(&config, WeightBytes::Owned(nan.clone())).err(),
-        Some(Error::NonFiniteWeight { name: "conv_in.weight".into() })
+        Some(Error::NonFiniteWeight {
+            name: "conv_in.weight".into()
+        })
     );
     // Refusing non-finite weights is an option; without it the model loads.
     let cfg = UNetConfig::from_json(&config).unwrap();
-    assert!(Model::new(cfg, WeightBytes::Owned(nan), LoadOptions { check_finite: false }, Reuse::Shared).is_ok());
+    assert!(Model::new(
+        cfg,
+        WeightBytes::Owned(nan),
+        LoadOptions {
+            check_finite: false
+        },
+        Reuse::Shared
+    )
+    .is_ok());
     let int = rewrite(&bytes, |n, d, s, b| {
         let d = if n == "conv_in.bias" { Dtype::I32 } else { d };
         Some((n.to_string(), d, s.to_vec(), b.to_vec()))
     });
-    assert!(matches!(Model::from_parts(&config, WeightBytes::Owned(int)), Err(Error::UnsupportedDtype { .. })));
     assert!(matches!(
-        Model::from_parts(&config, WeightBytes::Owned(bytes[..bytes.len() / 2].to_vec())),
+        Model::from_parts(&config, WeightBytes::Owned(int)),
+        Err(Error::UnsupportedDtype { .. })
+    ));
+    assert!(matches!(
+        Model::from_parts(
+            &config,
+            WeightBytes::Owned(bytes[..bytes.len() / 2].to_vec())
+        ),
         Err(Error::InvalidSafetensors { .. })
     ));
 }
@@ -159,15 +223,39 @@ fn bad_configs_name_the_key() {
         other => panic!("expected a config error, got {other:?}"),
     };
     assert_eq!(key_of(with("act_fn", "gelu".into())), "act_fn");
-    assert_eq!(key_of(with("time_embedding_type", "fourier".into())), "time_embedding_type");
-    assert_eq!(key_of(with("down_block_types", serde_json::json!(["DownBlock2D", "CrossAttnDownBlock2D"]))), "down_block_types");
+    assert_eq!(
+        key_of(with("time_embedding_type", "fourier".into())),
+        "time_embedding_type"
+    );
+    assert_eq!(
+        key_of(with(
+            "down_block_types",
+            serde_json::json!(["DownBlock2D", "CrossAttnDownBlock2D"])
+        )),
+        "down_block_types"
+    );
     assert_eq!(key_of(with("norm_num_groups", 7.into())), "norm_num_groups");
-    assert_eq!(key_of(with("block_out_channels", serde_json::json!([]))), "block_out_channels");
+    assert_eq!(
+        key_of(with("block_out_channels", serde_json::json!([]))),
+        "block_out_channels"
+    );
     assert_eq!(key_of(with("in_channels", 0.into())), "in_channels");
     assert_eq!(key_of(with("sample_size", 15.into())), "sample_size");
-    assert_eq!(key_of(with("resnet_time_scale_shift", "scale_shift".into())), "resnet_time_scale_shift");
-    assert_eq!(key_of(with("some_future_option", true.into())), "some_future_option");
+    assert_eq!(
+        key_of(with("resnet_time_scale_shift", "scale_shift".into())),
+        "resnet_time_scale_shift"
+    );
+    assert_eq!(
+        key_of(with("some_future_option", true.into())),
+        "some_future_option"
+    );
     v["sample_size"] = serde_json::json!([16, 32]);
-    assert_eq!(UNetConfig::from_json(&v.to_string()).unwrap().sample_size, (16, 32));
-    assert!(matches!(UNetConfig::from_json("{not json"), Err(Error::InvalidJson { .. })));
+    assert_eq!(
+        UNetConfig::from_json(&v.to_string()).unwrap().sample_size,
+        (16, 32)
+    );
+    assert!(matches!(
+        UNetConfig::from_json("{not json"),
+        Err(Error::InvalidJson { .. })
+    ));
 }

@@ -9,7 +9,12 @@ use tinydiffusion::sampler::{self, Guidance, SampleOptions};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
 use tinydiffusion::Model;
 
-const MODELS: [&str; 4] = ["tiny-rgb16", "tiny-gray8", "tiny-class16", "tiny-learnedvar8"];
+const MODELS: [&str; 4] = [
+    "tiny-rgb16",
+    "tiny-gray8",
+    "tiny-class16",
+    "tiny-learnedvar8",
+];
 
 fn run_case(model: &Model, case: &serde_json::Value, tensors: &TensorFile) -> f64 {
     let name = case["name"].as_str().unwrap();
@@ -22,8 +27,12 @@ fn run_case(model: &Model, case: &serde_json::Value, tensors: &TensorFile) -> f6
 
     let inputs = &case["inputs"];
     let x_t = tensors.f32s(inputs["x_T"].as_str().unwrap());
-    let noise = inputs.get("noise").map(|n| tensors.f32s(n.as_str().unwrap()));
-    let labels = inputs.get("class_labels").map(|n| tensors.i64s(n.as_str().unwrap()));
+    let noise = inputs
+        .get("noise")
+        .map(|n| tensors.f32s(n.as_str().unwrap()));
+    let labels = inputs
+        .get("class_labels")
+        .map(|n| tensors.i64s(n.as_str().unwrap()));
     let (c, h, w) = model.input_shape();
     let batch = x_t.len() / (c * h * w);
     let guidance = case["guidance_w"].as_f64().map(|wgt| Guidance {
@@ -54,7 +63,12 @@ fn sampling_runs_match_diffusers() {
         let model = Model::load(&dir).unwrap();
         let cases = read_json(dir.join("cases.json"));
         let tensors = TensorFile::open(dir.join("cases.safetensors"));
-        for case in cases["cases"].as_array().unwrap().iter().filter(|c| c["kind"] == "sample") {
+        for case in cases["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["kind"] == "sample")
+        {
             let name = case["name"].as_str().unwrap();
             let steps = case["num_inference_steps"].as_u64().unwrap();
             let bar = if steps >= 1000 { 1e-2 } else { 1e-3 };
@@ -65,5 +79,9 @@ fn sampling_runs_match_diffusers() {
             }
         }
     }
-    assert!(failures.is_empty(), "sampling parity failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "sampling parity failures:\n{}",
+        failures.join("\n")
+    );
 }

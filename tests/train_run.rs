@@ -232,7 +232,10 @@ fn checkpoint_reloads_with_inference_path() {
     // f16 in the file: norms and biases are used in place, convs and linears packed once into
     // the kernels' layout (a converted file would need neither).
     let w = model.weights();
-    assert_eq!(w.converted_tensors, 0, "f16 weights need no dtype conversion");
+    assert_eq!(
+        w.converted_tensors, 0,
+        "f16 weights need no dtype conversion"
+    );
     assert_eq!(
         w.in_place_tensors + w.packed_at_load,
         tr.graph.params.specs().len(),

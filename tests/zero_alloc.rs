@@ -43,7 +43,14 @@ fn allocations_during(f: impl FnOnce()) -> usize {
     ALLOCATIONS.load(Ordering::SeqCst) - before
 }
 
-fn run(model: &Model, kind: SchedulerKind, steps: usize, thresholding: bool, guidance: Option<Guidance>, labels: Option<&[i64]>) -> usize {
+fn run(
+    model: &Model,
+    kind: SchedulerKind,
+    steps: usize,
+    thresholding: bool,
+    guidance: Option<Guidance>,
+    labels: Option<&[i64]>,
+) -> usize {
     let mut cfg = SchedulerConfig::ddpm_default().with_kind(kind);
     cfg.thresholding = thresholding;
     let mut scheduler = Scheduler::new(cfg, steps).unwrap();
@@ -52,8 +59,14 @@ fn run(model: &Model, kind: SchedulerKind, steps: usize, thresholding: bool, gui
     let mut ws = vec![0.0f32; sampler::workspace_len(model, &scheduler, batch, guidance.is_some())];
     let (c, h, w) = model.input_shape();
     let mut out = vec![0.0f32; batch * c * h * w];
-    let opts = SampleOptions { class_labels: labels, guidance, ..SampleOptions::new(batch, 7) };
-    allocations_during(|| sampler::sample(model, &scheduler, &mut ws, &opts, &mut out, None).unwrap())
+    let opts = SampleOptions {
+        class_labels: labels,
+        guidance,
+        ..SampleOptions::new(batch, 7)
+    };
+    allocations_during(|| {
+        sampler::sample(model, &scheduler, &mut ws, &opts, &mut out, None).unwrap()
+    })
 }
 
 fn main() {
@@ -68,14 +81,39 @@ fn forward_and_sampling_allocate_nothing() {
     let mut out = vec![0.0f32; x.len()];
     let mut ws = vec![0.0f32; model.workspace_len(2)];
     // Warm up once (thread pools, lazy statics), then count.
-    model.forward(&mut ws, &x, &[10.0, 500.0], None, &mut out).unwrap();
-    let n = allocations_during(|| model.forward(&mut ws, &x, &[10.0, 500.0], None, &mut out).unwrap());
+    model
+        .forward(&mut ws, &x, &[10.0, 500.0], None, &mut out)
+        .unwrap();
+    let n = allocations_during(|| {
+        model
+            .forward(&mut ws, &x, &[10.0, 500.0], None, &mut out)
+            .unwrap()
+    });
     assert_eq!(n, 0, "forward pass allocated {n} times");
 
-    assert_eq!(run(&model, SchedulerKind::Ddim, 10, false, None, None), 0, "10-step DDIM allocated");
-    assert_eq!(run(&model, SchedulerKind::Ddpm, 50, true, None, None), 0, "50-step DDPM allocated");
+    assert_eq!(
+        run(&model, SchedulerKind::Ddim, 10, false, None, None),
+        0,
+        "10-step DDIM allocated"
+    );
+    assert_eq!(
+        run(&model, SchedulerKind::Ddpm, 50, true, None, None),
+        0,
+        "50-step DDPM allocated"
+    );
 
     let class = Model::load(fixtures_dir().join("tiny-class16")).unwrap();
     let g = Guidance::new(&class, 3.0).unwrap();
-    assert_eq!(run(&class, SchedulerKind::Ddim, 10, false, Some(g), Some(&[1, 2])), 0, "guided DDIM allocated");
+    assert_eq!(
+        run(
+            &class,
+            SchedulerKind::Ddim,
+            10,
+            false,
+            Some(g),
+            Some(&[1, 2])
+        ),
+        0,
+        "guided DDIM allocated"
+    );
 }

@@ -147,7 +147,10 @@ impl ConvArgs<'_> {
             self.channel_add.is_empty() || self.channel_add.len() >= s.batch * s.out_c,
             "conv channel_add too short"
         );
-        assert!(self.residual.is_empty() || self.residual.len() >= out_len, "conv residual too short");
+        assert!(
+            self.residual.is_empty() || self.residual.len() >= out_len,
+            "conv residual too short"
+        );
         assert!(out.len() >= out_len, "conv output too short");
     }
 }
@@ -171,9 +174,18 @@ impl GroupNormArgs<'_> {
     pub fn check(&self, out: &[f32]) {
         let c = self.in_ca + self.in_cb;
         let px = self.batch * self.pixels;
-        assert!(self.groups > 0 && c % self.groups == 0, "group_norm: channels not divisible by groups");
-        assert!(self.in_a.len() >= px * self.in_ca && self.in_b.len() >= px * self.in_cb, "group_norm input too short");
-        assert!(self.gamma.len() >= c && self.beta.len() >= c, "group_norm affine too short");
+        assert!(
+            self.groups > 0 && c % self.groups == 0,
+            "group_norm: channels not divisible by groups"
+        );
+        assert!(
+            self.in_a.len() >= px * self.in_ca && self.in_b.len() >= px * self.in_cb,
+            "group_norm input too short"
+        );
+        assert!(
+            self.gamma.len() >= c && self.beta.len() >= c,
+            "group_norm affine too short"
+        );
         assert!(out.len() >= px * c, "group_norm output too short");
     }
 }
@@ -238,7 +250,10 @@ pub struct AttentionArgs<'a> {
 impl AttentionArgs<'_> {
     pub fn check(&self, out: &[f32]) {
         let n = self.batch * self.tokens * self.channels;
-        assert!(self.heads > 0 && self.channels % self.heads == 0, "attention: channels not divisible by heads");
+        assert!(
+            self.heads > 0 && self.channels % self.heads == 0,
+            "attention: channels not divisible by heads"
+        );
         assert!(
             self.q.len() >= n && self.k.len() >= n && self.v.len() >= n && out.len() >= n,
             "attention buffers too short"
@@ -279,7 +294,10 @@ impl Parallel for Sequential {
 pub const SCRATCH_PER_THREAD: usize = simd::SCRATCH_FLOATS;
 
 /// How a kernel call may run: the thread team and one scratch region per thread.
-#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 pub struct Exec<'a> {
     par: &'a dyn Parallel,
     scratch: *mut f32,
@@ -296,8 +314,16 @@ impl<'a> Exec<'a> {
     /// `scratch` must hold [`SCRATCH_PER_THREAD`] floats for each of `par.threads()` threads.
     pub fn new(par: &'a dyn Parallel, scratch: &'a mut [f32]) -> Exec<'a> {
         let per_thread = SCRATCH_PER_THREAD;
-        assert!(scratch.len() >= par.threads() * per_thread, "kernel scratch too small for the thread count");
-        Exec { par, scratch: scratch.as_mut_ptr(), per_thread, _scratch: core::marker::PhantomData }
+        assert!(
+            scratch.len() >= par.threads() * per_thread,
+            "kernel scratch too small for the thread count"
+        );
+        Exec {
+            par,
+            scratch: scratch.as_mut_ptr(),
+            per_thread,
+            _scratch: core::marker::PhantomData,
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -318,11 +344,19 @@ impl<'a> Exec<'a> {
     /// Call only from a task that [`Parallel::run`] started on thread `thread`, and drop the
     /// slice before that task returns: then no two live slices alias.
     #[allow(clippy::mut_from_ref)]
-    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     pub(crate) unsafe fn scratch(&self, thread: usize) -> &mut [f32] {
         assert!(thread < self.par.threads());
         // SAFETY: in bounds by the assert and the check in `new`; exclusive by the contract.
-        unsafe { core::slice::from_raw_parts_mut(self.scratch.add(thread * self.per_thread), self.per_thread) }
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                self.scratch.add(thread * self.per_thread),
+                self.per_thread,
+            )
+        }
     }
 }
 
@@ -357,7 +391,12 @@ pub enum KernelPath {
 pub const KERNELS_ENV: &str = "TINYDIFFUSION_KERNELS";
 
 impl KernelPath {
-    pub const ALL: [KernelPath; 4] = [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon];
+    pub const ALL: [KernelPath; 4] = [
+        KernelPath::Scalar,
+        KernelPath::Avx2,
+        KernelPath::Avx512,
+        KernelPath::Neon,
+    ];
 
     /// Whether this CPU (under `std`: probed at run time; without: the build's target
     /// features) can run the path.
@@ -385,7 +424,9 @@ impl KernelPath {
 
     /// `scalar`, `avx2`, `avx512` or `neon` (case-insensitive).
     pub fn parse(name: &str) -> Option<KernelPath> {
-        KernelPath::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(name.trim()))
+        KernelPath::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name.trim()))
     }
 
     /// Parses a path name (`scalar`, `avx2`, `avx512`, `neon`), as given on a command line.
@@ -403,7 +444,10 @@ impl KernelPath {
     pub fn from_env() -> crate::Result<Option<KernelPath>> {
         match std::env::var(KERNELS_ENV) {
             Ok(v) if !v.trim().is_empty() => KernelPath::parse(&v).map(Some).ok_or_else(|| {
-                crate::error::invalid_arg(KERNELS_ENV, alloc::format!("`{v}`: expected scalar, avx2, avx512 or neon"))
+                crate::error::invalid_arg(
+                    KERNELS_ENV,
+                    alloc::format!("`{v}`: expected scalar, avx2, avx512 or neon"),
+                )
             }),
             _ => Ok(None),
         }

@@ -25,7 +25,14 @@ const EXP_LO: f32 = -87.3;
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
-const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
 
 #[derive(Clone, Copy)]
 pub(crate) struct Neon;
@@ -131,4 +138,14 @@ impl Simd for Neon {
     }
 }
 
-simd_table!(TABLE, fma_peak, "neon", KernelPath::Neon, Neon, 6, 4, 4, "neon");
+simd_table!(
+    TABLE,
+    fma_peak,
+    "neon",
+    KernelPath::Neon,
+    Neon,
+    6,
+    4,
+    4,
+    "neon"
+);

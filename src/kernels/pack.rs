@@ -27,7 +27,11 @@ pub fn packed_index(o: usize, i: usize, tap: usize, inp: usize, taps: usize) -> 
 pub fn pack_weight(src: &[f16], out: usize, inp: usize, k: usize, dst: &mut [f16]) {
     let taps = k * k;
     assert_eq!(src.len(), out * inp * taps, "pack_weight: source length");
-    assert_eq!(dst.len(), packed_len(out, inp, k), "pack_weight: destination length");
+    assert_eq!(
+        dst.len(),
+        packed_len(out, inp, k),
+        "pack_weight: destination length"
+    );
     dst.fill(f16::ZERO);
     for o in 0..out {
         for i in 0..inp {

@@ -7,7 +7,10 @@
 //!
 //! They are single-threaded: the [`Exec`] argument is accepted for the common signature only.
 
-use super::{packed_index, AttentionArgs, ConvArgs, Exec, GroupNormArgs, KernelPath, KernelTable, LinearArgs, PACK_OC};
+use super::{
+    packed_index, AttentionArgs, ConvArgs, Exec, GroupNormArgs, KernelPath, KernelTable,
+    LinearArgs, PACK_OC,
+};
 
 pub static TABLE: KernelTable = KernelTable {
     name: "scalar",

@@ -149,7 +149,11 @@ impl<'a> ConvPlan<'a> {
             obs_per_task,
             tiles_per_task,
             tile_groups,
-            tasks: if s.out_c == 0 || n_tiles == 0 || cin == 0 { 0 } else { ob_groups * tile_groups },
+            tasks: if s.out_c == 0 || n_tiles == 0 || cin == 0 {
+                0
+            } else {
+                ob_groups * tile_groups
+            },
         }
     }
 
@@ -172,7 +176,11 @@ unsafe fn copy_run<S: Simd>(dst: *mut f32, src: *const f32, len: usize) {
         if len == 16 && 16 % S::LANES == 0 {
             let mut j = 0;
             while j < 16 {
-                let v = if src.is_null() { S::zero() } else { S::load(src.add(j)) };
+                let v = if src.is_null() {
+                    S::zero()
+                } else {
+                    S::load(src.add(j))
+                };
                 S::store(dst.add(j), v);
                 j += S::LANES;
             }
@@ -236,21 +244,25 @@ unsafe fn pack_a<S: Simd, const MR: usize>(
             let c = kk % cin;
             let (ky, kx) = (tap / s.kernel, tap % s.kernel);
             // The run's part: its slice, channels per pixel, and first channel.
-            let (part, pc, c_off, avail) =
-                if c < ca { (a.in_a, ca, c, ca - c) } else { (a.in_b, cin - ca, c - ca, cin - c) };
+            let (part, pc, c_off, avail) = if c < ca {
+                (a.in_a, ca, c, ca - c)
+            } else {
+                (a.in_b, cin - ca, c - ca, cin - c)
+            };
             let run = avail.min(k0 + kc - kk);
             let q0 = kk - k0;
             let aligned = q0 % 16 == 0 && run % 16 == 0;
             for i in 0..m {
                 let iy = (oy[i] * s.stride + ky) as isize - s.pad_top as isize;
                 let ix = (ox[i] * s.stride + kx) as isize - s.pad_left as isize;
-                let src: *const f32 = if iy >= 0 && (iy as usize) < vh && ix >= 0 && (ix as usize) < vw {
-                    let sp = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
-                    // Bounds-checked: channels c_off..c_off + run of input pixel `sp`.
-                    part[sp * pc + c_off..sp * pc + c_off + run].as_ptr()
-                } else {
-                    core::ptr::null()
-                };
+                let src: *const f32 =
+                    if iy >= 0 && (iy as usize) < vh && ix >= 0 && (ix as usize) < vw {
+                        let sp = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
+                        // Bounds-checked: channels c_off..c_off + run of input pixel `sp`.
+                        part[sp * pc + c_off..sp * pc + c_off + run].as_ptr()
+                    } else {
+                        core::ptr::null()
+                    };
                 if aligned {
                     let mut blk = 0;
                     while blk < run {
@@ -284,7 +296,14 @@ unsafe fn pack_a<S: Simd, const MR: usize>(
 
 /// Widens reduction rows `k0..k0 + kc` of output block `ob` into a `[kcp][32]` f32 panel.
 #[inline(always)]
-unsafe fn widen_panel<S: Simd>(p: &ConvPlan<'_>, ob: usize, k0: usize, kc: usize, kcp: usize, dst: &mut [f32]) {
+unsafe fn widen_panel<S: Simd>(
+    p: &ConvPlan<'_>,
+    ob: usize,
+    k0: usize,
+    kc: usize,
+    kcp: usize,
+    dst: &mut [f32],
+) {
     let w = &p.args.weight[(ob * p.k_total + k0) * PACK_OC..(ob * p.k_total + k0 + kc) * PACK_OC];
     let dst = &mut dst[..kcp * PACK_OC];
     let mut j = 0;
@@ -529,7 +548,9 @@ pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const MRS: usize, const
             let kcp = kc.div_ceil(16) * 16;
             for ob in ob0..ob1 {
                 // SAFETY: the target features of `S` are enabled (our caller's contract).
-                unsafe { widen_panel::<S>(p, ob, k0, kc, kcp, &mut panels[(ob - ob0) * KC * PACK_OC..]) };
+                unsafe {
+                    widen_panel::<S>(p, ob, k0, kc, kcp, &mut panels[(ob - ob0) * KC * PACK_OC..])
+                };
             }
             for t in g0..g1 {
                 let (b, px0, m) = p.tile(t);
@@ -606,7 +627,12 @@ unsafe fn sigmoid_mul<S: Simd>(y: S::V) -> S::V {
 /// GroupNorm task: sample `b`, groups `g0..g1` (statistics in f64 from f32 block sums, two
 /// passes as the scalar path), then normalise (and SiLU) their channels.
 #[inline(always)]
-pub(crate) unsafe fn group_norm_task<S: Simd>(a: &GroupNormArgs<'_>, out: Shared<f32>, task: usize, gpt: usize) {
+pub(crate) unsafe fn group_norm_task<S: Simd>(
+    a: &GroupNormArgs<'_>,
+    out: Shared<f32>,
+    task: usize,
+    gpt: usize,
+) {
     let l = S::LANES;
     let c = a.in_ca + a.in_cb;
     let cpg = c / a.groups;
@@ -619,11 +645,21 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(a: &GroupNormArgs<'_>, out: Shared
     let px0 = b * n;
     let mut segs: [Option<Seg>; 2] = [None, None];
     if c0 < a.in_ca {
-        segs[0] = Some(Seg { c0, c1: c1.min(a.in_ca), src: a.in_a[px0 * a.in_ca..].as_ptr(), stride: a.in_ca });
+        segs[0] = Some(Seg {
+            c0,
+            c1: c1.min(a.in_ca),
+            src: a.in_a[px0 * a.in_ca..].as_ptr(),
+            stride: a.in_ca,
+        });
     }
     if c1 > a.in_ca {
         let s0 = c0.max(a.in_ca);
-        segs[1] = Some(Seg { c0: s0, c1, src: a.in_b[px0 * a.in_cb..].as_ptr(), stride: a.in_cb });
+        segs[1] = Some(Seg {
+            c0: s0,
+            c1,
+            src: a.in_b[px0 * a.in_cb..].as_ptr(),
+            stride: a.in_cb,
+        });
     }
     let mut sums = [0.0f64; GN_MAX_GROUPS];
     let mut mean = [0.0f32; GN_MAX_GROUPS];
@@ -648,7 +684,11 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(a: &GroupNormArgs<'_>, out: Shared
                 // are inside the part's slice (GroupNormArgs::check).
                 unsafe {
                     let col = seg.src.add(ch - base);
-                    let mv = if vec { S::load(lanes.as_ptr()) } else { S::zero() };
+                    let mv = if vec {
+                        S::load(lanes.as_ptr())
+                    } else {
+                        S::zero()
+                    };
                     let ms = lanes[0];
                     let mut p = 0;
                     while p < n {
@@ -734,7 +774,11 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(a: &GroupNormArgs<'_>, out: Shared
                 let col = seg.src.add(ch - base);
                 let dst = out.0.add(px0 * c + ch);
                 if vec {
-                    let (m, sc, be) = (S::load(mv.as_ptr()), S::load(sv.as_ptr()), S::load(bv.as_ptr()));
+                    let (m, sc, be) = (
+                        S::load(mv.as_ptr()),
+                        S::load(sv.as_ptr()),
+                        S::load(bv.as_ptr()),
+                    );
                     for q in 0..n {
                         let x = S::load(col.add(q * seg.stride));
                         let mut y = S::fma(S::sub(x, m), sc, be);
@@ -838,7 +882,12 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     let mut acc = [[S::zero(); 4]; 4];
                     for dd in 0..d {
                         let kp = ktb.add(dd * n + j0 + j);
-                        let kv = [S::load(kp), S::load(kp.add(l)), S::load(kp.add(2 * l)), S::load(kp.add(3 * l))];
+                        let kv = [
+                            S::load(kp),
+                            S::load(kp.add(l)),
+                            S::load(kp.add(2 * l)),
+                            S::load(kp.add(3 * l)),
+                        ];
                         for (r, ar) in acc.iter_mut().enumerate() {
                             let qv = S::bcast(qr[r].add(dd));
                             for u in 0..4 {
@@ -848,7 +897,10 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     }
                     for (r, ar) in acc.iter().enumerate().take(rows) {
                         for (u, x) in ar.iter().enumerate() {
-                            S::store(s.as_mut_ptr().add((i + r) * BK + j + u * l), S::mul(*x, S::splat(scale)));
+                            S::store(
+                                s.as_mut_ptr().add((i + r) * BK + j + u * l),
+                                S::mul(*x, S::splat(scale)),
+                            );
                         }
                     }
                     j += 4 * l;
@@ -862,7 +914,10 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                         }
                     }
                     for (r, x) in acc.iter().enumerate().take(rows) {
-                        S::store(s.as_mut_ptr().add((i + r) * BK + j), S::mul(*x, S::splat(scale)));
+                        S::store(
+                            s.as_mut_ptr().add((i + r) * BK + j),
+                            S::mul(*x, S::splat(scale)),
+                        );
                     }
                     j += l;
                 }
@@ -933,7 +988,12 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                         }
                         for j in 0..bk {
                             let vp = v.add(off + (j0 + j) * c + col);
-                            let vv = [S::load(vp), S::load(vp.add(l)), S::load(vp.add(2 * l)), S::load(vp.add(3 * l))];
+                            let vv = [
+                                S::load(vp),
+                                S::load(vp.add(l)),
+                                S::load(vp.add(2 * l)),
+                                S::load(vp.add(3 * l)),
+                            ];
                             for (r, ar) in acc.iter_mut().enumerate() {
                                 let pv = S::splat(s[(i + r) * BK + j]);
                                 for u in 0..4 {
@@ -955,7 +1015,11 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     while cc + l <= d {
                         let mut acc = S::load(o.add(cc));
                         for j in 0..bk {
-                            acc = S::fma(S::splat(s[(i + r) * BK + j]), S::load(v.add(off + (j0 + j) * c + cc)), acc);
+                            acc = S::fma(
+                                S::splat(s[(i + r) * BK + j]),
+                                S::load(v.add(off + (j0 + j) * c + cc)),
+                                acc,
+                            );
                         }
                         S::store(o.add(cc), acc);
                         cc += l;
@@ -1022,7 +1086,10 @@ macro_rules! simd_table {
             assert!($path.is_available());
             // SAFETY: the features were checked just above.
             let r = unsafe { run(iters) };
-            ((iters * 24 * 2 * <$S as $crate::kernels::simd::Simd>::LANES) as f64, r)
+            (
+                (iters * 24 * 2 * <$S as $crate::kernels::simd::Simd>::LANES) as f64,
+                r,
+            )
         }
 
         pub(crate) static $table: $crate::kernels::KernelTable = {
@@ -1076,10 +1143,18 @@ macro_rules! simd_table {
                 // channel ranges.
                 ex.run(tasks, &|t, _| unsafe { gn_task(a, o, t, gpt) });
             }
-            fn attention(a: &AttentionArgs<'_>, scratch: &mut [f32], out: &mut [f32], ex: &Exec<'_>) {
+            fn attention(
+                a: &AttentionArgs<'_>,
+                scratch: &mut [f32],
+                out: &mut [f32],
+                ex: &Exec<'_>,
+            ) {
                 a.check(out);
                 let n = a.batch * a.tokens * a.channels;
-                assert!(scratch.len() >= n, "attention scratch must hold batch * tokens * channels floats");
+                assert!(
+                    scratch.len() >= n,
+                    "attention scratch must hold batch * tokens * channels floats"
+                );
                 let kt = Shared(scratch.as_mut_ptr());
                 // SAFETY: features checked (see conv2d); each task writes its own (sample, head)
                 // block of `kt`, inside `scratch` (asserted).
@@ -1087,9 +1162,18 @@ macro_rules! simd_table {
                 let o = Shared(out.as_mut_ptr());
                 // SAFETY: features checked; `kt` is complete and now only read; tasks write
                 // disjoint query rows; `th` is the running thread.
-                ex.run(simd::attention_tasks(a), &|t, th| unsafe { attn_task(a, kt.get(), o, t, ex.scratch(th)) });
+                ex.run(simd::attention_tasks(a), &|t, th| unsafe {
+                    attn_task(a, kt.get(), o, t, ex.scratch(th))
+                });
             }
-            $crate::kernels::KernelTable { name: $name, path: $path, conv2d, group_norm, linear, attention }
+            $crate::kernels::KernelTable {
+                name: $name,
+                path: $path,
+                conv2d,
+                group_norm,
+                linear,
+                attention,
+            }
         };
     };
 }

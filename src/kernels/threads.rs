@@ -91,7 +91,11 @@ impl ThreadPool {
             sleepers: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
         });
-        let mut pool = ThreadPool { shared, workers: Vec::new(), dispatch: Mutex::new(()) };
+        let mut pool = ThreadPool {
+            shared,
+            workers: Vec::new(),
+            dispatch: Mutex::new(()),
+        };
         for id in 1..threads.max(1) {
             let shared = pool.shared.clone();
             let handle = std::thread::Builder::new()
@@ -144,7 +148,9 @@ fn worker(shared: &Shared, id: usize) {
             }
             let mut guard = shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
             shared.sleepers.fetch_add(1, Ordering::SeqCst);
-            while shared.generation.load(Ordering::SeqCst) == seen && !shared.shutdown.load(Ordering::SeqCst) {
+            while shared.generation.load(Ordering::SeqCst) == seen
+                && !shared.shutdown.load(Ordering::SeqCst)
+            {
                 guard = shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
             }
             shared.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -184,7 +190,8 @@ impl Parallel for ThreadPool {
         // SAFETY (lifetime erasure): the pointer is only dereferenced by workers between the
         // generation bump below and their `active` decrement, and this function waits for
         // `active == 0` before returning, while `f` is still borrowed.
-        let erased: *const Task = unsafe { core::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static Task>(f) };
+        let erased: *const Task =
+            unsafe { core::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static Task>(f) };
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(JobRef(erased));
         s.tasks.store(tasks, Ordering::Relaxed);
         s.next.store(0, Ordering::Relaxed);

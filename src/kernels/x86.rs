@@ -19,7 +19,11 @@ pub(crate) fn avx2_available() -> bool {
     }
     #[cfg(not(feature = "std"))]
     {
-        cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))
+        cfg!(all(
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ))
     }
 }
 
@@ -114,11 +118,13 @@ impl Simd for Avx512 {
     unsafe fn exp(x: __m512) -> __m512 {
         // SAFETY: see the impl comment.
         unsafe {
-            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-                x,
-                _mm512_set1_ps(LOG2E),
-            ));
+            let x = _mm512_min_ps(
+                _mm512_max_ps(x, _mm512_set1_ps(EXP_LO)),
+                _mm512_set1_ps(EXP_HI),
+            );
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+            );
             let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
             let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
             let mut p = _mm512_set1_ps(P0);
@@ -209,11 +215,13 @@ impl Simd for Avx2 {
     unsafe fn exp(x: __m256) -> __m256 {
         // SAFETY: see the impl comment.
         unsafe {
-            let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-                x,
-                _mm256_set1_ps(LOG2E),
-            ));
+            let x = _mm256_min_ps(
+                _mm256_max_ps(x, _mm256_set1_ps(EXP_LO)),
+                _mm256_set1_ps(EXP_HI),
+            );
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+            );
             let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
             let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
             let mut p = _mm256_set1_ps(P0);
@@ -223,7 +231,10 @@ impl Simd for Avx2 {
             let r2 = _mm256_mul_ps(r, r);
             let y = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
             // 2^n for n in [-126, 127]: the exponent field.
-            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
             _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
         }
     }
@@ -249,5 +260,25 @@ impl Simd for Avx2 {
     }
 }
 
-simd_table!(AVX512_TABLE, avx512_fma_peak, "avx512", KernelPath::Avx512, Avx512, 14, 8, 2, "avx512f,avx2,fma,f16c");
-simd_table!(AVX2_TABLE, avx2_fma_peak, "avx2", KernelPath::Avx2, Avx2, 6, 4, 2, "avx2,fma,f16c");
+simd_table!(
+    AVX512_TABLE,
+    avx512_fma_peak,
+    "avx512",
+    KernelPath::Avx512,
+    Avx512,
+    14,
+    8,
+    2,
+    "avx512f,avx2,fma,f16c"
+);
+simd_table!(
+    AVX2_TABLE,
+    avx2_fma_peak,
+    "avx2",
+    KernelPath::Avx2,
+    Avx2,
+    6,
+    4,
+    2,
+    "avx2,fma,f16c"
+);

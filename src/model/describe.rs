@@ -78,7 +78,13 @@ impl Builder<'_> {
 
     /// A conv (`kernel = Some(k)`) or linear (`None`) weight in the kernels' packed layout,
     /// found under the first present of `names`.
-    fn packed(&mut self, names: &[&str], out: usize, inp: usize, kernel: Option<usize>) -> Result<WeightRef> {
+    fn packed(
+        &mut self,
+        names: &[&str],
+        out: usize,
+        inp: usize,
+        kernel: Option<usize>,
+    ) -> Result<WeightRef> {
         let r = self.loader.take_packed(names, out, inp, kernel)?;
         let k = kernel.unwrap_or(1);
         self.parameters += out * inp * k * k;
@@ -86,7 +92,13 @@ impl Builder<'_> {
     }
 
     /// Packed `{prefix}.weight` and `{prefix}.bias`.
-    fn packed_bias(&mut self, prefix: &str, out: usize, inp: usize, kernel: Option<usize>) -> Result<(WeightRef, WeightRef)> {
+    fn packed_bias(
+        &mut self,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        kernel: Option<usize>,
+    ) -> Result<(WeightRef, WeightRef)> {
         let w = self.packed(&[&format!("{prefix}.weight")], out, inp, kernel)?;
         let b = self.weight(&[&format!("{prefix}.bias")], &[out])?;
         Ok((w, b))
@@ -145,7 +157,11 @@ impl Builder<'_> {
         out_scale: f64,
     ) -> Result<Map> {
         let (weight, bias) = self.packed_bias(prefix, out_c, x.channels(), Some(kernel))?;
-        let (vh, vw) = if upsample { (2 * x.h, 2 * x.w) } else { (x.h, x.w) };
+        let (vh, vw) = if upsample {
+            (2 * x.h, 2 * x.w)
+        } else {
+            (x.h, x.w)
+        };
         // diffusers' Downsample2D with padding 0 pads (0, 1, 0, 1) before a stride-2 conv.
         let extra = if stride == 2 && padding == 0 { 1 } else { 0 };
         let out_h = (vh + 2 * padding + extra - kernel) / stride + 1;
@@ -184,7 +200,12 @@ impl Builder<'_> {
     fn resnet(&mut self, p: &str, x: Map, out_c: usize, scale: f64) -> Result<Map> {
         let groups = self.cfg.norm_num_groups;
         let h = self.group_norm(&format!("{p}.norm1"), x, groups, true)?;
-        let (pw, pb) = self.packed_bias(&format!("{p}.time_emb_proj"), out_c, self.cfg.time_embed_dim, None)?;
+        let (pw, pb) = self.packed_bias(
+            &format!("{p}.time_emb_proj"),
+            out_c,
+            self.cfg.time_embed_dim,
+            None,
+        )?;
         let proj = self.tensor(format!("{p}.time_emb_proj"), out_c);
         self.ops.push(Op::Linear(LinearOp {
             input: self.temb,
@@ -257,8 +278,16 @@ impl Builder<'_> {
         let heads = self.cfg.heads(c);
         let norm = self.weight_bias(&format!("{p}.group_norm"), &[c])?;
         let mut proj = |new: &str, old: &str| -> Result<(WeightRef, WeightRef)> {
-            let w = self.packed(&[&format!("{p}.{new}.weight"), &format!("{p}.{old}.weight")], c, c, None)?;
-            let b = self.weight(&[&format!("{p}.{new}.bias"), &format!("{p}.{old}.bias")], &[c])?;
+            let w = self.packed(
+                &[&format!("{p}.{new}.weight"), &format!("{p}.{old}.weight")],
+                c,
+                c,
+                None,
+            )?;
+            let b = self.weight(
+                &[&format!("{p}.{new}.bias"), &format!("{p}.{old}.bias")],
+                &[c],
+            )?;
             Ok((w, b))
         };
         let q = proj("to_q", "query")?;

@@ -3,7 +3,9 @@
 
 use super::{Input, Model, Op, TensorId, TimeEmbeddingOp};
 use crate::error::{invalid_arg, Error, Result};
-use crate::kernels::{silu, AttentionArgs, ConvArgs, Exec, GroupNormArgs, LinearArgs, Parallel, Sequential};
+use crate::kernels::{
+    silu, AttentionArgs, ConvArgs, Exec, GroupNormArgs, LinearArgs, Parallel, Sequential,
+};
 use crate::memory::carve;
 
 const EMPTY: (usize, usize) = (0, 0);
@@ -81,7 +83,11 @@ impl Model {
             }
             (Some(_), Some(labels)) => {
                 if labels.len() != batch && labels.len() != 1 {
-                    return Err(Error::BufferSize { what: "class labels", expected: batch, found: labels.len() });
+                    return Err(Error::BufferSize {
+                        what: "class labels",
+                        expected: batch,
+                        found: labels.len(),
+                    });
                 }
                 for &l in labels {
                     self.check_class_label(l)?;
@@ -137,7 +143,14 @@ impl Model {
         clock: &dyn Fn() -> f64,
     ) -> Result<()> {
         assert_eq!(op_seconds.len(), self.ops.len(), "one time slot per op");
-        self.forward_impl(workspace, x, timesteps, class_labels, out, Some((op_seconds, clock)))
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            class_labels,
+            out,
+            Some((op_seconds, clock)),
+        )
     }
 
     fn region(&self, t: TensorId, batch: usize) -> (usize, usize) {
@@ -154,7 +167,13 @@ impl Model {
     fn input_regions(&self, i: Input, batch: usize) -> ([(usize, usize); 2], bool) {
         match i {
             Input::Concat(a, b) if a == b => ([self.region(a, batch), EMPTY], true),
-            _ => ([self.region(i.first(), batch), self.opt_region(i.second(), batch)], false),
+            _ => (
+                [
+                    self.region(i.first(), batch),
+                    self.opt_region(i.second(), batch),
+                ],
+                false,
+            ),
         }
     }
 
@@ -192,7 +211,9 @@ impl Model {
                     }
                 }
             }
-            Op::TimeEmbedding(te) => self.time_embedding(te, batch, ws, timesteps, class_labels, exec)?,
+            Op::TimeEmbedding(te) => {
+                self.time_embedding(te, batch, ws, timesteps, class_labels, exec)?
+            }
             Op::Linear(l) => {
                 let [input, residual, dst] = carve(
                     ws,
@@ -287,7 +308,11 @@ impl Model {
                     silu: false,
                 };
                 (k.group_norm)(&norm, normed, exec);
-                let project = |(w, b): (crate::weights::WeightRef, crate::weights::WeightRef), src: &[f32], residual: &[f32], scale: f32, dst: &mut [f32]| {
+                let project = |(w, b): (crate::weights::WeightRef, crate::weights::WeightRef),
+                               src: &[f32],
+                               residual: &[f32],
+                               scale: f32,
+                               dst: &mut [f32]| {
                     let args = LinearArgs {
                         rows: batch * a.tokens,
                         in_f: a.channels,
@@ -303,7 +328,15 @@ impl Model {
                 project(a.q, normed, &[], 1.0, q);
                 project(a.k, normed, &[], 1.0, kk);
                 project(a.v, normed, &[], 1.0, v);
-                let args = AttentionArgs { batch, tokens: a.tokens, channels: a.channels, heads: a.heads, q, k: kk, v };
+                let args = AttentionArgs {
+                    batch,
+                    tokens: a.tokens,
+                    channels: a.channels,
+                    heads: a.heads,
+                    q,
+                    k: kk,
+                    v,
+                };
                 // `normed` is dead once projected: it is the kernel's scratch (K^T, or score rows).
                 let _ = scores;
                 (k.attention)(&args, normed, attended, exec);
@@ -375,7 +408,16 @@ impl Model {
             }
         }
         let linear = |(w, bias), input: &[f32], in_f: usize, dst: &mut [f32]| {
-            let args = LinearArgs { rows: batch, in_f, out_f: e, input, weight: wt(w), bias: wt(bias), residual: &[], out_scale: 1.0 };
+            let args = LinearArgs {
+                rows: batch,
+                in_f,
+                out_f: e,
+                input,
+                weight: wt(w),
+                bias: wt(bias),
+                residual: &[],
+                out_scale: 1.0,
+            };
             (k.linear)(&args, dst, exec);
         };
         linear(te.linear_1, sinusoid, c0, hidden);
@@ -386,7 +428,11 @@ impl Model {
         if let (Some((table, _)), Some(labels)) = (te.class_embedding, class_labels) {
             let table = wt(table);
             for b in 0..batch {
-                let label = if labels.len() == 1 { labels[0] } else { labels[b] } as usize;
+                let label = if labels.len() == 1 {
+                    labels[0]
+                } else {
+                    labels[b]
+                } as usize;
                 let row = &table[label * e..(label + 1) * e];
                 for (d, c) in dst[b * e..(b + 1) * e].iter_mut().zip(row) {
                     *d += c.to_f32();

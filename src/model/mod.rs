@@ -321,9 +321,18 @@ impl Model {
     /// here, once (this spawns `n - 1` threads); [`Model::workspace_len`] grows with `n`.
     #[cfg(feature = "std")]
     pub fn set_threads(&mut self, n: usize) -> Result<()> {
-        let n = if n == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { n };
+        let n = if n == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            n
+        };
         if n > 1024 {
-            return Err(invalid_arg("threads", alloc::format!("{n} is more than 1024")));
+            return Err(invalid_arg(
+                "threads",
+                alloc::format!("{n} is more than 1024"),
+            ));
         }
         if n == self.threads && (n == 1 || self.pool.is_some()) {
             return Ok(());
@@ -331,8 +340,9 @@ impl Model {
         self.pool = None;
         self.threads = 1;
         if n > 1 {
-            let pool = crate::kernels::threads::ThreadPool::new(n)
-                .map_err(|e| invalid_arg("threads", alloc::format!("cannot start {n} threads: {e}")))?;
+            let pool = crate::kernels::threads::ThreadPool::new(n).map_err(|e| {
+                invalid_arg("threads", alloc::format!("cannot start {n} threads: {e}"))
+            })?;
             self.pool = Some(pool);
         }
         self.threads = n;

@@ -114,7 +114,9 @@ pub fn to_f16_safetensors(bytes: &[u8]) -> Result<(Vec<u8>, ConvertReport)> {
 /// model `config_json` describes in the packed layout (see the module docs).
 pub fn to_packed_safetensors(config_json: &str, bytes: &[u8]) -> Result<(Vec<u8>, ConvertReport)> {
     let (f16_bytes, mut report) = to_f16_safetensors(bytes)?;
-    let st_err = |e| Error::InvalidSafetensors { message: std::format!("{e:?}") };
+    let st_err = |e| Error::InvalidSafetensors {
+        message: std::format!("{e:?}"),
+    };
     // Loading the f16 file packs every conv and linear weight into owned memory and records
     // which tensors those are.
     let config = crate::UNetConfig::from_json(config_json)?;
@@ -131,20 +133,34 @@ pub fn to_packed_safetensors(config_json: &str, bytes: &[u8]) -> Result<(Vec<u8>
         match store.packed.iter().find(|p| p.name == name) {
             Some(p) => {
                 report.packed += 1;
-                let data: Vec<u8> = store.get(p.weight).iter().flat_map(|h| h.to_le_bytes()).collect();
+                let data: Vec<u8> = store
+                    .get(p.weight)
+                    .iter()
+                    .flat_map(|h| h.to_le_bytes())
+                    .collect();
                 out.push((name, Dtype::F16, p.packed_shape(), data));
             }
-            None => out.push((name, view.dtype(), view.shape().to_vec(), view.data().to_vec())),
+            None => out.push((
+                name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            )),
         }
     }
     let views = out
         .iter()
         .map(|(name, dtype, shape, data)| {
-            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).map(|v| (name.clone(), v)).map_err(st_err)
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(st_err)
         })
         .collect::<Result<Vec<_>>>()?;
     let mut meta = std::collections::HashMap::new();
-    meta.insert(super::LAYOUT_KEY.to_string(), super::LAYOUT_PACKED.to_string());
+    meta.insert(
+        super::LAYOUT_KEY.to_string(),
+        super::LAYOUT_PACKED.to_string(),
+    );
     let bytes = safetensors::serialize(views, Some(meta)).map_err(st_err)?;
     report.bytes_out = bytes.len();
     Ok((bytes, report))
@@ -171,7 +187,9 @@ pub fn convert_folder_with(in_dir: &Path, out_dir: &Path, layout: Layout) -> Res
     // (and, packed, with no copy at all).
     let check = crate::Model::from_parts(&config, super::WeightBytes::Owned(converted.clone()))?;
     if layout == Layout::Packed && check.weights().owned_len() != 0 {
-        return Err(Error::InvalidSafetensors { message: "packed conversion still needs copies at load".into() });
+        return Err(Error::InvalidSafetensors {
+            message: "packed conversion still needs copies at load".into(),
+        });
     }
     std::fs::create_dir_all(out_dir).map_err(|e| io_err(out_dir, e))?;
     let write = |name: &str, data: &[u8]| -> Result<()> {

@@ -221,13 +221,16 @@ impl Synth {
                 })
             })
             .collect();
-        self.tensors.push((name.into(), shape.to_vec(), data.clone()));
+        self.tensors
+            .push((name.into(), shape.to_vec(), data.clone()));
         data
     }
 }
 
 fn st_err(e: safetensors::SafeTensorError) -> Error {
-    Error::InvalidSafetensors { message: alloc::format!("{e:?}") }
+    Error::InvalidSafetensors {
+        message: alloc::format!("{e:?}"),
+    }
 }
 
 fn shape_string(shape: &[usize]) -> String {
@@ -245,13 +248,15 @@ fn shape_string(shape: &[usize]) -> String {
 /// True when any f16 bit pattern is NaN or infinite (all exponent bits set). Written as a
 /// branch-free reduction so it vectorises: it runs over every weight at load.
 fn any_nonfinite_f16(bits: &[u16]) -> bool {
-    bits.chunks(256).any(|c| c.iter().fold(false, |acc, &b| acc | (b & 0x7c00 == 0x7c00)))
+    bits.chunks(256)
+        .any(|c| c.iter().fold(false, |acc, &b| acc | (b & 0x7c00 == 0x7c00)))
 }
 
 impl WeightLoader {
     /// Validates the container (header, offsets, lengths) up front.
     pub fn new(bytes: WeightBytes, options: LoadOptions) -> Result<WeightLoader> {
-        let (header_len, metadata) = SafeTensors::read_metadata(bytes.as_slice()).map_err(st_err)?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(bytes.as_slice()).map_err(st_err)?;
         let packed_file = match metadata.metadata().as_ref().and_then(|m| m.get(LAYOUT_KEY)) {
             None => false,
             Some(v) if v == LAYOUT_PACKED => true,
@@ -285,8 +290,13 @@ impl WeightLoader {
     pub fn shapes_only() -> WeightLoader {
         // The smallest valid safetensors file: an empty header padded to 8 bytes.
         let empty = WeightBytes::Owned(b"\x08\0\0\0\0\0\0\0{}      ".to_vec());
-        let mut loader = WeightLoader::new(empty, LoadOptions { check_finite: false })
-            .unwrap_or_else(|_| unreachable!("the empty safetensors file is valid"));
+        let mut loader = WeightLoader::new(
+            empty,
+            LoadOptions {
+                check_finite: false,
+            },
+        )
+        .unwrap_or_else(|_| unreachable!("the empty safetensors file is valid"));
         loader.shapes_only = true;
         loader
     }
@@ -295,26 +305,45 @@ impl WeightLoader {
     /// layout; [`WeightLoader::synthesized`] returns them for writing a safetensors file.
     #[cfg(feature = "std")]
     pub(crate) fn synthetic(seed: u64) -> Result<WeightLoader> {
-        let empty = safetensors::serialize(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), None).map_err(st_err)?;
+        let empty = safetensors::serialize(
+            Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(),
+            None,
+        )
+        .map_err(st_err)?;
         let mut loader = WeightLoader::new(WeightBytes::Owned(empty), LoadOptions::default())?;
-        loader.synth = Some(Synth { state: seed, tensors: Vec::new() });
+        loader.synth = Some(Synth {
+            state: seed,
+            tensors: Vec::new(),
+        });
         Ok(loader)
     }
 
     /// The tensors a synthetic loader made.
     #[cfg(feature = "std")]
     pub(crate) fn synthesized(&mut self) -> Vec<(String, Vec<usize>, Vec<f16>)> {
-        self.synth.as_mut().map(|s| core::mem::take(&mut s.tensors)).unwrap_or_default()
+        self.synth
+            .as_mut()
+            .map(|s| core::mem::take(&mut s.tensors))
+            .unwrap_or_default()
     }
 
     /// A conv (`kernel = Some(k)`, diffusers shape `[out, inp, k, k]`) or linear (`None`,
     /// `[out, inp]`) weight in the kernels' packed layout: in place from a converted file,
     /// else packed now into owned memory (a copy, made once at load).
-    pub fn take_packed(&mut self, names: &[&str], out: usize, inp: usize, kernel: Option<usize>) -> Result<WeightRef> {
+    pub fn take_packed(
+        &mut self,
+        names: &[&str],
+        out: usize,
+        inp: usize,
+        kernel: Option<usize>,
+    ) -> Result<WeightRef> {
         let r = if self.store.packed_file {
             let r = self.take_unrecorded(names, &packed_shape(out, inp, kernel))?;
             if let WeightRef::Owned { .. } = r {
-                return Err(Error::UnsupportedDtype { name: names[0].into(), dtype: "non-F16 tensor in a packed file".into() });
+                return Err(Error::UnsupportedDtype {
+                    name: names[0].into(),
+                    dtype: "non-F16 tensor in a packed file".into(),
+                });
             }
             r
         } else {
@@ -337,13 +366,27 @@ impl WeightLoader {
             self.store.packed_at_load += 1;
             WeightRef::Owned { start, len }
         };
-        let name = names.iter().find(|n| self.contains(n)).map(|n| String::from(*n)).unwrap_or_else(|| names[0].into());
+        let name = names
+            .iter()
+            .find(|n| self.contains(n))
+            .map(|n| String::from(*n))
+            .unwrap_or_else(|| names[0].into());
         let shape = match kernel {
             Some(k) => alloc::vec![out, inp, k, k],
             None => alloc::vec![out, inp],
         };
-        self.store.named.push(NamedWeight { name: name.clone(), shape, weight: r });
-        self.store.packed.push(PackedTensor { name, out, inp, kernel, weight: r });
+        self.store.named.push(NamedWeight {
+            name: name.clone(),
+            shape,
+            weight: r,
+        });
+        self.store.packed.push(PackedTensor {
+            name,
+            out,
+            inp,
+            kernel,
+            weight: r,
+        });
         Ok(r)
     }
 
@@ -356,8 +399,16 @@ impl WeightLoader {
     /// shape, and returns its f16 data reference.
     pub fn take(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
         let weight = self.take_unrecorded(names, shape)?;
-        let name = names.iter().find(|n| self.contains(n)).copied().unwrap_or(names[0]);
-        self.store.named.push(NamedWeight { name: name.into(), shape: shape.to_vec(), weight });
+        let name = names
+            .iter()
+            .find(|n| self.contains(n))
+            .copied()
+            .unwrap_or(names[0]);
+        self.store.named.push(NamedWeight {
+            name: name.into(),
+            shape: shape.to_vec(),
+            weight,
+        });
         Ok(weight)
     }
 
@@ -374,12 +425,17 @@ impl WeightLoader {
             let start = self.store.converted.len();
             self.store.converted.extend_from_slice(&data);
             self.store.converted_tensors += 1;
-            return Ok(WeightRef::Owned { start, len: data.len() });
+            return Ok(WeightRef::Owned {
+                start,
+                len: data.len(),
+            });
         }
         let (name, info) = names
             .iter()
             .find_map(|n| self.metadata.info(n).map(|i| (*n, i)))
-            .ok_or_else(|| Error::MissingTensor { name: names[0].into() })?;
+            .ok_or_else(|| Error::MissingTensor {
+                name: names[0].into(),
+            })?;
         // diffusers' Linear weights are [out, in]; a few old checkpoints store attention
         // projections as 1x1 convs [out, in, 1, 1]: accept trailing unit dimensions.
         let found = &info.shape;
@@ -437,7 +493,10 @@ impl WeightLoader {
                 self.store.converted_tensors += 1;
                 Ok(WeightRef::Owned { start, len })
             }
-            other => Err(Error::UnsupportedDtype { name: name.into(), dtype: alloc::format!("{other:?}") }),
+            other => Err(Error::UnsupportedDtype {
+                name: name.into(),
+                dtype: alloc::format!("{other:?}"),
+            }),
         }
     }
 

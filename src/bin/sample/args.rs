@@ -68,13 +68,20 @@ pub struct SampleArgs {
 
 pub enum Command {
     Sample(SampleArgs),
-    Convert { input: PathBuf, output: PathBuf },
-    Info { model: Option<PathBuf>, batch: usize },
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+    },
+    Info {
+        model: Option<PathBuf>,
+        batch: usize,
+    },
     Help,
 }
 
 fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{flag}: '{v}' is not a valid value (see --help)"))
+    v.parse()
+        .map_err(|_| format!("{flag}: '{v}' is not a valid value (see --help)"))
 }
 
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -84,7 +91,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     match args.first().map(String::as_str) {
         Some("convert") => {
             return match &args[1..] {
-                [i, o] => Ok(Command::Convert { input: i.into(), output: o.into() }),
+                [i, o] => Ok(Command::Convert {
+                    input: i.into(),
+                    output: o.into(),
+                }),
                 _ => Err("convert takes two arguments: IN_DIR OUT_DIR".into()),
             }
         }
@@ -94,7 +104,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
                 match a.as_str() {
-                    "--batch" => batch = parse_num("--batch", it.next().ok_or("--batch needs a value")?)?,
+                    "--batch" => {
+                        batch = parse_num("--batch", it.next().ok_or("--batch needs a value")?)?
+                    }
                     "--model" => model = Some(it.next().ok_or("--model needs a value")?.into()),
                     s if !s.starts_with('-') && model.is_none() => model = Some(s.into()),
                     s => return Err(format!("info: unknown argument '{s}' (see --help)")),
@@ -132,14 +144,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             s.quiet = true;
             continue;
         }
-        let mut value = || it.next().map(String::as_str).ok_or_else(|| format!("{flag} needs a value (see --help)"));
+        let mut value = || {
+            it.next()
+                .map(String::as_str)
+                .ok_or_else(|| format!("{flag} needs a value (see --help)"))
+        };
         match flag.as_str() {
             "--model" => s.model = Some(value()?.into()),
             "--scheduler" => {
                 s.scheduler = Some(match value()? {
                     "ddpm" => SchedulerChoice::Ddpm,
                     "ddim" => SchedulerChoice::Ddim,
-                    other => return Err(format!("--scheduler: '{other}' is not one of ddpm, ddim")),
+                    other => {
+                        return Err(format!("--scheduler: '{other}' is not one of ddpm, ddim"))
+                    }
                 })
             }
             "--steps" => s.steps = Some(parse_num(flag, value()?)?),
@@ -148,13 +166,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 s.ddim_next = match value()? {
                     "diffusers" => false,
                     "next" => true,
-                    other => return Err(format!("--ddim-prev: '{other}' is not one of diffusers, next")),
+                    other => {
+                        return Err(format!(
+                            "--ddim-prev: '{other}' is not one of diffusers, next"
+                        ))
+                    }
                 }
             }
             "--batch" => s.batch = parse_num(flag, value()?)?,
             "--seed" => s.seed = parse_num(flag, value()?)?,
             "--class-label" => {
-                let list = value()?.split(',').map(|v| parse_num(flag, v.trim())).collect::<Result<Vec<i64>, _>>()?;
+                let list = value()?
+                    .split(',')
+                    .map(|v| parse_num(flag, v.trim()))
+                    .collect::<Result<Vec<i64>, _>>()?;
                 s.class_labels = Some(list);
             }
             "--guidance" => s.guidance = parse_num(flag, value()?)?,
@@ -176,7 +201,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
     if let Some(l) = &s.class_labels {
         if l.len() != 1 && l.len() != s.batch {
-            return Err(format!("--class-label: give one label or {} (one per image), not {}", s.batch, l.len()));
+            return Err(format!(
+                "--class-label: give one label or {} (one per image), not {}",
+                s.batch,
+                l.len()
+            ));
         }
     }
     if s.grid == Some(0) {

@@ -80,7 +80,8 @@ fn scheduler_config(dir: &Path, choice: Option<SchedulerChoice>) -> Result<Sched
 }
 
 fn convert(input: &Path, output: &Path) -> Result<(), String> {
-    let report = tinydiffusion::weights::convert::convert_folder(input, output).map_err(|e| e.to_string())?;
+    let report = tinydiffusion::weights::convert::convert_folder(input, output)
+        .map_err(|e| e.to_string())?;
     println!(
         "wrote {} ({} tensors, {} converted to f16, {} -> {} bytes)",
         output.display(),
@@ -99,19 +100,42 @@ fn info(dir: &Path, batch: usize) -> Result<(), String> {
     let model = load_model(dir)?;
     let c = &model.config;
     println!("model            {}", dir.display());
-    println!("sample size      {}x{}, {} -> {} channels", c.sample_size.0, c.sample_size.1, c.in_channels, c.out_channels);
-    println!("blocks           {:?} x {} layers", c.block_out_channels, c.layers_per_block);
+    println!(
+        "sample size      {}x{}, {} -> {} channels",
+        c.sample_size.0, c.sample_size.1, c.in_channels, c.out_channels
+    );
+    println!(
+        "blocks           {:?} x {} layers",
+        c.block_out_channels, c.layers_per_block
+    );
     println!("down / up        {:?} / {:?}", c.down_blocks, c.up_blocks);
     println!("mid block        {:?}", c.mid_block);
-    println!("classes          {}", c.num_class_embeds.map_or("unconditional".into(), |n| n.to_string()));
+    println!(
+        "classes          {}",
+        c.num_class_embeds
+            .map_or("unconditional".into(), |n| n.to_string())
+    );
     println!("parameters       {}", model.parameters());
-    println!("GFLOP per step   {:.3} per image", model.flops_per_sample() as f64 / 1e9);
-    println!("workspace        {} bytes for a forward pass at batch {batch}", model.workspace_bytes(batch));
-    let sched = Scheduler::new(scheduler_config(dir, None).map_err(|e| e.to_string())?, 1).map_err(|e| e.to_string())?;
+    println!(
+        "GFLOP per step   {:.3} per image",
+        model.flops_per_sample() as f64 / 1e9
+    );
+    println!(
+        "workspace        {} bytes for a forward pass at batch {batch}",
+        model.workspace_bytes(batch)
+    );
+    let sched = Scheduler::new(scheduler_config(dir, None).map_err(|e| e.to_string())?, 1)
+        .map_err(|e| e.to_string())?;
     let floats = sampler::workspace_len(&model, &sched, batch, false);
-    print!("                 {} bytes for sampling at batch {batch}", floats * 4);
+    print!(
+        "                 {} bytes for sampling at batch {batch}",
+        floats * 4
+    );
     if model.config.num_class_embeds.is_some() {
-        print!(" ({} with guidance)", sampler::workspace_len(&model, &sched, batch, true) * 4);
+        print!(
+            " ({} with guidance)",
+            sampler::workspace_len(&model, &sched, batch, true) * 4
+        );
     }
     println!();
     println!("kernels          {}", model.kernels_name());
@@ -128,7 +152,9 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     }
     let (c, h, w) = model.input_shape();
     if a.height.is_some_and(|v| v != h) || a.width.is_some_and(|v| v != w) {
-        return Err(format!("--height/--width: this model samples at {h}x{w} only"));
+        return Err(format!(
+            "--height/--width: this model samples at {h}x{w} only"
+        ));
     }
     let mut sched_cfg = scheduler_config(&dir, a.scheduler).map_err(|e| e.to_string())?;
     if a.ddim_next {
@@ -142,11 +168,17 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     scheduler.set_eta(a.eta);
 
     let n = a.batch * c * h * w;
-    let read = |path: &Option<PathBuf>, name: &str, expected: &[usize]| -> Result<Option<Vec<f32>>, String> {
+    let read = |path: &Option<PathBuf>,
+                name: &str,
+                expected: &[usize]|
+     -> Result<Option<Vec<f32>>, String> {
         let Some(path) = path else { return Ok(None) };
         let (data, shape) = read_tensor(path, name).map_err(|e| e.to_string())?;
         if shape != expected {
-            return Err(format!("{}: tensor {name} has shape {shape:?}, expected {expected:?}", path.display()));
+            return Err(format!(
+                "{}: tensor {name} has shape {shape:?}, expected {expected:?}",
+                path.display()
+            ));
         }
         Ok(Some(data))
     };
@@ -155,7 +187,9 @@ fn run(a: &SampleArgs) -> Result<(), String> {
 
     let labels: Option<Vec<i64>> = match model.config.num_class_embeds {
         Some(_) => Some(a.class_labels.clone().unwrap_or_else(|| vec![0])),
-        None if a.class_labels.is_some() => return Err("--class-label: the model is not class-conditional".into()),
+        None if a.class_labels.is_some() => {
+            return Err("--class-label: the model is not class-conditional".into())
+        }
         None => None,
     };
     let guidance = if a.guidance != 0.0 || a.null_class.is_some() {
@@ -175,7 +209,8 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         class_labels: labels.as_deref(),
         guidance,
     };
-    let mut workspace = vec![0.0f32; sampler::workspace_len(&model, &scheduler, a.batch, guidance.is_some())];
+    let mut workspace =
+        vec![0.0f32; sampler::workspace_len(&model, &scheduler, a.batch, guidance.is_some())];
     let mut out = vec![0.0f32; n];
     let start = Instant::now();
     let setup_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -187,15 +222,30 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         let done = s.index + 1;
         let elapsed = start.elapsed().as_secs_f64();
         let eta = elapsed / done as f64 * (s.steps - done) as f64;
-        eprint!("\rstep {done}/{} (t={}), {elapsed:.1}s elapsed, eta {eta:.1}s   ", s.steps, s.timestep);
+        eprint!(
+            "\rstep {done}/{} (t={}), {elapsed:.1}s elapsed, eta {eta:.1}s   ",
+            s.steps, s.timestep
+        );
     };
-    sampler::sample(&model, &scheduler, &mut workspace, &opts, &mut out, Some(&mut progress)).map_err(|e| e.to_string())?;
+    sampler::sample(
+        &model,
+        &scheduler,
+        &mut workspace,
+        &opts,
+        &mut out,
+        Some(&mut progress),
+    )
+    .map_err(|e| e.to_string())?;
     let secs = start.elapsed().as_secs_f64();
     if !quiet {
         eprintln!();
     }
 
-    let (grid_c, grid) = (c, a.grid.unwrap_or_else(|| (a.batch as f64).sqrt().ceil() as usize));
+    let (grid_c, grid) = (
+        c,
+        a.grid
+            .unwrap_or_else(|| (a.batch as f64).sqrt().ceil() as usize),
+    );
     write_png_grid(&a.out, &out, a.batch, grid_c, h, w, grid).map_err(|e| e.to_string())?;
     if let Some(path) = &a.save_tensor {
         write_tensors(path, &[("x_0", &[a.batch, c, h, w], &out)]).map_err(|e| e.to_string())?;
