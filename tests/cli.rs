@@ -129,10 +129,12 @@ fn replays_a_diffusers_run_from_a_pipeline_folder() {
 fn png_grid_has_the_right_size_and_seeds_reproduce_bytes() {
     let dir = scratch_dir("png");
     let model = fixtures_dir().join("tiny-class16");
-    let run = |out: &str, seed: &str| {
+    let run = |out: &str, seed: &str, threads: &str| {
         let out = dir.join(out).to_string_lossy().into_owned();
         let m = model.to_string_lossy().into_owned();
         let o = sample(&[
+            "--threads",
+            threads,
             "--model",
             &m,
             "--scheduler",
@@ -156,10 +158,10 @@ fn png_grid_has_the_right_size_and_seeds_reproduce_bytes() {
         assert!(o.status.success(), "{}", stderr(&o));
         std::fs::read(out).unwrap()
     };
-    let a = run("a.png", "11");
-    let b = run("b.png", "11");
-    let c = run("c.png", "12");
-    assert_eq!(a, b, "same seed and flags must give the same bytes");
+    let a = run("a.png", "11", "1");
+    let b = run("b.png", "11", "3");
+    let c = run("c.png", "12", "1");
+    assert_eq!(a, b, "same seed and flags must give the same bytes, whatever --threads");
     assert_ne!(a, c, "another seed must give another image");
     let decoder = png::Decoder::new(std::io::Cursor::new(&a));
     let reader = decoder.read_info().unwrap();

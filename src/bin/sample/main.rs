@@ -150,6 +150,9 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         let path = KernelPath::from_name(k).map_err(|e| e.to_string())?;
         model.set_kernels(path).map_err(|e| e.to_string())?;
     }
+    if let Some(n) = a.threads {
+        model.set_threads(n).map_err(|e| e.to_string())?;
+    }
     let (c, h, w) = model.input_shape();
     if a.height.is_some_and(|v| v != h) || a.width.is_some_and(|v| v != w) {
         return Err(format!(
