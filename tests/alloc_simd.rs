@@ -5,34 +5,18 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::fixtures_dir;
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::Model;
 
-struct Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting_alloc::allocations_during;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 fn main() {
     let mut checked = 0;
@@ -56,13 +40,13 @@ fn main() {
                 model
                     .forward(&mut ws, &x, &[5.0, 50.0, 500.0], None, &mut out)
                     .unwrap();
-                let before = ALLOCATIONS.load(Ordering::SeqCst);
-                for _ in 0..3 {
-                    model
-                        .forward(&mut ws, &x, &[5.0, 50.0, 500.0], None, &mut out)
-                        .unwrap();
-                }
-                let n = ALLOCATIONS.load(Ordering::SeqCst) - before;
+                let n = allocations_during(|| {
+                    for _ in 0..3 {
+                        model
+                            .forward(&mut ws, &x, &[5.0, 50.0, 500.0], None, &mut out)
+                            .unwrap();
+                    }
+                });
                 assert_eq!(
                     n,
                     0,
