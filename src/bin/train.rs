@@ -39,6 +39,8 @@ run:
   --save-every N        checkpoint period in steps (default 1000, and at the end)
   --keep K              checkpoints kept (default 2)
   --log-every N         progress line period (default 10)
+  --threads N           threads for the convolutions (default: all cores; the weights do not
+                        depend on it)
 optimiser:
   --lr X                peak learning rate (default 1e-4)
   --warmup N            linear warmup steps (default 0)
@@ -65,6 +67,7 @@ struct Args {
     save_every: u64,
     keep: usize,
     log_every: u64,
+    threads: usize,
     opts: TrainOptions,
 }
 
@@ -74,6 +77,7 @@ fn parse() -> Result<Args, String> {
     let (mut data, mut out, mut config, mut init, mut steps) = (None, None, None, None, None);
     let (mut range, mut resume, mut save_every, mut keep, mut log_every) =
         (0..9000, false, 1000, 2, 10);
+    let mut threads = default_threads();
     let mut hybrid_lambda = None;
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -99,6 +103,7 @@ fn parse() -> Result<Args, String> {
             "--save-every" => save_every = num("--save-every", val()?)?,
             "--keep" => keep = num("--keep", val()?)?,
             "--log-every" => log_every = num("--log-every", val()?)?,
+            "--threads" => threads = num("--threads", val()?)?,
             "--lr" => o.adamw.lr = num("--lr", val()?)?,
             "--warmup" => o.adamw.warmup = num("--warmup", val()?)?,
             "--weight-decay" => o.adamw.weight_decay = num("--weight-decay", val()?)?,
@@ -154,8 +159,13 @@ fn parse() -> Result<Args, String> {
         save_every: save_every.max(1),
         keep,
         log_every: log_every.max(1),
+        threads: threads.max(1),
         opts: o,
     })
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Finds the IDX images file a `--data` path means, if it means one.
@@ -197,6 +207,8 @@ fn fmt_duration(s: f64) -> String {
 
 fn run(args: Args) -> Result<(), String> {
     let e = |e: tinydiffusion::Error| e.to_string();
+    tinydiffusion::train::layers::gemm::set_threads(args.threads)
+        .map_err(|x| format!("cannot start {} threads: {x}", args.threads))?;
     let mut trainer = if args.resume {
         let dir = checkpoint::latest(&args.out).map_err(e)?;
         let cfg =
@@ -392,8 +404,11 @@ fn eval_main(args: &[String]) -> Result<(), String> {
         save_every: 1,
         keep: 1,
         log_every: 1,
+        threads: default_threads(),
         opts: TrainOptions::default(),
     };
+    tinydiffusion::train::layers::gemm::set_threads(args_like.threads)
+        .map_err(|x| format!("cannot start threads: {x}"))?;
     let ds = load_data(&args_like, &m.config)?;
     let mut ws = graph.workspace(batch.max(1));
     let t0 = Instant::now();
