@@ -1,7 +1,8 @@
 //! Training-step speed: median time of one full step (data, forward, loss, backward, clipping,
-//! AdamW, EMA), single thread, on the fixtures' tiny-rgb16 model and on an MNIST-sized
-//! class-conditional model. Reports wall time and the thread's CPU time (Linux
-//! `/proc/thread-self/schedstat`), which stays meaningful on a shared, loaded machine.
+//! AdamW, EMA), single thread, on the fixtures' tiny-rgb16 model and on the default MNIST model
+//! (`weights/config.json`, batch 32); `benches/torch_train_step.py` times the same in PyTorch.
+//! Reports wall time and the thread's CPU time (Linux `/proc/thread-self/schedstat`), which
+//! stays meaningful on a shared, loaded machine.
 //!
 //! `cargo bench --features train --bench train_step [-- STEPS]`
 
@@ -10,10 +11,6 @@ use std::time::Instant;
 use tinydiffusion::train::data::Dataset;
 use tinydiffusion::train::rng::{Purpose, Stream};
 use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
-
-const MNIST_LIKE: &str = r#"{"_class_name":"UNet2DModel","sample_size":32,"in_channels":1,"out_channels":1,
-"block_out_channels":[32,64,64],"layers_per_block":1,"down_block_types":["DownBlock2D","AttnDownBlock2D","DownBlock2D"],
-"up_block_types":["UpBlock2D","AttnUpBlock2D","UpBlock2D"],"norm_num_groups":8,"attention_head_dim":32,"num_class_embeds":11}"#;
 
 /// CPU time of this thread in seconds (0 where unavailable).
 fn thread_cpu() -> f64 {
@@ -93,5 +90,9 @@ fn main() {
     for batch in [2, 16] {
         bench("tiny-rgb16", &rgb16, (3, 16), false, batch, steps);
     }
-    bench("mnist-like", MNIST_LIKE, (1, 32), true, 16, steps.min(5));
+    // The default model of `sample` (weights/), at its training batch.
+    let mnist =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/weights/config.json"))
+            .expect("weights/config.json (the default MNIST model)");
+    bench("mnist", &mnist, (1, 32), true, 32, steps.min(5));
 }

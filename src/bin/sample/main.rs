@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use args::{Command, SampleArgs, SchedulerChoice};
+use tinydiffusion::config::{DownBlockKind, UpBlockKind};
 use tinydiffusion::io::{read_tensor, write_png_grid, write_tensors};
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::model::load::{read_text, ModelFiles};
@@ -108,8 +109,43 @@ fn info(dir: &Path, batch: usize) -> Result<(), String> {
         "blocks           {:?} x {} layers",
         c.block_out_channels, c.layers_per_block
     );
-    println!("down / up        {:?} / {:?}", c.down_blocks, c.up_blocks);
-    println!("mid block        {:?}", c.mid_block);
+    let names = |v: Vec<&str>| v.join(", ");
+    println!(
+        "down blocks      {}",
+        names(
+            c.down_blocks
+                .iter()
+                .map(|k| match k {
+                    DownBlockKind::Plain => "DownBlock2D",
+                    DownBlockKind::Attention => "AttnDownBlock2D",
+                })
+                .collect()
+        )
+    );
+    println!(
+        "up blocks        {}",
+        names(
+            c.up_blocks
+                .iter()
+                .map(|k| match k {
+                    UpBlockKind::Plain => "UpBlock2D",
+                    UpBlockKind::Attention => "AttnUpBlock2D",
+                })
+                .collect()
+        )
+    );
+    match &c.mid_block {
+        None => println!("mid block        none"),
+        Some(m) => println!(
+            "mid block        UNetMidBlock2D, {}, output scale {}",
+            if m.add_attention {
+                "with attention"
+            } else {
+                "no attention"
+            },
+            m.scale_factor
+        ),
+    }
     println!(
         "classes          {}",
         c.num_class_embeds
