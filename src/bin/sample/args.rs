@@ -20,7 +20,7 @@ FLAGS:
     --batch B            images per run                                        [default: 4]
     --seed S             seed of the built-in noise generator                  [default: 0]
     --class-label K[,K..]  class of every image, or one per image (class-conditional
-                         models)                                               [default: 0]
+                         models)       [default: 0, 1, 2, ... cycling over all but the last class]
     --guidance W         classifier-free guidance weight w (eps = (1+w) eps_y - w eps_null)
                                                                                [default: 0]
     --null-class K       label used as 'no class' for guidance       [default: last class]

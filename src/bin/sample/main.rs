@@ -225,7 +225,12 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     let step_noise = read(&a.step_noise, "noise", &[steps, a.batch, c, h, w])?;
 
     let labels: Option<Vec<i64>> = match model.config.num_class_embeds {
-        Some(_) => Some(a.class_labels.clone().unwrap_or_else(|| vec![0])),
+        // By default the grid shows every class: image i gets class i, cycling over all classes
+        // but the last, which is the null class of classifier-free guidance by convention.
+        Some(n) => Some(a.class_labels.clone().unwrap_or_else(|| {
+            let real = (n as i64 - 1).max(1);
+            (0..a.batch as i64).map(|i| i % real).collect()
+        })),
         None if a.class_labels.is_some() => {
             return Err("--class-label: the model is not class-conditional".into())
         }
