@@ -83,6 +83,8 @@ pub struct SampleArgs {
     pub quiet: bool,
 }
 
+// Parsed once per run: the size of the `Sample` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Sample(SampleArgs),
     Convert {
