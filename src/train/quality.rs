@@ -32,7 +32,7 @@ impl Default for ClassifierOptions {
     fn default() -> ClassifierOptions {
         ClassifierOptions {
             hidden: 256,
-            epochs: 4,
+            epochs: 6,
             batch: 64,
             lr: 1e-3,
             seed: 0,
@@ -103,7 +103,12 @@ impl Classifier {
             for chunk in order.chunks(bs) {
                 let rows = chunk.len();
                 for (r, &i) in chunk.iter().enumerate() {
-                    x[r * p..(r + 1) * p].copy_from_slice(&data.images[i * p..(i + 1) * p]);
+                    for (d, &v) in x[r * p..(r + 1) * p]
+                        .iter_mut()
+                        .zip(&data.images[i * p..(i + 1) * p])
+                    {
+                        *d = prep(v);
+                    }
                 }
                 c.forward(
                     &x[..rows * p],
@@ -215,8 +220,8 @@ impl Classifier {
         );
     }
 
-    /// Penultimate-layer features `[n, hidden]` of `images` (`[n, pixels]`, values clamped
-    /// to [-1, 1] first, as an image file would hold them).
+    /// Penultimate-layer features `[n, hidden]` of `images` (`[n, pixels]` in [-1, 1]; values
+    /// outside are clamped first, as an image file would hold them).
     pub fn features(&self, images: &[f32]) -> Vec<f32> {
         let n = images.len() / self.pixels;
         let mut feats = vec![0.0f32; n * self.hidden];
@@ -225,7 +230,7 @@ impl Classifier {
         for (k, chunk) in images.chunks(256 * self.pixels).enumerate() {
             let rows = chunk.len() / self.pixels;
             for (d, &s) in x.iter_mut().zip(chunk) {
-                *d = s.clamp(-1.0, 1.0);
+                *d = prep(s);
             }
             let f = &mut feats[k * 256 * self.hidden..][..rows * self.hidden];
             self.forward(
@@ -247,7 +252,7 @@ impl Classifier {
             .map(|i| {
                 let x: Vec<f32> = images[i * self.pixels..(i + 1) * self.pixels]
                     .iter()
-                    .map(|v| v.clamp(-1.0, 1.0))
+                    .map(|&v| prep(v))
                     .collect();
                 self.forward(&x, 1, &mut h, &mut logits);
                 (0..CLASSES)
@@ -270,6 +275,13 @@ impl Classifier {
             .count();
         ok as f64 / labels.len().max(1) as f64
     }
+}
+
+/// The classifier's input: the image value clamped to [-1, 1] (as an image file holds it)
+/// and mapped to [0, 1], so that the background is 0.
+#[inline]
+fn prep(v: f32) -> f32 {
+    (v.clamp(-1.0, 1.0) + 1.0) * 0.5
 }
 
 fn softmax(l: &[f32], out: &mut [f32]) {
