@@ -16,8 +16,9 @@
 //! 3. The Fréchet distance between the classifier features of the samples and of held-out
 //!    images 9000..9999, and the fraction the classifier labels as the class asked for.
 //!
-//! Writes `OUT/table.md` (the table, also printed) and `OUT/grid-SAMPLER-E.png` (the first 100
-//! samples, 10 per row: one column per class).
+//! Writes `OUT/table.md` (the table, also printed), `OUT/grid-SAMPLER-E.png` (the first 100
+//! samples, 10 per row: one column per class) and `OUT/grids.md` (the grids as a Markdown
+//! table, for the README).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -268,5 +269,25 @@ fn run() -> Result<(), String> {
     }
     print!("{table}");
     std::fs::write(a.out.join("table.md"), &table).map_err(|e| e.to_string())?;
+    // The grids as a Markdown table (paths relative to the working directory, i.e. the
+    // repository root when run from there), ready to paste into the README.
+    let mut grids = String::from("| sampler |");
+    for e in &a.evals {
+        let _ = write!(grids, " {e} evaluations |");
+    }
+    grids.push_str("\n|---|");
+    for _ in &a.evals {
+        grids.push_str("---|");
+    }
+    grids.push('\n');
+    for name in &a.samplers {
+        let _ = write!(grids, "| {} |", label(name));
+        for e in &a.evals {
+            let path = a.out.join(format!("grid-{name}-{e}.png"));
+            let _ = write!(grids, " ![{name} {e}]({}) |", path.display());
+        }
+        grids.push('\n');
+    }
+    std::fs::write(a.out.join("grids.md"), &grids).map_err(|e| e.to_string())?;
     Ok(())
 }
