@@ -223,7 +223,8 @@ fn run() -> Result<(), String> {
                 Built::Discrete(s) => Method::Scheduler(s),
                 Built::Sde(s) => Method::Sde(s),
             };
-            let nfe = method.model_evaluations();
+            // Network evaluations: guidance runs the model twice per evaluation.
+            let nfe = method.model_evaluations() * if guidance.is_some() { 2 } else { 1 };
             let mut ws =
                 vec![
                     0.0f32;
