@@ -33,6 +33,12 @@
 #include <stdint.h>
 
 /**
+ * `td_sde_desc.flags`: skip the final Tweedie denoising step at `t_eps` (one evaluation
+ * less; the output is then x at t_eps, still carrying noise of std sqrt(1 - abar(t_eps))).
+ */
+#define TD_SDE_NO_DENOISE 1
+
+/**
  * `td_scheduler_desc.flags`: DDIM steps to the next scheduled timestep instead of diffusers'
  * `t - T / N` (right for `trailing` and `linspace` spacing when N does not divide T).
  */
@@ -144,12 +150,60 @@ enum td_scheduler_kind
    * DDIM, built from the model's scheduler config as `DDIMScheduler.from_config` does.
    */
   TD_SCHEDULER_KIND_DDIM = 2,
+  /**
+   * Reverse-time VP-SDE, Euler-Maruyama (score-SDE), on the continuous version of the
+   * model's schedule; `td_sampler_desc.sde` sets its options. `steps` 0 = 1000.
+   */
+  TD_SCHEDULER_KIND_SDE = 3,
+  /**
+   * Probability-flow ODE (deterministic; Heun unless `sde.predictor` says Euler).
+   * `steps` 0 = 50.
+   */
+  TD_SCHEDULER_KIND_ODE = 4,
+  /**
+   * Predictor-corrector: `sde.predictor` (default Euler-Maruyama) plus
+   * `sde.corrector_steps` Langevin steps per step. `steps` 0 = 500.
+   */
+  TD_SCHEDULER_KIND_PC = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum td_scheduler_kind td_scheduler_kind;
 #else
 typedef int32_t td_scheduler_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Values of `td_sde_desc.predictor`.
+ */
+enum td_sde_predictor
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The kind's default: Euler-Maruyama for `_SDE` and `_PC`, Heun for `_ODE`.
+   */
+  TD_SDE_PREDICTOR_DEFAULT = -1,
+  /**
+   * Euler-Maruyama on the reverse SDE (1 model evaluation per step; `_SDE`, `_PC`).
+   */
+  TD_SDE_PREDICTOR_EULER_MARUYAMA = 0,
+  /**
+   * Euler on the probability-flow ODE (1 evaluation per step; `_ODE`, `_PC`).
+   */
+  TD_SDE_PREDICTOR_ODE_EULER = 1,
+  /**
+   * Heun on the probability-flow ODE (2 evaluations per step; `_ODE`, `_PC`).
+   */
+  TD_SDE_PREDICTOR_ODE_HEUN = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum td_sde_predictor td_sde_predictor;
+#else
+typedef int32_t td_sde_predictor;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -214,7 +268,7 @@ typedef struct td_scheduler_desc {
   int32_t kind;
   /**
    * Inference steps; 0 = the default: all training timesteps for DDPM, 50 for DDIM (at most
-   * the training timesteps).
+   * the training timesteps), 1000 for SDE, 50 for ODE, 500 for PC (predictor steps).
    */
   size_t steps;
   /**
@@ -226,6 +280,33 @@ typedef struct td_scheduler_desc {
    */
   uint32_t flags;
 } td_scheduler_desc;
+
+/**
+ * Options of the continuous-time samplers (`TD_SCHEDULER_KIND_SDE`, `_ODE`, `_PC`); the
+ * other kinds ignore it. Start from `td_sde_desc_default()`.
+ */
+typedef struct td_sde_desc {
+  /**
+   * One of `td_sde_predictor` (`TD_SDE_PREDICTOR_*`).
+   */
+  int32_t predictor;
+  /**
+   * Langevin corrector steps before each predictor step (`_PC` only; default 1).
+   */
+  size_t corrector_steps;
+  /**
+   * Signal-to-noise ratio of the Langevin step size (default 0.16, score_sde's VP value).
+   */
+  double snr;
+  /**
+   * The grid runs from t = 1 down to `t_eps` in (0, 1) (default 0.001).
+   */
+  double t_eps;
+  /**
+   * Bitwise OR of `TD_SDE_*` flags; unknown bits are rejected.
+   */
+  uint32_t flags;
+} td_sde_desc;
 
 /**
  * One sampling run. Start from `td_sampler_desc_default()` and set what you need.
@@ -276,10 +357,16 @@ typedef struct td_sampler_desc {
   /**
    * Per-step Gaussian noise `[steps, batch, C, H, W]` (row i for step i, as diffusers'
    * replay), or NULL for the seeded generator (stream i + 1). `steps` is
-   * `td_scheduler_num_steps`.
+   * `td_scheduler_noise_rows` (for DDPM and DDIM the number of steps; for the SDE kinds the
+   * number of Gaussian draws, row k for the k-th).
    */
   const float *step_noise;
   size_t step_noise_len;
+  /**
+   * Options of the continuous-time kinds (ignored by DDPM and DDIM). The last field, so
+   * every earlier field keeps its offset.
+   */
+  struct td_sde_desc sde;
 } td_sampler_desc;
 
 #ifdef __cplusplus
@@ -419,9 +506,15 @@ td_status td_model_eval(const struct td_model *model,
 struct td_scheduler_desc td_scheduler_desc_default(void);
 
 /**
+ * The default options of the continuous-time samplers: the kind's default predictor, 1
+ * corrector step, snr 0.16, t_eps 0.001, no flags. Thread-safe.
+ */
+struct td_sde_desc td_sde_desc_default(void);
+
+/**
  * The default sampling description: `td_scheduler_desc_default()`, batch 1, seed 0,
- * `TD_NO_CLASS`, no guidance (`null_class` = `TD_DEFAULT_NULL_CLASS`), no injected noise.
- * Thread-safe.
+ * `TD_NO_CLASS`, no guidance (`null_class` = `TD_DEFAULT_NULL_CLASS`), no injected noise,
+ * `td_sde_desc_default()`. Thread-safe.
  */
 struct td_sampler_desc td_sampler_desc_default(void);
 
@@ -437,6 +530,19 @@ struct td_sampler_desc td_sampler_desc_default(void);
 td_status td_scheduler_new(const struct td_model *model,
                            const struct td_scheduler_desc *desc,
                            struct td_scheduler **out_scheduler);
+
+/**
+ * As `td_scheduler_new`, with the options `sde` of the continuous-time kinds
+ * (`TD_SCHEDULER_KIND_SDE`, `_ODE`, `_PC`; `td_scheduler_new` uses `td_sde_desc_default()`).
+ * Thread-safe.
+ *
+ * # Safety
+ * As `td_scheduler_new`; `sde` NULL or readable.
+ */
+td_status td_scheduler_new_sde(const struct td_model *model,
+                               const struct td_scheduler_desc *desc,
+                               const struct td_sde_desc *sde,
+                               struct td_scheduler **out_scheduler);
 
 /**
  * Frees a scheduler (NULL is ignored). No other thread may be using it.
@@ -455,8 +561,30 @@ void td_scheduler_free(struct td_scheduler *scheduler);
 td_status td_scheduler_num_steps(const struct td_scheduler *scheduler, size_t *out_steps);
 
 /**
+ * `*out_rows` = the rows of `td_sampler_desc.step_noise` a run reads: the number of steps
+ * for DDPM and DDIM, the number of Gaussian draws for the SDE kinds (0 for `_ODE`).
+ * Thread-safe.
+ *
+ * # Safety
+ * `scheduler` is NULL or live; `out_rows` NULL or writable.
+ */
+td_status td_scheduler_noise_rows(const struct td_scheduler *scheduler, size_t *out_rows);
+
+/**
+ * `*out_evals` = the model evaluations of a run without guidance (twice as many with it):
+ * one per step for DDPM and DDIM; for the SDE kinds steps * (predictor evaluations +
+ * corrector steps) + 1 for the final denoising step. Thread-safe.
+ *
+ * # Safety
+ * `scheduler` is NULL or live; `out_evals` NULL or writable.
+ */
+td_status td_scheduler_model_evaluations(const struct td_scheduler *scheduler, size_t *out_evals);
+
+/**
  * Copies the run's timesteps, first (noisiest) to last, into `out` (`len` >= the number of
- * steps, else `TD_STATUS_BUFFER_TOO_SMALL`). Thread-safe.
+ * steps, else `TD_STATUS_BUFFER_TOO_SMALL`). For the SDE kinds: the model timestep
+ * t (T - 1) where each step starts, rounded (the model is evaluated at the fractional
+ * value). Thread-safe.
  *
  * # Safety
  * `scheduler` is NULL or live; `out` NULL or `len` writable int64s.

@@ -35,8 +35,10 @@ use std::path::PathBuf;
 use crate::error::Error;
 use crate::model::load::{read_text, ModelFiles};
 use crate::model::Model;
-use crate::sampler::{self, Guidance, SampleOptions};
-use crate::schedule::{DdimPrevTimestep, Scheduler, SchedulerConfig, SchedulerKind};
+use crate::sampler::{self, Guidance, Method, SampleOptions};
+use crate::schedule::{
+    DdimPrevTimestep, Predictor, Scheduler, SchedulerConfig, SchedulerKind, SdeConfig, SdeSampler,
+};
 use crate::weights::WeightBytes;
 
 // ---------------------------------------------------------------------------------------------
@@ -90,6 +92,51 @@ pub enum td_scheduler_kind {
     Ddpm = 1,
     /// DDIM, built from the model's scheduler config as `DDIMScheduler.from_config` does.
     Ddim = 2,
+    /// Reverse-time VP-SDE, Euler-Maruyama (score-SDE), on the continuous version of the
+    /// model's schedule; `td_sampler_desc.sde` sets its options. `steps` 0 = 1000.
+    Sde = 3,
+    /// Probability-flow ODE (deterministic; Heun unless `sde.predictor` says Euler).
+    /// `steps` 0 = 50.
+    Ode = 4,
+    /// Predictor-corrector: `sde.predictor` (default Euler-Maruyama) plus
+    /// `sde.corrector_steps` Langevin steps per step. `steps` 0 = 500.
+    Pc = 5,
+}
+
+/// Values of `td_sde_desc.predictor`.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum td_sde_predictor {
+    /// The kind's default: Euler-Maruyama for `_SDE` and `_PC`, Heun for `_ODE`.
+    Default = -1,
+    /// Euler-Maruyama on the reverse SDE (1 model evaluation per step; `_SDE`, `_PC`).
+    EulerMaruyama = 0,
+    /// Euler on the probability-flow ODE (1 evaluation per step; `_ODE`, `_PC`).
+    OdeEuler = 1,
+    /// Heun on the probability-flow ODE (2 evaluations per step; `_ODE`, `_PC`).
+    OdeHeun = 2,
+}
+
+/// `td_sde_desc.flags`: skip the final Tweedie denoising step at `t_eps` (one evaluation
+/// less; the output is then x at t_eps, still carrying noise of std sqrt(1 - abar(t_eps))).
+pub const TD_SDE_NO_DENOISE: u32 = 1;
+const KNOWN_SDE_FLAGS: u32 = TD_SDE_NO_DENOISE;
+
+/// Options of the continuous-time samplers (`TD_SCHEDULER_KIND_SDE`, `_ODE`, `_PC`); the
+/// other kinds ignore it. Start from `td_sde_desc_default()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct td_sde_desc {
+    /// One of `td_sde_predictor` (`TD_SDE_PREDICTOR_*`).
+    pub predictor: i32,
+    /// Langevin corrector steps before each predictor step (`_PC` only; default 1).
+    pub corrector_steps: usize,
+    /// Signal-to-noise ratio of the Langevin step size (default 0.16, score_sde's VP value).
+    pub snr: f64,
+    /// The grid runs from t = 1 down to `t_eps` in (0, 1) (default 0.001).
+    pub t_eps: f64,
+    /// Bitwise OR of `TD_SDE_*` flags; unknown bits are rejected.
+    pub flags: u32,
 }
 
 /// `td_scheduler_desc.flags`: DDIM steps to the next scheduled timestep instead of diffusers'
@@ -114,7 +161,7 @@ pub struct td_scheduler_desc {
     /// One of `td_scheduler_kind` (`TD_SCHEDULER_KIND_*`).
     pub kind: i32,
     /// Inference steps; 0 = the default: all training timesteps for DDPM, 50 for DDIM (at most
-    /// the training timesteps).
+    /// the training timesteps), 1000 for SDE, 50 for ODE, 500 for PC (predictor steps).
     pub steps: usize,
     /// DDIM's eta: 0 is deterministic, 1 has DDPM's variance. Finite and >= 0. DDPM ignores it.
     pub eta: f64,
@@ -154,9 +201,13 @@ pub struct td_sampler_desc {
     pub initial_noise_len: usize,
     /// Per-step Gaussian noise `[steps, batch, C, H, W]` (row i for step i, as diffusers'
     /// replay), or NULL for the seeded generator (stream i + 1). `steps` is
-    /// `td_scheduler_num_steps`.
+    /// `td_scheduler_noise_rows` (for DDPM and DDIM the number of steps; for the SDE kinds the
+    /// number of Gaussian draws, row k for the k-th).
     pub step_noise: *const f32,
     pub step_noise_len: usize,
+    /// Options of the continuous-time kinds (ignored by DDPM and DDIM). The last field, so
+    /// every earlier field keeps its offset.
+    pub sde: td_sde_desc,
 }
 
 /// A loaded model: weights, op list, memory plan and its scheduler config. Immutable.
@@ -174,7 +225,29 @@ pub struct td_model {
 /// A scheduler built once (its tables are allocated here), for allocation-free sampling with
 /// `td_sample_with_scheduler`. Immutable: shareable by threads like a model.
 pub struct td_scheduler {
-    scheduler: Scheduler,
+    scheduler: Built,
+}
+
+/// A built scheduler: discrete (DDPM/DDIM) or continuous-time.
+enum Built {
+    Discrete(Scheduler),
+    Sde(SdeSampler),
+}
+
+impl Built {
+    fn method(&self) -> Method<'_> {
+        match self {
+            Built::Discrete(s) => Method::Scheduler(s),
+            Built::Sde(s) => Method::Sde(s),
+        }
+    }
+
+    fn timesteps(&self) -> &[i64] {
+        match self {
+            Built::Discrete(s) => s.timesteps(),
+            Built::Sde(s) => s.timesteps(),
+        }
+    }
 }
 
 /// The shapes and sizes of a model.
@@ -459,8 +532,9 @@ fn check_batch(model: &Model, batch: usize) -> Result<(), Fail> {
     }
     let (c, h, w) = model.input_shape();
     let (c_out, _, _) = model.output_shape();
-    // Model workspace + eps + unconditional eps + noise per image, plus one image of scratch.
-    let per_image = model.workspace_len(1) + 2 * c_out * h * w + c * h * w;
+    // Model workspace + output + unconditional output + noise and SDE scratch (at most 4
+    // images' worth) per image, plus one image of scratch.
+    let per_image = model.workspace_len(1) + 2 * c_out * h * w + 4 * c * h * w;
     let floats = per_image
         .checked_mul(batch)
         .and_then(|n| n.checked_add(c * h * w));
@@ -897,9 +971,22 @@ pub extern "C" fn td_scheduler_desc_default() -> td_scheduler_desc {
     }
 }
 
+/// The default options of the continuous-time samplers: the kind's default predictor, 1
+/// corrector step, snr 0.16, t_eps 0.001, no flags. Thread-safe.
+#[no_mangle]
+pub extern "C" fn td_sde_desc_default() -> td_sde_desc {
+    td_sde_desc {
+        predictor: td_sde_predictor::Default as i32,
+        corrector_steps: 1,
+        snr: 0.16,
+        t_eps: 1e-3,
+        flags: 0,
+    }
+}
+
 /// The default sampling description: `td_scheduler_desc_default()`, batch 1, seed 0,
-/// `TD_NO_CLASS`, no guidance (`null_class` = `TD_DEFAULT_NULL_CLASS`), no injected noise.
-/// Thread-safe.
+/// `TD_NO_CLASS`, no guidance (`null_class` = `TD_DEFAULT_NULL_CLASS`), no injected noise,
+/// `td_sde_desc_default()`. Thread-safe.
 #[no_mangle]
 pub extern "C" fn td_sampler_desc_default() -> td_sampler_desc {
     td_sampler_desc {
@@ -915,6 +1002,70 @@ pub extern "C" fn td_sampler_desc_default() -> td_sampler_desc {
         initial_noise_len: 0,
         step_noise: core::ptr::null(),
         step_noise_len: 0,
+        sde: td_sde_desc_default(),
+    }
+}
+
+/// The continuous-time sampler a description asks for, or None for DDPM/DDIM kinds.
+fn build_sde(
+    base: &SchedulerConfig,
+    d: &td_scheduler_desc,
+    sde: &td_sde_desc,
+) -> Result<Option<SdeSampler>, Fail> {
+    let kind = d.kind;
+    let (default_predictor, default_steps) = match kind {
+        k if k == td_scheduler_kind::Sde as i32 => (Predictor::EulerMaruyama, 1000),
+        k if k == td_scheduler_kind::Ode as i32 => (Predictor::OdeHeun, 50),
+        k if k == td_scheduler_kind::Pc as i32 => (Predictor::EulerMaruyama, 500),
+        _ => return Ok(None),
+    };
+    let predictor = match sde.predictor {
+        p if p == td_sde_predictor::Default as i32 => default_predictor,
+        p if p == td_sde_predictor::EulerMaruyama as i32 => Predictor::EulerMaruyama,
+        p if p == td_sde_predictor::OdeEuler as i32 => Predictor::OdeEuler,
+        p if p == td_sde_predictor::OdeHeun as i32 => Predictor::OdeHeun,
+        p => {
+            return Err(invalid(std::format!(
+                "sde.predictor {p} is not a td_sde_predictor"
+            )))
+        }
+    };
+    let is_ode = predictor != Predictor::EulerMaruyama;
+    if (kind == td_scheduler_kind::Sde as i32 && is_ode)
+        || (kind == td_scheduler_kind::Ode as i32 && !is_ode)
+    {
+        return Err(invalid(std::format!(
+            "sde.predictor {} does not fit scheduler kind {kind} (use TD_SCHEDULER_KIND_PC to \
+             combine)",
+            sde.predictor
+        )));
+    }
+    if sde.flags & !KNOWN_SDE_FLAGS != 0 {
+        return Err(invalid(std::format!(
+            "unknown sde flags {:#x}",
+            sde.flags & !KNOWN_SDE_FLAGS
+        )));
+    }
+    let cfg = SdeConfig {
+        predictor,
+        steps: if d.steps == 0 { default_steps } else { d.steps },
+        corrector_steps: if kind == td_scheduler_kind::Pc as i32 {
+            sde.corrector_steps
+        } else {
+            0
+        },
+        snr: sde.snr,
+        t_eps: sde.t_eps,
+        denoise: sde.flags & TD_SDE_NO_DENOISE == 0,
+    };
+    Ok(Some(SdeSampler::new(base, cfg)?))
+}
+
+/// The scheduler (discrete or continuous-time) a description asks for.
+fn build(base: &SchedulerConfig, d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<Built, Fail> {
+    match build_sde(base, d, sde)? {
+        Some(s) => Ok(Built::Sde(s)),
+        None => build_scheduler(base, d).map(Built::Discrete),
     }
 }
 
@@ -979,7 +1130,38 @@ pub unsafe extern "C" fn td_scheduler_new(
         // SAFETY: contract above.
         let d = unsafe { read_struct(desc, "desc") }?;
         let handle = into_handle(td_scheduler {
-            scheduler: build_scheduler(&m.scheduler_config, &d)?,
+            scheduler: build(&m.scheduler_config, &d, &td_sde_desc_default())?,
+        });
+        // SAFETY: checked by `write_out` above.
+        unsafe { out_scheduler.write(handle) };
+        Ok(())
+    })
+}
+
+/// As `td_scheduler_new`, with the options `sde` of the continuous-time kinds
+/// (`TD_SCHEDULER_KIND_SDE`, `_ODE`, `_PC`; `td_scheduler_new` uses `td_sde_desc_default()`).
+/// Thread-safe.
+///
+/// # Safety
+/// As `td_scheduler_new`; `sde` NULL or readable.
+#[no_mangle]
+pub unsafe extern "C" fn td_scheduler_new_sde(
+    model: *const td_model,
+    desc: *const td_scheduler_desc,
+    sde: *const td_sde_desc,
+    out_scheduler: *mut *mut td_scheduler,
+) -> td_status {
+    guard(|| {
+        // SAFETY: contract above, for each of the four pointers.
+        unsafe { write_out(out_scheduler, core::ptr::null_mut(), "out_scheduler") }?;
+        // SAFETY: contract above.
+        let m = unsafe { model_ref(model) }?;
+        // SAFETY: contract above.
+        let d = unsafe { read_struct(desc, "desc") }?;
+        // SAFETY: contract above.
+        let sde = unsafe { read_struct(sde, "sde") }?;
+        let handle = into_handle(td_scheduler {
+            scheduler: build(&m.scheduler_config, &d, &sde)?,
         });
         // SAFETY: checked by `write_out` above.
         unsafe { out_scheduler.write(handle) };
@@ -1015,12 +1197,53 @@ pub unsafe extern "C" fn td_scheduler_num_steps(
         // SAFETY: contract above.
         let s = unsafe { scheduler_ref(scheduler) }?;
         // SAFETY: contract above.
-        unsafe { write_out(out_steps, s.scheduler.num_steps(), "out_steps") }
+        unsafe { write_out(out_steps, s.scheduler.method().num_steps(), "out_steps") }
+    })
+}
+
+/// `*out_rows` = the rows of `td_sampler_desc.step_noise` a run reads: the number of steps
+/// for DDPM and DDIM, the number of Gaussian draws for the SDE kinds (0 for `_ODE`).
+/// Thread-safe.
+///
+/// # Safety
+/// `scheduler` is NULL or live; `out_rows` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn td_scheduler_noise_rows(
+    scheduler: *const td_scheduler,
+    out_rows: *mut usize,
+) -> td_status {
+    guard(|| {
+        // SAFETY: contract above.
+        let s = unsafe { scheduler_ref(scheduler) }?;
+        // SAFETY: contract above.
+        unsafe { write_out(out_rows, s.scheduler.method().noise_rows(), "out_rows") }
+    })
+}
+
+/// `*out_evals` = the model evaluations of a run without guidance (twice as many with it):
+/// one per step for DDPM and DDIM; for the SDE kinds steps * (predictor evaluations +
+/// corrector steps) + 1 for the final denoising step. Thread-safe.
+///
+/// # Safety
+/// `scheduler` is NULL or live; `out_evals` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn td_scheduler_model_evaluations(
+    scheduler: *const td_scheduler,
+    out_evals: *mut usize,
+) -> td_status {
+    guard(|| {
+        // SAFETY: contract above.
+        let s = unsafe { scheduler_ref(scheduler) }?;
+        let n = s.scheduler.method().model_evaluations();
+        // SAFETY: contract above.
+        unsafe { write_out(out_evals, n, "out_evals") }
     })
 }
 
 /// Copies the run's timesteps, first (noisiest) to last, into `out` (`len` >= the number of
-/// steps, else `TD_STATUS_BUFFER_TOO_SMALL`). Thread-safe.
+/// steps, else `TD_STATUS_BUFFER_TOO_SMALL`). For the SDE kinds: the model timestep
+/// t (T - 1) where each step starts, rounded (the model is evaluated at the fractional
+/// value). Thread-safe.
 ///
 /// # Safety
 /// `scheduler` is NULL or live; `out` NULL or `len` writable int64s.
@@ -1068,8 +1291,9 @@ pub unsafe extern "C" fn td_sample_workspace_len(
         // SAFETY: contract above.
         let d = unsafe { read_struct(desc, "desc") }?;
         check_batch(&m.model, d.batch)?;
-        let scheduler = build_scheduler(&m.scheduler_config, &d.scheduler)?;
-        let n = sampler::workspace_len(&m.model, &scheduler, d.batch, d.guidance != 0.0);
+        let scheduler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
+        let n =
+            sampler::workspace_len_with(&m.model, scheduler.method(), d.batch, d.guidance != 0.0);
         // SAFETY: contract above.
         unsafe { write_out(out_floats, n, "out_floats") }
     })
@@ -1081,7 +1305,7 @@ pub unsafe extern "C" fn td_sample_workspace_len(
 /// The pointers of `d` and `workspace` / `out` follow the contract of `td_sample`.
 unsafe fn run_sample(
     m: &td_model,
-    scheduler: &Scheduler,
+    method: Method<'_>,
     d: &td_sampler_desc,
     workspace: *mut f32,
     workspace_len: usize,
@@ -1109,7 +1333,7 @@ unsafe fn run_sample(
             ),
         ));
     }
-    let steps = scheduler.num_steps();
+    let steps = method.noise_rows();
     if noise_span.is_some() && steps.checked_mul(n) != Some(d.step_noise_len) {
         return Err(fail(
             td_status::BadSize,
@@ -1156,7 +1380,7 @@ unsafe fn run_sample(
     };
     check_workspace_len(
         workspace_len,
-        sampler::workspace_len(model, scheduler, batch, guidance.is_some()),
+        sampler::workspace_len_with(model, method, batch, guidance.is_some()),
     )?;
     let weights = m
         .borrowed
@@ -1198,7 +1422,7 @@ unsafe fn run_sample(
         class_labels: labels,
         guidance,
     };
-    sampler::sample(model, scheduler, ws, &opts, out, None)?;
+    sampler::sample_with(model, method, ws, &opts, out, None)?;
     Ok(())
 }
 
@@ -1229,9 +1453,19 @@ pub unsafe extern "C" fn td_sample(
         let m = unsafe { model_ref(model) }?;
         // SAFETY: contract above.
         let d = unsafe { read_struct(desc, "desc") }?;
-        let scheduler = build_scheduler(&m.scheduler_config, &d.scheduler)?;
+        let scheduler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
         // SAFETY: contract above.
-        unsafe { run_sample(m, &scheduler, &d, workspace, workspace_len, out, out_len) }
+        unsafe {
+            run_sample(
+                m,
+                scheduler.method(),
+                &d,
+                workspace,
+                workspace_len,
+                out,
+                out_len,
+            )
+        }
     })
 }
 
@@ -1258,7 +1492,17 @@ pub unsafe extern "C" fn td_sample_with_scheduler(
         // SAFETY: contract above.
         let d = unsafe { read_struct(desc, "desc") }?;
         // SAFETY: contract above.
-        unsafe { run_sample(m, &s.scheduler, &d, workspace, workspace_len, out, out_len) }
+        unsafe {
+            run_sample(
+                m,
+                s.scheduler.method(),
+                &d,
+                workspace,
+                workspace_len,
+                out,
+                out_len,
+            )
+        }
     })
 }
 

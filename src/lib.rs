@@ -12,8 +12,9 @@
 //! 4. [`memory`]: liveness of every tensor → byte offsets in one arena; the caller supplies that
 //!    arena (its exact size is [`model::Model::workspace_len`]).
 //! 5. [`kernels`]: the arithmetic, one module per backend behind one small interface.
-//! 6. [`schedule`]: beta schedules, DDPM/DDIM steps, noise sources.
-//! 7. [`sampler`]: the fixed-step loop tying model and scheduler together, allocation free.
+//! 6. [`schedule`]: beta schedules, DDPM/DDIM steps, score-SDE samplers, noise sources.
+//! 7. [`sampler`]: the fixed-step loop tying model and scheduler (or SDE sampler) together,
+//!    allocation free.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 

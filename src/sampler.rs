@@ -8,11 +8,16 @@
 //!                                            eps = (1 + w) eps(x, y) - w eps(x, null))
 //!     x = scheduler.step(i, eps, x, z_i)    (z_i injected row i, or seeded stream i + 1)
 //! ```
+//!
+//! The continuous-time samplers ([`Method::Sde`], `schedule::sde`) run the same way: the same
+//! checks, workspace, guided model evaluation ([`EpsModel`]) and noise streams, with the
+//! scheduler step replaced by SDE / ODE / Langevin steps.
 
 use crate::error::{invalid_arg, Error, Result};
 use crate::model::Model;
 use crate::schedule::noise::GaussianNoise;
-use crate::schedule::{Scheduler, StepShape};
+use crate::schedule::sde::{NoiseRows, SdeSampler, SdeStep};
+use crate::schedule::{PredictionType, Scheduler, StepShape};
 
 /// Classifier-free guidance: `eps = (1 + scale) * eps(x, y) - scale * eps(x, null_class)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,62 +80,214 @@ pub struct StepInfo<'a> {
     pub sample: &'a [f32],
 }
 
-/// Where each buffer of a sampling run lives in the workspace (f32 offsets).
-struct Layout {
-    model: (usize, usize),
-    eps: (usize, usize),
-    eps_uncond: (usize, usize),
-    noise: (usize, usize),
-    scratch: (usize, usize),
-    total: usize,
+/// The noise level a model is evaluated at: its timestep input and the alpha-bar there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NoiseLevel {
+    /// The model's timestep input (fractional for the continuous-time samplers).
+    pub timestep: f32,
+    /// alpha-bar at this noise level: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps.
+    pub alpha_bar: f64,
 }
 
-fn layout(model: &Model, scheduler: &Scheduler, batch: usize, guided: bool) -> Layout {
+/// The one model abstraction of the samplers: the noise prediction `eps(x, t)` of a whole
+/// batch (`x` and `out` are `[B, C, H, W]`). The UNet (with guidance and prediction-type
+/// conversion) implements it inside [`sample`] / [`sample_with`]; tests plug in closed-form
+/// models. Closures `FnMut(&[f32], NoiseLevel, &mut [f32]) -> Result<()>` implement it.
+pub trait EpsModel {
+    fn eps(&mut self, x: &[f32], level: NoiseLevel, out: &mut [f32]) -> Result<()>;
+}
+
+impl<F: FnMut(&[f32], NoiseLevel, &mut [f32]) -> Result<()>> EpsModel for F {
+    fn eps(&mut self, x: &[f32], level: NoiseLevel, out: &mut [f32]) -> Result<()> {
+        self(x, level, out)
+    }
+}
+
+/// How to get from x_T to x_0.
+#[derive(Debug, Clone, Copy)]
+pub enum Method<'a> {
+    /// DDPM or DDIM steps at the scheduler's discrete timesteps.
+    Scheduler(&'a Scheduler),
+    /// Continuous time: reverse SDE, probability-flow ODE, predictor-corrector.
+    Sde(&'a SdeSampler),
+}
+
+impl Method<'_> {
+    /// Rows of [`SampleOptions::step_noise`] a run reads: one per DDPM/DDIM step, one per
+    /// Gaussian draw of a continuous-time run ([`SdeSampler::noise_rows`]).
+    pub fn noise_rows(&self) -> usize {
+        match self {
+            Method::Scheduler(s) => s.timesteps().len(),
+            Method::Sde(s) => s.noise_rows(),
+        }
+    }
+
+    /// Model evaluations of a run (twice as many with guidance).
+    pub fn model_evaluations(&self) -> usize {
+        match self {
+            Method::Scheduler(s) => s.timesteps().len(),
+            Method::Sde(s) => s.model_evaluations(),
+        }
+    }
+
+    /// Steps reported to the progress callback.
+    pub fn num_steps(&self) -> usize {
+        match self {
+            Method::Scheduler(s) => s.num_steps(),
+            Method::Sde(s) => s.num_steps(),
+        }
+    }
+}
+
+/// Where each buffer of a sampling run lives in the workspace, in this order (f32 lengths).
+struct Layout {
+    model: usize,
+    /// Raw model output `[B, C_out, H, W]` (guided).
+    output: usize,
+    /// The unconditional output of guidance.
+    uncond: usize,
+    /// DDPM/DDIM: one noise row.
+    noise: usize,
+    /// The scheduler's or the SDE sampler's scratch.
+    scratch: usize,
+}
+
+impl Layout {
+    fn total(&self) -> usize {
+        self.model + self.output + self.uncond + self.noise + self.scratch
+    }
+}
+
+fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool) -> Layout {
     let (c, h, w) = model.input_shape();
     let (c_out, _, _) = model.output_shape();
     let sample = batch * c * h * w;
-    let eps = batch * c_out * h * w;
+    let output = batch * c_out * h * w;
     let shape = StepShape {
         batch,
         channels: c,
         height: h,
         width: w,
     };
-    let mut at = 0;
-    let mut take = |len: usize| {
-        let r = (at, len);
-        at += len;
-        r
+    let (noise, scratch) = match method {
+        Method::Scheduler(s) => (sample, s.scratch_len(shape)),
+        Method::Sde(s) => (0, s.scratch_len(shape)),
     };
-    let model_ws = take(model.workspace_len(batch));
-    let eps_r = take(eps);
-    let eps_uncond = take(if guided { eps } else { 0 });
-    let noise = take(sample);
-    let scratch = take(scheduler.scratch_len(shape));
     Layout {
-        model: model_ws,
-        eps: eps_r,
-        eps_uncond,
+        model: model.workspace_len(batch),
+        output,
+        uncond: if guided { output } else { 0 },
         noise,
         scratch,
-        total: at,
     }
 }
 
 /// Exact workspace (f32 elements) of [`sample`] for this model, scheduler and batch.
 pub fn workspace_len(model: &Model, scheduler: &Scheduler, batch: usize, guided: bool) -> usize {
-    layout(model, scheduler, batch, guided).total
+    workspace_len_with(model, Method::Scheduler(scheduler), batch, guided)
 }
 
-fn slice(ws: &mut [f32], (start, len): (usize, usize)) -> &mut [f32] {
-    &mut ws[start..start + len]
+/// Exact workspace (f32 elements) of [`sample_with`].
+pub fn workspace_len_with(model: &Model, method: Method<'_>, batch: usize, guided: bool) -> usize {
+    layout(model, method, batch, guided).total()
 }
 
-/// Runs the whole sampling loop. `out` (`[batch, C, H, W]`) receives x_0; `on_step`, if
-/// given, sees the sample after every step.
+/// The UNet as the samplers call it: forward pass, classifier-free guidance, and (as an
+/// [`EpsModel`]) the conversion of its output to eps.
+struct Denoiser<'a> {
+    model: &'a Model,
+    labels: Option<&'a [i64]>,
+    guidance: Option<Guidance>,
+    prediction: PredictionType,
+    workspace: &'a mut [f32],
+    output: &'a mut [f32],
+    uncond: &'a mut [f32],
+    batch: usize,
+}
+
+impl Denoiser<'_> {
+    /// The guided model output `[B, C_out, H, W]` at `timestep`.
+    fn raw(&mut self, x: &[f32], timestep: f32) -> Result<&[f32]> {
+        let ts = [timestep];
+        self.model
+            .forward(self.workspace, x, &ts, self.labels, self.output)?;
+        if let Some(g) = &self.guidance {
+            self.model
+                .forward(self.workspace, x, &ts, Some(&[g.null_class]), self.uncond)?;
+            let (c, h, w) = self.model.input_shape();
+            let (c_out, _, _) = self.model.output_shape();
+            let hw = h * w;
+            for b in 0..self.batch {
+                // Guide the prediction channels; learned-variance channels keep the
+                // conditional model's values.
+                let range = b * c_out * hw..(b * c_out + c) * hw;
+                for (e, u) in self.output[range.clone()]
+                    .iter_mut()
+                    .zip(&self.uncond[range])
+                {
+                    *e = (1.0 + g.scale) * *e - g.scale * *u;
+                }
+            }
+        }
+        Ok(&*self.output)
+    }
+}
+
+impl EpsModel for Denoiser<'_> {
+    fn eps(&mut self, x: &[f32], level: NoiseLevel, out: &mut [f32]) -> Result<()> {
+        let (c, h, w) = self.model.input_shape();
+        let (c_out, _, _) = self.model.output_shape();
+        let per = c * h * w;
+        let stride = c_out * h * w;
+        let prediction = self.prediction;
+        let m = self.raw(x, level.timestep)?;
+        let (sa, sb) = (
+            libm::sqrt(level.alpha_bar),
+            libm::sqrt(1.0 - level.alpha_bar),
+        );
+        for (b, o) in out.chunks_exact_mut(per).enumerate() {
+            // The first C channels are the prediction (learned variance: the rest).
+            let mb = &m[b * stride..b * stride + per];
+            let xb = &x[b * per..(b + 1) * per];
+            for ((oi, &mi), &xi) in o.iter_mut().zip(mb).zip(xb) {
+                let (mi, xi) = (mi as f64, xi as f64);
+                *oi = match prediction {
+                    PredictionType::Epsilon => mi,
+                    PredictionType::Sample => (xi - sa * mi) / sb,
+                    PredictionType::VPrediction => sa * mi + sb * xi,
+                } as f32;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the whole sampling loop with a DDPM/DDIM scheduler. `out` (`[batch, C, H, W]`)
+/// receives x_0; `on_step`, if given, sees the sample after every step.
 pub fn sample(
     model: &Model,
     scheduler: &Scheduler,
+    workspace: &mut [f32],
+    opts: &SampleOptions<'_>,
+    out: &mut [f32],
+    on_step: Option<&mut dyn FnMut(&StepInfo<'_>)>,
+) -> Result<()> {
+    sample_with(
+        model,
+        Method::Scheduler(scheduler),
+        workspace,
+        opts,
+        out,
+        on_step,
+    )
+}
+
+/// Runs the whole sampling loop with any [`Method`]. `out` (`[batch, C, H, W]`) receives
+/// x_0; `on_step`, if given, sees the sample after every step (continuous-time methods
+/// report the rounded model timestep of the time reached). Allocates nothing.
+pub fn sample_with(
+    model: &Model,
+    method: Method<'_>,
     workspace: &mut [f32],
     opts: &SampleOptions<'_>,
     out: &mut [f32],
@@ -157,12 +314,12 @@ pub fn sample(
             found: out.len(),
         });
     }
-    let steps = scheduler.timesteps().len();
+    let rows = method.noise_rows();
     if let Some(z) = opts.step_noise {
-        if z.len() != steps * n {
+        if Some(z.len()) != rows.checked_mul(n) {
             return Err(Error::BufferSize {
                 what: "step noise [steps, B, C, H, W]",
-                expected: steps * n,
+                expected: rows.saturating_mul(n),
                 found: z.len(),
             });
         }
@@ -199,11 +356,11 @@ pub fn sample(
         }
         model.check_class_label(g.null_class)?;
     }
-    let lay = layout(model, scheduler, batch, guidance.is_some());
-    if workspace.len() < lay.total {
+    let lay = layout(model, method, batch, guidance.is_some());
+    if workspace.len() < lay.total() {
         return Err(Error::BufferSize {
             what: "sampling workspace",
-            expected: lay.total,
+            expected: lay.total(),
             found: workspace.len(),
         });
     }
@@ -220,7 +377,7 @@ pub fn sample(
         Some(x_t) => out.copy_from_slice(x_t),
         None => noise.fill(0, out),
     }
-    // init_noise_sigma is 1 for DDPM and DDIM: x_T is the standard normal draw itself.
+    // init_noise_sigma is 1 for DDPM, DDIM and the VP-SDE: x_T is the standard normal draw.
 
     let shape = StepShape {
         batch,
@@ -228,66 +385,69 @@ pub fn sample(
         height: h,
         width: w,
     };
-    let (model_start, model_len) = lay.model;
-    for (i, &t) in scheduler.timesteps().iter().enumerate() {
-        let (model_ws, rest) = workspace[model_start..].split_at_mut(model_len);
-        let rest_base = model_start + model_len;
-        let shift = |(s, l): (usize, usize)| (s - rest_base, l);
-        let ts = [t as f32];
-        {
-            let eps = slice(rest, shift(lay.eps));
-            model.forward(model_ws, out, &ts, labels, eps)?;
-        }
-        if let Some(g) = &guidance {
-            let (eps_r, uncond_r) = (shift(lay.eps), shift(lay.eps_uncond));
-            {
-                let uncond = slice(rest, uncond_r);
-                model.forward(model_ws, out, &ts, Some(&[g.null_class]), uncond)?;
-            }
-            // eps and eps_uncond are adjacent: eps first.
-            let (eps_part, uncond_part) =
-                rest[eps_r.0..uncond_r.0 + uncond_r.1].split_at_mut(eps_r.1);
-            let hw = h * w;
-            for b in 0..batch {
-                // Guide the prediction channels; learned-variance channels keep the
-                // conditional model's values.
-                let range = b * c_out * hw..(b * c_out + c) * hw;
-                for (e, u) in eps_part[range.clone()].iter_mut().zip(&uncond_part[range]) {
-                    *e = (1.0 + g.scale) * *e - g.scale * *u;
-                }
-            }
-        }
-        let noise_row: Option<&[f32]> = if scheduler.needs_noise(i) {
-            match opts.step_noise {
-                Some(z) => Some(&z[i * n..(i + 1) * n]),
-                None => {
-                    let buf = slice(rest, shift(lay.noise));
-                    noise.fill(i as u64 + 1, buf);
+    let (model_ws, rest) = workspace.split_at_mut(lay.model);
+    let (output, rest) = rest.split_at_mut(lay.output);
+    let (uncond, rest) = rest.split_at_mut(lay.uncond);
+    let (noise_buf, rest) = rest.split_at_mut(lay.noise);
+    let scratch = &mut rest[..lay.scratch];
+    let prediction = match method {
+        Method::Scheduler(s) => s.config().prediction_type,
+        Method::Sde(s) => s.prediction_type(),
+    };
+    let mut denoiser = Denoiser {
+        model,
+        labels,
+        guidance,
+        prediction,
+        workspace: model_ws,
+        output,
+        uncond,
+        batch,
+    };
+    match method {
+        Method::Scheduler(scheduler) => {
+            let steps = scheduler.timesteps().len();
+            for (i, &t) in scheduler.timesteps().iter().enumerate() {
+                let m = denoiser.raw(out, t as f32)?;
+                let z: Option<&[f32]> = if scheduler.needs_noise(i) {
+                    match opts.step_noise {
+                        Some(z) => Some(&z[i * n..(i + 1) * n]),
+                        None => {
+                            noise.fill(i as u64 + 1, noise_buf);
+                            Some(&*noise_buf)
+                        }
+                    }
+                } else {
                     None
+                };
+                scheduler.step(i, shape, m, out, z, None, scratch)?;
+                if let Some(cb) = on_step.as_mut() {
+                    cb(&StepInfo {
+                        index: i,
+                        steps,
+                        timestep: t,
+                        sample: out,
+                    });
                 }
             }
-        } else {
-            None
-        };
-        let (eps_r, noise_r, scratch_r) = (shift(lay.eps), shift(lay.noise), shift(lay.scratch));
-        // eps, eps_uncond, noise, scratch are laid out in this order.
-        let (head, tail) = rest.split_at_mut(noise_r.0);
-        let eps = &head[eps_r.0..eps_r.0 + eps_r.1];
-        let (noise_buf, tail) = tail.split_at_mut(noise_r.1);
-        let scratch = &mut tail[scratch_r.0 - (noise_r.0 + noise_r.1)..][..scratch_r.1];
-        let z = if scheduler.needs_noise(i) {
-            Some(noise_row.unwrap_or(noise_buf))
-        } else {
-            None
-        };
-        scheduler.step(i, shape, eps, out, z, None, scratch)?;
-        if let Some(cb) = on_step.as_mut() {
-            cb(&StepInfo {
-                index: i,
-                steps,
-                timestep: t,
-                sample: out,
-            });
+        }
+        Method::Sde(sde) => {
+            let rows = match opts.step_noise {
+                Some(z) => NoiseRows::Injected(z),
+                None => NoiseRows::Seeded(noise),
+            };
+            let vp = sde.sde();
+            let mut report = |s: &SdeStep<'_>| {
+                if let Some(cb) = on_step.as_mut() {
+                    cb(&StepInfo {
+                        index: s.index,
+                        steps: s.steps,
+                        timestep: libm::round(vp.timestep(s.t)) as i64,
+                        sample: s.sample,
+                    });
+                }
+            };
+            sde.run(&mut denoiser, shape, out, rows, scratch, Some(&mut report))?;
         }
     }
     Ok(())

@@ -259,7 +259,94 @@ fn help_lists_the_flags() {
         "--step-noise",
         "--save-tensor",
         "--guidance",
+        "--ode-solver",
+        "--corrector-steps",
+        "--snr",
+        "--sde-eps",
+        "sde | ode | pc",
     ] {
         assert!(text.contains(flag), "help lacks {flag}");
     }
+}
+
+#[test]
+fn sde_schedulers_sample_and_match_the_rust_api() {
+    use tinydiffusion::sampler::{self, Method, SampleOptions};
+    use tinydiffusion::schedule::{Predictor, SchedulerConfig, SdeConfig, SdeSampler};
+    let dir = scratch_dir("sde");
+    let model_dir = fixtures_dir().join("tiny-gray8");
+    let m = model_dir.to_string_lossy().into_owned();
+    let model = tinydiffusion::Model::load(&model_dir).unwrap();
+    let cases: [(&[&str], SdeConfig); 4] = [
+        (&["--scheduler", "sde", "--steps", "4"], SdeConfig::sde(4)),
+        (
+            &["--scheduler", "ode", "--steps", "3"],
+            SdeConfig::ode(Predictor::OdeHeun, 3),
+        ),
+        (
+            &[
+                "--scheduler",
+                "ode",
+                "--ode-solver",
+                "euler",
+                "--steps",
+                "3",
+                "--sde-eps",
+                "0.01",
+            ],
+            SdeConfig {
+                t_eps: 0.01,
+                ..SdeConfig::ode(Predictor::OdeEuler, 3)
+            },
+        ),
+        (
+            &[
+                "--scheduler",
+                "pc",
+                "--steps",
+                "2",
+                "--corrector-steps",
+                "2",
+                "--snr",
+                "0.1",
+            ],
+            SdeConfig {
+                snr: 0.1,
+                ..SdeConfig::pc(2, 2)
+            },
+        ),
+    ];
+    for (k, (flags, cfg)) in cases.iter().enumerate() {
+        let out = dir.join(format!("{k}.safetensors"));
+        let png = dir.join(format!("{k}.png"));
+        let mut args = vec!["--model", &m, "--batch", "2", "--seed", "3", "--quiet"];
+        let (o1, o2) = (
+            out.to_string_lossy().into_owned(),
+            png.to_string_lossy().into_owned(),
+        );
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--save-tensor", &o1, "--out", &o2]);
+        let o = sample(&args);
+        assert!(o.status.success(), "{flags:?}: {}", stderr(&o));
+        let got = TensorFile::open(&out).f32s("x_0");
+        let sde = SdeSampler::new(&SchedulerConfig::ddpm_default(), *cfg).unwrap();
+        let method = Method::Sde(&sde);
+        let mut ws = vec![0.0f32; sampler::workspace_len_with(&model, method, 2, false)];
+        let mut want = vec![0.0f32; got.len()];
+        sampler::sample_with(
+            &model,
+            method,
+            &mut ws,
+            &SampleOptions::new(2, 3),
+            &mut want,
+            None,
+        )
+        .unwrap();
+        assert_eq!(got, want, "{flags:?}");
+    }
+    let o = sample(&["--model", &m, "--scheduler", "ode", "--ode-solver", "rk4"]);
+    assert!(!o.status.success() && stderr(&o).contains("--ode-solver"));
+    let o = sample(&["--model", &m, "--scheduler", "sde", "--sde-eps", "1.5"]);
+    assert!(!o.status.success() && stderr(&o).contains("--sde-eps"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,7 @@
 //! Sampling performs no heap allocation: a counting global allocator watches a forward pass,
-//! a 10-step DDIM run and a 50-step DDPM run (with seeded noise, guidance, thresholding).
+//! a 10-step DDIM run and a 50-step DDPM run (with seeded noise, guidance, thresholding), and
+//! the continuous-time samplers (reverse SDE, probability-flow ODE Euler and Heun,
+//! predictor-corrector; plain and guided).
 //!
 //! This file runs without libtest's harness (`harness = false`): the harness's own threads
 //! (its "running for over 60 seconds" notice) allocate, and the count is process-wide so that
@@ -8,8 +10,10 @@
 mod common;
 
 use common::fixtures_dir;
-use tinydiffusion::sampler::{self, Guidance, SampleOptions};
-use tinydiffusion::schedule::{Scheduler, SchedulerConfig, SchedulerKind};
+use tinydiffusion::sampler::{self, Guidance, Method, SampleOptions};
+use tinydiffusion::schedule::{
+    Predictor, Scheduler, SchedulerConfig, SchedulerKind, SdeConfig, SdeSampler,
+};
 use tinydiffusion::Model;
 
 #[path = "common/counting_alloc.rs"]
@@ -43,6 +47,29 @@ fn run(
     };
     allocations_during(|| {
         sampler::sample(model, &scheduler, &mut ws, &opts, &mut out, None).unwrap()
+    })
+}
+
+fn run_sde(
+    model: &Model,
+    cfg: SdeConfig,
+    guidance: Option<Guidance>,
+    labels: Option<&[i64]>,
+) -> usize {
+    let sde = SdeSampler::new(&SchedulerConfig::ddpm_default(), cfg).unwrap();
+    let method = Method::Sde(&sde);
+    let batch = 2;
+    let mut ws =
+        vec![0.0f32; sampler::workspace_len_with(model, method, batch, guidance.is_some())];
+    let (c, h, w) = model.input_shape();
+    let mut out = vec![0.0f32; batch * c * h * w];
+    let opts = SampleOptions {
+        class_labels: labels,
+        guidance,
+        ..SampleOptions::new(batch, 7)
+    };
+    allocations_during(|| {
+        sampler::sample_with(model, method, &mut ws, &opts, &mut out, None).unwrap()
     })
 }
 
@@ -93,4 +120,16 @@ fn forward_and_sampling_allocate_nothing() {
         0,
         "guided DDIM allocated"
     );
+
+    for cfg in [
+        SdeConfig::sde(5),
+        SdeConfig::ode(Predictor::OdeEuler, 5),
+        SdeConfig::ode(Predictor::OdeHeun, 5),
+        SdeConfig::pc(4, 2),
+    ] {
+        let n = run_sde(&model, cfg, None, None);
+        assert_eq!(n, 0, "{cfg:?} allocated {n} times");
+        let n = run_sde(&class, cfg, Some(g), Some(&[1, 2]));
+        assert_eq!(n, 0, "guided {cfg:?} allocated {n} times");
+    }
 }

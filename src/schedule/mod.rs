@@ -5,6 +5,8 @@
 //! - [`betas`](mod@betas): training betas and alpha-bars, as diffusers' float32 tensors hold them.
 //! - [`timesteps`](mod@timesteps): `set_timesteps`, reproduced exactly (leading / trailing / linspace).
 //! - [`Scheduler`]: one run's schedule and the allocation-free, in-place `step`.
+//! - [`sde`]: the continuous-time (score-SDE) samplers: reverse SDE, probability-flow ODE,
+//!   predictor-corrector.
 //! - [`noise`]: seeded, counter-based Gaussian noise, identical on every machine.
 //!
 //! Where diffusers 0.42 is knowingly wrong we say so and, unless parity needs the bug, differ:
@@ -15,6 +17,7 @@ pub mod betas;
 pub mod config;
 pub mod noise;
 mod scheduler;
+pub mod sde;
 pub mod timesteps;
 
 pub use betas::{alphas_cumprod, betas};
@@ -24,4 +27,5 @@ pub use config::{
 };
 pub use noise::GaussianNoise;
 pub use scheduler::{Scheduler, StepShape};
+pub use sde::{Predictor, SdeConfig, SdeSampler, VpSde};
 pub use timesteps::set_timesteps;

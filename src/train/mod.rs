@@ -19,6 +19,7 @@
 //! - [`rng`], [`schedule`]: counter-based random numbers; betas (private helper, see there).
 //! - [`data`]: MNIST IDX and PNG folders.
 //! - [`eval`]: the variational bound in bits/dim on held-out images.
+//! - [`quality`]: sample quality, a Fréchet distance over features of a small MNIST classifier.
 //! - [`checkpoint`], [`trainer`]: diffusers-layout checkpoints with training state; the loop.
 
 pub mod checkpoint;
@@ -29,6 +30,7 @@ pub mod layers;
 pub mod loss;
 pub mod optim;
 pub mod params;
+pub mod quality;
 pub mod rng;
 pub mod schedule;
 pub mod trainer;

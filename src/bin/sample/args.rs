@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 pub const HELP: &str = "\
-sample: draw images from a diffusers UNet2DModel with DDPM or DDIM
+sample: draw images from a diffusers UNet2DModel with DDPM, DDIM or score-SDE samplers
 
 USAGE:
     sample [FLAGS]                 sample from --model (default: the model in weights/)
@@ -12,8 +12,16 @@ USAGE:
 
 FLAGS:
     --model DIR          UNet2DModel folder or diffusers pipeline folder   [default: weights]
-    --scheduler NAME     ddpm | ddim                      [default: the folder's scheduler]
-    --steps N            inference steps                   [default: ddpm 1000, ddim 50]
+    --scheduler NAME     ddpm | ddim | sde | ode | pc     [default: the folder's scheduler]
+                         sde: reverse-time VP-SDE, Euler-Maruyama; ode: probability-flow
+                         ODE; pc: Euler-Maruyama predictor + Langevin corrector
+    --steps N            inference (predictor) steps
+                         [default: ddpm and sde 1000, ddim and ode 50, pc 500]
+    --ode-solver NAME    ode: euler (1 evaluation per step) | heun (2)     [default: heun]
+    --corrector-steps N  pc: Langevin corrector steps per step                [default: 1]
+    --snr F              pc: signal-to-noise ratio of the Langevin step size [default: 0.16]
+    --sde-eps F          sde/ode/pc: last time of the grid t in [eps, 1], followed by one
+                         Tweedie denoising step                            [default: 0.001]
     --eta F              DDIM eta (0 = deterministic)                          [default: 0]
     --ddim-prev MODE     DDIM previous timestep: diffusers (t - T/N) | next (the next
                          scheduled timestep, correct for trailing/linspace)  [default: diffusers]
@@ -26,6 +34,7 @@ FLAGS:
     --null-class K       label used as 'no class' for guidance       [default: last class]
     --init-noise FILE    safetensors with tensor x_T [B,C,H,W] f32 to start from
     --step-noise FILE    safetensors with tensor noise [S,B,C,H,W] f32, row i for step i
+                         (sde/pc: row k for the k-th Gaussian draw)
     --save-tensor FILE   also write the final sample as tensor x_0 [B,C,H,W] f32
     --out PATH           PNG grid of the batch                       [default: samples.png]
     --grid COLS          images per row of the grid                 [default: ceil(sqrt(B))]
@@ -40,6 +49,9 @@ FLAGS:
 pub enum SchedulerChoice {
     Ddpm,
     Ddim,
+    Sde,
+    Ode,
+    Pc,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +59,11 @@ pub struct SampleArgs {
     pub model: Option<PathBuf>,
     pub scheduler: Option<SchedulerChoice>,
     pub steps: Option<usize>,
+    /// `--ode-solver heun` (true) or `euler`.
+    pub ode_heun: bool,
+    pub corrector_steps: usize,
+    pub snr: f64,
+    pub sde_eps: f64,
     pub eta: f64,
     pub ddim_next: bool,
     pub batch: usize,
@@ -66,6 +83,8 @@ pub struct SampleArgs {
     pub quiet: bool,
 }
 
+// Parsed once per run: the size of the `Sample` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Sample(SampleArgs),
     Convert {
@@ -120,6 +139,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         model: None,
         scheduler: None,
         steps: None,
+        ode_heun: true,
+        corrector_steps: 1,
+        snr: 0.16,
+        sde_eps: 1e-3,
         eta: 0.0,
         ddim_next: false,
         batch: 4,
@@ -155,13 +178,30 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 s.scheduler = Some(match value()? {
                     "ddpm" => SchedulerChoice::Ddpm,
                     "ddim" => SchedulerChoice::Ddim,
+                    "sde" => SchedulerChoice::Sde,
+                    "ode" => SchedulerChoice::Ode,
+                    "pc" => SchedulerChoice::Pc,
                     other => {
-                        return Err(format!("--scheduler: '{other}' is not one of ddpm, ddim"))
+                        return Err(format!(
+                            "--scheduler: '{other}' is not one of ddpm, ddim, sde, ode, pc"
+                        ))
                     }
                 })
             }
             "--steps" => s.steps = Some(parse_num(flag, value()?)?),
             "--eta" => s.eta = parse_num(flag, value()?)?,
+            "--ode-solver" => {
+                s.ode_heun = match value()? {
+                    "heun" => true,
+                    "euler" => false,
+                    other => {
+                        return Err(format!("--ode-solver: '{other}' is not one of euler, heun"))
+                    }
+                }
+            }
+            "--corrector-steps" => s.corrector_steps = parse_num(flag, value()?)?,
+            "--snr" => s.snr = parse_num(flag, value()?)?,
+            "--sde-eps" => s.sde_eps = parse_num(flag, value()?)?,
             "--ddim-prev" => {
                 s.ddim_next = match value()? {
                     "diffusers" => false,
@@ -216,6 +256,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
     if !s.eta.is_finite() || s.eta < 0.0 {
         return Err("--eta must be a finite number >= 0".into());
+    }
+    if !(s.snr.is_finite() && s.snr >= 0.0) {
+        return Err("--snr must be a finite number >= 0".into());
+    }
+    if !(s.sde_eps > 0.0 && s.sde_eps < 1.0) {
+        return Err("--sde-eps must be in (0, 1)".into());
+    }
+    if s.steps == Some(0) {
+        return Err("--steps must be at least 1".into());
     }
     if !s.guidance.is_finite() {
         return Err("--guidance must be a finite number".into());

@@ -11,8 +11,10 @@ use tinydiffusion::config::{DownBlockKind, UpBlockKind};
 use tinydiffusion::io::{read_tensor, write_png_grid, write_tensors};
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::model::load::{read_text, ModelFiles};
-use tinydiffusion::sampler::{self, Guidance, SampleOptions, StepInfo};
-use tinydiffusion::schedule::{DdimPrevTimestep, Scheduler, SchedulerConfig, SchedulerKind};
+use tinydiffusion::sampler::{self, Guidance, Method, SampleOptions, StepInfo};
+use tinydiffusion::schedule::{
+    DdimPrevTimestep, Predictor, Scheduler, SchedulerConfig, SchedulerKind, SdeConfig, SdeSampler,
+};
 use tinydiffusion::{Error, Model};
 
 fn main() -> ExitCode {
@@ -77,6 +79,8 @@ fn scheduler_config(dir: &Path, choice: Option<SchedulerChoice>) -> Result<Sched
         None => base,
         Some(SchedulerChoice::Ddpm) => base.with_kind(SchedulerKind::Ddpm),
         Some(SchedulerChoice::Ddim) => base.with_kind(SchedulerKind::Ddim),
+        // The continuous-time samplers read only the schedule and the prediction type.
+        Some(_) => base,
     })
 }
 
@@ -199,12 +203,46 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     if a.ddim_next {
         sched_cfg.ddim_prev_timestep = DdimPrevTimestep::NextInSchedule;
     }
+    let sde_cfg = match a.scheduler {
+        Some(SchedulerChoice::Sde) => Some(SdeConfig::sde(a.steps.unwrap_or(1000))),
+        Some(SchedulerChoice::Ode) => Some(SdeConfig::ode(
+            if a.ode_heun {
+                Predictor::OdeHeun
+            } else {
+                Predictor::OdeEuler
+            },
+            a.steps.unwrap_or(50),
+        )),
+        Some(SchedulerChoice::Pc) => Some(SdeConfig::pc(a.steps.unwrap_or(500), a.corrector_steps)),
+        _ => None,
+    }
+    .map(|c| SdeConfig {
+        snr: a.snr,
+        t_eps: a.sde_eps,
+        ..c
+    });
     let steps = a.steps.unwrap_or(match sched_cfg.kind {
         SchedulerKind::Ddpm => sched_cfg.num_train_timesteps,
         SchedulerKind::Ddim => 50,
     });
-    let mut scheduler = Scheduler::new(sched_cfg, steps).map_err(|e| e.to_string())?;
-    scheduler.set_eta(a.eta);
+    let (scheduler, sde) = match sde_cfg {
+        Some(c) => (
+            None,
+            Some(SdeSampler::new(&sched_cfg, c).map_err(|e| e.to_string())?),
+        ),
+        None => {
+            let mut s = Scheduler::new(sched_cfg, steps).map_err(|e| e.to_string())?;
+            s.set_eta(a.eta);
+            (Some(s), None)
+        }
+    };
+    let method = match (&scheduler, &sde) {
+        (Some(s), _) => Method::Scheduler(s),
+        (None, Some(s)) => Method::Sde(s),
+        (None, None) => unreachable!("one of the two is built"),
+    };
+    let steps = method.num_steps();
+    let noise_rows = method.noise_rows();
 
     let n = a.batch * c * h * w;
     let read = |path: &Option<PathBuf>,
@@ -222,7 +260,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         Ok(Some(data))
     };
     let init = read(&a.init_noise, "x_T", &[a.batch, c, h, w])?;
-    let step_noise = read(&a.step_noise, "noise", &[steps, a.batch, c, h, w])?;
+    let step_noise = read(&a.step_noise, "noise", &[noise_rows, a.batch, c, h, w])?;
 
     let labels: Option<Vec<i64>> = match model.config.num_class_embeds {
         // By default the grid shows every class: image i gets class i, cycling over all classes
@@ -254,7 +292,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         guidance,
     };
     let mut workspace =
-        vec![0.0f32; sampler::workspace_len(&model, &scheduler, a.batch, guidance.is_some())];
+        vec![0.0f32; sampler::workspace_len_with(&model, method, a.batch, guidance.is_some())];
     let mut out = vec![0.0f32; n];
     let start = Instant::now();
     let setup_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -271,9 +309,9 @@ fn run(a: &SampleArgs) -> Result<(), String> {
             s.steps, s.timestep
         );
     };
-    sampler::sample(
+    sampler::sample_with(
         &model,
-        &scheduler,
+        method,
         &mut workspace,
         &opts,
         &mut out,
@@ -296,7 +334,8 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     }
     if !quiet {
         eprintln!(
-            "{steps} steps, batch {}, {:.2}s ({:.2} images/s), setup {:.0} ms, workspace {:.1} MiB, peak RSS {}, kernels {}; wrote {}",
+            "{steps} steps ({} model evaluations), batch {}, {:.2}s ({:.2} images/s), setup {:.0} ms, workspace {:.1} MiB, peak RSS {}, kernels {}; wrote {}",
+            method.model_evaluations() * if guidance.is_some() { 2 } else { 1 },
             a.batch,
             secs,
             a.batch as f64 / secs,
