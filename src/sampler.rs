@@ -88,18 +88,21 @@ struct Layout {
 fn layout(model: &Model, scheduler: &Scheduler, batch: usize, guided: bool) -> Layout {
     let (c, h, w) = model.input_shape();
     let (c_out, _, _) = model.output_shape();
-    let sample = batch * c * h * w;
-    let eps = batch * c_out * h * w;
+    let sample = batch.saturating_mul(c * h * w);
+    let eps = batch.saturating_mul(c_out * h * w);
     let shape = StepShape {
         batch,
         channels: c,
         height: h,
         width: w,
     };
-    let mut at = 0;
+    // Saturating throughout: a batch too large to address gives a total of usize::MAX, which
+    // no workspace satisfies, instead of a wrapped (small, wrong) size. `sample` rejects such
+    // a batch before using any offset.
+    let mut at = 0usize;
     let mut take = |len: usize| {
         let r = (at, len);
-        at += len;
+        at = at.saturating_add(len);
         r
     };
     let model_ws = take(model.workspace_len(batch));
@@ -149,7 +152,15 @@ pub fn sample(
             "out_channels must equal in_channels (or twice it, for learned variance)",
         ));
     }
-    let n = batch * per_sample;
+    let Some(n) = batch
+        .checked_mul(c_out.max(c) * h * w)
+        .map(|_| batch * per_sample)
+    else {
+        return Err(invalid_arg(
+            "batch",
+            alloc::format!("{batch} samples are too many to address"),
+        ));
+    };
     if out.len() != n {
         return Err(Error::BufferSize {
             what: "sample output",
@@ -159,10 +170,10 @@ pub fn sample(
     }
     let steps = scheduler.timesteps().len();
     if let Some(z) = opts.step_noise {
-        if z.len() != steps * n {
+        if steps.checked_mul(n) != Some(z.len()) {
             return Err(Error::BufferSize {
                 what: "step noise [steps, B, C, H, W]",
-                expected: steps * n,
+                expected: steps.saturating_mul(n),
                 found: z.len(),
             });
         }
@@ -193,6 +204,12 @@ pub fn sample(
         }
     }
     let guidance = opts.guidance.filter(|g| g.scale != 0.0);
+    if guidance.is_some() && model.config.num_class_embeds.is_none() {
+        return Err(invalid_arg(
+            "guidance",
+            "classifier-free guidance needs a class-conditional model",
+        ));
+    }
     if let Some(g) = &guidance {
         if !g.scale.is_finite() {
             return Err(invalid_arg("guidance", "scale must be finite"));
