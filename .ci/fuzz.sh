@@ -27,7 +27,7 @@ run_target() {
     echo "== fuzz $target ${secs}s $*"
     cargo fuzz run "$@" "$target" "$work" -- -max_total_time="$secs" "${OPTS[@]}" >"$log" 2>&1 || rc=$?
     # libFuzzer's summary: executions, coverage (cov:), corpus, speed.
-    grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec|Done )' "$log" || true
+    grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::average_exec_per_sec|Done )' "$log" || true
     if [ "$rc" -ne 0 ]; then
         echo "!! $target failed (exit $rc):"
         tail -80 "$log"
