@@ -79,6 +79,17 @@ fn bad(key: &str, message: impl Into<String>) -> Error {
     }
 }
 
+/// Most blocks (`block_out_channels` entries) a config may have.
+pub const MAX_BLOCKS: usize = 16;
+/// Most resnets per block.
+pub const MAX_LAYERS_PER_BLOCK: usize = 64;
+/// Most channels of any block, input, output or embedding.
+pub const MAX_CHANNELS: usize = 1 << 16;
+/// Largest height or width.
+pub const MAX_SAMPLE_SIZE: usize = 1 << 16;
+/// Most f32 elements of one activation of one sample (height x width x channels).
+pub const MAX_TENSOR_ELEMS: usize = 1 << 32;
+
 /// A positive integer that fits comfortably in memory arithmetic (no overflow later on).
 fn as_size(key: &str, v: &Value) -> Result<usize> {
     const MAX: u64 = 1 << 20;
@@ -399,6 +410,75 @@ impl UNetConfig {
                 "block_out_channels",
                 "first block needs at least 2 channels",
             ));
+        }
+        self.check_sizes()
+    }
+
+    /// Bounds on sizes that keep every later computation (tensor lengths, the memory plan,
+    /// `workspace_len`, FLOP counts, parameter listing) far from `usize` overflow. Each is
+    /// orders of magnitude above any diffusers `UNet2DModel` (the largest use <= 8 blocks,
+    /// <= 4 layers per block, <= 2048 channels, <= 1024x1024 samples), so only files made to
+    /// break the loader reach them.
+    fn check_sizes(&self) -> Result<()> {
+        let limit = |key: &str, v: usize, max: usize| {
+            if v > max {
+                Err(bad(
+                    key,
+                    alloc::format!("{v} is above the supported maximum {max}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        limit(
+            "block_out_channels",
+            self.block_out_channels.len(),
+            MAX_BLOCKS,
+        )?;
+        limit(
+            "layers_per_block",
+            self.layers_per_block,
+            MAX_LAYERS_PER_BLOCK,
+        )?;
+        limit("in_channels", self.in_channels, MAX_CHANNELS)?;
+        limit("out_channels", self.out_channels, MAX_CHANNELS)?;
+        limit("time_embedding_dim", self.time_embed_dim, MAX_CHANNELS)?;
+        for &c in &self.block_out_channels {
+            limit("block_out_channels", c, MAX_CHANNELS)?;
+        }
+        let (h, w) = self.sample_size;
+        limit("sample_size", h.max(w), MAX_SAMPLE_SIZE)?;
+        // The largest activation of one sample: full resolution at the widest block (the
+        // real maximum is smaller, but this bound is simple and safe).
+        let widest = self
+            .block_out_channels
+            .iter()
+            .copied()
+            .chain([self.in_channels, self.out_channels])
+            .max()
+            .unwrap_or(1);
+        if (h * w)
+            .checked_mul(widest)
+            .is_none_or(|n| n > MAX_TENSOR_ELEMS)
+        {
+            return Err(bad(
+                "sample_size",
+                alloc::format!(
+                    "{h}x{w} samples with {widest} channels are above the supported maximum of \
+                     {MAX_TENSOR_ELEMS} floats per activation"
+                ),
+            ));
+        }
+        if let Some(n) = self.num_class_embeds {
+            if n * self.time_embed_dim > MAX_TENSOR_ELEMS {
+                return Err(bad(
+                    "num_class_embeds",
+                    alloc::format!(
+                        "{n} classes x {} embedding width is above {MAX_TENSOR_ELEMS}",
+                        self.time_embed_dim
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -90,8 +90,9 @@ impl MemoryPlan {
     }
 
     /// Exact arena length (f32 elements) for a batch.
+    /// Saturates at `usize::MAX` (a length no buffer can have) instead of overflowing.
     pub fn arena_len(&self, batch: usize) -> usize {
-        self.per_sample * batch
+        self.per_sample.saturating_mul(batch)
     }
 
     /// The region of tensor `id` for a batch, as (start, len) in f32 elements.

@@ -153,16 +153,21 @@ struct Layout {
 }
 
 impl Layout {
+    /// Saturating: a batch too large to address gives usize::MAX, which no workspace
+    /// satisfies, instead of a wrapped (small, wrong) size. `sample_with` rejects such a batch
+    /// before using any offset.
     fn total(&self) -> usize {
-        self.model + self.output + self.uncond + self.noise + self.scratch
+        [self.output, self.uncond, self.noise, self.scratch]
+            .iter()
+            .fold(self.model, |at, len| at.saturating_add(*len))
     }
 }
 
 fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool) -> Layout {
     let (c, h, w) = model.input_shape();
     let (c_out, _, _) = model.output_shape();
-    let sample = batch * c * h * w;
-    let output = batch * c_out * h * w;
+    let sample = batch.saturating_mul(c * h * w);
+    let output = batch.saturating_mul(c_out * h * w);
     let shape = StepShape {
         batch,
         channels: c,
@@ -306,7 +311,15 @@ pub fn sample_with(
             "out_channels must equal in_channels (or twice it, for learned variance)",
         ));
     }
-    let n = batch * per_sample;
+    let Some(n) = batch
+        .checked_mul(c_out.max(c) * h * w)
+        .map(|_| batch * per_sample)
+    else {
+        return Err(invalid_arg(
+            "batch",
+            alloc::format!("{batch} samples are too many to address"),
+        ));
+    };
     if out.len() != n {
         return Err(Error::BufferSize {
             what: "sample output",
@@ -350,6 +363,12 @@ pub fn sample_with(
         }
     }
     let guidance = opts.guidance.filter(|g| g.scale != 0.0);
+    if guidance.is_some() && model.config.num_class_embeds.is_none() {
+        return Err(invalid_arg(
+            "guidance",
+            "classifier-free guidance needs a class-conditional model",
+        ));
+    }
     if let Some(g) = &guidance {
         if !g.scale.is_finite() {
             return Err(invalid_arg("guidance", "scale must be finite"));

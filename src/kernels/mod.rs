@@ -99,13 +99,19 @@ impl ConvShape {
         }
     }
     pub fn flops(&self) -> u64 {
-        2 * (self.batch
-            * self.out_h
-            * self.out_w
-            * self.out_c
-            * self.in_c()
-            * self.kernel
-            * self.kernel) as u64
+        // Saturating: a huge batch must not overflow a statistic.
+        [
+            self.out_h,
+            self.out_w,
+            self.out_c,
+            self.in_c(),
+            self.kernel,
+            self.kernel,
+        ]
+        .iter()
+        .fold(2 * self.batch as u64, |acc, &d| {
+            acc.saturating_mul(d as u64)
+        })
     }
     /// Elements of the packed weight (see [`packed_len`]).
     pub fn weight_len(&self) -> usize {

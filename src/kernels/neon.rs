@@ -78,6 +78,9 @@ impl Simd for Neon {
             r
         }
     }
+    ///
+    /// # Safety
+    /// NEON, which every aarch64 CPU has; pure arithmetic.
     #[inline(always)]
     unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
         // SAFETY: see the impl comment.
@@ -126,6 +129,9 @@ impl Simd for Neon {
             vmulq_f32(y, vreinterpretq_f32_s32(bits))
         }
     }
+    ///
+    /// # Safety
+    /// NEON, which every aarch64 CPU has; pure arithmetic.
     #[inline(always)]
     unsafe fn hsum(v: float32x4_t) -> f32 {
         // SAFETY: see the impl comment.

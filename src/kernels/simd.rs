@@ -45,6 +45,11 @@ const _: () = assert!(BQ * BK <= SCRATCH_FLOATS);
 
 /// One vector instruction set. All methods are `unsafe`: callers must run on a CPU with the
 /// implementing type's features, and pointers must be valid for `LANES` elements.
+///
+/// # Safety
+/// Every method: the CPU has the implementing type's target features (a kernel table using it is
+/// only handed out by `KernelPath::table` after run-time detection), and each pointer is valid
+/// for `LANES` elements (readable for loads, writable for stores).
 pub(crate) trait Simd: Copy {
     const LANES: usize;
     type V: Copy;
@@ -67,6 +72,9 @@ pub(crate) trait Simd: Copy {
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
 
+    ///
+    /// # Safety
+    /// the CPU has `Self`'s target features and `p` is readable.
     #[inline(always)]
     unsafe fn bcast(p: *const f32) -> Self::V {
         // SAFETY: the caller guarantees `p` is readable.
@@ -168,6 +176,9 @@ impl<'a> ConvPlan<'a> {
 }
 
 /// Copies `len <= 16` floats (or zeros when `src` is null) to `dst`.
+///
+/// # Safety
+/// CPU features of `S`; `dst` is writable for `len` floats, `src` is null or readable for `len` floats, `len <= 16`.
 #[inline(always)]
 unsafe fn copy_run<S: Simd>(dst: *mut f32, src: *const f32, len: usize) {
     // SAFETY (whole function): the caller guarantees `dst` is writable and `src` (if not null)
@@ -202,6 +213,9 @@ unsafe fn copy_run<S: Simd>(dst: *mut f32, src: *const f32, len: usize) {
 /// The reduction range is walked in runs that stay within one tap and one input part; for each
 /// run every pixel copies its channels (whole 16-float blocks with vector moves when the run is
 /// aligned, which is the case whenever channel counts are multiples of 16).
+///
+/// # Safety
+/// CPU features of `S`; `a_buf` holds `MR * kc` floats and the conv's inputs match `p.shape` (checked by `ConvArgs::check` before any task runs).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pack_a<S: Simd, const MR: usize>(
@@ -295,6 +309,9 @@ unsafe fn pack_a<S: Simd, const MR: usize>(
 }
 
 /// Widens reduction rows `k0..k0 + kc` of output block `ob` into a `[kcp][32]` f32 panel.
+///
+/// # Safety
+/// CPU features of `S`; the packed weight has `ConvShape::weight_len` elements (checked at load and by `ConvArgs::check`), `dst` holds `kcp * 32` floats.
 #[inline(always)]
 unsafe fn widen_panel<S: Simd>(
     p: &ConvPlan<'_>,
@@ -320,6 +337,9 @@ unsafe fn widen_panel<S: Simd>(
 /// `ncols` columns are read or written. `init` (first chunk) gives the starting value of each
 /// column, otherwise the partial sums are read from `c`. With `last`, `res` (row stride `ldc`)
 /// is added and the result divided by `scale`.
+///
+/// # Safety
+/// CPU features of `S`; `c` (and `res` when `last`) is valid for `m` rows of `ncols` floats at row stride `ldc`, `a` holds `kc * MR` and `b` `kc * NV * LANES` floats.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn micro<S: Simd, const MR: usize, const NV: usize>(
@@ -427,6 +447,9 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize, const NV: usize>(
 
 /// One packed tile (`m` pixels from `px0` of sample `b`, in `a_buf`) times output block `ob`
 /// (panel `ob - ob0` of `panels`) for reduction chunk `k0..k0 + kc`.
+///
+/// # Safety
+/// CPU features of `S`; the plan's buffers were checked by `ConvArgs::check`, `a_buf` is the packed tile of `m` pixels, `ob` indexes `panels`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_ob<S: Simd, const MR: usize, const NV: usize>(
@@ -519,6 +542,9 @@ unsafe fn tile_ob<S: Simd, const MR: usize, const NV: usize>(
 }
 
 /// One task of a convolution: its tiles times its output-channel blocks, every reduction chunk.
+///
+/// # Safety
+/// CPU features of `S`; `p` was built from checked `ConvArgs`, `task < p.tasks()`, and no other task writes the output rows and channel blocks of this one (the plan splits them disjointly).
 #[inline(always)]
 pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const MRS: usize, const NV: usize>(
     p: &ConvPlan<'_>,
@@ -615,6 +641,9 @@ struct Seg {
     stride: usize,
 }
 
+///
+/// # Safety
+/// CPU features of `S` only (pure arithmetic).
 #[inline(always)]
 unsafe fn sigmoid_mul<S: Simd>(y: S::V) -> S::V {
     // SAFETY: the caller runs with S's features.
@@ -626,6 +655,9 @@ unsafe fn sigmoid_mul<S: Simd>(y: S::V) -> S::V {
 
 /// GroupNorm task: sample `b`, groups `g0..g1` (statistics in f64 from f32 block sums, two
 /// passes as the scalar path), then normalise (and SiLU) their channels.
+///
+/// # Safety
+/// CPU features of `S`; `GroupNormArgs::check` passed; the task writes only sample `b`, groups `g0..g1` of `out`, disjoint from every other task.
 #[inline(always)]
 pub(crate) unsafe fn group_norm_task<S: Simd>(
     a: &GroupNormArgs<'_>,
@@ -806,6 +838,9 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(
 
 /// Writes K^T for (sample, head) `task` into `kt` as `[d][tokens]` at offset
 /// `task * d * tokens`, so the score blocks read keys as contiguous vectors.
+///
+/// # Safety
+/// `AttentionArgs::check` passed and `kt` holds `tasks * d * tokens` floats; the task writes only its own `d * tokens` block.
 #[inline(always)]
 pub(crate) unsafe fn transpose_k(a: &AttentionArgs<'_>, kt: Shared<f32>, task: usize) {
     let (n, c) = (a.tokens, a.channels);
@@ -835,6 +870,9 @@ pub(crate) fn attention_tasks(a: &AttentionArgs<'_>) -> usize {
 /// softmax(Q K^T / sqrt(d)) V for `BQ` queries of one (sample, head): key tiles of `BK` with an
 /// online softmax (running max and sum); the output rows accumulate in place in `out`. At most
 /// `BQ x BK` scores exist at once.
+///
+/// # Safety
+/// CPU features of `S`; `AttentionArgs::check` passed, `kt` was filled by `transpose_k`; the task writes only its own `BQ` query rows of `out`.
 #[inline(always)]
 pub(crate) unsafe fn attention_task<S: Simd>(
     a: &AttentionArgs<'_>,
@@ -1049,6 +1087,9 @@ pub(crate) unsafe fn attention_task<S: Simd>(
 
 /// `iters` rounds of 24 independent vector FMAs (enough to fill two FMA pipes); returns a
 /// value depending on all of them so nothing is optimised away. Peak-throughput probe.
+///
+/// # Safety
+/// CPU features of `S` only (register arithmetic).
 #[inline(always)]
 pub(crate) unsafe fn fma_loop<S: Simd>(iters: usize) -> f32 {
     // SAFETY: the caller runs with S's features.
@@ -1078,6 +1119,9 @@ macro_rules! simd_table {
     ($table:ident, $peak:ident, $name:literal, $path:expr, $S:ty, $mr:literal, $mrs:literal, $nv:literal, $features:literal) => {
         /// FMA throughput probe: (flops done, result).
         pub(crate) fn $peak(iters: usize) -> (f64, f32) {
+            ///
+            /// # Safety
+            /// the CPU has `$features` (the table is only handed out by `KernelPath::table` after detection).
             #[target_feature(enable = $features)]
             unsafe fn run(iters: usize) -> f32 {
                 // SAFETY: forwarded contract.
@@ -1096,6 +1140,9 @@ macro_rules! simd_table {
             use $crate::kernels::simd::{self, ConvPlan, Shared};
             use $crate::kernels::{AttentionArgs, ConvArgs, Exec, GroupNormArgs, LinearArgs};
 
+            ///
+            /// # Safety
+            /// the CPU has `$features`; as [`simd::conv_task`].
             #[target_feature(enable = $features)]
             unsafe fn conv_task(p: &ConvPlan<'_>, task: usize, scratch: &mut [f32]) {
                 // SAFETY: forwarded contract (features enabled, plan checked).

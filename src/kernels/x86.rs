@@ -136,6 +136,9 @@ impl Simd for Avx512 {
             _mm512_scalef_ps(y, n)
         }
     }
+    ///
+    /// # Safety
+    /// the CPU has AVX-512F.
     #[inline(always)]
     unsafe fn hsum(v: __m512) -> f32 {
         // SAFETY: see the impl comment.
@@ -238,6 +241,9 @@ impl Simd for Avx2 {
             _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
         }
     }
+    ///
+    /// # Safety
+    /// the CPU has AVX (checked with the AVX2 path).
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         // SAFETY: see the impl comment.
@@ -248,6 +254,9 @@ impl Simd for Avx2 {
             _mm_cvtss_f32(s)
         }
     }
+    ///
+    /// # Safety
+    /// the CPU has AVX (checked with the AVX2 path).
     #[inline(always)]
     unsafe fn hmax(v: __m256) -> f32 {
         // SAFETY: see the impl comment.

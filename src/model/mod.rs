@@ -205,7 +205,9 @@ impl Op {
             Op::Linear(l) => 2 * (l.rows * l.in_f * l.out_f) as u64,
             Op::Attention(a) => {
                 let (n, c) = (a.tokens as u64, a.channels as u64);
-                8 * n * c * c + 4 * n * n * c
+                // Saturating: n * n overflows u64 for absurd (but valid) sample sizes.
+                (8 * n * c * c)
+                    .saturating_add(4u64.saturating_mul(n).saturating_mul(n).saturating_mul(c))
             }
             Op::TimeEmbedding(t) => {
                 let (s, e) = (t.sinusoid_dim as u64, t.embed_dim as u64);
@@ -357,8 +359,12 @@ impl Model {
     /// f32 elements of workspace one forward pass at `batch` needs: the activations
     /// (`batch` times the per-sample plan) followed by [`crate::kernels::SCRATCH_PER_THREAD`]
     /// floats of kernel scratch for each of [`Model::threads`] threads.
+    /// Saturates at `usize::MAX` for a batch too large to address (no buffer is that long,
+    /// so every length check against it fails cleanly).
     pub fn workspace_len(&self, batch: usize) -> usize {
-        self.plan.arena_len(batch) + self.scratch_len()
+        self.plan
+            .arena_len(batch)
+            .saturating_add(self.scratch_len())
     }
 
     /// Kernel scratch at the end of the workspace (independent of the batch).
@@ -368,7 +374,8 @@ impl Model {
 
     /// Bytes of workspace one forward pass at `batch` needs.
     pub fn workspace_bytes(&self, batch: usize) -> usize {
-        self.workspace_len(batch) * core::mem::size_of::<f32>()
+        self.workspace_len(batch)
+            .saturating_mul(core::mem::size_of::<f32>())
     }
 
     /// (channels, height, width) of the model's input.

@@ -18,8 +18,19 @@ use tinydiffusion::schedule::{
 use tinydiffusion::{Error, Model};
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args::parse(&argv) {
+    // `args_os`: `std::env::args` panics on an argument that is not UTF-8.
+    let argv: Result<Vec<String>, String> = std::env::args_os()
+        .skip(1)
+        .map(|a| {
+            a.into_string().map_err(|a| {
+                format!(
+                    "argument `{}` is not valid UTF-8 (paths and flags must be UTF-8)",
+                    a.to_string_lossy()
+                )
+            })
+        })
+        .collect();
+    let result = match argv.and_then(|argv| args::parse(&argv)) {
         Ok(Command::Help) => {
             print!("{}", args::HELP);
             Ok(())

@@ -110,6 +110,9 @@ fn gemm_rows(
 }
 
 /// The portable kernel compiled with AVX2 and FMA enabled.
+///
+/// # Safety
+/// the CPU has AVX2 and FMA (the caller checks `is_x86_feature_detected!`); the body is safe code.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,1314 @@
+//! Bad inputs, table-driven: every way a model file, a config, scheduler options, sampling
+//! arguments or a C caller can be wrong, each with the exact typed error it must give (never a
+//! panic, an out-of-bounds read or a silently wrong result). Inputs the fuzzers (fuzz/) found
+//! crashing are kept here as regression rows.
+
+use std::ffi::c_char;
+use std::ptr::{null, null_mut};
+
+use safetensors::Dtype;
+use serde_json::{json, Map, Value};
+use tinydiffusion::capi::*;
+use tinydiffusion::memory::Reuse;
+use tinydiffusion::sampler::{self, Guidance, SampleOptions};
+use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
+use tinydiffusion::testing::random_weights;
+use tinydiffusion::weights::{convert::to_packed_safetensors, LoadOptions, WeightBytes};
+use tinydiffusion::{Error, Model, Result, UNetConfig};
+
+/// 1 channel, 4x4, a plain and an attention block, mid block with attention.
+const TINY: &str = r#"{
+  "_class_name": "UNet2DModel",
+  "attention_head_dim": 2,
+  "block_out_channels": [4, 8],
+  "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+  "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+  "in_channels": 1,
+  "out_channels": 1,
+  "layers_per_block": 1,
+  "norm_num_groups": 2,
+  "sample_size": 4
+}"#;
+
+fn tiny_class() -> String {
+    with_config(|o| {
+        o.insert("num_class_embeds".into(), json!(3));
+    })
+}
+
+/// TINY with some keys changed.
+fn with_config(f: impl FnOnce(&mut Map<String, Value>)) -> String {
+    let mut v: Value = serde_json::from_str(TINY).unwrap();
+    f(v.as_object_mut().unwrap());
+    v.to_string()
+}
+
+fn weights() -> Vec<u8> {
+    random_weights(TINY, 1).unwrap()
+}
+
+fn load_with(config: &str, bytes: Vec<u8>, options: LoadOptions) -> Result<Model> {
+    Model::new(
+        UNetConfig::from_json(config)?,
+        WeightBytes::Owned(bytes),
+        options,
+        Reuse::Shared,
+    )
+}
+
+fn load(config: &str, bytes: Vec<u8>) -> Result<Model> {
+    load_with(config, bytes, LoadOptions::default())
+}
+
+/// The header (as JSON) and data section of a safetensors file.
+fn split(st: &[u8]) -> (Map<String, Value>, Vec<u8>) {
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+    (header.as_object().unwrap().clone(), st[8 + n..].to_vec())
+}
+
+/// A safetensors file from a header and data (header padded to 8 bytes, as the format asks).
+fn join(header: &Map<String, Value>, data: &[u8]) -> Vec<u8> {
+    let mut h = Value::Object(header.clone()).to_string().into_bytes();
+    while (8 + h.len()) % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    out
+}
+
+/// The tiny model's weights with the header edited.
+fn edit_header(f: impl FnOnce(&mut Map<String, Value>, &mut Vec<u8>)) -> Vec<u8> {
+    let (mut h, mut d) = split(&weights());
+    f(&mut h, &mut d);
+    join(&h, &d)
+}
+
+/// A file rewritten tensor by tensor: `f(name, dtype, shape, data)`, None drops the tensor.
+fn rewrite(
+    bytes: &[u8],
+    f: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(String, Dtype, Vec<usize>, Vec<u8>)>,
+) -> Vec<u8> {
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let owned: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(n, v)| f(&n, v.dtype(), v.shape(), v.data()))
+        .collect();
+    let views: Vec<_> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            let v = safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// The tiny model's weights as f32, with `conv_in.weight[0]` set to `first`.
+fn f32_weights(first: f32) -> Vec<u8> {
+    rewrite(&weights(), |n, _, s, d| {
+        let mut v: Vec<u8> = d
+            .chunks_exact(2)
+            .flat_map(|c| {
+                half::f16::from_le_bytes([c[0], c[1]])
+                    .to_f32()
+                    .to_le_bytes()
+            })
+            .collect();
+        if n == "conv_in.weight" {
+            v[..4].copy_from_slice(&first.to_le_bytes());
+        }
+        Some((n.into(), Dtype::F32, s.to_vec(), v))
+    })
+}
+
+/// `conv_in.weight[0]` of the f16 file set to `bits`.
+fn f16_weights_with(bits: u16) -> Vec<u8> {
+    edit_header(|h, d| {
+        let start = h["conv_in.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+        d[start..start + 2].copy_from_slice(&bits.to_le_bytes());
+    })
+}
+
+struct Row<'a> {
+    name: &'static str,
+    run: Box<dyn Fn() -> Result<()> + 'a>,
+    check: fn(&Result<()>) -> bool,
+    want: &'static str,
+}
+
+macro_rules! row {
+    ($name:expr, $run:expr, $pat:pat $(if $guard:expr)?) => {
+        Row {
+            name: $name,
+            run: {
+                let f = $run;
+                Box::new(move || f().map(|_| ()))
+            },
+            check: |r| matches!(r, $pat $(if $guard)?),
+            want: stringify!($pat $(if $guard)?),
+        }
+    };
+}
+
+fn run_table(rows: Vec<Row<'_>>) {
+    let mut failures = Vec::new();
+    for r in &rows {
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (r.run)()));
+        match got {
+            Ok(res) if (r.check)(&res) => {}
+            Ok(res) => failures.push(format!("{}: got {res:?}, want {}", r.name, r.want)),
+            Err(_) => failures.push(format!("{}: PANICKED, want {}", r.name, r.want)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn malformed_safetensors() {
+    let rows = vec![
+        row!("valid file loads", || load(TINY, weights()), Ok(())),
+        row!(
+            "empty file",
+            || load(TINY, Vec::new()),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "shorter than the 8-byte length",
+            || load(TINY, vec![1, 2, 3]),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "truncated file",
+            || {
+                let w = weights();
+                load(TINY, w[..w.len() / 2].to_vec())
+            },
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "truncated by one byte",
+            || {
+                let w = weights();
+                load(TINY, w[..w.len() - 1].to_vec())
+            },
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "trailing bytes after the last tensor",
+            || {
+                let mut w = weights();
+                w.extend_from_slice(&[0; 6]);
+                load(TINY, w)
+            },
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "header length larger than the file",
+            || {
+                let mut w = weights();
+                let n = w.len() as u64 + 1000;
+                w[..8].copy_from_slice(&n.to_le_bytes());
+                load(TINY, w)
+            },
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "header length u64::MAX",
+            || {
+                let mut w = weights();
+                w[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+                load(TINY, w)
+            },
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "header JSON invalid",
+            || {
+                let mut w = b"\x10\0\0\0\0\0\0\0{\"a\": [1, 2,   ".to_vec();
+                w.extend_from_slice(&[0; 8]);
+                load(TINY, w)
+            },
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "header not UTF-8",
+            || {
+                let mut w = b"\x08\0\0\0\0\0\0\0{\xff\xfe}    ".to_vec();
+                w.truncate(16);
+                load(TINY, w)
+            },
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "header JSON is not an object",
+            || load(TINY, b"\x08\0\0\0\0\0\0\0[1,2,3] ".to_vec()),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "overlapping offsets",
+            || load(
+                TINY,
+                edit_header(|h, _| {
+                    let other = h["conv_in.bias"]["data_offsets"].clone();
+                    let shape = h["conv_in.bias"]["shape"].clone();
+                    h["time_embedding.linear_1.bias"]["data_offsets"] = other;
+                    h["time_embedding.linear_1.bias"]["shape"] = shape;
+                })
+            ),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "offsets out of range",
+            || load(
+                TINY,
+                edit_header(|h, d| {
+                    let end = d.len() as u64;
+                    h["conv_in.bias"]["data_offsets"] = json!([end, end + 8]);
+                })
+            ),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "offsets reversed",
+            || load(
+                TINY,
+                edit_header(|h, _| {
+                    let o = &h["conv_in.bias"]["data_offsets"];
+                    let (a, b) = (o[0].clone(), o[1].clone());
+                    h["conv_in.bias"]["data_offsets"] = json!([b, a]);
+                })
+            ),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "offsets disagree with dtype x shape",
+            || load(
+                TINY,
+                edit_header(|h, _| {
+                    h["conv_in.bias"]["shape"] = json!([3]);
+                })
+            ),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "shape whose element count overflows",
+            || load(
+                TINY,
+                edit_header(|h, _| {
+                    h["conv_in.bias"]["shape"] = json!([1u64 << 40, 1u64 << 40, 1u64 << 40]);
+                })
+            ),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "unaligned f16 data",
+            || load(
+                TINY,
+                edit_header(|h, d| {
+                    // A 1-byte tensor first shifts every f16 tensor to an odd offset.
+                    for (_, v) in h.iter_mut() {
+                        if let Some(o) = v.get_mut("data_offsets") {
+                            let (a, b) = (o[0].as_u64().unwrap(), o[1].as_u64().unwrap());
+                            *o = json!([a + 1, b + 1]);
+                        }
+                    }
+                    h.insert(
+                        "pad".into(),
+                        json!({"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}),
+                    );
+                    d.insert(0, 0);
+                })
+            ),
+            Err(Error::UnalignedTensor { .. })
+        ),
+        row!(
+            "dtype safetensors knows but we do not read (I16)",
+            || load(
+                TINY,
+                edit_header(|h, _| {
+                    h["conv_in.weight"]["dtype"] = json!("I16");
+                })
+            ),
+            Err(Error::UnsupportedDtype { name, .. }) if name == "conv_in.weight"
+        ),
+        row!(
+            "dtype nobody knows",
+            || load(
+                TINY,
+                edit_header(|h, _| {
+                    h["conv_in.weight"]["dtype"] = json!("Q4_K");
+                })
+            ),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "missing tensor",
+            || load(
+                TINY,
+                rewrite(&weights(), |n, d, s, b| {
+                    (n != "conv_out.bias").then(|| (n.into(), d, s.to_vec(), b.to_vec()))
+                })
+            ),
+            Err(Error::MissingTensor { name }) if name == "conv_out.bias"
+        ),
+        row!(
+            "extra tensors are allowed and ignored",
+            || {
+                let extra = [7u8; 12];
+                let st = safetensors::SafeTensors::deserialize(&weights())
+                    .unwrap()
+                    .tensors()
+                    .into_iter()
+                    .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+                    .collect::<Vec<_>>();
+                let mut views: Vec<_> = st
+                    .iter()
+                    .map(|(n, d, s, b)| {
+                        (
+                            n.clone(),
+                            safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                        )
+                    })
+                    .collect();
+                views.push((
+                    "unused.extra".into(),
+                    safetensors::tensor::TensorView::new(Dtype::U8, vec![12], &extra).unwrap(),
+                ));
+                load(TINY, safetensors::serialize(views, None).unwrap())
+            },
+            Ok(())
+        ),
+        row!(
+            "shape mismatch (same element count)",
+            || load(
+                TINY,
+                edit_header(|h, _| {
+                    h["conv_in.weight"]["shape"] = json!([2, 2, 3, 3]);
+                })
+            ),
+            Err(Error::ShapeMismatch { name, .. }) if name == "conv_in.weight"
+        ),
+        row!(
+            "unknown layout metadata",
+            || load(
+                TINY,
+                edit_header(|h, _| {
+                    h.insert(
+                        "__metadata__".into(),
+                        json!({"tinydiffusion.layout": "oc64"}),
+                    );
+                })
+            ),
+            Err(Error::InvalidSafetensors { .. })
+        ),
+        row!(
+            "packed file with a diffusers-shaped tensor",
+            || load(
+                TINY,
+                edit_header(|h, _| {
+                    h.insert(
+                        "__metadata__".into(),
+                        json!({"tinydiffusion.layout": "oc32"}),
+                    );
+                })
+            ),
+            Err(Error::ShapeMismatch { .. })
+        ),
+        row!(
+            "packed file with an f32 conv weight",
+            || {
+                let (packed, _) = to_packed_safetensors(TINY, &weights()).unwrap();
+                let (h, _) = split(&packed);
+                let meta = h["__metadata__"].clone();
+                let f32_file = rewrite(&packed, |n, _, s, d| {
+                    let v: Vec<u8> = d
+                        .chunks_exact(2)
+                        .flat_map(|c| {
+                            half::f16::from_le_bytes([c[0], c[1]])
+                                .to_f32()
+                                .to_le_bytes()
+                        })
+                        .collect();
+                    Some((n.into(), Dtype::F32, s.to_vec(), v))
+                });
+                let (_, data) = split(&f32_file);
+                let (mut h2, _) = split(&f32_file);
+                h2.insert("__metadata__".into(), meta);
+                load(TINY, join(&h2, &data))
+            },
+            Err(Error::UnsupportedDtype { .. })
+        ),
+    ];
+    run_table(rows);
+}
+
+#[test]
+fn non_finite_weights() {
+    let off = LoadOptions {
+        check_finite: false,
+    };
+    let rows = vec![
+        row!("f16 NaN refused by default", || load(TINY, f16_weights_with(0x7e00)),
+            Err(Error::NonFiniteWeight { name }) if name == "conv_in.weight"),
+        row!(
+            "f16 +inf refused",
+            || load(TINY, f16_weights_with(0x7c00)),
+            Err(Error::NonFiniteWeight { .. })
+        ),
+        row!(
+            "f16 -inf refused",
+            || load(TINY, f16_weights_with(0xfc00)),
+            Err(Error::NonFiniteWeight { .. })
+        ),
+        row!(
+            "f16 NaN allowed with check_finite off",
+            || load_with(TINY, f16_weights_with(0x7e00), off),
+            Ok(())
+        ),
+        row!(
+            "f16 max finite is fine",
+            || load(TINY, f16_weights_with(0x7bff)),
+            Ok(())
+        ),
+        row!(
+            "f32 NaN refused",
+            || load(TINY, f32_weights(f32::NAN)),
+            Err(Error::NonFiniteWeight { .. })
+        ),
+        row!(
+            "f32 inf refused",
+            || load(TINY, f32_weights(f32::INFINITY)),
+            Err(Error::NonFiniteWeight { .. })
+        ),
+        row!(
+            "f32 beyond f16 range refused (would round to inf)",
+            || load(TINY, f32_weights(1e6)),
+            Err(Error::NonFiniteWeight { .. })
+        ),
+        row!(
+            "f32 NaN allowed with check_finite off",
+            || load_with(TINY, f32_weights(f32::NAN), off),
+            Ok(())
+        ),
+        row!(
+            "f32 ordinary value loads",
+            || load(TINY, f32_weights(0.5)),
+            Ok(())
+        ),
+    ];
+    run_table(rows);
+}
+
+#[test]
+fn bad_configs() {
+    let cfg = |f: fn(&mut Map<String, Value>)| with_config(f);
+    let parse = |s: String| UNetConfig::from_json(&s).map(|_| ());
+    let rows = vec![
+        row!("valid", || parse(TINY.into()), Ok(())),
+        row!(
+            "not JSON",
+            || parse("{\"sample_size\": ".into()),
+            Err(Error::InvalidJson { .. })
+        ),
+        row!(
+            "not an object",
+            || parse("[1]".into()),
+            Err(Error::InvalidJson { .. })
+        ),
+        row!("channels not divisible by groups", || parse(cfg(|o| { o.insert("norm_num_groups".into(), json!(3)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "norm_num_groups"),
+        row!("attention channels not divisible by head dim", || parse(cfg(|o| { o.insert("attention_head_dim".into(), json!(3)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "attention_head_dim"),
+        row!("mid attention groups do not divide", || parse(cfg(|o| { o.insert("attn_norm_num_groups".into(), json!(3)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "attn_norm_num_groups"),
+        row!("zero in_channels", || parse(cfg(|o| { o.insert("in_channels".into(), json!(0)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "in_channels"),
+        row!("zero sample_size", || parse(cfg(|o| { o.insert("sample_size".into(), json!(0)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "sample_size"),
+        row!("zero layers_per_block", || parse(cfg(|o| { o.insert("layers_per_block".into(), json!(0)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "layers_per_block"),
+        row!("empty block_out_channels", || parse(cfg(|o| {
+                o.insert("block_out_channels".into(), json!([]));
+                o.insert("down_block_types".into(), json!([]));
+                o.insert("up_block_types".into(), json!([]));
+            })),
+            Err(Error::InvalidConfig { key, .. }) if key == "block_out_channels"),
+        row!("negative size", || parse(cfg(|o| { o.insert("out_channels".into(), json!(-1)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "out_channels"),
+        row!("fractional size", || parse(cfg(|o| { o.insert("out_channels".into(), json!(1.5)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "out_channels"),
+        row!("huge sample_size", || parse(cfg(|o| { o.insert("sample_size".into(), json!(1u64 << 40)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "sample_size"),
+        row!(
+            "huge channels x resolution (tensor sizes would overflow)",
+            || parse(cfg(|o| {
+                o.insert("sample_size".into(), json!(1u64 << 20));
+                o.insert("block_out_channels".into(), json!([1u64 << 20, 1u64 << 20]));
+            })),
+            Err(Error::InvalidConfig { .. })
+        ),
+        row!("huge layers_per_block", || parse(cfg(|o| { o.insert("layers_per_block".into(), json!(1u64 << 20)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "layers_per_block"),
+        row!("huge class count", || parse(cfg(|o| { o.insert("num_class_embeds".into(), json!(1u64 << 40)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "num_class_embeds"),
+        row!("block counts disagree", || parse(cfg(|o| { o.insert("down_block_types".into(), json!(["DownBlock2D"])); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "down_block_types"),
+        row!("sample_size not divisible by the downsampling", || parse(cfg(|o| { o.insert("sample_size".into(), json!(5)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "sample_size"),
+        row!("unknown key", || parse(cfg(|o| { o.insert("cross_attention_dim".into(), json!(8)); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "cross_attention_dim"),
+        row!("unknown block type", || parse(cfg(|o| { o.insert("down_block_types".into(), json!(["DownBlock2D", "CrossAttnDownBlock2D"])); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "down_block_types"),
+        row!("unsupported activation", || parse(cfg(|o| { o.insert("act_fn".into(), json!("gelu")); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "act_fn"),
+        row!(
+            "non-finite norm_eps is not JSON",
+            || parse(TINY.replace(
+                "\"sample_size\": 4",
+                "\"sample_size\": 4, \"norm_eps\": NaN"
+            )),
+            Err(Error::InvalidJson { .. })
+        ),
+        row!("norm_eps 0", || parse(cfg(|o| { o.insert("norm_eps".into(), json!(0.0)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "norm_eps"),
+    ];
+    run_table(rows);
+}
+
+fn ddim(steps: usize) -> Result<Scheduler> {
+    Scheduler::new(SchedulerConfig::ddim_default(), steps)
+}
+
+#[test]
+fn bad_scheduler_options() {
+    let parse = |s: &str| SchedulerConfig::from_json(s).map(|_| ());
+    let rows = vec![
+        row!("defaults", || parse("{}"), Ok(())),
+        row!(
+            "steps 0",
+            || ddim(0),
+            Err(Error::InvalidArgument {
+                what: "num_inference_steps",
+                ..
+            })
+        ),
+        row!(
+            "steps above the training timesteps",
+            || ddim(1001),
+            Err(Error::InvalidArgument {
+                what: "num_inference_steps",
+                ..
+            })
+        ),
+        row!(
+            "steps usize::MAX",
+            || ddim(usize::MAX),
+            Err(Error::InvalidArgument {
+                what: "num_inference_steps",
+                ..
+            })
+        ),
+        row!("steps = training timesteps is fine", || ddim(1000), Ok(())),
+        row!("unknown option", || parse(r#"{"use_karras_sigmas": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_karras_sigmas"),
+        row!("unknown scheduler class", || parse(r#"{"_class_name": "EulerDiscreteScheduler"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "_class_name"),
+        row!("unknown beta schedule", || parse(r#"{"beta_schedule": "cubic"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
+        row!("unknown prediction type", || parse(r#"{"prediction_type": "flow"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
+        row!("unknown timestep spacing", || parse(r#"{"timestep_spacing": "karras"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "timestep_spacing"),
+        row!("wrong type", || parse(r#"{"clip_sample": "yes"}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "clip_sample"),
+        row!("zero training timesteps", || parse(r#"{"num_train_timesteps": 0}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "num_train_timesteps"),
+        row!("huge training timesteps", || parse(r#"{"num_train_timesteps": 1e30}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "num_train_timesteps"),
+        row!(
+            "trained betas of the wrong length",
+            || parse(r#"{"num_train_timesteps": 3, "trained_betas": [0.1, 0.2]}"#),
+            Err(Error::InvalidConfig { .. })
+        ),
+        row!(
+            "trained beta of 0",
+            || parse(r#"{"num_train_timesteps": 2, "trained_betas": [0.0, 0.2]}"#),
+            Err(Error::InvalidConfig { .. })
+        ),
+        row!(
+            "invalid JSON",
+            || parse("{"),
+            Err(Error::InvalidJson { .. })
+        ),
+    ];
+    run_table(rows);
+}
+
+struct Setup {
+    model: Model,
+    class: Model,
+    sched: Scheduler,
+}
+
+fn setup() -> Setup {
+    let class_cfg = tiny_class();
+    Setup {
+        model: load(TINY, weights()).unwrap(),
+        class: load(&class_cfg, random_weights(&class_cfg, 2).unwrap()).unwrap(),
+        sched: ddim(2).unwrap(),
+    }
+}
+
+/// Runs `sample` with buffers of the right size unless overridden.
+fn sample_with(
+    model: &Model,
+    sched: &Scheduler,
+    opts: SampleOptions<'_>,
+    ws_delta: isize,
+    out_len: Option<usize>,
+) -> Result<()> {
+    let (c, h, w) = model.input_shape();
+    let guided = opts.guidance.is_some();
+    let need = sampler::workspace_len(model, sched, opts.batch.min(4), guided);
+    let mut ws = vec![0.0f32; (need as isize + ws_delta).max(0) as usize];
+    let mut out = vec![0.0f32; out_len.unwrap_or(opts.batch.min(4) * c * h * w)];
+    sampler::sample(model, sched, &mut ws, &opts, &mut out, None)
+}
+
+#[test]
+fn bad_sampling_arguments() {
+    let s = std::rc::Rc::new(setup());
+    macro_rules! with {
+        (|$m:ident, $c:ident, $sc:ident| $body:expr) => {{
+            let s = s.clone();
+            move || {
+                let ($m, $c, $sc) = (&s.model, &s.class, &s.sched);
+                let _ = (&$m, &$c, &$sc);
+                $body
+            }
+        }};
+    }
+    let rows = vec![
+        row!(
+            "valid",
+            with!(|m, _c, sc| sample_with(m, sc, SampleOptions::new(2, 1), 0, None)),
+            Ok(())
+        ),
+        row!(
+            "batch 0",
+            with!(|m, _c, sc| sample_with(m, sc, SampleOptions::new(0, 1), 0, None)),
+            Err(Error::InvalidArgument { what: "batch", .. })
+        ),
+        row!(
+            "huge batch",
+            with!(|m, _c, sc| sample_with(
+                m,
+                sc,
+                SampleOptions::new(usize::MAX / 3, 1),
+                0,
+                Some(16)
+            )),
+            Err(Error::BufferSize { .. } | Error::InvalidArgument { what: "batch", .. })
+        ),
+        row!(
+            "workspace_len of a huge batch does not overflow",
+            with!(|m, _c, sc| {
+                let n = sampler::workspace_len(m, sc, usize::MAX, true);
+                if n == usize::MAX {
+                    Ok(())
+                } else {
+                    Err(Error::InvalidArgument {
+                        what: "test",
+                        message: n.to_string(),
+                    })
+                }
+            }),
+            Ok(())
+        ),
+        row!(
+            "workspace one float short",
+            with!(|m, _c, sc| sample_with(m, sc, SampleOptions::new(2, 1), -1, None)),
+            Err(Error::BufferSize {
+                what: "sampling workspace",
+                ..
+            })
+        ),
+        row!(
+            "empty workspace",
+            with!(|m, _c, sc| sample_with(m, sc, SampleOptions::new(1, 1), -1_000_000, None)),
+            Err(Error::BufferSize {
+                what: "sampling workspace",
+                ..
+            })
+        ),
+        row!(
+            "output too short",
+            with!(|m, _c, sc| sample_with(m, sc, SampleOptions::new(2, 1), 0, Some(31))),
+            Err(Error::BufferSize {
+                what: "sample output",
+                ..
+            })
+        ),
+        row!(
+            "initial noise of the wrong length",
+            with!(|m, _c, sc| {
+                let x = vec![0.0f32; 5];
+                let mut o = SampleOptions::new(1, 1);
+                o.initial_noise = Some(&x);
+                sample_with(m, sc, o, 0, None)
+            }),
+            Err(Error::BufferSize {
+                what: "initial noise x_T",
+                ..
+            })
+        ),
+        row!(
+            "step noise of the wrong length",
+            with!(|m, _c, sc| {
+                let z = vec![0.0f32; 16];
+                let mut o = SampleOptions::new(1, 1);
+                o.step_noise = Some(&z);
+                sample_with(m, sc, o, 0, None)
+            }),
+            Err(Error::BufferSize { .. })
+        ),
+        row!(
+            "class label out of range",
+            with!(|_m, c, sc| {
+                let mut o = SampleOptions::new(1, 1);
+                o.class_labels = Some(&[3]);
+                sample_with(c, sc, o, 0, None)
+            }),
+            Err(Error::InvalidArgument {
+                what: "class label",
+                ..
+            })
+        ),
+        row!(
+            "negative class label",
+            with!(|_m, c, sc| {
+                let mut o = SampleOptions::new(1, 1);
+                o.class_labels = Some(&[-1]);
+                sample_with(c, sc, o, 0, None)
+            }),
+            Err(Error::InvalidArgument {
+                what: "class label",
+                ..
+            })
+        ),
+        row!(
+            "no label for a class-conditional model",
+            with!(|_m, c, sc| sample_with(c, sc, SampleOptions::new(1, 1), 0, None)),
+            Err(Error::InvalidArgument {
+                what: "class labels",
+                ..
+            })
+        ),
+        row!(
+            "labels for an unconditional model",
+            with!(|m, _c, sc| {
+                let mut o = SampleOptions::new(1, 1);
+                o.class_labels = Some(&[0]);
+                sample_with(m, sc, o, 0, None)
+            }),
+            Err(Error::InvalidArgument {
+                what: "class labels",
+                ..
+            })
+        ),
+        row!(
+            "label count neither 1 nor batch",
+            with!(|_m, c, sc| {
+                let mut o = SampleOptions::new(3, 1);
+                o.class_labels = Some(&[0, 1]);
+                sample_with(c, sc, o, 0, None)
+            }),
+            Err(Error::BufferSize {
+                what: "class labels",
+                ..
+            })
+        ),
+        row!(
+            "guidance on an unconditional model (Guidance::new)",
+            with!(|m, _c, _sc| Guidance::new(m, 2.0)),
+            Err(Error::InvalidArgument {
+                what: "guidance",
+                ..
+            })
+        ),
+        row!(
+            "guidance on an unconditional model (hand-built)",
+            with!(|m, _c, sc| {
+                let mut o = SampleOptions::new(1, 1);
+                o.guidance = Some(Guidance {
+                    scale: 2.0,
+                    null_class: 0,
+                });
+                sample_with(m, sc, o, 0, None)
+            }),
+            Err(Error::InvalidArgument {
+                what: "guidance",
+                ..
+            })
+        ),
+        row!(
+            "guidance null class out of range",
+            with!(|_m, c, sc| {
+                let mut o = SampleOptions::new(1, 1);
+                o.class_labels = Some(&[0]);
+                o.guidance = Some(Guidance {
+                    scale: 2.0,
+                    null_class: 7,
+                });
+                sample_with(c, sc, o, 0, None)
+            }),
+            Err(Error::InvalidArgument {
+                what: "class label",
+                ..
+            })
+        ),
+        row!(
+            "guidance NaN",
+            with!(|_m, c, sc| {
+                let mut o = SampleOptions::new(1, 1);
+                o.class_labels = Some(&[0]);
+                o.guidance = Some(Guidance {
+                    scale: f32::NAN,
+                    null_class: 2,
+                });
+                sample_with(c, sc, o, 0, None)
+            }),
+            Err(Error::InvalidArgument {
+                what: "guidance",
+                ..
+            })
+        ),
+        row!(
+            "guided sampling valid",
+            with!(|_m, c, sc| {
+                let mut o = SampleOptions::new(2, 1);
+                o.class_labels = Some(&[0, 1]);
+                o.guidance = Some(Guidance::new(c, 1.5)?);
+                sample_with(c, sc, o, 0, None)
+            }),
+            Ok(())
+        ),
+        row!(
+            "forward: workspace too small",
+            with!(|m, _c, _sc| {
+                let mut ws = vec![0.0; m.workspace_len(1) - 1];
+                m.forward(&mut ws, &[0.0; 16], &[1.0], None, &mut [0.0; 16])
+            }),
+            Err(Error::BufferSize {
+                what: "workspace",
+                ..
+            })
+        ),
+        row!(
+            "forward: empty input",
+            with!(|m, _c, _sc| {
+                let mut ws = vec![0.0; m.workspace_len(1)];
+                m.forward(&mut ws, &[], &[1.0], None, &mut [])
+            }),
+            Err(Error::BufferSize {
+                what: "model input x",
+                ..
+            })
+        ),
+        row!(
+            "forward: NaN timestep",
+            with!(|m, _c, _sc| {
+                let mut ws = vec![0.0; m.workspace_len(1)];
+                m.forward(&mut ws, &[0.0; 16], &[f32::NAN], None, &mut [0.0; 16])
+            }),
+            Err(Error::InvalidArgument {
+                what: "timestep",
+                ..
+            })
+        ),
+        row!(
+            "forward: timesteps neither 1 nor batch",
+            with!(|m, _c, _sc| {
+                let mut ws = vec![0.0; m.workspace_len(3)];
+                m.forward(&mut ws, &[0.0; 48], &[1.0, 2.0], None, &mut [0.0; 48])
+            }),
+            Err(Error::BufferSize {
+                what: "timesteps",
+                ..
+            })
+        ),
+        row!(
+            "threads: too many",
+            with!(|_m, _c, _sc| load(TINY, weights())?.set_threads(1 << 20)),
+            Err(Error::InvalidArgument {
+                what: "threads",
+                ..
+            })
+        ),
+    ];
+    run_table(rows);
+}
+
+// ----------------------------------------------------------------------------------------------
+// C API
+// ----------------------------------------------------------------------------------------------
+
+fn c_model(config: &str, weights: &'static [u8]) -> *mut td_model {
+    let mut m = null_mut();
+    let st = unsafe {
+        td_model_from_memory(
+            weights.as_ptr(),
+            weights.len(),
+            config.as_ptr() as *const c_char,
+            config.len(),
+            null(),
+            0,
+            &mut m,
+        )
+    };
+    assert_eq!(st, td_status::Ok);
+    m
+}
+
+#[test]
+fn c_api_bad_calls() {
+    let w: &'static [u8] = Box::leak(weights().into_boxed_slice());
+    let class_cfg = tiny_class();
+    let cw: &'static [u8] = Box::leak(random_weights(&class_cfg, 2).unwrap().into_boxed_slice());
+    let m = c_model(TINY, w);
+    let cm = c_model(&class_cfg, cw);
+    let mut ws_needed = 0usize;
+    let mut d = td_sampler_desc_default();
+    d.scheduler.steps = 2;
+    assert_eq!(
+        unsafe { td_sample_workspace_len(m, &d, &mut ws_needed) },
+        td_status::Ok
+    );
+    let sample = |model: *const td_model, d: td_sampler_desc, ws_len: usize, out_len: usize| {
+        let mut ws = vec![0.0f32; ws_len.max(1)];
+        let mut out = vec![0.0f32; out_len.max(1)];
+        unsafe {
+            td_sample(
+                model,
+                &d,
+                ws.as_mut_ptr(),
+                ws_len,
+                out.as_mut_ptr(),
+                out_len,
+            )
+        }
+    };
+    let with = |f: &dyn Fn(&mut td_sampler_desc)| {
+        let mut d2 = d;
+        f(&mut d2);
+        d2
+    };
+    let bad_utf8 = b"{\"sample_size\": \xff}";
+    let garbage = [0xffu8; 64];
+    let mut n = 0usize;
+    let mut model_out = null_mut();
+    let cases: Vec<(&str, td_status, td_status)> = vec![
+        ("valid sample", sample(m, d, ws_needed, 16), td_status::Ok),
+        (
+            "NULL model",
+            sample(null(), d, ws_needed, 16),
+            td_status::NullPointer,
+        ),
+        (
+            "NULL desc",
+            unsafe {
+                td_sample(
+                    m,
+                    null(),
+                    [0.0f32; 1].as_mut_ptr(),
+                    1,
+                    [0.0f32; 16].as_mut_ptr(),
+                    16,
+                )
+            },
+            td_status::NullPointer,
+        ),
+        (
+            "NULL workspace",
+            unsafe { td_sample(m, &d, null_mut(), ws_needed, [0.0f32; 16].as_mut_ptr(), 16) },
+            td_status::NullPointer,
+        ),
+        (
+            "workspace too small",
+            sample(m, d, ws_needed - 1, 16),
+            td_status::BufferTooSmall,
+        ),
+        (
+            "output too small",
+            sample(m, d, ws_needed, 15),
+            td_status::BufferTooSmall,
+        ),
+        (
+            "output too large",
+            sample(m, d, ws_needed, 17),
+            td_status::BadSize,
+        ),
+        (
+            "batch 0",
+            sample(m, with(&|d| d.batch = 0), ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "huge batch",
+            sample(m, with(&|d| d.batch = usize::MAX / 2), ws_needed, 16),
+            td_status::BadSize,
+        ),
+        (
+            "steps above the training timesteps",
+            sample(m, with(&|d| d.scheduler.steps = 1001), ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "unknown scheduler kind",
+            sample(m, with(&|d| d.scheduler.kind = 7), ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "unknown scheduler flag",
+            sample(m, with(&|d| d.scheduler.flags = 0x100), ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "eta NaN",
+            sample(m, with(&|d| d.scheduler.eta = f64::NAN), ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "class label on an unconditional model",
+            sample(m, with(&|d| d.class_label = 0), ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "guidance on an unconditional model",
+            sample(m, with(&|d| d.guidance = 2.0), 4 * ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "class label out of range",
+            sample(cm, with(&|d| d.class_label = 3), 4 * ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "no class label for a class-conditional model",
+            sample(cm, d, 4 * ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "step noise length wrong",
+            sample(
+                m,
+                with(&|d| {
+                    d.step_noise = [0.0f32; 4].as_ptr();
+                    d.step_noise_len = 4;
+                }),
+                ws_needed,
+                16,
+            ),
+            td_status::BadSize,
+        ),
+        (
+            "NULL step noise with a length",
+            sample(
+                m,
+                with(&|d| {
+                    d.step_noise_len = 32;
+                }),
+                ws_needed,
+                16,
+            ),
+            td_status::NullPointer,
+        ),
+        (
+            "misaligned workspace",
+            unsafe {
+                let mut buf = vec![0u8; ws_needed * 4 + 8];
+                let p = buf.as_mut_ptr().add(buf.as_ptr().align_offset(4) + 1) as *mut f32;
+                td_sample(m, &d, p, ws_needed, [0.0f32; 16].as_mut_ptr(), 16)
+            },
+            td_status::InvalidArgument,
+        ),
+        (
+            "output overlapping the workspace",
+            unsafe {
+                let mut ws = vec![0.0f32; ws_needed];
+                td_sample(m, &d, ws.as_mut_ptr(), ws_needed, ws.as_mut_ptr(), 16)
+            },
+            td_status::InvalidArgument,
+        ),
+        (
+            "workspace_len of a huge batch",
+            unsafe { td_model_workspace_len(m, usize::MAX, &mut n) },
+            td_status::BadSize,
+        ),
+        (
+            "workspace_len NULL out",
+            unsafe { td_model_workspace_len(m, 1, null_mut()) },
+            td_status::NullPointer,
+        ),
+        (
+            "from_memory NULL weights",
+            unsafe {
+                td_model_from_memory(
+                    null(),
+                    10,
+                    TINY.as_ptr() as *const c_char,
+                    TINY.len(),
+                    null(),
+                    0,
+                    &mut model_out,
+                )
+            },
+            td_status::NullPointer,
+        ),
+        (
+            "from_memory garbage weights",
+            unsafe {
+                td_model_from_memory(
+                    garbage.as_ptr(),
+                    garbage.len(),
+                    TINY.as_ptr() as *const c_char,
+                    TINY.len(),
+                    null(),
+                    0,
+                    &mut model_out,
+                )
+            },
+            td_status::InvalidWeights,
+        ),
+        (
+            "from_memory config not UTF-8",
+            unsafe {
+                td_model_from_memory(
+                    w.as_ptr(),
+                    w.len(),
+                    bad_utf8.as_ptr() as *const c_char,
+                    bad_utf8.len(),
+                    null(),
+                    0,
+                    &mut model_out,
+                )
+            },
+            td_status::InvalidJson,
+        ),
+        (
+            "from_memory bad scheduler option",
+            unsafe {
+                let s = br#"{"use_karras_sigmas": true}"#;
+                td_model_from_memory(
+                    w.as_ptr(),
+                    w.len(),
+                    TINY.as_ptr() as *const c_char,
+                    TINY.len(),
+                    s.as_ptr() as *const c_char,
+                    s.len(),
+                    &mut model_out,
+                )
+            },
+            td_status::Unsupported,
+        ),
+        (
+            "load NULL path",
+            unsafe { td_model_load(null(), &mut model_out) },
+            td_status::NullPointer,
+        ),
+        (
+            "load non-UTF-8 path",
+            unsafe {
+                td_model_load(
+                    b"/nonexistent/\xff\xfe\0".as_ptr() as *const c_char,
+                    &mut model_out,
+                )
+            },
+            td_status::Io,
+        ),
+        (
+            "last error into a 1-byte buffer",
+            unsafe { td_last_error_message([0 as c_char; 1].as_mut_ptr(), 1, &mut n) },
+            td_status::BufferTooSmall,
+        ),
+        (
+            "timesteps into a short buffer",
+            unsafe {
+                let mut s = null_mut();
+                assert_eq!(td_scheduler_new(m, &d.scheduler, &mut s), td_status::Ok);
+                let st = td_scheduler_timesteps(s, [0i64; 1].as_mut_ptr(), 1);
+                td_scheduler_free(s);
+                st
+            },
+            td_status::BufferTooSmall,
+        ),
+    ];
+    assert!(model_out.is_null());
+    let failures: Vec<String> = cases
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(name, got, want)| format!("{name}: got {got:?}, want {want:?}"))
+        .collect();
+    unsafe {
+        td_model_free(m);
+        td_model_free(cm);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[cfg(unix)]
+#[test]
+fn non_utf8_paths() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    // A path that does not exist: a clear I/O error, no panic.
+    let missing = OsStr::from_bytes(b"/nonexistent/\xff\xfeweights");
+    assert!(matches!(Model::load(missing), Err(Error::Io { .. })));
+    // A real folder under a non-UTF-8 name loads.
+    let dir = std::env::temp_dir().join(OsStr::from_bytes(
+        format!("td-bad-inputs-{}-\u{0}", std::process::id())
+            .replace('\u{0}', "")
+            .as_bytes(),
+    ));
+    let dir = dir.with_file_name({
+        let mut n = dir.file_name().unwrap().as_bytes().to_vec();
+        n.extend_from_slice(b"\xff\xfe");
+        std::ffi::OsString::from(OsStr::from_bytes(&n))
+    });
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), TINY).unwrap();
+    std::fs::write(dir.join("diffusion_pytorch_model.safetensors"), weights()).unwrap();
+    let loaded = Model::load(&dir);
+    // The CLI with that path: it works, or it says why; never a panic (exit 101).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sample"))
+        .arg("info")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let bad_flag = std::process::Command::new(env!("CARGO_BIN_EXE_sample"))
+        .arg(OsStr::from_bytes(b"--sch\xffeduler"))
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(loaded.is_ok(), "{:?}", loaded.err());
+    // The CLI takes UTF-8 arguments only: a non-UTF-8 path is refused with a message.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || (out.status.code() == Some(1) && stderr.contains("UTF-8")),
+        "sample info on a non-UTF-8 path: {:?} {stderr}",
+        out.status
+    );
+    let stderr = String::from_utf8_lossy(&bad_flag.stderr);
+    assert_eq!(bad_flag.status.code(), Some(1), "non-UTF-8 flag: {stderr}");
+    assert!(stderr.contains("UTF-8"), "{stderr}");
+}
