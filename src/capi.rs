@@ -77,6 +77,9 @@ pub enum td_status {
     /// A bug in the library (a caught panic). The model and scheduler stay usable; the
     /// contents of the buffers of the failed call are unspecified.
     Internal = 10,
+    /// The requested device cannot be used: no CUDA driver or NVRTC, no such GPU, a CUDA
+    /// error, or a library built without the `cuda` feature.
+    DeviceUnavailable = 11,
 }
 
 /// Values of `td_scheduler_desc.kind`.
@@ -245,6 +248,7 @@ pub fn status_of(e: &Error) -> td_status {
         Error::BufferSize { .. } => td_status::BadSize,
         Error::InvalidArgument { .. } => td_status::InvalidArgument,
         Error::Io { .. } => td_status::Io,
+        Error::Device { .. } => td_status::DeviceUnavailable,
     }
 }
 
@@ -521,6 +525,7 @@ pub extern "C" fn td_status_message(status: i32) -> *const c_char {
         8 => c"invalid weights file",
         9 => c"I/O error reading the model",
         10 => c"internal error (a bug in tinydiffusion)",
+        11 => c"the device is unavailable",
         _ => c"unknown status",
     };
     s.as_ptr()

@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::fixtures_dir;
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::Model;

@@ -17,7 +17,6 @@ use counting_alloc::allocations_during;
 #[global_allocator]
 static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
-
 fn main() {
     let dir = CString::new(fixtures_dir().join("tiny-class16").to_str().unwrap()).unwrap();
     let mut model = std::ptr::null_mut();

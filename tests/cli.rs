@@ -161,7 +161,10 @@ fn png_grid_has_the_right_size_and_seeds_reproduce_bytes() {
     let a = run("a.png", "11", "1");
     let b = run("b.png", "11", "3");
     let c = run("c.png", "12", "1");
-    assert_eq!(a, b, "same seed and flags must give the same bytes, whatever --threads");
+    assert_eq!(
+        a, b,
+        "same seed and flags must give the same bytes, whatever --threads"
+    );
     assert_ne!(a, c, "another seed must give another image");
     let decoder = png::Decoder::new(std::io::Cursor::new(&a));
     let reader = decoder.read_info().unwrap();

@@ -7,7 +7,6 @@
 
 mod common;
 
-
 use common::fixtures_dir;
 use tinydiffusion::sampler::{self, Guidance, SampleOptions};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig, SchedulerKind};
@@ -20,7 +19,6 @@ use counting_alloc::allocations_during;
 
 #[global_allocator]
 static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
-
 
 fn run(
     model: &Model,

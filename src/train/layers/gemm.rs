@@ -59,7 +59,9 @@ pub fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    let team = TEAM.get().filter(|_| m * n * k >= PARALLEL_MIN_MACS && m >= 2 * MR);
+    let team = TEAM
+        .get()
+        .filter(|_| m * n * k >= PARALLEL_MIN_MACS && m >= 2 * MR);
     let Some(team) = team else {
         return gemm_rows(m, n, k, a, b, ldb, c, ldc, accumulate);
     };
