@@ -82,6 +82,16 @@ pub enum td_status {
     DeviceUnavailable = 11,
 }
 
+/// Values of the `device` argument of `td_model_set_device`.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum td_device_kind {
+    /// The CPU kernels (every model starts here).
+    Cpu = 0,
+    /// A CUDA GPU (`ordinal` picks which); needs a library built with the `cuda` feature.
+    Cuda = 1,
+}
+
 /// Values of `td_scheduler_desc.kind`.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -736,6 +746,39 @@ pub unsafe extern "C" fn td_model_free(model: *mut td_model) {
         // SAFETY: a pointer from `Box::into_raw` in a constructor, freed once per the contract.
         drop(unsafe { Box::from_raw(model) });
     }));
+}
+
+/// Moves a model to a device: `TD_DEVICE_KIND_CPU`, or `TD_DEVICE_KIND_CUDA` with the GPU's
+/// `ordinal` (0 for the first). On a GPU the kernels are compiled and the weights uploaded
+/// here, once; every later call (`td_model_eval`, `td_sample`, ...) runs there with the same
+/// arguments and workspace sizes. Errors: `TD_STATUS_DEVICE_UNAVAILABLE` (no CUDA driver or
+/// NVRTC, no such GPU, a library built without CUDA; the model then stays where it was),
+/// `_INVALID_ARGUMENT` (unknown device, negative ordinal), `_UNSUPPORTED` (a model the GPU
+/// kernels cannot run). Not thread-safe: no other call may use `model` meanwhile.
+///
+/// # Safety
+/// `model` is NULL or a live model that no other thread is using.
+#[no_mangle]
+pub unsafe extern "C" fn td_model_set_device(
+    model: *mut td_model,
+    device: i32,
+    ordinal: i32,
+) -> td_status {
+    guard(|| {
+        // SAFETY: NULL or a live, unshared model per the contract.
+        let m = unsafe { model.as_mut() }.ok_or_else(|| null("model"))?;
+        let device = match device {
+            d if d == td_device_kind::Cpu as i32 => crate::Device::Cpu,
+            d if d == td_device_kind::Cuda as i32 => {
+                let i = usize::try_from(ordinal)
+                    .map_err(|_| invalid(std::format!("device ordinal {ordinal} is negative")))?;
+                crate::Device::Cuda(i)
+            }
+            d => return Err(invalid(std::format!("unknown device kind {d}"))),
+        };
+        m.model.to_device(device)?;
+        Ok(())
+    })
 }
 
 /// Fills `*out_info` with the model's shapes and sizes. Thread-safe.

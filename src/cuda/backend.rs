@@ -258,9 +258,16 @@ impl CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let stream = cu(ctx.new_stream(), "create stream")?;
         let mut modules = std::collections::HashMap::new();
-        for (file, ptx) in kernels::compile_all(arch)? {
-            let m = cu(ctx.load_module(ptx), "load PTX module")?;
-            modules.insert(file, m);
+        for (file, src) in kernels::SOURCES {
+            // A real architecture gets a CUBIN (see kernels::compile_cubin); a newer GPU than
+            // this code knows gets PTX for compute_90, JIT-compiled by the driver.
+            let image = if arch.starts_with("sm_") {
+                cudarc::nvrtc::Ptx::from_binary(kernels::compile_cubin(file, src, arch)?)
+            } else {
+                kernels::compile(file, src, arch)?
+            };
+            let m = cu(ctx.load_module(image), &std::format!("load kernels/{file}"))?;
+            modules.insert(*file, m);
         }
         let func = |file: &str, name: &str| -> Result<CudaFunction> {
             cu(

@@ -97,3 +97,62 @@ pub fn compile_all(arch: &'static str) -> Result<Vec<(&'static str, Ptx)>> {
         .map(|(f, s)| compile(f, s, arch).map(|p| (*f, p)))
         .collect()
 }
+
+/// Compiles one source to a CUBIN (machine code) for a real architecture `sm_XX`, which runs
+/// ptxas too (register and shared-memory limits are checked here, not at load). The backend
+/// loads CUBINs rather than PTX: a CUBIN from a newer CUDA 13 NVRTC loads on any CUDA 13
+/// driver (minor-version compatibility), whereas PTX newer than the driver is rejected
+/// (`CUDA_ERROR_UNSUPPORTED_PTX_VERSION`).
+pub fn compile_cubin(file: &str, src: &str, arch: &'static str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    if !nvrtc_available() {
+        return Err(device_err("NVRTC not found (libnvrtc.so.13)"));
+    }
+    let fail = |what: &str, e: &dyn core::fmt::Debug| {
+        device_err(std::format!(
+            "NVRTC {what} for kernels/{file} ({arch}): {e:?}"
+        ))
+    };
+    let text = std::ffi::CString::new(full_source(file, src))
+        .map_err(|e| fail("source has a NUL byte", &e))?;
+    let name = std::ffi::CString::new(file).map_err(|e| fail("bad name", &e))?;
+    let prog = result::create_program(&text, Some(&name)).map_err(|e| fail("create", &e))?;
+    let opts = [
+        std::format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+    ];
+    // SAFETY: `prog` is a live program (destroyed once, below); `text` and `name` outlive it.
+    let out = unsafe {
+        let compiled = result::compile_program(prog, &opts);
+        let r = match compiled {
+            Ok(()) => {
+                let mut size = 0usize;
+                match sys::nvrtcGetCUBINSize(prog, &mut size).result() {
+                    Ok(()) => {
+                        let mut bin = std::vec![0u8; size];
+                        sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut _)
+                            .result()
+                            .map(|()| bin)
+                            .map_err(|e| fail("get CUBIN", &e))
+                    }
+                    Err(e) => Err(fail("get CUBIN size", &e)),
+                }
+            }
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| {
+                        let bytes: Vec<u8> =
+                            l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    })
+                    .unwrap_or_default();
+                Err(device_err(std::format!(
+                    "NVRTC failed to compile kernels/{file} for {arch} ({e:?}):\n{log}"
+                )))
+            }
+        };
+        let _ = result::destroy_program(prog);
+        r
+    };
+    out
+}
