@@ -6,15 +6,18 @@
 // through shared memory 16 at a time; an online softmax (running max and sum per query,
 // rescaling the accumulator when the max grows) means no more than one 16 x 16 tile of scores
 // ever exists. Accumulation in f32; each thread owns output columns tid + 128 * j (j < 4), so
-// d <= 512. Dynamic shared memory: attention_smem_bytes(d) on the host.
+// d <= 512 (entry points attention_f16_r1 / _r2 / _r4 for d <= 128 / 256 / 512).
+// Dynamic shared memory: attention_smem_bytes(d) on the host.
 
 #define AQ 16
 #define AK 16
 #define AT 128
-#define AMAXR 4
 
-extern "C" __global__ void __launch_bounds__(AT) attention_f16(
-    const h16* q, const h16* k, const h16* v, h16* out, int n, int c, int heads, float scale) {
+// R: output columns per thread (d <= 128 * R); one instantiation per R keeps the
+// accumulator in registers.
+template <int AMAXR>
+__device__ __forceinline__ void attention_tile(const h16* q, const h16* k, const h16* v,
+                                               h16* out, int n, int c, int heads, float scale) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int d = c / heads;
     const int ds = d + 2;  // padded row (halves)
@@ -84,13 +87,15 @@ extern "C" __global__ void __launch_bounds__(AT) attention_f16(
             Alpha[tid] = alpha;
         }
         __syncthreads();
+        // Static indices only (no early exit), so o[][] stays in registers; columns past d
+        // accumulate zeros and are not stored.
 #pragma unroll
         for (int j = 0; j < AMAXR; j++) {
             int col = tid + AT * j;
-            if (col >= d) break;
+            bool ok = col < d;
             float vcol[AK];
 #pragma unroll
-            for (int kk = 0; kk < AK; kk++) vcol[kk] = h2f(Vs[kk * ds + col]);
+            for (int kk = 0; kk < AK; kk++) vcol[kk] = ok ? h2f(Vs[kk * ds + col]) : 0.0f;
 #pragma unroll
             for (int r = 0; r < AQ; r++) {
                 float a = o[r][j] * Alpha[r];
@@ -104,10 +109,19 @@ extern "C" __global__ void __launch_bounds__(AT) attention_f16(
 #pragma unroll
     for (int j = 0; j < AMAXR; j++) {
         int col = tid + AT * j;
-        if (col >= d) break;
 #pragma unroll
         for (int r = 0; r < AQ; r++) {
-            if (q0 + r < n) out[base + (long long)(q0 + r) * c + col] = f2h(o[r][j] / Lsum[r]);
+            if (col < d && q0 + r < n) out[base + (long long)(q0 + r) * c + col] = f2h(o[r][j] / Lsum[r]);
         }
     }
 }
+
+#define ATTENTION_ENTRY(R)                                                                  \
+    extern "C" __global__ void attention_f16_r##R(const h16* q, const h16* k, const h16* v,  \
+                                                  h16* out, int n, int c, int heads,        \
+                                                  float scale) {                            \
+        attention_tile<R>(q, k, v, out, n, c, heads, scale);                                \
+    }
+ATTENTION_ENTRY(1)
+ATTENTION_ENTRY(2)
+ATTENTION_ENTRY(4)

@@ -8,7 +8,10 @@ use tinydiffusion::cuda::kernels;
 
 /// Entry points the host side loads, by file.
 const ENTRIES: &[(&str, &[&str])] = &[
-    ("attention.cu", &["attention_f16"]),
+    (
+        "attention.cu",
+        &["attention_f16_r1", "attention_f16_r2", "attention_f16_r4"],
+    ),
     ("conv.cu", &["conv2d_f16"]),
     (
         "elementwise.cu",

@@ -103,7 +103,8 @@ struct ConvParams {
 struct Funcs {
     conv: CudaFunction,
     group_norm: CudaFunction,
-    attention: CudaFunction,
+    /// Entry points for head dimensions up to 128, 256 and 512.
+    attention: [CudaFunction; 3],
     nchw_to_nhwc: CudaFunction,
     nhwc_to_nchw: CudaFunction,
     timestep_sinusoid: CudaFunction,
@@ -278,7 +279,11 @@ impl CudaBackend {
         let f = Funcs {
             conv: func("conv.cu", "conv2d_f16")?,
             group_norm: func("norm.cu", "group_norm_f16")?,
-            attention: func("attention.cu", "attention_f16")?,
+            attention: [
+                func("attention.cu", "attention_f16_r1")?,
+                func("attention.cu", "attention_f16_r2")?,
+                func("attention.cu", "attention_f16_r4")?,
+            ],
             nchw_to_nhwc: func("elementwise.cu", "nchw_to_nhwc")?,
             nhwc_to_nchw: func("elementwise.cu", "nhwc_to_nchw")?,
             timestep_sinusoid: func("elementwise.cu", "timestep_sinusoid")?,
@@ -290,13 +295,15 @@ impl CudaBackend {
             set_step: func("elementwise.cu", "set_step")?,
             advance_step: func("elementwise.cu", "advance_step")?,
         };
-        cu(
-            f.attention.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                attention_smem_bytes(MAX_HEAD_DIM) as i32,
-            ),
-            "attention shared memory limit",
-        )?;
+        for (func, d) in f.attention.iter().zip([128, 256, MAX_HEAD_DIM]) {
+            cu(
+                func.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    attention_smem_bytes(d) as i32,
+                ),
+                "attention shared memory limit",
+            )?;
+        }
 
         // Weights: one staging copy, one upload, 256-byte aligned tensors.
         let refs: Vec<Vec<WeightRef>> = model.ops().iter().map(op_weights).collect();
@@ -1065,8 +1072,13 @@ impl Inner {
                         at.heads as i32,
                         1.0 / (d as f32).sqrt(),
                     );
+                    let entry = match d {
+                        0..=128 => &self.f.attention[0],
+                        129..=256 => &self.f.attention[1],
+                        _ => &self.f.attention[2],
+                    };
                     self.launch(
-                        &self.f.attention,
+                        entry,
                         (at.tokens.div_ceil(16) as u32, at.heads as u32, batch as u32),
                         128,
                         attention_smem_bytes(d),
