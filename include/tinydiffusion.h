@@ -159,10 +159,36 @@ typedef int32_t td_scheduler_kind;
 #endif // __cplusplus
 
 /**
+ * Values of the `device` argument of `td_model_set_device`.
+ */
+enum td_device_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The CPU kernels (every model starts here).
+   */
+  TD_DEVICE_KIND_CPU = 0,
+  /**
+   * A CUDA GPU (`ordinal` picks which); needs a library built with the `cuda` feature.
+   */
+  TD_DEVICE_KIND_CUDA = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum td_device_kind td_device_kind;
+#else
+typedef int32_t td_device_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A loaded model: weights, op list, memory plan and its scheduler config. Immutable.
  *
  * Threads: one model may be used by any number of threads at once (each with its own
- * workspace and output buffers); only `td_model_free` needs exclusive access.
+ * workspace and output buffers); only `td_model_free` and `td_model_set_device` need
+ * exclusive access.
  */
 typedef struct td_model td_model;
 

@@ -175,7 +175,8 @@ pub struct td_sampler_desc {
 /// A loaded model: weights, op list, memory plan and its scheduler config. Immutable.
 ///
 /// Threads: one model may be used by any number of threads at once (each with its own
-/// workspace and output buffers); only `td_model_free` needs exclusive access.
+/// workspace and output buffers); only `td_model_free` and `td_model_set_device` need
+/// exclusive access.
 pub struct td_model {
     model: Model,
     scheduler_config: SchedulerConfig,
