@@ -35,6 +35,8 @@ echo "== NVRTC compile (sm_80, sm_90)"
 timeout 300 "$b/cuda_kernels_compile" --nocapture || rc=1
 echo "== parity: fixtures vs diffusers, CIFAR-10 model CPU vs GPU"
 timeout 400 "$b/cuda_parity" --nocapture --test-threads 1 || rc=1
+echo "== zero host allocations per step"
+timeout 120 "$b/cuda_alloc" || rc=1
 echo "== bench (CIFAR-10 UNet, batch 1 and 64, DDIM 50 x 64)"
 timeout 300 "$b/bench_cuda" || rc=1
 echo "== sample --device cuda"

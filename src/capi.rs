@@ -1324,14 +1324,14 @@ mod tests {
 
     #[test]
     fn every_status_has_a_message() {
-        for s in 0..=10 {
+        for s in 0..=11 {
             // SAFETY: static NUL-terminated strings.
             let m = unsafe { CStr::from_ptr(td_status_message(s)) };
             assert_ne!(m.to_str().unwrap(), "unknown status", "status {s}");
         }
         // SAFETY: as above.
         assert_eq!(
-            unsafe { CStr::from_ptr(td_status_message(11)) }
+            unsafe { CStr::from_ptr(td_status_message(12)) }
                 .to_str()
                 .unwrap(),
             "unknown status"
