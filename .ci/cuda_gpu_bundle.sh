@@ -9,11 +9,13 @@ rm -rf "$out"
 mkdir -p "$out"
 for t in cuda_parity cuda_kernels_compile cuda_alloc; do
     bin=$(cargo test --release --features cuda --test "$t" --no-run --message-format=json |
-        python3 -c 'import sys, json
+        T="$t" python3 -c 'import json, os, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+    t = m.get("target", {})
+    if m.get("executable") and t.get("name") == os.environ["T"] and "test" in t.get("kind", []):
         print(m["executable"])' | tail -n 1)
+    [ -n "$bin" ] || { echo "no test binary for $t" >&2; exit 1; }
     cp "$bin" "$out/$t"
 done
 cargo build --release --features cuda --example bench_cuda --bin sample
