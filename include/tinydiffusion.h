@@ -120,6 +120,11 @@ enum td_status
    * contents of the buffers of the failed call are unspecified.
    */
   TD_STATUS_INTERNAL = 10,
+  /**
+   * The requested device cannot be used: no CUDA driver or NVRTC, no such GPU, a CUDA
+   * error, or a library built without the `cuda` feature.
+   */
+  TD_STATUS_DEVICE_UNAVAILABLE = 11,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -208,10 +213,36 @@ typedef int32_t td_sde_predictor;
 #endif // __cplusplus
 
 /**
+ * Values of the `device` argument of `td_model_set_device`.
+ */
+enum td_device_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The CPU kernels (every model starts here).
+   */
+  TD_DEVICE_KIND_CPU = 0,
+  /**
+   * A CUDA GPU (`ordinal` picks which); needs a library built with the `cuda` feature.
+   */
+  TD_DEVICE_KIND_CUDA = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum td_device_kind td_device_kind;
+#else
+typedef int32_t td_device_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A loaded model: weights, op list, memory plan and its scheduler config. Immutable.
  *
  * Threads: one model may be used by any number of threads at once (each with its own
- * workspace and output buffers); only `td_model_free` needs exclusive access.
+ * workspace and output buffers); only `td_model_free` and `td_model_set_device` need
+ * exclusive access.
  */
 typedef struct td_model td_model;
 
@@ -452,6 +483,20 @@ td_status td_model_from_memory(const uint8_t *weights,
  * `model` is NULL or a model not yet freed.
  */
 void td_model_free(struct td_model *model);
+
+/**
+ * Moves a model to a device: `TD_DEVICE_KIND_CPU`, or `TD_DEVICE_KIND_CUDA` with the GPU's
+ * `ordinal` (0 for the first). On a GPU the kernels are compiled and the weights uploaded
+ * here, once; every later call (`td_model_eval`, `td_sample`, ...) runs there with the same
+ * arguments and workspace sizes. Errors: `TD_STATUS_DEVICE_UNAVAILABLE` (no CUDA driver or
+ * NVRTC, no such GPU, a library built without CUDA; the model then stays where it was),
+ * `_INVALID_ARGUMENT` (unknown device, negative ordinal), `_UNSUPPORTED` (a model the GPU
+ * kernels cannot run). Not thread-safe: no other call may use `model` meanwhile.
+ *
+ * # Safety
+ * `model` is NULL or a live model that no other thread is using.
+ */
+td_status td_model_set_device(struct td_model *model, int32_t device, int32_t ordinal);
 
 /**
  * Fills `*out_info` with the model's shapes and sizes. Thread-safe.

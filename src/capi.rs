@@ -79,6 +79,19 @@ pub enum td_status {
     /// A bug in the library (a caught panic). The model and scheduler stay usable; the
     /// contents of the buffers of the failed call are unspecified.
     Internal = 10,
+    /// The requested device cannot be used: no CUDA driver or NVRTC, no such GPU, a CUDA
+    /// error, or a library built without the `cuda` feature.
+    DeviceUnavailable = 11,
+}
+
+/// Values of the `device` argument of `td_model_set_device`.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum td_device_kind {
+    /// The CPU kernels (every model starts here).
+    Cpu = 0,
+    /// A CUDA GPU (`ordinal` picks which); needs a library built with the `cuda` feature.
+    Cuda = 1,
 }
 
 /// Values of `td_scheduler_desc.kind`.
@@ -213,7 +226,8 @@ pub struct td_sampler_desc {
 /// A loaded model: weights, op list, memory plan and its scheduler config. Immutable.
 ///
 /// Threads: one model may be used by any number of threads at once (each with its own
-/// workspace and output buffers); only `td_model_free` needs exclusive access.
+/// workspace and output buffers); only `td_model_free` and `td_model_set_device` need
+/// exclusive access.
 pub struct td_model {
     model: Model,
     scheduler_config: SchedulerConfig,
@@ -318,6 +332,7 @@ pub fn status_of(e: &Error) -> td_status {
         Error::BufferSize { .. } => td_status::BadSize,
         Error::InvalidArgument { .. } => td_status::InvalidArgument,
         Error::Io { .. } => td_status::Io,
+        Error::Device { .. } => td_status::DeviceUnavailable,
     }
 }
 
@@ -595,6 +610,7 @@ pub extern "C" fn td_status_message(status: i32) -> *const c_char {
         8 => c"invalid weights file",
         9 => c"I/O error reading the model",
         10 => c"internal error (a bug in tinydiffusion)",
+        11 => c"the device is unavailable",
         _ => c"unknown status",
     };
     s.as_ptr()
@@ -805,6 +821,39 @@ pub unsafe extern "C" fn td_model_free(model: *mut td_model) {
         // SAFETY: a pointer from `Box::into_raw` in a constructor, freed once per the contract.
         drop(unsafe { Box::from_raw(model) });
     }));
+}
+
+/// Moves a model to a device: `TD_DEVICE_KIND_CPU`, or `TD_DEVICE_KIND_CUDA` with the GPU's
+/// `ordinal` (0 for the first). On a GPU the kernels are compiled and the weights uploaded
+/// here, once; every later call (`td_model_eval`, `td_sample`, ...) runs there with the same
+/// arguments and workspace sizes. Errors: `TD_STATUS_DEVICE_UNAVAILABLE` (no CUDA driver or
+/// NVRTC, no such GPU, a library built without CUDA; the model then stays where it was),
+/// `_INVALID_ARGUMENT` (unknown device, negative ordinal), `_UNSUPPORTED` (a model the GPU
+/// kernels cannot run). Not thread-safe: no other call may use `model` meanwhile.
+///
+/// # Safety
+/// `model` is NULL or a live model that no other thread is using.
+#[no_mangle]
+pub unsafe extern "C" fn td_model_set_device(
+    model: *mut td_model,
+    device: i32,
+    ordinal: i32,
+) -> td_status {
+    guard(|| {
+        // SAFETY: NULL or a live, unshared model per the contract.
+        let m = unsafe { model.as_mut() }.ok_or_else(|| null("model"))?;
+        let device = match device {
+            d if d == td_device_kind::Cpu as i32 => crate::Device::Cpu,
+            d if d == td_device_kind::Cuda as i32 => {
+                let i = usize::try_from(ordinal)
+                    .map_err(|_| invalid(std::format!("device ordinal {ordinal} is negative")))?;
+                crate::Device::Cuda(i)
+            }
+            d => return Err(invalid(std::format!("unknown device kind {d}"))),
+        };
+        m.model.to_device(device)?;
+        Ok(())
+    })
 }
 
 /// Fills `*out_info` with the model's shapes and sizes. Thread-safe.
@@ -1519,14 +1568,14 @@ mod tests {
 
     #[test]
     fn every_status_has_a_message() {
-        for s in 0..=10 {
+        for s in 0..=11 {
             // SAFETY: static NUL-terminated strings.
             let m = unsafe { CStr::from_ptr(td_status_message(s)) };
             assert_ne!(m.to_str().unwrap(), "unknown status", "status {s}");
         }
         // SAFETY: as above.
         assert_eq!(
-            unsafe { CStr::from_ptr(td_status_message(11)) }
+            unsafe { CStr::from_ptr(td_status_message(12)) }
                 .to_str()
                 .unwrap(),
             "unknown status"

@@ -39,6 +39,9 @@ pub enum Error {
     InvalidArgument { what: &'static str, message: String },
     /// Reading a file or folder failed (std only).
     Io { path: String, message: String },
+    /// A compute device is unusable: no CUDA driver or NVRTC found, no such GPU, a CUDA call
+    /// failed, or the build lacks the `cuda` feature.
+    Device { message: String },
 }
 
 impl fmt::Display for Error {
@@ -69,6 +72,7 @@ impl fmt::Display for Error {
             }
             Error::InvalidArgument { what, message } => write!(f, "invalid {what}: {message}"),
             Error::Io { path, message } => write!(f, "{path}: {message}"),
+            Error::Device { message } => write!(f, "device: {message}"),
         }
     }
 }
@@ -82,6 +86,12 @@ pub type Result<T> = core::result::Result<T, Error>;
 pub(crate) fn invalid_arg(what: &'static str, message: impl Into<String>) -> Error {
     Error::InvalidArgument {
         what,
+        message: message.into(),
+    }
+}
+
+pub(crate) fn device_err(message: impl Into<String>) -> Error {
+    Error::Device {
         message: message.into(),
     }
 }

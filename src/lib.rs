@@ -23,6 +23,9 @@ extern crate alloc;
 #[cfg(feature = "std")]
 pub mod capi;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
 pub mod error;
 #[cfg(feature = "std")]
 pub mod io;
@@ -38,5 +41,6 @@ pub mod train;
 pub mod weights;
 
 pub use config::UNetConfig;
+pub use device::Device;
 pub use error::{Error, Result};
 pub use model::Model;

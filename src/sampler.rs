@@ -384,6 +384,20 @@ pub fn sample_with(
         });
     }
 
+    #[cfg(feature = "cuda")]
+    if let Some(gpu) = &model.cuda {
+        if let Some(x_t) = opts.initial_noise {
+            if x_t.len() != n {
+                return Err(Error::BufferSize {
+                    what: "initial noise x_T",
+                    expected: n,
+                    found: x_t.len(),
+                });
+            }
+        }
+        return gpu.sample(model, scheduler, opts, out, on_step);
+    }
+
     let noise = GaussianNoise::new(opts.seed);
     match opts.initial_noise {
         Some(x_t) if x_t.len() != n => {

@@ -96,6 +96,23 @@ impl Model {
             (None, None) => {}
         }
         let need = self.workspace_len(batch);
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.cuda {
+            if op_seconds.is_some() {
+                return Err(invalid_arg(
+                    "forward_profiled",
+                    "per-op timing is CPU only (profile the GPU with Nsight Systems)",
+                ));
+            }
+            if workspace.len() < need {
+                return Err(Error::BufferSize {
+                    what: "workspace",
+                    expected: need,
+                    found: workspace.len(),
+                });
+            }
+            return gpu.forward(self, batch, x, timesteps, class_labels, out);
+        }
         if workspace.len() < need {
             return Err(Error::BufferSize {
                 what: "workspace",

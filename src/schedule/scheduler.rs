@@ -439,6 +439,30 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The per-step constants [`Scheduler::step`] uses, for backends that run the update
+    /// elsewhere (the CUDA kernel `scheduler_step`): `[sqrt(abar_t), sqrt(1 - abar_t)`, then
+    /// DDPM `c_x0, c_xt, std, min_log, max_log` or DDIM `sqrt(abar_prev), c_dir, std, 0, 0`,
+    /// then 1.0 when the step draws noise, else 0.0`]`. `None` past the last step.
+    pub fn step_coefficients(&self, step_index: usize) -> Option<[f64; 8]> {
+        let a = *self.steps.get(step_index)?;
+        let noise = if self.needs_noise(step_index) {
+            1.0
+        } else {
+            0.0
+        };
+        let (sa, sb) = (libm::sqrt(a.t), libm::sqrt(1.0 - a.t));
+        Some(match self.cfg.kind {
+            SchedulerKind::Ddpm => {
+                let c = self.ddpm_step(a);
+                [sa, sb, c.c_x0, c.c_xt, c.std, c.min_log, c.max_log, noise]
+            }
+            SchedulerKind::Ddim => {
+                let c = self.ddim_step(a);
+                [sa, sb, c.sqrt_a_prev, c.c_dir, c.std, 0.0, 0.0, noise]
+            }
+        })
+    }
+
     /// The x_0 post-processing of one sample: dynamic thresholding (which needs the sample's
     /// |x_0| quantile, computed in `scratch`), clipping, or nothing.
     fn x0_post(

@@ -87,7 +87,7 @@ static int same_bits(const float *a, const float *b, size_t n) {
 }
 
 static void status_and_messages(void) {
-    for (int s = 0; s <= TD_STATUS_INTERNAL; s++) {
+    for (int s = 0; s <= TD_STATUS_DEVICE_UNAVAILABLE; s++) {
         const char *m = td_status_message(s);
         CHECK(m != NULL && strlen(m) > 0 && strcmp(m, "unknown status") != 0);
     }
@@ -166,6 +166,13 @@ static void loading(const char *class_dir, const char *bad_json_dir, const char 
     td_model *from_dir = NULL;
     EXPECT(td_model_load(class_dir, &from_dir), TD_STATUS_OK);
     if (m != NULL && from_dir != NULL) {
+        /* Device choice: checked arguments; this library is built without the `cuda` feature,
+           so a GPU is unavailable and the model stays on the CPU. */
+        EXPECT(td_model_set_device(NULL, TD_DEVICE_KIND_CPU, 0), TD_STATUS_NULL_POINTER);
+        EXPECT(td_model_set_device(from_dir, 7, 0), TD_STATUS_INVALID_ARGUMENT);
+        EXPECT(td_model_set_device(from_dir, TD_DEVICE_KIND_CUDA, -1), TD_STATUS_INVALID_ARGUMENT);
+        EXPECT(td_model_set_device(from_dir, TD_DEVICE_KIND_CUDA, 0), TD_STATUS_DEVICE_UNAVAILABLE);
+        EXPECT(td_model_set_device(from_dir, TD_DEVICE_KIND_CPU, 0), TD_STATUS_OK);
         td_model_info info;
         EXPECT(td_model_get_info(m, &info), TD_STATUS_OK);
         CHECK(info.scheduler_kind == TD_SCHEDULER_KIND_DDIM && info.num_train_timesteps == 1000);

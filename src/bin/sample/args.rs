@@ -41,6 +41,8 @@ FLAGS:
     --height H, --width W  must equal the model's sample_size          [default: the model's]
     --threads N          worker threads                                 [default: all cores]
     --kernels NAME       force a kernel path (scalar, ...)                [default: fastest]
+    --device DEV         cpu, cuda or cuda:N (needs a build with --features cuda)
+                                                                            [default: cpu]
     --quiet              no progress line
     -h, --help           this text
 ";
@@ -80,6 +82,7 @@ pub struct SampleArgs {
     pub width: Option<usize>,
     pub threads: Option<usize>,
     pub kernels: Option<String>,
+    pub device: tinydiffusion::Device,
     pub quiet: bool,
 }
 
@@ -159,6 +162,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         width: None,
         threads: None,
         kernels: None,
+        device: tinydiffusion::Device::Cpu,
         quiet: false,
     };
     let mut it = args.iter();
@@ -233,6 +237,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--width" => s.width = Some(parse_num(flag, value()?)?),
             "--threads" => s.threads = Some(parse_num(flag, value()?)?),
             "--kernels" => s.kernels = Some(value()?.into()),
+            "--device" => {
+                s.device = tinydiffusion::Device::parse(value()?).map_err(|e| e.to_string())?
+            }
             other => return Err(format!("unknown argument '{other}' (see --help)")),
         }
     }

@@ -204,6 +204,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     if let Some(n) = a.threads {
         model.set_threads(n).map_err(|e| e.to_string())?;
     }
+    model.to_device(a.device).map_err(|e| e.to_string())?;
     let (c, h, w) = model.input_shape();
     if a.height.is_some_and(|v| v != h) || a.width.is_some_and(|v| v != w) {
         return Err(format!(
@@ -353,7 +354,10 @@ fn run(a: &SampleArgs) -> Result<(), String> {
             setup_ms,
             (workspace.len() * 4) as f64 / (1 << 20) as f64,
             peak_rss().map_or("n/a".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
-            model.kernels_name(),
+            match model.device() {
+                tinydiffusion::Device::Cpu => model.kernels_name().to_string(),
+                gpu => gpu.to_string(),
+            },
             a.out.display()
         );
     }

@@ -1,0 +1,191 @@
+// Everything outside convolutions, norms and attention: layout changes at the NCHW boundary,
+// the timestep (and class) embedding pieces, classifier-free guidance, the seeded noise and the
+// DDPM / DDIM update. Each mirrors the CPU code named in its comment.
+//
+// Kernels of a sampling step read the step index from device memory (`step`), so one captured
+// CUDA graph of a step replays for every step; `advance_step` increments it.
+
+__device__ __forceinline__ long long gidx() {
+    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+// Op::InputToNhwc: NCHW f32 -> NHWC f16, optionally 2x - 1 (center_input_sample).
+extern "C" __global__ void nchw_to_nhwc(const float* x, h16* out, int batch, int c, int hw,
+                                        int center) {
+    long long i = gidx(), n = (long long)batch * c * hw;
+    if (i >= n) return;
+    int ch = (int)(i % c);
+    long long bp = i / c;
+    int p = (int)(bp % hw);
+    long long b = bp / hw;
+    float v = x[(b * c + ch) * hw + p];
+    out[i] = f2h(center ? 2.0f * v - 1.0f : v);
+}
+
+// Op::OutputToNchw: NHWC f16 -> NCHW f32.
+extern "C" __global__ void nhwc_to_nchw(const h16* in, float* out, int batch, int c, int hw) {
+    long long i = gidx(), n = (long long)batch * c * hw;
+    if (i >= n) return;
+    int p = (int)(i % hw);
+    long long bc = i / hw;
+    int ch = (int)(bc % c);
+    long long b = bc / c;
+    out[i] = h2f(in[(b * hw + p) * c + ch]);
+}
+
+// diffusers' get_timestep_embedding as Model::time_embedding computes it: exponent and
+// argument in f32, sin / cos in f64. t = ts[(step ? *step : 0) + b * ts_per_sample].
+extern "C" __global__ void timestep_sinusoid(const float* ts, const int* step, int ts_per_sample,
+                                             h16* out, int batch, int dim, int flip,
+                                             float freq_shift) {
+    long long i = gidx();
+    if (i >= (long long)batch * dim) return;
+    int b = (int)(i / dim), j = (int)(i % dim);
+    int half = dim / 2;
+    float t = ts[(step ? *step : 0) + b * ts_per_sample];
+    float y = 0.0f;  // an odd width leaves the last entry zero
+    if (j < 2 * half) {
+        int f = j < half ? j : j - half;
+        bool first = j < half;
+        float ln_max_period = -logf(10000.0f);
+        float exponent = ln_max_period * (float)f / ((float)half - freq_shift);
+        float arg = t * expf(exponent);
+        double s = sin((double)arg), co = cos((double)arg);
+        // flip_sin_to_cos puts cos first.
+        y = (float)((first != (flip != 0)) ? s : co);
+    }
+    out[i] = f2h(y);
+}
+
+extern "C" __global__ void silu_inplace(h16* x, long long n) {
+    long long i = gidx();
+    if (i < n) x[i] = f2h(silu_f(h2f(x[i])));
+}
+
+// The end of Model::time_embedding: emb += class_embedding[label] (if a table is given),
+// then SiLU. labels: one per sample, or one for all (n_labels == 1).
+extern "C" __global__ void class_embed_silu(h16* emb, const h16* table, const int* labels,
+                                            int n_labels, int batch, int e) {
+    long long i = gidx();
+    if (i >= (long long)batch * e) return;
+    int b = (int)(i / e), j = (int)(i % e);
+    float v = h2f(emb[i]);
+    if (table) {
+        int label = labels[n_labels == 1 ? 0 : b];
+        v += h2f(table[(long long)label * e + j]);
+    }
+    emb[i] = f2h(silu_f(v));
+}
+
+// Classifier-free guidance (sampler.rs): eps = (1 + s) eps - s eps_uncond on the first c of
+// c_out channels of each sample; learned-variance channels keep the conditional values.
+extern "C" __global__ void guidance_combine(float* eps, const float* uncond, float scale,
+                                            int batch, int c_out, int c, int hw) {
+    long long i = gidx(), per = (long long)c * hw;
+    if (i >= (long long)batch * per) return;
+    long long b = i / per, r = i % per;
+    long long o = b * c_out * (long long)hw + r;
+    eps[o] = (1.0f + scale) * eps[o] - scale * uncond[o];
+}
+
+// Philox4x32-10 (schedule/noise.rs), bit for bit.
+__device__ __forceinline__ void philox(u32 ctr[4], u32 k0, u32 k1) {
+    const u32 M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
+#pragma unroll
+    for (int round = 0; round < 10; round++) {
+        if (round > 0) { k0 += W0; k1 += W1; }
+        u64 p0 = (u64)M0 * ctr[0], p1 = (u64)M1 * ctr[2];
+        u32 hi0 = (u32)(p0 >> 32), lo0 = (u32)p0, hi1 = (u32)(p1 >> 32), lo1 = (u32)p1;
+        u32 n0 = hi1 ^ ctr[1] ^ k0, n2 = hi0 ^ ctr[3] ^ k1;
+        ctr[0] = n0; ctr[1] = lo1; ctr[2] = n2; ctr[3] = lo0;
+    }
+}
+
+// GaussianNoise::fill: element j of stream s from block j / 2 (Box-Muller in f64).
+// stream = stream_base + (step ? *step : 0); seed read from device memory (*seed).
+extern "C" __global__ void gaussian_noise(float* out, long long n, const u64* seed,
+                                          const int* step, u64 stream_base) {
+    long long blk = gidx();
+    if (2 * blk >= n) return;
+    u64 s = *seed;
+    u64 stream = stream_base + (u64)(step ? *step : 0);
+    u32 ctr[4] = {(u32)blk, (u32)((u64)blk >> 32), (u32)stream, (u32)(stream >> 32)};
+    philox(ctr, (u32)s, (u32)(s >> 32));
+    u64 a = ((u64)ctr[0] << 32) | ctr[1];
+    u64 bb = ((u64)ctr[2] << 32) | ctr[3];
+    const double SCALE = 1.0 / 9007199254740992.0;  // 2^-53
+    double u1 = (double)((a >> 11) + 1) * SCALE;
+    double u2 = (double)(bb >> 11) * SCALE;
+    double radius = sqrt(-2.0 * log(u1));
+    double sn, cs;
+    sincos(2.0 * 3.141592653589793 * u2, &sn, &cs);
+    out[2 * blk] = (float)(radius * cs);
+    if (2 * blk + 1 < n) out[2 * blk + 1] = (float)(radius * sn);
+}
+
+// torch.clamp with NaN propagated (scheduler.rs torch_clamp).
+__device__ __forceinline__ double torch_clamp(double x, double lo, double hi) {
+    if (isnan(x)) return x;
+    double y = x < lo ? lo : x;
+    return y > hi ? hi : y;
+}
+
+// Scheduler::step for DDPM and DDIM (no dynamic thresholding), in place on x (f32 NCHW), in
+// f64 like the CPU. coef[step * 8 + ...]: sqrt_a, sqrt_b, then DDPM: c_x0, c_xt, std, min_log,
+// max_log; DDIM: sqrt_a_prev, c_dir, std; [7]: 1 when the step draws noise.
+// kind: 0 DDPM, 1 DDIM. pred: 0 epsilon, 1 sample, 2 v_prediction.
+// var: 0 fixed (std from the table), 1 learned, 2 learned_range. clip: clamp x0 to +-clip_range.
+// `model` is [B, stride] with stride = per (or 2 per: prediction then variance channels).
+extern "C" __global__ void scheduler_step(float* x, const float* model, const float* z,
+                                          const double* coef, const int* step, int kind,
+                                          int pred, int var, int clip, double clip_range,
+                                          int clipped_eps, long long per, long long stride,
+                                          long long n) {
+    long long i = gidx();
+    if (i >= n) return;
+    const double* c = coef + 8 * (long long)(*step);
+    long long b = i / per, k = i % per;
+    double xi = (double)x[i];
+    double m = (double)model[b * stride + k];
+    double sa = c[0], sb = c[1];
+    double x0, eps;
+    if (pred == 0) {
+        x0 = (xi - sb * m) / sa;
+        eps = m;
+    } else if (pred == 1) {
+        x0 = m;
+        eps = (xi - sa * m) / sb;
+    } else {
+        x0 = sa * xi - sb * m;
+        eps = sa * m + sb * xi;
+    }
+    if (clip) x0 = torch_clamp(x0, -clip_range, clip_range);
+    bool noisy = c[7] != 0.0;
+    double prev;
+    if (kind == 0) {
+        prev = c[2] * x0 + c[3] * xi;
+        if (noisy) {
+            double sd = c[4];
+            if (var == 1) {
+                sd = sqrt((double)model[b * stride + per + k]);
+            } else if (var == 2) {
+                double frac = ((double)model[b * stride + per + k] + 1.0) / 2.0;
+                sd = exp(0.5 * (frac * c[6] + (1.0 - frac) * c[5]));
+            }
+            prev += sd * (double)z[i];
+        }
+    } else {
+        if (clipped_eps) eps = (xi - sa * x0) / sb;
+        prev = c[2] * x0 + c[3] * eps;
+        if (noisy) prev += c[4] * (double)z[i];
+    }
+    x[i] = (float)prev;
+}
+
+extern "C" __global__ void set_step(int* step, int value) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) *step = value;
+}
+
+extern "C" __global__ void advance_step(int* step) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) *step += 1;
+}

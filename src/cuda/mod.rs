@@ -1,0 +1,11 @@
+//! The CUDA backend (feature `cuda`): the kernels of `kernels/*.cu`, compiled at run time by
+//! NVRTC, launched over the same op list and memory plan as the CPU path.
+//!
+//! Nothing CUDA is needed to build this: cudarc loads `libcuda` and `libnvrtc` (CUDA 13) when
+//! a model moves to the GPU ([`crate::Model::to_device`]), and their absence is an
+//! [`crate::Error::Device`], not a panic.
+
+mod backend;
+pub mod kernels;
+
+pub use backend::{CudaBackend, MAX_HEAD_DIM};
