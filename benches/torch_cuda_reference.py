@@ -14,24 +14,13 @@ run of 64 images per mode (DDIMScheduler, the loop in Python as DDIMPipeline run
 """
 
 import argparse
+import os
 import statistics
+import sys
 
-CONFIG = dict(
-    sample_size=32,
-    in_channels=3,
-    out_channels=3,
-    block_out_channels=(128, 256, 256, 256),
-    layers_per_block=2,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=32,
-    norm_eps=1e-6,
-    downsample_padding=0,
-    flip_sin_to_cos=False,
-    freq_shift=1,
-    attention_head_dim=None,
-)
-GFLOP_PER_IMAGE = 12.44
+# The architecture and FLOP count the CPU reference times (one definition for both scripts).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_reference import CONFIG, GFLOP_PER_IMAGE  # noqa: E402
 
 
 def time_ms(torch, fn, runs):
