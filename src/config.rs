@@ -87,8 +87,9 @@ pub const MAX_LAYERS_PER_BLOCK: usize = 64;
 pub const MAX_CHANNELS: usize = 1 << 16;
 /// Largest height or width.
 pub const MAX_SAMPLE_SIZE: usize = 1 << 16;
-/// Most f32 elements of one activation of one sample (height x width x channels).
-pub const MAX_TENSOR_ELEMS: usize = 1 << 32;
+/// Most f32 elements of one activation of one sample (height x width x channels): 2^32, or
+/// all that a 32-bit target can index.
+pub const MAX_TENSOR_ELEMS: usize = (u32::MAX as usize).saturating_add(1);
 
 /// A positive integer that fits comfortably in memory arithmetic (no overflow later on).
 fn as_size(key: &str, v: &Value) -> Result<usize> {
@@ -470,7 +471,10 @@ impl UNetConfig {
             ));
         }
         if let Some(n) = self.num_class_embeds {
-            if n * self.time_embed_dim > MAX_TENSOR_ELEMS {
+            if n
+                .checked_mul(self.time_embed_dim)
+                .is_none_or(|elems| elems > MAX_TENSOR_ELEMS)
+            {
                 return Err(bad(
                     "num_class_embeds",
                     alloc::format!(
