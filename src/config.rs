@@ -471,8 +471,7 @@ impl UNetConfig {
             ));
         }
         if let Some(n) = self.num_class_embeds {
-            if n
-                .checked_mul(self.time_embed_dim)
+            if n.checked_mul(self.time_embed_dim)
                 .is_none_or(|elems| elems > MAX_TENSOR_ELEMS)
             {
                 return Err(bad(

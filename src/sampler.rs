@@ -386,6 +386,12 @@ pub fn sample_with(
 
     #[cfg(feature = "cuda")]
     if let Some(gpu) = &model.cuda {
+        let Method::Scheduler(scheduler) = method else {
+            return Err(Error::UnsupportedConfig {
+                key: "scheduler".into(),
+                value: "sde, ode and pc on a CUDA device (they run on the CPU only for now)".into(),
+            });
+        };
         if let Some(x_t) = opts.initial_noise {
             if x_t.len() != n {
                 return Err(Error::BufferSize {

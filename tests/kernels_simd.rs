@@ -146,7 +146,11 @@ fn conv_case(
         bias: &bias,
         channel_add: &channel_add,
         residual: &residual,
-        out_scale: if extras { std::f32::consts::SQRT_2 } else { 1.0 },
+        out_scale: if extras {
+            std::f32::consts::SQRT_2
+        } else {
+            1.0
+        },
     };
     let mut reference = vec![0.0f32; out_len];
     tinydiffusion::kernels::scalar::conv2d(&args, &mut reference);
