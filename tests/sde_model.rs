@@ -129,3 +129,19 @@ fn guided_sde_samplers_run_and_reproduce() {
         assert_eq!(a, injected, "{c:?} with injected noise");
     }
 }
+
+/// An absurd step count (a fuzzer found one through the C API) is a typed error, not an
+/// allocation failure.
+#[test]
+fn too_many_steps_is_an_error() {
+    let cfg = SchedulerConfig::ddpm_default();
+    for steps in [
+        tinydiffusion::schedule::sde::MAX_SDE_STEPS + 1,
+        usize::MAX / 4,
+    ] {
+        assert!(matches!(
+            SdeSampler::new(&cfg, SdeConfig::sde(steps)),
+            Err(tinydiffusion::Error::InvalidArgument { .. })
+        ));
+    }
+}

@@ -302,6 +302,12 @@ impl SdeConfig {
         if self.steps == 0 {
             return Err(invalid_arg("steps", "must be at least 1"));
         }
+        if self.steps > MAX_SDE_STEPS {
+            return Err(invalid_arg(
+                "steps",
+                format!("{} is above the limit of {MAX_SDE_STEPS}", self.steps),
+            ));
+        }
         if !(self.t_eps > 0.0 && self.t_eps < 1.0) {
             return Err(invalid_arg(
                 "sde eps",
@@ -320,6 +326,10 @@ impl SdeConfig {
         Ok(())
     }
 }
+
+/// Most steps of a continuous-time run. The grid is stored (one timestep per step), so an
+/// absurd step count from an untrusted caller must be an error, not an allocation failure.
+pub const MAX_SDE_STEPS: usize = 1 << 20;
 
 /// Where the Gaussian noise rows of a run come from.
 #[derive(Debug, Clone, Copy)]
