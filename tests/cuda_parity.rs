@@ -11,8 +11,8 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
-use tinydiffusion::sampler::{self, Guidance, SampleOptions};
+use common::{fixtures_dir, read_json, rel_l2, SampleCase, TensorFile};
+use tinydiffusion::sampler::{self, SampleOptions};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
 use tinydiffusion::testing::{random_model, CIFAR10_CONFIG};
 use tinydiffusion::{Device, Error, Model};
@@ -104,45 +104,25 @@ fn sampling_runs_match_diffusers_on_gpu() {
             .iter()
             .filter(|c| c["kind"] == "sample")
         {
-            let case_name = case["name"].as_str().unwrap();
-            let cfg = SchedulerConfig::from_json(&case["scheduler"].to_string()).unwrap();
-            let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
-            let mut scheduler = Scheduler::new(cfg, steps).unwrap();
-            scheduler.set_eta(case["eta"].as_f64().unwrap_or(0.0));
-            let inputs = &case["inputs"];
-            let x_t = tensors.f32s(inputs["x_T"].as_str().unwrap());
-            let noise = inputs
-                .get("noise")
-                .map(|n| tensors.f32s(n.as_str().unwrap()));
-            let labels = inputs
-                .get("class_labels")
-                .map(|n| tensors.i64s(n.as_str().unwrap()));
-            let (c, h, w) = model.input_shape();
-            let batch = x_t.len() / (c * h * w);
-            let guidance = case["guidance_w"].as_f64().map(|g| Guidance {
-                scale: g as f32,
-                null_class: case["null_class"].as_i64().unwrap(),
-            });
-            let opts = SampleOptions {
-                batch,
-                seed: 0,
-                initial_noise: Some(&x_t),
-                step_noise: noise.as_deref(),
-                class_labels: labels.as_deref(),
-                guidance,
-            };
-            let mut ws =
-                vec![0.0f32; sampler::workspace_len(&model, &scheduler, batch, guidance.is_some())];
-            let mut out = vec![0.0f32; x_t.len()];
-            match sampler::sample(&model, &scheduler, &mut ws, &opts, &mut out, None) {
+            let run = SampleCase::read(&model, case, &tensors);
+            let case_name = &run.name;
+            let mut ws = vec![0.0f32; run.workspace_len(&model)];
+            let mut out = vec![0.0f32; run.x_t.len()];
+            match sampler::sample(
+                &model,
+                &run.scheduler,
+                &mut ws,
+                &run.options(),
+                &mut out,
+                None,
+            ) {
                 Err(Error::UnsupportedConfig { key, value }) => {
                     println!("{name:<18} {case_name:<24} skipped on the GPU: {key}: {value}");
                     continue;
                 }
                 r => r.unwrap(),
             }
-            let traj = tensors.f64s(case["expected"]["traj"].as_str().unwrap());
-            let err = rel_l2(&out, &traj[traj.len() - out.len()..]);
+            let err = rel_l2(&out, &run.expected_final(&tensors));
             println!("{name:<18} {case_name:<24} final rel L2 {err:.2e} (bar 1e-2)");
             if err.is_nan() || err > 1e-2 {
                 failures.push(format!("{name}/{case_name}: {err:.3e}"));

@@ -99,3 +99,89 @@ pub fn read_json(path: impl Into<PathBuf>) -> serde_json::Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture json")
 }
+
+/// One `sample` case of a fixture model (see FORMAT.md): its scheduler, injected noise,
+/// labels and guidance, and the expected final sample.
+pub struct SampleCase {
+    pub name: String,
+    pub scheduler: tinydiffusion::schedule::Scheduler,
+    pub x_t: Vec<f32>,
+    pub noise: Option<Vec<f32>>,
+    pub labels: Option<Vec<i64>>,
+    pub guidance: Option<tinydiffusion::sampler::Guidance>,
+    pub batch: usize,
+    case: serde_json::Value,
+}
+
+impl SampleCase {
+    pub fn read(
+        model: &tinydiffusion::Model,
+        case: &serde_json::Value,
+        tensors: &TensorFile,
+    ) -> SampleCase {
+        use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
+        let cfg = SchedulerConfig::from_json(&case["scheduler"].to_string()).unwrap();
+        let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let mut scheduler = Scheduler::new(cfg, steps).unwrap();
+        scheduler.set_eta(case["eta"].as_f64().unwrap_or(0.0));
+        let inputs = &case["inputs"];
+        let x_t = tensors.f32s(inputs["x_T"].as_str().unwrap());
+        let noise = inputs
+            .get("noise")
+            .map(|n| tensors.f32s(n.as_str().unwrap()));
+        let labels = inputs
+            .get("class_labels")
+            .map(|n| tensors.i64s(n.as_str().unwrap()));
+        let (c, h, w) = model.input_shape();
+        let guidance = case["guidance_w"]
+            .as_f64()
+            .map(|w| tinydiffusion::sampler::Guidance {
+                scale: w as f32,
+                null_class: case["null_class"].as_i64().unwrap(),
+            });
+        SampleCase {
+            name: case["name"].as_str().unwrap().to_string(),
+            scheduler,
+            batch: x_t.len() / (c * h * w),
+            x_t,
+            noise,
+            labels,
+            guidance,
+            case: case.clone(),
+        }
+    }
+
+    /// The run as diffusers made it: injected x_T and step noise, the case's labels and
+    /// guidance.
+    pub fn options(&self) -> tinydiffusion::sampler::SampleOptions<'_> {
+        tinydiffusion::sampler::SampleOptions {
+            batch: self.batch,
+            seed: 0,
+            initial_noise: Some(&self.x_t),
+            step_noise: self.noise.as_deref(),
+            class_labels: self.labels.as_deref(),
+            guidance: self.guidance,
+        }
+    }
+
+    /// Workspace floats of this run on `model`.
+    pub fn workspace_len(&self, model: &tinydiffusion::Model) -> usize {
+        tinydiffusion::sampler::workspace_len(
+            model,
+            &self.scheduler,
+            self.batch,
+            self.guidance.is_some(),
+        )
+    }
+
+    /// Expected timesteps of the schedule.
+    pub fn expected_timesteps(&self, tensors: &TensorFile) -> Vec<i64> {
+        tensors.i64s(self.case["expected"]["timesteps"].as_str().unwrap())
+    }
+
+    /// Expected x_0: the last row of the trajectory.
+    pub fn expected_final(&self, tensors: &TensorFile) -> Vec<f64> {
+        let traj = tensors.f64s(self.case["expected"]["traj"].as_str().unwrap());
+        traj[traj.len() - self.x_t.len()..].to_vec()
+    }
+}
