@@ -5,6 +5,9 @@
 //!   widened to f32 beforehand (not timed), one thread,
 //! - `ours-1t`: the best SIMD path on one thread,
 //! - `ours-Nt`: the same on all cores (the model's default team),
+//! - `winograd-1t`, `winograd-Nt`: for the 3x3 stride-1 convs of 16x16 maps and up, the same
+//!   path with the kernel scratch that lets it take Winograd F(4x4, 3x3) (the model's default;
+//!   throughput still counts the direct conv's FLOPs),
 //!
 //! then the whole forward pass at batch 1 and 8 and a 50-step DDIM sample at batch 1.
 //! Throughput is reported in FLOP (`Elements` = floating-point operations).
@@ -203,6 +206,20 @@ fn bench_convs(c: &mut Criterion, model: &Model, path: KernelPath, teams: &mut T
             BenchmarkId::new(format!("ours-{}t", teams.pool.threads()), path.name()),
             |b| b.iter(|| (table.conv2d)(&args, &mut out, &exn)),
         );
+        let layout = table.scratch_layout([s]);
+        if layout.shared > 0 && s.out_h >= 16 {
+            let mut w1 = vec![0.0f32; layout.len(1)];
+            let ex1 = Exec::with_layout(&Sequential, &mut w1, layout);
+            g.bench_function(BenchmarkId::new("winograd-1t", path.name()), |b| {
+                b.iter(|| (table.conv2d)(&args, &mut out, &ex1))
+            });
+            let mut wn = vec![0.0f32; layout.len(teams.pool.threads())];
+            let exn = Exec::with_layout(&teams.pool, &mut wn, layout);
+            g.bench_function(
+                BenchmarkId::new(format!("winograd-{}t", teams.pool.threads()), path.name()),
+                |b| b.iter(|| (table.conv2d)(&args, &mut out, &exn)),
+            );
+        }
         g.finish();
     }
 }

@@ -1,5 +1,6 @@
 //! Where a forward pass of the CIFAR-10 UNet spends its time, per op kind and conv shape:
-//! `cargo run --release --example profile_ops [-- --threads N --kernels PATH --batch B]`.
+//! `cargo run --release --example profile_ops [-- --threads N --kernels PATH --batch B --direct]`
+//! (`--direct`: no Winograd convolutions).
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,9 @@ fn main() {
         model
             .set_kernels(KernelPath::from_name(&k).unwrap())
             .unwrap();
+    }
+    if args.iter().any(|a| a == "--direct") {
+        model.set_winograd(false);
     }
     let batch: usize = flag("--batch").map(|b| b.parse().unwrap()).unwrap_or(1);
     let runs: usize = flag("--runs").map(|b| b.parse().unwrap()).unwrap_or(10);

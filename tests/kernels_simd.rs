@@ -12,7 +12,7 @@ use half::f16;
 use tinydiffusion::kernels::threads::ThreadPool;
 use tinydiffusion::kernels::{
     pack_weight, packed_len, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, KernelPath,
-    KernelTable, LinearArgs, Parallel, Sequential, SCRATCH_PER_THREAD,
+    KernelTable, LinearArgs, Parallel, ScratchLayout, Sequential, SCRATCH_PER_THREAD,
 };
 
 struct Rng(u64);
@@ -60,6 +60,19 @@ fn both(pool: &ThreadPool, f: impl Fn(&Exec<'_>) -> Vec<f32>) -> (Vec<f32>, Vec<
     let one = f(&Exec::new(&Sequential, &mut s1));
     let mut s3 = vec![f32::NAN; pool.threads() * SCRATCH_PER_THREAD];
     let team = f(&Exec::new(pool, &mut s3));
+    (one, team)
+}
+
+/// As [`both`], with the kernel scratch laid out as `layout` (room for the Winograd conv).
+fn both_with(
+    pool: &ThreadPool,
+    layout: ScratchLayout,
+    f: impl Fn(&Exec<'_>) -> Vec<f32>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut s1 = vec![0.0f32; layout.len(1)];
+    let one = f(&Exec::with_layout(&Sequential, &mut s1, layout));
+    let mut s3 = vec![f32::NAN; layout.len(pool.threads())];
+    let team = f(&Exec::with_layout(pool, &mut s3, layout));
     (one, team)
 }
 
@@ -513,6 +526,242 @@ fn attention_matches_scalar() {
                 ours,
                 &reference,
                 2e-6,
+            );
+        }
+    }
+}
+
+/// A 3x3 stride-1 "same" conv (the Winograd F(4x4, 3x3) path) against the scalar reference,
+/// with scratch for it, on 1 and 3 threads (bit-identical); and it must differ from the direct
+/// SIMD kernel (which shows the Winograd path ran).
+#[allow(clippy::too_many_arguments)]
+fn winograd_case(
+    rng: &mut Rng,
+    tables: &[&'static KernelTable],
+    pool: &ThreadPool,
+    batch: usize,
+    (in_h, in_w): (usize, usize),
+    (ca, cb): (usize, usize),
+    out_c: usize,
+    upsample: bool,
+    extras: bool,
+) {
+    let (out_h, out_w) = if upsample {
+        (2 * in_h, 2 * in_w)
+    } else {
+        (in_h, in_w)
+    };
+    let shape = ConvShape {
+        batch,
+        in_h,
+        in_w,
+        in_ca: ca,
+        in_cb: cb,
+        out_c,
+        out_h,
+        out_w,
+        kernel: 3,
+        stride: 1,
+        pad_top: 1,
+        pad_left: 1,
+        upsample,
+    };
+    let cin = ca + cb;
+    let plain = rng.halves(out_c * cin * 9, 1.0 / ((cin * 9) as f32).sqrt());
+    let mut weight = vec![f16::ZERO; packed_len(out_c, cin, 3)];
+    pack_weight(&plain, out_c, cin, 3, &mut weight);
+    let in_a = rng.vec(batch * in_h * in_w * ca);
+    let in_b = rng.vec(batch * in_h * in_w * cb);
+    let bias = rng.halves(out_c, 0.5);
+    let out_len = batch * out_h * out_w * out_c;
+    let channel_add = if extras {
+        rng.vec(batch * out_c)
+    } else {
+        Vec::new()
+    };
+    let residual = if extras { rng.vec(out_len) } else { Vec::new() };
+    let args = ConvArgs {
+        shape,
+        in_a: &in_a,
+        in_b: &in_b,
+        weight: &weight,
+        bias: &bias,
+        channel_add: &channel_add,
+        residual: &residual,
+        out_scale: if extras { 2.0f32.sqrt() } else { 1.0 },
+    };
+    let mut reference = vec![0.0f32; out_len];
+    tinydiffusion::kernels::scalar::conv2d(&args, &mut reference);
+    for t in tables {
+        let layout = t.scratch_layout([shape]);
+        assert!(layout.shared > 0, "{shape:?}: no Winograd scratch planned");
+        let run = |ex: &Exec<'_>| {
+            let mut out = vec![f32::NAN; out_len];
+            (t.conv2d)(&args, &mut out, ex);
+            out
+        };
+        let wino = both_with(pool, layout, run);
+        let direct = both(pool, run);
+        assert_ne!(
+            wino.0,
+            direct.0,
+            "{shape:?} [{}]: the Winograd path did not run",
+            t.path.name()
+        );
+        check(
+            &format!("winograd conv {shape:?} extras={extras}"),
+            t.path,
+            wino,
+            &reference,
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn winograd_conv_matches_scalar() {
+    let tables = tables();
+    if tables.is_empty() {
+        return;
+    }
+    let pool = ThreadPool::new(3).unwrap();
+    let mut rng = Rng(7);
+    // Weight-major (few tiles): the CIFAR UNet's 16x16 level at batch 1, small.
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        1,
+        (16, 16),
+        (32, 0),
+        32,
+        false,
+        true,
+    );
+    // Sizes not multiples of the tile, two-part input, a half output block (48 channels).
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        2,
+        (18, 14),
+        (16, 16),
+        48,
+        false,
+        true,
+    );
+    // Folded 2x upsample.
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        1,
+        (8, 8),
+        (32, 0),
+        32,
+        true,
+        false,
+    );
+    // More input channels than one weight chunk (64), and not a multiple of it.
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        1,
+        (16, 16),
+        (96, 0),
+        32,
+        false,
+        false,
+    );
+    // Tile-major (many tiles), with every epilogue term, and with a two-part input.
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        3,
+        (24, 24),
+        (32, 0),
+        64,
+        false,
+        true,
+    );
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        6,
+        (21, 11),
+        (16, 32),
+        96,
+        false,
+        true,
+    );
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        4,
+        (10, 10),
+        (32, 16),
+        32,
+        true,
+        true,
+    );
+}
+
+/// Shapes the Winograd path must leave to the direct kernel: stride 2, a 1x1 kernel, channels
+/// not in 16-blocks, a map under 8x8.
+#[test]
+fn winograd_declines_other_shapes() {
+    let base = ConvShape {
+        batch: 1,
+        in_h: 16,
+        in_w: 16,
+        in_ca: 32,
+        in_cb: 0,
+        out_c: 32,
+        out_h: 16,
+        out_w: 16,
+        kernel: 3,
+        stride: 1,
+        pad_top: 1,
+        pad_left: 1,
+        upsample: false,
+    };
+    for t in tables() {
+        assert!(t.scratch_layout([base]).shared > 0);
+        let declined = [
+            ConvShape {
+                stride: 2,
+                out_h: 8,
+                out_w: 8,
+                pad_top: 0,
+                pad_left: 0,
+                ..base
+            },
+            ConvShape {
+                kernel: 1,
+                pad_top: 0,
+                pad_left: 0,
+                ..base
+            },
+            ConvShape { in_ca: 24, ..base },
+            ConvShape { out_c: 3, ..base },
+            ConvShape {
+                in_h: 4,
+                in_w: 4,
+                out_h: 4,
+                out_w: 4,
+                ..base
+            },
+        ];
+        for s in declined {
+            assert_eq!(
+                t.scratch_layout([s]),
+                ScratchLayout::DIRECT,
+                "{s:?} [{}]",
+                t.path.name()
             );
         }
     }

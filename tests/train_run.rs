@@ -46,11 +46,13 @@ fn labels_for(m: &Model, batch: usize) -> Option<Vec<i64>> {
 }
 
 /// The trainer's f32 forward on f16-rounded weights is the inference forward on the same f16
-/// weights, for every fixture model (up to f32 summation order).
+/// weights, for every fixture model (up to f32 summation order: the inference side runs its
+/// direct convolutions, since Winograd's rounding is a few times larger).
 #[test]
 fn training_forward_equals_inference_forward() {
     for name in MODELS {
-        let (m, g, mut p) = fixture_params(name);
+        let (mut m, g, mut p) = fixture_params(name);
+        m.set_winograd(false);
         p.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
         let batch = 2;
         let (c, h, w) = m.input_shape();

@@ -52,6 +52,11 @@ pub mod scalar;
 mod simd;
 #[cfg(feature = "std")]
 pub mod threads;
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+mod winograd;
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -294,12 +299,37 @@ impl Parallel for Sequential {
     }
 }
 
-/// f32 elements of scratch each thread of a forward pass gets (in the caller's workspace, see
-/// [`crate::Model::workspace_len`]). Sized for the SIMD conv's packed input tile and weight
-/// panels, which is more than the other kernels need.
+/// f32 elements of scratch each thread of a kernel call gets at least (the SIMD direct conv's
+/// packed input tile and weight panels, which is more than the other kernels need).
 pub const SCRATCH_PER_THREAD: usize = simd::SCRATCH_FLOATS;
 
-/// How a kernel call may run: the thread team and one scratch region per thread.
+/// How the kernel scratch of one forward pass is laid out: `per_thread` floats for each thread,
+/// then `shared` floats one kernel call at a time uses as a whole (the Winograd conv's
+/// transformed weights). Computed from the model's convolutions by
+/// [`KernelTable::scratch_layout`]; independent of the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScratchLayout {
+    pub per_thread: usize,
+    pub shared: usize,
+}
+
+impl ScratchLayout {
+    /// What every kernel needs for its direct algorithm (no Winograd region).
+    pub const DIRECT: ScratchLayout = ScratchLayout {
+        per_thread: SCRATCH_PER_THREAD,
+        shared: 0,
+    };
+
+    /// Floats of scratch for `threads` threads.
+    pub fn len(&self, threads: usize) -> usize {
+        threads
+            .saturating_mul(self.per_thread)
+            .saturating_add(self.shared)
+    }
+}
+
+/// How a kernel call may run: the thread team, one scratch region per thread and one region
+/// shared by the call's tasks.
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
@@ -308,32 +338,60 @@ pub struct Exec<'a> {
     par: &'a dyn Parallel,
     scratch: *mut f32,
     per_thread: usize,
+    shared_len: usize,
     _scratch: core::marker::PhantomData<&'a mut [f32]>,
 }
 
 // SAFETY: `Exec` hands out the scratch region of thread `t` only through `Exec::scratch(t)`,
-// whose contract is that only the task running on thread `t` calls it; the regions of different
-// threads are disjoint, so sharing `Exec` between threads creates no aliasing `&mut`.
+// whose contract is that only the task running on thread `t` calls it, and the shared region
+// only through `Exec::shared`, whose contract is that one kernel call at a time uses it (and
+// splits it between its tasks itself); the regions are disjoint, so sharing `Exec` between
+// threads creates no aliasing `&mut`.
 unsafe impl Sync for Exec<'_> {}
 
 impl<'a> Exec<'a> {
-    /// `scratch` must hold [`SCRATCH_PER_THREAD`] floats for each of `par.threads()` threads.
+    /// `scratch` must hold [`SCRATCH_PER_THREAD`] floats for each of `par.threads()` threads
+    /// (the direct kernels only; see [`Exec::with_layout`]).
     pub fn new(par: &'a dyn Parallel, scratch: &'a mut [f32]) -> Exec<'a> {
-        let per_thread = SCRATCH_PER_THREAD;
+        Exec::with_layout(par, scratch, ScratchLayout::DIRECT)
+    }
+
+    /// `scratch` must hold `layout.len(par.threads())` floats; a conv whose faster algorithm
+    /// needs more scratch than the layout gives runs the direct kernel.
+    pub fn with_layout(
+        par: &'a dyn Parallel,
+        scratch: &'a mut [f32],
+        layout: ScratchLayout,
+    ) -> Exec<'a> {
+        let per_thread = layout.per_thread.max(SCRATCH_PER_THREAD);
+        let layout = ScratchLayout {
+            per_thread,
+            shared: layout.shared,
+        };
         assert!(
-            scratch.len() >= par.threads() * per_thread,
+            scratch.len() >= layout.len(par.threads()),
             "kernel scratch too small for the thread count"
         );
         Exec {
             par,
             scratch: scratch.as_mut_ptr(),
             per_thread,
+            shared_len: layout.shared,
             _scratch: core::marker::PhantomData,
         }
     }
 
     pub fn threads(&self) -> usize {
         self.par.threads()
+    }
+
+    /// Floats of each thread's scratch region.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
+    pub(crate) fn per_thread(&self) -> usize {
+        self.per_thread
     }
 
     pub fn run(&self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
@@ -356,11 +414,34 @@ impl<'a> Exec<'a> {
     )]
     pub(crate) unsafe fn scratch(&self, thread: usize) -> &mut [f32] {
         assert!(thread < self.par.threads());
-        // SAFETY: in bounds by the assert and the check in `new`; exclusive by the contract.
+        // SAFETY: in bounds by the assert and the check in `with_layout`; exclusive by the
+        // contract.
         unsafe {
             core::slice::from_raw_parts_mut(
                 self.scratch.add(thread * self.per_thread),
                 self.per_thread,
+            )
+        }
+    }
+
+    /// The shared region (after every thread's region).
+    ///
+    /// # Safety
+    /// Call only from a kernel entry point (on the calling thread, not from a task), and drop
+    /// the slice before the kernel returns; kernel calls on one `Exec` run one after another,
+    /// so no two live slices alias. Tasks reach the region through the raw pointer the kernel
+    /// took from it, each at places no other running task writes.
+    #[allow(clippy::mut_from_ref)]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
+    pub(crate) unsafe fn shared(&self) -> &mut [f32] {
+        // SAFETY: in bounds by the check in `with_layout`; exclusive by the contract.
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                self.scratch.add(self.par.threads() * self.per_thread),
+                self.shared_len,
             )
         }
     }
@@ -378,6 +459,23 @@ pub struct KernelTable {
     /// `scratch` holds at least `batch * tokens * channels` floats (the SIMD paths keep K^T
     /// there; the scalar path its score row).
     pub attention: fn(&AttentionArgs<'_>, &mut [f32], &mut [f32], &Exec<'_>),
+    /// Scratch a convolution's fastest algorithm needs beyond [`ScratchLayout::DIRECT`], as
+    /// (f32 per thread, f32 shared); `None` when the direct kernel is all this path has for it.
+    pub conv_scratch: fn(&ConvShape) -> Option<(usize, usize)>,
+}
+
+impl KernelTable {
+    /// The scratch layout that lets every conv of `convs` run its fastest algorithm.
+    pub fn scratch_layout(&self, convs: impl IntoIterator<Item = ConvShape>) -> ScratchLayout {
+        let mut layout = ScratchLayout::DIRECT;
+        for s in convs {
+            if let Some((per_thread, shared)) = (self.conv_scratch)(&s) {
+                layout.per_thread = layout.per_thread.max(per_thread);
+                layout.shared = layout.shared.max(shared);
+            }
+        }
+        layout
+    }
 }
 
 /// Which implementation of the kernels to run.

@@ -41,6 +41,7 @@ pub(crate) struct Neon;
 // valid for 4 elements.
 impl Simd for Neon {
     const LANES: usize = 4;
+    const REGISTERS: usize = 32;
     type V = float32x4_t;
     #[inline(always)]
     unsafe fn zero() -> float32x4_t {

@@ -19,6 +19,7 @@ pub static TABLE: KernelTable = KernelTable {
     group_norm: |a, out, _| group_norm(a, out),
     linear: |a, out, _| linear(a, out),
     attention: |a, scores, out, _: &Exec<'_>| attention(a, scores, out),
+    conv_scratch: |_| None,
 };
 
 /// Direct convolution over NHWC input with packed f16 weights (see [`super::pack`]).

@@ -52,6 +52,9 @@ const _: () = assert!(BQ * BK <= SCRATCH_FLOATS);
 /// for `LANES` elements (readable for loads, writable for stores).
 pub(crate) trait Simd: Copy {
     const LANES: usize;
+    /// Vector registers (16 ymm for AVX2; 32 for AVX-512 and NEON): register-blocked loops
+    /// size their accumulator tiles by it so they never spill.
+    const REGISTERS: usize;
     type V: Copy;
     unsafe fn zero() -> Self::V;
     unsafe fn splat(x: f32) -> Self::V;
@@ -891,6 +894,9 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     let nq = BQ.min(n - q0);
     let off = b * n * c + h * d;
     let scale = 1.0 / libm::sqrtf(d as f32);
+    // Vectors per accumulator row: 4 rows x `nu` vectors + `nu` loads + 1 broadcast must fit
+    // the register file (AVX2's 16 ymm: 4 x 2).
+    let nu = if S::REGISTERS >= 32 { 4 } else { 2 };
     let s = &mut scratch[..BQ * BK];
     let mut mrow = [f32::NEG_INFINITY; BQ];
     let mut lrow = [0.0f32; BQ];
@@ -916,32 +922,30 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                 // Rows past `nq` repeat the last one (never stored), so the block stays square.
                 let qr = [0, 1, 2, 3].map(|r| q.add(off + (q0 + i + r.min(rows - 1)) * c));
                 let mut j = 0;
-                while j + 4 * l <= bk {
+                while j + nu * l <= bk {
                     let mut acc = [[S::zero(); 4]; 4];
                     for dd in 0..d {
                         let kp = ktb.add(dd * n + j0 + j);
-                        let kv = [
-                            S::load(kp),
-                            S::load(kp.add(l)),
-                            S::load(kp.add(2 * l)),
-                            S::load(kp.add(3 * l)),
-                        ];
+                        let mut kv = [S::zero(); 4];
+                        for (u, x) in kv.iter_mut().enumerate().take(nu) {
+                            *x = S::load(kp.add(u * l));
+                        }
                         for (r, ar) in acc.iter_mut().enumerate() {
                             let qv = S::bcast(qr[r].add(dd));
-                            for u in 0..4 {
+                            for u in 0..nu {
                                 ar[u] = S::fma(qv, kv[u], ar[u]);
                             }
                         }
                     }
                     for (r, ar) in acc.iter().enumerate().take(rows) {
-                        for (u, x) in ar.iter().enumerate() {
+                        for (u, x) in ar.iter().enumerate().take(nu) {
                             S::store(
                                 s.as_mut_ptr().add((i + r) * BK + j + u * l),
                                 S::mul(*x, S::splat(scale)),
                             );
                         }
                     }
-                    j += 4 * l;
+                    j += nu * l;
                 }
                 while j + l <= bk {
                     let mut acc = [S::zero(); 4];
@@ -1017,34 +1021,32 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                 let rows = 4.min(nq - i);
                 let mut col = 0;
                 if rows == 4 {
-                    while col + 4 * l <= d {
+                    while col + nu * l <= d {
                         let mut acc = [[S::zero(); 4]; 4];
                         for (r, ar) in acc.iter_mut().enumerate() {
-                            for (u, x) in ar.iter_mut().enumerate() {
+                            for (u, x) in ar.iter_mut().enumerate().take(nu) {
                                 *x = S::load(orow(i + r).add(col + u * l));
                             }
                         }
                         for j in 0..bk {
                             let vp = v.add(off + (j0 + j) * c + col);
-                            let vv = [
-                                S::load(vp),
-                                S::load(vp.add(l)),
-                                S::load(vp.add(2 * l)),
-                                S::load(vp.add(3 * l)),
-                            ];
+                            let mut vv = [S::zero(); 4];
+                            for (u, x) in vv.iter_mut().enumerate().take(nu) {
+                                *x = S::load(vp.add(u * l));
+                            }
                             for (r, ar) in acc.iter_mut().enumerate() {
                                 let pv = S::splat(s[(i + r) * BK + j]);
-                                for u in 0..4 {
+                                for u in 0..nu {
                                     ar[u] = S::fma(pv, vv[u], ar[u]);
                                 }
                             }
                         }
                         for (r, ar) in acc.iter().enumerate() {
-                            for (u, x) in ar.iter().enumerate() {
+                            for (u, x) in ar.iter().enumerate().take(nu) {
                                 S::store(orow(i + r).add(col + u * l), *x);
                             }
                         }
-                        col += 4 * l;
+                        col += nu * l;
                     }
                 }
                 for r in 0..rows {
@@ -1138,7 +1140,10 @@ macro_rules! simd_table {
 
         pub(crate) static $table: $crate::kernels::KernelTable = {
             use $crate::kernels::simd::{self, ConvPlan, Shared};
-            use $crate::kernels::{AttentionArgs, ConvArgs, Exec, GroupNormArgs, LinearArgs};
+            use $crate::kernels::winograd::{self, WinogradPlan};
+            use $crate::kernels::{
+                AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, LinearArgs,
+            };
 
             ///
             /// # Safety
@@ -1170,7 +1175,42 @@ macro_rules! simd_table {
                 unsafe { simd::transpose_k(a, kt, task) }
             }
 
+            #[target_feature(enable = $features)]
+            unsafe fn wino_phase1(p: &WinogradPlan<'_>, task: usize) {
+                // SAFETY: forwarded contract.
+                unsafe { winograd::phase1::<$S>(p, task) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn wino_phase2(p: &WinogradPlan<'_>, task: usize, scratch: &mut [f32]) {
+                // SAFETY: forwarded contract.
+                unsafe { winograd::phase2::<$S, $mr, $nv>(p, task, scratch) }
+            }
+
+            fn conv_scratch(s: &ConvShape) -> Option<(usize, usize)> {
+                winograd::scratch_need(s, $mr)
+            }
+
             fn conv2d(a: &ConvArgs<'_>, out: &mut [f32], ex: &Exec<'_>) {
+                // SAFETY: called from the kernel entry point, not a task; the slice is dropped
+                // before this function returns (the plan keeps only its address, used by the
+                // tasks run below, which finish before we return).
+                let shared = unsafe { ex.shared() };
+                if let Some(plan) =
+                    WinogradPlan::new(a, out, $mr, ex.threads(), ex.per_thread(), shared)
+                {
+                    // SAFETY: features checked (this table is only reachable through
+                    // `KernelPath::table`); phase 1 tasks write disjoint blocks of the shared
+                    // region; phase 2 starts after every phase 1 task returned (`run` waits),
+                    // only reads it, and writes disjoint tiles x channel blocks; `th` is the
+                    // running thread.
+                    ex.run(plan.phase1_tasks(), &|t, _| unsafe {
+                        wino_phase1(&plan, t)
+                    });
+                    ex.run(plan.phase2_tasks(), &|t, th| unsafe {
+                        wino_phase2(&plan, t, ex.scratch(th))
+                    });
+                    return;
+                }
                 let plan = ConvPlan::new(a, out, $mr, ex.threads());
                 ex.run(plan.tasks, &|t, th| {
                     // SAFETY: this table is only reachable through `KernelPath::table`, which
@@ -1220,6 +1260,7 @@ macro_rules! simd_table {
                 group_norm,
                 linear,
                 attention,
+                conv_scratch,
             }
         };
     };

@@ -58,6 +58,7 @@ pub(crate) struct Avx512;
 // contract) and pass pointers valid for 16 elements.
 impl Simd for Avx512 {
     const LANES: usize = 16;
+    const REGISTERS: usize = 32;
     type V = __m512;
     #[inline(always)]
     unsafe fn zero() -> __m512 {
@@ -158,6 +159,7 @@ pub(crate) struct Avx2;
 // pointers valid for 8 elements.
 impl Simd for Avx2 {
     const LANES: usize = 8;
+    const REGISTERS: usize = 16;
     type V = __m256;
     #[inline(always)]
     unsafe fn zero() -> __m256 {

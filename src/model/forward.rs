@@ -128,7 +128,7 @@ impl Model {
         };
         #[cfg(not(feature = "std"))]
         let par: &dyn Parallel = &Sequential;
-        let exec = Exec::new(par, scratch);
+        let exec = Exec::with_layout(par, scratch, self.scratch_layout);
         match op_seconds {
             None => {
                 for op in &self.ops {

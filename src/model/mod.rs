@@ -243,6 +243,10 @@ pub struct Model {
     pub(crate) taps: Vec<Tap>,
     pub(crate) plan: MemoryPlan,
     pub(crate) kernels: &'static KernelTable,
+    /// Whether convolutions may take the Winograd path ([`Model::set_winograd`]).
+    pub(crate) winograd: bool,
+    /// Kernel scratch per thread and shared, for `kernels` over this model's convolutions.
+    pub(crate) scratch_layout: crate::kernels::ScratchLayout,
     #[cfg(feature = "std")]
     pub(crate) pool: Option<crate::kernels::threads::ThreadPool>,
     /// Threads a forward pass uses (1 without `std`).
@@ -287,6 +291,8 @@ impl Model {
             taps: described.taps,
             plan,
             kernels: KernelPath::preferred()?.table()?,
+            winograd: true,
+            scratch_layout: crate::kernels::ScratchLayout::DIRECT,
             #[cfg(feature = "std")]
             pool: None,
             threads: 1,
@@ -295,6 +301,7 @@ impl Model {
             #[cfg(feature = "cuda")]
             cuda: None,
         };
+        model.plan_scratch();
         #[cfg(feature = "std")]
         model.set_threads(0)?;
         Ok(model)
@@ -312,7 +319,35 @@ impl Model {
     /// A path this CPU cannot run is an error and leaves the model unchanged.
     pub fn set_kernels(&mut self, path: KernelPath) -> Result<()> {
         self.kernels = path.table()?;
+        self.plan_scratch();
         Ok(())
+    }
+
+    /// Lets 3x3 stride-1 convolutions take the Winograd F(4x4, 3x3) algorithm on the SIMD paths
+    /// (on by default; about 3e-6 relative error per conv against the direct kernel's 4e-7, see
+    /// `kernels::winograd`). Off, every conv runs the direct kernel, and the workspace shrinks
+    /// by the transformed-weight region ([`Model::workspace_len`] changes).
+    pub fn set_winograd(&mut self, on: bool) {
+        self.winograd = on;
+        self.plan_scratch();
+    }
+
+    /// Whether convolutions may take the Winograd path.
+    pub fn winograd(&self) -> bool {
+        self.winograd
+    }
+
+    /// Recomputes the kernel scratch layout for the current kernels and options.
+    fn plan_scratch(&mut self) {
+        self.scratch_layout = if self.winograd {
+            let convs = self.ops.iter().filter_map(|op| match op {
+                Op::Conv(c) => Some(c.shape),
+                _ => None,
+            });
+            self.kernels.scratch_layout(convs)
+        } else {
+            crate::kernels::ScratchLayout::DIRECT
+        };
     }
 
     /// The kernel path in use.
@@ -403,8 +438,9 @@ impl Model {
     }
 
     /// f32 elements of workspace one forward pass at `batch` needs: the activations
-    /// (`batch` times the per-sample plan) followed by [`crate::kernels::SCRATCH_PER_THREAD`]
-    /// floats of kernel scratch for each of [`Model::threads`] threads.
+    /// (`batch` times the per-sample plan) followed by the kernel scratch (a region per thread
+    /// of [`Model::threads`], then the Winograd conv's transformed weights; see
+    /// [`crate::kernels::ScratchLayout`]).
     /// Saturates at `usize::MAX` for a batch too large to address (no buffer is that long,
     /// so every length check against it fails cleanly).
     pub fn workspace_len(&self, batch: usize) -> usize {
@@ -415,7 +451,7 @@ impl Model {
 
     /// Kernel scratch at the end of the workspace (independent of the batch).
     pub fn scratch_len(&self) -> usize {
-        self.threads * crate::kernels::SCRATCH_PER_THREAD
+        self.scratch_layout.len(self.threads)
     }
 
     /// Bytes of workspace one forward pass at `batch` needs.

@@ -1,0 +1,684 @@
+//! Winograd F(4x4, 3x3) convolution for the SIMD paths (Lavin & Gray 2016).
+//!
+//! A 3x3 stride-1 "same" convolution computes each 4x4 output tile from a 6x6 input patch
+//! with 36 multiplies per (input, output) channel pair instead of 144:
+//! `Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A`. Summed over input channels, the elementwise product
+//! becomes 36 independent GEMMs (one per position ξ of the 6x6 transformed tile):
+//! `M_ξ[tile, o] = Σ_c V_ξ[tile, c] U_ξ[c, o]`, which run on the same register-tiled
+//! microkernel as the direct convolution ([`super::simd::micro`]).
+//!
+//! Why it is here: the CIFAR-10 UNet spends 88% of its FLOPs in 3x3 convolutions, and the
+//! direct implicit GEMM already runs near this machine's FMA peak; only fewer multiplies make
+//! it faster. The transforms cost about 10% of the GEMM work at 128-512 channels.
+//!
+//! Numerics: the transforms' constants (up to 8 in `A`, 5 in `B`, 1/24 in `G`) amplify f32
+//! rounding: on random data one conv lands about 3e-6 relative L2 from the exact result (the
+//! direct f32 conv: 4e-7). The transformed weights stay f32 (f16 would cost 5e-4). Whole-model
+//! parity with the fixtures stays well inside 1e-4; [`crate::Model::set_winograd`] turns it off
+//! where bit-level agreement with the direct kernel matters.
+//!
+//! Memory: the weights are transformed at every call (about 3% of the GEMM work at a 32x32
+//! map), into a shared region of the kernel scratch (`36 * C_in * C_out` f32), so the model
+//! file stays the mapped, zero-copy f16 weights. Each task transforms its own input tiles and
+//! keeps the 36 GEMM outputs for them in its thread's scratch.
+//!
+//! Work split, in two phases (a barrier between them), chosen by the number of tiles:
+//! - *tile-major* (many tiles: batch 8, or a 32x32 map at batch 2+): phase 1 transforms the
+//!   weights into a shared region (one task per 32-output-channel block); phase 2 runs tasks of
+//!   (a block of tiles) x (a group of output-channel blocks): input transform into thread
+//!   scratch, 36 GEMMs, output transform with the epilogue (bias, channel add, residual,
+//!   scale). Each transformed weight panel is reused by every tile of the block.
+//! - *weight-major* (at most [`WM_MAX_TILES`] tiles, as at batch 1): there are too few tiles to
+//!   amortise a round trip of the transformed weights (`36 * C_in * C_out` floats) through
+//!   memory, so phase 1 transforms the *inputs* of all tiles into the shared region, and each
+//!   phase 2 task takes one output block: it transforms that block's weights a chunk of input
+//!   channels at a time into its own scratch (L2), runs them over every tile, then does the
+//!   output transform.
+//!
+//! Every output element goes through the same operations whatever the thread count.
+
+use super::simd::{micro, Shared, Simd};
+use super::{ConvArgs, ConvShape, PACK_OC};
+
+/// Output tile edge (m of F(m, r)).
+const TILE: usize = 4;
+/// Transformed tile edge (m + r - 1).
+const ALPHA: usize = 6;
+/// Positions of a transformed tile: the number of GEMMs.
+const POS: usize = ALPHA * ALPHA;
+/// Most output-channel blocks of 32 one task covers.
+const OBW_MAX: usize = 4;
+/// Fewer tiles than this (an 8x8 map at batch 1 has 4) and the direct kernel is faster: the
+/// weight transform, `O(C_in * C_out)`, is not amortised.
+const MIN_TILES: usize = 16;
+/// Up to this many tiles a conv runs weight-major (see the module docs).
+const WM_MAX_TILES: usize = 72;
+/// Input channels per weight chunk in weight-major mode (`36 * KW * 32` floats: 288 KiB).
+const KW: usize = 64;
+/// Most tiles one task covers (its transformed inputs, `36 * tiles * C_in` floats, stay in L2
+/// while the weight panels sweep them). Blocks are then balanced and rounded up to whole
+/// microkernel tiles, so a 16-tile map (16x16 at batch 1) is one block of 16, not 12 + 4.
+const ROWS_TARGET: usize = 36;
+
+/// Whether a convolution takes the Winograd path: 3x3, stride 1, one pixel of padding all round
+/// (output as large as the, possibly upsampled, input), channel counts in whole 16-blocks (the
+/// packed GEMM operand's granule), and a map of at least 8x8 (a 4x4 map is one tile, where the
+/// transforms cost more than they save).
+pub(crate) fn applies(s: &ConvShape) -> bool {
+    let (vh, vw) = s.virtual_in();
+    s.kernel == 3
+        && s.stride == 1
+        && s.pad_top == 1
+        && s.pad_left == 1
+        && s.out_h == vh
+        && s.out_w == vw
+        && s.out_h >= 8
+        && s.out_w >= 8
+        && s.in_ca.is_multiple_of(16)
+        && s.in_cb.is_multiple_of(16)
+        && s.in_c() >= 16
+        && s.out_c.is_multiple_of(16)
+        && s.out_c > 0
+}
+
+/// Most microkernel tiles per tile-major task for a path whose microkernel covers `mr` rows.
+fn micro_tiles_max(mr: usize) -> usize {
+    ROWS_TARGET.div_ceil(mr)
+}
+
+/// Rows (tiles rounded up to whole microkernel tiles) of the largest weight-major conv.
+fn wm_rows_max(mr: usize) -> usize {
+    WM_MAX_TILES.div_ceil(mr) * mr
+}
+
+/// Kernel scratch a Winograd conv needs in either mode, as (f32 per thread, f32 shared), or
+/// `None` when it does not apply. Independent of the batch.
+pub(crate) fn scratch_need(s: &ConvShape, mr: usize) -> Option<(usize, usize)> {
+    if !applies(s) {
+        return None;
+    }
+    let cin = s.in_c();
+    let n_ob = s.out_c.div_ceil(PACK_OC);
+    let rows_tm = mr * micro_tiles_max(mr);
+    let tm_thread = POS * rows_tm * cin + POS * rows_tm * OBW_MAX * PACK_OC;
+    let tm_shared = POS * cin * n_ob * PACK_OC;
+    let rows_wm = wm_rows_max(mr);
+    let wm_thread = POS * KW * PACK_OC + POS * rows_wm * PACK_OC;
+    let wm_shared = POS * rows_wm * cin;
+    Some((tm_thread.max(wm_thread) + 64, tm_shared.max(wm_shared)))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    TileMajor,
+    WeightMajor,
+}
+
+/// One Winograd conv call's geometry and task split.
+pub(crate) struct WinogradPlan<'a> {
+    pub args: &'a ConvArgs<'a>,
+    pub out: Shared<f32>,
+    pub mode: Mode,
+    /// The shared region: tile-major, the transformed weights `[ξ][ob][c][32]`; weight-major,
+    /// the transformed inputs of all tiles (`V` layout, see [`v_index`]).
+    pub shared: Shared<f32>,
+    pub cin: usize,
+    pub n_ob: usize,
+    pub tiles_y: usize,
+    pub tiles_x: usize,
+    pub n_tiles: usize,
+    pub mr: usize,
+    /// Tile-major: microkernel tiles per task and tiles per task (`mr * wg`). Weight-major:
+    /// every tile of the conv (`wg` microkernel tiles).
+    pub wg: usize,
+    pub rows: usize,
+    pub obw: usize,
+    pub ob_groups: usize,
+    pub blocks: usize,
+}
+
+// SAFETY: `out` and `shared` are written only by tasks, at disjoint places (documented at each
+// write); everything else is read-only.
+unsafe impl Sync for WinogradPlan<'_> {}
+
+impl<'a> WinogradPlan<'a> {
+    /// The plan, or `None` if the conv does not take this path or the scratch is too small.
+    pub fn new(
+        args: &'a ConvArgs<'a>,
+        out: &mut [f32],
+        mr: usize,
+        threads: usize,
+        per_thread: usize,
+        shared: &mut [f32],
+    ) -> Option<WinogradPlan<'a>> {
+        let s = &args.shape;
+        let (need_thread, need_shared) = scratch_need(s, mr)?;
+        if per_thread < need_thread || shared.len() < need_shared {
+            return None;
+        }
+        args.check(out);
+        let tiles_y = s.out_h.div_ceil(TILE);
+        let tiles_x = s.out_w.div_ceil(TILE);
+        let n_tiles = s.batch * tiles_y * tiles_x;
+        if n_tiles < MIN_TILES {
+            return None;
+        }
+        let n_ob = s.out_c.div_ceil(PACK_OC);
+        let mut plan = WinogradPlan {
+            args,
+            out: Shared(out.as_mut_ptr()),
+            mode: Mode::WeightMajor,
+            shared: Shared(shared.as_mut_ptr()),
+            cin: s.in_c(),
+            n_ob,
+            tiles_y,
+            tiles_x,
+            n_tiles,
+            mr,
+            wg: n_tiles.div_ceil(mr),
+            rows: n_tiles.div_ceil(mr) * mr,
+            obw: 1,
+            ob_groups: n_ob,
+            blocks: 1,
+        };
+        if n_tiles > WM_MAX_TILES {
+            let blocks = n_tiles.div_ceil(ROWS_TARGET);
+            let tiles_per_block = n_tiles.div_ceil(blocks);
+            let wg = tiles_per_block.div_ceil(mr).clamp(1, micro_tiles_max(mr));
+            let rows = mr * wg;
+            let blocks = n_tiles.div_ceil(rows);
+            let want = if threads <= 1 { 1 } else { 3 * threads };
+            let mut obw = n_ob.min(OBW_MAX);
+            while obw > 1 && n_ob.div_ceil(obw) * blocks < want {
+                obw = obw.div_ceil(2);
+            }
+            plan.mode = Mode::TileMajor;
+            plan.wg = wg;
+            plan.rows = rows;
+            plan.obw = obw;
+            plan.ob_groups = n_ob.div_ceil(obw);
+            plan.blocks = blocks;
+        }
+        Some(plan)
+    }
+
+    /// Phase 1 tasks: output blocks (tile-major) or microkernel tiles (weight-major).
+    pub fn phase1_tasks(&self) -> usize {
+        match self.mode {
+            Mode::TileMajor => self.n_ob,
+            Mode::WeightMajor => self.wg,
+        }
+    }
+
+    /// Phase 2 tasks: tile blocks x output-block groups (tile-major), output blocks
+    /// (weight-major).
+    pub fn phase2_tasks(&self) -> usize {
+        self.blocks * self.ob_groups
+    }
+
+    /// (sample, tile row, tile column) of tile `t`.
+    #[inline(always)]
+    fn tile(&self, t: usize) -> (usize, usize, usize) {
+        let per_sample = self.tiles_y * self.tiles_x;
+        let i = t % per_sample;
+        (t / per_sample, i / self.tiles_x, i % self.tiles_x)
+    }
+}
+
+/// Index in a `V` buffer of `wg` microkernel tiles (`[ξ][micro tile][c / 16][MR][16]`, the
+/// microkernel's packed `A` for each ξ) of position `xi`, row `r`, channel `c`.
+#[inline(always)]
+fn v_index(mr: usize, wg: usize, cin: usize, xi: usize, r: usize, c: usize) -> usize {
+    (((xi * wg + r / mr) * (cin / 16) + c / 16) * mr + r % mr) * 16 + c % 16
+}
+
+/// `G g` along one axis: 3 taps to 6 transformed values.
+///
+/// # Safety
+/// CPU features of `S` only.
+#[inline(always)]
+unsafe fn g_1d<S: Simd>(g: [S::V; 3]) -> [S::V; ALPHA] {
+    // SAFETY: arithmetic only.
+    unsafe {
+        let s = S::add(g[0], g[2]);
+        let p = S::fma(
+            g[0],
+            S::splat(1.0 / 24.0),
+            S::mul(g[2], S::splat(1.0 / 6.0)),
+        );
+        [
+            S::mul(g[0], S::splat(0.25)),
+            S::mul(S::add(s, g[1]), S::splat(-1.0 / 6.0)),
+            S::mul(S::sub(s, g[1]), S::splat(-1.0 / 6.0)),
+            S::fma(g[1], S::splat(1.0 / 12.0), p),
+            S::fma(g[1], S::splat(-1.0 / 12.0), p),
+            g[2],
+        ]
+    }
+}
+
+/// `B^T d` along one axis: 6 input values to 6 transformed values.
+///
+/// # Safety
+/// CPU features of `S` only.
+#[inline(always)]
+unsafe fn b_1d<S: Simd>(d: [S::V; ALPHA]) -> [S::V; ALPHA] {
+    // SAFETY: arithmetic only.
+    unsafe {
+        let (four, five, two) = (S::splat(4.0), S::splat(5.0), S::splat(2.0));
+        let neg4 = S::splat(-4.0);
+        let d42 = S::sub(d[4], d[2]);
+        [
+            S::fma(four, d[0], S::fma(S::splat(-5.0), d[2], d[4])),
+            S::fma(neg4, S::add(d[1], d[2]), S::add(d[3], d[4])),
+            S::fma(four, S::sub(d[1], d[2]), S::sub(d[4], d[3])),
+            S::fma(two, S::sub(d[3], d[1]), d42),
+            S::fma(two, S::sub(d[1], d[3]), d42),
+            S::fma(four, d[1], S::sub(d[5], S::mul(five, d[3]))),
+        ]
+    }
+}
+
+/// `A^T m` along one axis: 6 transformed values to 4 outputs.
+///
+/// # Safety
+/// CPU features of `S` only.
+#[inline(always)]
+unsafe fn a_1d<S: Simd>(m: [S::V; ALPHA]) -> [S::V; TILE] {
+    // SAFETY: arithmetic only.
+    unsafe {
+        let s12 = S::add(m[1], m[2]);
+        let d12 = S::sub(m[1], m[2]);
+        let s34 = S::add(m[3], m[4]);
+        let d34 = S::sub(m[3], m[4]);
+        [
+            S::add(S::add(m[0], s12), s34),
+            S::fma(S::splat(2.0), d34, d12),
+            S::fma(S::splat(4.0), s34, s12),
+            S::add(S::fma(S::splat(8.0), d34, d12), m[5]),
+        ]
+    }
+}
+
+/// Transforms the input patch of tile `t` (all channels) into row `r` of a `V` buffer of `wg`
+/// microkernel tiles; a `t` past the last tile gives a zero row (so the microkernel's spare
+/// rows stay finite).
+///
+/// # Safety
+/// CPU features of `S`; `p` built by [`WinogradPlan::new`]; `v` is valid for writes of
+/// `36 * wg * mr * cin` floats and row `r` of it is written by no other running task.
+#[inline(always)]
+unsafe fn input_transform<S: Simd>(
+    p: &WinogradPlan<'_>,
+    v: *mut f32,
+    wg: usize,
+    r: usize,
+    t: usize,
+) {
+    let a = p.args;
+    let s = &a.shape;
+    let l = S::LANES;
+    let cin = p.cin;
+    let vi = |xi: usize, c: usize| v_index(p.mr, wg, cin, xi, r, c);
+    // SAFETY (whole body): `vi(..) + l <= 36 * wg * mr * cin` for r < wg * mr, c + l <= cin
+    // (l divides 16); input reads are bounds-checked slices.
+    unsafe {
+        if t >= p.n_tiles {
+            for xi in 0..POS {
+                for c in (0..cin).step_by(l) {
+                    S::store(v.add(vi(xi, c)), S::zero());
+                }
+            }
+            return;
+        }
+        let (vh, vw) = s.virtual_in();
+        let up = s.upsample as usize;
+        let (b, ty, tx) = p.tile(t);
+        let mut c = 0;
+        while c < cin {
+            // A vector never straddles the two parts (both are whole 16-blocks).
+            let (part, pc, c_off) = if c < s.in_ca {
+                (a.in_a, s.in_ca, c)
+            } else {
+                (a.in_b, s.in_cb, c - s.in_ca)
+            };
+            let mut d = [[S::zero(); ALPHA]; ALPHA];
+            for (dy, row) in d.iter_mut().enumerate() {
+                let iy = (ty * TILE + dy) as isize - 1;
+                if iy < 0 || iy as usize >= vh {
+                    continue;
+                }
+                for (dx, x) in row.iter_mut().enumerate() {
+                    let ix = (tx * TILE + dx) as isize - 1;
+                    if ix < 0 || ix as usize >= vw {
+                        continue;
+                    }
+                    let px = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
+                    *x = S::load(part[px * pc + c_off..px * pc + c_off + l].as_ptr());
+                }
+            }
+            let mut t = [[S::zero(); ALPHA]; ALPHA];
+            for dx in 0..ALPHA {
+                let col = b_1d::<S>([d[0][dx], d[1][dx], d[2][dx], d[3][dx], d[4][dx], d[5][dx]]);
+                for (ai, x) in col.iter().enumerate() {
+                    t[ai][dx] = *x;
+                }
+            }
+            for (ai, trow) in t.iter().enumerate() {
+                let vrow = b_1d::<S>(*trow);
+                for (bi, x) in vrow.iter().enumerate() {
+                    S::store(v.add(vi(ai * ALPHA + bi, c)), *x);
+                }
+            }
+            c += l;
+        }
+    }
+}
+
+/// Transforms the weights of output block `ob`, input channels `c0..c1`, writing position
+/// `xi`, channel `c`, lane `j` at `dst + index(xi, c, j)`.
+///
+/// # Safety
+/// CPU features of `S`; `p` built by [`WinogradPlan::new`] (weight length checked);
+/// `ob < p.n_ob`; every `index(..) + LANES` is inside `dst`'s writable range and no other
+/// running task writes there.
+#[inline(always)]
+unsafe fn weight_transform<S: Simd>(
+    p: &WinogradPlan<'_>,
+    ob: usize,
+    c0: usize,
+    c1: usize,
+    dst: *mut f32,
+    index: impl Fn(usize, usize, usize) -> usize,
+) {
+    let l = S::LANES;
+    let cin = p.cin;
+    // Packed f16 weight: [ob][tap][c][32] (length checked by `ConvArgs::check`).
+    let w_ob = &p.args.weight[ob * 9 * cin * PACK_OC..(ob + 1) * 9 * cin * PACK_OC];
+    // SAFETY (whole body): reads stay inside `w_ob` (tap < 9, c < cin, j + l <= 32); writes as
+    // the caller guarantees.
+    unsafe {
+        for c in c0..c1 {
+            let mut j = 0;
+            while j < PACK_OC {
+                let mut g = [[S::zero(); 3]; 3];
+                for (ky, row) in g.iter_mut().enumerate() {
+                    for (kx, x) in row.iter_mut().enumerate() {
+                        let tap = ky * 3 + kx;
+                        *x = S::load_f16(w_ob.as_ptr().add((tap * cin + c) * PACK_OC + j));
+                    }
+                }
+                // Along ky for each kx, then along kx.
+                let mut cols = [[S::zero(); ALPHA]; 3];
+                for (kx, col) in cols.iter_mut().enumerate() {
+                    *col = g_1d::<S>([g[0][kx], g[1][kx], g[2][kx]]);
+                }
+                for ai in 0..ALPHA {
+                    let [c0, c1, c2] = &cols;
+                    let u = g_1d::<S>([c0[ai], c1[ai], c2[ai]]);
+                    for (bi, x) in u.iter().enumerate() {
+                        S::store(dst.add(index(ai * ALPHA + bi, c, j)), *x);
+                    }
+                }
+                j += l;
+            }
+        }
+    }
+}
+
+/// Output transform and epilogue of tiles `t0..t0 + nt` (rows `0..nt` of `m`, laid out
+/// `[ξ][rows][ldc]`), channels `col0..col1`, whose first column is column `mcol0` of `m`.
+///
+/// # Safety
+/// CPU features of `S`; `p` built by [`WinogradPlan::new`]; `m` is readable for
+/// `36 * rows * ldc` floats; no other running task writes these tiles x channels of the output.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform<S: Simd>(
+    p: &WinogradPlan<'_>,
+    m: *const f32,
+    rows: usize,
+    ldc: usize,
+    mcol0: usize,
+    t0: usize,
+    nt: usize,
+    col0: usize,
+    col1: usize,
+) {
+    let a = p.args;
+    let s = &a.shape;
+    let l = S::LANES;
+    let oc = s.out_c;
+    let out_len = s.batch * s.out_h * s.out_w * oc;
+    // SAFETY (whole body): `m` reads as the caller guarantees (r < nt <= rows, column
+    // mcol0 + (col - col0) + l <= ldc); output writes are asserted in bounds and are this
+    // task's alone.
+    unsafe {
+        for r in 0..nt {
+            let (b, ty, tx) = p.tile(t0 + r);
+            let mut col = col0;
+            while col < col1 {
+                let mc = mcol0 + col - col0;
+                let mut mv = [[S::zero(); ALPHA]; ALPHA];
+                for (ai, row) in mv.iter_mut().enumerate() {
+                    for (bi, x) in row.iter_mut().enumerate() {
+                        *x = S::load(m.add(((ai * ALPHA + bi) * rows + r) * ldc + mc));
+                    }
+                }
+                let mut z = [[S::zero(); ALPHA]; TILE];
+                for bi in 0..ALPHA {
+                    let y = a_1d::<S>([
+                        mv[0][bi], mv[1][bi], mv[2][bi], mv[3][bi], mv[4][bi], mv[5][bi],
+                    ]);
+                    for (k, x) in y.iter().enumerate() {
+                        z[k][bi] = *x;
+                    }
+                }
+                // bias + channel_add, as the direct kernel starts its accumulators.
+                let mut init = [0.0f32; 16];
+                for (j, x) in init[..l].iter_mut().enumerate() {
+                    *x = a.bias[col + j].to_f32();
+                    if !a.channel_add.is_empty() {
+                        *x += a.channel_add[b * oc + col + j];
+                    }
+                }
+                let init = S::load(init.as_ptr());
+                let scale = S::splat(a.out_scale);
+                for (k, zrow) in z.iter().enumerate() {
+                    let oy = ty * TILE + k;
+                    if oy >= s.out_h {
+                        break;
+                    }
+                    let y = a_1d::<S>(*zrow);
+                    for (j, x) in y.iter().enumerate() {
+                        let ox = tx * TILE + j;
+                        if ox >= s.out_w {
+                            break;
+                        }
+                        let o = ((b * s.out_h + oy) * s.out_w + ox) * oc + col;
+                        assert!(o + l <= out_len);
+                        let mut v = S::add(init, *x);
+                        if !a.residual.is_empty() {
+                            v = S::add(v, S::load(a.residual[o..o + l].as_ptr()));
+                        }
+                        if a.out_scale != 1.0 {
+                            v = S::div(v, scale);
+                        }
+                        S::store(p.out.get().add(o), v);
+                    }
+                }
+                col += l;
+            }
+        }
+    }
+}
+
+/// Phase 1 task `task`: tile-major, the weights of output block `task` into the shared
+/// `[ξ][ob][c][32]`; weight-major, the inputs of microkernel tile `task` into the shared `V`.
+///
+/// # Safety
+/// CPU features of `S`; `p` built by [`WinogradPlan::new`] (so the shared region holds
+/// [`scratch_need`]'s floats); `task < p.phase1_tasks()`; each task writes only its own block
+/// of the shared region (its output block, or its microkernel tile's rows).
+#[inline(always)]
+pub(crate) unsafe fn phase1<S: Simd>(p: &WinogradPlan<'_>, task: usize) {
+    let (cin, n_ob) = (p.cin, p.n_ob);
+    // SAFETY: tile-major indices `((xi * n_ob + ob) * cin + c) * 32 + j` stay below
+    // `36 * n_ob * cin * 32`; weight-major rows `task * mr..(task + 1) * mr` of a `V` of
+    // `wg <= wm_rows_max / mr` microkernel tiles stay below `36 * wm_rows_max * cin`; both
+    // inside the checked shared region, and disjoint between tasks.
+    unsafe {
+        match p.mode {
+            Mode::TileMajor => {
+                weight_transform::<S>(p, task, 0, cin, p.shared.get(), |xi, c, j| {
+                    ((xi * n_ob + task) * cin + c) * PACK_OC + j
+                })
+            }
+            Mode::WeightMajor => {
+                for i in 0..p.mr {
+                    let r = task * p.mr + i;
+                    input_transform::<S>(p, p.shared.get(), p.wg, r, r);
+                }
+            }
+        }
+    }
+}
+
+/// Phase 2 task `task` (see the module docs for the two modes).
+///
+/// Tile-major thread scratch: `V` of the task's tiles (`[ξ][micro tile][c / 16][MR][16]`), then
+/// `M` as `[ξ][row][obw * 32]`, then 64 zeros. Weight-major: a weight chunk
+/// `[ξ][KW][32]`, then `M` as `[ξ][row][32]`, then 64 zeros.
+///
+/// # Safety
+/// CPU features of `S`; `p` built by [`WinogradPlan::new`]; phase 1 has finished (its shared
+/// data is complete and now only read); `task < p.phase2_tasks()`; `scratch` is this thread's
+/// and holds the per-thread floats of [`scratch_need`]; no other task writes this task's
+/// output pixels x channels (the plan splits tiles and channel blocks disjointly).
+#[inline(always)]
+pub(crate) unsafe fn phase2<S: Simd, const MR: usize, const NV: usize>(
+    p: &WinogradPlan<'_>,
+    task: usize,
+    scratch: &mut [f32],
+) {
+    let l = S::LANES;
+    let cin = p.cin;
+    let nr = NV * l;
+    debug_assert!(p.mr == MR && 16 % l == 0 && PACK_OC.is_multiple_of(nr));
+    let oc = p.args.shape.out_c;
+    match p.mode {
+        Mode::TileMajor => {
+            let rows = p.rows;
+            let (og, blk) = (task / p.blocks, task % p.blocks);
+            let ob0 = og * p.obw;
+            let ob1 = (ob0 + p.obw).min(p.n_ob);
+            let ldc = (ob1 - ob0) * PACK_OC;
+            let t0 = blk * rows;
+            let nt = rows.min(p.n_tiles - t0);
+            let (v_buf, rest) = scratch.split_at_mut(POS * rows * cin);
+            let (m_buf, rest) = rest.split_at_mut(POS * rows * ldc);
+            let zeros = &mut rest[..64];
+            zeros.fill(0.0);
+            // SAFETY: buffers are this thread's scratch, of the sizes split above; `U` reads
+            // stay inside the shared region phase 1 completed; outputs as the contract says.
+            unsafe {
+                for r in 0..rows {
+                    input_transform::<S>(p, v_buf.as_mut_ptr(), p.wg, r, t0 + r);
+                }
+                // Every output block's weight panel of position ξ sweeps the task's tiles.
+                for xi in 0..POS {
+                    for ob in ob0..ob1 {
+                        for c16 in (0..PACK_OC).step_by(nr) {
+                            let w = p
+                                .shared
+                                .get()
+                                .add(((xi * p.n_ob + ob) * cin) * PACK_OC + c16);
+                            for mt in 0..p.wg.min(nt.div_ceil(MR)) {
+                                let a_ptr =
+                                    v_buf.as_ptr().add(v_index(MR, p.wg, cin, xi, mt * MR, 0));
+                                let c_off =
+                                    (xi * rows + mt * MR) * ldc + (ob - ob0) * PACK_OC + c16;
+                                micro::<S, MR, NV>(
+                                    cin / 16,
+                                    a_ptr,
+                                    w,
+                                    m_buf.as_mut_ptr().add(c_off),
+                                    ldc,
+                                    MR,
+                                    nr,
+                                    zeros.as_ptr(),
+                                    core::ptr::null(),
+                                    1.0,
+                                    false,
+                                );
+                            }
+                        }
+                    }
+                }
+                let col1 = (ob1 * PACK_OC).min(oc);
+                output_transform::<S>(p, m_buf.as_ptr(), rows, ldc, 0, t0, nt, ob0 * PACK_OC, col1);
+            }
+        }
+        Mode::WeightMajor => {
+            let ob = task;
+            let rows = p.rows;
+            let ldc = PACK_OC;
+            let (u_buf, rest) = scratch.split_at_mut(POS * KW * PACK_OC);
+            let (m_buf, rest) = rest.split_at_mut(POS * rows * ldc);
+            let zeros = &mut rest[..64];
+            zeros.fill(0.0);
+            // SAFETY: as above; `V` (all tiles) is in the shared region phase 1 completed.
+            unsafe {
+                let mut c0 = 0;
+                while c0 < cin {
+                    let c1 = (c0 + KW).min(cin);
+                    let kw = c1 - c0;
+                    weight_transform::<S>(p, ob, c0, c1, u_buf.as_mut_ptr(), |xi, c, j| {
+                        (xi * kw + (c - c0)) * PACK_OC + j
+                    });
+                    for xi in 0..POS {
+                        let w = u_buf.as_ptr().add(xi * kw * PACK_OC);
+                        for mt in 0..p.wg {
+                            let a_ptr = p.shared.get().add(v_index(MR, p.wg, cin, xi, mt * MR, c0));
+                            for c16 in (0..PACK_OC).step_by(nr) {
+                                let c_off = (xi * rows + mt * MR) * ldc + c16;
+                                // The first chunk starts from zero, later ones accumulate.
+                                let init = if c0 == 0 {
+                                    zeros.as_ptr()
+                                } else {
+                                    core::ptr::null()
+                                };
+                                micro::<S, MR, NV>(
+                                    kw / 16,
+                                    a_ptr,
+                                    w.add(c16),
+                                    m_buf.as_mut_ptr().add(c_off),
+                                    ldc,
+                                    MR,
+                                    nr,
+                                    init,
+                                    core::ptr::null(),
+                                    1.0,
+                                    false,
+                                );
+                            }
+                        }
+                    }
+                    c0 = c1;
+                }
+                let col1 = ((ob + 1) * PACK_OC).min(oc);
+                output_transform::<S>(
+                    p,
+                    m_buf.as_ptr(),
+                    rows,
+                    ldc,
+                    0,
+                    0,
+                    p.n_tiles,
+                    ob * PACK_OC,
+                    col1,
+                );
+            }
+        }
+    }
+}
