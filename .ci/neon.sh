@@ -24,3 +24,5 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 export CARGO_PROFILE_TEST_OPT_LEVEL=2
 cargo test --target "$TARGET" --test forward_parity -- --nocapture --test-threads 1 neon 2>&1 | tee /tmp/neon-test.log
 grep -q "\[neon\]: out rel L2" /tmp/neon-test.log || { echo "the NEON path did not run" >&2; exit 1; }
+# The Winograd conv in both of its modes (the fixtures above only reach the weight-major one).
+cargo test --target "$TARGET" --test kernels_simd -- --test-threads 1 winograd

@@ -365,7 +365,8 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize, const NV: usize>(
         let l = S::LANES;
         let nr = NV * l;
         let full = ncols >= nr;
-        let mut tmp = [0.0f32; 64];
+        // Partial tiles (fewer than `nr` valid columns) go through a zeroed staging row; it
+        // is made only in those branches, so full tiles pay no memset per call.
         let mut acc = [[S::zero(); NV]; MR];
         if !init.is_null() {
             let mut iv = [S::zero(); NV];
@@ -383,6 +384,7 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize, const NV: usize>(
                         *x = S::load(src.add(v * l));
                     }
                 } else {
+                    let mut tmp = [0.0f32; 64];
                     tmp[..ncols].copy_from_slice(core::slice::from_raw_parts(src, ncols));
                     for (v, x) in row.iter_mut().enumerate() {
                         *x = S::load(tmp.as_ptr().add(v * l));
@@ -416,8 +418,8 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize, const NV: usize>(
                         *x = S::add(*x, S::load(r.add(v * l)));
                     }
                 } else {
+                    let mut tmp = [0.0f32; 64];
                     tmp[..ncols].copy_from_slice(core::slice::from_raw_parts(r, ncols));
-                    tmp[ncols..nr].fill(0.0);
                     for (v, x) in row.iter_mut().enumerate() {
                         *x = S::add(*x, S::load(tmp.as_ptr().add(v * l)));
                     }
@@ -439,6 +441,7 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize, const NV: usize>(
                     S::store(dst.add(v * l), *x);
                 }
             } else {
+                let mut tmp = [0.0f32; 64];
                 for (v, x) in row.iter().enumerate() {
                     S::store(tmp.as_mut_ptr().add(v * l), *x);
                 }

@@ -232,7 +232,11 @@ fn v_index(mr: usize, wg: usize, cin: usize, xi: usize, r: usize, c: usize) -> u
     (((xi * wg + r / mr) * (cin / 16) + c / 16) * mr + r % mr) * 16 + c % 16
 }
 
-/// `G g` along one axis: 3 taps to 6 transformed values.
+/// `G' g` along one axis: 3 taps to 6 transformed values, with `G' = diag(DG) G` (Lavin's
+/// `G` with its rows scaled to integers: `[1 0 0; 1 1 1; 1 -1 1; 1 2 4; 1 -2 4; 0 0 1]`). The
+/// weight transform runs once per (input, output) channel pair, far more often than the output
+/// transform at batch 1, so the weight side has no multiplies and the output side undoes the
+/// scaling ([`a_1d`] multiplies by `1 / DG`).
 ///
 /// # Safety
 /// CPU features of `S` only.
@@ -241,21 +245,20 @@ unsafe fn g_1d<S: Simd>(g: [S::V; 3]) -> [S::V; ALPHA] {
     // SAFETY: arithmetic only.
     unsafe {
         let s = S::add(g[0], g[2]);
-        let p = S::fma(
-            g[0],
-            S::splat(1.0 / 24.0),
-            S::mul(g[2], S::splat(1.0 / 6.0)),
-        );
+        let p = S::fma(S::splat(4.0), g[2], g[0]);
         [
-            S::mul(g[0], S::splat(0.25)),
-            S::mul(S::add(s, g[1]), S::splat(-1.0 / 6.0)),
-            S::mul(S::sub(s, g[1]), S::splat(-1.0 / 6.0)),
-            S::fma(g[1], S::splat(1.0 / 12.0), p),
-            S::fma(g[1], S::splat(-1.0 / 12.0), p),
+            g[0],
+            S::add(s, g[1]),
+            S::sub(s, g[1]),
+            S::fma(S::splat(2.0), g[1], p),
+            S::fma(S::splat(-2.0), g[1], p),
             g[2],
         ]
     }
 }
+
+/// Row scales of `G'` against Lavin's `G` (see [`g_1d`]).
+const DG: [f32; ALPHA] = [4.0, -6.0, -6.0, 24.0, 24.0, 1.0];
 
 /// `B^T d` along one axis: 6 input values to 6 transformed values.
 ///
@@ -279,7 +282,8 @@ unsafe fn b_1d<S: Simd>(d: [S::V; ALPHA]) -> [S::V; ALPHA] {
     }
 }
 
-/// `A^T m` along one axis: 6 transformed values to 4 outputs.
+/// `A^T diag(1 / DG) m` along one axis: 6 transformed values to 4 outputs (the `1 / DG`
+/// undoes the weight side's scaling, see [`g_1d`]).
 ///
 /// # Safety
 /// CPU features of `S` only.
@@ -287,6 +291,14 @@ unsafe fn b_1d<S: Simd>(d: [S::V; ALPHA]) -> [S::V; ALPHA] {
 unsafe fn a_1d<S: Simd>(m: [S::V; ALPHA]) -> [S::V; TILE] {
     // SAFETY: arithmetic only.
     unsafe {
+        let m = [
+            S::mul(m[0], S::splat(1.0 / DG[0])),
+            S::mul(m[1], S::splat(1.0 / DG[1])),
+            S::mul(m[2], S::splat(1.0 / DG[2])),
+            S::mul(m[3], S::splat(1.0 / DG[3])),
+            S::mul(m[4], S::splat(1.0 / DG[4])),
+            m[5],
+        ];
         let s12 = S::add(m[1], m[2]);
         let d12 = S::sub(m[1], m[2]);
         let s34 = S::add(m[3], m[4]);

@@ -291,7 +291,7 @@ impl Model {
             taps: described.taps,
             plan,
             kernels: KernelPath::preferred()?.table()?,
-            winograd: true,
+            winograd: crate::kernels::winograd_default(),
             scratch_layout: crate::kernels::ScratchLayout::DIRECT,
             #[cfg(feature = "std")]
             pool: None,
@@ -324,8 +324,8 @@ impl Model {
     }
 
     /// Lets 3x3 stride-1 convolutions take the Winograd F(4x4, 3x3) algorithm on the SIMD paths
-    /// (on by default; about 3e-6 relative error per conv against the direct kernel's 4e-7, see
-    /// `kernels::winograd`). Off, every conv runs the direct kernel, and the workspace shrinks
+    /// (on by default unless `TINYDIFFUSION_WINOGRAD=0`; about 3e-6 relative error per conv
+    /// against the direct kernel's 4e-7, see the `kernels` module docs). Off, every conv runs the direct kernel, and the workspace shrinks
     /// by the transformed-weight region ([`Model::workspace_len`] changes).
     pub fn set_winograd(&mut self, on: bool) {
         self.winograd = on;

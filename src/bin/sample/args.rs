@@ -41,6 +41,7 @@ FLAGS:
     --height H, --width W  must equal the model's sample_size          [default: the model's]
     --threads N          worker threads                                 [default: all cores]
     --kernels NAME       force a kernel path (scalar, ...)                [default: fastest]
+    --conv ALGO          winograd (3x3 convs where it pays) or direct     [default: winograd]
     --device DEV         cpu, cuda or cuda:N (needs a build with --features cuda)
                                                                             [default: cpu]
     --quiet              no progress line
@@ -82,6 +83,8 @@ pub struct SampleArgs {
     pub width: Option<usize>,
     pub threads: Option<usize>,
     pub kernels: Option<String>,
+    /// `--conv direct`: no Winograd convolutions.
+    pub direct_conv: bool,
     pub device: tinydiffusion::Device,
     pub quiet: bool,
 }
@@ -162,6 +165,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         width: None,
         threads: None,
         kernels: None,
+        direct_conv: false,
         device: tinydiffusion::Device::Cpu,
         quiet: false,
     };
@@ -237,6 +241,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--width" => s.width = Some(parse_num(flag, value()?)?),
             "--threads" => s.threads = Some(parse_num(flag, value()?)?),
             "--kernels" => s.kernels = Some(value()?.into()),
+            "--conv" => {
+                s.direct_conv = match value()? {
+                    "direct" => true,
+                    "winograd" => false,
+                    other => return Err(format!("--conv {other}: expected winograd or direct")),
+                }
+            }
             "--device" => {
                 s.device = tinydiffusion::Device::parse(value()?).map_err(|e| e.to_string())?
             }

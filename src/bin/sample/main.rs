@@ -201,6 +201,9 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         let path = KernelPath::from_name(k).map_err(|e| e.to_string())?;
         model.set_kernels(path).map_err(|e| e.to_string())?;
     }
+    if a.direct_conv {
+        model.set_winograd(false);
+    }
     if let Some(n) = a.threads {
         model.set_threads(n).map_err(|e| e.to_string())?;
     }
