@@ -316,7 +316,7 @@ pub const SCRATCH_PER_THREAD: usize = simd::SCRATCH_FLOATS;
 /// How the kernel scratch of one forward pass is laid out: `per_thread` floats for each thread,
 /// then `shared` floats one kernel call at a time uses as a whole (the Winograd conv's
 /// transformed weights). Computed from the model's convolutions by
-/// [`KernelTable::scratch_layout`]; independent of the batch.
+/// [`KernelTable::scratch_layout`] for one batch size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScratchLayout {
     pub per_thread: usize,
@@ -469,13 +469,15 @@ pub struct KernelTable {
     /// `scratch` holds at least `batch * tokens * channels` floats (the SIMD paths keep K^T
     /// there; the scalar path its score row).
     pub attention: fn(&AttentionArgs<'_>, &mut [f32], &mut [f32], &Exec<'_>),
-    /// Scratch a convolution's fastest algorithm needs beyond [`ScratchLayout::DIRECT`], as
-    /// (f32 per thread, f32 shared); `None` when the direct kernel is all this path has for it.
+    /// Scratch a convolution (at its shape's batch) needs for its fastest algorithm beyond
+    /// [`ScratchLayout::DIRECT`], as (f32 per thread, f32 shared); `None` when it runs the
+    /// direct kernel.
     pub conv_scratch: fn(&ConvShape) -> Option<(usize, usize)>,
 }
 
 impl KernelTable {
-    /// The scratch layout that lets every conv of `convs` run its fastest algorithm.
+    /// The scratch layout that lets every conv of `convs` (shapes with the batch they run at)
+    /// run its fastest algorithm.
     pub fn scratch_layout(&self, convs: impl IntoIterator<Item = ConvShape>) -> ScratchLayout {
         let mut layout = ScratchLayout::DIRECT;
         for s in convs {

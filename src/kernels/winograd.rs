@@ -91,21 +91,46 @@ fn wm_rows_max(mr: usize) -> usize {
     WM_MAX_TILES.div_ceil(mr) * mr
 }
 
-/// Kernel scratch a Winograd conv needs in either mode, as (f32 per thread, f32 shared), or
-/// `None` when it does not apply. Independent of the batch.
-pub(crate) fn scratch_need(s: &ConvShape, mr: usize) -> Option<(usize, usize)> {
+/// The mode a conv of this shape (at its `batch`) runs in, or `None` for the direct kernel.
+fn mode_of(s: &ConvShape) -> Option<Mode> {
     if !applies(s) {
         return None;
     }
+    let n_tiles = s
+        .batch
+        .saturating_mul(s.out_h.div_ceil(TILE))
+        .saturating_mul(s.out_w.div_ceil(TILE));
+    if n_tiles < MIN_TILES {
+        None
+    } else if n_tiles <= WM_MAX_TILES {
+        Some(Mode::WeightMajor)
+    } else {
+        Some(Mode::TileMajor)
+    }
+}
+
+/// Kernel scratch a conv of this shape (at its `batch`) needs for the Winograd path, as
+/// (f32 per thread, f32 shared), or `None` when it runs the direct kernel. Exact for the mode
+/// the batch selects, so a batch-1 model never reserves the tile-major weight region.
+pub(crate) fn scratch_need(s: &ConvShape, mr: usize) -> Option<(usize, usize)> {
     let cin = s.in_c();
     let n_ob = s.out_c.div_ceil(PACK_OC);
-    let rows_tm = mr * micro_tiles_max(mr);
-    let tm_thread = POS * rows_tm * cin + POS * rows_tm * OBW_MAX * PACK_OC;
-    let tm_shared = POS * cin * n_ob * PACK_OC;
-    let rows_wm = wm_rows_max(mr);
-    let wm_thread = POS * KW * PACK_OC + POS * rows_wm * PACK_OC;
-    let wm_shared = POS * rows_wm * cin;
-    Some((tm_thread.max(wm_thread) + 64, tm_shared.max(wm_shared)))
+    Some(match mode_of(s)? {
+        Mode::TileMajor => {
+            let rows = mr * micro_tiles_max(mr);
+            (
+                POS * rows * cin + POS * rows * OBW_MAX * PACK_OC + 64,
+                POS * cin * n_ob * PACK_OC,
+            )
+        }
+        Mode::WeightMajor => {
+            let rows = wm_rows_max(mr);
+            (
+                POS * KW * PACK_OC + POS * rows * PACK_OC + 64,
+                POS * rows * cin,
+            )
+        }
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +177,7 @@ impl<'a> WinogradPlan<'a> {
         shared: &mut [f32],
     ) -> Option<WinogradPlan<'a>> {
         let s = &args.shape;
+        let mode = mode_of(s)?;
         let (need_thread, need_shared) = scratch_need(s, mr)?;
         if per_thread < need_thread || shared.len() < need_shared {
             return None;
@@ -160,9 +186,6 @@ impl<'a> WinogradPlan<'a> {
         let tiles_y = s.out_h.div_ceil(TILE);
         let tiles_x = s.out_w.div_ceil(TILE);
         let n_tiles = s.batch * tiles_y * tiles_x;
-        if n_tiles < MIN_TILES {
-            return None;
-        }
         let n_ob = s.out_c.div_ceil(PACK_OC);
         let mut plan = WinogradPlan {
             args,
@@ -181,7 +204,7 @@ impl<'a> WinogradPlan<'a> {
             ob_groups: n_ob,
             blocks: 1,
         };
-        if n_tiles > WM_MAX_TILES {
+        if mode == Mode::TileMajor {
             let blocks = n_tiles.div_ceil(ROWS_TARGET);
             let tiles_per_block = n_tiles.div_ceil(blocks);
             let wg = tiles_per_block.div_ceil(mr).clamp(1, micro_tiles_max(mr));

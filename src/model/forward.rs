@@ -128,7 +128,7 @@ impl Model {
         };
         #[cfg(not(feature = "std"))]
         let par: &dyn Parallel = &Sequential;
-        let exec = Exec::with_layout(par, scratch, self.scratch_layout);
+        let exec = Exec::with_layout(par, scratch, self.scratch_layout(batch));
         match op_seconds {
             None => {
                 for op in &self.ops {

@@ -245,8 +245,6 @@ pub struct Model {
     pub(crate) kernels: &'static KernelTable,
     /// Whether convolutions may take the Winograd path ([`Model::set_winograd`]).
     pub(crate) winograd: bool,
-    /// Kernel scratch per thread and shared, for `kernels` over this model's convolutions.
-    pub(crate) scratch_layout: crate::kernels::ScratchLayout,
     #[cfg(feature = "std")]
     pub(crate) pool: Option<crate::kernels::threads::ThreadPool>,
     /// Threads a forward pass uses (1 without `std`).
@@ -292,7 +290,6 @@ impl Model {
             plan,
             kernels: KernelPath::preferred()?.table()?,
             winograd: crate::kernels::winograd_default(),
-            scratch_layout: crate::kernels::ScratchLayout::DIRECT,
             #[cfg(feature = "std")]
             pool: None,
             threads: 1,
@@ -301,7 +298,6 @@ impl Model {
             #[cfg(feature = "cuda")]
             cuda: None,
         };
-        model.plan_scratch();
         #[cfg(feature = "std")]
         model.set_threads(0)?;
         Ok(model)
@@ -319,7 +315,6 @@ impl Model {
     /// A path this CPU cannot run is an error and leaves the model unchanged.
     pub fn set_kernels(&mut self, path: KernelPath) -> Result<()> {
         self.kernels = path.table()?;
-        self.plan_scratch();
         Ok(())
     }
 
@@ -329,7 +324,6 @@ impl Model {
     /// by the transformed-weight region ([`Model::workspace_len`] changes).
     pub fn set_winograd(&mut self, on: bool) {
         self.winograd = on;
-        self.plan_scratch();
     }
 
     /// Whether convolutions may take the Winograd path.
@@ -337,17 +331,17 @@ impl Model {
         self.winograd
     }
 
-    /// Recomputes the kernel scratch layout for the current kernels and options.
-    fn plan_scratch(&mut self) {
-        self.scratch_layout = if self.winograd {
-            let convs = self.ops.iter().filter_map(|op| match op {
-                Op::Conv(c) => Some(c.shape),
-                _ => None,
-            });
-            self.kernels.scratch_layout(convs)
-        } else {
-            crate::kernels::ScratchLayout::DIRECT
-        };
+    /// The kernel scratch layout of a forward pass at `batch` (its convolutions' algorithms
+    /// depend on the batch: see the `kernels` module docs). Computed without allocating.
+    pub(crate) fn scratch_layout(&self, batch: usize) -> crate::kernels::ScratchLayout {
+        if !self.winograd {
+            return crate::kernels::ScratchLayout::DIRECT;
+        }
+        let convs = self.ops.iter().filter_map(|op| match op {
+            Op::Conv(c) => Some(crate::kernels::ConvShape { batch, ..c.shape }),
+            _ => None,
+        });
+        self.kernels.scratch_layout(convs)
     }
 
     /// The kernel path in use.
@@ -446,12 +440,12 @@ impl Model {
     pub fn workspace_len(&self, batch: usize) -> usize {
         self.plan
             .arena_len(batch)
-            .saturating_add(self.scratch_len())
+            .saturating_add(self.scratch_len(batch))
     }
 
-    /// Kernel scratch at the end of the workspace (independent of the batch).
-    pub fn scratch_len(&self) -> usize {
-        self.scratch_layout.len(self.threads)
+    /// Kernel scratch at the end of the workspace for a forward pass at `batch`.
+    pub fn scratch_len(&self, batch: usize) -> usize {
+        self.scratch_layout(batch).len(self.threads)
     }
 
     /// Bytes of workspace one forward pass at `batch` needs.
