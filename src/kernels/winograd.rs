@@ -50,11 +50,16 @@ const POS: usize = ALPHA * ALPHA;
 const OBW_MAX: usize = 4;
 /// Fewer tiles than this (an 8x8 map at batch 1 has 4) and the direct kernel is faster: the
 /// weight transform, `O(C_in * C_out)`, is not amortised.
-const MIN_TILES: usize = 16;
+const MIN_TILES: usize = 4;
 /// Up to this many tiles a conv runs weight-major (see the module docs).
 const WM_MAX_TILES: usize = 72;
 /// Input channels per weight chunk in weight-major mode (`36 * KW * 32` floats: 288 KiB).
 const KW: usize = 64;
+/// Floats of padding after each position's block of transformed weights or inputs. Without it
+/// the 36 blocks often sit a multiple of 4 KiB apart (`KW * 32` floats is 8 KiB), so the 36
+/// stores a transform makes per vector all land in one L1 set and alias each other: the
+/// weight-major convs ran 1.5 to 2.5x slower for that alone.
+const UPAD: usize = 16;
 /// Most tiles one task covers (its transformed inputs, `36 * tiles * C_in` floats, stay in L2
 /// while the weight panels sweep them). Blocks are then balanced and rounded up to whole
 /// microkernel tiles, so a 16-tile map (16x16 at batch 1) is one block of 16, not 12 + 4.
@@ -119,15 +124,15 @@ pub(crate) fn scratch_need(s: &ConvShape, mr: usize) -> Option<(usize, usize)> {
         Mode::TileMajor => {
             let rows = mr * micro_tiles_max(mr);
             (
-                POS * rows * cin + POS * rows * OBW_MAX * PACK_OC + 64,
-                POS * cin * n_ob * PACK_OC,
+                POS * (rows * cin + UPAD) + POS * rows * OBW_MAX * PACK_OC + 64,
+                POS * (cin * n_ob * PACK_OC + UPAD),
             )
         }
         Mode::WeightMajor => {
             let rows = wm_rows_max(mr);
             (
-                POS * KW * PACK_OC + POS * rows * PACK_OC + 64,
-                POS * rows * cin,
+                POS * (KW * PACK_OC + UPAD) + POS * rows * PACK_OC + 64,
+                POS * (rows * cin + UPAD),
             )
         }
     })
@@ -251,8 +256,9 @@ impl<'a> WinogradPlan<'a> {
 /// Index in a `V` buffer of `wg` microkernel tiles (`[ξ][micro tile][c / 16][MR][16]`, the
 /// microkernel's packed `A` for each ξ) of position `xi`, row `r`, channel `c`.
 #[inline(always)]
+/// Positions are [`UPAD`] floats further apart than their data, for the reason given there.
 fn v_index(mr: usize, wg: usize, cin: usize, xi: usize, r: usize, c: usize) -> usize {
-    (((xi * wg + r / mr) * (cin / 16) + c / 16) * mr + r % mr) * 16 + c % 16
+    xi * (wg * mr * cin + UPAD) + (((r / mr) * (cin / 16) + c / 16) * mr + r % mr) * 16 + c % 16
 }
 
 /// `G' g` along one axis: 3 taps to 6 transformed values, with `G' = diag(DG) G` (Lavin's
@@ -558,15 +564,16 @@ unsafe fn output_transform<S: Simd>(
 #[inline(always)]
 pub(crate) unsafe fn phase1<S: Simd>(p: &WinogradPlan<'_>, task: usize) {
     let (cin, n_ob) = (p.cin, p.n_ob);
-    // SAFETY: tile-major indices `((xi * n_ob + ob) * cin + c) * 32 + j` stay below
-    // `36 * n_ob * cin * 32`; weight-major rows `task * mr..(task + 1) * mr` of a `V` of
-    // `wg <= wm_rows_max / mr` microkernel tiles stay below `36 * wm_rows_max * cin`; both
+    // SAFETY: tile-major indices `xi * (n_ob * cin * 32 + UPAD) + (ob * cin + c) * 32 + j`
+    // stay below `36 * (n_ob * cin * 32 + UPAD)`; weight-major rows `task * mr..(task + 1) * mr`
+    // of a `V` of `wg <= wm_rows_max / mr` microkernel tiles stay below
+    // `36 * (wm_rows_max * cin + UPAD)`; both
     // inside the checked shared region, and disjoint between tasks.
     unsafe {
         match p.mode {
             Mode::TileMajor => {
                 weight_transform::<S>(p, task, 0, cin, p.shared.get(), |xi, c, j| {
-                    ((xi * n_ob + task) * cin + c) * PACK_OC + j
+                    xi * (n_ob * cin * PACK_OC + UPAD) + (task * cin + c) * PACK_OC + j
                 })
             }
             Mode::WeightMajor => {
@@ -610,7 +617,7 @@ pub(crate) unsafe fn phase2<S: Simd, const MR: usize, const NV: usize>(
             let ldc = (ob1 - ob0) * PACK_OC;
             let t0 = blk * rows;
             let nt = rows.min(p.n_tiles - t0);
-            let (v_buf, rest) = scratch.split_at_mut(POS * rows * cin);
+            let (v_buf, rest) = scratch.split_at_mut(POS * (rows * cin + UPAD));
             let (m_buf, rest) = rest.split_at_mut(POS * rows * ldc);
             let zeros = &mut rest[..64];
             zeros.fill(0.0);
@@ -627,7 +634,7 @@ pub(crate) unsafe fn phase2<S: Simd, const MR: usize, const NV: usize>(
                             let w = p
                                 .shared
                                 .get()
-                                .add(((xi * p.n_ob + ob) * cin) * PACK_OC + c16);
+                                .add(xi * (p.n_ob * cin * PACK_OC + UPAD) + ob * cin * PACK_OC + c16);
                             for mt in 0..p.wg.min(nt.div_ceil(MR)) {
                                 let a_ptr =
                                     v_buf.as_ptr().add(v_index(MR, p.wg, cin, xi, mt * MR, 0));
@@ -658,7 +665,7 @@ pub(crate) unsafe fn phase2<S: Simd, const MR: usize, const NV: usize>(
             let ob = task;
             let rows = p.rows;
             let ldc = PACK_OC;
-            let (u_buf, rest) = scratch.split_at_mut(POS * KW * PACK_OC);
+            let (u_buf, rest) = scratch.split_at_mut(POS * (KW * PACK_OC + UPAD));
             let (m_buf, rest) = rest.split_at_mut(POS * rows * ldc);
             let zeros = &mut rest[..64];
             zeros.fill(0.0);
@@ -669,10 +676,10 @@ pub(crate) unsafe fn phase2<S: Simd, const MR: usize, const NV: usize>(
                     let c1 = (c0 + KW).min(cin);
                     let kw = c1 - c0;
                     weight_transform::<S>(p, ob, c0, c1, u_buf.as_mut_ptr(), |xi, c, j| {
-                        (xi * kw + (c - c0)) * PACK_OC + j
+                        xi * (kw * PACK_OC + UPAD) + (c - c0) * PACK_OC + j
                     });
                     for xi in 0..POS {
-                        let w = u_buf.as_ptr().add(xi * kw * PACK_OC);
+                        let w = u_buf.as_ptr().add(xi * (kw * PACK_OC + UPAD));
                         for mt in 0..p.wg {
                             let a_ptr = p.shared.get().add(v_index(MR, p.wg, cin, xi, mt * MR, c0));
                             for c16 in (0..PACK_OC).step_by(nr) {
