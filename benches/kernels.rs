@@ -5,7 +5,7 @@
 //!   widened to f32 beforehand (not timed), one thread,
 //! - `ours-1t`: the best SIMD path on one thread,
 //! - `ours-Nt`: the same on all cores (the model's default team),
-//! - `winograd-1t`, `winograd-Nt`: for the 3x3 stride-1 convs of 16x16 maps and up, the same
+//! - `winograd-1t`, `winograd-Nt`: for the 3x3 stride-1 convs of 8x8 maps and up, the same
 //!   path with the kernel scratch that lets it take Winograd F(4x4, 3x3) (the model's default;
 //!   throughput still counts the direct conv's FLOPs),
 //!
@@ -23,7 +23,7 @@ use half::f16;
 use tinydiffusion::kernels::threads::ThreadPool;
 use tinydiffusion::kernels::{
     scalar, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, KernelPath, LinearArgs,
-    Parallel, Sequential, SCRATCH_PER_THREAD,
+    Parallel, ScratchLayout, Sequential, SCRATCH_PER_THREAD,
 };
 use tinydiffusion::model::Op;
 use tinydiffusion::sampler::{self, SampleOptions};
@@ -207,7 +207,7 @@ fn bench_convs(c: &mut Criterion, model: &Model, path: KernelPath, teams: &mut T
             |b| b.iter(|| (table.conv2d)(&args, &mut out, &exn)),
         );
         let layout = table.scratch_layout([s]);
-        if layout.shared > 0 && s.out_h >= 16 {
+        if layout != ScratchLayout::DIRECT {
             let mut w1 = vec![0.0f32; layout.len(1)];
             let ex1 = Exec::with_layout(&Sequential, &mut w1, layout);
             g.bench_function(BenchmarkId::new("winograd-1t", path.name()), |b| {

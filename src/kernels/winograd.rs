@@ -17,23 +17,20 @@
 //! parity with the fixtures stays well inside 1e-4; [`crate::Model::set_winograd`] turns it off
 //! where bit-level agreement with the direct kernel matters.
 //!
-//! Memory: the weights are transformed at every call (about 3% of the GEMM work at a 32x32
-//! map), into a shared region of the kernel scratch (`36 * C_in * C_out` f32), so the model
-//! file stays the mapped, zero-copy f16 weights. Each task transforms its own input tiles and
-//! keeps the 36 GEMM outputs for them in its thread's scratch.
+//! Memory: the f16 weights stay mapped (zero-copy); every call transforms them again, a chunk
+//! of [`KW`] input channels of one 32-output-channel block at a time, into the task's own
+//! scratch (L2-sized), and runs the chunk over all of the task's tiles at once; they never make
+//! a round trip through memory. At 16 tiles and up that costs a few percent of the GEMM work.
 //!
-//! Work split, in two phases (a barrier between them), chosen by the number of tiles:
-//! - *tile-major* (many tiles: batch 8, or a 32x32 map at batch 2+): phase 1 transforms the
-//!   weights into a shared region (one task per 32-output-channel block); phase 2 runs tasks of
-//!   (a block of tiles) x (a group of output-channel blocks): input transform into thread
-//!   scratch, 36 GEMMs, output transform with the epilogue (bias, channel add, residual,
-//!   scale). Each transformed weight panel is reused by every tile of the block.
-//! - *weight-major* (at most [`WM_MAX_TILES`] tiles, as at batch 1): there are too few tiles to
-//!   amortise a round trip of the transformed weights (`36 * C_in * C_out` floats) through
-//!   memory, so phase 1 transforms the *inputs* of all tiles into the shared region, and each
-//!   phase 2 task takes one output block: it transforms that block's weights a chunk of input
-//!   channels at a time into its own scratch (L2), runs them over every tile, then does the
-//!   output transform.
+//! Work split, chosen by the number of 4x4 tiles:
+//! - *weight-major* (at most [`WM_MAX_TILES`] tiles, as at batch 1): phase 1 transforms the
+//!   inputs of all tiles into a shared region of the kernel scratch; phase 2 has one task per
+//!   output block, which runs its weights over every tile, then the output transform with the
+//!   epilogue (bias, channel add, residual, scale).
+//! - *tile-major* (more tiles: batch 8): no phase 1; each task takes a block of up to
+//!   [`ROWS_TARGET`] tiles and a group of output blocks, transforms its tiles' inputs into
+//!   its own scratch once, then for each output block runs the weight chunks over them and
+//!   does the output transform.
 //!
 //! Every output element goes through the same operations whatever the thread count.
 
@@ -46,8 +43,6 @@ const TILE: usize = 4;
 const ALPHA: usize = 6;
 /// Positions of a transformed tile: the number of GEMMs.
 const POS: usize = ALPHA * ALPHA;
-/// Most output-channel blocks of 32 one task covers.
-const OBW_MAX: usize = 4;
 /// Fewer tiles than this (an 8x8 map at batch 1 has 4) and the direct kernel is faster: the
 /// weight transform, `O(C_in * C_out)`, is not amortised.
 const MIN_TILES: usize = 4;
@@ -60,10 +55,10 @@ const KW: usize = 64;
 /// stores a transform makes per vector all land in one L1 set and alias each other: the
 /// weight-major convs ran 1.5 to 2.5x slower for that alone.
 const UPAD: usize = 16;
-/// Most tiles one task covers (its transformed inputs, `36 * tiles * C_in` floats, stay in L2
-/// while the weight panels sweep them). Blocks are then balanced and rounded up to whole
-/// microkernel tiles, so a 16-tile map (16x16 at batch 1) is one block of 16, not 12 + 4.
-const ROWS_TARGET: usize = 36;
+/// Most tiles one tile-major task covers (its transformed inputs, `36 * tiles * C_in`
+/// floats, are reused by every output block's weights). Blocks are balanced and rounded up to
+/// whole microkernel tiles.
+const ROWS_TARGET: usize = 72;
 
 /// Whether a convolution takes the Winograd path: 3x3, stride 1, one pixel of padding all round
 /// (output as large as the, possibly upsampled, input), channel counts in whole 16-blocks (the
@@ -89,6 +84,12 @@ pub(crate) fn applies(s: &ConvShape) -> bool {
 /// Most microkernel tiles per tile-major task for a path whose microkernel covers `mr` rows.
 fn micro_tiles_max(mr: usize) -> usize {
     ROWS_TARGET.div_ceil(mr)
+}
+
+/// Floats of one weight chunk `[ξ][KW][32]` (padded) and of one output block's `M`
+/// (`[ξ][rows][32]`) for `rows` rows.
+fn chunk_and_m(rows: usize) -> usize {
+    POS * (KW * PACK_OC + UPAD) + POS * rows * PACK_OC + 64
 }
 
 /// Rows (tiles rounded up to whole microkernel tiles) of the largest weight-major conv.
@@ -119,21 +120,14 @@ fn mode_of(s: &ConvShape) -> Option<Mode> {
 /// the batch selects, so a batch-1 model never reserves the tile-major weight region.
 pub(crate) fn scratch_need(s: &ConvShape, mr: usize) -> Option<(usize, usize)> {
     let cin = s.in_c();
-    let n_ob = s.out_c.div_ceil(PACK_OC);
     Some(match mode_of(s)? {
         Mode::TileMajor => {
             let rows = mr * micro_tiles_max(mr);
-            (
-                POS * (rows * cin + UPAD) + POS * rows * OBW_MAX * PACK_OC + 64,
-                POS * (cin * n_ob * PACK_OC + UPAD),
-            )
+            (POS * (rows * cin + UPAD) + chunk_and_m(rows), 0)
         }
         Mode::WeightMajor => {
             let rows = wm_rows_max(mr);
-            (
-                POS * (KW * PACK_OC + UPAD) + POS * rows * PACK_OC + 64,
-                POS * (rows * cin + UPAD),
-            )
+            (chunk_and_m(rows), POS * (rows * cin + UPAD))
         }
     })
 }
@@ -149,8 +143,8 @@ pub(crate) struct WinogradPlan<'a> {
     pub args: &'a ConvArgs<'a>,
     pub out: Shared<f32>,
     pub mode: Mode,
-    /// The shared region: tile-major, the transformed weights `[ξ][ob][c][32]`; weight-major,
-    /// the transformed inputs of all tiles (`V` layout, see [`v_index`]).
+    /// The shared region (weight-major only): the transformed inputs of all tiles (`V` layout,
+    /// see [`v_index`]).
     pub shared: Shared<f32>,
     pub cin: usize,
     pub n_ob: usize,
@@ -215,8 +209,10 @@ impl<'a> WinogradPlan<'a> {
             let wg = tiles_per_block.div_ceil(mr).clamp(1, micro_tiles_max(mr));
             let rows = mr * wg;
             let blocks = n_tiles.div_ceil(rows);
+            // As many output blocks per task as balance allows: each task transforms its tiles'
+            // inputs once for all of its blocks.
             let want = if threads <= 1 { 1 } else { 3 * threads };
-            let mut obw = n_ob.min(OBW_MAX);
+            let mut obw = n_ob;
             while obw > 1 && n_ob.div_ceil(obw) * blocks < want {
                 obw = obw.div_ceil(2);
             }
@@ -230,10 +226,10 @@ impl<'a> WinogradPlan<'a> {
         Some(plan)
     }
 
-    /// Phase 1 tasks: output blocks (tile-major) or microkernel tiles (weight-major).
+    /// Phase 1 tasks: none (tile-major), or one per microkernel tile (weight-major).
     pub fn phase1_tasks(&self) -> usize {
         match self.mode {
-            Mode::TileMajor => self.n_ob,
+            Mode::TileMajor => 0,
             Mode::WeightMajor => self.wg,
         }
     }
@@ -554,43 +550,95 @@ unsafe fn output_transform<S: Simd>(
     }
 }
 
-/// Phase 1 task `task`: tile-major, the weights of output block `task` into the shared
-/// `[ξ][ob][c][32]`; weight-major, the inputs of microkernel tile `task` into the shared `V`.
+/// Phase 1 task `task` (weight-major only): the inputs of microkernel tile `task` into the
+/// shared `V`.
 ///
 /// # Safety
 /// CPU features of `S`; `p` built by [`WinogradPlan::new`] (so the shared region holds
-/// [`scratch_need`]'s floats); `task < p.phase1_tasks()`; each task writes only its own block
-/// of the shared region (its output block, or its microkernel tile's rows).
+/// [`scratch_need`]'s floats); `task < p.phase1_tasks()`; each task writes only its own
+/// microkernel tile's rows of the shared region.
 #[inline(always)]
 pub(crate) unsafe fn phase1<S: Simd>(p: &WinogradPlan<'_>, task: usize) {
-    let (cin, n_ob) = (p.cin, p.n_ob);
-    // SAFETY: tile-major indices `xi * (n_ob * cin * 32 + UPAD) + (ob * cin + c) * 32 + j`
-    // stay below `36 * (n_ob * cin * 32 + UPAD)`; weight-major rows `task * mr..(task + 1) * mr`
-    // of a `V` of `wg <= wm_rows_max / mr` microkernel tiles stay below
-    // `36 * (wm_rows_max * cin + UPAD)`; both
-    // inside the checked shared region, and disjoint between tasks.
+    if p.mode != Mode::WeightMajor {
+        return;
+    }
+    // SAFETY: rows `task * mr..(task + 1) * mr` of a `V` of `wg <= wm_rows_max / mr` microkernel
+    // tiles stay below `36 * (wm_rows_max * cin + UPAD)`, inside the checked shared region, and
+    // are this task's alone.
     unsafe {
-        match p.mode {
-            Mode::TileMajor => {
-                weight_transform::<S>(p, task, 0, cin, p.shared.get(), |xi, c, j| {
-                    xi * (n_ob * cin * PACK_OC + UPAD) + (task * cin + c) * PACK_OC + j
-                })
-            }
-            Mode::WeightMajor => {
-                for i in 0..p.mr {
-                    let r = task * p.mr + i;
-                    input_transform::<S>(p, p.shared.get(), p.wg, r, r);
-                }
-            }
+        for i in 0..p.mr {
+            let r = task * p.mr + i;
+            input_transform::<S>(p, p.shared.get(), p.wg, r, r);
         }
     }
 }
 
-/// Phase 2 task `task` (see the module docs for the two modes).
+/// The 36 GEMMs of output block `ob` over the `wg` microkernel tiles of `v` (a `V` buffer of
+/// that many tiles), into `m` (`[ξ][wg * MR][32]`): the block's weights are transformed a chunk
+/// of [`KW`] input channels at a time into `u` (L2-sized), and every chunk sweeps all the tiles.
 ///
-/// Tile-major thread scratch: `V` of the task's tiles (`[ξ][micro tile][c / 16][MR][16]`), then
-/// `M` as `[ξ][row][obw * 32]`, then 64 zeros. Weight-major: a weight chunk
-/// `[ξ][KW][32]`, then `M` as `[ξ][row][32]`, then 64 zeros.
+/// # Safety
+/// CPU features of `S`; `p` built by [`WinogradPlan::new`]; `v` is readable for a `V` of `wg`
+/// microkernel tiles; `u` and `m` are this thread's, of [`chunk_and_m`]`(wg * MR)` floats
+/// together (`u` first); `zeros` holds 64 zeros.
+#[inline(always)]
+unsafe fn gemm_block<S: Simd, const MR: usize, const NV: usize>(
+    p: &WinogradPlan<'_>,
+    ob: usize,
+    v: *const f32,
+    wg: usize,
+    u: *mut f32,
+    m: *mut f32,
+    zeros: *const f32,
+) {
+    let cin = p.cin;
+    let rows = wg * MR;
+    let nr = NV * S::LANES;
+    // SAFETY (whole body): `u` indices `xi * (kw * 32 + UPAD) + c * 32 + j < 36 * (KW * 32 +
+    // UPAD)`; `v` reads of group `c0 / 16..` of each microkernel tile stay inside its `V`;
+    // `m` writes `(xi * rows + mt * MR + i) * 32 + c16 + nr <= 36 * rows * 32`.
+    unsafe {
+        let mut c0 = 0;
+        while c0 < cin {
+            let c1 = (c0 + KW).min(cin);
+            let kw = c1 - c0;
+            weight_transform::<S>(p, ob, c0, c1, u, |xi, c, j| {
+                xi * (kw * PACK_OC + UPAD) + (c - c0) * PACK_OC + j
+            });
+            // The first chunk starts from zero, later ones accumulate.
+            let init = if c0 == 0 { zeros } else { core::ptr::null() };
+            for xi in 0..POS {
+                let w = u.add(xi * (kw * PACK_OC + UPAD)) as *const f32;
+                for mt in 0..wg {
+                    let a_ptr = v.add(v_index(MR, wg, cin, xi, mt * MR, c0));
+                    for c16 in (0..PACK_OC).step_by(nr) {
+                        micro::<S, MR, NV>(
+                            kw / 16,
+                            a_ptr,
+                            w.add(c16),
+                            m.add((xi * rows + mt * MR) * PACK_OC + c16),
+                            PACK_OC,
+                            MR,
+                            nr,
+                            init,
+                            core::ptr::null(),
+                            1.0,
+                            false,
+                        );
+                    }
+                }
+            }
+            c0 = c1;
+        }
+    }
+}
+
+/// Phase 2 task `task`: weight-major, output block `task` over every tile (inputs from the
+/// shared `V`); tile-major, one block of tiles (inputs transformed here, into this thread's
+/// scratch) times a group of output blocks.
+///
+/// Thread scratch: tile-major, the block's `V`, then (both modes) a weight chunk, one output
+/// block's `M`, and 64 zeros.
 ///
 /// # Safety
 /// CPU features of `S`; `p` built by [`WinogradPlan::new`]; phase 1 has finished (its shared
@@ -603,124 +651,50 @@ pub(crate) unsafe fn phase2<S: Simd, const MR: usize, const NV: usize>(
     task: usize,
     scratch: &mut [f32],
 ) {
-    let l = S::LANES;
     let cin = p.cin;
-    let nr = NV * l;
-    debug_assert!(p.mr == MR && 16 % l == 0 && PACK_OC.is_multiple_of(nr));
+    debug_assert!(p.mr == MR && 16 % S::LANES == 0 && PACK_OC.is_multiple_of(NV * S::LANES));
     let oc = p.args.shape.out_c;
-    match p.mode {
-        Mode::TileMajor => {
-            let rows = p.rows;
-            let (og, blk) = (task / p.blocks, task % p.blocks);
-            let ob0 = og * p.obw;
-            let ob1 = (ob0 + p.obw).min(p.n_ob);
-            let ldc = (ob1 - ob0) * PACK_OC;
-            let t0 = blk * rows;
-            let nt = rows.min(p.n_tiles - t0);
-            let (v_buf, rest) = scratch.split_at_mut(POS * (rows * cin + UPAD));
-            let (m_buf, rest) = rest.split_at_mut(POS * rows * ldc);
-            let zeros = &mut rest[..64];
-            zeros.fill(0.0);
-            // SAFETY: buffers are this thread's scratch, of the sizes split above; `U` reads
-            // stay inside the shared region phase 1 completed; outputs as the contract says.
-            unsafe {
+    let rows = p.rows;
+    let (og, blk) = (task / p.blocks, task % p.blocks);
+    let ob0 = og * p.obw;
+    let ob1 = (ob0 + p.obw).min(p.n_ob);
+    let t0 = blk * rows;
+    let nt = rows.min(p.n_tiles - t0);
+    let v_len = match p.mode {
+        Mode::TileMajor => POS * (rows * cin + UPAD),
+        Mode::WeightMajor => 0,
+    };
+    let (v_buf, rest) = scratch.split_at_mut(v_len);
+    let (u_buf, rest) = rest.split_at_mut(POS * (KW * PACK_OC + UPAD));
+    let (m_buf, rest) = rest.split_at_mut(POS * rows * PACK_OC);
+    let zeros = &mut rest[..64];
+    zeros.fill(0.0);
+    // SAFETY: buffers are this thread's scratch, of the sizes split above (within
+    // `scratch_need`'s per-thread floats); the weight-major `V` is the shared region phase 1
+    // completed; outputs as the contract says.
+    unsafe {
+        let v: *const f32 = match p.mode {
+            Mode::TileMajor => {
                 for r in 0..rows {
                     input_transform::<S>(p, v_buf.as_mut_ptr(), p.wg, r, t0 + r);
                 }
-                // Every output block's weight panel of position ξ sweeps the task's tiles.
-                for xi in 0..POS {
-                    for ob in ob0..ob1 {
-                        for c16 in (0..PACK_OC).step_by(nr) {
-                            let w = p
-                                .shared
-                                .get()
-                                .add(xi * (p.n_ob * cin * PACK_OC + UPAD) + ob * cin * PACK_OC + c16);
-                            for mt in 0..p.wg.min(nt.div_ceil(MR)) {
-                                let a_ptr =
-                                    v_buf.as_ptr().add(v_index(MR, p.wg, cin, xi, mt * MR, 0));
-                                let c_off =
-                                    (xi * rows + mt * MR) * ldc + (ob - ob0) * PACK_OC + c16;
-                                micro::<S, MR, NV>(
-                                    cin / 16,
-                                    a_ptr,
-                                    w,
-                                    m_buf.as_mut_ptr().add(c_off),
-                                    ldc,
-                                    MR,
-                                    nr,
-                                    zeros.as_ptr(),
-                                    core::ptr::null(),
-                                    1.0,
-                                    false,
-                                );
-                            }
-                        }
-                    }
-                }
-                let col1 = (ob1 * PACK_OC).min(oc);
-                output_transform::<S>(p, m_buf.as_ptr(), rows, ldc, 0, t0, nt, ob0 * PACK_OC, col1);
+                v_buf.as_ptr()
             }
-        }
-        Mode::WeightMajor => {
-            let ob = task;
-            let rows = p.rows;
-            let ldc = PACK_OC;
-            let (u_buf, rest) = scratch.split_at_mut(POS * (KW * PACK_OC + UPAD));
-            let (m_buf, rest) = rest.split_at_mut(POS * rows * ldc);
-            let zeros = &mut rest[..64];
-            zeros.fill(0.0);
-            // SAFETY: as above; `V` (all tiles) is in the shared region phase 1 completed.
-            unsafe {
-                let mut c0 = 0;
-                while c0 < cin {
-                    let c1 = (c0 + KW).min(cin);
-                    let kw = c1 - c0;
-                    weight_transform::<S>(p, ob, c0, c1, u_buf.as_mut_ptr(), |xi, c, j| {
-                        xi * (kw * PACK_OC + UPAD) + (c - c0) * PACK_OC + j
-                    });
-                    for xi in 0..POS {
-                        let w = u_buf.as_ptr().add(xi * (kw * PACK_OC + UPAD));
-                        for mt in 0..p.wg {
-                            let a_ptr = p.shared.get().add(v_index(MR, p.wg, cin, xi, mt * MR, c0));
-                            for c16 in (0..PACK_OC).step_by(nr) {
-                                let c_off = (xi * rows + mt * MR) * ldc + c16;
-                                // The first chunk starts from zero, later ones accumulate.
-                                let init = if c0 == 0 {
-                                    zeros.as_ptr()
-                                } else {
-                                    core::ptr::null()
-                                };
-                                micro::<S, MR, NV>(
-                                    kw / 16,
-                                    a_ptr,
-                                    w.add(c16),
-                                    m_buf.as_mut_ptr().add(c_off),
-                                    ldc,
-                                    MR,
-                                    nr,
-                                    init,
-                                    core::ptr::null(),
-                                    1.0,
-                                    false,
-                                );
-                            }
-                        }
-                    }
-                    c0 = c1;
-                }
-                let col1 = ((ob + 1) * PACK_OC).min(oc);
-                output_transform::<S>(
-                    p,
-                    m_buf.as_ptr(),
-                    rows,
-                    ldc,
-                    0,
-                    0,
-                    p.n_tiles,
-                    ob * PACK_OC,
-                    col1,
-                );
-            }
+            Mode::WeightMajor => p.shared.get(),
+        };
+        for ob in ob0..ob1 {
+            gemm_block::<S, MR, NV>(
+                p,
+                ob,
+                v,
+                p.wg,
+                u_buf.as_mut_ptr(),
+                m_buf.as_mut_ptr(),
+                zeros.as_ptr(),
+            );
+            let col0 = ob * PACK_OC;
+            let col1 = (col0 + PACK_OC).min(oc);
+            output_transform::<S>(p, m_buf.as_ptr(), rows, PACK_OC, 0, t0, nt, col0, col1);
         }
     }
 }
