@@ -715,7 +715,7 @@ fn winograd_conv_matches_scalar() {
 }
 
 /// Shapes the Winograd path must leave to the direct kernel: stride 2, a 1x1 kernel, channels
-/// not in 16-blocks, a map under 8x8.
+/// not in 16-blocks, a 4x4 map at batch 1 (a single tile).
 #[test]
 fn winograd_declines_other_shapes() {
     let base = ConvShape {

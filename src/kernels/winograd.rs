@@ -62,8 +62,8 @@ const ROWS_TARGET: usize = 72;
 
 /// Whether a convolution takes the Winograd path: 3x3, stride 1, one pixel of padding all round
 /// (output as large as the, possibly upsampled, input), channel counts in whole 16-blocks (the
-/// packed GEMM operand's granule), and a map of at least 8x8 (a 4x4 map is one tile, where the
-/// transforms cost more than they save).
+/// packed GEMM operand's granule), and a map of at least 4x4 (smaller maps waste most of a
+/// tile). Whether it pays also depends on the batch ([`MIN_TILES`]).
 pub(crate) fn applies(s: &ConvShape) -> bool {
     let (vh, vw) = s.virtual_in();
     s.kernel == 3
@@ -72,8 +72,8 @@ pub(crate) fn applies(s: &ConvShape) -> bool {
         && s.pad_left == 1
         && s.out_h == vh
         && s.out_w == vw
-        && s.out_h >= 8
-        && s.out_w >= 8
+        && s.out_h >= TILE
+        && s.out_w >= TILE
         && s.in_ca.is_multiple_of(16)
         && s.in_cb.is_multiple_of(16)
         && s.in_c() >= 16
