@@ -96,11 +96,81 @@ fn check(what: &str, path: KernelPath, ours: (Vec<f32>, Vec<f32>), reference: &[
     );
 }
 
+/// Random inputs, weights and epilogue terms for a conv of `shape`, and their scalar result.
+struct ConvData {
+    shape: ConvShape,
+    weight: Vec<f16>,
+    in_a: Vec<f32>,
+    in_b: Vec<f32>,
+    bias: Vec<f16>,
+    channel_add: Vec<f32>,
+    residual: Vec<f32>,
+    out_scale: f32,
+    reference: Vec<f32>,
+}
+
+impl ConvData {
+    /// With `extras`: a channel add, a residual and an output scale, as a resnet's convs use.
+    fn new(rng: &mut Rng, shape: ConvShape, extras: bool) -> ConvData {
+        let (cin, k) = (shape.in_c(), shape.kernel);
+        let plain = rng.halves(
+            shape.out_c * cin * k * k,
+            1.0 / ((cin * k * k) as f32).sqrt(),
+        );
+        let mut weight = vec![f16::ZERO; packed_len(shape.out_c, cin, k)];
+        pack_weight(&plain, shape.out_c, cin, k, &mut weight);
+        let px = shape.batch * shape.in_h * shape.in_w;
+        let out_len = shape.batch * shape.out_h * shape.out_w * shape.out_c;
+        let mut d = ConvData {
+            shape,
+            weight,
+            in_a: rng.vec(px * shape.in_ca),
+            in_b: rng.vec(px * shape.in_cb),
+            bias: rng.halves(shape.out_c, 0.5),
+            channel_add: if extras {
+                rng.vec(shape.batch * shape.out_c)
+            } else {
+                Vec::new()
+            },
+            residual: if extras { rng.vec(out_len) } else { Vec::new() },
+            out_scale: if extras {
+                std::f32::consts::SQRT_2
+            } else {
+                1.0
+            },
+            reference: vec![0.0; out_len],
+        };
+        let mut reference = vec![0.0f32; out_len];
+        tinydiffusion::kernels::scalar::conv2d(&d.args(), &mut reference);
+        d.reference = reference;
+        d
+    }
+
+    fn args(&self) -> ConvArgs<'_> {
+        ConvArgs {
+            shape: self.shape,
+            in_a: &self.in_a,
+            in_b: &self.in_b,
+            weight: &self.weight,
+            bias: &self.bias,
+            channel_add: &self.channel_add,
+            residual: &self.residual,
+            out_scale: self.out_scale,
+        }
+    }
+
+    /// Runs `table`'s conv on a fresh NaN-filled output.
+    fn run(&self, table: &KernelTable, ex: &Exec<'_>) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.reference.len()];
+        (table.conv2d)(&self.args(), &mut out, ex);
+        out
+    }
+}
+
+/// The shape of a conv as the UNet builds it: `padding` all round, except stride 2 without
+/// padding, which pads one row and column at the end (diffusers' `(0, 1, 0, 1)`).
 #[allow(clippy::too_many_arguments)]
-fn conv_case(
-    rng: &mut Rng,
-    tables: &[&'static KernelTable],
-    pool: &ThreadPool,
+fn conv_shape(
     batch: usize,
     (in_h, in_w): (usize, usize),
     (ca, cb): (usize, usize),
@@ -109,75 +179,54 @@ fn conv_case(
     stride: usize,
     padding: usize,
     upsample: bool,
-    extras: bool,
-) {
+) -> ConvShape {
     let (vh, vw) = if upsample {
         (2 * in_h, 2 * in_w)
     } else {
         (in_h, in_w)
     };
     let extra = if stride == 2 && padding == 0 { 1 } else { 0 };
-    let out_h = (vh + 2 * padding + extra - kernel) / stride + 1;
-    let out_w = (vw + 2 * padding + extra - kernel) / stride + 1;
-    let shape = ConvShape {
+    ConvShape {
         batch,
         in_h,
         in_w,
         in_ca: ca,
         in_cb: cb,
         out_c,
-        out_h,
-        out_w,
+        out_h: (vh + 2 * padding + extra - kernel) / stride + 1,
+        out_w: (vw + 2 * padding + extra - kernel) / stride + 1,
         kernel,
         stride,
         pad_top: padding,
         pad_left: padding,
         upsample,
-    };
-    let cin = ca + cb;
-    let plain = rng.halves(
-        out_c * cin * kernel * kernel,
-        1.0 / ((cin * kernel * kernel) as f32).sqrt(),
-    );
-    let mut weight = vec![f16::ZERO; packed_len(out_c, cin, kernel)];
-    pack_weight(&plain, out_c, cin, kernel, &mut weight);
-    let in_a = rng.vec(batch * in_h * in_w * ca);
-    let in_b = rng.vec(batch * in_h * in_w * cb);
-    let bias = rng.halves(out_c, 0.5);
-    let out_len = batch * out_h * out_w * out_c;
-    let channel_add = if extras {
-        rng.vec(batch * out_c)
-    } else {
-        Vec::new()
-    };
-    let residual = if extras { rng.vec(out_len) } else { Vec::new() };
-    let args = ConvArgs {
-        shape,
-        in_a: &in_a,
-        in_b: &in_b,
-        weight: &weight,
-        bias: &bias,
-        channel_add: &channel_add,
-        residual: &residual,
-        out_scale: if extras {
-            std::f32::consts::SQRT_2
-        } else {
-            1.0
-        },
-    };
-    let mut reference = vec![0.0f32; out_len];
-    tinydiffusion::kernels::scalar::conv2d(&args, &mut reference);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_case(
+    rng: &mut Rng,
+    tables: &[&'static KernelTable],
+    pool: &ThreadPool,
+    batch: usize,
+    size: (usize, usize),
+    parts: (usize, usize),
+    out_c: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    upsample: bool,
+    extras: bool,
+) {
+    let shape = conv_shape(batch, size, parts, out_c, kernel, stride, padding, upsample);
+    let data = ConvData::new(rng, shape, extras);
     for t in tables {
-        let ours = both(pool, |ex| {
-            let mut out = vec![f32::NAN; out_len];
-            (t.conv2d)(&args, &mut out, ex);
-            out
-        });
+        let ours = both(pool, |ex| data.run(t, ex));
         check(
             &format!("conv {shape:?} extras={extras}"),
             t.path,
             ours,
-            &reference,
+            &data.reference,
             2e-6,
         );
     }
@@ -540,58 +589,14 @@ fn winograd_case(
     tables: &[&'static KernelTable],
     pool: &ThreadPool,
     batch: usize,
-    (in_h, in_w): (usize, usize),
-    (ca, cb): (usize, usize),
+    size: (usize, usize),
+    parts: (usize, usize),
     out_c: usize,
     upsample: bool,
     extras: bool,
 ) {
-    let (out_h, out_w) = if upsample {
-        (2 * in_h, 2 * in_w)
-    } else {
-        (in_h, in_w)
-    };
-    let shape = ConvShape {
-        batch,
-        in_h,
-        in_w,
-        in_ca: ca,
-        in_cb: cb,
-        out_c,
-        out_h,
-        out_w,
-        kernel: 3,
-        stride: 1,
-        pad_top: 1,
-        pad_left: 1,
-        upsample,
-    };
-    let cin = ca + cb;
-    let plain = rng.halves(out_c * cin * 9, 1.0 / ((cin * 9) as f32).sqrt());
-    let mut weight = vec![f16::ZERO; packed_len(out_c, cin, 3)];
-    pack_weight(&plain, out_c, cin, 3, &mut weight);
-    let in_a = rng.vec(batch * in_h * in_w * ca);
-    let in_b = rng.vec(batch * in_h * in_w * cb);
-    let bias = rng.halves(out_c, 0.5);
-    let out_len = batch * out_h * out_w * out_c;
-    let channel_add = if extras {
-        rng.vec(batch * out_c)
-    } else {
-        Vec::new()
-    };
-    let residual = if extras { rng.vec(out_len) } else { Vec::new() };
-    let args = ConvArgs {
-        shape,
-        in_a: &in_a,
-        in_b: &in_b,
-        weight: &weight,
-        bias: &bias,
-        channel_add: &channel_add,
-        residual: &residual,
-        out_scale: if extras { 2.0f32.sqrt() } else { 1.0 },
-    };
-    let mut reference = vec![0.0f32; out_len];
-    tinydiffusion::kernels::scalar::conv2d(&args, &mut reference);
+    let shape = conv_shape(batch, size, parts, out_c, 3, 1, 1, upsample);
+    let data = ConvData::new(rng, shape, extras);
     for t in tables {
         let layout = t.scratch_layout([shape]);
         assert_ne!(
@@ -599,13 +604,8 @@ fn winograd_case(
             ScratchLayout::DIRECT,
             "{shape:?}: no Winograd scratch planned"
         );
-        let run = |ex: &Exec<'_>| {
-            let mut out = vec![f32::NAN; out_len];
-            (t.conv2d)(&args, &mut out, ex);
-            out
-        };
-        let wino = both_with(pool, layout, run);
-        let direct = both(pool, run);
+        let wino = both_with(pool, layout, |ex| data.run(t, ex));
+        let direct = both(pool, |ex| data.run(t, ex));
         assert_ne!(
             wino.0,
             direct.0,
@@ -616,7 +616,7 @@ fn winograd_case(
             &format!("winograd conv {shape:?} extras={extras}"),
             t.path,
             wino,
-            &reference,
+            &data.reference,
             2e-5,
         );
     }
