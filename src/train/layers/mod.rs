@@ -26,10 +26,11 @@ pub mod embedding;
 pub mod gemm;
 pub mod group_norm;
 pub mod linear;
+pub mod vmath;
 
 /// `sum a[i] * b[i]` with eight independent accumulators (vectorisable; fixed order, so
 /// deterministic).
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -49,7 +50,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += alpha * x`.
-#[inline]
+#[inline(always)]
 pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
