@@ -52,25 +52,53 @@ pub struct ConvGrads<'a> {
     pub residual: &'a mut [f32],
 }
 
-/// Calls `f(tap, stored_input_pixel)` for every kernel tap of output pixel `(b, oy, ox)` that
-/// lands inside the input (padding taps contribute nothing).
-#[inline]
-fn for_each_tap(s: &ConvShape, b: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
-    let (vh, vw) = s.virtual_in();
-    let up = s.upsample as usize;
-    for ky in 0..s.kernel {
-        let iy = (oy * s.stride + ky) as isize - s.pad_top as isize;
-        if iy < 0 || iy >= vh as isize {
-            continue;
-        }
-        for kx in 0..s.kernel {
-            let ix = (ox * s.stride + kx) as isize - s.pad_left as isize;
-            if ix < 0 || ix >= vw as isize {
+/// The kernel taps of output pixel `(b, oy, ox)` that land inside the input (padding taps
+/// contribute nothing), as `(tap, stored_input_pixel)` in increasing tap order. An iterator
+/// rather than a callback, so the callers' loop bodies stay in the (AVX2-compiled) caller.
+struct Taps<'s> {
+    s: &'s ConvShape,
+    b: usize,
+    oy: usize,
+    ox: usize,
+    ky: usize,
+    kx: usize,
+}
+
+#[inline(always)]
+fn taps(s: &ConvShape, b: usize, oy: usize, ox: usize) -> Taps<'_> {
+    Taps {
+        s,
+        b,
+        oy,
+        ox,
+        ky: 0,
+        kx: 0,
+    }
+}
+
+impl Iterator for Taps<'_> {
+    type Item = (usize, usize);
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let s = self.s;
+        let (vh, vw) = s.virtual_in();
+        let up = s.upsample as usize;
+        while self.ky < s.kernel {
+            let (ky, kx) = (self.ky, self.kx);
+            self.kx += 1;
+            if self.kx == s.kernel {
+                self.kx = 0;
+                self.ky += 1;
+            }
+            let iy = (self.oy * s.stride + ky) as isize - s.pad_top as isize;
+            let ix = (self.ox * s.stride + kx) as isize - s.pad_left as isize;
+            if iy < 0 || iy >= vh as isize || ix < 0 || ix >= vw as isize {
                 continue;
             }
-            let src = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
-            f(ky * s.kernel + kx, src);
+            let src = (self.b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
+            return Some((ky * s.kernel + kx, src));
         }
+        None
     }
 }
 
@@ -87,11 +115,11 @@ pub fn scratch_len(s: &ConvShape) -> usize {
 /// Gathers the inputs of output pixels `start..start + rows` into `cols` (`[rows, k*k*in_c]`,
 /// `[tap][channel]` order, zeros in the padding), each value times `scale`: the "im2col" view
 /// under which the conv is `cols · W`.
+#[inline(always)]
 fn gather(a: &Conv<'_>, start: usize, rows: usize, scale: f32, cols: &mut [f32]) {
     let s = &a.shape;
     let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
     let kdim = s.kernel * s.kernel * cin;
-    cols[..rows * kdim].fill(0.0);
     for r in 0..rows {
         let pixel = start + r;
         let (b, oy, ox) = (
@@ -100,20 +128,52 @@ fn gather(a: &Conv<'_>, start: usize, rows: usize, scale: f32, cols: &mut [f32])
             pixel % s.out_w,
         );
         let row = &mut cols[r * kdim..(r + 1) * kdim];
-        for_each_tap(s, b, oy, ox, |tap, src| {
+        // Taps come in increasing order: the gaps between them are padding (zeros). A multiply
+        // even for `scale == 1` (exact): a plain copy loop would become a `memcpy` call, slow
+        // at these lengths (one channel vector per tap).
+        let mut next = 0;
+        for (tap, src) in taps(s, b, oy, ox) {
+            row[next * cin..tap * cin].fill(0.0);
             let dst = &mut row[tap * cin..(tap + 1) * cin];
-            for (d, x) in dst.iter_mut().zip(
-                a.in_a[src * ca..(src + 1) * ca]
-                    .iter()
-                    .chain(&a.in_b[src * cb..(src + 1) * cb]),
-            ) {
+            for (d, x) in dst[..ca].iter_mut().zip(&a.in_a[src * ca..(src + 1) * ca]) {
                 *d = x * scale;
             }
-        });
+            if cb > 0 {
+                for (d, x) in dst[ca..].iter_mut().zip(&a.in_b[src * cb..(src + 1) * cb]) {
+                    *d = x * scale;
+                }
+            }
+            next = tap + 1;
+        }
+        row[next * cin..].fill(0.0);
     }
 }
 
+/// Runs `$body` compiled with AVX2 and FMA where the CPU has them (the gather, scatter and
+/// elementwise loops then use 8-lane vectors; no FMA contraction, so the results are the same).
+macro_rules! avx2_dispatch {
+    ($name:ident ($($arg:ident : $ty:ty),*) $body:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            /// # Safety
+            /// the CPU has AVX2 and FMA; the body is safe code.
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn $name($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { $name($($arg),*) };
+        }
+        return $body($($arg),*);
+    };
+}
+
 pub fn forward(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) {
+    avx2_dispatch!(forward_avx2(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) forward_body);
+}
+
+#[inline(always)]
+fn forward_body(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) {
     let s = &a.shape;
     let co = s.out_c;
     let kdim = s.kernel * s.kernel * s.in_c();
@@ -159,6 +219,11 @@ pub fn forward(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) {
 }
 
 pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f32]) {
+    avx2_dispatch!(backward_avx2(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f32]) backward_body);
+}
+
+#[inline(always)]
+fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f32]) {
     let s = &a.shape;
     let (ca, cb, cin, co) = (s.in_ca, s.in_cb, s.in_c(), s.out_c);
     let kdim = s.kernel * s.kernel * cin;
@@ -244,7 +309,7 @@ pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f3
                     pixel % s.out_w,
                 );
                 let row = &dcols[r * kdim..(r + 1) * kdim];
-                for_each_tap(s, b, oy, ox, |tap, src| {
+                for (tap, src) in taps(s, b, oy, ox) {
                     let d = &row[tap * cin..(tap + 1) * cin];
                     if !da.is_empty() {
                         axpy(&mut da[src * ca..(src + 1) * ca], inv, &d[..ca]);
@@ -252,7 +317,7 @@ pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f3
                     if !db.is_empty() {
                         axpy(&mut db[src * cb..(src + 1) * cb], inv, &d[ca..]);
                     }
-                });
+                }
             }
         }
     }
