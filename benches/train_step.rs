@@ -38,6 +38,10 @@ fn bench(
     batch: usize,
     steps: usize,
 ) {
+    // `TRAIN_BENCH_ONLY=mnist` (or `tiny-rgb16`): one model only (e.g. under a profiler).
+    if std::env::var("TRAIN_BENCH_ONLY").is_ok_and(|only| only != name) {
+        return;
+    }
     let mut r = Stream::new(1, Purpose::Noise, 0);
     let n = 64;
     let images = (0..n * c * s * s)

@@ -21,10 +21,13 @@
 //! pixels whose input taps are gathered into rows (`cols`, "im2col", never for the whole map):
 //! forward `Y = cols · W`, weight gradient `dW += cols^T · dY`, input gradient
 //! `dcols = dY · W^T` scattered back (the scatter is what sums the four virtual pixels of an
-//! upsample and splits the concat).
+//! upsample and splits the concat). For stride 1 without upsampling (most convs) the input
+//! gradient is instead computed as a convolution of `dY` per tile of input pixels,
+//! `dX = gather_dy(dY) · W'` (`W'` is `[tap][out][in]`), which needs no scatter and gives the
+//! product a reduction of `k*k*out_c` instead of `out_c`.
 
 use super::axpy;
-use super::gemm::{gemm, Strided};
+use super::gemm::{gemm, with_scratch, Strided};
 use crate::kernels::ConvShape;
 
 /// One convolution's inputs (f32, HWIO weights). Optional inputs are empty slices.
@@ -149,6 +152,36 @@ fn gather(a: &Conv<'_>, start: usize, rows: usize, scale: f32, cols: &mut [f32])
     }
 }
 
+/// For a stride-1 conv without upsampling: gathers, for input pixels `start..start + rows`,
+/// the output gradients each input pixel fed (`[rows, k*k*out_c]`, `[tap][channel]` order,
+/// zeros where the output pixel would be outside the map), times `scale`. Input pixel `(iy, ix)`
+/// fed output pixel `(iy + pad_top - ky, ix + pad_left - kx)` through tap `(ky, kx)`.
+#[inline(always)]
+fn gather_dy(s: &ConvShape, dy: &[f32], start: usize, rows: usize, scale: f32, cols: &mut [f32]) {
+    let (co, k) = (s.out_c, s.kernel);
+    let kco = k * k * co;
+    for r in 0..rows {
+        let q = start + r;
+        let (b, iy, ix) = (q / (s.in_h * s.in_w), q / s.in_w % s.in_h, q % s.in_w);
+        let row = &mut cols[r * kco..(r + 1) * kco];
+        for ky in 0..k {
+            let oy = (iy + s.pad_top) as isize - ky as isize;
+            for kx in 0..k {
+                let ox = (ix + s.pad_left) as isize - kx as isize;
+                let dst = &mut row[(ky * k + kx) * co..(ky * k + kx + 1) * co];
+                if oy < 0 || oy >= s.out_h as isize || ox < 0 || ox >= s.out_w as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = ((b * s.out_h + oy as usize) * s.out_w + ox as usize) * co;
+                for (d, x) in dst.iter_mut().zip(&dy[src..src + co]) {
+                    *d = x * scale;
+                }
+            }
+        }
+    }
+}
+
 /// Runs `$body` compiled with AVX2 and FMA where the CPU has them (the gather, scatter and
 /// elementwise loops then use 8-lane vectors; no FMA contraction, so the results are the same).
 macro_rules! avx2_dispatch {
@@ -166,6 +199,61 @@ macro_rules! avx2_dispatch {
         }
         return $body($($arg),*);
     };
+}
+
+/// The input gradient of a stride-1 conv without upsampling, tile by tile of input pixels:
+/// `dX += gather_dy(dY) · W'` (`wt` is `W'`, `[tap][out_c][in_c]`).
+#[allow(clippy::too_many_arguments)]
+fn dx_pass(
+    s: &ConvShape,
+    d_out: &[f32],
+    inv: f32,
+    wt: &[f32],
+    da: &mut [f32],
+    db: &mut [f32],
+    dcols: &mut [f32],
+) {
+    avx2_dispatch!(dx_pass_avx2(s: &ConvShape, d_out: &[f32], inv: f32, wt: &[f32], da: &mut [f32], db: &mut [f32], dcols: &mut [f32]) dx_pass_body);
+}
+
+#[inline(always)]
+fn dx_pass_body(
+    s: &ConvShape,
+    d_out: &[f32],
+    inv: f32,
+    wt: &[f32],
+    da: &mut [f32],
+    db: &mut [f32],
+    dcols: &mut [f32],
+) {
+    let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
+    let kco = s.kernel * s.kernel * s.out_c;
+    let in_pixels = s.batch * s.in_h * s.in_w;
+    for start in (0..in_pixels).step_by(TILE) {
+        let rows = TILE.min(in_pixels - start);
+        gather_dy(s, d_out, start, rows, inv, dcols);
+        let ga = Strided {
+            data: dcols,
+            rs: kco,
+            cs: 1,
+        };
+        if !da.is_empty() {
+            gemm(rows, ca, kco, ga, wt, cin, &mut da[start * ca..], ca, true);
+        }
+        if !db.is_empty() && cb > 0 {
+            gemm(
+                rows,
+                cb,
+                kco,
+                ga,
+                &wt[ca..],
+                cin,
+                &mut db[start * cb..],
+                cb,
+                true,
+            );
+        }
+    }
 }
 
 pub fn forward(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) {
@@ -241,7 +329,20 @@ fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f
     let (cols, rest) = scratch.split_at_mut(TILE * kdim);
     let (dcols, wt) = rest.split_at_mut(TILE * kdim);
     let wt = &mut wt[..co * kdim];
-    if need_dx {
+    // Stride 1 without upsampling: dX is itself a convolution of dY (flipped kernel, transposed
+    // taps), run as gather + product per tile of *input* pixels; no scatter.
+    let dx_as_conv = need_dx && s.stride == 1 && !s.upsample;
+    let kk2 = s.kernel * s.kernel;
+    if dx_as_conv {
+        // [tap][out_c][in_c]: the B operand of dX = gather(dY) · W'.
+        for t in 0..kk2 {
+            for i in 0..cin {
+                for o in 0..co {
+                    wt[(t * co + o) * cin + i] = a.weight[(t * cin + i) * co + o];
+                }
+            }
+        }
+    } else if need_dx {
         // W^T: [out_c, k*k*in_c], so dX = dY · W^T is a plain row-major product.
         for kk in 0..kdim {
             for o in 0..co {
@@ -284,7 +385,7 @@ fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f
                 true,
             );
         }
-        if need_dx {
+        if need_dx && !dx_as_conv {
             // dcols = dY · W^T, then scattered back to the input pixels each column came from.
             gemm(
                 rows,
@@ -320,6 +421,11 @@ fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f
                 }
             }
         }
+    }
+    if dx_as_conv {
+        with_scratch(TILE * kk2 * co, |dcols| {
+            dx_pass(s, d_out, inv, wt, da, db, dcols)
+        });
     }
 }
 
