@@ -27,7 +27,7 @@
 //! product a reduction of `k*k*out_c` instead of `out_c`.
 
 use super::axpy;
-use super::gemm::{gemm, with_scratch, Strided};
+use super::gemm::{for_each_task, gemm, gemm_serial, with_scratch, SharedMut, Strided};
 use crate::kernels::ConvShape;
 
 /// One convolution's inputs (f32, HWIO weights). Optional inputs are empty slices.
@@ -201,107 +201,131 @@ macro_rules! avx2_dispatch {
     };
 }
 
-/// The input gradient of a stride-1 conv without upsampling, tile by tile of input pixels:
-/// `dX += gather_dy(dY) · W'` (`wt` is `W'`, `[tap][out_c][in_c]`).
+/// The input gradient of a stride-1 conv without upsampling, by tiles of input pixels (independent
+/// tasks, [`for_each_task`]): `dX += gather_dy(dY) · W'` (`wt` is `W'`, `[tap][out_c][in_c]`).
+fn dx_pass(s: &ConvShape, d_out: &[f32], inv: f32, wt: &[f32], da: &mut [f32], db: &mut [f32]) {
+    let in_pixels = s.batch * s.in_h * s.in_w;
+    let (ca, cb) = (s.in_ca, s.in_cb);
+    let kco = s.kernel * s.kernel * s.out_c;
+    let (da_len, db_len) = (da.len().min(in_pixels * ca), db.len().min(in_pixels * cb));
+    let (sa, sb) = (
+        SharedMut::new(&mut da[..da_len]),
+        SharedMut::new(&mut db[..db_len]),
+    );
+    for_each_task(in_pixels.div_ceil(TILE), &|t| {
+        let start = t * TILE;
+        let rows = TILE.min(in_pixels - start);
+        let ta: &mut [f32] = if da_len > 0 && ca > 0 {
+            // SAFETY: task `t` takes the gradient rows of input pixels `start..start + rows`
+            // only, disjoint between tasks.
+            unsafe { sa.slice(start * ca, rows * ca) }
+        } else {
+            &mut []
+        };
+        let tb: &mut [f32] = if db_len > 0 && cb > 0 {
+            // SAFETY: as for `ta`.
+            unsafe { sb.slice(start * cb, rows * cb) }
+        } else {
+            &mut []
+        };
+        with_scratch(TILE * kco, |dcols| {
+            dx_tile(s, d_out, inv, wt, start, rows, ta, tb, dcols)
+        });
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
-fn dx_pass(
+fn dx_tile(
     s: &ConvShape,
     d_out: &[f32],
     inv: f32,
     wt: &[f32],
+    start: usize,
+    rows: usize,
     da: &mut [f32],
     db: &mut [f32],
     dcols: &mut [f32],
 ) {
-    avx2_dispatch!(dx_pass_avx2(s: &ConvShape, d_out: &[f32], inv: f32, wt: &[f32], da: &mut [f32], db: &mut [f32], dcols: &mut [f32]) dx_pass_body);
+    avx2_dispatch!(dx_tile_avx2(s: &ConvShape, d_out: &[f32], inv: f32, wt: &[f32], start: usize, rows: usize, da: &mut [f32], db: &mut [f32], dcols: &mut [f32]) dx_tile_body);
 }
 
 #[inline(always)]
-fn dx_pass_body(
+#[allow(clippy::too_many_arguments)]
+fn dx_tile_body(
     s: &ConvShape,
     d_out: &[f32],
     inv: f32,
     wt: &[f32],
+    start: usize,
+    rows: usize,
     da: &mut [f32],
     db: &mut [f32],
     dcols: &mut [f32],
 ) {
     let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
     let kco = s.kernel * s.kernel * s.out_c;
-    let in_pixels = s.batch * s.in_h * s.in_w;
-    for start in (0..in_pixels).step_by(TILE) {
-        let rows = TILE.min(in_pixels - start);
-        gather_dy(s, d_out, start, rows, inv, dcols);
-        let ga = Strided {
-            data: dcols,
-            rs: kco,
-            cs: 1,
-        };
-        if !da.is_empty() {
-            gemm(rows, ca, kco, ga, wt, cin, &mut da[start * ca..], ca, true);
-        }
-        if !db.is_empty() && cb > 0 {
-            gemm(
-                rows,
-                cb,
-                kco,
-                ga,
-                &wt[ca..],
-                cin,
-                &mut db[start * cb..],
-                cb,
-                true,
-            );
-        }
+    gather_dy(s, d_out, start, rows, inv, dcols);
+    let ga = Strided {
+        data: dcols,
+        rs: kco,
+        cs: 1,
+    };
+    if !da.is_empty() {
+        gemm_serial(rows, ca, kco, ga, wt, cin, da, ca, true);
+    }
+    if !db.is_empty() {
+        gemm_serial(rows, cb, kco, ga, &wt[ca..], cin, db, cb, true);
     }
 }
 
-pub fn forward(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) {
-    avx2_dispatch!(forward_avx2(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) forward_body);
-}
-
-#[inline(always)]
-fn forward_body(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) {
+/// Forward. Tiles of output pixels are independent tasks ([`for_each_task`]), each gathering
+/// into its thread's buffer; `_scratch` is not used by the forward.
+pub fn forward(a: &Conv<'_>, out: &mut [f32], _scratch: &mut [f32]) {
     let s = &a.shape;
     let co = s.out_c;
     let kdim = s.kernel * s.kernel * s.in_c();
     let pixels = s.batch * s.out_h * s.out_w;
-    let cols = &mut scratch[..TILE * kdim];
-    for start in (0..pixels).step_by(TILE) {
+    let shared = SharedMut::new(&mut out[..pixels * co]);
+    for_each_task(pixels.div_ceil(TILE), &|t| {
+        let start = t * TILE;
         let rows = TILE.min(pixels - start);
-        let tile = &mut out[start * co..(start + rows) * co];
-        // Bias, time-embedding channel add and residual first; the conv accumulates on top.
-        for (r, acc) in tile.chunks_exact_mut(co).enumerate() {
-            let pixel = start + r;
-            acc.copy_from_slice(&a.bias[..co]);
-            if !a.channel_add.is_empty() {
-                let b = pixel / (s.out_h * s.out_w);
-                axpy(acc, 1.0, &a.channel_add[b * co..(b + 1) * co]);
-            }
-            if !a.residual.is_empty() {
-                axpy(acc, 1.0, &a.residual[pixel * co..(pixel + 1) * co]);
-            }
+        // SAFETY: task `t` takes output rows `start..start + rows` only, disjoint between tasks.
+        let tile = unsafe { shared.slice(start * co, rows * co) };
+        with_scratch(TILE * kdim, |cols| forward_tile(a, start, rows, tile, cols));
+    });
+}
+
+fn forward_tile(a: &Conv<'_>, start: usize, rows: usize, tile: &mut [f32], cols: &mut [f32]) {
+    avx2_dispatch!(forward_tile_avx2(a: &Conv<'_>, start: usize, rows: usize, tile: &mut [f32], cols: &mut [f32]) forward_tile_body);
+}
+
+#[inline(always)]
+fn forward_tile_body(a: &Conv<'_>, start: usize, rows: usize, tile: &mut [f32], cols: &mut [f32]) {
+    let s = &a.shape;
+    let co = s.out_c;
+    let kdim = s.kernel * s.kernel * s.in_c();
+    // Bias, time-embedding channel add and residual first; the conv accumulates on top.
+    for (r, acc) in tile.chunks_exact_mut(co).enumerate() {
+        let pixel = start + r;
+        acc.copy_from_slice(&a.bias[..co]);
+        if !a.channel_add.is_empty() {
+            let b = pixel / (s.out_h * s.out_w);
+            axpy(acc, 1.0, &a.channel_add[b * co..(b + 1) * co]);
         }
-        gather(a, start, rows, 1.0, cols);
-        gemm(
-            rows,
-            co,
-            kdim,
-            Strided {
-                data: cols,
-                rs: kdim,
-                cs: 1,
-            },
-            a.weight,
-            co,
-            tile,
-            co,
-            true,
-        );
-        if a.out_scale != 1.0 {
-            for o in tile.iter_mut() {
-                *o /= a.out_scale;
-            }
+        if !a.residual.is_empty() {
+            axpy(acc, 1.0, &a.residual[pixel * co..(pixel + 1) * co]);
+        }
+    }
+    gather(a, start, rows, 1.0, cols);
+    let x = Strided {
+        data: cols,
+        rs: kdim,
+        cs: 1,
+    };
+    gemm_serial(rows, co, kdim, x, a.weight, co, tile, co, true);
+    if a.out_scale != 1.0 {
+        for o in tile.iter_mut() {
+            *o /= a.out_scale;
         }
     }
 }
@@ -423,9 +447,7 @@ fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f
         }
     }
     if dx_as_conv {
-        with_scratch(TILE * kk2 * co, |dcols| {
-            dx_pass(s, d_out, inv, wt, da, db, dcols)
-        });
+        dx_pass(s, d_out, inv, wt, da, db);
     }
 }
 

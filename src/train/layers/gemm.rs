@@ -54,6 +54,75 @@ pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Calls `f(task)` for every task in `0..tasks` on the team (where [`set_threads`] installed
+/// one; in order on the calling thread otherwise) and returns when all are done. For coarse,
+/// independent work (a conv's pixel tiles, an attention's heads): a task's result must not
+/// depend on which thread runs it, so results stay the same for any thread count. Inside a
+/// task, use [`gemm_serial`] (the team is busy with the tasks themselves).
+pub fn for_each_task(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    match TEAM.get() {
+        Some(team) if tasks > 1 => team.run(tasks, &|t, _| f(t)),
+        _ => (0..tasks).for_each(f),
+    }
+}
+
+/// [`gemm`] on the calling thread only.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm_rows(m, n, k, a, b, ldb, c, ldc, accumulate)
+}
+
+/// A mutable buffer that tasks of one [`for_each_task`] call slice into disjoint parts.
+#[derive(Clone, Copy)]
+pub struct SharedMut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _buf: core::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a plain address and length; every `slice` call site documents why the parts that
+// concurrent tasks take are disjoint.
+unsafe impl Sync for SharedMut<'_> {}
+// SAFETY: as above.
+unsafe impl Send for SharedMut<'_> {}
+
+impl<'a> SharedMut<'a> {
+    /// Borrows `buf` for the tasks.
+    pub fn new(buf: &'a mut [f32]) -> SharedMut<'a> {
+        SharedMut {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            _buf: core::marker::PhantomData,
+        }
+    }
+    /// `buf[start..start + len]`.
+    ///
+    /// # Safety
+    /// no two slices taken from one `SharedMut` and alive at the same time overlap.
+    pub unsafe fn slice(self, start: usize, len: usize) -> &'a mut [f32] {
+        assert!(
+            start <= self.len && len <= self.len - start,
+            "slice out of range"
+        );
+        // SAFETY: in bounds (asserted), inside a buffer mutably borrowed for `'a`; exclusive
+        // per the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
 /// Below this many multiply-adds a product runs on the calling thread: waking the team costs
 /// more than it saves.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
