@@ -21,6 +21,7 @@
 
 use alloc::vec;
 
+use super::gemm::{for_each_task, SharedMut};
 use super::vmath;
 /// One GroupNorm's inputs.
 pub struct GroupNorm<'a> {
@@ -78,25 +79,42 @@ fn fold_groups(per_channel: &[f64], cpg: usize, per_group: &mut [f64]) {
 }
 
 /// `out = [silu](GroupNorm(x))`; `saved` receives `[batch, groups, (mean, rstd)]`.
+/// Samples are independent tasks ([`for_each_task`]).
 pub fn forward(a: &GroupNorm<'_>, out: &mut [f32], saved: &mut [f32]) {
+    let (on, sn) = (a.pixels * a.channels(), saved_len(a.groups));
+    let (so, ss) = (
+        SharedMut::new(&mut out[..a.batch * on]),
+        SharedMut::new(&mut saved[..a.batch * sn]),
+    );
+    for_each_task(a.batch, &|b| {
+        // SAFETY: task `b` takes sample `b`'s output only, disjoint between tasks.
+        let ob = unsafe { so.slice(b * on, on) };
+        // SAFETY: as above, for sample `b`'s statistics.
+        let sb = unsafe { ss.slice(b * sn, sn) };
+        forward_sample(a, b, ob, sb);
+    });
+}
+
+/// [`forward`] of sample `b` (`out` and `saved` are that sample's parts).
+fn forward_sample(a: &GroupNorm<'_>, b: usize, out: &mut [f32], saved: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { forward_avx2(a, out, saved) };
+        return unsafe { forward_avx2(a, b, out, saved) };
     }
-    forward_body(a, out, saved)
+    forward_body(a, b, out, saved)
 }
 
 /// # Safety
 /// the CPU has AVX2 and FMA; the body is safe code.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn forward_avx2(a: &GroupNorm<'_>, out: &mut [f32], saved: &mut [f32]) {
-    forward_body(a, out, saved)
+unsafe fn forward_avx2(a: &GroupNorm<'_>, b: usize, out: &mut [f32], saved: &mut [f32]) {
+    forward_body(a, b, out, saved)
 }
 
 #[inline(always)]
-fn forward_body(a: &GroupNorm<'_>, out: &mut [f32], saved: &mut [f32]) {
+fn forward_body(a: &GroupNorm<'_>, b: usize, out: &mut [f32], saved: &mut [f32]) {
     let c = a.channels();
     let cpg = c / a.groups;
     let cu = cpg * a.groups;
@@ -106,7 +124,7 @@ fn forward_body(a: &GroupNorm<'_>, out: &mut [f32], saved: &mut [f32]) {
     let mut group = vec![0.0f64; a.groups];
     let mut mean_f = vec![0.0f32; cu];
     let mut scale = vec![0.0f32; cu];
-    for b in 0..a.batch {
+    {
         let pixels = b * a.pixels..(b + 1) * a.pixels;
         acc.fill(0.0);
         for pix in pixels.clone() {
@@ -135,15 +153,16 @@ fn forward_body(a: &GroupNorm<'_>, out: &mut [f32], saved: &mut [f32]) {
             let mean = mean_c[g * cpg];
             let rstd = 1.0 / libm::sqrt(var / count + a.eps as f64);
             let (mean, rstd) = (mean as f32, rstd as f32);
-            saved[(b * a.groups + g) * 2] = mean;
-            saved[(b * a.groups + g) * 2 + 1] = rstd;
+            saved[g * 2] = mean;
+            saved[g * 2 + 1] = rstd;
             for ch in g * cpg..(g + 1) * cpg {
                 mean_f[ch] = mean;
                 scale[ch] = rstd * a.gamma[ch];
             }
         }
         for pix in pixels {
-            let row = &mut out[pix * c..(pix + 1) * c];
+            let q = pix - b * a.pixels;
+            let row = &mut out[q * c..(q + 1) * c];
             parts(a, pix, cu, |c0, xs| {
                 let r = c0..c0 + xs.len();
                 for ((((o, x), m), sc), be) in row[r.clone()]
@@ -158,24 +177,100 @@ fn forward_body(a: &GroupNorm<'_>, out: &mut [f32], saved: &mut [f32]) {
             });
         }
         if a.silu && cu == c {
-            vmath::silu_in_place(&mut out[b * a.pixels * c..(b + 1) * a.pixels * c]);
+            vmath::silu_in_place(&mut out[..a.pixels * c]);
         } else if a.silu {
             for pix in b * a.pixels..(b + 1) * a.pixels {
-                vmath::silu_in_place(&mut out[pix * c..pix * c + cu]);
+                let q = pix - b * a.pixels;
+                vmath::silu_in_place(&mut out[q * c..q * c + cu]);
             }
         }
     }
 }
 
 /// Backward. `d_out` is consumed: pass 1 overwrites it with the gradient of the
-/// pre-activation `y` (so SiLU's derivative is evaluated once per element).
+/// pre-activation `y` (so SiLU's derivative is evaluated once per element). Samples are
+/// independent tasks ([`for_each_task`]); each sums its own `dgamma`, `dbeta`, added to the
+/// gradients afterwards in sample order (the same sums for any thread count).
 pub fn backward(a: &GroupNorm<'_>, saved: &[f32], d_out: &mut [f32], g: GroupNormGrads<'_>) {
+    let c = a.channels();
+    let (on, sn) = (a.pixels * c, saved_len(a.groups));
+    let (an, bn) = (a.pixels * a.in_ca, a.pixels * a.in_cb);
+    let GroupNormGrads {
+        in_a: da,
+        in_b: db,
+        gamma: dgamma,
+        beta: dbeta,
+    } = g;
+    let (need_da, need_db) = (!da.is_empty() && an > 0, !db.is_empty() && bn > 0);
+    let (need_g, need_b) = (!dgamma.is_empty(), !dbeta.is_empty());
+    let mut partial = vec![0.0f32; a.batch * 2 * c];
+    let sd = SharedMut::new(&mut d_out[..a.batch * on]);
+    let sa = SharedMut::new(if need_da {
+        &mut da[..a.batch * an]
+    } else {
+        &mut []
+    });
+    let sb = SharedMut::new(if need_db {
+        &mut db[..a.batch * bn]
+    } else {
+        &mut []
+    });
+    let sp = SharedMut::new(&mut partial);
+    for_each_task(a.batch, &|b| {
+        // SAFETY (each slice below): task `b` takes sample `b`'s part only, disjoint between
+        // tasks.
+        let dob = unsafe { sd.slice(b * on, on) };
+        // SAFETY: as above.
+        let dab: &mut [f32] = if need_da {
+            unsafe { sa.slice(b * an, an) }
+        } else {
+            &mut []
+        };
+        // SAFETY: as above.
+        let dbb: &mut [f32] = if need_db {
+            unsafe { sb.slice(b * bn, bn) }
+        } else {
+            &mut []
+        };
+        // SAFETY: as above.
+        let pb = unsafe { sp.slice(b * 2 * c, 2 * c) };
+        let (pg, pbeta) = pb.split_at_mut(c);
+        let grads = GroupNormGrads {
+            in_a: dab,
+            in_b: dbb,
+            gamma: if need_g { pg } else { &mut [] },
+            beta: if need_b { pbeta } else { &mut [] },
+        };
+        backward_sample(a, b, &saved[b * sn..(b + 1) * sn], dob, grads);
+    });
+    for pb in partial.chunks_exact(2 * c) {
+        if need_g {
+            for (d, p) in dgamma[..c].iter_mut().zip(&pb[..c]) {
+                *d += p;
+            }
+        }
+        if need_b {
+            for (d, p) in dbeta[..c].iter_mut().zip(&pb[c..]) {
+                *d += p;
+            }
+        }
+    }
+}
+
+/// [`backward`] of sample `b` (`saved`, `d_out` and the input gradients are that sample's).
+fn backward_sample(
+    a: &GroupNorm<'_>,
+    b: usize,
+    saved: &[f32],
+    d_out: &mut [f32],
+    g: GroupNormGrads<'_>,
+) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { backward_avx2(a, saved, d_out, g) };
+        return unsafe { backward_avx2(a, b, saved, d_out, g) };
     }
-    backward_body(a, saved, d_out, g)
+    backward_body(a, b, saved, d_out, g)
 }
 
 /// # Safety
@@ -184,15 +279,22 @@ pub fn backward(a: &GroupNorm<'_>, saved: &[f32], d_out: &mut [f32], g: GroupNor
 #[target_feature(enable = "avx2,fma")]
 unsafe fn backward_avx2(
     a: &GroupNorm<'_>,
+    b: usize,
     saved: &[f32],
     d_out: &mut [f32],
     g: GroupNormGrads<'_>,
 ) {
-    backward_body(a, saved, d_out, g)
+    backward_body(a, b, saved, d_out, g)
 }
 
 #[inline(always)]
-fn backward_body(a: &GroupNorm<'_>, saved: &[f32], d_out: &mut [f32], g: GroupNormGrads<'_>) {
+fn backward_body(
+    a: &GroupNorm<'_>,
+    b: usize,
+    saved: &[f32],
+    d_out: &mut [f32],
+    g: GroupNormGrads<'_>,
+) {
     let c = a.channels();
     let cpg = c / a.groups;
     let cu = cpg * a.groups;
@@ -213,9 +315,10 @@ fn backward_body(a: &GroupNorm<'_>, saved: &[f32], d_out: &mut [f32], g: GroupNo
     let mut group = vec![0.0f64; a.groups];
     let mut m1 = vec![0.0f32; cu];
     let mut m2 = vec![0.0f32; cu];
-    for b in 0..a.batch {
+    let base = b * a.pixels;
+    {
         for ch in 0..cu {
-            let grp = b * a.groups + ch / cpg;
+            let grp = ch / cpg;
             mean[ch] = saved[grp * 2];
             rstd[ch] = saved[grp * 2 + 1];
         }
@@ -235,7 +338,7 @@ fn backward_body(a: &GroupNorm<'_>, saved: &[f32], d_out: &mut [f32], g: GroupNo
                     *xh = (x - m) * rs;
                 }
             });
-            let dy = &mut d_out[pix * c..pix * c + cu];
+            let dy = &mut d_out[(pix - base) * c..(pix - base) * c + cu];
             if a.silu {
                 for (((yv, xh), ga), be) in y.iter_mut().zip(&xhat).zip(a.gamma).zip(a.beta) {
                     *yv = xh * ga + be;
@@ -274,7 +377,7 @@ fn backward_body(a: &GroupNorm<'_>, saved: &[f32], d_out: &mut [f32], g: GroupNo
         }
         // Pass 2: input gradient.
         for pix in b * a.pixels..(b + 1) * a.pixels {
-            let dy = &d_out[pix * c..pix * c + cu];
+            let dy = &d_out[(pix - base) * c..(pix - base) * c + cu];
             for (c0, dst) in [(0, &mut *da), (ca, &mut *db)] {
                 let n = if c0 == 0 {
                     ca.min(cu)
@@ -287,7 +390,8 @@ fn backward_body(a: &GroupNorm<'_>, saved: &[f32], d_out: &mut [f32], g: GroupNo
                 }
                 let xs = if c0 == 0 { a.in_a } else { a.in_b };
                 let r = c0..c0 + n;
-                for ((((((d, x), dyv), ga), m), rs), (mm1, mm2)) in dst[pix * ld..pix * ld + n]
+                for ((((((d, x), dyv), ga), m), rs), (mm1, mm2)) in dst
+                    [(pix - base) * ld..(pix - base) * ld + n]
                     .iter_mut()
                     .zip(&xs[pix * ld..pix * ld + n])
                     .zip(&dy[r.clone()])
