@@ -8,7 +8,9 @@
 //!
 //! Threads: [`set_threads`] installs a process-wide team; a large product is then split into
 //! bands of rows of `C`, one task each. Every element of `C` is still summed by one thread in
-//! the same order, so the result does not depend on the thread count (bit for bit).
+//! the same order, so the result does not depend on the thread count (bit for bit). Layers with
+//! coarser independent work (pixel tiles, samples) run it through [`for_each_task`] and call
+//! [`gemm_serial`] inside.
 
 use std::sync::OnceLock;
 
