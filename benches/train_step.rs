@@ -4,7 +4,8 @@
 //! Reports wall time and the thread's CPU time (Linux `/proc/thread-self/schedstat`), which
 //! stays meaningful on a shared, loaded machine.
 //!
-//! `cargo bench --features train --bench train_step [-- STEPS]`
+//! `cargo bench --features train --bench train_step [-- [STEPS] [--threads N]]` (default 1
+//! thread; `--threads N` installs the trainer's team as `train --threads N` does).
 
 use std::time::Instant;
 
@@ -37,6 +38,10 @@ fn bench(
     batch: usize,
     steps: usize,
 ) {
+    // `TRAIN_BENCH_ONLY=mnist` (or `tiny-rgb16`): one model only (e.g. under a profiler).
+    if std::env::var("TRAIN_BENCH_ONLY").is_ok_and(|only| only != name) {
+        return;
+    }
     let mut r = Stream::new(1, Purpose::Noise, 0);
     let n = 64;
     let images = (0..n * c * s * s)
@@ -78,10 +83,21 @@ fn bench(
 }
 
 fn main() {
-    let steps: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(9);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut steps = 9;
+    let mut threads = 1;
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--threads" {
+            threads = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(1);
+            i += 1;
+        } else if let Ok(v) = args[i].parse() {
+            steps = v;
+        }
+        i += 1;
+    }
+    tinydiffusion::train::layers::gemm::set_threads(threads).expect("thread team");
+    println!("{threads} thread(s)");
     let rgb16 = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/tiny-rgb16/config.json"

@@ -16,16 +16,25 @@ pub fn silu_grad(x: f32) -> f32 {
     s * (1.0 + x * (1.0 - s))
 }
 
-/// `out = silu(x)` elementwise.
+/// `out = silu(x)` elementwise (vectorised, [`super::vmath::silu`]).
 pub fn forward(x: &[f32], out: &mut [f32]) {
-    for (o, v) in out.iter_mut().zip(x) {
-        *o = silu(*v);
-    }
+    super::vmath::silu(x, out);
 }
 
-/// `d_x += d_out * silu'(x)`.
+/// `d_x += d_out * silu'(x)` (vectorised, [`super::vmath::mul_silu_grad`]).
 pub fn backward(x: &[f32], d_out: &[f32], d_x: &mut [f32]) {
-    for ((d, v), g) in d_x.iter_mut().zip(x).zip(d_out) {
-        *d += g * silu_grad(*v);
+    const CHUNK: usize = 256;
+    let mut buf = [0.0f32; CHUNK];
+    for ((xs, gs), ds) in x
+        .chunks(CHUNK)
+        .zip(d_out.chunks(CHUNK))
+        .zip(d_x.chunks_mut(CHUNK))
+    {
+        let n = xs.len().min(gs.len()).min(ds.len());
+        buf[..n].copy_from_slice(&gs[..n]);
+        super::vmath::mul_silu_grad(&xs[..n], &mut buf[..n]);
+        for (d, g) in ds[..n].iter_mut().zip(&buf[..n]) {
+            *d += g;
+        }
     }
 }

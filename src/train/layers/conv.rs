@@ -21,10 +21,13 @@
 //! pixels whose input taps are gathered into rows (`cols`, "im2col", never for the whole map):
 //! forward `Y = cols · W`, weight gradient `dW += cols^T · dY`, input gradient
 //! `dcols = dY · W^T` scattered back (the scatter is what sums the four virtual pixels of an
-//! upsample and splits the concat).
+//! upsample and splits the concat). For stride 1 without upsampling (most convs) the input
+//! gradient is instead computed as a convolution of `dY` per tile of input pixels,
+//! `dX = gather_dy(dY) · W'` (`W'` is `[tap][out][in]`), which needs no scatter and gives the
+//! product a reduction of `k*k*out_c` instead of `out_c`.
 
 use super::axpy;
-use super::gemm::{gemm, Strided};
+use super::gemm::{for_each_task, gemm, gemm_serial, with_scratch, SharedMut, Strided};
 use crate::kernels::ConvShape;
 
 /// One convolution's inputs (f32, HWIO weights). Optional inputs are empty slices.
@@ -52,25 +55,53 @@ pub struct ConvGrads<'a> {
     pub residual: &'a mut [f32],
 }
 
-/// Calls `f(tap, stored_input_pixel)` for every kernel tap of output pixel `(b, oy, ox)` that
-/// lands inside the input (padding taps contribute nothing).
-#[inline]
-fn for_each_tap(s: &ConvShape, b: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
-    let (vh, vw) = s.virtual_in();
-    let up = s.upsample as usize;
-    for ky in 0..s.kernel {
-        let iy = (oy * s.stride + ky) as isize - s.pad_top as isize;
-        if iy < 0 || iy >= vh as isize {
-            continue;
-        }
-        for kx in 0..s.kernel {
-            let ix = (ox * s.stride + kx) as isize - s.pad_left as isize;
-            if ix < 0 || ix >= vw as isize {
+/// The kernel taps of output pixel `(b, oy, ox)` that land inside the input (padding taps
+/// contribute nothing), as `(tap, stored_input_pixel)` in increasing tap order. An iterator
+/// rather than a callback, so the callers' loop bodies stay in the (AVX2-compiled) caller.
+struct Taps<'s> {
+    s: &'s ConvShape,
+    b: usize,
+    oy: usize,
+    ox: usize,
+    ky: usize,
+    kx: usize,
+}
+
+#[inline(always)]
+fn taps(s: &ConvShape, b: usize, oy: usize, ox: usize) -> Taps<'_> {
+    Taps {
+        s,
+        b,
+        oy,
+        ox,
+        ky: 0,
+        kx: 0,
+    }
+}
+
+impl Iterator for Taps<'_> {
+    type Item = (usize, usize);
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let s = self.s;
+        let (vh, vw) = s.virtual_in();
+        let up = s.upsample as usize;
+        while self.ky < s.kernel {
+            let (ky, kx) = (self.ky, self.kx);
+            self.kx += 1;
+            if self.kx == s.kernel {
+                self.kx = 0;
+                self.ky += 1;
+            }
+            let iy = (self.oy * s.stride + ky) as isize - s.pad_top as isize;
+            let ix = (self.ox * s.stride + kx) as isize - s.pad_left as isize;
+            if iy < 0 || iy >= vh as isize || ix < 0 || ix >= vw as isize {
                 continue;
             }
-            let src = (b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
-            f(ky * s.kernel + kx, src);
+            let src = (self.b * s.in_h + (iy as usize >> up)) * s.in_w + (ix as usize >> up);
+            return Some((ky * s.kernel + kx, src));
         }
+        None
     }
 }
 
@@ -87,11 +118,11 @@ pub fn scratch_len(s: &ConvShape) -> usize {
 /// Gathers the inputs of output pixels `start..start + rows` into `cols` (`[rows, k*k*in_c]`,
 /// `[tap][channel]` order, zeros in the padding), each value times `scale`: the "im2col" view
 /// under which the conv is `cols · W`.
+#[inline(always)]
 fn gather(a: &Conv<'_>, start: usize, rows: usize, scale: f32, cols: &mut [f32]) {
     let s = &a.shape;
     let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
     let kdim = s.kernel * s.kernel * cin;
-    cols[..rows * kdim].fill(0.0);
     for r in 0..rows {
         let pixel = start + r;
         let (b, oy, ox) = (
@@ -100,65 +131,211 @@ fn gather(a: &Conv<'_>, start: usize, rows: usize, scale: f32, cols: &mut [f32])
             pixel % s.out_w,
         );
         let row = &mut cols[r * kdim..(r + 1) * kdim];
-        for_each_tap(s, b, oy, ox, |tap, src| {
+        // Taps come in increasing order: the gaps between them are padding (zeros). A multiply
+        // even for `scale == 1` (exact): a plain copy loop would become a `memcpy` call, slow
+        // at these lengths (one channel vector per tap).
+        let mut next = 0;
+        for (tap, src) in taps(s, b, oy, ox) {
+            row[next * cin..tap * cin].fill(0.0);
             let dst = &mut row[tap * cin..(tap + 1) * cin];
-            for (d, x) in dst.iter_mut().zip(
-                a.in_a[src * ca..(src + 1) * ca]
-                    .iter()
-                    .chain(&a.in_b[src * cb..(src + 1) * cb]),
-            ) {
+            for (d, x) in dst[..ca].iter_mut().zip(&a.in_a[src * ca..(src + 1) * ca]) {
                 *d = x * scale;
             }
-        });
+            if cb > 0 {
+                for (d, x) in dst[ca..].iter_mut().zip(&a.in_b[src * cb..(src + 1) * cb]) {
+                    *d = x * scale;
+                }
+            }
+            next = tap + 1;
+        }
+        row[next * cin..].fill(0.0);
     }
 }
 
-pub fn forward(a: &Conv<'_>, out: &mut [f32], scratch: &mut [f32]) {
+/// For a stride-1 conv without upsampling: gathers, for input pixels `start..start + rows`,
+/// the output gradients each input pixel fed (`[rows, k*k*out_c]`, `[tap][channel]` order,
+/// zeros where the output pixel would be outside the map), times `scale`. Input pixel `(iy, ix)`
+/// fed output pixel `(iy + pad_top - ky, ix + pad_left - kx)` through tap `(ky, kx)`.
+#[inline(always)]
+fn gather_dy(s: &ConvShape, dy: &[f32], start: usize, rows: usize, scale: f32, cols: &mut [f32]) {
+    let (co, k) = (s.out_c, s.kernel);
+    let kco = k * k * co;
+    for r in 0..rows {
+        let q = start + r;
+        let (b, iy, ix) = (q / (s.in_h * s.in_w), q / s.in_w % s.in_h, q % s.in_w);
+        let row = &mut cols[r * kco..(r + 1) * kco];
+        for ky in 0..k {
+            let oy = (iy + s.pad_top) as isize - ky as isize;
+            for kx in 0..k {
+                let ox = (ix + s.pad_left) as isize - kx as isize;
+                let dst = &mut row[(ky * k + kx) * co..(ky * k + kx + 1) * co];
+                if oy < 0 || oy >= s.out_h as isize || ox < 0 || ox >= s.out_w as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = ((b * s.out_h + oy as usize) * s.out_w + ox as usize) * co;
+                for (d, x) in dst.iter_mut().zip(&dy[src..src + co]) {
+                    *d = x * scale;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `$body` compiled with AVX2 and FMA where the CPU has them (the gather, scatter and
+/// elementwise loops then use 8-lane vectors; no FMA contraction, so the results are the same).
+macro_rules! avx2_dispatch {
+    ($name:ident ($($arg:ident : $ty:ty),*) $body:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            /// # Safety
+            /// the CPU has AVX2 and FMA; the body is safe code.
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn $name($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { $name($($arg),*) };
+        }
+        return $body($($arg),*);
+    };
+}
+
+/// The input gradient of a stride-1 conv without upsampling, by tiles of input pixels (independent
+/// tasks, [`for_each_task`]): `dX += gather_dy(dY) · W'` (`wt` is `W'`, `[tap][out_c][in_c]`).
+fn dx_pass(s: &ConvShape, d_out: &[f32], inv: f32, wt: &[f32], da: &mut [f32], db: &mut [f32]) {
+    let in_pixels = s.batch * s.in_h * s.in_w;
+    let (ca, cb) = (s.in_ca, s.in_cb);
+    let kco = s.kernel * s.kernel * s.out_c;
+    let (da_len, db_len) = (da.len().min(in_pixels * ca), db.len().min(in_pixels * cb));
+    let (sa, sb) = (
+        SharedMut::new(&mut da[..da_len]),
+        SharedMut::new(&mut db[..db_len]),
+    );
+    for_each_task(in_pixels.div_ceil(TILE), &|t| {
+        let start = t * TILE;
+        let rows = TILE.min(in_pixels - start);
+        let ta: &mut [f32] = if da_len > 0 && ca > 0 {
+            // SAFETY: task `t` takes the gradient rows of input pixels `start..start + rows`
+            // only, disjoint between tasks.
+            unsafe { sa.slice(start * ca, rows * ca) }
+        } else {
+            &mut []
+        };
+        let tb: &mut [f32] = if db_len > 0 && cb > 0 {
+            // SAFETY: as for `ta`.
+            unsafe { sb.slice(start * cb, rows * cb) }
+        } else {
+            &mut []
+        };
+        with_scratch(TILE * kco, |dcols| {
+            dx_tile(s, d_out, inv, wt, start, rows, ta, tb, dcols)
+        });
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dx_tile(
+    s: &ConvShape,
+    d_out: &[f32],
+    inv: f32,
+    wt: &[f32],
+    start: usize,
+    rows: usize,
+    da: &mut [f32],
+    db: &mut [f32],
+    dcols: &mut [f32],
+) {
+    avx2_dispatch!(dx_tile_avx2(s: &ConvShape, d_out: &[f32], inv: f32, wt: &[f32], start: usize, rows: usize, da: &mut [f32], db: &mut [f32], dcols: &mut [f32]) dx_tile_body);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dx_tile_body(
+    s: &ConvShape,
+    d_out: &[f32],
+    inv: f32,
+    wt: &[f32],
+    start: usize,
+    rows: usize,
+    da: &mut [f32],
+    db: &mut [f32],
+    dcols: &mut [f32],
+) {
+    let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
+    let kco = s.kernel * s.kernel * s.out_c;
+    gather_dy(s, d_out, start, rows, inv, dcols);
+    let ga = Strided {
+        data: dcols,
+        rs: kco,
+        cs: 1,
+    };
+    if !da.is_empty() {
+        gemm_serial(rows, ca, kco, ga, wt, cin, da, ca, true);
+    }
+    if !db.is_empty() {
+        gemm_serial(rows, cb, kco, ga, &wt[ca..], cin, db, cb, true);
+    }
+}
+
+/// Forward. Tiles of output pixels are independent tasks ([`for_each_task`]), each gathering
+/// into its thread's buffer; `_scratch` is not used by the forward.
+pub fn forward(a: &Conv<'_>, out: &mut [f32], _scratch: &mut [f32]) {
     let s = &a.shape;
     let co = s.out_c;
     let kdim = s.kernel * s.kernel * s.in_c();
     let pixels = s.batch * s.out_h * s.out_w;
-    let cols = &mut scratch[..TILE * kdim];
-    for start in (0..pixels).step_by(TILE) {
+    let shared = SharedMut::new(&mut out[..pixels * co]);
+    for_each_task(pixels.div_ceil(TILE), &|t| {
+        let start = t * TILE;
         let rows = TILE.min(pixels - start);
-        let tile = &mut out[start * co..(start + rows) * co];
-        // Bias, time-embedding channel add and residual first; the conv accumulates on top.
-        for (r, acc) in tile.chunks_exact_mut(co).enumerate() {
-            let pixel = start + r;
-            acc.copy_from_slice(&a.bias[..co]);
-            if !a.channel_add.is_empty() {
-                let b = pixel / (s.out_h * s.out_w);
-                axpy(acc, 1.0, &a.channel_add[b * co..(b + 1) * co]);
-            }
-            if !a.residual.is_empty() {
-                axpy(acc, 1.0, &a.residual[pixel * co..(pixel + 1) * co]);
-            }
+        // SAFETY: task `t` takes output rows `start..start + rows` only, disjoint between tasks.
+        let tile = unsafe { shared.slice(start * co, rows * co) };
+        with_scratch(TILE * kdim, |cols| forward_tile(a, start, rows, tile, cols));
+    });
+}
+
+fn forward_tile(a: &Conv<'_>, start: usize, rows: usize, tile: &mut [f32], cols: &mut [f32]) {
+    avx2_dispatch!(forward_tile_avx2(a: &Conv<'_>, start: usize, rows: usize, tile: &mut [f32], cols: &mut [f32]) forward_tile_body);
+}
+
+#[inline(always)]
+fn forward_tile_body(a: &Conv<'_>, start: usize, rows: usize, tile: &mut [f32], cols: &mut [f32]) {
+    let s = &a.shape;
+    let co = s.out_c;
+    let kdim = s.kernel * s.kernel * s.in_c();
+    // Bias, time-embedding channel add and residual first; the conv accumulates on top.
+    for (r, acc) in tile.chunks_exact_mut(co).enumerate() {
+        let pixel = start + r;
+        acc.copy_from_slice(&a.bias[..co]);
+        if !a.channel_add.is_empty() {
+            let b = pixel / (s.out_h * s.out_w);
+            axpy(acc, 1.0, &a.channel_add[b * co..(b + 1) * co]);
         }
-        gather(a, start, rows, 1.0, cols);
-        gemm(
-            rows,
-            co,
-            kdim,
-            Strided {
-                data: cols,
-                rs: kdim,
-                cs: 1,
-            },
-            a.weight,
-            co,
-            tile,
-            co,
-            true,
-        );
-        if a.out_scale != 1.0 {
-            for o in tile.iter_mut() {
-                *o /= a.out_scale;
-            }
+        if !a.residual.is_empty() {
+            axpy(acc, 1.0, &a.residual[pixel * co..(pixel + 1) * co]);
+        }
+    }
+    gather(a, start, rows, 1.0, cols);
+    let x = Strided {
+        data: cols,
+        rs: kdim,
+        cs: 1,
+    };
+    gemm_serial(rows, co, kdim, x, a.weight, co, tile, co, true);
+    if a.out_scale != 1.0 {
+        for o in tile.iter_mut() {
+            *o /= a.out_scale;
         }
     }
 }
 
 pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f32]) {
+    avx2_dispatch!(backward_avx2(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f32]) backward_body);
+}
+
+#[inline(always)]
+fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f32]) {
     let s = &a.shape;
     let (ca, cb, cin, co) = (s.in_ca, s.in_cb, s.in_c(), s.out_c);
     let kdim = s.kernel * s.kernel * cin;
@@ -176,7 +353,20 @@ pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f3
     let (cols, rest) = scratch.split_at_mut(TILE * kdim);
     let (dcols, wt) = rest.split_at_mut(TILE * kdim);
     let wt = &mut wt[..co * kdim];
-    if need_dx {
+    // Stride 1 without upsampling: dX is itself a convolution of dY (flipped kernel, transposed
+    // taps), run as gather + product per tile of *input* pixels; no scatter.
+    let dx_as_conv = need_dx && s.stride == 1 && !s.upsample;
+    let kk2 = s.kernel * s.kernel;
+    if dx_as_conv {
+        // [tap][out_c][in_c]: the B operand of dX = gather(dY) · W'.
+        for t in 0..kk2 {
+            for i in 0..cin {
+                for o in 0..co {
+                    wt[(t * co + o) * cin + i] = a.weight[(t * cin + i) * co + o];
+                }
+            }
+        }
+    } else if need_dx {
         // W^T: [out_c, k*k*in_c], so dX = dY · W^T is a plain row-major product.
         for kk in 0..kdim {
             for o in 0..co {
@@ -219,7 +409,7 @@ pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f3
                 true,
             );
         }
-        if need_dx {
+        if need_dx && !dx_as_conv {
             // dcols = dY · W^T, then scattered back to the input pixels each column came from.
             gemm(
                 rows,
@@ -244,7 +434,7 @@ pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f3
                     pixel % s.out_w,
                 );
                 let row = &dcols[r * kdim..(r + 1) * kdim];
-                for_each_tap(s, b, oy, ox, |tap, src| {
+                for (tap, src) in taps(s, b, oy, ox) {
                     let d = &row[tap * cin..(tap + 1) * cin];
                     if !da.is_empty() {
                         axpy(&mut da[src * ca..(src + 1) * ca], inv, &d[..ca]);
@@ -252,9 +442,12 @@ pub fn backward(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f3
                     if !db.is_empty() {
                         axpy(&mut db[src * cb..(src + 1) * cb], inv, &d[ca..]);
                     }
-                });
+                }
             }
         }
+    }
+    if dx_as_conv {
+        dx_pass(s, d_out, inv, wt, da, db);
     }
 }
 

@@ -11,8 +11,8 @@
 //! - The MLP is two [`super::linear`] layers with [`super::activation`] SiLUs in between, whose
 //!   backward is theirs, applied in reverse.
 
-use super::activation::{silu, silu_grad};
 use super::linear::{self, Linear, LinearGrads};
+use super::vmath;
 
 /// diffusers' `get_timestep_embedding`, in f32 as diffusers computes it (it matters at t ~ 1000):
 /// `row[i] = sin(t * exp(-ln(10000) * i / (half - shift)))`, `row[half + i] = cos(...)`
@@ -105,9 +105,7 @@ pub fn forward(
         out_scale: 1.0,
     };
     linear::forward(&l1, h1);
-    for (h, p) in hidden.iter_mut().zip(h1.iter()) {
-        *h = silu(*p);
-    }
+    vmath::silu(h1, hidden);
     let l2 = Linear {
         rows: m.batch,
         in_f: e,
@@ -122,9 +120,7 @@ pub fn forward(
     if !m.class_table.is_empty() {
         class_forward(m.class_table, m.labels, e, &mut emb[..n]);
     }
-    for (o, p) in out.iter_mut().zip(emb.iter()) {
-        *o = silu(*p);
-    }
+    vmath::silu(emb, out);
 }
 
 /// Backward. `d_out` (the gradient of `silu(emb)`) is consumed: it is turned into `d_emb` in
@@ -140,9 +136,7 @@ pub fn backward(
 ) {
     let (e, n) = (m.embed_dim, m.batch * m.embed_dim);
     let (h1, emb) = saved.split_at(n);
-    for (d, p) in d_out.iter_mut().zip(emb) {
-        *d *= silu_grad(*p);
-    }
+    vmath::mul_silu_grad(emb, d_out);
     if !m.class_table.is_empty() {
         class_backward(d_out, m.labels, e, g.class_table);
     }
@@ -167,9 +161,7 @@ pub fn backward(
             residual: &mut [],
         },
     );
-    for (d, p) in d_hidden.iter_mut().zip(h1) {
-        *d *= silu_grad(*p);
-    }
+    vmath::mul_silu_grad(h1, d_hidden);
     let l1 = Linear {
         rows: m.batch,
         in_f: m.sinusoid_dim,

@@ -2,14 +2,15 @@
 //! `C[m, n] (+)= A[m, k] · B[k, n]`, `B` and `C` row-major, `A` read through two strides so
 //! that `A` or `A^T` of a row-major buffer can be passed without a copy.
 //!
-//! A 4x16 register-tile micro-kernel (fixed-size arrays LLVM keeps in vector registers) with a
-//! plain loop for the edges. On x86-64 with AVX2+FMA (detected at run time) the same source is
-//! compiled a second time with those features and fused multiply-adds; elsewhere the portable
-//! copy runs.
+//! On x86-64 with AVX2+FMA (detected at run time) a 6x16 intrinsics micro-kernel with reduction
+//! blocking runs (see `x86` below); elsewhere a portable 4x16 register-tile kernel (fixed-size
+//! arrays LLVM keeps in vector registers) with a plain loop for the edges.
 //!
 //! Threads: [`set_threads`] installs a process-wide team; a large product is then split into
 //! bands of rows of `C`, one task each. Every element of `C` is still summed by one thread in
-//! the same order, so the result does not depend on the thread count (bit for bit).
+//! the same order, so the result does not depend on the thread count (bit for bit). Layers with
+//! coarser independent work (pixel tiles, samples) run it through [`for_each_task`] and call
+//! [`gemm_serial`] inside.
 
 use std::sync::OnceLock;
 
@@ -37,6 +38,91 @@ pub fn set_threads(threads: usize) -> std::io::Result<()> {
         let _ = TEAM.set(team);
     }
     Ok(())
+}
+
+std::thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a thread-local buffer of `len` floats (contents unspecified), grown on first use
+/// and reused after, so the layers' small transposes and staging need no allocation per call.
+/// Not reentrant: `f` must not call `with_scratch` again (it panics if it does).
+pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with_borrow_mut(|buf| {
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
+/// Calls `f(task)` for every task in `0..tasks` on the team (where [`set_threads`] installed
+/// one; in order on the calling thread otherwise) and returns when all are done. For coarse,
+/// independent work (a conv's pixel tiles, an attention's heads): a task's result must not
+/// depend on which thread runs it, so results stay the same for any thread count. Inside a
+/// task, use [`gemm_serial`] (the team is busy with the tasks themselves).
+pub fn for_each_task(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    match TEAM.get() {
+        Some(team) if tasks > 1 => team.run(tasks, &|t, _| f(t)),
+        _ => (0..tasks).for_each(f),
+    }
+}
+
+/// [`gemm`] on the calling thread only.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm_rows(m, n, k, a, b, ldb, c, ldc, accumulate)
+}
+
+/// A mutable buffer that tasks of one [`for_each_task`] call slice into disjoint parts.
+#[derive(Clone, Copy)]
+pub struct SharedMut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _buf: core::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a plain address and length; every `slice` call site documents why the parts that
+// concurrent tasks take are disjoint.
+unsafe impl Sync for SharedMut<'_> {}
+// SAFETY: as above.
+unsafe impl Send for SharedMut<'_> {}
+
+impl<'a> SharedMut<'a> {
+    /// Borrows `buf` for the tasks.
+    pub fn new(buf: &'a mut [f32]) -> SharedMut<'a> {
+        SharedMut {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            _buf: core::marker::PhantomData,
+        }
+    }
+    /// `buf[start..start + len]`.
+    ///
+    /// # Safety
+    /// no two slices taken from one `SharedMut` and alive at the same time overlap.
+    pub unsafe fn slice(self, start: usize, len: usize) -> &'a mut [f32] {
+        assert!(
+            start <= self.len && len <= self.len - start,
+            "slice out of range"
+        );
+        // SAFETY: in bounds (asserted), inside a buffer mutably borrowed for `'a`; exclusive
+        // per the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
 }
 
 /// Below this many multiply-adds a product runs on the calling thread: waking the team costs
@@ -67,7 +153,8 @@ pub fn gemm(
     };
     // Bands of whole micro-tiles, a few per thread so an unlucky thread does not hold up the rest.
     let tasks = (team.threads() * 2).min(m / MR);
-    let band = (m / tasks).next_multiple_of(MR);
+    // Multiples of 12 rows: whole tiles of both kernels (4 rows portable, 6 AVX2).
+    let band = (m / tasks).next_multiple_of(12);
     let tasks = m.div_ceil(band);
     assert!(c.len() >= (m - 1) * ldc + n, "C too short");
     let c_base = c.as_mut_ptr() as usize;
@@ -104,30 +191,225 @@ fn gemm_rows(
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { gemm_avx2_fma(m, n, k, a, b, ldb, c, ldc, accumulate) };
+        return unsafe { x86::gemm(m, n, k, a, b, ldb, c, ldc, accumulate) };
     }
     gemm_kernel::<false>(m, n, k, a, b, ldb, c, ldc, accumulate)
 }
 
-/// The portable kernel compiled with AVX2 and FMA enabled.
-///
-/// # Safety
-/// the CPU has AVX2 and FMA (the caller checks `is_x86_feature_detected!`); the body is safe code.
+/// The AVX2+FMA path: a 6x16 register tile (twelve 8-lane accumulators) written with
+/// intrinsics, the reduction cut in blocks of [`x86::KC`] (the `A` rows of a tile and the `B`
+/// rows of a block stay in L1/L2). The last `n % 16` columns use the same tile on a zero-padded
+/// copy of those columns of `B`. Every element of `C` is, per reduction block, one chain of
+/// fused multiply-adds in `k` order added to `C` (or stored, for the first block when not
+/// accumulating): the same operations for any split of the rows between threads.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx2_fma(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Strided<'_>,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    gemm_kernel::<true>(m, n, k, a, b, ldb, c, ldc, accumulate)
+mod x86 {
+    use super::Strided;
+    use core::arch::x86_64::*;
+    use std::cell::RefCell;
+
+    /// Rows of the register tile.
+    const TM: usize = 6;
+    /// Reduction block.
+    pub const KC: usize = 512;
+
+    std::thread_local! {
+        /// Zero-padded copy of the edge columns of `B` (grows once, then reused).
+        static EDGE_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// `C[R x 8V] (+)= A[R x k] B[k x 8V]`, `A[r, p] = a[r * rs + p * cs]`, `B[p, :] = b[p * ldb..]`.
+    ///
+    /// # Safety
+    /// the CPU has AVX2 and FMA; `a` is readable at `r * rs + p * cs` and `b` at
+    /// `p * ldb + [0, 8V)` for `r < R`, `p < k`; `c` is writable at `r * ldc + [0, 8V)`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const V: usize>(
+        k: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY (whole body): every access is inside the ranges the caller guarantees.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); V]; R];
+            // One base pointer per row and a shared offset: `[base_r + off * 4]` addressing,
+            // no per-row pointer arithmetic inside the loop.
+            let rows: [*const f32; R] = core::array::from_fn(|r| a.add(r * rs));
+            let mut bp = b;
+            let mut off = 0;
+            for _ in 0..k {
+                let mut bv = [_mm256_setzero_ps(); V];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(bp.add(8 * v));
+                }
+                for (row, base) in acc.iter_mut().zip(rows) {
+                    let av = _mm256_broadcast_ss(&*base.add(off));
+                    for v in 0..V {
+                        row[v] = _mm256_fmadd_ps(av, bv[v], row[v]);
+                    }
+                }
+                off += cs;
+                bp = bp.add(ldb);
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (v, x) in row.iter().enumerate() {
+                    let dst = c.add(r * ldc + 8 * v);
+                    let y = if accumulate {
+                        _mm256_add_ps(_mm256_loadu_ps(dst), *x)
+                    } else {
+                        *x
+                    };
+                    _mm256_storeu_ps(dst, y);
+                }
+            }
+        }
+    }
+
+    /// [`tile`] for `rows <= TM` rows, with the strides of the common layouts made constants.
+    ///
+    /// # Safety
+    /// as [`tile`], with `R = rows`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_rows<const V: usize>(
+        rows: usize,
+        k: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        macro_rules! go {
+            ($r:literal) => {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    if cs == 1 {
+                        tile::<$r, V>(k, a, rs, 1, b, ldb, c, ldc, accumulate)
+                    } else if rs == 1 {
+                        tile::<$r, V>(k, a, 1, cs, b, ldb, c, ldc, accumulate)
+                    } else {
+                        tile::<$r, V>(k, a, rs, cs, b, ldb, c, ldc, accumulate)
+                    }
+                }
+            };
+        }
+        match rows {
+            6 => go!(6),
+            5 => go!(5),
+            4 => go!(4),
+            3 => go!(3),
+            2 => go!(2),
+            _ => go!(1),
+        }
+    }
+
+    /// # Safety
+    /// the CPU has AVX2 and FMA; the slices hold what the portable kernel indexes.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: Strided<'_>,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        if k == 0 {
+            if !accumulate {
+                for i in 0..m {
+                    c[i * ldc..i * ldc + n].fill(0.0);
+                }
+            }
+            return;
+        }
+        // Bounds the raw accesses below rely on.
+        assert!(
+            a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs,
+            "A too short"
+        );
+        assert!(b.len() >= (k - 1) * ldb + n, "B too short");
+        assert!(c.len() >= (m - 1) * ldc + n, "C too short");
+        let n16 = n - n % 16;
+        let rem = n - n16;
+        // Edge columns: 8 or 16 padded lanes.
+        let ew = if rem > 8 { 16 } else { 8 };
+        EDGE_B.with_borrow_mut(|edge| {
+            if rem > 0 {
+                edge.clear();
+                edge.resize(k * ew, 0.0);
+                for p in 0..k {
+                    edge[p * ew..p * ew + rem].copy_from_slice(&b[p * ldb + n16..p * ldb + n]);
+                }
+            }
+            let (ap, bp, cp) = (a.data.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                let acc = accumulate || k0 > 0;
+                for i0 in (0..m).step_by(TM) {
+                    let rows = TM.min(m - i0);
+                    // SAFETY: rows `i0..i0 + rows < m`, reduction `k0..k0 + kc <= k` and columns
+                    // `j0..j0 + 16 <= n16` are inside the bounds asserted above.
+                    let a0 = unsafe { ap.add(i0 * a.rs + k0 * a.cs) };
+                    for j0 in (0..n16).step_by(16) {
+                        // SAFETY: as above.
+                        unsafe {
+                            tile_rows::<2>(
+                                rows,
+                                kc,
+                                a0,
+                                a.rs,
+                                a.cs,
+                                bp.add(k0 * ldb + j0),
+                                ldb,
+                                cp.add(i0 * ldc + j0),
+                                ldc,
+                                acc,
+                            )
+                        };
+                    }
+                    if rem > 0 {
+                        let mut out = [0.0f32; TM * 16];
+                        // SAFETY: `edge` holds `k * ew` floats; `out` holds `TM * 16`.
+                        unsafe {
+                            let e = edge.as_ptr().add(k0 * ew);
+                            let o = out.as_mut_ptr();
+                            if ew == 16 {
+                                tile_rows::<2>(rows, kc, a0, a.rs, a.cs, e, 16, o, 16, false);
+                            } else {
+                                tile_rows::<1>(rows, kc, a0, a.rs, a.cs, e, 8, o, 16, false);
+                            }
+                        }
+                        for r in 0..rows {
+                            let dst = &mut c[(i0 + r) * ldc + n16..(i0 + r) * ldc + n];
+                            let src = &out[r * 16..r * 16 + rem];
+                            if acc {
+                                for (d, s) in dst.iter_mut().zip(src) {
+                                    *d += s;
+                                }
+                            } else {
+                                dst.copy_from_slice(src);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// `acc += a * b`, sixteen lanes; fused where the caller was compiled with FMA.

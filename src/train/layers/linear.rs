@@ -4,8 +4,12 @@
 //! Backward, with `dz = dy / out_scale`:
 //! `dW[o] += sum_r dz[r,o] x[r]`, `db[o] += sum_r dz[r,o]`, `dx[r] += sum_o dz[r,o] W[o]`,
 //! `d_residual += dz`.
+//!
+//! All three products run on [`super::gemm`] (`W^T` staged in a thread-local buffer for the
+//! forward; the backward reads `dz^T` through strides).
 
-use super::{axpy, dot};
+use super::axpy;
+use super::gemm::{gemm, with_scratch, Strided};
 
 /// The inputs of one linear layer (f32 weights).
 pub struct Linear<'a> {
@@ -29,45 +33,80 @@ pub struct LinearGrads<'a> {
 }
 
 pub fn forward(a: &Linear<'_>, out: &mut [f32]) {
-    for r in 0..a.rows {
-        let x = &a.input[r * a.in_f..(r + 1) * a.in_f];
-        for o in 0..a.out_f {
-            let mut y = dot(x, &a.weight[o * a.in_f..(o + 1) * a.in_f]) + a.bias[o];
-            if !a.residual.is_empty() {
-                y += a.residual[r * a.out_f + o];
+    let (rows, fi, fo) = (a.rows, a.in_f, a.out_f);
+    if rows == 0 || fo == 0 {
+        return;
+    }
+    // Bias and residual first; the product accumulates on top.
+    for (r, y) in out[..rows * fo].chunks_exact_mut(fo).enumerate() {
+        y.copy_from_slice(&a.bias[..fo]);
+        if !a.residual.is_empty() {
+            axpy(y, 1.0, &a.residual[r * fo..(r + 1) * fo]);
+        }
+    }
+    // y += x · W^T, with W^T ([in, out]) staged row-major.
+    with_scratch(fi * fo, |wt| {
+        for o in 0..fo {
+            for i in 0..fi {
+                wt[i * fo + o] = a.weight[o * fi + i];
             }
-            out[r * a.out_f + o] = if a.out_scale != 1.0 {
-                y / a.out_scale
-            } else {
-                y
-            };
+        }
+        let x = Strided {
+            data: a.input,
+            rs: fi,
+            cs: 1,
+        };
+        gemm(rows, fo, fi, x, wt, fo, out, fo, true);
+    });
+    if a.out_scale != 1.0 {
+        for y in out[..rows * fo].iter_mut() {
+            *y /= a.out_scale;
         }
     }
 }
 
 pub fn backward(a: &Linear<'_>, d_out: &[f32], g: LinearGrads<'_>) {
+    let (rows, fi, fo) = (a.rows, a.in_f, a.out_f);
+    if rows == 0 || fo == 0 {
+        return;
+    }
     let inv = 1.0 / a.out_scale;
-    for r in 0..a.rows {
-        let x = &a.input[r * a.in_f..(r + 1) * a.in_f];
-        let dy = &d_out[r * a.out_f..(r + 1) * a.out_f];
-        for (o, &dyo) in dy.iter().enumerate() {
-            let dz = dyo * inv;
-            if !g.bias.is_empty() {
-                g.bias[o] += dz;
-            }
-            if !g.weight.is_empty() {
-                axpy(&mut g.weight[o * a.in_f..(o + 1) * a.in_f], dz, x);
-            }
-            if !g.input.is_empty() {
-                axpy(
-                    &mut g.input[r * a.in_f..(r + 1) * a.in_f],
-                    dz,
-                    &a.weight[o * a.in_f..(o + 1) * a.in_f],
-                );
+    let run = |dz: &[f32], g: LinearGrads<'_>| {
+        if !g.bias.is_empty() {
+            for dzr in dz.chunks_exact(fo) {
+                axpy(g.bias, 1.0, dzr);
             }
         }
         if !g.residual.is_empty() {
-            axpy(&mut g.residual[r * a.out_f..(r + 1) * a.out_f], inv, dy);
+            axpy(&mut g.residual[..rows * fo], 1.0, dz);
         }
+        if !g.weight.is_empty() && fi > 0 {
+            // dW[out, in] += dz^T · x.
+            let dzt = Strided {
+                data: dz,
+                rs: 1,
+                cs: fo,
+            };
+            gemm(fo, fi, rows, dzt, a.input, fi, g.weight, fi, true);
+        }
+        if !g.input.is_empty() && fi > 0 {
+            // dx[rows, in] += dz · W.
+            let dzs = Strided {
+                data: dz,
+                rs: fo,
+                cs: 1,
+            };
+            gemm(rows, fi, fo, dzs, a.weight, fi, g.input, fi, true);
+        }
+    };
+    if inv == 1.0 {
+        run(&d_out[..rows * fo], g);
+    } else {
+        with_scratch(rows * fo, |dz| {
+            for (z, d) in dz.iter_mut().zip(d_out) {
+                *z = d * inv;
+            }
+            run(dz, g);
+        });
     }
 }

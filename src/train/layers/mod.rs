@@ -16,8 +16,11 @@
 //!   slice means "not needed" and is skipped.
 //!
 //! The loops are plain but cache-friendly (contiguous innermost loops, 8-lane accumulators that
-//! LLVM turns into SIMD); an explicit SIMD table can later be slotted in behind the same
-//! signatures, as [`crate::kernels::KernelTable`] does for inference.
+//! LLVM turns into SIMD); on x86-64 with AVX2+FMA the hot ones are compiled a second time with
+//! those features (run-time dispatch), the products run on [`gemm`]'s intrinsics micro-kernel
+//! and `exp` (SiLU, softmax) on [`vmath`]. Work is split into independent tasks (pixel tiles,
+//! samples, row bands of a product) on [`gemm::for_each_task`]'s team; the partition is fixed and
+//! partial sums are combined in a fixed order, so results do not depend on the thread count.
 
 pub mod activation;
 pub mod attention;
@@ -26,10 +29,11 @@ pub mod embedding;
 pub mod gemm;
 pub mod group_norm;
 pub mod linear;
+pub mod vmath;
 
 /// `sum a[i] * b[i]` with eight independent accumulators (vectorisable; fixed order, so
 /// deterministic).
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -49,7 +53,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += alpha * x`.
-#[inline]
+#[inline(always)]
 pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
