@@ -1,6 +1,7 @@
 //! The `train` binary end to end on the shipped MNIST copy: a short class-conditional run, a
-//! run interrupted and resumed with `--resume` giving byte-identical checkpoints, the loss CSV,
-//! and `train eval` on held-out images.
+//! run interrupted and resumed with `--resume` giving byte-identical checkpoints, the same run
+//! on 1 and 3 threads giving byte-identical checkpoints, the loss CSV, and `train eval` on
+//! held-out images.
 #![cfg(feature = "train")]
 
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ fn train_resume_and_eval_cli() {
     let config = tmp.join("config.json");
     std::fs::write(&config, CONFIG).unwrap();
     let data = root().join("data/mnist");
-    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    let (a, b, c, d) = (tmp.join("a"), tmp.join("b"), tmp.join("c"), tmp.join("d"));
     let common = |out: &Path, steps: &str| -> Vec<String> {
         [
             "--data",
@@ -74,19 +75,27 @@ fn train_resume_and_eval_cli() {
     let mut resume = common(&b, "4");
     resume.push("--resume".into());
     run(resume);
+    for (dir, threads) in [(&c, "1"), (&d, "3")] {
+        let mut v = common(dir, "4");
+        v.extend(["--threads".to_string(), threads.to_string()]);
+        run(v);
+    }
     for f in [
         "unet/diffusion_pytorch_model.safetensors",
         "training_state.safetensors",
         "training_state.json",
     ] {
-        let (x, y) = (
-            read(&a.join("checkpoint-00000004").join(f)),
-            read(&b.join("checkpoint-00000004").join(f)),
-        );
-        assert!(
-            x == y,
-            "{f} differs between the uninterrupted and the resumed run"
-        );
+        let x = read(&a.join("checkpoint-00000004").join(f));
+        for (other, what) in [
+            (&b, "the resumed run"),
+            (&c, "the 1-thread run"),
+            (&d, "the 3-thread run"),
+        ] {
+            assert!(
+                x == read(&other.join("checkpoint-00000004").join(f)),
+                "{f} differs between the uninterrupted run and {what}"
+            );
+        }
     }
     let csv = String::from_utf8(read(&a.join("loss.csv"))).unwrap();
     assert_eq!(

@@ -59,7 +59,7 @@ use half::f16;
 
 pub mod pack;
 pub mod scalar;
-mod simd;
+pub(crate) mod simd;
 #[cfg(feature = "std")]
 pub mod threads;
 #[cfg_attr(
@@ -69,7 +69,7 @@ pub mod threads;
 mod winograd;
 
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 #[cfg(target_arch = "aarch64")]
 mod neon;

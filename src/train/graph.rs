@@ -183,7 +183,10 @@ impl TrainGraph {
             .unwrap_or(0)
     }
 
-    /// Allocates the workspace for `batch` (the only allocation of a training run's steps).
+    /// Allocates the workspace for `batch`: every activation, gradient and saved value of a
+    /// step. Beside it the layers keep per-thread scratch that grows to its largest size in the
+    /// first step (`layers::gemm::with_scratch`), and GroupNorm a few per-channel vectors per
+    /// call (kilobytes).
     pub fn workspace(&self, batch: usize) -> TrainWorkspace {
         TrainWorkspace {
             batch,
