@@ -119,8 +119,13 @@ fn mode_of(s: &ConvShape) -> Option<Mode> {
 /// (f32 per thread, f32 shared), or `None` when it runs the direct kernel. Exact for the mode
 /// the batch selects, so a batch-1 model never reserves the tile-major weight region.
 pub(crate) fn scratch_need(s: &ConvShape, mr: usize) -> Option<(usize, usize)> {
+    Some(mode_scratch(s, mode_of(s)?, mr))
+}
+
+/// [`scratch_need`] for a conv whose mode is known.
+fn mode_scratch(s: &ConvShape, mode: Mode, mr: usize) -> (usize, usize) {
     let cin = s.in_c();
-    Some(match mode_of(s)? {
+    match mode {
         Mode::TileMajor => {
             let rows = mr * micro_tiles_max(mr);
             (POS * (rows * cin + UPAD) + chunk_and_m(rows), 0)
@@ -129,7 +134,7 @@ pub(crate) fn scratch_need(s: &ConvShape, mr: usize) -> Option<(usize, usize)> {
             let rows = wm_rows_max(mr);
             (chunk_and_m(rows), POS * (rows * cin + UPAD))
         }
-    })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +182,7 @@ impl<'a> WinogradPlan<'a> {
     ) -> Option<WinogradPlan<'a>> {
         let s = &args.shape;
         let mode = mode_of(s)?;
-        let (need_thread, need_shared) = scratch_need(s, mr)?;
+        let (need_thread, need_shared) = mode_scratch(s, mode, mr);
         if per_thread < need_thread || shared.len() < need_shared {
             return None;
         }
@@ -250,9 +255,9 @@ impl<'a> WinogradPlan<'a> {
 }
 
 /// Index in a `V` buffer of `wg` microkernel tiles (`[ξ][micro tile][c / 16][MR][16]`, the
-/// microkernel's packed `A` for each ξ) of position `xi`, row `r`, channel `c`.
+/// microkernel's packed `A` for each ξ) of position `xi`, row `r`, channel `c`. Positions are
+/// [`UPAD`] floats further apart than their data, for the reason given there.
 #[inline(always)]
-/// Positions are [`UPAD`] floats further apart than their data, for the reason given there.
 fn v_index(mr: usize, wg: usize, cin: usize, xi: usize, r: usize, c: usize) -> usize {
     xi * (wg * mr * cin + UPAD) + (((r / mr) * (cin / 16) + c / 16) * mr + r % mr) * 16 + c % 16
 }
@@ -412,28 +417,28 @@ unsafe fn input_transform<S: Simd>(
     }
 }
 
-/// Transforms the weights of output block `ob`, input channels `c0..c1`, writing position
-/// `xi`, channel `c`, lane `j` at `dst + index(xi, c, j)`.
+/// Transforms the weights of output block `ob`, input channels `c0..c1`, into a weight chunk
+/// `u` laid out `[ξ][c1 - c0][32]`, positions [`UPAD`] floats apart.
 ///
 /// # Safety
 /// CPU features of `S`; `p` built by [`WinogradPlan::new`] (weight length checked);
-/// `ob < p.n_ob`; every `index(..) + LANES` is inside `dst`'s writable range and no other
-/// running task writes there.
+/// `ob < p.n_ob`, `c1 - c0 <= KW`; `u` is this thread's and writable for
+/// `36 * (KW * 32 + UPAD)` floats.
 #[inline(always)]
 unsafe fn weight_transform<S: Simd>(
     p: &WinogradPlan<'_>,
     ob: usize,
     c0: usize,
     c1: usize,
-    dst: *mut f32,
-    index: impl Fn(usize, usize, usize) -> usize,
+    u: *mut f32,
 ) {
     let l = S::LANES;
     let cin = p.cin;
     // Packed f16 weight: [ob][tap][c][32] (length checked by `ConvArgs::check`).
     let w_ob = &p.args.weight[ob * 9 * cin * PACK_OC..(ob + 1) * 9 * cin * PACK_OC];
-    // SAFETY (whole body): reads stay inside `w_ob` (tap < 9, c < cin, j + l <= 32); writes as
-    // the caller guarantees.
+    let stride = (c1 - c0) * PACK_OC + UPAD;
+    // SAFETY (whole body): reads stay inside `w_ob` (tap < 9, c < cin, j + l <= 32); writes at
+    // `xi * stride + (c - c0) * 32 + j + l <= 36 * (KW * 32 + UPAD)`, as the caller guarantees.
     unsafe {
         for c in c0..c1 {
             let mut j = 0;
@@ -451,10 +456,11 @@ unsafe fn weight_transform<S: Simd>(
                     *col = g_1d::<S>([g[0][kx], g[1][kx], g[2][kx]]);
                 }
                 for ai in 0..ALPHA {
-                    let [c0, c1, c2] = &cols;
-                    let u = g_1d::<S>([c0[ai], c1[ai], c2[ai]]);
-                    for (bi, x) in u.iter().enumerate() {
-                        S::store(dst.add(index(ai * ALPHA + bi, c, j)), *x);
+                    let [k0, k1, k2] = &cols;
+                    let row = g_1d::<S>([k0[ai], k1[ai], k2[ai]]);
+                    for (bi, x) in row.iter().enumerate() {
+                        let xi = ai * ALPHA + bi;
+                        S::store(u.add(xi * stride + (c - c0) * PACK_OC + j), *x);
                     }
                 }
                 j += l;
@@ -463,43 +469,39 @@ unsafe fn weight_transform<S: Simd>(
     }
 }
 
-/// Output transform and epilogue of tiles `t0..t0 + nt` (rows `0..nt` of `m`, laid out
-/// `[ξ][rows][ldc]`), channels `col0..col1`, whose first column is column `mcol0` of `m`.
+/// Output transform and epilogue of output block `ob` for tiles `t0..t0 + nt` (rows `0..nt`
+/// of `m`, the block's GEMM outputs laid out `[ξ][rows][32]`).
 ///
 /// # Safety
-/// CPU features of `S`; `p` built by [`WinogradPlan::new`]; `m` is readable for
-/// `36 * rows * ldc` floats; no other running task writes these tiles x channels of the output.
+/// CPU features of `S`; `p` built by [`WinogradPlan::new`]; `nt <= rows`; `m` is readable for
+/// `36 * rows * 32` floats; no other running task writes these tiles x channels of the output.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn output_transform<S: Simd>(
     p: &WinogradPlan<'_>,
     m: *const f32,
     rows: usize,
-    ldc: usize,
-    mcol0: usize,
     t0: usize,
     nt: usize,
-    col0: usize,
-    col1: usize,
+    ob: usize,
 ) {
     let a = p.args;
     let s = &a.shape;
     let l = S::LANES;
     let oc = s.out_c;
     let out_len = s.batch * s.out_h * s.out_w * oc;
+    let (col0, col1) = (ob * PACK_OC, ((ob + 1) * PACK_OC).min(oc));
     // SAFETY (whole body): `m` reads as the caller guarantees (r < nt <= rows, column
-    // mcol0 + (col - col0) + l <= ldc); output writes are asserted in bounds and are this
-    // task's alone.
+    // `col - col0 + l <= 32`); output writes are asserted in bounds and are this task's alone.
     unsafe {
         for r in 0..nt {
             let (b, ty, tx) = p.tile(t0 + r);
             let mut col = col0;
             while col < col1 {
-                let mc = mcol0 + col - col0;
+                let mc = col - col0;
                 let mut mv = [[S::zero(); ALPHA]; ALPHA];
                 for (ai, row) in mv.iter_mut().enumerate() {
                     for (bi, x) in row.iter_mut().enumerate() {
-                        *x = S::load(m.add(((ai * ALPHA + bi) * rows + r) * ldc + mc));
+                        *x = S::load(m.add(((ai * ALPHA + bi) * rows + r) * PACK_OC + mc));
                     }
                 }
                 let mut z = [[S::zero(); ALPHA]; TILE];
@@ -602,9 +604,7 @@ unsafe fn gemm_block<S: Simd, const MR: usize, const NV: usize>(
         while c0 < cin {
             let c1 = (c0 + KW).min(cin);
             let kw = c1 - c0;
-            weight_transform::<S>(p, ob, c0, c1, u, |xi, c, j| {
-                xi * (kw * PACK_OC + UPAD) + (c - c0) * PACK_OC + j
-            });
+            weight_transform::<S>(p, ob, c0, c1, u);
             // The first chunk starts from zero, later ones accumulate.
             let init = if c0 == 0 { zeros } else { core::ptr::null() };
             for xi in 0..POS {
@@ -653,7 +653,6 @@ pub(crate) unsafe fn phase2<S: Simd, const MR: usize, const NV: usize>(
 ) {
     let cin = p.cin;
     debug_assert!(p.mr == MR && 16 % S::LANES == 0 && PACK_OC.is_multiple_of(NV * S::LANES));
-    let oc = p.args.shape.out_c;
     let rows = p.rows;
     let (og, blk) = (task / p.blocks, task % p.blocks);
     let ob0 = og * p.obw;
@@ -692,9 +691,7 @@ pub(crate) unsafe fn phase2<S: Simd, const MR: usize, const NV: usize>(
                 m_buf.as_mut_ptr(),
                 zeros.as_ptr(),
             );
-            let col0 = ob * PACK_OC;
-            let col1 = (col0 + PACK_OC).min(oc);
-            output_transform::<S>(p, m_buf.as_ptr(), rows, PACK_OC, 0, t0, nt, col0, col1);
+            output_transform::<S>(p, m_buf.as_ptr(), rows, t0, nt, ob);
         }
     }
 }
