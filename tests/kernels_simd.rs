@@ -580,7 +580,8 @@ fn attention_matches_scalar() {
     }
 }
 
-/// A 3x3 stride-1 "same" conv (the Winograd F(4x4, 3x3) path) against the scalar reference,
+/// A 3x3 stride-1 "same" conv (the Winograd path, F(4x4, 3x3) or F(2x2, 3x3) as the map and
+/// batch select) against the scalar reference,
 /// with scratch for it, on 1 and 3 threads (bit-identical); and it must differ from the direct
 /// SIMD kernel (which shows the Winograd path ran).
 #[allow(clippy::too_many_arguments)]
@@ -712,10 +713,47 @@ fn winograd_conv_matches_scalar() {
         true,
         true,
     );
+    // F(2x2, 3x3): a 4x4 map at batch 1 (one 4x4 tile, four 2x2 ones), every epilogue term.
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        1,
+        (4, 4),
+        (64, 0),
+        32,
+        false,
+        true,
+    );
+    // F(2x2, 3x3) on odd sizes (partial tiles), a two-part input, more than one weight chunk.
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        1,
+        (5, 3),
+        (48, 32),
+        48,
+        false,
+        true,
+    );
+    // F(2x2, 3x3) with the folded upsample (2x2 to 4x4), and 2x2 maps at batch 4.
+    winograd_case(&mut rng, &tables, &pool, 1, (2, 2), (32, 0), 32, true, true);
+    winograd_case(
+        &mut rng,
+        &tables,
+        &pool,
+        4,
+        (2, 2),
+        (16, 0),
+        16,
+        false,
+        false,
+    );
 }
 
 /// Shapes the Winograd path must leave to the direct kernel: stride 2, a 1x1 kernel, channels
-/// not in 16-blocks, a 4x4 map at batch 1 (a single tile).
+/// not in 16-blocks, a 2x2 map at batch 1 (a single 2x2 tile), a map one pixel wide.
 #[test]
 fn winograd_declines_other_shapes() {
     let base = ConvShape {
@@ -753,10 +791,15 @@ fn winograd_declines_other_shapes() {
             ConvShape { in_ca: 24, ..base },
             ConvShape { out_c: 3, ..base },
             ConvShape {
-                in_h: 4,
-                in_w: 4,
-                out_h: 4,
-                out_w: 4,
+                in_h: 2,
+                in_w: 2,
+                out_h: 2,
+                out_w: 2,
+                ..base
+            },
+            ConvShape {
+                in_w: 1,
+                out_w: 1,
                 ..base
             },
         ];

@@ -1186,7 +1186,7 @@ macro_rules! simd_table {
             #[target_feature(enable = $features)]
             unsafe fn wino_phase2(p: &WinogradPlan<'_>, task: usize, scratch: &mut [f32]) {
                 // SAFETY: forwarded contract.
-                unsafe { winograd::phase2::<$S, $mr, $nv>(p, task, scratch) }
+                unsafe { winograd::phase2::<$S, $mr, $mrs, $nv>(p, task, scratch) }
             }
 
             fn conv_scratch(s: &ConvShape) -> Option<(usize, usize)> {
@@ -1199,7 +1199,7 @@ macro_rules! simd_table {
                 // tasks run below, which finish before we return).
                 let shared = unsafe { ex.shared() };
                 if let Some(plan) =
-                    WinogradPlan::new(a, out, $mr, ex.threads(), ex.per_thread(), shared)
+                    WinogradPlan::new(a, out, $mr, $mrs, ex.threads(), ex.per_thread(), shared)
                 {
                     // SAFETY: features checked (this table is only reachable through
                     // `KernelPath::table`); phase 1 tasks write disjoint blocks of the shared
