@@ -422,6 +422,8 @@ fn linear_matches_scalar() {
     let mut rng = Rng(2);
     for (rows, in_f, out_f, residual) in [
         (1, 128, 512, false),
+        (1, 512, 256, false),
+        (2, 37, 40, true),
         (3, 512, 256, false),
         (37, 24, 24, true),
         (256, 64, 64, true),
