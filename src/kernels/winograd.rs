@@ -107,8 +107,8 @@ pub(crate) struct RowSplit {
     pub short: usize,
 }
 
-/// Heights of the microkernels a short tile can use besides the path's `mr`: its smaller
-/// one (`mrs`) and 4 rows.
+/// The other height a short microkernel tile may have, besides the path's smaller kernel
+/// (`mrs`): 4 rows, so that 4 tiles (an 8x8 map at batch 1) take 4 rows on every path.
 const SHORT_MIN: usize = 4;
 
 impl RowSplit {
