@@ -633,125 +633,33 @@ fn winograd_conv_matches_scalar() {
     }
     let pool = ThreadPool::new(3).unwrap();
     let mut rng = Rng(7);
-    // Weight-major (few tiles): the CIFAR UNet's 16x16 level at batch 1, small.
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        1,
-        (16, 16),
-        (32, 0),
-        32,
-        false,
-        true,
-    );
-    // Sizes not multiples of the tile, two-part input, a half output block (48 channels).
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        2,
-        (18, 14),
-        (16, 16),
-        48,
-        false,
-        true,
-    );
-    // Folded 2x upsample.
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        1,
-        (8, 8),
-        (32, 0),
-        32,
-        true,
-        false,
-    );
-    // More input channels than one weight chunk (64), and not a multiple of it.
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        1,
-        (16, 16),
-        (96, 0),
-        32,
-        false,
-        false,
-    );
-    // Tile-major (many tiles), with every epilogue term, and with a two-part input.
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        3,
-        (24, 24),
-        (32, 0),
-        64,
-        false,
-        true,
-    );
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        6,
-        (21, 11),
-        (16, 32),
-        96,
-        false,
-        true,
-    );
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        4,
-        (10, 10),
-        (32, 16),
-        32,
-        true,
-        true,
-    );
-    // F(2x2, 3x3): a 4x4 map at batch 1 (one 4x4 tile, four 2x2 ones), every epilogue term.
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        1,
-        (4, 4),
-        (64, 0),
-        32,
-        false,
-        true,
-    );
-    // F(2x2, 3x3) on odd sizes (partial tiles), a two-part input, more than one weight chunk.
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        1,
-        (5, 3),
-        (48, 32),
-        48,
-        false,
-        true,
-    );
-    // F(2x2, 3x3) with the folded upsample (2x2 to 4x4), and 2x2 maps at batch 4.
-    winograd_case(&mut rng, &tables, &pool, 1, (2, 2), (32, 0), 32, true, true);
-    winograd_case(
-        &mut rng,
-        &tables,
-        &pool,
-        4,
-        (2, 2),
-        (16, 0),
-        16,
-        false,
-        false,
-    );
+    // (batch, input size, input parts, out channels, upsample, bias/residual/channel-add)
+    let cases = [
+        // Weight-major (few tiles): the CIFAR UNet's 16x16 level at batch 1, small.
+        (1, (16, 16), (32, 0), 32, false, true),
+        // Sizes not multiples of the tile, two-part input, a half output block (48 channels).
+        (2, (18, 14), (16, 16), 48, false, true),
+        // Folded 2x upsample.
+        (1, (8, 8), (32, 0), 32, true, false),
+        // More input channels than one weight chunk (64), and not a multiple of it.
+        (1, (16, 16), (96, 0), 32, false, false),
+        // Tile-major (many tiles), with every epilogue term, and with a two-part input.
+        (3, (24, 24), (32, 0), 64, false, true),
+        (6, (21, 11), (16, 32), 96, false, true),
+        (4, (10, 10), (32, 16), 32, true, true),
+        // F(2x2, 3x3): a 4x4 map at batch 1 (one 4x4 tile, four 2x2 ones), every epilogue term.
+        (1, (4, 4), (64, 0), 32, false, true),
+        // F(2x2, 3x3) on odd sizes (partial tiles), a two-part input, more than one weight chunk.
+        (1, (5, 3), (48, 32), 48, false, true),
+        // F(2x2, 3x3) with the folded upsample (2x2 to 4x4), and 2x2 maps at batch 4.
+        (1, (2, 2), (32, 0), 32, true, true),
+        (4, (2, 2), (16, 0), 16, false, false),
+    ];
+    for (batch, size, parts, out_c, upsample, extras) in cases {
+        winograd_case(
+            &mut rng, &tables, &pool, batch, size, parts, out_c, upsample, extras,
+        );
+    }
 }
 
 /// Shapes the Winograd path must leave to the direct kernel: stride 2, a 1x1 kernel, channels

@@ -1311,7 +1311,9 @@ macro_rules! simd_table {
                 let o = Shared(out.as_mut_ptr());
                 // SAFETY: features checked (see conv2d); the arguments were checked just above;
                 // tasks write disjoint 32-column blocks of every row.
-                ex.run(a.out_f.div_ceil(32), &|t, _| unsafe { gemv_task(a, o, t) });
+                ex.run(a.out_f.div_ceil($crate::kernels::PACK_OC), &|t, _| unsafe {
+                    gemv_task(a, o, t)
+                });
             }
             fn group_norm(a: &GroupNormArgs<'_>, out: &mut [f32], ex: &Exec<'_>) {
                 a.check(out);

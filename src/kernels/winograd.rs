@@ -255,12 +255,9 @@ pub(crate) struct WinogradPlan<'a> {
     pub tiles_y: usize,
     pub tiles_x: usize,
     pub n_tiles: usize,
-    pub mr: usize,
     /// Microkernel tiles of a task's `V`: tile-major, per task (`mr` rows each); weight-major,
     /// every tile of the conv ([`RowSplit::cover`]: the last ones may be shorter).
     pub split: RowSplit,
-    /// `split.rows()`.
-    pub rows: usize,
     pub obw: usize,
     pub ob_groups: usize,
     pub blocks: usize,
@@ -304,9 +301,7 @@ impl<'a> WinogradPlan<'a> {
             tiles_y,
             tiles_x,
             n_tiles,
-            mr,
             split,
-            rows: split.rows(),
             obw: 1,
             ob_groups: n_ob,
             blocks: 1,
@@ -326,7 +321,6 @@ impl<'a> WinogradPlan<'a> {
             }
             plan.mode = Mode::TileMajor;
             plan.split = RowSplit::uniform(mr, wg);
-            plan.rows = rows;
             plan.obw = obw;
             plan.ob_groups = n_ob.div_ceil(obw);
             plan.blocks = blocks;
@@ -853,8 +847,8 @@ unsafe fn phase2_tile<
 ) {
     let pos = positions(F);
     let cin = p.cin;
-    debug_assert!(p.mr == MR && 16 % S::LANES == 0 && PACK_OC.is_multiple_of(NV * S::LANES));
-    let rows = p.rows;
+    debug_assert!(p.split.mr == MR && 16 % S::LANES == 0 && PACK_OC.is_multiple_of(NV * S::LANES));
+    let rows = p.split.rows();
     let (og, blk) = (task / p.blocks, task % p.blocks);
     let ob0 = og * p.obw;
     let ob1 = (ob0 + p.obw).min(p.n_ob);
