@@ -27,7 +27,9 @@
 //! product a reduction of `k*k*out_c` instead of `out_c`.
 
 use super::axpy;
-use super::gemm::{for_each_task, gemm, gemm_serial, with_scratch, SharedMut, Strided};
+use super::gemm::{
+    for_each_task, gemm, gemm_serial, team_threads, with_scratch, SharedMut, Strided,
+};
 use crate::kernels::ConvShape;
 
 /// One convolution's inputs (f32, HWIO weights). Optional inputs are empty slices.
@@ -108,11 +110,12 @@ impl Iterator for Taps<'_> {
 /// Output pixels per tile: the gathered input of a tile (`TILE x k*k*in_c`) stays in L2.
 const TILE: usize = 64;
 
-/// Floats of scratch one conv of this shape needs (any batch): the gathered input tile, its
-/// gradient, and the transposed weights.
+/// Floats of scratch one conv's backward needs (any batch): the gradient of a gathered tile and
+/// the transposed weights. (The gathered tiles themselves live in each thread's
+/// [`with_scratch`] buffer, since the tasks that fill them run on any thread.)
 pub fn scratch_len(s: &ConvShape) -> usize {
     let kdim = s.kernel * s.kernel * s.in_c();
-    2 * TILE * kdim + s.out_c * kdim
+    TILE * kdim + s.out_c * kdim
 }
 
 /// Gathers the inputs of output pixels `start..start + rows` into `cols` (`[rows, k*k*in_c]`,
@@ -120,9 +123,25 @@ pub fn scratch_len(s: &ConvShape) -> usize {
 /// under which the conv is `cols · W`.
 #[inline(always)]
 fn gather(a: &Conv<'_>, start: usize, rows: usize, scale: f32, cols: &mut [f32]) {
+    let kdim = a.shape.kernel * a.shape.kernel * a.shape.in_c();
+    gather_columns(a, start, rows, scale, 0..kdim, cols)
+}
+
+/// [`gather`] restricted to the im2col columns `columns` (`cols` is `[rows, columns.len()]`):
+/// the part of the weight gradient's operand that one task of [`dw_pass`] needs.
+#[inline(always)]
+fn gather_columns(
+    a: &Conv<'_>,
+    start: usize,
+    rows: usize,
+    scale: f32,
+    columns: core::ops::Range<usize>,
+    cols: &mut [f32],
+) {
     let s = &a.shape;
     let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
-    let kdim = s.kernel * s.kernel * cin;
+    let (c0, c1) = (columns.start, columns.end);
+    let width = c1 - c0;
     for r in 0..rows {
         let pixel = start + r;
         let (b, oy, ox) = (
@@ -130,25 +149,42 @@ fn gather(a: &Conv<'_>, start: usize, rows: usize, scale: f32, cols: &mut [f32])
             pixel / s.out_w % s.out_h,
             pixel % s.out_w,
         );
-        let row = &mut cols[r * kdim..(r + 1) * kdim];
+        let row = &mut cols[r * width..(r + 1) * width];
         // Taps come in increasing order: the gaps between them are padding (zeros). A multiply
         // even for `scale == 1` (exact): a plain copy loop would become a `memcpy` call, slow
         // at these lengths (one channel vector per tap).
-        let mut next = 0;
+        let mut next = c0;
         for (tap, src) in taps(s, b, oy, ox) {
-            row[next * cin..tap * cin].fill(0.0);
-            let dst = &mut row[tap * cin..(tap + 1) * cin];
-            for (d, x) in dst[..ca].iter_mut().zip(&a.in_a[src * ca..(src + 1) * ca]) {
-                *d = x * scale;
+            let (t0, t1) = (tap * cin, (tap + 1) * cin);
+            if t1 <= c0 {
+                continue;
             }
-            if cb > 0 {
-                for (d, x) in dst[ca..].iter_mut().zip(&a.in_b[src * cb..(src + 1) * cb]) {
+            if t0 >= c1 {
+                break;
+            }
+            let (lo, hi) = (t0.max(c0), t1.min(c1));
+            row[next - c0..lo - c0].fill(0.0);
+            // Channels `lo - t0..hi - t0` of this tap: the first `ca` from `in_a`, the rest
+            // from `in_b`.
+            let (ch0, ch1) = (lo - t0, hi - t0);
+            let from_a = ch1.min(ca).saturating_sub(ch0);
+            let (dst_a, dst_b) = row[lo - c0..hi - c0].split_at_mut(from_a);
+            if from_a > 0 {
+                let x_a = &a.in_a[src * ca + ch0..src * ca + ch0 + from_a];
+                for (d, x) in dst_a.iter_mut().zip(x_a) {
                     *d = x * scale;
                 }
             }
-            next = tap + 1;
+            if !dst_b.is_empty() {
+                let first = src * cb + ch0.max(ca) - ca;
+                let x_b = &a.in_b[first..first + dst_b.len()];
+                for (d, x) in dst_b.iter_mut().zip(x_b) {
+                    *d = x * scale;
+                }
+            }
+            next = hi;
         }
-        row[next * cin..].fill(0.0);
+        row[next - c0..].fill(0.0);
     }
 }
 
@@ -350,8 +386,7 @@ fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f
         residual: dres,
     } = g;
     let need_dx = !da.is_empty() || !db.is_empty();
-    let (cols, rest) = scratch.split_at_mut(TILE * kdim);
-    let (dcols, wt) = rest.split_at_mut(TILE * kdim);
+    let (dcols, wt) = scratch.split_at_mut(TILE * kdim);
     let wt = &mut wt[..co * kdim];
     // Stride 1 without upsampling: dX is itself a convolution of dY (flipped kernel, transposed
     // taps), run as gather + product per tile of *input* pixels; no scatter.
@@ -390,25 +425,6 @@ fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f
                 axpy(&mut dres[pixel * co..(pixel + 1) * co], inv, dyp);
             }
         }
-        if !dw.is_empty() {
-            // dW[k*k*in_c, out_c] += cols^T · dY (cols read transposed through its strides).
-            gather(a, start, rows, inv, cols);
-            gemm(
-                kdim,
-                co,
-                rows,
-                Strided {
-                    data: cols,
-                    rs: 1,
-                    cs: kdim,
-                },
-                dy,
-                co,
-                dw,
-                co,
-                true,
-            );
-        }
         if need_dx && !dx_as_conv {
             // dcols = dY · W^T, then scattered back to the input pixels each column came from.
             gemm(
@@ -446,8 +462,71 @@ fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f
             }
         }
     }
+    if !dw.is_empty() {
+        dw_pass(a, d_out, inv, dw);
+    }
     if dx_as_conv {
         dx_pass(s, d_out, inv, wt, da, db);
+    }
+}
+
+/// The weight gradient, `dW[k*k*in_c, out_c] += cols^T · dY` tile by tile of output pixels
+/// (`cols` read transposed through its strides). The rows of `dW` (im2col columns) are split
+/// into one band per thread ([`team_threads`]); each task gathers only its band's columns and
+/// walks every pixel tile in order, so each element of `dW` gets the same sums in the same order
+/// for any split: the result does not depend on the thread count.
+fn dw_pass(a: &Conv<'_>, d_out: &[f32], inv: f32, dw: &mut [f32]) {
+    let s = &a.shape;
+    let co = s.out_c;
+    let kdim = s.kernel * s.kernel * s.in_c();
+    // Bands of whole 6-row register tiles (the AVX2 kernel's).
+    let band = kdim.div_ceil(team_threads()).next_multiple_of(6);
+    let shared = SharedMut::new(&mut dw[..kdim * co]);
+    for_each_task(kdim.div_ceil(band), &|t| {
+        let (r0, r1) = (t * band, ((t + 1) * band).min(kdim));
+        let width = r1 - r0;
+        // SAFETY: task `t` takes the rows `r0..r1` of `dW` only, disjoint between tasks.
+        let dw_band = unsafe { shared.slice(r0 * co, width * co) };
+        with_scratch(TILE * width, |cols| {
+            dw_band_body(a, d_out, inv, r0..r1, dw_band, cols)
+        });
+    });
+}
+
+fn dw_band_body(
+    a: &Conv<'_>,
+    d_out: &[f32],
+    inv: f32,
+    columns: core::ops::Range<usize>,
+    dw_band: &mut [f32],
+    cols: &mut [f32],
+) {
+    avx2_dispatch!(dw_band_avx2(a: &Conv<'_>, d_out: &[f32], inv: f32, columns: core::ops::Range<usize>, dw_band: &mut [f32], cols: &mut [f32]) dw_band_loop);
+}
+
+#[inline(always)]
+fn dw_band_loop(
+    a: &Conv<'_>,
+    d_out: &[f32],
+    inv: f32,
+    columns: core::ops::Range<usize>,
+    dw_band: &mut [f32],
+    cols: &mut [f32],
+) {
+    let s = &a.shape;
+    let co = s.out_c;
+    let pixels = s.batch * s.out_h * s.out_w;
+    let width = columns.len();
+    for start in (0..pixels).step_by(TILE) {
+        let rows = TILE.min(pixels - start);
+        gather_columns(a, start, rows, inv, columns.clone(), cols);
+        let cols_t = Strided {
+            data: cols,
+            rs: 1,
+            cs: width,
+        };
+        let dy = &d_out[start * co..(start + rows) * co];
+        gemm_serial(width, co, rows, cols_t, dy, co, dw_band, co, true);
     }
 }
 

@@ -15,7 +15,7 @@
 use std::sync::OnceLock;
 
 use crate::kernels::threads::ThreadPool;
-use crate::kernels::Parallel;
+use crate::kernels::{KernelPath, Parallel};
 
 /// `A[i, p] = a[i * rs + p * cs]`.
 #[derive(Clone, Copy)]
@@ -42,6 +42,12 @@ pub fn set_threads(threads: usize) -> std::io::Result<()> {
 
 std::thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Threads of the team [`set_threads`] installed (1 without one): how many parts the layers
+/// split work into when each part must walk all of it (e.g. a conv's weight-gradient bands).
+pub fn team_threads() -> usize {
+    TEAM.get().map_or(1, |team| team.threads())
 }
 
 /// Runs `f` on a thread-local buffer of `len` floats (contents unspecified), grown on first use
@@ -188,11 +194,51 @@ fn gemm_rows(
     ldc: usize,
     accumulate: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { x86::gemm(m, n, k, a, b, ldb, c, ldc, accumulate) };
+    gemm_on(path(), m, n, k, a, b, ldb, c, ldc, accumulate)
+}
+
+/// Which kernel the products run on: the one [`KernelPath::preferred`] names (so
+/// `TINYDIFFUSION_KERNELS` picks the trainer's kernel as it does the core's), fetched once.
+/// AVX-512 and AVX2 give the same bits; any other path runs the portable kernel.
+fn path() -> KernelPath {
+    static PATH: OnceLock<KernelPath> = OnceLock::new();
+    *PATH.get_or_init(|| match KernelPath::preferred() {
+        Ok(p) if p.is_available() => p,
+        _ => KernelPath::detect(),
+    })
+}
+
+/// [`gemm_serial`] on a given kernel path (the portable kernel where `path` is not an x86 one
+/// this CPU has): for tests that compare the paths.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_on(
+    path: KernelPath,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if path == KernelPath::Avx512 && avx2 && std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+            return unsafe { x86_512::gemm(m, n, k, a, b, ldb, c, ldc, accumulate) };
+        }
+        if matches!(path, KernelPath::Avx512 | KernelPath::Avx2) && avx2 {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { x86::gemm(m, n, k, a, b, ldb, c, ldc, accumulate) };
+        }
+    }
+    let _ = path;
     gemm_kernel::<false>(m, n, k, a, b, ldb, c, ldc, accumulate)
 }
 
@@ -409,6 +455,192 @@ mod x86 {
                 }
             }
         });
+    }
+}
+
+/// The AVX-512F path: a 12x32 register tile (24 16-lane accumulators of the 32 zmm registers),
+/// columns past the last multiple of 32 read and written through lane masks (no padded copy).
+/// Every element of `C` gets exactly the operations of the AVX2 path (per reduction block of
+/// [`x86::KC`], one FMA chain in `k` order from zero, then added to `C`), so the two paths give
+/// the same bits: the weights a training run produces do not depend on which one ran.
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use super::x86::KC;
+    use super::Strided;
+    use core::arch::x86_64::*;
+
+    /// Rows of the register tile.
+    const TM: usize = 12;
+
+    /// `C[R x cols] (+)= A[R x k] B[k x cols]` for `cols = 16 (V - 1) + popcount(mask)`;
+    /// `A[r, p] = a[r * rs + p * cs]`, `B[p, :] = b[p * ldb..]`.
+    ///
+    /// # Safety
+    /// the CPU has AVX-512F; `a` is readable at `r * rs + p * cs` and `b` at `p * ldb + [0, cols)`
+    /// for `r < R`, `p < k`; `c` is writable at `r * ldc + [0, cols)`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const V: usize>(
+        k: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        mask: __mmask16,
+    ) {
+        // SAFETY (whole body): every access is inside the ranges the caller guarantees; the
+        // last vector's lanes outside `mask` are neither read nor written.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            let rows: [*const f32; R] = core::array::from_fn(|r| a.add(r * rs));
+            let mut bp = b;
+            let mut off = 0;
+            for _ in 0..k {
+                let mut bv = [_mm512_setzero_ps(); V];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = if v + 1 < V {
+                        _mm512_loadu_ps(bp.add(16 * v))
+                    } else {
+                        _mm512_maskz_loadu_ps(mask, bp.add(16 * v))
+                    };
+                }
+                for (row, base) in acc.iter_mut().zip(rows) {
+                    let av = _mm512_set1_ps(*base.add(off));
+                    for v in 0..V {
+                        row[v] = _mm512_fmadd_ps(av, bv[v], row[v]);
+                    }
+                }
+                off += cs;
+                bp = bp.add(ldb);
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (v, x) in row.iter().enumerate() {
+                    let dst = c.add(r * ldc + 16 * v);
+                    let m = if v + 1 < V { !0 } else { mask };
+                    let y = if accumulate {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), *x)
+                    } else {
+                        *x
+                    };
+                    _mm512_mask_storeu_ps(dst, m, y);
+                }
+            }
+        }
+    }
+
+    /// [`tile`] for `rows <= TM` rows, with the strides of the common layouts made constants.
+    ///
+    /// # Safety
+    /// as [`tile`], with `R = rows`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_rows<const V: usize>(
+        rows: usize,
+        k: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        mask: __mmask16,
+    ) {
+        macro_rules! go {
+            ($r:literal) => {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    if cs == 1 {
+                        tile::<$r, V>(k, a, rs, 1, b, ldb, c, ldc, accumulate, mask)
+                    } else if rs == 1 {
+                        tile::<$r, V>(k, a, 1, cs, b, ldb, c, ldc, accumulate, mask)
+                    } else {
+                        tile::<$r, V>(k, a, rs, cs, b, ldb, c, ldc, accumulate, mask)
+                    }
+                }
+            };
+        }
+        match rows {
+            12 => go!(12),
+            11 => go!(11),
+            10 => go!(10),
+            9 => go!(9),
+            8 => go!(8),
+            7 => go!(7),
+            6 => go!(6),
+            5 => go!(5),
+            4 => go!(4),
+            3 => go!(3),
+            2 => go!(2),
+            _ => go!(1),
+        }
+    }
+
+    /// # Safety
+    /// the CPU has AVX-512F; the slices hold what the portable kernel indexes.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: Strided<'_>,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        if k == 0 {
+            if !accumulate {
+                for i in 0..m {
+                    c[i * ldc..i * ldc + n].fill(0.0);
+                }
+            }
+            return;
+        }
+        // Bounds the raw accesses below rely on.
+        assert!(
+            a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs,
+            "A too short"
+        );
+        assert!(b.len() >= (k - 1) * ldb + n, "B too short");
+        assert!(c.len() >= (m - 1) * ldc + n, "C too short");
+        let (ap, bp, cp) = (a.data.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let acc = accumulate || k0 > 0;
+            for i0 in (0..m).step_by(TM) {
+                let rows = TM.min(m - i0);
+                // SAFETY: rows `i0..i0 + rows <= m`, reduction `k0..k0 + kc <= k` and columns
+                // `j0..j0 + w <= n` (lanes past `w` masked off) are inside the bounds asserted
+                // above.
+                unsafe {
+                    let a0 = ap.add(i0 * a.rs + k0 * a.cs);
+                    for j0 in (0..n).step_by(32) {
+                        let w = 32.min(n - j0);
+                        let (b0, c0) = (bp.add(k0 * ldb + j0), cp.add(i0 * ldc + j0));
+                        if w > 16 {
+                            let mask = (((1u32 << (w - 16)) - 1) & 0xffff) as u16;
+                            let mask = if w == 32 { 0xffff } else { mask };
+                            tile_rows::<2>(rows, kc, a0, a.rs, a.cs, b0, ldb, c0, ldc, acc, mask);
+                        } else {
+                            let mask = if w == 16 {
+                                0xffff
+                            } else {
+                                ((1u32 << w) - 1) as u16
+                            };
+                            tile_rows::<1>(rows, kc, a0, a.rs, a.cs, b0, ldb, c0, ldc, acc, mask);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
