@@ -138,6 +138,23 @@ fn gather_columns(
     columns: core::ops::Range<usize>,
     cols: &mut [f32],
 ) {
+    if !a.shape.upsample && a.shape.in_cb == 0 {
+        gather_rows_of_taps(a, start, rows, scale, columns, cols)
+    } else {
+        gather_by_taps(a, start, rows, scale, columns, cols)
+    }
+}
+
+/// [`gather_columns`] for any conv: one copy per kernel tap (and input part).
+#[inline(always)]
+fn gather_by_taps(
+    a: &Conv<'_>,
+    start: usize,
+    rows: usize,
+    scale: f32,
+    columns: core::ops::Range<usize>,
+    cols: &mut [f32],
+) {
     let s = &a.shape;
     let (ca, cb, cin) = (s.in_ca, s.in_cb, s.in_c());
     let (c0, c1) = (columns.start, columns.end);
@@ -185,6 +202,73 @@ fn gather_columns(
             next = hi;
         }
         row[next - c0..].fill(0.0);
+    }
+}
+
+/// [`gather_columns`] for a conv with one input part and no upsampling (most of them): the
+/// `k` taps of one kernel row read `k` consecutive stored pixels, so each kernel row is one
+/// contiguous copy (between the zeros of the padding), not `k` separate ones.
+#[inline(always)]
+fn gather_rows_of_taps(
+    a: &Conv<'_>,
+    start: usize,
+    rows: usize,
+    scale: f32,
+    columns: core::ops::Range<usize>,
+    cols: &mut [f32],
+) {
+    let s = &a.shape;
+    let (cin, k) = (s.in_ca, s.kernel);
+    let (c0, c1) = (columns.start, columns.end);
+    let width = c1 - c0;
+    // Writes columns `lo..hi` of a row (clipped to `c0..c1`): zeros, or `src` (which starts at
+    // column `lo`) times `scale`. A multiply even for `scale == 1` (exact): a plain copy loop
+    // would become a `memcpy` call, slow at these lengths.
+    let put = |row: &mut [f32], lo: usize, hi: usize, src: Option<&[f32]>| {
+        let (l, h) = (lo.max(c0), hi.min(c1));
+        if l >= h {
+            return;
+        }
+        let dst = &mut row[l - c0..h - c0];
+        match src {
+            None => dst.fill(0.0),
+            Some(x) => {
+                for (d, x) in dst.iter_mut().zip(&x[l - lo..h - lo]) {
+                    *d = x * scale;
+                }
+            }
+        }
+    };
+    for r in 0..rows {
+        let pixel = start + r;
+        let (b, oy, ox) = (
+            pixel / (s.out_h * s.out_w),
+            pixel / s.out_w % s.out_h,
+            pixel % s.out_w,
+        );
+        let row = &mut cols[r * width..(r + 1) * width];
+        let ix0 = (ox * s.stride) as isize - s.pad_left as isize;
+        // Kernel columns that land inside the map: `kx_lo..kx_hi`.
+        let kx_lo = (-ix0).clamp(0, k as isize) as usize;
+        let kx_hi = (s.in_w as isize - ix0).clamp(kx_lo as isize, k as isize) as usize;
+        for ky in 0..k {
+            let seg = ky * k * cin;
+            if seg >= c1 || seg + k * cin <= c0 {
+                continue;
+            }
+            let iy = (oy * s.stride + ky) as isize - s.pad_top as isize;
+            if iy < 0 || iy >= s.in_h as isize || kx_lo == kx_hi {
+                put(row, seg, seg + k * cin, None);
+                continue;
+            }
+            let first = ((b * s.in_h + iy as usize) * s.in_w) as isize + ix0 + kx_lo as isize;
+            let first = first as usize * cin;
+            let len = (kx_hi - kx_lo) * cin;
+            put(row, seg, seg + kx_lo * cin, None);
+            let (lo, hi) = (seg + kx_lo * cin, seg + kx_hi * cin);
+            put(row, lo, hi, Some(&a.in_a[first..first + len]));
+            put(row, hi, seg + k * cin, None);
+        }
     }
 }
 
@@ -547,6 +631,75 @@ pub fn hwio_to_oihw(src: &[f32], out_c: usize, in_c: usize, k: usize, dst: &mut 
         for i in 0..in_c {
             for t in 0..k * k {
                 dst[(o * in_c + i) * k * k + t] = src[(t * in_c + i) * out_c + o];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(hw: (usize, usize), c: usize, k: usize, stride: usize, pad: usize) -> ConvShape {
+        let extra = usize::from(stride == 2 && pad == 0);
+        let out = |n: usize| (n + 2 * pad + extra - k) / stride + 1;
+        ConvShape {
+            batch: 2,
+            in_h: hw.0,
+            in_w: hw.1,
+            in_ca: c,
+            in_cb: 0,
+            out_c: 4,
+            out_h: out(hw.0),
+            out_w: out(hw.1),
+            kernel: k,
+            stride,
+            pad_top: pad,
+            pad_left: pad,
+            upsample: false,
+        }
+    }
+
+    /// The one-copy-per-kernel-row gather writes exactly what the per-tap one does, for every
+    /// kind of conv it takes and for column ranges that cut taps and kernel rows anywhere.
+    #[test]
+    fn gather_rows_of_taps_matches_gather_by_taps() {
+        for s in [
+            shape((5, 3), 3, 3, 1, 1),
+            shape((4, 6), 2, 3, 2, 0),
+            shape((5, 5), 2, 3, 2, 1),
+            shape((3, 4), 5, 1, 1, 0),
+            shape((1, 1), 4, 3, 1, 1),
+        ] {
+            let input: Vec<f32> = (0..s.batch * s.in_h * s.in_w * s.in_ca)
+                .map(|i| i as f32 * 0.25 - 3.0)
+                .collect();
+            let a = Conv {
+                shape: s,
+                in_a: &input,
+                in_b: &[],
+                weight: &[],
+                bias: &[],
+                channel_add: &[],
+                residual: &[],
+                out_scale: 1.0,
+            };
+            let kdim = s.kernel * s.kernel * s.in_ca;
+            let pixels = s.batch * s.out_h * s.out_w;
+            let mut ranges = vec![0..kdim, 0..1, kdim - 1..kdim, 1..kdim - 1];
+            ranges.push(kdim / 3..2 * kdim / 3 + 1);
+            for columns in ranges {
+                for (start, rows) in [(0, pixels), (1, pixels - 2), (pixels / 2, 1)] {
+                    let len = rows * columns.len();
+                    let (mut fast, mut each) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                    gather_rows_of_taps(&a, start, rows, 0.5, columns.clone(), &mut fast);
+                    gather_by_taps(&a, start, rows, 0.5, columns.clone(), &mut each);
+                    let same = fast
+                        .iter()
+                        .zip(&each)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{s:?} columns {columns:?} pixels {start}+{rows}");
+                }
             }
         }
     }
