@@ -15,11 +15,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn train(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(args)
-        .output()
-        .unwrap();
+fn train(args: &[&str], kernels: Option<&str>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
+    if let Some(path) = kernels {
+        cmd.env(tinydiffusion::kernels::KERNELS_ENV, path);
+    }
+    let out = cmd.args(args).output().unwrap();
     assert!(
         out.status.success(),
         "train {args:?} failed:\n{}",
@@ -40,6 +41,7 @@ fn train_resume_and_eval_cli() {
     std::fs::write(&config, CONFIG).unwrap();
     let data = root().join("data/mnist");
     let (a, b, c, d) = (tmp.join("a"), tmp.join("b"), tmp.join("c"), tmp.join("d"));
+    let e = tmp.join("e");
     let common = |out: &Path, steps: &str| -> Vec<String> {
         [
             "--data",
@@ -69,7 +71,9 @@ fn train_resume_and_eval_cli() {
         .map(|s| s.to_string())
         .collect()
     };
-    let run = |v: Vec<String>| train(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let run_on =
+        |v: Vec<String>, kernels| train(&v.iter().map(String::as_str).collect::<Vec<_>>(), kernels);
+    let run = |v: Vec<String>| run_on(v, None);
     run(common(&a, "4"));
     run(common(&b, "2"));
     let mut resume = common(&b, "4");
@@ -80,6 +84,13 @@ fn train_resume_and_eval_cli() {
         v.extend(["--threads".to_string(), threads.to_string()]);
         run(v);
     }
+    // The AVX2 product kernel, where the default is AVX-512 (the same bits), or the portable one.
+    let (other_path, other_what) = if tinydiffusion::kernels::KernelPath::Avx2.is_available() {
+        ("avx2", "the AVX2 run")
+    } else {
+        ("scalar", "the scalar-path run")
+    };
+    run_on(common(&e, "4"), Some(other_path));
     for f in [
         "unet/diffusion_pytorch_model.safetensors",
         "training_state.safetensors",
@@ -90,6 +101,7 @@ fn train_resume_and_eval_cli() {
             (&b, "the resumed run"),
             (&c, "the 1-thread run"),
             (&d, "the 3-thread run"),
+            (&e, other_what),
         ] {
             assert!(
                 x == read(&other.join("checkpoint-00000004").join(f)),

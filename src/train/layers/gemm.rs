@@ -2,9 +2,12 @@
 //! `C[m, n] (+)= A[m, k] · B[k, n]`, `B` and `C` row-major, `A` read through two strides so
 //! that `A` or `A^T` of a row-major buffer can be passed without a copy.
 //!
-//! On x86-64 with AVX2+FMA (detected at run time) a 6x16 intrinsics micro-kernel with reduction
-//! blocking runs (see `x86` below); elsewhere a portable 4x16 register-tile kernel (fixed-size
-//! arrays LLVM keeps in vector registers) with a plain loop for the edges.
+//! Kernels, picked once per process from [`KernelPath::preferred`] (so `TINYDIFFUSION_KERNELS`
+//! forces one, as for the core): on x86-64 with AVX-512F a 12x32 intrinsics micro-kernel with
+//! masked edge columns (`x86_512`), with AVX2+FMA a 6x16 one (`x86`), both with reduction
+//! blocking and both giving the same bits; elsewhere a portable 4x16 register-tile kernel
+//! (fixed-size arrays LLVM keeps in vector registers) with a plain loop for the edges.
+//! `cargo bench --features train --bench train_gemm` compares them with the `gemm` crate.
 //!
 //! Threads: [`set_threads`] installs a process-wide team; a large product is then split into
 //! bands of rows of `C`, one task each. Every element of `C` is still summed by one thread in
@@ -159,7 +162,7 @@ pub fn gemm(
     };
     // Bands of whole micro-tiles, a few per thread so an unlucky thread does not hold up the rest.
     let tasks = (team.threads() * 2).min(m / MR);
-    // Multiples of 12 rows: whole tiles of both kernels (4 rows portable, 6 AVX2).
+    // Multiples of 12 rows: whole tiles of every kernel (4 rows portable, 6 AVX2, 12 AVX-512).
     let band = (m / tasks).next_multiple_of(12);
     let tasks = m.div_ceil(band);
     assert!(c.len() >= (m - 1) * ldc + n, "C too short");

@@ -17,8 +17,8 @@
 //!
 //! The loops are plain but cache-friendly (contiguous innermost loops, 8-lane accumulators that
 //! LLVM turns into SIMD); on x86-64 with AVX2+FMA the hot ones are compiled a second time with
-//! those features (run-time dispatch), the products run on [`gemm`]'s intrinsics micro-kernel
-//! and `exp` (SiLU, softmax) on [`vmath`]. Work is split into independent tasks (pixel tiles,
+//! those features (run-time dispatch), the products run on [`gemm`]'s intrinsics micro-kernels
+//! (AVX-512 or AVX2, the same bits) and `exp` (SiLU, softmax) on [`vmath`]. Work is split into independent tasks (pixel tiles,
 //! samples, row bands of a product) on [`gemm::for_each_task`]'s team; the partition is fixed and
 //! partial sums are combined in a fixed order, so results do not depend on the thread count.
 
