@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # NEON path in CI: cross-build the forward-parity test for aarch64-unknown-linux-gnu and run it
-# under qemu-user: every fixture model on the NEON kernels, at 1 and 3 threads.
+# under qemu-user: every fixture model on the NEON kernels, at 1 and 3 threads; the Winograd
+# kernel tests; the trainer's portable matrix product.
 # Installs what it needs: the Rust target, Debian's gcc-aarch64-linux-gnu (linker and libc)
 # and qemu-user.
 set -euo pipefail
@@ -26,3 +27,5 @@ cargo test --target "$TARGET" --test forward_parity -- --nocapture --test-thread
 grep -q "\[neon\]: out rel L2" /tmp/neon-test.log || { echo "the NEON path did not run" >&2; exit 1; }
 # The Winograd conv in both of its modes (the fixtures above only reach the weight-major one).
 cargo test --target "$TARGET" --test kernels_simd -- --test-threads 1 winograd
+# The trainer's matrix product on its portable kernel (what non-x86 machines train with).
+cargo test --target "$TARGET" --features train --test train_gemm

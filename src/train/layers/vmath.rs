@@ -10,6 +10,7 @@
 
 /// True where the AVX2+FMA path runs.
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
