@@ -107,6 +107,16 @@ impl Iterator for Taps<'_> {
     }
 }
 
+/// `(sample, row, column)` of output pixel `pixel` (counted over the whole batch).
+#[inline(always)]
+fn out_pixel(s: &ConvShape, pixel: usize) -> (usize, usize, usize) {
+    (
+        pixel / (s.out_h * s.out_w),
+        pixel / s.out_w % s.out_h,
+        pixel % s.out_w,
+    )
+}
+
 /// Output pixels per tile: the gathered input of a tile (`TILE x k*k*in_c`) stays in L2.
 const TILE: usize = 64;
 
@@ -161,11 +171,7 @@ fn gather_by_taps(
     let width = c1 - c0;
     for r in 0..rows {
         let pixel = start + r;
-        let (b, oy, ox) = (
-            pixel / (s.out_h * s.out_w),
-            pixel / s.out_w % s.out_h,
-            pixel % s.out_w,
-        );
+        let (b, oy, ox) = out_pixel(s, pixel);
         let row = &mut cols[r * width..(r + 1) * width];
         // Taps come in increasing order: the gaps between them are padding (zeros). A multiply
         // even for `scale == 1` (exact): a plain copy loop would become a `memcpy` call, slow
@@ -241,11 +247,7 @@ fn gather_rows_of_taps(
     };
     for r in 0..rows {
         let pixel = start + r;
-        let (b, oy, ox) = (
-            pixel / (s.out_h * s.out_w),
-            pixel / s.out_w % s.out_h,
-            pixel % s.out_w,
-        );
+        let (b, oy, ox) = out_pixel(s, pixel);
         let row = &mut cols[r * width..(r + 1) * width];
         let ix0 = (ox * s.stride) as isize - s.pad_left as isize;
         // Kernel columns that land inside the map: `kx_lo..kx_hi`.
@@ -528,11 +530,7 @@ fn backward_body(a: &Conv<'_>, d_out: &[f32], g: ConvGrads<'_>, scratch: &mut [f
             );
             for r in 0..rows {
                 let pixel = start + r;
-                let (b, oy, ox) = (
-                    pixel / (s.out_h * s.out_w),
-                    pixel / s.out_w % s.out_h,
-                    pixel % s.out_w,
-                );
+                let (b, oy, ox) = out_pixel(s, pixel);
                 let row = &dcols[r * kdim..(r + 1) * kdim];
                 for (tap, src) in taps(s, b, oy, ox) {
                     let d = &row[tap * cin..(tap + 1) * cin];

@@ -3,10 +3,10 @@
 //! that `A` or `A^T` of a row-major buffer can be passed without a copy.
 //!
 //! Kernels, picked once per process from [`KernelPath::preferred`] (so `TINYDIFFUSION_KERNELS`
-//! forces one, as for the core): on x86-64 with AVX-512F a 12x32 intrinsics micro-kernel with
-//! masked edge columns (`x86_512`), with AVX2+FMA a 6x16 one (`x86`), both with reduction
-//! blocking and both giving the same bits; elsewhere a portable 4x16 register-tile kernel
-//! (fixed-size arrays LLVM keeps in vector registers) with a plain loop for the edges.
+//! forces one, as for the core): on x86-64 one register-tile micro-kernel written over the
+//! core's vector type (`simd_gemm`, 12x32 on AVX-512, 6x16 on AVX2, the same bits on both);
+//! elsewhere a portable 4x16 register-tile kernel (fixed-size arrays LLVM keeps in vector
+//! registers) with a plain loop for the edges.
 //! `cargo bench --features train --bench train_gemm` compares them with the `gemm` crate.
 //!
 //! Threads: [`set_threads`] installs a process-wide team; a large product is then split into
@@ -93,7 +93,7 @@ pub fn gemm_serial(
     if m == 0 || n == 0 {
         return;
     }
-    gemm_rows(m, n, k, a, b, ldb, c, ldc, accumulate)
+    gemm_on(path(), m, n, k, a, b, ldb, c, ldc, accumulate)
 }
 
 /// A mutable buffer that tasks of one [`for_each_task`] call slice into disjoint parts.
@@ -158,7 +158,7 @@ pub fn gemm(
         .get()
         .filter(|_| m * n * k >= PARALLEL_MIN_MACS && m >= 2 * MR);
     let Some(team) = team else {
-        return gemm_rows(m, n, k, a, b, ldb, c, ldc, accumulate);
+        return gemm_on(path(), m, n, k, a, b, ldb, c, ldc, accumulate);
     };
     // Bands of whole micro-tiles, a few per thread so an unlucky thread does not hold up the rest.
     let tasks = (team.threads() * 2).min(m / MR);
@@ -181,23 +181,8 @@ pub fn gemm(
             data: &a.data[i0 * a.rs..],
             ..a
         };
-        gemm_rows(rows, n, k, a_band, b, ldb, c_band, ldc, accumulate);
+        gemm_on(path(), rows, n, k, a_band, b, ldb, c_band, ldc, accumulate);
     });
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm_rows(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Strided<'_>,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    gemm_on(path(), m, n, k, a, b, ldb, c, ldc, accumulate)
 }
 
 /// Which kernel the products run on: the one [`KernelPath::preferred`] names (so
@@ -231,50 +216,63 @@ pub fn gemm_on(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        if path == KernelPath::Avx512 && avx2 && std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
-            return unsafe { x86_512::gemm(m, n, k, a, b, ldb, c, ldc, accumulate) };
+        use crate::kernels::x86::{avx2_available, avx512_available};
+        if path == KernelPath::Avx512 && avx512_available() {
+            // SAFETY: the CPU supports AVX-512F, AVX2, FMA and F16C (checked just above).
+            return unsafe { gemm_avx512(m, n, k, a, b, ldb, c, ldc, accumulate) };
         }
-        if matches!(path, KernelPath::Avx512 | KernelPath::Avx2) && avx2 {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { x86::gemm(m, n, k, a, b, ldb, c, ldc, accumulate) };
+        if matches!(path, KernelPath::Avx512 | KernelPath::Avx2) && avx2_available() {
+            // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+            return unsafe { gemm_avx2(m, n, k, a, b, ldb, c, ldc, accumulate) };
         }
     }
     let _ = path;
     gemm_kernel::<false>(m, n, k, a, b, ldb, c, ldc, accumulate)
 }
 
-/// The AVX2+FMA path: a 6x16 register tile (twelve 8-lane accumulators) written with
-/// intrinsics, the reduction cut in blocks of [`x86::KC`] (the `A` rows of a tile and the `B`
-/// rows of a block stay in L1/L2). The last `n % 16` columns use the same tile on a zero-padded
-/// copy of those columns of `B`. Every element of `C` is, per reduction block, one chain of
-/// fused multiply-adds in `k` order added to `C` (or stored, for the first block when not
-/// accumulating): the same operations for any split of the rows between threads.
+/// The SIMD path, generic over the core's vector type ([`Simd`]: AVX2 or AVX-512 here): a
+/// register tile of `TM` rows by two vectors (6x16 on AVX2's 16 ymm registers, 12x32 on
+/// AVX-512's 32 zmm: accumulators, the two `B` vectors and a broadcast all fit), the reduction
+/// cut in blocks of [`KC`] (the `A` rows of a tile and the `B` rows of a block stay in L1/L2).
+/// The columns past the last full panel use the same tile on a zero-padded copy of those columns
+/// of `B`. Every element of `C` is, per reduction block, one chain of fused multiply-adds in `k`
+/// order from zero, added to `C` (or stored, for the first block when not accumulating): the
+/// same operations for any split of the rows between threads and for either vector width, so
+/// AVX-512 and AVX2 give the same bits and a training run's weights do not depend on the CPU.
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+mod simd_gemm {
     use super::Strided;
-    use core::arch::x86_64::*;
+    use crate::kernels::simd::Simd;
     use std::cell::RefCell;
 
-    /// Rows of the register tile.
-    const TM: usize = 6;
     /// Reduction block.
     pub const KC: usize = 512;
+    /// The most rows any path's tile has (AVX-512's).
+    const TM_MAX: usize = 12;
+    /// The widest panel (two AVX-512 vectors).
+    const W_MAX: usize = 32;
+
+    /// Rows of `S`'s register tile: 3/8 of its registers (6 of 16, 12 of 32), which leaves room
+    /// beside the `2 x rows` accumulators for the two `B` vectors and the broadcast `A` value.
+    const fn tile_rows_of<S: Simd>() -> usize {
+        S::REGISTERS * 3 / 8
+    }
 
     std::thread_local! {
         /// Zero-padded copy of the edge columns of `B` (grows once, then reused).
         static EDGE_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// `C[R x 8V] (+)= A[R x k] B[k x 8V]`, `A[r, p] = a[r * rs + p * cs]`, `B[p, :] = b[p * ldb..]`.
+    /// `C[R x V lanes] (+)= A[R x k] B[k x V lanes]`, `A[r, p] = a[r * rs + p * cs]`,
+    /// `B[p, :] = b[p * ldb..]`.
     ///
     /// # Safety
-    /// the CPU has AVX2 and FMA; `a` is readable at `r * rs + p * cs` and `b` at
-    /// `p * ldb + [0, 8V)` for `r < R`, `p < k`; `c` is writable at `r * ldc + [0, 8V)`.
+    /// the CPU has `S`'s features; `a` is readable at `r * rs + p * cs` and `b` at
+    /// `p * ldb + [0, V * LANES)` for `r < R`, `p < k`; `c` is writable at
+    /// `r * ldc + [0, V * LANES)`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize, const V: usize>(
+    unsafe fn tile<S: Simd, const R: usize, const V: usize>(
         k: usize,
         a: *const f32,
         rs: usize,
@@ -287,21 +285,21 @@ mod x86 {
     ) {
         // SAFETY (whole body): every access is inside the ranges the caller guarantees.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); V]; R];
+            let mut acc = [[S::zero(); V]; R];
             // One base pointer per row and a shared offset: `[base_r + off * 4]` addressing,
             // no per-row pointer arithmetic inside the loop.
             let rows: [*const f32; R] = core::array::from_fn(|r| a.add(r * rs));
             let mut bp = b;
             let mut off = 0;
             for _ in 0..k {
-                let mut bv = [_mm256_setzero_ps(); V];
+                let mut bv = [S::zero(); V];
                 for (v, x) in bv.iter_mut().enumerate() {
-                    *x = _mm256_loadu_ps(bp.add(8 * v));
+                    *x = S::load(bp.add(S::LANES * v));
                 }
                 for (row, base) in acc.iter_mut().zip(rows) {
-                    let av = _mm256_broadcast_ss(&*base.add(off));
+                    let av = S::bcast(base.add(off));
                     for v in 0..V {
-                        row[v] = _mm256_fmadd_ps(av, bv[v], row[v]);
+                        row[v] = S::fma(av, bv[v], row[v]);
                     }
                 }
                 off += cs;
@@ -309,25 +307,26 @@ mod x86 {
             }
             for (r, row) in acc.iter().enumerate() {
                 for (v, x) in row.iter().enumerate() {
-                    let dst = c.add(r * ldc + 8 * v);
+                    let dst = c.add(r * ldc + S::LANES * v);
                     let y = if accumulate {
-                        _mm256_add_ps(_mm256_loadu_ps(dst), *x)
+                        S::add(S::load(dst), *x)
                     } else {
                         *x
                     };
-                    _mm256_storeu_ps(dst, y);
+                    S::store(dst, y);
                 }
             }
         }
     }
 
-    /// [`tile`] for `rows <= TM` rows, with the strides of the common layouts made constants.
+    /// [`tile`] for `rows <= tile_rows_of::<S>()` rows, with the strides of the common layouts
+    /// made constants.
     ///
     /// # Safety
     /// as [`tile`], with `R = rows`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_rows<const V: usize>(
+    unsafe fn tile_rows<S: Simd, const V: usize>(
         rows: usize,
         k: usize,
         a: *const f32,
@@ -344,226 +343,11 @@ mod x86 {
                 // SAFETY: forwarded from the caller.
                 unsafe {
                     if cs == 1 {
-                        tile::<$r, V>(k, a, rs, 1, b, ldb, c, ldc, accumulate)
+                        tile::<S, $r, V>(k, a, rs, 1, b, ldb, c, ldc, accumulate)
                     } else if rs == 1 {
-                        tile::<$r, V>(k, a, 1, cs, b, ldb, c, ldc, accumulate)
+                        tile::<S, $r, V>(k, a, 1, cs, b, ldb, c, ldc, accumulate)
                     } else {
-                        tile::<$r, V>(k, a, rs, cs, b, ldb, c, ldc, accumulate)
-                    }
-                }
-            };
-        }
-        match rows {
-            6 => go!(6),
-            5 => go!(5),
-            4 => go!(4),
-            3 => go!(3),
-            2 => go!(2),
-            _ => go!(1),
-        }
-    }
-
-    /// # Safety
-    /// the CPU has AVX2 and FMA; the slices hold what the portable kernel indexes.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: Strided<'_>,
-        b: &[f32],
-        ldb: usize,
-        c: &mut [f32],
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        if k == 0 {
-            if !accumulate {
-                for i in 0..m {
-                    c[i * ldc..i * ldc + n].fill(0.0);
-                }
-            }
-            return;
-        }
-        // Bounds the raw accesses below rely on.
-        assert!(
-            a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs,
-            "A too short"
-        );
-        assert!(b.len() >= (k - 1) * ldb + n, "B too short");
-        assert!(c.len() >= (m - 1) * ldc + n, "C too short");
-        let n16 = n - n % 16;
-        let rem = n - n16;
-        // Edge columns: 8 or 16 padded lanes.
-        let ew = if rem > 8 { 16 } else { 8 };
-        EDGE_B.with_borrow_mut(|edge| {
-            if rem > 0 {
-                edge.clear();
-                edge.resize(k * ew, 0.0);
-                for p in 0..k {
-                    edge[p * ew..p * ew + rem].copy_from_slice(&b[p * ldb + n16..p * ldb + n]);
-                }
-            }
-            let (ap, bp, cp) = (a.data.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-            for k0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - k0);
-                let acc = accumulate || k0 > 0;
-                for i0 in (0..m).step_by(TM) {
-                    let rows = TM.min(m - i0);
-                    // SAFETY: rows `i0..i0 + rows < m`, reduction `k0..k0 + kc <= k` and columns
-                    // `j0..j0 + 16 <= n16` are inside the bounds asserted above.
-                    let a0 = unsafe { ap.add(i0 * a.rs + k0 * a.cs) };
-                    for j0 in (0..n16).step_by(16) {
-                        // SAFETY: as above.
-                        unsafe {
-                            tile_rows::<2>(
-                                rows,
-                                kc,
-                                a0,
-                                a.rs,
-                                a.cs,
-                                bp.add(k0 * ldb + j0),
-                                ldb,
-                                cp.add(i0 * ldc + j0),
-                                ldc,
-                                acc,
-                            )
-                        };
-                    }
-                    if rem > 0 {
-                        let mut out = [0.0f32; TM * 16];
-                        // SAFETY: `edge` holds `k * ew` floats; `out` holds `TM * 16`.
-                        unsafe {
-                            let e = edge.as_ptr().add(k0 * ew);
-                            let o = out.as_mut_ptr();
-                            if ew == 16 {
-                                tile_rows::<2>(rows, kc, a0, a.rs, a.cs, e, 16, o, 16, false);
-                            } else {
-                                tile_rows::<1>(rows, kc, a0, a.rs, a.cs, e, 8, o, 16, false);
-                            }
-                        }
-                        for r in 0..rows {
-                            let dst = &mut c[(i0 + r) * ldc + n16..(i0 + r) * ldc + n];
-                            let src = &out[r * 16..r * 16 + rem];
-                            if acc {
-                                for (d, s) in dst.iter_mut().zip(src) {
-                                    *d += s;
-                                }
-                            } else {
-                                dst.copy_from_slice(src);
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// The AVX-512F path: a 12x32 register tile (24 16-lane accumulators of the 32 zmm registers),
-/// columns past the last multiple of 32 read and written through lane masks (no padded copy).
-/// Every element of `C` gets exactly the operations of the AVX2 path (per reduction block of
-/// [`x86::KC`], one FMA chain in `k` order from zero, then added to `C`), so the two paths give
-/// the same bits: the weights a training run produces do not depend on which one ran.
-#[cfg(target_arch = "x86_64")]
-mod x86_512 {
-    use super::x86::KC;
-    use super::Strided;
-    use core::arch::x86_64::*;
-
-    /// Rows of the register tile.
-    const TM: usize = 12;
-
-    /// `C[R x cols] (+)= A[R x k] B[k x cols]` for `cols = 16 (V - 1) + popcount(mask)`;
-    /// `A[r, p] = a[r * rs + p * cs]`, `B[p, :] = b[p * ldb..]`.
-    ///
-    /// # Safety
-    /// the CPU has AVX-512F; `a` is readable at `r * rs + p * cs` and `b` at `p * ldb + [0, cols)`
-    /// for `r < R`, `p < k`; `c` is writable at `r * ldc + [0, cols)`.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize, const V: usize>(
-        k: usize,
-        a: *const f32,
-        rs: usize,
-        cs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        mask: __mmask16,
-    ) {
-        // SAFETY (whole body): every access is inside the ranges the caller guarantees; the
-        // last vector's lanes outside `mask` are neither read nor written.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); V]; R];
-            let rows: [*const f32; R] = core::array::from_fn(|r| a.add(r * rs));
-            let mut bp = b;
-            let mut off = 0;
-            for _ in 0..k {
-                let mut bv = [_mm512_setzero_ps(); V];
-                for (v, x) in bv.iter_mut().enumerate() {
-                    *x = if v + 1 < V {
-                        _mm512_loadu_ps(bp.add(16 * v))
-                    } else {
-                        _mm512_maskz_loadu_ps(mask, bp.add(16 * v))
-                    };
-                }
-                for (row, base) in acc.iter_mut().zip(rows) {
-                    let av = _mm512_set1_ps(*base.add(off));
-                    for v in 0..V {
-                        row[v] = _mm512_fmadd_ps(av, bv[v], row[v]);
-                    }
-                }
-                off += cs;
-                bp = bp.add(ldb);
-            }
-            for (r, row) in acc.iter().enumerate() {
-                for (v, x) in row.iter().enumerate() {
-                    let dst = c.add(r * ldc + 16 * v);
-                    let m = if v + 1 < V { !0 } else { mask };
-                    let y = if accumulate {
-                        _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), *x)
-                    } else {
-                        *x
-                    };
-                    _mm512_mask_storeu_ps(dst, m, y);
-                }
-            }
-        }
-    }
-
-    /// [`tile`] for `rows <= TM` rows, with the strides of the common layouts made constants.
-    ///
-    /// # Safety
-    /// as [`tile`], with `R = rows`.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_rows<const V: usize>(
-        rows: usize,
-        k: usize,
-        a: *const f32,
-        rs: usize,
-        cs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        mask: __mmask16,
-    ) {
-        macro_rules! go {
-            ($r:literal) => {
-                // SAFETY: forwarded from the caller.
-                unsafe {
-                    if cs == 1 {
-                        tile::<$r, V>(k, a, rs, 1, b, ldb, c, ldc, accumulate, mask)
-                    } else if rs == 1 {
-                        tile::<$r, V>(k, a, 1, cs, b, ldb, c, ldc, accumulate, mask)
-                    } else {
-                        tile::<$r, V>(k, a, rs, cs, b, ldb, c, ldc, accumulate, mask)
+                        tile::<S, $r, V>(k, a, rs, cs, b, ldb, c, ldc, accumulate)
                     }
                 }
             };
@@ -585,10 +369,11 @@ mod x86_512 {
     }
 
     /// # Safety
-    /// the CPU has AVX-512F; the slices hold what the portable kernel indexes.
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    /// the CPU has `S`'s features (the caller is compiled with them, so the kernel inlines);
+    /// the slices hold what the portable kernel indexes.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm(
+    pub unsafe fn gemm<S: Simd>(
         m: usize,
         n: usize,
         k: usize,
@@ -614,38 +399,110 @@ mod x86_512 {
         );
         assert!(b.len() >= (k - 1) * ldb + n, "B too short");
         assert!(c.len() >= (m - 1) * ldc + n, "C too short");
+        let (lanes, tm) = (S::LANES, tile_rows_of::<S>());
+        debug_assert!(tm <= TM_MAX && 2 * lanes <= W_MAX);
+        // Full panels of two vectors, then the edge columns padded to one or two vectors.
+        let w = 2 * lanes;
+        let n_full = n - n % w;
+        let rem = n - n_full;
+        let ew = if rem > lanes { w } else { lanes };
+        // Taken out of its thread-local rather than borrowed in a closure: a closure would be
+        // compiled without the caller's target features, and the kernel would not inline.
+        let mut edge = EDGE_B.take();
+        if rem > 0 {
+            edge.clear();
+            edge.resize(k * ew, 0.0);
+            for p in 0..k {
+                edge[p * ew..p * ew + rem].copy_from_slice(&b[p * ldb + n_full..p * ldb + n]);
+            }
+        }
         let (ap, bp, cp) = (a.data.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             let acc = accumulate || k0 > 0;
-            for i0 in (0..m).step_by(TM) {
-                let rows = TM.min(m - i0);
-                // SAFETY: rows `i0..i0 + rows <= m`, reduction `k0..k0 + kc <= k` and columns
-                // `j0..j0 + w <= n` (lanes past `w` masked off) are inside the bounds asserted
-                // above.
-                unsafe {
-                    let a0 = ap.add(i0 * a.rs + k0 * a.cs);
-                    for j0 in (0..n).step_by(32) {
-                        let w = 32.min(n - j0);
-                        let (b0, c0) = (bp.add(k0 * ldb + j0), cp.add(i0 * ldc + j0));
-                        if w > 16 {
-                            let mask = (((1u32 << (w - 16)) - 1) & 0xffff) as u16;
-                            let mask = if w == 32 { 0xffff } else { mask };
-                            tile_rows::<2>(rows, kc, a0, a.rs, a.cs, b0, ldb, c0, ldc, acc, mask);
+            for i0 in (0..m).step_by(tm) {
+                let rows = tm.min(m - i0);
+                // SAFETY: rows `i0..i0 + rows <= m`, reduction `k0..k0 + kc <= k` and
+                // columns `j0..j0 + w <= n_full` are inside the bounds asserted above.
+                let a0 = unsafe { ap.add(i0 * a.rs + k0 * a.cs) };
+                for j0 in (0..n_full).step_by(w) {
+                    // SAFETY: as above.
+                    unsafe {
+                        tile_rows::<S, 2>(
+                            rows,
+                            kc,
+                            a0,
+                            a.rs,
+                            a.cs,
+                            bp.add(k0 * ldb + j0),
+                            ldb,
+                            cp.add(i0 * ldc + j0),
+                            ldc,
+                            acc,
+                        )
+                    };
+                }
+                if rem > 0 {
+                    let mut out = [0.0f32; TM_MAX * W_MAX];
+                    // SAFETY: `edge` holds `k * ew` floats; `out` holds `rows * w`.
+                    unsafe {
+                        let e = edge.as_ptr().add(k0 * ew);
+                        let o = out.as_mut_ptr();
+                        if ew == w {
+                            tile_rows::<S, 2>(rows, kc, a0, a.rs, a.cs, e, ew, o, w, false);
                         } else {
-                            let mask = if w == 16 {
-                                0xffff
-                            } else {
-                                ((1u32 << w) - 1) as u16
-                            };
-                            tile_rows::<1>(rows, kc, a0, a.rs, a.cs, b0, ldb, c0, ldc, acc, mask);
+                            tile_rows::<S, 1>(rows, kc, a0, a.rs, a.cs, e, ew, o, w, false);
+                        }
+                    }
+                    for r in 0..rows {
+                        let dst = &mut c[(i0 + r) * ldc + n_full..(i0 + r) * ldc + n];
+                        let src = &out[r * w..r * w + rem];
+                        if acc {
+                            for (d, s) in dst.iter_mut().zip(src) {
+                                *d += s;
+                            }
+                        } else {
+                            dst.copy_from_slice(src);
                         }
                     }
                 }
             }
         }
+        EDGE_B.set(edge);
     }
 }
+
+/// `$name`: [`simd_gemm::gemm`] on vector type `$simd`, compiled with `$features`.
+macro_rules! simd_gemm_entry {
+    ($name:ident, $simd:ty, $features:literal) => {
+        /// # Safety
+        /// the CPU has the features this function is compiled with; the slices hold what the
+        /// portable kernel indexes.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            m: usize,
+            n: usize,
+            k: usize,
+            a: Strided<'_>,
+            b: &[f32],
+            ldb: usize,
+            c: &mut [f32],
+            ldc: usize,
+            accumulate: bool,
+        ) {
+            // SAFETY: forwarded from the caller.
+            unsafe { simd_gemm::gemm::<$simd>(m, n, k, a, b, ldb, c, ldc, accumulate) }
+        }
+    };
+}
+simd_gemm_entry!(
+    gemm_avx512,
+    crate::kernels::x86::Avx512,
+    "avx512f,avx2,fma,f16c"
+);
+simd_gemm_entry!(gemm_avx2, crate::kernels::x86::Avx2, "avx2,fma,f16c");
 
 /// `acc += a * b`, sixteen lanes; fused where the caller was compiled with FMA.
 #[inline(always)]
