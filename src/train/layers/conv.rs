@@ -561,8 +561,9 @@ fn dw_pass(a: &Conv<'_>, d_out: &[f32], inv: f32, dw: &mut [f32]) {
     let s = &a.shape;
     let co = s.out_c;
     let kdim = s.kernel * s.kernel * s.in_c();
-    // Bands of whole 6-row register tiles (the AVX2 kernel's).
-    let band = kdim.div_ceil(team_threads()).next_multiple_of(6);
+    // Bands of whole register tiles of every gemm kernel (12 rows: AVX-512's, twice AVX2's);
+    // where the bands split does not change any result.
+    let band = kdim.div_ceil(team_threads()).next_multiple_of(12);
     let shared = SharedMut::new(&mut dw[..kdim * co]);
     for_each_task(kdim.div_ceil(band), &|t| {
         let (r0, r1) = (t * band, ((t + 1) * band).min(kdim));

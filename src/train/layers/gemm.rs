@@ -187,7 +187,9 @@ pub fn gemm(
 
 /// Which kernel the products run on: the one [`KernelPath::preferred`] names (so
 /// `TINYDIFFUSION_KERNELS` picks the trainer's kernel as it does the core's), fetched once.
-/// AVX-512 and AVX2 give the same bits; any other path runs the portable kernel.
+/// AVX-512 and AVX2 give the same bits; any other path runs the portable kernel. A name the
+/// variable cannot mean here (unknown, or a path this CPU lacks) falls back to detection, since
+/// a product has no error to return; the core's model loading reports that name as an error.
 fn path() -> KernelPath {
     static PATH: OnceLock<KernelPath> = OnceLock::new();
     *PATH.get_or_init(|| match KernelPath::preferred() {
@@ -197,7 +199,8 @@ fn path() -> KernelPath {
 }
 
 /// [`gemm_serial`] on a given kernel path (the portable kernel where `path` is not an x86 one
-/// this CPU has): for tests that compare the paths.
+/// this CPU has): what [`gemm`] and [`gemm_serial`] call with [`path`], and what tests and
+/// benches call to compare the paths.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_on(
     path: KernelPath,
