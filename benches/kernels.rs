@@ -280,13 +280,10 @@ fn bench_linear_attention(c: &mut Criterion, model: &Model, path: KernelPath, te
     let mut lins = Vec::new();
     for op in model.ops() {
         if let Op::Linear(l) = op {
-            if l.out_f == 256 && lins.is_empty() {
+            if l.rows == 1 && l.out_f == 256 && lins.is_empty() {
                 lins.push((1, l.in_f, l.out_f, l.weight, l.bias));
-            }
-        }
-        if let Op::Attention(a) = op {
-            if a.tokens == 256 && lins.len() == 1 {
-                lins.push((a.tokens, a.channels, a.channels, a.q.0, a.q.1));
+            } else if l.rows == 256 && l.in_f == l.out_f && lins.len() == 1 {
+                lins.push((l.rows, l.in_f, l.out_f, l.weight, l.bias));
             }
         }
     }

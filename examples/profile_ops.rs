@@ -91,9 +91,7 @@ fn main() {
             Op::GroupNorm(g) => format!("group_norm {} px {} ch", g.pixels, g.in_ca + g.in_cb),
             Op::Attention(a) => format!("attention {} tok {} ch", a.tokens, a.channels),
             Op::Linear(l) => format!("linear {}x{}->{}", l.rows, l.in_f, l.out_f),
-            Op::TimeEmbedding(_) => "time_embedding".into(),
-            Op::InputToNhwc { .. } => "input".into(),
-            Op::OutputToNchw { .. } => "output".into(),
+            other => other.kind().into(),
         };
         let e = rows.entry(key).or_default();
         e.0 += t;

@@ -33,7 +33,7 @@ extern "C" __global__ void nhwc_to_nchw(const h16* in, float* out, int batch, in
     out[i] = h2f(in[(b * hw + p) * c + ch]);
 }
 
-// diffusers' get_timestep_embedding as Model::time_embedding computes it: exponent and
+// diffusers' get_timestep_embedding as the CPU's Sinusoid op (model::forward::sinusoid) computes it: exponent and
 // argument in f32, sin / cos in f64. t = ts[(step ? *step : 0) + b * ts_per_sample].
 extern "C" __global__ void timestep_sinusoid(const float* ts, const int* step, int ts_per_sample,
                                              h16* out, int batch, int dim, int flip,
@@ -57,24 +57,21 @@ extern "C" __global__ void timestep_sinusoid(const float* ts, const int* step, i
     out[i] = f2h(y);
 }
 
-extern "C" __global__ void silu_inplace(h16* x, long long n) {
+// The op list's Silu op: y = x * sigmoid(x), elementwise (x and y may be the same buffer).
+extern "C" __global__ void silu(const h16* x, h16* y, long long n) {
     long long i = gidx();
-    if (i < n) x[i] = f2h(silu_f(h2f(x[i])));
+    if (i < n) y[i] = f2h(silu_f(h2f(x[i])));
 }
 
-// The end of Model::time_embedding: emb += class_embedding[label] (if a table is given),
-// then SiLU. labels: one per sample, or one for all (n_labels == 1).
-extern "C" __global__ void class_embed_silu(h16* emb, const h16* table, const int* labels,
-                                            int n_labels, int batch, int e) {
+// The op list's ClassEmbedding op: out[b] = in[b] + table[label[b]] over [batch, e].
+// labels: one per sample, or one for all (n_labels == 1).
+extern "C" __global__ void class_embed_add(const h16* in, h16* out, const h16* table,
+                                           const int* labels, int n_labels, int batch, int e) {
     long long i = gidx();
     if (i >= (long long)batch * e) return;
     int b = (int)(i / e), j = (int)(i % e);
-    float v = h2f(emb[i]);
-    if (table) {
-        int label = labels[n_labels == 1 ? 0 : b];
-        v += h2f(table[(long long)label * e + j]);
-    }
-    emb[i] = f2h(silu_f(v));
+    int label = labels[n_labels == 1 ? 0 : b];
+    out[i] = f2h(h2f(in[i]) + h2f(table[(long long)label * e + j]));
 }
 
 // Classifier-free guidance (sampler.rs): eps = (1 + s) eps - s eps_uncond on the first c of

@@ -29,7 +29,11 @@ use half::f16;
 use super::kernels;
 use crate::error::{device_err, invalid_arg, unsupported, Error, Result};
 use crate::kernels::ConvShape;
-use crate::model::{Input, Model, Op, TensorId};
+use crate::model::backend::{walk, Backend};
+use crate::model::{
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Model, Op,
+    OutputOp, SiluOp, SinusoidOp, TensorId,
+};
 use crate::sampler::{SampleOptions, StepInfo};
 use crate::schedule::config::{PredictionType, SchedulerKind, VarianceType};
 use crate::schedule::Scheduler;
@@ -108,8 +112,8 @@ struct Funcs {
     nchw_to_nhwc: CudaFunction,
     nhwc_to_nchw: CudaFunction,
     timestep_sinusoid: CudaFunction,
-    silu_inplace: CudaFunction,
-    class_embed_silu: CudaFunction,
+    silu: CudaFunction,
+    class_embed_add: CudaFunction,
     guidance_combine: CudaFunction,
     gaussian_noise: CudaFunction,
     scheduler_step: CudaFunction,
@@ -172,7 +176,7 @@ struct Inner {
     stream: Arc<CudaStream>,
     f: Funcs,
     _weights: DevBuf,
-    /// Device pointers of each op's weights, in the order of [`op_weights`].
+    /// Device pointers of each op's weights, in the order of [`Op::weights`].
     wptr: Vec<Vec<u64>>,
     session: Option<Session>,
 }
@@ -185,30 +189,8 @@ pub struct CudaBackend {
     inner: Mutex<Inner>,
 }
 
-/// The weights an op uses, in a fixed order per op kind.
-fn op_weights(op: &Op) -> Vec<WeightRef> {
-    match op {
-        Op::Conv(c) => std::vec![c.weight, c.bias],
-        Op::Linear(l) => std::vec![l.weight, l.bias],
-        Op::GroupNorm(g) => std::vec![g.gamma, g.beta],
-        Op::TimeEmbedding(t) => {
-            let mut v = std::vec![t.linear_1.0, t.linear_1.1, t.linear_2.0, t.linear_2.1];
-            v.extend(t.class_embedding.map(|(w, _)| w));
-            v
-        }
-        Op::Attention(a) => {
-            std::vec![a.norm.0, a.norm.1, a.q.0, a.q.1, a.k.0, a.k.1, a.v.0, a.v.1, a.o.0, a.o.1]
-        }
-        Op::InputToNhwc { .. } | Op::OutputToNchw { .. } => Vec::new(),
-    }
-}
-
 fn grid1(n: usize) -> (u32, u32, u32) {
     (n.div_ceil(256) as u32, 1, 1)
-}
-
-fn ptr_or_null(p: Option<u64>) -> u64 {
-    p.unwrap_or(0)
 }
 
 impl CudaBackend {
@@ -287,8 +269,8 @@ impl CudaBackend {
             nchw_to_nhwc: func("elementwise.cu", "nchw_to_nhwc")?,
             nhwc_to_nchw: func("elementwise.cu", "nhwc_to_nchw")?,
             timestep_sinusoid: func("elementwise.cu", "timestep_sinusoid")?,
-            silu_inplace: func("elementwise.cu", "silu_inplace")?,
-            class_embed_silu: func("elementwise.cu", "class_embed_silu")?,
+            silu: func("elementwise.cu", "silu")?,
+            class_embed_add: func("elementwise.cu", "class_embed_add")?,
             guidance_combine: func("elementwise.cu", "guidance_combine")?,
             gaussian_noise: func("elementwise.cu", "gaussian_noise")?,
             scheduler_step: func("elementwise.cu", "scheduler_step")?,
@@ -306,7 +288,7 @@ impl CudaBackend {
         }
 
         // Weights: one staging copy, one upload, 256-byte aligned tensors.
-        let refs: Vec<Vec<WeightRef>> = model.ops().iter().map(op_weights).collect();
+        let refs: Vec<Vec<WeightRef>> = model.ops().iter().map(Op::weights).collect();
         let mut offsets: Vec<Vec<usize>> = Vec::with_capacity(refs.len());
         let mut total = 0usize;
         for rs in &refs {
@@ -936,173 +918,212 @@ impl Inner {
         out: u64,
     ) -> Result<()> {
         let arena = self.session.as_ref().expect("session").arena;
-        let t = |id: TensorId| arena + 2 * model.plan.region(id, batch).0 as u64;
-        let input = |i: Input| -> (u64, u64) {
-            let a = t(i.first());
-            (a, i.second().map_or(0, t))
+        let mut launcher = CudaWalk {
+            inner: self,
+            model,
+            batch,
+            arena,
+            x,
+            ts,
+            ts_per_sample,
+            step,
+            labels,
+            n_labels,
+            out,
         };
-        let b32 = batch as i32;
-        for (op, wp) in model.ops().iter().zip(&self.wptr) {
-            match op {
-                Op::InputToNhwc {
-                    channels,
-                    height,
-                    width,
-                    center,
-                    out: o,
-                } => {
-                    let (c, hw, ce, dst) = (
-                        *channels as i32,
-                        (height * width) as i32,
-                        *center as i32,
-                        t(*o),
-                    );
-                    self.launch(
-                        &self.f.nchw_to_nhwc,
-                        grid1(batch * channels * height * width),
-                        256,
-                        0,
-                        &mut kargs![x, dst, b32, c, hw, ce],
-                    )?;
-                }
-                Op::TimeEmbedding(te) => {
-                    let (c0, e) = (te.sinusoid_dim, te.embed_dim);
-                    let sinusoid = t(te.scratch);
-                    let hidden = sinusoid + 2 * (batch * c0) as u64;
-                    let dst = t(te.out);
-                    let (dim, flip, shift) = (c0 as i32, te.flip_sin_to_cos as i32, te.freq_shift);
-                    self.launch(
-                        &self.f.timestep_sinusoid,
-                        grid1(batch * c0),
-                        256,
-                        0,
-                        &mut kargs![ts, step, ts_per_sample, sinusoid, b32, dim, flip, shift],
-                    )?;
-                    self.linear(batch, c0, e, sinusoid, &wp[0..2], 0, hidden, 1.0)?;
-                    let ne = (batch * e) as i64;
-                    self.launch(
-                        &self.f.silu_inplace,
-                        grid1(batch * e),
-                        256,
-                        0,
-                        &mut kargs![hidden, ne],
-                    )?;
-                    self.linear(batch, e, e, hidden, &wp[2..4], 0, dst, 1.0)?;
-                    let table = ptr_or_null(wp.get(4).copied());
-                    let (nl, e32) = (if table != 0 { n_labels } else { 0 }, e as i32);
-                    self.launch(
-                        &self.f.class_embed_silu,
-                        grid1(batch * e),
-                        256,
-                        0,
-                        &mut kargs![dst, table, labels, nl, b32, e32],
-                    )?;
-                }
-                Op::Linear(l) => {
-                    let res = l.residual.map_or(0, t);
-                    self.linear(
-                        batch * l.rows,
-                        l.in_f,
-                        l.out_f,
-                        t(l.input),
-                        wp,
-                        res,
-                        t(l.out),
-                        l.out_scale,
-                    )?;
-                }
-                Op::Conv(c) => {
-                    let (a, b) = input(c.input);
-                    let shape = ConvShape { batch, ..c.shape };
-                    self.conv(
-                        &shape,
-                        a,
-                        b,
-                        wp,
-                        c.channel_add.map_or(0, t),
-                        c.residual.map_or(0, t),
-                        t(c.out),
-                        c.out_scale,
-                    )?;
-                }
-                Op::GroupNorm(gn) => {
-                    let (a, b) = input(gn.input);
-                    self.group_norm(
-                        batch,
-                        gn.pixels,
-                        gn.in_ca,
-                        gn.in_cb,
-                        gn.groups,
-                        gn.eps,
-                        a,
-                        b,
-                        wp,
-                        gn.silu,
-                        t(gn.out),
-                    )?;
-                }
-                Op::Attention(at) => {
-                    let n = (batch * at.tokens * at.channels) as u64;
-                    let base = t(at.scratch);
-                    let (normed, q, k, v, attended) =
-                        (base, base + 2 * n, base + 4 * n, base + 6 * n, base + 8 * n);
-                    let src = t(at.input);
-                    self.group_norm(
-                        batch,
-                        at.tokens,
-                        at.channels,
-                        0,
-                        at.groups,
-                        at.eps,
-                        src,
-                        0,
-                        &wp[0..2],
-                        false,
-                        normed,
-                    )?;
-                    let rows = batch * at.tokens;
-                    let c = at.channels;
-                    self.linear(rows, c, c, normed, &wp[2..4], 0, q, 1.0)?;
-                    self.linear(rows, c, c, normed, &wp[4..6], 0, k, 1.0)?;
-                    self.linear(rows, c, c, normed, &wp[6..8], 0, v, 1.0)?;
-                    let d = c / at.heads;
-                    let (nt, c32, h32, scale) = (
-                        at.tokens as i32,
-                        c as i32,
-                        at.heads as i32,
-                        1.0 / (d as f32).sqrt(),
-                    );
-                    let entry = match d {
-                        0..=128 => &self.f.attention[0],
-                        129..=256 => &self.f.attention[1],
-                        _ => &self.f.attention[2],
-                    };
-                    self.launch(
-                        entry,
-                        (at.tokens.div_ceil(16) as u32, at.heads as u32, batch as u32),
-                        128,
-                        attention_smem_bytes(d),
-                        &mut kargs![q, k, v, attended, nt, c32, h32, scale],
-                    )?;
-                    self.linear(rows, c, c, attended, &wp[8..10], src, t(at.out), at.rescale)?;
-                }
-                Op::OutputToNchw {
-                    input: i,
-                    channels,
-                    height,
-                    width,
-                } => {
-                    let (src, c, hw) = (t(*i), *channels as i32, (height * width) as i32);
-                    self.launch(
-                        &self.f.nhwc_to_nchw,
-                        grid1(batch * channels * height * width),
-                        256,
-                        0,
-                        &mut kargs![src, out, b32, c, hw],
-                    )?;
-                }
-            }
-        }
-        Ok(())
+        walk(model.ops(), &mut launcher)
+    }
+}
+
+/// The CUDA backend of the one walk: each op enqueues its kernel on the backend's stream.
+/// Tensors live in the session's f16 arena at the memory plan's offsets (2 bytes an element).
+struct CudaWalk<'a> {
+    inner: &'a Inner,
+    model: &'a Model,
+    batch: usize,
+    arena: u64,
+    x: u64,
+    ts: u64,
+    ts_per_sample: i32,
+    step: u64,
+    labels: u64,
+    n_labels: i32,
+    out: u64,
+}
+
+impl CudaWalk<'_> {
+    fn t(&self, id: TensorId) -> u64 {
+        self.arena + 2 * self.model.plan.region(id, self.batch).0 as u64
+    }
+    fn opt(&self, id: Option<TensorId>) -> u64 {
+        id.map_or(0, |id| self.t(id))
+    }
+    fn pair(&self, i: Input) -> (u64, u64) {
+        (self.t(i.first()), self.opt(i.second()))
+    }
+    fn weights(&self, at: usize) -> &[u64] {
+        &self.inner.wptr[at]
+    }
+}
+
+impl Backend for CudaWalk<'_> {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn input(&mut self, _: usize, op: &InputOp) -> Result<()> {
+        let (b32, c, hw, ce, dst) = (
+            self.batch as i32,
+            op.channels as i32,
+            (op.height * op.width) as i32,
+            op.center as i32,
+            self.t(op.out),
+        );
+        let x = self.x;
+        self.inner.launch(
+            &self.inner.f.nchw_to_nhwc,
+            grid1(self.batch * op.channels * op.height * op.width),
+            256,
+            0,
+            &mut kargs![x, dst, b32, c, hw, ce],
+        )
+    }
+
+    fn sinusoid(&mut self, _: usize, op: &SinusoidOp) -> Result<()> {
+        let (ts, step, per, dst) = (self.ts, self.step, self.ts_per_sample, self.t(op.out));
+        let (b32, dim, flip, shift) = (
+            self.batch as i32,
+            op.dim as i32,
+            op.flip_sin_to_cos as i32,
+            op.freq_shift,
+        );
+        self.inner.launch(
+            &self.inner.f.timestep_sinusoid,
+            grid1(self.batch * op.dim),
+            256,
+            0,
+            &mut kargs![ts, step, per, dst, b32, dim, flip, shift],
+        )
+    }
+
+    fn linear(&mut self, at: usize, op: &LinearOp) -> Result<()> {
+        self.inner.linear(
+            self.batch * op.rows,
+            op.in_f,
+            op.out_f,
+            self.t(op.input),
+            self.weights(at),
+            self.opt(op.residual),
+            self.t(op.out),
+            op.out_scale,
+        )
+    }
+
+    fn silu(&mut self, _: usize, op: &SiluOp) -> Result<()> {
+        let (src, dst, n) = (self.t(op.input), self.t(op.out), (self.batch * op.len) as i64);
+        self.inner.launch(
+            &self.inner.f.silu,
+            grid1(self.batch * op.len),
+            256,
+            0,
+            &mut kargs![src, dst, n],
+        )
+    }
+
+    fn class_embedding(&mut self, at: usize, op: &ClassEmbeddingOp) -> Result<()> {
+        let (src, dst, table) = (self.t(op.input), self.t(op.out), self.weights(at)[0]);
+        let (labels, nl, b32, e32) = (
+            self.labels,
+            self.n_labels,
+            self.batch as i32,
+            op.dim as i32,
+        );
+        self.inner.launch(
+            &self.inner.f.class_embed_add,
+            grid1(self.batch * op.dim),
+            256,
+            0,
+            &mut kargs![src, dst, table, labels, nl, b32, e32],
+        )
+    }
+
+    fn conv(&mut self, at: usize, op: &ConvOp) -> Result<()> {
+        let (a, b) = self.pair(op.input);
+        let shape = ConvShape {
+            batch: self.batch,
+            ..op.shape
+        };
+        self.inner.conv(
+            &shape,
+            a,
+            b,
+            self.weights(at),
+            self.opt(op.channel_add),
+            self.opt(op.residual),
+            self.t(op.out),
+            op.out_scale,
+        )
+    }
+
+    fn group_norm(&mut self, at: usize, op: &GroupNormOp) -> Result<()> {
+        let (a, b) = self.pair(op.input);
+        self.inner.group_norm(
+            self.batch,
+            op.pixels,
+            op.in_ca,
+            op.in_cb,
+            op.groups,
+            op.eps,
+            a,
+            b,
+            self.weights(at),
+            op.silu,
+            self.t(op.out),
+        )
+    }
+
+    fn attention(&mut self, _: usize, op: &AttentionOp) -> Result<()> {
+        let (q, k, v, attended) = (self.t(op.q), self.t(op.k), self.t(op.v), self.t(op.out));
+        let d = op.channels / op.heads;
+        let (nt, c32, h32, scale) = (
+            op.tokens as i32,
+            op.channels as i32,
+            op.heads as i32,
+            1.0 / (d as f32).sqrt(),
+        );
+        let f = &self.inner.f;
+        let entry = match d {
+            0..=128 => &f.attention[0],
+            129..=256 => &f.attention[1],
+            _ => &f.attention[2],
+        };
+        self.inner.launch(
+            entry,
+            (
+                op.tokens.div_ceil(16) as u32,
+                op.heads as u32,
+                self.batch as u32,
+            ),
+            128,
+            attention_smem_bytes(d),
+            &mut kargs![q, k, v, attended, nt, c32, h32, scale],
+        )
+    }
+
+    fn output(&mut self, _: usize, op: &OutputOp) -> Result<()> {
+        let (src, out, b32, c, hw) = (
+            self.t(op.input),
+            self.out,
+            self.batch as i32,
+            op.channels as i32,
+            (op.height * op.width) as i32,
+        );
+        self.inner.launch(
+            &self.inner.f.nhwc_to_nchw,
+            grid1(self.batch * op.channels * op.height * op.width),
+            256,
+            0,
+            &mut kargs![src, out, b32, c, hw],
+        )
     }
 }

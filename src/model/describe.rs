@@ -3,16 +3,19 @@
 //! The walk mirrors `UNet2DModel.forward`: time embedding, `conv_in`, down blocks (resnets,
 //! optional attention, stride-2 conv), mid block, up blocks (resnets over the skip concat,
 //! optional attention, nearest-2x upsample folded into a conv), GroupNorm+SiLU, `conv_out`.
-//! Each weight is looked up by its diffusers name once, here.
+//! Each weight is looked up by its diffusers name once, here, and each block is spelled out
+//! as primitive ops ([`super::ops`]): nothing downstream knows what a resnet, an attention
+//! block or the time embedding is.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{
-    AttentionOp, ConvOp, GroupNormOp, Input, LinearOp, Op, Tap, TensorId, TensorSpec,
-    TimeEmbeddingOp,
+use super::ops::{
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op,
+    OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
+use super::Tap;
 use crate::config::{DownBlockKind, UNetConfig, UpBlockKind};
 use crate::error::{unsupported, Result};
 use crate::kernels::ConvShape;
@@ -195,29 +198,58 @@ impl Builder<'_> {
         Ok(Map::one(out, out_c, out_h, out_w))
     }
 
+    /// A linear layer over `rows` rows per sample.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &mut self,
+        name: String,
+        input: TensorId,
+        rows: usize,
+        in_f: usize,
+        out_f: usize,
+        (weight, bias): (WeightRef, WeightRef),
+        residual: Option<TensorId>,
+        out_scale: f32,
+    ) -> TensorId {
+        let out = self.tensor(name, rows * out_f);
+        self.ops.push(Op::Linear(LinearOp {
+            input,
+            rows,
+            in_f,
+            out_f,
+            weight,
+            bias,
+            residual,
+            out_scale,
+            out,
+        }));
+        out
+    }
+
+    /// Elementwise SiLU of a `len`-float tensor into a new one.
+    fn silu(&mut self, name: String, input: TensorId, len: usize) -> TensorId {
+        let out = self.tensor(name, len);
+        self.ops.push(Op::Silu(SiluOp { input, len, out }));
+        out
+    }
+
     /// diffusers' `ResnetBlock2D` (time_embedding_norm "default"):
     /// `(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`.
     fn resnet(&mut self, p: &str, x: Map, out_c: usize, scale: f64) -> Result<Map> {
         let groups = self.cfg.norm_num_groups;
         let h = self.group_norm(&format!("{p}.norm1"), x, groups, true)?;
-        let (pw, pb) = self.packed_bias(
-            &format!("{p}.time_emb_proj"),
+        let e = self.cfg.time_embed_dim;
+        let proj_w = self.packed_bias(&format!("{p}.time_emb_proj"), out_c, e, None)?;
+        let proj = self.linear(
+            format!("{p}.time_emb_proj"),
+            self.temb,
+            1,
+            e,
             out_c,
-            self.cfg.time_embed_dim,
+            proj_w,
             None,
-        )?;
-        let proj = self.tensor(format!("{p}.time_emb_proj"), out_c);
-        self.ops.push(Op::Linear(LinearOp {
-            input: self.temb,
-            rows: 1,
-            in_f: self.cfg.time_embed_dim,
-            out_f: out_c,
-            weight: pw,
-            bias: pb,
-            residual: None,
-            out_scale: 1.0,
-            out: proj,
-        }));
+            1.0,
+        );
         let h = self.conv(
             &format!("{p}.conv1"),
             h,
@@ -295,24 +327,47 @@ impl Builder<'_> {
         let v = proj("to_v", "value")?;
         let o = proj("to_out.0", "proj_attn")?;
         let tokens = x.h * x.w;
-        let scratch = self.tensor(format!("{p}.scratch"), 5 * tokens * c + tokens);
-        let out = self.tensor(p.into(), tokens * c);
-        self.ops.push(Op::Attention(AttentionOp {
-            input: x.tensor(),
-            tokens,
-            channels: c,
-            heads,
+        let n = tokens * c;
+        let normed = self.tensor(format!("{p}.group_norm"), n);
+        self.ops.push(Op::GroupNorm(GroupNormOp {
+            input: x.input,
+            in_ca: x.ca,
+            in_cb: x.cb,
+            pixels: tokens,
             groups,
             eps: self.cfg.norm_eps as f32,
-            norm,
+            gamma: norm.0,
+            beta: norm.1,
+            silu: false,
+            out: normed,
+        }));
+        // V, K, Q in this order: the outputs are independent, and the trainer's reverse walk
+        // then accumulates the norm's input gradient as Q, K, V.
+        let v = self.linear(format!("{p}.to_v"), normed, tokens, c, c, v, None, 1.0);
+        let k = self.linear(format!("{p}.to_k"), normed, tokens, c, c, k, None, 1.0);
+        let q = self.linear(format!("{p}.to_q"), normed, tokens, c, c, q, None, 1.0);
+        let scratch = self.tensor(format!("{p}.scratch"), n);
+        let attended = self.tensor(format!("{p}.attended"), n);
+        self.ops.push(Op::Attention(AttentionOp {
             q,
             k,
             v,
-            o,
-            rescale: rescale as f32,
+            tokens,
+            channels: c,
+            heads,
             scratch,
-            out,
+            out: attended,
         }));
+        let out = self.linear(
+            format!("{p}.to_out"),
+            attended,
+            tokens,
+            c,
+            c,
+            o,
+            Some(x.tensor()),
+            rescale as f32,
+        );
         Ok(Map::one(out, c, x.h, x.w))
     }
 }
@@ -338,13 +393,13 @@ pub fn describe(
 
     // Input, time embedding.
     let x_in = b.tensor("sample".into(), cfg.in_channels * height * width);
-    b.ops.push(Op::InputToNhwc {
+    b.ops.push(Op::Input(InputOp {
         channels: cfg.in_channels,
         height,
         width,
         center: cfg.center_input_sample,
         out: x_in,
-    });
+    }));
     let (c0, e) = (boc[0], cfg.time_embed_dim);
     let linear_1 = b.packed_bias("time_embedding.linear_1", e, c0, None)?;
     let linear_2 = b.packed_bias("time_embedding.linear_2", e, e, None)?;
@@ -352,19 +407,29 @@ pub fn describe(
         Some(n) => Some((b.weight(&["class_embedding.weight"], &[n, e])?, n)),
         None => None,
     };
-    let temb_scratch = b.tensor("time_embedding.scratch".into(), c0 + e);
-    b.temb = b.tensor("time_embedding".into(), e);
-    b.ops.push(Op::TimeEmbedding(TimeEmbeddingOp {
-        sinusoid_dim: c0,
+    let sinusoid = b.tensor("time_proj".into(), c0);
+    b.ops.push(Op::Sinusoid(SinusoidOp {
+        dim: c0,
         flip_sin_to_cos: cfg.flip_sin_to_cos,
         freq_shift: cfg.freq_shift as f32,
-        embed_dim: e,
-        linear_1,
-        linear_2,
-        class_embedding,
-        scratch: temb_scratch,
-        out: b.temb,
+        out: sinusoid,
     }));
+    let h = b.linear("time_embedding.linear_1".into(), sinusoid, 1, c0, e, linear_1, None, 1.0);
+    let h = b.silu("time_embedding.act".into(), h, e);
+    let mut emb = b.linear("time_embedding.linear_2".into(), h, 1, e, e, linear_2, None, 1.0);
+    if let Some((table, classes)) = class_embedding {
+        let out = b.tensor("class_embedding".into(), e);
+        b.ops.push(Op::ClassEmbedding(ClassEmbeddingOp {
+            input: emb,
+            table,
+            classes,
+            dim: e,
+            out,
+        }));
+        emb = out;
+    }
+    // The SiLU every resnet applies to the embedding before its projection, done once.
+    b.temb = b.silu("time_embedding+silu".into(), emb, e);
     // diffusers' `time_embedding` module output excludes the class embedding.
     let tap = if cfg.num_class_embeds.is_some() {
         "embedding+class+silu"
@@ -487,12 +552,12 @@ pub fn describe(
         1.0,
     )?;
     b.tap("conv_out", h);
-    b.ops.push(Op::OutputToNchw {
+    b.ops.push(Op::Output(OutputOp {
         input: h.tensor(),
         channels: cfg.out_channels,
         height,
         width,
-    });
+    }));
 
     Ok(Described {
         tensors: b.tensors,

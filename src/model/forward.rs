@@ -1,10 +1,16 @@
 //! The forward walk: one pass over the op list, every tensor at its planned place in the
 //! caller's workspace, no allocation.
 
-use super::{Input, Model, Op, TensorId, TimeEmbeddingOp};
+use super::backend::{walk, walk_timed, Backend};
+use super::ops::{
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, OutputOp,
+    SiluOp, SinusoidOp, TensorId,
+};
+use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::{
-    silu, AttentionArgs, ConvArgs, Exec, GroupNormArgs, LinearArgs, Parallel, Sequential,
+    silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, LinearArgs, Parallel,
+    Sequential,
 };
 use crate::memory::carve;
 
@@ -120,7 +126,7 @@ impl Model {
                 found: workspace.len(),
             });
         }
-        let (ws, scratch) = workspace[..need].split_at_mut(self.plan.arena_len(batch));
+        let (arena, scratch) = workspace[..need].split_at_mut(self.plan.arena_len(batch));
         #[cfg(feature = "std")]
         let par: &dyn Parallel = match &self.pool {
             Some(pool) => pool,
@@ -129,21 +135,20 @@ impl Model {
         #[cfg(not(feature = "std"))]
         let par: &dyn Parallel = &Sequential;
         let exec = Exec::with_layout(par, scratch, self.scratch_layout(batch));
+        let mut cpu = CpuBackend {
+            model: self,
+            batch,
+            arena,
+            exec: &exec,
+            x,
+            timesteps,
+            class_labels,
+            out,
+        };
         match op_seconds {
-            None => {
-                for op in &self.ops {
-                    self.run_op(op, batch, ws, x, timesteps, class_labels, out, &exec)?;
-                }
-            }
-            Some((times, clock)) => {
-                for (op, t) in self.ops.iter().zip(times.iter_mut()) {
-                    let t0 = clock();
-                    self.run_op(op, batch, ws, x, timesteps, class_labels, out, &exec)?;
-                    *t += clock() - t0;
-                }
-            }
+            None => walk(&self.ops, &mut cpu),
+            Some((times, clock)) => walk_timed(&self.ops, &mut cpu, times, clock),
         }
-        Ok(())
     }
 
     /// [`Model::forward`], adding each op's time as measured by `clock` (seconds, e.g. wall or
@@ -169,296 +174,232 @@ impl Model {
             Some((op_seconds, clock)),
         )
     }
+}
 
-    fn region(&self, t: TensorId, batch: usize) -> (usize, usize) {
-        self.plan.region(t, batch)
+/// The CPU backend: tensors are regions of the caller's workspace (the memory plan's
+/// offsets times the batch), ops run through the model's [`crate::kernels::KernelTable`].
+struct CpuBackend<'a, 'e> {
+    model: &'a Model,
+    batch: usize,
+    arena: &'a mut [f32],
+    exec: &'a Exec<'e>,
+    x: &'a [f32],
+    timesteps: &'a [f32],
+    class_labels: Option<&'a [i64]>,
+    out: &'a mut [f32],
+}
+
+impl CpuBackend<'_, '_> {
+    fn region(&self, t: TensorId) -> (usize, usize) {
+        self.model.plan.region(t, self.batch)
     }
 
-    fn opt_region(&self, t: Option<TensorId>, batch: usize) -> (usize, usize) {
-        t.map_or(EMPTY, |t| self.region(t, batch))
+    fn opt_region(&self, t: Option<TensorId>) -> (usize, usize) {
+        t.map_or(EMPTY, |t| self.region(t))
     }
 
     /// Regions of an op's main input. A concatenation of a tensor with itself (the UNet
     /// without a mid block concatenates the bottom feature map with its own skip) is carved
     /// once; the caller reads the first half twice.
-    fn input_regions(&self, i: Input, batch: usize) -> ([(usize, usize); 2], bool) {
+    fn input_regions(&self, i: Input) -> ([(usize, usize); 2], bool) {
         match i {
-            Input::Concat(a, b) if a == b => ([self.region(a, batch), EMPTY], true),
+            Input::Concat(a, b) if a == b => ([self.region(a), EMPTY], true),
             _ => (
-                [
-                    self.region(i.first(), batch),
-                    self.opt_region(i.second(), batch),
-                ],
+                [self.region(i.first()), self.opt_region(i.second())],
                 false,
             ),
         }
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_op(
-        &self,
-        op: &Op,
-        batch: usize,
-        ws: &mut [f32],
-        x: &[f32],
-        timesteps: &[f32],
-        class_labels: Option<&[i64]>,
-        out: &mut [f32],
-        exec: &Exec<'_>,
-    ) -> Result<()> {
-        let k = self.kernels;
-        let wt = |r| self.weights.get(r);
-        match op {
-            Op::InputToNhwc {
-                channels,
-                height,
-                width,
-                center,
-                out: t,
-            } => {
-                let (s, l) = self.region(*t, batch);
-                let dst = &mut ws[s..s + l];
-                let (c, hw) = (*channels, height * width);
-                for b in 0..batch {
-                    for ch in 0..c {
-                        let src = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                        for (p, v) in src.iter().enumerate() {
-                            dst[(b * hw + p) * c + ch] = if *center { 2.0 * v - 1.0 } else { *v };
-                        }
-                    }
-                }
-            }
-            Op::TimeEmbedding(te) => {
-                self.time_embedding(te, batch, ws, timesteps, class_labels, exec)?
-            }
-            Op::Linear(l) => {
-                let [input, residual, dst] = carve(
-                    ws,
-                    [
-                        self.region(l.input, batch),
-                        self.opt_region(l.residual, batch),
-                        self.region(l.out, batch),
-                    ],
-                )?;
-                let args = LinearArgs {
-                    rows: batch * l.rows,
-                    in_f: l.in_f,
-                    out_f: l.out_f,
-                    input,
-                    weight: wt(l.weight),
-                    bias: wt(l.bias),
-                    residual,
-                    out_scale: l.out_scale,
-                };
-                (k.linear)(&args, dst, exec);
-            }
-            Op::Conv(c) => {
-                let ([a, b], self_concat) = self.input_regions(c.input, batch);
-                let [in_a, in_b, channel_add, residual, dst] = carve(
-                    ws,
-                    [
-                        a,
-                        b,
-                        self.opt_region(c.channel_add, batch),
-                        self.opt_region(c.residual, batch),
-                        self.region(c.out, batch),
-                    ],
-                )?;
-                let in_b: &[f32] = if self_concat { in_a } else { in_b };
-                let args = ConvArgs {
-                    shape: crate::kernels::ConvShape { batch, ..c.shape },
-                    in_a,
-                    in_b,
-                    weight: wt(c.weight),
-                    bias: wt(c.bias),
-                    channel_add,
-                    residual,
-                    out_scale: c.out_scale,
-                };
-                (k.conv2d)(&args, dst, exec);
-            }
-            Op::GroupNorm(g) => {
-                let ([a, b], self_concat) = self.input_regions(g.input, batch);
-                let [in_a, in_b, dst] = carve(ws, [a, b, self.region(g.out, batch)])?;
-                let in_b: &[f32] = if self_concat { in_a } else { in_b };
-                let args = GroupNormArgs {
-                    batch,
-                    pixels: g.pixels,
-                    in_ca: g.in_ca,
-                    in_cb: g.in_cb,
-                    groups: g.groups,
-                    eps: g.eps,
-                    in_a,
-                    in_b,
-                    gamma: wt(g.gamma),
-                    beta: wt(g.beta),
-                    silu: g.silu,
-                };
-                (k.group_norm)(&args, dst, exec);
-            }
-            Op::Attention(a) => {
-                let [input, scratch, dst] = carve(
-                    ws,
-                    [
-                        self.region(a.input, batch),
-                        self.region(a.scratch, batch),
-                        self.region(a.out, batch),
-                    ],
-                )?;
-                let n = batch * a.tokens * a.channels;
-                let (normed, rest) = scratch.split_at_mut(n);
-                let (q, rest) = rest.split_at_mut(n);
-                let (kk, rest) = rest.split_at_mut(n);
-                let (v, rest) = rest.split_at_mut(n);
-                let (attended, scores) = rest.split_at_mut(n);
-                let norm = GroupNormArgs {
-                    batch,
-                    pixels: a.tokens,
-                    in_ca: a.channels,
-                    in_cb: 0,
-                    groups: a.groups,
-                    eps: a.eps,
-                    in_a: input,
-                    in_b: &[],
-                    gamma: wt(a.norm.0),
-                    beta: wt(a.norm.1),
-                    silu: false,
-                };
-                (k.group_norm)(&norm, normed, exec);
-                let project = |(w, b): (crate::weights::WeightRef, crate::weights::WeightRef),
-                               src: &[f32],
-                               residual: &[f32],
-                               scale: f32,
-                               dst: &mut [f32]| {
-                    let args = LinearArgs {
-                        rows: batch * a.tokens,
-                        in_f: a.channels,
-                        out_f: a.channels,
-                        input: src,
-                        weight: wt(w),
-                        bias: wt(b),
-                        residual,
-                        out_scale: scale,
-                    };
-                    (k.linear)(&args, dst, exec);
-                };
-                project(a.q, normed, &[], 1.0, q);
-                project(a.k, normed, &[], 1.0, kk);
-                project(a.v, normed, &[], 1.0, v);
-                let args = AttentionArgs {
-                    batch,
-                    tokens: a.tokens,
-                    channels: a.channels,
-                    heads: a.heads,
-                    q,
-                    k: kk,
-                    v,
-                };
-                // `normed` is dead once projected: it is the kernel's scratch (K^T, or score rows).
-                let _ = scores;
-                (k.attention)(&args, normed, attended, exec);
-                project(a.o, attended, input, a.rescale, dst);
-            }
-            Op::OutputToNchw {
-                input,
-                channels,
-                height,
-                width,
-            } => {
-                let (s, l) = self.region(*input, batch);
-                let src = &ws[s..s + l];
-                let (c, hw) = (*channels, height * width);
-                for b in 0..batch {
-                    for ch in 0..c {
-                        let dst = &mut out[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                        for (p, o) in dst.iter_mut().enumerate() {
-                            *o = src[(b * hw + p) * c + ch];
-                        }
-                    }
+impl Backend for CpuBackend<'_, '_> {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn input(&mut self, _: usize, op: &InputOp) -> Result<()> {
+        let (s, l) = self.region(op.out);
+        let dst = &mut self.arena[s..s + l];
+        let (c, hw) = (op.channels, op.height * op.width);
+        for b in 0..self.batch {
+            for ch in 0..c {
+                let src = &self.x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+                for (p, v) in src.iter().enumerate() {
+                    dst[(b * hw + p) * c + ch] = if op.center { 2.0 * v - 1.0 } else { *v };
                 }
             }
         }
         Ok(())
     }
 
-    /// Sinusoidal embedding as diffusers' `get_timestep_embedding` computes it (in f32, which
-    /// matters at t ~ 1000), then the two linears, the class embedding and the resnets' SiLU.
-    fn time_embedding(
-        &self,
-        te: &TimeEmbeddingOp,
-        batch: usize,
-        ws: &mut [f32],
-        timesteps: &[f32],
-        class_labels: Option<&[i64]>,
-        exec: &Exec<'_>,
-    ) -> Result<()> {
-        let k = self.kernels;
-        let wt = |r| self.weights.get(r);
-        let [scratch, dst] = carve(
-            ws,
-            [self.region(te.scratch, batch), self.region(te.out, batch)],
-        )?;
-        let (c0, e) = (te.sinusoid_dim, te.embed_dim);
-        let (sinusoid, rest) = scratch.split_at_mut(batch * c0);
-        let hidden = &mut rest[..batch * e];
-        let half = c0 / 2;
-        let ln_max_period = -libm::logf(10000.0);
-        for b in 0..batch {
-            let t = if timesteps.len() == 1 {
-                timesteps[0]
+    fn sinusoid(&mut self, _: usize, op: &SinusoidOp) -> Result<()> {
+        let (s, l) = self.region(op.out);
+        let dst = &mut self.arena[s..s + l];
+        for (b, row) in dst.chunks_exact_mut(op.dim.max(1)).enumerate() {
+            let t = if self.timesteps.len() == 1 {
+                self.timesteps[0]
             } else {
-                timesteps[b]
+                self.timesteps[b]
             };
-            let row = &mut sinusoid[b * c0..(b + 1) * c0];
-            row.fill(0.0); // an odd width leaves the last entry zero, as diffusers pads
-            for i in 0..half {
-                let exponent = ln_max_period * i as f32 / (half as f32 - te.freq_shift);
-                let arg = t * libm::expf(exponent);
-                let (sin, cos) = (libm::sin(arg as f64) as f32, libm::cos(arg as f64) as f32);
-                let (first, second) = if te.flip_sin_to_cos {
-                    (cos, sin)
-                } else {
-                    (sin, cos)
-                };
-                row[i] = first;
-                row[half + i] = second;
+            sinusoid(t, op.flip_sin_to_cos, op.freq_shift, row);
+        }
+        Ok(())
+    }
+
+    fn linear(&mut self, _: usize, op: &LinearOp) -> Result<()> {
+        let regions = [
+            self.region(op.input),
+            self.opt_region(op.residual),
+            self.region(op.out),
+        ];
+        let [input, residual, dst] = carve(self.arena, regions)?;
+        let wt = |r| self.model.weights.get(r);
+        let args = LinearArgs {
+            rows: self.batch * op.rows,
+            in_f: op.in_f,
+            out_f: op.out_f,
+            input,
+            weight: wt(op.weight),
+            bias: wt(op.bias),
+            residual,
+            out_scale: op.out_scale,
+        };
+        (self.model.kernels.linear)(&args, dst, self.exec);
+        Ok(())
+    }
+
+    fn silu(&mut self, _: usize, op: &SiluOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        for (d, v) in dst.iter_mut().zip(input.iter()) {
+            *d = silu(*v);
+        }
+        Ok(())
+    }
+
+    fn class_embedding(&mut self, _: usize, op: &ClassEmbeddingOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        // Model::forward checked the labels against the model before the walk.
+        let labels = self.class_labels.unwrap_or(&[]);
+        let table = self.model.weights.get(op.table);
+        let e = op.dim;
+        for b in 0..self.batch {
+            let label = if labels.len() == 1 { labels[0] } else { labels[b] } as usize;
+            let row = &table[label * e..(label + 1) * e];
+            let (src, out) = (&input[b * e..(b + 1) * e], &mut dst[b * e..(b + 1) * e]);
+            for ((d, s), c) in out.iter_mut().zip(src).zip(row) {
+                *d = *s + c.to_f32();
             }
         }
-        let linear = |(w, bias), input: &[f32], in_f: usize, dst: &mut [f32]| {
-            let args = LinearArgs {
-                rows: batch,
-                in_f,
-                out_f: e,
-                input,
-                weight: wt(w),
-                bias: wt(bias),
-                residual: &[],
-                out_scale: 1.0,
-            };
-            (k.linear)(&args, dst, exec);
+        Ok(())
+    }
+
+    fn conv(&mut self, _: usize, op: &ConvOp) -> Result<()> {
+        let ([a, b], self_concat) = self.input_regions(op.input);
+        let regions = [
+            a,
+            b,
+            self.opt_region(op.channel_add),
+            self.opt_region(op.residual),
+            self.region(op.out),
+        ];
+        let [in_a, in_b, channel_add, residual, dst] = carve(self.arena, regions)?;
+        let in_b: &[f32] = if self_concat { in_a } else { in_b };
+        let wt = |r| self.model.weights.get(r);
+        let args = ConvArgs {
+            shape: ConvShape {
+                batch: self.batch,
+                ..op.shape
+            },
+            in_a,
+            in_b,
+            weight: wt(op.weight),
+            bias: wt(op.bias),
+            channel_add,
+            residual,
+            out_scale: op.out_scale,
         };
-        linear(te.linear_1, sinusoid, c0, hidden);
-        for v in hidden.iter_mut() {
-            *v = silu(*v);
-        }
-        linear(te.linear_2, hidden, e, dst);
-        if let (Some((table, _)), Some(labels)) = (te.class_embedding, class_labels) {
-            let table = wt(table);
-            for b in 0..batch {
-                let label = if labels.len() == 1 {
-                    labels[0]
-                } else {
-                    labels[b]
-                } as usize;
-                let row = &table[label * e..(label + 1) * e];
-                for (d, c) in dst[b * e..(b + 1) * e].iter_mut().zip(row) {
-                    *d += c.to_f32();
+        (self.model.kernels.conv2d)(&args, dst, self.exec);
+        Ok(())
+    }
+
+    fn group_norm(&mut self, _: usize, op: &GroupNormOp) -> Result<()> {
+        let ([a, b], self_concat) = self.input_regions(op.input);
+        let [in_a, in_b, dst] = carve(self.arena, [a, b, self.region(op.out)])?;
+        let in_b: &[f32] = if self_concat { in_a } else { in_b };
+        let wt = |r| self.model.weights.get(r);
+        let args = GroupNormArgs {
+            batch: self.batch,
+            pixels: op.pixels,
+            in_ca: op.in_ca,
+            in_cb: op.in_cb,
+            groups: op.groups,
+            eps: op.eps,
+            in_a,
+            in_b,
+            gamma: wt(op.gamma),
+            beta: wt(op.beta),
+            silu: op.silu,
+        };
+        (self.model.kernels.group_norm)(&args, dst, self.exec);
+        Ok(())
+    }
+
+    fn attention(&mut self, _: usize, op: &AttentionOp) -> Result<()> {
+        let regions = [
+            self.region(op.q),
+            self.region(op.k),
+            self.region(op.v),
+            self.region(op.scratch),
+            self.region(op.out),
+        ];
+        let [q, k, v, scratch, dst] = carve(self.arena, regions)?;
+        let args = AttentionArgs {
+            batch: self.batch,
+            tokens: op.tokens,
+            channels: op.channels,
+            heads: op.heads,
+            q,
+            k,
+            v,
+        };
+        (self.model.kernels.attention)(&args, scratch, dst, self.exec);
+        Ok(())
+    }
+
+    fn output(&mut self, _: usize, op: &OutputOp) -> Result<()> {
+        let (s, l) = self.region(op.input);
+        let src = &self.arena[s..s + l];
+        let (c, hw) = (op.channels, op.height * op.width);
+        for b in 0..self.batch {
+            for ch in 0..c {
+                let dst = &mut self.out[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+                for (p, o) in dst.iter_mut().enumerate() {
+                    *o = src[(b * hw + p) * c + ch];
                 }
             }
         }
-        for v in dst.iter_mut() {
-            *v = silu(*v);
-        }
         Ok(())
+    }
+}
+
+/// diffusers' `get_timestep_embedding` for one timestep, in f32 as diffusers computes it (it
+/// matters at t ~ 1000): `row[i] = sin(t * exp(-ln(10000) * i / (half - shift)))`,
+/// `row[half + i] = cos(...)` (swapped when `flip_sin_to_cos`); an odd width leaves the last
+/// entry zero, as diffusers pads. The trainer uses it too.
+pub fn sinusoid(t: f32, flip_sin_to_cos: bool, freq_shift: f32, row: &mut [f32]) {
+    let half = row.len() / 2;
+    let ln_max_period = -libm::logf(10000.0);
+    row.fill(0.0);
+    for i in 0..half {
+        let exponent = ln_max_period * i as f32 / (half as f32 - freq_shift);
+        let arg = t * libm::expf(exponent);
+        let (sin, cos) = (libm::sin(arg as f64) as f32, libm::cos(arg as f64) as f32);
+        let (first, second) = if flip_sin_to_cos {
+            (cos, sin)
+        } else {
+            (sin, cos)
+        };
+        row[i] = first;
+        row[half + i] = second;
     }
 }

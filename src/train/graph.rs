@@ -13,12 +13,17 @@
 
 use alloc::vec::Vec;
 
-use super::layers::{attention, conv, embedding, group_norm, linear};
+use super::layers::{activation, attention, conv, embedding, group_norm, linear};
 use super::params::ParamTable;
 use crate::error::{Error, Result};
 use crate::kernels::ConvShape;
 use crate::memory::{carve, MemoryPlan, Reuse};
-use crate::model::{Model, Op, TensorId, TensorSpec};
+use crate::model::backend::{walk, Backend};
+use crate::model::{
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Model, Op, OutputOp,
+    SiluOp, SinusoidOp, TensorId, TensorSpec,
+};
+use crate::weights::WeightRef;
 
 /// The training graph of one model: op list, parameter table and memory plans.
 pub struct TrainGraph {
@@ -65,11 +70,11 @@ impl TrainWorkspace {
     }
 }
 
+/// Floats per sample an op's backward needs beyond the op list's tensors.
 fn saved_len(op: &Op) -> usize {
     match op {
-        Op::TimeEmbedding(t) => embedding::saved_len(t.embed_dim),
         Op::GroupNorm(g) => group_norm::saved_len(g.groups),
-        Op::Attention(a) => attention::saved_len(a.tokens, a.heads, a.groups),
+        Op::Attention(a) => attention::saved_len(a.tokens, a.heads),
         _ => 0,
     }
 }
@@ -121,8 +126,9 @@ impl TrainGraph {
             Reuse::Shared,
         );
         let mut needs_grad = alloc::vec![true; tensors.len()];
+        // No gradient flows into the model's inputs (the sample and the timestep).
         for op in &ops {
-            if let Op::InputToNhwc { out, .. } = op {
+            if let Op::Input(InputOp { out, .. }) | Op::Sinusoid(SinusoidOp { out, .. }) = op {
                 needs_grad[*out] = false;
             }
         }
@@ -261,213 +267,31 @@ impl TrainGraph {
         labels: Option<&[i64]>,
     ) -> Result<()> {
         self.check(ws, x, t, labels)?;
-        let batch = ws.batch;
-        let p = |r| &params[self.params.range(r)];
-        for (i, op) in self.ops.iter().enumerate() {
-            match op {
-                Op::InputToNhwc {
-                    channels,
-                    height,
-                    width,
-                    center,
-                    out,
-                } => {
-                    let (s, l) = self.act(*out, batch);
-                    let dst = &mut ws.acts[s..s + l];
-                    let (c, hw) = (*channels, height * width);
-                    for b in 0..batch {
-                        for ch in 0..c {
-                            for (q, v) in x[(b * c + ch) * hw..(b * c + ch + 1) * hw]
-                                .iter()
-                                .enumerate()
-                            {
-                                dst[(b * hw + q) * c + ch] =
-                                    if *center { 2.0 * v - 1.0 } else { *v };
-                            }
-                        }
-                    }
-                }
-                Op::TimeEmbedding(te) => {
-                    let [scratch, saved, out] = carve(
-                        &mut ws.acts,
-                        [
-                            self.act(te.scratch, batch),
-                            self.saved_region(i, batch),
-                            self.act(te.out, batch),
-                        ],
-                    )?;
-                    let (sinusoids, rest) = scratch.split_at_mut(batch * te.sinusoid_dim);
-                    for b in 0..batch {
-                        let row = &mut sinusoids[b * te.sinusoid_dim..(b + 1) * te.sinusoid_dim];
-                        embedding::sinusoid(t[b], te.flip_sin_to_cos, te.freq_shift, row);
-                    }
-                    let mlp = self.time_mlp(te, params, batch, labels);
-                    embedding::forward(
-                        &mlp,
-                        sinusoids,
-                        &mut rest[..batch * te.embed_dim],
-                        saved,
-                        out,
-                    );
-                }
-                Op::Linear(l) => {
-                    let [input, residual, out] = carve(
-                        &mut ws.acts,
-                        [
-                            self.act(l.input, batch),
-                            self.opt_act(l.residual, batch),
-                            self.act(l.out, batch),
-                        ],
-                    )?;
-                    let args = linear::Linear {
-                        rows: batch * l.rows,
-                        in_f: l.in_f,
-                        out_f: l.out_f,
-                        input,
-                        weight: p(l.weight),
-                        bias: p(l.bias),
-                        residual,
-                        out_scale: l.out_scale,
-                    };
-                    linear::forward(&args, out);
-                }
-                Op::Conv(c) => {
-                    let [in_a, in_b, chan, residual, out] = carve(
-                        &mut ws.acts,
-                        [
-                            self.act(c.input.first(), batch),
-                            self.opt_act(c.input.second(), batch),
-                            self.opt_act(c.channel_add, batch),
-                            self.opt_act(c.residual, batch),
-                            self.act(c.out, batch),
-                        ],
-                    )?;
-                    let args = conv::Conv {
-                        shape: ConvShape { batch, ..c.shape },
-                        in_a,
-                        in_b,
-                        weight: p(c.weight),
-                        bias: p(c.bias),
-                        channel_add: chan,
-                        residual,
-                        out_scale: c.out_scale,
-                    };
-                    conv::forward(&args, out, &mut ws.scratch);
-                }
-                Op::GroupNorm(g) => {
-                    let [in_a, in_b, saved, out] = carve(
-                        &mut ws.acts,
-                        [
-                            self.act(g.input.first(), batch),
-                            self.opt_act(g.input.second(), batch),
-                            self.saved_region(i, batch),
-                            self.act(g.out, batch),
-                        ],
-                    )?;
-                    let args = group_norm::GroupNorm {
-                        batch,
-                        pixels: g.pixels,
-                        in_ca: g.in_ca,
-                        in_cb: g.in_cb,
-                        groups: g.groups,
-                        eps: g.eps,
-                        in_a,
-                        in_b,
-                        gamma: p(g.gamma),
-                        beta: p(g.beta),
-                        silu: g.silu,
-                    };
-                    group_norm::forward(&args, out, saved);
-                }
-                Op::Attention(a) => {
-                    let [input, scratch, saved, out] = carve(
-                        &mut ws.acts,
-                        [
-                            self.act(a.input, batch),
-                            self.act(a.scratch, batch),
-                            self.saved_region(i, batch),
-                            self.act(a.out, batch),
-                        ],
-                    )?;
-                    let blk = self.attention_block(a, params, batch, input);
-                    attention::forward(&blk, scratch, saved, out);
-                }
-                Op::OutputToNchw {
-                    input,
-                    channels,
-                    height,
-                    width,
-                } => {
-                    let (s, l) = self.act(*input, batch);
-                    let src = &ws.acts[s..s + l];
-                    let (c, hw) = (*channels, height * width);
-                    for b in 0..batch {
-                        for ch in 0..c {
-                            for (q, o) in ws.out[(b * c + ch) * hw..(b * c + ch + 1) * hw]
-                                .iter_mut()
-                                .enumerate()
-                            {
-                                *o = src[(b * hw + q) * c + ch];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn time_mlp<'a>(
-        &self,
-        te: &crate::model::TimeEmbeddingOp,
-        params: &'a [f32],
-        batch: usize,
-        labels: Option<&'a [i64]>,
-    ) -> embedding::TimeMlp<'a> {
-        let p = |r| &params[self.params.range(r)];
-        embedding::TimeMlp {
+        let TrainWorkspace {
             batch,
-            sinusoid_dim: te.sinusoid_dim,
-            embed_dim: te.embed_dim,
-            w1: p(te.linear_1.0),
-            b1: p(te.linear_1.1),
-            w2: p(te.linear_2.0),
-            b2: p(te.linear_2.1),
-            class_table: te.class_embedding.map_or(&[][..], |(r, _)| p(r)),
+            acts,
+            out,
+            scratch,
+            ..
+        } = ws;
+        let mut fwd = TrainForward {
+            graph: self,
+            params,
+            batch: *batch,
+            acts,
+            out,
+            scratch,
+            x,
+            t,
             labels: labels.unwrap_or(&[]),
-        }
-    }
-
-    fn attention_block<'a>(
-        &self,
-        a: &crate::model::AttentionOp,
-        params: &'a [f32],
-        batch: usize,
-        input: &'a [f32],
-    ) -> attention::AttentionBlock<'a> {
-        let p = |(w, b)| (&params[self.params.range(w)], &params[self.params.range(b)]);
-        attention::AttentionBlock {
-            heads: attention::Heads {
-                batch,
-                tokens: a.tokens,
-                channels: a.channels,
-                heads: a.heads,
-            },
-            groups: a.groups,
-            eps: a.eps,
-            input,
-            norm: p(a.norm),
-            q: p(a.q),
-            k: p(a.k),
-            v: p(a.v),
-            o: p(a.o),
-            rescale: a.rescale,
-        }
+        };
+        walk(&self.ops, &mut fwd)
     }
 
     /// Backward pass after [`TrainGraph::forward`] and after the loss filled `ws.d_out`:
     /// accumulates every parameter's gradient into `param_grads` (same layout as `params`; the
-    /// caller zeroes it between steps).
+    /// caller zeroes it between steps). The op list in reverse, each op's backward beside its
+    /// forward in [`super::layers`].
     pub fn backward(
         &self,
         params: &[f32],
@@ -476,6 +300,7 @@ impl TrainGraph {
         labels: Option<&[i64]>,
     ) -> Result<()> {
         let batch = ws.batch;
+        let labels = labels.unwrap_or(&[]);
         let p = |r| &params[self.params.range(r)];
         let pr = |r| self.params.region(r);
         let acts = &ws.acts;
@@ -497,16 +322,12 @@ impl TrainGraph {
                 ws.grads[s..s + l].fill(0.0);
             }
             match op {
-                Op::InputToNhwc { .. } => {}
-                Op::OutputToNchw {
-                    input,
-                    channels,
-                    height,
-                    width,
-                } => {
-                    let (s, l) = self.grad(*input, batch);
+                // Nothing to learn, and no gradient flows into the inputs.
+                Op::Input(_) | Op::Sinusoid(_) => {}
+                Op::Output(o) => {
+                    let (s, l) = self.grad(o.input, batch);
                     let dst = &mut ws.grads[s..s + l];
-                    let (c, hw) = (*channels, height * width);
+                    let (c, hw) = (o.channels, o.height * o.width);
                     for b in 0..batch {
                         for ch in 0..c {
                             for (q, d) in ws.d_out[(b * c + ch) * hw..(b * c + ch + 1) * hw]
@@ -560,16 +381,7 @@ impl TrainGraph {
                         ],
                     )?;
                     let [d_w, d_bias] = carve(param_grads, [pr(l.weight), pr(l.bias)])?;
-                    let args = linear::Linear {
-                        rows: batch * l.rows,
-                        in_f: l.in_f,
-                        out_f: l.out_f,
-                        input: a(l.input),
-                        weight: p(l.weight),
-                        bias: p(l.bias),
-                        residual: opt_a(l.residual),
-                        out_scale: l.out_scale,
-                    };
+                    let args = linear_args(l, batch, a(l.input), p, opt_a(l.residual));
                     linear::backward(
                         &args,
                         d_out,
@@ -581,6 +393,24 @@ impl TrainGraph {
                         },
                     );
                 }
+                Op::Silu(si) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(si.input, batch), self.grad(si.out, batch)],
+                    )?;
+                    activation::backward(a(si.input), d_out, d_in);
+                }
+                Op::ClassEmbedding(ce) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(ce.input, batch), self.grad(ce.out, batch)],
+                    )?;
+                    let [d_table] = carve(param_grads, [pr(ce.table)])?;
+                    embedding::class_backward(d_out, labels, ce.dim, d_table);
+                    for (d, g) in d_in.iter_mut().zip(d_out.iter()) {
+                        *d += g;
+                    }
+                }
                 Op::GroupNorm(g) => {
                     let [d_a, d_b, d_out] = carve(
                         &mut ws.grads,
@@ -591,19 +421,7 @@ impl TrainGraph {
                         ],
                     )?;
                     let [d_gamma, d_beta] = carve(param_grads, [pr(g.gamma), pr(g.beta)])?;
-                    let args = group_norm::GroupNorm {
-                        batch,
-                        pixels: g.pixels,
-                        in_ca: g.in_ca,
-                        in_cb: g.in_cb,
-                        groups: g.groups,
-                        eps: g.eps,
-                        in_a: a(g.input.first()),
-                        in_b: opt_a(g.input.second()),
-                        gamma: p(g.gamma),
-                        beta: p(g.beta),
-                        silu: g.silu,
-                    };
+                    let args = group_norm_args(g, batch, a(g.input.first()), opt_a(g.input.second()), p);
                     let grads = group_norm::GroupNormGrads {
                         in_a: d_a,
                         in_b: d_b,
@@ -613,75 +431,228 @@ impl TrainGraph {
                     group_norm::backward(&args, saved(i), d_out, grads);
                 }
                 Op::Attention(at) => {
-                    let [d_in, d_scratch, d_out] = carve(
+                    let [dq, dk, dv, d_out] = carve(
                         &mut ws.grads,
                         [
-                            self.grad(at.input, batch),
-                            self.grad(at.scratch, batch),
+                            self.grad(at.q, batch),
+                            self.grad(at.k, batch),
+                            self.grad(at.v, batch),
                             self.grad(at.out, batch),
                         ],
                     )?;
-                    let [nw, nb, qw, qb, kw, kb, vw, vb, ow, ob] = carve(
-                        param_grads,
-                        [
-                            pr(at.norm.0),
-                            pr(at.norm.1),
-                            pr(at.q.0),
-                            pr(at.q.1),
-                            pr(at.k.0),
-                            pr(at.k.1),
-                            pr(at.v.0),
-                            pr(at.v.1),
-                            pr(at.o.0),
-                            pr(at.o.1),
-                        ],
-                    )?;
-                    let blk = self.attention_block(at, params, batch, a(at.input));
-                    let g = attention::AttentionGrads {
-                        input: d_in,
-                        norm: (nw, nb),
-                        q: (qw, qb),
-                        k: (kw, kb),
-                        v: (vw, vb),
-                        o: (ow, ob),
-                    };
-                    attention::backward(&blk, a(at.scratch), saved(i), d_out, d_scratch, g);
-                }
-                Op::TimeEmbedding(te) => {
-                    let [d_scratch, d_out] = carve(
-                        &mut ws.grads,
-                        [self.grad(te.scratch, batch), self.grad(te.out, batch)],
-                    )?;
-                    let class = te.class_embedding.map_or(EMPTY, |(r, _)| pr(r));
-                    let [w1, b1, w2, b2, d_class] = carve(
-                        param_grads,
-                        [
-                            pr(te.linear_1.0),
-                            pr(te.linear_1.1),
-                            pr(te.linear_2.0),
-                            pr(te.linear_2.1),
-                            class,
-                        ],
-                    )?;
-                    let mlp = self.time_mlp(te, params, batch, labels);
-                    let scratch = a(te.scratch);
-                    let (sinusoids, hidden) = scratch.split_at(batch * te.sinusoid_dim);
-                    let grads = embedding::TimeMlpGrads {
-                        w1,
-                        b1,
-                        w2,
-                        b2,
-                        class_table: d_class,
-                    };
-                    embedding::backward(
-                        &mlp,
-                        sinusoids,
-                        &hidden[..batch * te.embed_dim],
+                    attention::core_backward(
+                        heads(at, batch),
+                        a(at.q),
+                        a(at.k),
+                        a(at.v),
                         saved(i),
                         d_out,
-                        &mut d_scratch[..batch * te.embed_dim],
-                        grads,
+                        dq,
+                        dk,
+                        dv,
+                        &mut [],
                     );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn heads(a: &AttentionOp, batch: usize) -> attention::Heads {
+    attention::Heads {
+        batch,
+        tokens: a.tokens,
+        channels: a.channels,
+        heads: a.heads,
+    }
+}
+
+fn linear_args<'a>(
+    l: &LinearOp,
+    batch: usize,
+    input: &'a [f32],
+    p: impl Fn(WeightRef) -> &'a [f32],
+    residual: &'a [f32],
+) -> linear::Linear<'a> {
+    linear::Linear {
+        rows: batch * l.rows,
+        in_f: l.in_f,
+        out_f: l.out_f,
+        input,
+        weight: p(l.weight),
+        bias: p(l.bias),
+        residual,
+        out_scale: l.out_scale,
+    }
+}
+
+fn group_norm_args<'a>(
+    g: &GroupNormOp,
+    batch: usize,
+    in_a: &'a [f32],
+    in_b: &'a [f32],
+    p: impl Fn(WeightRef) -> &'a [f32],
+) -> group_norm::GroupNorm<'a> {
+    group_norm::GroupNorm {
+        batch,
+        pixels: g.pixels,
+        in_ca: g.in_ca,
+        in_cb: g.in_cb,
+        groups: g.groups,
+        eps: g.eps,
+        in_a,
+        in_b,
+        gamma: p(g.gamma),
+        beta: p(g.beta),
+        silu: g.silu,
+    }
+}
+
+/// The trainer's forward pass as a backend of the one walk: f32 weights from the flat
+/// parameter buffer, every tensor in its own slot of the activation arena, and each op's
+/// saved values beside them for the backward.
+struct TrainForward<'a> {
+    graph: &'a TrainGraph,
+    params: &'a [f32],
+    batch: usize,
+    acts: &'a mut [f32],
+    out: &'a mut [f32],
+    scratch: &'a mut [f32],
+    x: &'a [f32],
+    t: &'a [f32],
+    labels: &'a [i64],
+}
+
+impl TrainForward<'_> {
+    fn act(&self, t: TensorId) -> (usize, usize) {
+        self.graph.act(t, self.batch)
+    }
+    fn opt_act(&self, t: Option<TensorId>) -> (usize, usize) {
+        self.graph.opt_act(t, self.batch)
+    }
+}
+
+impl Backend for TrainForward<'_> {
+    fn name(&self) -> &'static str {
+        "train"
+    }
+
+    fn input(&mut self, _: usize, op: &InputOp) -> Result<()> {
+        let (s, l) = self.act(op.out);
+        let dst = &mut self.acts[s..s + l];
+        let (c, hw) = (op.channels, op.height * op.width);
+        for b in 0..self.batch {
+            for ch in 0..c {
+                for (q, v) in self.x[(b * c + ch) * hw..(b * c + ch + 1) * hw]
+                    .iter()
+                    .enumerate()
+                {
+                    dst[(b * hw + q) * c + ch] = if op.center { 2.0 * v - 1.0 } else { *v };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sinusoid(&mut self, _: usize, op: &SinusoidOp) -> Result<()> {
+        let (s, l) = self.act(op.out);
+        let dst = &mut self.acts[s..s + l];
+        for b in 0..self.batch {
+            let row = &mut dst[b * op.dim..(b + 1) * op.dim];
+            embedding::sinusoid(self.t[b], op.flip_sin_to_cos, op.freq_shift, row);
+        }
+        Ok(())
+    }
+
+    fn linear(&mut self, _: usize, op: &LinearOp) -> Result<()> {
+        let regions = [self.act(op.input), self.opt_act(op.residual), self.act(op.out)];
+        let [input, residual, out] = carve(self.acts, regions)?;
+        let (g, params) = (self.graph, self.params);
+        let args = linear_args(op, self.batch, input, |r| &params[g.params.range(r)], residual);
+        linear::forward(&args, out);
+        Ok(())
+    }
+
+    fn silu(&mut self, _: usize, op: &SiluOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        activation::forward(input, out);
+        Ok(())
+    }
+
+    fn class_embedding(&mut self, _: usize, op: &ClassEmbeddingOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        out.copy_from_slice(input);
+        let table = &self.params[self.graph.params.range(op.table)];
+        embedding::class_forward(table, self.labels, op.dim, out);
+        Ok(())
+    }
+
+    fn conv(&mut self, _: usize, op: &ConvOp) -> Result<()> {
+        let regions = [
+            self.act(op.input.first()),
+            self.opt_act(op.input.second()),
+            self.opt_act(op.channel_add),
+            self.opt_act(op.residual),
+            self.act(op.out),
+        ];
+        let [in_a, in_b, chan, residual, out] = carve(self.acts, regions)?;
+        let p = |r| &self.params[self.graph.params.range(r)];
+        let args = conv::Conv {
+            shape: ConvShape {
+                batch: self.batch,
+                ..op.shape
+            },
+            in_a,
+            in_b,
+            weight: p(op.weight),
+            bias: p(op.bias),
+            channel_add: chan,
+            residual,
+            out_scale: op.out_scale,
+        };
+        conv::forward(&args, out, self.scratch);
+        Ok(())
+    }
+
+    fn group_norm(&mut self, at: usize, op: &GroupNormOp) -> Result<()> {
+        let regions = [
+            self.act(op.input.first()),
+            self.opt_act(op.input.second()),
+            self.graph.saved_region(at, self.batch),
+            self.act(op.out),
+        ];
+        let [in_a, in_b, saved, out] = carve(self.acts, regions)?;
+        let (g, params) = (self.graph, self.params);
+        let args = group_norm_args(op, self.batch, in_a, in_b, |r| &params[g.params.range(r)]);
+        group_norm::forward(&args, out, saved);
+        Ok(())
+    }
+
+    fn attention(&mut self, at: usize, op: &AttentionOp) -> Result<()> {
+        let regions = [
+            self.act(op.q),
+            self.act(op.k),
+            self.act(op.v),
+            self.graph.saved_region(at, self.batch),
+            self.act(op.out),
+        ];
+        let [q, k, v, probs, out] = carve(self.acts, regions)?;
+        attention::core_forward(heads(op, self.batch), q, k, v, probs, out);
+        Ok(())
+    }
+
+    fn output(&mut self, _: usize, op: &OutputOp) -> Result<()> {
+        let (s, l) = self.act(op.input);
+        let src = &self.acts[s..s + l];
+        let (c, hw) = (op.channels, op.height * op.width);
+        for b in 0..self.batch {
+            for ch in 0..c {
+                for (q, o) in self.out[(b * c + ch) * hw..(b * c + ch + 1) * hw]
+                    .iter_mut()
+                    .enumerate()
+                {
+                    *o = src[(b * hw + q) * c + ch];
                 }
             }
         }

@@ -122,21 +122,12 @@ impl ParamTable {
                     kinds.push((key(g.gamma), ParamKind::NormScale));
                     kinds.push((key(g.beta), ParamKind::NormShift));
                 }
-                Op::Attention(a) => {
-                    kinds.push((key(a.norm.0), ParamKind::NormScale));
-                    kinds.push((key(a.norm.1), ParamKind::NormShift));
-                    for p in [a.q, a.k, a.v, a.o] {
-                        linear(&mut kinds, p, a.channels);
-                    }
-                }
-                Op::TimeEmbedding(t) => {
-                    linear(&mut kinds, t.linear_1, t.sinusoid_dim);
-                    linear(&mut kinds, t.linear_2, t.embed_dim);
-                    if let Some((table, _)) = t.class_embedding {
-                        kinds.push((key(table), ParamKind::Embedding));
-                    }
-                }
-                Op::InputToNhwc { .. } | Op::OutputToNchw { .. } => {}
+                Op::ClassEmbedding(c) => kinds.push((key(c.table), ParamKind::Embedding)),
+                Op::Input(_)
+                | Op::Sinusoid(_)
+                | Op::Silu(_)
+                | Op::Attention(_)
+                | Op::Output(_) => {}
             }
         }
         kinds.sort_by_key(|k| k.0);

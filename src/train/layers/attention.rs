@@ -1,9 +1,8 @@
-//! Self-attention block (diffusers' `Attention` with a residual, as in `AttnDownBlock2D`, the
-//! mid block and `AttnUpBlock2D`) over `[batch, tokens, channels]`:
-//!
-//! `h = GroupNorm(x)`, `q, k, v = h Wq^T + bq, ...`,
-//! per head: `S = Q K^T / sqrt(d)`, `P = softmax_rows(S)`, `O = P V`,
-//! `out = (O Wo^T + bo + x) / rescale`.
+//! The attention core (the op list's `Attention` op) over `[batch, tokens, channels]`:
+//! per head, `S = Q K^T / sqrt(d)`, `P = softmax_rows(S)`, `O = P V`. The block around it
+//! (GroupNorm, the Q/K/V and output projections, the residual and rescale; diffusers'
+//! `Attention` as `AttnDownBlock2D`, the mid block and `AttnUpBlock2D` use it) is ops of its
+//! own, with their own backwards.
 //!
 //! Backward of the attention core, per head, given `dO`:
 //! - `dV = P^T dO`, `dP = dO V^T`;
@@ -11,15 +10,10 @@
 //!   `diag(p) - p p^T`);
 //! - `dQ = dS K / sqrt(d)`, `dK = dS^T Q / sqrt(d)`.
 //!
-//! The projections and the norm go backward through [`super::linear`] and
-//! [`super::group_norm`]; the residual adds `dz = d_out / rescale` to the input's gradient.
-//! The forward saves `P` (`heads * tokens^2` per sample) and the norm statistics; `h`, `q`, `k`,
-//! `v` and `O` stay in the op's scratch tensor.
+//! The forward saves `P` (`heads * tokens^2` per sample, [`saved_len`]).
 
 use super::dot;
 use super::gemm::{for_each_task, gemm_serial, with_scratch, SharedMut, Strided};
-use super::group_norm::{self, GroupNorm, GroupNormGrads};
-use super::linear::{self, Linear, LinearGrads};
 use super::vmath;
 
 /// Multi-head attention core: `heads` contiguous channel groups of width `d = channels / heads`.
@@ -220,176 +214,7 @@ fn sample_backward(
     }
 }
 
-/// One attention block's inputs and weights (f32).
-pub struct AttentionBlock<'a> {
-    pub heads: Heads,
-    pub groups: usize,
-    pub eps: f32,
-    pub input: &'a [f32],
-    pub norm: (&'a [f32], &'a [f32]),
-    pub q: (&'a [f32], &'a [f32]),
-    pub k: (&'a [f32], &'a [f32]),
-    pub v: (&'a [f32], &'a [f32]),
-    pub o: (&'a [f32], &'a [f32]),
-    pub rescale: f32,
-}
-
-/// Gradients to accumulate into (the input's, and every weight's as (weight, bias)).
-pub struct AttentionGrads<'a> {
-    pub input: &'a mut [f32],
-    pub norm: (&'a mut [f32], &'a mut [f32]),
-    pub q: (&'a mut [f32], &'a mut [f32]),
-    pub k: (&'a mut [f32], &'a mut [f32]),
-    pub v: (&'a mut [f32], &'a mut [f32]),
-    pub o: (&'a mut [f32], &'a mut [f32]),
-}
-
-/// Floats of scratch per sample (`h`, `q`, `k`, `v`, `O`, plus a row), as the inference op's
-/// scratch tensor is sized.
-pub fn scratch_len(tokens: usize, channels: usize) -> usize {
-    5 * tokens * channels + tokens
-}
-
-/// Floats saved per sample: norm statistics and `P`.
-pub fn saved_len(tokens: usize, heads: usize, groups: usize) -> usize {
-    group_norm::saved_len(groups) + heads * tokens * tokens
-}
-
-impl<'a> AttentionBlock<'a> {
-    fn norm_args(&self) -> GroupNorm<'a> {
-        let h = self.heads;
-        GroupNorm {
-            batch: h.batch,
-            pixels: h.tokens,
-            in_ca: h.channels,
-            in_cb: 0,
-            groups: self.groups,
-            eps: self.eps,
-            in_a: self.input,
-            in_b: &[],
-            gamma: self.norm.0,
-            beta: self.norm.1,
-            silu: false,
-        }
-    }
-    fn proj(
-        &self,
-        (w, b): (&'a [f32], &'a [f32]),
-        input: &'a [f32],
-        residual: &'a [f32],
-        scale: f32,
-    ) -> Linear<'a> {
-        let h = self.heads;
-        Linear {
-            rows: h.batch * h.tokens,
-            in_f: h.channels,
-            out_f: h.channels,
-            input,
-            weight: w,
-            bias: b,
-            residual,
-            out_scale: scale,
-        }
-    }
-}
-
-/// Splits a scratch region into (h, q, k, v, O, row).
-fn split5(s: &mut [f32], n: usize) -> [&mut [f32]; 6] {
-    let (a, r) = s.split_at_mut(n);
-    let (b, r) = r.split_at_mut(n);
-    let (c, r) = r.split_at_mut(n);
-    let (d, r) = r.split_at_mut(n);
-    let (e, r) = r.split_at_mut(n);
-    [a, b, c, d, e, r]
-}
-
-pub fn forward(blk: &AttentionBlock<'_>, scratch: &mut [f32], saved: &mut [f32], out: &mut [f32]) {
-    let hd = blk.heads;
-    let n = hd.batch * hd.tokens * hd.channels;
-    let (stats, probs) = saved.split_at_mut(hd.batch * group_norm::saved_len(blk.groups));
-    let [normed, q, k, v, attended, _] = split5(scratch, n);
-    group_norm::forward(&blk.norm_args(), normed, stats);
-    linear::forward(&blk.proj(blk.q, normed, &[], 1.0), q);
-    linear::forward(&blk.proj(blk.k, normed, &[], 1.0), k);
-    linear::forward(&blk.proj(blk.v, normed, &[], 1.0), v);
-    core_forward(hd, q, k, v, &mut probs[..hd.probs_len()], attended);
-    linear::forward(&blk.proj(blk.o, attended, blk.input, blk.rescale), out);
-}
-
-/// `scratch` is what the forward left; `d_scratch` (same size) is scratch for the backward.
-pub fn backward(
-    blk: &AttentionBlock<'_>,
-    scratch: &[f32],
-    saved: &[f32],
-    d_out: &[f32],
-    d_scratch: &mut [f32],
-    g: AttentionGrads<'_>,
-) {
-    let hd = blk.heads;
-    let n = hd.batch * hd.tokens * hd.channels;
-    let (stats, probs) = saved.split_at(hd.batch * group_norm::saved_len(blk.groups));
-    let (normed, rest) = scratch.split_at(n);
-    let (q, rest) = rest.split_at(n);
-    let (k, rest) = rest.split_at(n);
-    let (v, rest) = rest.split_at(n);
-    let attended = &rest[..n];
-    let [d_normed, dq, dk, dv, d_attended, row] = split5(d_scratch, n);
-    d_normed.fill(0.0);
-    dq.fill(0.0);
-    dk.fill(0.0);
-    dv.fill(0.0);
-    d_attended.fill(0.0);
-    let AttentionGrads {
-        input: d_input,
-        norm: d_norm,
-        q: d_q,
-        k: d_k,
-        v: d_v,
-        o: d_o,
-    } = g;
-    linear::backward(
-        &blk.proj(blk.o, attended, blk.input, blk.rescale),
-        d_out,
-        LinearGrads {
-            input: d_attended,
-            weight: d_o.0,
-            bias: d_o.1,
-            residual: &mut *d_input,
-        },
-    );
-    core_backward(
-        hd,
-        q,
-        k,
-        v,
-        &probs[..hd.probs_len()],
-        d_attended,
-        dq,
-        dk,
-        dv,
-        row,
-    );
-    for ((w, b), dy, (dw, db)) in [(blk.q, &*dq, d_q), (blk.k, &*dk, d_k), (blk.v, &*dv, d_v)] {
-        linear::backward(
-            &blk.proj((w, b), normed, &[], 1.0),
-            dy,
-            LinearGrads {
-                input: &mut *d_normed,
-                weight: dw,
-                bias: db,
-                residual: &mut [],
-            },
-        );
-    }
-    group_norm::backward(
-        &blk.norm_args(),
-        stats,
-        &mut *d_normed,
-        GroupNormGrads {
-            in_a: d_input,
-            in_b: &mut [],
-            gamma: d_norm.0,
-            beta: d_norm.1,
-        },
-    );
+/// Floats saved per sample for the backward: `P`, `heads * tokens^2`.
+pub fn saved_len(tokens: usize, heads: usize) -> usize {
+    heads * tokens * tokens
 }

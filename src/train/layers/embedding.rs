@@ -1,39 +1,19 @@
-//! Timestep and class embedding:
+//! Timestep and class embedding.
 //!
-//! `emb = silu(linear_2(silu(linear_1(sinusoid(t)))) + class_embedding[y])`, then the SiLU every
-//! resnet applies before its projection: the op's output is `silu(emb)`.
+//! The op list spells the time embedding out as primitive ops: `Sinusoid` (the core's
+//! [`sinusoid`]; nothing to learn, and no gradient flows into `t`), `Linear`, `Silu`, `Linear`,
+//! `ClassEmbedding` (a row gather: [`class_forward`] adds row `y[b]` of the table to sample
+//! `b`; [`class_backward`] scatters `d_emb[b]` back into row `y[b]` of the table's gradient,
+//! rows of classes absent from the batch get nothing), and the `Silu` every resnet applies
+//! before its projection; each goes backward through its own layer.
 //!
-//! - The sinusoid is a fixed function of the (integer) timestep: nothing to learn, and no
-//!   gradient flows into `t`; the backward stops at `linear_1`.
-//! - The class embedding is a row gather: `forward` adds row `y[b]` of the table to sample `b`;
-//!   `backward` scatters `d_emb[b]` back into row `y[b]` of the table's gradient (rows of
-//!   classes absent from the batch get nothing).
-//! - The MLP is two [`super::linear`] layers with [`super::activation`] SiLUs in between, whose
-//!   backward is theirs, applied in reverse.
+//! [`TimeMlp`] is that chain as one function pair, composed of the same layers, for the
+//! gradient tests that check it against PyTorch.
 
 use super::linear::{self, Linear, LinearGrads};
 use super::vmath;
 
-/// diffusers' `get_timestep_embedding`, in f32 as diffusers computes it (it matters at t ~ 1000):
-/// `row[i] = sin(t * exp(-ln(10000) * i / (half - shift)))`, `row[half + i] = cos(...)`
-/// (swapped when `flip_sin_to_cos`); an odd width leaves the last entry zero.
-pub fn sinusoid(t: f32, flip_sin_to_cos: bool, freq_shift: f32, row: &mut [f32]) {
-    let half = row.len() / 2;
-    let ln_max_period = -libm::logf(10000.0);
-    row.fill(0.0);
-    for i in 0..half {
-        let exponent = ln_max_period * i as f32 / (half as f32 - freq_shift);
-        let arg = t * libm::expf(exponent);
-        let (sin, cos) = (libm::sin(arg as f64) as f32, libm::cos(arg as f64) as f32);
-        let (first, second) = if flip_sin_to_cos {
-            (cos, sin)
-        } else {
-            (sin, cos)
-        };
-        row[i] = first;
-        row[half + i] = second;
-    }
-}
+pub use crate::model::forward::sinusoid;
 
 /// `emb[b] += table[labels[b]]`, `table` is `[classes, dim]`.
 pub fn class_forward(table: &[f32], labels: &[i64], dim: usize, emb: &mut [f32]) {

@@ -1,0 +1,83 @@
+//! The backend seam: one method per primitive op, and the one walk of the op list that drives
+//! any backend.
+//!
+//! A backend owns its memory (the CPU backend: slices of the caller's workspace; the CUDA
+//! backend: device pointers into its arena) and turns an op's [`TensorId`]s into it. The walk
+//! knows nothing of memory: it hands each op, with its index in the list, to the method of
+//! its kind. The CPU inference path ([`super::forward`]), the CUDA backend (`crate::cuda`) and
+//! the trainer's forward pass (`crate::train::graph`) all implement [`Backend`] and run
+//! through [`walk`]; the trainer's backward is the same list walked in reverse.
+//!
+//! Adding an op: a variant in [`super::ops`], a method here, a kernel in every backend (or
+//! the default [`unsupported_op`] error, typed and naming the backend), a backward in the
+//! trainer, and a case in `tests/backend_ops.rs`.
+
+use super::ops::{
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp,
+    SiluOp, SinusoidOp,
+};
+use crate::error::{Error, Result};
+
+/// The error a backend returns for an op it has no kernel for.
+pub fn unsupported_op(backend: &'static str, op: &'static str) -> Error {
+    Error::UnsupportedConfig {
+        key: alloc::format!("op {op}"),
+        value: alloc::format!("not implemented on the {backend} backend"),
+    }
+}
+
+/// One method per primitive op. `at` is the op's index in the list (backends key per-op state
+/// on it: the CUDA backend's uploaded weights, the trainer's saved values).
+pub trait Backend {
+    /// Name for error messages (`cpu`, `cuda`, `train`).
+    fn name(&self) -> &'static str;
+
+    fn input(&mut self, at: usize, op: &InputOp) -> Result<()>;
+    fn sinusoid(&mut self, at: usize, op: &SinusoidOp) -> Result<()>;
+    fn linear(&mut self, at: usize, op: &LinearOp) -> Result<()>;
+    fn silu(&mut self, at: usize, op: &SiluOp) -> Result<()>;
+    fn class_embedding(&mut self, at: usize, op: &ClassEmbeddingOp) -> Result<()>;
+    fn conv(&mut self, at: usize, op: &ConvOp) -> Result<()>;
+    fn group_norm(&mut self, at: usize, op: &GroupNormOp) -> Result<()>;
+    fn attention(&mut self, at: usize, op: &AttentionOp) -> Result<()>;
+    fn output(&mut self, at: usize, op: &OutputOp) -> Result<()>;
+}
+
+/// Runs op `at` of a list on `backend`.
+#[inline]
+pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Result<()> {
+    match op {
+        Op::Input(o) => backend.input(at, o),
+        Op::Sinusoid(o) => backend.sinusoid(at, o),
+        Op::Linear(o) => backend.linear(at, o),
+        Op::Silu(o) => backend.silu(at, o),
+        Op::ClassEmbedding(o) => backend.class_embedding(at, o),
+        Op::Conv(o) => backend.conv(at, o),
+        Op::GroupNorm(o) => backend.group_norm(at, o),
+        Op::Attention(o) => backend.attention(at, o),
+        Op::Output(o) => backend.output(at, o),
+    }
+}
+
+/// The forward walk: every op of `ops` in order, on `backend`.
+pub fn walk<B: Backend + ?Sized>(ops: &[Op], backend: &mut B) -> Result<()> {
+    for (at, op) in ops.iter().enumerate() {
+        run_op(backend, at, op)?;
+    }
+    Ok(())
+}
+
+/// [`walk`], adding each op's time as measured by `clock` (seconds) to `op_seconds[at]`.
+pub fn walk_timed<B: Backend + ?Sized>(
+    ops: &[Op],
+    backend: &mut B,
+    op_seconds: &mut [f64],
+    clock: &dyn Fn() -> f64,
+) -> Result<()> {
+    for ((at, op), t) in ops.iter().enumerate().zip(op_seconds.iter_mut()) {
+        let t0 = clock();
+        run_op(backend, at, op)?;
+        *t += clock() - t0;
+    }
+    Ok(())
+}

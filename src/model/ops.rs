@@ -1,0 +1,270 @@
+//! The primitive ops of the model description: each is one kernel-level operation over
+//! numbered tensors ([`TensorId`]), with its weights already resolved ([`WeightRef`]).
+//!
+//! A backend implements one method per variant ([`super::backend::Backend`]); the trainer has
+//! one backward per variant. Blocks (a resnet, an attention block, the time embedding) exist
+//! only in [`super::describe`], which spells them out as these ops.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::kernels::ConvShape;
+use crate::weights::WeightRef;
+
+/// Index of a tensor in [`crate::Model::tensors`].
+pub type TensorId = usize;
+
+/// An op's main input: one tensor, or the channel concatenation of two (the UNet skip
+/// connection), which kernels read without materialising.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    One(TensorId),
+    Concat(TensorId, TensorId),
+}
+
+impl Input {
+    pub fn first(self) -> TensorId {
+        match self {
+            Input::One(a) | Input::Concat(a, _) => a,
+        }
+    }
+    pub fn second(self) -> Option<TensorId> {
+        match self {
+            Input::One(_) => None,
+            Input::Concat(_, b) => Some(b),
+        }
+    }
+}
+
+/// A tensor of the forward pass; its size is given per sample (f32 elements).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub len: usize,
+    pub name: String,
+}
+
+/// Reads the caller's NCHW sample into the arena as NHWC (and centers it, `2x - 1`, if
+/// configured).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputOp {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub center: bool,
+    pub out: TensorId,
+}
+
+/// diffusers' `get_timestep_embedding` of the model's timestep input, in f32 as diffusers
+/// computes it (it matters at t ~ 1000): `[batch, dim]`, sin then cos (swapped when
+/// `flip_sin_to_cos`); an odd width leaves the last entry zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinusoidOp {
+    pub dim: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f32,
+    pub out: TensorId,
+}
+
+/// `out[r] = (input[r] · W^T + bias + residual[r]) / out_scale` for `rows` rows per sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearOp {
+    pub input: TensorId,
+    /// Rows per sample (1 for embeddings, tokens for attention projections).
+    pub rows: usize,
+    pub in_f: usize,
+    pub out_f: usize,
+    pub weight: WeightRef,
+    pub bias: WeightRef,
+    pub residual: Option<TensorId>,
+    pub out_scale: f32,
+    pub out: TensorId,
+}
+
+/// `out = x * sigmoid(x)`, elementwise over `len` floats per sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiluOp {
+    pub input: TensorId,
+    pub len: usize,
+    pub out: TensorId,
+}
+
+/// `out[b] = input[b] + table[label[b]]`: the class embedding added to the time embedding
+/// (`table` is `[classes, dim]`; the labels are the forward pass's class labels).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassEmbeddingOp {
+    pub input: TensorId,
+    pub table: WeightRef,
+    pub classes: usize,
+    pub dim: usize,
+    pub out: TensorId,
+}
+
+/// A convolution over NHWC activations with its epilogue:
+/// `out = (conv(input) + bias + channel_add + residual) / out_scale`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvOp {
+    pub input: Input,
+    pub shape: ConvShape,
+    pub weight: WeightRef,
+    pub bias: WeightRef,
+    /// `[batch, out_c]` added per channel (time-embedding projection).
+    pub channel_add: Option<TensorId>,
+    pub residual: Option<TensorId>,
+    pub out_scale: f32,
+    pub out: TensorId,
+}
+
+/// GroupNorm over NHWC activations (optionally followed by SiLU).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupNormOp {
+    pub input: Input,
+    pub in_ca: usize,
+    pub in_cb: usize,
+    pub pixels: usize,
+    pub groups: usize,
+    pub eps: f32,
+    pub gamma: WeightRef,
+    pub beta: WeightRef,
+    pub silu: bool,
+    pub out: TensorId,
+}
+
+/// The attention core: per head, `out = softmax(Q K^T / sqrt(d)) V` over `[tokens, channels]`
+/// tensors whose channels split into `heads` contiguous groups of width `d`. Projections,
+/// norm and residual are ops of their own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionOp {
+    pub q: TensorId,
+    pub k: TensorId,
+    pub v: TensorId,
+    pub tokens: usize,
+    pub channels: usize,
+    pub heads: usize,
+    /// Per sample `tokens * channels` floats the kernel may use (K^T, or a score row).
+    pub scratch: TensorId,
+    pub out: TensorId,
+}
+
+/// Writes the final NHWC tensor to the caller's NCHW output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputOp {
+    pub input: TensorId,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// One step of the forward walk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Input(InputOp),
+    Sinusoid(SinusoidOp),
+    Linear(LinearOp),
+    Silu(SiluOp),
+    ClassEmbedding(ClassEmbeddingOp),
+    Conv(ConvOp),
+    GroupNorm(GroupNormOp),
+    Attention(AttentionOp),
+    Output(OutputOp),
+}
+
+impl Op {
+    /// A short name of the op kind (profiles, error messages).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input(_) => "input",
+            Op::Sinusoid(_) => "sinusoid",
+            Op::Linear(_) => "linear",
+            Op::Silu(_) => "silu",
+            Op::ClassEmbedding(_) => "class_embedding",
+            Op::Conv(_) => "conv",
+            Op::GroupNorm(_) => "group_norm",
+            Op::Attention(_) => "attention",
+            Op::Output(_) => "output",
+        }
+    }
+
+    /// Tensors this op reads.
+    pub fn reads(&self) -> Vec<TensorId> {
+        let mut r = Vec::new();
+        let mut input = |i: Input| {
+            r.push(i.first());
+            r.extend(i.second());
+        };
+        match self {
+            Op::Input(_) | Op::Sinusoid(_) => {}
+            Op::Linear(l) => {
+                input(Input::One(l.input));
+                r.extend(l.residual);
+            }
+            Op::Silu(s) => input(Input::One(s.input)),
+            Op::ClassEmbedding(c) => input(Input::One(c.input)),
+            Op::Conv(c) => {
+                input(c.input);
+                r.extend(c.channel_add);
+                r.extend(c.residual);
+            }
+            Op::GroupNorm(g) => input(g.input),
+            Op::Attention(a) => r.extend([a.q, a.k, a.v]),
+            Op::Output(o) => input(Input::One(o.input)),
+        }
+        r
+    }
+
+    /// The tensor this op produces (none for [`Op::Output`], which writes the caller's buffer).
+    pub fn output(&self) -> Option<TensorId> {
+        match self {
+            Op::Input(o) => Some(o.out),
+            Op::Sinusoid(o) => Some(o.out),
+            Op::Linear(o) => Some(o.out),
+            Op::Silu(o) => Some(o.out),
+            Op::ClassEmbedding(o) => Some(o.out),
+            Op::Conv(o) => Some(o.out),
+            Op::GroupNorm(o) => Some(o.out),
+            Op::Attention(o) => Some(o.out),
+            Op::Output(_) => None,
+        }
+    }
+
+    /// Tensors this op writes (its output and its scratch).
+    pub fn writes(&self) -> Vec<TensorId> {
+        let mut w: Vec<TensorId> = self.output().into_iter().collect();
+        if let Op::Attention(a) = self {
+            w.push(a.scratch);
+        }
+        w
+    }
+
+    /// The weights this op reads, in a fixed order per op kind.
+    pub fn weights(&self) -> Vec<WeightRef> {
+        match self {
+            Op::Conv(c) => alloc::vec![c.weight, c.bias],
+            Op::Linear(l) => alloc::vec![l.weight, l.bias],
+            Op::GroupNorm(g) => alloc::vec![g.gamma, g.beta],
+            Op::ClassEmbedding(c) => alloc::vec![c.table],
+            Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
+                Vec::new()
+            }
+        }
+    }
+
+    /// Floating-point operations per sample (multiply-adds count two).
+    pub fn flops_per_sample(&self) -> u64 {
+        match self {
+            Op::Conv(c) => ConvShape {
+                batch: 1,
+                ..c.shape
+            }
+            .flops(),
+            Op::Linear(l) => 2 * (l.rows * l.in_f * l.out_f) as u64,
+            Op::Attention(a) => {
+                let (n, c) = (a.tokens as u64, a.channels as u64);
+                // Saturating: n * n overflows u64 for absurd (but valid) sample sizes.
+                4u64.saturating_mul(n)
+                    .saturating_mul(n)
+                    .saturating_mul(c)
+            }
+            _ => 0,
+        }
+    }
+}
