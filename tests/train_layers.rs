@@ -530,42 +530,7 @@ fn attention_block_norm_qkv_out_residual() {
         channels,
         heads: h,
     };
-    let scratch_len = batch * attention::scratch_len(tokens, channels);
-    let run = |t: &[Vec<f32>], d: Option<&[f32]>| -> (Vec<f32>, Vec<Vec<f32>>) {
-        let blk = attention::AttentionBlock {
-            heads,
-            groups,
-            eps: 1e-5,
-            input: &t[0],
-            norm: (&t[1], &t[2]),
-            q: (&t[3], &t[4]),
-            k: (&t[5], &t[6]),
-            v: (&t[7], &t[8]),
-            o: (&t[9], &t[10]),
-            rescale: 1.5,
-        };
-        let mut scratch = vec![0.0; scratch_len];
-        let mut saved = vec![0.0; batch * attention::saved_len(tokens, h, groups)];
-        let mut out = vec![0.0; batch * tokens * channels];
-        attention::forward(&blk, &mut scratch, &mut saved, &mut out);
-        let mut g: Vec<Vec<f32>> = t.iter().map(|v| vec![0.0; v.len()]).collect();
-        if let Some(d) = d {
-            let mut d_scratch = vec![0.0; scratch_len];
-            let [gi, nw, nb, qw, qb, kw, kb, vw, vb, ow, ob] = &mut g[..] else {
-                unreachable!()
-            };
-            let grads = attention::AttentionGrads {
-                input: gi,
-                norm: (nw, nb),
-                q: (qw, qb),
-                k: (kw, kb),
-                v: (vw, vb),
-                o: (ow, ob),
-            };
-            attention::backward(&blk, &scratch, &saved, d, &mut d_scratch, grads);
-        }
-        (out, g)
-    };
+    let dims = (batch, tokens, channels, h, groups);
     let names = [
         "input", "norm.w", "norm.b", "q.w", "q.b", "k.w", "k.b", "v.w", "v.b", "o.w", "o.b",
     ];
@@ -573,7 +538,133 @@ fn attention_block_norm_qkv_out_residual() {
         "attention block",
         &theta,
         &names,
-        |t| run(t, None).0,
-        |t, d| run(t, Some(d)).1,
+        |t| attention_block(t, None, dims, heads).0,
+        |t, d| attention_block(t, Some(d), dims, heads).1,
     );
+}
+
+/// The attention block as the op list spells it: GroupNorm, the Q/K/V projections, the
+/// attention core, the output projection with the residual and the rescale (1.5); the
+/// backward in reverse order, each layer's own.
+fn attention_block(
+    t: &[Vec<f32>],
+    d: Option<&[f32]>,
+    (batch, tokens, channels, h, groups): (usize, usize, usize, usize, usize),
+    heads: attention::Heads,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let n = batch * tokens * channels;
+    let norm = group_norm::GroupNorm {
+        batch,
+        pixels: tokens,
+        in_ca: channels,
+        in_cb: 0,
+        groups,
+        eps: 1e-5,
+        in_a: &t[0],
+        in_b: &[],
+        gamma: &t[1],
+        beta: &t[2],
+        silu: false,
+    };
+    let proj = |input: &'_ [f32], w: usize, residual: &'_ [f32], out_scale: f32| -> Vec<f32> {
+        let mut out = vec![0.0; n];
+        let args = linear::Linear {
+            rows: batch * tokens,
+            in_f: channels,
+            out_f: channels,
+            input,
+            weight: &t[w],
+            bias: &t[w + 1],
+            residual,
+            out_scale,
+        };
+        linear::forward(&args, &mut out);
+        out
+    };
+    let mut stats = vec![0.0; batch * group_norm::saved_len(groups)];
+    let mut normed = vec![0.0; n];
+    group_norm::forward(&norm, &mut normed, &mut stats);
+    let (q, k, v) = (
+        proj(&normed, 3, &[], 1.0),
+        proj(&normed, 5, &[], 1.0),
+        proj(&normed, 7, &[], 1.0),
+    );
+    let mut probs = vec![0.0; batch * attention::saved_len(tokens, h)];
+    let mut attended = vec![0.0; n];
+    attention::core_forward(heads, &q, &k, &v, &mut probs, &mut attended);
+    let out = proj(&attended, 9, &t[0], 1.5);
+    let mut g: Vec<Vec<f32>> = t.iter().map(|v| vec![0.0; v.len()]).collect();
+    let Some(d) = d else {
+        return (out, g);
+    };
+    let [gi, nw, nb, qw, qb, kw, kb, vw, vb, ow, ob] = &mut g[..] else {
+        unreachable!()
+    };
+    let back = |input: &[f32],
+                w: usize,
+                residual: &[f32],
+                out_scale: f32,
+                dy: &[f32],
+                grads: linear::LinearGrads<'_>| {
+        let args = linear::Linear {
+            rows: batch * tokens,
+            in_f: channels,
+            out_f: channels,
+            input,
+            weight: &t[w],
+            bias: &t[w + 1],
+            residual,
+            out_scale,
+        };
+        linear::backward(&args, dy, grads);
+    };
+    let mut d_attended = vec![0.0; n];
+    back(
+        &attended,
+        9,
+        &t[0],
+        1.5,
+        d,
+        linear::LinearGrads {
+            input: &mut d_attended,
+            weight: ow,
+            bias: ob,
+            residual: &mut *gi,
+        },
+    );
+    let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    attention::core_backward(
+        heads,
+        &q,
+        &k,
+        &v,
+        &probs,
+        &d_attended,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &mut [],
+    );
+    let mut d_normed = vec![0.0; n];
+    for (w, dy, dw, db) in [(3, &dq, qw, qb), (5, &dk, kw, kb), (7, &dv, vw, vb)] {
+        let grads = linear::LinearGrads {
+            input: &mut d_normed,
+            weight: dw,
+            bias: db,
+            residual: &mut [],
+        };
+        back(&normed, w, &[], 1.0, dy, grads);
+    }
+    group_norm::backward(
+        &norm,
+        &stats,
+        &mut d_normed,
+        group_norm::GroupNormGrads {
+            in_a: gi,
+            in_b: &mut [],
+            gamma: nw,
+            beta: nb,
+        },
+    );
+    (out, g)
 }

@@ -29,7 +29,7 @@ use half::f16;
 use super::kernels;
 use crate::error::{device_err, invalid_arg, unsupported, Error, Result};
 use crate::kernels::ConvShape;
-use crate::model::backend::{walk, Backend};
+use crate::model::backend::{walk, walk_range, Backend};
 use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Model, Op,
     OutputOp, SiluOp, SinusoidOp, TensorId,
@@ -415,6 +415,89 @@ impl CudaBackend {
         // the eps buffer; synchronize waits for the copy.
         unsafe { cu(result::memcpy_dtoh_async(out, s.eps, st), "copy eps")? };
         cu(inner.stream.synchronize(), "forward")?;
+        Ok(())
+    }
+
+    /// [`Model::forward_ops`] on the GPU: the host arena (f32) goes to the device arena as
+    /// f16, ops `ops` run, and the arena comes back (and `out`, if the range ends with the
+    /// output op). For the per-op backend tests, not for speed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_ops(
+        &self,
+        model: &Model,
+        ops: core::ops::Range<usize>,
+        batch: usize,
+        arena: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        class_labels: Option<&[i64]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let mut g = self.lock()?;
+        let inner = &mut *g;
+        inner.ensure_session(model, batch, 0)?;
+        let s = inner.session.as_mut().expect("session");
+        let st = inner.stream.cu_stream();
+        s.host_ts.clear();
+        s.host_ts.extend_from_slice(timesteps);
+        s.host_labels.clear();
+        if let Some(l) = class_labels {
+            s.host_labels.extend(l.iter().map(|&v| v as i32));
+        }
+        let mut staged: Vec<f16> = arena.iter().map(|&v| f16::from_f32(v)).collect();
+        // SAFETY: the session arena holds plan.arena_len(batch) f16 (session_layout), which is
+        // arena.len() (Model::forward_ops passes exactly that part of the workspace); x, the
+        // timesteps and labels fit their buffers as in `forward`; the host sources are
+        // pageable, so each copy has consumed its source when the call returns.
+        unsafe {
+            cu(
+                result::memcpy_htod_async(s.arena, &staged, st),
+                "copy arena",
+            )?;
+            cu(result::memcpy_htod_async(s.x, x, st), "copy x")?;
+            cu(result::memcpy_htod_async(s.ts, &s.host_ts, st), "copy t")?;
+            if !s.host_labels.is_empty() {
+                cu(
+                    result::memcpy_htod_async(s.labels, &s.host_labels, st),
+                    "copy labels",
+                )?;
+            }
+        }
+        let ts_per_sample = (timesteps.len() != 1) as i32;
+        let n_labels = class_labels.map_or(0, |l| l.len()) as i32;
+        let (arena_ptr, x_ptr, ts_ptr, labels_ptr, eps) = (s.arena, s.x, s.ts, s.labels, s.eps);
+        let writes_out = model.ops()[ops.clone()]
+            .iter()
+            .any(|o| matches!(o, Op::Output(_)));
+        let inner: &Inner = inner;
+        let mut launcher = CudaWalk {
+            inner,
+            model,
+            batch,
+            arena: arena_ptr,
+            x: x_ptr,
+            ts: ts_ptr,
+            ts_per_sample,
+            step: 0,
+            labels: labels_ptr,
+            n_labels,
+            out: eps,
+        };
+        walk_range(model.ops(), ops, &mut launcher)?;
+        // SAFETY: the same buffers as above, read back; synchronize waits for both copies.
+        unsafe {
+            cu(
+                result::memcpy_dtoh_async(&mut staged, arena_ptr, st),
+                "copy arena",
+            )?;
+            if writes_out {
+                cu(result::memcpy_dtoh_async(out, eps, st), "copy eps")?;
+            }
+        }
+        cu(inner.stream.synchronize(), "forward_ops")?;
+        for (d, v) in arena.iter_mut().zip(&staged) {
+            *d = v.to_f32();
+        }
         Ok(())
     }
 
@@ -1020,7 +1103,11 @@ impl Backend for CudaWalk<'_> {
     }
 
     fn silu(&mut self, _: usize, op: &SiluOp) -> Result<()> {
-        let (src, dst, n) = (self.t(op.input), self.t(op.out), (self.batch * op.len) as i64);
+        let (src, dst, n) = (
+            self.t(op.input),
+            self.t(op.out),
+            (self.batch * op.len) as i64,
+        );
         self.inner.launch(
             &self.inner.f.silu,
             grid1(self.batch * op.len),
@@ -1032,12 +1119,7 @@ impl Backend for CudaWalk<'_> {
 
     fn class_embedding(&mut self, at: usize, op: &ClassEmbeddingOp) -> Result<()> {
         let (src, dst, table) = (self.t(op.input), self.t(op.out), self.weights(at)[0]);
-        let (labels, nl, b32, e32) = (
-            self.labels,
-            self.n_labels,
-            self.batch as i32,
-            op.dim as i32,
-        );
+        let (labels, nl, b32, e32) = (self.labels, self.n_labels, self.batch as i32, op.dim as i32);
         self.inner.launch(
             &self.inner.f.class_embed_add,
             grid1(self.batch * op.dim),

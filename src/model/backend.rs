@@ -13,8 +13,8 @@
 //! trainer, and a case in `tests/backend_ops.rs`.
 
 use super::ops::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp,
-    SiluOp, SinusoidOp,
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp, SiluOp,
+    SinusoidOp,
 };
 use crate::error::{Error, Result};
 
@@ -61,8 +61,18 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
 
 /// The forward walk: every op of `ops` in order, on `backend`.
 pub fn walk<B: Backend + ?Sized>(ops: &[Op], backend: &mut B) -> Result<()> {
-    for (at, op) in ops.iter().enumerate() {
-        run_op(backend, at, op)?;
+    walk_range(ops, 0..ops.len(), backend)
+}
+
+/// Ops `range` of `ops` in order (indices stay those of the whole list); the caller checked
+/// the range.
+pub fn walk_range<B: Backend + ?Sized>(
+    ops: &[Op],
+    range: core::ops::Range<usize>,
+    backend: &mut B,
+) -> Result<()> {
+    for at in range {
+        run_op(backend, at, &ops[at])?;
     }
     Ok(())
 }

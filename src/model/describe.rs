@@ -12,8 +12,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::ops::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op,
-    OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
+    SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 use super::Tap;
 use crate::config::{DownBlockKind, UNetConfig, UpBlockKind};
@@ -414,9 +414,27 @@ pub fn describe(
         freq_shift: cfg.freq_shift as f32,
         out: sinusoid,
     }));
-    let h = b.linear("time_embedding.linear_1".into(), sinusoid, 1, c0, e, linear_1, None, 1.0);
+    let h = b.linear(
+        "time_embedding.linear_1".into(),
+        sinusoid,
+        1,
+        c0,
+        e,
+        linear_1,
+        None,
+        1.0,
+    );
     let h = b.silu("time_embedding.act".into(), h, e);
-    let mut emb = b.linear("time_embedding.linear_2".into(), h, 1, e, e, linear_2, None, 1.0);
+    let mut emb = b.linear(
+        "time_embedding.linear_2".into(),
+        h,
+        1,
+        e,
+        e,
+        linear_2,
+        None,
+        1.0,
+    );
     if let Some((table, classes)) = class_embedding {
         let out = b.tensor("class_embedding".into(), e);
         b.ops.push(Op::ClassEmbedding(ClassEmbeddingOp {

@@ -1,20 +1,27 @@
 //! The forward walk: one pass over the op list, every tensor at its planned place in the
 //! caller's workspace, no allocation.
 
-use super::backend::{walk, walk_timed, Backend};
+use super::backend::{walk, walk_range, walk_timed, Backend};
 use super::ops::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, OutputOp,
-    SiluOp, SinusoidOp, TensorId,
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, OutputOp, SiluOp,
+    SinusoidOp, TensorId,
 };
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::{
-    silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, LinearArgs, Parallel,
-    Sequential,
+    silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, LinearArgs, Parallel, Sequential,
 };
 use crate::memory::carve;
 
 const EMPTY: (usize, usize) = (0, 0);
+
+/// Which ops a forward call runs.
+enum Walk<'a> {
+    All,
+    Range(core::ops::Range<usize>),
+    /// All, adding each op's time as measured by the clock to its slot.
+    Timed(&'a mut [f64], &'a dyn Fn() -> f64),
+}
 
 impl Model {
     /// One model evaluation: `out = eps_theta(x, t[, class_labels])`.
@@ -34,7 +41,36 @@ impl Model {
         class_labels: Option<&[i64]>,
         out: &mut [f32],
     ) -> Result<()> {
-        self.forward_impl(workspace, x, timesteps, class_labels, out, None)
+        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::All)
+    }
+
+    /// Runs only the ops `ops` (a range of indices into [`Model::ops`]) on a workspace that
+    /// holds their inputs, with [`Model::forward`]'s arguments and checks: the per-op backend
+    /// tests (`tests/backend_ops.rs`) feed every backend one op's reference inputs this way.
+    /// Meaningful on a model built with [`crate::memory::Reuse::None`], where every tensor
+    /// keeps its own place in the workspace. On a GPU the activation part of the workspace is
+    /// copied to the device (as f16) before and back after.
+    pub fn forward_ops(
+        &self,
+        ops: core::ops::Range<usize>,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        class_labels: Option<&[i64]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        if ops.start > ops.end || ops.end > self.ops.len() {
+            return Err(invalid_arg(
+                "ops",
+                alloc::format!(
+                    "{}..{} is not a range of the {} ops",
+                    ops.start,
+                    ops.end,
+                    self.ops.len()
+                ),
+            ));
+        }
+        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::Range(ops))
     }
 
     fn forward_impl(
@@ -44,7 +80,7 @@ impl Model {
         timesteps: &[f32],
         class_labels: Option<&[i64]>,
         out: &mut [f32],
-        op_seconds: Option<(&mut [f64], &dyn Fn() -> f64)>,
+        walk_mode: Walk<'_>,
     ) -> Result<()> {
         let (c_in, h, w) = self.input_shape();
         let per_sample = c_in * h * w;
@@ -104,12 +140,6 @@ impl Model {
         let need = self.workspace_len(batch);
         #[cfg(feature = "cuda")]
         if let Some(gpu) = &self.cuda {
-            if op_seconds.is_some() {
-                return Err(invalid_arg(
-                    "forward_profiled",
-                    "per-op timing is CPU only (profile the GPU with Nsight Systems)",
-                ));
-            }
             if workspace.len() < need {
                 return Err(Error::BufferSize {
                     what: "workspace",
@@ -117,7 +147,17 @@ impl Model {
                     found: workspace.len(),
                 });
             }
-            return gpu.forward(self, batch, x, timesteps, class_labels, out);
+            return match walk_mode {
+                Walk::All => gpu.forward(self, batch, x, timesteps, class_labels, out),
+                Walk::Range(ops) => {
+                    let arena = &mut workspace[..self.plan.arena_len(batch)];
+                    gpu.forward_ops(self, ops, batch, arena, x, timesteps, class_labels, out)
+                }
+                Walk::Timed(..) => Err(invalid_arg(
+                    "forward_profiled",
+                    "per-op timing is CPU only (profile the GPU with Nsight Systems)",
+                )),
+            };
         }
         if workspace.len() < need {
             return Err(Error::BufferSize {
@@ -145,9 +185,10 @@ impl Model {
             class_labels,
             out,
         };
-        match op_seconds {
-            None => walk(&self.ops, &mut cpu),
-            Some((times, clock)) => walk_timed(&self.ops, &mut cpu, times, clock),
+        match walk_mode {
+            Walk::All => walk(&self.ops, &mut cpu),
+            Walk::Range(ops) => walk_range(&self.ops, ops, &mut cpu),
+            Walk::Timed(times, clock) => walk_timed(&self.ops, &mut cpu, times, clock),
         }
     }
 
@@ -164,14 +205,20 @@ impl Model {
         op_seconds: &mut [f64],
         clock: &dyn Fn() -> f64,
     ) -> Result<()> {
-        assert_eq!(op_seconds.len(), self.ops.len(), "one time slot per op");
+        if op_seconds.len() != self.ops.len() {
+            return Err(Error::BufferSize {
+                what: "op_seconds (one slot per op)",
+                expected: self.ops.len(),
+                found: op_seconds.len(),
+            });
+        }
         self.forward_impl(
             workspace,
             x,
             timesteps,
             class_labels,
             out,
-            Some((op_seconds, clock)),
+            Walk::Timed(op_seconds, clock),
         )
     }
 }
@@ -204,10 +251,7 @@ impl CpuBackend<'_, '_> {
     fn input_regions(&self, i: Input) -> ([(usize, usize); 2], bool) {
         match i {
             Input::Concat(a, b) if a == b => ([self.region(a), EMPTY], true),
-            _ => (
-                [self.region(i.first()), self.opt_region(i.second())],
-                false,
-            ),
+            _ => ([self.region(i.first()), self.opt_region(i.second())], false),
         }
     }
 }
@@ -283,7 +327,11 @@ impl Backend for CpuBackend<'_, '_> {
         let table = self.model.weights.get(op.table);
         let e = op.dim;
         for b in 0..self.batch {
-            let label = if labels.len() == 1 { labels[0] } else { labels[b] } as usize;
+            let label = if labels.len() == 1 {
+                labels[0]
+            } else {
+                labels[b]
+            } as usize;
             let row = &table[label * e..(label + 1) * e];
             let (src, out) = (&input[b * e..(b + 1) * e], &mut dst[b * e..(b + 1) * e]);
             for ((d, s), c) in out.iter_mut().zip(src).zip(row) {

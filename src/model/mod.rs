@@ -17,9 +17,9 @@ use crate::weights::{LoadOptions, WeightBytes, WeightLoader, WeightStore};
 pub mod backend;
 pub mod describe;
 pub mod forward;
-pub mod ops;
 #[cfg(feature = "std")]
 pub mod load;
+pub mod ops;
 
 pub use ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,

@@ -260,9 +260,7 @@ impl Op {
             Op::Attention(a) => {
                 let (n, c) = (a.tokens as u64, a.channels as u64);
                 // Saturating: n * n overflows u64 for absurd (but valid) sample sizes.
-                4u64.saturating_mul(n)
-                    .saturating_mul(n)
-                    .saturating_mul(c)
+                4u64.saturating_mul(n).saturating_mul(n).saturating_mul(c)
             }
             _ => 0,
         }

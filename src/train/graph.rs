@@ -421,7 +421,8 @@ impl TrainGraph {
                         ],
                     )?;
                     let [d_gamma, d_beta] = carve(param_grads, [pr(g.gamma), pr(g.beta)])?;
-                    let args = group_norm_args(g, batch, a(g.input.first()), opt_a(g.input.second()), p);
+                    let args =
+                        group_norm_args(g, batch, a(g.input.first()), opt_a(g.input.second()), p);
                     let grads = group_norm::GroupNormGrads {
                         in_a: d_a,
                         in_b: d_b,
@@ -566,10 +567,20 @@ impl Backend for TrainForward<'_> {
     }
 
     fn linear(&mut self, _: usize, op: &LinearOp) -> Result<()> {
-        let regions = [self.act(op.input), self.opt_act(op.residual), self.act(op.out)];
+        let regions = [
+            self.act(op.input),
+            self.opt_act(op.residual),
+            self.act(op.out),
+        ];
         let [input, residual, out] = carve(self.acts, regions)?;
         let (g, params) = (self.graph, self.params);
-        let args = linear_args(op, self.batch, input, |r| &params[g.params.range(r)], residual);
+        let args = linear_args(
+            op,
+            self.batch,
+            input,
+            |r| &params[g.params.range(r)],
+            residual,
+        );
         linear::forward(&args, out);
         Ok(())
     }
