@@ -58,7 +58,7 @@ use super::config::{BetaSchedule, PredictionType, SchedulerConfig};
 use super::noise::GaussianNoise;
 use super::scheduler::StepShape;
 use crate::error::{invalid_arg, Error, Result};
-use crate::sampler::{EpsModel, NoiseLevel};
+use super::eps::{EpsModel, NoiseLevel};
 
 /// The continuous noise schedule of the VP-SDE and its map to the model's timesteps.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,6 +19,11 @@ use crate::schedule::noise::GaussianNoise;
 use crate::schedule::sde::{NoiseRows, SdeSampler, SdeStep};
 use crate::schedule::{PredictionType, Scheduler, StepShape};
 
+mod front;
+
+pub use crate::schedule::eps::{EpsModel, NoiseLevel};
+pub use front::{default_steps, Sampler, SamplerKind, SamplerSpec};
+
 /// Classifier-free guidance: `eps = (1 + scale) * eps(x, y) - scale * eps(x, null_class)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Guidance {
@@ -78,29 +83,6 @@ pub struct StepInfo<'a> {
     pub timestep: i64,
     /// The sample after this step, `[batch, C, H, W]`.
     pub sample: &'a [f32],
-}
-
-/// The noise level a model is evaluated at: its timestep input and the alpha-bar there.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NoiseLevel {
-    /// The model's timestep input (fractional for the continuous-time samplers).
-    pub timestep: f32,
-    /// alpha-bar at this noise level: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps.
-    pub alpha_bar: f64,
-}
-
-/// The one model abstraction of the samplers: the noise prediction `eps(x, t)` of a whole
-/// batch (`x` and `out` are `[B, C, H, W]`). The UNet (with guidance and prediction-type
-/// conversion) implements it inside [`sample`] / [`sample_with`]; tests plug in closed-form
-/// models. Closures `FnMut(&[f32], NoiseLevel, &mut [f32]) -> Result<()>` implement it.
-pub trait EpsModel {
-    fn eps(&mut self, x: &[f32], level: NoiseLevel, out: &mut [f32]) -> Result<()>;
-}
-
-impl<F: FnMut(&[f32], NoiseLevel, &mut [f32]) -> Result<()>> EpsModel for F {
-    fn eps(&mut self, x: &[f32], level: NoiseLevel, out: &mut [f32]) -> Result<()> {
-        self(x, level, out)
-    }
 }
 
 /// How to get from x_T to x_0.
