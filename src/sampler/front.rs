@@ -203,10 +203,7 @@ impl SamplerSpec {
         }
         if let Some(eta) = self.eta {
             if !(eta.is_finite() && eta >= 0.0) {
-                return Err(invalid_arg(
-                    "eta",
-                    format!("{eta} must be finite and >= 0"),
-                ));
+                return Err(invalid_arg("eta", format!("{eta} must be finite and >= 0")));
             }
         }
         if let Some(snr) = self.snr {
@@ -453,9 +450,15 @@ mod tests {
         assert!(bad(Sampler::builder(SamplerKind::Sde).eta(f64::NAN)));
         assert!(bad(Sampler::builder(SamplerKind::Ddim).snr(-1.0)));
         assert!(bad(Sampler::builder(SamplerKind::Ode).t_eps(1.0)));
-        assert!(bad(Sampler::builder(SamplerKind::Sde).predictor(Predictor::OdeHeun)));
-        assert!(bad(Sampler::builder(SamplerKind::Ode).predictor(Predictor::EulerMaruyama)));
-        assert!(!bad(Sampler::builder(SamplerKind::Pc).predictor(Predictor::OdeHeun)));
+        assert!(bad(
+            Sampler::builder(SamplerKind::Sde).predictor(Predictor::OdeHeun)
+        ));
+        assert!(bad(
+            Sampler::builder(SamplerKind::Ode).predictor(Predictor::EulerMaruyama)
+        ));
+        assert!(!bad(
+            Sampler::builder(SamplerKind::Pc).predictor(Predictor::OdeHeun)
+        ));
         assert_eq!(
             SamplerSpec::new(None).build(&cfg).unwrap().kind(),
             SamplerKind::Ddpm

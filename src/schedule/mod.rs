@@ -23,11 +23,11 @@ pub mod sde;
 pub mod timesteps;
 
 pub use betas::{alphas_cumprod, betas};
-pub use eps::{EpsModel, NoiseLevel};
 pub use config::{
     BetaSchedule, DdimPrevTimestep, PredictionType, SchedulerConfig, SchedulerKind,
     TimestepSpacing, VarianceType,
 };
+pub use eps::{EpsModel, NoiseLevel};
 pub use noise::GaussianNoise;
 pub use scheduler::{Scheduler, StepShape};
 pub use sde::{Predictor, SdeConfig, SdeSampler, VpSde};

@@ -12,7 +12,9 @@ use tinydiffusion::config::{DownBlockKind, UpBlockKind};
 use tinydiffusion::io::{read_tensor, write_png_grid, write_tensors};
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::model::load::ModelFiles;
-use tinydiffusion::sampler::{Guidance, SampleOptions, Sampler, SamplerKind, SamplerSpec, StepInfo};
+use tinydiffusion::sampler::{
+    Guidance, SampleOptions, Sampler, SamplerKind, SamplerSpec, StepInfo,
+};
 use tinydiffusion::schedule::{DdimPrevTimestep, SchedulerConfig};
 use tinydiffusion::{Error, Model};
 
@@ -93,7 +95,9 @@ fn sampler_spec(a: &SampleArgs) -> SamplerSpec {
         ddim_prev_timestep: a.ddim_next.then_some(DdimPrevTimestep::NextInSchedule),
         use_clipped_model_output: None,
         // `--ode-solver` is an option of `--scheduler ode` only (pc keeps Euler-Maruyama).
-        predictor: a.ode_solver.filter(|_| a.scheduler == Some(SamplerKind::Ode)),
+        predictor: a
+            .ode_solver
+            .filter(|_| a.scheduler == Some(SamplerKind::Ode)),
         corrector_steps: a.corrector_steps,
         snr: a.snr,
         t_eps: a.sde_eps,
