@@ -33,8 +33,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::error::Error;
 use crate::model::Model;
-use crate::sampler::Method;
-use crate::schedule::{Scheduler, SchedulerConfig, SdeSampler};
+use crate::sampler::Sampler;
+use crate::schedule::SchedulerConfig;
 
 mod model;
 mod pointers;
@@ -109,13 +109,13 @@ pub enum td_scheduler_kind {
     /// DDIM, built from the model's scheduler config as `DDIMScheduler.from_config` does.
     Ddim = 2,
     /// Reverse-time VP-SDE, Euler-Maruyama (score-SDE), on the continuous version of the
-    /// model's schedule; `td_sampler_desc.sde` sets its options. `steps` 0 = 1000.
+    /// model's schedule; `td_sampler_desc.sde` sets its options. `steps` 0 = min(1000, T).
     Sde = 3,
     /// Probability-flow ODE (deterministic; Heun unless `sde.predictor` says Euler).
-    /// `steps` 0 = 50.
+    /// `steps` 0 = min(50, T).
     Ode = 4,
     /// Predictor-corrector: `sde.predictor` (default Euler-Maruyama) plus
-    /// `sde.corrector_steps` Langevin steps per step. `steps` 0 = 500.
+    /// `sde.corrector_steps` Langevin steps per step. `steps` 0 = min(500, T).
     Pc = 5,
 }
 
@@ -176,8 +176,10 @@ pub const TD_DEFAULT_NULL_CLASS: i64 = -1 as i64;
 pub struct td_scheduler_desc {
     /// One of `td_scheduler_kind` (`TD_SCHEDULER_KIND_*`).
     pub kind: i32,
-    /// Inference steps; 0 = the default: all training timesteps for DDPM, 50 for DDIM (at most
-    /// the training timesteps), 1000 for SDE, 50 for ODE, 500 for PC (predictor steps).
+    /// Inference (predictor) steps; 0 = the default, for a model trained with T timesteps
+    /// (`td_model_info.num_train_timesteps`): T for DDPM, min(50, T) for DDIM, min(1000, T)
+    /// for SDE, min(50, T) for ODE, min(500, T) for PC. The `sample` tool has the same
+    /// defaults.
     pub steps: usize,
     /// DDIM's eta: 0 is deterministic, 1 has DDPM's variance. Finite and >= 0. DDPM ignores it.
     pub eta: f64,
@@ -242,29 +244,8 @@ pub struct td_model {
 /// A scheduler built once (its tables are allocated here), for allocation-free sampling with
 /// `td_sample_with_scheduler`. Immutable: shareable by threads like a model.
 pub struct td_scheduler {
-    scheduler: Built,
-}
-
-/// A built scheduler: discrete (DDPM/DDIM) or continuous-time.
-enum Built {
-    Discrete(Scheduler),
-    Sde(SdeSampler),
-}
-
-impl Built {
-    fn method(&self) -> Method<'_> {
-        match self {
-            Built::Discrete(s) => Method::Scheduler(s),
-            Built::Sde(s) => Method::Sde(s),
-        }
-    }
-
-    fn timesteps(&self) -> &[i64] {
-        match self {
-            Built::Discrete(s) => s.timesteps(),
-            Built::Sde(s) => s.timesteps(),
-        }
-    }
+    /// Discrete (DDPM/DDIM) or continuous-time, built by the one front end.
+    sampler: Sampler,
 }
 
 /// The shapes and sizes of a model.

@@ -13,7 +13,7 @@ use super::{
     fail, guard, invalid, null, td_device_kind, td_model, td_model_info, td_scheduler_kind,
     td_status, Fail,
 };
-use crate::model::load::{read_text, ModelFiles};
+use crate::model::load::ModelFiles;
 use crate::model::Model;
 use crate::schedule::{SchedulerConfig, SchedulerKind};
 use crate::weights::WeightBytes;
@@ -66,11 +66,7 @@ pub unsafe extern "C" fn td_model_load(
         }
         // SAFETY: non-NULL and NUL-terminated per the contract.
         let path = path_from_c(unsafe { CStr::from_ptr(dir) })?;
-        let files = ModelFiles::find(&path)?;
-        let scheduler_config = match &files.scheduler_config {
-            Some(p) => SchedulerConfig::from_json(&read_text(p)?)?,
-            None => SchedulerConfig::ddpm_default(),
-        };
+        let scheduler_config = ModelFiles::find(&path)?.load_scheduler_config()?;
         let model = Model::load(&path)?;
         let handle = into_handle(td_model {
             model,

@@ -9,14 +9,12 @@ use super::pointers::{
 };
 use super::{
     fail, guard, invalid, td_model, td_sampler_desc, td_scheduler, td_scheduler_desc,
-    td_scheduler_kind, td_sde_desc, td_sde_predictor, td_status, Built, Fail, KNOWN_FLAGS,
+    td_scheduler_kind, td_sde_desc, td_sde_predictor, td_status, Fail, KNOWN_FLAGS,
     KNOWN_SDE_FLAGS, TD_DEFAULT_NULL_CLASS, TD_NO_CLASS, TD_SCHEDULER_CLIPPED_MODEL_OUTPUT,
     TD_SCHEDULER_DDIM_NEXT_TIMESTEP, TD_SDE_NO_DENOISE,
 };
-use crate::sampler::{self, Guidance, Method, SampleOptions};
-use crate::schedule::{
-    DdimPrevTimestep, Predictor, Scheduler, SchedulerConfig, SchedulerKind, SdeConfig, SdeSampler,
-};
+use crate::sampler::{self, Guidance, Method, SampleOptions, Sampler, SamplerKind, SamplerSpec};
+use crate::schedule::{DdimPrevTimestep, Predictor, SchedulerConfig};
 
 // ---------------------------------------------------------------------------------------------
 // Schedulers and sampling
@@ -69,107 +67,79 @@ pub extern "C" fn td_sampler_desc_default() -> td_sampler_desc {
     }
 }
 
-/// The continuous-time sampler a description asks for, or None for DDPM/DDIM kinds.
-fn build_sde(
-    base: &SchedulerConfig,
-    d: &td_scheduler_desc,
-    sde: &td_sde_desc,
-) -> Result<Option<SdeSampler>, Fail> {
-    let kind = d.kind;
-    let (default_predictor, default_steps) = match kind {
-        k if k == td_scheduler_kind::Sde as i32 => (Predictor::EulerMaruyama, 1000),
-        k if k == td_scheduler_kind::Ode as i32 => (Predictor::OdeHeun, 50),
-        k if k == td_scheduler_kind::Pc as i32 => (Predictor::EulerMaruyama, 500),
-        _ => return Ok(None),
-    };
-    let predictor = match sde.predictor {
-        p if p == td_sde_predictor::Default as i32 => default_predictor,
-        p if p == td_sde_predictor::EulerMaruyama as i32 => Predictor::EulerMaruyama,
-        p if p == td_sde_predictor::OdeEuler as i32 => Predictor::OdeEuler,
-        p if p == td_sde_predictor::OdeHeun as i32 => Predictor::OdeHeun,
-        p => {
-            return Err(invalid(std::format!(
-                "sde.predictor {p} is not a td_sde_predictor"
-            )))
-        }
-    };
-    let is_ode = predictor != Predictor::EulerMaruyama;
-    if (kind == td_scheduler_kind::Sde as i32 && is_ode)
-        || (kind == td_scheduler_kind::Ode as i32 && !is_ode)
-    {
-        return Err(invalid(std::format!(
-            "sde.predictor {} does not fit scheduler kind {kind} (use TD_SCHEDULER_KIND_PC to \
-             combine)",
-            sde.predictor
-        )));
-    }
-    if sde.flags & !KNOWN_SDE_FLAGS != 0 {
-        return Err(invalid(std::format!(
-            "unknown sde flags {:#x}",
-            sde.flags & !KNOWN_SDE_FLAGS
-        )));
-    }
-    let cfg = SdeConfig {
-        predictor,
-        steps: if d.steps == 0 { default_steps } else { d.steps },
-        corrector_steps: if kind == td_scheduler_kind::Pc as i32 {
-            sde.corrector_steps
-        } else {
-            0
-        },
-        snr: sde.snr,
-        t_eps: sde.t_eps,
-        denoise: sde.flags & TD_SDE_NO_DENOISE == 0,
-    };
-    Ok(Some(SdeSampler::new(base, cfg)?))
-}
-
-/// The scheduler (discrete or continuous-time) a description asks for.
-fn build(base: &SchedulerConfig, d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<Built, Fail> {
-    match build_sde(base, d, sde)? {
-        Some(s) => Ok(Built::Sde(s)),
-        None => build_scheduler(base, d).map(Built::Discrete),
-    }
-}
-
-/// The Rust scheduler a description asks for, from the model's scheduler config.
-fn build_scheduler(base: &SchedulerConfig, d: &td_scheduler_desc) -> Result<Scheduler, Fail> {
-    let mut cfg = match d.kind {
-        k if k == td_scheduler_kind::FromConfig as i32 => base.clone(),
-        k if k == td_scheduler_kind::Ddpm as i32 => base.clone().with_kind(SchedulerKind::Ddpm),
-        k if k == td_scheduler_kind::Ddim as i32 => base.clone().with_kind(SchedulerKind::Ddim),
+/// The front-end spec a description asks for: the C integers and flags checked and
+/// translated; [`Sampler::new`] checks the values and applies the defaults. The options of the
+/// other family are not read (`sde` for DDPM/DDIM; `eta` and `flags` for the SDE kinds).
+fn spec_of(d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<SamplerSpec, Fail> {
+    let kind = match d.kind {
+        k if k == td_scheduler_kind::FromConfig as i32 => None,
+        k if k == td_scheduler_kind::Ddpm as i32 => Some(SamplerKind::Ddpm),
+        k if k == td_scheduler_kind::Ddim as i32 => Some(SamplerKind::Ddim),
+        k if k == td_scheduler_kind::Sde as i32 => Some(SamplerKind::Sde),
+        k if k == td_scheduler_kind::Ode as i32 => Some(SamplerKind::Ode),
+        k if k == td_scheduler_kind::Pc as i32 => Some(SamplerKind::Pc),
         k => {
             return Err(invalid(std::format!(
                 "scheduler kind {k} is not a td_scheduler_kind"
             )))
         }
     };
-    if d.flags & !KNOWN_FLAGS != 0 {
-        return Err(invalid(std::format!(
-            "unknown scheduler flags {:#x}",
-            d.flags & !KNOWN_FLAGS
-        )));
-    }
-    if d.flags & TD_SCHEDULER_DDIM_NEXT_TIMESTEP != 0 {
-        cfg.ddim_prev_timestep = DdimPrevTimestep::NextInSchedule;
-    }
-    if d.flags & TD_SCHEDULER_CLIPPED_MODEL_OUTPUT != 0 {
-        cfg.use_clipped_model_output = true;
-    }
-    if !(d.eta.is_finite() && d.eta >= 0.0) {
-        return Err(invalid(std::format!(
-            "eta {} must be finite and >= 0",
-            d.eta
-        )));
-    }
-    let steps = match (d.steps, cfg.kind) {
-        (0, SchedulerKind::Ddpm) => cfg.num_train_timesteps,
-        (0, SchedulerKind::Ddim) => cfg.num_train_timesteps.min(50),
-        (n, _) => n,
+    let spec = SamplerSpec {
+        kind,
+        steps: (d.steps != 0).then_some(d.steps),
+        ..SamplerSpec::default()
     };
-    let mut scheduler = Scheduler::new(cfg, steps)?;
-    scheduler.set_eta(d.eta);
-    Ok(scheduler)
+    if kind.is_some_and(SamplerKind::is_continuous) {
+        let predictor = match sde.predictor {
+            p if p == td_sde_predictor::Default as i32 => None,
+            p if p == td_sde_predictor::EulerMaruyama as i32 => Some(Predictor::EulerMaruyama),
+            p if p == td_sde_predictor::OdeEuler as i32 => Some(Predictor::OdeEuler),
+            p if p == td_sde_predictor::OdeHeun as i32 => Some(Predictor::OdeHeun),
+            p => {
+                return Err(invalid(std::format!(
+                    "sde.predictor {p} is not a td_sde_predictor"
+                )))
+            }
+        };
+        if sde.flags & !KNOWN_SDE_FLAGS != 0 {
+            return Err(invalid(std::format!(
+                "unknown sde flags {:#x}",
+                sde.flags & !KNOWN_SDE_FLAGS
+            )));
+        }
+        Ok(SamplerSpec {
+            predictor,
+            corrector_steps: Some(sde.corrector_steps),
+            snr: Some(sde.snr),
+            t_eps: Some(sde.t_eps),
+            denoise: Some(sde.flags & TD_SDE_NO_DENOISE == 0),
+            ..spec
+        })
+    } else {
+        if d.flags & !KNOWN_FLAGS != 0 {
+            return Err(invalid(std::format!(
+                "unknown scheduler flags {:#x}",
+                d.flags & !KNOWN_FLAGS
+            )));
+        }
+        Ok(SamplerSpec {
+            eta: Some(d.eta),
+            ddim_prev_timestep: (d.flags & TD_SCHEDULER_DDIM_NEXT_TIMESTEP != 0)
+                .then_some(DdimPrevTimestep::NextInSchedule),
+            use_clipped_model_output: (d.flags & TD_SCHEDULER_CLIPPED_MODEL_OUTPUT != 0)
+                .then_some(true),
+            ..spec
+        })
+    }
+}
+
+/// The sampler (discrete or continuous-time) a description asks for.
+fn build(
+    base: &SchedulerConfig,
+    d: &td_scheduler_desc,
+    sde: &td_sde_desc,
+) -> Result<Sampler, Fail> {
+    Ok(Sampler::new(&spec_of(d, sde)?, base)?)
 }
 
 /// Builds a scheduler for `model` (its schedule tables are allocated here, once), for
@@ -193,7 +163,7 @@ pub unsafe extern "C" fn td_scheduler_new(
         // SAFETY: contract above.
         let d = unsafe { read_struct(desc, "desc") }?;
         let handle = into_handle(td_scheduler {
-            scheduler: build(&m.scheduler_config, &d, &td_sde_desc_default())?,
+            sampler: build(&m.scheduler_config, &d, &td_sde_desc_default())?,
         });
         // SAFETY: checked by `write_out` above.
         unsafe { out_scheduler.write(handle) };
@@ -224,7 +194,7 @@ pub unsafe extern "C" fn td_scheduler_new_sde(
         // SAFETY: contract above.
         let sde = unsafe { read_struct(sde, "sde") }?;
         let handle = into_handle(td_scheduler {
-            scheduler: build(&m.scheduler_config, &d, &sde)?,
+            sampler: build(&m.scheduler_config, &d, &sde)?,
         });
         // SAFETY: checked by `write_out` above.
         unsafe { out_scheduler.write(handle) };
@@ -260,7 +230,7 @@ pub unsafe extern "C" fn td_scheduler_num_steps(
         // SAFETY: contract above.
         let s = unsafe { scheduler_ref(scheduler) }?;
         // SAFETY: contract above.
-        unsafe { write_out(out_steps, s.scheduler.method().num_steps(), "out_steps") }
+        unsafe { write_out(out_steps, s.sampler.method().num_steps(), "out_steps") }
     })
 }
 
@@ -279,7 +249,7 @@ pub unsafe extern "C" fn td_scheduler_noise_rows(
         // SAFETY: contract above.
         let s = unsafe { scheduler_ref(scheduler) }?;
         // SAFETY: contract above.
-        unsafe { write_out(out_rows, s.scheduler.method().noise_rows(), "out_rows") }
+        unsafe { write_out(out_rows, s.sampler.method().noise_rows(), "out_rows") }
     })
 }
 
@@ -297,7 +267,7 @@ pub unsafe extern "C" fn td_scheduler_model_evaluations(
     guard(|| {
         // SAFETY: contract above.
         let s = unsafe { scheduler_ref(scheduler) }?;
-        let n = s.scheduler.method().model_evaluations();
+        let n = s.sampler.method().model_evaluations();
         // SAFETY: contract above.
         unsafe { write_out(out_evals, n, "out_evals") }
     })
@@ -320,7 +290,7 @@ pub unsafe extern "C" fn td_scheduler_timesteps(
         // SAFETY: contract above.
         let s = unsafe { scheduler_ref(scheduler) }?;
         let span = Span::of(out as *const i64, len, "out")?;
-        let t = s.scheduler.timesteps();
+        let t = s.sampler.timesteps();
         if len < t.len() {
             return Err(fail(
                 td_status::BufferTooSmall,
@@ -354,9 +324,8 @@ pub unsafe extern "C" fn td_sample_workspace_len(
         // SAFETY: contract above.
         let d = unsafe { read_struct(desc, "desc") }?;
         check_batch(&m.model, d.batch)?;
-        let scheduler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
-        let n =
-            sampler::workspace_len_with(&m.model, scheduler.method(), d.batch, d.guidance != 0.0);
+        let sampler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
+        let n = sampler.workspace_len(&m.model, d.batch, d.guidance != 0.0);
         // SAFETY: contract above.
         unsafe { write_out(out_floats, n, "out_floats") }
     })
@@ -516,12 +485,12 @@ pub unsafe extern "C" fn td_sample(
         let m = unsafe { model_ref(model) }?;
         // SAFETY: contract above.
         let d = unsafe { read_struct(desc, "desc") }?;
-        let scheduler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
+        let sampler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
         // SAFETY: contract above.
         unsafe {
             run_sample(
                 m,
-                scheduler.method(),
+                sampler.method(),
                 &d,
                 workspace,
                 workspace_len,
@@ -558,7 +527,7 @@ pub unsafe extern "C" fn td_sample_with_scheduler(
         unsafe {
             run_sample(
                 m,
-                s.scheduler.method(),
+                s.sampler.method(),
                 &d,
                 workspace,
                 workspace_len,

@@ -12,6 +12,11 @@
 //! The continuous-time samplers ([`Method::Sde`], `schedule::sde`) run the same way: the same
 //! checks, workspace, guided model evaluation ([`EpsModel`]) and noise streams, with the
 //! scheduler step replaced by SDE / ODE / Langevin steps.
+//!
+//! [`Sampler`] is the one front end that builds either from a model's scheduler config: the
+//! kind, the steps, the options and their defaults ([`default_steps`]), and the argument
+//! checks. The `sample` tool, the C API and the examples all build theirs with it;
+//! [`sample`], [`sample_with`] and [`Method`] remain for schedulers built by hand.
 
 use crate::error::{invalid_arg, Error, Result};
 use crate::model::Model;
