@@ -308,7 +308,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     let tty = std::io::stderr().is_terminal();
     let mut progress = |s: &StepInfo<'_>| {
         let done = s.index + 1;
-        if quiet || !(tty || done % s.steps.div_ceil(10).max(1) == 0 || done == s.steps) {
+        if quiet || !(tty || done.is_multiple_of(s.steps.div_ceil(10).max(1)) || done == s.steps) {
             return;
         }
         let elapsed = start.elapsed().as_secs_f64();
