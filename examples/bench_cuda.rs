@@ -9,8 +9,8 @@
 
 use std::time::Instant;
 
-use tinydiffusion::sampler::{self, SampleOptions};
-use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
+use tinydiffusion::sampler::{SampleOptions, Sampler, SamplerKind};
+use tinydiffusion::schedule::SchedulerConfig;
 use tinydiffusion::testing::{random_model, CIFAR10_CONFIG};
 use tinydiffusion::Device;
 
@@ -80,18 +80,25 @@ fn main() {
         );
     }
 
-    let scheduler = Scheduler::new(SchedulerConfig::ddim_default(), 50).unwrap();
+    let sampler = Sampler::builder(SamplerKind::Ddim)
+        .steps(50)
+        .build(&SchedulerConfig::ddim_default())
+        .unwrap();
     let batch = sample_batch;
-    let mut ws = vec![0.0f32; sampler::workspace_len(&model, &scheduler, batch, false)];
+    let mut ws = vec![0.0f32; sampler.workspace_len(&model, batch, false)];
     let mut out = vec![0.0f32; batch * c * h * w];
     let opts = SampleOptions::new(batch, 1);
     let t0 = Instant::now();
-    sampler::sample(&model, &scheduler, &mut ws, &opts, &mut out, None).unwrap();
+    sampler
+        .sample(&model, &mut ws, &opts, &mut out, None)
+        .unwrap();
     let first = t0.elapsed().as_secs_f64();
     let mut times: Vec<f64> = (0..3)
         .map(|_| {
             let t0 = Instant::now();
-            sampler::sample(&model, &scheduler, &mut ws, &opts, &mut out, None).unwrap();
+            sampler
+                .sample(&model, &mut ws, &opts, &mut out, None)
+                .unwrap();
             t0.elapsed().as_secs_f64()
         })
         .collect();

@@ -25,11 +25,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tinydiffusion::io::write_png_grid;
-use tinydiffusion::model::load::{read_text, ModelFiles};
-use tinydiffusion::sampler::{self, Guidance, Method, SampleOptions};
-use tinydiffusion::schedule::{
-    Predictor, Scheduler, SchedulerConfig, SchedulerKind, SdeConfig, SdeSampler,
-};
+use tinydiffusion::model::load::ModelFiles;
+use tinydiffusion::sampler::{Guidance, SampleOptions, Sampler, SamplerKind};
+use tinydiffusion::schedule::{Predictor, SchedulerConfig};
 use tinydiffusion::train::data::Dataset;
 use tinydiffusion::train::quality::{
     frechet_distance, Classifier, ClassifierOptions, FeatureStats,
@@ -109,32 +107,25 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// The method of `name` at a budget of `evals` model evaluations.
-enum Built {
-    Discrete(Scheduler),
-    Sde(SdeSampler),
-}
-
-fn build(name: &str, evals: usize, base: &SchedulerConfig) -> Result<Built, String> {
-    let e = |r: tinydiffusion::Error| r.to_string();
-    Ok(match name {
-        "ddpm" => Built::Discrete(
-            Scheduler::new(base.clone().with_kind(SchedulerKind::Ddpm), evals).map_err(e)?,
-        ),
-        "ddim" => Built::Discrete(
-            Scheduler::new(base.clone().with_kind(SchedulerKind::Ddim), evals).map_err(e)?,
-        ),
-        "sde" => Built::Sde(SdeSampler::new(base, SdeConfig::sde(evals - 1)).map_err(e)?),
-        "ode" => Built::Sde(
-            SdeSampler::new(base, SdeConfig::ode(Predictor::OdeHeun, (evals - 1) / 2))
-                .map_err(e)?,
-        ),
-        "ode-euler" => Built::Sde(
-            SdeSampler::new(base, SdeConfig::ode(Predictor::OdeEuler, evals - 1)).map_err(e)?,
-        ),
-        "pc" => Built::Sde(SdeSampler::new(base, SdeConfig::pc((evals - 1) / 2, 1)).map_err(e)?),
+/// The sampler of `name` at a budget of `evals` model evaluations.
+fn build(name: &str, evals: usize, base: &SchedulerConfig) -> Result<Sampler, String> {
+    use SamplerKind::{Ddim, Ddpm, Ode, Pc, Sde};
+    let spec = match name {
+        "ddpm" => Sampler::builder(Ddpm).steps(evals),
+        "ddim" => Sampler::builder(Ddim).steps(evals),
+        "sde" => Sampler::builder(Sde).steps(evals - 1),
+        "ode" => Sampler::builder(Ode)
+            .predictor(Predictor::OdeHeun)
+            .steps((evals - 1) / 2),
+        "ode-euler" => Sampler::builder(Ode)
+            .predictor(Predictor::OdeEuler)
+            .steps(evals - 1),
+        "pc" => Sampler::builder(Pc)
+            .corrector_steps(1)
+            .steps((evals - 1) / 2),
         other => return Err(format!("unknown sampler {other}")),
-    })
+    };
+    spec.build(base).map_err(|e| e.to_string())
 }
 
 fn label(name: &str) -> &str {
@@ -163,11 +154,9 @@ fn run() -> Result<(), String> {
     if let Some(n) = a.threads {
         model.set_threads(n).map_err(s)?;
     }
-    let files = ModelFiles::find(&a.model).map_err(s)?;
-    let base = match &files.scheduler_config {
-        Some(p) => SchedulerConfig::from_json(&read_text(p).map_err(s)?).map_err(s)?,
-        None => SchedulerConfig::ddpm_default(),
-    };
+    let base = ModelFiles::find(&a.model)
+        .and_then(|f| f.load_scheduler_config())
+        .map_err(s)?;
     let (c, h, w) = model.input_shape();
     let t0 = Instant::now();
     let train = Dataset::mnist(&a.data, 0..9000, (h, w)).map_err(s)?;
@@ -218,18 +207,10 @@ fn run() -> Result<(), String> {
     for name in &a.samplers {
         let _ = write!(table, "| {} |", label(name));
         for &e in &a.evals {
-            let built = build(name, e, &base)?;
-            let method = match &built {
-                Built::Discrete(s) => Method::Scheduler(s),
-                Built::Sde(s) => Method::Sde(s),
-            };
+            let sampler = build(name, e, &base)?;
             // Network evaluations: guidance runs the model twice per evaluation.
-            let nfe = method.model_evaluations() * if guidance.is_some() { 2 } else { 1 };
-            let mut ws =
-                vec![
-                    0.0f32;
-                    sampler::workspace_len_with(&model, method, a.batch, guidance.is_some())
-                ];
+            let nfe = sampler.model_evaluations() * if guidance.is_some() { 2 } else { 1 };
+            let mut ws = vec![0.0f32; sampler.workspace_len(&model, a.batch, guidance.is_some())];
             let mut images = vec![0.0f32; a.images * h * w];
             let mut wanted = Vec::with_capacity(a.images);
             let t = Instant::now();
@@ -242,7 +223,9 @@ fn run() -> Result<(), String> {
                     guidance,
                     ..SampleOptions::new(bs, a.seed.wrapping_mul(1_000_003).wrapping_add(b as u64))
                 };
-                sampler::sample_with(&model, method, &mut ws, &opts, chunk, None).map_err(s)?;
+                sampler
+                    .sample(&model, &mut ws, &opts, chunk, None)
+                    .map_err(s)?;
             }
             let stats = FeatureStats::of(&clf.features(&images), clf.hidden).map_err(s)?;
             let fd = frechet_distance(&stats, &held_stats);

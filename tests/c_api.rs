@@ -340,7 +340,7 @@ fn c_negative_cases() {
 /// A model handle shared by threads (the pointer is only read; `td_model` is `Sync`).
 #[derive(Clone, Copy)]
 struct Shared(*const td_model);
-// SAFETY: `td_model` is immutable and `Sync` (asserted in src/capi.rs); the C API documents
+// SAFETY: `td_model` is immutable and `Sync` (asserted in src/capi/mod.rs); the C API documents
 // concurrent use with separate workspaces, which is what the threads below do.
 unsafe impl Send for Shared {}
 

@@ -1,5 +1,6 @@
 //! The committed C header `include/tinydiffusion.h` must equal a fresh cbindgen generation
-//! from `src/capi.rs` with `cbindgen.toml`. Set `TD_BLESS_HEADER=1` to rewrite it instead.
+//! from `src/capi/mod.rs` (and the modules it declares) with `cbindgen.toml`. Set
+//! `TD_BLESS_HEADER=1` to rewrite it instead.
 
 use std::path::PathBuf;
 
@@ -8,9 +9,9 @@ fn generate() -> String {
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
     let bindings = cbindgen::Builder::new()
         .with_config(config)
-        .with_src(root.join("src").join("capi.rs"))
+        .with_src(root.join("src").join("capi").join("mod.rs"))
         .generate()
-        .expect("cbindgen failed on src/capi.rs");
+        .expect("cbindgen failed on src/capi/");
     let mut out = Vec::new();
     bindings.write(&mut out);
     String::from_utf8(out).expect("header is UTF-8")

@@ -1,7 +1,8 @@
 //! The `train` binary end to end on the shipped MNIST copy: a short class-conditional run, a
-//! run interrupted and resumed with `--resume` giving byte-identical checkpoints, the same run
-//! on 1 and 3 threads giving byte-identical checkpoints, the loss CSV, and `train eval` on
-//! held-out images.
+//! run interrupted and resumed with `--resume` giving byte-identical checkpoints (with every
+//! original flag, and with only `--resume DIR --steps N`), a flag that contradicts the
+//! checkpoint rejected, the same run on 1 and 3 threads giving byte-identical checkpoints, the
+//! loss CSV, and `train eval` on held-out images.
 #![cfg(feature = "train")]
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ fn train_resume_and_eval_cli() {
     let data = root().join("data/mnist");
     let (a, b, c, d) = (tmp.join("a"), tmp.join("b"), tmp.join("c"), tmp.join("d"));
     let e = tmp.join("e");
+    let g = tmp.join("g");
     let common = |out: &Path, steps: &str| -> Vec<String> {
         [
             "--data",
@@ -79,6 +81,27 @@ fn train_resume_and_eval_cli() {
     let mut resume = common(&b, "4");
     resume.push("--resume".into());
     run(resume);
+    // Resumed with only the folder and the step count: the rest comes from the checkpoint and
+    // OUT/run.json.
+    run(common(&g, "2"));
+    train(&["--resume", g.to_str().unwrap(), "--steps", "4"], None);
+    // A flag that contradicts the checkpoint is an error naming it.
+    let bad = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args([
+            "--resume",
+            g.to_str().unwrap(),
+            "--steps",
+            "6",
+            "--lr",
+            "5e-4",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("--lr") && err.contains("checkpoint"),
+        "{err}"
+    );
     for (dir, threads) in [(&c, "1"), (&d, "3")] {
         let mut v = common(dir, "4");
         v.extend(["--threads".to_string(), threads.to_string()]);
@@ -99,6 +122,7 @@ fn train_resume_and_eval_cli() {
         let x = read(&a.join("checkpoint-00000004").join(f));
         for (other, what) in [
             (&b, "the resumed run"),
+            (&g, "the run resumed with --resume DIR --steps N only"),
             (&c, "the 1-thread run"),
             (&d, "the 3-thread run"),
             (&e, other_what),

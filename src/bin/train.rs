@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! train --data DIR_OR_IDX --out DIR (--config config.json | --init MODEL_DIR) --steps N
-//!       --batch B --lr X [--seed S] [--resume] [options]
+//!       --batch B --lr X [--seed S] [options]
+//! train --resume OUT --steps N
 //! ```
-//! Writes diffusers-layout checkpoints (`OUT/checkpoint-N/`, `OUT/latest`) and `OUT/loss.csv`.
+//! Writes diffusers-layout checkpoints (`OUT/checkpoint-N/`, `OUT/latest`), `OUT/loss.csv` and
+//! `OUT/run.json` (the data and run settings the checkpoints do not hold, for `--resume`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
 use tinydiffusion::UNetConfig;
 
 const USAGE: &str = "usage: train --data DIR_OR_IDX --out DIR (--config CONFIG.json | --init MODEL_DIR) --steps N --batch B --lr X [options]
+       train --resume OUT --steps N [options]          (continue a run; see --resume below)
        train eval --model DIR --data DIR_OR_IDX [--range 9000..10000] [--timesteps K] [--batch B] [--seed S]
                   [--variance fixed_small|fixed_large|learned_range]   (variational bound, bits/dim)
 
@@ -35,7 +38,14 @@ run:
   --steps N             total steps (a resumed run stops at the same N)
   --batch B             (default 16)
   --seed S              (default 0): data order, noise, init; same seed = same weights
-  --resume              continue from OUT/latest (options come from the checkpoint)
+  --resume [DIR]        continue the run in DIR (a training --out folder: its latest
+                        checkpoint; or one checkpoint-N folder), or in --out. Only --steps is
+                        needed: the model and every optimiser and objective option below, with
+                        --batch, --seed and --hflip, come from the checkpoint; a flag given
+                        anyway must equal the checkpoint's value, else it is an error (--init
+                        is not checked: the checkpoint holds the weights). --data, --range,
+                        --save-every, --keep and --log-every default to the run's OUT/run.json
+                        and may be given to override them. --out defaults to the run's folder.
   --save-every N        checkpoint period in steps (default 1000, and at the end)
   --keep K              checkpoints kept (default 2)
   --log-every N         progress line period (default 10)
@@ -63,23 +73,61 @@ struct Args {
     config: Option<PathBuf>,
     init: Option<PathBuf>,
     steps: u64,
-    resume: bool,
+    /// The checkpoint folder to continue from.
+    resume: Option<PathBuf>,
     save_every: u64,
     keep: usize,
     log_every: u64,
     threads: usize,
     opts: TrainOptions,
+    /// The options given on the command line that the checkpoint also records (checked
+    /// against it on resume).
+    given: Vec<&'static str>,
 }
 
+/// `OUT/run.json`: what a run needs besides its checkpoint (which must not change), so that
+/// `--resume` needs no more than `--steps`.
+const RUN_FILE: &str = "run.json";
+
+/// The flags whose values the checkpoint records (`training_state.json` options and the
+/// UNet config).
+const RECORDED: [&str; 16] = [
+    "--config",
+    "--batch",
+    "--seed",
+    "--hflip",
+    "--lr",
+    "--warmup",
+    "--weight-decay",
+    "--grad-clip",
+    "--ema",
+    "--prediction",
+    "--loss",
+    "--beta-schedule",
+    "--timesteps",
+    "--label-dropout",
+    "--null-class",
+    "--save-dtype",
+];
+
 fn parse() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
+    let mut it = std::env::args().skip(1).peekable();
     let mut o = TrainOptions::default();
     let (mut data, mut out, mut config, mut init, mut steps) = (None, None, None, None, None);
     let (mut range, mut resume, mut save_every, mut keep, mut log_every) =
-        (0..9000, false, 1000, 2, 10);
+        (None, None::<Option<PathBuf>>, None, None, None);
     let mut threads = default_threads();
     let mut hybrid_lambda = None;
+    let mut given: Vec<&'static str> = Vec::new();
     while let Some(a) = it.next() {
+        if let Some(&flag) = RECORDED.iter().find(|f| **f == a) {
+            given.push(flag);
+        }
+        if a == "--resume" {
+            // An optional value: the run's folder (else --out).
+            resume = Some(it.next_if(|v| !v.starts_with('-')).map(PathBuf::from));
+            continue;
+        }
         let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
         fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
             v.parse().map_err(|_| format!("{flag}: cannot parse `{v}`"))
@@ -90,7 +138,8 @@ fn parse() -> Result<Args, String> {
             "--range" => {
                 let v = val()?;
                 let (s, e) = v.split_once("..").ok_or("--range takes A..B")?;
-                range = num::<usize>("--range", s.into())?..num::<usize>("--range", e.into())?;
+                range =
+                    Some(num::<usize>("--range", s.into())?..num::<usize>("--range", e.into())?);
             }
             "--hflip" => o.hflip = true,
             "--config" => config = Some(PathBuf::from(val()?)),
@@ -99,10 +148,9 @@ fn parse() -> Result<Args, String> {
             "--steps" => steps = Some(num("--steps", val()?)?),
             "--batch" => o.batch = num("--batch", val()?)?,
             "--seed" => o.seed = num("--seed", val()?)?,
-            "--resume" => resume = true,
-            "--save-every" => save_every = num("--save-every", val()?)?,
-            "--keep" => keep = num("--keep", val()?)?,
-            "--log-every" => log_every = num("--log-every", val()?)?,
+            "--save-every" => save_every = Some(num("--save-every", val()?)?),
+            "--keep" => keep = Some(num("--keep", val()?)?),
+            "--log-every" => log_every = Some(num("--log-every", val()?)?),
             "--threads" => threads = num("--threads", val()?)?,
             "--lr" => o.adamw.lr = num("--lr", val()?)?,
             "--warmup" => o.adamw.warmup = num("--warmup", val()?)?,
@@ -142,12 +190,38 @@ fn parse() -> Result<Args, String> {
     if let Some(lambda) = hybrid_lambda {
         o.loss = LossKind::Hybrid { lambda };
     }
-    let data = data.ok_or("--data is required")?;
-    let out = out.ok_or("--out is required")?;
     let steps = steps.ok_or("--steps is required")?;
-    if !resume && config.is_none() && init.is_none() {
+    let mut resume_from = None;
+    let mut run = serde_json::Value::Null;
+    if let Some(dir) = resume {
+        let dir = dir
+            .or_else(|| out.clone())
+            .ok_or("--resume needs the run's folder: --resume DIR (or --out DIR)")?;
+        // A checkpoint folder itself, or a training output folder (its latest checkpoint).
+        let (ckpt, run_dir) = if dir.join("training_state.json").is_file() {
+            let parent = dir.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+            (dir, parent)
+        } else {
+            (checkpoint::latest(&dir).map_err(|e| e.to_string())?, dir)
+        };
+        if let Ok(text) = std::fs::read_to_string(run_dir.join(RUN_FILE)) {
+            run = serde_json::from_str(&text)
+                .map_err(|e| format!("{}: {e}", run_dir.join(RUN_FILE).display()))?;
+        }
+        out = out.or(Some(run_dir));
+        resume_from = Some(ckpt);
+    } else if config.is_none() && init.is_none() {
         return Err("give --config (new model) or --init (model folder), or --resume".into());
     }
+    // Run settings not given: the resumed run's (OUT/run.json), else the defaults.
+    let recorded = |k: &str| run[k].as_u64();
+    let data = data
+        .or_else(|| run["data"].as_str().map(PathBuf::from))
+        .ok_or("--data is required")?;
+    let range = range
+        .or_else(|| Some(recorded("range_start")? as usize..recorded("range_end")? as usize))
+        .unwrap_or(0..9000);
+    let out = out.ok_or("--out is required")?;
     Ok(Args {
         data,
         range,
@@ -155,13 +229,62 @@ fn parse() -> Result<Args, String> {
         config,
         init,
         steps,
-        resume,
-        save_every: save_every.max(1),
-        keep,
-        log_every: log_every.max(1),
+        resume: resume_from,
+        save_every: save_every.or(recorded("save_every")).unwrap_or(1000).max(1),
+        keep: keep.or(recorded("keep").map(|k| k as usize)).unwrap_or(2),
+        log_every: log_every.or(recorded("log_every")).unwrap_or(10).max(1),
         threads: threads.max(1),
         opts: o,
+        given,
     })
+}
+
+/// Fails if an option given on the command line differs from the checkpoint's value.
+fn check_given(args: &Args, ck: &TrainOptions, ck_config: &str) -> Result<(), String> {
+    let (o, a, b) = (&args.opts, &args.opts.adamw, &ck.adamw);
+    for &flag in &args.given {
+        let (same, mine, theirs) = match flag {
+            "--config" => {
+                let path = args.config.as_deref().unwrap_or(Path::new(""));
+                let text = std::fs::read_to_string(path)
+                    .map_err(|x| format!("{}: {x}", path.display()))?;
+                let norm = |t: &str| checkpoint::unet_config(t).map_err(|e| e.to_string());
+                let same = norm(&text)? == norm(ck_config)?;
+                (
+                    same,
+                    path.display().to_string(),
+                    "the checkpoint's unet/config.json".into(),
+                )
+            }
+            "--batch" => cmp(o.batch, ck.batch),
+            "--seed" => cmp(o.seed, ck.seed),
+            "--hflip" => cmp(o.hflip, ck.hflip),
+            "--lr" => cmp(a.lr, b.lr),
+            "--warmup" => cmp(a.warmup, b.warmup),
+            "--weight-decay" => cmp(a.weight_decay, b.weight_decay),
+            "--grad-clip" => cmp(a.max_grad_norm, b.max_grad_norm),
+            "--ema" => cmp(o.ema_max_decay, ck.ema_max_decay),
+            "--prediction" => cmp(o.prediction, ck.prediction),
+            "--loss" => cmp(o.loss, ck.loss),
+            "--beta-schedule" => cmp(o.beta_schedule, ck.beta_schedule),
+            "--timesteps" => cmp(o.num_train_timesteps, ck.num_train_timesteps),
+            "--label-dropout" => cmp(o.label_dropout, ck.label_dropout),
+            "--null-class" => cmp(o.null_class, ck.null_class),
+            "--save-dtype" => cmp(o.save_dtype, ck.save_dtype),
+            _ => continue,
+        };
+        if !same {
+            return Err(format!(
+                "{flag}: {mine} differs from the checkpoint's {theirs}; a resumed run keeps the \
+                 checkpoint's options (leave the flag out to use them)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn cmp<T: PartialEq + std::fmt::Debug>(mine: T, theirs: T) -> (bool, String, String) {
+    (mine == theirs, format!("{mine:?}"), format!("{theirs:?}"))
 }
 
 fn default_threads() -> usize {
@@ -209,13 +332,17 @@ fn run(args: Args) -> Result<(), String> {
     let e = |e: tinydiffusion::Error| e.to_string();
     tinydiffusion::train::layers::gemm::set_threads(args.threads)
         .map_err(|x| format!("cannot start {} threads: {x}", args.threads))?;
-    let mut trainer = if args.resume {
-        let dir = checkpoint::latest(&args.out).map_err(e)?;
+    let mut trainer = if let Some(dir) = &args.resume {
         let cfg =
             std::fs::read_to_string(dir.join("unet/config.json")).map_err(|x| x.to_string())?;
+        let state =
+            std::fs::read_to_string(dir.join("training_state.json")).map_err(|x| x.to_string())?;
+        let state: serde_json::Value = serde_json::from_str(&state).map_err(|x| x.to_string())?;
+        let ck = TrainOptions::from_json(&state["options"]).map_err(e)?;
+        check_given(&args, &ck, &cfg)?;
         let data = load_data(&args, &UNetConfig::from_json(&cfg).map_err(e)?)?;
         eprintln!("resuming from {}", dir.display());
-        Trainer::resume(&dir, data).map_err(e)?
+        Trainer::resume(dir, data).map_err(e)?
     } else {
         let (config_path, weights) = match (&args.config, &args.init) {
             (_, Some(dir)) => {
@@ -247,6 +374,21 @@ fn run(args: Args) -> Result<(), String> {
         4.0 * g.gradient_len(b) as f64 / 1048576.0,
     );
     std::fs::create_dir_all(&args.out).map_err(|x| x.to_string())?;
+    let run_json = serde_json::json!({
+        "data": std::fs::canonicalize(&args.data).unwrap_or_else(|_| args.data.clone()),
+        "range_start": args.range.start,
+        "range_end": args.range.end,
+        "save_every": args.save_every,
+        "keep": args.keep,
+        "log_every": args.log_every,
+    });
+    checkpoint::write_atomic(
+        &args.out.join(RUN_FILE),
+        serde_json::to_string_pretty(&run_json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+    .map_err(e)?;
     // The CSV keeps exactly the rows of steps taken before the resumed step.
     let csv_path = args.out.join("loss.csv");
     let start = trainer.step_count();
@@ -400,12 +542,13 @@ fn eval_main(args: &[String]) -> Result<(), String> {
         config: None,
         init: None,
         steps: 0,
-        resume: false,
+        resume: None,
         save_every: 1,
         keep: 1,
         log_every: 1,
         threads: default_threads(),
         opts: TrainOptions::default(),
+        given: Vec::new(),
     };
     tinydiffusion::train::layers::gemm::set_threads(args_like.threads)
         .map_err(|x| format!("cannot start threads: {x}"))?;

@@ -10,6 +10,7 @@ use super::Model;
 use crate::config::UNetConfig;
 use crate::error::{Error, Result};
 use crate::memory::Reuse;
+use crate::schedule::SchedulerConfig;
 use crate::weights::{LoadOptions, WeightBytes};
 
 /// The files of a model folder, resolved.
@@ -63,6 +64,16 @@ impl ModelFiles {
             weights,
             scheduler_config,
         })
+    }
+
+    /// The folder's scheduler config ([`ModelFiles::scheduler_config`]), or diffusers'
+    /// `DDPMScheduler()` defaults when it has none: what every front end builds its sampler
+    /// from ([`crate::sampler::Sampler::new`]).
+    pub fn load_scheduler_config(&self) -> Result<SchedulerConfig> {
+        match &self.scheduler_config {
+            Some(path) => SchedulerConfig::from_json(&read_text(path)?),
+            None => Ok(SchedulerConfig::ddpm_default()),
+        }
     }
 }
 

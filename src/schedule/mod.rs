@@ -7,6 +7,7 @@
 //! - [`Scheduler`]: one run's schedule and the allocation-free, in-place `step`.
 //! - [`sde`]: the continuous-time (score-SDE) samplers: reverse SDE, probability-flow ODE,
 //!   predictor-corrector.
+//! - [`eps`]: [`EpsModel`], the model as every sampler calls it (eps at a [`NoiseLevel`]).
 //! - [`noise`]: seeded, counter-based Gaussian noise, identical on every machine.
 //!
 //! Where diffusers 0.42 is knowingly wrong we say so and, unless parity needs the bug, differ:
@@ -15,6 +16,7 @@
 
 pub mod betas;
 pub mod config;
+pub mod eps;
 pub mod noise;
 mod scheduler;
 pub mod sde;
@@ -25,6 +27,7 @@ pub use config::{
     BetaSchedule, DdimPrevTimestep, PredictionType, SchedulerConfig, SchedulerKind,
     TimestepSpacing, VarianceType,
 };
+pub use eps::{EpsModel, NoiseLevel};
 pub use noise::GaussianNoise;
 pub use scheduler::{Scheduler, StepShape};
 pub use sde::{Predictor, SdeConfig, SdeSampler, VpSde};

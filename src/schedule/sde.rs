@@ -55,10 +55,10 @@ use alloc::vec::Vec;
 
 use super::betas::{alphas_cumprod, betas};
 use super::config::{BetaSchedule, PredictionType, SchedulerConfig};
+use super::eps::{EpsModel, NoiseLevel};
 use super::noise::GaussianNoise;
 use super::scheduler::StepShape;
 use crate::error::{invalid_arg, Error, Result};
-use crate::sampler::{EpsModel, NoiseLevel};
 
 /// The continuous noise schedule of the VP-SDE and its map to the model's timesteps.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use tinydiffusion::sampler::SamplerKind;
+use tinydiffusion::schedule::Predictor;
+
 pub const HELP: &str = "\
 sample: draw images from a diffusers UNet2DModel with DDPM, DDIM or score-SDE samplers
 
@@ -15,8 +18,9 @@ FLAGS:
     --scheduler NAME     ddpm | ddim | sde | ode | pc     [default: the folder's scheduler]
                          sde: reverse-time VP-SDE, Euler-Maruyama; ode: probability-flow
                          ODE; pc: Euler-Maruyama predictor + Langevin corrector
-    --steps N            inference (predictor) steps
-                         [default: ddpm and sde 1000, ddim and ode 50, pc 500]
+    --steps N            inference (predictor) steps; the default, for a model trained with
+                         T timesteps: ddpm T, ddim min(50, T), sde min(1000, T),
+                         ode min(50, T), pc min(500, T)
     --ode-solver NAME    ode: euler (1 evaluation per step) | heun (2)     [default: heun]
     --corrector-steps N  pc: Langevin corrector steps per step                [default: 1]
     --snr F              pc: signal-to-noise ratio of the Langevin step size [default: 0.16]
@@ -48,26 +52,19 @@ FLAGS:
     -h, --help           this text
 ";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SchedulerChoice {
-    Ddpm,
-    Ddim,
-    Sde,
-    Ode,
-    Pc,
-}
-
 #[derive(Debug, Clone)]
 pub struct SampleArgs {
     pub model: Option<PathBuf>,
-    pub scheduler: Option<SchedulerChoice>,
+    /// `None`: the folder's scheduler class. Every sampler option left `None` takes the
+    /// front end's default ([`tinydiffusion::sampler::SamplerSpec`]), which also checks them.
+    pub scheduler: Option<SamplerKind>,
     pub steps: Option<usize>,
-    /// `--ode-solver heun` (true) or `euler`.
-    pub ode_heun: bool,
-    pub corrector_steps: usize,
-    pub snr: f64,
-    pub sde_eps: f64,
-    pub eta: f64,
+    /// `--ode-solver`: `OdeHeun` or `OdeEuler` (used by `--scheduler ode` only).
+    pub ode_solver: Option<Predictor>,
+    pub corrector_steps: Option<usize>,
+    pub snr: Option<f64>,
+    pub sde_eps: Option<f64>,
+    pub eta: Option<f64>,
     pub ddim_next: bool,
     pub batch: usize,
     pub seed: u64,
@@ -145,11 +142,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         model: None,
         scheduler: None,
         steps: None,
-        ode_heun: true,
-        corrector_steps: 1,
-        snr: 0.16,
-        sde_eps: 1e-3,
-        eta: 0.0,
+        ode_solver: None,
+        corrector_steps: None,
+        snr: None,
+        sde_eps: None,
+        eta: None,
         ddim_next: false,
         batch: 4,
         seed: 0,
@@ -183,33 +180,25 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         match flag.as_str() {
             "--model" => s.model = Some(value()?.into()),
             "--scheduler" => {
-                s.scheduler = Some(match value()? {
-                    "ddpm" => SchedulerChoice::Ddpm,
-                    "ddim" => SchedulerChoice::Ddim,
-                    "sde" => SchedulerChoice::Sde,
-                    "ode" => SchedulerChoice::Ode,
-                    "pc" => SchedulerChoice::Pc,
-                    other => {
-                        return Err(format!(
-                            "--scheduler: '{other}' is not one of ddpm, ddim, sde, ode, pc"
-                        ))
-                    }
-                })
+                let name = value()?;
+                s.scheduler = Some(SamplerKind::from_name(name).ok_or_else(|| {
+                    format!("--scheduler: '{name}' is not one of ddpm, ddim, sde, ode, pc")
+                })?)
             }
             "--steps" => s.steps = Some(parse_num(flag, value()?)?),
-            "--eta" => s.eta = parse_num(flag, value()?)?,
+            "--eta" => s.eta = Some(parse_num(flag, value()?)?),
             "--ode-solver" => {
-                s.ode_heun = match value()? {
-                    "heun" => true,
-                    "euler" => false,
+                s.ode_solver = match value()? {
+                    "heun" => Some(Predictor::OdeHeun),
+                    "euler" => Some(Predictor::OdeEuler),
                     other => {
                         return Err(format!("--ode-solver: '{other}' is not one of euler, heun"))
                     }
                 }
             }
-            "--corrector-steps" => s.corrector_steps = parse_num(flag, value()?)?,
-            "--snr" => s.snr = parse_num(flag, value()?)?,
-            "--sde-eps" => s.sde_eps = parse_num(flag, value()?)?,
+            "--corrector-steps" => s.corrector_steps = Some(parse_num(flag, value()?)?),
+            "--snr" => s.snr = Some(parse_num(flag, value()?)?),
+            "--sde-eps" => s.sde_eps = Some(parse_num(flag, value()?)?),
             "--ddim-prev" => {
                 s.ddim_next = match value()? {
                     "diffusers" => false,
@@ -272,18 +261,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     if s.threads == Some(0) {
         return Err("--threads must be at least 1".into());
     }
-    if !s.eta.is_finite() || s.eta < 0.0 {
-        return Err("--eta must be a finite number >= 0".into());
-    }
-    if !(s.snr.is_finite() && s.snr >= 0.0) {
-        return Err("--snr must be a finite number >= 0".into());
-    }
-    if !(s.sde_eps > 0.0 && s.sde_eps < 1.0) {
-        return Err("--sde-eps must be in (0, 1)".into());
-    }
-    if s.steps == Some(0) {
-        return Err("--steps must be at least 1".into());
-    }
+    // --steps, --eta, --snr, --sde-eps and --ode-solver are checked where the sampler is
+    // built (`Sampler::new`), as for every other front end.
     if !s.guidance.is_finite() {
         return Err("--guidance must be a finite number".into());
     }

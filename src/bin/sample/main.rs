@@ -2,19 +2,20 @@
 
 mod args;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use args::{Command, SampleArgs, SchedulerChoice};
+use args::{Command, SampleArgs};
 use tinydiffusion::config::{DownBlockKind, UpBlockKind};
 use tinydiffusion::io::{read_tensor, write_png_grid, write_tensors};
 use tinydiffusion::kernels::KernelPath;
-use tinydiffusion::model::load::{read_text, ModelFiles};
-use tinydiffusion::sampler::{self, Guidance, Method, SampleOptions, StepInfo};
-use tinydiffusion::schedule::{
-    DdimPrevTimestep, Predictor, Scheduler, SchedulerConfig, SchedulerKind, SdeConfig, SdeSampler,
+use tinydiffusion::model::load::ModelFiles;
+use tinydiffusion::sampler::{
+    Guidance, SampleOptions, Sampler, SamplerKind, SamplerSpec, StepInfo,
 };
+use tinydiffusion::schedule::{DdimPrevTimestep, SchedulerConfig};
 use tinydiffusion::{Error, Model};
 
 fn main() -> ExitCode {
@@ -78,21 +79,50 @@ fn load_model(dir: &Path) -> Result<Model, String> {
     Model::load(dir).map_err(|e| e.to_string())
 }
 
-/// The scheduler as diffusers' `from_config` would build it from the folder's config (or the
-/// defaults), converted to the requested class.
-fn scheduler_config(dir: &Path, choice: Option<SchedulerChoice>) -> Result<SchedulerConfig, Error> {
-    let files = ModelFiles::find(dir)?;
-    let base = match &files.scheduler_config {
-        Some(path) => SchedulerConfig::from_json(&read_text(path)?)?,
-        None => SchedulerConfig::ddpm_default(),
+/// The folder's scheduler config (diffusers' `DDPMScheduler()` defaults when it has none):
+/// what the sampler is built from.
+fn scheduler_config(dir: &Path) -> Result<SchedulerConfig, Error> {
+    ModelFiles::find(dir)?.load_scheduler_config()
+}
+
+/// The sampler the flags ask for; every option not given takes the front end's default
+/// (`SamplerSpec`), which also checks the values.
+fn sampler_spec(a: &SampleArgs) -> SamplerSpec {
+    SamplerSpec {
+        kind: a.scheduler,
+        steps: a.steps,
+        eta: a.eta,
+        ddim_prev_timestep: a.ddim_next.then_some(DdimPrevTimestep::NextInSchedule),
+        use_clipped_model_output: None,
+        // `--ode-solver` is an option of `--scheduler ode` only (pc keeps Euler-Maruyama).
+        predictor: a
+            .ode_solver
+            .filter(|_| a.scheduler == Some(SamplerKind::Ode)),
+        corrector_steps: a.corrector_steps,
+        snr: a.snr,
+        t_eps: a.sde_eps,
+        denoise: None,
+    }
+}
+
+/// A sampler error, naming the flag of the value it rejects.
+fn sampler_error(e: Error) -> String {
+    let flag = match &e {
+        Error::InvalidArgument { what, .. } => match *what {
+            "steps" => "--steps",
+            "eta" => "--eta",
+            "snr" => "--snr",
+            "sde eps" => "--sde-eps",
+            "predictor" => "--ode-solver",
+            _ => "",
+        },
+        _ => "",
     };
-    Ok(match choice {
-        None => base,
-        Some(SchedulerChoice::Ddpm) => base.with_kind(SchedulerKind::Ddpm),
-        Some(SchedulerChoice::Ddim) => base.with_kind(SchedulerKind::Ddim),
-        // The continuous-time samplers read only the schedule and the prediction type.
-        Some(_) => base,
-    })
+    if flag.is_empty() {
+        e.to_string()
+    } else {
+        format!("{flag}: {e}")
+    }
 }
 
 fn convert(input: &Path, output: &Path) -> Result<(), String> {
@@ -175,9 +205,11 @@ fn info(dir: &Path, batch: usize) -> Result<(), String> {
         "workspace        {} bytes for a forward pass at batch {batch}",
         model.workspace_bytes(batch)
     );
-    let sched = Scheduler::new(scheduler_config(dir, None).map_err(|e| e.to_string())?, 1)
+    let sampler = SamplerSpec::new(None)
+        .steps(1)
+        .build(&scheduler_config(dir).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
-    let floats = sampler::workspace_len(&model, &sched, batch, false);
+    let floats = sampler.workspace_len(&model, batch, false);
     print!(
         "                 {} bytes for sampling at batch {batch}",
         floats * 4
@@ -185,7 +217,7 @@ fn info(dir: &Path, batch: usize) -> Result<(), String> {
     if model.config.num_class_embeds.is_some() {
         print!(
             " ({} with guidance)",
-            sampler::workspace_len(&model, &sched, batch, true) * 4
+            sampler.workspace_len(&model, batch, true) * 4
         );
     }
     println!();
@@ -214,50 +246,10 @@ fn run(a: &SampleArgs) -> Result<(), String> {
             "--height/--width: this model samples at {h}x{w} only"
         ));
     }
-    let mut sched_cfg = scheduler_config(&dir, a.scheduler).map_err(|e| e.to_string())?;
-    if a.ddim_next {
-        sched_cfg.ddim_prev_timestep = DdimPrevTimestep::NextInSchedule;
-    }
-    let sde_cfg = match a.scheduler {
-        Some(SchedulerChoice::Sde) => Some(SdeConfig::sde(a.steps.unwrap_or(1000))),
-        Some(SchedulerChoice::Ode) => Some(SdeConfig::ode(
-            if a.ode_heun {
-                Predictor::OdeHeun
-            } else {
-                Predictor::OdeEuler
-            },
-            a.steps.unwrap_or(50),
-        )),
-        Some(SchedulerChoice::Pc) => Some(SdeConfig::pc(a.steps.unwrap_or(500), a.corrector_steps)),
-        _ => None,
-    }
-    .map(|c| SdeConfig {
-        snr: a.snr,
-        t_eps: a.sde_eps,
-        ..c
-    });
-    let steps = a.steps.unwrap_or(match sched_cfg.kind {
-        SchedulerKind::Ddpm => sched_cfg.num_train_timesteps,
-        SchedulerKind::Ddim => 50,
-    });
-    let (scheduler, sde) = match sde_cfg {
-        Some(c) => (
-            None,
-            Some(SdeSampler::new(&sched_cfg, c).map_err(|e| e.to_string())?),
-        ),
-        None => {
-            let mut s = Scheduler::new(sched_cfg, steps).map_err(|e| e.to_string())?;
-            s.set_eta(a.eta);
-            (Some(s), None)
-        }
-    };
-    let method = match (&scheduler, &sde) {
-        (Some(s), _) => Method::Scheduler(s),
-        (None, Some(s)) => Method::Sde(s),
-        (None, None) => unreachable!("one of the two is built"),
-    };
-    let steps = method.num_steps();
-    let noise_rows = method.noise_rows();
+    let sched_cfg = scheduler_config(&dir).map_err(|e| e.to_string())?;
+    let sampler = Sampler::new(&sampler_spec(a), &sched_cfg).map_err(sampler_error)?;
+    let steps = sampler.num_steps();
+    let noise_rows = sampler.noise_rows();
 
     let n = a.batch * c * h * w;
     let read = |path: &Option<PathBuf>,
@@ -306,35 +298,36 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         class_labels: labels.as_deref(),
         guidance,
     };
-    let mut workspace =
-        vec![0.0f32; sampler::workspace_len_with(&model, method, a.batch, guidance.is_some())];
+    let mut workspace = vec![0.0f32; sampler.workspace_len(&model, a.batch, guidance.is_some())];
     let mut out = vec![0.0f32; n];
     let start = Instant::now();
     let setup_ms = t0.elapsed().as_secs_f64() * 1e3;
     let quiet = a.quiet;
+    // On a terminal one line, rewritten every step; into a log (stderr not a terminal) at most
+    // about ten lines: every 10% of the steps and the last one.
+    let tty = std::io::stderr().is_terminal();
     let mut progress = |s: &StepInfo<'_>| {
-        if quiet {
+        let done = s.index + 1;
+        if quiet || !(tty || done.is_multiple_of(s.steps.div_ceil(10).max(1)) || done == s.steps) {
             return;
         }
-        let done = s.index + 1;
         let elapsed = start.elapsed().as_secs_f64();
         let eta = elapsed / done as f64 * (s.steps - done) as f64;
-        eprint!(
-            "\rstep {done}/{} (t={}), {elapsed:.1}s elapsed, eta {eta:.1}s   ",
+        let line = format!(
+            "step {done}/{} (t={}), {elapsed:.1}s elapsed, eta {eta:.1}s",
             s.steps, s.timestep
         );
+        if tty {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
+        }
     };
-    sampler::sample_with(
-        &model,
-        method,
-        &mut workspace,
-        &opts,
-        &mut out,
-        Some(&mut progress),
-    )
-    .map_err(|e| e.to_string())?;
+    sampler
+        .sample(&model, &mut workspace, &opts, &mut out, Some(&mut progress))
+        .map_err(|e| e.to_string())?;
     let secs = start.elapsed().as_secs_f64();
-    if !quiet {
+    if !quiet && tty {
         eprintln!();
     }
 
@@ -350,7 +343,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     if !quiet {
         eprintln!(
             "{steps} steps ({} model evaluations), batch {}, {:.2}s ({:.2} images/s), setup {:.0} ms, workspace {:.1} MiB, peak RSS {}, kernels {}; wrote {}",
-            method.model_evaluations() * if guidance.is_some() { 2 } else { 1 },
+            sampler.model_evaluations() * if guidance.is_some() { 2 } else { 1 },
             a.batch,
             secs,
             a.batch as f64 / secs,

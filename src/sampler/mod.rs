@@ -12,12 +12,22 @@
 //! The continuous-time samplers ([`Method::Sde`], `schedule::sde`) run the same way: the same
 //! checks, workspace, guided model evaluation ([`EpsModel`]) and noise streams, with the
 //! scheduler step replaced by SDE / ODE / Langevin steps.
+//!
+//! [`Sampler`] is the one front end that builds either from a model's scheduler config: the
+//! kind, the steps, the options and their defaults ([`default_steps`]), and the argument
+//! checks. The `sample` tool, the C API and the examples all build theirs with it;
+//! [`sample`], [`sample_with`] and [`Method`] remain for schedulers built by hand.
 
 use crate::error::{invalid_arg, Error, Result};
 use crate::model::Model;
 use crate::schedule::noise::GaussianNoise;
 use crate::schedule::sde::{NoiseRows, SdeSampler, SdeStep};
 use crate::schedule::{PredictionType, Scheduler, StepShape};
+
+mod front;
+
+pub use crate::schedule::eps::{EpsModel, NoiseLevel};
+pub use front::{default_steps, Sampler, SamplerKind, SamplerSpec};
 
 /// Classifier-free guidance: `eps = (1 + scale) * eps(x, y) - scale * eps(x, null_class)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,29 +88,6 @@ pub struct StepInfo<'a> {
     pub timestep: i64,
     /// The sample after this step, `[batch, C, H, W]`.
     pub sample: &'a [f32],
-}
-
-/// The noise level a model is evaluated at: its timestep input and the alpha-bar there.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NoiseLevel {
-    /// The model's timestep input (fractional for the continuous-time samplers).
-    pub timestep: f32,
-    /// alpha-bar at this noise level: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps.
-    pub alpha_bar: f64,
-}
-
-/// The one model abstraction of the samplers: the noise prediction `eps(x, t)` of a whole
-/// batch (`x` and `out` are `[B, C, H, W]`). The UNet (with guidance and prediction-type
-/// conversion) implements it inside [`sample`] / [`sample_with`]; tests plug in closed-form
-/// models. Closures `FnMut(&[f32], NoiseLevel, &mut [f32]) -> Result<()>` implement it.
-pub trait EpsModel {
-    fn eps(&mut self, x: &[f32], level: NoiseLevel, out: &mut [f32]) -> Result<()>;
-}
-
-impl<F: FnMut(&[f32], NoiseLevel, &mut [f32]) -> Result<()>> EpsModel for F {
-    fn eps(&mut self, x: &[f32], level: NoiseLevel, out: &mut [f32]) -> Result<()> {
-        self(x, level, out)
-    }
 }
 
 /// How to get from x_T to x_0.

@@ -1,0 +1,470 @@
+//! The one sampler front end: which sampler, how many steps, its options and their defaults,
+//! built from a model's scheduler config. The `sample` binary, the C API and the examples all
+//! build their sampler here, so they agree on defaults and on what is a bad argument.
+//!
+//! ```
+//! use tinydiffusion::sampler::{Sampler, SamplerKind};
+//! use tinydiffusion::schedule::SchedulerConfig;
+//!
+//! let cfg = SchedulerConfig::ddpm_default();
+//! let ddim = Sampler::builder(SamplerKind::Ddim).steps(20).eta(0.5).build(&cfg)?;
+//! assert_eq!(ddim.num_steps(), 20);
+//! let pc = Sampler::builder(SamplerKind::Pc).corrector_steps(2).build(&cfg)?;
+//! assert_eq!(pc.num_steps(), 500); // the default: see `default_steps`
+//! # Ok::<(), tinydiffusion::Error>(())
+//! ```
+
+use alloc::format;
+
+use super::{Method, SampleOptions, StepInfo};
+use crate::error::{invalid_arg, Result};
+use crate::model::Model;
+use crate::schedule::{
+    DdimPrevTimestep, Predictor, Scheduler, SchedulerConfig, SchedulerKind, SdeConfig, SdeSampler,
+};
+
+/// Which sampler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SamplerKind {
+    /// DDPM ancestral sampling (diffusers' `DDPMScheduler`).
+    Ddpm,
+    /// DDIM (diffusers' `DDIMScheduler`; eta 0 is deterministic).
+    Ddim,
+    /// Reverse-time VP-SDE, Euler-Maruyama.
+    Sde,
+    /// Probability-flow ODE (Heun by default, or Euler).
+    Ode,
+    /// Predictor-corrector: a predictor (Euler-Maruyama by default) plus Langevin steps.
+    Pc,
+}
+
+impl SamplerKind {
+    /// Every kind, in the order of the names `ddpm, ddim, sde, ode, pc`.
+    pub const ALL: [SamplerKind; 5] = [
+        SamplerKind::Ddpm,
+        SamplerKind::Ddim,
+        SamplerKind::Sde,
+        SamplerKind::Ode,
+        SamplerKind::Pc,
+    ];
+
+    /// `ddpm`, `ddim`, `sde`, `ode` or `pc` (the `sample --scheduler` names).
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::Sde => "sde",
+            SamplerKind::Ode => "ode",
+            SamplerKind::Pc => "pc",
+        }
+    }
+
+    /// The kind of a [`SamplerKind::name`].
+    pub fn from_name(name: &str) -> Option<SamplerKind> {
+        SamplerKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The class of a scheduler config (DDPM or DDIM).
+    pub fn of_config(cfg: &SchedulerConfig) -> SamplerKind {
+        match cfg.kind {
+            SchedulerKind::Ddpm => SamplerKind::Ddpm,
+            SchedulerKind::Ddim => SamplerKind::Ddim,
+        }
+    }
+
+    /// The score-SDE kinds (continuous time): `Sde`, `Ode`, `Pc`.
+    pub fn is_continuous(self) -> bool {
+        matches!(self, SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc)
+    }
+}
+
+/// The default number of (predictor) steps of `kind` for a model trained with
+/// `num_train_timesteps` (T) timesteps, the one place every front end takes it from:
+///
+/// | kind | default steps |
+/// |---|---|
+/// | DDPM | T (every training timestep) |
+/// | DDIM | min(50, T) |
+/// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
+/// | ODE (probability-flow, Heun or Euler) | min(50, T) |
+/// | PC (predictor-corrector) | min(500, T) |
+///
+/// Each is valid for any model (at most T, at least 1 when T is).
+pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
+    let t = num_train_timesteps;
+    match kind {
+        SamplerKind::Ddpm => t,
+        SamplerKind::Ddim => t.min(50),
+        SamplerKind::Sde => t.min(1000),
+        SamplerKind::Ode => t.min(50),
+        SamplerKind::Pc => t.min(500),
+    }
+}
+
+/// What to build: every `None` is the default. Fields a kind does not use are ignored, but a
+/// value that is given must be valid whatever the kind (an `eta` of NaN is an error even for
+/// the SDE). Build with [`Sampler::new`] or [`SamplerSpec::build`]; the chainable setters
+/// (`Sampler::builder(kind).steps(20).eta(0.5)`) set the fields.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SamplerSpec {
+    /// `None`: the class of the scheduler config (DDPM or DDIM).
+    pub kind: Option<SamplerKind>,
+    /// Inference (predictor) steps, >= 1. `None`: [`default_steps`].
+    pub steps: Option<usize>,
+    /// DDIM's eta, finite and >= 0 (default 0: deterministic). DDPM and the SDE kinds ignore it.
+    pub eta: Option<f64>,
+    /// DDIM's previous timestep (default: the scheduler config's, diffusers' `t - T / N`).
+    pub ddim_prev_timestep: Option<DdimPrevTimestep>,
+    /// DDIM recomputes eps from the clipped x_0 (default: the scheduler config's).
+    pub use_clipped_model_output: Option<bool>,
+    /// SDE / ODE / PC predictor. Default: Euler-Maruyama for SDE and PC, Heun for ODE. SDE
+    /// takes only Euler-Maruyama and ODE only the ODE solvers; PC takes any.
+    pub predictor: Option<Predictor>,
+    /// PC: Langevin corrector steps per step (default 1; the other kinds use none).
+    pub corrector_steps: Option<usize>,
+    /// SDE kinds: signal-to-noise ratio of the Langevin step size, finite and >= 0 (default
+    /// 0.16).
+    pub snr: Option<f64>,
+    /// SDE kinds: the last time of the grid, in (0, 1) (default 0.001).
+    pub t_eps: Option<f64>,
+    /// SDE kinds: finish with the Tweedie denoising step at `t_eps` (default true).
+    pub denoise: Option<bool>,
+}
+
+impl SamplerSpec {
+    /// Every option at its default, for `kind` (`None`: the scheduler config's class).
+    pub fn new(kind: Option<SamplerKind>) -> SamplerSpec {
+        SamplerSpec {
+            kind,
+            ..SamplerSpec::default()
+        }
+    }
+
+    pub fn steps(mut self, steps: usize) -> SamplerSpec {
+        self.steps = Some(steps);
+        self
+    }
+
+    pub fn eta(mut self, eta: f64) -> SamplerSpec {
+        self.eta = Some(eta);
+        self
+    }
+
+    pub fn ddim_prev_timestep(mut self, mode: DdimPrevTimestep) -> SamplerSpec {
+        self.ddim_prev_timestep = Some(mode);
+        self
+    }
+
+    pub fn use_clipped_model_output(mut self, on: bool) -> SamplerSpec {
+        self.use_clipped_model_output = Some(on);
+        self
+    }
+
+    pub fn predictor(mut self, predictor: Predictor) -> SamplerSpec {
+        self.predictor = Some(predictor);
+        self
+    }
+
+    pub fn corrector_steps(mut self, n: usize) -> SamplerSpec {
+        self.corrector_steps = Some(n);
+        self
+    }
+
+    pub fn snr(mut self, snr: f64) -> SamplerSpec {
+        self.snr = Some(snr);
+        self
+    }
+
+    pub fn t_eps(mut self, t_eps: f64) -> SamplerSpec {
+        self.t_eps = Some(t_eps);
+        self
+    }
+
+    pub fn denoise(mut self, on: bool) -> SamplerSpec {
+        self.denoise = Some(on);
+        self
+    }
+
+    /// The kind this spec builds for a model with scheduler config `cfg`.
+    pub fn resolved_kind(&self, cfg: &SchedulerConfig) -> SamplerKind {
+        self.kind.unwrap_or_else(|| SamplerKind::of_config(cfg))
+    }
+
+    /// The steps this spec builds for a model with scheduler config `cfg`.
+    pub fn resolved_steps(&self, cfg: &SchedulerConfig) -> usize {
+        self.steps
+            .unwrap_or_else(|| default_steps(self.resolved_kind(cfg), cfg.num_train_timesteps))
+    }
+
+    /// Checks every given value (whatever the kind) and that the predictor fits the kind.
+    pub fn validate(&self, cfg: &SchedulerConfig) -> Result<()> {
+        if self.steps == Some(0) {
+            return Err(invalid_arg("steps", "must be at least 1"));
+        }
+        if let Some(eta) = self.eta {
+            if !(eta.is_finite() && eta >= 0.0) {
+                return Err(invalid_arg("eta", format!("{eta} must be finite and >= 0")));
+            }
+        }
+        if let Some(snr) = self.snr {
+            if !(snr.is_finite() && snr >= 0.0) {
+                return Err(invalid_arg("snr", format!("{snr} must be finite and >= 0")));
+            }
+        }
+        if let Some(t) = self.t_eps {
+            if !(t > 0.0 && t < 1.0) {
+                return Err(invalid_arg("sde eps", format!("{t} is outside (0, 1)")));
+            }
+        }
+        let kind = self.resolved_kind(cfg);
+        if let Some(p) = self.predictor {
+            let ode = p != Predictor::EulerMaruyama;
+            if (kind == SamplerKind::Sde && ode) || (kind == SamplerKind::Ode && !ode) {
+                return Err(invalid_arg(
+                    "predictor",
+                    format!(
+                        "{} does not fit sampler kind {} (a pc run combines any predictor with \
+                         Langevin steps)",
+                        p.name(),
+                        kind.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Sampler::new`] of this spec.
+    pub fn build(&self, cfg: &SchedulerConfig) -> Result<Sampler> {
+        Sampler::new(self, cfg)
+    }
+}
+
+/// A built sampler: the kind, its schedule (DDPM/DDIM timesteps and tables, or the SDE grid)
+/// and its options. Immutable; [`Sampler::sample`] allocates nothing.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    kind: SamplerKind,
+    built: Built,
+}
+
+#[derive(Debug, Clone)]
+enum Built {
+    Discrete(Scheduler),
+    Sde(SdeSampler),
+}
+
+impl Sampler {
+    /// A spec with every option at its default, for `kind`; finish with
+    /// [`SamplerSpec::build`].
+    pub fn builder(kind: SamplerKind) -> SamplerSpec {
+        SamplerSpec::new(Some(kind))
+    }
+
+    /// Builds `spec` for a model whose scheduler config is `cfg` (the schedule, the
+    /// prediction type and, for DDPM and DDIM, every other setting of diffusers'
+    /// `from_config`). DDPM and DDIM convert the config to their class as diffusers'
+    /// `from_config` does; the SDE kinds read its schedule and prediction type.
+    ///
+    /// Errors: any invalid value of `spec` ([`SamplerSpec::validate`]), steps above what the
+    /// schedule allows, an invalid config.
+    pub fn new(spec: &SamplerSpec, cfg: &SchedulerConfig) -> Result<Sampler> {
+        spec.validate(cfg)?;
+        let kind = spec.resolved_kind(cfg);
+        let steps = spec.resolved_steps(cfg);
+        let built = match kind {
+            SamplerKind::Ddpm | SamplerKind::Ddim => {
+                let class = if kind == SamplerKind::Ddpm {
+                    SchedulerKind::Ddpm
+                } else {
+                    SchedulerKind::Ddim
+                };
+                let mut c = cfg.clone().with_kind(class);
+                if let Some(mode) = spec.ddim_prev_timestep {
+                    c.ddim_prev_timestep = mode;
+                }
+                if let Some(on) = spec.use_clipped_model_output {
+                    c.use_clipped_model_output = on;
+                }
+                let mut s = Scheduler::new(c, steps)?;
+                if let Some(eta) = spec.eta {
+                    s.set_eta(eta);
+                }
+                Built::Discrete(s)
+            }
+            SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => {
+                let d = SdeConfig::sde(steps);
+                let predictor = spec.predictor.unwrap_or(if kind == SamplerKind::Ode {
+                    Predictor::OdeHeun
+                } else {
+                    Predictor::EulerMaruyama
+                });
+                let sde = SdeConfig {
+                    predictor,
+                    corrector_steps: if kind == SamplerKind::Pc {
+                        spec.corrector_steps.unwrap_or(1)
+                    } else {
+                        0
+                    },
+                    snr: spec.snr.unwrap_or(d.snr),
+                    t_eps: spec.t_eps.unwrap_or(d.t_eps),
+                    denoise: spec.denoise.unwrap_or(d.denoise),
+                    ..d
+                };
+                Built::Sde(SdeSampler::new(cfg, sde)?)
+            }
+        };
+        Ok(Sampler { kind, built })
+    }
+
+    pub fn kind(&self) -> SamplerKind {
+        self.kind
+    }
+
+    /// The sampling loop's view of it.
+    pub fn method(&self) -> Method<'_> {
+        match &self.built {
+            Built::Discrete(s) => Method::Scheduler(s),
+            Built::Sde(s) => Method::Sde(s),
+        }
+    }
+
+    /// The DDPM/DDIM scheduler, if it is one.
+    pub fn scheduler(&self) -> Option<&Scheduler> {
+        match &self.built {
+            Built::Discrete(s) => Some(s),
+            Built::Sde(_) => None,
+        }
+    }
+
+    /// The continuous-time sampler, if it is one.
+    pub fn sde(&self) -> Option<&SdeSampler> {
+        match &self.built {
+            Built::Discrete(_) => None,
+            Built::Sde(s) => Some(s),
+        }
+    }
+
+    /// (Predictor) steps of a run.
+    pub fn num_steps(&self) -> usize {
+        self.method().num_steps()
+    }
+
+    /// Rows of [`SampleOptions::step_noise`] a run reads ([`Method::noise_rows`]).
+    pub fn noise_rows(&self) -> usize {
+        self.method().noise_rows()
+    }
+
+    /// Model evaluations of a run, without guidance (twice as many with it).
+    pub fn model_evaluations(&self) -> usize {
+        self.method().model_evaluations()
+    }
+
+    /// The timesteps of a run, first (noisiest) to last; for the SDE kinds the rounded model
+    /// timestep where each step starts.
+    pub fn timesteps(&self) -> &[i64] {
+        match &self.built {
+            Built::Discrete(s) => s.timesteps(),
+            Built::Sde(s) => s.timesteps(),
+        }
+    }
+
+    /// Exact workspace (f32 elements) of [`Sampler::sample`].
+    pub fn workspace_len(&self, model: &Model, batch: usize, guided: bool) -> usize {
+        super::workspace_len_with(model, self.method(), batch, guided)
+    }
+
+    /// Runs the sampling loop ([`super::sample_with`]): `out` (`[batch, C, H, W]`) receives
+    /// x_0. Allocates nothing.
+    pub fn sample(
+        &self,
+        model: &Model,
+        workspace: &mut [f32],
+        opts: &SampleOptions<'_>,
+        out: &mut [f32],
+        on_step: Option<&mut dyn FnMut(&StepInfo<'_>)>,
+    ) -> Result<()> {
+        super::sample_with(model, self.method(), workspace, opts, out, on_step)
+    }
+}
+
+impl From<Scheduler> for Sampler {
+    fn from(s: Scheduler) -> Sampler {
+        Sampler {
+            kind: SamplerKind::of_config(s.config()),
+            built: Built::Discrete(s),
+        }
+    }
+}
+
+impl From<SdeSampler> for Sampler {
+    fn from(s: SdeSampler) -> Sampler {
+        let c = s.config();
+        let kind = match (c.predictor, c.corrector_steps) {
+            (_, n) if n > 0 => SamplerKind::Pc,
+            (Predictor::EulerMaruyama, _) => SamplerKind::Sde,
+            _ => SamplerKind::Ode,
+        };
+        Sampler {
+            kind,
+            built: Built::Sde(s),
+        }
+    }
+}
+
+impl<'a> From<&'a Sampler> for Method<'a> {
+    fn from(s: &'a Sampler) -> Method<'a> {
+        s.method()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fit_any_model() {
+        for t in [1usize, 2, 10, 49, 50, 999, 1000, 4000] {
+            let mut cfg = SchedulerConfig::ddpm_default();
+            cfg.num_train_timesteps = t;
+            for kind in SamplerKind::ALL {
+                let steps = default_steps(kind, t);
+                assert!(steps >= 1 && steps <= t, "{kind:?} at T = {t}: {steps}");
+                if t >= 2 {
+                    let s = Sampler::builder(kind).build(&cfg).unwrap();
+                    assert_eq!(s.num_steps(), steps, "{kind:?} at T = {t}");
+                    assert_eq!(s.kind(), kind);
+                }
+            }
+        }
+        // Unchanged for T >= 1000.
+        let d: [usize; 5] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        assert_eq!(d, [1000, 50, 1000, 50, 500]);
+    }
+
+    #[test]
+    fn bad_values_and_kind_mismatches() {
+        let cfg = SchedulerConfig::ddpm_default();
+        let bad = |spec: SamplerSpec| Sampler::new(&spec, &cfg).is_err();
+        assert!(bad(SamplerSpec::new(None).steps(0)));
+        assert!(bad(Sampler::builder(SamplerKind::Sde).eta(f64::NAN)));
+        assert!(bad(Sampler::builder(SamplerKind::Ddim).snr(-1.0)));
+        assert!(bad(Sampler::builder(SamplerKind::Ode).t_eps(1.0)));
+        assert!(bad(
+            Sampler::builder(SamplerKind::Sde).predictor(Predictor::OdeHeun)
+        ));
+        assert!(bad(
+            Sampler::builder(SamplerKind::Ode).predictor(Predictor::EulerMaruyama)
+        ));
+        assert!(!bad(
+            Sampler::builder(SamplerKind::Pc).predictor(Predictor::OdeHeun)
+        ));
+        assert_eq!(
+            SamplerSpec::new(None).build(&cfg).unwrap().kind(),
+            SamplerKind::Ddpm
+        );
+        for k in SamplerKind::ALL {
+            assert_eq!(SamplerKind::from_name(k.name()), Some(k));
+        }
+    }
+}
