@@ -3,6 +3,7 @@
 //! `Model::load_on`); the API is the same on both.
 
 use crate::error::{invalid_arg, Result};
+use crate::model::Model;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {
@@ -44,5 +45,46 @@ impl core::fmt::Display for Device {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
         }
+    }
+}
+
+impl Model {
+    /// Moves the model to `device`. [`Device::Cuda`] compiles the CUDA kernels and uploads the
+    /// weights once (`cuda` feature; without it, or without a GPU, driver or NVRTC, this is an
+    /// [`crate::Error::Device`] and the model stays where it was). [`Model::forward`] and
+    /// [`crate::sampler::sample`] then run there with the same arguments.
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        match device {
+            Device::Cpu => {
+                self.accelerator = None;
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                let backend = crate::cuda::CudaBackend::new(self, i)?;
+                self.accelerator = Some(alloc::boxed::Box::new(backend));
+                Ok(())
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(crate::error::device_err(
+                "this build has no CUDA backend (rebuild with `--features cuda`)",
+            )),
+        }
+    }
+
+    /// Where the model runs.
+    pub fn device(&self) -> Device {
+        match self.accelerator() {
+            Some(a) if a.device_kind() == "cuda" => Device::Cuda(a.ordinal()),
+            _ => Device::Cpu,
+        }
+    }
+
+    /// [`Model::load`], then [`Model::to_device`]`(device)`.
+    #[cfg(feature = "std")]
+    pub fn load_on(dir: impl AsRef<std::path::Path>, device: Device) -> Result<Model> {
+        let mut model = Model::load(dir)?;
+        model.to_device(device)?;
+        Ok(model)
     }
 }

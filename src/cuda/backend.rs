@@ -29,12 +29,12 @@ use half::f16;
 use super::kernels;
 use crate::error::{device_err, invalid_arg, unsupported, Error, Result};
 use crate::kernels::ConvShape;
-use crate::model::backend::{walk, walk_range, Backend};
+use crate::model::backend::{walk, walk_range, Accelerator, Backend};
 use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Model, Op,
     OutputOp, SiluOp, SinusoidOp, TensorId,
 };
-use crate::sampler::{SampleOptions, StepInfo};
+use crate::schedule::{SampleOptions, StepInfo};
 use crate::schedule::config::{PredictionType, SchedulerKind, VarianceType};
 use crate::schedule::Scheduler;
 use crate::weights::WeightRef;
@@ -362,7 +362,7 @@ impl CudaBackend {
     }
 
     /// [`Model::forward`] on the GPU: inputs copied in, eps copied out.
-    pub(crate) fn forward(
+    fn run_forward(
         &self,
         model: &Model,
         batch: usize,
@@ -422,7 +422,7 @@ impl CudaBackend {
     /// f16, ops `ops` run, and the arena comes back (and `out`, if the range ends with the
     /// output op). For the per-op backend tests, not for speed.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn forward_ops(
+    fn run_forward_ops(
         &self,
         model: &Model,
         ops: core::ops::Range<usize>,
@@ -502,7 +502,7 @@ impl CudaBackend {
     }
 
     /// [`crate::sampler::sample`] on the GPU (after the sampler validated its arguments).
-    pub(crate) fn sample(
+    fn run_sample(
         &self,
         model: &Model,
         scheduler: &Scheduler,
@@ -676,6 +676,57 @@ impl CudaBackend {
         unsafe { cu(result::memcpy_dtoh_async(out, s.x, st), "copy x_0")? };
         cu(inner.stream.synchronize(), "sampling")?;
         Ok(())
+    }
+}
+
+impl Accelerator for CudaBackend {
+    fn device_kind(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    fn forward(
+        &self,
+        model: &Model,
+        batch: usize,
+        x: &[f32],
+        timesteps: &[f32],
+        class_labels: Option<&[i64]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.run_forward(model, batch, x, timesteps, class_labels, out)
+    }
+
+    fn forward_ops(
+        &self,
+        model: &Model,
+        ops: core::ops::Range<usize>,
+        batch: usize,
+        arena: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        class_labels: Option<&[i64]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.run_forward_ops(model, ops, batch, arena, x, timesteps, class_labels, out)
+    }
+
+    fn sample(
+        &self,
+        model: &Model,
+        scheduler: &Scheduler,
+        opts: &SampleOptions<'_>,
+        out: &mut [f32],
+        on_step: Option<&mut dyn FnMut(&StepInfo<'_>)>,
+    ) -> Result<()> {
+        self.run_sample(model, scheduler, opts, out, on_step)
+    }
+
+    fn as_any(&self) -> &dyn core::any::Any {
+        self
     }
 }
 

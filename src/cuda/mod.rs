@@ -9,3 +9,10 @@ mod backend;
 pub mod kernels;
 
 pub use backend::{CudaBackend, MAX_HEAD_DIM};
+
+impl crate::Model {
+    /// The CUDA backend, when the model is on a GPU.
+    pub fn cuda_backend(&self) -> Option<&CudaBackend> {
+        self.accelerator()?.as_any().downcast_ref::<CudaBackend>()
+    }
+}

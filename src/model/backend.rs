@@ -16,7 +16,9 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp, SiluOp,
     SinusoidOp,
 };
+use super::Model;
 use crate::error::{Error, Result};
+use crate::schedule::{SampleOptions, Scheduler, StepInfo};
 
 /// The error a backend returns for an op it has no kernel for.
 pub fn unsupported_op(backend: &'static str, op: &'static str) -> Error {
@@ -90,4 +92,54 @@ pub fn walk_timed<B: Backend + ?Sized>(
         *t += clock() - t0;
     }
     Ok(())
+}
+
+/// A device that runs whole forward passes (and whole sampling loops) itself instead of the
+/// CPU walk: the CUDA backend (`crate::cuda`) implements it. A [`Model`] holds one behind
+/// this trait, so the model names no device module; `crate::device` attaches one
+/// (`Model::to_device`).
+pub trait Accelerator: Send + Sync {
+    /// Device family (`cuda`) and ordinal.
+    fn device_kind(&self) -> &'static str;
+    fn ordinal(&self) -> usize;
+
+    /// [`Model::forward`] on the device (arguments already checked by the model).
+    fn forward(
+        &self,
+        model: &Model,
+        batch: usize,
+        x: &[f32],
+        timesteps: &[f32],
+        class_labels: Option<&[i64]>,
+        out: &mut [f32],
+    ) -> Result<()>;
+
+    /// [`Model::forward_ops`] on the device: `arena` is the activation part of the host
+    /// workspace, copied in before and back after.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_ops(
+        &self,
+        model: &Model,
+        ops: core::ops::Range<usize>,
+        batch: usize,
+        arena: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        class_labels: Option<&[i64]>,
+        out: &mut [f32],
+    ) -> Result<()>;
+
+    /// A whole DDPM/DDIM sampling loop on the device (after the sampler checked its
+    /// arguments).
+    fn sample(
+        &self,
+        model: &Model,
+        scheduler: &Scheduler,
+        opts: &SampleOptions<'_>,
+        out: &mut [f32],
+        on_step: Option<&mut dyn FnMut(&StepInfo<'_>)>,
+    ) -> Result<()>;
+
+    /// For downcasting to the concrete backend (`Model::cuda_backend`).
+    fn as_any(&self) -> &dyn core::any::Any;
 }

@@ -138,8 +138,7 @@ impl Model {
             (None, None) => {}
         }
         let need = self.workspace_len(batch);
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = &self.cuda {
+        if let Some(gpu) = &self.accelerator {
             if workspace.len() < need {
                 return Err(Error::BufferSize {
                     what: "workspace",

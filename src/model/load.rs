@@ -97,13 +97,6 @@ impl Model {
         Model::load_with(dir, LoadOptions::default(), Reuse::Shared)
     }
 
-    /// [`Model::load`], then [`Model::to_device`]`(device)`.
-    pub fn load_on(dir: impl AsRef<Path>, device: crate::Device) -> Result<Model> {
-        let mut model = Model::load(dir)?;
-        model.to_device(device)?;
-        Ok(model)
-    }
-
     pub fn load_with(dir: impl AsRef<Path>, options: LoadOptions, reuse: Reuse) -> Result<Model> {
         let files = ModelFiles::find(dir.as_ref())?;
         let config = UNetConfig::from_json(&read_text(&files.config)?)?;

@@ -61,8 +61,8 @@ pub struct Model {
     pub(crate) resolution: (usize, usize),
     pub(crate) parameters: usize,
     /// The GPU state when the model lives on a CUDA device ([`Model::to_device`]).
-    #[cfg(feature = "cuda")]
-    pub(crate) cuda: Option<std::boxed::Box<crate::cuda::CudaBackend>>,
+    /// The device the model runs on when not the CPU (`crate::device`'s `Model::to_device`).
+    pub(crate) accelerator: Option<alloc::boxed::Box<dyn backend::Accelerator>>,
 }
 
 impl Model {
@@ -103,8 +103,7 @@ impl Model {
             threads: 1,
             resolution,
             parameters: described.parameters,
-            #[cfg(feature = "cuda")]
-            cuda: None,
+            accelerator: None,
         };
         #[cfg(feature = "std")]
         model.set_threads(0)?;
@@ -193,45 +192,9 @@ impl Model {
         Ok(())
     }
 
-    /// Moves the model to `device`. [`Device::Cuda`] compiles the CUDA kernels and uploads the
-    /// weights once (`cuda` feature; without it, or without a GPU, driver or NVRTC, this is an
-    /// [`Error::Device`] and the model stays where it was). [`Model::forward`] and
-    /// [`crate::sampler::sample`] then run there with the same arguments.
-    pub fn to_device(&mut self, device: crate::Device) -> Result<()> {
-        match device {
-            crate::Device::Cpu => {
-                #[cfg(feature = "cuda")]
-                {
-                    self.cuda = None;
-                }
-                Ok(())
-            }
-            #[cfg(feature = "cuda")]
-            crate::Device::Cuda(i) => {
-                let backend = crate::cuda::CudaBackend::new(self, i)?;
-                self.cuda = Some(std::boxed::Box::new(backend));
-                Ok(())
-            }
-            #[cfg(not(feature = "cuda"))]
-            crate::Device::Cuda(_) => Err(crate::error::device_err(
-                "this build has no CUDA backend (rebuild with `--features cuda`)",
-            )),
-        }
-    }
-
-    /// Where the model runs.
-    pub fn device(&self) -> crate::Device {
-        #[cfg(feature = "cuda")]
-        if let Some(b) = &self.cuda {
-            return crate::Device::Cuda(b.ordinal());
-        }
-        crate::Device::Cpu
-    }
-
-    /// The CUDA backend, when the model is on a GPU.
-    #[cfg(feature = "cuda")]
-    pub fn cuda_backend(&self) -> Option<&crate::cuda::CudaBackend> {
-        self.cuda.as_deref()
+    /// The device backend the model runs on, if not the CPU.
+    pub fn accelerator(&self) -> Option<&dyn backend::Accelerator> {
+        self.accelerator.as_deref()
     }
 
     /// Threads a forward pass uses.

@@ -27,15 +27,8 @@ use crate::schedule::{PredictionType, Scheduler, StepShape};
 mod front;
 
 pub use crate::schedule::eps::{EpsModel, NoiseLevel};
+pub use crate::schedule::run::{Guidance, SampleOptions, StepInfo};
 pub use front::{default_steps, Sampler, SamplerKind, SamplerSpec};
-
-/// Classifier-free guidance: `eps = (1 + scale) * eps(x, y) - scale * eps(x, null_class)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Guidance {
-    pub scale: f32,
-    /// The label trained as "no class" (label dropout). Default: the model's last class index.
-    pub null_class: i64,
-}
 
 impl Guidance {
     /// Guidance with the model's last class as the null class.
@@ -51,43 +44,6 @@ impl Guidance {
             )),
         }
     }
-}
-
-/// What to sample, and where the randomness comes from.
-#[derive(Debug, Clone, Copy)]
-pub struct SampleOptions<'a> {
-    pub batch: usize,
-    /// Seed of the built-in generator, used for whatever noise is not injected.
-    pub seed: u64,
-    /// `[batch, C, H, W]`: the starting sample x_T.
-    pub initial_noise: Option<&'a [f32]>,
-    /// `[steps, batch, C, H, W]`: row i is the Gaussian noise of step i (diffusers' replay).
-    pub step_noise: Option<&'a [f32]>,
-    /// One label per sample, or one for all; required for class-conditional models.
-    pub class_labels: Option<&'a [i64]>,
-    pub guidance: Option<Guidance>,
-}
-
-impl<'a> SampleOptions<'a> {
-    pub fn new(batch: usize, seed: u64) -> SampleOptions<'a> {
-        SampleOptions {
-            batch,
-            seed,
-            initial_noise: None,
-            step_noise: None,
-            class_labels: None,
-            guidance: None,
-        }
-    }
-}
-
-/// Progress report after each step.
-pub struct StepInfo<'a> {
-    pub index: usize,
-    pub steps: usize,
-    pub timestep: i64,
-    /// The sample after this step, `[batch, C, H, W]`.
-    pub sample: &'a [f32],
 }
 
 /// How to get from x_T to x_0.
@@ -371,12 +327,14 @@ pub fn sample_with(
         });
     }
 
-    #[cfg(feature = "cuda")]
-    if let Some(gpu) = &model.cuda {
+    if let Some(gpu) = model.accelerator() {
         let Method::Scheduler(scheduler) = method else {
             return Err(Error::UnsupportedConfig {
                 key: "scheduler".into(),
-                value: "sde, ode and pc on a CUDA device (they run on the CPU only for now)".into(),
+                value: alloc::format!(
+                    "sde, ode and pc on a {} device (they run on the CPU only for now)",
+                    gpu.device_kind()
+                ),
             });
         };
         if let Some(x_t) = opts.initial_noise {

@@ -18,6 +18,7 @@ pub mod betas;
 pub mod config;
 pub mod eps;
 pub mod noise;
+pub mod run;
 mod scheduler;
 pub mod sde;
 pub mod timesteps;
@@ -29,6 +30,7 @@ pub use config::{
 };
 pub use eps::{EpsModel, NoiseLevel};
 pub use noise::GaussianNoise;
+pub use run::{Guidance, SampleOptions, StepInfo};
 pub use scheduler::{Scheduler, StepShape};
 pub use sde::{Predictor, SdeConfig, SdeSampler, VpSde};
 pub use timesteps::set_timesteps;

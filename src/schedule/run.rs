@@ -1,0 +1,49 @@
+//! What one sampling run is given and what it reports: plain data shared by the sampling loop
+//! ([`crate::sampler`]) and the devices that run whole loops themselves (the CUDA backend).
+//! `crate::sampler` re-exports these; [`Guidance::new`] (which reads the model) lives there.
+
+/// Classifier-free guidance: `eps = (1 + scale) * eps(x, y) - scale * eps(x, null_class)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guidance {
+    pub scale: f32,
+    /// The label trained as "no class" (label dropout). Default: the model's last class index.
+    pub null_class: i64,
+}
+
+/// What to sample, and where the randomness comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleOptions<'a> {
+    pub batch: usize,
+    /// Seed of the built-in generator, used for whatever noise is not injected.
+    pub seed: u64,
+    /// `[batch, C, H, W]`: the starting sample x_T.
+    pub initial_noise: Option<&'a [f32]>,
+    /// `[steps, batch, C, H, W]`: row i is the Gaussian noise of step i (diffusers' replay).
+    pub step_noise: Option<&'a [f32]>,
+    /// One label per sample, or one for all; required for class-conditional models.
+    pub class_labels: Option<&'a [i64]>,
+    pub guidance: Option<Guidance>,
+}
+
+impl<'a> SampleOptions<'a> {
+    pub fn new(batch: usize, seed: u64) -> SampleOptions<'a> {
+        SampleOptions {
+            batch,
+            seed,
+            initial_noise: None,
+            step_noise: None,
+            class_labels: None,
+            guidance: None,
+        }
+    }
+}
+
+/// Progress report after each step.
+pub struct StepInfo<'a> {
+    pub index: usize,
+    pub steps: usize,
+    pub timestep: i64,
+    /// The sample after this step, `[batch, C, H, W]`.
+    pub sample: &'a [f32],
+}
+
