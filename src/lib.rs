@@ -40,9 +40,9 @@ pub mod testing;
 pub mod train;
 pub mod weights;
 
-/// The `UNet2DModel` configuration; it lives in [`model::config`], beside the model description.
-pub use model::config;
 pub use config::UNetConfig;
 pub use device::Device;
 pub use error::{Error, Result};
+/// The `UNet2DModel` configuration; it lives in [`model::config`], beside the model description.
+pub use model::config;
 pub use model::Model;

@@ -68,16 +68,25 @@ macro_rules! simd_table {
                 // SAFETY: forwarded contract (features enabled, plan checked).
                 unsafe { simd::conv_task::<$S, $mr, $mrs, $nv>(p, task, scratch) }
             }
+            ///
+            /// # Safety
+            /// the CPU has `$features`; as [`simd::gemv_task`].
             #[target_feature(enable = $features)]
             unsafe fn gemv_task(a: &LinearArgs<'_>, out: Shared<f32>, ob: usize) {
                 // SAFETY: forwarded contract.
                 unsafe { simd::gemv_task::<$S>(a, out, ob) }
             }
+            ///
+            /// # Safety
+            /// the CPU has `$features`; as [`simd::group_norm_task`].
             #[target_feature(enable = $features)]
             unsafe fn gn_task(a: &GroupNormArgs<'_>, out: Shared<f32>, task: usize, gpt: usize) {
                 // SAFETY: forwarded contract.
                 unsafe { simd::group_norm_task::<$S>(a, out, task, gpt) }
             }
+            ///
+            /// # Safety
+            /// the CPU has `$features`; as [`simd::attention_task`].
             #[target_feature(enable = $features)]
             unsafe fn attn_task(
                 a: &AttentionArgs<'_>,
@@ -89,17 +98,26 @@ macro_rules! simd_table {
                 // SAFETY: forwarded contract.
                 unsafe { simd::attention_task::<$S>(a, kt, out, task, scratch) }
             }
+            ///
+            /// # Safety
+            /// the CPU has `$features`; as [`simd::transpose_k`].
             #[target_feature(enable = $features)]
             unsafe fn kt_task(a: &AttentionArgs<'_>, kt: Shared<f32>, task: usize) {
                 // SAFETY: forwarded contract.
                 unsafe { simd::transpose_k(a, kt, task) }
             }
 
+            ///
+            /// # Safety
+            /// the CPU has `$features`; as [`winograd::phase1`].
             #[target_feature(enable = $features)]
             unsafe fn wino_phase1(p: &WinogradPlan<'_>, task: usize) {
                 // SAFETY: forwarded contract.
                 unsafe { winograd::phase1::<$S>(p, task) }
             }
+            ///
+            /// # Safety
+            /// the CPU has `$features`; as [`winograd::phase2`].
             #[target_feature(enable = $features)]
             unsafe fn wino_phase2(p: &WinogradPlan<'_>, task: usize, scratch: &mut [f32]) {
                 // SAFETY: forwarded contract.
@@ -126,6 +144,7 @@ macro_rules! simd_table {
                     ex.run(plan.phase1_tasks(), &|t, _| unsafe {
                         wino_phase1(&plan, t)
                     });
+                    // SAFETY: as above (phase 2).
                     ex.run(plan.phase2_tasks(), &|t, th| unsafe {
                         wino_phase2(&plan, t, ex.scratch(th))
                     });
