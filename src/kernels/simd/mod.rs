@@ -26,7 +26,7 @@
 //!
 //! ## Files
 //! - `mod.rs`: the [`Simd`] trait, the [`Shared`] pointer and the sizes every kernel shares;
-//! - `micro.rs`: the register-tiled microkernel ([`micro`]), also used by `winograd.rs`;
+//! - `micro.rs`: the register-tiled microkernel ([`micro`](fn@micro)), also used by `winograd.rs`;
 //! - `conv.rs`: the direct convolution (plan, packing, panels, tasks);
 //! - `linear.rs`: the matrix-vector product of linears with few rows;
 //! - `norm.rs`: GroupNorm (+ SiLU);
