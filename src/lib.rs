@@ -5,7 +5,8 @@
 //! microcontroller build.
 //!
 //! The path from file to image, in reading order:
-//! 1. [`config`]: `config.json` → [`config::UNetConfig`] (validated, typed errors).
+//! 1. [`model::config`] (also reachable as [`config`]): `config.json` → [`config::UNetConfig`]
+//!    (validated, typed errors); it sits beside the model description it feeds.
 //! 2. [`weights`]: the safetensors file, viewed in place; f16 tensors are never copied.
 //! 3. [`model`]: the config becomes a flat list of ops over tensor ids (the model description),
 //!    each op holding its weights already resolved.
@@ -22,7 +23,6 @@ extern crate alloc;
 
 #[cfg(feature = "std")]
 pub mod capi;
-pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
@@ -43,4 +43,6 @@ pub mod weights;
 pub use config::UNetConfig;
 pub use device::Device;
 pub use error::{Error, Result};
+/// The `UNet2DModel` configuration; it lives in [`model::config`], beside the model description.
+pub use model::config;
 pub use model::Model;

@@ -19,7 +19,7 @@
 //! The SIMD paths run a 3x3 stride-1 "same" convolution over a map of at least 16 4x4 tiles
 //! as Winograd F(4x4, 3x3) (`winograd.rs`: 36 multiplies per output tile and channel pair
 //! instead of 144, about 3e-6 relative error per conv); every other conv, and every conv of
-//! the scalar path, is the direct implicit GEMM (`simd.rs`). Winograd needs kernel scratch
+//! the scalar path, is the direct implicit GEMM (`simd/`). Winograd needs kernel scratch
 //! the model plans ([`KernelTable::scratch_layout`], part of [`crate::Model::workspace_len`]);
 //! with less (an [`Exec::new`] scratch, or [`crate::Model::set_winograd`] off) the direct
 //! kernel runs, as it does for every model with `TINYDIFFUSION_WINOGRAD=0` ([`WINOGRAD_ENV`]).

@@ -1,6 +1,9 @@
 //! The model: a config turned into a flat list of ops over numbered tensors, with every op's
 //! weights resolved at load, plus the memory plan that places those tensors in one arena.
 //!
+//! Reading order:
+//! - [`config`] parses and validates diffusers' `config.json` into a [`UNetConfig`] (also
+//!   reachable as `crate::config`).
 //! - [`describe`] builds the op list from a [`UNetConfig`], walking diffusers' `UNet2DModel`
 //!   structure block by block and checking each weight's presence and shape.
 //! - [`forward`] walks the op list once per model evaluation, calling a [`KernelTable`].
@@ -15,6 +18,7 @@ use crate::memory::{MemoryPlan, Reuse};
 use crate::weights::{LoadOptions, WeightBytes, WeightLoader, WeightStore};
 
 pub mod backend;
+pub mod config;
 pub mod describe;
 pub mod forward;
 #[cfg(feature = "std")]
