@@ -66,7 +66,7 @@ pub fn random_weights(config_json: &str, seed: u64) -> Result<Vec<u8>> {
 /// is: every weight used in place, nothing copied at load.
 pub fn random_model(config_json: &str, seed: u64) -> Result<Model> {
     let weights = random_weights(config_json, seed)?;
-    let (packed, _) = crate::weights::convert::to_packed_safetensors(config_json, &weights)?;
+    let (packed, _) = crate::model::convert::to_packed_safetensors(config_json, &weights)?;
     let config = UNetConfig::from_json(config_json)?;
     Model::new(
         config,

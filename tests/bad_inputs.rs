@@ -13,7 +13,8 @@ use tinydiffusion::memory::Reuse;
 use tinydiffusion::sampler::{self, Guidance, SampleOptions};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
 use tinydiffusion::testing::random_weights;
-use tinydiffusion::weights::{convert::to_packed_safetensors, LoadOptions, WeightBytes};
+use tinydiffusion::model::convert::to_packed_safetensors;
+use tinydiffusion::weights::{LoadOptions, WeightBytes};
 use tinydiffusion::{Error, Model, Result, UNetConfig};
 
 /// 1 channel, 4x4, a plain and an attention block, mid block with attention.

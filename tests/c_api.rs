@@ -419,7 +419,7 @@ fn threads_share_one_model() {
 #[test]
 fn from_memory_uses_f16_weights_in_place() {
     let dir = scratch_dir("f16");
-    tinydiffusion::weights::convert::convert_folder(&fixtures_dir().join("tiny-gray8"), &dir)
+    tinydiffusion::model::convert::convert_folder(&fixtures_dir().join("tiny-gray8"), &dir)
         .unwrap();
     let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
     let config = std::fs::read(dir.join("config.json")).unwrap();

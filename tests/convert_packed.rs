@@ -7,7 +7,7 @@ mod common;
 use common::fixtures_dir;
 use safetensors::SafeTensors;
 use tinydiffusion::kernels::KernelPath;
-use tinydiffusion::weights::convert::{
+use tinydiffusion::model::convert::{
     convert_folder, convert_folder_with, to_f16_safetensors, Layout,
 };
 use tinydiffusion::weights::{WeightBytes, LAYOUT_KEY, LAYOUT_PACKED};

@@ -6,7 +6,8 @@ mod common;
 use common::fixtures_dir;
 use safetensors::{Dtype, SafeTensors};
 use tinydiffusion::memory::Reuse;
-use tinydiffusion::weights::{convert::to_f16_safetensors, LoadOptions, WeightBytes};
+use tinydiffusion::model::convert::to_f16_safetensors;
+use tinydiffusion::weights::{LoadOptions, WeightBytes};
 use tinydiffusion::{Error, Model, UNetConfig};
 
 fn fixture(model: &str) -> (String, Vec<u8>) {

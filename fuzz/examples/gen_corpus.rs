@@ -138,7 +138,7 @@ fn load_model_seeds(fixtures: &Path) {
             &format!("{name}-bf16"),
             &load_model_input(2, config, &retyped(&w, safetensors::Dtype::BF16)),
         );
-        if let Ok((packed, _)) = tinydiffusion::weights::convert::to_packed_safetensors(config, &w)
+        if let Ok((packed, _)) = tinydiffusion::model::convert::to_packed_safetensors(config, &w)
         {
             write(
                 "load_model",

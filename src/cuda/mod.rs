@@ -5,8 +5,18 @@
 //! a model moves to the GPU ([`crate::Model::to_device`]), and their absence is an
 //! [`crate::Error::Device`], not a panic.
 
+/// The kernel argument list of a launch: pointers to each argument value, which must live
+/// until the launch call returns (use inside the launch statement).
+macro_rules! kargs {
+    ($($a:expr),* $(,)?) => { [$( (&$a) as *const _ as *mut core::ffi::c_void ),*] };
+}
+
 mod backend;
+mod device;
 pub mod kernels;
+mod sample;
+mod session;
+mod walk;
 
 pub use backend::{CudaBackend, MAX_HEAD_DIM};
 

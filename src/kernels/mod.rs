@@ -51,7 +51,7 @@
 //! - a kernel-size-1 conv and a linear (`[out, in]`) share the layout, so linears run on the
 //!   conv microkernel too.
 //!
-//! `weights::convert::convert_folder` writes this layout into the safetensors file, so a
+//! `model::convert::convert_folder` writes this layout into the safetensors file, so a
 //! converted model still loads in place; an unconverted diffusers file is packed once at load.
 //! Biases, norms and the class embedding stay in diffusers' layout.
 

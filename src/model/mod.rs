@@ -19,6 +19,8 @@ use crate::weights::{LoadOptions, WeightBytes, WeightLoader, WeightStore};
 
 pub mod backend;
 pub mod config;
+#[cfg(feature = "std")]
+pub mod convert;
 pub mod describe;
 pub mod forward;
 #[cfg(feature = "std")]

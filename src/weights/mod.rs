@@ -5,7 +5,7 @@
 //! [`WeightRef`], resolved to `&[f16]` by [`WeightStore::get`] without searching by name.
 //!
 //! Conv and linear weights are used in the kernels' packed layout ([`crate::kernels::pack`]).
-//! A file written by [`convert::convert_folder`] already holds them packed (safetensors
+//! A file written by [`crate::model::convert::convert_folder`] already holds them packed (safetensors
 //! metadata [`LAYOUT_KEY`] = [`LAYOUT_PACKED`], tensors under their diffusers names with the
 //! packed shape `[ceil(out/32), k, k, in, 32]` for convs and `[ceil(out/32), in, 32]` for
 //! linears), so they are used in place. A diffusers file (no such metadata) is packed once at
@@ -24,9 +24,6 @@ use crate::kernels::{pack_weight, packed_len, PACK_OC};
 pub const LAYOUT_KEY: &str = "tinydiffusion.layout";
 /// Its value for the packed layout (output channels in blocks of 32, see [`crate::kernels`]).
 pub const LAYOUT_PACKED: &str = "oc32";
-
-#[cfg(feature = "std")]
-pub mod convert;
 
 /// Where the bytes of a weights file live. Each variant keeps its bytes at a fixed address for
 /// as long as it exists, which is what lets a [`WeightRef`] hold plain byte offsets.
@@ -108,7 +105,7 @@ pub struct WeightStore {
     pub in_place_tensors: usize,
     pub converted_tensors: usize,
     /// Conv and linear weights packed into owned memory at load (a file not written by
-    /// [`convert::convert_folder`]); 0 for a converted file. Counted apart from
+    /// [`crate::model::convert::convert_folder`]); 0 for a converted file. Counted apart from
     /// `converted_tensors` (dtype conversions) and `in_place_tensors`.
     pub packed_at_load: usize,
     /// Whether the file declares the packed layout ([`LAYOUT_KEY`]).

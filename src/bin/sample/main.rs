@@ -126,7 +126,7 @@ fn sampler_error(e: Error) -> String {
 }
 
 fn convert(input: &Path, output: &Path) -> Result<(), String> {
-    let report = tinydiffusion::weights::convert::convert_folder(input, output)
+    let report = tinydiffusion::model::convert::convert_folder(input, output)
         .map_err(|e| e.to_string())?;
     println!(
         "wrote {} ({} tensors, {} converted to f16, {} -> {} bytes)",

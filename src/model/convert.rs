@@ -9,7 +9,7 @@
 //!   kernels' packed layout (see [`crate::kernels`]), under their diffusers names, with the
 //!   packed shape (`[ceil(out/32), k, k, in, 32]` for convs, `[ceil(out/32), in, 32]` for
 //!   linears) and the file metadata `{"tinydiffusion.layout": "oc32"}`
-//!   ([`super::LAYOUT_KEY`]). Every tensor then loads in place, nothing is copied. Biases,
+//!   ([`crate::weights::LAYOUT_KEY`]). Every tensor then loads in place, nothing is copied. Biases,
 //!   norms and the class embedding keep their diffusers shapes. diffusers itself cannot load
 //!   this file (the shapes differ); keep the original for that.
 //! - [`Layout::Diffusers`]: diffusers' shapes, so the output is still a diffusers checkpoint
@@ -122,8 +122,8 @@ pub fn to_packed_safetensors(config_json: &str, bytes: &[u8]) -> Result<(Vec<u8>
     let config = crate::UNetConfig::from_json(config_json)?;
     let model = crate::Model::new(
         config,
-        super::WeightBytes::Owned(f16_bytes.clone()),
-        super::LoadOptions::default(),
+        crate::weights::WeightBytes::Owned(f16_bytes.clone()),
+        crate::weights::LoadOptions::default(),
         crate::memory::Reuse::Shared,
     )?;
     let store = model.weights();
@@ -158,8 +158,8 @@ pub fn to_packed_safetensors(config_json: &str, bytes: &[u8]) -> Result<(Vec<u8>
         .collect::<Result<Vec<_>>>()?;
     let mut meta = std::collections::HashMap::new();
     meta.insert(
-        super::LAYOUT_KEY.to_string(),
-        super::LAYOUT_PACKED.to_string(),
+        crate::weights::LAYOUT_KEY.to_string(),
+        crate::weights::LAYOUT_PACKED.to_string(),
     );
     let bytes = safetensors::serialize(views, Some(meta)).map_err(st_err)?;
     report.bytes_out = bytes.len();
@@ -185,7 +185,7 @@ pub fn convert_folder_with(in_dir: &Path, out_dir: &Path, layout: Layout) -> Res
     };
     // Validate before writing anything: the converted weights must load against the config
     // (and, packed, with no copy at all).
-    let check = crate::Model::from_parts(&config, super::WeightBytes::Owned(converted.clone()))?;
+    let check = crate::Model::from_parts(&config, crate::weights::WeightBytes::Owned(converted.clone()))?;
     if layout == Layout::Packed && check.weights().owned_len() != 0 {
         return Err(Error::InvalidSafetensors {
             message: "packed conversion still needs copies at load".into(),
