@@ -11,7 +11,9 @@ sample: draw images from a diffusers UNet2DModel with DDPM, DDIM or score-SDE sa
 USAGE:
     sample [FLAGS]                 sample from --model (default: the model in weights/)
     sample convert IN_DIR OUT_DIR  write an f16 copy of a model that loads without copying
-    sample info [DIR] [--batch B]  print configuration, parameters, FLOPs, workspace bytes
+    sample info [DIR] [--batch B] [--ops]
+                                   print configuration, parameters, FLOPs, workspace bytes;
+                                   --ops: the whole op list, one primitive op a line
 
 FLAGS:
     --model DIR          UNet2DModel folder or diffusers pipeline folder   [default: weights]
@@ -97,6 +99,8 @@ pub enum Command {
     Info {
         model: Option<PathBuf>,
         batch: usize,
+        /// Print the whole op list.
+        ops: bool,
     },
     Help,
 }
@@ -123,6 +127,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some("info") => {
             let mut model = None;
             let mut batch = 1;
+            let mut ops = false;
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
                 match a.as_str() {
@@ -130,11 +135,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                         batch = parse_num("--batch", it.next().ok_or("--batch needs a value")?)?
                     }
                     "--model" => model = Some(it.next().ok_or("--model needs a value")?.into()),
+                    "--ops" => ops = true,
                     s if !s.starts_with('-') && model.is_none() => model = Some(s.into()),
                     s => return Err(format!("info: unknown argument '{s}' (see --help)")),
                 }
             }
-            return Ok(Command::Info { model, batch });
+            return Ok(Command::Info { model, batch, ops });
         }
         _ => {}
     }

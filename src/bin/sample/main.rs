@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Ok(Command::Convert { input, output }) => convert(&input, &output),
-        Ok(Command::Info { model, batch }) => info(&model_dir(model.as_deref()), batch),
+        Ok(Command::Info { model, batch, ops }) => info(&model_dir(model.as_deref()), batch, ops),
         Ok(Command::Sample(a)) => run(&a),
         Err(message) => Err(message),
     };
@@ -139,7 +139,7 @@ fn convert(input: &Path, output: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn info(dir: &Path, batch: usize) -> Result<(), String> {
+fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
     if batch == 0 {
         return Err("--batch must be at least 1".into());
     }
@@ -222,6 +222,28 @@ fn info(dir: &Path, batch: usize) -> Result<(), String> {
     }
     println!();
     println!("kernels          {}", model.kernels_name());
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for op in model.ops() {
+        match counts.iter_mut().find(|(k, _)| *k == op.kind()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((op.kind(), 1)),
+        }
+    }
+    let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    println!(
+        "ops              {} ({})",
+        model.ops().len(),
+        counts.join(", ")
+    );
+    if list_ops {
+        println!();
+        for (i, op) in model.ops().iter().enumerate() {
+            let name = op
+                .output()
+                .map_or("(output)", |t| model.tensors()[t].name.as_str());
+            println!("{i:>4}  {:<16} {name}", op.kind());
+        }
+    }
     Ok(())
 }
 
