@@ -89,7 +89,7 @@ fn main() {
         .map(|_| {
             let t = Instant::now();
             let (flops, _) = fma_probe(peak_path, 10_000_000).expect("path available");
-            flops as f64 / t.elapsed().as_secs_f64() / 1e9
+            flops / t.elapsed().as_secs_f64() / 1e9
         })
         .fold(0.0, f64::max);
     println!("FMA peak, 1 thread ({peak_path:?}): {peak:.1} GFLOP/s");

@@ -71,7 +71,7 @@ fn split(st: &[u8]) -> (Map<String, Value>, Vec<u8>) {
 /// A safetensors file from a header and data (header padded to 8 bytes, as the format asks).
 fn join(header: &Map<String, Value>, data: &[u8]) -> Vec<u8> {
     let mut h = Value::Object(header.clone()).to_string().into_bytes();
-    while (8 + h.len()) % 8 != 0 {
+    while !(8 + h.len()).is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

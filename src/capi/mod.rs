@@ -505,11 +505,11 @@ mod tests {
             td_status::NullPointer
         );
         assert_eq!(
-            Span::of(2usize as *const f32, 1, "p").unwrap_err().status,
+            Span::of(std::ptr::dangling::<f32>(), 1, "p").unwrap_err().status,
             td_status::InvalidArgument
         );
         assert_eq!(
-            Span::of(4usize as *const f32, usize::MAX / 2, "p")
+            Span::of(std::ptr::dangling::<f32>(), usize::MAX / 2, "p")
                 .unwrap_err()
                 .status,
             td_status::BadSize

@@ -282,7 +282,7 @@ pub unsafe extern "C" fn td_model_eval(
         let (c, h, w) = m.model.input_shape();
         let (c_out, _, _) = m.model.output_shape();
         let per = c * h * w;
-        if x_len == 0 || x_len % per != 0 {
+        if x_len == 0 || !x_len.is_multiple_of(per) {
             return Err(fail(
                 td_status::BadSize,
                 std::format!("x: {x_len} floats is not a multiple of {per} (C*H*W)"),

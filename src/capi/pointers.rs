@@ -24,7 +24,7 @@ impl Span {
         if ptr.is_null() {
             return Err(null(what));
         }
-        if (ptr as usize) % core::mem::align_of::<T>() != 0 {
+        if !(ptr as usize).is_multiple_of(core::mem::align_of::<T>()) {
             return Err(invalid(std::format!(
                 "{what} is not aligned to {} bytes",
                 core::mem::align_of::<T>()

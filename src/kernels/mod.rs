@@ -196,7 +196,7 @@ impl GroupNormArgs<'_> {
         let c = self.in_ca + self.in_cb;
         let px = self.batch * self.pixels;
         assert!(
-            self.groups > 0 && c % self.groups == 0,
+            self.groups > 0 && c.is_multiple_of(self.groups),
             "group_norm: channels not divisible by groups"
         );
         assert!(
@@ -272,7 +272,7 @@ impl AttentionArgs<'_> {
     pub fn check(&self, out: &[f32]) {
         let n = self.batch * self.tokens * self.channels;
         assert!(
-            self.heads > 0 && self.channels % self.heads == 0,
+            self.heads > 0 && self.channels.is_multiple_of(self.heads),
             "attention: channels not divisible by heads"
         );
         assert!(

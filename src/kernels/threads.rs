@@ -133,7 +133,7 @@ fn worker(shared: &Shared, id: usize) {
                 break;
             }
             spins += 1;
-            if spins % 64 != 0 {
+            if !spins.is_multiple_of(64) {
                 std::hint::spin_loop();
                 continue;
             }

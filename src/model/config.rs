@@ -95,7 +95,7 @@ pub const MAX_TENSOR_ELEMS: usize = (u32::MAX as usize).saturating_add(1);
 fn as_size(key: &str, v: &Value) -> Result<usize> {
     const MAX: u64 = 1 << 20;
     match v.as_u64() {
-        Some(n) if n >= 1 && n <= MAX => Ok(n as usize),
+        Some(n) if (1..=MAX).contains(&n) => Ok(n as usize),
         Some(n) => Err(bad(key, alloc::format!("{n} is out of range 1..={MAX}"))),
         None => Err(bad(
             key,
@@ -360,7 +360,7 @@ impl UNetConfig {
         }
         if let Some(mid) = &self.mid_block {
             let c = self.block_out_channels[n - 1];
-            if mid.add_attention && c % mid.attn_groups != 0 {
+            if mid.add_attention && !c.is_multiple_of(mid.attn_groups) {
                 return Err(bad(
                     "attn_norm_num_groups",
                     alloc::format!("does not divide {c}"),

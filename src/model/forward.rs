@@ -84,7 +84,7 @@ impl Model {
     ) -> Result<()> {
         let (c_in, h, w) = self.input_shape();
         let per_sample = c_in * h * w;
-        if x.is_empty() || x.len() % per_sample != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(per_sample) {
             return Err(Error::BufferSize {
                 what: "model input x",
                 expected: per_sample,

@@ -645,7 +645,7 @@ impl Scheduler {
         f: impl Fn(f64, f64, f64, f64) -> f64,
     ) -> Result<()> {
         let n = x0.len();
-        if t.is_empty() || n % t.len() != 0 {
+        if t.is_empty() || !n.is_multiple_of(t.len()) {
             return Err(invalid_arg(
                 "timesteps",
                 format!("{} timesteps do not split {n} elements", t.len()),

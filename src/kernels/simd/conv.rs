@@ -166,7 +166,7 @@ unsafe fn pack_a<S: Simd, const MR: usize>(
             };
             let run = avail.min(k0 + kc - kk);
             let q0 = kk - k0;
-            let aligned = q0 % 16 == 0 && run % 16 == 0;
+            let aligned = q0.is_multiple_of(16) && run % 16 == 0;
             for i in 0..m {
                 let iy = (oy[i] * s.stride + ky) as isize - s.pad_top as isize;
                 let ix = (ox[i] * s.stride + kx) as isize - s.pad_left as isize;
@@ -341,7 +341,7 @@ pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const MRS: usize, const
 ) {
     let a = p.args;
     let s = &a.shape;
-    debug_assert!(p.mr == MR && MRS <= MR && PACK_OC % (NV * S::LANES) == 0 && NV * S::LANES <= 64);
+    debug_assert!(p.mr == MR && MRS <= MR && PACK_OC.is_multiple_of(NV * S::LANES) && NV * S::LANES <= 64);
     let (og, tg) = (task / p.tile_groups, task % p.tile_groups);
     let ob0 = og * p.obs_per_task;
     let ob1 = (ob0 + p.obs_per_task).min(p.n_ob);

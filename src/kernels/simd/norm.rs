@@ -12,10 +12,10 @@ pub(crate) fn gn_split(a: &GroupNormArgs<'_>) -> (usize, usize) {
     let cpg = (c / a.groups).max(1);
     // Whole 16-channel vectors per task where possible (12 channels per group: 4 groups).
     let mut gpt = 1;
-    while gpt < GN_MAX_GROUPS && ((gpt * cpg) % 16 != 0 || gpt * cpg < 32) {
+    while gpt < GN_MAX_GROUPS && (!(gpt * cpg).is_multiple_of(16) || gpt * cpg < 32) {
         gpt += 1;
     }
-    if (gpt * cpg) % 16 != 0 {
+    if !(gpt * cpg).is_multiple_of(16) {
         gpt = (32 / cpg).max(1);
     }
     let gpt = gpt.clamp(1, GN_MAX_GROUPS).min(a.groups);
