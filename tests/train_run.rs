@@ -7,10 +7,11 @@ mod common;
 
 use common::{fixtures_dir, rel_l2};
 use half::f16;
+use tinydiffusion::model::describe_config;
+use tinydiffusion::schedule::{PredictionType, SchedulerConfig};
 use tinydiffusion::train::data::Dataset;
-use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, Prediction};
+use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, NoiseSchedule};
 use tinydiffusion::train::rng::{Purpose, Stream};
-use tinydiffusion::train::schedule::{BetaSchedule, Schedule};
 use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
 use tinydiffusion::train::TrainGraph;
 use tinydiffusion::Model;
@@ -32,7 +33,7 @@ fn randn(seed: u64, n: usize) -> Vec<f32> {
 fn fixture_params(model: &str) -> (Model, TrainGraph, Vec<f32>) {
     let dir = fixtures_dir().join(model);
     let m = Model::load(&dir).unwrap();
-    let g = TrainGraph::new(&m).unwrap();
+    let g = TrainGraph::new(&describe_config(&m.config).unwrap()).unwrap();
     let mut p = vec![0.0; g.params.buffer_len()];
     let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
     g.params.read_safetensors(&bytes, "", &mut p).unwrap();
@@ -82,7 +83,7 @@ fn whole_model_finite_differences() {
         let (c, h, w) = m.input_shape();
         let n = batch * c * h * w;
         let (x0, eps) = (randn(2, n), randn(3, n));
-        let sched = Schedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02);
+        let sched = NoiseSchedule::new(&SchedulerConfig::ddpm_default()).unwrap();
         let t = [40usize, 610];
         let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let mut x_t = vec![0.0; n];
@@ -106,12 +107,13 @@ fn whole_model_finite_differences() {
             let out = ws.out.clone();
             let l = loss_and_grad(
                 LossKind::Simple,
-                Prediction::Epsilon,
+                PredictionType::Epsilon,
                 &sched,
                 &b,
                 &out,
                 &mut ws.d_out,
-            );
+            )
+            .unwrap();
             if let Some(gr) = grads {
                 g.backward(params, gr, &mut ws, labels.as_deref()).unwrap();
             }

@@ -4,6 +4,8 @@
 //! - [`describe`] builds the op list from a [`UNetConfig`], walking diffusers' `UNet2DModel`
 //!   structure block by block and checking each weight's presence and shape.
 //! - [`forward`] walks the op list once per model evaluation, calling a [`KernelTable`].
+//! - [`description`]: the same op list and parameter list without loading a model (no weights
+//!   file needed), for code that brings its own weights (the trainer).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -15,9 +17,12 @@ use crate::memory::{MemoryPlan, Reuse};
 use crate::weights::{LoadOptions, WeightBytes, WeightLoader, WeightRef, WeightStore};
 
 pub mod describe;
+pub mod description;
 pub mod forward;
 #[cfg(feature = "std")]
 pub mod load;
+
+pub use description::{describe_config, describe_weights, ModelDescription};
 
 /// Index of a tensor in [`Model::tensors`].
 pub type TensorId = usize;

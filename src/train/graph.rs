@@ -18,7 +18,7 @@ use super::params::ParamTable;
 use crate::error::{Error, Result};
 use crate::kernels::ConvShape;
 use crate::memory::{carve, MemoryPlan, Reuse};
-use crate::model::{Model, Op, TensorId, TensorSpec};
+use crate::model::{ModelDescription, Op, TensorId, TensorSpec};
 
 /// The training graph of one model: op list, parameter table and memory plans.
 pub struct TrainGraph {
@@ -77,9 +77,11 @@ fn saved_len(op: &Op) -> usize {
 const EMPTY: (usize, usize) = (0, 0);
 
 impl TrainGraph {
-    pub fn new(model: &Model) -> Result<TrainGraph> {
-        let ops = model.ops().to_vec();
-        let tensors = model.tensors().to_vec();
+    /// The training graph of a described model ([`crate::model::describe_config`], or
+    /// [`crate::model::describe_weights`] to take the parameter names a weights file uses).
+    pub fn new(model: &ModelDescription) -> Result<TrainGraph> {
+        let ops = model.ops.clone();
+        let tensors = model.tensors.clone();
         let n_ops = ops.len();
         // Activation plan: model tensors, then one "saved" tensor per op that has any.
         let mut lens: Vec<usize> = tensors.iter().map(|t| t.len).collect();
