@@ -233,3 +233,65 @@ fn vlb_terms_of_an_oracle() {
         }
     }
 }
+
+/// The trainer's noise levels are the sampler's and diffusers' float32 values, bit for bit.
+#[test]
+fn training_noise_levels_are_the_samplers_bit_for_bit() {
+    use tinydiffusion::schedule::Scheduler;
+    let dir = fixtures_dir();
+    let json = read_json(dir.join("schedules.json"));
+    let tensors = TensorFile::open(dir.join("schedules.safetensors"));
+    for s in json["schedules"].as_array().unwrap() {
+        let cfg = SchedulerConfig {
+            beta_schedule: s["beta_schedule"].as_str().unwrap().parse().unwrap(),
+            beta_start: s["beta_start"].as_f64().unwrap(),
+            beta_end: s["beta_end"].as_f64().unwrap(),
+            ..SchedulerConfig::ddpm_default()
+        };
+        let ours = NoiseSchedule::new(&cfg).unwrap();
+        let sampler = Scheduler::new(cfg.clone(), 50).unwrap();
+        assert!(ours.betas == sampler.betas() && ours.alphas_cumprod == sampler.alphas_cumprod());
+        assert!(ours.betas == tensors.f64s(s["betas"].as_str().unwrap()));
+        assert!(ours.alphas_cumprod == tensors.f64s(s["alphas_cumprod"].as_str().unwrap()));
+    }
+}
+
+/// x0 prediction (`sample`) is not implemented by the losses: a typed error, not a panic.
+#[test]
+fn sample_prediction_is_a_typed_error() {
+    use tinydiffusion::train::loss::{check_prediction, vlb_term, Variance};
+    use tinydiffusion::Error;
+    let sched = schedule(BetaSchedule::Linear);
+    let (x0, eps, x_t) = (vec![0.5f32; 4], vec![0.1f32; 4], vec![0.2f32; 4]);
+    let b = Batch {
+        channels: 1,
+        pixels: 4,
+        x0: &x0,
+        eps: &eps,
+        x_t: &x_t,
+        timesteps: &[3],
+    };
+    let is_unsupported = |e: Error| matches!(e, Error::UnsupportedConfig { ref key, .. } if key == "prediction_type");
+    let mut d = vec![0.0; 8];
+    for kind in [LossKind::Simple, LossKind::Hybrid { lambda: 0.001 }] {
+        let r = loss_and_grad(kind, PredictionType::Sample, &sched, &b, &[0.0; 8], &mut d);
+        assert!(is_unsupported(r.unwrap_err()));
+    }
+    let r = vlb_term(
+        &sched,
+        PredictionType::Sample,
+        Variance::FixedSmall,
+        &b,
+        0,
+        &[0.0; 4],
+        None,
+        0.0,
+    );
+    assert!(is_unsupported(r.unwrap_err()));
+    assert!(is_unsupported(
+        check_prediction(PredictionType::Sample).unwrap_err()
+    ));
+    for ok in [PredictionType::Epsilon, PredictionType::VPrediction] {
+        check_prediction(ok).unwrap();
+    }
+}

@@ -275,6 +275,79 @@ fn checkpoint_reloads_with_inference_path() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// Options the trainer refuses are typed errors; the options a checkpoint stores round-trip,
+/// schedule and prediction type by the core's names.
+#[test]
+fn trainer_options_and_refusals() {
+    use tinydiffusion::schedule::BetaSchedule;
+    use tinydiffusion::Error;
+    let (config, data, opts) = class16_run();
+    let sample = TrainOptions {
+        prediction: PredictionType::Sample,
+        ..opts.clone()
+    };
+    let err = Trainer::new(&config, Init::Seeded(1), data.clone(), sample).err();
+    assert!(
+        matches!(err, Some(Error::UnsupportedConfig { ref key, .. }) if key == "prediction_type"),
+        "{err:?}"
+    );
+    let zero_start = TrainOptions {
+        beta_start: 0.0,
+        ..opts.clone()
+    };
+    let err = Trainer::new(&config, Init::Seeded(1), data.clone(), zero_start).err();
+    assert!(matches!(err, Some(Error::InvalidConfig { .. })), "{err:?}");
+    for (schedule, prediction) in [
+        (BetaSchedule::Sigmoid, PredictionType::VPrediction),
+        (BetaSchedule::Laplace, PredictionType::Epsilon),
+        (BetaSchedule::SquaredcosCapV2, PredictionType::VPrediction),
+    ] {
+        let o = TrainOptions {
+            beta_schedule: schedule,
+            prediction,
+            ..opts.clone()
+        };
+        assert_eq!(TrainOptions::from_json(&o.to_json()).unwrap(), o);
+        let tr = Trainer::new(&config, Init::Seeded(1), data.clone(), o).unwrap();
+        let written = SchedulerConfig::from_json(&tr.scheduler_config()).unwrap();
+        assert_eq!(written, tr.opts.scheduler(false));
+        assert_eq!(
+            (written.beta_schedule, written.prediction_type),
+            (schedule, prediction)
+        );
+    }
+}
+
+/// Starting from a weights file with old diffusers attention names (`query`, ...) trains the
+/// same numbers as from the same file with today's names.
+#[test]
+fn init_from_old_attention_names() {
+    let dir = fixtures_dir().join("tiny-class16");
+    let (config, data, opts) = class16_run();
+    let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n.replace(".to_q.", ".query."), v))
+        .collect();
+    let renamed = safetensors::serialize(tensors, None).unwrap();
+    let mut a = Trainer::new(&config, Init::Weights(&bytes), data.clone(), opts.clone()).unwrap();
+    let mut b = Trainer::new(&config, Init::Weights(&renamed), data, opts).unwrap();
+    assert!(b
+        .graph
+        .params
+        .find("mid_block.attentions.0.query.weight")
+        .is_some());
+    for _ in 0..2 {
+        assert_eq!(
+            a.train_step().unwrap().loss.total,
+            b.train_step().unwrap().loss.total
+        );
+    }
+    assert!(a.params() == b.params());
+}
+
 #[test]
 fn mnist_idx_reader() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,4 +1,5 @@
-//! Training losses and their gradient with respect to the model output.
+//! Training losses and their gradient with respect to the model output, and the noise schedule
+//! they read ([`NoiseSchedule`]: the core's betas and alpha-bars).
 //!
 //! - **L_simple** (DDPM, Algorithm 1): `mean((out - target)^2)` over every element, with
 //!   target `eps` (epsilon prediction) or `v = sqrt(abar) eps - sqrt(1 - abar) x0`
@@ -18,7 +19,7 @@ use crate::error::{unsupported, Result};
 use crate::schedule::{alphas_cumprod, betas, PredictionType, SchedulerConfig};
 
 /// The forward process's per-timestep constants, as the core computes them for sampling
-/// ([`crate::schedule::betas`], [`crate::schedule::alphas_cumprod`]: diffusers' float32
+/// ([`crate::schedule::betas()`], [`crate::schedule::alphas_cumprod`]: diffusers' float32
 /// values, widened to f64), so training and sampling use the same noise levels bit for bit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoiseSchedule {
@@ -29,7 +30,7 @@ pub struct NoiseSchedule {
 impl NoiseSchedule {
     /// The schedule of a scheduler config (its `beta_schedule`, `num_train_timesteps`,
     /// `beta_start`, `beta_end`, `trained_betas`, `rescale_betas_zero_snr`). Errors as
-    /// [`crate::schedule::betas`].
+    /// [`crate::schedule::betas()`].
     pub fn new(cfg: &SchedulerConfig) -> Result<NoiseSchedule> {
         let betas = betas(cfg)?;
         let alphas_cumprod = alphas_cumprod(&betas);

@@ -13,7 +13,7 @@
 //! `tests/train_run.rs` checks that both forwards agree (to f16 rounding of the weights).
 //!
 //! The noise schedule is the core's too: [`loss::NoiseSchedule`] holds the betas and
-//! alpha-bars [`crate::schedule::betas`] computes from a [`crate::schedule::SchedulerConfig`]
+//! alpha-bars [`crate::schedule::betas()`] computes from a [`crate::schedule::SchedulerConfig`]
 //! (diffusers' float32 values, bit for bit), the same config a checkpoint writes as
 //! `scheduler_config.json`, and the prediction type is [`crate::schedule::PredictionType`].
 //!
