@@ -309,7 +309,7 @@ impl Model {
     }
 
     /// The parameter tensors a config implies, in description order (diffusers names and shapes),
-    /// without any weights file. The trainer uses it to initialise a model from scratch.
+    /// without any weights file ([`describe_config`] gives them with the op list).
     pub fn parameter_specs(config: &UNetConfig) -> Result<Vec<crate::weights::NamedWeight>> {
         let mut loader = WeightLoader::shapes_only();
         describe::describe(config, &mut loader, config.sample_size)?;
