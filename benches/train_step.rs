@@ -70,7 +70,10 @@ fn bench(
     }
     let (w, c) = (median(wall), median(cpu));
     // Forward multiply-adds x 3 (forward, input gradient, weight gradient).
-    let gflop = 3.0 * tr.model.flops_per_sample() as f64 * batch as f64 * 1e-9;
+    let flops = tinydiffusion::model::describe_config(&tr.config)
+        .expect("the run's config")
+        .flops_per_sample();
+    let gflop = 3.0 * flops as f64 * batch as f64 * 1e-9;
     println!(
         "{name:<11} batch {batch:>3}: median {:>8.1} ms/step wall, {:>8.1} ms CPU ({:.2} steps/s by CPU time, ~{:.1} GFLOP/s); {} params, {:.1} MiB training memory",
         w * 1e3,

@@ -260,3 +260,54 @@ fn bad_configs_name_the_key() {
         Err(Error::InvalidJson { .. })
     ));
 }
+
+/// `describe_config` (no weights file) describes what loading builds: the same tensors, taps,
+/// op structure and parameter list; `describe_weights` takes the names a file uses.
+#[test]
+fn descriptions_without_a_model_match_the_loaded_model() {
+    use tinydiffusion::model::{describe_config, describe_weights};
+    for m in [
+        "tiny-rgb16",
+        "tiny-gray8",
+        "tiny-class16",
+        "tiny-learnedvar8",
+    ] {
+        let (config, bytes) = fixture(m);
+        let model = Model::from_parts(&config, WeightBytes::Owned(bytes.clone())).unwrap();
+        let d = describe_config(&UNetConfig::from_json(&config).unwrap()).unwrap();
+        assert_eq!(d.tensors, model.tensors(), "{m}");
+        assert_eq!(d.taps, model.taps(), "{m}");
+        assert_eq!(d.parameters, model.parameters(), "{m}");
+        assert_eq!(d.flops_per_sample(), model.flops_per_sample(), "{m}");
+        assert_eq!(
+            (d.input_shape(), d.output_shape()),
+            (model.input_shape(), model.output_shape())
+        );
+        assert_eq!(d.ops.len(), model.ops().len(), "{m}");
+        for (a, b) in d.ops.iter().zip(model.ops()) {
+            assert_eq!((a.reads(), a.writes()), (b.reads(), b.writes()), "{m}");
+        }
+        let names = |w: &[tinydiffusion::weights::NamedWeight]| -> Vec<(String, Vec<usize>)> {
+            w.iter()
+                .map(|w| (w.name.clone(), w.shape.clone()))
+                .collect()
+        };
+        assert_eq!(names(&d.weights), names(&model.weights().named), "{m}");
+        let from_file = describe_weights(&d.config, WeightBytes::Owned(bytes)).unwrap();
+        assert_eq!(names(&from_file.weights), names(&d.weights), "{m}");
+    }
+    // A file with old attention names: the description records the names it found.
+    let (config, bytes) = fixture("tiny-rgb16");
+    let renamed = rewrite(&bytes, |n, d, s, b| {
+        Some((n.replace(".to_q.", ".query."), d, s.to_vec(), b.to_vec()))
+    });
+    let cfg = UNetConfig::from_json(&config).unwrap();
+    let old = describe_weights(&cfg, WeightBytes::Owned(renamed)).unwrap();
+    let new = describe_config(&cfg).unwrap();
+    let count = |d: &tinydiffusion::model::ModelDescription, part: &str| {
+        d.weights.iter().filter(|w| w.name.contains(part)).count()
+    };
+    assert!(count(&new, ".to_q.") > 0);
+    assert_eq!(count(&old, ".query."), count(&new, ".to_q."));
+    assert_eq!((count(&old, ".to_q."), count(&new, ".query.")), (0, 0));
+}

@@ -160,3 +160,64 @@ fn train_resume_and_eval_cli() {
     );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// `--beta-schedule` takes every schedule the core's parser does and writes it to the
+/// checkpoint's scheduler config; an unknown schedule and x0 (`sample`) prediction are refused.
+#[test]
+fn schedule_and_prediction_flags() {
+    use tinydiffusion::schedule::{BetaSchedule, PredictionType, SchedulerConfig};
+    let tmp = std::env::temp_dir().join(format!("tinydiffusion-cli-flags-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let config = tmp.join("config.json");
+    std::fs::write(&config, CONFIG).unwrap();
+    let data = root().join("data/mnist");
+    let out = tmp.join("out");
+    let args = |schedule: &str, prediction: &str| -> Vec<String> {
+        [
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--batch",
+            "1",
+            "--beta-schedule",
+            schedule,
+            "--prediction",
+            prediction,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let fails = |v: Vec<String>, what: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_train"))
+            .args(&v)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success() && err.contains(what), "{v:?}: {err}");
+    };
+    fails(args("cosine", "epsilon"), "sigmoid | laplace");
+    fails(args("linear", "sample"), "--prediction");
+    train(
+        &args("sigmoid", "v_prediction")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        None,
+    );
+    let written =
+        std::fs::read_to_string(out.join("checkpoint-00000001/scheduler/scheduler_config.json"))
+            .unwrap();
+    let cfg = SchedulerConfig::from_json(&written).unwrap();
+    assert_eq!(
+        (cfg.beta_schedule, cfg.prediction_type),
+        (BetaSchedule::Sigmoid, PredictionType::VPrediction)
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

@@ -6,8 +6,9 @@
 mod common;
 
 use common::{fixtures_dir, read_json, rel_l2, TensorFile};
-use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, Prediction};
-use tinydiffusion::train::schedule::{BetaSchedule, Schedule};
+use tinydiffusion::model::describe_config;
+use tinydiffusion::schedule::{PredictionType, SchedulerConfig};
+use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, NoiseSchedule};
 use tinydiffusion::train::TrainGraph;
 use tinydiffusion::Model;
 
@@ -35,7 +36,7 @@ fn check(model_name: &str) -> f64 {
     let prefix = case["expected"]["param_grad_prefix"].as_str().unwrap();
 
     let model = Model::load(&dir).unwrap();
-    let graph = TrainGraph::new(&model).unwrap();
+    let graph = TrainGraph::new(&describe_config(&model.config).unwrap()).unwrap();
     let table = &graph.params;
     let mut params = vec![0.0f32; table.buffer_len()];
     let weights = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
@@ -45,7 +46,7 @@ fn check(model_name: &str) -> f64 {
     let mut ws = graph.workspace(batch);
     let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
     graph.forward(&params, &mut ws, &x_t, &tf, None).unwrap();
-    let sched = Schedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02);
+    let sched = NoiseSchedule::new(&SchedulerConfig::ddpm_default()).unwrap();
     let (c, h, w) = model.input_shape();
     let b = Batch {
         channels: c,
@@ -58,12 +59,13 @@ fn check(model_name: &str) -> f64 {
     let out = ws.out.clone();
     let loss = loss_and_grad(
         LossKind::Simple,
-        Prediction::Epsilon,
+        PredictionType::Epsilon,
         &sched,
         &b,
         &out,
         &mut ws.d_out,
-    );
+    )
+    .unwrap();
     let mut grads = vec![0.0f32; table.buffer_len()];
     graph.backward(&params, &mut grads, &mut ws, None).unwrap();
 

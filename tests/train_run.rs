@@ -7,10 +7,11 @@ mod common;
 
 use common::{fixtures_dir, rel_l2};
 use half::f16;
+use tinydiffusion::model::describe_config;
+use tinydiffusion::schedule::{PredictionType, SchedulerConfig};
 use tinydiffusion::train::data::Dataset;
-use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, Prediction};
+use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, NoiseSchedule};
 use tinydiffusion::train::rng::{Purpose, Stream};
-use tinydiffusion::train::schedule::{BetaSchedule, Schedule};
 use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
 use tinydiffusion::train::TrainGraph;
 use tinydiffusion::Model;
@@ -32,7 +33,7 @@ fn randn(seed: u64, n: usize) -> Vec<f32> {
 fn fixture_params(model: &str) -> (Model, TrainGraph, Vec<f32>) {
     let dir = fixtures_dir().join(model);
     let m = Model::load(&dir).unwrap();
-    let g = TrainGraph::new(&m).unwrap();
+    let g = TrainGraph::new(&describe_config(&m.config).unwrap()).unwrap();
     let mut p = vec![0.0; g.params.buffer_len()];
     let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
     g.params.read_safetensors(&bytes, "", &mut p).unwrap();
@@ -82,7 +83,7 @@ fn whole_model_finite_differences() {
         let (c, h, w) = m.input_shape();
         let n = batch * c * h * w;
         let (x0, eps) = (randn(2, n), randn(3, n));
-        let sched = Schedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02);
+        let sched = NoiseSchedule::new(&SchedulerConfig::ddpm_default()).unwrap();
         let t = [40usize, 610];
         let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let mut x_t = vec![0.0; n];
@@ -106,12 +107,13 @@ fn whole_model_finite_differences() {
             let out = ws.out.clone();
             let l = loss_and_grad(
                 LossKind::Simple,
-                Prediction::Epsilon,
+                PredictionType::Epsilon,
                 &sched,
                 &b,
                 &out,
                 &mut ws.d_out,
-            );
+            )
+            .unwrap();
             if let Some(gr) = grads {
                 g.backward(params, gr, &mut ws, labels.as_deref()).unwrap();
             }
@@ -271,6 +273,79 @@ fn checkpoint_reloads_with_inference_path() {
         dir2
     );
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Options the trainer refuses are typed errors; the options a checkpoint stores round-trip,
+/// schedule and prediction type by the core's names.
+#[test]
+fn trainer_options_and_refusals() {
+    use tinydiffusion::schedule::BetaSchedule;
+    use tinydiffusion::Error;
+    let (config, data, opts) = class16_run();
+    let sample = TrainOptions {
+        prediction: PredictionType::Sample,
+        ..opts.clone()
+    };
+    let err = Trainer::new(&config, Init::Seeded(1), data.clone(), sample).err();
+    assert!(
+        matches!(err, Some(Error::UnsupportedConfig { ref key, .. }) if key == "prediction_type"),
+        "{err:?}"
+    );
+    let zero_start = TrainOptions {
+        beta_start: 0.0,
+        ..opts.clone()
+    };
+    let err = Trainer::new(&config, Init::Seeded(1), data.clone(), zero_start).err();
+    assert!(matches!(err, Some(Error::InvalidConfig { .. })), "{err:?}");
+    for (schedule, prediction) in [
+        (BetaSchedule::Sigmoid, PredictionType::VPrediction),
+        (BetaSchedule::Laplace, PredictionType::Epsilon),
+        (BetaSchedule::SquaredcosCapV2, PredictionType::VPrediction),
+    ] {
+        let o = TrainOptions {
+            beta_schedule: schedule,
+            prediction,
+            ..opts.clone()
+        };
+        assert_eq!(TrainOptions::from_json(&o.to_json()).unwrap(), o);
+        let tr = Trainer::new(&config, Init::Seeded(1), data.clone(), o).unwrap();
+        let written = SchedulerConfig::from_json(&tr.scheduler_config()).unwrap();
+        assert_eq!(written, tr.opts.scheduler(false));
+        assert_eq!(
+            (written.beta_schedule, written.prediction_type),
+            (schedule, prediction)
+        );
+    }
+}
+
+/// Starting from a weights file with old diffusers attention names (`query`, ...) trains the
+/// same numbers as from the same file with today's names.
+#[test]
+fn init_from_old_attention_names() {
+    let dir = fixtures_dir().join("tiny-class16");
+    let (config, data, opts) = class16_run();
+    let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n.replace(".to_q.", ".query."), v))
+        .collect();
+    let renamed = safetensors::serialize(tensors, None).unwrap();
+    let mut a = Trainer::new(&config, Init::Weights(&bytes), data.clone(), opts.clone()).unwrap();
+    let mut b = Trainer::new(&config, Init::Weights(&renamed), data, opts).unwrap();
+    assert!(b
+        .graph
+        .params
+        .find("mid_block.attentions.0.query.weight")
+        .is_some());
+    for _ in 0..2 {
+        assert_eq!(
+            a.train_step().unwrap().loss.total,
+            b.train_step().unwrap().loss.total
+        );
+    }
+    assert!(a.params() == b.params());
 }
 
 #[test]

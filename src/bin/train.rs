@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use tinydiffusion::schedule::{BetaSchedule, PredictionType, SchedulerConfig, VarianceType};
 use tinydiffusion::train::checkpoint;
 use tinydiffusion::train::data::Dataset;
-use tinydiffusion::train::loss::{LossKind, Prediction};
-use tinydiffusion::train::schedule::BetaSchedule;
+use tinydiffusion::train::loss::{LossKind, NoiseSchedule};
 use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
 use tinydiffusion::UNetConfig;
 
@@ -60,7 +60,8 @@ optimiser:
 objective:
   --prediction P        epsilon | v_prediction (default epsilon)
   --loss L              simple | hybrid (learned_range models; lambda 0.001)
-  --beta-schedule S     linear | scaled_linear | squaredcos_cap_v2 (default linear)
+  --beta-schedule S     linear | scaled_linear | squaredcos_cap_v2 | sigmoid | laplace
+                        (diffusers' schedules; default linear)
   --timesteps T         (default 1000)
   --label-dropout P     probability of the null class (classifier-free guidance; default 0)
   --null-class K        (default: the model's last class)
@@ -159,8 +160,8 @@ fn parse() -> Result<Args, String> {
             "--ema" => o.ema_max_decay = num("--ema", val()?)?,
             "--prediction" => {
                 o.prediction = match val()?.as_str() {
-                    "epsilon" => Prediction::Epsilon,
-                    "v_prediction" | "v" => Prediction::V,
+                    "epsilon" => PredictionType::Epsilon,
+                    "v_prediction" | "v" => PredictionType::VPrediction,
                     v => return Err(format!("--prediction: `{v}` (epsilon | v_prediction)")),
                 }
             }
@@ -172,7 +173,13 @@ fn parse() -> Result<Args, String> {
                 }
             }
             "--beta-schedule" => {
-                o.beta_schedule = BetaSchedule::parse(&val()?).map_err(|e| e.to_string())?
+                let v = val()?;
+                o.beta_schedule = v.parse().map_err(|_| {
+                    format!(
+                        "--beta-schedule: `{v}` ({})",
+                        BetaSchedule::NAMES.join(" | ")
+                    )
+                })?
             }
             "--timesteps" => o.num_train_timesteps = num("--timesteps", val()?)?,
             "--label-dropout" => o.label_dropout = num("--label-dropout", val()?)?,
@@ -452,7 +459,6 @@ fn run(args: Args) -> Result<(), String> {
 fn eval_main(args: &[String]) -> Result<(), String> {
     use tinydiffusion::train::eval;
     use tinydiffusion::train::loss::Variance;
-    use tinydiffusion::train::schedule::Schedule;
     let (mut model, mut data, mut range, mut k, mut batch, mut seed, mut variance) = (
         None,
         None,
@@ -502,36 +508,33 @@ fn eval_main(args: &[String]) -> Result<(), String> {
     let e = |e: tinydiffusion::Error| e.to_string();
     let dir = model.ok_or("eval: --model DIR is required")?;
     let files = tinydiffusion::model::load::ModelFiles::find(&dir).map_err(e)?;
-    let m = tinydiffusion::Model::load(&dir).map_err(e)?;
-    let graph = tinydiffusion::train::TrainGraph::new(&m).map_err(e)?;
-    let mut params = vec![0.0f32; graph.params.buffer_len()];
+    let read_text =
+        |p: &Path| std::fs::read_to_string(p).map_err(|x| format!("{}: {x}", p.display()));
+    let config = UNetConfig::from_json(&read_text(&files.config)?).map_err(e)?;
     let bytes = std::fs::read(&files.weights).map_err(|x| x.to_string())?;
+    // The parameters as this file names them (old or new diffusers names).
+    let description = tinydiffusion::model::describe_weights(
+        &config,
+        tinydiffusion::weights::WeightBytes::Owned(bytes.clone()),
+    )
+    .map_err(e)?;
+    let graph = tinydiffusion::train::TrainGraph::new(&description).map_err(e)?;
+    let mut params = vec![0.0f32; graph.params.buffer_len()];
     graph
         .params
         .read_safetensors(&bytes, "", &mut params)
         .map_err(e)?;
-    // The training schedule, prediction type and variance from the scheduler config.
-    let sc: serde_json::Value = match &files.scheduler_config {
-        Some(p) => serde_json::from_str(&std::fs::read_to_string(p).map_err(|x| x.to_string())?)
-            .map_err(|x| x.to_string())?,
-        None => serde_json::json!({}),
+    // The training schedule, prediction type and variance from the scheduler config (diffusers'
+    // DDPM defaults without one).
+    let sc = match &files.scheduler_config {
+        Some(p) => SchedulerConfig::from_json(&read_text(p)?).map_err(e)?,
+        None => SchedulerConfig::ddpm_default(),
     };
-    let schedule =
-        BetaSchedule::parse(sc["beta_schedule"].as_str().unwrap_or("linear")).map_err(e)?;
-    let sched = Schedule::new(
-        schedule,
-        sc["num_train_timesteps"].as_u64().unwrap_or(1000) as usize,
-        sc["beta_start"].as_f64().unwrap_or(1e-4),
-        sc["beta_end"].as_f64().unwrap_or(0.02),
-    );
-    let pred = if sc["prediction_type"] == "v_prediction" {
-        Prediction::V
-    } else {
-        Prediction::Epsilon
-    };
-    let variance = variance.unwrap_or(match sc["variance_type"].as_str() {
-        Some("learned_range") => Variance::Learned,
-        Some("fixed_large") | Some("fixed_large_log") => Variance::FixedLarge,
+    let sched = NoiseSchedule::new(&sc).map_err(e)?;
+    let pred = sc.prediction_type;
+    let variance = variance.unwrap_or(match sc.variance_type {
+        VarianceType::LearnedRange => Variance::Learned,
+        VarianceType::FixedLarge | VarianceType::FixedLargeLog => Variance::FixedLarge,
         _ => Variance::FixedSmall,
     });
     let data_path = data.ok_or("eval: --data is required")?;
@@ -552,14 +555,14 @@ fn eval_main(args: &[String]) -> Result<(), String> {
     };
     tinydiffusion::train::layers::gemm::set_threads(args_like.threads)
         .map_err(|x| format!("cannot start threads: {x}"))?;
-    let ds = load_data(&args_like, &m.config)?;
+    let ds = load_data(&args_like, &config)?;
     let mut ws = graph.workspace(batch.max(1));
     let t0 = Instant::now();
     eprintln!(
         "eval: {} images x {} timesteps, {variance:?} variance, {} prediction",
         ds.len(),
         k.min(sched.steps()),
-        pred.name()
+        pred
     );
     let nll = eval::evaluate(
         &graph,

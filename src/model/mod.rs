@@ -7,6 +7,8 @@
 //! - [`describe`] builds the op list from a [`UNetConfig`], walking diffusers' `UNet2DModel`
 //!   structure block by block and checking each weight's presence and shape.
 //! - [`forward`] walks the op list once per model evaluation, calling a [`KernelTable`].
+//! - [`description`]: the same op list and parameter list without loading a model (no weights
+//!   file needed), for code that brings its own weights (the trainer).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -22,6 +24,7 @@ pub mod config;
 #[cfg(feature = "std")]
 pub mod convert;
 pub mod describe;
+pub mod description;
 pub mod forward;
 #[cfg(feature = "std")]
 pub mod load;
@@ -31,6 +34,7 @@ pub use ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
+pub use description::{describe_config, describe_weights, ModelDescription};
 
 /// A named activation worth inspecting (diffusers module outputs, for parity debugging).
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +121,7 @@ impl Model {
     }
 
     /// The parameter tensors a config implies, in description order (diffusers names and shapes),
-    /// without any weights file. The trainer uses it to initialise a model from scratch.
+    /// without any weights file ([`describe_config`] gives them with the op list).
     pub fn parameter_specs(config: &UNetConfig) -> Result<Vec<crate::weights::NamedWeight>> {
         let mut loader = WeightLoader::shapes_only();
         describe::describe(config, &mut loader, config.sample_size)?;

@@ -120,8 +120,11 @@ pub enum DdimPrevTimestep {
 }
 
 macro_rules! names {
-    ($ty:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+    ($ty:ident, $key:literal { $($variant:ident = $name:literal),+ $(,)? }) => {
         impl $ty {
+            /// Every accepted name, as diffusers writes it in JSON.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
             /// The value as diffusers writes it in JSON.
             pub fn as_str(self) -> &'static str {
                 match self {
@@ -138,6 +141,18 @@ macro_rules! names {
             }
         }
 
+        /// Parses the name diffusers writes in JSON (one of [`Self::NAMES`]); anything else is
+        /// [`Error::UnsupportedConfig`] naming the key.
+        impl core::str::FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<$ty> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(unsupported($key, Value::from(s))),
+                }
+            }
+        }
+
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
@@ -146,14 +161,14 @@ macro_rules! names {
     };
 }
 
-names!(BetaSchedule {
+names!(BetaSchedule, "beta_schedule" {
     Linear = "linear",
     ScaledLinear = "scaled_linear",
     SquaredcosCapV2 = "squaredcos_cap_v2",
     Sigmoid = "sigmoid",
     Laplace = "laplace",
 });
-names!(VarianceType {
+names!(VarianceType, "variance_type" {
     FixedSmall = "fixed_small",
     FixedSmallLog = "fixed_small_log",
     FixedLarge = "fixed_large",
@@ -161,12 +176,12 @@ names!(VarianceType {
     Learned = "learned",
     LearnedRange = "learned_range",
 });
-names!(PredictionType {
+names!(PredictionType, "prediction_type" {
     Epsilon = "epsilon",
     Sample = "sample",
     VPrediction = "v_prediction",
 });
-names!(TimestepSpacing {
+names!(TimestepSpacing, "timestep_spacing" {
     Leading = "leading",
     Trailing = "trailing",
     Linspace = "linspace",

@@ -15,10 +15,10 @@
 
 use super::data::Dataset;
 use super::graph::{TrainGraph, TrainWorkspace};
-use super::loss::{vlb_term, Batch, Prediction, Variance};
+use super::loss::{check_prediction, vlb_term, Batch, NoiseSchedule, Variance};
 use super::rng::{Purpose, Stream};
-use super::schedule::Schedule;
 use crate::error::Result;
+use crate::schedule::PredictionType;
 
 /// The bound of a set of images.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,7 +37,7 @@ pub struct Nll {
 }
 
 /// `L_T` of one image in bits/dim: `KL(N(sqrt(abar_T) x0, 1 - abar_T) || N(0, 1))` per dim.
-pub fn prior_bpd(sched: &Schedule, x0: &[f32]) -> f64 {
+pub fn prior_bpd(sched: &NoiseSchedule, x0: &[f32]) -> f64 {
     let abar = sched.alphas_cumprod[sched.steps() - 1];
     let var = 1.0 - abar;
     let kl: f64 = x0
@@ -59,13 +59,14 @@ pub fn evaluate(
     params: &[f32],
     ws: &mut TrainWorkspace,
     data: &Dataset,
-    sched: &Schedule,
-    pred: Prediction,
+    sched: &NoiseSchedule,
+    pred: PredictionType,
     variance: Variance,
     timesteps_per_image: usize,
     seed: u64,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Nll> {
+    check_prediction(pred)?;
     let big_t = sched.steps();
     let k = timesteps_per_image.clamp(1, big_t);
     let batch = ws.batch();
@@ -126,7 +127,7 @@ pub fn evaluate(
             timesteps: &t,
         };
         for (slot, &(img, ts, weight)) in chunk.iter().enumerate() {
-            let term = weight * vlb_term(sched, pred, variance, &b, slot, &ws.out, None, 0.0);
+            let term = weight * vlb_term(sched, pred, variance, &b, slot, &ws.out, None, 0.0)?;
             per_image[img] += term;
             if ts == 0 {
                 decoder += term;

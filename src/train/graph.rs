@@ -20,7 +20,7 @@ use crate::kernels::ConvShape;
 use crate::memory::{carve, MemoryPlan, Reuse};
 use crate::model::backend::{walk, Backend};
 use crate::model::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Model, Op, OutputOp,
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, ModelDescription, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 use crate::weights::WeightRef;
@@ -82,9 +82,11 @@ fn saved_len(op: &Op) -> usize {
 const EMPTY: (usize, usize) = (0, 0);
 
 impl TrainGraph {
-    pub fn new(model: &Model) -> Result<TrainGraph> {
-        let ops = model.ops().to_vec();
-        let tensors = model.tensors().to_vec();
+    /// The training graph of a described model ([`crate::model::describe_config`], or
+    /// [`crate::model::describe_weights`] to take the parameter names a weights file uses).
+    pub fn new(model: &ModelDescription) -> Result<TrainGraph> {
+        let ops = model.ops.clone();
+        let tensors = model.tensors.clone();
         let n_ops = ops.len();
         // Activation plan: model tensors, then one "saved" tensor per op that has any.
         let mut lens: Vec<usize> = tensors.iter().map(|t| t.len).collect();

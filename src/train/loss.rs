@@ -1,4 +1,5 @@
-//! Training losses and their gradient with respect to the model output.
+//! Training losses and their gradient with respect to the model output, and the noise schedule
+//! they read ([`NoiseSchedule`]: the core's betas and alpha-bars).
 //!
 //! - **L_simple** (DDPM, Algorithm 1): `mean((out - target)^2)` over every element, with
 //!   target `eps` (epsilon prediction) or `v = sqrt(abar) eps - sqrt(1 - abar) x0`
@@ -12,21 +13,60 @@
 //!   prediction (so `L_t` trains only the variance channels), as in Nichol & Dhariwal's code
 //!   (`lambda = 0.001`, `T = 1000` gives weight 1 per sampled term).
 
-use super::schedule::Schedule;
+use alloc::vec::Vec;
 
-/// What the model predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prediction {
+use crate::error::{unsupported, Result};
+use crate::schedule::{alphas_cumprod, betas, PredictionType, SchedulerConfig};
+
+/// The forward process's per-timestep constants, as the core computes them for sampling
+/// ([`crate::schedule::betas()`], [`crate::schedule::alphas_cumprod`]: diffusers' float32
+/// values, widened to f64), so training and sampling use the same noise levels bit for bit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoiseSchedule {
+    pub betas: Vec<f64>,
+    pub alphas_cumprod: Vec<f64>,
+}
+
+impl NoiseSchedule {
+    /// The schedule of a scheduler config (its `beta_schedule`, `num_train_timesteps`,
+    /// `beta_start`, `beta_end`, `trained_betas`, `rescale_betas_zero_snr`). Errors as
+    /// [`crate::schedule::betas()`].
+    pub fn new(cfg: &SchedulerConfig) -> Result<NoiseSchedule> {
+        let betas = betas(cfg)?;
+        let alphas_cumprod = alphas_cumprod(&betas);
+        Ok(NoiseSchedule {
+            betas,
+            alphas_cumprod,
+        })
+    }
+
+    /// Number of training timesteps.
+    pub fn steps(&self) -> usize {
+        self.betas.len()
+    }
+}
+
+/// The prediction types the losses implement: epsilon and v. x_0 prediction (`sample`) is not
+/// implemented by the trainer; asking for it is [`crate::Error::UnsupportedConfig`].
+pub fn check_prediction(pred: PredictionType) -> Result<()> {
+    target(pred).map(|_| ())
+}
+
+/// What the model output is compared with.
+#[derive(Clone, Copy)]
+enum Target {
     Epsilon,
     V,
 }
 
-impl Prediction {
-    pub fn name(self) -> &'static str {
-        match self {
-            Prediction::Epsilon => "epsilon",
-            Prediction::V => "v_prediction",
-        }
+fn target(pred: PredictionType) -> Result<Target> {
+    match pred {
+        PredictionType::Epsilon => Ok(Target::Epsilon),
+        PredictionType::VPrediction => Ok(Target::V),
+        PredictionType::Sample => Err(unsupported(
+            "prediction_type",
+            "sample (the trainer implements epsilon and v_prediction)",
+        )),
     }
 }
 
@@ -59,15 +99,17 @@ pub struct LossValue {
     pub vlb: f64,
 }
 
-/// Computes the loss of `out` (NCHW, `C` or `2C` channels) and writes `d_out`.
+/// Computes the loss of `out` (NCHW, `C` or `2C` channels) and writes `d_out`. Errors only for
+/// a prediction type the trainer does not implement ([`check_prediction`]).
 pub fn loss_and_grad(
     kind: LossKind,
-    pred: Prediction,
-    sched: &Schedule,
+    pred: PredictionType,
+    sched: &NoiseSchedule,
     b: &Batch<'_>,
     out: &[f32],
     d_out: &mut [f32],
-) -> LossValue {
+) -> Result<LossValue> {
+    let tgt = target(pred)?;
     let (c, hw) = (b.channels, b.pixels);
     let batch = b.timesteps.len();
     let out_c = out.len() / (batch * hw);
@@ -82,9 +124,9 @@ pub fn loss_and_grad(
             for p in 0..hw {
                 let i = (n * c + ch) * hw + p;
                 let o = (n * out_c + ch) * hw + p;
-                let target = match pred {
-                    Prediction::Epsilon => b.eps[i] as f64,
-                    Prediction::V => sa * b.eps[i] as f64 - sb * b.x0[i] as f64,
+                let target = match tgt {
+                    Target::Epsilon => b.eps[i] as f64,
+                    Target::V => sa * b.eps[i] as f64 - sb * b.x0[i] as f64,
                 };
                 let diff = out[o] as f64 - target;
                 value.mse += diff * diff;
@@ -107,12 +149,12 @@ pub fn loss_and_grad(
                 out,
                 Some(&mut *d_out),
                 weight / (batch as f64),
-            );
+            )?;
         }
         value.vlb = vlb / batch as f64;
         value.total += weight * value.vlb;
     }
-    value
+    Ok(value)
 }
 
 /// `0.5 * (1 + erf(x / sqrt(2)))` as improved DDPM approximates it (tanh form), and its
@@ -141,18 +183,20 @@ pub enum Variance {
 /// `L_t` of sample `n` in bits/dim (`t > 0`: KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t));
 /// `t = 0`: the discretized-Gaussian decoder's negative log-likelihood of `x_0`). With a
 /// gradient buffer, adds `scale * dL_t / d(variance channels)` to it (learned variance only;
-/// the model mean is treated as a constant).
+/// the model mean is treated as a constant). Errors only for a prediction type the trainer does
+/// not implement ([`check_prediction`]).
 #[allow(clippy::too_many_arguments)]
 pub fn vlb_term(
-    sched: &Schedule,
-    pred: Prediction,
+    sched: &NoiseSchedule,
+    pred: PredictionType,
     variance: Variance,
     b: &Batch<'_>,
     n: usize,
     out: &[f32],
     mut d_out: Option<&mut [f32]>,
     scale: f64,
-) -> f64 {
+) -> Result<f64> {
+    let tgt = target(pred)?;
     let (c, hw) = (b.channels, b.pixels);
     let out_c = if variance == Variance::Learned {
         2 * c
@@ -192,9 +236,9 @@ pub fn vlb_term(
             let var_idx = (n * out_c + c + ch) * hw + p;
             let x_t = b.x_t[i] as f64;
             let x0 = b.x0[i] as f64;
-            let x0_hat = match pred {
-                Prediction::Epsilon => (x_t - (1.0 - abar).sqrt() * mean_out) / abar.sqrt(),
-                Prediction::V => abar.sqrt() * x_t - (1.0 - abar).sqrt() * mean_out,
+            let x0_hat = match tgt {
+                Target::Epsilon => (x_t - (1.0 - abar).sqrt() * mean_out) / abar.sqrt(),
+                Target::V => abar.sqrt() * x_t - (1.0 - abar).sqrt() * mean_out,
             };
             let mean_p = c1 * x0_hat + c2 * x_t;
             let log_var_p = match variance {
@@ -268,5 +312,5 @@ pub fn vlb_term(
             }
         }
     }
-    total / (dims * ln2)
+    Ok(total / (dims * ln2))
 }

@@ -1,6 +1,6 @@
 //! The trainer's f32 master weights, keyed by the same [`WeightRef`]s the op list holds.
 //!
-//! The inference [`Model`] resolves each op's weights to f16 data at load. The trainer keeps its
+//! The inference [`Model`](crate::Model) resolves each op's weights to f16 data at load. The trainer keeps its
 //! own flat f32 buffer (parameters, and likewise gradients, Adam moments and the EMA, all with
 //! the same layout) and a table from each op's `WeightRef` to a range of that buffer, so the
 //! training walk reads the *same* op list, only through another weight source. The table also
@@ -21,7 +21,7 @@ use safetensors::{Dtype, SafeTensors};
 use super::layers::conv::{hwio_to_oihw, oihw_to_hwio};
 use super::rng::{Purpose, Stream};
 use crate::error::{Error, Result};
-use crate::model::{Model, Op};
+use crate::model::{ModelDescription, Op};
 use crate::weights::WeightRef;
 
 /// What a parameter tensor is, which fixes its storage layout and its default initialisation.
@@ -90,15 +90,15 @@ fn st_err(e: impl core::fmt::Debug) -> Error {
 }
 
 impl ParamTable {
-    /// Builds the table from a model's recorded weight names and its op list (which says what
-    /// each tensor is).
-    pub fn new(model: &Model) -> Result<ParamTable> {
+    /// Builds the table from a model description's parameter list (names, shapes, references)
+    /// and its op list (which says what each tensor is).
+    pub fn new(model: &ModelDescription) -> Result<ParamTable> {
         let mut kinds: Vec<((u8, usize), ParamKind)> = Vec::new();
         let linear = |kinds: &mut Vec<_>, (w, b): (WeightRef, WeightRef), in_f: usize| {
             kinds.push((key(w), ParamKind::LinearWeight { in_f }));
             kinds.push((key(b), ParamKind::Bias { fan_in: in_f }));
         };
-        for op in model.ops() {
+        for op in &model.ops {
             match op {
                 Op::Conv(c) => {
                     let s = &c.shape;
@@ -133,7 +133,7 @@ impl ParamTable {
         kinds.sort_by_key(|k| k.0);
         let mut specs = Vec::new();
         let mut offset = 0;
-        for nw in &model.weights().named {
+        for nw in &model.weights {
             let kind = kinds
                 .binary_search_by_key(&key(nw.weight), |k| k.0)
                 .map(|i| kinds[i].1)

@@ -6,9 +6,13 @@
 //!
 //! The mixer is SplitMix64's finaliser; Gaussians use Box–Muller in f64.
 //!
-//! Consolidation note: `schedule::noise::GaussianNoise` (main) is the crate's seeded
-//! counter-based Gaussian source for sampling; once both are on one branch the trainer's
-//! Gaussian draws can move onto it (the resume guarantee only needs counter-based draws).
+//! Why not the sampler's [`crate::schedule::GaussianNoise`]: that source is one seed with
+//! numbered streams of Gaussians (stream = sampling step). Training draws several kinds of
+//! value per step (a permutation per epoch, uniform timesteps, Bernoulli label dropout and
+//! flips, Gaussian noise, initial weights), each from its own stream keyed by
+//! `(seed, purpose, step)` so that adding or resizing one kind of draw never shifts another, and
+//! every checkpoint written so far is a function of exactly these draws: changing the source
+//! would change every trained weight.
 
 /// What a stream of draws is used for; keeps the streams of one step independent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,15 +13,14 @@ use serde_json::{json, Value};
 use super::checkpoint::{self, CheckpointFiles};
 use super::data::Dataset;
 use super::graph::{TrainGraph, TrainWorkspace};
-use super::loss::{loss_and_grad, Batch, LossKind, LossValue, Prediction};
+use super::loss::{check_prediction, loss_and_grad, Batch, LossKind, LossValue, NoiseSchedule};
 use super::optim::{adamw_step, clip_grad_norm, ema_decay, ema_update, AdamWConfig};
 use super::rng::{permutation, Purpose, Stream};
-use super::schedule::{BetaSchedule, Schedule};
 use crate::config::UNetConfig;
 use crate::error::{invalid_arg, Error, Result};
-use crate::memory::Reuse;
-use crate::weights::{LoadOptions, WeightBytes};
-use crate::Model;
+use crate::model::{describe_config, describe_weights};
+use crate::schedule::{BetaSchedule, PredictionType, SchedulerConfig, VarianceType};
+use crate::weights::WeightBytes;
 
 /// Options of a run. Those that shape the result are stored in every checkpoint and restored
 /// on resume.
@@ -32,7 +31,8 @@ pub struct TrainOptions {
     pub adamw: AdamWConfig,
     /// Largest EMA decay (the decay warms up as `(1 + step) / (10 + step)`).
     pub ema_max_decay: f32,
-    pub prediction: Prediction,
+    /// Epsilon or v; `sample` is refused ([`super::loss::check_prediction`]).
+    pub prediction: PredictionType,
     pub loss: LossKind,
     pub beta_schedule: BetaSchedule,
     pub num_train_timesteps: usize,
@@ -54,7 +54,7 @@ impl Default for TrainOptions {
             seed: 0,
             adamw: AdamWConfig::default(),
             ema_max_decay: 0.999,
-            prediction: Prediction::Epsilon,
+            prediction: PredictionType::Epsilon,
             loss: LossKind::Simple,
             beta_schedule: BetaSchedule::Linear,
             num_train_timesteps: 1000,
@@ -75,9 +75,9 @@ impl TrainOptions {
             "batch": self.batch, "seed": self.seed,
             "lr": a.lr, "beta1": a.beta1, "beta2": a.beta2, "adam_eps": a.eps,
             "weight_decay": a.weight_decay, "warmup": a.warmup, "max_grad_norm": a.max_grad_norm,
-            "ema_max_decay": self.ema_max_decay, "prediction_type": self.prediction.name(),
+            "ema_max_decay": self.ema_max_decay, "prediction_type": self.prediction.as_str(),
             "loss": match self.loss { LossKind::Simple => json!("simple"), LossKind::Hybrid { lambda } => json!({"hybrid": lambda}) },
-            "beta_schedule": self.beta_schedule.name(), "num_train_timesteps": self.num_train_timesteps,
+            "beta_schedule": self.beta_schedule.as_str(), "num_train_timesteps": self.num_train_timesteps,
             "beta_start": self.beta_start, "beta_end": self.beta_end,
             "label_dropout": self.label_dropout, "null_class": self.null_class, "hflip": self.hflip,
             "save_dtype": if self.save_dtype == Dtype::F16 { "f16" } else { "f32" },
@@ -91,6 +91,7 @@ impl TrainOptions {
         };
         let f = |k: &str| v[k].as_f64().ok_or_else(|| bad(k));
         let u = |k: &str| v[k].as_u64().ok_or_else(|| bad(k));
+        let name = |k: &str| v[k].as_str().ok_or_else(|| bad(k));
         let loss = match &v["loss"] {
             Value::String(s) if s == "simple" => LossKind::Simple,
             Value::Object(o) => LossKind::Hybrid {
@@ -114,17 +115,9 @@ impl TrainOptions {
                 max_grad_norm: f("max_grad_norm")? as f32,
             },
             ema_max_decay: f("ema_max_decay")? as f32,
-            prediction: match v["prediction_type"].as_str() {
-                Some("epsilon") => Prediction::Epsilon,
-                Some("v_prediction") => Prediction::V,
-                _ => return Err(bad("prediction_type")),
-            },
+            prediction: name("prediction_type")?.parse()?,
             loss,
-            beta_schedule: BetaSchedule::parse(
-                v["beta_schedule"]
-                    .as_str()
-                    .ok_or_else(|| bad("beta_schedule"))?,
-            )?,
+            beta_schedule: name("beta_schedule")?.parse()?,
             num_train_timesteps: u("num_train_timesteps")? as usize,
             beta_start: f("beta_start")?,
             beta_end: f("beta_end")?,
@@ -137,6 +130,27 @@ impl TrainOptions {
                 Dtype::F16
             },
         })
+    }
+
+    /// The scheduler config of what this run trains (a DDPM scheduler with diffusers' defaults
+    /// for every key the options do not set): its betas and alpha-bars are the training noise
+    /// levels, and it is what checkpoints write as `scheduler_config.json`. `learned_variance`:
+    /// the model outputs `2C` channels (`variance_type` `learned_range`, else `fixed_small`).
+    pub fn scheduler(&self, learned_variance: bool) -> SchedulerConfig {
+        SchedulerConfig {
+            num_train_timesteps: self.num_train_timesteps,
+            beta_start: self.beta_start,
+            beta_end: self.beta_end,
+            beta_schedule: self.beta_schedule,
+            variance_type: if learned_variance {
+                VarianceType::LearnedRange
+            } else {
+                VarianceType::FixedSmall
+            },
+            clip_sample: true,
+            prediction_type: self.prediction,
+            ..SchedulerConfig::ddpm_default()
+        }
     }
 }
 
@@ -160,11 +174,12 @@ pub struct StepStats {
 
 /// A training run in memory.
 pub struct Trainer {
-    pub model: Model,
+    /// The model's config (the UNet being trained).
+    pub config: UNetConfig,
     pub graph: TrainGraph,
     config_json: String,
     pub opts: TrainOptions,
-    sched: Schedule,
+    sched: NoiseSchedule,
     params: Vec<f32>,
     grads: Vec<f32>,
     adam_m: Vec<f32>,
@@ -184,28 +199,6 @@ pub struct Trainer {
     perm_epoch: u64,
 }
 
-fn zero_weights(config: &UNetConfig) -> Result<Vec<u8>> {
-    let specs = Model::parameter_specs(config)?;
-    let data: Vec<Vec<u8>> = specs
-        .iter()
-        .map(|s| std::vec![0u8; 4 * s.shape.iter().product::<usize>()])
-        .collect();
-    let views = specs
-        .iter()
-        .zip(&data)
-        .map(|(s, d)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, s.shape.clone(), d)
-                .map(|v| (s.name.clone(), v))
-                .map_err(|e| Error::InvalidSafetensors {
-                    message: std::format!("{e:?}"),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, None).map_err(|e| Error::InvalidSafetensors {
-        message: std::format!("{e:?}"),
-    })
-}
-
 impl Trainer {
     /// A new run of the UNet described by `config_json` (diffusers' `config.json`) on `data`.
     pub fn new(
@@ -215,17 +208,13 @@ impl Trainer {
         opts: TrainOptions,
     ) -> Result<Trainer> {
         let config = UNetConfig::from_json(config_json)?;
-        let weights = match init {
-            Init::Seeded(_) => zero_weights(&config)?,
-            Init::Weights(b) => b.to_vec(),
+        // Initial weights from a file: the parameters take the names that file uses (old or
+        // new diffusers names), as loading it for inference would.
+        let description = match init {
+            Init::Seeded(_) => describe_config(&config)?,
+            Init::Weights(b) => describe_weights(&config, WeightBytes::Owned(b.to_vec()))?,
         };
-        let model = Model::new(
-            config,
-            WeightBytes::Owned(weights.clone()),
-            LoadOptions::default(),
-            Reuse::Shared,
-        )?;
-        let graph = TrainGraph::new(&model)?;
+        let graph = TrainGraph::new(&description)?;
         let n = graph.params.buffer_len();
         let mut params = std::vec![0.0f32; n];
         match init {
@@ -234,7 +223,7 @@ impl Trainer {
         }
         let ema = params.clone();
         Trainer::assemble(
-            model,
+            config,
             graph,
             config_json,
             opts,
@@ -249,7 +238,7 @@ impl Trainer {
 
     #[allow(clippy::too_many_arguments)]
     fn assemble(
-        model: Model,
+        config: UNetConfig,
         graph: TrainGraph,
         config_json: &str,
         opts: TrainOptions,
@@ -260,7 +249,7 @@ impl Trainer {
         step: u64,
         data: Dataset,
     ) -> Result<Trainer> {
-        let (c, h, w) = model.input_shape();
+        let (c, (h, w)) = (config.in_channels, config.sample_size);
         if (data.channels, data.height, data.width) != (c, h, w) {
             return Err(invalid_arg(
                 "data",
@@ -278,7 +267,7 @@ impl Trainer {
                 "needs at least one image and a batch of at least 1",
             ));
         }
-        if let Some(n) = model.config.num_class_embeds {
+        if let Some(n) = config.num_class_embeds {
             if data.labels.is_none() {
                 return Err(invalid_arg(
                     "data",
@@ -287,24 +276,26 @@ impl Trainer {
             }
             let null = opts.null_class.unwrap_or(n as i64 - 1);
             for &l in data.labels.iter().flatten().chain(core::iter::once(&null)) {
-                model.check_class_label(l)?;
+                if !(0..n as i64).contains(&l) {
+                    return Err(invalid_arg(
+                        "class label",
+                        std::format!("{l} is out of range 0..{n}"),
+                    ));
+                }
             }
         }
+        let learned = config.out_channels == 2 * c;
         if let LossKind::Hybrid { .. } = opts.loss {
-            if model.output_shape().0 != 2 * c {
+            if !learned {
                 return Err(invalid_arg(
                     "loss",
                     "the hybrid loss needs out_channels = 2 * in_channels (learned_range)",
                 ));
             }
         }
+        check_prediction(opts.prediction)?;
         let b = opts.batch;
-        let sched = Schedule::new(
-            opts.beta_schedule,
-            opts.num_train_timesteps,
-            opts.beta_start,
-            opts.beta_end,
-        );
+        let sched = NoiseSchedule::new(&opts.scheduler(learned))?;
         let n = graph.params.buffer_len();
         let ws = graph.workspace(b);
         let sample = c * h * w;
@@ -320,7 +311,7 @@ impl Trainer {
             labels: std::vec![0; b],
             perm: permutation(opts.seed, 0, data.len()),
             perm_epoch: 0,
-            model,
+            config,
             graph,
             opts,
             params,
@@ -357,13 +348,7 @@ impl Trainer {
             String::from_utf8_lossy(&read(checkpoint_dir.join("unet/config.json"))?).into_owned();
         let config = UNetConfig::from_json(&config_json)?;
         let tensors = read(checkpoint_dir.join("training_state.safetensors"))?;
-        let model = Model::new(
-            config,
-            WeightBytes::Owned(zero_weights(&UNetConfig::from_json(&config_json)?)?),
-            LoadOptions::default(),
-            Reuse::Shared,
-        )?;
-        let graph = TrainGraph::new(&model)?;
+        let graph = TrainGraph::new(&describe_config(&config)?)?;
         let n = graph.params.buffer_len();
         let mut bufs = [
             std::vec![0.0f32; n],
@@ -378,9 +363,8 @@ impl Trainer {
             graph.params.read_safetensors(&tensors, prefix, buf)?;
         }
         let [params, ema, m, v] = bufs;
-        // The inference model keeps the zero placeholder weights: training reads only `params`.
         Trainer::assemble(
-            model,
+            config,
             graph,
             &config_json,
             opts,
@@ -418,7 +402,13 @@ impl Trainer {
     }
 
     fn class_conditional(&self) -> bool {
-        self.model.config.num_class_embeds.is_some()
+        self.config.num_class_embeds.is_some()
+    }
+
+    /// (channels, height, width) of the model's input.
+    fn input_shape(&self) -> (usize, usize, usize) {
+        let (h, w) = self.config.sample_size;
+        (self.config.in_channels, h, w)
     }
 
     /// Draws step `s`'s batch: images (data order, flips), labels (dropout), timesteps, noise.
@@ -433,7 +423,7 @@ impl Trainer {
         let null = self
             .opts
             .null_class
-            .unwrap_or(self.model.config.num_class_embeds.unwrap_or(1) as i64 - 1);
+            .unwrap_or(self.config.num_class_embeds.unwrap_or(1) as i64 - 1);
         for k in 0..b {
             let pos = s * b as u64 + k as u64;
             let epoch = pos / n as u64;
@@ -473,7 +463,7 @@ impl Trainer {
         };
         self.graph
             .forward(&self.params, &mut self.ws, &self.x_t, &self.t_f32, labels)?;
-        let (c, h, w) = self.model.input_shape();
+        let (c, h, w) = self.input_shape();
         let batch = Batch {
             channels: c,
             pixels: h * w,
@@ -490,7 +480,7 @@ impl Trainer {
             &batch,
             &ws.out,
             &mut ws.d_out,
-        );
+        )?;
         if !loss.total.is_finite() {
             return Err(invalid_arg("loss", std::format!("not finite at step {s}")));
         }
@@ -536,17 +526,18 @@ impl Trainer {
 
     /// `scheduler/scheduler_config.json` for sampling what this run trains.
     pub fn scheduler_config(&self) -> String {
-        let learned = self.model.output_shape().0 == 2 * self.model.input_shape().0;
+        let learned = self.config.out_channels == 2 * self.config.in_channels;
+        let cfg = self.opts.scheduler(learned);
         let v = json!({
-            "_class_name": "DDPMScheduler",
+            "_class_name": cfg.kind.class_name(),
             "_diffusers_version": "0.42.1",
-            "num_train_timesteps": self.opts.num_train_timesteps,
-            "beta_start": self.opts.beta_start,
-            "beta_end": self.opts.beta_end,
-            "beta_schedule": self.opts.beta_schedule.name(),
-            "variance_type": if learned { "learned_range" } else { "fixed_small" },
-            "clip_sample": true,
-            "prediction_type": self.opts.prediction.name(),
+            "num_train_timesteps": cfg.num_train_timesteps,
+            "beta_start": cfg.beta_start,
+            "beta_end": cfg.beta_end,
+            "beta_schedule": cfg.beta_schedule.as_str(),
+            "variance_type": cfg.variance_type.as_str(),
+            "clip_sample": cfg.clip_sample,
+            "prediction_type": cfg.prediction_type.as_str(),
         });
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }

@@ -9,13 +9,6 @@ pub fn silu(x: f32) -> f32 {
     crate::kernels::silu(x)
 }
 
-/// Derivative of SiLU at `x` (the pre-activation).
-#[inline]
-pub fn silu_grad(x: f32) -> f32 {
-    let s = 1.0 / (1.0 + libm::expf(-x));
-    s * (1.0 + x * (1.0 - s))
-}
-
 /// `out = silu(x)` elementwise (vectorised, [`super::vmath::silu`]).
 pub fn forward(x: &[f32], out: &mut [f32]) {
     super::vmath::silu(x, out);
