@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # NEON path in CI: cross-build the forward-parity test for aarch64-unknown-linux-gnu and run it
 # under qemu-user: every fixture model on the NEON kernels, at 1 and 3 threads; the Winograd
-# kernel tests; the trainer's portable matrix product.
+# kernel tests; every op against the scalar reference; the trainer's portable matrix product.
 # Installs what it needs: the Rust target, Debian's gcc-aarch64-linux-gnu (linker and libc)
 # and qemu-user.
 set -euo pipefail
@@ -27,5 +27,9 @@ cargo test --target "$TARGET" --test forward_parity -- --nocapture --test-thread
 grep -q "\[neon\]: out rel L2" /tmp/neon-test.log || { echo "the NEON path did not run" >&2; exit 1; }
 # The Winograd conv in both of its modes (the fixtures above only reach the weight-major one).
 cargo test --target "$TARGET" --test kernels_simd -- --test-threads 1 winograd
+# Every op of every fixture on the NEON kernels (Winograd on and off) against the scalar
+# reference, op by op.
+cargo test --target "$TARGET" --test backend_ops -- --nocapture --test-threads 1 2>&1 | tee /tmp/neon-ops.log
+grep -q "\[neon\]" /tmp/neon-ops.log || { echo "the NEON op-by-op check did not run" >&2; exit 1; }
 # The trainer's matrix product on its portable kernel (what non-x86 machines train with).
 cargo test --target "$TARGET" --features train --test train_gemm

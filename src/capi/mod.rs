@@ -505,7 +505,10 @@ mod tests {
             td_status::NullPointer
         );
         assert_eq!(
-            Span::of(std::ptr::dangling::<f32>(), 1, "p").unwrap_err().status,
+            // A misaligned address (2 is not a multiple of 4).
+            Span::of(core::ptr::without_provenance::<f32>(2), 1, "p")
+                .unwrap_err()
+                .status,
             td_status::InvalidArgument
         );
         assert_eq!(

@@ -647,6 +647,40 @@ pub fn fma_probe(path: KernelPath, iters: usize) -> crate::Result<(f64, f32)> {
     }
 }
 
+/// The caller's NCHW sample to the arena's NHWC layout (`2x - 1` when `center`, diffusers'
+/// `center_input_sample`); `batch` samples of `channels` x `pixels`.
+pub fn nchw_to_nhwc(
+    src: &[f32],
+    dst: &mut [f32],
+    batch: usize,
+    channels: usize,
+    pixels: usize,
+    center: bool,
+) {
+    let (c, hw) = (channels, pixels);
+    for b in 0..batch {
+        for ch in 0..c {
+            let plane = &src[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+            for (p, v) in plane.iter().enumerate() {
+                dst[(b * hw + p) * c + ch] = if center { 2.0 * v - 1.0 } else { *v };
+            }
+        }
+    }
+}
+
+/// The arena's NHWC layout back to the caller's NCHW.
+pub fn nhwc_to_nchw(src: &[f32], dst: &mut [f32], batch: usize, channels: usize, pixels: usize) {
+    let (c, hw) = (channels, pixels);
+    for b in 0..batch {
+        for ch in 0..c {
+            let plane = &mut dst[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+            for (p, o) in plane.iter_mut().enumerate() {
+                *o = src[(b * hw + p) * c + ch];
+            }
+        }
+    }
+}
+
 /// `x * sigmoid(x)`.
 #[inline]
 pub fn silu(x: f32) -> f32 {

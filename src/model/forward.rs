@@ -9,7 +9,8 @@ use super::ops::{
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::{
-    silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs, LinearArgs, Parallel, Sequential,
+    nchw_to_nhwc, nhwc_to_nchw, silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs,
+    LinearArgs, Parallel, Sequential,
 };
 use crate::memory::carve;
 
@@ -262,16 +263,15 @@ impl Backend for CpuBackend<'_, '_> {
 
     fn input(&mut self, _: usize, op: &InputOp) -> Result<()> {
         let (s, l) = self.region(op.out);
-        let dst = &mut self.arena[s..s + l];
-        let (c, hw) = (op.channels, op.height * op.width);
-        for b in 0..self.batch {
-            for ch in 0..c {
-                let src = &self.x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                for (p, v) in src.iter().enumerate() {
-                    dst[(b * hw + p) * c + ch] = if op.center { 2.0 * v - 1.0 } else { *v };
-                }
-            }
-        }
+        let pixels = op.height * op.width;
+        nchw_to_nhwc(
+            self.x,
+            &mut self.arena[s..s + l],
+            self.batch,
+            op.channels,
+            pixels,
+            op.center,
+        );
         Ok(())
     }
 
@@ -415,16 +415,14 @@ impl Backend for CpuBackend<'_, '_> {
 
     fn output(&mut self, _: usize, op: &OutputOp) -> Result<()> {
         let (s, l) = self.region(op.input);
-        let src = &self.arena[s..s + l];
-        let (c, hw) = (op.channels, op.height * op.width);
-        for b in 0..self.batch {
-            for ch in 0..c {
-                let dst = &mut self.out[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                for (p, o) in dst.iter_mut().enumerate() {
-                    *o = src[(b * hw + p) * c + ch];
-                }
-            }
-        }
+        let pixels = op.height * op.width;
+        nhwc_to_nchw(
+            &self.arena[s..s + l],
+            self.out,
+            self.batch,
+            op.channels,
+            pixels,
+        );
         Ok(())
     }
 }

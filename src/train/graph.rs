@@ -16,12 +16,12 @@ use alloc::vec::Vec;
 use super::layers::{activation, attention, conv, embedding, group_norm, linear};
 use super::params::ParamTable;
 use crate::error::{Error, Result};
-use crate::kernels::ConvShape;
+use crate::kernels::{nchw_to_nhwc, nhwc_to_nchw, ConvShape};
 use crate::memory::{carve, MemoryPlan, Reuse};
 use crate::model::backend::{walk, Backend};
 use crate::model::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, ModelDescription, Op, OutputOp,
-    SiluOp, SinusoidOp, TensorId, TensorSpec,
+    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, ModelDescription, Op,
+    OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 use crate::weights::WeightRef;
 
@@ -543,18 +543,15 @@ impl Backend for TrainForward<'_> {
 
     fn input(&mut self, _: usize, op: &InputOp) -> Result<()> {
         let (s, l) = self.act(op.out);
-        let dst = &mut self.acts[s..s + l];
-        let (c, hw) = (op.channels, op.height * op.width);
-        for b in 0..self.batch {
-            for ch in 0..c {
-                for (q, v) in self.x[(b * c + ch) * hw..(b * c + ch + 1) * hw]
-                    .iter()
-                    .enumerate()
-                {
-                    dst[(b * hw + q) * c + ch] = if op.center { 2.0 * v - 1.0 } else { *v };
-                }
-            }
-        }
+        let pixels = op.height * op.width;
+        nchw_to_nhwc(
+            self.x,
+            &mut self.acts[s..s + l],
+            self.batch,
+            op.channels,
+            pixels,
+            op.center,
+        );
         Ok(())
     }
 
@@ -657,18 +654,14 @@ impl Backend for TrainForward<'_> {
 
     fn output(&mut self, _: usize, op: &OutputOp) -> Result<()> {
         let (s, l) = self.act(op.input);
-        let src = &self.acts[s..s + l];
-        let (c, hw) = (op.channels, op.height * op.width);
-        for b in 0..self.batch {
-            for ch in 0..c {
-                for (q, o) in self.out[(b * c + ch) * hw..(b * c + ch + 1) * hw]
-                    .iter_mut()
-                    .enumerate()
-                {
-                    *o = src[(b * hw + q) * c + ch];
-                }
-            }
-        }
+        let pixels = op.height * op.width;
+        nhwc_to_nchw(
+            &self.acts[s..s + l],
+            self.out,
+            self.batch,
+            op.channels,
+            pixels,
+        );
         Ok(())
     }
 }
