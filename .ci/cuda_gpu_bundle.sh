@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out=target/gpu-bundle
 rm -rf "$out"
 mkdir -p "$out"
-for t in cuda_parity cuda_kernels_compile cuda_alloc; do
+for t in cuda_parity cuda_kernels_compile cuda_alloc backend_ops; do
     bin=$(cargo test --release --features cuda --test "$t" --no-run --message-format=json |
         T="$t" python3 -c 'import json, os, sys
 for line in sys.stdin:
@@ -20,7 +20,7 @@ for line in sys.stdin:
 done
 cargo build --release --features cuda --example bench_cuda --bin sample
 cp target/release/examples/bench_cuda target/release/sample "$out/"
-strip "$out"/cuda_parity "$out"/cuda_kernels_compile "$out"/cuda_alloc "$out"/bench_cuda "$out"/sample
+strip "$out"/cuda_parity "$out"/cuda_kernels_compile "$out"/cuda_alloc "$out"/backend_ops "$out"/bench_cuda "$out"/sample
 # The tests find tests/fixtures and kernels/ through the path they were built in.
 pwd >"$out/manifest_dir"
 ls -l "$out"

@@ -35,6 +35,8 @@ echo "== NVRTC compile (sm_80, sm_90)"
 timeout 300 "$b/cuda_kernels_compile" --nocapture || rc=1
 echo "== parity: fixtures vs diffusers, CIFAR-10 model CPU vs GPU"
 timeout 400 "$b/cuda_parity" --nocapture --test-threads 1 || rc=1
+echo "== every op on the GPU against the CPU reference, op by op (bar 5e-3)"
+timeout 300 "$b/backend_ops" --nocapture --test-threads 1 cuda || rc=1
 echo "== zero host allocations per step"
 timeout 120 "$b/cuda_alloc" || rc=1
 echo "== bench (CIFAR-10 UNet, batch 1 and 64, DDIM 50 x 64)"
