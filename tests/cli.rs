@@ -350,3 +350,62 @@ fn sde_schedulers_sample_and_match_the_rust_api() {
     assert!(!o.status.success() && stderr(&o).contains("--sde-eps"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A model with 2 channels (neither gray nor RGB): the tensor is written, the PNG shows each
+/// image's channels as gray tiles, `--out none` writes no picture, and without `--batch` the
+/// batch is the injected x_T's.
+#[test]
+fn any_channel_count_and_batch_from_init_noise() {
+    let dir = scratch_dir("channels");
+    let model = fixtures_dir().join("extra/options-a"); // 2 channels, 8x16
+    let x_t: Vec<f32> = (0..3 * 2 * 8 * 16).map(|i| ((i % 7) as f32 - 3.0) / 3.0).collect();
+    let init = dir.join("x_T.safetensors");
+    write_f32(&init, "x_T", &[3, 2, 8, 16], &x_t);
+    let (png, tensor) = (dir.join("grid.png"), dir.join("x_0.safetensors"));
+    let o = sample(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--scheduler",
+        "ddim",
+        "--steps",
+        "2",
+        "--init-noise",
+        init.to_str().unwrap(),
+        "--save-tensor",
+        tensor.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 channels"), "{}", stderr(&o));
+    let t = TensorFile::open(&tensor);
+    assert_eq!(t.shape("x_0"), vec![3, 2, 8, 16]);
+    // Three rows (images) of two 16-wide tiles (channels), 2-pixel gaps, gray.
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let info = decoder.read_info().unwrap().info().clone();
+    assert_eq!((info.width, info.height), (2 * 16 + 2, 3 * 8 + 2 * 2));
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+
+    let none = dir.join("none-x_0.safetensors");
+    let o = sample(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--scheduler",
+        "ddim",
+        "--steps",
+        "2",
+        "--init-noise",
+        init.to_str().unwrap(),
+        "--save-tensor",
+        none.to_str().unwrap(),
+        "--out",
+        "none",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!Path::new("none").exists());
+    assert_eq!(
+        TensorFile::open(&none).f32s("x_0"),
+        t.f32s("x_0"),
+        "same run, same bits"
+    );
+}

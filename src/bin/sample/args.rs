@@ -31,7 +31,7 @@ FLAGS:
     --eta F              DDIM eta (0 = deterministic)                          [default: 0]
     --ddim-prev MODE     DDIM previous timestep: diffusers (t - T/N) | next (the next
                          scheduled timestep, correct for trailing/linspace)  [default: diffusers]
-    --batch B            images per run                                        [default: 4]
+    --batch B            images per run         [default: the batch of --init-noise, else 4]
     --seed S             seed of the built-in noise generator                  [default: 0]
     --class-label K[,K..]  class of every image, or one per image (class-conditional
                          models)       [default: 0, 1, 2, ... cycling over all but the last class]
@@ -42,7 +42,9 @@ FLAGS:
     --step-noise FILE    safetensors with tensor noise [S,B,C,H,W] f32, row i for step i
                          (sde/pc: row k for the k-th Gaussian draw)
     --save-tensor FILE   also write the final sample as tensor x_0 [B,C,H,W] f32
-    --out PATH           PNG grid of the batch                       [default: samples.png]
+    --out PATH           PNG grid of the batch, or `none`            [default: samples.png]
+                         (a model with other than 1 or 3 channels: each image's channels
+                         as a row of gray tiles)
     --grid COLS          images per row of the grid                 [default: ceil(sqrt(B))]
     --height H, --width W  must equal the model's sample_size          [default: the model's]
     --threads N          worker threads                                 [default: all cores]
@@ -69,6 +71,8 @@ pub struct SampleArgs {
     pub eta: Option<f64>,
     pub ddim_next: bool,
     pub batch: usize,
+    /// Whether `--batch` was given (otherwise an `--init-noise` tensor sets the batch).
+    pub batch_given: bool,
     pub seed: u64,
     pub class_labels: Option<Vec<i64>>,
     pub guidance: f32,
@@ -155,6 +159,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         eta: None,
         ddim_next: false,
         batch: 4,
+        batch_given: false,
         seed: 0,
         class_labels: None,
         guidance: 0.0,
@@ -216,7 +221,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     }
                 }
             }
-            "--batch" => s.batch = parse_num(flag, value()?)?,
+            "--batch" => {
+                s.batch = parse_num(flag, value()?)?;
+                s.batch_given = true;
+            }
             "--seed" => s.seed = parse_num(flag, value()?)?,
             "--class-label" => {
                 let list = value()?

@@ -249,6 +249,13 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
 
 fn run(a: &SampleArgs) -> Result<(), String> {
     let t0 = Instant::now();
+    // Without --batch, an injected x_T decides how many images there are.
+    let mut a = a.clone();
+    if let (false, Some(path)) = (a.batch_given, &a.init_noise) {
+        let (_, shape) = read_tensor(path, "x_T").map_err(|e| e.to_string())?;
+        a.batch = shape.first().copied().unwrap_or(a.batch);
+    }
+    let a = &a;
     let dir = model_dir(a.model.as_deref());
     let mut model = load_model(&dir)?;
     if let Some(k) = &a.kernels {
@@ -353,15 +360,30 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         eprintln!();
     }
 
-    let (grid_c, grid) = (
-        c,
-        a.grid
-            .unwrap_or_else(|| (a.batch as f64).sqrt().ceil() as usize),
-    );
-    write_png_grid(&a.out, &out, a.batch, grid_c, h, w, grid).map_err(|e| e.to_string())?;
+    // The tensor first: a picture that cannot be drawn must not lose the result.
     if let Some(path) = &a.save_tensor {
         write_tensors(path, &[("x_0", &[a.batch, c, h, w], &out)]).map_err(|e| e.to_string())?;
     }
+    let cols = a
+        .grid
+        .unwrap_or_else(|| (a.batch as f64).sqrt().ceil() as usize);
+    let picture = if a.out.as_os_str() == "none" {
+        None
+    } else if c == 1 || c == 3 {
+        write_png_grid(&a.out, &out, a.batch, c, h, w, cols).map_err(|e| e.to_string())?;
+        Some(a.out.display().to_string())
+    } else {
+        // No colour mapping for other channel counts (latents, learned-variance halves):
+        // each image is a row of its channels as gray tiles.
+        write_png_grid(&a.out, &out, a.batch * c, 1, h, w, c).map_err(|e| e.to_string())?;
+        if !quiet {
+            eprintln!(
+                "{c} channels: {} shows each image's channels as a row of gray tiles",
+                a.out.display()
+            );
+        }
+        Some(a.out.display().to_string())
+    };
     if !quiet {
         eprintln!(
             "{steps} steps ({} model evaluations), batch {}, {:.2}s ({:.2} images/s), setup {:.0} ms, workspace {:.1} MiB, peak RSS {}, kernels {}; wrote {}",
@@ -376,7 +398,12 @@ fn run(a: &SampleArgs) -> Result<(), String> {
                 tinydiffusion::Device::Cpu => model.kernels_name().to_string(),
                 gpu => gpu.to_string(),
             },
-            a.out.display()
+            match (&picture, &a.save_tensor) {
+                (Some(p), Some(t)) => format!("{p} and {}", t.display()),
+                (Some(p), None) => p.clone(),
+                (None, Some(t)) => t.display().to_string(),
+                (None, None) => "nothing (--out none)".into(),
+            }
         );
     }
     Ok(())
