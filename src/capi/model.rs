@@ -51,6 +51,10 @@ pub(super) fn into_handle<T>(value: T) -> *mut T {
 /// `out_model` is not NULL. Errors: `TD_STATUS_IO`, `_INVALID_JSON`, `_INVALID_CONFIG`,
 /// `_UNSUPPORTED`, `_INVALID_WEIGHTS`, `_NULL_POINTER`. Thread-safe.
 ///
+/// The model starts (cores - 1) worker threads here, cores = the CPUs the process may use;
+/// they end in `td_model_free` (see `td_model_set_threads`). `td_model_from_memory` does the
+/// same.
+///
 /// # Safety
 /// `dir` is NULL or a NUL-terminated string; `out_model` is NULL or writable.
 #[no_mangle]
