@@ -187,7 +187,10 @@ impl Model {
             });
         }
         let (arena, scratch) = workspace[..need].split_at_mut(self.plan.arena_len(batch));
+        #[cfg(feature = "std")]
         let run_threads = self.run_threads(threads);
+        #[cfg(not(feature = "std"))]
+        let _ = threads; // one thread without `std`
         #[cfg(feature = "std")]
         let limited;
         #[cfg(feature = "std")]
