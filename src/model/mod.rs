@@ -247,6 +247,7 @@ impl Model {
     }
 
     /// Threads a forward pass capped at `threads` (0: no cap) runs on.
+    #[cfg(feature = "std")]
     pub(crate) fn run_threads(&self, threads: usize) -> usize {
         if threads == 0 {
             self.threads
