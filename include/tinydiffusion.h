@@ -241,8 +241,14 @@ typedef int32_t td_device_kind;
  * A loaded model: weights, op list, memory plan and its scheduler config. Immutable.
  *
  * Threads: one model may be used by any number of threads at once (each with its own
- * workspace and output buffers); only `td_model_free` and `td_model_set_device` need
- * exclusive access.
+ * workspace and output buffers); only `td_model_free`, `td_model_set_device` and
+ * `td_model_set_threads` need exclusive access.
+ *
+ * Worker threads: each model owns a team of (threads - 1) worker threads that split each
+ * kernel call of a forward pass with the calling thread. Loading starts them, one team per
+ * model, with threads = every core the process may use (its CPU affinity); set another
+ * count with `td_model_set_threads`. They sleep when the model is idle and end in
+ * `td_model_free` (or when `td_model_set_threads` replaces the team).
  */
 typedef struct td_model td_model;
 
@@ -347,8 +353,19 @@ typedef struct td_sde_desc {
  * Pointer fields are borrowed for the duration of the call that reads the struct only.
  * A pointer with length 0 may be NULL (absent); a NULL pointer with a non-zero length gives
  * `TD_STATUS_NULL_POINTER`.
+ *
+ * Every call that reads it checks all of its fields (kind, flags, steps, eta, guidance,
+ * labels, noise lengths, threads, the SDE options) before it computes any size:
+ * `td_sample_workspace_len` and `td_sample` fail the same way on the same description,
+ * whatever buffers `td_sample` is given.
  */
 typedef struct td_sampler_desc {
+  /**
+   * `sizeof(td_sampler_desc)` as this header declares it; `td_sampler_desc_default()` sets
+   * it. A description whose size is not the library's (a program built against another
+   * version of the header) gives `TD_STATUS_BAD_SIZE` instead of being misread.
+   */
+  size_t struct_size;
   /**
    * The scheduler (ignored by `td_sample_with_scheduler`).
    */
@@ -363,8 +380,11 @@ typedef struct td_sampler_desc {
    */
   uint64_t seed;
   /**
-   * The class of every image when `class_labels` is NULL; `TD_NO_CLASS` (the default) for
-   * unconditional models. Class-conditional models require a label.
+   * The class of every image when `class_labels` is NULL. `TD_NO_CLASS` (the default):
+   * no label, which unconditional models require; a class-conditional model then samples
+   * the default labels, the same as the `sample` tool's: image i gets class
+   * i mod (num_classes - 1), every class but the last (the null class of guidance) in turn
+   * (class 0 for every image when num_classes <= 2).
    */
   int64_t class_label;
   /**
@@ -396,10 +416,23 @@ typedef struct td_sampler_desc {
   const float *step_noise;
   size_t step_noise_len;
   /**
-   * Options of the continuous-time kinds (ignored by DDPM and DDIM). The last field, so
-   * every earlier field keeps its offset.
+   * Options of the continuous-time kinds (ignored by DDPM and DDIM).
    */
   struct td_sde_desc sde;
+  /**
+   * Threads the run may use, and the count its workspace is sized for:
+   * - 0 (the default): the model's thread count (`td_model_set_threads`; by default every
+   *   core the process may use). The workspace size then depends on the machine: its
+   *   cores, the CPU affinity the program runs under, its SIMD extensions.
+   * - N in 1..=1024: `td_sample_workspace_len` gives the size for N threads, the same on
+   *   every machine of the architecture (it fits every kernel path: scalar, AVX2,
+   *   AVX-512 on x86-64; scalar, NEON on aarch64), and the run uses at most
+   *   min(N, the model's thread count) threads. For an arena sized once (a firmware
+   *   build, a static buffer), set N.
+   *
+   * The output is the same bits for every value.
+   */
+  size_t threads;
 } td_sampler_desc;
 
 #ifdef __cplusplus
@@ -445,6 +478,10 @@ td_status td_last_error_message(char *buf, size_t buf_len, size_t *out_len);
  * `out_model` is not NULL. Errors: `TD_STATUS_IO`, `_INVALID_JSON`, `_INVALID_CONFIG`,
  * `_UNSUPPORTED`, `_INVALID_WEIGHTS`, `_NULL_POINTER`. Thread-safe.
  *
+ * The model starts (cores - 1) worker threads here, cores = the CPUs the process may use;
+ * they end in `td_model_free` (see `td_model_set_threads`). `td_model_from_memory` does the
+ * same.
+ *
  * # Safety
  * `dir` is NULL or a NUL-terminated string; `out_model` is NULL or writable.
  */
@@ -459,8 +496,9 @@ td_status td_model_load(const char *dir, struct td_model **out_model);
  * The weights are NOT copied: f16 tensors are used in place (f32/bf16 ones are rounded to f16
  * into a buffer the model owns). The `weights` bytes must stay valid and unmodified until
  * `td_model_free`, and should be at least 8-byte aligned (any `malloc` result is): f16 data
- * at an odd address gives `TD_STATUS_INVALID_WEIGHTS`. The JSON texts are only read during
- * the call.
+ * at an odd address gives `TD_STATUS_INVALID_WEIGHTS`, whose message says whether the
+ * buffer's address is to blame (pass an aligned buffer) or the file's layout (rewrite it with
+ * `sample convert`). The JSON texts are only read during the call.
  *
  * On success `*out_model` is the new model; on failure it is set to NULL when `out_model` is
  * not NULL. Thread-safe (several threads may even share one weights buffer).
@@ -501,6 +539,31 @@ void td_model_free(struct td_model *model);
 td_status td_model_set_device(struct td_model *model, int32_t device, int32_t ordinal);
 
 /**
+ * Sets the number of threads the model's forward passes use: `threads` in 1..=1024, or 0 for
+ * every core the process may use (the default at load). The model's team of (threads - 1)
+ * worker threads is replaced here, once (the old workers end, the new ones start); they
+ * sleep while the model is idle and end in `td_model_free`. Errors:
+ * `TD_STATUS_INVALID_ARGUMENT` (more than 1024, or the threads cannot be started: the model
+ * then runs on the calling thread alone), `_NULL_POINTER`. A workspace sized with
+ * `td_sampler_desc.threads` = 0 or `td_model_workspace_len` depends on this count; one
+ * sized for an explicit `td_sampler_desc.threads` does not. Not thread-safe: no other call
+ * may use `model` meanwhile.
+ *
+ * # Safety
+ * `model` is NULL or a live model that no other thread is using.
+ */
+td_status td_model_set_threads(struct td_model *model, size_t threads);
+
+/**
+ * `*out_threads` = the number of threads the model's forward passes use (the caller and
+ * `*out_threads - 1` workers). Thread-safe.
+ *
+ * # Safety
+ * `model` is NULL or a live model; `out_threads` is NULL or writable.
+ */
+td_status td_model_get_threads(const struct td_model *model, size_t *out_threads);
+
+/**
  * Fills `*out_info` with the model's shapes and sizes. Thread-safe.
  *
  * # Safety
@@ -510,7 +573,8 @@ td_status td_model_get_info(const struct td_model *model, struct td_model_info *
 
 /**
  * `*out_floats` = the exact number of floats of workspace one `td_model_eval` at `batch`
- * needs. Thread-safe.
+ * needs. It is sized for the model's thread count (`td_model_set_threads`; by default every
+ * core the process may use), so it depends on the machine. Thread-safe.
  *
  * # Safety
  * `model` is NULL or a live model; `out_floats` is NULL or writable.
@@ -559,9 +623,10 @@ struct td_scheduler_desc td_scheduler_desc_default(void);
 struct td_sde_desc td_sde_desc_default(void);
 
 /**
- * The default sampling description: `td_scheduler_desc_default()`, batch 1, seed 0,
- * `TD_NO_CLASS`, no guidance (`null_class` = `TD_DEFAULT_NULL_CLASS`), no injected noise,
- * `td_sde_desc_default()`. Thread-safe.
+ * The default sampling description: `struct_size` = `sizeof(td_sampler_desc)`,
+ * `td_scheduler_desc_default()`, batch 1, seed 0, `TD_NO_CLASS` (a class-conditional model
+ * then samples its default labels), no guidance (`null_class` = `TD_DEFAULT_NULL_CLASS`), no
+ * injected noise, `td_sde_desc_default()`, threads 0 (the model's). Thread-safe.
  */
 struct td_sampler_desc td_sampler_desc_default(void);
 
@@ -640,12 +705,20 @@ td_status td_scheduler_timesteps(const struct td_scheduler *scheduler, int64_t *
 
 /**
  * `*out_floats` = the exact number of floats of workspace `td_sample` needs for this
- * description (it depends on the model, `batch`, whether `guidance` is non-zero, and the
- * model's scheduler config). The same size serves `td_sample_with_scheduler` with a scheduler
- * made for the same model. Thread-safe.
+ * description. It depends on the model, `batch`, whether `guidance` is non-zero, the model's
+ * scheduler config, and `threads`: with `desc->threads` = N >= 1 it is the size for N
+ * threads, the same on every machine (of the architecture) and under any CPU affinity, and
+ * the run uses at most N threads; with 0 (the default) it is the size for the model's
+ * thread count, which depends on the machine (see `td_sampler_desc.threads`). The same size
+ * serves `td_sample_with_scheduler` with a scheduler made for the same model.
+ *
+ * The description is checked in full first, as `td_sample` checks it (an invalid one gives
+ * its error here, never a size). Thread-safe.
  *
  * # Safety
- * `model` is NULL or live; `desc` NULL or readable; `out_floats` NULL or writable.
+ * `model` is NULL or live; `desc` NULL or readable, its pointers as documented on
+ * `td_sampler_desc` (`class_labels` is read, to check the labels); `out_floats` NULL or
+ * writable.
  */
 td_status td_sample_workspace_len(const struct td_model *model,
                                   const struct td_sampler_desc *desc,
@@ -655,7 +728,14 @@ td_status td_sample_workspace_len(const struct td_model *model,
  * Samples a batch: `out` (exactly `[batch, C, H, W]` floats, NCHW, roughly in [-1, 1])
  * receives x_0. The scheduler is built from `desc->scheduler` for this call (its tables are
  * the only allocation; use `td_scheduler_new` + `td_sample_with_scheduler` to sample with
- * none). `workspace`: at least `td_sample_workspace_len` floats, scratch.
+ * none). `workspace`: at least `td_sample_workspace_len` floats for the same description
+ * (the same `threads` included), scratch. A class-conditional model given no label samples
+ * the default labels (see `td_sampler_desc.class_label`).
+ *
+ * Checks, in this order: `model` and `desc`; the whole description (exactly as
+ * `td_sample_workspace_len`); then `workspace` and `out` (NULL, alignment, `out_len`,
+ * `workspace_len` against the size, overlaps). So an invalid description gives its own
+ * error whatever buffers are passed.
  *
  * Thread-safe for one model as long as each thread has its own workspace and output;
  * `workspace` and `out` must not overlap each other, the noise or label arrays, or the

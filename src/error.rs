@@ -25,8 +25,11 @@ pub enum Error {
     },
     /// A tensor has a dtype this library cannot read (only F32, F16, BF16 are).
     UnsupportedDtype { name: String, dtype: String },
-    /// f16 data in the file is not 2-byte aligned, so it cannot be used in place.
-    UnalignedTensor { name: String },
+    /// f16 data is not 2-byte aligned in memory, so it cannot be used in place. `buffer`:
+    /// `None` when the tensor's offset in the file is odd (the file needs rewriting);
+    /// `Some(address)` when the file is fine but the weights buffer it was loaded from starts
+    /// at an odd address (the caller's buffer needs 2-byte alignment).
+    UnalignedTensor { name: String, buffer: Option<usize> },
     /// A weight contains NaN or infinity.
     NonFiniteWeight { name: String },
     /// A caller-provided buffer (workspace, input, output, noise) has the wrong length.
@@ -62,9 +65,15 @@ impl fmt::Display for Error {
             Error::UnsupportedDtype { name, dtype } => {
                 write!(f, "tensor `{name}` has unsupported dtype {dtype} (F32, F16, BF16 are)")
             }
-            Error::UnalignedTensor { name } => write!(
+            Error::UnalignedTensor { name, buffer: None } => write!(
                 f,
                 "f16 tensor `{name}` is not 2-byte aligned in the file; rewrite it with `sample convert`"
+            ),
+            Error::UnalignedTensor { name, buffer: Some(addr) } => write!(
+                f,
+                "f16 tensor `{name}` is not 2-byte aligned in memory: the weights buffer starts at \
+                 the odd address {addr:#x} (the file itself is fine); pass a 2-byte aligned buffer \
+                 (malloc'd memory is)"
             ),
             Error::NonFiniteWeight { name } => write!(f, "tensor `{name}` contains NaN or infinity"),
             Error::BufferSize { what, expected, found } => {

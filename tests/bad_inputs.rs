@@ -807,11 +807,37 @@ fn bad_sampling_arguments() {
                 ..
             })
         ),
+        // Issue 25: no label on a class-conditional model samples the front end's default
+        // labels (as the CLI and the C API do), no longer an error.
         row!(
-            "no label for a class-conditional model",
+            "no label for a class-conditional model: the default labels",
             with!(|_m, c, sc| sample_with(c, sc, SampleOptions::new(1, 1), 0, None)),
+            Ok(())
+        ),
+        row!(
+            "NaN guidance with a workspace too small: the argument error first",
+            with!(|_m, c, sc| {
+                let mut o = SampleOptions::new(1, 1);
+                o.guidance = Some(Guidance {
+                    scale: f32::NAN,
+                    null_class: 2,
+                });
+                sample_with(c, sc, o, -1_000_000, None)
+            }),
             Err(Error::InvalidArgument {
-                what: "class labels",
+                what: "guidance",
+                ..
+            })
+        ),
+        row!(
+            "label out of range with a workspace too small: the argument error first",
+            with!(|_m, c, sc| {
+                let mut o = SampleOptions::new(1, 1);
+                o.class_labels = Some(&[3]);
+                sample_with(c, sc, o, -1_000_000, None)
+            }),
+            Err(Error::InvalidArgument {
+                what: "class label",
                 ..
             })
         ),
@@ -1014,6 +1040,20 @@ fn c_api_bad_calls() {
         f(&mut d2);
         d2
     };
+    // The weights again, one byte past an even address: every f16 tensor sits at an odd one.
+    let w_odd: &'static [u8] = {
+        let buf: &'static mut [u8] = Box::leak(vec![0u8; w.len() + 2].into_boxed_slice());
+        let at = if (buf.as_ptr() as usize).is_multiple_of(2) { 1 } else { 0 };
+        buf[at..at + w.len()].copy_from_slice(w);
+        &buf[at..at + w.len()]
+    };
+    let last_error = || {
+        let mut buf = vec![0 as c_char; 1024];
+        unsafe { td_last_error_message(buf.as_mut_ptr(), buf.len(), null_mut()) };
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
     let bad_utf8 = b"{\"sample_size\": \xff}";
     let garbage = [0xffu8; 64];
     let mut n = 0usize;
@@ -1104,10 +1144,123 @@ fn c_api_bad_calls() {
             sample(cm, with(&|d| d.class_label = 3), 4 * ws_needed, 16),
             td_status::InvalidArgument,
         ),
+        // Issue 25: the C API now samples the default labels (as the CLI does) instead of
+        // failing with "the model is class-conditional".
         (
-            "no class label for a class-conditional model",
+            "no class label for a class-conditional model: the default labels",
             sample(cm, d, 4 * ws_needed, 16),
+            td_status::Ok,
+        ),
+        // Issue 25, item 4: every argument is checked before any size is computed, the same in
+        // td_sample_workspace_len and td_sample (whatever the buffers).
+        (
+            "workspace_len with a NaN guidance scale",
+            unsafe { td_sample_workspace_len(cm, &with(&|d| d.guidance = f32::NAN), &mut n) },
             td_status::InvalidArgument,
+        ),
+        (
+            "sample with a NaN guidance scale and a workspace too small",
+            sample(cm, with(&|d| d.guidance = f32::NAN), 1, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "sample with a NaN guidance scale and a large workspace",
+            sample(cm, with(&|d| d.guidance = f32::NAN), 8 * ws_needed, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "workspace_len with an infinite guidance scale",
+            unsafe {
+                td_sample_workspace_len(cm, &with(&|d| d.guidance = f32::INFINITY), &mut n)
+            },
+            td_status::InvalidArgument,
+        ),
+        (
+            "workspace_len with a class label out of range",
+            unsafe { td_sample_workspace_len(cm, &with(&|d| d.class_label = 3), &mut n) },
+            td_status::InvalidArgument,
+        ),
+        (
+            "workspace_len with a label on an unconditional model",
+            unsafe { td_sample_workspace_len(m, &with(&|d| d.class_label = 0), &mut n) },
+            td_status::InvalidArgument,
+        ),
+        (
+            "workspace_len with a null class out of range",
+            unsafe {
+                td_sample_workspace_len(
+                    cm,
+                    &with(&|d| {
+                        d.guidance = 1.0;
+                        d.null_class = 7;
+                    }),
+                    &mut n,
+                )
+            },
+            td_status::InvalidArgument,
+        ),
+        (
+            "workspace_len with initial noise of the wrong length",
+            unsafe {
+                td_sample_workspace_len(
+                    m,
+                    &with(&|d| {
+                        d.initial_noise = [0.0f32; 4].as_ptr();
+                        d.initial_noise_len = 4;
+                    }),
+                    &mut n,
+                )
+            },
+            td_status::BadSize,
+        ),
+        (
+            "workspace_len with eta NaN",
+            unsafe {
+                td_sample_workspace_len(
+                    m,
+                    &with(&|d| {
+                        d.scheduler.kind = td_scheduler_kind::Ddim as i32;
+                        d.scheduler.eta = f64::NAN;
+                    }),
+                    &mut n,
+                )
+            },
+            td_status::InvalidArgument,
+        ),
+        (
+            "workspace_len with 1025 threads",
+            unsafe { td_sample_workspace_len(m, &with(&|d| d.threads = 1025), &mut n) },
+            td_status::InvalidArgument,
+        ),
+        (
+            "sample with 1025 threads and a workspace too small",
+            sample(m, with(&|d| d.threads = 1025), 1, 16),
+            td_status::InvalidArgument,
+        ),
+        (
+            "desc with another struct_size (built against another header)",
+            unsafe { td_sample_workspace_len(m, &with(&|d| d.struct_size -= 8), &mut n) },
+            td_status::BadSize,
+        ),
+        (
+            "sample with a desc of another struct_size",
+            sample(m, with(&|d| d.struct_size = 0), ws_needed, 16),
+            td_status::BadSize,
+        ),
+        (
+            "set_threads NULL model",
+            unsafe { td_model_set_threads(null_mut(), 1) },
+            td_status::NullPointer,
+        ),
+        (
+            "set_threads 1025",
+            unsafe { td_model_set_threads(m, 1025) },
+            td_status::InvalidArgument,
+        ),
+        (
+            "get_threads NULL out",
+            unsafe { td_model_get_threads(m, null_mut()) },
+            td_status::NullPointer,
         ),
         (
             "step noise length wrong",
@@ -1221,6 +1374,29 @@ fn c_api_bad_calls() {
                 )
             },
             td_status::Unsupported,
+        ),
+        // Issue 25, item 5: weights at an odd address (the file is fine).
+        (
+            "from_memory weights at an odd address",
+            unsafe {
+                let st = td_model_from_memory(
+                    w_odd.as_ptr(),
+                    w_odd.len(),
+                    TINY.as_ptr() as *const c_char,
+                    TINY.len(),
+                    null(),
+                    0,
+                    &mut model_out,
+                );
+                let message = last_error();
+                assert!(
+                    message.contains("address") && message.contains("the file itself is fine"),
+                    "{message}"
+                );
+                assert!(!message.contains("sample convert"), "{message}");
+                st
+            },
+            td_status::InvalidWeights,
         ),
         (
             "load NULL path",

@@ -300,6 +300,53 @@ fn readme_c_example_builds() {
     let dir = scratch_dir("readme");
     std::fs::write(dir.join("app.c"), code).unwrap();
     compile_c(&dir.join("app.c"), &dir.join("app"));
+    // Issue 25: it runs as written on the model the repository ships (from the root).
+    let out = run(Command::new(dir.join("app")).current_dir(root()));
+    assert!(out.contains("images of 1x32x32"), "{out}");
+}
+
+/// Issue 25: a workspace sized for a stated thread count is the same size under any CPU
+/// affinity, and sampling with it gives the same bytes: `examples/c/from_memory.c` (weights
+/// and config in the program's own buffers, `td_model_from_memory`) under `taskset -c 0` and
+/// on every core, for threads = 1 and 2.
+#[test]
+fn stated_threads_size_and_output_do_not_depend_on_affinity() {
+    let dir = scratch_dir("threads");
+    let exe = dir.join("from_memory");
+    compile_c(&root().join("examples/c/from_memory.c"), &exe);
+    let weights = root().join("weights");
+    let sample = |taskset: bool, threads: &str| {
+        let mut cmd = if taskset {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = run(cmd.arg(&weights).args([threads, "2", "3"]));
+        // "workspace N floats for T thread(s); ...; x_0 fnv1a H"
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let size: usize = words[1].parse().unwrap_or_else(|_| panic!("{out}"));
+        (size, words.last().unwrap().to_string(), out)
+    };
+    let has_taskset = Command::new("taskset")
+        .args(["-c", "0", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    for threads in ["1", "2"] {
+        let all = sample(false, threads);
+        eprintln!("all cores, threads {threads}: {}", all.2.trim());
+        if !has_taskset {
+            eprintln!("SKIP the taskset -c 0 half: `taskset` (util-linux) is not available");
+            continue;
+        }
+        let one = sample(true, threads);
+        eprintln!("taskset -c 0, threads {threads}: {}", one.2.trim());
+        assert_eq!(one.0, all.0, "workspace size for {threads} thread(s) under taskset");
+        assert_eq!(one.1, all.1, "x_0 bytes for {threads} thread(s) under taskset");
+    }
+    // And the output does not depend on the stated count either.
+    assert_eq!(sample(false, "1").1, sample(false, "2").1);
 }
 
 #[test]

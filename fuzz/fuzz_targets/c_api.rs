@@ -114,6 +114,10 @@ fn desc(b: &mut Bytes) -> td_sampler_desc {
         _ => (b.u8() % 4) as usize,
     };
     d.seed = b.u64();
+    d.threads = match b.u8() % 4 {
+        0 => b.size(),
+        _ => (b.u8() % 4) as usize,
+    };
     d.class_label = match b.u8() % 3 {
         0 => TD_NO_CLASS,
         1 => (b.u8() % 5) as i64 - 1,

@@ -192,9 +192,18 @@ pub struct td_scheduler_desc {
 /// Pointer fields are borrowed for the duration of the call that reads the struct only.
 /// A pointer with length 0 may be NULL (absent); a NULL pointer with a non-zero length gives
 /// `TD_STATUS_NULL_POINTER`.
+///
+/// Every call that reads it checks all of its fields (kind, flags, steps, eta, guidance,
+/// labels, noise lengths, threads, the SDE options) before it computes any size:
+/// `td_sample_workspace_len` and `td_sample` fail the same way on the same description,
+/// whatever buffers `td_sample` is given.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct td_sampler_desc {
+    /// `sizeof(td_sampler_desc)` as this header declares it; `td_sampler_desc_default()` sets
+    /// it. A description whose size is not the library's (a program built against another
+    /// version of the header) gives `TD_STATUS_BAD_SIZE` instead of being misread.
+    pub struct_size: usize,
     /// The scheduler (ignored by `td_sample_with_scheduler`).
     pub scheduler: td_scheduler_desc,
     /// Images per run, >= 1.
@@ -202,8 +211,11 @@ pub struct td_sampler_desc {
     /// Seed of the built-in counter-based Gaussian generator, used for whatever noise is not
     /// injected. The same seed gives the same bits on every machine and thread count.
     pub seed: u64,
-    /// The class of every image when `class_labels` is NULL; `TD_NO_CLASS` (the default) for
-    /// unconditional models. Class-conditional models require a label.
+    /// The class of every image when `class_labels` is NULL. `TD_NO_CLASS` (the default):
+    /// no label, which unconditional models require; a class-conditional model then samples
+    /// the default labels, the same as the `sample` tool's: image i gets class
+    /// i mod (num_classes - 1), every class but the last (the null class of guidance) in turn
+    /// (class 0 for every image when num_classes <= 2).
     pub class_label: i64,
     /// One label per image (`num_class_labels` = batch, or 1 for all), or NULL.
     pub class_labels: *const i64,
@@ -223,16 +235,33 @@ pub struct td_sampler_desc {
     /// number of Gaussian draws, row k for the k-th).
     pub step_noise: *const f32,
     pub step_noise_len: usize,
-    /// Options of the continuous-time kinds (ignored by DDPM and DDIM). The last field, so
-    /// every earlier field keeps its offset.
+    /// Options of the continuous-time kinds (ignored by DDPM and DDIM).
     pub sde: td_sde_desc,
+    /// Threads the run may use, and the count its workspace is sized for:
+    /// - 0 (the default): the model's thread count (`td_model_set_threads`; by default every
+    ///   core the process may use). The workspace size then depends on the machine: its
+    ///   cores, the CPU affinity the program runs under, its SIMD extensions.
+    /// - N in 1..=1024: `td_sample_workspace_len` gives the size for N threads, the same on
+    ///   every machine of the architecture (it fits every kernel path: scalar, AVX2,
+    ///   AVX-512 on x86-64; scalar, NEON on aarch64), and the run uses at most
+    ///   min(N, the model's thread count) threads. For an arena sized once (a firmware
+    ///   build, a static buffer), set N.
+    ///
+    /// The output is the same bits for every value.
+    pub threads: usize,
 }
 
 /// A loaded model: weights, op list, memory plan and its scheduler config. Immutable.
 ///
 /// Threads: one model may be used by any number of threads at once (each with its own
-/// workspace and output buffers); only `td_model_free` and `td_model_set_device` need
-/// exclusive access.
+/// workspace and output buffers); only `td_model_free`, `td_model_set_device` and
+/// `td_model_set_threads` need exclusive access.
+///
+/// Worker threads: each model owns a team of (threads - 1) worker threads that split each
+/// kernel call of a forward pass with the calling thread. Loading starts them, one team per
+/// model, with threads = every core the process may use (its CPU affinity); set another
+/// count with `td_model_set_threads`. They sleep when the model is idle and end in
+/// `td_model_free` (or when `td_model_set_threads` replaces the team).
 pub struct td_model {
     model: Model,
     scheduler_config: SchedulerConfig,

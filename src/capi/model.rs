@@ -51,6 +51,10 @@ pub(super) fn into_handle<T>(value: T) -> *mut T {
 /// `out_model` is not NULL. Errors: `TD_STATUS_IO`, `_INVALID_JSON`, `_INVALID_CONFIG`,
 /// `_UNSUPPORTED`, `_INVALID_WEIGHTS`, `_NULL_POINTER`. Thread-safe.
 ///
+/// The model starts (cores - 1) worker threads here, cores = the CPUs the process may use;
+/// they end in `td_model_free` (see `td_model_set_threads`). `td_model_from_memory` does the
+/// same.
+///
 /// # Safety
 /// `dir` is NULL or a NUL-terminated string; `out_model` is NULL or writable.
 #[no_mangle]
@@ -87,8 +91,9 @@ pub unsafe extern "C" fn td_model_load(
 /// The weights are NOT copied: f16 tensors are used in place (f32/bf16 ones are rounded to f16
 /// into a buffer the model owns). The `weights` bytes must stay valid and unmodified until
 /// `td_model_free`, and should be at least 8-byte aligned (any `malloc` result is): f16 data
-/// at an odd address gives `TD_STATUS_INVALID_WEIGHTS`. The JSON texts are only read during
-/// the call.
+/// at an odd address gives `TD_STATUS_INVALID_WEIGHTS`, whose message says whether the
+/// buffer's address is to blame (pass an aligned buffer) or the file's layout (rewrite it with
+/// `sample convert`). The JSON texts are only read during the call.
 ///
 /// On success `*out_model` is the new model; on failure it is set to NULL when `out_model` is
 /// not NULL. Thread-safe (several threads may even share one weights buffer).
@@ -186,6 +191,46 @@ pub unsafe extern "C" fn td_model_set_device(
     })
 }
 
+/// Sets the number of threads the model's forward passes use: `threads` in 1..=1024, or 0 for
+/// every core the process may use (the default at load). The model's team of (threads - 1)
+/// worker threads is replaced here, once (the old workers end, the new ones start); they
+/// sleep while the model is idle and end in `td_model_free`. Errors:
+/// `TD_STATUS_INVALID_ARGUMENT` (more than 1024, or the threads cannot be started: the model
+/// then runs on the calling thread alone), `_NULL_POINTER`. A workspace sized with
+/// `td_sampler_desc.threads` = 0 or `td_model_workspace_len` depends on this count; one
+/// sized for an explicit `td_sampler_desc.threads` does not. Not thread-safe: no other call
+/// may use `model` meanwhile.
+///
+/// # Safety
+/// `model` is NULL or a live model that no other thread is using.
+#[no_mangle]
+pub unsafe extern "C" fn td_model_set_threads(model: *mut td_model, threads: usize) -> td_status {
+    guard(|| {
+        // SAFETY: NULL or a live, unshared model per the contract.
+        let m = unsafe { model.as_mut() }.ok_or_else(|| null("model"))?;
+        m.model.set_threads(threads)?;
+        Ok(())
+    })
+}
+
+/// `*out_threads` = the number of threads the model's forward passes use (the caller and
+/// `*out_threads - 1` workers). Thread-safe.
+///
+/// # Safety
+/// `model` is NULL or a live model; `out_threads` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn td_model_get_threads(
+    model: *const td_model,
+    out_threads: *mut usize,
+) -> td_status {
+    guard(|| {
+        // SAFETY: contract above.
+        let m = unsafe { model_ref(model) }?;
+        // SAFETY: contract above.
+        unsafe { write_out(out_threads, m.model.threads(), "out_threads") }
+    })
+}
+
 /// Fills `*out_info` with the model's shapes and sizes. Thread-safe.
 ///
 /// # Safety
@@ -221,7 +266,8 @@ pub unsafe extern "C" fn td_model_get_info(
 }
 
 /// `*out_floats` = the exact number of floats of workspace one `td_model_eval` at `batch`
-/// needs. Thread-safe.
+/// needs. It is sized for the model's thread count (`td_model_set_threads`; by default every
+/// core the process may use), so it depends on the machine. Thread-safe.
 ///
 /// # Safety
 /// `model` is NULL or a live model; `out_floats` is NULL or writable.

@@ -2,7 +2,7 @@
 
 use core::ffi::c_char;
 
-use super::{fail, invalid, null, td_model, td_scheduler, td_status, Fail};
+use super::{fail, invalid, null, td_model, td_sampler_desc, td_scheduler, td_status, Fail};
 use crate::model::Model;
 
 // ---------------------------------------------------------------------------------------------
@@ -126,6 +126,33 @@ pub(super) unsafe fn read_struct<T: Copy>(ptr: *const T, what: &str) -> Result<T
     // SAFETY: non-NULL and aligned (checked above), readable per the contract. Every `T` used
     // here has only integer, float and raw-pointer fields, for which every bit pattern is valid.
     Ok(unsafe { ptr.read() })
+}
+
+/// Reads a caller's `td_sampler_desc` after checking its `struct_size` (its first field)
+/// against this library's: a program built against another version of the header is told so
+/// (`TD_STATUS_BAD_SIZE`) instead of having its struct misread.
+///
+/// # Safety
+/// `ptr` is NULL or points to a readable `td_sampler_desc` of the caller's header: at least
+/// its first field, a `size_t`, and `struct_size` bytes from there.
+pub(super) unsafe fn read_desc(ptr: *const td_sampler_desc) -> Result<td_sampler_desc, Fail> {
+    let span = Span::of(ptr, 1, "desc")?;
+    // SAFETY: non-NULL and aligned for the struct (so for its first field, a `usize`), and the
+    // first field is readable per the contract.
+    let size = unsafe { (span.addr as *const usize).read() };
+    let expected = core::mem::size_of::<td_sampler_desc>();
+    if size != expected {
+        return Err(fail(
+            td_status::BadSize,
+            std::format!(
+                "desc->struct_size is {size}, this library's td_sampler_desc is {expected} bytes: \
+                 start from td_sampler_desc_default() and build against this library's header"
+            ),
+        ));
+    }
+    // SAFETY: the caller's struct is this library's (its size field says so), readable per
+    // the contract.
+    unsafe { read_struct(ptr, "desc") }
 }
 
 /// Writes a value to a caller's out-pointer.

@@ -4,8 +4,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::model::into_handle;
 use super::pointers::{
-    check_batch, check_disjoint, check_out_len, check_workspace_len, model_ref, read_struct,
-    scheduler_ref, slice, slice_mut, write_out, Span,
+    check_batch, check_disjoint, check_out_len, check_workspace_len, model_ref, read_desc,
+    read_struct, scheduler_ref, slice, slice_mut, write_out, Span,
 };
 use super::{
     fail, guard, invalid, td_model, td_sampler_desc, td_scheduler, td_scheduler_desc,
@@ -45,12 +45,14 @@ pub extern "C" fn td_sde_desc_default() -> td_sde_desc {
     }
 }
 
-/// The default sampling description: `td_scheduler_desc_default()`, batch 1, seed 0,
-/// `TD_NO_CLASS`, no guidance (`null_class` = `TD_DEFAULT_NULL_CLASS`), no injected noise,
-/// `td_sde_desc_default()`. Thread-safe.
+/// The default sampling description: `struct_size` = `sizeof(td_sampler_desc)`,
+/// `td_scheduler_desc_default()`, batch 1, seed 0, `TD_NO_CLASS` (a class-conditional model
+/// then samples its default labels), no guidance (`null_class` = `TD_DEFAULT_NULL_CLASS`), no
+/// injected noise, `td_sde_desc_default()`, threads 0 (the model's). Thread-safe.
 #[no_mangle]
 pub extern "C" fn td_sampler_desc_default() -> td_sampler_desc {
     td_sampler_desc {
+        struct_size: core::mem::size_of::<td_sampler_desc>(),
         scheduler: td_scheduler_desc_default(),
         batch: 1,
         seed: 0,
@@ -64,6 +66,7 @@ pub extern "C" fn td_sampler_desc_default() -> td_sampler_desc {
         step_noise: core::ptr::null(),
         step_noise_len: 0,
         sde: td_sde_desc_default(),
+        threads: 0,
     }
 }
 
@@ -306,12 +309,20 @@ pub unsafe extern "C" fn td_scheduler_timesteps(
 }
 
 /// `*out_floats` = the exact number of floats of workspace `td_sample` needs for this
-/// description (it depends on the model, `batch`, whether `guidance` is non-zero, and the
-/// model's scheduler config). The same size serves `td_sample_with_scheduler` with a scheduler
-/// made for the same model. Thread-safe.
+/// description. It depends on the model, `batch`, whether `guidance` is non-zero, the model's
+/// scheduler config, and `threads`: with `desc->threads` = N >= 1 it is the size for N
+/// threads, the same on every machine (of the architecture) and under any CPU affinity, and
+/// the run uses at most N threads; with 0 (the default) it is the size for the model's
+/// thread count, which depends on the machine (see `td_sampler_desc.threads`). The same size
+/// serves `td_sample_with_scheduler` with a scheduler made for the same model.
+///
+/// The description is checked in full first, as `td_sample` checks it (an invalid one gives
+/// its error here, never a size). Thread-safe.
 ///
 /// # Safety
-/// `model` is NULL or live; `desc` NULL or readable; `out_floats` NULL or writable.
+/// `model` is NULL or live; `desc` NULL or readable, its pointers as documented on
+/// `td_sampler_desc` (`class_labels` is read, to check the labels); `out_floats` NULL or
+/// writable.
 #[no_mangle]
 pub unsafe extern "C" fn td_sample_workspace_len(
     model: *const td_model,
@@ -322,40 +333,59 @@ pub unsafe extern "C" fn td_sample_workspace_len(
         // SAFETY: contract above.
         let m = unsafe { model_ref(model) }?;
         // SAFETY: contract above.
-        let d = unsafe { read_struct(desc, "desc") }?;
-        check_batch(&m.model, d.batch)?;
+        let d = unsafe { read_desc(desc) }?;
         let sampler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
-        let n = sampler.workspace_len(&m.model, d.batch, d.guidance != 0.0);
+        // SAFETY: contract above (the description's pointers).
+        let checked = unsafe { check_desc(m, sampler.method(), &d) }?;
+        let n = sampler.workspace_len_for_threads(
+            &m.model,
+            d.batch,
+            checked.guidance.is_some(),
+            d.threads,
+        );
         // SAFETY: contract above.
         unsafe { write_out(out_floats, n, "out_floats") }
     })
 }
 
-/// The body of both sampling functions. Allocates nothing.
+/// The most threads a description may ask for (as `Model::set_threads`).
+const MAX_THREADS: usize = 1024;
+
+/// A description's buffers and guidance, checked against the model and the method.
+struct CheckedDesc {
+    labels: Option<Span>,
+    initial_noise: Option<Span>,
+    step_noise: Option<Span>,
+    guidance: Option<Guidance>,
+    /// Floats of the batch, batch * C * H * W.
+    n: usize,
+}
+
+/// Every check of a description that does not involve the workspace or the output, shared by
+/// `td_sample_workspace_len` and the sampling calls so that both fail the same way, before
+/// any size is computed.
 ///
 /// # Safety
-/// The pointers of `d` and `workspace` / `out` follow the contract of `td_sample`.
-unsafe fn run_sample(
+/// The pointers of `d` follow the contract of `td_sampler_desc` (`class_labels` is read).
+unsafe fn check_desc(
     m: &td_model,
     method: Method<'_>,
     d: &td_sampler_desc,
-    workspace: *mut f32,
-    workspace_len: usize,
-    out: *mut f32,
-    out_len: usize,
-) -> Result<(), Fail> {
+) -> Result<CheckedDesc, Fail> {
     let model = &m.model;
-    let ws_span = Span::of(workspace as *const f32, workspace_len, "workspace")?;
-    let out_span = Span::of(out as *const f32, out_len, "out")?;
+    let batch = d.batch;
+    check_batch(model, batch)?;
+    if d.threads > MAX_THREADS {
+        return Err(invalid(std::format!(
+            "desc.threads: {} is more than {MAX_THREADS}",
+            d.threads
+        )));
+    }
     let labels_span = Span::optional(d.class_labels, d.num_class_labels, "desc.class_labels")?;
     let init_span = Span::optional(d.initial_noise, d.initial_noise_len, "desc.initial_noise")?;
     let noise_span = Span::optional(d.step_noise, d.step_noise_len, "desc.step_noise")?;
-
-    let batch = d.batch;
-    check_batch(model, batch)?;
     let (c, h, w) = model.input_shape();
     let n = batch * c * h * w;
-    check_out_len("out", out_len, n)?;
     if init_span.is_some() && d.initial_noise_len != n {
         return Err(fail(
             td_status::BadSize,
@@ -375,9 +405,8 @@ unsafe fn run_sample(
             ),
         ));
     }
-    let one_label = [d.class_label];
     let conditional = model.config.num_class_embeds.is_some();
-    if labels_span.is_some() {
+    if let Some(span) = labels_span {
         if d.num_class_labels != batch && d.num_class_labels != 1 {
             return Err(fail(
                 td_status::BadSize,
@@ -392,27 +421,67 @@ unsafe fn run_sample(
                 "desc.class_labels: the model is not class-conditional",
             ));
         }
-    } else if conditional && d.class_label == TD_NO_CLASS {
-        return Err(invalid(
-            "the model is class-conditional: set desc.class_label or desc.class_labels",
-        ));
-    } else if !conditional && d.class_label != TD_NO_CLASS {
-        return Err(invalid(
-            "desc.class_label: the model is not class-conditional (use TD_NO_CLASS)",
-        ));
+        // SAFETY: checked span (NULL, alignment, size); readable per the contract.
+        let labels: &[i64] = unsafe { slice(span) };
+        for &l in labels {
+            model.check_class_label(l)?;
+        }
+    } else if d.class_label != TD_NO_CLASS {
+        if !conditional {
+            return Err(invalid(
+                "desc.class_label: the model is not class-conditional (use TD_NO_CLASS)",
+            ));
+        }
+        model.check_class_label(d.class_label)?;
     }
     let guidance = if d.guidance != 0.0 {
+        if !d.guidance.is_finite() {
+            return Err(invalid(std::format!(
+                "desc.guidance: {} is not finite",
+                d.guidance
+            )));
+        }
         let mut g = Guidance::new(model, d.guidance)?;
         if d.null_class != TD_DEFAULT_NULL_CLASS {
+            model.check_class_label(d.null_class)?;
             g.null_class = d.null_class;
         }
         Some(g)
     } else {
         None
     };
+    Ok(CheckedDesc {
+        labels: labels_span,
+        initial_noise: init_span,
+        step_noise: noise_span,
+        guidance,
+        n,
+    })
+}
+
+/// The body of both sampling functions. Allocates nothing.
+///
+/// # Safety
+/// The pointers of `d` and `workspace` / `out` follow the contract of `td_sample`.
+unsafe fn run_sample(
+    m: &td_model,
+    method: Method<'_>,
+    d: &td_sampler_desc,
+    workspace: *mut f32,
+    workspace_len: usize,
+    out: *mut f32,
+    out_len: usize,
+) -> Result<(), Fail> {
+    let model = &m.model;
+    // SAFETY: forwarded contract.
+    let checked = unsafe { check_desc(m, method, d) }?;
+    let ws_span = Span::of(workspace as *const f32, workspace_len, "workspace")?;
+    let out_span = Span::of(out as *const f32, out_len, "out")?;
+    check_out_len("out", out_len, checked.n)?;
+    let guidance = checked.guidance;
     check_workspace_len(
         workspace_len,
-        sampler::workspace_len_with(model, method, batch, guidance.is_some()),
+        sampler::workspace_len_for_threads(model, method, d.batch, guidance.is_some(), d.threads),
     )?;
     let weights = m
         .borrowed
@@ -421,9 +490,9 @@ unsafe fn run_sample(
     check_disjoint(
         &[(ws_span, "workspace"), (out_span, "out")],
         &[
-            (opt(labels_span), "desc.class_labels"),
-            (opt(init_span), "desc.initial_noise"),
-            (opt(noise_span), "desc.step_noise"),
+            (opt(checked.labels), "desc.class_labels"),
+            (opt(checked.initial_noise), "desc.initial_noise"),
+            (opt(checked.step_noise), "desc.step_noise"),
             (weights, "the model's weights"),
         ],
     )?;
@@ -431,28 +500,27 @@ unsafe fn run_sample(
     // disjoint from each other and from everything read; validity for the call is the
     // caller's contract.
     let (ws, out) = unsafe { (slice_mut::<f32>(ws_span), slice_mut::<f32>(out_span)) };
-    // SAFETY: as above.
-    let labels: Option<&[i64]> = match labels_span {
+    let one_label = [d.class_label];
+    // No label at all on a class-conditional model: `None`, and the sampling loop takes the
+    // front end's default labels (`sampler::default_class_label`), as the `sample` tool does.
+    let labels: Option<&[i64]> = match checked.labels {
+        // SAFETY: as above.
         Some(s) => Some(unsafe { slice(s) }),
-        None if conditional => Some(&one_label),
+        None if d.class_label != TD_NO_CLASS => Some(&one_label),
         None => None,
     };
-    if let Some(labels) = labels {
-        for &l in labels {
-            model.check_class_label(l)?;
-        }
-    }
     // SAFETY: as above.
-    let initial_noise = init_span.map(|s| unsafe { slice::<f32>(s) });
+    let initial_noise = checked.initial_noise.map(|s| unsafe { slice::<f32>(s) });
     // SAFETY: as above.
-    let step_noise = noise_span.map(|s| unsafe { slice::<f32>(s) });
+    let step_noise = checked.step_noise.map(|s| unsafe { slice::<f32>(s) });
     let opts = SampleOptions {
-        batch,
+        batch: d.batch,
         seed: d.seed,
         initial_noise,
         step_noise,
         class_labels: labels,
         guidance,
+        threads: d.threads,
     };
     sampler::sample_with(model, method, ws, &opts, out, None)?;
     Ok(())
@@ -461,7 +529,14 @@ unsafe fn run_sample(
 /// Samples a batch: `out` (exactly `[batch, C, H, W]` floats, NCHW, roughly in [-1, 1])
 /// receives x_0. The scheduler is built from `desc->scheduler` for this call (its tables are
 /// the only allocation; use `td_scheduler_new` + `td_sample_with_scheduler` to sample with
-/// none). `workspace`: at least `td_sample_workspace_len` floats, scratch.
+/// none). `workspace`: at least `td_sample_workspace_len` floats for the same description
+/// (the same `threads` included), scratch. A class-conditional model given no label samples
+/// the default labels (see `td_sampler_desc.class_label`).
+///
+/// Checks, in this order: `model` and `desc`; the whole description (exactly as
+/// `td_sample_workspace_len`); then `workspace` and `out` (NULL, alignment, `out_len`,
+/// `workspace_len` against the size, overlaps). So an invalid description gives its own
+/// error whatever buffers are passed.
 ///
 /// Thread-safe for one model as long as each thread has its own workspace and output;
 /// `workspace` and `out` must not overlap each other, the noise or label arrays, or the
@@ -484,7 +559,7 @@ pub unsafe extern "C" fn td_sample(
         // SAFETY: contract above.
         let m = unsafe { model_ref(model) }?;
         // SAFETY: contract above.
-        let d = unsafe { read_struct(desc, "desc") }?;
+        let d = unsafe { read_desc(desc) }?;
         let sampler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
         // SAFETY: contract above.
         unsafe {
@@ -522,7 +597,7 @@ pub unsafe extern "C" fn td_sample_with_scheduler(
         // SAFETY: contract above.
         let s = unsafe { scheduler_ref(scheduler) }?;
         // SAFETY: contract above.
-        let d = unsafe { read_struct(desc, "desc") }?;
+        let d = unsafe { read_desc(desc) }?;
         // SAFETY: contract above.
         unsafe {
             run_sample(

@@ -490,6 +490,33 @@ impl KernelTable {
     }
 }
 
+/// The scratch layout that lets every conv of `convs` run its fastest algorithm on any kernel
+/// path this build has, whatever the CPU it runs on detects (the largest of each path's
+/// [`KernelTable::scratch_layout`]): a size computed from it holds on every machine of the
+/// target architecture. `convs` is iterated once per path.
+pub fn portable_scratch_layout<I>(convs: I) -> ScratchLayout
+where
+    I: IntoIterator<Item = ConvShape> + Clone,
+{
+    let tables: &[&KernelTable] = &[
+        &scalar::TABLE,
+        #[cfg(target_arch = "x86_64")]
+        &x86::AVX2_TABLE,
+        #[cfg(target_arch = "x86_64")]
+        &x86::AVX512_TABLE,
+        #[cfg(target_arch = "aarch64")]
+        &neon::TABLE,
+    ];
+    // Only the tables' `conv_scratch` (plain size arithmetic, no CPU features) is called.
+    tables.iter().fold(ScratchLayout::DIRECT, |acc, t| {
+        let l = t.scratch_layout(convs.clone());
+        ScratchLayout {
+            per_thread: acc.per_thread.max(l.per_thread),
+            shared: acc.shared.max(l.shared),
+        }
+    })
+}
+
 /// Which implementation of the kernels to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelPath {

@@ -52,6 +52,9 @@ struct Shared {
     sleepers: AtomicUsize,
     /// Workers that have started (see `ThreadPool::new`).
     started: AtomicUsize,
+    /// Threads that take tasks of the current job: workers with an id at or above it only
+    /// check in ([`Limited`]).
+    limit: AtomicUsize,
 }
 
 impl Shared {
@@ -90,6 +93,7 @@ impl ThreadPool {
             wake: Condvar::new(),
             sleepers: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
         });
         let mut pool = ThreadPool {
             shared,
@@ -158,7 +162,8 @@ fn worker(shared: &Shared, id: usize) {
         }
         seen = shared.generation.load(Ordering::Acquire);
         let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(JobRef(job)) = job {
+        let limit = shared.limit.load(Ordering::Acquire);
+        if let (Some(JobRef(job)), true) = (job, id < limit) {
             // SAFETY: `run` published this pointer for the current generation and does not
             // return (so the closure stays alive) until `active` drops to zero below.
             shared.run_tasks(unsafe { &*job }, id);
@@ -173,11 +178,46 @@ impl Parallel for ThreadPool {
     }
 
     fn run(&self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        self.run_on(self.size(), tasks, f);
+    }
+}
+
+/// The first `threads` threads of a team (the caller and `threads - 1` workers): a forward
+/// pass whose workspace was sized for fewer threads than the model's team has
+/// ([`crate::Model::forward_with_threads`]). Thread indices stay below `threads`.
+pub struct Limited<'a> {
+    pool: &'a ThreadPool,
+    threads: usize,
+}
+
+impl<'a> Limited<'a> {
+    /// At most `threads` (at least 1) threads of `pool`.
+    pub fn new(pool: &'a ThreadPool, threads: usize) -> Limited<'a> {
+        Limited {
+            pool,
+            threads: threads.clamp(1, pool.size()),
+        }
+    }
+}
+
+impl Parallel for Limited<'_> {
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        self.pool.run_on(self.threads, tasks, f);
+    }
+}
+
+impl ThreadPool {
+    /// [`Parallel::run`] on the caller and the workers with ids below `threads`.
+    fn run_on(&self, threads: usize, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         if tasks == 0 {
             return;
         }
         let guard = match self.dispatch.try_lock() {
-            Ok(g) if !self.workers.is_empty() && tasks > 1 => g,
+            Ok(g) if !self.workers.is_empty() && tasks > 1 && threads > 1 => g,
             _ => {
                 // Busy (or nothing to share): run everything here, as thread 0.
                 for t in 0..tasks {
@@ -194,6 +234,7 @@ impl Parallel for ThreadPool {
             unsafe { core::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static Task>(f) };
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(JobRef(erased));
         s.tasks.store(tasks, Ordering::Relaxed);
+        s.limit.store(threads, Ordering::Release);
         s.next.store(0, Ordering::Relaxed);
         s.panicked.store(false, Ordering::Relaxed);
         s.active.store(self.workers.len(), Ordering::Relaxed);
@@ -251,6 +292,27 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
+    }
+
+    #[test]
+    fn limited_keeps_thread_indices_below_its_count() {
+        let pool = ThreadPool::new(4).unwrap();
+        for n in 1..=4 {
+            let limited = Limited::new(&pool, n);
+            assert_eq!(limited.threads(), n);
+            let hits: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+            limited.run(64, &|t, th| {
+                assert!(th < n, "thread {th} of a team limited to {n}");
+                hits[t].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+        // The whole team again afterwards.
+        let seen: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+        pool.run(256, &|_, th| {
+            seen[th].fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(Limited::new(&pool, 99).threads(), 4);
     }
 
     #[test]

@@ -42,7 +42,24 @@ impl Model {
         class_labels: Option<&[i64]>,
         out: &mut [f32],
     ) -> Result<()> {
-        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::All)
+        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::All, 0)
+    }
+
+    /// [`Model::forward`] on at most `threads` threads (0: [`Model::threads`]), with a workspace
+    /// of at least [`Model::workspace_len_for_threads`]`(batch, threads)` floats: the size
+    /// depends only on `threads`, not on the machine. It runs on min(`threads`,
+    /// [`Model::threads`]) threads of the model's team; the output is the same bits for any
+    /// thread count.
+    pub fn forward_with_threads(
+        &self,
+        threads: usize,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        class_labels: Option<&[i64]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::All, threads)
     }
 
     /// Runs only the ops `ops` (a range of indices into [`Model::ops`]) on a workspace that
@@ -71,9 +88,12 @@ impl Model {
                 ),
             ));
         }
-        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::Range(ops))
+        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::Range(ops), 0)
     }
 
+    /// `threads`: the most threads the call may use, and the count its workspace is sized for
+    /// (0: [`Model::threads`]).
+    #[allow(clippy::too_many_arguments)]
     fn forward_impl(
         &self,
         workspace: &mut [f32],
@@ -82,6 +102,7 @@ impl Model {
         class_labels: Option<&[i64]>,
         out: &mut [f32],
         walk_mode: Walk<'_>,
+        threads: usize,
     ) -> Result<()> {
         let (c_in, h, w) = self.input_shape();
         let per_sample = c_in * h * w;
@@ -138,7 +159,7 @@ impl Model {
             }
             (None, None) => {}
         }
-        let need = self.workspace_len(batch);
+        let need = self.workspace_len_for_threads(batch, threads);
         if let Some(gpu) = &self.accelerator {
             if workspace.len() < need {
                 return Err(Error::BufferSize {
@@ -168,9 +189,19 @@ impl Model {
         }
         let (arena, scratch) = workspace[..need].split_at_mut(self.plan.arena_len(batch));
         #[cfg(feature = "std")]
+        let run_threads = self.run_threads(threads);
+        #[cfg(not(feature = "std"))]
+        let _ = threads; // one thread without `std`
+        #[cfg(feature = "std")]
+        let limited;
+        #[cfg(feature = "std")]
         let par: &dyn Parallel = match &self.pool {
-            Some(pool) => pool,
-            None => &Sequential,
+            Some(pool) if run_threads >= pool.size() => pool,
+            Some(pool) if run_threads > 1 => {
+                limited = crate::kernels::threads::Limited::new(pool, run_threads);
+                &limited
+            }
+            _ => &Sequential,
         };
         #[cfg(not(feature = "std"))]
         let par: &dyn Parallel = &Sequential;
@@ -219,6 +250,7 @@ impl Model {
             class_labels,
             out,
             Walk::Timed(op_seconds, clock),
+            0,
         )
     }
 }

@@ -229,6 +229,37 @@ impl Model {
         self.scratch_layout(batch).len(self.threads)
     }
 
+    /// f32 elements of workspace of a forward pass at `batch` that uses at most `threads`
+    /// threads ([`Model::forward_with_threads`]). 0 means [`Model::workspace_len`]: the
+    /// model's thread count (by default the cores this process may use) and the kernel path
+    /// this CPU runs, so it differs between machines. For `threads` >= 1 the size depends
+    /// only on the model, the batch and `threads`: not on the cores, the CPU's SIMD
+    /// extensions, the kernel path or the Winograd switch (it fits the largest scratch of
+    /// every kernel path of the target architecture), so a size computed once holds on every
+    /// machine of that architecture.
+    pub fn workspace_len_for_threads(&self, batch: usize, threads: usize) -> usize {
+        if threads == 0 {
+            return self.workspace_len(batch);
+        }
+        let convs = self.ops.iter().filter_map(|op| match op {
+            Op::Conv(c) => Some(crate::kernels::ConvShape { batch, ..c.shape }),
+            _ => None,
+        });
+        self.plan
+            .arena_len(batch)
+            .saturating_add(crate::kernels::portable_scratch_layout(convs).len(threads))
+    }
+
+    /// Threads a forward pass capped at `threads` (0: no cap) runs on.
+    #[cfg(feature = "std")]
+    pub(crate) fn run_threads(&self, threads: usize) -> usize {
+        if threads == 0 {
+            self.threads
+        } else {
+            threads.min(self.threads)
+        }
+    }
+
     /// Bytes of workspace one forward pass at `batch` needs.
     pub fn workspace_bytes(&self, batch: usize) -> usize {
         self.workspace_len(batch)

@@ -101,6 +101,22 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
     }
 }
 
+/// The class of image `i` of a run on a model with `num_classes` class embeddings when the
+/// caller gives no labels, the one default of every front end (the `sample` tool, the C API,
+/// [`Sampler::sample`] and the sampling loop): image i gets class i, cycling over every class
+/// but the last, which is the null ("no class") label of classifier-free guidance by
+/// convention. A model with one or two classes gets class 0 for every image.
+///
+/// ```
+/// use tinydiffusion::sampler::default_class_label;
+/// let labels: Vec<i64> = (0..12).map(|i| default_class_label(11, i)).collect();
+/// assert_eq!(labels, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+/// ```
+pub fn default_class_label(num_classes: usize, i: usize) -> i64 {
+    let real = num_classes.saturating_sub(1).max(1);
+    (i % real) as i64
+}
+
 /// What to build: every `None` is the default. Fields a kind does not use are ignored, but a
 /// value that is given must be valid whatever the kind (an `eta` of NaN is an error even for
 /// the SDE). Build with [`Sampler::new`] or [`SamplerSpec::build`]; the chainable setters
@@ -369,13 +385,29 @@ impl Sampler {
         }
     }
 
-    /// Exact workspace (f32 elements) of [`Sampler::sample`].
+    /// Exact workspace (f32 elements) of [`Sampler::sample`] with [`SampleOptions::threads`]
+    /// 0: sized for the model's thread count, so it depends on the machine (its cores, its
+    /// kernel path); see [`Sampler::workspace_len_for_threads`].
     pub fn workspace_len(&self, model: &Model, batch: usize, guided: bool) -> usize {
         super::workspace_len_with(model, self.method(), batch, guided)
     }
 
+    /// Exact workspace (f32 elements) of [`Sampler::sample`] with [`SampleOptions::threads`] =
+    /// `threads`: for `threads` >= 1 the same on every machine of the architecture (a run
+    /// with it uses at most `threads` threads); 0 is [`Sampler::workspace_len`].
+    pub fn workspace_len_for_threads(
+        &self,
+        model: &Model,
+        batch: usize,
+        guided: bool,
+        threads: usize,
+    ) -> usize {
+        super::workspace_len_for_threads(model, self.method(), batch, guided, threads)
+    }
+
     /// Runs the sampling loop ([`super::sample_with`]): `out` (`[batch, C, H, W]`) receives
-    /// x_0. Allocates nothing.
+    /// x_0. A class-conditional model given no labels samples [`default_class_label`]s.
+    /// Allocates nothing.
     pub fn sample(
         &self,
         model: &Model,

@@ -28,7 +28,7 @@ mod front;
 
 pub use crate::schedule::eps::{EpsModel, NoiseLevel};
 pub use crate::schedule::run::{Guidance, SampleOptions, StepInfo};
-pub use front::{default_steps, Sampler, SamplerKind, SamplerSpec};
+pub use front::{default_class_label, default_steps, Sampler, SamplerKind, SamplerSpec};
 
 impl Guidance {
     /// Guidance with the model's last class as the null class.
@@ -93,6 +93,9 @@ struct Layout {
     noise: usize,
     /// The scheduler's or the SDE sampler's scratch.
     scratch: usize,
+    /// Class-conditional models: room for `batch` i64 default labels at an 8-byte boundary
+    /// (2 * batch + 1 floats), used when the run is given no labels.
+    labels: usize,
 }
 
 impl Layout {
@@ -100,13 +103,19 @@ impl Layout {
     /// satisfies, instead of a wrapped (small, wrong) size. `sample_with` rejects such a batch
     /// before using any offset.
     fn total(&self) -> usize {
-        [self.output, self.uncond, self.noise, self.scratch]
+        [self.output, self.uncond, self.noise, self.scratch, self.labels]
             .iter()
             .fold(self.model, |at, len| at.saturating_add(*len))
     }
 }
 
-fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool) -> Layout {
+fn layout(
+    model: &Model,
+    method: Method<'_>,
+    batch: usize,
+    guided: bool,
+    threads: usize,
+) -> Layout {
     let (c, h, w) = model.input_shape();
     let (c_out, _, _) = model.output_shape();
     let sample = batch.saturating_mul(c * h * w);
@@ -122,11 +131,16 @@ fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool) -> Layo
         Method::Sde(s) => (0, s.scratch_len(shape)),
     };
     Layout {
-        model: model.workspace_len(batch),
+        model: model.workspace_len_for_threads(batch, threads),
         output,
         uncond: if guided { output } else { 0 },
         noise,
         scratch,
+        labels: if model.config.num_class_embeds.is_some() {
+            batch.saturating_mul(2).saturating_add(1)
+        } else {
+            0
+        },
     }
 }
 
@@ -135,9 +149,25 @@ pub fn workspace_len(model: &Model, scheduler: &Scheduler, batch: usize, guided:
     workspace_len_with(model, Method::Scheduler(scheduler), batch, guided)
 }
 
-/// Exact workspace (f32 elements) of [`sample_with`].
+/// Exact workspace (f32 elements) of [`sample_with`] with [`SampleOptions::threads`] 0 (the
+/// model's thread count: the size depends on the machine; see
+/// [`workspace_len_for_threads`]).
 pub fn workspace_len_with(model: &Model, method: Method<'_>, batch: usize, guided: bool) -> usize {
-    layout(model, method, batch, guided).total()
+    layout(model, method, batch, guided, 0).total()
+}
+
+/// Exact workspace (f32 elements) of [`sample_with`] with [`SampleOptions::threads`] =
+/// `threads`. For `threads` >= 1 it depends only on the model, the method, the batch, guidance
+/// and `threads`, not on the machine ([`Model::workspace_len_for_threads`]); 0 is
+/// [`workspace_len_with`].
+pub fn workspace_len_for_threads(
+    model: &Model,
+    method: Method<'_>,
+    batch: usize,
+    guided: bool,
+    threads: usize,
+) -> usize {
+    layout(model, method, batch, guided, threads).total()
 }
 
 /// The UNet as the samplers call it: forward pass, classifier-free guidance, and (as an
@@ -146,6 +176,7 @@ struct Denoiser<'a> {
     model: &'a Model,
     labels: Option<&'a [i64]>,
     guidance: Option<Guidance>,
+    threads: usize,
     prediction: PredictionType,
     workspace: &'a mut [f32],
     output: &'a mut [f32],
@@ -157,11 +188,23 @@ impl Denoiser<'_> {
     /// The guided model output `[B, C_out, H, W]` at `timestep`.
     fn raw(&mut self, x: &[f32], timestep: f32) -> Result<&[f32]> {
         let ts = [timestep];
-        self.model
-            .forward(self.workspace, x, &ts, self.labels, self.output)?;
+        self.model.forward_with_threads(
+            self.threads,
+            self.workspace,
+            x,
+            &ts,
+            self.labels,
+            self.output,
+        )?;
         if let Some(g) = &self.guidance {
-            self.model
-                .forward(self.workspace, x, &ts, Some(&[g.null_class]), self.uncond)?;
+            self.model.forward_with_threads(
+                self.threads,
+                self.workspace,
+                x,
+                &ts,
+                Some(&[g.null_class]),
+                self.uncond,
+            )?;
             let (c, h, w) = self.model.input_shape();
             let (c_out, _, _) = self.model.output_shape();
             let hw = h * w;
@@ -282,12 +325,6 @@ pub fn sample_with(
     }
     let labels = opts.class_labels;
     match (model.config.num_class_embeds, labels) {
-        (Some(_), None) => {
-            return Err(invalid_arg(
-                "class labels",
-                "the model is class-conditional: give a class label",
-            ))
-        }
         (None, Some(_)) => {
             return Err(invalid_arg(
                 "class labels",
@@ -304,6 +341,9 @@ pub fn sample_with(
                 found: l.len(),
             });
         }
+        for &label in l {
+            model.check_class_label(label)?;
+        }
     }
     let guidance = opts.guidance.filter(|g| g.scale != 0.0);
     if guidance.is_some() && model.config.num_class_embeds.is_none() {
@@ -318,7 +358,7 @@ pub fn sample_with(
         }
         model.check_class_label(g.null_class)?;
     }
-    let lay = layout(model, method, batch, guidance.is_some());
+    let lay = layout(model, method, batch, guidance.is_some(), opts.threads);
     if workspace.len() < lay.total() {
         return Err(Error::BufferSize {
             what: "sampling workspace",
@@ -326,6 +366,23 @@ pub fn sample_with(
             found: workspace.len(),
         });
     }
+    let (workspace, label_room) = workspace[..lay.total()].split_at_mut(lay.total() - lay.labels);
+    // No labels on a class-conditional model: the front end's default, kept in the workspace.
+    let labels: Option<&[i64]> = match (model.config.num_class_embeds, labels) {
+        (Some(classes), None) => {
+            let (_, room, _) = bytemuck::pod_align_to_mut::<f32, i64>(label_room);
+            let room = &mut room[..batch];
+            for (i, l) in room.iter_mut().enumerate() {
+                *l = default_class_label(classes, i);
+            }
+            Some(&*room)
+        }
+        (_, given) => given,
+    };
+    let opts = &SampleOptions {
+        class_labels: labels,
+        ..*opts
+    };
 
     if let Some(gpu) = model.accelerator() {
         let Method::Scheduler(scheduler) = method else {
@@ -382,6 +439,7 @@ pub fn sample_with(
         model,
         labels,
         guidance,
+        threads: opts.threads,
         prediction,
         workspace: model_ws,
         output,

@@ -20,9 +20,17 @@ pub struct SampleOptions<'a> {
     pub initial_noise: Option<&'a [f32]>,
     /// `[steps, batch, C, H, W]`: row i is the Gaussian noise of step i (diffusers' replay).
     pub step_noise: Option<&'a [f32]>,
-    /// One label per sample, or one for all; required for class-conditional models.
+    /// One label per sample, or one for all. `None` on a class-conditional model: the
+    /// default labels of `sampler::default_class_label` (image i gets class i, cycling over
+    /// every class but the last, the null class of guidance), as the `sample` tool and the C
+    /// API do.
     pub class_labels: Option<&'a [i64]>,
     pub guidance: Option<Guidance>,
+    /// The most threads the run may use, and the count its workspace is sized for
+    /// (`sampler::workspace_len_for_threads`): 0 = the model's thread count (a size that
+    /// depends on the machine), N >= 1 = a size that depends only on N, and at most
+    /// min(N, the model's threads) threads run. The output is the same bits either way.
+    pub threads: usize,
 }
 
 impl<'a> SampleOptions<'a> {
@@ -34,6 +42,7 @@ impl<'a> SampleOptions<'a> {
             step_noise: None,
             class_labels: None,
             guidance: None,
+            threads: 0,
         }
     }
 }

@@ -457,7 +457,13 @@ impl WeightLoader {
         match info.dtype {
             Dtype::F16 => {
                 let Ok(bits) = bytemuck::try_cast_slice::<u8, u16>(data) else {
-                    return Err(Error::UnalignedTensor { name: name.into() });
+                    // An even offset in the file that is misaligned in memory: the buffer the
+                    // bytes lie in starts at an odd address, not the file's fault.
+                    let base = bytes.as_ptr() as usize;
+                    return Err(Error::UnalignedTensor {
+                        name: name.into(),
+                        buffer: (byte_start % 2 == 0).then_some(base),
+                    });
                 };
                 if check && any_nonfinite_f16(bits) {
                     return Err(nonfinite());

@@ -333,8 +333,22 @@ static void sampling(td_model *m, td_model *uncond) {
     /* Labels. */
     b = d;
     b.class_label = TD_NO_CLASS;
-    EXPECT(td_sample(m, &b, ws, ws_len, out, n), TD_STATUS_INVALID_ARGUMENT);
+    /* No label on a class-conditional model: the default labels, as the CLI's (image i gets
+     * class i mod (num_classes - 1)), so the same as labels {0, 1} here. */
+    EXPECT(td_sample(m, &b, ws, ws_len, out, n), TD_STATUS_OK);
+    {
+        int64_t first[2] = {0, 1};
+        float *explicit_out = malloc(n * sizeof(float));
+        td_sampler_desc e = d;
+        e.class_label = TD_NO_CLASS;
+        e.class_labels = first;
+        e.num_class_labels = 2;
+        EXPECT(td_sample(m, &e, ws, ws_len, explicit_out, n), TD_STATUS_OK);
+        CHECK(same_bits(out, explicit_out, n));
+        free(explicit_out);
+    }
     b.class_label = 11;
+    EXPECT(td_sample_workspace_len(m, &b, &guided_len), TD_STATUS_INVALID_ARGUMENT);
     EXPECT(td_sample(m, &b, ws, ws_len, out, n), TD_STATUS_INVALID_ARGUMENT);
     b.class_label = -5;
     EXPECT(td_sample(m, &b, ws, ws_len, out, n), TD_STATUS_INVALID_ARGUMENT);
@@ -357,6 +371,36 @@ static void sampling(td_model *m, td_model *uncond) {
     b = g;
     b.guidance = NAN;
     EXPECT(td_sample(m, &b, ws, guided_len, out, n), TD_STATUS_INVALID_ARGUMENT);
+    /* Every argument is checked before any size: a NaN scale is an error in
+     * td_sample_workspace_len too, and in td_sample whatever the workspace. */
+    {
+        size_t unchanged = 12345;
+        EXPECT(td_sample_workspace_len(m, &b, &unchanged), TD_STATUS_INVALID_ARGUMENT);
+        CHECK(unchanged == 12345);
+    }
+    EXPECT(td_sample(m, &b, ws, 1, out, n), TD_STATUS_INVALID_ARGUMENT);
+    b.guidance = INFINITY;
+    EXPECT(td_sample_workspace_len(m, &b, &guided_len), TD_STATUS_INVALID_ARGUMENT);
+    EXPECT(td_sample(m, &b, ws, 1, out, n), TD_STATUS_INVALID_ARGUMENT);
+    /* A description from another header version is detected. */
+    b = d;
+    b.struct_size = sizeof b - 8;
+    EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_BAD_SIZE);
+    EXPECT(td_sample(m, &b, ws, ws_len, out, n), TD_STATUS_BAD_SIZE);
+    /* Threads: a size for N threads, never more than N used; the same output. */
+    b = d;
+    b.threads = 1025;
+    EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_INVALID_ARGUMENT);
+    b.threads = 1;
+    {
+        size_t one = 0;
+        EXPECT(td_sample_workspace_len(m, &b, &one), TD_STATUS_OK);
+        float *ws1 = malloc(one * sizeof(float));
+        EXPECT(td_sample(m, &b, ws1, one - 1, out, n), TD_STATUS_BUFFER_TOO_SMALL);
+        EXPECT(td_sample(m, &b, ws1, one, out, n), TD_STATUS_OK);
+        CHECK(same_bits(out, ref, n));
+        free(ws1);
+    }
     b = g;
     b.null_class = 50;
     EXPECT(td_sample(m, &b, ws, guided_len, out, n), TD_STATUS_INVALID_ARGUMENT);
@@ -445,8 +489,25 @@ static void sampling(td_model *m, td_model *uncond) {
     u.num_class_labels = 0;
     u.guidance = 1.0f;
     size_t uws_guided = 0;
-    EXPECT(td_sample_workspace_len(uncond, &u, &uws_guided), TD_STATUS_OK);
+    /* Guidance on an unconditional model: an error in both calls (it used to give a size). */
+    EXPECT(td_sample_workspace_len(uncond, &u, &uws_guided), TD_STATUS_INVALID_ARGUMENT);
     EXPECT(td_sample(uncond, &u, uw, uws, uo, un), TD_STATUS_INVALID_ARGUMENT);
+    /* Threads of a model. */
+    {
+        size_t t = 0;
+        EXPECT(td_model_set_threads(NULL, 1), TD_STATUS_NULL_POINTER);
+        EXPECT(td_model_set_threads(uncond, 2000), TD_STATUS_INVALID_ARGUMENT);
+        EXPECT(td_model_get_threads(uncond, NULL), TD_STATUS_NULL_POINTER);
+        EXPECT(td_model_set_threads(uncond, 1), TD_STATUS_OK);
+        EXPECT(td_model_get_threads(uncond, &t), TD_STATUS_OK);
+        CHECK(t == 1);
+        EXPECT(td_model_set_threads(uncond, 3), TD_STATUS_OK);
+        EXPECT(td_model_get_threads(uncond, &t), TD_STATUS_OK);
+        CHECK(t == 3);
+        EXPECT(td_model_set_threads(uncond, 0), TD_STATUS_OK);
+        EXPECT(td_model_get_threads(uncond, &t), TD_STATUS_OK);
+        CHECK(t >= 1);
+    }
     free(uw);
     free(uo);
 

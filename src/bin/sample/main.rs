@@ -299,12 +299,10 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     let step_noise = read(&a.step_noise, "noise", &[noise_rows, a.batch, c, h, w])?;
 
     let labels: Option<Vec<i64>> = match model.config.num_class_embeds {
-        // By default the grid shows every class: image i gets class i, cycling over all classes
-        // but the last, which is the null class of classifier-free guidance by convention.
-        Some(n) => Some(a.class_labels.clone().unwrap_or_else(|| {
-            let real = (n as i64 - 1).max(1);
-            (0..a.batch as i64).map(|i| i % real).collect()
-        })),
+        // No --class-label: the sampler front end's default (`default_class_label`, shared
+        // with the C API), so the grid shows every class: image i gets class i, cycling over
+        // all classes but the last (the null class of classifier-free guidance).
+        Some(_) => a.class_labels.clone(),
         None if a.class_labels.is_some() => {
             return Err("--class-label: the model is not class-conditional".into())
         }
@@ -326,6 +324,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         step_noise: step_noise.as_deref(),
         class_labels: labels.as_deref(),
         guidance,
+        threads: 0,
     };
     let mut workspace = vec![0.0f32; sampler.workspace_len(&model, a.batch, guidance.is_some())];
     let mut out = vec![0.0f32; n];
