@@ -10,10 +10,10 @@ use safetensors::Dtype;
 use serde_json::{json, Map, Value};
 use tinydiffusion::capi::*;
 use tinydiffusion::memory::Reuse;
+use tinydiffusion::model::convert::to_packed_safetensors;
 use tinydiffusion::sampler::{self, Guidance, SampleOptions};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
 use tinydiffusion::testing::random_weights;
-use tinydiffusion::model::convert::to_packed_safetensors;
 use tinydiffusion::weights::{LoadOptions, WeightBytes};
 use tinydiffusion::{Error, Model, Result, UNetConfig};
 

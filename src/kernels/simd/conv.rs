@@ -341,7 +341,9 @@ pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const MRS: usize, const
 ) {
     let a = p.args;
     let s = &a.shape;
-    debug_assert!(p.mr == MR && MRS <= MR && PACK_OC.is_multiple_of(NV * S::LANES) && NV * S::LANES <= 64);
+    debug_assert!(
+        p.mr == MR && MRS <= MR && PACK_OC.is_multiple_of(NV * S::LANES) && NV * S::LANES <= 64
+    );
     let (og, tg) = (task / p.tile_groups, task % p.tile_groups);
     let ob0 = og * p.obs_per_task;
     let ob1 = (ob0 + p.obs_per_task).min(p.n_ob);
