@@ -514,7 +514,8 @@ mod tests {
             td_status::NullPointer
         );
         assert_eq!(
-            Span::of(std::ptr::dangling::<f32>(), 1, "p")
+            // Misaligned (address 2): `dangling()` is aligned and would be accepted.
+            Span::of(std::ptr::without_provenance::<f32>(2), 1, "p")
                 .unwrap_err()
                 .status,
             td_status::InvalidArgument
