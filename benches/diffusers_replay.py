@@ -26,7 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as ea_module
+from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler,
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, UNet2DModel)
 
 CONFIG = dict(
     sample_size=(16, 24), in_channels=3, out_channels=3,
@@ -48,7 +50,21 @@ RUNS = [
      dict(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1), 25, 0.5, None, []),
     ("ddim10_eta0_guided_w2", DDIMScheduler,
      dict(beta_schedule="linear", clip_sample=True), 10, 0.0, 2.0, []),
+    # The sigma schedulers: the folder's scheduler_config.json names the class.
+    ("euler20_karras_guided_w1", EulerDiscreteScheduler,
+     dict(beta_schedule="scaled_linear", use_karras_sigmas=True), 20, None, 1.0, []),
+    ("euler_a15_leading", EulerAncestralDiscreteScheduler,
+     dict(timestep_spacing="leading", steps_offset=1), 15, None, None, []),
+    ("dpmpp2m_20", DPMSolverMultistepScheduler, dict(), 20, None, None, []),
+    ("dpmpp3m_sde_karras_12", DPMSolverMultistepScheduler,
+     dict(algorithm_type="sde-dpmsolver++", solver_order=3, use_karras_sigmas=True), 12, None, None, []),
 ]
+SIGMA = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler)
+
+
+def draws_noise(sched):
+    return isinstance(sched, EulerAncestralDiscreteScheduler) or (
+        isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type.startswith("sde"))
 
 
 class InjectedNoise:
@@ -62,6 +78,7 @@ class InjectedNoise:
 
 INJECTED = InjectedNoise()
 ddpm_module.randn_tensor = INJECTED
+ea_module.randn_tensor = INJECTED
 
 
 def seeded_model(seed):
@@ -89,6 +106,24 @@ def f16_weights_in_f64(model):
 def diffusers_run(model, cls, sched_cfg, steps, eta, w, x, noise, labels, null_class):
     sched = cls(num_train_timesteps=1000, **sched_cfg)
     sched.set_timesteps(steps)
+    if cls in SIGMA:
+        # The pipeline loop of these schedulers: x_T scaled, the model input scaled, the model
+        # at the scheduler's (possibly fractional) timesteps, drawn noise replaced row by row.
+        x = x * sched.init_noise_sigma
+        for i, t in enumerate(sched.timesteps):
+            inp = sched.scale_model_input(x, t)
+            tt = t.expand(x.shape[0])
+            with torch.no_grad():
+                eps = model(inp, tt, class_labels=labels).sample
+                if w is not None:
+                    uncond = model(inp, tt, class_labels=torch.full_like(labels, null_class)).sample
+                    eps = (1 + w) * eps - w * uncond
+            INJECTED.row = noise[i]
+            if isinstance(sched, DPMSolverMultistepScheduler):
+                x = sched.step(eps, t, x, variance_noise=noise[i] if draws_noise(sched) else None).prev_sample
+            else:
+                x = sched.step(eps, t, x).prev_sample
+        return x
     for i, t in enumerate(sched.timesteps):
         tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
         with torch.no_grad():
@@ -132,12 +167,14 @@ def main():
 
         save_file({"x_T": x_T.float().contiguous()}, os.path.join(run_dir, "x_T.safetensors"))
         save_file({"noise": noise.float().contiguous()}, os.path.join(run_dir, "noise.safetensors"))
+        uses_noise = cls not in SIGMA or draws_noise(cls(num_train_timesteps=1000, **sched_cfg))
         out = os.path.join(run_dir, "x_0.safetensors")
         cmd = [args.sample, "--model", run_dir, "--steps", str(steps), "--batch", str(batch),
                "--class-label", ",".join(str(int(v)) for v in labels),
                "--init-noise", os.path.join(run_dir, "x_T.safetensors"),
-               "--step-noise", os.path.join(run_dir, "noise.safetensors"),
                "--save-tensor", out, "--out", os.path.join(run_dir, "x_0.png"), "--quiet"]
+        if uses_noise:
+            cmd += ["--step-noise", os.path.join(run_dir, "noise.safetensors")]
         if eta is not None:
             cmd += ["--eta", str(eta)]
         if gw is not None:

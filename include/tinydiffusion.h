@@ -170,6 +170,21 @@ enum td_scheduler_kind
    * `sde.corrector_steps` Langevin steps per step. `steps` 0 = min(500, T).
    */
   TD_SCHEDULER_KIND_PC = 5,
+  /**
+   * diffusers' `EulerDiscreteScheduler`, with the model's scheduler config's options.
+   * `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_EULER = 6,
+  /**
+   * diffusers' `EulerAncestralDiscreteScheduler` (one noise row per step).
+   * `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_EULER_ANCESTRAL = 7,
+  /**
+   * diffusers' `DPMSolverMultistepScheduler` (the config's `algorithm_type` and
+   * `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_DPM_SOLVER_MULTISTEP = 8,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

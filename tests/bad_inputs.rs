@@ -10,10 +10,10 @@ use safetensors::Dtype;
 use serde_json::{json, Map, Value};
 use tinydiffusion::capi::*;
 use tinydiffusion::memory::Reuse;
+use tinydiffusion::model::convert::to_packed_safetensors;
 use tinydiffusion::sampler::{self, Guidance, SampleOptions};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
 use tinydiffusion::testing::random_weights;
-use tinydiffusion::model::convert::to_packed_safetensors;
 use tinydiffusion::weights::{LoadOptions, WeightBytes};
 use tinydiffusion::{Error, Model, Result, UNetConfig};
 
@@ -593,6 +593,11 @@ fn ddim(steps: usize) -> Result<Scheduler> {
 #[test]
 fn bad_scheduler_options() {
     let parse = |s: &str| SchedulerConfig::from_json(s).map(|_| ());
+    let sigma_steps = |s: &str, steps: usize| {
+        tinydiffusion::schedule::SigmaScheduler::new(SchedulerConfig::from_json(s)?, steps)
+            .map(|_| ())
+    };
+    let sigma = |s: &str| sigma_steps(s, 10);
     let rows = vec![
         row!("defaults", || parse("{}"), Ok(())),
         row!(
@@ -622,8 +627,47 @@ fn bad_scheduler_options() {
         row!("steps = training timesteps is fine", || ddim(1000), Ok(())),
         row!("unknown option", || parse(r#"{"use_karras_sigmas": true}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "use_karras_sigmas"),
-        row!("unknown scheduler class", || parse(r#"{"_class_name": "EulerDiscreteScheduler"}"#),
+        row!("unknown scheduler class", || parse(r#"{"_class_name": "NoSuchScheduler"}"#),
+            Err(Error::UnsupportedConfig { key, value }) if key == "_class_name" && value.contains("NoSuchScheduler")),
+        row!("scheduler class not run yet", || parse(r#"{"_class_name": "LMSDiscreteScheduler"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "_class_name"),
+        row!(
+            "euler class",
+            || parse(r#"{"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": true}"#),
+            Ok(())
+        ),
+        row!("unknown algorithm_type", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver+++"}"#),
+            Err(Error::UnsupportedConfig { key, value }) if key == "algorithm_type" && value.contains("dpmsolver+++")),
+        row!("unknown final_sigmas_type", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "final_sigmas_type": "one"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "final_sigmas_type"),
+        row!("solver_order 4", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "solver_order": 4}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "solver_order"),
+        row!("interpolation_type log_linear (not run)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "interpolation_type"),
+        row!("exponential sigmas (not run)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_exponential_sigmas"),
+        row!("DPM-Solver option on Euler", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "solver_order": 2}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "solver_order"),
+        row!("dpmsolver with final sigma zero", || sigma(r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "final_sigmas_type"),
+        row!("euler ancestral with sample prediction", || sigma(r#"{"_class_name": "EulerAncestralDiscreteScheduler", "prediction_type": "sample"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
+        row!(
+            "euler steps 0",
+            || sigma_steps(r#"{"_class_name": "EulerDiscreteScheduler"}"#, 0),
+            Err(Error::InvalidArgument {
+                what: "num_inference_steps",
+                ..
+            })
+        ),
+        row!(
+            "dpm steps above T",
+            || sigma_steps(r#"{"_class_name": "DPMSolverMultistepScheduler"}"#, 1001),
+            Err(Error::InvalidArgument {
+                what: "num_inference_steps",
+                ..
+            })
+        ),
         row!("unknown beta schedule", || parse(r#"{"beta_schedule": "cubic"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
         row!("unknown prediction type", || parse(r#"{"prediction_type": "flow"}"#),
@@ -1116,7 +1160,7 @@ fn c_api_bad_calls() {
         ),
         (
             "unknown scheduler kind",
-            sample(m, with(&|d| d.scheduler.kind = 7), ws_needed, 16),
+            sample(m, with(&|d| d.scheduler.kind = 99), ws_needed, 16),
             td_status::InvalidArgument,
         ),
         (

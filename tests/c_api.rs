@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use common::fixtures_dir;
 use tinydiffusion::capi::*;
-use tinydiffusion::sampler::{self, Guidance, SampleOptions};
+use tinydiffusion::sampler::{self, Guidance, SampleOptions, Sampler, SamplerKind};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig, SchedulerKind};
 use tinydiffusion::weights::WeightBytes;
 use tinydiffusion::Model;
@@ -275,6 +275,31 @@ fn c_example_matches_rust_api_bit_for_bit() {
         netpbm(&expected, 3, 1, 8, 8),
         "PGM bytes"
     );
+
+    // The sigma schedulers through the C API: same bits as the Rust front end.
+    for (name, kind) in [
+        ("euler", SamplerKind::Euler),
+        ("euler-a", SamplerKind::EulerAncestral),
+        ("dpm", SamplerKind::DpmSolverMultistep),
+    ] {
+        let raw = dir.join(format!("{name}.raw"));
+        run(Command::new(&exe)
+            .arg(&model)
+            .arg(dir.join(format!("{name}.pgm")))
+            .args(["--batch", "2", "--seed", "3", "--scheduler", name])
+            .args(["--steps", "6", "--raw"])
+            .arg(&raw));
+        let m = Model::load(&model).unwrap();
+        let s = Sampler::builder(kind)
+            .steps(6)
+            .build(&SchedulerConfig::ddpm_default())
+            .unwrap();
+        let mut ws = vec![0.0f32; s.workspace_len(&m, 2, false)];
+        let mut out = vec![0.0f32; 2 * 64];
+        s.sample(&m, &mut ws, &SampleOptions::new(2, 3), &mut out, None)
+            .unwrap();
+        assert_same_bits(&read_raw(&raw), &out, name);
+    }
 
     // Errors reach the user as a status message plus the detail.
     let out = Command::new(&exe)

@@ -109,6 +109,9 @@ fn top_level_modules_form_a_dag() {
         visit(m, &graph, &mut Vec::new(), &mut done);
     }
     for (m, deps) in &graph {
-        println!("{m} -> {}", deps.iter().cloned().collect::<Vec<_>>().join(", "));
+        println!(
+            "{m} -> {}",
+            deps.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
 }

@@ -445,10 +445,9 @@ fn scan(src: &str) -> FileScan {
             }
             "(" | "[" => depth += 1,
             ")" | "]" => depth -= 1,
-            ";"
-                if pending.as_ref().is_some_and(|p| p.1 == depth) => {
-                    pending = None;
-                }
+            ";" if pending.as_ref().is_some_and(|p| p.1 == depth) => {
+                pending = None;
+            }
             "{" => {
                 let p = match pending.take() {
                     Some((p, d)) if d == depth => Some(p),

@@ -1,7 +1,8 @@
 //! Sampling performs no heap allocation: a counting global allocator watches a forward pass,
 //! a 10-step DDIM run and a 50-step DDPM run (with seeded noise, guidance, thresholding), and
 //! the continuous-time samplers (reverse SDE, probability-flow ODE Euler and Heun,
-//! predictor-corrector; plain and guided).
+//! predictor-corrector; plain and guided), and the sigma schedulers (Euler with Karras sigmas,
+//! Euler ancestral, DPM-Solver++ order 3 with its multistep history, SDE-DPM-Solver++).
 //!
 //! This file runs without libtest's harness (`harness = false`): the harness's own threads
 //! (its "running for over 60 seconds" notice) allocate, and the count is process-wide so that
@@ -73,6 +74,31 @@ fn run_sde(
     })
 }
 
+/// A sigma-scheduler run built through the front end from a JSON config.
+fn run_sigma(
+    model: &Model,
+    json: &str,
+    steps: usize,
+    guidance: Option<Guidance>,
+    labels: Option<&[i64]>,
+) -> usize {
+    let cfg = SchedulerConfig::from_json(json).unwrap();
+    let s = sampler::SamplerSpec::new(None)
+        .steps(steps)
+        .build(&cfg)
+        .unwrap();
+    let batch = 2;
+    let mut ws = vec![0.0f32; s.workspace_len(model, batch, guidance.is_some())];
+    let (c, h, w) = model.input_shape();
+    let mut out = vec![0.0f32; batch * c * h * w];
+    let opts = SampleOptions {
+        class_labels: labels,
+        guidance,
+        ..SampleOptions::new(batch, 7)
+    };
+    allocations_during(|| s.sample(model, &mut ws, &opts, &mut out, None).unwrap())
+}
+
 fn main() {
     forward_and_sampling_allocate_nothing();
     println!("zero_alloc: 1 passed, 0 failed");
@@ -120,6 +146,18 @@ fn forward_and_sampling_allocate_nothing() {
         0,
         "guided DDIM allocated"
     );
+
+    for json in [
+        r#"{"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": true}"#,
+        r#"{"_class_name": "EulerAncestralDiscreteScheduler"}"#,
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3}"#,
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"}"#,
+    ] {
+        let n = run_sigma(&model, json, 6, None, None);
+        assert_eq!(n, 0, "{json} allocated {n} times");
+        let n = run_sigma(&class, json, 4, Some(g), Some(&[1, 2]));
+        assert_eq!(n, 0, "guided {json} allocated {n} times");
+    }
 
     for cfg in [
         SdeConfig::sde(5),

@@ -7,7 +7,7 @@
  *       target/release/libtinydiffusion.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o sample_c
  *   ./sample_c tests/fixtures/tiny-gray8 out.pgm --batch 4 --seed 1 --scheduler ddim --steps 20
  *
- * Options: --batch B, --seed S, --scheduler config|ddpm|ddim, --steps N (0: default), --eta E,
+ * Options: --batch B, --seed S, --scheduler config|ddpm|ddim|euler|euler-a|dpm, --steps N (0: default), --eta E,
  * --ddim-next, --class K (class-conditional models), --guidance W, --null-class K,
  * --raw FILE (also write x_0 as raw native-endian float32, [B, C, H, W]).
  */
@@ -89,7 +89,7 @@ static int write_image(const char *path, const float *x, const td_model_info *in
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: sample MODEL_DIR OUT.pgm|OUT.ppm [--batch B] [--seed S] [--scheduler config|ddpm|ddim]\n"
+            "usage: sample MODEL_DIR OUT.pgm|OUT.ppm [--batch B] [--seed S] [--scheduler config|ddpm|ddim|euler|euler-a|dpm]\n"
             "              [--steps N] [--eta E] [--ddim-next] [--class K] [--guidance W]\n"
             "              [--null-class K] [--raw FILE]\n");
     return 2;
@@ -141,6 +141,12 @@ int main(int argc, char **argv) {
                 desc.scheduler.kind = TD_SCHEDULER_KIND_DDPM;
             } else if (strcmp(value, "ddim") == 0) {
                 desc.scheduler.kind = TD_SCHEDULER_KIND_DDIM;
+            } else if (strcmp(value, "euler") == 0) {
+                desc.scheduler.kind = TD_SCHEDULER_KIND_EULER;
+            } else if (strcmp(value, "euler-a") == 0) {
+                desc.scheduler.kind = TD_SCHEDULER_KIND_EULER_ANCESTRAL;
+            } else if (strcmp(value, "dpm") == 0) {
+                desc.scheduler.kind = TD_SCHEDULER_KIND_DPM_SOLVER_MULTISTEP;
             } else if (strcmp(value, "config") == 0) {
                 desc.scheduler.kind = TD_SCHEDULER_KIND_FROM_CONFIG;
             } else {

@@ -117,6 +117,15 @@ pub enum td_scheduler_kind {
     /// Predictor-corrector: `sde.predictor` (default Euler-Maruyama) plus
     /// `sde.corrector_steps` Langevin steps per step. `steps` 0 = min(500, T).
     Pc = 5,
+    /// diffusers' `EulerDiscreteScheduler`, with the model's scheduler config's options.
+    /// `steps` 0 = min(50, T).
+    Euler = 6,
+    /// diffusers' `EulerAncestralDiscreteScheduler` (one noise row per step).
+    /// `steps` 0 = min(50, T).
+    EulerAncestral = 7,
+    /// diffusers' `DPMSolverMultistepScheduler` (the config's `algorithm_type` and
+    /// `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
+    DpmSolverMultistep = 8,
 }
 
 /// Values of `td_sde_desc.predictor`.

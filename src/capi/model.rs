@@ -257,6 +257,9 @@ pub unsafe extern "C" fn td_model_get_info(
             scheduler_kind: match m.scheduler_config.kind {
                 SchedulerKind::Ddpm => td_scheduler_kind::Ddpm as i32,
                 SchedulerKind::Ddim => td_scheduler_kind::Ddim as i32,
+                SchedulerKind::Euler => td_scheduler_kind::Euler as i32,
+                SchedulerKind::EulerAncestral => td_scheduler_kind::EulerAncestral as i32,
+                SchedulerKind::DpmSolverMultistep => td_scheduler_kind::DpmSolverMultistep as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
         };

@@ -81,6 +81,11 @@ fn spec_of(d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<SamplerSpec, Fail
         k if k == td_scheduler_kind::Sde as i32 => Some(SamplerKind::Sde),
         k if k == td_scheduler_kind::Ode as i32 => Some(SamplerKind::Ode),
         k if k == td_scheduler_kind::Pc as i32 => Some(SamplerKind::Pc),
+        k if k == td_scheduler_kind::Euler as i32 => Some(SamplerKind::Euler),
+        k if k == td_scheduler_kind::EulerAncestral as i32 => Some(SamplerKind::EulerAncestral),
+        k if k == td_scheduler_kind::DpmSolverMultistep as i32 => {
+            Some(SamplerKind::DpmSolverMultistep)
+        }
         k => {
             return Err(invalid(std::format!(
                 "scheduler kind {k} is not a td_scheduler_kind"

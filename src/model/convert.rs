@@ -185,7 +185,10 @@ pub fn convert_folder_with(in_dir: &Path, out_dir: &Path, layout: Layout) -> Res
     };
     // Validate before writing anything: the converted weights must load against the config
     // (and, packed, with no copy at all).
-    let check = crate::Model::from_parts(&config, crate::weights::WeightBytes::Owned(converted.clone()))?;
+    let check = crate::Model::from_parts(
+        &config,
+        crate::weights::WeightBytes::Owned(converted.clone()),
+    )?;
     if layout == Layout::Packed && check.weights().owned_len() != 0 {
         return Err(Error::InvalidSafetensors {
             message: "packed conversion still needs copies at load".into(),

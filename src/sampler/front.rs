@@ -20,7 +20,8 @@ use super::{Method, SampleOptions, StepInfo};
 use crate::error::{invalid_arg, Result};
 use crate::model::Model;
 use crate::schedule::{
-    DdimPrevTimestep, Predictor, Scheduler, SchedulerConfig, SchedulerKind, SdeConfig, SdeSampler,
+    DdimPrevTimestep, DpmAlgorithm, Predictor, Scheduler, SchedulerConfig, SchedulerKind,
+    SdeConfig, SdeSampler, SigmaScheduler,
 };
 
 /// Which sampler.
@@ -36,19 +37,31 @@ pub enum SamplerKind {
     Ode,
     /// Predictor-corrector: a predictor (Euler-Maruyama by default) plus Langevin steps.
     Pc,
+    /// diffusers' `EulerDiscreteScheduler`.
+    Euler,
+    /// diffusers' `EulerAncestralDiscreteScheduler`.
+    EulerAncestral,
+    /// diffusers' `DPMSolverMultistepScheduler` (the config's algorithm and order, or those
+    /// of the `dpm++2m` / `dpm++2m-sde` aliases).
+    DpmSolverMultistep,
 }
 
 impl SamplerKind {
-    /// Every kind, in the order of the names `ddpm, ddim, sde, ode, pc`.
-    pub const ALL: [SamplerKind; 5] = [
+    /// Every kind, in the order of the names `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm`.
+    pub const ALL: [SamplerKind; 8] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
         SamplerKind::Ode,
         SamplerKind::Pc,
+        SamplerKind::Euler,
+        SamplerKind::EulerAncestral,
+        SamplerKind::DpmSolverMultistep,
     ];
 
-    /// `ddpm`, `ddim`, `sde`, `ode` or `pc` (the `sample --scheduler` names).
+    /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
+    /// `sample --scheduler` names; [`SamplerSpec::named`] also takes diffusers class names and
+    /// the `dpm++2m`, `dpm++2m-sde` aliases).
     pub fn name(self) -> &'static str {
         match self {
             SamplerKind::Ddpm => "ddpm",
@@ -56,20 +69,46 @@ impl SamplerKind {
             SamplerKind::Sde => "sde",
             SamplerKind::Ode => "ode",
             SamplerKind::Pc => "pc",
+            SamplerKind::Euler => "euler",
+            SamplerKind::EulerAncestral => "euler-a",
+            SamplerKind::DpmSolverMultistep => "dpm",
         }
     }
 
-    /// The kind of a [`SamplerKind::name`].
+    /// The kind of a [`SamplerKind::name`] or of a diffusers class name.
     pub fn from_name(name: &str) -> Option<SamplerKind> {
-        SamplerKind::ALL.into_iter().find(|k| k.name() == name)
+        SamplerKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .or_else(|| SchedulerKind::from_class_name(name).map(SamplerKind::of_class))
     }
 
-    /// The class of a scheduler config (DDPM or DDIM).
-    pub fn of_config(cfg: &SchedulerConfig) -> SamplerKind {
-        match cfg.kind {
+    /// The kind of a diffusers scheduler class.
+    pub fn of_class(kind: SchedulerKind) -> SamplerKind {
+        match kind {
             SchedulerKind::Ddpm => SamplerKind::Ddpm,
             SchedulerKind::Ddim => SamplerKind::Ddim,
+            SchedulerKind::Euler => SamplerKind::Euler,
+            SchedulerKind::EulerAncestral => SamplerKind::EulerAncestral,
+            SchedulerKind::DpmSolverMultistep => SamplerKind::DpmSolverMultistep,
         }
+    }
+
+    /// The diffusers class of a discrete-time kind (`None` for the SDE kinds).
+    pub fn class(self) -> Option<SchedulerKind> {
+        match self {
+            SamplerKind::Ddpm => Some(SchedulerKind::Ddpm),
+            SamplerKind::Ddim => Some(SchedulerKind::Ddim),
+            SamplerKind::Euler => Some(SchedulerKind::Euler),
+            SamplerKind::EulerAncestral => Some(SchedulerKind::EulerAncestral),
+            SamplerKind::DpmSolverMultistep => Some(SchedulerKind::DpmSolverMultistep),
+            SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
+        }
+    }
+
+    /// The class of a scheduler config.
+    pub fn of_config(cfg: &SchedulerConfig) -> SamplerKind {
+        SamplerKind::of_class(cfg.kind)
     }
 
     /// The score-SDE kinds (continuous time): `Sde`, `Ode`, `Pc`.
@@ -88,6 +127,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
+/// | Euler, Euler ancestral, DPM-Solver | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -98,6 +138,9 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         SamplerKind::Sde => t.min(1000),
         SamplerKind::Ode => t.min(50),
         SamplerKind::Pc => t.min(500),
+        SamplerKind::Euler | SamplerKind::EulerAncestral | SamplerKind::DpmSolverMultistep => {
+            t.min(50)
+        }
     }
 }
 
@@ -145,6 +188,10 @@ pub struct SamplerSpec {
     pub t_eps: Option<f64>,
     /// SDE kinds: finish with the Tweedie denoising step at `t_eps` (default true).
     pub denoise: Option<bool>,
+    /// DPM-Solver: `algorithm_type` (default: the scheduler config's).
+    pub dpm_algorithm: Option<DpmAlgorithm>,
+    /// DPM-Solver: `solver_order`, 1-3 (default: the scheduler config's).
+    pub solver_order: Option<usize>,
 }
 
 impl SamplerSpec {
@@ -201,6 +248,25 @@ impl SamplerSpec {
         self
     }
 
+    /// The spec of a `--scheduler` name: a [`SamplerKind::name`], a diffusers class name
+    /// (`EulerDiscreteScheduler`, ...), or an alias: `dpm++2m` (DPM-Solver++ order 2),
+    /// `dpm++2m-sde` (SDE-DPM-Solver++ order 2), `euler-ancestral`. `None` for anything else.
+    pub fn named(name: &str) -> Option<SamplerSpec> {
+        let dpm = |alg| SamplerSpec {
+            dpm_algorithm: Some(alg),
+            solver_order: Some(2),
+            ..SamplerSpec::new(Some(SamplerKind::DpmSolverMultistep))
+        };
+        match name {
+            "dpm++2m" => Some(dpm(DpmAlgorithm::DpmSolverPP)),
+            "dpm++2m-sde" => Some(dpm(DpmAlgorithm::SdeDpmSolverPP)),
+            "euler-ancestral" | "euler_a" => {
+                Some(SamplerSpec::new(Some(SamplerKind::EulerAncestral)))
+            }
+            _ => SamplerKind::from_name(name).map(|k| SamplerSpec::new(Some(k))),
+        }
+    }
+
     /// The kind this spec builds for a model with scheduler config `cfg`.
     pub fn resolved_kind(&self, cfg: &SchedulerConfig) -> SamplerKind {
         self.kind.unwrap_or_else(|| SamplerKind::of_config(cfg))
@@ -225,6 +291,11 @@ impl SamplerSpec {
         if let Some(snr) = self.snr {
             if !(snr.is_finite() && snr >= 0.0) {
                 return Err(invalid_arg("snr", format!("{snr} must be finite and >= 0")));
+            }
+        }
+        if let Some(o) = self.solver_order {
+            if !(1..=3).contains(&o) {
+                return Err(invalid_arg("solver_order", format!("{o} is not 1, 2 or 3")));
             }
         }
         if let Some(t) = self.t_eps {
@@ -268,6 +339,7 @@ pub struct Sampler {
 enum Built {
     Discrete(Scheduler),
     Sde(SdeSampler),
+    Sigma(SigmaScheduler),
 }
 
 impl Sampler {
@@ -308,6 +380,17 @@ impl Sampler {
                 }
                 Built::Discrete(s)
             }
+            SamplerKind::Euler | SamplerKind::EulerAncestral | SamplerKind::DpmSolverMultistep => {
+                let class = kind.class().expect("a discrete-time kind");
+                let mut c = cfg.clone().with_kind(class);
+                if let Some(a) = spec.dpm_algorithm {
+                    c.algorithm_type = a;
+                }
+                if let Some(o) = spec.solver_order {
+                    c.solver_order = o;
+                }
+                Built::Sigma(SigmaScheduler::new(c, steps)?)
+            }
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => {
                 let d = SdeConfig::sde(steps);
                 let predictor = spec.predictor.unwrap_or(if kind == SamplerKind::Ode {
@@ -342,6 +425,7 @@ impl Sampler {
         match &self.built {
             Built::Discrete(s) => Method::Scheduler(s),
             Built::Sde(s) => Method::Sde(s),
+            Built::Sigma(s) => Method::Sigma(s),
         }
     }
 
@@ -349,15 +433,23 @@ impl Sampler {
     pub fn scheduler(&self) -> Option<&Scheduler> {
         match &self.built {
             Built::Discrete(s) => Some(s),
-            Built::Sde(_) => None,
+            _ => None,
         }
     }
 
     /// The continuous-time sampler, if it is one.
     pub fn sde(&self) -> Option<&SdeSampler> {
         match &self.built {
-            Built::Discrete(_) => None,
             Built::Sde(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The Euler / Euler ancestral / DPM-Solver scheduler, if it is one.
+    pub fn sigma(&self) -> Option<&SigmaScheduler> {
+        match &self.built {
+            Built::Sigma(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -382,6 +474,7 @@ impl Sampler {
         match &self.built {
             Built::Discrete(s) => s.timesteps(),
             Built::Sde(s) => s.timesteps(),
+            Built::Sigma(s) => s.rounded_timesteps(),
         }
     }
 
@@ -429,6 +522,15 @@ impl From<Scheduler> for Sampler {
     }
 }
 
+impl From<SigmaScheduler> for Sampler {
+    fn from(s: SigmaScheduler) -> Sampler {
+        Sampler {
+            kind: SamplerKind::of_config(s.config()),
+            built: Built::Sigma(s),
+        }
+    }
+}
+
 impl From<SdeSampler> for Sampler {
     fn from(s: SdeSampler) -> Sampler {
         let c = s.config();
@@ -470,8 +572,8 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 5] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
-        assert_eq!(d, [1000, 50, 1000, 50, 500]);
+        let d: [usize; 8] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::error::{invalid_arg, Error, Result};
 use crate::model::Model;
 use crate::schedule::noise::GaussianNoise;
 use crate::schedule::sde::{NoiseRows, SdeSampler, SdeStep};
-use crate::schedule::{PredictionType, Scheduler, StepShape};
+use crate::schedule::{PredictionType, Scheduler, SigmaScheduler, StepShape};
 
 mod front;
 
@@ -53,6 +53,10 @@ pub enum Method<'a> {
     Scheduler(&'a Scheduler),
     /// Continuous time: reverse SDE, probability-flow ODE, predictor-corrector.
     Sde(&'a SdeSampler),
+    /// Sigma-parameterised schedulers (Euler, Euler ancestral, DPM-Solver multistep): x_T
+    /// scaled by `init_noise_sigma`, the model input scaled, multistep history in the
+    /// workspace.
+    Sigma(&'a SigmaScheduler),
 }
 
 impl Method<'_> {
@@ -62,6 +66,7 @@ impl Method<'_> {
         match self {
             Method::Scheduler(s) => s.timesteps().len(),
             Method::Sde(s) => s.noise_rows(),
+            Method::Sigma(s) => s.noise_rows(),
         }
     }
 
@@ -70,6 +75,7 @@ impl Method<'_> {
         match self {
             Method::Scheduler(s) => s.timesteps().len(),
             Method::Sde(s) => s.model_evaluations(),
+            Method::Sigma(s) => s.num_steps(),
         }
     }
 
@@ -78,6 +84,7 @@ impl Method<'_> {
         match self {
             Method::Scheduler(s) => s.num_steps(),
             Method::Sde(s) => s.num_steps(),
+            Method::Sigma(s) => s.num_steps(),
         }
     }
 }
@@ -91,11 +98,13 @@ struct Layout {
     uncond: usize,
     /// DDPM/DDIM: one noise row.
     noise: usize,
-    /// The scheduler's or the SDE sampler's scratch.
+    /// The scheduler's or the SDE sampler's scratch; a sigma scheduler's multistep history.
     scratch: usize,
     /// Class-conditional models: room for `batch` i64 default labels at an 8-byte boundary
     /// (2 * batch + 1 floats), used when the run is given no labels.
     labels: usize,
+    /// Sigma schedulers: the scaled model input `[B, C, H, W]` (0 when unscaled).
+    model_in: usize,
 }
 
 impl Layout {
@@ -103,9 +112,16 @@ impl Layout {
     /// satisfies, instead of a wrapped (small, wrong) size. `sample_with` rejects such a batch
     /// before using any offset.
     fn total(&self) -> usize {
-        [self.output, self.uncond, self.noise, self.scratch, self.labels]
-            .iter()
-            .fold(self.model, |at, len| at.saturating_add(*len))
+        [
+            self.output,
+            self.uncond,
+            self.noise,
+            self.scratch,
+            self.labels,
+            self.model_in,
+        ]
+        .iter()
+        .fold(self.model, |at, len| at.saturating_add(*len))
     }
 }
 
@@ -126,9 +142,14 @@ fn layout(
         height: h,
         width: w,
     };
-    let (noise, scratch) = match method {
-        Method::Scheduler(s) => (sample, s.scratch_len(shape)),
-        Method::Sde(s) => (0, s.scratch_len(shape)),
+    let (noise, scratch, model_in) = match method {
+        Method::Scheduler(s) => (sample, s.scratch_len(shape), 0),
+        Method::Sde(s) => (0, s.scratch_len(shape), 0),
+        Method::Sigma(s) => (
+            if s.noise_rows() > 0 { sample } else { 0 },
+            s.history_len(shape),
+            if s.scales_input() { sample } else { 0 },
+        ),
     };
     Layout {
         model: model.workspace_len_for_threads(batch, threads),
@@ -141,6 +162,7 @@ fn layout(
         } else {
             0
         },
+        model_in,
     }
 }
 
@@ -389,7 +411,8 @@ pub fn sample_with(
             return Err(Error::UnsupportedConfig {
                 key: "scheduler".into(),
                 value: alloc::format!(
-                    "sde, ode and pc on a {} device (they run on the CPU only for now)",
+                    "sde, ode, pc, euler, euler-a and dpm-solver on a {} device (they run on \
+                     the CPU only for now)",
                     gpu.device_kind()
                 ),
             });
@@ -419,6 +442,13 @@ pub fn sample_with(
         None => noise.fill(0, out),
     }
     // init_noise_sigma is 1 for DDPM, DDIM and the VP-SDE: x_T is the standard normal draw.
+    // The sigma schedulers scale it (diffusers: latents = randn * init_noise_sigma, float32).
+    if let Method::Sigma(s) = method {
+        let sigma = s.init_noise_sigma() as f32;
+        if sigma != 1.0 {
+            out.iter_mut().for_each(|x| *x *= sigma);
+        }
+    }
 
     let shape = StepShape {
         batch,
@@ -430,10 +460,12 @@ pub fn sample_with(
     let (output, rest) = rest.split_at_mut(lay.output);
     let (uncond, rest) = rest.split_at_mut(lay.uncond);
     let (noise_buf, rest) = rest.split_at_mut(lay.noise);
-    let scratch = &mut rest[..lay.scratch];
+    let (scratch, rest) = rest.split_at_mut(lay.scratch);
+    let model_in = &mut rest[..lay.model_in];
     let prediction = match method {
         Method::Scheduler(s) => s.config().prediction_type,
         Method::Sde(s) => s.prediction_type(),
+        Method::Sigma(s) => s.config().prediction_type,
     };
     let mut denoiser = Denoiser {
         model,
@@ -468,6 +500,41 @@ pub fn sample_with(
                         index: i,
                         steps,
                         timestep: t,
+                        sample: out,
+                    });
+                }
+            }
+        }
+        Method::Sigma(sched) => {
+            let steps = sched.num_steps();
+            for i in 0..steps {
+                let t = sched.model_timestep(i);
+                let m = if sched.scales_input() {
+                    let d = sched.input_divisor(i);
+                    for (xi, &x) in model_in.iter_mut().zip(out.iter()) {
+                        *xi = (x as f64 / d) as f32;
+                    }
+                    denoiser.raw(model_in, t)?
+                } else {
+                    denoiser.raw(out, t)?
+                };
+                let z: Option<&[f32]> = if sched.needs_noise(i) {
+                    match opts.step_noise {
+                        Some(z) => Some(&z[i * n..(i + 1) * n]),
+                        None => {
+                            noise.fill(i as u64 + 1, noise_buf);
+                            Some(&*noise_buf)
+                        }
+                    }
+                } else {
+                    None
+                };
+                sched.step(i, shape, m, out, z, scratch)?;
+                if let Some(cb) = on_step.as_mut() {
+                    cb(&StepInfo {
+                        index: i,
+                        steps,
+                        timestep: sched.rounded_timesteps()[i],
                         sample: out,
                     });
                 }

@@ -27,6 +27,12 @@ pub enum SchedulerKind {
     Ddpm,
     /// `DDIMScheduler`: deterministic for eta = 0, DDPM-like noise as eta grows.
     Ddim,
+    /// `EulerDiscreteScheduler`: Euler steps of the probability-flow ODE in sigma space.
+    Euler,
+    /// `EulerAncestralDiscreteScheduler`: Euler steps plus fresh noise (one draw per step).
+    EulerAncestral,
+    /// `DPMSolverMultistepScheduler`: DPM-Solver(++) of order 1-3, optionally the SDE variant.
+    DpmSolverMultistep,
 }
 
 impl SchedulerKind {
@@ -35,8 +41,69 @@ impl SchedulerKind {
         match self {
             SchedulerKind::Ddpm => "DDPMScheduler",
             SchedulerKind::Ddim => "DDIMScheduler",
+            SchedulerKind::Euler => "EulerDiscreteScheduler",
+            SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
+            SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
         }
     }
+
+    /// Every class this library runs.
+    pub const ALL: [SchedulerKind; 5] = [
+        SchedulerKind::Ddpm,
+        SchedulerKind::Ddim,
+        SchedulerKind::Euler,
+        SchedulerKind::EulerAncestral,
+        SchedulerKind::DpmSolverMultistep,
+    ];
+
+    /// The kind of a diffusers class name.
+    pub fn from_class_name(name: &str) -> Option<SchedulerKind> {
+        SchedulerKind::ALL
+            .into_iter()
+            .find(|k| k.class_name() == name)
+    }
+
+    /// The sigma-parameterised classes (`schedule::sigma`): Euler, Euler ancestral, DPM-Solver.
+    pub fn is_sigma(self) -> bool {
+        !matches!(self, SchedulerKind::Ddpm | SchedulerKind::Ddim)
+    }
+}
+
+/// `timestep_type` (Euler): the model timestep of each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestepType {
+    /// The (possibly fractional) training timestep.
+    Discrete,
+    /// `0.25 * ln(sigma)` (only with `v_prediction`, as in diffusers; otherwise discrete).
+    Continuous,
+}
+
+/// `final_sigmas_type`: the sigma after the last step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalSigmas {
+    /// 0: the last step lands on the clean sample.
+    Zero,
+    /// sigma at training timestep 0.
+    SigmaMin,
+}
+
+/// `algorithm_type` (DPM-Solver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpmAlgorithm {
+    /// Data-prediction DPM-Solver++ (the default).
+    DpmSolverPP,
+    /// Noise-prediction DPM-Solver.
+    DpmSolver,
+    /// Stochastic DPM-Solver++ (one Gaussian draw per step).
+    SdeDpmSolverPP,
+}
+
+/// `solver_type` (DPM-Solver, order 2): how the second-order term is formed. diffusers maps
+/// `logrho`, `bh1` and `bh2` (UniPC's) to `midpoint`; so does this parser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SolverType {
+    Midpoint,
+    Heun,
 }
 
 /// `beta_schedule`: how the training betas are laid out over `num_train_timesteps`.
@@ -181,6 +248,23 @@ names!(PredictionType, "prediction_type" {
     Sample = "sample",
     VPrediction = "v_prediction",
 });
+names!(TimestepType, "timestep_type" {
+    Discrete = "discrete",
+    Continuous = "continuous",
+});
+names!(FinalSigmas, "final_sigmas_type" {
+    Zero = "zero",
+    SigmaMin = "sigma_min",
+});
+names!(DpmAlgorithm, "algorithm_type" {
+    DpmSolverPP = "dpmsolver++",
+    DpmSolver = "dpmsolver",
+    SdeDpmSolverPP = "sde-dpmsolver++",
+});
+names!(SolverType, "solver_type" {
+    Midpoint = "midpoint",
+    Heun = "heun",
+});
 names!(TimestepSpacing, "timestep_spacing" {
     Leading = "leading",
     Trailing = "trailing",
@@ -220,6 +304,23 @@ pub struct SchedulerConfig {
     /// DDIM only; diffusers' `step(use_clipped_model_output=...)` argument, kept here so a
     /// whole sampling run is described by one value. Not a JSON key.
     pub use_clipped_model_output: bool,
+    /// Euler, DPM-Solver: Karras et al.'s rho = 7 sigma ramp between the schedule's ends.
+    pub use_karras_sigmas: bool,
+    /// Euler: the Karras ramp's ends (`None`: the schedule's own).
+    pub sigma_min: Option<f64>,
+    pub sigma_max: Option<f64>,
+    /// Euler: `timestep_type`.
+    pub timestep_type: TimestepType,
+    /// Euler, DPM-Solver: `final_sigmas_type`.
+    pub final_sigmas_type: FinalSigmas,
+    /// DPM-Solver: 1, 2 or 3.
+    pub solver_order: usize,
+    pub algorithm_type: DpmAlgorithm,
+    pub solver_type: SolverType,
+    pub lower_order_final: bool,
+    pub euler_at_final: bool,
+    /// DPM-Solver: timesteps whose log-SNR lambda is below this are never used (`-inf`: all).
+    pub lambda_min_clipped: f64,
 }
 
 fn json_err(message: impl Into<String>) -> Error {
@@ -264,6 +365,55 @@ fn as_count(key: &str, v: &Value) -> Result<usize> {
     }
 }
 
+const NEG_INF_TOKEN: &str = "-Infinity";
+
+/// `-Infinity` outside JSON strings becomes the string `"-Infinity"`.
+fn quote_neg_infinity(text: &str) -> String {
+    if !text.contains(NEG_INF_TOKEN) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let (mut in_str, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if !in_str && rest.starts_with(NEG_INF_TOKEN) {
+            out.push('"');
+            out.push_str(NEG_INF_TOKEN);
+            out.push('"');
+            rest = &rest[NEG_INF_TOKEN.len()..];
+            continue;
+        }
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+fn opt_bool(key: &str, v: &Value) -> Result<bool> {
+    match v {
+        Value::Null => Ok(false),
+        _ => as_bool(key, v),
+    }
+}
+
+fn opt_f64(key: &str, v: &Value) -> Result<Option<f64>> {
+    match v {
+        Value::Null => Ok(None),
+        _ => as_f64(key, v).map(Some),
+    }
+}
+
 /// Keys of diffusers 0.1-era scheduler configs that diffusers 0.42 ignores and that never
 /// changed the computation; old Hub folders (e.g. the original DDPM conversions) carry them.
 fn is_legacy_noop(key: &str, v: &Value) -> bool {
@@ -297,7 +447,31 @@ impl SchedulerConfig {
             set_alpha_to_one: true,
             ddim_prev_timestep: DdimPrevTimestep::Diffusers,
             use_clipped_model_output: false,
+            use_karras_sigmas: false,
+            sigma_min: None,
+            sigma_max: None,
+            timestep_type: TimestepType::Discrete,
+            final_sigmas_type: FinalSigmas::Zero,
+            solver_order: 2,
+            algorithm_type: DpmAlgorithm::DpmSolverPP,
+            solver_type: SolverType::Midpoint,
+            lower_order_final: true,
+            euler_at_final: false,
+            lambda_min_clipped: f64::NEG_INFINITY,
         }
+    }
+
+    /// diffusers' constructor defaults of `kind` (the sigma classes space timesteps
+    /// `linspace` by default; every other shared key has the same default in every class).
+    pub fn default_for(kind: SchedulerKind) -> SchedulerConfig {
+        let mut c = SchedulerConfig {
+            kind,
+            ..SchedulerConfig::ddpm_default()
+        };
+        if kind.is_sigma() {
+            c.timestep_spacing = TimestepSpacing::Linspace;
+        }
+        c
     }
 
     /// diffusers' `DDIMScheduler()` constructor defaults (the shared keys have the same
@@ -318,21 +492,27 @@ impl SchedulerConfig {
     /// unknown key, unknown class or enum value → [`Error::UnsupportedConfig`]; wrong type or
     /// out-of-range value → [`Error::InvalidConfig`], each naming the key.
     pub fn from_json(text: &str) -> Result<SchedulerConfig> {
-        let root: Value = serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
+        // Python's json writes -inf as the bare token `-Infinity` (DPM-Solver's
+        // `lambda_min_clipped`), which is not JSON; read it as a string.
+        let text = quote_neg_infinity(text);
+        let root: Value = serde_json::from_str(&text).map_err(|e| json_err(e.to_string()))?;
         let obj = root
             .as_object()
             .ok_or_else(|| json_err("top level is not an object"))?;
-        let mut cfg = SchedulerConfig::ddpm_default();
+        let kind = match obj.get("_class_name") {
+            None => SchedulerKind::Ddpm,
+            Some(v) => match v.as_str().and_then(SchedulerKind::from_class_name) {
+                Some(kind) => kind,
+                None => return Err(unsupported("_class_name", v)),
+            },
+        };
+        let sigma = kind.is_sigma();
+        let dpm = kind == SchedulerKind::DpmSolverMultistep;
+        let mut cfg = SchedulerConfig::default_for(kind);
         for (key, v) in obj {
             let k = key.as_str();
             match k {
-                "_class_name" => {
-                    cfg.kind = match v.as_str() {
-                        Some("DDPMScheduler") => SchedulerKind::Ddpm,
-                        Some("DDIMScheduler") => SchedulerKind::Ddim,
-                        _ => return Err(unsupported(k, v)),
-                    }
-                }
+                "_class_name" => {}
                 _ if k.starts_with('_') => {} // _diffusers_version, _use_default_values, ...
                 "num_train_timesteps" => cfg.num_train_timesteps = as_count(k, v)?,
                 "beta_start" => cfg.beta_start = as_f64(k, v)?,
@@ -355,6 +535,16 @@ impl SchedulerConfig {
                         }
                     }
                 }
+                // DPM-Solver's `variance_type` is null or learned / learned_range: the
+                // variance channels are dropped either way (the step reads the first C).
+                "variance_type" if dpm => match v {
+                    Value::Null => {}
+                    _ if matches!(
+                        VarianceType::parse(k, v)?,
+                        VarianceType::Learned | VarianceType::LearnedRange
+                    ) => {}
+                    _ => return Err(unsupported(k, v)),
+                },
                 "variance_type" => cfg.variance_type = VarianceType::parse(k, v)?,
                 "clip_sample" => cfg.clip_sample = as_bool(k, v)?,
                 "clip_sample_range" => cfg.clip_sample_range = as_f64(k, v)?,
@@ -366,6 +556,68 @@ impl SchedulerConfig {
                 "steps_offset" => cfg.steps_offset = as_count(k, v)?,
                 "rescale_betas_zero_snr" => cfg.rescale_betas_zero_snr = as_bool(k, v)?,
                 "set_alpha_to_one" => cfg.set_alpha_to_one = as_bool(k, v)?,
+                "use_karras_sigmas" if sigma && !matches!(kind, SchedulerKind::EulerAncestral) => {
+                    cfg.use_karras_sigmas = opt_bool(k, v)?
+                }
+                "sigma_min" if kind == SchedulerKind::Euler => cfg.sigma_min = opt_f64(k, v)?,
+                "sigma_max" if kind == SchedulerKind::Euler => cfg.sigma_max = opt_f64(k, v)?,
+                "timestep_type" if kind == SchedulerKind::Euler => {
+                    cfg.timestep_type = TimestepType::parse(k, v)?
+                }
+                "interpolation_type" if kind == SchedulerKind::Euler => {
+                    if v.as_str() != Some("linear") {
+                        return Err(unsupported(k, v));
+                    }
+                }
+                "final_sigmas_type" if matches!(kind, SchedulerKind::Euler) || dpm => {
+                    cfg.final_sigmas_type = FinalSigmas::parse(k, v)?
+                }
+                // Options of diffusers we do not run: only their "off" value is accepted.
+                "use_exponential_sigmas" | "use_beta_sigmas"
+                    if matches!(kind, SchedulerKind::Euler) || dpm =>
+                {
+                    if opt_bool(k, v)? {
+                        return Err(unsupported(k, v));
+                    }
+                }
+                "use_lu_lambdas" | "use_flow_sigmas" | "use_dynamic_shifting" if dpm => {
+                    if opt_bool(k, v)? {
+                        return Err(unsupported(k, v));
+                    }
+                }
+                "flow_shift" if dpm => {
+                    as_f64(k, v)?;
+                }
+                "time_shift_type" if dpm => {
+                    if v.as_str() != Some("exponential") {
+                        return Err(unsupported(k, v));
+                    }
+                }
+                "solver_order" if dpm => {
+                    cfg.solver_order = match v.as_u64() {
+                        Some(n @ 1..=3) => n as usize,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                "algorithm_type" if dpm => cfg.algorithm_type = DpmAlgorithm::parse(k, v)?,
+                "solver_type" if dpm => {
+                    cfg.solver_type = match v.as_str() {
+                        Some("logrho" | "bh1" | "bh2") => SolverType::Midpoint,
+                        _ => SolverType::parse(k, v)?,
+                    }
+                }
+                "lower_order_final" if dpm => cfg.lower_order_final = as_bool(k, v)?,
+                "euler_at_final" if dpm => cfg.euler_at_final = as_bool(k, v)?,
+                "lambda_min_clipped" if dpm => {
+                    cfg.lambda_min_clipped = match v {
+                        Value::String(s) if s == NEG_INF_TOKEN => f64::NEG_INFINITY,
+                        _ => as_f64(k, v)?,
+                    }
+                }
+                // PNDM's flag, copied into many Stable Diffusion scheduler configs; no effect.
+                "skip_prk_steps" if sigma => {
+                    as_bool(k, v)?;
+                }
                 _ if is_legacy_noop(k, v) => {}
                 _ => return Err(unsupported(k, v)),
             }
@@ -392,6 +644,7 @@ impl SchedulerConfig {
         match self.kind {
             SchedulerKind::Ddpm => self.variance_type = defaults.variance_type,
             SchedulerKind::Ddim => self.set_alpha_to_one = defaults.set_alpha_to_one,
+            _ => {}
         }
         self.kind = kind;
         self
@@ -449,6 +702,19 @@ impl SchedulerConfig {
                 "dynamic_thresholding_ratio",
                 format!("{r} is outside [0, 1]"),
             ));
+        }
+        if !(1..=3).contains(&self.solver_order) {
+            return Err(unsupported("solver_order", self.solver_order));
+        }
+        for (key, v) in [("sigma_min", self.sigma_min), ("sigma_max", self.sigma_max)] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(bad(key, format!("{v} must be finite and > 0")));
+                }
+            }
+        }
+        if self.lambda_min_clipped.is_nan() {
+            return Err(bad("lambda_min_clipped", "is NaN"));
         }
         if !(self.sample_max_value.is_finite() && self.sample_max_value > 0.0) {
             return Err(bad(

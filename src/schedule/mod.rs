@@ -5,6 +5,8 @@
 //! - [`betas`](mod@betas): training betas and alpha-bars, as diffusers' float32 tensors hold them.
 //! - [`timesteps`](mod@timesteps): `set_timesteps`, reproduced exactly (leading / trailing / linspace).
 //! - [`Scheduler`]: one run's schedule and the allocation-free, in-place `step`.
+//! - [`sigma`]: the sigma-parameterised schedulers (Euler, Euler ancestral, DPM-Solver
+//!   multistep), with their model-input scaling and multistep history.
 //! - [`sde`]: the continuous-time (score-SDE) samplers: reverse SDE, probability-flow ODE,
 //!   predictor-corrector.
 //! - [`eps`]: [`EpsModel`], the model as every sampler calls it (eps at a [`NoiseLevel`]).
@@ -21,16 +23,18 @@ pub mod noise;
 pub mod run;
 mod scheduler;
 pub mod sde;
+pub mod sigma;
 pub mod timesteps;
 
 pub use betas::{alphas_cumprod, betas};
 pub use config::{
-    BetaSchedule, DdimPrevTimestep, PredictionType, SchedulerConfig, SchedulerKind,
-    TimestepSpacing, VarianceType,
+    BetaSchedule, DdimPrevTimestep, DpmAlgorithm, FinalSigmas, PredictionType, SchedulerConfig,
+    SchedulerKind, SolverType, TimestepSpacing, TimestepType, VarianceType,
 };
 pub use eps::{EpsModel, NoiseLevel};
 pub use noise::GaussianNoise;
 pub use run::{Guidance, SampleOptions, StepInfo};
 pub use scheduler::{Scheduler, StepShape};
 pub use sde::{Predictor, SdeConfig, SdeSampler, VpSde};
+pub use sigma::SigmaScheduler;
 pub use timesteps::set_timesteps;

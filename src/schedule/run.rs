@@ -55,4 +55,3 @@ pub struct StepInfo<'a> {
     /// The sample after this step, `[batch, C, H, W]`.
     pub sample: &'a [f32],
 }
-

@@ -182,6 +182,13 @@ impl Scheduler {
     /// T, or `trailing` spacing with a step count for which NumPy lists one extra timestep, -1
     /// (e.g. T = 1000 and N = 61).
     pub fn new(cfg: SchedulerConfig, num_inference_steps: usize) -> Result<Scheduler> {
+        if cfg.kind.is_sigma() {
+            // Built by `schedule::SigmaScheduler` instead.
+            return Err(crate::error::unsupported(
+                "_class_name",
+                format!("{} (not a DDPM/DDIM class)", cfg.kind.class_name()),
+            ));
+        }
         let betas = betas(&cfg)?;
         let alphas_cumprod = alphas_cumprod(&betas);
         let timesteps = set_timesteps(&cfg, num_inference_steps)?;
@@ -213,7 +220,7 @@ impl Scheduler {
             // DDPM's `self.one`.
             SchedulerKind::Ddpm => 1.0,
             SchedulerKind::Ddim if cfg.set_alpha_to_one => 1.0,
-            SchedulerKind::Ddim => alphas_cumprod[0],
+            _ => alphas_cumprod[0],
         };
         let ratio = (cfg.num_train_timesteps / num_inference_steps) as i64;
         let steps = timesteps
@@ -223,9 +230,8 @@ impl Scheduler {
                 let next = timesteps.get(i + 1).copied().unwrap_or(-1);
                 let prev_timestep = match (cfg.kind, cfg.ddim_prev_timestep) {
                     // DDPM's previous_timestep(): the next listed timestep, or -1.
-                    (SchedulerKind::Ddpm, _)
-                    | (SchedulerKind::Ddim, DdimPrevTimestep::NextInSchedule) => next,
-                    (SchedulerKind::Ddim, DdimPrevTimestep::Diffusers) => t - ratio,
+                    (SchedulerKind::Ddpm, _) | (_, DdimPrevTimestep::NextInSchedule) => next,
+                    (_, DdimPrevTimestep::Diffusers) => t - ratio,
                 };
                 let prev = if prev_timestep >= 0 {
                     alpha_at(prev_timestep)
@@ -311,7 +317,7 @@ impl Scheduler {
         match (self.cfg.kind, self.timesteps.get(step_index)) {
             (_, None) => false,
             (SchedulerKind::Ddpm, Some(&t)) => t > 0,
-            (SchedulerKind::Ddim, Some(_)) => self.eta > 0.0,
+            (_, Some(_)) => self.eta > 0.0,
         }
     }
 
@@ -419,7 +425,7 @@ impl Scheduler {
         let sqrt_b = libm::sqrt(1.0 - alphas.t);
         let coeffs = match self.cfg.kind {
             SchedulerKind::Ddpm => Coeffs::Ddpm(self.ddpm_step(alphas)),
-            SchedulerKind::Ddim => Coeffs::Ddim(self.ddim_step(alphas)),
+            _ => Coeffs::Ddim(self.ddim_step(alphas)),
         };
         let stride = if doubled { 2 * per } else { per };
         for b in 0..shape.batch {
@@ -456,7 +462,7 @@ impl Scheduler {
                 let c = self.ddpm_step(a);
                 [sa, sb, c.c_x0, c.c_xt, c.std, c.min_log, c.max_log, noise]
             }
-            SchedulerKind::Ddim => {
+            _ => {
                 let c = self.ddim_step(a);
                 [sa, sb, c.sqrt_a_prev, c.c_dir, c.std, 0.0, 0.0, noise]
             }

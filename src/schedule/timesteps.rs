@@ -72,7 +72,7 @@ pub fn set_timesteps(cfg: &SchedulerConfig, num_inference_steps: usize) -> Resul
 /// `np.arange(start, stop, step)` for floats: length `ceil((stop - start) / step)`, element 0
 /// is `start`, element 1 is `start + step`, and element i >= 2 is `start + i * delta` with
 /// `delta = (start + step) - start` (NumPy's fill loop), not `start + i * step`.
-fn arange_f64(start: f64, stop: f64, step: f64) -> Vec<f64> {
+pub(crate) fn arange_f64(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = libm::ceil((stop - start) / step);
     // The callers' lengths are at most N + 1 <= 2^20 + 1; anything else is empty.
     let len = if len.is_finite() && len > 0.0 && len <= (1u64 << 21) as f64 {

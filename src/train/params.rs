@@ -123,11 +123,8 @@ impl ParamTable {
                     kinds.push((key(g.beta), ParamKind::NormShift));
                 }
                 Op::ClassEmbedding(c) => kinds.push((key(c.table), ParamKind::Embedding)),
-                Op::Input(_)
-                | Op::Sinusoid(_)
-                | Op::Silu(_)
-                | Op::Attention(_)
-                | Op::Output(_) => {}
+                Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
+                }
             }
         }
         kinds.sort_by_key(|k| k.0);

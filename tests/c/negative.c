@@ -306,7 +306,7 @@ static void sampling(td_model *m, td_model *uncond) {
     b.batch = SIZE_MAX / 2;
     EXPECT(td_sample(m, &b, ws, ws_len, out, n), TD_STATUS_BAD_SIZE);
     b = d;
-    b.scheduler.kind = 7;
+    b.scheduler.kind = 99; /* 6..8 are the sigma schedulers */
     EXPECT(td_sample(m, &b, ws, ws_len, out, n), TD_STATUS_INVALID_ARGUMENT);
     b = d;
     b.scheduler.flags = 0x80;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use tinydiffusion::sampler::SamplerKind;
+use tinydiffusion::sampler::{SamplerKind, SamplerSpec};
 use tinydiffusion::schedule::Predictor;
 
 pub const HELP: &str = "\
@@ -17,12 +17,14 @@ USAGE:
 
 FLAGS:
     --model DIR          UNet2DModel folder or diffusers pipeline folder   [default: weights]
-    --scheduler NAME     ddpm | ddim | sde | ode | pc     [default: the folder's scheduler]
+    --scheduler NAME     ddpm | ddim | euler | euler-a | dpm | dpm++2m | dpm++2m-sde |
+                         sde | ode | pc, or a diffusers class name (EulerDiscreteScheduler,
+                         ...); keeps the folder's schedule options  [default: the folder's]
                          sde: reverse-time VP-SDE, Euler-Maruyama; ode: probability-flow
                          ODE; pc: Euler-Maruyama predictor + Langevin corrector
     --steps N            inference (predictor) steps; the default, for a model trained with
                          T timesteps: ddpm T, ddim min(50, T), sde min(1000, T),
-                         ode min(50, T), pc min(500, T)
+                         ode min(50, T), pc min(500, T), euler/euler-a/dpm min(50, T)
     --ode-solver NAME    ode: euler (1 evaluation per step) | heun (2)     [default: heun]
     --corrector-steps N  pc: Langevin corrector steps per step                [default: 1]
     --snr F              pc: signal-to-noise ratio of the Langevin step size [default: 0.16]
@@ -39,8 +41,11 @@ FLAGS:
                                                                                [default: 0]
     --null-class K       label used as 'no class' for guidance       [default: last class]
     --init-noise FILE    safetensors with tensor x_T [B,C,H,W] f32 to start from
+    --init-noise is the standard normal draw: euler and euler-a multiply it by the
+                         scheduler's init_noise_sigma, as diffusers does
     --step-noise FILE    safetensors with tensor noise [S,B,C,H,W] f32, row i for step i
-                         (sde/pc: row k for the k-th Gaussian draw)
+                         (sde/pc: row k for the k-th Gaussian draw; euler-a and dpm++2m-sde:
+                         one row per step)
     --save-tensor FILE   also write the final sample as tensor x_0 [B,C,H,W] f32
     --out PATH           PNG grid of the batch, or `none`            [default: samples.png]
                          (a model with other than 1 or 3 channels: each image's channels
@@ -62,6 +67,8 @@ pub struct SampleArgs {
     /// `None`: the folder's scheduler class. Every sampler option left `None` takes the
     /// front end's default ([`tinydiffusion::sampler::SamplerSpec`]), which also checks them.
     pub scheduler: Option<SamplerKind>,
+    /// What `--scheduler NAME` asks for beyond the kind (the `dpm++2m` aliases).
+    pub scheduler_named: Option<SamplerSpec>,
     pub steps: Option<usize>,
     /// `--ode-solver`: `OdeHeun` or `OdeEuler` (used by `--scheduler ode` only).
     pub ode_solver: Option<Predictor>,
@@ -151,6 +158,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut s = SampleArgs {
         model: None,
         scheduler: None,
+        scheduler_named: None,
         steps: None,
         ode_solver: None,
         corrector_steps: None,
@@ -192,9 +200,14 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--model" => s.model = Some(value()?.into()),
             "--scheduler" => {
                 let name = value()?;
-                s.scheduler = Some(SamplerKind::from_name(name).ok_or_else(|| {
-                    format!("--scheduler: '{name}' is not one of ddpm, ddim, sde, ode, pc")
-                })?)
+                let spec = SamplerSpec::named(name).ok_or_else(|| {
+                    format!(
+                        "--scheduler: '{name}' is not one of ddpm, ddim, euler, euler-a, dpm, \
+                         dpm++2m, dpm++2m-sde, sde, ode, pc or a supported diffusers class name"
+                    )
+                })?;
+                s.scheduler = spec.kind;
+                s.scheduler_named = Some(spec);
             }
             "--steps" => s.steps = Some(parse_num(flag, value()?)?),
             "--eta" => s.eta = Some(parse_num(flag, value()?)?),

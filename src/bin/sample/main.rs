@@ -102,6 +102,8 @@ fn sampler_spec(a: &SampleArgs) -> SamplerSpec {
         snr: a.snr,
         t_eps: a.sde_eps,
         denoise: None,
+        dpm_algorithm: a.scheduler_named.and_then(|n| n.dpm_algorithm),
+        solver_order: a.scheduler_named.and_then(|n| n.solver_order),
     }
 }
 
@@ -126,8 +128,8 @@ fn sampler_error(e: Error) -> String {
 }
 
 fn convert(input: &Path, output: &Path) -> Result<(), String> {
-    let report = tinydiffusion::model::convert::convert_folder(input, output)
-        .map_err(|e| e.to_string())?;
+    let report =
+        tinydiffusion::model::convert::convert_folder(input, output).map_err(|e| e.to_string())?;
     println!(
         "wrote {} ({} tensors, {} converted to f16, {} -> {} bytes)",
         output.display(),

@@ -1,0 +1,304 @@
+//! The sigma schedulers (Euler, Euler ancestral, DPM-Solver multistep) against diffusers 0.42
+//! (`tests/fixtures/sigma/`, made by `tests/tools/make_sigma_fixtures.py`): `set_timesteps`
+//! (timesteps, sigmas, init_noise_sigma) for every config and several step counts, chains of
+//! single steps with fixed model outputs (per step <= 1e-5 relative L2, the multistep history
+//! carried in the caller's buffer), and whole sampling runs with the tiny-rgb16 UNet and injected
+//! noise through the one front end and through the `sample` binary (<= 1e-3).
+
+mod common;
+
+use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use tinydiffusion::sampler::{SampleOptions, Sampler, SamplerSpec};
+use tinydiffusion::schedule::{SchedulerConfig, SigmaScheduler, StepShape};
+use tinydiffusion::Model;
+
+fn fixtures() -> (serde_json::Value, TensorFile) {
+    let dir = fixtures_dir().join("sigma");
+    (
+        read_json(dir.join("cases.json")),
+        TensorFile::open(dir.join("cases.safetensors")),
+    )
+}
+
+fn config(case: &serde_json::Value) -> SchedulerConfig {
+    SchedulerConfig::from_json(case["scheduler_json"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn schedules_match_diffusers() {
+    let (meta, t) = fixtures();
+    let cases = meta["schedules"].as_array().unwrap();
+    assert!(cases.len() >= 80);
+    let mut worst = 0.0f64;
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let s = SigmaScheduler::new(config(case), steps).unwrap();
+        let ts = t.f64s(&format!("{name}.timesteps"));
+        let sig = t.f64s(&format!("{name}.sigmas"));
+        assert_eq!(s.timesteps().len(), ts.len(), "{name}: timestep count");
+        for (i, (&a, &b)) in s.timesteps().iter().zip(&ts).enumerate() {
+            let tol = 1e-4 * b.abs().max(1.0);
+            assert!(
+                (a as f64 - b).abs() <= tol,
+                "{name}: timestep {i} is {a}, diffusers {b}"
+            );
+        }
+        assert_eq!(s.sigmas().len(), sig.len(), "{name}: sigma count");
+        let e = rel_l2(s.sigmas(), &sig);
+        let init = case["init_noise_sigma"].as_f64().unwrap();
+        let ei = (s.init_noise_sigma() - init).abs() / init;
+        assert!(
+            e <= 1e-6 && ei <= 1e-6,
+            "{name}: sigmas {e:.2e}, init_noise_sigma {ei:.2e}"
+        );
+        worst = worst.max(e).max(ei);
+    }
+    println!("{} schedules, worst sigma rel L2 {worst:.2e}", cases.len());
+}
+
+#[test]
+fn step_chains_match_diffusers() {
+    let (meta, t) = fixtures();
+    let chains = meta["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 32);
+    let mut worst = (0.0f64, String::new());
+    let mut failures = Vec::new();
+    for case in chains {
+        let name = case["name"].as_str().unwrap();
+        let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let s = SigmaScheduler::new(config(case), steps).unwrap();
+        let shape = StepShape::new(2, 3, 4, 4);
+        let mut history = vec![0.0f32; s.history_len(shape)];
+        for i in 0..s.num_steps() {
+            let key = format!("{name}.{i}");
+            let x = t.f32s(&format!("{key}.sample"));
+            // scale_model_input
+            let scaled: Vec<f32> = x
+                .iter()
+                .map(|&v| (v as f64 / s.input_divisor(i)) as f32)
+                .collect();
+            let es = rel_l2(&scaled, &t.f64s(&format!("{key}.scaled")));
+            let mo = t.f32s(&format!("{key}.model_output"));
+            let z = t.f32s(&format!("{key}.noise"));
+            let mut ours = x.clone();
+            s.step(i, shape, &mo, &mut ours, Some(&z), &mut history)
+                .unwrap();
+            let e = rel_l2(&ours, &t.f64s(&format!("{key}.prev_sample")));
+            let e = e.max(es);
+            if e > worst.0 {
+                worst = (e, key.clone());
+            }
+            if !(e <= 1e-5) {
+                failures.push(format!("{key} (order {}): {e:.3e}", s.order_at(i)));
+            }
+        }
+    }
+    println!("worst per-step rel L2 {:.2e} at {}", worst.0, worst.1);
+    assert!(
+        failures.is_empty(),
+        "step failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+struct Run {
+    name: String,
+    cfg: SchedulerConfig,
+    steps: usize,
+    x_t: Vec<f32>,
+    noise: Option<Vec<f32>>,
+    traj: Vec<f32>,
+}
+
+fn runs() -> Vec<Run> {
+    let (meta, t) = fixtures();
+    meta["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| {
+            let name = case["name"].as_str().unwrap().to_string();
+            Run {
+                cfg: config(case),
+                steps: case["num_inference_steps"].as_u64().unwrap() as usize,
+                x_t: t.f32s(&format!("{name}.x_T")),
+                noise: case["noise"]
+                    .as_bool()
+                    .unwrap()
+                    .then(|| t.f32s(&format!("{name}.noise"))),
+                traj: t.f32s(&format!("{name}.traj")),
+                name,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn sampling_runs_match_diffusers() {
+    let model = Model::load(fixtures_dir().join("tiny-rgb16")).unwrap();
+    let all = runs();
+    assert_eq!(all.len(), 8);
+    let n = all[0].x_t.len();
+    let mut failures = Vec::new();
+    for run in &all {
+        let sampler = SamplerSpec::new(None)
+            .steps(run.steps)
+            .build(&run.cfg)
+            .unwrap();
+        assert!(sampler.sigma().is_some(), "{}", run.name);
+        assert_eq!(
+            sampler.noise_rows(),
+            run.noise.as_ref().map_or(0, |z| z.len() / n)
+        );
+        let mut ws = vec![0.0f32; sampler.workspace_len(&model, 2, false)];
+        let mut out = vec![0.0f32; n];
+        let opts = SampleOptions {
+            initial_noise: Some(&run.x_t),
+            step_noise: run.noise.as_deref(),
+            ..SampleOptions::new(2, 0)
+        };
+        let mut per_step = Vec::new();
+        let mut cb = |s: &tinydiffusion::sampler::StepInfo<'_>| {
+            let k = s.index + 1;
+            per_step.push(rel_l2(s.sample, &run.traj[k * n..(k + 1) * n]));
+        };
+        sampler
+            .sample(&model, &mut ws, &opts, &mut out, Some(&mut cb))
+            .unwrap();
+        let last = run.steps * n;
+        let err = rel_l2(&out, &run.traj[last..last + n]);
+        let worst_step = per_step.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "{:<44} final rel L2 {err:.2e}, worst step {worst_step:.2e}",
+            run.name
+        );
+        if !(err <= 1e-3) {
+            failures.push(format!("{}: {err:.3e}", run.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "run failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// `sample --model DIR` on a folder whose scheduler_config.json names the class replays the
+/// same runs; `--scheduler` overrides the class and keeps the folder's schedule options.
+#[test]
+fn cli_replays_runs() {
+    let bin = env!("CARGO_BIN_EXE_sample");
+    let src = fixtures_dir().join("tiny-rgb16");
+    let tmp = std::env::temp_dir().join(format!("td-sigma-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut failures = Vec::new();
+    for (i, run) in runs().iter().enumerate() {
+        let dir = tmp.join(format!("run{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let (meta, _) = fixtures();
+        let case = &meta["runs"][i];
+        std::fs::write(
+            dir.join("scheduler_config.json"),
+            case["scheduler_json"].as_str().unwrap(),
+        )
+        .unwrap();
+        let n = run.x_t.len();
+        let write = |name: &str, data: &[f32], shape: Vec<usize>| {
+            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
+                .unwrap();
+            let path = dir.join(format!("{name}.safetensors"));
+            safetensors::serialize_to_file([(name, view)], None, &path).unwrap();
+            path
+        };
+        let x_t = write("x_T", &run.x_t, vec![2, 3, 16, 16]);
+        let out = dir.join("x_0.safetensors");
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--model", dir.to_str().unwrap()])
+            .args(["--steps", &run.steps.to_string(), "--batch", "2", "--quiet"])
+            .args(["--init-noise", x_t.to_str().unwrap()])
+            .args(["--save-tensor", out.to_str().unwrap()])
+            .args(["--out", dir.join("x.png").to_str().unwrap()]);
+        if let Some(z) = &run.noise {
+            let p = write("noise", z, vec![z.len() / n, 2, 3, 16, 16]);
+            cmd.args(["--step-noise", p.to_str().unwrap()]);
+        }
+        let status = cmd.output().unwrap();
+        assert!(
+            status.status.success(),
+            "{}: {}",
+            run.name,
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let got = TensorFile::open(&out).f32s("x_0");
+        let last = run.steps * n;
+        let err = rel_l2(&got, &run.traj[last..last + n]);
+        println!("cli {:<40} final rel L2 {err:.2e}", run.name);
+        if !(err <= 1e-3) {
+            failures.push(format!("{}: {err:.3e}", run.name));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(
+        failures.is_empty(),
+        "cli failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn scheduler_names_and_overrides() {
+    let ddpm = SchedulerConfig::ddpm_default();
+    for (name, class) in [
+        ("euler", "EulerDiscreteScheduler"),
+        ("EulerDiscreteScheduler", "EulerDiscreteScheduler"),
+        ("euler-a", "EulerAncestralDiscreteScheduler"),
+        ("dpm", "DPMSolverMultistepScheduler"),
+        ("dpm++2m", "DPMSolverMultistepScheduler"),
+        ("dpm++2m-sde", "DPMSolverMultistepScheduler"),
+        ("DDIMScheduler", "DDIMScheduler"),
+    ] {
+        let spec = SamplerSpec::named(name).unwrap_or_else(|| panic!("{name}"));
+        let s = spec.steps(10).build(&ddpm).unwrap();
+        let got = match s.sigma() {
+            Some(sig) => sig.config().kind.class_name(),
+            None => s.scheduler().unwrap().config().kind.class_name(),
+        };
+        assert_eq!(got, class, "{name}");
+    }
+    let sde = SamplerSpec::named("dpm++2m-sde")
+        .unwrap()
+        .steps(10)
+        .build(&ddpm)
+        .unwrap();
+    assert_eq!(sde.noise_rows(), 10);
+    assert!(SamplerSpec::named("lms").is_none());
+    // The override keeps the folder's schedule options.
+    let cfg = SchedulerConfig::from_json(
+        r#"{"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "timestep_spacing": "trailing"}"#,
+    )
+    .unwrap();
+    let e = Sampler::builder(tinydiffusion::sampler::SamplerKind::Euler)
+        .steps(10)
+        .build(&cfg)
+        .unwrap();
+    let c = e.sigma().unwrap().config();
+    assert_eq!(
+        c.beta_schedule,
+        tinydiffusion::schedule::BetaSchedule::ScaledLinear
+    );
+    assert_eq!(
+        c.timestep_spacing,
+        tinydiffusion::schedule::TimestepSpacing::Trailing
+    );
+    // A sigma class's own default spacing is linspace.
+    let euler = SchedulerConfig::from_json(r#"{"_class_name": "EulerDiscreteScheduler"}"#).unwrap();
+    assert_eq!(
+        euler.timestep_spacing,
+        tinydiffusion::schedule::TimestepSpacing::Linspace
+    );
+}
