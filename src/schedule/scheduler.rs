@@ -387,22 +387,7 @@ impl Scheduler {
             check_len("model output [B, C, H, W]", n, model_output.len())?;
             false
         };
-        let noise = if self.needs_noise(step_index) {
-            match noise {
-                Some(z) => {
-                    check_len("step noise [B, C, H, W]", n, z.len())?;
-                    Some(z)
-                }
-                None => {
-                    return Err(invalid_arg(
-                        "noise",
-                        format!("step {step_index} draws noise: pass [B, C, H, W] noise"),
-                    ))
-                }
-            }
-        } else {
-            None
-        };
+        let noise = step_noise(self.needs_noise(step_index), step_index, n, noise)?;
         if let Some(p) = pred_original.as_deref() {
             check_len("pred_original [B, C, H, W]", n, p.len())?;
         }
@@ -694,7 +679,30 @@ enum Coeffs {
     Ddim(DdimStep),
 }
 
-fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
+/// The noise a step draws: `noise` checked against `n` when the step needs one, an error
+/// naming the step when it is missing, `None` when the step draws nothing.
+pub(super) fn step_noise<'a>(
+    needs: bool,
+    step: usize,
+    n: usize,
+    noise: Option<&'a [f32]>,
+) -> Result<Option<&'a [f32]>> {
+    if !needs {
+        return Ok(None);
+    }
+    match noise {
+        Some(z) => {
+            check_len("step noise [B, C, H, W]", n, z.len())?;
+            Ok(Some(z))
+        }
+        None => Err(invalid_arg(
+            "noise",
+            format!("step {step} draws noise: pass [B, C, H, W] noise"),
+        )),
+    }
+}
+
+pub(super) fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
     if expected == found {
         Ok(())
     } else {

@@ -30,7 +30,7 @@ use super::config::{
     BetaSchedule, DpmAlgorithm, FinalSigmas, PredictionType, SchedulerConfig, SchedulerKind,
     SolverType, TimestepSpacing, TimestepType,
 };
-use super::scheduler::StepShape;
+use super::scheduler::{check_len, step_noise, StepShape};
 use super::timesteps::{arange_f64, round_half_even};
 use crate::error::{invalid_arg, unsupported, Error, Result};
 
@@ -489,22 +489,7 @@ impl SigmaScheduler {
             check_len("model output [B, C, H, W]", n, model_output.len())?;
             false
         };
-        let noise = if self.needs_noise(i) {
-            match noise {
-                Some(z) => {
-                    check_len("step noise [B, C, H, W]", n, z.len())?;
-                    Some(z)
-                }
-                None => {
-                    return Err(invalid_arg(
-                        "noise",
-                        format!("step {i} draws noise: pass [B, C, H, W] noise"),
-                    ))
-                }
-            }
-        } else {
-            None
-        };
+        let noise = step_noise(self.needs_noise(i), i, n, noise)?;
         let hist_len = self.history_len(shape);
         if history.len() < hist_len {
             return Err(Error::BufferSize {
@@ -736,14 +721,3 @@ fn lambda_clipped_count(cfg: &SchedulerConfig, ac: &[f64]) -> usize {
         .count()
 }
 
-fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(Error::BufferSize {
-            what,
-            expected,
-            found,
-        })
-    }
-}
