@@ -60,6 +60,17 @@ impl CudaBackend {
         let (c, h, w) = model.input_shape();
         let (c_out, _, _) = model.output_shape();
         let (per, n) = (c * h * w, batch * c * h * w);
+        // The step kernel implements DDPM and DDIM; the sigma schedulers run on the CPU.
+        let kind = match cfg.kind {
+            SchedulerKind::Ddpm => 0,
+            SchedulerKind::Ddim => 1,
+            other => {
+                return Err(unsupported(
+                    "_class_name",
+                    std::format!("{other:?} on the CUDA backend (it runs on the CPU for now)"),
+                ))
+            }
+        };
         let learned = cfg.kind == SchedulerKind::Ddpm && cfg.variance_type.is_learned();
         if learned && c_out != 2 * c {
             return Err(Error::BufferSize {
@@ -75,10 +86,7 @@ impl CudaBackend {
                 && (0..steps).any(|i| scheduler.needs_noise(i)),
             labels: opts.class_labels.is_some(),
             guidance: guidance.map(|g| (g.scale.to_bits(), g.null_class)),
-            kind: match cfg.kind {
-                SchedulerKind::Ddpm => 0,
-                SchedulerKind::Ddim => 1,
-            },
+            kind,
             pred: match cfg.prediction_type {
                 PredictionType::Epsilon => 0,
                 PredictionType::Sample => 1,
