@@ -126,6 +126,9 @@ pub enum td_scheduler_kind {
     /// diffusers' `DPMSolverMultistepScheduler` (the config's `algorithm_type` and
     /// `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
     DpmSolverMultistep = 8,
+    /// diffusers' `HeunDiscreteScheduler` (two model evaluations per step but the last).
+    /// `steps` 0 = min(50, T).
+    Heun = 9,
 }
 
 /// Values of `td_sde_desc.predictor`.

@@ -33,6 +33,9 @@ pub enum SchedulerKind {
     EulerAncestral,
     /// `DPMSolverMultistepScheduler`: DPM-Solver(++) of order 1-3, optionally the SDE variant.
     DpmSolverMultistep,
+    /// `HeunDiscreteScheduler`: Heun's second-order method in sigma space (two model
+    /// evaluations per step except the last).
+    Heun,
 }
 
 impl SchedulerKind {
@@ -44,16 +47,18 @@ impl SchedulerKind {
             SchedulerKind::Euler => "EulerDiscreteScheduler",
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
             SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+            SchedulerKind::Heun => "HeunDiscreteScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 5] = [
+    pub const ALL: [SchedulerKind; 6] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
         SchedulerKind::EulerAncestral,
         SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::Heun,
     ];
 
     /// The kind of a diffusers class name.
@@ -63,7 +68,8 @@ impl SchedulerKind {
             .find(|k| k.class_name() == name)
     }
 
-    /// The sigma-parameterised classes (`schedule::sigma`): Euler, Euler ancestral, DPM-Solver.
+    /// The sigma-parameterised classes (`schedule::sigma`): Euler, Euler ancestral, DPM-Solver,
+    /// Heun.
     pub fn is_sigma(self) -> bool {
         !matches!(self, SchedulerKind::Ddpm | SchedulerKind::Ddim)
     }
@@ -471,6 +477,12 @@ impl SchedulerConfig {
         if kind.is_sigma() {
             c.timestep_spacing = TimestepSpacing::Linspace;
         }
+        if kind == SchedulerKind::Heun {
+            // HeunDiscreteScheduler's own defaults ("sensible defaults" of latent diffusion).
+            c.beta_start = 0.00085;
+            c.beta_end = 0.012;
+            c.clip_sample = false;
+        }
         c
     }
 
@@ -508,6 +520,7 @@ impl SchedulerConfig {
         };
         let sigma = kind.is_sigma();
         let dpm = kind == SchedulerKind::DpmSolverMultistep;
+        let heun = kind == SchedulerKind::Heun;
         let mut cfg = SchedulerConfig::default_for(kind);
         for (key, v) in obj {
             let k = key.as_str();
@@ -574,7 +587,7 @@ impl SchedulerConfig {
                 }
                 // Options of diffusers we do not run: only their "off" value is accepted.
                 "use_exponential_sigmas" | "use_beta_sigmas"
-                    if matches!(kind, SchedulerKind::Euler) || dpm =>
+                    if matches!(kind, SchedulerKind::Euler | SchedulerKind::Heun) || dpm =>
                 {
                     if opt_bool(k, v)? {
                         return Err(unsupported(k, v));
@@ -621,6 +634,15 @@ impl SchedulerConfig {
                 _ if is_legacy_noop(k, v) => {}
                 _ => return Err(unsupported(k, v)),
             }
+        }
+        if heun
+            && matches!(
+                cfg.beta_schedule,
+                BetaSchedule::Sigmoid | BetaSchedule::Laplace
+            )
+        {
+            // diffusers' HeunDiscreteScheduler raises NotImplementedError for these.
+            return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
         }
         cfg.validate()?;
         Ok(cfg)

@@ -1,6 +1,10 @@
 //! The sigma-parameterised schedulers of diffusers 0.42: `EulerDiscreteScheduler`,
-//! `EulerAncestralDiscreteScheduler` and `DPMSolverMultistepScheduler`, on f32 NCHW buffers, in
-//! place, without heap allocation.
+//! `EulerAncestralDiscreteScheduler`, `DPMSolverMultistepScheduler` and `HeunDiscreteScheduler`,
+//! on f32 NCHW buffers, in place, without heap allocation.
+//!
+//! A "step" here is one model evaluation: Heun's N inference steps are its 2N - 1 entries of
+//! diffusers' `timesteps` (first-order evaluations at even indices, the second-order
+//! correction at odd ones), with the sigmas doubled as diffusers stores them.
 //!
 //! A run is described by sigma_0 > sigma_1 > ... > sigma_N (sigma = sqrt((1 - abar) / abar),
 //! the last one 0 or sigma_min) and the model timestep of each step, which may be fractional
@@ -295,6 +299,24 @@ impl SigmaScheduler {
             *s = *s as f32 as f64;
         }
 
+        let heun = cfg.kind == SchedulerKind::Heun;
+        let (sigmas, timesteps) = if heun {
+            // Heun: every sigma but the first and last, and every timestep but the first,
+            // twice (the second-order evaluation at the same point).
+            let mut s2 = Vec::with_capacity(2 * n);
+            let mut t2 = Vec::with_capacity(2 * n - 1);
+            s2.push(sigmas[0]);
+            t2.push(timesteps[0]);
+            for k in 1..n {
+                s2.extend([sigmas[k], sigmas[k]]);
+                t2.extend([timesteps[k], timesteps[k]]);
+            }
+            s2.push(sigmas[n]);
+            (s2, t2)
+        } else {
+            (sigmas, timesteps)
+        };
+
         let continuous = cfg.kind == SchedulerKind::Euler
             && cfg.timestep_type == TimestepType::Continuous
             && cfg.prediction_type == PredictionType::VPrediction;
@@ -420,6 +442,11 @@ impl SigmaScheduler {
                 .len()
                 .and_then(|n| n.checked_mul(self.cfg.solver_order))
                 .unwrap_or(usize::MAX),
+            // The first-order derivative and the sample it started from.
+            SchedulerKind::Heun => shape
+                .len()
+                .and_then(|n| n.checked_mul(2))
+                .unwrap_or(usize::MAX),
             _ => 0,
         }
     }
@@ -544,6 +571,7 @@ impl SigmaScheduler {
                     }
                 }
             }
+            SchedulerKind::Heun => self.heun_step(i, per, stride, shape.batch, model_output, sample, history),
             SchedulerKind::DpmSolverMultistep => self.dpm_step(
                 i,
                 per,
@@ -557,6 +585,66 @@ impl SigmaScheduler {
             _ => unreachable!("checked in new"),
         }
         Ok(())
+    }
+
+    /// Heun: evaluation `i` is a first-order (Euler) step when even, the second-order
+    /// correction of the previous one when odd (the sigmas and timesteps are doubled).
+    #[allow(clippy::too_many_arguments)]
+    fn heun_step(
+        &self,
+        i: usize,
+        per: usize,
+        stride: usize,
+        batch: usize,
+        model_output: &[f32],
+        sample: &mut [f32],
+        history: &mut [f32],
+    ) {
+        let n = per * batch;
+        let first = i % 2 == 0;
+        let (s_hat, s_next) = if first {
+            (self.sigmas[i], self.sigmas[i + 1])
+        } else {
+            (self.sigmas[i - 1], self.sigmas[i])
+        };
+        // The sigma x_0 is predicted with; dt and the v-prediction scalars are float32 in
+        // diffusers (0-d float32 tensors).
+        let s_in = if first { s_hat } else { s_next };
+        let s32 = s_in as f32;
+        let sq1 = s32 * s32 + 1.0;
+        let v_m = (-s32 / libm::sqrtf(sq1)) as f64;
+        let v_div = sq1 as f64;
+        let dt = (s_next as f32 - s_hat as f32) as f64;
+        let c = &self.cfg;
+        let keep = first && i + 1 < self.num_steps();
+        let (deriv, saved) = history.split_at_mut(n);
+        for b in 0..batch {
+            let m = &model_output[b * stride..b * stride + per];
+            for k in 0..per {
+                let j = b * per + k;
+                let xi = sample[j] as f64;
+                let mi = m[k] as f64;
+                let mut x0 = match c.prediction_type {
+                    PredictionType::Epsilon => xi - s_in * mi,
+                    PredictionType::VPrediction => mi * v_m + xi / v_div,
+                    PredictionType::Sample => mi,
+                };
+                if c.clip_sample {
+                    x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range);
+                }
+                if first {
+                    let d = (xi - x0) / s_hat;
+                    if keep {
+                        deriv[j] = d as f32;
+                        saved[j] = sample[j];
+                    }
+                    sample[j] = (xi + d * dt) as f32;
+                } else {
+                    let d = ((xi - x0) / s_next + deriv[j] as f64) / 2.0;
+                    sample[j] = (saved[j] as f64 + d * dt) as f32;
+                }
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
