@@ -190,6 +190,11 @@ enum td_scheduler_kind
    * `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_HEUN = 9,
+  /**
+   * diffusers' `UniPCMultistepScheduler` (the config's `solver_order` and `solver_type`).
+   * `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_UNI_PC_MULTISTEP = 10,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -296,6 +296,8 @@ fn scheduler_names_and_overrides() {
         ("DDIMScheduler", "DDIMScheduler"),
         ("heun", "HeunDiscreteScheduler"),
         ("HeunDiscreteScheduler", "HeunDiscreteScheduler"),
+        ("unipc", "UniPCMultistepScheduler"),
+        ("UniPCMultistepScheduler", "UniPCMultistepScheduler"),
     ] {
         let spec = SamplerSpec::named(name).unwrap_or_else(|| panic!("{name}"));
         let s = spec.steps(10).build(&ddpm).unwrap();
@@ -355,4 +357,24 @@ fn class_defaults() {
     assert_eq!(default_steps(SamplerKind::Heun, 1000), 50);
     assert_eq!(default_steps(SamplerKind::Heun, 20), 20);
     assert_eq!(SamplerKind::from_name("heun"), Some(SamplerKind::Heun));
+    let unipc =
+        SchedulerConfig::from_json(r#"{"_class_name": "UniPCMultistepScheduler"}"#).unwrap();
+    assert_eq!((unipc.beta_start, unipc.beta_end), (0.0001, 0.02));
+    assert_eq!(unipc.solver_order, 2);
+    assert_eq!(unipc.unipc_solver, tinydiffusion::schedule::UniPcSolver::Bh2);
+    assert!(unipc.predict_x0 && unipc.lower_order_final && unipc.disable_corrector.is_empty());
+    assert_eq!(
+        unipc.timestep_spacing,
+        tinydiffusion::schedule::TimestepSpacing::Linspace
+    );
+    // DPM-Solver's solver types become bh2, as in diffusers.
+    let mid = SchedulerConfig::from_json(
+        r#"{"_class_name": "UniPCMultistepScheduler", "solver_type": "midpoint"}"#,
+    )
+    .unwrap();
+    assert_eq!(mid.unipc_solver, tinydiffusion::schedule::UniPcSolver::Bh2);
+    assert_eq!(default_steps(SamplerKind::UniPcMultistep, 1000), 50);
+    assert_eq!(SamplerKind::from_name("unipc"), Some(SamplerKind::UniPcMultistep));
+    let s = SigmaScheduler::new(unipc, 10).unwrap();
+    assert_eq!((s.num_steps(), s.noise_rows(), s.init_noise_sigma()), (10, 0, 1.0));
 }

@@ -129,6 +129,9 @@ pub enum td_scheduler_kind {
     /// diffusers' `HeunDiscreteScheduler` (two model evaluations per step but the last).
     /// `steps` 0 = min(50, T).
     Heun = 9,
+    /// diffusers' `UniPCMultistepScheduler` (the config's `solver_order` and `solver_type`).
+    /// `steps` 0 = min(50, T).
+    UniPcMultistep = 10,
 }
 
 /// Values of `td_sde_desc.predictor`.

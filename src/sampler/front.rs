@@ -46,12 +46,14 @@ pub enum SamplerKind {
     DpmSolverMultistep,
     /// diffusers' `HeunDiscreteScheduler` (two model evaluations per step but the last).
     Heun,
+    /// diffusers' `UniPCMultistepScheduler`.
+    UniPcMultistep,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
-    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun`.
-    pub const ALL: [SamplerKind; 9] = [
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc`.
+    pub const ALL: [SamplerKind; 10] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -61,6 +63,7 @@ impl SamplerKind {
         SamplerKind::EulerAncestral,
         SamplerKind::DpmSolverMultistep,
         SamplerKind::Heun,
+        SamplerKind::UniPcMultistep,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -77,6 +80,7 @@ impl SamplerKind {
             SamplerKind::EulerAncestral => "euler-a",
             SamplerKind::DpmSolverMultistep => "dpm",
             SamplerKind::Heun => "heun",
+            SamplerKind::UniPcMultistep => "unipc",
         }
     }
 
@@ -97,6 +101,7 @@ impl SamplerKind {
             SchedulerKind::EulerAncestral => SamplerKind::EulerAncestral,
             SchedulerKind::DpmSolverMultistep => SamplerKind::DpmSolverMultistep,
             SchedulerKind::Heun => SamplerKind::Heun,
+            SchedulerKind::UniPcMultistep => SamplerKind::UniPcMultistep,
         }
     }
 
@@ -109,6 +114,7 @@ impl SamplerKind {
             SamplerKind::EulerAncestral => Some(SchedulerKind::EulerAncestral),
             SamplerKind::DpmSolverMultistep => Some(SchedulerKind::DpmSolverMultistep),
             SamplerKind::Heun => Some(SchedulerKind::Heun),
+            SamplerKind::UniPcMultistep => Some(SchedulerKind::UniPcMultistep),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -134,7 +140,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
-/// | Euler, Euler ancestral, DPM-Solver, Heun | min(50, T) (diffusers' pipeline default) |
+/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -148,7 +154,8 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         SamplerKind::Euler
         | SamplerKind::EulerAncestral
         | SamplerKind::DpmSolverMultistep
-        | SamplerKind::Heun => t.min(50),
+        | SamplerKind::Heun
+        | SamplerKind::UniPcMultistep => t.min(50),
     }
 }
 
@@ -391,7 +398,8 @@ impl Sampler {
             SamplerKind::Euler
             | SamplerKind::EulerAncestral
             | SamplerKind::DpmSolverMultistep
-            | SamplerKind::Heun => {
+            | SamplerKind::Heun
+            | SamplerKind::UniPcMultistep => {
                 let class = kind.class().expect("a discrete-time kind");
                 let mut c = cfg.clone().with_kind(class);
                 if let Some(a) = spec.dpm_algorithm {
@@ -585,8 +593,8 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 9] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
-        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50]);
+        let d: [usize; 10] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50]);
     }
 
     #[test]

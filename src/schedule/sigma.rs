@@ -32,7 +32,7 @@ use alloc::vec::Vec;
 use super::betas::{alphas_cumprod, betas};
 use super::config::{
     BetaSchedule, DpmAlgorithm, FinalSigmas, PredictionType, SchedulerConfig, SchedulerKind,
-    SolverType, TimestepSpacing, TimestepType,
+    SolverType, TimestepSpacing, TimestepType, UniPcSolver,
 };
 use super::scheduler::{check_len, step_noise, StepShape};
 use super::timesteps::{arange_f64, round_half_even};
@@ -160,7 +160,42 @@ impl SigmaScheduler {
                 message: "sigma schedulers need at least 2 training timesteps".into(),
             });
         }
-        let dpm = cfg.kind == SchedulerKind::DpmSolverMultistep;
+        let dpm_only = cfg.kind == SchedulerKind::DpmSolverMultistep;
+        let unipc = cfg.kind == SchedulerKind::UniPcMultistep;
+        // DPM-Solver and UniPC share the integer timesteps, the VP alpha/sigma and the
+        // unscaled model input.
+        let dpm = dpm_only || unipc;
+        if unipc {
+            for (on, key) in [
+                (cfg.thresholding, "thresholding"),
+                (cfg.rescale_betas_zero_snr, "rescale_betas_zero_snr"),
+            ] {
+                if on {
+                    return Err(unsupported(
+                        key,
+                        "true (not implemented for UniPCMultistepScheduler here)",
+                    ));
+                }
+            }
+            if cfg.unipc_solver == UniPcSolver::Bh1 && cfg.final_sigmas_type == FinalSigmas::Zero {
+                return Err(unsupported(
+                    "solver_type",
+                    "bh1 with final_sigmas_type zero (diffusers 0.42 returns NaN at the last \
+                     step: use bh2 or final_sigmas_type sigma_min)",
+                ));
+            }
+            if !cfg.lower_order_final
+                && cfg.solver_order > 1
+                && n > 1
+                && cfg.final_sigmas_type == FinalSigmas::Zero
+            {
+                return Err(unsupported(
+                    "lower_order_final",
+                    "false with final_sigmas_type zero (diffusers 0.42 returns inf at the last \
+                     step: use lower_order_final true or final_sigmas_type sigma_min)",
+                ));
+            }
+        }
         if cfg.kind == SchedulerKind::EulerAncestral
             && cfg.prediction_type == PredictionType::Sample
         {
@@ -169,13 +204,13 @@ impl SigmaScheduler {
                 "sample (EulerAncestralDiscreteScheduler does not implement it)",
             ));
         }
-        if dpm && cfg.thresholding {
+        if dpm_only && cfg.thresholding {
             return Err(unsupported(
                 "thresholding",
                 "true (not implemented for DPMSolverMultistepScheduler here)",
             ));
         }
-        if dpm
+        if dpm_only
             && cfg.algorithm_type == DpmAlgorithm::DpmSolver
             && cfg.final_sigmas_type == FinalSigmas::Zero
         {
@@ -195,7 +230,11 @@ impl SigmaScheduler {
 
         // Timesteps before any Karras conversion, as float64 values.
         let raw: Vec<f64> = if dpm {
-            let last = t_train - lambda_clipped_count(&cfg, &ac);
+            let last = if unipc {
+                t_train
+            } else {
+                t_train - lambda_clipped_count(&cfg, &ac)
+            };
             if last == 0 {
                 return Err(Error::InvalidConfig {
                     key: "lambda_min_clipped".into(),
@@ -264,7 +303,12 @@ impl SigmaScheduler {
         }
 
         let (mut sigmas, timesteps): (Vec<f64>, Vec<f64>) = if cfg.use_karras_sigmas {
-            let (lo, hi) = if dpm {
+            let (lo, hi) = if unipc {
+                (
+                    cfg.sigma_min.unwrap_or(sig[0] as f64),
+                    cfg.sigma_max.unwrap_or(sig[t_train - 1] as f64),
+                )
+            } else if dpm {
                 (sig[0] as f64, sig[t_train - 1] as f64)
             } else {
                 let interp_s: Vec<f64> = raw.iter().map(|&t| interp(t, &sig)).collect();
@@ -278,7 +322,7 @@ impl SigmaScheduler {
             if dpm {
                 // Rounded, except for cosine betas where diffusers truncates (astype int64).
                 for v in t.iter_mut() {
-                    *v = if cfg.beta_schedule == BetaSchedule::SquaredcosCapV2 {
+                    *v = if dpm_only && cfg.beta_schedule == BetaSchedule::SquaredcosCapV2 {
                         libm::trunc(*v)
                     } else {
                         round_half_even(*v)
@@ -292,6 +336,8 @@ impl SigmaScheduler {
         };
         let last_sigma = match cfg.final_sigmas_type {
             FinalSigmas::Zero => 0.0,
+            // UniPC with Karras sigmas ends on the ramp's last sigma (its `sigma_min`).
+            FinalSigmas::SigmaMin if unipc && cfg.use_karras_sigmas => sigmas[n - 1],
             FinalSigmas::SigmaMin => sig[0] as f64,
         };
         sigmas.push(last_sigma);
@@ -389,10 +435,10 @@ impl SigmaScheduler {
     }
 
     /// diffusers' `scale_model_input` of step `i`: the UNet sees `x / input_divisor(i)`
-    /// (`sqrt(sigma^2 + 1)` in float32 for Euler, 1 for DPM-Solver).
+    /// (`sqrt(sigma^2 + 1)` in float32 for Euler and Heun, 1 for DPM-Solver and UniPC).
     pub fn input_divisor(&self, i: usize) -> f64 {
         match self.cfg.kind {
-            SchedulerKind::DpmSolverMultistep => 1.0,
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::UniPcMultistep => 1.0,
             _ => {
                 let s = self.sigmas[i] as f32;
                 libm::sqrtf(s * s + 1.0) as f64
@@ -402,7 +448,10 @@ impl SigmaScheduler {
 
     /// Whether `input_divisor` differs from 1 (no scaled copy of the input needed).
     pub fn scales_input(&self) -> bool {
-        self.cfg.kind != SchedulerKind::DpmSolverMultistep
+        !matches!(
+            self.cfg.kind,
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::UniPcMultistep
+        )
     }
 
     /// The timestep the model is evaluated at in step `i`.
@@ -442,6 +491,12 @@ impl SigmaScheduler {
                 .len()
                 .and_then(|n| n.checked_mul(self.cfg.solver_order))
                 .unwrap_or(usize::MAX),
+            // `solver_order` + 1 converted outputs (the corrector reads the previous
+            // `solver_order` and this step's) and the last (corrected) sample.
+            SchedulerKind::UniPcMultistep => shape
+                .len()
+                .and_then(|n| n.checked_mul(self.cfg.solver_order + 2))
+                .unwrap_or(usize::MAX),
             // The first-order derivative and the sample it started from.
             SchedulerKind::Heun => shape
                 .len()
@@ -451,8 +506,16 @@ impl SigmaScheduler {
         }
     }
 
-    /// The order DPM-Solver uses at step `i` (1 for the other classes).
+    /// The order DPM-Solver (UniPC: its predictor) uses at step `i` (1 for the other classes).
     pub fn order_at(&self, i: usize) -> usize {
+        if self.cfg.kind == SchedulerKind::UniPcMultistep {
+            let c = &self.cfg;
+            let mut order = c.solver_order;
+            if c.lower_order_final {
+                order = order.min(self.num_steps() - i);
+            }
+            return order.min(i + 1);
+        }
         if self.cfg.kind != SchedulerKind::DpmSolverMultistep {
             return 1;
         }
@@ -504,7 +567,7 @@ impl SigmaScheduler {
             ));
         }
         let (per, n) = match (shape.sample_len(), shape.len()) {
-            (Some(per), Some(n)) if n.checked_mul(self.cfg.solver_order.max(2)).is_some() => {
+            (Some(per), Some(n)) if n.checked_mul(self.cfg.solver_order + 2).is_some() => {
                 (per, n)
             }
             _ => return Err(invalid_arg("step shape", "B * C * H * W overflows")),
@@ -571,7 +634,12 @@ impl SigmaScheduler {
                     }
                 }
             }
-            SchedulerKind::Heun => self.heun_step(i, per, stride, shape.batch, model_output, sample, history),
+            SchedulerKind::Heun => {
+                self.heun_step(i, per, stride, shape.batch, model_output, sample, history)
+            }
+            SchedulerKind::UniPcMultistep => {
+                self.unipc_step(i, per, stride, shape.batch, model_output, sample, history)
+            }
             SchedulerKind::DpmSolverMultistep => self.dpm_step(
                 i,
                 per,
@@ -645,6 +713,135 @@ impl SigmaScheduler {
                 }
             }
         }
+    }
+
+    /// UniPC step `i`: convert the model output, correct the previous step's result with it
+    /// (UniC, unless disabled), then predict the next sample (UniP). Coefficients as
+    /// diffusers' `multistep_uni_c_bh_update` / `multistep_uni_p_bh_update`, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn unipc_step(
+        &self,
+        i: usize,
+        per: usize,
+        stride: usize,
+        batch: usize,
+        model_output: &[f32],
+        sample: &mut [f32],
+        history: &mut [f32],
+    ) {
+        let c = &self.cfg;
+        let n = per * batch;
+        let slots = c.solver_order + 1;
+        let slot = |j: usize| (j % slots) * n;
+        let (outs, last) = history.split_at_mut(slots * n);
+        let last = &mut last[..n];
+        let x0 = c.predict_x0;
+        // convert_model_output (from the uncorrected sample) into this step's slot.
+        let (a0, s0) = alpha_sigma(self.sigmas[i]);
+        let here = slot(i);
+        for b in 0..batch {
+            for k in 0..per {
+                let xi = sample[b * per + k] as f64;
+                let mi = model_output[b * stride + k] as f64;
+                let v = match (x0, c.prediction_type) {
+                    (true, PredictionType::Epsilon) => (xi - s0 * mi) / a0,
+                    (true, PredictionType::Sample) => mi,
+                    (true, PredictionType::VPrediction) => a0 * xi - s0 * mi,
+                    (false, PredictionType::Epsilon) => mi,
+                    (false, PredictionType::Sample) => (xi - a0 * mi) / s0,
+                    (false, PredictionType::VPrediction) => a0 * mi + s0 * xi,
+                };
+                outs[here + b * per + k] = v as f32;
+            }
+        }
+        // Corrector: from the last sample at sigma_{i-1}, with the order step i-1 predicted with.
+        if i > 0 && !c.disable_corrector.contains(&(i - 1)) {
+            let order = self.order_at(i - 1);
+            let co = self.unipc_coeffs(i - 1, order, true);
+            let m0 = slot(i - 1);
+            for k in 0..n {
+                let m0k = outs[m0 + k] as f64;
+                let mut v = co.cx * last[k] as f64 + co.c0 * m0k;
+                for j in 1..order {
+                    let mj = outs[slot(i - 1 - j) + k] as f64;
+                    v += co.cd[j - 1] * (mj - m0k);
+                }
+                v += co.ct * (outs[here + k] as f64 - m0k);
+                sample[k] = v as f32;
+            }
+        }
+        // Predictor from the (corrected) sample at sigma_i.
+        last.copy_from_slice(&sample[..n]);
+        let order = self.order_at(i);
+        let co = self.unipc_coeffs(i, order, false);
+        for k in 0..n {
+            let m0k = outs[here + k] as f64;
+            let mut v = co.cx * last[k] as f64 + co.c0 * m0k;
+            for j in 1..order {
+                let mj = outs[slot(i - j) + k] as f64;
+                v += co.cd[j - 1] * (mj - m0k);
+            }
+            sample[k] = v as f32;
+        }
+    }
+
+    /// The UniP (`corrector` false) or UniC (true) update from sigma_s to sigma_{s+1} of
+    /// `order`, as x_t = cx x + c0 m0 + sum_j cd_j (m_{s-j} - m0) [+ ct (m_t - m0)].
+    fn unipc_coeffs(&self, s: usize, order: usize, corrector: bool) -> UniCoeffs {
+        let c = &self.cfg;
+        let (at, st) = alpha_sigma(self.sigmas[s + 1]);
+        let (a0, s0) = alpha_sigma(self.sigmas[s]);
+        let l0 = lambda(self.sigmas[s]);
+        let h = lambda(self.sigmas[s + 1]) - l0;
+        // rks: (lambda_{s-j} - lambda_s) / h for j = 1..order-1, then 1.
+        let mut rks = [1.0f64; 3];
+        for j in 1..order {
+            rks[j - 1] = (lambda(self.sigmas[s - j]) - l0) / h;
+        }
+        rks[order - 1] = 1.0;
+        let hh = if c.predict_x0 { -h } else { h };
+        let h_phi_1 = libm::expm1(hh);
+        let b_h = match c.unipc_solver {
+            UniPcSolver::Bh1 => hh,
+            UniPcSolver::Bh2 => h_phi_1,
+        };
+        let mut b = [0.0f64; 3];
+        let mut h_phi_k = h_phi_1 / hh - 1.0;
+        let mut factorial = 1.0;
+        for (j, bj) in b.iter_mut().enumerate().take(order) {
+            *bj = h_phi_k * factorial / b_h;
+            factorial *= (j + 2) as f64;
+            h_phi_k = h_phi_k / hh - 1.0 / factorial;
+        }
+        // rhos: the predictor solves the (order-1)-square system, the corrector the full one.
+        let m = if corrector { order } else { order - 1 };
+        let mut rhos = [0.0f64; 3];
+        if corrector && order == 1 {
+            rhos[0] = 0.5;
+        } else if !corrector && order == 2 {
+            rhos[0] = 0.5;
+        } else if m > 0 {
+            // R[r][col] = rks[col]^r
+            let mut a = [[0.0f64; 4]; 3];
+            for (r, row) in a.iter_mut().enumerate().take(m) {
+                for col in 0..m {
+                    row[col] = libm::pow(rks[col], r as f64);
+                }
+                row[3] = b[r];
+            }
+            solve(&mut a, m, &mut rhos);
+        }
+        let (cx, scale, c0) = if c.predict_x0 {
+            (st / s0, -(at * b_h), -(at * h_phi_1))
+        } else {
+            (at / a0, -(st * b_h), -(st * h_phi_1))
+        };
+        let mut cd = [0.0f64; 2];
+        for j in 1..order {
+            cd[j - 1] = scale * rhos[j - 1] / rks[j - 1];
+        }
+        let ct = if corrector { scale * rhos[m - 1] } else { 0.0 };
+        UniCoeffs { cx, c0, cd, ct }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -809,3 +1006,35 @@ fn lambda_clipped_count(cfg: &SchedulerConfig, ac: &[f64]) -> usize {
         .count()
 }
 
+
+/// One UniPC update's coefficients ([`SigmaScheduler::unipc_coeffs`]).
+struct UniCoeffs {
+    cx: f64,
+    c0: f64,
+    cd: [f64; 2],
+    ct: f64,
+}
+
+/// Solves the m x m system in `a` (augmented: column 3 is the right-hand side) into `x` by
+/// Gaussian elimination with partial pivoting (m <= 3).
+fn solve(a: &mut [[f64; 4]; 3], m: usize, x: &mut [f64; 3]) {
+    for col in 0..m {
+        let p = (col..m)
+            .max_by(|&r1, &r2| libm::fabs(a[r1][col]).total_cmp(&libm::fabs(a[r2][col])))
+            .unwrap_or(col);
+        a.swap(col, p);
+        for r in col + 1..m {
+            let f = a[r][col] / a[col][col];
+            for k in col..4 {
+                a[r][k] -= f * a[col][k];
+            }
+        }
+    }
+    for r in (0..m).rev() {
+        let mut v = a[r][3];
+        for k in r + 1..m {
+            v -= a[r][k] * x[k];
+        }
+        x[r] = v / a[r][r];
+    }
+}

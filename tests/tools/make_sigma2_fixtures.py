@@ -30,9 +30,23 @@ CONFIGS = [
                                                           prediction_type="v_prediction")),
     ("heun_sample_clip", "HeunDiscreteScheduler", dict(prediction_type="sample", clip_sample=True, clip_sample_range=1.5,
                                                        beta_start=0.0001, beta_end=0.02)),
+    ("unipc_default", "UniPCMultistepScheduler", {}),
+    ("unipc3_karras_sd", "UniPCMultistepScheduler", dict(**SD, solver_order=3, use_karras_sigmas=True)),
+    ("unipc_bh1_sigmamin_v_trailing", "UniPCMultistepScheduler", dict(solver_type="bh1", final_sigmas_type="sigma_min",
+                                                                    prediction_type="v_prediction", timestep_spacing="trailing")),
+    ("unipc3_nolof_disable_leading_sample", "UniPCMultistepScheduler", dict(solver_order=3, lower_order_final=False,
+                                                                          final_sigmas_type="sigma_min", disable_corrector=[0, 2],
+                                                                          timestep_spacing="leading", steps_offset=1,
+                                                                          prediction_type="sample")),
+    ("unipc1_trailing", "UniPCMultistepScheduler", dict(solver_order=1, timestep_spacing="trailing")),
+    ("unipc3_eps_karras_minmax_cos", "UniPCMultistepScheduler", dict(predict_x0=False, solver_order=3, use_karras_sigmas=True,
+                                                                   sigma_min=0.1, sigma_max=20.0, final_sigmas_type="sigma_min",
+                                                                   beta_schedule="squaredcos_cap_v2")),
+    ("unipc2_bh1_noisepred_v", "UniPCMultistepScheduler", dict(predict_x0=False, solver_type="bh1", final_sigmas_type="sigma_min",
+                                                               prediction_type="v_prediction")),
 ]
 CFG = {name: (cls, kw) for name, cls, kw in CONFIGS}
-RUNS = [("heun_default", 5), ("heun_karras_leading", 6)]
+RUNS = [("heun_default", 5), ("heun_karras_leading", 6), ("unipc_default", 8), ("unipc3_karras_sd", 8)]
 
 
 def make(name):
