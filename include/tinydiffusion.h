@@ -195,6 +195,10 @@ enum td_scheduler_kind
    * `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_UNI_PC_MULTISTEP = 10,
+  /**
+   * diffusers' `PNDMScheduler` (the config's `skip_prk_steps`). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_PNDM = 11,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -674,6 +674,20 @@ fn bad_scheduler_options() {
             Err(Error::UnsupportedConfig { key, .. }) if key == "lower_order_final"),
         row!("unipc: thresholding (not run)", || sigma(r#"{"_class_name": "UniPCMultistepScheduler", "thresholding": true}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "thresholding"),
+        row!("pndm: sample prediction (diffusers has none)", || sigma(r#"{"_class_name": "PNDMScheduler", "prediction_type": "sample"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
+        row!("pndm: Karras sigmas (not a PNDM option)", || parse(r#"{"_class_name": "PNDMScheduler", "use_karras_sigmas": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_karras_sigmas"),
+        row!("pndm: skip_prk_steps not a bool", || parse(r#"{"_class_name": "PNDMScheduler", "skip_prk_steps": "yes"}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "skip_prk_steps"),
+        row!(
+            "pndm: Runge-Kutta warm-up with 3 steps",
+            || sigma_steps(r#"{"_class_name": "PNDMScheduler"}"#, 3),
+            Err(Error::InvalidArgument {
+                what: "num_inference_steps",
+                ..
+            })
+        ),
         row!(
             "euler steps 0",
             || sigma_steps(r#"{"_class_name": "EulerDiscreteScheduler"}"#, 0),

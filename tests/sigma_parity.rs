@@ -298,6 +298,8 @@ fn scheduler_names_and_overrides() {
         ("HeunDiscreteScheduler", "HeunDiscreteScheduler"),
         ("unipc", "UniPCMultistepScheduler"),
         ("UniPCMultistepScheduler", "UniPCMultistepScheduler"),
+        ("pndm", "PNDMScheduler"),
+        ("PNDMScheduler", "PNDMScheduler"),
     ] {
         let spec = SamplerSpec::named(name).unwrap_or_else(|| panic!("{name}"));
         let s = spec.steps(10).build(&ddpm).unwrap();
@@ -377,4 +379,16 @@ fn class_defaults() {
     assert_eq!(SamplerKind::from_name("unipc"), Some(SamplerKind::UniPcMultistep));
     let s = SigmaScheduler::new(unipc, 10).unwrap();
     assert_eq!((s.num_steps(), s.noise_rows(), s.init_noise_sigma()), (10, 0, 1.0));
+    let pndm = SchedulerConfig::from_json(r#"{"_class_name": "PNDMScheduler"}"#).unwrap();
+    assert!(!pndm.skip_prk_steps && !pndm.set_alpha_to_one);
+    assert_eq!(
+        pndm.timestep_spacing,
+        tinydiffusion::schedule::TimestepSpacing::Leading
+    );
+    assert_eq!(default_steps(SamplerKind::Pndm, 1000), 50);
+    assert_eq!(SamplerKind::from_name("pndm"), Some(SamplerKind::Pndm));
+    // 12 Runge-Kutta evaluations, then PLMS on the rest: N + 9; PLMS alone: N + 1.
+    assert_eq!(SigmaScheduler::new(pndm.clone(), 10).unwrap().num_steps(), 19);
+    let plms = SchedulerConfig { skip_prk_steps: true, ..pndm };
+    assert_eq!(SigmaScheduler::new(plms, 10).unwrap().num_steps(), 11);
 }

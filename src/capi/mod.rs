@@ -132,6 +132,8 @@ pub enum td_scheduler_kind {
     /// diffusers' `UniPCMultistepScheduler` (the config's `solver_order` and `solver_type`).
     /// `steps` 0 = min(50, T).
     UniPcMultistep = 10,
+    /// diffusers' `PNDMScheduler` (the config's `skip_prk_steps`). `steps` 0 = min(50, T).
+    Pndm = 11,
 }
 
 /// Values of `td_sde_desc.predictor`.

@@ -262,6 +262,7 @@ pub unsafe extern "C" fn td_model_get_info(
                 SchedulerKind::DpmSolverMultistep => td_scheduler_kind::DpmSolverMultistep as i32,
                 SchedulerKind::Heun => td_scheduler_kind::Heun as i32,
                 SchedulerKind::UniPcMultistep => td_scheduler_kind::UniPcMultistep as i32,
+                SchedulerKind::Pndm => td_scheduler_kind::Pndm as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
         };

@@ -48,12 +48,14 @@ pub enum SamplerKind {
     Heun,
     /// diffusers' `UniPCMultistepScheduler`.
     UniPcMultistep,
+    /// diffusers' `PNDMScheduler` (PLMS; Runge-Kutta warm-up unless `skip_prk_steps`).
+    Pndm,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
-    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc`.
-    pub const ALL: [SamplerKind; 10] = [
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm`.
+    pub const ALL: [SamplerKind; 11] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -64,6 +66,7 @@ impl SamplerKind {
         SamplerKind::DpmSolverMultistep,
         SamplerKind::Heun,
         SamplerKind::UniPcMultistep,
+        SamplerKind::Pndm,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -81,6 +84,7 @@ impl SamplerKind {
             SamplerKind::DpmSolverMultistep => "dpm",
             SamplerKind::Heun => "heun",
             SamplerKind::UniPcMultistep => "unipc",
+            SamplerKind::Pndm => "pndm",
         }
     }
 
@@ -102,6 +106,7 @@ impl SamplerKind {
             SchedulerKind::DpmSolverMultistep => SamplerKind::DpmSolverMultistep,
             SchedulerKind::Heun => SamplerKind::Heun,
             SchedulerKind::UniPcMultistep => SamplerKind::UniPcMultistep,
+            SchedulerKind::Pndm => SamplerKind::Pndm,
         }
     }
 
@@ -115,6 +120,7 @@ impl SamplerKind {
             SamplerKind::DpmSolverMultistep => Some(SchedulerKind::DpmSolverMultistep),
             SamplerKind::Heun => Some(SchedulerKind::Heun),
             SamplerKind::UniPcMultistep => Some(SchedulerKind::UniPcMultistep),
+            SamplerKind::Pndm => Some(SchedulerKind::Pndm),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -140,7 +146,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
-/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC | min(50, T) (diffusers' pipeline default) |
+/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -155,7 +161,8 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         | SamplerKind::EulerAncestral
         | SamplerKind::DpmSolverMultistep
         | SamplerKind::Heun
-        | SamplerKind::UniPcMultistep => t.min(50),
+        | SamplerKind::UniPcMultistep
+        | SamplerKind::Pndm => t.min(50),
     }
 }
 
@@ -399,7 +406,8 @@ impl Sampler {
             | SamplerKind::EulerAncestral
             | SamplerKind::DpmSolverMultistep
             | SamplerKind::Heun
-            | SamplerKind::UniPcMultistep => {
+            | SamplerKind::UniPcMultistep
+            | SamplerKind::Pndm => {
                 let class = kind.class().expect("a discrete-time kind");
                 let mut c = cfg.clone().with_kind(class);
                 if let Some(a) = spec.dpm_algorithm {
@@ -583,7 +591,9 @@ mod tests {
             for kind in SamplerKind::ALL {
                 let steps = default_steps(kind, t);
                 assert!(steps >= 1 && steps <= t, "{kind:?} at T = {t}: {steps}");
-                if t >= 2 {
+                // PNDM's Runge-Kutta warm-up (diffusers' default) needs 4 steps, as in
+                // diffusers; with skip_prk_steps it runs on any T >= 2.
+                if t >= 2 && !(kind == SamplerKind::Pndm && t < 4) {
                     let s = Sampler::builder(kind).build(&cfg).unwrap();
                     // Heun reports its 2N - 1 evaluations as steps; N is its inference steps.
                     let n = s.sigma().map_or(s.num_steps(), |x| x.num_inference_steps());
@@ -593,8 +603,8 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 10] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
-        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50]);
+        let d: [usize; 11] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50]);
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum SchedulerKind {
     Heun,
     /// `UniPCMultistepScheduler`: UniPC predictor-corrector of order 1-3 (data prediction).
     UniPcMultistep,
+    /// `PNDMScheduler`: pseudo linear multistep (PLMS), after Runge-Kutta warm-up steps unless
+    /// `skip_prk_steps`.
+    Pndm,
 }
 
 impl SchedulerKind {
@@ -51,11 +54,12 @@ impl SchedulerKind {
             SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
             SchedulerKind::Heun => "HeunDiscreteScheduler",
             SchedulerKind::UniPcMultistep => "UniPCMultistepScheduler",
+            SchedulerKind::Pndm => "PNDMScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 7] = [
+    pub const ALL: [SchedulerKind; 8] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
@@ -63,6 +67,7 @@ impl SchedulerKind {
         SchedulerKind::DpmSolverMultistep,
         SchedulerKind::Heun,
         SchedulerKind::UniPcMultistep,
+        SchedulerKind::Pndm,
     ];
 
     /// The kind of a diffusers class name.
@@ -73,7 +78,7 @@ impl SchedulerKind {
     }
 
     /// The sigma-parameterised classes (`schedule::sigma`): Euler, Euler ancestral, DPM-Solver,
-    /// Heun, UniPC.
+    /// Heun, UniPC, PNDM.
     pub fn is_sigma(self) -> bool {
         !matches!(self, SchedulerKind::Ddpm | SchedulerKind::Ddim)
     }
@@ -352,6 +357,9 @@ pub struct SchedulerConfig {
     /// UniPC: the steps whose corrector is skipped (diffusers' `disable_corrector`: the
     /// corrector applied at step i + 1 to the result of step i).
     pub disable_corrector: Vec<usize>,
+    /// PNDM: PLMS only (true), or 12 Runge-Kutta (PRK) evaluations first (false, diffusers'
+    /// default).
+    pub skip_prk_steps: bool,
 }
 
 fn json_err(message: impl Into<String>) -> Error {
@@ -492,6 +500,7 @@ impl SchedulerConfig {
             unipc_solver: UniPcSolver::Bh2,
             predict_x0: true,
             disable_corrector: Vec::new(),
+            skip_prk_steps: false,
         }
     }
 
@@ -510,6 +519,11 @@ impl SchedulerConfig {
             c.beta_start = 0.00085;
             c.beta_end = 0.012;
             c.clip_sample = false;
+        }
+        if kind == SchedulerKind::Pndm {
+            // PNDMScheduler's own defaults.
+            c.timestep_spacing = TimestepSpacing::Leading;
+            c.set_alpha_to_one = false;
         }
         c
     }
@@ -551,6 +565,7 @@ impl SchedulerConfig {
         let heun = kind == SchedulerKind::Heun;
         let unipc = kind == SchedulerKind::UniPcMultistep;
         let multistep = dpm || unipc;
+        let pndm = kind == SchedulerKind::Pndm;
         let mut cfg = SchedulerConfig::default_for(kind);
         for (key, v) in obj {
             let k = key.as_str();
@@ -599,7 +614,9 @@ impl SchedulerConfig {
                 "steps_offset" => cfg.steps_offset = as_count(k, v)?,
                 "rescale_betas_zero_snr" => cfg.rescale_betas_zero_snr = as_bool(k, v)?,
                 "set_alpha_to_one" => cfg.set_alpha_to_one = as_bool(k, v)?,
-                "use_karras_sigmas" if sigma && !matches!(kind, SchedulerKind::EulerAncestral) => {
+                "use_karras_sigmas"
+                    if sigma && !matches!(kind, SchedulerKind::EulerAncestral | SchedulerKind::Pndm) =>
+                {
                     cfg.use_karras_sigmas = opt_bool(k, v)?
                 }
                 "sigma_min" if kind == SchedulerKind::Euler || unipc => {
@@ -688,6 +705,7 @@ impl SchedulerConfig {
                         _ => as_f64(k, v)?,
                     }
                 }
+                "skip_prk_steps" if pndm => cfg.skip_prk_steps = as_bool(k, v)?,
                 // PNDM's flag, copied into many Stable Diffusion scheduler configs; no effect.
                 "skip_prk_steps" if sigma => {
                     as_bool(k, v)?;
@@ -696,13 +714,13 @@ impl SchedulerConfig {
                 _ => return Err(unsupported(k, v)),
             }
         }
-        if (heun || unipc)
+        if (heun || unipc || pndm)
             && matches!(
                 cfg.beta_schedule,
                 BetaSchedule::Sigmoid | BetaSchedule::Laplace
             )
         {
-            // diffusers' Heun and UniPC schedulers raise NotImplementedError for these.
+            // diffusers' Heun, UniPC and PNDM schedulers raise NotImplementedError for these.
             return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
         }
         cfg.validate()?;

@@ -53,6 +53,11 @@ pub struct SigmaScheduler {
     /// sigma of each step plus the final one; float32 values.
     sigmas: Vec<f64>,
     init_noise_sigma: f64,
+    /// PNDM: the float32 alpha-bars, and the one "before" t = 0.
+    alphas: Vec<f32>,
+    final_alpha: f32,
+    /// PNDM: Runge-Kutta evaluations before PLMS (12; 0 with `skip_prk_steps`).
+    prk_len: usize,
 }
 
 /// sqrt((1 - abar) / abar) in float32, as torch computes it from the float32 alpha-bars.
@@ -221,6 +226,9 @@ impl SigmaScheduler {
         }
         let b = betas(&cfg)?;
         let ac = alphas_cumprod(&b);
+        if cfg.kind == SchedulerKind::Pndm {
+            return SigmaScheduler::new_pndm(cfg, n, &ac);
+        }
         let sig = train_sigmas(&ac);
         // np.log of a float32 array: float32 values.
         let log_sigmas: Vec<f64> = sig
@@ -394,7 +402,128 @@ impl SigmaScheduler {
             rounded,
             sigmas,
             init_noise_sigma,
+            alphas: Vec::new(),
+            final_alpha: 0.0,
+            prk_len: 0,
         })
+    }
+
+    /// PNDM's timesteps: diffusers' `_timesteps` (ascending), then PRK's 12 and PLMS's, or
+    /// PLMS's alone with the second one repeated (`skip_prk_steps`).
+    fn new_pndm(cfg: SchedulerConfig, n: usize, ac: &[f64]) -> Result<SigmaScheduler> {
+        let t_train = cfg.num_train_timesteps;
+        if cfg.prediction_type == PredictionType::Sample {
+            return Err(unsupported(
+                "prediction_type",
+                "sample (PNDMScheduler implements epsilon and v_prediction)",
+            ));
+        }
+        let base: Vec<i64> = match cfg.timestep_spacing {
+            TimestepSpacing::Linspace => linspace(0.0, (t_train - 1) as f64, n)
+                .into_iter()
+                .map(|t| round_half_even(t) as i64)
+                .collect(),
+            TimestepSpacing::Leading => {
+                let ratio = (t_train / n) as i64;
+                (0..n as i64)
+                    .map(|i| i * ratio + cfg.steps_offset as i64)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => {
+                let mut v: Vec<i64> =
+                    arange_f64(t_train as f64, 0.0, -(t_train as f64 / n as f64))
+                        .into_iter()
+                        .map(|t| round_half_even(t) as i64 - 1)
+                        .collect();
+                v.reverse();
+                v
+            }
+        };
+        let m = base.len();
+        let ts: Vec<i64> = if cfg.skip_prk_steps {
+            let mut v: Vec<i64> = base[..m - 1].to_vec();
+            if m >= 2 {
+                v.push(base[m - 2]);
+            }
+            v.push(base[m - 1]);
+            v.reverse();
+            v
+        } else {
+            if m < 4 {
+                return Err(invalid_arg(
+                    "num_inference_steps",
+                    format!(
+                        "{n} steps with skip_prk_steps false: PNDM's Runge-Kutta warm-up needs \
+                         at least 4 (diffusers fails below that)"
+                    ),
+                ));
+            }
+            // diffusers' `_timesteps[-4:]`.
+            let half = (t_train / n / 2) as i64;
+            let mut prk: Vec<i64> = Vec::with_capacity(8);
+            for &t in &base[m.saturating_sub(4)..] {
+                prk.extend([t, t + half]);
+            }
+            prk.pop();
+            let mut doubled: Vec<i64> = prk.iter().flat_map(|&t| [t, t]).collect();
+            doubled.pop();
+            doubled.remove(0);
+            doubled.reverse();
+            doubled.extend(base[..m.saturating_sub(3)].iter().rev());
+            doubled
+        };
+        let prk_len = if cfg.skip_prk_steps {
+            0
+        } else {
+            4 * m.min(4) - 4
+        };
+        let alphas: Vec<f32> = ac.iter().map(|&a| a as f32).collect();
+        let final_alpha = if cfg.set_alpha_to_one { 1.0 } else { alphas[0] };
+        let sched = SigmaScheduler {
+            timesteps: ts.iter().map(|&t| t as f32).collect(),
+            rounded: ts,
+            cfg,
+            num_inference_steps: n,
+            sigmas: Vec::new(),
+            init_noise_sigma: 1.0,
+            alphas,
+            final_alpha,
+            prk_len,
+        };
+        // Every alpha-bar index a step reads must exist (diffusers would index out of range
+        // or, for a negative one, wrap around).
+        for i in 0..sched.num_steps() {
+            let (t, _) = sched.pndm_times(i);
+            if !(0..t_train as i64).contains(&t) {
+                return Err(Error::InvalidArgument {
+                    what: "num_inference_steps",
+                    message: format!(
+                        "{n} steps with {} spacing (steps_offset {}) make PNDM read timestep \
+                         {t}, outside 0..{t_train}; choose another step count",
+                        sched.cfg.timestep_spacing, sched.cfg.steps_offset
+                    ),
+                });
+            }
+        }
+        Ok(sched)
+    }
+
+    /// PNDM evaluation `i`: the timestep whose alpha-bar it steps from and the one it steps to
+    /// (negative: the final alpha-bar).
+    fn pndm_times(&self, i: usize) -> (i64, i64) {
+        let t_train = self.cfg.num_train_timesteps as i64;
+        let n = self.num_inference_steps as i64;
+        let t = self.rounded[i];
+        if i < self.prk_len {
+            let diff = if i % 2 == 1 { 0 } else { t_train / n / 2 };
+            return (self.rounded[i / 4 * 4], t - diff);
+        }
+        let r = t_train / n;
+        if self.cfg.skip_prk_steps && i == 1 {
+            (t + r, t)
+        } else {
+            (t, t - r)
+        }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -438,7 +567,9 @@ impl SigmaScheduler {
     /// (`sqrt(sigma^2 + 1)` in float32 for Euler and Heun, 1 for DPM-Solver and UniPC).
     pub fn input_divisor(&self, i: usize) -> f64 {
         match self.cfg.kind {
-            SchedulerKind::DpmSolverMultistep | SchedulerKind::UniPcMultistep => 1.0,
+            SchedulerKind::DpmSolverMultistep
+            | SchedulerKind::UniPcMultistep
+            | SchedulerKind::Pndm => 1.0,
             _ => {
                 let s = self.sigmas[i] as f32;
                 libm::sqrtf(s * s + 1.0) as f64
@@ -450,7 +581,7 @@ impl SigmaScheduler {
     pub fn scales_input(&self) -> bool {
         !matches!(
             self.cfg.kind,
-            SchedulerKind::DpmSolverMultistep | SchedulerKind::UniPcMultistep
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::UniPcMultistep | SchedulerKind::Pndm
         )
     }
 
@@ -496,6 +627,12 @@ impl SigmaScheduler {
             SchedulerKind::UniPcMultistep => shape
                 .len()
                 .and_then(|n| n.checked_mul(self.cfg.solver_order + 2))
+                .unwrap_or(usize::MAX),
+            // Four past model outputs, the sample the first steps start from and (PRK) the
+            // Runge-Kutta sum.
+            SchedulerKind::Pndm => shape
+                .len()
+                .and_then(|n| n.checked_mul(if self.cfg.skip_prk_steps { 5 } else { 6 }))
                 .unwrap_or(usize::MAX),
             // The first-order derivative and the sample it started from.
             SchedulerKind::Heun => shape
@@ -567,7 +704,7 @@ impl SigmaScheduler {
             ));
         }
         let (per, n) = match (shape.sample_len(), shape.len()) {
-            (Some(per), Some(n)) if n.checked_mul(self.cfg.solver_order + 2).is_some() => {
+            (Some(per), Some(n)) if n.checked_mul(self.cfg.solver_order.max(4) + 2).is_some() => {
                 (per, n)
             }
             _ => return Err(invalid_arg("step shape", "B * C * H * W overflows")),
@@ -589,8 +726,11 @@ impl SigmaScheduler {
             });
         }
         let stride = if doubled { 2 * per } else { per };
-        let s = self.sigmas[i];
-        let s_next = self.sigmas[i + 1];
+        // PNDM has no sigmas (it steps on alpha-bars).
+        let (s, s_next) = match self.sigmas.get(i..i + 2) {
+            Some(&[a, b]) => (a, b),
+            _ => (0.0, 0.0),
+        };
         let pred = self.cfg.prediction_type;
         match self.cfg.kind {
             SchedulerKind::Euler | SchedulerKind::EulerAncestral => {
@@ -639,6 +779,9 @@ impl SigmaScheduler {
             }
             SchedulerKind::UniPcMultistep => {
                 self.unipc_step(i, per, stride, shape.batch, model_output, sample, history)
+            }
+            SchedulerKind::Pndm => {
+                self.pndm_step(i, per, stride, shape.batch, model_output, sample, history)
             }
             SchedulerKind::DpmSolverMultistep => self.dpm_step(
                 i,
@@ -787,61 +930,196 @@ impl SigmaScheduler {
 
     /// The UniP (`corrector` false) or UniC (true) update from sigma_s to sigma_{s+1} of
     /// `order`, as x_t = cx x + c0 m0 + sum_j cd_j (m_{s-j} - m0) [+ ct (m_t - m0)].
+    ///
+    /// The scalars are float32 as in diffusers (0-d float32 tensors): near the last step the
+    /// update cancels (x against sigma * eps), and their rounding shows in the result.
     fn unipc_coeffs(&self, s: usize, order: usize, corrector: bool) -> UniCoeffs {
         let c = &self.cfg;
-        let (at, st) = alpha_sigma(self.sigmas[s + 1]);
-        let (a0, s0) = alpha_sigma(self.sigmas[s]);
-        let l0 = lambda(self.sigmas[s]);
-        let h = lambda(self.sigmas[s + 1]) - l0;
+        let sg = |j: usize| self.sigmas[j] as f32;
+        let (at, st) = alpha_sigma32(sg(s + 1));
+        let (a0, s0) = alpha_sigma32(sg(s));
+        let l0 = lambda32(sg(s));
+        let h = lambda32(sg(s + 1)) - l0;
         // rks: (lambda_{s-j} - lambda_s) / h for j = 1..order-1, then 1.
-        let mut rks = [1.0f64; 3];
+        let mut rks = [1.0f32; 3];
         for j in 1..order {
-            rks[j - 1] = (lambda(self.sigmas[s - j]) - l0) / h;
+            rks[j - 1] = (lambda32(sg(s - j)) - l0) / h;
         }
         rks[order - 1] = 1.0;
         let hh = if c.predict_x0 { -h } else { h };
-        let h_phi_1 = libm::expm1(hh);
+        let h_phi_1 = libm::expm1f(hh);
         let b_h = match c.unipc_solver {
             UniPcSolver::Bh1 => hh,
             UniPcSolver::Bh2 => h_phi_1,
         };
-        let mut b = [0.0f64; 3];
+        let mut b = [0.0f32; 3];
         let mut h_phi_k = h_phi_1 / hh - 1.0;
-        let mut factorial = 1.0;
+        let mut factorial = 1u32;
         for (j, bj) in b.iter_mut().enumerate().take(order) {
-            *bj = h_phi_k * factorial / b_h;
-            factorial *= (j + 2) as f64;
-            h_phi_k = h_phi_k / hh - 1.0 / factorial;
+            *bj = h_phi_k * factorial as f32 / b_h;
+            factorial *= j as u32 + 2;
+            h_phi_k = h_phi_k / hh - (1.0 / factorial as f64) as f32;
         }
         // rhos: the predictor solves the (order-1)-square system, the corrector the full one.
         let m = if corrector { order } else { order - 1 };
         let mut rhos = [0.0f64; 3];
-        if corrector && order == 1 {
-            rhos[0] = 0.5;
-        } else if !corrector && order == 2 {
+        if (corrector && order == 1) || (!corrector && order == 2) {
             rhos[0] = 0.5;
         } else if m > 0 {
             // R[r][col] = rks[col]^r
             let mut a = [[0.0f64; 4]; 3];
             for (r, row) in a.iter_mut().enumerate().take(m) {
                 for col in 0..m {
-                    row[col] = libm::pow(rks[col], r as f64);
+                    row[col] = match r {
+                        0 => 1.0,
+                        1 => rks[col],
+                        _ => rks[col] * rks[col],
+                    } as f64;
                 }
-                row[3] = b[r];
+                row[3] = b[r] as f64;
             }
             solve(&mut a, m, &mut rhos);
+            // torch.linalg.solve in float32.
+            for r in rhos.iter_mut() {
+                *r = *r as f32 as f64;
+            }
         }
         let (cx, scale, c0) = if c.predict_x0 {
             (st / s0, -(at * b_h), -(at * h_phi_1))
         } else {
             (at / a0, -(st * b_h), -(st * h_phi_1))
         };
+        let (cx, scale, c0) = (cx as f64, scale as f64, c0 as f64);
         let mut cd = [0.0f64; 2];
         for j in 1..order {
-            cd[j - 1] = scale * rhos[j - 1] / rks[j - 1];
+            cd[j - 1] = scale * rhos[j - 1] / rks[j - 1] as f64;
         }
         let ct = if corrector { scale * rhos[m - 1] } else { 0.0 };
         UniCoeffs { cx, c0, cd, ct }
+    }
+
+    /// PNDM evaluation `i`: a Runge-Kutta stage (the first 12 unless `skip_prk_steps`) or a
+    /// linear multistep (PLMS) step, as diffusers' `step_prk` / `step_plms`.
+    #[allow(clippy::too_many_arguments)]
+    fn pndm_step(
+        &self,
+        i: usize,
+        per: usize,
+        stride: usize,
+        batch: usize,
+        model_output: &[f32],
+        sample: &mut [f32],
+        history: &mut [f32],
+    ) {
+        let n = per * batch;
+        let (ets, rest) = history.split_at_mut(4 * n);
+        let (cur, acc) = rest.split_at_mut(n);
+        let skip = self.cfg.skip_prk_steps;
+        let (t, prev_t) = self.pndm_times(i);
+        // _get_prev_sample's scalars, float32 as in diffusers.
+        let a_t = self.alphas[t as usize];
+        let a_prev = if prev_t >= 0 {
+            self.alphas[prev_t as usize]
+        } else {
+            self.final_alpha
+        };
+        let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
+        let sample_coeff = libm::sqrtf(a_prev / a_t) as f64;
+        let denom = (a_t * libm::sqrtf(b_prev) + libm::sqrtf(a_t * b_t * a_prev)) as f64;
+        let diff = (a_prev - a_t) as f64;
+        let v = self.cfg.prediction_type == PredictionType::VPrediction;
+        let (va, vb) = (libm::sqrtf(a_t) as f64, libm::sqrtf(b_t) as f64);
+        // What this evaluation does.
+        enum Mode {
+            /// PRK stage i % 4, from the stage-0 sample.
+            Prk(usize),
+            /// PLMS with `len` stored outputs (the newest `ne - 1`); `first` / `second`: the
+            /// two PLMS-only start steps.
+            Plms {
+                ne: usize,
+                len: usize,
+                first: bool,
+                second: bool,
+            },
+        }
+        let mode = if i < self.prk_len {
+            Mode::Prk(i % 4)
+        } else {
+            // Outputs stored after this step: PRK stores one per 4 stages.
+            let ne = if skip {
+                i.max(1)
+            } else {
+                self.prk_len / 4 + (i - self.prk_len + 1)
+            };
+            Mode::Plms {
+                ne,
+                len: ne.min(4),
+                first: skip && i == 0,
+                second: skip && i == 1,
+            }
+        };
+        let e = |ets: &[f32], ne: usize, k: usize, j: usize| ets[((ne - k) % 4) * n + j] as f64;
+        for b in 0..batch {
+            for kk in 0..per {
+                let j = b * per + kk;
+                let mo = model_output[b * stride + kk] as f64;
+                let x = sample[j] as f64;
+                let (eff, base) = match mode {
+                    Mode::Prk(k) => match k {
+                        0 => {
+                            acc[j] = (mo / 6.0) as f32;
+                            ets[(i / 4) * n + j] = mo as f32;
+                            cur[j] = sample[j];
+                            (mo, x)
+                        }
+                        1 | 2 => {
+                            acc[j] = (acc[j] as f64 + mo / 3.0) as f32;
+                            (mo, cur[j] as f64)
+                        }
+                        _ => {
+                            let eff = acc[j] as f64 + mo / 6.0;
+                            acc[j] = 0.0;
+                            (eff, cur[j] as f64)
+                        }
+                    },
+                    Mode::Plms {
+                        ne,
+                        len,
+                        first,
+                        second,
+                    } => {
+                        if !second {
+                            ets[((ne - 1) % 4) * n + j] = mo as f32;
+                        }
+                        if first {
+                            cur[j] = sample[j];
+                            (mo, x)
+                        } else if second {
+                            ((mo + e(ets, ne, 1, j)) / 2.0, cur[j] as f64)
+                        } else {
+                            let e1 = e(ets, ne, 1, j);
+                            let eff = match len {
+                                2 => (3.0 * e1 - e(ets, ne, 2, j)) / 2.0,
+                                3 => {
+                                    (23.0 * e1 - 16.0 * e(ets, ne, 2, j)
+                                        + 5.0 * e(ets, ne, 3, j))
+                                        / 12.0
+                                }
+                                _ => {
+                                    (1.0 / 24.0)
+                                        * (55.0 * e1 - 59.0 * e(ets, ne, 2, j)
+                                            + 37.0 * e(ets, ne, 3, j)
+                                            - 9.0 * e(ets, ne, 4, j))
+                                }
+                            };
+                            (eff, x)
+                        }
+                    }
+                };
+                let eff = if v { va * eff + vb * base } else { eff };
+                sample[j] = (sample_coeff * base - diff * eff / denom) as f32;
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1006,6 +1284,18 @@ fn lambda_clipped_count(cfg: &SchedulerConfig, ac: &[f64]) -> usize {
         .count()
 }
 
+
+/// `_sigma_to_alpha_sigma_t` in float32.
+fn alpha_sigma32(s: f32) -> (f32, f32) {
+    let alpha = 1.0 / libm::sqrtf(s * s + 1.0);
+    (alpha, s * alpha)
+}
+
+/// log alpha - log sigma in float32.
+fn lambda32(s: f32) -> f32 {
+    let (a, sg) = alpha_sigma32(s);
+    libm::logf(a) - libm::logf(sg)
+}
 
 /// One UniPC update's coefficients ([`SigmaScheduler::unipc_coeffs`]).
 struct UniCoeffs {
