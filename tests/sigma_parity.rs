@@ -10,7 +10,7 @@ mod common;
 
 use common::{fixtures_dir, read_json, rel_l2, TensorFile};
 use tinydiffusion::sampler::{SampleOptions, Sampler, SamplerSpec};
-use tinydiffusion::schedule::{SchedulerConfig, SigmaScheduler, StepShape};
+use tinydiffusion::schedule::{SchedulerConfig, SchedulerKind, SigmaScheduler, StepShape};
 use tinydiffusion::Model;
 
 /// `sigma/`: Euler, Euler ancestral, DPM-Solver (`make_sigma_fixtures.py`); `sigma2/`: Heun,
@@ -71,7 +71,10 @@ fn schedules_match(set: &str) {
         );
         worst = worst.max(e).max(ei);
     }
-    println!("{set}: {} schedules, worst sigma rel L2 {worst:.2e}", cases.len());
+    println!(
+        "{set}: {} schedules, worst sigma rel L2 {worst:.2e}",
+        cases.len()
+    );
 }
 
 #[test]
@@ -121,7 +124,10 @@ fn step_chains_match(set: &str) {
             }
         }
     }
-    println!("{set}: worst per-step rel L2 {:.2e} at {}", worst.0, worst.1);
+    println!(
+        "{set}: worst per-step rel L2 {:.2e} at {}",
+        worst.0, worst.1
+    );
     assert!(
         failures.is_empty(),
         "step failures:\n{}",
@@ -223,7 +229,12 @@ fn cli_replays_runs() {
     let mut failures = Vec::new();
     let all: Vec<(&str, usize, Run)> = SETS
         .iter()
-        .flat_map(|set| runs(set).into_iter().enumerate().map(move |(i, r)| (*set, i, r)))
+        .flat_map(|set| {
+            runs(set)
+                .into_iter()
+                .enumerate()
+                .map(move |(i, r)| (*set, i, r))
+        })
         .collect();
     for (set, i, run) in &all {
         let (i, run) = (*i, run);
@@ -363,7 +374,10 @@ fn class_defaults() {
         SchedulerConfig::from_json(r#"{"_class_name": "UniPCMultistepScheduler"}"#).unwrap();
     assert_eq!((unipc.beta_start, unipc.beta_end), (0.0001, 0.02));
     assert_eq!(unipc.solver_order, 2);
-    assert_eq!(unipc.unipc_solver, tinydiffusion::schedule::UniPcSolver::Bh2);
+    assert_eq!(
+        unipc.unipc_solver,
+        tinydiffusion::schedule::UniPcSolver::Bh2
+    );
     assert!(unipc.predict_x0 && unipc.lower_order_final && unipc.disable_corrector.is_empty());
     assert_eq!(
         unipc.timestep_spacing,
@@ -376,9 +390,15 @@ fn class_defaults() {
     .unwrap();
     assert_eq!(mid.unipc_solver, tinydiffusion::schedule::UniPcSolver::Bh2);
     assert_eq!(default_steps(SamplerKind::UniPcMultistep, 1000), 50);
-    assert_eq!(SamplerKind::from_name("unipc"), Some(SamplerKind::UniPcMultistep));
+    assert_eq!(
+        SamplerKind::from_name("unipc"),
+        Some(SamplerKind::UniPcMultistep)
+    );
     let s = SigmaScheduler::new(unipc, 10).unwrap();
-    assert_eq!((s.num_steps(), s.noise_rows(), s.init_noise_sigma()), (10, 0, 1.0));
+    assert_eq!(
+        (s.num_steps(), s.noise_rows(), s.init_noise_sigma()),
+        (10, 0, 1.0)
+    );
     let pndm = SchedulerConfig::from_json(r#"{"_class_name": "PNDMScheduler"}"#).unwrap();
     assert!(!pndm.skip_prk_steps && !pndm.set_alpha_to_one);
     assert_eq!(
@@ -388,7 +408,19 @@ fn class_defaults() {
     assert_eq!(default_steps(SamplerKind::Pndm, 1000), 50);
     assert_eq!(SamplerKind::from_name("pndm"), Some(SamplerKind::Pndm));
     // 12 Runge-Kutta evaluations, then PLMS on the rest: N + 9; PLMS alone: N + 1.
-    assert_eq!(SigmaScheduler::new(pndm.clone(), 10).unwrap().num_steps(), 19);
-    let plms = SchedulerConfig { skip_prk_steps: true, ..pndm };
+    assert_eq!(
+        SigmaScheduler::new(pndm.clone(), 10).unwrap().num_steps(),
+        19
+    );
+    // diffusers: PNDMScheduler.from_config(DDPMScheduler().config) has set_alpha_to_one false,
+    // from a DDIM config DDIM's value.
+    let from_ddpm = SchedulerConfig::ddpm_default().with_kind(SchedulerKind::Pndm);
+    assert!(!from_ddpm.set_alpha_to_one);
+    let from_ddim = SchedulerConfig::ddim_default().with_kind(SchedulerKind::Pndm);
+    assert!(from_ddim.set_alpha_to_one);
+    let plms = SchedulerConfig {
+        skip_prk_steps: true,
+        ..pndm
+    };
     assert_eq!(SigmaScheduler::new(plms, 10).unwrap().num_steps(), 11);
 }

@@ -615,7 +615,8 @@ impl SchedulerConfig {
                 "rescale_betas_zero_snr" => cfg.rescale_betas_zero_snr = as_bool(k, v)?,
                 "set_alpha_to_one" => cfg.set_alpha_to_one = as_bool(k, v)?,
                 "use_karras_sigmas"
-                    if sigma && !matches!(kind, SchedulerKind::EulerAncestral | SchedulerKind::Pndm) =>
+                    if sigma
+                        && !matches!(kind, SchedulerKind::EulerAncestral | SchedulerKind::Pndm) =>
                 {
                     cfg.use_karras_sigmas = opt_bool(k, v)?
                 }
@@ -682,7 +683,9 @@ impl SchedulerConfig {
                             .iter()
                             .map(|i| as_count(k, i))
                             .collect::<Result<Vec<usize>>>()?,
-                        _ => return Err(bad(k, format!("expected a list of step indices, got {v}"))),
+                        _ => {
+                            return Err(bad(k, format!("expected a list of step indices, got {v}")))
+                        }
                     }
                 }
                 // A second scheduler as the predictor, and flow-sigma options: only "off".
@@ -744,8 +747,15 @@ impl SchedulerConfig {
         let defaults = SchedulerConfig::ddpm_default();
         match self.kind {
             SchedulerKind::Ddpm => self.variance_type = defaults.variance_type,
-            SchedulerKind::Ddim => self.set_alpha_to_one = defaults.set_alpha_to_one,
+            SchedulerKind::Ddim if kind != SchedulerKind::Pndm => {
+                self.set_alpha_to_one = defaults.set_alpha_to_one
+            }
             _ => {}
+        }
+        // PNDM also reads `set_alpha_to_one`, defaulting to false: only DDIM's (or PNDM's)
+        // value carries over, as only their configs hold the key.
+        if kind == SchedulerKind::Pndm && !matches!(self.kind, SchedulerKind::Ddim) {
+            self.set_alpha_to_one = false;
         }
         self.kind = kind;
         self

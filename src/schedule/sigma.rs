@@ -1,10 +1,14 @@
 //! The sigma-parameterised schedulers of diffusers 0.42: `EulerDiscreteScheduler`,
-//! `EulerAncestralDiscreteScheduler`, `DPMSolverMultistepScheduler` and `HeunDiscreteScheduler`,
-//! on f32 NCHW buffers, in place, without heap allocation.
+//! `EulerAncestralDiscreteScheduler`, `DPMSolverMultistepScheduler`, `HeunDiscreteScheduler`,
+//! `UniPCMultistepScheduler` and `PNDMScheduler` (the last one steps on alpha-bars, but runs
+//! the same loop), on f32 NCHW buffers, in place, without heap allocation.
 //!
-//! A "step" here is one model evaluation: Heun's N inference steps are its 2N - 1 entries of
-//! diffusers' `timesteps` (first-order evaluations at even indices, the second-order
-//! correction at odd ones), with the sigmas doubled as diffusers stores them.
+//! A "step" here is one model evaluation, one entry of diffusers' `timesteps`: Heun's N
+//! inference steps are 2N - 1 of them (first-order evaluations at even indices, the
+//! second-order correction at odd ones, the sigmas doubled as diffusers stores them); PNDM's
+//! are N + 1 (PLMS) or N + 9 (Runge-Kutta warm-up, then PLMS). The multistep state (Heun's
+//! derivative, UniPC's converted outputs and last sample, PNDM's past outputs) lives in the
+//! caller's history buffer.
 //!
 //! A run is described by sigma_0 > sigma_1 > ... > sigma_N (sigma = sqrt((1 - abar) / abar),
 //! the last one 0 or sigma_min) and the model timestep of each step, which may be fractional
@@ -41,7 +45,8 @@ use crate::error::{invalid_arg, unsupported, Error, Result};
 /// Karras et al.'s rho.
 const RHO: f64 = 7.0;
 
-/// A Euler, Euler-ancestral or DPM-Solver multistep scheduler set up for one number of steps.
+/// A Euler, Euler-ancestral, DPM-Solver multistep, Heun, UniPC or PNDM scheduler set up for
+/// one number of steps.
 #[derive(Debug, Clone)]
 pub struct SigmaScheduler {
     cfg: SchedulerConfig,
@@ -430,11 +435,10 @@ impl SigmaScheduler {
                     .collect()
             }
             TimestepSpacing::Trailing => {
-                let mut v: Vec<i64> =
-                    arange_f64(t_train as f64, 0.0, -(t_train as f64 / n as f64))
-                        .into_iter()
-                        .map(|t| round_half_even(t) as i64 - 1)
-                        .collect();
+                let mut v: Vec<i64> = arange_f64(t_train as f64, 0.0, -(t_train as f64 / n as f64))
+                    .into_iter()
+                    .map(|t| round_half_even(t) as i64 - 1)
+                    .collect();
                 v.reverse();
                 v
             }
@@ -1101,8 +1105,7 @@ impl SigmaScheduler {
                             let eff = match len {
                                 2 => (3.0 * e1 - e(ets, ne, 2, j)) / 2.0,
                                 3 => {
-                                    (23.0 * e1 - 16.0 * e(ets, ne, 2, j)
-                                        + 5.0 * e(ets, ne, 3, j))
+                                    (23.0 * e1 - 16.0 * e(ets, ne, 2, j) + 5.0 * e(ets, ne, 3, j))
                                         / 12.0
                                 }
                                 _ => {
@@ -1283,7 +1286,6 @@ fn lambda_clipped_count(cfg: &SchedulerConfig, ac: &[f64]) -> usize {
         })
         .count()
 }
-
 
 /// `_sigma_to_alpha_sigma_t` in float32.
 fn alpha_sigma32(s: f32) -> (f32, f32) {
