@@ -185,6 +185,20 @@ enum td_scheduler_kind
    * `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_DPM_SOLVER_MULTISTEP = 8,
+  /**
+   * diffusers' `HeunDiscreteScheduler` (two model evaluations per step but the last).
+   * `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_HEUN = 9,
+  /**
+   * diffusers' `UniPCMultistepScheduler` (the config's `solver_order` and `solver_type`).
+   * `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_UNI_PC_MULTISTEP = 10,
+  /**
+   * diffusers' `PNDMScheduler` (the config's `skip_prk_steps`). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_PNDM = 11,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -1,5 +1,6 @@
-//! The sigma schedulers (Euler, Euler ancestral, DPM-Solver multistep) against diffusers 0.42
-//! (`tests/fixtures/sigma/`, made by `tests/tools/make_sigma_fixtures.py`): `set_timesteps`
+//! The sigma schedulers (Euler, Euler ancestral, DPM-Solver multistep; Heun) against diffusers
+//! 0.42 (`tests/fixtures/sigma/` and `sigma2/`, made by `tests/tools/make_sigma_fixtures.py`
+//! and `make_sigma2_fixtures.py`): `set_timesteps`
 //! (timesteps, sigmas, init_noise_sigma) for every config and several step counts, chains of
 //! single steps with fixed model outputs (per step <= 1e-5 relative L2, the multistep history
 //! carried in the caller's buffer), and whole sampling runs with the tiny-rgb16 UNet and injected
@@ -9,11 +10,15 @@ mod common;
 
 use common::{fixtures_dir, read_json, rel_l2, TensorFile};
 use tinydiffusion::sampler::{SampleOptions, Sampler, SamplerSpec};
-use tinydiffusion::schedule::{SchedulerConfig, SigmaScheduler, StepShape};
+use tinydiffusion::schedule::{SchedulerConfig, SchedulerKind, SigmaScheduler, StepShape};
 use tinydiffusion::Model;
 
-fn fixtures() -> (serde_json::Value, TensorFile) {
-    let dir = fixtures_dir().join("sigma");
+/// `sigma/`: Euler, Euler ancestral, DPM-Solver (`make_sigma_fixtures.py`); `sigma2/`: Heun,
+/// UniPC, PNDM (`make_sigma2_fixtures.py`).
+const SETS: [&str; 2] = ["sigma", "sigma2"];
+
+fn fixtures_in(set: &str) -> (serde_json::Value, TensorFile) {
+    let dir = fixtures_dir().join(set);
     (
         read_json(dir.join("cases.json")),
         TensorFile::open(dir.join("cases.safetensors")),
@@ -26,16 +31,22 @@ fn config(case: &serde_json::Value) -> SchedulerConfig {
 
 #[test]
 fn schedules_match_diffusers() {
-    let (meta, t) = fixtures();
+    for set in SETS {
+        schedules_match(set);
+    }
+}
+
+fn schedules_match(set: &str) {
+    let (meta, t) = fixtures_in(set);
     let cases = meta["schedules"].as_array().unwrap();
-    assert!(cases.len() >= 80);
+    assert!(cases.len() >= if set == "sigma" { 80 } else { 20 });
     let mut worst = 0.0f64;
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
         let s = SigmaScheduler::new(config(case), steps).unwrap();
         let ts = t.f64s(&format!("{name}.timesteps"));
-        let sig = t.f64s(&format!("{name}.sigmas"));
+        let sig_key = format!("{name}.sigmas");
         assert_eq!(s.timesteps().len(), ts.len(), "{name}: timestep count");
         for (i, (&a, &b)) in s.timesteps().iter().zip(&ts).enumerate() {
             let tol = 1e-4 * b.abs().max(1.0);
@@ -44,8 +55,14 @@ fn schedules_match_diffusers() {
                 "{name}: timestep {i} is {a}, diffusers {b}"
             );
         }
-        assert_eq!(s.sigmas().len(), sig.len(), "{name}: sigma count");
-        let e = rel_l2(s.sigmas(), &sig);
+        // PNDM has no sigmas: its alpha-bars are checked through the step chains.
+        let e = if t.has(&sig_key) {
+            let sig = t.f64s(&sig_key);
+            assert_eq!(s.sigmas().len(), sig.len(), "{name}: sigma count");
+            rel_l2(s.sigmas(), &sig)
+        } else {
+            0.0
+        };
         let init = case["init_noise_sigma"].as_f64().unwrap();
         let ei = (s.init_noise_sigma() - init).abs() / init;
         assert!(
@@ -54,14 +71,26 @@ fn schedules_match_diffusers() {
         );
         worst = worst.max(e).max(ei);
     }
-    println!("{} schedules, worst sigma rel L2 {worst:.2e}", cases.len());
+    println!(
+        "{set}: {} schedules, worst sigma rel L2 {worst:.2e}",
+        cases.len()
+    );
 }
 
 #[test]
 fn step_chains_match_diffusers() {
-    let (meta, t) = fixtures();
+    for set in SETS {
+        step_chains_match(set);
+    }
+}
+
+fn step_chains_match(set: &str) {
+    let (meta, t) = fixtures_in(set);
     let chains = meta["chains"].as_array().unwrap();
-    assert_eq!(chains.len(), 32);
+    assert!(chains.len() >= 8);
+    if set == "sigma" {
+        assert_eq!(chains.len(), 32);
+    }
     let mut worst = (0.0f64, String::new());
     let mut failures = Vec::new();
     for case in chains {
@@ -80,9 +109,10 @@ fn step_chains_match_diffusers() {
                 .collect();
             let es = rel_l2(&scaled, &t.f64s(&format!("{key}.scaled")));
             let mo = t.f32s(&format!("{key}.model_output"));
-            let z = t.f32s(&format!("{key}.noise"));
+            let z_key = format!("{key}.noise");
+            let z = t.has(&z_key).then(|| t.f32s(&z_key));
             let mut ours = x.clone();
-            s.step(i, shape, &mo, &mut ours, Some(&z), &mut history)
+            s.step(i, shape, &mo, &mut ours, z.as_deref(), &mut history)
                 .unwrap();
             let e = rel_l2(&ours, &t.f64s(&format!("{key}.prev_sample")));
             let e = e.max(es);
@@ -94,7 +124,10 @@ fn step_chains_match_diffusers() {
             }
         }
     }
-    println!("worst per-step rel L2 {:.2e} at {}", worst.0, worst.1);
+    println!(
+        "{set}: worst per-step rel L2 {:.2e} at {}",
+        worst.0, worst.1
+    );
     assert!(
         failures.is_empty(),
         "step failures:\n{}",
@@ -111,8 +144,8 @@ struct Run {
     traj: Vec<f32>,
 }
 
-fn runs() -> Vec<Run> {
-    let (meta, t) = fixtures();
+fn runs(set: &str) -> Vec<Run> {
+    let (meta, t) = fixtures_in(set);
     meta["runs"]
         .as_array()
         .unwrap()
@@ -137,8 +170,8 @@ fn runs() -> Vec<Run> {
 #[test]
 fn sampling_runs_match_diffusers() {
     let model = Model::load(fixtures_dir().join("tiny-rgb16")).unwrap();
-    let all = runs();
-    assert_eq!(all.len(), 8);
+    let all: Vec<Run> = SETS.iter().flat_map(|set| runs(set)).collect();
+    assert!(all.len() >= 10);
     let n = all[0].x_t.len();
     let mut failures = Vec::new();
     for run in &all {
@@ -166,7 +199,8 @@ fn sampling_runs_match_diffusers() {
         sampler
             .sample(&model, &mut ws, &opts, &mut out, Some(&mut cb))
             .unwrap();
-        let last = run.steps * n;
+        // The trajectory has one entry per model evaluation (Heun: 2N - 1) plus x_T.
+        let last = run.traj.len() - n;
         let err = rel_l2(&out, &run.traj[last..last + n]);
         let worst_step = per_step.iter().cloned().fold(0.0, f64::max);
         println!(
@@ -193,13 +227,23 @@ fn cli_replays_runs() {
     let tmp = std::env::temp_dir().join(format!("td-sigma-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let mut failures = Vec::new();
-    for (i, run) in runs().iter().enumerate() {
-        let dir = tmp.join(format!("run{i}"));
+    let all: Vec<(&str, usize, Run)> = SETS
+        .iter()
+        .flat_map(|set| {
+            runs(set)
+                .into_iter()
+                .enumerate()
+                .map(move |(i, r)| (*set, i, r))
+        })
+        .collect();
+    for (set, i, run) in &all {
+        let (i, run) = (*i, run);
+        let dir = tmp.join(format!("{set}-run{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
             std::fs::copy(src.join(f), dir.join(f)).unwrap();
         }
-        let (meta, _) = fixtures();
+        let (meta, _) = fixtures_in(set);
         let case = &meta["runs"][i];
         std::fs::write(
             dir.join("scheduler_config.json"),
@@ -235,7 +279,7 @@ fn cli_replays_runs() {
             String::from_utf8_lossy(&status.stderr)
         );
         let got = TensorFile::open(&out).f32s("x_0");
-        let last = run.steps * n;
+        let last = run.traj.len() - n;
         let err = rel_l2(&got, &run.traj[last..last + n]);
         println!("cli {:<40} final rel L2 {err:.2e}", run.name);
         if !(err <= 1e-3) {
@@ -261,6 +305,12 @@ fn scheduler_names_and_overrides() {
         ("dpm++2m", "DPMSolverMultistepScheduler"),
         ("dpm++2m-sde", "DPMSolverMultistepScheduler"),
         ("DDIMScheduler", "DDIMScheduler"),
+        ("heun", "HeunDiscreteScheduler"),
+        ("HeunDiscreteScheduler", "HeunDiscreteScheduler"),
+        ("unipc", "UniPCMultistepScheduler"),
+        ("UniPCMultistepScheduler", "UniPCMultistepScheduler"),
+        ("pndm", "PNDMScheduler"),
+        ("PNDMScheduler", "PNDMScheduler"),
     ] {
         let spec = SamplerSpec::named(name).unwrap_or_else(|| panic!("{name}"));
         let s = spec.steps(10).build(&ddpm).unwrap();
@@ -301,4 +351,76 @@ fn scheduler_names_and_overrides() {
         euler.timestep_spacing,
         tinydiffusion::schedule::TimestepSpacing::Linspace
     );
+}
+
+/// diffusers' `from_config` defaults of the classes whose defaults differ from DDPM's.
+#[test]
+fn class_defaults() {
+    use tinydiffusion::sampler::{default_steps, SamplerKind};
+    let heun = SchedulerConfig::from_json(r#"{"_class_name": "HeunDiscreteScheduler"}"#).unwrap();
+    assert_eq!((heun.beta_start, heun.beta_end), (0.00085, 0.012));
+    assert!(!heun.clip_sample);
+    assert_eq!(
+        heun.timestep_spacing,
+        tinydiffusion::schedule::TimestepSpacing::Linspace
+    );
+    let s = SigmaScheduler::new(heun, 10).unwrap();
+    assert_eq!(s.num_steps(), 19);
+    assert_eq!(s.num_inference_steps(), 10);
+    assert_eq!(default_steps(SamplerKind::Heun, 1000), 50);
+    assert_eq!(default_steps(SamplerKind::Heun, 20), 20);
+    assert_eq!(SamplerKind::from_name("heun"), Some(SamplerKind::Heun));
+    let unipc =
+        SchedulerConfig::from_json(r#"{"_class_name": "UniPCMultistepScheduler"}"#).unwrap();
+    assert_eq!((unipc.beta_start, unipc.beta_end), (0.0001, 0.02));
+    assert_eq!(unipc.solver_order, 2);
+    assert_eq!(
+        unipc.unipc_solver,
+        tinydiffusion::schedule::UniPcSolver::Bh2
+    );
+    assert!(unipc.predict_x0 && unipc.lower_order_final && unipc.disable_corrector.is_empty());
+    assert_eq!(
+        unipc.timestep_spacing,
+        tinydiffusion::schedule::TimestepSpacing::Linspace
+    );
+    // DPM-Solver's solver types become bh2, as in diffusers.
+    let mid = SchedulerConfig::from_json(
+        r#"{"_class_name": "UniPCMultistepScheduler", "solver_type": "midpoint"}"#,
+    )
+    .unwrap();
+    assert_eq!(mid.unipc_solver, tinydiffusion::schedule::UniPcSolver::Bh2);
+    assert_eq!(default_steps(SamplerKind::UniPcMultistep, 1000), 50);
+    assert_eq!(
+        SamplerKind::from_name("unipc"),
+        Some(SamplerKind::UniPcMultistep)
+    );
+    let s = SigmaScheduler::new(unipc, 10).unwrap();
+    assert_eq!(
+        (s.num_steps(), s.noise_rows(), s.init_noise_sigma()),
+        (10, 0, 1.0)
+    );
+    let pndm = SchedulerConfig::from_json(r#"{"_class_name": "PNDMScheduler"}"#).unwrap();
+    assert!(!pndm.skip_prk_steps && !pndm.set_alpha_to_one);
+    assert_eq!(
+        pndm.timestep_spacing,
+        tinydiffusion::schedule::TimestepSpacing::Leading
+    );
+    assert_eq!(default_steps(SamplerKind::Pndm, 1000), 50);
+    assert_eq!(SamplerKind::from_name("pndm"), Some(SamplerKind::Pndm));
+    // 12 Runge-Kutta evaluations, then PLMS on the rest: N + 9; PLMS alone: N + 1.
+    assert_eq!(
+        SigmaScheduler::new(pndm.clone(), 10).unwrap().num_steps(),
+        19
+    );
+    // diffusers: PNDMScheduler.from_config(DDPMScheduler().config) has set_alpha_to_one false,
+    // from a DDIM config DDIM's value.
+    let from_ddpm = SchedulerConfig::ddpm_default().with_kind(SchedulerKind::Pndm);
+    assert!(!from_ddpm.set_alpha_to_one);
+    let from_ddim = SchedulerConfig::ddim_default().with_kind(SchedulerKind::Pndm);
+    assert!(from_ddim.set_alpha_to_one);
+    let plms = SchedulerConfig {
+        skip_prk_steps: true,
+        ..pndm
+    };
+    assert_eq!(SigmaScheduler::new(plms, 10).unwrap().num_steps(), 11);
 }

@@ -126,6 +126,14 @@ pub enum td_scheduler_kind {
     /// diffusers' `DPMSolverMultistepScheduler` (the config's `algorithm_type` and
     /// `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
     DpmSolverMultistep = 8,
+    /// diffusers' `HeunDiscreteScheduler` (two model evaluations per step but the last).
+    /// `steps` 0 = min(50, T).
+    Heun = 9,
+    /// diffusers' `UniPCMultistepScheduler` (the config's `solver_order` and `solver_type`).
+    /// `steps` 0 = min(50, T).
+    UniPcMultistep = 10,
+    /// diffusers' `PNDMScheduler` (the config's `skip_prk_steps`). `steps` 0 = min(50, T).
+    Pndm = 11,
 }
 
 /// Values of `td_sde_desc.predictor`.

@@ -260,6 +260,9 @@ pub unsafe extern "C" fn td_model_get_info(
                 SchedulerKind::Euler => td_scheduler_kind::Euler as i32,
                 SchedulerKind::EulerAncestral => td_scheduler_kind::EulerAncestral as i32,
                 SchedulerKind::DpmSolverMultistep => td_scheduler_kind::DpmSolverMultistep as i32,
+                SchedulerKind::Heun => td_scheduler_kind::Heun as i32,
+                SchedulerKind::UniPcMultistep => td_scheduler_kind::UniPcMultistep as i32,
+                SchedulerKind::Pndm => td_scheduler_kind::Pndm as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
         };

@@ -44,11 +44,18 @@ pub enum SamplerKind {
     /// diffusers' `DPMSolverMultistepScheduler` (the config's algorithm and order, or those
     /// of the `dpm++2m` / `dpm++2m-sde` aliases).
     DpmSolverMultistep,
+    /// diffusers' `HeunDiscreteScheduler` (two model evaluations per step but the last).
+    Heun,
+    /// diffusers' `UniPCMultistepScheduler`.
+    UniPcMultistep,
+    /// diffusers' `PNDMScheduler` (PLMS; Runge-Kutta warm-up unless `skip_prk_steps`).
+    Pndm,
 }
 
 impl SamplerKind {
-    /// Every kind, in the order of the names `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm`.
-    pub const ALL: [SamplerKind; 8] = [
+    /// Every kind, in the order of the names
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm`.
+    pub const ALL: [SamplerKind; 11] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -57,6 +64,9 @@ impl SamplerKind {
         SamplerKind::Euler,
         SamplerKind::EulerAncestral,
         SamplerKind::DpmSolverMultistep,
+        SamplerKind::Heun,
+        SamplerKind::UniPcMultistep,
+        SamplerKind::Pndm,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -72,6 +82,9 @@ impl SamplerKind {
             SamplerKind::Euler => "euler",
             SamplerKind::EulerAncestral => "euler-a",
             SamplerKind::DpmSolverMultistep => "dpm",
+            SamplerKind::Heun => "heun",
+            SamplerKind::UniPcMultistep => "unipc",
+            SamplerKind::Pndm => "pndm",
         }
     }
 
@@ -91,6 +104,9 @@ impl SamplerKind {
             SchedulerKind::Euler => SamplerKind::Euler,
             SchedulerKind::EulerAncestral => SamplerKind::EulerAncestral,
             SchedulerKind::DpmSolverMultistep => SamplerKind::DpmSolverMultistep,
+            SchedulerKind::Heun => SamplerKind::Heun,
+            SchedulerKind::UniPcMultistep => SamplerKind::UniPcMultistep,
+            SchedulerKind::Pndm => SamplerKind::Pndm,
         }
     }
 
@@ -102,6 +118,9 @@ impl SamplerKind {
             SamplerKind::Euler => Some(SchedulerKind::Euler),
             SamplerKind::EulerAncestral => Some(SchedulerKind::EulerAncestral),
             SamplerKind::DpmSolverMultistep => Some(SchedulerKind::DpmSolverMultistep),
+            SamplerKind::Heun => Some(SchedulerKind::Heun),
+            SamplerKind::UniPcMultistep => Some(SchedulerKind::UniPcMultistep),
+            SamplerKind::Pndm => Some(SchedulerKind::Pndm),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -127,7 +146,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
-/// | Euler, Euler ancestral, DPM-Solver | min(50, T) (diffusers' pipeline default) |
+/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -138,9 +157,12 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         SamplerKind::Sde => t.min(1000),
         SamplerKind::Ode => t.min(50),
         SamplerKind::Pc => t.min(500),
-        SamplerKind::Euler | SamplerKind::EulerAncestral | SamplerKind::DpmSolverMultistep => {
-            t.min(50)
-        }
+        SamplerKind::Euler
+        | SamplerKind::EulerAncestral
+        | SamplerKind::DpmSolverMultistep
+        | SamplerKind::Heun
+        | SamplerKind::UniPcMultistep
+        | SamplerKind::Pndm => t.min(50),
     }
 }
 
@@ -380,7 +402,12 @@ impl Sampler {
                 }
                 Built::Discrete(s)
             }
-            SamplerKind::Euler | SamplerKind::EulerAncestral | SamplerKind::DpmSolverMultistep => {
+            SamplerKind::Euler
+            | SamplerKind::EulerAncestral
+            | SamplerKind::DpmSolverMultistep
+            | SamplerKind::Heun
+            | SamplerKind::UniPcMultistep
+            | SamplerKind::Pndm => {
                 let class = kind.class().expect("a discrete-time kind");
                 let mut c = cfg.clone().with_kind(class);
                 if let Some(a) = spec.dpm_algorithm {
@@ -564,16 +591,20 @@ mod tests {
             for kind in SamplerKind::ALL {
                 let steps = default_steps(kind, t);
                 assert!(steps >= 1 && steps <= t, "{kind:?} at T = {t}: {steps}");
-                if t >= 2 {
+                // PNDM's Runge-Kutta warm-up (diffusers' default) needs 4 steps, as in
+                // diffusers; with skip_prk_steps it runs on any T >= 2.
+                if t >= 2 && !(kind == SamplerKind::Pndm && t < 4) {
                     let s = Sampler::builder(kind).build(&cfg).unwrap();
-                    assert_eq!(s.num_steps(), steps, "{kind:?} at T = {t}");
+                    // Heun reports its 2N - 1 evaluations as steps; N is its inference steps.
+                    let n = s.sigma().map_or(s.num_steps(), |x| x.num_inference_steps());
+                    assert_eq!(n, steps, "{kind:?} at T = {t}");
                     assert_eq!(s.kind(), kind);
                 }
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 8] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
-        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50]);
+        let d: [usize; 11] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50]);
     }
 
     #[test]

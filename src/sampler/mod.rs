@@ -53,9 +53,9 @@ pub enum Method<'a> {
     Scheduler(&'a Scheduler),
     /// Continuous time: reverse SDE, probability-flow ODE, predictor-corrector.
     Sde(&'a SdeSampler),
-    /// Sigma-parameterised schedulers (Euler, Euler ancestral, DPM-Solver multistep): x_T
-    /// scaled by `init_noise_sigma`, the model input scaled, multistep history in the
-    /// workspace.
+    /// Sigma-parameterised schedulers (Euler, Euler ancestral, DPM-Solver multistep, Heun,
+    /// UniPC, PNDM): x_T scaled by `init_noise_sigma`, the model input scaled, multistep
+    /// history in the workspace; one step per model evaluation.
     Sigma(&'a SigmaScheduler),
 }
 
@@ -411,8 +411,8 @@ pub fn sample_with(
             return Err(Error::UnsupportedConfig {
                 key: "scheduler".into(),
                 value: alloc::format!(
-                    "sde, ode, pc, euler, euler-a and dpm-solver on a {} device (they run on \
-                     the CPU only for now)",
+                    "sde, ode, pc, euler, euler-a, dpm-solver, heun, unipc and pndm on a {} \
+                     device (they run on the CPU only for now)",
                     gpu.device_kind()
                 ),
             });

@@ -33,6 +33,14 @@ pub enum SchedulerKind {
     EulerAncestral,
     /// `DPMSolverMultistepScheduler`: DPM-Solver(++) of order 1-3, optionally the SDE variant.
     DpmSolverMultistep,
+    /// `HeunDiscreteScheduler`: Heun's second-order method in sigma space (two model
+    /// evaluations per step except the last).
+    Heun,
+    /// `UniPCMultistepScheduler`: UniPC predictor-corrector of order 1-3 (data prediction).
+    UniPcMultistep,
+    /// `PNDMScheduler`: pseudo linear multistep (PLMS), after Runge-Kutta warm-up steps unless
+    /// `skip_prk_steps`.
+    Pndm,
 }
 
 impl SchedulerKind {
@@ -44,16 +52,22 @@ impl SchedulerKind {
             SchedulerKind::Euler => "EulerDiscreteScheduler",
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
             SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+            SchedulerKind::Heun => "HeunDiscreteScheduler",
+            SchedulerKind::UniPcMultistep => "UniPCMultistepScheduler",
+            SchedulerKind::Pndm => "PNDMScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 5] = [
+    pub const ALL: [SchedulerKind; 8] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
         SchedulerKind::EulerAncestral,
         SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::Heun,
+        SchedulerKind::UniPcMultistep,
+        SchedulerKind::Pndm,
     ];
 
     /// The kind of a diffusers class name.
@@ -63,7 +77,8 @@ impl SchedulerKind {
             .find(|k| k.class_name() == name)
     }
 
-    /// The sigma-parameterised classes (`schedule::sigma`): Euler, Euler ancestral, DPM-Solver.
+    /// The sigma-parameterised classes (`schedule::sigma`): Euler, Euler ancestral, DPM-Solver,
+    /// Heun, UniPC, PNDM.
     pub fn is_sigma(self) -> bool {
         !matches!(self, SchedulerKind::Ddpm | SchedulerKind::Ddim)
     }
@@ -104,6 +119,16 @@ pub enum DpmAlgorithm {
 pub enum SolverType {
     Midpoint,
     Heun,
+}
+
+/// `solver_type` of UniPC: the B(h) of its predictor and corrector. diffusers maps DPM-Solver's
+/// `midpoint`, `heun` and `logrho` to `bh2`; so does this parser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniPcSolver {
+    /// B(h) = h.
+    Bh1,
+    /// B(h) = e^h - 1 (the default).
+    Bh2,
 }
 
 /// `beta_schedule`: how the training betas are laid out over `num_train_timesteps`.
@@ -265,6 +290,10 @@ names!(SolverType, "solver_type" {
     Midpoint = "midpoint",
     Heun = "heun",
 });
+names!(UniPcSolver, "solver_type" {
+    Bh1 = "bh1",
+    Bh2 = "bh2",
+});
 names!(TimestepSpacing, "timestep_spacing" {
     Leading = "leading",
     Trailing = "trailing",
@@ -321,6 +350,16 @@ pub struct SchedulerConfig {
     pub euler_at_final: bool,
     /// DPM-Solver: timesteps whose log-SNR lambda is below this are never used (`-inf`: all).
     pub lambda_min_clipped: f64,
+    /// UniPC: `solver_type` bh1 / bh2.
+    pub unipc_solver: UniPcSolver,
+    /// UniPC: data prediction (true, the default) or noise prediction.
+    pub predict_x0: bool,
+    /// UniPC: the steps whose corrector is skipped (diffusers' `disable_corrector`: the
+    /// corrector applied at step i + 1 to the result of step i).
+    pub disable_corrector: Vec<usize>,
+    /// PNDM: PLMS only (true), or 12 Runge-Kutta (PRK) evaluations first (false, diffusers'
+    /// default).
+    pub skip_prk_steps: bool,
 }
 
 fn json_err(message: impl Into<String>) -> Error {
@@ -458,6 +497,10 @@ impl SchedulerConfig {
             lower_order_final: true,
             euler_at_final: false,
             lambda_min_clipped: f64::NEG_INFINITY,
+            unipc_solver: UniPcSolver::Bh2,
+            predict_x0: true,
+            disable_corrector: Vec::new(),
+            skip_prk_steps: false,
         }
     }
 
@@ -470,6 +513,17 @@ impl SchedulerConfig {
         };
         if kind.is_sigma() {
             c.timestep_spacing = TimestepSpacing::Linspace;
+        }
+        if kind == SchedulerKind::Heun {
+            // HeunDiscreteScheduler's own defaults ("sensible defaults" of latent diffusion).
+            c.beta_start = 0.00085;
+            c.beta_end = 0.012;
+            c.clip_sample = false;
+        }
+        if kind == SchedulerKind::Pndm {
+            // PNDMScheduler's own defaults.
+            c.timestep_spacing = TimestepSpacing::Leading;
+            c.set_alpha_to_one = false;
         }
         c
     }
@@ -508,6 +562,10 @@ impl SchedulerConfig {
         };
         let sigma = kind.is_sigma();
         let dpm = kind == SchedulerKind::DpmSolverMultistep;
+        let heun = kind == SchedulerKind::Heun;
+        let unipc = kind == SchedulerKind::UniPcMultistep;
+        let multistep = dpm || unipc;
+        let pndm = kind == SchedulerKind::Pndm;
         let mut cfg = SchedulerConfig::default_for(kind);
         for (key, v) in obj {
             let k = key.as_str();
@@ -556,11 +614,18 @@ impl SchedulerConfig {
                 "steps_offset" => cfg.steps_offset = as_count(k, v)?,
                 "rescale_betas_zero_snr" => cfg.rescale_betas_zero_snr = as_bool(k, v)?,
                 "set_alpha_to_one" => cfg.set_alpha_to_one = as_bool(k, v)?,
-                "use_karras_sigmas" if sigma && !matches!(kind, SchedulerKind::EulerAncestral) => {
+                "use_karras_sigmas"
+                    if sigma
+                        && !matches!(kind, SchedulerKind::EulerAncestral | SchedulerKind::Pndm) =>
+                {
                     cfg.use_karras_sigmas = opt_bool(k, v)?
                 }
-                "sigma_min" if kind == SchedulerKind::Euler => cfg.sigma_min = opt_f64(k, v)?,
-                "sigma_max" if kind == SchedulerKind::Euler => cfg.sigma_max = opt_f64(k, v)?,
+                "sigma_min" if kind == SchedulerKind::Euler || unipc => {
+                    cfg.sigma_min = opt_f64(k, v)?
+                }
+                "sigma_max" if kind == SchedulerKind::Euler || unipc => {
+                    cfg.sigma_max = opt_f64(k, v)?
+                }
                 "timestep_type" if kind == SchedulerKind::Euler => {
                     cfg.timestep_type = TimestepType::parse(k, v)?
                 }
@@ -569,44 +634,73 @@ impl SchedulerConfig {
                         return Err(unsupported(k, v));
                     }
                 }
-                "final_sigmas_type" if matches!(kind, SchedulerKind::Euler) || dpm => {
+                "final_sigmas_type" if matches!(kind, SchedulerKind::Euler) || multistep => {
                     cfg.final_sigmas_type = FinalSigmas::parse(k, v)?
                 }
                 // Options of diffusers we do not run: only their "off" value is accepted.
                 "use_exponential_sigmas" | "use_beta_sigmas"
-                    if matches!(kind, SchedulerKind::Euler) || dpm =>
+                    if matches!(kind, SchedulerKind::Euler | SchedulerKind::Heun) || multistep =>
                 {
                     if opt_bool(k, v)? {
                         return Err(unsupported(k, v));
                     }
                 }
-                "use_lu_lambdas" | "use_flow_sigmas" | "use_dynamic_shifting" if dpm => {
+                "use_lu_lambdas" if dpm => {
                     if opt_bool(k, v)? {
                         return Err(unsupported(k, v));
                     }
                 }
-                "flow_shift" if dpm => {
+                "use_flow_sigmas" | "use_dynamic_shifting" if multistep => {
+                    if opt_bool(k, v)? {
+                        return Err(unsupported(k, v));
+                    }
+                }
+                "flow_shift" if multistep => {
                     as_f64(k, v)?;
                 }
-                "time_shift_type" if dpm => {
+                "time_shift_type" if multistep => {
                     if v.as_str() != Some("exponential") {
                         return Err(unsupported(k, v));
                     }
                 }
-                "solver_order" if dpm => {
+                "solver_order" if multistep => {
                     cfg.solver_order = match v.as_u64() {
                         Some(n @ 1..=3) => n as usize,
                         _ => return Err(unsupported(k, v)),
                     }
                 }
                 "algorithm_type" if dpm => cfg.algorithm_type = DpmAlgorithm::parse(k, v)?,
+                "solver_type" if unipc => {
+                    cfg.unipc_solver = match v.as_str() {
+                        Some("midpoint" | "heun" | "logrho") => UniPcSolver::Bh2,
+                        _ => UniPcSolver::parse(k, v)?,
+                    }
+                }
+                "predict_x0" if unipc => cfg.predict_x0 = as_bool(k, v)?,
+                "disable_corrector" if unipc => {
+                    cfg.disable_corrector = match v {
+                        Value::Array(items) => items
+                            .iter()
+                            .map(|i| as_count(k, i))
+                            .collect::<Result<Vec<usize>>>()?,
+                        _ => {
+                            return Err(bad(k, format!("expected a list of step indices, got {v}")))
+                        }
+                    }
+                }
+                // A second scheduler as the predictor, and flow-sigma options: only "off".
+                "solver_p" | "shift_terminal" if unipc => {
+                    if !v.is_null() {
+                        return Err(unsupported(k, v));
+                    }
+                }
                 "solver_type" if dpm => {
                     cfg.solver_type = match v.as_str() {
                         Some("logrho" | "bh1" | "bh2") => SolverType::Midpoint,
                         _ => SolverType::parse(k, v)?,
                     }
                 }
-                "lower_order_final" if dpm => cfg.lower_order_final = as_bool(k, v)?,
+                "lower_order_final" if multistep => cfg.lower_order_final = as_bool(k, v)?,
                 "euler_at_final" if dpm => cfg.euler_at_final = as_bool(k, v)?,
                 "lambda_min_clipped" if dpm => {
                     cfg.lambda_min_clipped = match v {
@@ -614,6 +708,7 @@ impl SchedulerConfig {
                         _ => as_f64(k, v)?,
                     }
                 }
+                "skip_prk_steps" if pndm => cfg.skip_prk_steps = as_bool(k, v)?,
                 // PNDM's flag, copied into many Stable Diffusion scheduler configs; no effect.
                 "skip_prk_steps" if sigma => {
                     as_bool(k, v)?;
@@ -621,6 +716,15 @@ impl SchedulerConfig {
                 _ if is_legacy_noop(k, v) => {}
                 _ => return Err(unsupported(k, v)),
             }
+        }
+        if (heun || unipc || pndm)
+            && matches!(
+                cfg.beta_schedule,
+                BetaSchedule::Sigmoid | BetaSchedule::Laplace
+            )
+        {
+            // diffusers' Heun, UniPC and PNDM schedulers raise NotImplementedError for these.
+            return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
         }
         cfg.validate()?;
         Ok(cfg)
@@ -643,8 +747,15 @@ impl SchedulerConfig {
         let defaults = SchedulerConfig::ddpm_default();
         match self.kind {
             SchedulerKind::Ddpm => self.variance_type = defaults.variance_type,
-            SchedulerKind::Ddim => self.set_alpha_to_one = defaults.set_alpha_to_one,
+            SchedulerKind::Ddim if kind != SchedulerKind::Pndm => {
+                self.set_alpha_to_one = defaults.set_alpha_to_one
+            }
             _ => {}
+        }
+        // PNDM also reads `set_alpha_to_one`, defaulting to false: only DDIM's (or PNDM's)
+        // value carries over, as only their configs hold the key.
+        if kind == SchedulerKind::Pndm && !matches!(self.kind, SchedulerKind::Ddim) {
+            self.set_alpha_to_one = false;
         }
         self.kind = kind;
         self

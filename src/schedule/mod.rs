@@ -29,7 +29,7 @@ pub mod timesteps;
 pub use betas::{alphas_cumprod, betas};
 pub use config::{
     BetaSchedule, DdimPrevTimestep, DpmAlgorithm, FinalSigmas, PredictionType, SchedulerConfig,
-    SchedulerKind, SolverType, TimestepSpacing, TimestepType, VarianceType,
+    SchedulerKind, SolverType, TimestepSpacing, TimestepType, UniPcSolver, VarianceType,
 };
 pub use eps::{EpsModel, NoiseLevel};
 pub use noise::GaussianNoise;

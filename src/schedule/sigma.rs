@@ -1,6 +1,14 @@
 //! The sigma-parameterised schedulers of diffusers 0.42: `EulerDiscreteScheduler`,
-//! `EulerAncestralDiscreteScheduler` and `DPMSolverMultistepScheduler`, on f32 NCHW buffers, in
-//! place, without heap allocation.
+//! `EulerAncestralDiscreteScheduler`, `DPMSolverMultistepScheduler`, `HeunDiscreteScheduler`,
+//! `UniPCMultistepScheduler` and `PNDMScheduler` (the last one steps on alpha-bars, but runs
+//! the same loop), on f32 NCHW buffers, in place, without heap allocation.
+//!
+//! A "step" here is one model evaluation, one entry of diffusers' `timesteps`: Heun's N
+//! inference steps are 2N - 1 of them (first-order evaluations at even indices, the
+//! second-order correction at odd ones, the sigmas doubled as diffusers stores them); PNDM's
+//! are N + 1 (PLMS) or N + 9 (Runge-Kutta warm-up, then PLMS). The multistep state (Heun's
+//! derivative, UniPC's converted outputs and last sample, PNDM's past outputs) lives in the
+//! caller's history buffer.
 //!
 //! A run is described by sigma_0 > sigma_1 > ... > sigma_N (sigma = sqrt((1 - abar) / abar),
 //! the last one 0 or sigma_min) and the model timestep of each step, which may be fractional
@@ -28,7 +36,7 @@ use alloc::vec::Vec;
 use super::betas::{alphas_cumprod, betas};
 use super::config::{
     BetaSchedule, DpmAlgorithm, FinalSigmas, PredictionType, SchedulerConfig, SchedulerKind,
-    SolverType, TimestepSpacing, TimestepType,
+    SolverType, TimestepSpacing, TimestepType, UniPcSolver,
 };
 use super::scheduler::{check_len, step_noise, StepShape};
 use super::timesteps::{arange_f64, round_half_even};
@@ -37,7 +45,8 @@ use crate::error::{invalid_arg, unsupported, Error, Result};
 /// Karras et al.'s rho.
 const RHO: f64 = 7.0;
 
-/// A Euler, Euler-ancestral or DPM-Solver multistep scheduler set up for one number of steps.
+/// A Euler, Euler-ancestral, DPM-Solver multistep, Heun, UniPC or PNDM scheduler set up for
+/// one number of steps.
 #[derive(Debug, Clone)]
 pub struct SigmaScheduler {
     cfg: SchedulerConfig,
@@ -49,6 +58,11 @@ pub struct SigmaScheduler {
     /// sigma of each step plus the final one; float32 values.
     sigmas: Vec<f64>,
     init_noise_sigma: f64,
+    /// PNDM: the float32 alpha-bars, and the one "before" t = 0.
+    alphas: Vec<f32>,
+    final_alpha: f32,
+    /// PNDM: Runge-Kutta evaluations before PLMS (12; 0 with `skip_prk_steps`).
+    prk_len: usize,
 }
 
 /// sqrt((1 - abar) / abar) in float32, as torch computes it from the float32 alpha-bars.
@@ -156,7 +170,42 @@ impl SigmaScheduler {
                 message: "sigma schedulers need at least 2 training timesteps".into(),
             });
         }
-        let dpm = cfg.kind == SchedulerKind::DpmSolverMultistep;
+        let dpm_only = cfg.kind == SchedulerKind::DpmSolverMultistep;
+        let unipc = cfg.kind == SchedulerKind::UniPcMultistep;
+        // DPM-Solver and UniPC share the integer timesteps, the VP alpha/sigma and the
+        // unscaled model input.
+        let dpm = dpm_only || unipc;
+        if unipc {
+            for (on, key) in [
+                (cfg.thresholding, "thresholding"),
+                (cfg.rescale_betas_zero_snr, "rescale_betas_zero_snr"),
+            ] {
+                if on {
+                    return Err(unsupported(
+                        key,
+                        "true (not implemented for UniPCMultistepScheduler here)",
+                    ));
+                }
+            }
+            if cfg.unipc_solver == UniPcSolver::Bh1 && cfg.final_sigmas_type == FinalSigmas::Zero {
+                return Err(unsupported(
+                    "solver_type",
+                    "bh1 with final_sigmas_type zero (diffusers 0.42 returns NaN at the last \
+                     step: use bh2 or final_sigmas_type sigma_min)",
+                ));
+            }
+            if !cfg.lower_order_final
+                && cfg.solver_order > 1
+                && n > 1
+                && cfg.final_sigmas_type == FinalSigmas::Zero
+            {
+                return Err(unsupported(
+                    "lower_order_final",
+                    "false with final_sigmas_type zero (diffusers 0.42 returns inf at the last \
+                     step: use lower_order_final true or final_sigmas_type sigma_min)",
+                ));
+            }
+        }
         if cfg.kind == SchedulerKind::EulerAncestral
             && cfg.prediction_type == PredictionType::Sample
         {
@@ -165,13 +214,13 @@ impl SigmaScheduler {
                 "sample (EulerAncestralDiscreteScheduler does not implement it)",
             ));
         }
-        if dpm && cfg.thresholding {
+        if dpm_only && cfg.thresholding {
             return Err(unsupported(
                 "thresholding",
                 "true (not implemented for DPMSolverMultistepScheduler here)",
             ));
         }
-        if dpm
+        if dpm_only
             && cfg.algorithm_type == DpmAlgorithm::DpmSolver
             && cfg.final_sigmas_type == FinalSigmas::Zero
         {
@@ -182,6 +231,9 @@ impl SigmaScheduler {
         }
         let b = betas(&cfg)?;
         let ac = alphas_cumprod(&b);
+        if cfg.kind == SchedulerKind::Pndm {
+            return SigmaScheduler::new_pndm(cfg, n, &ac);
+        }
         let sig = train_sigmas(&ac);
         // np.log of a float32 array: float32 values.
         let log_sigmas: Vec<f64> = sig
@@ -191,7 +243,11 @@ impl SigmaScheduler {
 
         // Timesteps before any Karras conversion, as float64 values.
         let raw: Vec<f64> = if dpm {
-            let last = t_train - lambda_clipped_count(&cfg, &ac);
+            let last = if unipc {
+                t_train
+            } else {
+                t_train - lambda_clipped_count(&cfg, &ac)
+            };
             if last == 0 {
                 return Err(Error::InvalidConfig {
                     key: "lambda_min_clipped".into(),
@@ -260,7 +316,12 @@ impl SigmaScheduler {
         }
 
         let (mut sigmas, timesteps): (Vec<f64>, Vec<f64>) = if cfg.use_karras_sigmas {
-            let (lo, hi) = if dpm {
+            let (lo, hi) = if unipc {
+                (
+                    cfg.sigma_min.unwrap_or(sig[0] as f64),
+                    cfg.sigma_max.unwrap_or(sig[t_train - 1] as f64),
+                )
+            } else if dpm {
                 (sig[0] as f64, sig[t_train - 1] as f64)
             } else {
                 let interp_s: Vec<f64> = raw.iter().map(|&t| interp(t, &sig)).collect();
@@ -274,7 +335,7 @@ impl SigmaScheduler {
             if dpm {
                 // Rounded, except for cosine betas where diffusers truncates (astype int64).
                 for v in t.iter_mut() {
-                    *v = if cfg.beta_schedule == BetaSchedule::SquaredcosCapV2 {
+                    *v = if dpm_only && cfg.beta_schedule == BetaSchedule::SquaredcosCapV2 {
                         libm::trunc(*v)
                     } else {
                         round_half_even(*v)
@@ -288,12 +349,32 @@ impl SigmaScheduler {
         };
         let last_sigma = match cfg.final_sigmas_type {
             FinalSigmas::Zero => 0.0,
+            // UniPC with Karras sigmas ends on the ramp's last sigma (its `sigma_min`).
+            FinalSigmas::SigmaMin if unipc && cfg.use_karras_sigmas => sigmas[n - 1],
             FinalSigmas::SigmaMin => sig[0] as f64,
         };
         sigmas.push(last_sigma);
         for s in sigmas.iter_mut() {
             *s = *s as f32 as f64;
         }
+
+        let heun = cfg.kind == SchedulerKind::Heun;
+        let (sigmas, timesteps) = if heun {
+            // Heun: every sigma but the first and last, and every timestep but the first,
+            // twice (the second-order evaluation at the same point).
+            let mut s2 = Vec::with_capacity(2 * n);
+            let mut t2 = Vec::with_capacity(2 * n - 1);
+            s2.push(sigmas[0]);
+            t2.push(timesteps[0]);
+            for k in 1..n {
+                s2.extend([sigmas[k], sigmas[k]]);
+                t2.extend([timesteps[k], timesteps[k]]);
+            }
+            s2.push(sigmas[n]);
+            (s2, t2)
+        } else {
+            (sigmas, timesteps)
+        };
 
         let continuous = cfg.kind == SchedulerKind::Euler
             && cfg.timestep_type == TimestepType::Continuous
@@ -326,7 +407,127 @@ impl SigmaScheduler {
             rounded,
             sigmas,
             init_noise_sigma,
+            alphas: Vec::new(),
+            final_alpha: 0.0,
+            prk_len: 0,
         })
+    }
+
+    /// PNDM's timesteps: diffusers' `_timesteps` (ascending), then PRK's 12 and PLMS's, or
+    /// PLMS's alone with the second one repeated (`skip_prk_steps`).
+    fn new_pndm(cfg: SchedulerConfig, n: usize, ac: &[f64]) -> Result<SigmaScheduler> {
+        let t_train = cfg.num_train_timesteps;
+        if cfg.prediction_type == PredictionType::Sample {
+            return Err(unsupported(
+                "prediction_type",
+                "sample (PNDMScheduler implements epsilon and v_prediction)",
+            ));
+        }
+        let base: Vec<i64> = match cfg.timestep_spacing {
+            TimestepSpacing::Linspace => linspace(0.0, (t_train - 1) as f64, n)
+                .into_iter()
+                .map(|t| round_half_even(t) as i64)
+                .collect(),
+            TimestepSpacing::Leading => {
+                let ratio = (t_train / n) as i64;
+                (0..n as i64)
+                    .map(|i| i * ratio + cfg.steps_offset as i64)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => {
+                let mut v: Vec<i64> = arange_f64(t_train as f64, 0.0, -(t_train as f64 / n as f64))
+                    .into_iter()
+                    .map(|t| round_half_even(t) as i64 - 1)
+                    .collect();
+                v.reverse();
+                v
+            }
+        };
+        let m = base.len();
+        let ts: Vec<i64> = if cfg.skip_prk_steps {
+            let mut v: Vec<i64> = base[..m - 1].to_vec();
+            if m >= 2 {
+                v.push(base[m - 2]);
+            }
+            v.push(base[m - 1]);
+            v.reverse();
+            v
+        } else {
+            if m < 4 {
+                return Err(invalid_arg(
+                    "num_inference_steps",
+                    format!(
+                        "{n} steps with skip_prk_steps false: PNDM's Runge-Kutta warm-up needs \
+                         at least 4 (diffusers fails below that)"
+                    ),
+                ));
+            }
+            // diffusers' `_timesteps[-4:]`.
+            let half = (t_train / n / 2) as i64;
+            let mut prk: Vec<i64> = Vec::with_capacity(8);
+            for &t in &base[m.saturating_sub(4)..] {
+                prk.extend([t, t + half]);
+            }
+            prk.pop();
+            let mut doubled: Vec<i64> = prk.iter().flat_map(|&t| [t, t]).collect();
+            doubled.pop();
+            doubled.remove(0);
+            doubled.reverse();
+            doubled.extend(base[..m.saturating_sub(3)].iter().rev());
+            doubled
+        };
+        let prk_len = if cfg.skip_prk_steps {
+            0
+        } else {
+            4 * m.min(4) - 4
+        };
+        let alphas: Vec<f32> = ac.iter().map(|&a| a as f32).collect();
+        let final_alpha = if cfg.set_alpha_to_one { 1.0 } else { alphas[0] };
+        let sched = SigmaScheduler {
+            timesteps: ts.iter().map(|&t| t as f32).collect(),
+            rounded: ts,
+            cfg,
+            num_inference_steps: n,
+            sigmas: Vec::new(),
+            init_noise_sigma: 1.0,
+            alphas,
+            final_alpha,
+            prk_len,
+        };
+        // Every alpha-bar index a step reads must exist (diffusers would index out of range
+        // or, for a negative one, wrap around).
+        for i in 0..sched.num_steps() {
+            let (t, _) = sched.pndm_times(i);
+            if !(0..t_train as i64).contains(&t) {
+                return Err(Error::InvalidArgument {
+                    what: "num_inference_steps",
+                    message: format!(
+                        "{n} steps with {} spacing (steps_offset {}) make PNDM read timestep \
+                         {t}, outside 0..{t_train}; choose another step count",
+                        sched.cfg.timestep_spacing, sched.cfg.steps_offset
+                    ),
+                });
+            }
+        }
+        Ok(sched)
+    }
+
+    /// PNDM evaluation `i`: the timestep whose alpha-bar it steps from and the one it steps to
+    /// (negative: the final alpha-bar).
+    fn pndm_times(&self, i: usize) -> (i64, i64) {
+        let t_train = self.cfg.num_train_timesteps as i64;
+        let n = self.num_inference_steps as i64;
+        let t = self.rounded[i];
+        if i < self.prk_len {
+            let diff = if i % 2 == 1 { 0 } else { t_train / n / 2 };
+            return (self.rounded[i / 4 * 4], t - diff);
+        }
+        let r = t_train / n;
+        if self.cfg.skip_prk_steps && i == 1 {
+            (t + r, t)
+        } else {
+            (t, t - r)
+        }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -367,10 +568,12 @@ impl SigmaScheduler {
     }
 
     /// diffusers' `scale_model_input` of step `i`: the UNet sees `x / input_divisor(i)`
-    /// (`sqrt(sigma^2 + 1)` in float32 for Euler, 1 for DPM-Solver).
+    /// (`sqrt(sigma^2 + 1)` in float32 for Euler and Heun, 1 for DPM-Solver and UniPC).
     pub fn input_divisor(&self, i: usize) -> f64 {
         match self.cfg.kind {
-            SchedulerKind::DpmSolverMultistep => 1.0,
+            SchedulerKind::DpmSolverMultistep
+            | SchedulerKind::UniPcMultistep
+            | SchedulerKind::Pndm => 1.0,
             _ => {
                 let s = self.sigmas[i] as f32;
                 libm::sqrtf(s * s + 1.0) as f64
@@ -380,7 +583,10 @@ impl SigmaScheduler {
 
     /// Whether `input_divisor` differs from 1 (no scaled copy of the input needed).
     pub fn scales_input(&self) -> bool {
-        self.cfg.kind != SchedulerKind::DpmSolverMultistep
+        !matches!(
+            self.cfg.kind,
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::UniPcMultistep | SchedulerKind::Pndm
+        )
     }
 
     /// The timestep the model is evaluated at in step `i`.
@@ -420,12 +626,37 @@ impl SigmaScheduler {
                 .len()
                 .and_then(|n| n.checked_mul(self.cfg.solver_order))
                 .unwrap_or(usize::MAX),
+            // `solver_order` + 1 converted outputs (the corrector reads the previous
+            // `solver_order` and this step's) and the last (corrected) sample.
+            SchedulerKind::UniPcMultistep => shape
+                .len()
+                .and_then(|n| n.checked_mul(self.cfg.solver_order + 2))
+                .unwrap_or(usize::MAX),
+            // Four past model outputs, the sample the first steps start from and (PRK) the
+            // Runge-Kutta sum.
+            SchedulerKind::Pndm => shape
+                .len()
+                .and_then(|n| n.checked_mul(if self.cfg.skip_prk_steps { 5 } else { 6 }))
+                .unwrap_or(usize::MAX),
+            // The first-order derivative and the sample it started from.
+            SchedulerKind::Heun => shape
+                .len()
+                .and_then(|n| n.checked_mul(2))
+                .unwrap_or(usize::MAX),
             _ => 0,
         }
     }
 
-    /// The order DPM-Solver uses at step `i` (1 for the other classes).
+    /// The order DPM-Solver (UniPC: its predictor) uses at step `i` (1 for the other classes).
     pub fn order_at(&self, i: usize) -> usize {
+        if self.cfg.kind == SchedulerKind::UniPcMultistep {
+            let c = &self.cfg;
+            let mut order = c.solver_order;
+            if c.lower_order_final {
+                order = order.min(self.num_steps() - i);
+            }
+            return order.min(i + 1);
+        }
         if self.cfg.kind != SchedulerKind::DpmSolverMultistep {
             return 1;
         }
@@ -477,7 +708,7 @@ impl SigmaScheduler {
             ));
         }
         let (per, n) = match (shape.sample_len(), shape.len()) {
-            (Some(per), Some(n)) if n.checked_mul(self.cfg.solver_order.max(2)).is_some() => {
+            (Some(per), Some(n)) if n.checked_mul(self.cfg.solver_order.max(4) + 2).is_some() => {
                 (per, n)
             }
             _ => return Err(invalid_arg("step shape", "B * C * H * W overflows")),
@@ -499,8 +730,11 @@ impl SigmaScheduler {
             });
         }
         let stride = if doubled { 2 * per } else { per };
-        let s = self.sigmas[i];
-        let s_next = self.sigmas[i + 1];
+        // PNDM has no sigmas (it steps on alpha-bars).
+        let (s, s_next) = match self.sigmas.get(i..i + 2) {
+            Some(&[a, b]) => (a, b),
+            _ => (0.0, 0.0),
+        };
         let pred = self.cfg.prediction_type;
         match self.cfg.kind {
             SchedulerKind::Euler | SchedulerKind::EulerAncestral => {
@@ -544,6 +778,15 @@ impl SigmaScheduler {
                     }
                 }
             }
+            SchedulerKind::Heun => {
+                self.heun_step(i, per, stride, shape.batch, model_output, sample, history)
+            }
+            SchedulerKind::UniPcMultistep => {
+                self.unipc_step(i, per, stride, shape.batch, model_output, sample, history)
+            }
+            SchedulerKind::Pndm => {
+                self.pndm_step(i, per, stride, shape.batch, model_output, sample, history)
+            }
             SchedulerKind::DpmSolverMultistep => self.dpm_step(
                 i,
                 per,
@@ -557,6 +800,329 @@ impl SigmaScheduler {
             _ => unreachable!("checked in new"),
         }
         Ok(())
+    }
+
+    /// Heun: evaluation `i` is a first-order (Euler) step when even, the second-order
+    /// correction of the previous one when odd (the sigmas and timesteps are doubled).
+    #[allow(clippy::too_many_arguments)]
+    fn heun_step(
+        &self,
+        i: usize,
+        per: usize,
+        stride: usize,
+        batch: usize,
+        model_output: &[f32],
+        sample: &mut [f32],
+        history: &mut [f32],
+    ) {
+        let n = per * batch;
+        let first = i % 2 == 0;
+        let (s_hat, s_next) = if first {
+            (self.sigmas[i], self.sigmas[i + 1])
+        } else {
+            (self.sigmas[i - 1], self.sigmas[i])
+        };
+        // The sigma x_0 is predicted with; dt and the v-prediction scalars are float32 in
+        // diffusers (0-d float32 tensors).
+        let s_in = if first { s_hat } else { s_next };
+        let s32 = s_in as f32;
+        let sq1 = s32 * s32 + 1.0;
+        let v_m = (-s32 / libm::sqrtf(sq1)) as f64;
+        let v_div = sq1 as f64;
+        let dt = (s_next as f32 - s_hat as f32) as f64;
+        let c = &self.cfg;
+        let keep = first && i + 1 < self.num_steps();
+        let (deriv, saved) = history.split_at_mut(n);
+        for b in 0..batch {
+            let m = &model_output[b * stride..b * stride + per];
+            for k in 0..per {
+                let j = b * per + k;
+                let xi = sample[j] as f64;
+                let mi = m[k] as f64;
+                let mut x0 = match c.prediction_type {
+                    PredictionType::Epsilon => xi - s_in * mi,
+                    PredictionType::VPrediction => mi * v_m + xi / v_div,
+                    PredictionType::Sample => mi,
+                };
+                if c.clip_sample {
+                    x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range);
+                }
+                if first {
+                    let d = (xi - x0) / s_hat;
+                    if keep {
+                        deriv[j] = d as f32;
+                        saved[j] = sample[j];
+                    }
+                    sample[j] = (xi + d * dt) as f32;
+                } else {
+                    let d = ((xi - x0) / s_next + deriv[j] as f64) / 2.0;
+                    sample[j] = (saved[j] as f64 + d * dt) as f32;
+                }
+            }
+        }
+    }
+
+    /// UniPC step `i`: convert the model output, correct the previous step's result with it
+    /// (UniC, unless disabled), then predict the next sample (UniP). Coefficients as
+    /// diffusers' `multistep_uni_c_bh_update` / `multistep_uni_p_bh_update`, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn unipc_step(
+        &self,
+        i: usize,
+        per: usize,
+        stride: usize,
+        batch: usize,
+        model_output: &[f32],
+        sample: &mut [f32],
+        history: &mut [f32],
+    ) {
+        let c = &self.cfg;
+        let n = per * batch;
+        let slots = c.solver_order + 1;
+        let slot = |j: usize| (j % slots) * n;
+        let (outs, last) = history.split_at_mut(slots * n);
+        let last = &mut last[..n];
+        let x0 = c.predict_x0;
+        // convert_model_output (from the uncorrected sample) into this step's slot.
+        let (a0, s0) = alpha_sigma(self.sigmas[i]);
+        let here = slot(i);
+        for b in 0..batch {
+            for k in 0..per {
+                let xi = sample[b * per + k] as f64;
+                let mi = model_output[b * stride + k] as f64;
+                let v = match (x0, c.prediction_type) {
+                    (true, PredictionType::Epsilon) => (xi - s0 * mi) / a0,
+                    (true, PredictionType::Sample) => mi,
+                    (true, PredictionType::VPrediction) => a0 * xi - s0 * mi,
+                    (false, PredictionType::Epsilon) => mi,
+                    (false, PredictionType::Sample) => (xi - a0 * mi) / s0,
+                    (false, PredictionType::VPrediction) => a0 * mi + s0 * xi,
+                };
+                outs[here + b * per + k] = v as f32;
+            }
+        }
+        // Corrector: from the last sample at sigma_{i-1}, with the order step i-1 predicted with.
+        if i > 0 && !c.disable_corrector.contains(&(i - 1)) {
+            let order = self.order_at(i - 1);
+            let co = self.unipc_coeffs(i - 1, order, true);
+            let m0 = slot(i - 1);
+            for k in 0..n {
+                let m0k = outs[m0 + k] as f64;
+                let mut v = co.cx * last[k] as f64 + co.c0 * m0k;
+                for j in 1..order {
+                    let mj = outs[slot(i - 1 - j) + k] as f64;
+                    v += co.cd[j - 1] * (mj - m0k);
+                }
+                v += co.ct * (outs[here + k] as f64 - m0k);
+                sample[k] = v as f32;
+            }
+        }
+        // Predictor from the (corrected) sample at sigma_i.
+        last.copy_from_slice(&sample[..n]);
+        let order = self.order_at(i);
+        let co = self.unipc_coeffs(i, order, false);
+        for k in 0..n {
+            let m0k = outs[here + k] as f64;
+            let mut v = co.cx * last[k] as f64 + co.c0 * m0k;
+            for j in 1..order {
+                let mj = outs[slot(i - j) + k] as f64;
+                v += co.cd[j - 1] * (mj - m0k);
+            }
+            sample[k] = v as f32;
+        }
+    }
+
+    /// The UniP (`corrector` false) or UniC (true) update from sigma_s to sigma_{s+1} of
+    /// `order`, as x_t = cx x + c0 m0 + sum_j cd_j (m_{s-j} - m0) [+ ct (m_t - m0)].
+    ///
+    /// The scalars are float32 as in diffusers (0-d float32 tensors): near the last step the
+    /// update cancels (x against sigma * eps), and their rounding shows in the result.
+    fn unipc_coeffs(&self, s: usize, order: usize, corrector: bool) -> UniCoeffs {
+        let c = &self.cfg;
+        let sg = |j: usize| self.sigmas[j] as f32;
+        let (at, st) = alpha_sigma32(sg(s + 1));
+        let (a0, s0) = alpha_sigma32(sg(s));
+        let l0 = lambda32(sg(s));
+        let h = lambda32(sg(s + 1)) - l0;
+        // rks: (lambda_{s-j} - lambda_s) / h for j = 1..order-1, then 1.
+        let mut rks = [1.0f32; 3];
+        for j in 1..order {
+            rks[j - 1] = (lambda32(sg(s - j)) - l0) / h;
+        }
+        rks[order - 1] = 1.0;
+        let hh = if c.predict_x0 { -h } else { h };
+        let h_phi_1 = libm::expm1f(hh);
+        let b_h = match c.unipc_solver {
+            UniPcSolver::Bh1 => hh,
+            UniPcSolver::Bh2 => h_phi_1,
+        };
+        let mut b = [0.0f32; 3];
+        let mut h_phi_k = h_phi_1 / hh - 1.0;
+        let mut factorial = 1u32;
+        for (j, bj) in b.iter_mut().enumerate().take(order) {
+            *bj = h_phi_k * factorial as f32 / b_h;
+            factorial *= j as u32 + 2;
+            h_phi_k = h_phi_k / hh - (1.0 / factorial as f64) as f32;
+        }
+        // rhos: the predictor solves the (order-1)-square system, the corrector the full one.
+        let m = if corrector { order } else { order - 1 };
+        let mut rhos = [0.0f64; 3];
+        if (corrector && order == 1) || (!corrector && order == 2) {
+            rhos[0] = 0.5;
+        } else if m > 0 {
+            // R[r][col] = rks[col]^r
+            let mut a = [[0.0f64; 4]; 3];
+            for (r, row) in a.iter_mut().enumerate().take(m) {
+                for col in 0..m {
+                    row[col] = match r {
+                        0 => 1.0,
+                        1 => rks[col],
+                        _ => rks[col] * rks[col],
+                    } as f64;
+                }
+                row[3] = b[r] as f64;
+            }
+            solve(&mut a, m, &mut rhos);
+            // torch.linalg.solve in float32.
+            for r in rhos.iter_mut() {
+                *r = *r as f32 as f64;
+            }
+        }
+        let (cx, scale, c0) = if c.predict_x0 {
+            (st / s0, -(at * b_h), -(at * h_phi_1))
+        } else {
+            (at / a0, -(st * b_h), -(st * h_phi_1))
+        };
+        let (cx, scale, c0) = (cx as f64, scale as f64, c0 as f64);
+        let mut cd = [0.0f64; 2];
+        for j in 1..order {
+            cd[j - 1] = scale * rhos[j - 1] / rks[j - 1] as f64;
+        }
+        let ct = if corrector { scale * rhos[m - 1] } else { 0.0 };
+        UniCoeffs { cx, c0, cd, ct }
+    }
+
+    /// PNDM evaluation `i`: a Runge-Kutta stage (the first 12 unless `skip_prk_steps`) or a
+    /// linear multistep (PLMS) step, as diffusers' `step_prk` / `step_plms`.
+    #[allow(clippy::too_many_arguments)]
+    fn pndm_step(
+        &self,
+        i: usize,
+        per: usize,
+        stride: usize,
+        batch: usize,
+        model_output: &[f32],
+        sample: &mut [f32],
+        history: &mut [f32],
+    ) {
+        let n = per * batch;
+        let (ets, rest) = history.split_at_mut(4 * n);
+        let (cur, acc) = rest.split_at_mut(n);
+        let skip = self.cfg.skip_prk_steps;
+        let (t, prev_t) = self.pndm_times(i);
+        // _get_prev_sample's scalars, float32 as in diffusers.
+        let a_t = self.alphas[t as usize];
+        let a_prev = if prev_t >= 0 {
+            self.alphas[prev_t as usize]
+        } else {
+            self.final_alpha
+        };
+        let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
+        let sample_coeff = libm::sqrtf(a_prev / a_t) as f64;
+        let denom = (a_t * libm::sqrtf(b_prev) + libm::sqrtf(a_t * b_t * a_prev)) as f64;
+        let diff = (a_prev - a_t) as f64;
+        let v = self.cfg.prediction_type == PredictionType::VPrediction;
+        let (va, vb) = (libm::sqrtf(a_t) as f64, libm::sqrtf(b_t) as f64);
+        // What this evaluation does.
+        enum Mode {
+            /// PRK stage i % 4, from the stage-0 sample.
+            Prk(usize),
+            /// PLMS with `len` stored outputs (the newest `ne - 1`); `first` / `second`: the
+            /// two PLMS-only start steps.
+            Plms {
+                ne: usize,
+                len: usize,
+                first: bool,
+                second: bool,
+            },
+        }
+        let mode = if i < self.prk_len {
+            Mode::Prk(i % 4)
+        } else {
+            // Outputs stored after this step: PRK stores one per 4 stages.
+            let ne = if skip {
+                i.max(1)
+            } else {
+                self.prk_len / 4 + (i - self.prk_len + 1)
+            };
+            Mode::Plms {
+                ne,
+                len: ne.min(4),
+                first: skip && i == 0,
+                second: skip && i == 1,
+            }
+        };
+        let e = |ets: &[f32], ne: usize, k: usize, j: usize| ets[((ne - k) % 4) * n + j] as f64;
+        for b in 0..batch {
+            for kk in 0..per {
+                let j = b * per + kk;
+                let mo = model_output[b * stride + kk] as f64;
+                let x = sample[j] as f64;
+                let (eff, base) = match mode {
+                    Mode::Prk(k) => match k {
+                        0 => {
+                            acc[j] = (mo / 6.0) as f32;
+                            ets[(i / 4) * n + j] = mo as f32;
+                            cur[j] = sample[j];
+                            (mo, x)
+                        }
+                        1 | 2 => {
+                            acc[j] = (acc[j] as f64 + mo / 3.0) as f32;
+                            (mo, cur[j] as f64)
+                        }
+                        _ => {
+                            let eff = acc[j] as f64 + mo / 6.0;
+                            acc[j] = 0.0;
+                            (eff, cur[j] as f64)
+                        }
+                    },
+                    Mode::Plms {
+                        ne,
+                        len,
+                        first,
+                        second,
+                    } => {
+                        if !second {
+                            ets[((ne - 1) % 4) * n + j] = mo as f32;
+                        }
+                        if first {
+                            cur[j] = sample[j];
+                            (mo, x)
+                        } else if second {
+                            ((mo + e(ets, ne, 1, j)) / 2.0, cur[j] as f64)
+                        } else {
+                            let e1 = e(ets, ne, 1, j);
+                            let eff = match len {
+                                2 => (3.0 * e1 - e(ets, ne, 2, j)) / 2.0,
+                                3 => {
+                                    (23.0 * e1 - 16.0 * e(ets, ne, 2, j) + 5.0 * e(ets, ne, 3, j))
+                                        / 12.0
+                                }
+                                _ => {
+                                    (1.0 / 24.0)
+                                        * (55.0 * e1 - 59.0 * e(ets, ne, 2, j)
+                                            + 37.0 * e(ets, ne, 3, j)
+                                            - 9.0 * e(ets, ne, 4, j))
+                                }
+                            };
+                            (eff, x)
+                        }
+                    }
+                };
+                let eff = if v { va * eff + vb * base } else { eff };
+                sample[j] = (sample_coeff * base - diff * eff / denom) as f32;
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -721,3 +1287,46 @@ fn lambda_clipped_count(cfg: &SchedulerConfig, ac: &[f64]) -> usize {
         .count()
 }
 
+/// `_sigma_to_alpha_sigma_t` in float32.
+fn alpha_sigma32(s: f32) -> (f32, f32) {
+    let alpha = 1.0 / libm::sqrtf(s * s + 1.0);
+    (alpha, s * alpha)
+}
+
+/// log alpha - log sigma in float32.
+fn lambda32(s: f32) -> f32 {
+    let (a, sg) = alpha_sigma32(s);
+    libm::logf(a) - libm::logf(sg)
+}
+
+/// One UniPC update's coefficients ([`SigmaScheduler::unipc_coeffs`]).
+struct UniCoeffs {
+    cx: f64,
+    c0: f64,
+    cd: [f64; 2],
+    ct: f64,
+}
+
+/// Solves the m x m system in `a` (augmented: column 3 is the right-hand side) into `x` by
+/// Gaussian elimination with partial pivoting (m <= 3).
+fn solve(a: &mut [[f64; 4]; 3], m: usize, x: &mut [f64; 3]) {
+    for col in 0..m {
+        let p = (col..m)
+            .max_by(|&r1, &r2| libm::fabs(a[r1][col]).total_cmp(&libm::fabs(a[r2][col])))
+            .unwrap_or(col);
+        a.swap(col, p);
+        for r in col + 1..m {
+            let f = a[r][col] / a[col][col];
+            for k in col..4 {
+                a[r][k] -= f * a[col][k];
+            }
+        }
+    }
+    for r in (0..m).rev() {
+        let mut v = a[r][3];
+        for k in r + 1..m {
+            v -= a[r][k] * x[k];
+        }
+        x[r] = v / a[r][r];
+    }
+}

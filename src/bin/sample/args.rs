@@ -18,13 +18,14 @@ USAGE:
 FLAGS:
     --model DIR          UNet2DModel folder or diffusers pipeline folder   [default: weights]
     --scheduler NAME     ddpm | ddim | euler | euler-a | dpm | dpm++2m | dpm++2m-sde |
-                         sde | ode | pc, or a diffusers class name (EulerDiscreteScheduler,
+                         heun | unipc | pndm | sde | ode | pc, or a diffusers class name (EulerDiscreteScheduler,
                          ...); keeps the folder's schedule options  [default: the folder's]
                          sde: reverse-time VP-SDE, Euler-Maruyama; ode: probability-flow
                          ODE; pc: Euler-Maruyama predictor + Langevin corrector
     --steps N            inference (predictor) steps; the default, for a model trained with
                          T timesteps: ddpm T, ddim min(50, T), sde min(1000, T),
-                         ode min(50, T), pc min(500, T), euler/euler-a/dpm min(50, T)
+                         ode min(50, T), pc min(500, T), euler/euler-a/dpm/heun/unipc/pndm
+                         min(50, T)
     --ode-solver NAME    ode: euler (1 evaluation per step) | heun (2)     [default: heun]
     --corrector-steps N  pc: Langevin corrector steps per step                [default: 1]
     --snr F              pc: signal-to-noise ratio of the Langevin step size [default: 0.16]
@@ -41,7 +42,7 @@ FLAGS:
                                                                                [default: 0]
     --null-class K       label used as 'no class' for guidance       [default: last class]
     --init-noise FILE    safetensors with tensor x_T [B,C,H,W] f32 to start from
-    --init-noise is the standard normal draw: euler and euler-a multiply it by the
+    --init-noise is the standard normal draw: euler, euler-a and heun multiply it by the
                          scheduler's init_noise_sigma, as diffusers does
     --step-noise FILE    safetensors with tensor noise [S,B,C,H,W] f32, row i for step i
                          (sde/pc: row k for the k-th Gaussian draw; euler-a and dpm++2m-sde:
@@ -203,7 +204,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 let spec = SamplerSpec::named(name).ok_or_else(|| {
                     format!(
                         "--scheduler: '{name}' is not one of ddpm, ddim, euler, euler-a, dpm, \
-                         dpm++2m, dpm++2m-sde, sde, ode, pc or a supported diffusers class name"
+                         dpm++2m, dpm++2m-sde, heun, unipc, pndm, sde, ode, pc or a supported diffusers class name"
                     )
                 })?;
                 s.scheduler = spec.kind;
