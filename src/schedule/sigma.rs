@@ -886,21 +886,16 @@ impl SigmaScheduler {
         // convert_model_output (from the uncorrected sample) into this step's slot.
         let (a0, s0) = alpha_sigma(self.sigmas[i]);
         let here = slot(i);
-        for b in 0..batch {
-            for k in 0..per {
-                let xi = sample[b * per + k] as f64;
-                let mi = model_output[b * stride + k] as f64;
-                let v = match (x0, c.prediction_type) {
-                    (true, PredictionType::Epsilon) => (xi - s0 * mi) / a0,
-                    (true, PredictionType::Sample) => mi,
-                    (true, PredictionType::VPrediction) => a0 * xi - s0 * mi,
-                    (false, PredictionType::Epsilon) => mi,
-                    (false, PredictionType::Sample) => (xi - a0 * mi) / s0,
-                    (false, PredictionType::VPrediction) => a0 * mi + s0 * xi,
-                };
-                outs[here + b * per + k] = v as f32;
-            }
-        }
+        let to = &mut outs[here..here + n];
+        convert_model_output(
+            x0,
+            c.prediction_type,
+            (a0, s0),
+            sample,
+            model_output,
+            (per, stride),
+            to,
+        );
         // Corrector: from the last sample at sigma_{i-1}, with the order step i-1 predicted with.
         if i > 0 && !c.disable_corrector.contains(&(i - 1)) {
             let order = self.order_at(i - 1);
@@ -1148,21 +1143,16 @@ impl SigmaScheduler {
         // convert_model_output into this step's history slot.
         let (a0, s0) = alpha_sigma(self.sigmas[i]);
         let here = slot(i);
-        for b in 0..batch {
-            for k in 0..per {
-                let xi = sample[b * per + k] as f64;
-                let mi = model_output[b * stride + k] as f64;
-                let v = match (data, c.prediction_type) {
-                    (true, PredictionType::Epsilon) => (xi - s0 * mi) / a0,
-                    (true, PredictionType::Sample) => mi,
-                    (true, PredictionType::VPrediction) => a0 * xi - s0 * mi,
-                    (false, PredictionType::Epsilon) => mi,
-                    (false, PredictionType::Sample) => (xi - a0 * mi) / s0,
-                    (false, PredictionType::VPrediction) => a0 * mi + s0 * xi,
-                };
-                history[here + b * per + k] = v as f32;
-            }
-        }
+        let to = &mut history[here..here + n];
+        convert_model_output(
+            data,
+            c.prediction_type,
+            (a0, s0),
+            sample,
+            model_output,
+            (per, stride),
+            to,
+        );
         let used = self.order_at(i);
         let sg = |j: usize| self.sigmas[j];
         let (at, st) = alpha_sigma(sg(i + 1));
@@ -1328,5 +1318,34 @@ fn solve(a: &mut [[f64; 4]; 3], m: usize, x: &mut [f64; 3]) {
             v -= a[r][k] * x[k];
         }
         x[r] = v / a[r][r];
+    }
+}
+
+/// diffusers' `convert_model_output` of the multistep solvers: the model output as the data
+/// prediction x0 (`data`) or as the noise eps, at alpha `a`, sigma `s`; `model_output` rows
+/// are `stride` floats apart (learned-variance channels after the first `per`).
+fn convert_model_output(
+    data: bool,
+    prediction: PredictionType,
+    (a, s): (f64, f64),
+    sample: &[f32],
+    model_output: &[f32],
+    (per, stride): (usize, usize),
+    to: &mut [f32],
+) {
+    for (b, row) in to.chunks_exact_mut(per.max(1)).enumerate() {
+        for (k, o) in row.iter_mut().enumerate() {
+            let xi = sample[b * per + k] as f64;
+            let mi = model_output[b * stride + k] as f64;
+            let v = match (data, prediction) {
+                (true, PredictionType::Epsilon) => (xi - s * mi) / a,
+                (true, PredictionType::Sample) => mi,
+                (true, PredictionType::VPrediction) => a * xi - s * mi,
+                (false, PredictionType::Epsilon) => mi,
+                (false, PredictionType::Sample) => (xi - a * mi) / s,
+                (false, PredictionType::VPrediction) => a * mi + s * xi,
+            };
+            *o = v as f32;
+        }
     }
 }
