@@ -311,3 +311,59 @@ fn descriptions_without_a_model_match_the_loaded_model() {
     assert_eq!(count(&old, ".query."), count(&new, ".to_q."));
     assert_eq!((count(&old, ".to_q."), count(&new, ".query.")), (0, 0));
 }
+
+/// A pipeline folder is run only as a UNet2DModel and a scheduler: one that names a decoder,
+/// a text encoder or another UNet class is refused with a typed error naming the component,
+/// never sampled as a plain UNet pipeline; absent components (`[null, null]`) are fine.
+#[test]
+fn pipelines_with_other_components_are_refused() {
+    let dir = std::env::temp_dir().join(format!("tinydiffusion-pipe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("unet")).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(
+            fixtures_dir().join("tiny-rgb16").join(f),
+            dir.join("unet").join(f),
+        )
+        .unwrap();
+    }
+    let index = |extra: &str| {
+        std::fs::write(
+            dir.join("model_index.json"),
+            format!(
+                r#"{{"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
+                    "unet": ["diffusers", "UNet2DModel"]{extra}}}"#
+            ),
+        )
+        .unwrap();
+    };
+    index(r#", "safety_checker": [null, null], "feature_extractor": null"#);
+    Model::load(&dir).expect("absent components load");
+    for (extra, culprit) in [
+        (r#", "vqvae": ["diffusers", "VQModel"]"#, "vqvae"),
+        (r#", "vae": ["diffusers", "AutoencoderKL"]"#, "vae"),
+        (
+            r#", "text_encoder": ["transformers", "CLIPTextModel"]"#,
+            "text_encoder",
+        ),
+    ] {
+        index(extra);
+        match Model::load(&dir) {
+            Err(e @ Error::UnsupportedConfig { .. }) => {
+                assert!(e.to_string().contains(culprit), "{culprit}: {e}")
+            }
+            Err(e) => panic!("{culprit}: expected UnsupportedConfig, got {e}"),
+            Ok(_) => panic!("{culprit}: a pipeline with a {culprit} was loaded as a UNet"),
+        }
+    }
+    std::fs::write(
+        dir.join("model_index.json"),
+        r#"{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}"#,
+    )
+    .unwrap();
+    let e = Model::load(&dir)
+        .err()
+        .expect("a conditional UNet is refused");
+    assert!(e.to_string().contains("UNet2DConditionModel"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,6 +30,46 @@ fn io_err(path: &Path, e: impl ToString) -> Error {
     }
 }
 
+/// A pipeline folder runs here only as a UNet2DModel and a scheduler: a folder whose
+/// `model_index.json` names any other component (a VQ-VAE or VAE decoder, a text encoder, a
+/// tokenizer...) or a UNet of another class is refused with a typed error naming it, never run
+/// as a plain UNet pipeline (its latents would come out as if they were images). Components
+/// saved as `[null, null]` (absent) are fine.
+fn check_pipeline_components(path: &Path, text: &str) -> Result<()> {
+    let root: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::InvalidJson {
+        file: "model_index.json",
+        message: e.to_string(),
+    })?;
+    let obj = root.as_object().ok_or_else(|| Error::InvalidJson {
+        file: "model_index.json",
+        message: "top level is not an object".into(),
+    })?;
+    let absent = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => true,
+        serde_json::Value::Array(a) => a.iter().all(serde_json::Value::is_null),
+        _ => false,
+    };
+    for (key, value) in obj {
+        if key.starts_with('_') || key == "scheduler" || absent(value) {
+            continue;
+        }
+        let class = value.get(1).and_then(|c| c.as_str()).unwrap_or("?");
+        if key == "unet" && class == "UNet2DModel" {
+            continue;
+        }
+        let what = if key == "unet" {
+            "only a UNet2DModel runs here"
+        } else {
+            "this project runs a UNet2DModel and a scheduler only"
+        };
+        return Err(crate::error::unsupported(
+            &std::format!("{key} (in {})", path.display()),
+            std::format!("{class} ({what})"),
+        ));
+    }
+    Ok(())
+}
+
 impl ModelFiles {
     pub fn find(dir: &Path) -> Result<ModelFiles> {
         if !dir.is_dir() {
@@ -38,7 +78,9 @@ impl ModelFiles {
                 "not a folder (give a UNet2DModel or diffusers pipeline folder)",
             ));
         }
-        let (unet, scheduler_dir) = if dir.join("model_index.json").is_file() {
+        let index = dir.join("model_index.json");
+        let (unet, scheduler_dir) = if index.is_file() {
+            check_pipeline_components(&index, &read_text(&index)?)?;
             (dir.join("unet"), dir.join("scheduler"))
         } else {
             (dir.to_path_buf(), dir.to_path_buf())
