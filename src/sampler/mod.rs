@@ -125,13 +125,7 @@ impl Layout {
     }
 }
 
-fn layout(
-    model: &Model,
-    method: Method<'_>,
-    batch: usize,
-    guided: bool,
-    threads: usize,
-) -> Layout {
+fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool, threads: usize) -> Layout {
     let (c, h, w) = model.input_shape();
     let (c_out, _, _) = model.output_shape();
     let sample = batch.saturating_mul(c * h * w);
@@ -346,14 +340,11 @@ pub fn sample_with(
         }
     }
     let labels = opts.class_labels;
-    match (model.config.num_class_embeds, labels) {
-        (None, Some(_)) => {
-            return Err(invalid_arg(
-                "class labels",
-                "the model is not class-conditional",
-            ))
-        }
-        _ => {}
+    if let (None, Some(_)) = (model.config.num_class_embeds, labels) {
+        return Err(invalid_arg(
+            "class labels",
+            "the model is not class-conditional",
+        ));
     }
     if let Some(l) = labels {
         if l.len() != batch && l.len() != 1 {

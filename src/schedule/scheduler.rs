@@ -681,12 +681,12 @@ enum Coeffs {
 
 /// The noise a step draws: `noise` checked against `n` when the step needs one, an error
 /// naming the step when it is missing, `None` when the step draws nothing.
-pub(super) fn step_noise<'a>(
+pub(super) fn step_noise(
     needs: bool,
     step: usize,
     n: usize,
-    noise: Option<&'a [f32]>,
-) -> Result<Option<&'a [f32]>> {
+    noise: Option<&[f32]>,
+) -> Result<Option<&[f32]>> {
     if !needs {
         return Ok(None);
     }

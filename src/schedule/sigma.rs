@@ -816,7 +816,7 @@ impl SigmaScheduler {
         history: &mut [f32],
     ) {
         let n = per * batch;
-        let first = i % 2 == 0;
+        let first = i.is_multiple_of(2);
         let (s_hat, s_next) = if first {
             (self.sigmas[i], self.sigmas[i + 1])
         } else {

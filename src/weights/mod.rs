@@ -462,7 +462,7 @@ impl WeightLoader {
                     let base = bytes.as_ptr() as usize;
                     return Err(Error::UnalignedTensor {
                         name: name.into(),
-                        buffer: (byte_start % 2 == 0).then_some(base),
+                        buffer: byte_start.is_multiple_of(2).then_some(base),
                     });
                 };
                 if check && any_nonfinite_f16(bits) {
