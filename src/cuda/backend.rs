@@ -248,9 +248,19 @@ impl CudaBackend {
     pub fn workspace_bytes(model: &Model, batch: usize, steps: usize) -> usize {
         session_layout(model, batch, steps).1
     }
+}
+
+impl Accelerator for CudaBackend {
+    fn device_kind(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn ordinal(&self) -> usize {
+        self.ordinal
+    }
 
     /// [`Model::forward`] on the GPU: inputs copied in, eps copied out.
-    pub(super) fn run_forward(
+    fn forward(
         &self,
         model: &Model,
         batch: usize,
@@ -310,7 +320,7 @@ impl CudaBackend {
     /// f16, ops `ops` run, and the arena comes back (and `out`, if the range ends with the
     /// output op). For the per-op backend tests, not for speed.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn run_forward_ops(
+    fn forward_ops(
         &self,
         model: &Model,
         ops: core::ops::Range<usize>,
@@ -387,42 +397,6 @@ impl CudaBackend {
             *d = v.to_f32();
         }
         Ok(())
-    }
-}
-
-impl Accelerator for CudaBackend {
-    fn device_kind(&self) -> &'static str {
-        "cuda"
-    }
-
-    fn ordinal(&self) -> usize {
-        self.ordinal
-    }
-
-    fn forward(
-        &self,
-        model: &Model,
-        batch: usize,
-        x: &[f32],
-        timesteps: &[f32],
-        class_labels: Option<&[i64]>,
-        out: &mut [f32],
-    ) -> Result<()> {
-        self.run_forward(model, batch, x, timesteps, class_labels, out)
-    }
-
-    fn forward_ops(
-        &self,
-        model: &Model,
-        ops: core::ops::Range<usize>,
-        batch: usize,
-        arena: &mut [f32],
-        x: &[f32],
-        timesteps: &[f32],
-        class_labels: Option<&[i64]>,
-        out: &mut [f32],
-    ) -> Result<()> {
-        self.run_forward_ops(model, ops, batch, arena, x, timesteps, class_labels, out)
     }
 
     fn sample(
