@@ -367,3 +367,56 @@ fn pipelines_with_other_components_are_refused() {
     assert!(e.to_string().contains("UNet2DConditionModel"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// diffusers' `DDIMPipeline` and `PNDMPipeline` convert whatever scheduler they are given
+/// (`DDIMScheduler.from_config(scheduler.config)`): a folder naming one of them samples with
+/// that class and the saved schedule options; a `DDPMPipeline` keeps its scheduler's class.
+#[test]
+fn ddim_and_pndm_pipelines_force_their_scheduler_class() {
+    use tinydiffusion::model::load::ModelFiles;
+    use tinydiffusion::schedule::{BetaSchedule, SchedulerKind};
+    let dir = std::env::temp_dir().join(format!("tinydiffusion-forced-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("unet")).unwrap();
+    std::fs::create_dir_all(dir.join("scheduler")).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(
+            fixtures_dir().join("tiny-rgb16").join(f),
+            dir.join("unet").join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("scheduler").join("scheduler_config.json"),
+        r#"{"_class_name": "DDPMScheduler", "beta_schedule": "squaredcos_cap_v2",
+            "num_train_timesteps": 500, "variance_type": "fixed_large"}"#,
+    )
+    .unwrap();
+    for (pipeline, kind) in [
+        ("DDPMPipeline", SchedulerKind::Ddpm),
+        ("DDIMPipeline", SchedulerKind::Ddim),
+        ("PNDMPipeline", SchedulerKind::Pndm),
+    ] {
+        std::fs::write(
+            dir.join("model_index.json"),
+            format!(
+                r#"{{"_class_name": "{pipeline}", "scheduler": ["diffusers", "DDPMScheduler"],
+                    "unet": ["diffusers", "UNet2DModel"]}}"#
+            ),
+        )
+        .unwrap();
+        let cfg = ModelFiles::find(&dir)
+            .unwrap()
+            .load_scheduler_config()
+            .unwrap();
+        assert_eq!(cfg.kind, kind, "{pipeline}");
+        assert_eq!(cfg.num_train_timesteps, 500, "{pipeline}");
+        assert_eq!(
+            cfg.beta_schedule,
+            BetaSchedule::SquaredcosCapV2,
+            "{pipeline}"
+        );
+        Model::load(&dir).expect(pipeline);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

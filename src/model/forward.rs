@@ -59,7 +59,15 @@ impl Model {
         class_labels: Option<&[i64]>,
         out: &mut [f32],
     ) -> Result<()> {
-        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::All, threads)
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            class_labels,
+            out,
+            Walk::All,
+            threads,
+        )
     }
 
     /// Runs only the ops `ops` (a range of indices into [`Model::ops`]) on a workspace that
@@ -88,7 +96,15 @@ impl Model {
                 ),
             ));
         }
-        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::Range(ops), 0)
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            class_labels,
+            out,
+            Walk::Range(ops),
+            0,
+        )
     }
 
     /// `threads`: the most threads the call may use, and the count its workspace is sized for

@@ -10,7 +10,7 @@ use super::Model;
 use crate::config::UNetConfig;
 use crate::error::{Error, Result};
 use crate::memory::Reuse;
-use crate::schedule::SchedulerConfig;
+use crate::schedule::{SchedulerConfig, SchedulerKind};
 use crate::weights::{LoadOptions, WeightBytes};
 
 /// The files of a model folder, resolved.
@@ -21,6 +21,10 @@ pub struct ModelFiles {
     /// `scheduler/scheduler_config.json` of a pipeline folder, or `scheduler_config.json`
     /// beside the UNet's config, if present.
     pub scheduler_config: Option<PathBuf>,
+    /// The scheduler class the folder's pipeline forces, whatever its scheduler config names:
+    /// diffusers' `DDIMPipeline` and `PNDMPipeline` convert their scheduler with
+    /// `from_config` when they are built (`model_index.json`'s `_class_name`).
+    pub pipeline_scheduler: Option<SchedulerKind>,
 }
 
 fn io_err(path: &Path, e: impl ToString) -> Error {
@@ -35,7 +39,9 @@ fn io_err(path: &Path, e: impl ToString) -> Error {
 /// tokenizer...) or a UNet of another class is refused with a typed error naming it, never run
 /// as a plain UNet pipeline (its latents would come out as if they were images). Components
 /// saved as `[null, null]` (absent) are fine.
-fn check_pipeline_components(path: &Path, text: &str) -> Result<()> {
+///
+/// Returns the scheduler class the pipeline class forces ([`ModelFiles::pipeline_scheduler`]).
+fn check_pipeline_components(path: &Path, text: &str) -> Result<Option<SchedulerKind>> {
     let root: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::InvalidJson {
         file: "model_index.json",
         message: e.to_string(),
@@ -67,7 +73,11 @@ fn check_pipeline_components(path: &Path, text: &str) -> Result<()> {
             std::format!("{class} ({what})"),
         ));
     }
-    Ok(())
+    Ok(match obj.get("_class_name").and_then(|c| c.as_str()) {
+        Some("DDIMPipeline") => Some(SchedulerKind::Ddim),
+        Some("PNDMPipeline") => Some(SchedulerKind::Pndm),
+        _ => None,
+    })
 }
 
 impl ModelFiles {
@@ -79,11 +89,11 @@ impl ModelFiles {
             ));
         }
         let index = dir.join("model_index.json");
-        let (unet, scheduler_dir) = if index.is_file() {
-            check_pipeline_components(&index, &read_text(&index)?)?;
-            (dir.join("unet"), dir.join("scheduler"))
+        let (unet, scheduler_dir, pipeline_scheduler) = if index.is_file() {
+            let forced = check_pipeline_components(&index, &read_text(&index)?)?;
+            (dir.join("unet"), dir.join("scheduler"), forced)
         } else {
-            (dir.to_path_buf(), dir.to_path_buf())
+            (dir.to_path_buf(), dir.to_path_buf(), None)
         };
         let config = unet.join("config.json");
         if !config.is_file() {
@@ -105,17 +115,24 @@ impl ModelFiles {
             config,
             weights,
             scheduler_config,
+            pipeline_scheduler,
         })
     }
 
     /// The folder's scheduler config ([`ModelFiles::scheduler_config`]), or diffusers'
-    /// `DDPMScheduler()` defaults when it has none: what every front end builds its sampler
-    /// from ([`crate::sampler::Sampler::new`]).
+    /// `DDPMScheduler()` defaults when it has none, converted to the class the pipeline forces
+    /// (`DDIMPipeline`: DDIM, `PNDMPipeline`: PNDM, keeping the schedule options, as
+    /// `from_config` does): what every front end builds its sampler from
+    /// ([`crate::sampler::Sampler::new`]).
     pub fn load_scheduler_config(&self) -> Result<SchedulerConfig> {
-        match &self.scheduler_config {
-            Some(path) => SchedulerConfig::from_json(&read_text(path)?),
-            None => Ok(SchedulerConfig::ddpm_default()),
-        }
+        let cfg = match &self.scheduler_config {
+            Some(path) => SchedulerConfig::from_json(&read_text(path)?)?,
+            None => SchedulerConfig::ddpm_default(),
+        };
+        Ok(match self.pipeline_scheduler {
+            Some(kind) => cfg.with_kind(kind),
+            None => cfg,
+        })
     }
 }
 
