@@ -312,12 +312,9 @@ fn descriptions_without_a_model_match_the_loaded_model() {
     assert_eq!((count(&old, ".to_q."), count(&new, ".query.")), (0, 0));
 }
 
-/// A pipeline folder is run only as a UNet2DModel and a scheduler: one that names a decoder,
-/// a text encoder or another UNet class is refused with a typed error naming the component,
-/// never sampled as a plain UNet pipeline; absent components (`[null, null]`) are fine.
-#[test]
-fn pipelines_with_other_components_are_refused() {
-    let dir = std::env::temp_dir().join(format!("tinydiffusion-pipe-{}", std::process::id()));
+/// A fresh temporary pipeline folder whose `unet/` holds the tiny-rgb16 fixture.
+fn pipeline_folder(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tinydiffusion-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("unet")).unwrap();
     for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
@@ -327,6 +324,15 @@ fn pipelines_with_other_components_are_refused() {
         )
         .unwrap();
     }
+    dir
+}
+
+/// A pipeline folder is run only as a UNet2DModel and a scheduler: one that names a decoder,
+/// a text encoder or another UNet class is refused with a typed error naming the component,
+/// never sampled as a plain UNet pipeline; absent components (`[null, null]`) are fine.
+#[test]
+fn pipelines_with_other_components_are_refused() {
+    let dir = pipeline_folder("pipe");
     let index = |extra: &str| {
         std::fs::write(
             dir.join("model_index.json"),
@@ -375,17 +381,8 @@ fn pipelines_with_other_components_are_refused() {
 fn ddim_and_pndm_pipelines_force_their_scheduler_class() {
     use tinydiffusion::model::load::ModelFiles;
     use tinydiffusion::schedule::{BetaSchedule, SchedulerKind};
-    let dir = std::env::temp_dir().join(format!("tinydiffusion-forced-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("unet")).unwrap();
+    let dir = pipeline_folder("forced");
     std::fs::create_dir_all(dir.join("scheduler")).unwrap();
-    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
-        std::fs::copy(
-            fixtures_dir().join("tiny-rgb16").join(f),
-            dir.join("unet").join(f),
-        )
-        .unwrap();
-    }
     std::fs::write(
         dir.join("scheduler").join("scheduler_config.json"),
         r#"{"_class_name": "DDPMScheduler", "beta_schedule": "squaredcos_cap_v2",
