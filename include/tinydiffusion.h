@@ -199,6 +199,10 @@ enum td_scheduler_kind
    * diffusers' `PNDMScheduler` (the config's `skip_prk_steps`). `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_PNDM = 11,
+  /**
+   * diffusers' `LMSDiscreteScheduler` (order 4). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_LMS = 12,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

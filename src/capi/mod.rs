@@ -134,6 +134,8 @@ pub enum td_scheduler_kind {
     UniPcMultistep = 10,
     /// diffusers' `PNDMScheduler` (the config's `skip_prk_steps`). `steps` 0 = min(50, T).
     Pndm = 11,
+    /// diffusers' `LMSDiscreteScheduler` (order 4). `steps` 0 = min(50, T).
+    Lms = 12,
 }
 
 /// Values of `td_sde_desc.predictor`.

@@ -50,12 +50,14 @@ pub enum SamplerKind {
     UniPcMultistep,
     /// diffusers' `PNDMScheduler` (PLMS; Runge-Kutta warm-up unless `skip_prk_steps`).
     Pndm,
+    /// diffusers' `LMSDiscreteScheduler` (linear multistep, order 4).
+    Lms,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
-    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm`.
-    pub const ALL: [SamplerKind; 11] = [
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms`.
+    pub const ALL: [SamplerKind; 12] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -67,6 +69,7 @@ impl SamplerKind {
         SamplerKind::Heun,
         SamplerKind::UniPcMultistep,
         SamplerKind::Pndm,
+        SamplerKind::Lms,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -85,6 +88,7 @@ impl SamplerKind {
             SamplerKind::Heun => "heun",
             SamplerKind::UniPcMultistep => "unipc",
             SamplerKind::Pndm => "pndm",
+            SamplerKind::Lms => "lms",
         }
     }
 
@@ -107,6 +111,7 @@ impl SamplerKind {
             SchedulerKind::Heun => SamplerKind::Heun,
             SchedulerKind::UniPcMultistep => SamplerKind::UniPcMultistep,
             SchedulerKind::Pndm => SamplerKind::Pndm,
+            SchedulerKind::Lms => SamplerKind::Lms,
         }
     }
 
@@ -121,6 +126,7 @@ impl SamplerKind {
             SamplerKind::Heun => Some(SchedulerKind::Heun),
             SamplerKind::UniPcMultistep => Some(SchedulerKind::UniPcMultistep),
             SamplerKind::Pndm => Some(SchedulerKind::Pndm),
+            SamplerKind::Lms => Some(SchedulerKind::Lms),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -146,7 +152,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
-/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM | min(50, T) (diffusers' pipeline default) |
+/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -162,7 +168,8 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         | SamplerKind::DpmSolverMultistep
         | SamplerKind::Heun
         | SamplerKind::UniPcMultistep
-        | SamplerKind::Pndm => t.min(50),
+        | SamplerKind::Pndm
+        | SamplerKind::Lms => t.min(50),
     }
 }
 
@@ -407,7 +414,8 @@ impl Sampler {
             | SamplerKind::DpmSolverMultistep
             | SamplerKind::Heun
             | SamplerKind::UniPcMultistep
-            | SamplerKind::Pndm => {
+            | SamplerKind::Pndm
+            | SamplerKind::Lms => {
                 let class = kind.class().expect("a discrete-time kind");
                 let mut c = cfg.clone().with_kind(class);
                 if let Some(a) = spec.dpm_algorithm {

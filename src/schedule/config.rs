@@ -41,6 +41,8 @@ pub enum SchedulerKind {
     /// `PNDMScheduler`: pseudo linear multistep (PLMS), after Runge-Kutta warm-up steps unless
     /// `skip_prk_steps`.
     Pndm,
+    /// `LMSDiscreteScheduler`: linear multistep (order 4) on the Euler schedule.
+    Lms,
 }
 
 impl SchedulerKind {
@@ -55,11 +57,12 @@ impl SchedulerKind {
             SchedulerKind::Heun => "HeunDiscreteScheduler",
             SchedulerKind::UniPcMultistep => "UniPCMultistepScheduler",
             SchedulerKind::Pndm => "PNDMScheduler",
+            SchedulerKind::Lms => "LMSDiscreteScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 8] = [
+    pub const ALL: [SchedulerKind; 9] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
@@ -68,6 +71,7 @@ impl SchedulerKind {
         SchedulerKind::Heun,
         SchedulerKind::UniPcMultistep,
         SchedulerKind::Pndm,
+        SchedulerKind::Lms,
     ];
 
     /// The kind of a diffusers class name.
@@ -639,7 +643,10 @@ impl SchedulerConfig {
                 }
                 // Options of diffusers we do not run: only their "off" value is accepted.
                 "use_exponential_sigmas" | "use_beta_sigmas"
-                    if matches!(kind, SchedulerKind::Euler | SchedulerKind::Heun) || multistep =>
+                    if matches!(
+                        kind,
+                        SchedulerKind::Euler | SchedulerKind::Heun | SchedulerKind::Lms
+                    ) || multistep =>
                 {
                     if opt_bool(k, v)? {
                         return Err(unsupported(k, v));

@@ -49,6 +49,7 @@ mod dpm_solver;
 mod euler;
 mod euler_ancestral;
 mod heun;
+mod lms;
 mod pndm;
 mod unipc;
 
@@ -533,6 +534,11 @@ impl SigmaScheduler {
                 .len()
                 .and_then(|n| n.checked_mul(if self.cfg.skip_prk_steps { 5 } else { 6 }))
                 .unwrap_or(usize::MAX),
+            // The derivatives of the last `LMS_ORDER` steps.
+            SchedulerKind::Lms => shape
+                .len()
+                .and_then(|n| n.checked_mul(lms::LMS_ORDER))
+                .unwrap_or(usize::MAX),
             // The first-order derivative and the sample it started from.
             SchedulerKind::Heun => shape
                 .len()
@@ -551,6 +557,9 @@ impl SigmaScheduler {
                 order = order.min(self.num_steps() - i);
             }
             return order.min(i + 1);
+        }
+        if self.cfg.kind == SchedulerKind::Lms {
+            return self.lms_order(i);
         }
         if self.cfg.kind != SchedulerKind::DpmSolverMultistep {
             return 1;
@@ -649,6 +658,9 @@ impl SigmaScheduler {
             }
             SchedulerKind::Pndm => {
                 self.pndm_step(i, per, stride, shape.batch, model_output, sample, history)
+            }
+            SchedulerKind::Lms => {
+                self.lms_step(i, per, stride, shape.batch, model_output, sample, history)
             }
             SchedulerKind::DpmSolverMultistep => self.dpm_step(
                 i,
