@@ -203,6 +203,11 @@ enum td_scheduler_kind
    * diffusers' `LMSDiscreteScheduler` (order 4). `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_LMS = 12,
+  /**
+   * diffusers' `DPMSolverSinglestepScheduler` (the config's `algorithm_type` and
+   * `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_DPM_SOLVER_SINGLESTEP = 13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -1,5 +1,5 @@
 //! The sigma schedulers (Euler, Euler ancestral, DPM-Solver multistep; Heun, UniPC, PNDM; LMS,
-//! ...) against diffusers 0.42 (`tests/fixtures/sigma/`, `sigma2/` and `sigma3/`, made by
+//! DPM-Solver singlestep, ...) against diffusers 0.42 (`tests/fixtures/sigma/`, `sigma2/` and `sigma3/`, made by
 //! `tests/tools/make_sigma_fixtures.py`, `make_sigma2_fixtures.py` and
 //! `make_sigma3_fixtures.py`): `set_timesteps`
 //! (timesteps, sigmas, init_noise_sigma) for every config and several step counts, chains of
@@ -15,7 +15,8 @@ use tinydiffusion::schedule::{SchedulerConfig, SchedulerKind, SigmaScheduler, St
 use tinydiffusion::Model;
 
 /// `sigma/`: Euler, Euler ancestral, DPM-Solver (`make_sigma_fixtures.py`); `sigma2/`: Heun,
-/// UniPC, PNDM (`make_sigma2_fixtures.py`); `sigma3/`: LMS, ... (`make_sigma3_fixtures.py`).
+/// UniPC, PNDM (`make_sigma2_fixtures.py`); `sigma3/`: LMS, DPM-Solver singlestep, ...
+/// (`make_sigma3_fixtures.py`).
 const SETS: [&str; 3] = ["sigma", "sigma2", "sigma3"];
 
 fn fixtures_in(set: &str) -> (serde_json::Value, TensorFile) {
@@ -314,6 +315,12 @@ fn scheduler_names_and_overrides() {
         ("PNDMScheduler", "PNDMScheduler"),
         ("lms", "LMSDiscreteScheduler"),
         ("LMSDiscreteScheduler", "LMSDiscreteScheduler"),
+        ("dpm-singlestep", "DPMSolverSinglestepScheduler"),
+        ("dpm++2s", "DPMSolverSinglestepScheduler"),
+        (
+            "DPMSolverSinglestepScheduler",
+            "DPMSolverSinglestepScheduler",
+        ),
     ] {
         let spec = SamplerSpec::named(name).unwrap_or_else(|| panic!("{name}"));
         let s = spec.steps(10).build(&ddpm).unwrap();

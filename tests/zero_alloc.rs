@@ -156,6 +156,8 @@ fn forward_and_sampling_allocate_nothing() {
         r#"{"_class_name": "UniPCMultistepScheduler", "solver_order": 3}"#,
         r#"{"_class_name": "PNDMScheduler", "skip_prk_steps": true}"#,
         r#"{"_class_name": "LMSDiscreteScheduler", "use_karras_sigmas": true}"#,
+        r#"{"_class_name": "DPMSolverSinglestepScheduler", "solver_order": 3}"#,
+        r#"{"_class_name": "DPMSolverSinglestepScheduler", "algorithm_type": "sde-dpmsolver++"}"#,
     ] {
         let n = run_sigma(&model, json, 6, None, None);
         assert_eq!(n, 0, "{json} allocated {n} times");

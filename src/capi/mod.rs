@@ -136,6 +136,9 @@ pub enum td_scheduler_kind {
     Pndm = 11,
     /// diffusers' `LMSDiscreteScheduler` (order 4). `steps` 0 = min(50, T).
     Lms = 12,
+    /// diffusers' `DPMSolverSinglestepScheduler` (the config's `algorithm_type` and
+    /// `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
+    DpmSolverSinglestep = 13,
 }
 
 /// Values of `td_sde_desc.predictor`.

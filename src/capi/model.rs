@@ -264,6 +264,7 @@ pub unsafe extern "C" fn td_model_get_info(
                 SchedulerKind::UniPcMultistep => td_scheduler_kind::UniPcMultistep as i32,
                 SchedulerKind::Pndm => td_scheduler_kind::Pndm as i32,
                 SchedulerKind::Lms => td_scheduler_kind::Lms as i32,
+                SchedulerKind::DpmSolverSinglestep => td_scheduler_kind::DpmSolverSinglestep as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
         };

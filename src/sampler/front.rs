@@ -52,12 +52,15 @@ pub enum SamplerKind {
     Pndm,
     /// diffusers' `LMSDiscreteScheduler` (linear multistep, order 4).
     Lms,
+    /// diffusers' `DPMSolverSinglestepScheduler` (the config's algorithm and order, or those
+    /// of the `dpm++2s` alias).
+    DpmSolverSinglestep,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
-    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms`.
-    pub const ALL: [SamplerKind; 12] = [
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep`.
+    pub const ALL: [SamplerKind; 13] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -70,6 +73,7 @@ impl SamplerKind {
         SamplerKind::UniPcMultistep,
         SamplerKind::Pndm,
         SamplerKind::Lms,
+        SamplerKind::DpmSolverSinglestep,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -89,6 +93,7 @@ impl SamplerKind {
             SamplerKind::UniPcMultistep => "unipc",
             SamplerKind::Pndm => "pndm",
             SamplerKind::Lms => "lms",
+            SamplerKind::DpmSolverSinglestep => "dpm-singlestep",
         }
     }
 
@@ -112,6 +117,7 @@ impl SamplerKind {
             SchedulerKind::UniPcMultistep => SamplerKind::UniPcMultistep,
             SchedulerKind::Pndm => SamplerKind::Pndm,
             SchedulerKind::Lms => SamplerKind::Lms,
+            SchedulerKind::DpmSolverSinglestep => SamplerKind::DpmSolverSinglestep,
         }
     }
 
@@ -127,6 +133,7 @@ impl SamplerKind {
             SamplerKind::UniPcMultistep => Some(SchedulerKind::UniPcMultistep),
             SamplerKind::Pndm => Some(SchedulerKind::Pndm),
             SamplerKind::Lms => Some(SchedulerKind::Lms),
+            SamplerKind::DpmSolverSinglestep => Some(SchedulerKind::DpmSolverSinglestep),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -152,7 +159,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
-/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS | min(50, T) (diffusers' pipeline default) |
+/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS, DPM-Solver singlestep | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -169,7 +176,8 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         | SamplerKind::Heun
         | SamplerKind::UniPcMultistep
         | SamplerKind::Pndm
-        | SamplerKind::Lms => t.min(50),
+        | SamplerKind::Lms
+        | SamplerKind::DpmSolverSinglestep => t.min(50),
     }
 }
 
@@ -279,7 +287,8 @@ impl SamplerSpec {
 
     /// The spec of a `--scheduler` name: a [`SamplerKind::name`], a diffusers class name
     /// (`EulerDiscreteScheduler`, ...), or an alias: `dpm++2m` (DPM-Solver++ order 2),
-    /// `dpm++2m-sde` (SDE-DPM-Solver++ order 2), `euler-ancestral`. `None` for anything else.
+    /// `dpm++2m-sde` (SDE-DPM-Solver++ order 2), `euler-ancestral`, `dpm++2s` (singlestep
+    /// DPM-Solver++ order 2). `None` for anything else.
     pub fn named(name: &str) -> Option<SamplerSpec> {
         let dpm = |alg| SamplerSpec {
             dpm_algorithm: Some(alg),
@@ -289,6 +298,10 @@ impl SamplerSpec {
         match name {
             "dpm++2m" => Some(dpm(DpmAlgorithm::DpmSolverPP)),
             "dpm++2m-sde" => Some(dpm(DpmAlgorithm::SdeDpmSolverPP)),
+            "dpm++2s" => Some(SamplerSpec {
+                kind: Some(SamplerKind::DpmSolverSinglestep),
+                ..dpm(DpmAlgorithm::DpmSolverPP)
+            }),
             "euler-ancestral" | "euler_a" => {
                 Some(SamplerSpec::new(Some(SamplerKind::EulerAncestral)))
             }
@@ -415,7 +428,8 @@ impl Sampler {
             | SamplerKind::Heun
             | SamplerKind::UniPcMultistep
             | SamplerKind::Pndm
-            | SamplerKind::Lms => {
+            | SamplerKind::Lms
+            | SamplerKind::DpmSolverSinglestep => {
                 let class = kind.class().expect("a discrete-time kind");
                 let mut c = cfg.clone().with_kind(class);
                 if let Some(a) = spec.dpm_algorithm {
@@ -611,8 +625,8 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 11] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
-        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50]);
+        let d: [usize; 13] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50]);
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub enum SchedulerKind {
     Pndm,
     /// `LMSDiscreteScheduler`: linear multistep (order 4) on the Euler schedule.
     Lms,
+    /// `DPMSolverSinglestepScheduler`: DPM-Solver(++) of order 1-3, each group of steps
+    /// restarting from its first sample.
+    DpmSolverSinglestep,
 }
 
 impl SchedulerKind {
@@ -58,11 +61,12 @@ impl SchedulerKind {
             SchedulerKind::UniPcMultistep => "UniPCMultistepScheduler",
             SchedulerKind::Pndm => "PNDMScheduler",
             SchedulerKind::Lms => "LMSDiscreteScheduler",
+            SchedulerKind::DpmSolverSinglestep => "DPMSolverSinglestepScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 9] = [
+    pub const ALL: [SchedulerKind; 10] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
@@ -72,6 +76,7 @@ impl SchedulerKind {
         SchedulerKind::UniPcMultistep,
         SchedulerKind::Pndm,
         SchedulerKind::Lms,
+        SchedulerKind::DpmSolverSinglestep,
     ];
 
     /// The kind of a diffusers class name.
@@ -524,6 +529,10 @@ impl SchedulerConfig {
             c.beta_end = 0.012;
             c.clip_sample = false;
         }
+        if kind == SchedulerKind::DpmSolverSinglestep {
+            // DPMSolverSinglestepScheduler's own default.
+            c.lower_order_final = false;
+        }
         if kind == SchedulerKind::Pndm {
             // PNDMScheduler's own defaults.
             c.timestep_spacing = TimestepSpacing::Leading;
@@ -568,7 +577,10 @@ impl SchedulerConfig {
         let dpm = kind == SchedulerKind::DpmSolverMultistep;
         let heun = kind == SchedulerKind::Heun;
         let unipc = kind == SchedulerKind::UniPcMultistep;
-        let multistep = dpm || unipc;
+        let single = kind == SchedulerKind::DpmSolverSinglestep;
+        // DPM-Solver's options (multistep and singlestep).
+        let dpm_like = dpm || single;
+        let multistep = dpm || unipc || single;
         let pndm = kind == SchedulerKind::Pndm;
         let mut cfg = SchedulerConfig::default_for(kind);
         for (key, v) in obj {
@@ -599,7 +611,7 @@ impl SchedulerConfig {
                 }
                 // DPM-Solver's `variance_type` is null or learned / learned_range: the
                 // variance channels are dropped either way (the step reads the first C).
-                "variance_type" if dpm => match v {
+                "variance_type" if dpm_like => match v {
                     Value::Null => {}
                     _ if matches!(
                         VarianceType::parse(k, v)?,
@@ -676,7 +688,11 @@ impl SchedulerConfig {
                         _ => return Err(unsupported(k, v)),
                     }
                 }
-                "algorithm_type" if dpm => cfg.algorithm_type = DpmAlgorithm::parse(k, v)?,
+                // Singlestep reads `deis` as dpmsolver++, as diffusers does.
+                "algorithm_type" if single && v.as_str() == Some("deis") => {
+                    cfg.algorithm_type = DpmAlgorithm::DpmSolverPP
+                }
+                "algorithm_type" if dpm_like => cfg.algorithm_type = DpmAlgorithm::parse(k, v)?,
                 "solver_type" if unipc => {
                     cfg.unipc_solver = match v.as_str() {
                         Some("midpoint" | "heun" | "logrho") => UniPcSolver::Bh2,
@@ -701,7 +717,7 @@ impl SchedulerConfig {
                         return Err(unsupported(k, v));
                     }
                 }
-                "solver_type" if dpm => {
+                "solver_type" if dpm_like => {
                     cfg.solver_type = match v.as_str() {
                         Some("logrho" | "bh1" | "bh2") => SolverType::Midpoint,
                         _ => SolverType::parse(k, v)?,
@@ -709,7 +725,7 @@ impl SchedulerConfig {
                 }
                 "lower_order_final" if multistep => cfg.lower_order_final = as_bool(k, v)?,
                 "euler_at_final" if dpm => cfg.euler_at_final = as_bool(k, v)?,
-                "lambda_min_clipped" if dpm => {
+                "lambda_min_clipped" if dpm_like => {
                     cfg.lambda_min_clipped = match v {
                         Value::String(s) if s == NEG_INF_TOKEN => f64::NEG_INFINITY,
                         _ => as_f64(k, v)?,
@@ -724,7 +740,7 @@ impl SchedulerConfig {
                 _ => return Err(unsupported(k, v)),
             }
         }
-        if (heun || unipc || pndm)
+        if (heun || unipc || pndm || single || kind == SchedulerKind::Lms)
             && matches!(
                 cfg.beta_schedule,
                 BetaSchedule::Sigmoid | BetaSchedule::Laplace

@@ -1,5 +1,5 @@
 """diffusers 0.42 references for the third group of sigma-family schedulers (LMS discrete,
-...). Same layout and conventions as make_sigma_fixtures.py / make_sigma2_fixtures.py.
+DPM-Solver singlestep, ...). Same layout and conventions as make_sigma_fixtures.py / make_sigma2_fixtures.py.
 
     pip install 'diffusers==0.42.*' torch safetensors numpy scipy
     python tests/tools/make_sigma3_fixtures.py
@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import save_file
 from diffusers import UNet2DModel
 import diffusers
+import inspect
+import diffusers.schedulers.scheduling_dpmsolver_singlestep as dpms_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "fixtures", "sigma3")
@@ -32,7 +34,14 @@ class Injected:
 
 
 INJ = Injected()
-DRAWS = set()  # class names whose step draws one Gaussian per call
+dpms_module.randn_tensor = INJ
+
+
+def draws(s):
+    """Whether the step draws one Gaussian per call."""
+    name = s.__class__.__name__
+    return name == "DPMSolverSinglestepScheduler" and s.config.algorithm_type.startswith("sde")
+
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 # (name, class, config)
@@ -43,18 +52,31 @@ CONFIGS = [
     ("lms_trailing_v_cos", "LMSDiscreteScheduler", dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing",
                                                         prediction_type="v_prediction")),
     ("lms_sample_linspace_sd", "LMSDiscreteScheduler", dict(**SD, prediction_type="sample")),
+    ("dpms_default", "DPMSolverSinglestepScheduler", {}),
+    ("dpms3_karras_sd", "DPMSolverSinglestepScheduler", dict(**SD, solver_order=3, use_karras_sigmas=True)),
+    ("dpms3_heun_sigmamin", "DPMSolverSinglestepScheduler", dict(solver_order=3, solver_type="heun",
+                                                                  final_sigmas_type="sigma_min")),
+    ("dpms_dpmsolver_heun_v", "DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver", solver_type="heun",
+                                                                    final_sigmas_type="sigma_min",
+                                                                    prediction_type="v_prediction")),
+    ("dpms3_dpmsolver_lof_eps", "DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver", solver_order=3,
+                                                                      final_sigmas_type="sigma_min",
+                                                                      lower_order_final=True)),
+    ("dpms_sde_heun", "DPMSolverSinglestepScheduler", dict(algorithm_type="sde-dpmsolver++", solver_type="heun")),
+    ("dpms3_sde_sample_cos", "DPMSolverSinglestepScheduler", dict(algorithm_type="sde-dpmsolver++", solver_order=3,
+                                                                   prediction_type="sample",
+                                                                   beta_schedule="squaredcos_cap_v2")),
+    ("dpms1_karras_v", "DPMSolverSinglestepScheduler", dict(solver_order=1, use_karras_sigmas=True,
+                                                             prediction_type="v_prediction")),
 ]
 CFG = {name: (cls, kw) for name, cls, kw in CONFIGS}
-RUNS = [("lms_default", 6), ("lms_karras_sd_leading", 5)]
+RUNS = [("lms_default", 6), ("lms_karras_sd_leading", 5), ("dpms_default", 6), ("dpms3_karras_sd", 6),
+        ("dpms_sde_heun", 5)]
 
 
 def make(name):
     cls, kw = CFG[name]
     return getattr(diffusers, cls)(**kw)
-
-
-def draws(s):
-    return s.__class__.__name__ in DRAWS
 
 
 def do_step(s, mo, t, x, z):
@@ -67,9 +89,10 @@ tensors = {}
 g = torch.Generator().manual_seed(20)
 
 for name, cls, kw in CONFIGS:
-    for spacing in ["linspace", "leading", "trailing"]:
-        for steps in [1, 2, 7, 10, 25]:
-            s = getattr(diffusers, cls)(**{**kw, "timestep_spacing": spacing})
+    has_spacing = "timestep_spacing" in inspect.signature(getattr(diffusers, cls).__init__).parameters
+    for spacing in ["linspace", "leading", "trailing"] if has_spacing else [None]:
+        for steps in [1, 2, 3, 6, 7, 10, 25]:
+            s = getattr(diffusers, cls)(**({**kw, "timestep_spacing": spacing} if spacing else kw))
             s.set_timesteps(steps)
             ts = s.timesteps.to(torch.float64)
             if (ts < 0).any():
@@ -81,7 +104,7 @@ for name, cls, kw in CONFIGS:
                                           init_noise_sigma=float(s.init_noise_sigma)))
 
 for name, cls, kw in CONFIGS:
-    for steps in [4, 7]:
+    for steps in [4, 6, 7] if cls == "DPMSolverSinglestepScheduler" else [4, 7]:
         s = make(name)
         s.set_timesteps(steps)
         x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64).float().double() * float(s.init_noise_sigma)

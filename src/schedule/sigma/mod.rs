@@ -45,6 +45,7 @@ use super::scheduler::{check_len, step_noise, StepShape};
 use super::timesteps::{arange_f64, round_half_even};
 use crate::error::{invalid_arg, unsupported, Error, Result};
 
+mod dpm_singlestep;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
@@ -76,6 +77,8 @@ pub struct SigmaScheduler {
     final_alpha: f32,
     /// PNDM: Runge-Kutta evaluations before PLMS (12; 0 with `skip_prk_steps`).
     prk_len: usize,
+    /// DPM-Solver singlestep: the order of each step (diffusers' `order_list`).
+    orders: Vec<u8>,
 }
 
 /// sqrt((1 - abar) / abar) in float32, as torch computes it from the float32 alpha-bars.
@@ -183,7 +186,9 @@ impl SigmaScheduler {
                 message: "sigma schedulers need at least 2 training timesteps".into(),
             });
         }
-        let dpm_only = cfg.kind == SchedulerKind::DpmSolverMultistep;
+        let single = cfg.kind == SchedulerKind::DpmSolverSinglestep;
+        // DPM-Solver, multistep or singlestep (the same schedule and options).
+        let dpm_only = cfg.kind == SchedulerKind::DpmSolverMultistep || single;
         let unipc = cfg.kind == SchedulerKind::UniPcMultistep;
         // DPM-Solver and UniPC share the integer timesteps, the VP alpha/sigma and the
         // unscaled model input.
@@ -230,7 +235,7 @@ impl SigmaScheduler {
         if dpm_only && cfg.thresholding {
             return Err(unsupported(
                 "thresholding",
-                "true (not implemented for DPMSolverMultistepScheduler here)",
+                format!("true (not implemented for {} here)", cfg.kind.class_name()),
             ));
         }
         if dpm_only
@@ -267,7 +272,13 @@ impl SigmaScheduler {
                     message: "clips every timestep".into(),
                 });
             }
-            match cfg.timestep_spacing {
+            // The singlestep class has no `timestep_spacing`: always linspace.
+            let spacing = if single {
+                TimestepSpacing::Linspace
+            } else {
+                cfg.timestep_spacing
+            };
+            match spacing {
                 TimestepSpacing::Linspace => {
                     let mut v: Vec<f64> = linspace(0.0, (last - 1) as f64, n + 1)
                         .into_iter()
@@ -348,7 +359,10 @@ impl SigmaScheduler {
             if dpm {
                 // Rounded, except for cosine betas where diffusers truncates (astype int64).
                 for v in t.iter_mut() {
-                    *v = if dpm_only && cfg.beta_schedule == BetaSchedule::SquaredcosCapV2 {
+                    *v = if dpm_only
+                        && !single
+                        && cfg.beta_schedule == BetaSchedule::SquaredcosCapV2
+                    {
                         libm::trunc(*v)
                     } else {
                         round_half_even(*v)
@@ -403,6 +417,11 @@ impl SigmaScheduler {
         } else {
             timesteps.iter().map(|&t| t as f32).collect()
         };
+        let orders = if single {
+            dpm_singlestep::order_list(&cfg, n)
+        } else {
+            Vec::new()
+        };
         let rounded = timesteps
             .iter()
             .map(|&t| round_half_even(t as f64) as i64)
@@ -423,6 +442,7 @@ impl SigmaScheduler {
             alphas: Vec::new(),
             final_alpha: 0.0,
             prk_len: 0,
+            orders,
         })
     }
 
@@ -469,7 +489,8 @@ impl SigmaScheduler {
         match self.cfg.kind {
             SchedulerKind::DpmSolverMultistep
             | SchedulerKind::UniPcMultistep
-            | SchedulerKind::Pndm => 1.0,
+            | SchedulerKind::Pndm
+            | SchedulerKind::DpmSolverSinglestep => 1.0,
             _ => {
                 let s = self.sigmas[i] as f32;
                 libm::sqrtf(s * s + 1.0) as f64
@@ -481,7 +502,10 @@ impl SigmaScheduler {
     pub fn scales_input(&self) -> bool {
         !matches!(
             self.cfg.kind,
-            SchedulerKind::DpmSolverMultistep | SchedulerKind::UniPcMultistep | SchedulerKind::Pndm
+            SchedulerKind::DpmSolverMultistep
+                | SchedulerKind::UniPcMultistep
+                | SchedulerKind::Pndm
+                | SchedulerKind::DpmSolverSinglestep
         )
     }
 
@@ -498,7 +522,7 @@ impl SigmaScheduler {
     fn draws_noise(&self) -> bool {
         match self.cfg.kind {
             SchedulerKind::EulerAncestral => true,
-            SchedulerKind::DpmSolverMultistep => {
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverSinglestep => {
                 self.cfg.algorithm_type == DpmAlgorithm::SdeDpmSolverPP
             }
             _ => false,
@@ -534,6 +558,11 @@ impl SigmaScheduler {
                 .len()
                 .and_then(|n| n.checked_mul(if self.cfg.skip_prk_steps { 5 } else { 6 }))
                 .unwrap_or(usize::MAX),
+            // `solver_order` converted outputs and the sample the current group started from.
+            SchedulerKind::DpmSolverSinglestep => shape
+                .len()
+                .and_then(|n| n.checked_mul(self.cfg.solver_order + 1))
+                .unwrap_or(usize::MAX),
             // The derivatives of the last `LMS_ORDER` steps.
             SchedulerKind::Lms => shape
                 .len()
@@ -560,6 +589,9 @@ impl SigmaScheduler {
         }
         if self.cfg.kind == SchedulerKind::Lms {
             return self.lms_order(i);
+        }
+        if self.cfg.kind == SchedulerKind::DpmSolverSinglestep {
+            return (self.orders[i] as usize).min(i + 1);
         }
         if self.cfg.kind != SchedulerKind::DpmSolverMultistep {
             return 1;
@@ -662,6 +694,16 @@ impl SigmaScheduler {
             SchedulerKind::Lms => {
                 self.lms_step(i, per, stride, shape.batch, model_output, sample, history)
             }
+            SchedulerKind::DpmSolverSinglestep => self.dpm_singlestep_step(
+                i,
+                per,
+                stride,
+                shape.batch,
+                model_output,
+                sample,
+                noise,
+                history,
+            ),
             SchedulerKind::DpmSolverMultistep => self.dpm_step(
                 i,
                 per,

@@ -89,6 +89,7 @@ impl SigmaScheduler {
             alphas,
             final_alpha,
             prk_len,
+            orders: Vec::new(),
         };
         // Every alpha-bar index a step reads must exist (diffusers would index out of range
         // or, for a negative one, wrap around).
