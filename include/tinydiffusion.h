@@ -208,6 +208,15 @@ enum td_scheduler_kind
    * `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_DPM_SOLVER_SINGLESTEP = 13,
+  /**
+   * diffusers' `KDPM2DiscreteScheduler` (2N - 1 model evaluations). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_KDPM2 = 14,
+  /**
+   * diffusers' `KDPM2AncestralDiscreteScheduler` (2N - 1 model evaluations, N - 1 noise
+   * rows). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_KDPM2_ANCESTRAL = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -1,5 +1,5 @@
 //! The sigma schedulers (Euler, Euler ancestral, DPM-Solver multistep; Heun, UniPC, PNDM; LMS,
-//! DPM-Solver singlestep, ...) against diffusers 0.42 (`tests/fixtures/sigma/`, `sigma2/` and `sigma3/`, made by
+//! DPM-Solver singlestep, KDPM2, KDPM2 ancestral) against diffusers 0.42 (`tests/fixtures/sigma/`, `sigma2/` and `sigma3/`, made by
 //! `tests/tools/make_sigma_fixtures.py`, `make_sigma2_fixtures.py` and
 //! `make_sigma3_fixtures.py`): `set_timesteps`
 //! (timesteps, sigmas, init_noise_sigma) for every config and several step counts, chains of
@@ -15,7 +15,7 @@ use tinydiffusion::schedule::{SchedulerConfig, SchedulerKind, SigmaScheduler, St
 use tinydiffusion::Model;
 
 /// `sigma/`: Euler, Euler ancestral, DPM-Solver (`make_sigma_fixtures.py`); `sigma2/`: Heun,
-/// UniPC, PNDM (`make_sigma2_fixtures.py`); `sigma3/`: LMS, DPM-Solver singlestep, ...
+/// UniPC, PNDM (`make_sigma2_fixtures.py`); `sigma3/`: LMS, DPM-Solver singlestep, KDPM2 (+ ancestral)
 /// (`make_sigma3_fixtures.py`).
 const SETS: [&str; 3] = ["sigma", "sigma2", "sigma3"];
 
@@ -320,6 +320,12 @@ fn scheduler_names_and_overrides() {
         (
             "DPMSolverSinglestepScheduler",
             "DPMSolverSinglestepScheduler",
+        ),
+        ("kdpm2", "KDPM2DiscreteScheduler"),
+        ("kdpm2-a", "KDPM2AncestralDiscreteScheduler"),
+        (
+            "KDPM2AncestralDiscreteScheduler",
+            "KDPM2AncestralDiscreteScheduler",
         ),
     ] {
         let spec = SamplerSpec::named(name).unwrap_or_else(|| panic!("{name}"));

@@ -139,6 +139,11 @@ pub enum td_scheduler_kind {
     /// diffusers' `DPMSolverSinglestepScheduler` (the config's `algorithm_type` and
     /// `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
     DpmSolverSinglestep = 13,
+    /// diffusers' `KDPM2DiscreteScheduler` (2N - 1 model evaluations). `steps` 0 = min(50, T).
+    Kdpm2 = 14,
+    /// diffusers' `KDPM2AncestralDiscreteScheduler` (2N - 1 model evaluations, N - 1 noise
+    /// rows). `steps` 0 = min(50, T).
+    Kdpm2Ancestral = 15,
 }
 
 /// Values of `td_sde_desc.predictor`.

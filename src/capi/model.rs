@@ -265,6 +265,8 @@ pub unsafe extern "C" fn td_model_get_info(
                 SchedulerKind::Pndm => td_scheduler_kind::Pndm as i32,
                 SchedulerKind::Lms => td_scheduler_kind::Lms as i32,
                 SchedulerKind::DpmSolverSinglestep => td_scheduler_kind::DpmSolverSinglestep as i32,
+                SchedulerKind::Kdpm2 => td_scheduler_kind::Kdpm2 as i32,
+                SchedulerKind::Kdpm2Ancestral => td_scheduler_kind::Kdpm2Ancestral as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
         };

@@ -55,12 +55,17 @@ pub enum SamplerKind {
     /// diffusers' `DPMSolverSinglestepScheduler` (the config's algorithm and order, or those
     /// of the `dpm++2s` alias).
     DpmSolverSinglestep,
+    /// diffusers' `KDPM2DiscreteScheduler` (two model evaluations per step but the last).
+    Kdpm2,
+    /// diffusers' `KDPM2AncestralDiscreteScheduler` (KDPM2 plus noise, one draw per step but
+    /// the last).
+    Kdpm2Ancestral,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
-    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep`.
-    pub const ALL: [SamplerKind; 13] = [
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a`.
+    pub const ALL: [SamplerKind; 15] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -74,6 +79,8 @@ impl SamplerKind {
         SamplerKind::Pndm,
         SamplerKind::Lms,
         SamplerKind::DpmSolverSinglestep,
+        SamplerKind::Kdpm2,
+        SamplerKind::Kdpm2Ancestral,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -94,6 +101,8 @@ impl SamplerKind {
             SamplerKind::Pndm => "pndm",
             SamplerKind::Lms => "lms",
             SamplerKind::DpmSolverSinglestep => "dpm-singlestep",
+            SamplerKind::Kdpm2 => "kdpm2",
+            SamplerKind::Kdpm2Ancestral => "kdpm2-a",
         }
     }
 
@@ -118,6 +127,8 @@ impl SamplerKind {
             SchedulerKind::Pndm => SamplerKind::Pndm,
             SchedulerKind::Lms => SamplerKind::Lms,
             SchedulerKind::DpmSolverSinglestep => SamplerKind::DpmSolverSinglestep,
+            SchedulerKind::Kdpm2 => SamplerKind::Kdpm2,
+            SchedulerKind::Kdpm2Ancestral => SamplerKind::Kdpm2Ancestral,
         }
     }
 
@@ -134,6 +145,8 @@ impl SamplerKind {
             SamplerKind::Pndm => Some(SchedulerKind::Pndm),
             SamplerKind::Lms => Some(SchedulerKind::Lms),
             SamplerKind::DpmSolverSinglestep => Some(SchedulerKind::DpmSolverSinglestep),
+            SamplerKind::Kdpm2 => Some(SchedulerKind::Kdpm2),
+            SamplerKind::Kdpm2Ancestral => Some(SchedulerKind::Kdpm2Ancestral),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -159,7 +172,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
-/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS, DPM-Solver singlestep | min(50, T) (diffusers' pipeline default) |
+/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS, DPM-Solver singlestep, KDPM2 (ancestral) | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -177,7 +190,9 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         | SamplerKind::UniPcMultistep
         | SamplerKind::Pndm
         | SamplerKind::Lms
-        | SamplerKind::DpmSolverSinglestep => t.min(50),
+        | SamplerKind::DpmSolverSinglestep
+        | SamplerKind::Kdpm2
+        | SamplerKind::Kdpm2Ancestral => t.min(50),
     }
 }
 
@@ -429,7 +444,9 @@ impl Sampler {
             | SamplerKind::UniPcMultistep
             | SamplerKind::Pndm
             | SamplerKind::Lms
-            | SamplerKind::DpmSolverSinglestep => {
+            | SamplerKind::DpmSolverSinglestep
+            | SamplerKind::Kdpm2
+            | SamplerKind::Kdpm2Ancestral => {
                 let class = kind.class().expect("a discrete-time kind");
                 let mut c = cfg.clone().with_kind(class);
                 if let Some(a) = spec.dpm_algorithm {
@@ -625,8 +642,11 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 13] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
-        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50]);
+        let d: [usize; 15] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        assert_eq!(
+            d,
+            [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50]
+        );
     }
 
     #[test]

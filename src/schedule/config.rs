@@ -46,6 +46,11 @@ pub enum SchedulerKind {
     /// `DPMSolverSinglestepScheduler`: DPM-Solver(++) of order 1-3, each group of steps
     /// restarting from its first sample.
     DpmSolverSinglestep,
+    /// `KDPM2DiscreteScheduler`: DPM-Solver-2 in sigma space (two model evaluations per step
+    /// but the last, the second at an interpolated sigma).
+    Kdpm2,
+    /// `KDPM2AncestralDiscreteScheduler`: KDPM2 plus fresh noise after each second evaluation.
+    Kdpm2Ancestral,
 }
 
 impl SchedulerKind {
@@ -62,11 +67,13 @@ impl SchedulerKind {
             SchedulerKind::Pndm => "PNDMScheduler",
             SchedulerKind::Lms => "LMSDiscreteScheduler",
             SchedulerKind::DpmSolverSinglestep => "DPMSolverSinglestepScheduler",
+            SchedulerKind::Kdpm2 => "KDPM2DiscreteScheduler",
+            SchedulerKind::Kdpm2Ancestral => "KDPM2AncestralDiscreteScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 10] = [
+    pub const ALL: [SchedulerKind; 12] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
@@ -77,6 +84,8 @@ impl SchedulerKind {
         SchedulerKind::Pndm,
         SchedulerKind::Lms,
         SchedulerKind::DpmSolverSinglestep,
+        SchedulerKind::Kdpm2,
+        SchedulerKind::Kdpm2Ancestral,
     ];
 
     /// The kind of a diffusers class name.
@@ -529,6 +538,11 @@ impl SchedulerConfig {
             c.beta_end = 0.012;
             c.clip_sample = false;
         }
+        if matches!(kind, SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral) {
+            // The KDPM2 classes' own defaults ("sensible defaults").
+            c.beta_start = 0.00085;
+            c.beta_end = 0.012;
+        }
         if kind == SchedulerKind::DpmSolverSinglestep {
             // DPMSolverSinglestepScheduler's own default.
             c.lower_order_final = false;
@@ -657,7 +671,11 @@ impl SchedulerConfig {
                 "use_exponential_sigmas" | "use_beta_sigmas"
                     if matches!(
                         kind,
-                        SchedulerKind::Euler | SchedulerKind::Heun | SchedulerKind::Lms
+                        SchedulerKind::Euler
+                            | SchedulerKind::Heun
+                            | SchedulerKind::Lms
+                            | SchedulerKind::Kdpm2
+                            | SchedulerKind::Kdpm2Ancestral
                     ) || multistep =>
                 {
                     if opt_bool(k, v)? {
@@ -740,7 +758,14 @@ impl SchedulerConfig {
                 _ => return Err(unsupported(k, v)),
             }
         }
-        if (heun || unipc || pndm || single || kind == SchedulerKind::Lms)
+        if (heun
+            || unipc
+            || pndm
+            || single
+            || matches!(
+                kind,
+                SchedulerKind::Lms | SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral
+            ))
             && matches!(
                 cfg.beta_schedule,
                 BetaSchedule::Sigmoid | BetaSchedule::Laplace

@@ -50,6 +50,7 @@ mod dpm_solver;
 mod euler;
 mod euler_ancestral;
 mod heun;
+mod kdpm2;
 mod lms;
 mod pndm;
 mod unipc;
@@ -224,12 +225,14 @@ impl SigmaScheduler {
                 ));
             }
         }
-        if cfg.kind == SchedulerKind::EulerAncestral
-            && cfg.prediction_type == PredictionType::Sample
+        if matches!(
+            cfg.kind,
+            SchedulerKind::EulerAncestral | SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral
+        ) && cfg.prediction_type == PredictionType::Sample
         {
             return Err(unsupported(
                 "prediction_type",
-                "sample (EulerAncestralDiscreteScheduler does not implement it)",
+                format!("sample ({} does not implement it)", cfg.kind.class_name()),
             ));
         }
         if dpm_only && cfg.thresholding {
@@ -356,7 +359,11 @@ impl SigmaScheduler {
             };
             let s = karras(lo, hi, n);
             let mut t: Vec<f64> = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
-            if dpm {
+            let kdpm2 = matches!(
+                cfg.kind,
+                SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral
+            );
+            if dpm || kdpm2 {
                 // Rounded, except for cosine betas where diffusers truncates (astype int64).
                 for v in t.iter_mut() {
                     *v = if dpm_only
@@ -385,6 +392,33 @@ impl SigmaScheduler {
             *s = *s as f32 as f64;
         }
 
+        let kdpm2 = matches!(
+            cfg.kind,
+            SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral
+        );
+        let (sigmas, timesteps) = if kdpm2 {
+            let (s, t) = kdpm2::interleave(
+                &sigmas,
+                &timesteps,
+                &log_sigmas,
+                cfg.kind == SchedulerKind::Kdpm2Ancestral,
+            );
+            // An interpolated sigma of 0 before the last step (KDPM2 ancestral when
+            // sigma_down underflows): diffusers evaluates the model at a NaN timestep there.
+            if let Some(k) = (1..s.len() - 1).step_by(2).find(|&j| !(s[j] > 0.0)) {
+                return Err(Error::InvalidArgument {
+                    what: "num_inference_steps",
+                    message: format!(
+                        "{n} steps: {}'s interpolated sigma of evaluation {k} is 0 (diffusers \
+                         evaluates the model at a NaN timestep there); choose more steps",
+                        cfg.kind.class_name()
+                    ),
+                });
+            }
+            (s, t)
+        } else {
+            (sigmas, timesteps)
+        };
         let heun = cfg.kind == SchedulerKind::Heun;
         let (sigmas, timesteps) = if heun {
             // Heun: every sigma but the first and last, and every timestep but the first,
@@ -516,12 +550,24 @@ impl SigmaScheduler {
 
     /// Whether step `i` draws a Gaussian (Euler ancestral and SDE-DPM-Solver++: every step).
     pub fn needs_noise(&self, i: usize) -> bool {
-        i < self.num_steps() && self.draws_noise()
+        let ancestral_kdpm2 = self.cfg.kind == SchedulerKind::Kdpm2Ancestral;
+        // KDPM2 ancestral draws after each second-order evaluation only.
+        i < self.num_steps() && self.draws_noise() && !(ancestral_kdpm2 && i.is_multiple_of(2))
+    }
+
+    /// The row of step noise evaluation `i` reads: the number of draws before it (diffusers'
+    /// draw order).
+    pub fn noise_row(&self, i: usize) -> usize {
+        if self.cfg.kind == SchedulerKind::Kdpm2Ancestral {
+            i / 2
+        } else {
+            i
+        }
     }
 
     fn draws_noise(&self) -> bool {
         match self.cfg.kind {
-            SchedulerKind::EulerAncestral => true,
+            SchedulerKind::EulerAncestral | SchedulerKind::Kdpm2Ancestral => true,
             SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverSinglestep => {
                 self.cfg.algorithm_type == DpmAlgorithm::SdeDpmSolverPP
             }
@@ -529,9 +575,12 @@ impl SigmaScheduler {
         }
     }
 
-    /// Rows of step noise a run reads (one per step when it draws any).
+    /// Rows of step noise a run reads (one per step when it draws any; KDPM2 ancestral: one
+    /// per second-order evaluation).
     pub fn noise_rows(&self) -> usize {
-        if self.draws_noise() {
+        if self.cfg.kind == SchedulerKind::Kdpm2Ancestral {
+            self.num_steps() / 2
+        } else if self.draws_noise() {
             self.num_steps()
         } else {
             0
@@ -563,6 +612,10 @@ impl SigmaScheduler {
                 .len()
                 .and_then(|n| n.checked_mul(self.cfg.solver_order + 1))
                 .unwrap_or(usize::MAX),
+            // The sample the first evaluation of a step started from.
+            SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral => {
+                shape.len().unwrap_or(usize::MAX)
+            }
             // The derivatives of the last `LMS_ORDER` steps.
             SchedulerKind::Lms => shape
                 .len()
@@ -694,6 +747,16 @@ impl SigmaScheduler {
             SchedulerKind::Lms => {
                 self.lms_step(i, per, stride, shape.batch, model_output, sample, history)
             }
+            SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral => self.kdpm2_step(
+                i,
+                per,
+                stride,
+                shape.batch,
+                model_output,
+                sample,
+                noise,
+                history,
+            ),
             SchedulerKind::DpmSolverSinglestep => self.dpm_singlestep_step(
                 i,
                 per,
