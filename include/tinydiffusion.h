@@ -217,6 +217,10 @@ enum td_scheduler_kind
    * rows). `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_KDPM2_ANCESTRAL = 15,
+  /**
+   * diffusers' `DEISMultistepScheduler` (the config's `solver_order`). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_DEIS_MULTISTEP = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

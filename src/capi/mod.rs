@@ -144,6 +144,8 @@ pub enum td_scheduler_kind {
     /// diffusers' `KDPM2AncestralDiscreteScheduler` (2N - 1 model evaluations, N - 1 noise
     /// rows). `steps` 0 = min(50, T).
     Kdpm2Ancestral = 15,
+    /// diffusers' `DEISMultistepScheduler` (the config's `solver_order`). `steps` 0 = min(50, T).
+    DeisMultistep = 16,
 }
 
 /// Values of `td_sde_desc.predictor`.

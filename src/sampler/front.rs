@@ -60,12 +60,14 @@ pub enum SamplerKind {
     /// diffusers' `KDPM2AncestralDiscreteScheduler` (KDPM2 plus noise, one draw per step but
     /// the last).
     Kdpm2Ancestral,
+    /// diffusers' `DEISMultistepScheduler` (log-rho DEIS, the config's `solver_order`).
+    DeisMultistep,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
-    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a`.
-    pub const ALL: [SamplerKind; 15] = [
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a, deis`.
+    pub const ALL: [SamplerKind; 16] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -81,6 +83,7 @@ impl SamplerKind {
         SamplerKind::DpmSolverSinglestep,
         SamplerKind::Kdpm2,
         SamplerKind::Kdpm2Ancestral,
+        SamplerKind::DeisMultistep,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -103,6 +106,7 @@ impl SamplerKind {
             SamplerKind::DpmSolverSinglestep => "dpm-singlestep",
             SamplerKind::Kdpm2 => "kdpm2",
             SamplerKind::Kdpm2Ancestral => "kdpm2-a",
+            SamplerKind::DeisMultistep => "deis",
         }
     }
 
@@ -129,6 +133,7 @@ impl SamplerKind {
             SchedulerKind::DpmSolverSinglestep => SamplerKind::DpmSolverSinglestep,
             SchedulerKind::Kdpm2 => SamplerKind::Kdpm2,
             SchedulerKind::Kdpm2Ancestral => SamplerKind::Kdpm2Ancestral,
+            SchedulerKind::DeisMultistep => SamplerKind::DeisMultistep,
         }
     }
 
@@ -147,6 +152,7 @@ impl SamplerKind {
             SamplerKind::DpmSolverSinglestep => Some(SchedulerKind::DpmSolverSinglestep),
             SamplerKind::Kdpm2 => Some(SchedulerKind::Kdpm2),
             SamplerKind::Kdpm2Ancestral => Some(SchedulerKind::Kdpm2Ancestral),
+            SamplerKind::DeisMultistep => Some(SchedulerKind::DeisMultistep),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -172,7 +178,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
-/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS, DPM-Solver singlestep, KDPM2 (ancestral) | min(50, T) (diffusers' pipeline default) |
+/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS, DPM-Solver singlestep, KDPM2 (ancestral), DEIS | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -192,7 +198,8 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         | SamplerKind::Lms
         | SamplerKind::DpmSolverSinglestep
         | SamplerKind::Kdpm2
-        | SamplerKind::Kdpm2Ancestral => t.min(50),
+        | SamplerKind::Kdpm2Ancestral
+        | SamplerKind::DeisMultistep => t.min(50),
     }
 }
 
@@ -446,7 +453,8 @@ impl Sampler {
             | SamplerKind::Lms
             | SamplerKind::DpmSolverSinglestep
             | SamplerKind::Kdpm2
-            | SamplerKind::Kdpm2Ancestral => {
+            | SamplerKind::Kdpm2Ancestral
+            | SamplerKind::DeisMultistep => {
                 let class = kind.class().expect("a discrete-time kind");
                 let mut c = cfg.clone().with_kind(class);
                 if let Some(a) = spec.dpm_algorithm {
@@ -642,10 +650,10 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 15] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        let d: [usize; 16] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
         assert_eq!(
             d,
-            [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50]
+            [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50]
         );
     }
 

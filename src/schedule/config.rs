@@ -51,6 +51,8 @@ pub enum SchedulerKind {
     Kdpm2,
     /// `KDPM2AncestralDiscreteScheduler`: KDPM2 plus fresh noise after each second evaluation.
     Kdpm2Ancestral,
+    /// `DEISMultistepScheduler`: log-rho DEIS of order 1-3.
+    DeisMultistep,
 }
 
 impl SchedulerKind {
@@ -69,11 +71,12 @@ impl SchedulerKind {
             SchedulerKind::DpmSolverSinglestep => "DPMSolverSinglestepScheduler",
             SchedulerKind::Kdpm2 => "KDPM2DiscreteScheduler",
             SchedulerKind::Kdpm2Ancestral => "KDPM2AncestralDiscreteScheduler",
+            SchedulerKind::DeisMultistep => "DEISMultistepScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 12] = [
+    pub const ALL: [SchedulerKind; 13] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
@@ -86,6 +89,7 @@ impl SchedulerKind {
         SchedulerKind::DpmSolverSinglestep,
         SchedulerKind::Kdpm2,
         SchedulerKind::Kdpm2Ancestral,
+        SchedulerKind::DeisMultistep,
     ];
 
     /// The kind of a diffusers class name.
@@ -594,7 +598,8 @@ impl SchedulerConfig {
         let single = kind == SchedulerKind::DpmSolverSinglestep;
         // DPM-Solver's options (multistep and singlestep).
         let dpm_like = dpm || single;
-        let multistep = dpm || unipc || single;
+        let deis = kind == SchedulerKind::DeisMultistep;
+        let multistep = dpm || unipc || single || deis;
         let pndm = kind == SchedulerKind::Pndm;
         let mut cfg = SchedulerConfig::default_for(kind);
         for (key, v) in obj {
@@ -706,6 +711,15 @@ impl SchedulerConfig {
                         _ => return Err(unsupported(k, v)),
                     }
                 }
+                // DEIS reads the DPM-Solver algorithms and solver types as its own.
+                "algorithm_type" if deis => match v.as_str() {
+                    Some("deis" | "dpmsolver" | "dpmsolver++") => {}
+                    _ => return Err(unsupported(k, v)),
+                },
+                "solver_type" if deis => match v.as_str() {
+                    Some("logrho" | "midpoint" | "heun" | "bh1" | "bh2") => {}
+                    _ => return Err(unsupported(k, v)),
+                },
                 // Singlestep reads `deis` as dpmsolver++, as diffusers does.
                 "algorithm_type" if single && v.as_str() == Some("deis") => {
                     cfg.algorithm_type = DpmAlgorithm::DpmSolverPP
@@ -762,6 +776,7 @@ impl SchedulerConfig {
             || unipc
             || pndm
             || single
+            || deis
             || matches!(
                 kind,
                 SchedulerKind::Lms | SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral

@@ -1,5 +1,5 @@
 """diffusers 0.42 references for the third group of sigma-family schedulers (LMS discrete,
-DPM-Solver singlestep, KDPM2, KDPM2 ancestral, ...). Same layout and conventions as make_sigma_fixtures.py / make_sigma2_fixtures.py.
+DPM-Solver singlestep, KDPM2, KDPM2 ancestral, DEIS multistep). Same layout and conventions as make_sigma_fixtures.py / make_sigma2_fixtures.py.
 
     pip install 'diffusers==0.42.*' torch safetensors numpy scipy
     python tests/tools/make_sigma3_fixtures.py
@@ -98,10 +98,16 @@ CONFIGS = [
     ("kdpm2a_karras_v_linear", "KDPM2AncestralDiscreteScheduler", dict(use_karras_sigmas=True, beta_start=0.0001, beta_end=0.02,
                                                                        prediction_type="v_prediction")),
     ("kdpm2a_leading_sd", "KDPM2AncestralDiscreteScheduler", dict(**SD, timestep_spacing="leading", steps_offset=1)),
+    ("deis_default", "DEISMultistepScheduler", {}),
+    ("deis3_karras_sd", "DEISMultistepScheduler", dict(**SD, solver_order=3, use_karras_sigmas=True)),
+    ("deis3_nolof_trailing_v", "DEISMultistepScheduler", dict(solver_order=3, lower_order_final=False,
+                                                              timestep_spacing="trailing", prediction_type="v_prediction")),
+    ("deis1_leading_sample_cos", "DEISMultistepScheduler", dict(solver_order=1, timestep_spacing="leading", steps_offset=1,
+                                                                prediction_type="sample", beta_schedule="squaredcos_cap_v2")),
 ]
 CFG = {name: (cls, kw) for name, cls, kw in CONFIGS}
 RUNS = [("lms_karras_sd_leading", 5), ("dpms_default", 4), ("dpms3_karras_sd", 6), ("dpms_sde_heun", 4),
-        ("kdpm2_default", 3), ("kdpm2a_default", 3)]
+        ("kdpm2_default", 3), ("kdpm2a_default", 3), ("deis3_karras_sd", 5)]
 
 
 def make(name):

@@ -45,6 +45,7 @@ use super::scheduler::{check_len, step_noise, StepShape};
 use super::timesteps::{arange_f64, round_half_even};
 use crate::error::{invalid_arg, unsupported, Error, Result};
 
+mod deis;
 mod dpm_singlestep;
 mod dpm_solver;
 mod euler;
@@ -191,9 +192,11 @@ impl SigmaScheduler {
         // DPM-Solver, multistep or singlestep (the same schedule and options).
         let dpm_only = cfg.kind == SchedulerKind::DpmSolverMultistep || single;
         let unipc = cfg.kind == SchedulerKind::UniPcMultistep;
+        // DEIS: DPM-Solver's timesteps without lambda clipping, a final sigma of sigma_min.
+        let deis = cfg.kind == SchedulerKind::DeisMultistep;
         // DPM-Solver and UniPC share the integer timesteps, the VP alpha/sigma and the
         // unscaled model input.
-        let dpm = dpm_only || unipc;
+        let dpm = dpm_only || unipc || deis;
         if unipc {
             for (on, key) in [
                 (cfg.thresholding, "thresholding"),
@@ -235,7 +238,7 @@ impl SigmaScheduler {
                 format!("sample ({} does not implement it)", cfg.kind.class_name()),
             ));
         }
-        if dpm_only && cfg.thresholding {
+        if (dpm_only || deis) && cfg.thresholding {
             return Err(unsupported(
                 "thresholding",
                 format!("true (not implemented for {} here)", cfg.kind.class_name()),
@@ -264,7 +267,7 @@ impl SigmaScheduler {
 
         // Timesteps before any Karras conversion, as float64 values.
         let raw: Vec<f64> = if dpm {
-            let last = if unipc {
+            let last = if unipc || deis {
                 t_train
             } else {
                 t_train - lambda_clipped_count(&cfg, &ac)
@@ -382,6 +385,9 @@ impl SigmaScheduler {
             (s, raw)
         };
         let last_sigma = match cfg.final_sigmas_type {
+            // DEIS has no final_sigmas_type: sigma_min (Karras: the ramp's last sigma).
+            _ if deis && cfg.use_karras_sigmas => sigmas[n - 1],
+            _ if deis => sig[0] as f64,
             FinalSigmas::Zero => 0.0,
             // UniPC with Karras sigmas ends on the ramp's last sigma (its `sigma_min`).
             FinalSigmas::SigmaMin if unipc && cfg.use_karras_sigmas => sigmas[n - 1],
@@ -523,6 +529,7 @@ impl SigmaScheduler {
         match self.cfg.kind {
             SchedulerKind::DpmSolverMultistep
             | SchedulerKind::UniPcMultistep
+            | SchedulerKind::DeisMultistep
             | SchedulerKind::Pndm
             | SchedulerKind::DpmSolverSinglestep => 1.0,
             _ => {
@@ -538,6 +545,7 @@ impl SigmaScheduler {
             self.cfg.kind,
             SchedulerKind::DpmSolverMultistep
                 | SchedulerKind::UniPcMultistep
+                | SchedulerKind::DeisMultistep
                 | SchedulerKind::Pndm
                 | SchedulerKind::DpmSolverSinglestep
         )
@@ -607,6 +615,11 @@ impl SigmaScheduler {
                 .len()
                 .and_then(|n| n.checked_mul(if self.cfg.skip_prk_steps { 5 } else { 6 }))
                 .unwrap_or(usize::MAX),
+            // `solver_order` noise predictions.
+            SchedulerKind::DeisMultistep => shape
+                .len()
+                .and_then(|n| n.checked_mul(self.cfg.solver_order))
+                .unwrap_or(usize::MAX),
             // `solver_order` converted outputs and the sample the current group started from.
             SchedulerKind::DpmSolverSinglestep => shape
                 .len()
@@ -646,15 +659,16 @@ impl SigmaScheduler {
         if self.cfg.kind == SchedulerKind::DpmSolverSinglestep {
             return (self.orders[i] as usize).min(i + 1);
         }
-        if self.cfg.kind != SchedulerKind::DpmSolverMultistep {
+        let deis = self.cfg.kind == SchedulerKind::DeisMultistep;
+        if self.cfg.kind != SchedulerKind::DpmSolverMultistep && !deis {
             return 1;
         }
         let c = &self.cfg;
         let n = self.num_steps();
+        // DEIS has neither `euler_at_final` nor a final sigma of 0.
         let lower_final = i + 1 == n
-            && (c.euler_at_final
-                || (c.lower_order_final && n < 15)
-                || c.final_sigmas_type == FinalSigmas::Zero);
+            && ((c.lower_order_final && n < 15)
+                || (!deis && (c.euler_at_final || c.final_sigmas_type == FinalSigmas::Zero)));
         let lower_second = i + 2 == n && c.lower_order_final && n < 15;
         if c.solver_order == 1 || i < 1 || lower_final {
             1
@@ -746,6 +760,9 @@ impl SigmaScheduler {
             }
             SchedulerKind::Lms => {
                 self.lms_step(i, per, stride, shape.batch, model_output, sample, history)
+            }
+            SchedulerKind::DeisMultistep => {
+                self.deis_step(i, per, stride, shape.batch, model_output, sample, history)
             }
             SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral => self.kdpm2_step(
                 i,
