@@ -221,6 +221,10 @@ enum td_scheduler_kind
    * diffusers' `DEISMultistepScheduler` (the config's `solver_order`). `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_DEIS_MULTISTEP = 16,
+  /**
+   * diffusers' `IPNDMScheduler`. `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_IPNDM = 17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -1,5 +1,5 @@
 //! The sigma schedulers (Euler, Euler ancestral, DPM-Solver multistep; Heun, UniPC, PNDM; LMS,
-//! DPM-Solver singlestep, KDPM2, KDPM2 ancestral, DEIS) against diffusers 0.42 (`tests/fixtures/sigma/`, `sigma2/` and `sigma3/`, made by
+//! DPM-Solver singlestep, KDPM2, KDPM2 ancestral, DEIS, IPNDM) against diffusers 0.42 (`tests/fixtures/sigma/`, `sigma2/` and `sigma3/`, made by
 //! `tests/tools/make_sigma_fixtures.py`, `make_sigma2_fixtures.py` and
 //! `make_sigma3_fixtures.py`): `set_timesteps`
 //! (timesteps, sigmas, init_noise_sigma) for every config and several step counts, chains of
@@ -325,6 +325,8 @@ fn scheduler_names_and_overrides() {
         ("kdpm2-a", "KDPM2AncestralDiscreteScheduler"),
         ("deis", "DEISMultistepScheduler"),
         ("DEISMultistepScheduler", "DEISMultistepScheduler"),
+        ("ipndm", "IPNDMScheduler"),
+        ("IPNDMScheduler", "IPNDMScheduler"),
         (
             "KDPM2AncestralDiscreteScheduler",
             "KDPM2AncestralDiscreteScheduler",

@@ -146,6 +146,8 @@ pub enum td_scheduler_kind {
     Kdpm2Ancestral = 15,
     /// diffusers' `DEISMultistepScheduler` (the config's `solver_order`). `steps` 0 = min(50, T).
     DeisMultistep = 16,
+    /// diffusers' `IPNDMScheduler`. `steps` 0 = min(50, T).
+    Ipndm = 17,
 }
 
 /// Values of `td_sde_desc.predictor`.

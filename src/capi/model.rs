@@ -268,6 +268,7 @@ pub unsafe extern "C" fn td_model_get_info(
                 SchedulerKind::Kdpm2 => td_scheduler_kind::Kdpm2 as i32,
                 SchedulerKind::Kdpm2Ancestral => td_scheduler_kind::Kdpm2Ancestral as i32,
                 SchedulerKind::DeisMultistep => td_scheduler_kind::DeisMultistep as i32,
+                SchedulerKind::Ipndm => td_scheduler_kind::Ipndm as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
         };

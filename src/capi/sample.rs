@@ -96,6 +96,7 @@ fn spec_of(d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<SamplerSpec, Fail
         k if k == td_scheduler_kind::Kdpm2 as i32 => Some(SamplerKind::Kdpm2),
         k if k == td_scheduler_kind::Kdpm2Ancestral as i32 => Some(SamplerKind::Kdpm2Ancestral),
         k if k == td_scheduler_kind::DeisMultistep as i32 => Some(SamplerKind::DeisMultistep),
+        k if k == td_scheduler_kind::Ipndm as i32 => Some(SamplerKind::Ipndm),
         k => {
             return Err(invalid(std::format!(
                 "scheduler kind {k} is not a td_scheduler_kind"

@@ -62,12 +62,14 @@ pub enum SamplerKind {
     Kdpm2Ancestral,
     /// diffusers' `DEISMultistepScheduler` (log-rho DEIS, the config's `solver_order`).
     DeisMultistep,
+    /// diffusers' `IPNDMScheduler` (its own schedule; the model sees times in (0, 1]).
+    Ipndm,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
-    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a, deis`.
-    pub const ALL: [SamplerKind; 16] = [
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a, deis, ipndm`.
+    pub const ALL: [SamplerKind; 17] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -84,6 +86,7 @@ impl SamplerKind {
         SamplerKind::Kdpm2,
         SamplerKind::Kdpm2Ancestral,
         SamplerKind::DeisMultistep,
+        SamplerKind::Ipndm,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -107,6 +110,7 @@ impl SamplerKind {
             SamplerKind::Kdpm2 => "kdpm2",
             SamplerKind::Kdpm2Ancestral => "kdpm2-a",
             SamplerKind::DeisMultistep => "deis",
+            SamplerKind::Ipndm => "ipndm",
         }
     }
 
@@ -134,6 +138,7 @@ impl SamplerKind {
             SchedulerKind::Kdpm2 => SamplerKind::Kdpm2,
             SchedulerKind::Kdpm2Ancestral => SamplerKind::Kdpm2Ancestral,
             SchedulerKind::DeisMultistep => SamplerKind::DeisMultistep,
+            SchedulerKind::Ipndm => SamplerKind::Ipndm,
         }
     }
 
@@ -153,6 +158,7 @@ impl SamplerKind {
             SamplerKind::Kdpm2 => Some(SchedulerKind::Kdpm2),
             SamplerKind::Kdpm2Ancestral => Some(SchedulerKind::Kdpm2Ancestral),
             SamplerKind::DeisMultistep => Some(SchedulerKind::DeisMultistep),
+            SamplerKind::Ipndm => Some(SchedulerKind::Ipndm),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -178,7 +184,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
-/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS, DPM-Solver singlestep, KDPM2 (ancestral), DEIS | min(50, T) (diffusers' pipeline default) |
+/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS, DPM-Solver singlestep, KDPM2 (ancestral), DEIS, IPNDM | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -199,7 +205,8 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         | SamplerKind::DpmSolverSinglestep
         | SamplerKind::Kdpm2
         | SamplerKind::Kdpm2Ancestral
-        | SamplerKind::DeisMultistep => t.min(50),
+        | SamplerKind::DeisMultistep
+        | SamplerKind::Ipndm => t.min(50),
     }
 }
 
@@ -454,7 +461,8 @@ impl Sampler {
             | SamplerKind::DpmSolverSinglestep
             | SamplerKind::Kdpm2
             | SamplerKind::Kdpm2Ancestral
-            | SamplerKind::DeisMultistep => {
+            | SamplerKind::DeisMultistep
+            | SamplerKind::Ipndm => {
                 let class = kind.class().expect("a discrete-time kind");
                 let mut c = cfg.clone().with_kind(class);
                 if let Some(a) = spec.dpm_algorithm {
@@ -650,10 +658,10 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 16] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        let d: [usize; 17] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
         assert_eq!(
             d,
-            [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50]
+            [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50]
         );
     }
 

@@ -402,7 +402,7 @@ pub fn sample_with(
             return Err(Error::UnsupportedConfig {
                 key: "scheduler".into(),
                 value: alloc::format!(
-                    "sde, ode, pc, euler, euler-a, dpm-solver, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a and deis on a {} \
+                    "sde, ode, pc, euler, euler-a, dpm-solver, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a, deis and ipndm on a {} \
                      device (they run on the CPU only for now)",
                     gpu.device_kind()
                 ),

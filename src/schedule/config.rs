@@ -53,6 +53,8 @@ pub enum SchedulerKind {
     Kdpm2Ancestral,
     /// `DEISMultistepScheduler`: log-rho DEIS of order 1-3.
     DeisMultistep,
+    /// `IPNDMScheduler`: improved PNDM (fourth-order Adams-Bashforth) on its own sine schedule.
+    Ipndm,
 }
 
 impl SchedulerKind {
@@ -72,11 +74,12 @@ impl SchedulerKind {
             SchedulerKind::Kdpm2 => "KDPM2DiscreteScheduler",
             SchedulerKind::Kdpm2Ancestral => "KDPM2AncestralDiscreteScheduler",
             SchedulerKind::DeisMultistep => "DEISMultistepScheduler",
+            SchedulerKind::Ipndm => "IPNDMScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 13] = [
+    pub const ALL: [SchedulerKind; 14] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
@@ -90,6 +93,7 @@ impl SchedulerKind {
         SchedulerKind::Kdpm2,
         SchedulerKind::Kdpm2Ancestral,
         SchedulerKind::DeisMultistep,
+        SchedulerKind::Ipndm,
     ];
 
     /// The kind of a diffusers class name.
@@ -846,7 +850,8 @@ impl SchedulerConfig {
                 return Err(bad(key, format!("{v} is outside [0, 1]")));
             }
         }
-        if let Some(tb) = &self.trained_betas {
+        // IPNDM's trained betas are its N + 1 step betas (checked when it is built).
+        if let (Some(tb), false) = (&self.trained_betas, self.kind == SchedulerKind::Ipndm) {
             if tb.len() != t {
                 return Err(bad(
                     "trained_betas",

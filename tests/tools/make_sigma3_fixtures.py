@@ -1,5 +1,5 @@
 """diffusers 0.42 references for the third group of sigma-family schedulers (LMS discrete,
-DPM-Solver singlestep, KDPM2, KDPM2 ancestral, DEIS multistep). Same layout and conventions as make_sigma_fixtures.py / make_sigma2_fixtures.py.
+DPM-Solver singlestep, KDPM2, KDPM2 ancestral, DEIS multistep, IPNDM). Same layout and conventions as make_sigma_fixtures.py / make_sigma2_fixtures.py.
 
     pip install 'diffusers==0.42.*' torch safetensors numpy scipy
     python tests/tools/make_sigma3_fixtures.py
@@ -102,12 +102,13 @@ CONFIGS = [
     ("deis3_karras_sd", "DEISMultistepScheduler", dict(**SD, solver_order=3, use_karras_sigmas=True)),
     ("deis3_nolof_trailing_v", "DEISMultistepScheduler", dict(solver_order=3, lower_order_final=False,
                                                               timestep_spacing="trailing", prediction_type="v_prediction")),
+    ("ipndm_default", "IPNDMScheduler", {}),
     ("deis1_leading_sample_cos", "DEISMultistepScheduler", dict(solver_order=1, timestep_spacing="leading", steps_offset=1,
                                                                 prediction_type="sample", beta_schedule="squaredcos_cap_v2")),
 ]
 CFG = {name: (cls, kw) for name, cls, kw in CONFIGS}
 RUNS = [("lms_karras_sd_leading", 4), ("dpms3_karras_sd", 6), ("dpms_sde_heun", 3), ("kdpm2_default", 2),
-        ("kdpm2a_default", 3), ("deis3_karras_sd", 4)]
+        ("kdpm2a_default", 3), ("deis3_karras_sd", 4), ("ipndm_default", 5)]
 
 
 def make(name):
@@ -143,7 +144,8 @@ for name, cls, kw in CONFIGS:
                 continue
             key = f"{name}.{spacing}.{steps}"
             tensors[f"{key}.timesteps"] = ts
-            tensors[f"{key}.sigmas"] = eval_sigmas(s)
+            if hasattr(s, "sigmas"):  # IPNDM has none: checked through its steps
+                tensors[f"{key}.sigmas"] = eval_sigmas(s)
             meta["schedules"].append(dict(name=key, scheduler_json=s.to_json_string(), num_inference_steps=steps,
                                           init_noise_sigma=float(s.init_noise_sigma)))
 

@@ -51,6 +51,7 @@ mod dpm_solver;
 mod euler;
 mod euler_ancestral;
 mod heun;
+mod ipndm;
 mod kdpm2;
 mod lms;
 mod pndm;
@@ -81,6 +82,8 @@ pub struct SigmaScheduler {
     prk_len: usize,
     /// DPM-Solver singlestep: the order of each step (diffusers' `order_list`).
     orders: Vec<u8>,
+    /// IPNDM: its betas (N + 1, float32; its alphas are in `alphas`).
+    ipndm_betas: Vec<f32>,
 }
 
 /// sqrt((1 - abar) / abar) in float32, as torch computes it from the float32 alpha-bars.
@@ -252,6 +255,9 @@ impl SigmaScheduler {
                 "final_sigmas_type",
                 "zero with algorithm_type dpmsolver (diffusers refuses it: use sigma_min)",
             ));
+        }
+        if cfg.kind == SchedulerKind::Ipndm {
+            return SigmaScheduler::new_ipndm(cfg, n);
         }
         let b = betas(&cfg)?;
         let ac = alphas_cumprod(&b);
@@ -483,6 +489,7 @@ impl SigmaScheduler {
             final_alpha: 0.0,
             prk_len: 0,
             orders,
+            ipndm_betas: Vec::new(),
         })
     }
 
@@ -530,6 +537,7 @@ impl SigmaScheduler {
             SchedulerKind::DpmSolverMultistep
             | SchedulerKind::UniPcMultistep
             | SchedulerKind::DeisMultistep
+            | SchedulerKind::Ipndm
             | SchedulerKind::Pndm
             | SchedulerKind::DpmSolverSinglestep => 1.0,
             _ => {
@@ -546,6 +554,7 @@ impl SigmaScheduler {
             SchedulerKind::DpmSolverMultistep
                 | SchedulerKind::UniPcMultistep
                 | SchedulerKind::DeisMultistep
+                | SchedulerKind::Ipndm
                 | SchedulerKind::Pndm
                 | SchedulerKind::DpmSolverSinglestep
         )
@@ -614,6 +623,11 @@ impl SigmaScheduler {
             SchedulerKind::Pndm => shape
                 .len()
                 .and_then(|n| n.checked_mul(if self.cfg.skip_prk_steps { 5 } else { 6 }))
+                .unwrap_or(usize::MAX),
+            // The last four combined outputs.
+            SchedulerKind::Ipndm => shape
+                .len()
+                .and_then(|n| n.checked_mul(4))
                 .unwrap_or(usize::MAX),
             // `solver_order` noise predictions.
             SchedulerKind::DeisMultistep => shape
@@ -763,6 +777,9 @@ impl SigmaScheduler {
             }
             SchedulerKind::DeisMultistep => {
                 self.deis_step(i, per, stride, shape.batch, model_output, sample, history)
+            }
+            SchedulerKind::Ipndm => {
+                self.ipndm_step(i, per, stride, shape.batch, model_output, sample, history)
             }
             SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral => self.kdpm2_step(
                 i,

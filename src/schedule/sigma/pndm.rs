@@ -90,6 +90,7 @@ impl SigmaScheduler {
             final_alpha,
             prk_len,
             orders: Vec::new(),
+            ipndm_betas: Vec::new(),
         };
         // Every alpha-bar index a step reads must exist (diffusers would index out of range
         // or, for a negative one, wrap around).
