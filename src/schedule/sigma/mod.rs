@@ -417,7 +417,10 @@ impl SigmaScheduler {
             );
             // An interpolated sigma of 0 before the last step (KDPM2 ancestral when
             // sigma_down underflows): diffusers evaluates the model at a NaN timestep there.
-            if let Some(k) = (1..s.len() - 1).step_by(2).find(|&j| !(s[j] > 0.0)) {
+            if let Some(k) = (1..s.len() - 1)
+                .step_by(2)
+                .find(|&j| s[j] <= 0.0 || s[j].is_nan())
+            {
                 return Err(Error::InvalidArgument {
                     what: "num_inference_steps",
                     message: format!(
