@@ -199,6 +199,32 @@ enum td_scheduler_kind
    * diffusers' `PNDMScheduler` (the config's `skip_prk_steps`). `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_PNDM = 11,
+  /**
+   * diffusers' `LMSDiscreteScheduler` (order 4). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_LMS = 12,
+  /**
+   * diffusers' `DPMSolverSinglestepScheduler` (the config's `algorithm_type` and
+   * `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_DPM_SOLVER_SINGLESTEP = 13,
+  /**
+   * diffusers' `KDPM2DiscreteScheduler` (2N - 1 model evaluations). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_KDPM2 = 14,
+  /**
+   * diffusers' `KDPM2AncestralDiscreteScheduler` (2N - 1 model evaluations, N - 1 noise
+   * rows). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_KDPM2_ANCESTRAL = 15,
+  /**
+   * diffusers' `DEISMultistepScheduler` (the config's `solver_order`). `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_DEIS_MULTISTEP = 16,
+  /**
+   * diffusers' `IPNDMScheduler`. `steps` 0 = min(50, T).
+   */
+  TD_SCHEDULER_KIND_IPNDM = 17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

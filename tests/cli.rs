@@ -190,7 +190,7 @@ fn bad_input_gives_one_line_and_nonzero_exit() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--model", "/nonexistent/folder"], "not a folder"),
         (vec!["--model", &model, "--steps", "abc"], "--steps"),
-        (vec!["--model", &model, "--scheduler", "lms"], "--scheduler"),
+        (vec!["--model", &model, "--scheduler", "xyz"], "--scheduler"),
         (vec!["--model", &model, "--steps", "0"], "steps"),
         (vec!["--model", &model, "--steps", "5000"], "steps"),
         (vec!["--model", &model, "--batch", "0"], "--batch"),

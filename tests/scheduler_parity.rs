@@ -230,7 +230,7 @@ fn config_errors_are_typed() {
         "use_karras_sigmas"
     );
     assert_eq!(
-        unsupported_key(parse(r#"{"_class_name": "LMSDiscreteScheduler"}"#)),
+        unsupported_key(parse(r#"{"_class_name": "RePaintScheduler"}"#)),
         "_class_name"
     );
     assert_eq!(

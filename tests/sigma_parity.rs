@@ -1,6 +1,7 @@
-//! The sigma schedulers (Euler, Euler ancestral, DPM-Solver multistep; Heun) against diffusers
-//! 0.42 (`tests/fixtures/sigma/` and `sigma2/`, made by `tests/tools/make_sigma_fixtures.py`
-//! and `make_sigma2_fixtures.py`): `set_timesteps`
+//! The sigma schedulers (Euler, Euler ancestral, DPM-Solver multistep; Heun, UniPC, PNDM; LMS,
+//! DPM-Solver singlestep, KDPM2, KDPM2 ancestral, DEIS, IPNDM) against diffusers 0.42 (`tests/fixtures/sigma/`, `sigma2/` and `sigma3/`, made by
+//! `tests/tools/make_sigma_fixtures.py`, `make_sigma2_fixtures.py` and
+//! `make_sigma3_fixtures.py`): `set_timesteps`
 //! (timesteps, sigmas, init_noise_sigma) for every config and several step counts, chains of
 //! single steps with fixed model outputs (per step <= 1e-5 relative L2, the multistep history
 //! carried in the caller's buffer), and whole sampling runs with the tiny-rgb16 UNet and injected
@@ -14,8 +15,9 @@ use tinydiffusion::schedule::{SchedulerConfig, SchedulerKind, SigmaScheduler, St
 use tinydiffusion::Model;
 
 /// `sigma/`: Euler, Euler ancestral, DPM-Solver (`make_sigma_fixtures.py`); `sigma2/`: Heun,
-/// UniPC, PNDM (`make_sigma2_fixtures.py`).
-const SETS: [&str; 2] = ["sigma", "sigma2"];
+/// UniPC, PNDM (`make_sigma2_fixtures.py`); `sigma3/`: LMS, DPM-Solver singlestep, KDPM2 (+ ancestral)
+/// (`make_sigma3_fixtures.py`).
+const SETS: [&str; 3] = ["sigma", "sigma2", "sigma3"];
 
 fn fixtures_in(set: &str) -> (serde_json::Value, TensorFile) {
     let dir = fixtures_dir().join(set);
@@ -311,6 +313,24 @@ fn scheduler_names_and_overrides() {
         ("UniPCMultistepScheduler", "UniPCMultistepScheduler"),
         ("pndm", "PNDMScheduler"),
         ("PNDMScheduler", "PNDMScheduler"),
+        ("lms", "LMSDiscreteScheduler"),
+        ("LMSDiscreteScheduler", "LMSDiscreteScheduler"),
+        ("dpm-singlestep", "DPMSolverSinglestepScheduler"),
+        ("dpm++2s", "DPMSolverSinglestepScheduler"),
+        (
+            "DPMSolverSinglestepScheduler",
+            "DPMSolverSinglestepScheduler",
+        ),
+        ("kdpm2", "KDPM2DiscreteScheduler"),
+        ("kdpm2-a", "KDPM2AncestralDiscreteScheduler"),
+        ("deis", "DEISMultistepScheduler"),
+        ("DEISMultistepScheduler", "DEISMultistepScheduler"),
+        ("ipndm", "IPNDMScheduler"),
+        ("IPNDMScheduler", "IPNDMScheduler"),
+        (
+            "KDPM2AncestralDiscreteScheduler",
+            "KDPM2AncestralDiscreteScheduler",
+        ),
     ] {
         let spec = SamplerSpec::named(name).unwrap_or_else(|| panic!("{name}"));
         let s = spec.steps(10).build(&ddpm).unwrap();
@@ -326,7 +346,7 @@ fn scheduler_names_and_overrides() {
         .build(&ddpm)
         .unwrap();
     assert_eq!(sde.noise_rows(), 10);
-    assert!(SamplerSpec::named("lms").is_none());
+    assert!(SamplerSpec::named("repaint").is_none());
     // The override keeps the folder's schedule options.
     let cfg = SchedulerConfig::from_json(
         r#"{"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "timestep_spacing": "trailing"}"#,

@@ -155,6 +155,13 @@ fn forward_and_sampling_allocate_nothing() {
         r#"{"_class_name": "HeunDiscreteScheduler", "use_karras_sigmas": true}"#,
         r#"{"_class_name": "UniPCMultistepScheduler", "solver_order": 3}"#,
         r#"{"_class_name": "PNDMScheduler", "skip_prk_steps": true}"#,
+        r#"{"_class_name": "LMSDiscreteScheduler", "use_karras_sigmas": true}"#,
+        r#"{"_class_name": "DPMSolverSinglestepScheduler", "solver_order": 3}"#,
+        r#"{"_class_name": "DPMSolverSinglestepScheduler", "algorithm_type": "sde-dpmsolver++"}"#,
+        r#"{"_class_name": "KDPM2AncestralDiscreteScheduler"}"#,
+        r#"{"_class_name": "DEISMultistepScheduler", "solver_order": 3}"#,
+        r#"{"_class_name": "IPNDMScheduler"}"#,
+        r#"{"_class_name": "KDPM2DiscreteScheduler", "use_karras_sigmas": true}"#,
     ] {
         let n = run_sigma(&model, json, 6, None, None);
         assert_eq!(n, 0, "{json} allocated {n} times");

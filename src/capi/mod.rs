@@ -134,6 +134,20 @@ pub enum td_scheduler_kind {
     UniPcMultistep = 10,
     /// diffusers' `PNDMScheduler` (the config's `skip_prk_steps`). `steps` 0 = min(50, T).
     Pndm = 11,
+    /// diffusers' `LMSDiscreteScheduler` (order 4). `steps` 0 = min(50, T).
+    Lms = 12,
+    /// diffusers' `DPMSolverSinglestepScheduler` (the config's `algorithm_type` and
+    /// `solver_order`; one noise row per step for `sde-dpmsolver++`). `steps` 0 = min(50, T).
+    DpmSolverSinglestep = 13,
+    /// diffusers' `KDPM2DiscreteScheduler` (2N - 1 model evaluations). `steps` 0 = min(50, T).
+    Kdpm2 = 14,
+    /// diffusers' `KDPM2AncestralDiscreteScheduler` (2N - 1 model evaluations, N - 1 noise
+    /// rows). `steps` 0 = min(50, T).
+    Kdpm2Ancestral = 15,
+    /// diffusers' `DEISMultistepScheduler` (the config's `solver_order`). `steps` 0 = min(50, T).
+    DeisMultistep = 16,
+    /// diffusers' `IPNDMScheduler`. `steps` 0 = min(50, T).
+    Ipndm = 17,
 }
 
 /// Values of `td_sde_desc.predictor`.

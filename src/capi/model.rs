@@ -263,6 +263,12 @@ pub unsafe extern "C" fn td_model_get_info(
                 SchedulerKind::Heun => td_scheduler_kind::Heun as i32,
                 SchedulerKind::UniPcMultistep => td_scheduler_kind::UniPcMultistep as i32,
                 SchedulerKind::Pndm => td_scheduler_kind::Pndm as i32,
+                SchedulerKind::Lms => td_scheduler_kind::Lms as i32,
+                SchedulerKind::DpmSolverSinglestep => td_scheduler_kind::DpmSolverSinglestep as i32,
+                SchedulerKind::Kdpm2 => td_scheduler_kind::Kdpm2 as i32,
+                SchedulerKind::Kdpm2Ancestral => td_scheduler_kind::Kdpm2Ancestral as i32,
+                SchedulerKind::DeisMultistep => td_scheduler_kind::DeisMultistep as i32,
+                SchedulerKind::Ipndm => td_scheduler_kind::Ipndm as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
         };

@@ -89,6 +89,14 @@ fn spec_of(d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<SamplerSpec, Fail
         k if k == td_scheduler_kind::Heun as i32 => Some(SamplerKind::Heun),
         k if k == td_scheduler_kind::UniPcMultistep as i32 => Some(SamplerKind::UniPcMultistep),
         k if k == td_scheduler_kind::Pndm as i32 => Some(SamplerKind::Pndm),
+        k if k == td_scheduler_kind::Lms as i32 => Some(SamplerKind::Lms),
+        k if k == td_scheduler_kind::DpmSolverSinglestep as i32 => {
+            Some(SamplerKind::DpmSolverSinglestep)
+        }
+        k if k == td_scheduler_kind::Kdpm2 as i32 => Some(SamplerKind::Kdpm2),
+        k if k == td_scheduler_kind::Kdpm2Ancestral as i32 => Some(SamplerKind::Kdpm2Ancestral),
+        k if k == td_scheduler_kind::DeisMultistep as i32 => Some(SamplerKind::DeisMultistep),
+        k if k == td_scheduler_kind::Ipndm as i32 => Some(SamplerKind::Ipndm),
         k => {
             return Err(invalid(std::format!(
                 "scheduler kind {k} is not a td_scheduler_kind"

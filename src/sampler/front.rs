@@ -50,12 +50,26 @@ pub enum SamplerKind {
     UniPcMultistep,
     /// diffusers' `PNDMScheduler` (PLMS; Runge-Kutta warm-up unless `skip_prk_steps`).
     Pndm,
+    /// diffusers' `LMSDiscreteScheduler` (linear multistep, order 4).
+    Lms,
+    /// diffusers' `DPMSolverSinglestepScheduler` (the config's algorithm and order, or those
+    /// of the `dpm++2s` alias).
+    DpmSolverSinglestep,
+    /// diffusers' `KDPM2DiscreteScheduler` (two model evaluations per step but the last).
+    Kdpm2,
+    /// diffusers' `KDPM2AncestralDiscreteScheduler` (KDPM2 plus noise, one draw per step but
+    /// the last).
+    Kdpm2Ancestral,
+    /// diffusers' `DEISMultistepScheduler` (log-rho DEIS, the config's `solver_order`).
+    DeisMultistep,
+    /// diffusers' `IPNDMScheduler` (its own schedule; the model sees times in (0, 1]).
+    Ipndm,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
-    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm`.
-    pub const ALL: [SamplerKind; 11] = [
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a, deis, ipndm`.
+    pub const ALL: [SamplerKind; 17] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -67,6 +81,12 @@ impl SamplerKind {
         SamplerKind::Heun,
         SamplerKind::UniPcMultistep,
         SamplerKind::Pndm,
+        SamplerKind::Lms,
+        SamplerKind::DpmSolverSinglestep,
+        SamplerKind::Kdpm2,
+        SamplerKind::Kdpm2Ancestral,
+        SamplerKind::DeisMultistep,
+        SamplerKind::Ipndm,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -85,6 +105,12 @@ impl SamplerKind {
             SamplerKind::Heun => "heun",
             SamplerKind::UniPcMultistep => "unipc",
             SamplerKind::Pndm => "pndm",
+            SamplerKind::Lms => "lms",
+            SamplerKind::DpmSolverSinglestep => "dpm-singlestep",
+            SamplerKind::Kdpm2 => "kdpm2",
+            SamplerKind::Kdpm2Ancestral => "kdpm2-a",
+            SamplerKind::DeisMultistep => "deis",
+            SamplerKind::Ipndm => "ipndm",
         }
     }
 
@@ -107,6 +133,12 @@ impl SamplerKind {
             SchedulerKind::Heun => SamplerKind::Heun,
             SchedulerKind::UniPcMultistep => SamplerKind::UniPcMultistep,
             SchedulerKind::Pndm => SamplerKind::Pndm,
+            SchedulerKind::Lms => SamplerKind::Lms,
+            SchedulerKind::DpmSolverSinglestep => SamplerKind::DpmSolverSinglestep,
+            SchedulerKind::Kdpm2 => SamplerKind::Kdpm2,
+            SchedulerKind::Kdpm2Ancestral => SamplerKind::Kdpm2Ancestral,
+            SchedulerKind::DeisMultistep => SamplerKind::DeisMultistep,
+            SchedulerKind::Ipndm => SamplerKind::Ipndm,
         }
     }
 
@@ -121,6 +153,12 @@ impl SamplerKind {
             SamplerKind::Heun => Some(SchedulerKind::Heun),
             SamplerKind::UniPcMultistep => Some(SchedulerKind::UniPcMultistep),
             SamplerKind::Pndm => Some(SchedulerKind::Pndm),
+            SamplerKind::Lms => Some(SchedulerKind::Lms),
+            SamplerKind::DpmSolverSinglestep => Some(SchedulerKind::DpmSolverSinglestep),
+            SamplerKind::Kdpm2 => Some(SchedulerKind::Kdpm2),
+            SamplerKind::Kdpm2Ancestral => Some(SchedulerKind::Kdpm2Ancestral),
+            SamplerKind::DeisMultistep => Some(SchedulerKind::DeisMultistep),
+            SamplerKind::Ipndm => Some(SchedulerKind::Ipndm),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -146,7 +184,7 @@ impl SamplerKind {
 /// | SDE (reverse SDE, Euler-Maruyama) | min(1000, T) |
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
-/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM | min(50, T) (diffusers' pipeline default) |
+/// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS, DPM-Solver singlestep, KDPM2 (ancestral), DEIS, IPNDM | min(50, T) (diffusers' pipeline default) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -162,7 +200,13 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         | SamplerKind::DpmSolverMultistep
         | SamplerKind::Heun
         | SamplerKind::UniPcMultistep
-        | SamplerKind::Pndm => t.min(50),
+        | SamplerKind::Pndm
+        | SamplerKind::Lms
+        | SamplerKind::DpmSolverSinglestep
+        | SamplerKind::Kdpm2
+        | SamplerKind::Kdpm2Ancestral
+        | SamplerKind::DeisMultistep
+        | SamplerKind::Ipndm => t.min(50),
     }
 }
 
@@ -272,7 +316,8 @@ impl SamplerSpec {
 
     /// The spec of a `--scheduler` name: a [`SamplerKind::name`], a diffusers class name
     /// (`EulerDiscreteScheduler`, ...), or an alias: `dpm++2m` (DPM-Solver++ order 2),
-    /// `dpm++2m-sde` (SDE-DPM-Solver++ order 2), `euler-ancestral`. `None` for anything else.
+    /// `dpm++2m-sde` (SDE-DPM-Solver++ order 2), `euler-ancestral`, `dpm++2s` (singlestep
+    /// DPM-Solver++ order 2). `None` for anything else.
     pub fn named(name: &str) -> Option<SamplerSpec> {
         let dpm = |alg| SamplerSpec {
             dpm_algorithm: Some(alg),
@@ -282,6 +327,10 @@ impl SamplerSpec {
         match name {
             "dpm++2m" => Some(dpm(DpmAlgorithm::DpmSolverPP)),
             "dpm++2m-sde" => Some(dpm(DpmAlgorithm::SdeDpmSolverPP)),
+            "dpm++2s" => Some(SamplerSpec {
+                kind: Some(SamplerKind::DpmSolverSinglestep),
+                ..dpm(DpmAlgorithm::DpmSolverPP)
+            }),
             "euler-ancestral" | "euler_a" => {
                 Some(SamplerSpec::new(Some(SamplerKind::EulerAncestral)))
             }
@@ -407,7 +456,13 @@ impl Sampler {
             | SamplerKind::DpmSolverMultistep
             | SamplerKind::Heun
             | SamplerKind::UniPcMultistep
-            | SamplerKind::Pndm => {
+            | SamplerKind::Pndm
+            | SamplerKind::Lms
+            | SamplerKind::DpmSolverSinglestep
+            | SamplerKind::Kdpm2
+            | SamplerKind::Kdpm2Ancestral
+            | SamplerKind::DeisMultistep
+            | SamplerKind::Ipndm => {
                 let class = kind.class().expect("a discrete-time kind");
                 let mut c = cfg.clone().with_kind(class);
                 if let Some(a) = spec.dpm_algorithm {
@@ -603,8 +658,11 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 11] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
-        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50]);
+        let d: [usize; 17] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        assert_eq!(
+            d,
+            [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50]
+        );
     }
 
     #[test]

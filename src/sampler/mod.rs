@@ -402,7 +402,7 @@ pub fn sample_with(
             return Err(Error::UnsupportedConfig {
                 key: "scheduler".into(),
                 value: alloc::format!(
-                    "sde, ode, pc, euler, euler-a, dpm-solver, heun, unipc and pndm on a {} \
+                    "sde, ode, pc, euler, euler-a, dpm-solver, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a, deis and ipndm on a {} \
                      device (they run on the CPU only for now)",
                     gpu.device_kind()
                 ),
@@ -510,10 +510,11 @@ pub fn sample_with(
                     denoiser.raw(out, t)?
                 };
                 let z: Option<&[f32]> = if sched.needs_noise(i) {
+                    let row = sched.noise_row(i);
                     match opts.step_noise {
-                        Some(z) => Some(&z[i * n..(i + 1) * n]),
+                        Some(z) => Some(&z[row * n..(row + 1) * n]),
                         None => {
-                            noise.fill(i as u64 + 1, noise_buf);
+                            noise.fill(row as u64 + 1, noise_buf);
                             Some(&*noise_buf)
                         }
                     }

@@ -41,6 +41,20 @@ pub enum SchedulerKind {
     /// `PNDMScheduler`: pseudo linear multistep (PLMS), after Runge-Kutta warm-up steps unless
     /// `skip_prk_steps`.
     Pndm,
+    /// `LMSDiscreteScheduler`: linear multistep (order 4) on the Euler schedule.
+    Lms,
+    /// `DPMSolverSinglestepScheduler`: DPM-Solver(++) of order 1-3, each group of steps
+    /// restarting from its first sample.
+    DpmSolverSinglestep,
+    /// `KDPM2DiscreteScheduler`: DPM-Solver-2 in sigma space (two model evaluations per step
+    /// but the last, the second at an interpolated sigma).
+    Kdpm2,
+    /// `KDPM2AncestralDiscreteScheduler`: KDPM2 plus fresh noise after each second evaluation.
+    Kdpm2Ancestral,
+    /// `DEISMultistepScheduler`: log-rho DEIS of order 1-3.
+    DeisMultistep,
+    /// `IPNDMScheduler`: improved PNDM (fourth-order Adams-Bashforth) on its own sine schedule.
+    Ipndm,
 }
 
 impl SchedulerKind {
@@ -55,11 +69,17 @@ impl SchedulerKind {
             SchedulerKind::Heun => "HeunDiscreteScheduler",
             SchedulerKind::UniPcMultistep => "UniPCMultistepScheduler",
             SchedulerKind::Pndm => "PNDMScheduler",
+            SchedulerKind::Lms => "LMSDiscreteScheduler",
+            SchedulerKind::DpmSolverSinglestep => "DPMSolverSinglestepScheduler",
+            SchedulerKind::Kdpm2 => "KDPM2DiscreteScheduler",
+            SchedulerKind::Kdpm2Ancestral => "KDPM2AncestralDiscreteScheduler",
+            SchedulerKind::DeisMultistep => "DEISMultistepScheduler",
+            SchedulerKind::Ipndm => "IPNDMScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 8] = [
+    pub const ALL: [SchedulerKind; 14] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
@@ -68,6 +88,12 @@ impl SchedulerKind {
         SchedulerKind::Heun,
         SchedulerKind::UniPcMultistep,
         SchedulerKind::Pndm,
+        SchedulerKind::Lms,
+        SchedulerKind::DpmSolverSinglestep,
+        SchedulerKind::Kdpm2,
+        SchedulerKind::Kdpm2Ancestral,
+        SchedulerKind::DeisMultistep,
+        SchedulerKind::Ipndm,
     ];
 
     /// The kind of a diffusers class name.
@@ -520,6 +546,15 @@ impl SchedulerConfig {
             c.beta_end = 0.012;
             c.clip_sample = false;
         }
+        if matches!(kind, SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral) {
+            // The KDPM2 classes' own defaults ("sensible defaults").
+            c.beta_start = 0.00085;
+            c.beta_end = 0.012;
+        }
+        if kind == SchedulerKind::DpmSolverSinglestep {
+            // DPMSolverSinglestepScheduler's own default.
+            c.lower_order_final = false;
+        }
         if kind == SchedulerKind::Pndm {
             // PNDMScheduler's own defaults.
             c.timestep_spacing = TimestepSpacing::Leading;
@@ -564,7 +599,11 @@ impl SchedulerConfig {
         let dpm = kind == SchedulerKind::DpmSolverMultistep;
         let heun = kind == SchedulerKind::Heun;
         let unipc = kind == SchedulerKind::UniPcMultistep;
-        let multistep = dpm || unipc;
+        let single = kind == SchedulerKind::DpmSolverSinglestep;
+        // DPM-Solver's options (multistep and singlestep).
+        let dpm_like = dpm || single;
+        let deis = kind == SchedulerKind::DeisMultistep;
+        let multistep = dpm || unipc || single || deis;
         let pndm = kind == SchedulerKind::Pndm;
         let mut cfg = SchedulerConfig::default_for(kind);
         for (key, v) in obj {
@@ -595,7 +634,7 @@ impl SchedulerConfig {
                 }
                 // DPM-Solver's `variance_type` is null or learned / learned_range: the
                 // variance channels are dropped either way (the step reads the first C).
-                "variance_type" if dpm => match v {
+                "variance_type" if dpm_like => match v {
                     Value::Null => {}
                     _ if matches!(
                         VarianceType::parse(k, v)?,
@@ -639,7 +678,14 @@ impl SchedulerConfig {
                 }
                 // Options of diffusers we do not run: only their "off" value is accepted.
                 "use_exponential_sigmas" | "use_beta_sigmas"
-                    if matches!(kind, SchedulerKind::Euler | SchedulerKind::Heun) || multistep =>
+                    if matches!(
+                        kind,
+                        SchedulerKind::Euler
+                            | SchedulerKind::Heun
+                            | SchedulerKind::Lms
+                            | SchedulerKind::Kdpm2
+                            | SchedulerKind::Kdpm2Ancestral
+                    ) || multistep =>
                 {
                     if opt_bool(k, v)? {
                         return Err(unsupported(k, v));
@@ -669,7 +715,20 @@ impl SchedulerConfig {
                         _ => return Err(unsupported(k, v)),
                     }
                 }
-                "algorithm_type" if dpm => cfg.algorithm_type = DpmAlgorithm::parse(k, v)?,
+                // DEIS reads the DPM-Solver algorithms and solver types as its own.
+                "algorithm_type" if deis => match v.as_str() {
+                    Some("deis" | "dpmsolver" | "dpmsolver++") => {}
+                    _ => return Err(unsupported(k, v)),
+                },
+                "solver_type" if deis => match v.as_str() {
+                    Some("logrho" | "midpoint" | "heun" | "bh1" | "bh2") => {}
+                    _ => return Err(unsupported(k, v)),
+                },
+                // Singlestep reads `deis` as dpmsolver++, as diffusers does.
+                "algorithm_type" if single && v.as_str() == Some("deis") => {
+                    cfg.algorithm_type = DpmAlgorithm::DpmSolverPP
+                }
+                "algorithm_type" if dpm_like => cfg.algorithm_type = DpmAlgorithm::parse(k, v)?,
                 "solver_type" if unipc => {
                     cfg.unipc_solver = match v.as_str() {
                         Some("midpoint" | "heun" | "logrho") => UniPcSolver::Bh2,
@@ -694,7 +753,7 @@ impl SchedulerConfig {
                         return Err(unsupported(k, v));
                     }
                 }
-                "solver_type" if dpm => {
+                "solver_type" if dpm_like => {
                     cfg.solver_type = match v.as_str() {
                         Some("logrho" | "bh1" | "bh2") => SolverType::Midpoint,
                         _ => SolverType::parse(k, v)?,
@@ -702,7 +761,7 @@ impl SchedulerConfig {
                 }
                 "lower_order_final" if multistep => cfg.lower_order_final = as_bool(k, v)?,
                 "euler_at_final" if dpm => cfg.euler_at_final = as_bool(k, v)?,
-                "lambda_min_clipped" if dpm => {
+                "lambda_min_clipped" if dpm_like => {
                     cfg.lambda_min_clipped = match v {
                         Value::String(s) if s == NEG_INF_TOKEN => f64::NEG_INFINITY,
                         _ => as_f64(k, v)?,
@@ -717,7 +776,15 @@ impl SchedulerConfig {
                 _ => return Err(unsupported(k, v)),
             }
         }
-        if (heun || unipc || pndm)
+        if (heun
+            || unipc
+            || pndm
+            || single
+            || deis
+            || matches!(
+                kind,
+                SchedulerKind::Lms | SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral
+            ))
             && matches!(
                 cfg.beta_schedule,
                 BetaSchedule::Sigmoid | BetaSchedule::Laplace
@@ -783,7 +850,8 @@ impl SchedulerConfig {
                 return Err(bad(key, format!("{v} is outside [0, 1]")));
             }
         }
-        if let Some(tb) = &self.trained_betas {
+        // IPNDM's trained betas are its N + 1 step betas (checked when it is built).
+        if let (Some(tb), false) = (&self.trained_betas, self.kind == SchedulerKind::Ipndm) {
             if tb.len() != t {
                 return Err(bad(
                     "trained_betas",

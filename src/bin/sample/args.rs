@@ -18,13 +18,15 @@ USAGE:
 FLAGS:
     --model DIR          UNet2DModel folder or diffusers pipeline folder   [default: weights]
     --scheduler NAME     ddpm | ddim | euler | euler-a | dpm | dpm++2m | dpm++2m-sde |
-                         heun | unipc | pndm | sde | ode | pc, or a diffusers class name (EulerDiscreteScheduler,
+                         heun | unipc | pndm | lms | dpm-singlestep | dpm++2s | kdpm2 | kdpm2-a | deis | ipndm |
+                         sde | ode | pc, or a diffusers class name (EulerDiscreteScheduler,
                          ...); keeps the folder's schedule options  [default: the folder's]
                          sde: reverse-time VP-SDE, Euler-Maruyama; ode: probability-flow
                          ODE; pc: Euler-Maruyama predictor + Langevin corrector
     --steps N            inference (predictor) steps; the default, for a model trained with
                          T timesteps: ddpm T, ddim min(50, T), sde min(1000, T),
-                         ode min(50, T), pc min(500, T), euler/euler-a/dpm/heun/unipc/pndm
+                         ode min(50, T), pc min(500, T), euler/euler-a/dpm/heun/unipc/pndm/lms/
+                         dpm-singlestep/kdpm2/kdpm2-a/deis/ipndm
                          min(50, T)
     --ode-solver NAME    ode: euler (1 evaluation per step) | heun (2)     [default: heun]
     --corrector-steps N  pc: Langevin corrector steps per step                [default: 1]
@@ -204,7 +206,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 let spec = SamplerSpec::named(name).ok_or_else(|| {
                     format!(
                         "--scheduler: '{name}' is not one of ddpm, ddim, euler, euler-a, dpm, \
-                         dpm++2m, dpm++2m-sde, heun, unipc, pndm, sde, ode, pc or a supported diffusers class name"
+                         dpm++2m, dpm++2m-sde, heun, unipc, pndm, lms, dpm-singlestep, dpm++2s, kdpm2, kdpm2-a, deis, ipndm, sde, ode, pc or a supported diffusers class name"
                     )
                 })?;
                 s.scheduler = spec.kind;
