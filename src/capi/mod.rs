@@ -134,6 +134,16 @@ pub enum td_scheduler_kind {
     UniPcMultistep = 10,
     /// diffusers' `PNDMScheduler` (the config's `skip_prk_steps`). `steps` 0 = min(50, T).
     Pndm = 11,
+    /// diffusers' `ScoreSdeVeScheduler` as `ScoreSdeVePipeline` runs it (`correct_steps`
+    /// Langevin steps, then a predictor step, each drawing noise). `steps` 0 = min(2000, T).
+    ScoreSdeVe = 20,
+    /// diffusers' `CMStochasticIterativeScheduler` (consistency models). `steps` 0 = 1.
+    Consistency = 21,
+    /// diffusers' `LCMScheduler`. `steps` 0 = min(4, T).
+    Lcm = 22,
+    /// diffusers' `TCDScheduler` (gamma: `eta`, 0 = the default 0.3 is not distinguishable
+    /// from 0: give the gamma you want). `steps` 0 = min(4, T).
+    Tcd = 23,
 }
 
 /// Values of `td_sde_desc.predictor`.

@@ -263,6 +263,10 @@ pub unsafe extern "C" fn td_model_get_info(
                 SchedulerKind::Heun => td_scheduler_kind::Heun as i32,
                 SchedulerKind::UniPcMultistep => td_scheduler_kind::UniPcMultistep as i32,
                 SchedulerKind::Pndm => td_scheduler_kind::Pndm as i32,
+                SchedulerKind::ScoreSdeVe => td_scheduler_kind::ScoreSdeVe as i32,
+                SchedulerKind::CmStochasticIterative => td_scheduler_kind::Consistency as i32,
+                SchedulerKind::Lcm => td_scheduler_kind::Lcm as i32,
+                SchedulerKind::Tcd => td_scheduler_kind::Tcd as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
         };

@@ -89,6 +89,10 @@ fn spec_of(d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<SamplerSpec, Fail
         k if k == td_scheduler_kind::Heun as i32 => Some(SamplerKind::Heun),
         k if k == td_scheduler_kind::UniPcMultistep as i32 => Some(SamplerKind::UniPcMultistep),
         k if k == td_scheduler_kind::Pndm as i32 => Some(SamplerKind::Pndm),
+        k if k == td_scheduler_kind::ScoreSdeVe as i32 => Some(SamplerKind::ScoreSdeVe),
+        k if k == td_scheduler_kind::Consistency as i32 => Some(SamplerKind::Consistency),
+        k if k == td_scheduler_kind::Lcm as i32 => Some(SamplerKind::Lcm),
+        k if k == td_scheduler_kind::Tcd as i32 => Some(SamplerKind::Tcd),
         k => {
             return Err(invalid(std::format!(
                 "scheduler kind {k} is not a td_scheduler_kind"

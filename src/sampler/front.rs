@@ -19,6 +19,8 @@ use alloc::format;
 use super::{Method, SampleOptions, StepInfo};
 use crate::error::{invalid_arg, Result};
 use crate::model::Model;
+use crate::schedule::lcm::TCD_DEFAULT_GAMMA;
+use crate::schedule::{ConsistencyScheduler, LcmScheduler, ScoreVeScheduler};
 use crate::schedule::{
     DdimPrevTimestep, DpmAlgorithm, Predictor, Scheduler, SchedulerConfig, SchedulerKind,
     SdeConfig, SdeSampler, SigmaScheduler,
@@ -50,12 +52,21 @@ pub enum SamplerKind {
     UniPcMultistep,
     /// diffusers' `PNDMScheduler` (PLMS; Runge-Kutta warm-up unless `skip_prk_steps`).
     Pndm,
+    /// diffusers' `ScoreSdeVeScheduler` as `ScoreSdeVePipeline` runs it (VE score SDE,
+    /// predictor-corrector).
+    ScoreSdeVe,
+    /// diffusers' `CMStochasticIterativeScheduler` (consistency models, one or few steps).
+    Consistency,
+    /// diffusers' `LCMScheduler`.
+    Lcm,
+    /// diffusers' `TCDScheduler` (gamma: the `eta` option, default 0.3).
+    Tcd,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
     /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm`.
-    pub const ALL: [SamplerKind; 11] = [
+    pub const ALL: [SamplerKind; 15] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -67,6 +78,10 @@ impl SamplerKind {
         SamplerKind::Heun,
         SamplerKind::UniPcMultistep,
         SamplerKind::Pndm,
+        SamplerKind::ScoreSdeVe,
+        SamplerKind::Consistency,
+        SamplerKind::Lcm,
+        SamplerKind::Tcd,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -85,6 +100,10 @@ impl SamplerKind {
             SamplerKind::Heun => "heun",
             SamplerKind::UniPcMultistep => "unipc",
             SamplerKind::Pndm => "pndm",
+            SamplerKind::ScoreSdeVe => "sde-ve",
+            SamplerKind::Consistency => "cm",
+            SamplerKind::Lcm => "lcm",
+            SamplerKind::Tcd => "tcd",
         }
     }
 
@@ -107,6 +126,10 @@ impl SamplerKind {
             SchedulerKind::Heun => SamplerKind::Heun,
             SchedulerKind::UniPcMultistep => SamplerKind::UniPcMultistep,
             SchedulerKind::Pndm => SamplerKind::Pndm,
+            SchedulerKind::ScoreSdeVe => SamplerKind::ScoreSdeVe,
+            SchedulerKind::CmStochasticIterative => SamplerKind::Consistency,
+            SchedulerKind::Lcm => SamplerKind::Lcm,
+            SchedulerKind::Tcd => SamplerKind::Tcd,
         }
     }
 
@@ -121,6 +144,10 @@ impl SamplerKind {
             SamplerKind::Heun => Some(SchedulerKind::Heun),
             SamplerKind::UniPcMultistep => Some(SchedulerKind::UniPcMultistep),
             SamplerKind::Pndm => Some(SchedulerKind::Pndm),
+            SamplerKind::ScoreSdeVe => Some(SchedulerKind::ScoreSdeVe),
+            SamplerKind::Consistency => Some(SchedulerKind::CmStochasticIterative),
+            SamplerKind::Lcm => Some(SchedulerKind::Lcm),
+            SamplerKind::Tcd => Some(SchedulerKind::Tcd),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -147,6 +174,9 @@ impl SamplerKind {
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
 /// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM | min(50, T) (diffusers' pipeline default) |
+/// | score-SDE VE | min(2000, T) (the pipeline's 2000 at the class's T = 2000) |
+/// | consistency models | 1 |
+/// | LCM, TCD | min(4, T) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -163,6 +193,9 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         | SamplerKind::Heun
         | SamplerKind::UniPcMultistep
         | SamplerKind::Pndm => t.min(50),
+        SamplerKind::ScoreSdeVe => t.min(2000),
+        SamplerKind::Consistency => t.min(1),
+        SamplerKind::Lcm | SamplerKind::Tcd => t.min(4),
     }
 }
 
@@ -285,6 +318,8 @@ impl SamplerSpec {
             "euler-ancestral" | "euler_a" => {
                 Some(SamplerSpec::new(Some(SamplerKind::EulerAncestral)))
             }
+            "score-sde-ve" => Some(SamplerSpec::new(Some(SamplerKind::ScoreSdeVe))),
+            "consistency" => Some(SamplerSpec::new(Some(SamplerKind::Consistency))),
             _ => SamplerKind::from_name(name).map(|k| SamplerSpec::new(Some(k))),
         }
     }
@@ -362,6 +397,9 @@ enum Built {
     Discrete(Scheduler),
     Sde(SdeSampler),
     Sigma(SigmaScheduler),
+    ScoreVe(ScoreVeScheduler),
+    Consistency(ConsistencyScheduler),
+    Lcm(LcmScheduler),
 }
 
 impl Sampler {
@@ -439,6 +477,28 @@ impl Sampler {
                 };
                 Built::Sde(SdeSampler::new(cfg, sde)?)
             }
+            SamplerKind::ScoreSdeVe => {
+                let mut c = cfg.clone().with_kind(SchedulerKind::ScoreSdeVe);
+                if let Some(n) = spec.corrector_steps {
+                    c.correct_steps = n;
+                }
+                if let Some(snr) = spec.snr {
+                    c.snr = snr;
+                }
+                Built::ScoreVe(ScoreVeScheduler::new(c, steps)?)
+            }
+            SamplerKind::Consistency => Built::Consistency(ConsistencyScheduler::new(
+                cfg.clone().with_kind(SchedulerKind::CmStochasticIterative),
+                steps,
+            )?),
+            SamplerKind::Lcm | SamplerKind::Tcd => {
+                let class = kind.class().expect("a discrete-time kind");
+                Built::Lcm(LcmScheduler::new(
+                    cfg.clone().with_kind(class),
+                    steps,
+                    spec.eta.unwrap_or(TCD_DEFAULT_GAMMA),
+                )?)
+            }
         };
         Ok(Sampler { kind, built })
     }
@@ -453,6 +513,9 @@ impl Sampler {
             Built::Discrete(s) => Method::Scheduler(s),
             Built::Sde(s) => Method::Sde(s),
             Built::Sigma(s) => Method::Sigma(s),
+            Built::ScoreVe(s) => Method::ScoreVe(s),
+            Built::Consistency(s) => Method::Consistency(s),
+            Built::Lcm(s) => Method::Lcm(s),
         }
     }
 
@@ -502,6 +565,9 @@ impl Sampler {
             Built::Discrete(s) => s.timesteps(),
             Built::Sde(s) => s.timesteps(),
             Built::Sigma(s) => s.rounded_timesteps(),
+            Built::ScoreVe(s) => s.timesteps(),
+            Built::Consistency(s) => s.timesteps(),
+            Built::Lcm(s) => s.timesteps(),
         }
     }
 
@@ -593,7 +659,9 @@ mod tests {
                 assert!(steps >= 1 && steps <= t, "{kind:?} at T = {t}: {steps}");
                 // PNDM's Runge-Kutta warm-up (diffusers' default) needs 4 steps, as in
                 // diffusers; with skip_prk_steps it runs on any T >= 2.
-                if t >= 2 && !(kind == SamplerKind::Pndm && t < 4) {
+                // LCM and TCD need T >= original_inference_steps (50), as in diffusers.
+                let lcm = matches!(kind, SamplerKind::Lcm | SamplerKind::Tcd);
+                if t >= 2 && !(kind == SamplerKind::Pndm && t < 4) && !(lcm && t < 50) {
                     let s = Sampler::builder(kind).build(&cfg).unwrap();
                     // Heun reports its 2N - 1 evaluations as steps; N is its inference steps.
                     let n = s.sigma().map_or(s.num_steps(), |x| x.num_inference_steps());
@@ -603,8 +671,11 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 11] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
-        assert_eq!(d, [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50]);
+        let d: [usize; 15] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        assert_eq!(
+            d,
+            [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 1000, 1, 4, 4]
+        );
     }
 
     #[test]
