@@ -96,7 +96,7 @@ impl ScoreVeScheduler {
         }
         let sigma_min = cfg.sigma_min.unwrap_or(DEFAULT_SIGMA_MIN);
         let sigma_max = cfg.sigma_max.unwrap_or(DEFAULT_SIGMA_MAX);
-        if !(sigma_max > sigma_min) {
+        if sigma_max <= sigma_min {
             return Err(Error::InvalidConfig {
                 key: "sigma_max".into(),
                 message: format!("{sigma_max} must be above sigma_min {sigma_min}"),
