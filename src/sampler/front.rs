@@ -624,6 +624,35 @@ impl From<SigmaScheduler> for Sampler {
     }
 }
 
+impl From<ScoreVeScheduler> for Sampler {
+    fn from(s: ScoreVeScheduler) -> Sampler {
+        Sampler {
+            kind: SamplerKind::ScoreSdeVe,
+            built: Built::ScoreVe(s),
+        }
+    }
+}
+
+/// For a run the front end cannot describe, e.g. custom timesteps
+/// ([`ConsistencyScheduler::with_timesteps`]).
+impl From<ConsistencyScheduler> for Sampler {
+    fn from(s: ConsistencyScheduler) -> Sampler {
+        Sampler {
+            kind: SamplerKind::Consistency,
+            built: Built::Consistency(s),
+        }
+    }
+}
+
+impl From<LcmScheduler> for Sampler {
+    fn from(s: LcmScheduler) -> Sampler {
+        Sampler {
+            kind: SamplerKind::of_config(s.config()),
+            built: Built::Lcm(s),
+        }
+    }
+}
+
 impl From<SdeSampler> for Sampler {
     fn from(s: SdeSampler) -> Sampler {
         let c = s.config();

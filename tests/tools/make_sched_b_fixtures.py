@@ -10,7 +10,7 @@ Writes tests/fixtures/sched_b/ (seeded; rerunning rewrites the same numbers):
   model outputs, one per step of a run, and the noise each step drew (`randn_tensor` replaced
   by a recorder, so row k is the k-th draw).
 - `runs`: whole loops as the pipelines run them (ScoreSdeVePipeline, ConsistencyModelPipeline,
-  a DDPMPipeline-style loop for LCM / TCD) on tiny-rgb16 / tiny-class16 with f16-rounded weights
+  a DDPMPipeline-style loop for LCM / TCD) on tiny-gray8 / tiny-rgb16 / tiny-class16 with f16-rounded weights
   in float64, x_T and every draw injected. The loops are written out here (the pipelines
   post-process their output); `traj` holds x_T * init_noise_sigma and the sample after each
   step; VE's last entry is `sample_mean` (the pipeline's output before its clamp).
@@ -96,6 +96,16 @@ for name, cls, kw in CONFIGS:
         meta["schedules"].append(dict(name=key, config=name, scheduler_json=s.to_json_string(),
                                       num_inference_steps=steps, init_noise_sigma=float(s.init_noise_sigma)))
 
+# Custom timesteps (ConsistencyModelPipeline's `timesteps`, e.g. [22, 0] for the ImageNet CD model).
+for name, ts in [("cm_imagenet", [22, 0]), ("cm_imagenet", [39, 17, 5, 0]), ("cm_noclip_1000", [900, 450, 3])]:
+    s = make(name)
+    s.set_timesteps(timesteps=ts)
+    key = f"{name}.custom{len(ts)}"
+    tensors[f"{key}.timesteps"] = s.timesteps.to(torch.float64)
+    tensors[f"{key}.sigmas"] = s.sigmas.to(torch.float64)
+    meta["schedules"].append(dict(name=key, config=name, scheduler_json=s.to_json_string(), custom_timesteps=ts,
+                                  num_inference_steps=len(ts), init_noise_sigma=float(s.init_noise_sigma)))
+
 # Chains: a run's worth of single steps with random model outputs (f32 values, f64 arithmetic).
 for name, cls, kw in CONFIGS:
     for steps, gamma in ([(4, None), (1, None)] if cls != "TCDScheduler" else [(4, 0.3), (3, 0.0), (5, 0.7)]):
@@ -152,28 +162,35 @@ def reference_unet(folder):
     return ref.double().eval()
 
 
-MODELS = {"tiny-rgb16": reference_unet("tiny-rgb16"), "tiny-class16": reference_unet("tiny-class16")}
+MODELS = {m: reference_unet(m) for m in ["tiny-rgb16", "tiny-class16", "tiny-gray8"]}
 # (config, model, steps, labels, gamma)
 RUNS = [
-    ("ve_small", "tiny-rgb16", 5, None, None),
-    ("ve_two_correct", "tiny-rgb16", 4, None, None),
-    ("ve_default", "tiny-rgb16", 3, None, None),
+    ("ve_small", "tiny-gray8", 5, None, None),
+    ("ve_two_correct", "tiny-gray8", 4, None, None),
+    ("ve_default", "tiny-gray8", 3, None, None),
     ("cm_imagenet", "tiny-class16", 1, [3, 7], None),
     ("cm_imagenet", "tiny-class16", 3, [3, 7], None),
-    ("cm_noclip_1000", "tiny-rgb16", 2, None, None),
-    ("lcm_default", "tiny-rgb16", 4, None, None),
+    ("cm_noclip_1000", "tiny-gray8", 2, None, None),
+    ("lcm_default", "tiny-gray8", 4, None, None),
     ("lcm_v_clip_linear", "tiny-rgb16", 3, None, None),
-    ("lcm_default", "tiny-rgb16", 1, None, None),
-    ("tcd_default", "tiny-rgb16", 4, None, 0.3),
-    ("tcd_v_linear", "tiny-rgb16", 3, None, 0.0),
+    ("lcm_default", "tiny-gray8", 1, None, None),
+    ("tcd_default", "tiny-gray8", 4, None, 0.3),
+    ("tcd_v_linear", "tiny-gray8", 3, None, 0.0),
+    ("cm_imagenet", "tiny-class16", [22, 0], [1, 9], None),
 ]
 
 for name, model, steps, labels, gamma in RUNS:
     cls = CFG[name][0]
     ref = MODELS[model]
     s = make(name)
-    set_steps(s, name, steps)
-    x_T = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64).float()
+    custom = steps if isinstance(steps, list) else None
+    if custom:
+        s.set_timesteps(timesteps=custom)
+        steps = len(custom)
+    else:
+        set_steps(s, name, steps)
+    cfg = ref.config
+    x_T = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g, dtype=torch.float64).float()
     x = x_T.double() * s.init_noise_sigma
     y = None if labels is None else torch.tensor(labels)
     traj = [x.clone()]
@@ -196,13 +213,14 @@ for name, model, steps, labels, gamma in RUNS:
                 else:
                     x = s.step(out, t, x).prev_sample
                 traj.append(x.clone())
-    key = f"run.{name}.{steps}"
+    key = f"run.{name}.{steps}" + (".custom" if custom else "")
     tensors[f"{key}.x_T"] = x_T
     tensors[f"{key}.traj"] = torch.stack(traj).float()
     if DRAWS:
         tensors[f"{key}.noise"] = torch.stack(DRAWS)
     meta["runs"].append(dict(name=key, config=name, model=model, scheduler_json=s.to_json_string(),
-                             num_inference_steps=steps, class_labels=labels, gamma=gamma, noise_rows=len(DRAWS)))
+                             num_inference_steps=steps, class_labels=labels, gamma=gamma, noise_rows=len(DRAWS),
+                             custom_timesteps=custom))
 
 os.chmod(OUT, 0o755)
 save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(OUT, "cases.safetensors"))
