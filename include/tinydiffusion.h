@@ -225,6 +225,23 @@ enum td_scheduler_kind
    * diffusers' `IPNDMScheduler`. `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_IPNDM = 17,
+   * diffusers' `ScoreSdeVeScheduler` as `ScoreSdeVePipeline` runs it (`correct_steps`
+   * Langevin steps, then a predictor step, each drawing noise). `steps` 0 = min(2000, T).
+   */
+  TD_SCHEDULER_KIND_SCORE_SDE_VE = 20,
+  /**
+   * diffusers' `CMStochasticIterativeScheduler` (consistency models). `steps` 0 = 1.
+   */
+  TD_SCHEDULER_KIND_CONSISTENCY = 21,
+  /**
+   * diffusers' `LCMScheduler`. `steps` 0 = min(4, T).
+   */
+  TD_SCHEDULER_KIND_LCM = 22,
+  /**
+   * diffusers' `TCDScheduler`; its gamma is `eta`, in [0, 1] (`td_scheduler_desc_default()`
+   * gives 0, deterministic: set 0.3 for diffusers' default). `steps` 0 = min(4, T).
+   */
+  TD_SCHEDULER_KIND_TCD = 23,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -488,6 +505,22 @@ typedef struct td_sampler_desc {
    * The output is the same bits for every value.
    */
   size_t threads;
+  /**
+   * A scheduler by name, NUL-terminated UTF-8, or NULL (the default: `scheduler.kind`
+   * chooses): a diffusers class name (`"LCMScheduler"`, `"CMStochasticIterativeScheduler"`,
+   * ...) or a `sample --scheduler` name (`"lcm"`, `"sde-ve"`, `"dpm++2m"`, ...). When set,
+   * `scheduler.kind` must be `TD_SCHEDULER_KIND_FROM_CONFIG`. An unknown name gives
+   * `TD_STATUS_INVALID_ARGUMENT`.
+   */
+  const char *scheduler_class;
+  /**
+   * A diffusers scheduler config, the text of a `scheduler_config.json` (NUL-terminated
+   * UTF-8), used instead of the model's; NULL (the default): the model's. Its
+   * `_class_name` is the class unless `scheduler_class` or `scheduler.kind` names another
+   * (converted as diffusers' `from_config` does); its other keys are the options. Invalid
+   * JSON, an unknown key or a bad value give the config error naming the key.
+   */
+  const char *scheduler_config_json;
 } td_sampler_desc;
 
 #ifdef __cplusplus

@@ -734,6 +734,53 @@ fn bad_scheduler_options() {
                 ..
             })
         ),
+        row!("sde-ve: a beta key (the VE class has none)", || parse(r#"{"_class_name": "ScoreSdeVeScheduler", "beta_end": 0.02}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "beta_end"),
+        row!("sde-ve: snr not a number", || parse(r#"{"_class_name": "ScoreSdeVeScheduler", "snr": "high"}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "snr"),
+        row!("sde-ve: sampling_eps 0", || parse(r#"{"_class_name": "ScoreSdeVeScheduler", "sampling_eps": 0}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "sampling_eps"),
+        row!("sde-ve: negative sigma_max", || parse(r#"{"_class_name": "ScoreSdeVeScheduler", "sigma_max": -3}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "sigma_max"),
+        row!("sde-ve: correct_steps not a count", || parse(r#"{"_class_name": "ScoreSdeVeScheduler", "correct_steps": 1.5}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "correct_steps"),
+        row!("sde-ve: sigma_max below sigma_min", || tinydiffusion::schedule::ScoreVeScheduler::new(
+                SchedulerConfig::from_json(r#"{"_class_name": "ScoreSdeVeScheduler", "sigma_min": 2, "sigma_max": 1}"#)?, 5).map(|_| ()),
+            Err(Error::InvalidConfig { key, .. }) if key == "sigma_max"),
+        row!("sde-ve: built as DDPM", || Scheduler::new(SchedulerConfig::from_json(r#"{"_class_name": "ScoreSdeVeScheduler"}"#)?, 5).map(|_| ()),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "_class_name"),
+        row!("cm: prediction_type (the class has none)", || parse(r#"{"_class_name": "CMStochasticIterativeScheduler", "prediction_type": "sample"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
+        row!("cm: sigma_data 0", || parse(r#"{"_class_name": "CMStochasticIterativeScheduler", "sigma_data": 0}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "sigma_data"),
+        row!("cm: clip_denoised not a bool", || parse(r#"{"_class_name": "CMStochasticIterativeScheduler", "clip_denoised": "yes"}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "clip_denoised"),
+        row!(
+            "cm: steps above num_train_timesteps",
+            || tinydiffusion::schedule::ConsistencyScheduler::new(
+                SchedulerConfig::from_json(r#"{"_class_name": "CMStochasticIterativeScheduler"}"#)?, 41).map(|_| ()),
+            Err(Error::InvalidArgument { what: "steps", .. })
+        ),
+        row!(
+            "cm: custom timesteps not descending",
+            || tinydiffusion::schedule::ConsistencyScheduler::with_timesteps(
+                SchedulerConfig::from_json(r#"{"_class_name": "CMStochasticIterativeScheduler"}"#)?, &[10, 22]).map(|_| ()),
+            Err(Error::InvalidArgument { what: "timesteps", .. })
+        ),
+        row!("lcm: unknown key", || parse(r#"{"_class_name": "LCMScheduler", "gamma": 0.3}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "gamma"),
+        row!("lcm: timestep_scaling not a number", || parse(r#"{"_class_name": "LCMScheduler", "timestep_scaling": "ten"}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "timestep_scaling"),
+        row!("lcm: original_inference_steps above T", || tinydiffusion::schedule::LcmScheduler::new(
+                SchedulerConfig::from_json(r#"{"_class_name": "LCMScheduler", "num_train_timesteps": 40}"#)?, 4, 0.3).map(|_| ()),
+            Err(Error::InvalidConfig { key, .. }) if key == "original_inference_steps"),
+        row!("lcm: thresholding (not run)", || parse(r#"{"_class_name": "LCMScheduler", "thresholding": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "thresholding"),
+        row!("tcd: laplace betas (diffusers refuses)", || parse(r#"{"_class_name": "TCDScheduler", "beta_schedule": "laplace"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
+        row!("tcd: gamma above 1", || tinydiffusion::schedule::LcmScheduler::new(
+                SchedulerConfig::from_json(r#"{"_class_name": "TCDScheduler"}"#)?, 4, 1.5).map(|_| ()),
+            Err(Error::InvalidArgument { what: "eta", .. })),
         row!("unknown beta schedule", || parse(r#"{"beta_schedule": "cubic"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
         row!("unknown prediction type", || parse(r#"{"prediction_type": "flow"}"#),

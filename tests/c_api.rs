@@ -584,3 +584,146 @@ fn from_memory_uses_f16_weights_in_place() {
         .into_owned();
     assert!(msg.contains("aligned"), "{msg}");
 }
+
+/// `td_sampler_desc.scheduler_class` and `scheduler_config_json` choose the scheduler by name
+/// and config text: the sched_b fixture runs (LCM, TCD, consistency with labels, VE) replayed
+/// through `td_sample` with injected noise match diffusers; bad names, text and combinations
+/// are typed errors.
+#[test]
+fn scheduler_by_class_name_and_config_json() {
+    use common::{read_json, rel_l2, TensorFile};
+    let dir = fixtures_dir().join("sched_b");
+    let meta = read_json(dir.join("cases.json"));
+    let t = TensorFile::open(dir.join("cases.safetensors"));
+    for (run, class) in [
+        ("run.lcm_default.4", "LCMScheduler"),
+        ("run.tcd_default.4", "tcd"),
+        ("run.cm_imagenet.3", "CMStochasticIterativeScheduler"),
+        ("run.ve_small.5", "score-sde-ve"),
+    ] {
+        let case = meta["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == run)
+            .unwrap();
+        let model = load(&fixtures_dir().join(case["model"].as_str().unwrap()));
+        let x_t = t.f32s(&format!("{run}.x_T"));
+        let noise =
+            (case["noise_rows"].as_u64().unwrap() > 0).then(|| t.f32s(&format!("{run}.noise")));
+        let traj = t.f32s(&format!("{run}.traj"));
+        let labels: Option<Vec<i64>> = case["class_labels"]
+            .as_array()
+            .map(|l| l.iter().map(|v| v.as_i64().unwrap()).collect());
+        let json = CString::new(case["scheduler_json"].as_str().unwrap()).unwrap();
+        let class = CString::new(class).unwrap();
+        let desc = td_sampler_desc {
+            batch: 2,
+            scheduler: td_scheduler_desc {
+                steps: case["num_inference_steps"].as_u64().unwrap() as usize,
+                eta: case["gamma"].as_f64().unwrap_or(0.0),
+                ..td_scheduler_desc_default()
+            },
+            initial_noise: x_t.as_ptr(),
+            initial_noise_len: x_t.len(),
+            step_noise: noise.as_ref().map_or(std::ptr::null(), |z| z.as_ptr()),
+            step_noise_len: noise.as_ref().map_or(0, |z| z.len()),
+            class_labels: labels.as_ref().map_or(std::ptr::null(), |l| l.as_ptr()),
+            num_class_labels: labels.as_ref().map_or(0, |l| l.len()),
+            scheduler_class: class.as_ptr(),
+            scheduler_config_json: json.as_ptr(),
+            ..td_sampler_desc_default()
+        };
+        let out = c_sample(model, &desc);
+        let n = x_t.len();
+        let err = rel_l2(&out, &traj[traj.len() - n..]);
+        println!("{run} through the C API: rel L2 {err:.2e}");
+        assert!(err <= 1e-3, "{run}: {err:.3e}");
+
+        // The config alone picks its class (scheduler_class NULL, kind FROM_CONFIG).
+        let by_config = c_sample(
+            model,
+            &td_sampler_desc {
+                scheduler_class: std::ptr::null(),
+                ..desc
+            },
+        );
+        assert_same_bits(&by_config, &out, &format!("{run} by config"));
+
+        let status = |d: &td_sampler_desc| {
+            let mut len = 0;
+            // SAFETY: live model, readable description (its strings NUL-terminated).
+            unsafe { td_sample_workspace_len(model, d, &mut len) }
+        };
+        let unknown = CString::new("NoSuchScheduler").unwrap();
+        assert_eq!(
+            status(&td_sampler_desc {
+                scheduler_class: unknown.as_ptr(),
+                ..desc
+            }),
+            td_status::InvalidArgument
+        );
+        let both = td_sampler_desc {
+            scheduler: td_scheduler_desc {
+                kind: td_scheduler_kind::Ddim as i32,
+                ..desc.scheduler
+            },
+            ..desc
+        };
+        assert_eq!(status(&both), td_status::InvalidArgument);
+        let not_json = CString::new("{\"_class_name\": ").unwrap();
+        assert_eq!(
+            status(&td_sampler_desc {
+                scheduler_config_json: not_json.as_ptr(),
+                ..desc
+            }),
+            td_status::InvalidJson
+        );
+        let bad_key = CString::new(r#"{"_class_name": "LCMScheduler", "no_such_key": 1}"#).unwrap();
+        assert_eq!(
+            status(&td_sampler_desc {
+                scheduler_config_json: bad_key.as_ptr(),
+                scheduler_class: std::ptr::null(),
+                ..desc
+            }),
+            td_status::Unsupported
+        );
+        let not_utf8 = [0xffu8, 0xfe, 0];
+        assert_eq!(
+            status(&td_sampler_desc {
+                scheduler_class: not_utf8.as_ptr().cast(),
+                ..desc
+            }),
+            td_status::InvalidArgument
+        );
+        // SAFETY: not used afterwards.
+        unsafe { td_model_free(model) };
+    }
+    // The new kinds by enum value (values from 20 on), built on a DDPM model's config.
+    let model = load(&fixtures_dir().join("tiny-rgb16"));
+    for (value, steps, rows) in [
+        (td_scheduler_kind::ScoreSdeVe, 3, 6),
+        (td_scheduler_kind::Consistency, 2, 2),
+        (td_scheduler_kind::Lcm, 3, 2),
+        (td_scheduler_kind::Tcd, 3, 0), // eta 0: TCD draws nothing
+    ] {
+        assert!(value as i32 >= 20);
+        let d = td_scheduler_desc {
+            kind: value as i32,
+            steps,
+            ..td_scheduler_desc_default()
+        };
+        let mut sched = std::ptr::null_mut();
+        let (mut n, mut r) = (0, 0);
+        // SAFETY: live model, readable desc, writable out-pointers; the scheduler is freed.
+        unsafe {
+            assert_eq!(td_scheduler_new(model, &d, &mut sched), td_status::Ok);
+            assert_eq!(td_scheduler_num_steps(sched, &mut n), td_status::Ok);
+            assert_eq!(td_scheduler_noise_rows(sched, &mut r), td_status::Ok);
+            td_scheduler_free(sched);
+        }
+        assert_eq!((n, r), (steps, rows), "{value:?}");
+    }
+    // SAFETY: not used afterwards.
+    unsafe { td_model_free(model) };
+}

@@ -2,7 +2,8 @@
 //! a 10-step DDIM run and a 50-step DDPM run (with seeded noise, guidance, thresholding), and
 //! the continuous-time samplers (reverse SDE, probability-flow ODE Euler and Heun,
 //! predictor-corrector; plain and guided), and the sigma schedulers (Euler with Karras sigmas,
-//! Euler ancestral, DPM-Solver++ order 3 with its multistep history, SDE-DPM-Solver++).
+//! Euler ancestral, DPM-Solver++ order 3 with its multistep history, SDE-DPM-Solver++), and
+//! the score-SDE VE, consistency, LCM and TCD schedulers (seeded noise, plain and guided).
 //!
 //! This file runs without libtest's harness (`harness = false`): the harness's own threads
 //! (its "running for over 60 seconds" notice) allocate, and the count is process-wide so that
@@ -162,6 +163,10 @@ fn forward_and_sampling_allocate_nothing() {
         r#"{"_class_name": "DEISMultistepScheduler", "solver_order": 3}"#,
         r#"{"_class_name": "IPNDMScheduler"}"#,
         r#"{"_class_name": "KDPM2DiscreteScheduler", "use_karras_sigmas": true}"#,
+        r#"{"_class_name": "ScoreSdeVeScheduler", "correct_steps": 2, "sigma_max": 5.0}"#,
+        r#"{"_class_name": "CMStochasticIterativeScheduler"}"#,
+        r#"{"_class_name": "LCMScheduler", "clip_sample": true}"#,
+        r#"{"_class_name": "TCDScheduler", "prediction_type": "v_prediction"}"#,
     ] {
         let n = run_sigma(&model, json, 6, None, None);
         assert_eq!(n, 0, "{json} allocated {n} times");

@@ -148,6 +148,16 @@ pub enum td_scheduler_kind {
     DeisMultistep = 16,
     /// diffusers' `IPNDMScheduler`. `steps` 0 = min(50, T).
     Ipndm = 17,
+    /// diffusers' `ScoreSdeVeScheduler` as `ScoreSdeVePipeline` runs it (`correct_steps`
+    /// Langevin steps, then a predictor step, each drawing noise). `steps` 0 = min(2000, T).
+    ScoreSdeVe = 20,
+    /// diffusers' `CMStochasticIterativeScheduler` (consistency models). `steps` 0 = 1.
+    Consistency = 21,
+    /// diffusers' `LCMScheduler`. `steps` 0 = min(4, T).
+    Lcm = 22,
+    /// diffusers' `TCDScheduler`; its gamma is `eta`, in [0, 1] (`td_scheduler_desc_default()`
+    /// gives 0, deterministic: set 0.3 for diffusers' default). `steps` 0 = min(4, T).
+    Tcd = 23,
 }
 
 /// Values of `td_sde_desc.predictor`.
@@ -280,6 +290,18 @@ pub struct td_sampler_desc {
     ///
     /// The output is the same bits for every value.
     pub threads: usize,
+    /// A scheduler by name, NUL-terminated UTF-8, or NULL (the default: `scheduler.kind`
+    /// chooses): a diffusers class name (`"LCMScheduler"`, `"CMStochasticIterativeScheduler"`,
+    /// ...) or a `sample --scheduler` name (`"lcm"`, `"sde-ve"`, `"dpm++2m"`, ...). When set,
+    /// `scheduler.kind` must be `TD_SCHEDULER_KIND_FROM_CONFIG`. An unknown name gives
+    /// `TD_STATUS_INVALID_ARGUMENT`.
+    pub scheduler_class: *const c_char,
+    /// A diffusers scheduler config, the text of a `scheduler_config.json` (NUL-terminated
+    /// UTF-8), used instead of the model's; NULL (the default): the model's. Its
+    /// `_class_name` is the class unless `scheduler_class` or `scheduler.kind` names another
+    /// (converted as diffusers' `from_config` does); its other keys are the options. Invalid
+    /// JSON, an unknown key or a bad value give the config error naming the key.
+    pub scheduler_config_json: *const c_char,
 }
 
 /// A loaded model: weights, op list, memory plan and its scheduler config. Immutable.

@@ -269,6 +269,10 @@ pub unsafe extern "C" fn td_model_get_info(
                 SchedulerKind::Kdpm2Ancestral => td_scheduler_kind::Kdpm2Ancestral as i32,
                 SchedulerKind::DeisMultistep => td_scheduler_kind::DeisMultistep as i32,
                 SchedulerKind::Ipndm => td_scheduler_kind::Ipndm as i32,
+                SchedulerKind::ScoreSdeVe => td_scheduler_kind::ScoreSdeVe as i32,
+                SchedulerKind::CmStochasticIterative => td_scheduler_kind::Consistency as i32,
+                SchedulerKind::Lcm => td_scheduler_kind::Lcm as i32,
+                SchedulerKind::Tcd => td_scheduler_kind::Tcd as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
         };

@@ -155,6 +155,21 @@ pub(super) unsafe fn read_desc(ptr: *const td_sampler_desc) -> Result<td_sampler
     unsafe { read_struct(ptr, "desc") }
 }
 
+/// A NUL-terminated UTF-8 string of a description field; invalid UTF-8 is
+/// `TD_STATUS_INVALID_ARGUMENT` naming the field.
+///
+/// # Safety
+/// `ptr` is NULL or points to a NUL-terminated string readable for the call.
+pub(super) unsafe fn c_text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Fail> {
+    if ptr.is_null() {
+        return Err(null(what));
+    }
+    // SAFETY: non-NULL (checked above) and NUL-terminated per the contract.
+    let s = unsafe { core::ffi::CStr::from_ptr(ptr) };
+    s.to_str()
+        .map_err(|_| invalid(std::format!("{what} is not UTF-8")))
+}
+
 /// Writes a value to a caller's out-pointer.
 ///
 /// # Safety

@@ -4,7 +4,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::model::into_handle;
 use super::pointers::{
-    check_batch, check_disjoint, check_out_len, check_workspace_len, model_ref, read_desc,
+    c_text, check_batch, check_disjoint, check_out_len, check_workspace_len, model_ref, read_desc,
     read_struct, scheduler_ref, slice, slice_mut, write_out, Span,
 };
 use super::{
@@ -67,6 +67,8 @@ pub extern "C" fn td_sampler_desc_default() -> td_sampler_desc {
         step_noise_len: 0,
         sde: td_sde_desc_default(),
         threads: 0,
+        scheduler_class: core::ptr::null(),
+        scheduler_config_json: core::ptr::null(),
     }
 }
 
@@ -74,7 +76,12 @@ pub extern "C" fn td_sampler_desc_default() -> td_sampler_desc {
 /// translated; [`Sampler::new`] checks the values and applies the defaults. The options of the
 /// other family are not read (`sde` for DDPM/DDIM; `eta` and `flags` for the SDE kinds).
 fn spec_of(d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<SamplerSpec, Fail> {
-    let kind = match d.kind {
+    spec_of_kind(SamplerSpec::new(kind_of(d)?), d, sde)
+}
+
+/// The sampler kind of `d.kind` (`None`: the config's class).
+fn kind_of(d: &td_scheduler_desc) -> Result<Option<SamplerKind>, Fail> {
+    Ok(match d.kind {
         k if k == td_scheduler_kind::FromConfig as i32 => None,
         k if k == td_scheduler_kind::Ddpm as i32 => Some(SamplerKind::Ddpm),
         k if k == td_scheduler_kind::Ddim as i32 => Some(SamplerKind::Ddim),
@@ -97,16 +104,28 @@ fn spec_of(d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<SamplerSpec, Fail
         k if k == td_scheduler_kind::Kdpm2Ancestral as i32 => Some(SamplerKind::Kdpm2Ancestral),
         k if k == td_scheduler_kind::DeisMultistep as i32 => Some(SamplerKind::DeisMultistep),
         k if k == td_scheduler_kind::Ipndm as i32 => Some(SamplerKind::Ipndm),
+        k if k == td_scheduler_kind::ScoreSdeVe as i32 => Some(SamplerKind::ScoreSdeVe),
+        k if k == td_scheduler_kind::Consistency as i32 => Some(SamplerKind::Consistency),
+        k if k == td_scheduler_kind::Lcm as i32 => Some(SamplerKind::Lcm),
+        k if k == td_scheduler_kind::Tcd as i32 => Some(SamplerKind::Tcd),
         k => {
             return Err(invalid(std::format!(
                 "scheduler kind {k} is not a td_scheduler_kind"
             )))
         }
-    };
+    })
+}
+
+/// [`spec_of`] for the kind (and name aliases) of `named`.
+fn spec_of_kind(
+    named: SamplerSpec,
+    d: &td_scheduler_desc,
+    sde: &td_sde_desc,
+) -> Result<SamplerSpec, Fail> {
+    let kind = named.kind;
     let spec = SamplerSpec {
-        kind,
         steps: (d.steps != 0).then_some(d.steps),
-        ..SamplerSpec::default()
+        ..named
     };
     if kind.is_some_and(SamplerKind::is_continuous) {
         let predictor = match sde.predictor {
@@ -150,6 +169,41 @@ fn spec_of(d: &td_scheduler_desc, sde: &td_sde_desc) -> Result<SamplerSpec, Fail
             ..spec
         })
     }
+}
+
+/// The sampler a whole sampling description asks for: `scheduler_config_json` (or the
+/// model's config), `scheduler_class` (or `scheduler.kind`), and the options.
+///
+/// # Safety
+/// `d.scheduler_class` and `d.scheduler_config_json` are NULL or NUL-terminated strings.
+unsafe fn build_for(m: &td_model, d: &td_sampler_desc) -> Result<Sampler, Fail> {
+    let json_config = if d.scheduler_config_json.is_null() {
+        None
+    } else {
+        // SAFETY: non-NULL and NUL-terminated per the contract.
+        let text = unsafe { c_text(d.scheduler_config_json, "scheduler_config_json") }?;
+        Some(SchedulerConfig::from_json(text)?)
+    };
+    let base = json_config.as_ref().unwrap_or(&m.scheduler_config);
+    if d.scheduler_class.is_null() {
+        return build(base, &d.scheduler, &d.sde);
+    }
+    if d.scheduler.kind != td_scheduler_kind::FromConfig as i32 {
+        return Err(invalid(
+            "scheduler_class is set: scheduler.kind must be TD_SCHEDULER_KIND_FROM_CONFIG",
+        ));
+    }
+    // SAFETY: non-NULL and NUL-terminated per the contract.
+    let name = unsafe { c_text(d.scheduler_class, "scheduler_class") }?;
+    let named = SamplerSpec::named(name).ok_or_else(|| {
+        invalid(std::format!(
+            "scheduler_class '{name}' is not a scheduler class or name this library runs"
+        ))
+    })?;
+    Ok(Sampler::new(
+        &spec_of_kind(named, &d.scheduler, &d.sde)?,
+        base,
+    )?)
 }
 
 /// The sampler (discrete or continuous-time) a description asks for.
@@ -350,7 +404,8 @@ pub unsafe extern "C" fn td_sample_workspace_len(
         let m = unsafe { model_ref(model) }?;
         // SAFETY: contract above.
         let d = unsafe { read_desc(desc) }?;
-        let sampler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
+        // SAFETY: contract above (the description's strings).
+        let sampler = unsafe { build_for(m, &d) }?;
         // SAFETY: contract above (the description's pointers).
         let checked = unsafe { check_desc(m, sampler.method(), &d) }?;
         let n = sampler.workspace_len_for_threads(
@@ -576,7 +631,8 @@ pub unsafe extern "C" fn td_sample(
         let m = unsafe { model_ref(model) }?;
         // SAFETY: contract above.
         let d = unsafe { read_desc(desc) }?;
-        let sampler = build(&m.scheduler_config, &d.scheduler, &d.sde)?;
+        // SAFETY: contract above (the description's strings).
+        let sampler = unsafe { build_for(m, &d) }?;
         // SAFETY: contract above.
         unsafe {
             run_sample(

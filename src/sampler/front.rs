@@ -19,6 +19,8 @@ use alloc::format;
 use super::{Method, SampleOptions, StepInfo};
 use crate::error::{invalid_arg, Result};
 use crate::model::Model;
+use crate::schedule::lcm::TCD_DEFAULT_GAMMA;
+use crate::schedule::{ConsistencyScheduler, LcmScheduler, ScoreVeScheduler};
 use crate::schedule::{
     DdimPrevTimestep, DpmAlgorithm, Predictor, Scheduler, SchedulerConfig, SchedulerKind,
     SdeConfig, SdeSampler, SigmaScheduler,
@@ -64,12 +66,22 @@ pub enum SamplerKind {
     DeisMultistep,
     /// diffusers' `IPNDMScheduler` (its own schedule; the model sees times in (0, 1]).
     Ipndm,
+    /// diffusers' `ScoreSdeVeScheduler` as `ScoreSdeVePipeline` runs it (VE score SDE,
+    /// predictor-corrector).
+    ScoreSdeVe,
+    /// diffusers' `CMStochasticIterativeScheduler` (consistency models, one or few steps).
+    Consistency,
+    /// diffusers' `LCMScheduler`.
+    Lcm,
+    /// diffusers' `TCDScheduler` (gamma: the `eta` option, default 0.3).
+    Tcd,
 }
 
 impl SamplerKind {
     /// Every kind, in the order of the names
-    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a, deis, ipndm`.
-    pub const ALL: [SamplerKind; 17] = [
+    /// `ddpm, ddim, sde, ode, pc, euler, euler-a, dpm, heun, unipc, pndm, lms, dpm-singlestep,
+    /// kdpm2, kdpm2-a, deis, ipndm, sde-ve, cm, lcm, tcd`.
+    pub const ALL: [SamplerKind; 21] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Sde,
@@ -87,6 +99,10 @@ impl SamplerKind {
         SamplerKind::Kdpm2Ancestral,
         SamplerKind::DeisMultistep,
         SamplerKind::Ipndm,
+        SamplerKind::ScoreSdeVe,
+        SamplerKind::Consistency,
+        SamplerKind::Lcm,
+        SamplerKind::Tcd,
     ];
 
     /// `ddpm`, `ddim`, `sde`, `ode`, `pc`, `euler`, `euler-a` or `dpm` (the
@@ -111,6 +127,10 @@ impl SamplerKind {
             SamplerKind::Kdpm2Ancestral => "kdpm2-a",
             SamplerKind::DeisMultistep => "deis",
             SamplerKind::Ipndm => "ipndm",
+            SamplerKind::ScoreSdeVe => "sde-ve",
+            SamplerKind::Consistency => "cm",
+            SamplerKind::Lcm => "lcm",
+            SamplerKind::Tcd => "tcd",
         }
     }
 
@@ -139,6 +159,10 @@ impl SamplerKind {
             SchedulerKind::Kdpm2Ancestral => SamplerKind::Kdpm2Ancestral,
             SchedulerKind::DeisMultistep => SamplerKind::DeisMultistep,
             SchedulerKind::Ipndm => SamplerKind::Ipndm,
+            SchedulerKind::ScoreSdeVe => SamplerKind::ScoreSdeVe,
+            SchedulerKind::CmStochasticIterative => SamplerKind::Consistency,
+            SchedulerKind::Lcm => SamplerKind::Lcm,
+            SchedulerKind::Tcd => SamplerKind::Tcd,
         }
     }
 
@@ -159,6 +183,10 @@ impl SamplerKind {
             SamplerKind::Kdpm2Ancestral => Some(SchedulerKind::Kdpm2Ancestral),
             SamplerKind::DeisMultistep => Some(SchedulerKind::DeisMultistep),
             SamplerKind::Ipndm => Some(SchedulerKind::Ipndm),
+            SamplerKind::ScoreSdeVe => Some(SchedulerKind::ScoreSdeVe),
+            SamplerKind::Consistency => Some(SchedulerKind::CmStochasticIterative),
+            SamplerKind::Lcm => Some(SchedulerKind::Lcm),
+            SamplerKind::Tcd => Some(SchedulerKind::Tcd),
             SamplerKind::Sde | SamplerKind::Ode | SamplerKind::Pc => None,
         }
     }
@@ -185,6 +213,9 @@ impl SamplerKind {
 /// | ODE (probability-flow, Heun or Euler) | min(50, T) |
 /// | PC (predictor-corrector) | min(500, T) |
 /// | Euler, Euler ancestral, DPM-Solver, Heun, UniPC, PNDM, LMS, DPM-Solver singlestep, KDPM2 (ancestral), DEIS, IPNDM | min(50, T) (diffusers' pipeline default) |
+/// | score-SDE VE | min(2000, T) (the pipeline's 2000 at the class's T = 2000) |
+/// | consistency models | 1 |
+/// | LCM, TCD | min(4, T) |
 ///
 /// Each is valid for any model (at most T, at least 1 when T is).
 pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
@@ -207,6 +238,9 @@ pub fn default_steps(kind: SamplerKind, num_train_timesteps: usize) -> usize {
         | SamplerKind::Kdpm2Ancestral
         | SamplerKind::DeisMultistep
         | SamplerKind::Ipndm => t.min(50),
+        SamplerKind::ScoreSdeVe => t.min(2000),
+        SamplerKind::Consistency => t.min(1),
+        SamplerKind::Lcm | SamplerKind::Tcd => t.min(4),
     }
 }
 
@@ -334,6 +368,8 @@ impl SamplerSpec {
             "euler-ancestral" | "euler_a" => {
                 Some(SamplerSpec::new(Some(SamplerKind::EulerAncestral)))
             }
+            "score-sde-ve" => Some(SamplerSpec::new(Some(SamplerKind::ScoreSdeVe))),
+            "consistency" => Some(SamplerSpec::new(Some(SamplerKind::Consistency))),
             _ => SamplerKind::from_name(name).map(|k| SamplerSpec::new(Some(k))),
         }
     }
@@ -411,6 +447,9 @@ enum Built {
     Discrete(Scheduler),
     Sde(SdeSampler),
     Sigma(SigmaScheduler),
+    ScoreVe(ScoreVeScheduler),
+    Consistency(ConsistencyScheduler),
+    Lcm(LcmScheduler),
 }
 
 impl Sampler {
@@ -494,6 +533,28 @@ impl Sampler {
                 };
                 Built::Sde(SdeSampler::new(cfg, sde)?)
             }
+            SamplerKind::ScoreSdeVe => {
+                let mut c = cfg.clone().with_kind(SchedulerKind::ScoreSdeVe);
+                if let Some(n) = spec.corrector_steps {
+                    c.correct_steps = n;
+                }
+                if let Some(snr) = spec.snr {
+                    c.snr = snr;
+                }
+                Built::ScoreVe(ScoreVeScheduler::new(c, steps)?)
+            }
+            SamplerKind::Consistency => Built::Consistency(ConsistencyScheduler::new(
+                cfg.clone().with_kind(SchedulerKind::CmStochasticIterative),
+                steps,
+            )?),
+            SamplerKind::Lcm | SamplerKind::Tcd => {
+                let class = kind.class().expect("a discrete-time kind");
+                Built::Lcm(LcmScheduler::new(
+                    cfg.clone().with_kind(class),
+                    steps,
+                    spec.eta.unwrap_or(TCD_DEFAULT_GAMMA),
+                )?)
+            }
         };
         Ok(Sampler { kind, built })
     }
@@ -508,6 +569,9 @@ impl Sampler {
             Built::Discrete(s) => Method::Scheduler(s),
             Built::Sde(s) => Method::Sde(s),
             Built::Sigma(s) => Method::Sigma(s),
+            Built::ScoreVe(s) => Method::ScoreVe(s),
+            Built::Consistency(s) => Method::Consistency(s),
+            Built::Lcm(s) => Method::Lcm(s),
         }
     }
 
@@ -557,6 +621,9 @@ impl Sampler {
             Built::Discrete(s) => s.timesteps(),
             Built::Sde(s) => s.timesteps(),
             Built::Sigma(s) => s.rounded_timesteps(),
+            Built::ScoreVe(s) => s.timesteps(),
+            Built::Consistency(s) => s.timesteps(),
+            Built::Lcm(s) => s.timesteps(),
         }
     }
 
@@ -613,6 +680,35 @@ impl From<SigmaScheduler> for Sampler {
     }
 }
 
+impl From<ScoreVeScheduler> for Sampler {
+    fn from(s: ScoreVeScheduler) -> Sampler {
+        Sampler {
+            kind: SamplerKind::ScoreSdeVe,
+            built: Built::ScoreVe(s),
+        }
+    }
+}
+
+/// For a run the front end cannot describe, e.g. custom timesteps
+/// ([`ConsistencyScheduler::with_timesteps`]).
+impl From<ConsistencyScheduler> for Sampler {
+    fn from(s: ConsistencyScheduler) -> Sampler {
+        Sampler {
+            kind: SamplerKind::Consistency,
+            built: Built::Consistency(s),
+        }
+    }
+}
+
+impl From<LcmScheduler> for Sampler {
+    fn from(s: LcmScheduler) -> Sampler {
+        Sampler {
+            kind: SamplerKind::of_config(s.config()),
+            built: Built::Lcm(s),
+        }
+    }
+}
+
 impl From<SdeSampler> for Sampler {
     fn from(s: SdeSampler) -> Sampler {
         let c = s.config();
@@ -648,7 +744,9 @@ mod tests {
                 assert!(steps >= 1 && steps <= t, "{kind:?} at T = {t}: {steps}");
                 // PNDM's Runge-Kutta warm-up (diffusers' default) needs 4 steps, as in
                 // diffusers; with skip_prk_steps it runs on any T >= 2.
-                if t >= 2 && !(kind == SamplerKind::Pndm && t < 4) {
+                // LCM and TCD need T >= original_inference_steps (50), as in diffusers.
+                let lcm = matches!(kind, SamplerKind::Lcm | SamplerKind::Tcd);
+                if t >= 2 && !(kind == SamplerKind::Pndm && t < 4) && !(lcm && t < 50) {
                     let s = Sampler::builder(kind).build(&cfg).unwrap();
                     // Heun reports its 2N - 1 evaluations as steps; N is its inference steps.
                     let n = s.sigma().map_or(s.num_steps(), |x| x.num_inference_steps());
@@ -658,10 +756,13 @@ mod tests {
             }
         }
         // Unchanged for T >= 1000.
-        let d: [usize; 17] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
+        let d: [usize; 21] = SamplerKind::ALL.map(|k| default_steps(k, 1000));
         assert_eq!(
             d,
-            [1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50]
+            [
+                1000, 50, 1000, 50, 500, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 1000, 1, 4,
+                4
+            ]
         );
     }
 

@@ -22,6 +22,7 @@ use crate::error::{invalid_arg, Error, Result};
 use crate::model::Model;
 use crate::schedule::noise::GaussianNoise;
 use crate::schedule::sde::{NoiseRows, SdeSampler, SdeStep};
+use crate::schedule::{ConsistencyScheduler, LcmScheduler, ScoreVeScheduler};
 use crate::schedule::{PredictionType, Scheduler, SigmaScheduler, StepShape};
 
 mod front;
@@ -57,6 +58,14 @@ pub enum Method<'a> {
     /// UniPC, PNDM): x_T scaled by `init_noise_sigma`, the model input scaled, multistep
     /// history in the workspace; one step per model evaluation.
     Sigma(&'a SigmaScheduler),
+    /// The VE score SDE of `ScoreSdeVePipeline`: x_T scaled by sigma_max, Langevin corrector
+    /// steps and a predictor step per step, the model called at sigma_t.
+    ScoreVe(&'a ScoreVeScheduler),
+    /// Consistency models (`ConsistencyModelPipeline`): x_T scaled by sigma_max, the model
+    /// input scaled by c_in.
+    Consistency(&'a ConsistencyScheduler),
+    /// LCM and TCD, one model evaluation per step.
+    Lcm(&'a LcmScheduler),
 }
 
 impl Method<'_> {
@@ -67,6 +76,9 @@ impl Method<'_> {
             Method::Scheduler(s) => s.timesteps().len(),
             Method::Sde(s) => s.noise_rows(),
             Method::Sigma(s) => s.noise_rows(),
+            Method::ScoreVe(s) => s.noise_rows(),
+            Method::Consistency(s) => s.noise_rows(),
+            Method::Lcm(s) => s.noise_rows(),
         }
     }
 
@@ -76,6 +88,9 @@ impl Method<'_> {
             Method::Scheduler(s) => s.timesteps().len(),
             Method::Sde(s) => s.model_evaluations(),
             Method::Sigma(s) => s.num_steps(),
+            Method::ScoreVe(s) => s.model_evaluations(),
+            Method::Consistency(s) => s.num_steps(),
+            Method::Lcm(s) => s.num_steps(),
         }
     }
 
@@ -85,6 +100,9 @@ impl Method<'_> {
             Method::Scheduler(s) => s.num_steps(),
             Method::Sde(s) => s.num_steps(),
             Method::Sigma(s) => s.num_steps(),
+            Method::ScoreVe(s) => s.num_steps(),
+            Method::Consistency(s) => s.num_steps(),
+            Method::Lcm(s) => s.num_steps(),
         }
     }
 }
@@ -144,6 +162,9 @@ fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool, threads
             s.history_len(shape),
             if s.scales_input() { sample } else { 0 },
         ),
+        Method::ScoreVe(_) => (sample, 0, 0),
+        Method::Consistency(s) => (if s.noise_rows() > 0 { sample } else { 0 }, 0, sample),
+        Method::Lcm(s) => (if s.noise_rows() > 0 { sample } else { 0 }, 0, 0),
     };
     Layout {
         model: model.workspace_len_for_threads(batch, threads),
@@ -266,6 +287,23 @@ impl EpsModel for Denoiser<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Noise row `k` of a run: the injected row, or seeded stream `k + 1` drawn into `buf`.
+fn noise_row<'a>(
+    step_noise: Option<&'a [f32]>,
+    noise: GaussianNoise,
+    k: usize,
+    buf: &'a mut [f32],
+) -> &'a [f32] {
+    let n = buf.len();
+    match step_noise {
+        Some(z) => &z[k * n..(k + 1) * n],
+        None => {
+            noise.fill(k as u64 + 1, buf);
+            buf
+        }
     }
 }
 
@@ -402,8 +440,9 @@ pub fn sample_with(
             return Err(Error::UnsupportedConfig {
                 key: "scheduler".into(),
                 value: alloc::format!(
-                    "sde, ode, pc, euler, euler-a, dpm-solver, heun, unipc, pndm, lms, dpm-singlestep, kdpm2, kdpm2-a, deis and ipndm on a {} \
-                     device (they run on the CPU only for now)",
+                    "sde, ode, pc, euler, euler-a, dpm-solver, heun, unipc, pndm, lms, \
+                     dpm-singlestep, kdpm2, kdpm2-a, deis, ipndm, sde-ve, cm, lcm and tcd on a \
+                     {} device (they run on the CPU only for now)",
                     gpu.device_kind()
                 ),
             });
@@ -434,11 +473,15 @@ pub fn sample_with(
     }
     // init_noise_sigma is 1 for DDPM, DDIM and the VP-SDE: x_T is the standard normal draw.
     // The sigma schedulers scale it (diffusers: latents = randn * init_noise_sigma, float32).
-    if let Method::Sigma(s) = method {
-        let sigma = s.init_noise_sigma() as f32;
-        if sigma != 1.0 {
-            out.iter_mut().for_each(|x| *x *= sigma);
-        }
+    let init_noise_sigma = match method {
+        Method::Sigma(s) => s.init_noise_sigma(),
+        Method::ScoreVe(s) => s.init_noise_sigma(),
+        Method::Consistency(s) => s.init_noise_sigma(),
+        _ => 1.0,
+    };
+    let sigma = init_noise_sigma as f32;
+    if sigma != 1.0 {
+        out.iter_mut().for_each(|x| *x *= sigma);
     }
 
     let shape = StepShape {
@@ -457,6 +500,10 @@ pub fn sample_with(
         Method::Scheduler(s) => s.config().prediction_type,
         Method::Sde(s) => s.prediction_type(),
         Method::Sigma(s) => s.config().prediction_type,
+        // These read the raw model output ([`Denoiser::raw`]): no conversion to eps.
+        Method::ScoreVe(s) => s.config().prediction_type,
+        Method::Consistency(s) => s.config().prediction_type,
+        Method::Lcm(s) => s.config().prediction_type,
     };
     let mut denoiser = Denoiser {
         model,
@@ -549,6 +596,87 @@ pub fn sample_with(
                 }
             };
             sde.run(&mut denoiser, shape, out, rows, scratch, Some(&mut report))?;
+        }
+        Method::ScoreVe(sched) => {
+            let steps = sched.num_steps();
+            let draws = sched.correct_steps() + 1;
+            for i in 0..steps {
+                let sigma_t = sched.model_sigma(i);
+                for c in 0..draws {
+                    let m = denoiser.raw(out, sigma_t)?;
+                    // Row k of the run: the pipeline's k-th draw after x_T.
+                    let z = noise_row(opts.step_noise, noise, i * draws + c, noise_buf);
+                    if c + 1 < draws {
+                        sched.step_correct(shape, m, out, z)?;
+                    } else {
+                        sched.step_pred(i, shape, m, out, z)?;
+                    }
+                }
+                if let Some(cb) = on_step.as_mut() {
+                    cb(&StepInfo {
+                        index: i,
+                        steps,
+                        timestep: sched.timesteps()[i],
+                        sample: out,
+                    });
+                }
+            }
+        }
+        Method::Consistency(sched) => {
+            let steps = sched.num_steps();
+            for i in 0..steps {
+                let d = sched.input_divisor(i);
+                for (xi, &x) in model_in.iter_mut().zip(out.iter()) {
+                    *xi = (x as f64 / d) as f32;
+                }
+                let m = denoiser.raw(model_in, sched.model_timesteps()[i] as f32)?;
+                let z: Option<&[f32]> = if sched.needs_noise(i) {
+                    match opts.step_noise {
+                        Some(z) => Some(&z[i * n..(i + 1) * n]),
+                        None => {
+                            noise.fill(i as u64 + 1, noise_buf);
+                            Some(&*noise_buf)
+                        }
+                    }
+                } else {
+                    None
+                };
+                sched.step(i, shape, m, out, z)?;
+                if let Some(cb) = on_step.as_mut() {
+                    cb(&StepInfo {
+                        index: i,
+                        steps,
+                        timestep: sched.timesteps()[i],
+                        sample: out,
+                    });
+                }
+            }
+        }
+        Method::Lcm(sched) => {
+            let steps = sched.num_steps();
+            for (i, &t) in sched.timesteps().iter().enumerate() {
+                let m = denoiser.raw(out, t as f32)?;
+                let z: Option<&[f32]> = if sched.needs_noise(i) {
+                    match opts.step_noise {
+                        Some(z) => Some(&z[i * n..(i + 1) * n]),
+                        None => {
+                            noise.fill(i as u64 + 1, noise_buf);
+                            Some(&*noise_buf)
+                        }
+                    }
+                } else {
+                    None
+                };
+                sched.step(i, shape, m, out, z)?;
+                if let Some(cb) = on_step.as_mut() {
+                    cb(&StepInfo {
+                        index: i,
+                        steps,
+                        timestep: t,
+                        sample: out,
+                    });
+                }
+            }
         }
     }
     Ok(())

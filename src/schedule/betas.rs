@@ -84,7 +84,7 @@ pub fn alphas_cumprod(betas: &[f64]) -> Vec<f64> {
 /// (`end - step * (steps - 1 - i)`). PyTorch's x86 builds contract those expressions into
 /// fused multiply-adds, and only the fused form reproduces diffusers' betas bit for bit, so
 /// we fuse too (`libm::fmaf` is correctly rounded, hence the same everywhere).
-fn linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
+pub(crate) fn linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
     let (s, e) = (start as f32, end as f32);
     if steps == 1 {
         return alloc::vec![s];

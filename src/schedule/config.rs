@@ -55,6 +55,17 @@ pub enum SchedulerKind {
     DeisMultistep,
     /// `IPNDMScheduler`: improved PNDM (fourth-order Adams-Bashforth) on its own sine schedule.
     Ipndm,
+    /// `ScoreSdeVeScheduler`: variance-exploding score SDE, Langevin corrector steps and a
+    /// reverse-diffusion predictor (`schedule::score_ve`).
+    ScoreSdeVe,
+    /// `CMStochasticIterativeScheduler`: consistency-model one- and few-step sampling
+    /// (`schedule::consistency`).
+    CmStochasticIterative,
+    /// `LCMScheduler`: latent-consistency multistep sampling (`schedule::lcm`).
+    Lcm,
+    /// `TCDScheduler`: trajectory-consistency distillation sampling, gamma (eta) stochastic
+    /// (`schedule::lcm`).
+    Tcd,
 }
 
 impl SchedulerKind {
@@ -75,11 +86,15 @@ impl SchedulerKind {
             SchedulerKind::Kdpm2Ancestral => "KDPM2AncestralDiscreteScheduler",
             SchedulerKind::DeisMultistep => "DEISMultistepScheduler",
             SchedulerKind::Ipndm => "IPNDMScheduler",
+            SchedulerKind::ScoreSdeVe => "ScoreSdeVeScheduler",
+            SchedulerKind::CmStochasticIterative => "CMStochasticIterativeScheduler",
+            SchedulerKind::Lcm => "LCMScheduler",
+            SchedulerKind::Tcd => "TCDScheduler",
         }
     }
 
     /// Every class this library runs.
-    pub const ALL: [SchedulerKind; 14] = [
+    pub const ALL: [SchedulerKind; 18] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
@@ -94,6 +109,10 @@ impl SchedulerKind {
         SchedulerKind::Kdpm2Ancestral,
         SchedulerKind::DeisMultistep,
         SchedulerKind::Ipndm,
+        SchedulerKind::ScoreSdeVe,
+        SchedulerKind::CmStochasticIterative,
+        SchedulerKind::Lcm,
+        SchedulerKind::Tcd,
     ];
 
     /// The kind of a diffusers class name.
@@ -106,7 +125,19 @@ impl SchedulerKind {
     /// The sigma-parameterised classes (`schedule::sigma`): Euler, Euler ancestral, DPM-Solver,
     /// Heun, UniPC, PNDM.
     pub fn is_sigma(self) -> bool {
-        !matches!(self, SchedulerKind::Ddpm | SchedulerKind::Ddim)
+        !matches!(self, SchedulerKind::Ddpm | SchedulerKind::Ddim) && !self.is_consistency_or_ve()
+    }
+
+    /// The classes of `schedule::score_ve`, `schedule::consistency` and `schedule::lcm`: VE
+    /// score SDE, consistency models, LCM, TCD.
+    pub fn is_consistency_or_ve(self) -> bool {
+        matches!(
+            self,
+            SchedulerKind::ScoreSdeVe
+                | SchedulerKind::CmStochasticIterative
+                | SchedulerKind::Lcm
+                | SchedulerKind::Tcd
+        )
     }
 }
 
@@ -386,6 +417,25 @@ pub struct SchedulerConfig {
     /// PNDM: PLMS only (true), or 12 Runge-Kutta (PRK) evaluations first (false, diffusers'
     /// default).
     pub skip_prk_steps: bool,
+    /// Score-SDE VE: signal-to-noise ratio of the Langevin corrector's step size.
+    pub snr: f64,
+    /// Score-SDE VE: the last continuous time of the grid (`linspace(1, sampling_eps, N)`).
+    pub sampling_eps: f64,
+    /// Score-SDE VE: Langevin corrector steps before each predictor step.
+    pub correct_steps: usize,
+    /// Consistency models: the data standard deviation of the c_skip / c_out / c_in scalings.
+    pub sigma_data: f64,
+    /// Consistency models: scale of the noise added between steps.
+    pub s_noise: f64,
+    /// Consistency models: the Karras ramp's rho.
+    pub rho: f64,
+    /// Consistency models: clamp the denoised sample to [-1, 1].
+    pub clip_denoised: bool,
+    /// LCM, TCD: the distillation schedule's step count (its timesteps are `k * j - 1`,
+    /// `k = T / original_inference_steps`).
+    pub original_inference_steps: usize,
+    /// LCM: the timestep multiplier of the boundary-condition scalings.
+    pub timestep_scaling: f64,
 }
 
 fn json_err(message: impl Into<String>) -> Error {
@@ -479,6 +529,60 @@ fn opt_f64(key: &str, v: &Value) -> Result<Option<f64>> {
     }
 }
 
+/// Most Langevin corrector steps per step of the score-SDE VE scheduler (diffusers' default is
+/// 1): keeps the noise row count of a run addressable.
+pub const MAX_CORRECT_STEPS: usize = 1000;
+
+/// The keys of the score-SDE VE, consistency, LCM and TCD classes. `Ok(true)`: the key was
+/// one of the class's own and is parsed into `cfg`; `Ok(false)`: the shared parser decides.
+/// The VE and consistency classes have no beta schedule: any key of theirs not listed here
+/// (but `_`-prefixed ones) is refused, naming it.
+fn parse_consistency_or_ve_key(
+    kind: SchedulerKind,
+    k: &str,
+    v: &Value,
+    cfg: &mut SchedulerConfig,
+) -> Result<bool> {
+    let positive = |k: &str, v: &Value| -> Result<f64> {
+        let x = as_f64(k, v)?;
+        if x > 0.0 {
+            Ok(x)
+        } else {
+            Err(bad(k, format!("{x} must be > 0")))
+        }
+    };
+    match kind {
+        SchedulerKind::ScoreSdeVe => match k {
+            "snr" => cfg.snr = as_f64(k, v)?,
+            "sigma_min" => cfg.sigma_min = Some(positive(k, v)?),
+            "sigma_max" => cfg.sigma_max = Some(positive(k, v)?),
+            "sampling_eps" => cfg.sampling_eps = as_f64(k, v)?,
+            "correct_steps" => cfg.correct_steps = as_count(k, v)?,
+            "num_train_timesteps" => return Ok(false),
+            _ if k.starts_with('_') => return Ok(false),
+            _ => return Err(unsupported(k, v)),
+        },
+        SchedulerKind::CmStochasticIterative => match k {
+            "sigma_min" => cfg.sigma_min = Some(positive(k, v)?),
+            "sigma_max" => cfg.sigma_max = Some(positive(k, v)?),
+            "sigma_data" => cfg.sigma_data = as_f64(k, v)?,
+            "s_noise" => cfg.s_noise = as_f64(k, v)?,
+            "rho" => cfg.rho = as_f64(k, v)?,
+            "clip_denoised" => cfg.clip_denoised = as_bool(k, v)?,
+            "num_train_timesteps" => return Ok(false),
+            _ if k.starts_with('_') => return Ok(false),
+            _ => return Err(unsupported(k, v)),
+        },
+        SchedulerKind::Lcm | SchedulerKind::Tcd => match k {
+            "original_inference_steps" => cfg.original_inference_steps = as_count(k, v)?,
+            "timestep_scaling" => cfg.timestep_scaling = as_f64(k, v)?,
+            _ => return Ok(false),
+        },
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// Keys of diffusers 0.1-era scheduler configs that diffusers 0.42 ignores and that never
 /// changed the computation; old Hub folders (e.g. the original DDPM conversions) carry them.
 fn is_legacy_noop(key: &str, v: &Value) -> bool {
@@ -527,6 +631,15 @@ impl SchedulerConfig {
             predict_x0: true,
             disable_corrector: Vec::new(),
             skip_prk_steps: false,
+            snr: 0.15,
+            sampling_eps: 1e-5,
+            correct_steps: 1,
+            sigma_data: 0.5,
+            s_noise: 1.0,
+            rho: 7.0,
+            clip_denoised: true,
+            original_inference_steps: 50,
+            timestep_scaling: 10.0,
         }
     }
 
@@ -559,6 +672,18 @@ impl SchedulerConfig {
             // PNDMScheduler's own defaults.
             c.timestep_spacing = TimestepSpacing::Leading;
             c.set_alpha_to_one = false;
+        }
+        match kind {
+            // sigma_min / sigma_max left None: the class's own (0.01 / 1348, 0.002 / 80).
+            SchedulerKind::ScoreSdeVe => c.num_train_timesteps = 2000,
+            SchedulerKind::CmStochasticIterative => c.num_train_timesteps = 40,
+            SchedulerKind::Lcm | SchedulerKind::Tcd => {
+                c.beta_start = 0.00085;
+                c.beta_end = 0.012;
+                c.beta_schedule = BetaSchedule::ScaledLinear;
+                c.clip_sample = false;
+            }
+            _ => {}
         }
         c
     }
@@ -608,6 +733,9 @@ impl SchedulerConfig {
         let mut cfg = SchedulerConfig::default_for(kind);
         for (key, v) in obj {
             let k = key.as_str();
+            if parse_consistency_or_ve_key(kind, k, v, &mut cfg)? {
+                continue;
+            }
             match k {
                 "_class_name" => {}
                 _ if k.starts_with('_') => {} // _diffusers_version, _use_default_values, ...
@@ -793,6 +921,19 @@ impl SchedulerConfig {
             // diffusers' Heun, UniPC and PNDM schedulers raise NotImplementedError for these.
             return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
         }
+        if matches!(kind, SchedulerKind::Lcm | SchedulerKind::Tcd) {
+            if matches!(
+                cfg.beta_schedule,
+                BetaSchedule::Sigmoid | BetaSchedule::Laplace
+            ) {
+                // diffusers' LCM and TCD schedulers raise NotImplementedError for these.
+                return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
+            }
+            if cfg.thresholding {
+                // Dynamic thresholding of LCM's x_0 is not implemented here.
+                return Err(unsupported("thresholding", true));
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -900,6 +1041,40 @@ impl SchedulerConfig {
                 "sample_max_value",
                 format!("{} must be finite and > 0", self.sample_max_value),
             ));
+        }
+        self.validate_consistency_or_ve()
+    }
+
+    /// The ranges of the score-SDE VE, consistency, LCM and TCD options.
+    fn validate_consistency_or_ve(&self) -> Result<()> {
+        for (key, v) in [
+            ("snr", self.snr),
+            ("s_noise", self.s_noise),
+            ("timestep_scaling", self.timestep_scaling),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(key, format!("{v} must be finite and >= 0")));
+            }
+        }
+        for (key, v) in [("sigma_data", self.sigma_data), ("rho", self.rho)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(key, format!("{v} must be finite and > 0")));
+            }
+        }
+        if !(self.sampling_eps > 0.0 && self.sampling_eps <= 1.0) {
+            return Err(bad(
+                "sampling_eps",
+                format!("{} is outside (0, 1]", self.sampling_eps),
+            ));
+        }
+        if self.correct_steps > MAX_CORRECT_STEPS {
+            return Err(bad(
+                "correct_steps",
+                format!("{} is larger than {MAX_CORRECT_STEPS}", self.correct_steps),
+            ));
+        }
+        if self.original_inference_steps == 0 {
+            return Err(bad("original_inference_steps", "must be at least 1"));
         }
         Ok(())
     }

@@ -11,6 +11,8 @@
 //!   predictor-corrector.
 //! - [`eps`]: [`EpsModel`], the model as every sampler calls it (eps at a [`NoiseLevel`]).
 //! - [`noise`]: seeded, counter-based Gaussian noise, identical on every machine.
+//! - [`score_ve`], [`consistency`], [`lcm`]: the VE score SDE (predictor-corrector), consistency
+//!   models, LCM and TCD.
 //!
 //! Where diffusers 0.42 is knowingly wrong we say so and, unless parity needs the bug, differ:
 //! `fixed_large_log` noise is finite here (diffusers returns NaN), and DDIM's previous timestep
@@ -25,6 +27,13 @@ mod scheduler;
 pub mod sde;
 pub mod sigma;
 pub mod timesteps;
+
+pub mod consistency;
+pub mod lcm;
+pub mod score_ve;
+pub use consistency::ConsistencyScheduler;
+pub use lcm::LcmScheduler;
+pub use score_ve::ScoreVeScheduler;
 
 pub use betas::{alphas_cumprod, betas};
 pub use config::{

@@ -182,8 +182,8 @@ impl Scheduler {
     /// T, or `trailing` spacing with a step count for which NumPy lists one extra timestep, -1
     /// (e.g. T = 1000 and N = 61).
     pub fn new(cfg: SchedulerConfig, num_inference_steps: usize) -> Result<Scheduler> {
-        if cfg.kind.is_sigma() {
-            // Built by `schedule::SigmaScheduler` instead.
+        if cfg.kind.is_sigma() || cfg.kind.is_consistency_or_ve() {
+            // Built by `schedule::SigmaScheduler` (or the VE / consistency / LCM modules).
             return Err(crate::error::unsupported(
                 "_class_name",
                 format!("{} (not a DDPM/DDIM class)", cfg.kind.class_name()),

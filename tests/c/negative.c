@@ -11,6 +11,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -387,6 +388,28 @@ static void sampling(td_model *m, td_model *uncond) {
     b.struct_size = sizeof b - 8;
     EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_BAD_SIZE);
     EXPECT(td_sample(m, &b, ws, ws_len, out, n), TD_STATUS_BAD_SIZE);
+    /* The header before scheduler_class / scheduler_config_json is detected too. */
+    b = d;
+    b.struct_size = offsetof(td_sampler_desc, scheduler_class);
+    EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_BAD_SIZE);
+    /* A scheduler by class name and config text: unknown names, both a name and a kind, bad
+       JSON and unknown keys are typed errors; a good pair runs. */
+    b = d;
+    b.scheduler_class = "NoSuchScheduler";
+    EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_INVALID_ARGUMENT);
+    b.scheduler_class = "LCMScheduler";
+    b.scheduler.kind = TD_SCHEDULER_KIND_DDIM;
+    EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_INVALID_ARGUMENT);
+    b.scheduler.kind = TD_SCHEDULER_KIND_FROM_CONFIG;
+    b.scheduler_config_json = "{\"_class_name\": ";
+    EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_INVALID_JSON);
+    b.scheduler_config_json = "{\"_class_name\": \"LCMScheduler\", \"no_such_key\": 1}";
+    EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_UNSUPPORTED);
+    b.scheduler_config_json = "{\"_class_name\": \"LCMScheduler\", \"original_inference_steps\": 0}";
+    EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_INVALID_CONFIG);
+    b.scheduler_config_json = "{\"_class_name\": \"TCDScheduler\"}";
+    b.scheduler.steps = 2;
+    EXPECT(td_sample_workspace_len(m, &b, &ws_len), TD_STATUS_OK);
     /* Threads: a size for N threads, never more than N used; the same output. */
     b = d;
     b.threads = 1025;

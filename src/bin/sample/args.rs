@@ -18,22 +18,30 @@ USAGE:
 FLAGS:
     --model DIR          UNet2DModel folder or diffusers pipeline folder   [default: weights]
     --scheduler NAME     ddpm | ddim | euler | euler-a | dpm | dpm++2m | dpm++2m-sde |
-                         heun | unipc | pndm | lms | dpm-singlestep | dpm++2s | kdpm2 | kdpm2-a | deis | ipndm |
-                         sde | ode | pc, or a diffusers class name (EulerDiscreteScheduler,
-                         ...); keeps the folder's schedule options  [default: the folder's]
+                         heun | unipc | pndm | lms | dpm-singlestep | dpm++2s | kdpm2 |
+                         kdpm2-a | deis | ipndm | sde | ode | pc | sde-ve | cm | lcm | tcd,
+                         or a diffusers class name (EulerDiscreteScheduler, ...); keeps the
+                         folder's schedule options                  [default: the folder's]
                          sde: reverse-time VP-SDE, Euler-Maruyama; ode: probability-flow
-                         ODE; pc: Euler-Maruyama predictor + Langevin corrector
+                         ODE; pc: Euler-Maruyama predictor + Langevin corrector;
+                         sde-ve (score-sde-ve): diffusers' ScoreSdeVeScheduler; cm
+                         (consistency): CMStochasticIterativeScheduler; lcm, tcd
+    --scheduler-config FILE  a diffusers scheduler_config.json (its _class_name and
+                         options) used instead of the folder's
     --steps N            inference (predictor) steps; the default, for a model trained with
                          T timesteps: ddpm T, ddim min(50, T), sde min(1000, T),
                          ode min(50, T), pc min(500, T), euler/euler-a/dpm/heun/unipc/pndm/lms/
-                         dpm-singlestep/kdpm2/kdpm2-a/deis/ipndm
-                         min(50, T)
+                         dpm-singlestep/kdpm2/kdpm2-a/deis/ipndm min(50, T),
+                         sde-ve min(2000, T), cm 1, lcm/tcd min(4, T)
     --ode-solver NAME    ode: euler (1 evaluation per step) | heun (2)     [default: heun]
-    --corrector-steps N  pc: Langevin corrector steps per step                [default: 1]
-    --snr F              pc: signal-to-noise ratio of the Langevin step size [default: 0.16]
+    --corrector-steps N  pc, sde-ve: Langevin corrector steps per step
+                                            [default: 1; sde-ve: the config's correct_steps]
+    --snr F              pc, sde-ve: signal-to-noise ratio of the Langevin step size
+                                            [default: 0.16; sde-ve: the config's snr]
     --sde-eps F          sde/ode/pc: last time of the grid t in [eps, 1], followed by one
                          Tweedie denoising step                            [default: 0.001]
     --eta F              DDIM eta (0 = deterministic)                          [default: 0]
+                         tcd: gamma, in [0, 1]                                [default: 0.3]
     --ddim-prev MODE     DDIM previous timestep: diffusers (t - T/N) | next (the next
                          scheduled timestep, correct for trailing/linspace)  [default: diffusers]
     --batch B            images per run         [default: the batch of --init-noise, else 4]
@@ -47,9 +55,11 @@ FLAGS:
     --init-noise is the standard normal draw: euler, euler-a and heun multiply it by the
                          scheduler's init_noise_sigma, as diffusers does
     --step-noise FILE    safetensors with tensor noise [S,B,C,H,W] f32, row i for step i
-                         (sde/pc: row k for the k-th Gaussian draw; euler-a and dpm++2m-sde:
-                         one row per step)
-    --save-tensor FILE   also write the final sample as tensor x_0 [B,C,H,W] f32
+                         (sde/pc/sde-ve: row k for the k-th Gaussian draw; euler-a and
+                         dpm++2m-sde: one row per step; lcm/tcd: one per step but the last;
+                         cm: one per step when steps > 1)
+    --save-tensor FILE   also write the final sample as tensor x_0 [B,C,H,W] f32 (sde-ve:
+                         the last step's sample_mean, before the pipeline's clamp)
     --out PATH           PNG grid of the batch, or `none`            [default: samples.png]
                          (a model with other than 1 or 3 channels: each image's channels
                          as a row of gray tiles)
@@ -100,6 +110,8 @@ pub struct SampleArgs {
     pub direct_conv: bool,
     pub device: tinydiffusion::Device,
     pub quiet: bool,
+    /// `--scheduler-config FILE`: read instead of the folder's scheduler config.
+    pub scheduler_config: Option<PathBuf>,
 }
 
 // Parsed once per run: the size of the `Sample` variant does not matter.
@@ -187,6 +199,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         direct_conv: false,
         device: tinydiffusion::Device::Cpu,
         quiet: false,
+        scheduler_config: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -206,13 +219,16 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 let spec = SamplerSpec::named(name).ok_or_else(|| {
                     format!(
                         "--scheduler: '{name}' is not one of ddpm, ddim, euler, euler-a, dpm, \
-                         dpm++2m, dpm++2m-sde, heun, unipc, pndm, lms, dpm-singlestep, dpm++2s, kdpm2, kdpm2-a, deis, ipndm, sde, ode, pc or a supported diffusers class name"
+                         dpm++2m, dpm++2m-sde, heun, unipc, pndm, lms, dpm-singlestep, dpm++2s, \
+                         kdpm2, kdpm2-a, deis, ipndm, sde, ode, pc, sde-ve, cm, lcm, tcd or a \
+                         supported diffusers class name"
                     )
                 })?;
                 s.scheduler = spec.kind;
                 s.scheduler_named = Some(spec);
             }
             "--steps" => s.steps = Some(parse_num(flag, value()?)?),
+            "--scheduler-config" => s.scheduler_config = Some(value()?.into()),
             "--eta" => s.eta = Some(parse_num(flag, value()?)?),
             "--ode-solver" => {
                 s.ode_solver = match value()? {

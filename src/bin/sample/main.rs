@@ -277,7 +277,15 @@ fn run(a: &SampleArgs) -> Result<(), String> {
             "--height/--width: this model samples at {h}x{w} only"
         ));
     }
-    let sched_cfg = scheduler_config(&dir).map_err(|e| e.to_string())?;
+    let sched_cfg = match &a.scheduler_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--scheduler-config {}: {e}", path.display()))?;
+            SchedulerConfig::from_json(&text)
+                .map_err(|e| format!("--scheduler-config {}: {e}", path.display()))?
+        }
+        None => scheduler_config(&dir).map_err(|e| e.to_string())?,
+    };
     let sampler = Sampler::new(&sampler_spec(a), &sched_cfg).map_err(sampler_error)?;
     let steps = sampler.num_steps();
     let noise_rows = sampler.noise_rows();
