@@ -26,6 +26,8 @@ const ENTRIES: &[(&str, &[&str])] = &[
             "scheduler_step",
             "set_step",
             "advance_step",
+            "scale_shift",
+            "resample2x",
         ],
     ),
     ("norm.cu", &["group_norm_f16"]),

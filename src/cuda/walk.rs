@@ -8,6 +8,7 @@ use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Model, OutputOp,
     SiluOp, SinusoidOp, TensorId,
 };
+use crate::model::{ResampleMode, ResampleOp, ScaleShiftOp};
 
 /// Matches `struct ConvParams` in kernels/conv.cu.
 #[repr(C)]
@@ -382,6 +383,47 @@ impl Backend for CudaWalk<'_> {
             256,
             0,
             &mut kargs![src, out, b32, c, hw],
+        )
+    }
+
+    fn scale_shift(&mut self, _: usize, op: &ScaleShiftOp) -> Result<()> {
+        let (src, ss, dst) = (self.t(op.input), self.t(op.scale_shift), self.t(op.out));
+        let n = self.batch * op.pixels * op.channels;
+        let (b32, hw, c, silu) = (
+            self.batch as i32,
+            op.pixels as i32,
+            op.channels as i32,
+            op.silu as i32,
+        );
+        self.inner.launch(
+            &self.inner.f.scale_shift,
+            grid1(n),
+            256,
+            0,
+            &mut kargs![src, ss, dst, b32, hw, c, silu],
+        )
+    }
+
+    fn resample(&mut self, _: usize, op: &ResampleOp) -> Result<()> {
+        let (src, dst) = (self.t(op.input), self.t(op.out));
+        let (oh, ow) = op.out_hw();
+        let n = self.batch * oh * ow * op.channels;
+        let mode = match op.mode {
+            ResampleMode::AvgPool2 => 0i32,
+            ResampleMode::Nearest2 => 1,
+        };
+        let (b32, h, w, c) = (
+            self.batch as i32,
+            op.in_h as i32,
+            op.in_w as i32,
+            op.channels as i32,
+        );
+        self.inner.launch(
+            &self.inner.f.resample2x,
+            grid1(n),
+            256,
+            0,
+            &mut kargs![src, dst, b32, h, w, c, mode],
         )
     }
 }

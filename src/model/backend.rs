@@ -16,6 +16,7 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp, SiluOp,
     SinusoidOp,
 };
+use super::ops::{ResampleOp, ScaleShiftOp};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::schedule::{SampleOptions, Scheduler, StepInfo};
@@ -43,6 +44,8 @@ pub trait Backend {
     fn group_norm(&mut self, at: usize, op: &GroupNormOp) -> Result<()>;
     fn attention(&mut self, at: usize, op: &AttentionOp) -> Result<()>;
     fn output(&mut self, at: usize, op: &OutputOp) -> Result<()>;
+    fn scale_shift(&mut self, at: usize, op: &ScaleShiftOp) -> Result<()>;
+    fn resample(&mut self, at: usize, op: &ResampleOp) -> Result<()>;
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -58,6 +61,8 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::GroupNorm(o) => backend.group_norm(at, o),
         Op::Attention(o) => backend.attention(at, o),
         Op::Output(o) => backend.output(at, o),
+        Op::ScaleShift(o) => backend.scale_shift(at, o),
+        Op::Resample(o) => backend.resample(at, o),
     }
 }
 

@@ -15,6 +15,7 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
+use super::ops::{ResampleMode, ResampleOp, ScaleShiftOp};
 use super::Tap;
 use crate::config::{DownBlockKind, UNetConfig, UpBlockKind};
 use crate::error::{unsupported, Result};
@@ -233,23 +234,76 @@ impl Builder<'_> {
         out
     }
 
-    /// diffusers' `ResnetBlock2D` (time_embedding_norm "default"):
-    /// `(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`.
-    fn resnet(&mut self, p: &str, x: Map, out_c: usize, scale: f64) -> Result<Map> {
+    /// A plain 2x resample of a one-tensor map (the `down=True` / `up=True` resnet's paths).
+    fn resample(&mut self, name: String, x: Map, mode: ResampleMode) -> Result<Map> {
+        let input = match x.input {
+            Input::One(t) => t,
+            Input::Concat(..) => {
+                return Err(unsupported(
+                    "up_block_types",
+                    format!("{name}: resampling a skip concatenation"),
+                ))
+            }
+        };
+        let c = x.channels();
+        let op = ResampleOp {
+            input,
+            channels: c,
+            in_h: x.h,
+            in_w: x.w,
+            mode,
+            out: 0,
+        };
+        let (h, w) = op.out_hw();
+        let out = self.tensor(name, c * h * w);
+        self.ops.push(Op::Resample(ResampleOp { out, ..op }));
+        Ok(Map::one(out, c, h, w))
+    }
+
+    /// diffusers' `ResnetBlock2D`:
+    /// `(shortcut(x) + conv2(silu(norm2'(conv1(silu(norm1(x))))))) / scale`, where `norm2'` is
+    /// `norm2(h + proj(silu(temb)))` ("default") or `norm2(h) * (1 + scale) + shift` with
+    /// `scale, shift = proj(silu(temb))` ("scale_shift"). With `resample` (`down=True`:
+    /// average pool, `up=True`: nearest 2x) both `silu(norm1(x))` and `x` are resampled
+    /// before `conv1` and the shortcut; the nearest upsample of the former is folded into
+    /// `conv1`.
+    fn resnet(
+        &mut self,
+        p: &str,
+        x: Map,
+        out_c: usize,
+        scale: f64,
+        resample: Option<ResampleMode>,
+    ) -> Result<Map> {
         let groups = self.cfg.norm_num_groups;
+        let scale_shift = self.cfg.scale_shift;
         let h = self.group_norm(&format!("{p}.norm1"), x, groups, true)?;
         let e = self.cfg.time_embed_dim;
-        let proj_w = self.packed_bias(&format!("{p}.time_emb_proj"), out_c, e, None)?;
+        let proj_c = if scale_shift { 2 * out_c } else { out_c };
+        let proj_w = self.packed_bias(&format!("{p}.time_emb_proj"), proj_c, e, None)?;
         let proj = self.linear(
             format!("{p}.time_emb_proj"),
             self.temb,
             1,
             e,
-            out_c,
+            proj_c,
             proj_w,
             None,
             1.0,
         );
+        let (h, x, upsample_h) = match resample {
+            None => (h, x, false),
+            Some(ResampleMode::AvgPool2) => (
+                self.resample(format!("{p}.downsample(h)"), h, ResampleMode::AvgPool2)?,
+                self.resample(format!("{p}.downsample(x)"), x, ResampleMode::AvgPool2)?,
+                false,
+            ),
+            Some(ResampleMode::Nearest2) => (
+                h,
+                self.resample(format!("{p}.upsample(x)"), x, ResampleMode::Nearest2)?,
+                true,
+            ),
+        };
         let h = self.conv(
             &format!("{p}.conv1"),
             h,
@@ -257,12 +311,26 @@ impl Builder<'_> {
             3,
             1,
             1,
-            false,
-            Some(proj),
+            upsample_h,
+            (!scale_shift).then_some(proj),
             None,
             1.0,
         )?;
-        let h = self.group_norm(&format!("{p}.norm2"), h, groups, true)?;
+        let h = if scale_shift {
+            let n = self.group_norm(&format!("{p}.norm2"), h, groups, false)?;
+            let out = self.tensor(format!("{p}.norm2+scale_shift"), out_c * n.h * n.w);
+            self.ops.push(Op::ScaleShift(ScaleShiftOp {
+                input: n.tensor(),
+                scale_shift: proj,
+                channels: out_c,
+                pixels: n.h * n.w,
+                silu: true,
+                out,
+            }));
+            Map::one(out, out_c, n.h, n.w)
+        } else {
+            self.group_norm(&format!("{p}.norm2"), h, groups, true)?
+        };
         let shortcut = if x.channels() != out_c {
             self.conv(
                 &format!("{p}.conv_shortcut"),
@@ -305,10 +373,14 @@ impl Builder<'_> {
     /// diffusers' `Attention` with a residual connection, as used by the Attn*Block2D blocks and
     /// the mid block. Accepts both the current (`to_q`, `to_out.0`) and the older
     /// (`query`, `proj_attn`) tensor names.
-    fn attention(&mut self, p: &str, x: Map, groups: usize, rescale: f64) -> Result<Map> {
+    /// `groups` `None`: no GroupNorm (diffusers' `norm_num_groups=None`).
+    fn attention(&mut self, p: &str, x: Map, groups: Option<usize>, rescale: f64) -> Result<Map> {
         let c = x.channels();
         let heads = self.cfg.heads(c);
-        let norm = self.weight_bias(&format!("{p}.group_norm"), &[c])?;
+        let norm = match groups {
+            Some(g) => Some((g, self.weight_bias(&format!("{p}.group_norm"), &[c])?)),
+            None => None,
+        };
         let mut proj = |new: &str, old: &str| -> Result<(WeightRef, WeightRef)> {
             let w = self.packed(
                 &[&format!("{p}.{new}.weight"), &format!("{p}.{old}.weight")],
@@ -328,19 +400,25 @@ impl Builder<'_> {
         let o = proj("to_out.0", "proj_attn")?;
         let tokens = x.h * x.w;
         let n = tokens * c;
-        let normed = self.tensor(format!("{p}.group_norm"), n);
-        self.ops.push(Op::GroupNorm(GroupNormOp {
-            input: x.input,
-            in_ca: x.ca,
-            in_cb: x.cb,
-            pixels: tokens,
-            groups,
-            eps: self.cfg.norm_eps as f32,
-            gamma: norm.0,
-            beta: norm.1,
-            silu: false,
-            out: normed,
-        }));
+        let normed = match norm {
+            Some((groups, (gamma, beta))) => {
+                let normed = self.tensor(format!("{p}.group_norm"), n);
+                self.ops.push(Op::GroupNorm(GroupNormOp {
+                    input: x.input,
+                    in_ca: x.ca,
+                    in_cb: x.cb,
+                    pixels: tokens,
+                    groups,
+                    eps: self.cfg.norm_eps as f32,
+                    gamma,
+                    beta,
+                    silu: false,
+                    out: normed,
+                }));
+                normed
+            }
+            None => x.tensor(),
+        };
         // V, K, Q in this order: the outputs are independent, and the trainer's reverse walk
         // then accumulates the norm's input gradient as Q, K, V.
         let v = self.linear(format!("{p}.to_v"), normed, tokens, c, c, v, None, 1.0);
@@ -474,13 +552,20 @@ pub fn describe(
     for (i, kind) in cfg.down_blocks.iter().enumerate() {
         let out_c = boc[i];
         for j in 0..cfg.layers_per_block {
-            h = b.resnet(&format!("down_blocks.{i}.resnets.{j}"), h, out_c, 1.0)?;
+            h = b.resnet(&format!("down_blocks.{i}.resnets.{j}"), h, out_c, 1.0, None)?;
             if *kind == DownBlockKind::Attention {
-                h = b.attention(&format!("down_blocks.{i}.attentions.{j}"), h, groups, 1.0)?;
+                let p = format!("down_blocks.{i}.attentions.{j}");
+                h = b.attention(&p, h, Some(groups), 1.0)?;
             }
             skips.push(h);
         }
-        if i + 1 < levels {
+        let resnet_down = *kind == DownBlockKind::ResnetDownsample
+            || (*kind == DownBlockKind::Attention && cfg.resnet_downsample);
+        if i + 1 < levels && resnet_down {
+            let p = format!("down_blocks.{i}.downsamplers.0");
+            h = b.resnet(&p, h, out_c, 1.0, Some(ResampleMode::AvgPool2))?;
+            skips.push(h);
+        } else if i + 1 < levels {
             let p = format!("down_blocks.{i}.downsamplers.0.conv");
             h = b.conv(
                 &p,
@@ -501,7 +586,7 @@ pub fn describe(
 
     if let Some(mid) = &cfg.mid_block {
         let c = boc[levels - 1];
-        h = b.resnet("mid_block.resnets.0", h, c, mid.scale_factor)?;
+        h = b.resnet("mid_block.resnets.0", h, c, mid.scale_factor, None)?;
         if mid.add_attention {
             h = b.attention(
                 "mid_block.attentions.0",
@@ -510,7 +595,7 @@ pub fn describe(
                 mid.scale_factor,
             )?;
         }
-        h = b.resnet("mid_block.resnets.1", h, c, mid.scale_factor)?;
+        h = b.resnet("mid_block.resnets.1", h, c, mid.scale_factor, None)?;
         b.tap("mid_block", h);
     }
 
@@ -533,12 +618,18 @@ pub fn describe(
                 h: h.h,
                 w: h.w,
             };
-            h = b.resnet(&format!("up_blocks.{i}.resnets.{j}"), cat, out_c, 1.0)?;
+            h = b.resnet(&format!("up_blocks.{i}.resnets.{j}"), cat, out_c, 1.0, None)?;
             if *kind == UpBlockKind::Attention {
-                h = b.attention(&format!("up_blocks.{i}.attentions.{j}"), h, groups, 1.0)?;
+                let p = format!("up_blocks.{i}.attentions.{j}");
+                h = b.attention(&p, h, Some(groups), 1.0)?;
             }
         }
-        if i + 1 < levels {
+        let resnet_up = *kind == UpBlockKind::ResnetUpsample
+            || (*kind == UpBlockKind::Attention && cfg.resnet_upsample);
+        if i + 1 < levels && resnet_up {
+            let p = format!("up_blocks.{i}.upsamplers.0");
+            h = b.resnet(&p, h, out_c, 1.0, Some(ResampleMode::Nearest2))?;
+        } else if i + 1 < levels {
             h = b.conv(
                 &format!("up_blocks.{i}.upsamplers.0.conv"),
                 h,

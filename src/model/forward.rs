@@ -6,11 +6,12 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, OutputOp, SiluOp,
     SinusoidOp, TensorId,
 };
+use super::ops::{ResampleMode, ResampleOp, ScaleShiftOp};
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::{
-    nchw_to_nhwc, nhwc_to_nchw, silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs,
-    LinearArgs, Parallel, Sequential,
+    nchw_to_nhwc, nhwc_to_nchw, scalar, silu, AttentionArgs, ConvArgs, ConvShape, Exec,
+    GroupNormArgs, LinearArgs, Parallel, Sequential,
 };
 use crate::memory::carve;
 
@@ -59,7 +60,15 @@ impl Model {
         class_labels: Option<&[i64]>,
         out: &mut [f32],
     ) -> Result<()> {
-        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::All, threads)
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            class_labels,
+            out,
+            Walk::All,
+            threads,
+        )
     }
 
     /// Runs only the ops `ops` (a range of indices into [`Model::ops`]) on a workspace that
@@ -88,7 +97,15 @@ impl Model {
                 ),
             ));
         }
-        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::Range(ops), 0)
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            class_labels,
+            out,
+            Walk::Range(ops),
+            0,
+        )
     }
 
     /// `threads`: the most threads the call may use, and the count its workspace is sized for
@@ -455,6 +472,35 @@ impl Backend for CpuBackend<'_, '_> {
             op.channels,
             pixels,
         );
+        Ok(())
+    }
+
+    fn scale_shift(&mut self, _: usize, op: &ScaleShiftOp) -> Result<()> {
+        let regions = [
+            self.region(op.input),
+            self.region(op.scale_shift),
+            self.region(op.out),
+        ];
+        let [input, scale_shift, dst] = carve(self.arena, regions)?;
+        scalar::scale_shift(
+            input,
+            scale_shift,
+            self.batch,
+            op.pixels,
+            op.channels,
+            op.silu,
+            dst,
+        );
+        Ok(())
+    }
+
+    fn resample(&mut self, _: usize, op: &ResampleOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        let kernel = match op.mode {
+            ResampleMode::AvgPool2 => scalar::avg_pool2,
+            ResampleMode::Nearest2 => scalar::nearest2,
+        };
+        kernel(input, self.batch, op.in_h, op.in_w, op.channels, dst);
         Ok(())
     }
 }

@@ -30,11 +30,12 @@ pub mod forward;
 pub mod load;
 pub mod ops;
 
+pub use description::{describe_config, describe_weights, ModelDescription};
 pub use ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
-pub use description::{describe_config, describe_weights, ModelDescription};
+pub use ops::{ResampleMode, ResampleOp, ScaleShiftOp};
 
 /// A named activation worth inspecting (diffusers module outputs, for parity debugging).
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,7 @@
 
 use alloc::vec::Vec;
 
-use super::layers::{activation, attention, conv, embedding, group_norm, linear};
+use super::layers::{activation, attention, conv, embedding, group_norm, linear, resample};
 use super::params::ParamTable;
 use crate::error::{Error, Result};
 use crate::kernels::{nchw_to_nhwc, nhwc_to_nchw, ConvShape};
@@ -23,6 +23,7 @@ use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, ModelDescription, Op,
     OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
+use crate::model::{ResampleMode, ResampleOp, ScaleShiftOp};
 use crate::weights::WeightRef;
 
 /// The training graph of one model: op list, parameter table and memory plans.
@@ -433,6 +434,38 @@ impl TrainGraph {
                     };
                     group_norm::backward(&args, saved(i), d_out, grads);
                 }
+                Op::ScaleShift(o) => {
+                    let [d_in, d_ss, d_out] = carve(
+                        &mut ws.grads,
+                        [
+                            self.grad(o.input, batch),
+                            self.grad(o.scale_shift, batch),
+                            self.grad(o.out, batch),
+                        ],
+                    )?;
+                    resample::scale_shift_backward(
+                        a(o.input),
+                        a(o.scale_shift),
+                        batch,
+                        o.pixels,
+                        o.channels,
+                        o.silu,
+                        d_out,
+                        d_in,
+                        d_ss,
+                    );
+                }
+                Op::Resample(o) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(o.input, batch), self.grad(o.out, batch)],
+                    )?;
+                    let backward = match o.mode {
+                        ResampleMode::AvgPool2 => resample::avg_pool2_backward,
+                        ResampleMode::Nearest2 => resample::nearest2_backward,
+                    };
+                    backward(d_out, batch, o.in_h, o.in_w, o.channels, d_in);
+                }
                 Op::Attention(at) => {
                     let [dq, dk, dv, d_out] = carve(
                         &mut ws.grads,
@@ -662,6 +695,28 @@ impl Backend for TrainForward<'_> {
             op.channels,
             pixels,
         );
+        Ok(())
+    }
+
+    fn scale_shift(&mut self, _: usize, op: &ScaleShiftOp) -> Result<()> {
+        let regions = [
+            self.act(op.input),
+            self.act(op.scale_shift),
+            self.act(op.out),
+        ];
+        let [input, ss, out] = carve(self.acts, regions)?;
+        let (c, batch) = (op.channels, self.batch);
+        resample::scale_shift_forward(input, ss, batch, op.pixels, c, op.silu, out);
+        Ok(())
+    }
+
+    fn resample(&mut self, _: usize, op: &ResampleOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        let forward = match op.mode {
+            ResampleMode::AvgPool2 => resample::avg_pool2,
+            ResampleMode::Nearest2 => resample::nearest2,
+        };
+        forward(input, self.batch, op.in_h, op.in_w, op.channels, out);
         Ok(())
     }
 }

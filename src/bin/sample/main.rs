@@ -165,6 +165,7 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                 .map(|k| match k {
                     DownBlockKind::Plain => "DownBlock2D",
                     DownBlockKind::Attention => "AttnDownBlock2D",
+                    DownBlockKind::ResnetDownsample => "ResnetDownsampleBlock2D",
                 })
                 .collect()
         )
@@ -177,6 +178,7 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                 .map(|k| match k {
                     UpBlockKind::Plain => "UpBlock2D",
                     UpBlockKind::Attention => "AttnUpBlock2D",
+                    UpBlockKind::ResnetUpsample => "ResnetUpsampleBlock2D",
                 })
                 .collect()
         )
