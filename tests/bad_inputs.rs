@@ -1123,11 +1123,7 @@ fn c_api_bad_calls() {
     // The weights again, one byte past an even address: every f16 tensor sits at an odd one.
     let w_odd: &'static [u8] = {
         let buf: &'static mut [u8] = Box::leak(vec![0u8; w.len() + 2].into_boxed_slice());
-        let at = if (buf.as_ptr() as usize).is_multiple_of(2) {
-            1
-        } else {
-            0
-        };
+        let at = if (buf.as_ptr() as usize).is_multiple_of(2) { 1 } else { 0 };
         buf[at..at + w.len()].copy_from_slice(w);
         &buf[at..at + w.len()]
     };
@@ -1254,7 +1250,9 @@ fn c_api_bad_calls() {
         ),
         (
             "workspace_len with an infinite guidance scale",
-            unsafe { td_sample_workspace_len(cm, &with(&|d| d.guidance = f32::INFINITY), &mut n) },
+            unsafe {
+                td_sample_workspace_len(cm, &with(&|d| d.guidance = f32::INFINITY), &mut n)
+            },
             td_status::InvalidArgument,
         ),
         (

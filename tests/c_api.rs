@@ -367,14 +367,8 @@ fn stated_threads_size_and_output_do_not_depend_on_affinity() {
         }
         let one = sample(true, threads);
         eprintln!("taskset -c 0, threads {threads}: {}", one.2.trim());
-        assert_eq!(
-            one.0, all.0,
-            "workspace size for {threads} thread(s) under taskset"
-        );
-        assert_eq!(
-            one.1, all.1,
-            "x_0 bytes for {threads} thread(s) under taskset"
-        );
+        assert_eq!(one.0, all.0, "workspace size for {threads} thread(s) under taskset");
+        assert_eq!(one.1, all.1, "x_0 bytes for {threads} thread(s) under taskset");
     }
     // And the output does not depend on the stated count either.
     assert_eq!(sample(false, "1").1, sample(false, "2").1);

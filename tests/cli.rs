@@ -355,9 +355,7 @@ fn sde_schedulers_sample_and_match_the_rust_api() {
 fn any_channel_count_and_batch_from_init_noise() {
     let dir = scratch_dir("channels");
     let model = fixtures_dir().join("extra/options-a"); // 2 channels, 8x16
-    let x_t: Vec<f32> = (0..3 * 2 * 8 * 16)
-        .map(|i| ((i % 7) as f32 - 3.0) / 3.0)
-        .collect();
+    let x_t: Vec<f32> = (0..3 * 2 * 8 * 16).map(|i| ((i % 7) as f32 - 3.0) / 3.0).collect();
     let init = dir.join("x_T.safetensors");
     write_f32(&init, "x_T", &[3, 2, 8, 16], &x_t);
     let (png, tensor) = (dir.join("grid.png"), dir.join("x_0.safetensors"));
