@@ -10,9 +10,10 @@ use super::ops::{ResampleMode, ResampleOp, ScaleShiftOp};
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::{
-    nchw_to_nhwc, nhwc_to_nchw, scalar, silu, AttentionArgs, ConvArgs, ConvShape, Exec,
-    GroupNormArgs, LinearArgs, Parallel, Sequential,
+    nchw_to_nhwc, nhwc_to_nchw, silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs,
+    LinearArgs, Parallel, Sequential,
 };
+use crate::kernels::scalar;
 use crate::memory::carve;
 
 const EMPTY: (usize, usize) = (0, 0);
@@ -60,15 +61,7 @@ impl Model {
         class_labels: Option<&[i64]>,
         out: &mut [f32],
     ) -> Result<()> {
-        self.forward_impl(
-            workspace,
-            x,
-            timesteps,
-            class_labels,
-            out,
-            Walk::All,
-            threads,
-        )
+        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::All, threads)
     }
 
     /// Runs only the ops `ops` (a range of indices into [`Model::ops`]) on a workspace that
@@ -97,15 +90,7 @@ impl Model {
                 ),
             ));
         }
-        self.forward_impl(
-            workspace,
-            x,
-            timesteps,
-            class_labels,
-            out,
-            Walk::Range(ops),
-            0,
-        )
+        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::Range(ops), 0)
     }
 
     /// `threads`: the most threads the call may use, and the count its workspace is sized for
