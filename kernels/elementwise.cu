@@ -220,3 +220,22 @@ extern "C" __global__ void resample2x(const h16* x, h16* y, int batch, int in_h,
         y[i] = x[((b * in_h + oy / 2) * in_w + ox / 2) * c + ch];
     }
 }
+
+// Op::Activation (model::forward::activation): the resnets' act_fn. kind 0 silu, 1 mish
+// (softplus linear above 20, as torch), 2 exact (erf) GELU, 3 relu.
+extern "C" __global__ void activation(const h16* x, h16* y, long long n, int kind) {
+    long long i = gidx();
+    if (i >= n) return;
+    float v = h2f(x[i]), r;
+    if (kind == 0) {
+        r = silu_f(v);
+    } else if (kind == 1) {
+        float sp = v > 20.0f ? v : log1pf(expf(v));
+        r = v * tanhf(sp);
+    } else if (kind == 2) {
+        r = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    } else {
+        r = fmaxf(v, 0.0f);
+    }
+    y[i] = f2h(r);
+}

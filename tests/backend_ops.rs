@@ -18,7 +18,7 @@ use tinydiffusion::model::Op;
 use tinydiffusion::weights::LoadOptions;
 use tinydiffusion::Model;
 
-const MODELS: [&str; 8] = [
+const MODELS: [&str; 11] = [
     "tiny-rgb16",
     "tiny-gray8",
     "tiny-class16",
@@ -27,10 +27,13 @@ const MODELS: [&str; 8] = [
     "extra/options-b",
     "extra/options-c",
     "unet-a/iddpm8",
+    "unet-a/learned8",
+    "unet-a/gelu8",
+    "unet-a/relu8",
 ];
 
 /// Every op kind the model description has (`Op::kind`).
-const ALL_KINDS: [&str; 11] = [
+const ALL_KINDS: [&str; 13] = [
     "input",
     "sinusoid",
     "linear",
@@ -42,6 +45,8 @@ const ALL_KINDS: [&str; 11] = [
     "output",
     "scale_shift",
     "resample",
+    "activation",
+    "timestep_table",
 ];
 
 /// A fixture model with every tensor in its own workspace slot.
@@ -80,7 +85,11 @@ fn reference(name: &str) -> Reference {
         })
         .collect();
     // A fractional timestep and a large one (where f32 rounding of the sinusoid matters).
-    let t = vec![37.5, 981.0];
+    // A learned time embedding takes integer timesteps only.
+    let t = match model.config.learned_time_embedding {
+        None => vec![37.5, 981.0],
+        Some(_) => vec![37.0, 981.0],
+    };
     let labels = model
         .config
         .num_class_embeds

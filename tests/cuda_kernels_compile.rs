@@ -28,6 +28,7 @@ const ENTRIES: &[(&str, &[&str])] = &[
             "advance_step",
             "scale_shift",
             "resample2x",
+            "activation",
         ],
     ),
     ("norm.cu", &["group_norm_f16"]),

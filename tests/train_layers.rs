@@ -727,3 +727,33 @@ fn avg_pool_and_nearest_upsample() {
     };
     check("nearest2", &theta, &["x"], fwd, bwd);
 }
+
+#[test]
+fn resnet_activations_mish_gelu_relu() {
+    use tinydiffusion::model::forward::activation as act_forward;
+    use tinydiffusion::model::Activation;
+    // Away from relu's kink at 0 (the finite difference straddles it there).
+    let mut x = randn(4, 60, 3.0);
+    x.iter_mut()
+        .filter(|v| v.abs() < 0.05)
+        .for_each(|v| *v += 0.1);
+    for (act, name) in [
+        (Activation::Mish, "mish"),
+        (Activation::Gelu, "gelu"),
+        (Activation::Relu, "relu"),
+        (Activation::Silu, "silu (act)"),
+    ] {
+        let theta = vec![x.clone()];
+        let fwd = |t: &[Vec<f32>]| {
+            let mut o = vec![0.0; t[0].len()];
+            act_forward(act, &t[0], &mut o);
+            o
+        };
+        let bwd = |t: &[Vec<f32>], d: &[f32]| {
+            let mut g = vec![0.0; t[0].len()];
+            activation::act_backward(act, &t[0], d, &mut g);
+            vec![g]
+        };
+        check(name, &theta, &["x"], fwd, bwd);
+    }
+}

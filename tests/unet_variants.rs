@@ -1,6 +1,8 @@
 //! UNet2DModel variants beyond the shared fixtures (tests/tools/make_unet_a_fixtures.py,
 //! diffusers 0.42): the improved-DDPM family (AdaGN `scale_shift`, resnet down/upsamplers,
-//! multi-head attention, a mid attention without GroupNorm, learned variance). Forward parity
+//! multi-head attention, a mid attention without GroupNorm, learned variance), and the other
+//! options: a learned time embedding, `act_fn` mish / gelu / relu, no mid block, a mid block
+//! without attention, one-head attention, centered input, downsample padding 0. Forward parity
 //! per block on every kernel path this CPU has, and whole sampling runs with injected noise.
 
 mod common;
@@ -12,7 +14,23 @@ use tinydiffusion::sampler;
 use tinydiffusion::weights::LoadOptions;
 use tinydiffusion::Model;
 
-const MODELS: [&str; 1] = ["unet-a/iddpm8"];
+const MODELS: [&str; 4] = [
+    "unet-a/iddpm8",
+    "unet-a/learned8",
+    "unet-a/gelu8",
+    "unet-a/relu8",
+];
+
+/// torch's activations in f64, for the taps taken after one (`time_embedding+mish`).
+fn post_act(name: &str, v: f64) -> f64 {
+    match name {
+        "silu" => v / (1.0 + (-v).exp()),
+        "mish" => v * (if v > 20.0 { v } else { v.exp().ln_1p() }).tanh(),
+        "gelu" => 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)),
+        "relu" => v.max(0.0),
+        other => panic!("unknown post-activation {other}"),
+    }
+}
 
 /// The forward case against diffusers: every block's activation (a report naming the first
 /// bad block) and the output within 1e-4; returns the output's error.
@@ -56,8 +74,8 @@ fn check_forward(name: &str, path: KernelPath) -> f64 {
             continue;
         };
         let mut want = tensors.f64s(tensor.as_str().unwrap());
-        if post == Some("silu") {
-            want.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp());
+        if let Some(post) = post {
+            want.iter_mut().for_each(|v| *v = post_act(post, *v));
         }
         let (s, l) = model.tensor_region(tap.tensor, batch);
         let hw = tap.height * tap.width;
@@ -143,4 +161,83 @@ fn variants_sampling_runs_match_diffusers() {
             assert!(err <= 1e-3, "{m} {}: {err:.3e}", run.name);
         }
     }
+}
+
+/// A config with `key` set to `value` on top of a small valid one.
+fn config_with(key: &str, value: serde_json::Value) -> String {
+    let mut cfg = serde_json::json!({
+        "_class_name": "UNet2DModel",
+        "sample_size": 8,
+        "block_out_channels": [8, 16],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 4,
+    });
+    cfg[key] = value;
+    cfg.to_string()
+}
+
+#[test]
+fn unknown_or_refused_values_are_typed_errors_naming_the_key() {
+    use serde_json::json;
+    use tinydiffusion::config::UNetConfig;
+    for (key, value) in [
+        ("act_fn", json!("tanh")),
+        ("resnet_time_scale_shift", json!("spatial")),
+        ("resnet_time_scale_shift", json!("ada_group")),
+        ("downsample_type", json!("fir")),
+        ("upsample_type", json!("fir")),
+        ("time_embedding_type", json!("sinusoidal")),
+        (
+            "down_block_types",
+            json!(["DownBlock2D", "SkipDownBlock2D"]),
+        ),
+        ("up_block_types", json!(["CrossAttnUpBlock2D", "UpBlock2D"])),
+    ] {
+        let err = UNetConfig::from_json(&config_with(key, value.clone())).unwrap_err();
+        assert!(
+            format!("{err}").contains(key.trim_end_matches("_types")),
+            "{key} = {value}: {err}"
+        );
+    }
+    // The learned time embedding needs its table size.
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&config_with("time_embedding_type", json!("learned"))).unwrap();
+    cfg["num_train_timesteps"] = serde_json::Value::Null;
+    let err = UNetConfig::from_json(&cfg.to_string()).unwrap_err();
+    assert!(format!("{err}").contains("num_train_timesteps"), "{err}");
+    // Accepted: every get_activation name UNet2DModel's blocks use.
+    for act in ["silu", "swish", "mish", "gelu", "relu"] {
+        UNetConfig::from_json(&config_with("act_fn", json!(act))).unwrap();
+    }
+}
+
+#[test]
+fn learned_time_embedding_takes_integer_timesteps_only() {
+    let model = Model::load(fixtures_dir().join("unet-a/learned8")).unwrap();
+    let (c, h, w) = model.input_shape();
+    let x = vec![0.1f32; c * h * w];
+    let mut out = vec![0.0f32; x.len()];
+    let mut ws = vec![0.0f32; model.workspace_len(1)];
+    model
+        .forward(&mut ws, &x, &[999.0], None, &mut out)
+        .unwrap();
+    for t in [12.5, 1000.0, -1.0] {
+        let err = model
+            .forward(&mut ws, &x, &[t], None, &mut out)
+            .unwrap_err();
+        assert!(format!("{err}").contains("timestep"), "{t}: {err}");
+    }
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn trainer_refuses_a_unet_without_mid_block() {
+    use tinydiffusion::model::describe_config;
+    use tinydiffusion::train::TrainGraph;
+    let model = Model::load(fixtures_dir().join("unet-a/gelu8")).unwrap();
+    let err = TrainGraph::new(&describe_config(&model.config).unwrap())
+        .err()
+        .unwrap();
+    assert!(format!("{err}").contains("mid_block_type"), "{err}");
 }

@@ -52,6 +52,7 @@ pub(super) struct Funcs {
     pub(super) advance_step: CudaFunction,
     pub(super) scale_shift: CudaFunction,
     pub(super) resample2x: CudaFunction,
+    pub(super) activation: CudaFunction,
 }
 
 /// Largest head dimension the attention kernel supports (4 columns x 128 threads).
@@ -168,6 +169,7 @@ impl CudaBackend {
             advance_step: func("elementwise.cu", "advance_step")?,
             scale_shift: func("elementwise.cu", "scale_shift")?,
             resample2x: func("elementwise.cu", "resample2x")?,
+            activation: func("elementwise.cu", "activation")?,
         };
         for (func, d) in f.attention.iter().zip([128, 256, MAX_HEAD_DIM]) {
             cu(

@@ -3,12 +3,15 @@
 use super::backend::{attention_smem_bytes, grid1, Inner};
 use crate::error::{invalid_arg, Result};
 use crate::kernels::ConvShape;
+use crate::model::backend::unsupported_op;
 use crate::model::backend::{walk, Backend};
+use crate::model::{
+    Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp,
+};
 use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Model, OutputOp,
     SiluOp, SinusoidOp, TensorId,
 };
-use crate::model::{ResampleMode, ResampleOp, ScaleShiftOp};
 
 /// Matches `struct ConvParams` in kernels/conv.cu.
 #[repr(C)]
@@ -425,5 +428,32 @@ impl Backend for CudaWalk<'_> {
             0,
             &mut kargs![src, dst, b32, h, w, c, mode],
         )
+    }
+
+    fn activation(&mut self, _: usize, op: &ActivationOp) -> Result<()> {
+        let (src, dst, n) = (
+            self.t(op.input),
+            self.t(op.out),
+            (self.batch * op.len) as i64,
+        );
+        let kind = match op.act {
+            Activation::Silu => 0i32,
+            Activation::Mish => 1,
+            Activation::Gelu => 2,
+            Activation::Relu => 3,
+        };
+        self.inner.launch(
+            &self.inner.f.activation,
+            grid1(self.batch * op.len),
+            256,
+            0,
+            &mut kargs![src, dst, n, kind],
+        )
+    }
+
+    fn timestep_table(&mut self, _: usize, _op: &TimestepTableOp) -> Result<()> {
+        // The device walk holds the timesteps as f32 on the device and cannot check them
+        // (integer, in range) without a round trip; the CPU backend runs this model.
+        Err(unsupported_op("cuda", "timestep_table"))
     }
 }

@@ -264,3 +264,18 @@ pub fn nearest2(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut
         }
     }
 }
+
+/// `mish(x) = x * tanh(softplus(x))`; softplus is `x` above 20, as torch's.
+pub fn mish(x: f32) -> f32 {
+    let softplus = if x > 20.0 {
+        x
+    } else {
+        libm::log1pf(libm::expf(x))
+    };
+    x * libm::tanhf(softplus)
+}
+
+/// The exact GELU, `x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))` (torch's default).
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2))
+}

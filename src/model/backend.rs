@@ -12,11 +12,11 @@
 //! the default [`unsupported_op`] error, typed and naming the backend), a backward in the
 //! trainer, and a case in `tests/backend_ops.rs`.
 
+use super::ops::{ActivationOp, ResampleOp, ScaleShiftOp, TimestepTableOp};
 use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp, SiluOp,
     SinusoidOp,
 };
-use super::ops::{ResampleOp, ScaleShiftOp};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::schedule::{SampleOptions, Scheduler, StepInfo};
@@ -46,6 +46,8 @@ pub trait Backend {
     fn output(&mut self, at: usize, op: &OutputOp) -> Result<()>;
     fn scale_shift(&mut self, at: usize, op: &ScaleShiftOp) -> Result<()>;
     fn resample(&mut self, at: usize, op: &ResampleOp) -> Result<()>;
+    fn activation(&mut self, at: usize, op: &ActivationOp) -> Result<()>;
+    fn timestep_table(&mut self, at: usize, op: &TimestepTableOp) -> Result<()>;
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -63,6 +65,8 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::Output(o) => backend.output(at, o),
         Op::ScaleShift(o) => backend.scale_shift(at, o),
         Op::Resample(o) => backend.resample(at, o),
+        Op::Activation(o) => backend.activation(at, o),
+        Op::TimestepTable(o) => backend.timestep_table(at, o),
     }
 }
 

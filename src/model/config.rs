@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 use serde_json::Value;
 
 use crate::error::{unsupported, Error, Result};
+use crate::model::ops::Activation;
 
 /// The kinds of down block diffusers' `UNet2DModel` can hold that this library runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,12 @@ pub struct UNetConfig {
     pub resnet_downsample: bool,
     /// `upsample_type: "resnet"`: `AttnUpBlock2D` upsamples with a resnet (`up=True`).
     pub resnet_upsample: bool,
+    /// `act_fn`: the resnets' nonlinearity (the time embedding MLP and `conv_act` are SiLU
+    /// whatever it is, as in diffusers).
+    pub act_fn: Activation,
+    /// `time_embedding_type: "learned"`: an `nn.Embedding(num_train_timesteps, c0)` instead of
+    /// the sinusoid; holds `num_train_timesteps`.
+    pub learned_time_embedding: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +193,9 @@ impl UNetConfig {
         let mut scale_shift = false;
         let mut resnet_downsample = false;
         let mut resnet_upsample = false;
+        let mut act_fn = Activation::Silu;
+        let mut learned_time = false;
+        let mut num_train_timesteps = None;
 
         for (key, v) in obj {
             let k = key.as_str();
@@ -283,8 +293,23 @@ impl UNetConfig {
                     }
                 }
                 // Options with one supported value.
-                "act_fn" => expect_value(k, v, &Value::from("silu"))?,
-                "time_embedding_type" => expect_value(k, v, &Value::from("positional"))?,
+                // diffusers' get_activation names.
+                "act_fn" => {
+                    act_fn = match v.as_str() {
+                        Some("silu" | "swish") => Activation::Silu,
+                        Some("mish") => Activation::Mish,
+                        Some("gelu") => Activation::Gelu,
+                        Some("relu") => Activation::Relu,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                "time_embedding_type" => {
+                    learned_time = match v.as_str() {
+                        Some("positional") => false,
+                        Some("learned") => true,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
                 "downsample_type" => {
                     resnet_downsample = match v.as_str() {
                         Some("conv") => false,
@@ -311,7 +336,8 @@ impl UNetConfig {
                 "dropout" => {
                     as_f64(k, v)?;
                 }
-                "num_train_timesteps" => {}
+                // Only the learned time embedding uses it (checked there).
+                "num_train_timesteps" => num_train_timesteps = Some(v.clone()),
                 _ => return Err(unsupported(k, v)),
             }
         }
@@ -364,6 +390,17 @@ impl UNetConfig {
             scale_shift,
             resnet_downsample,
             resnet_upsample,
+            act_fn,
+            learned_time_embedding: match (learned_time, num_train_timesteps) {
+                (false, _) => None,
+                (true, Some(n)) if !n.is_null() => Some(as_size("num_train_timesteps", &n)?),
+                (true, _) => {
+                    return Err(bad(
+                        "num_train_timesteps",
+                        "time_embedding_type \"learned\" needs the table size",
+                    ))
+                }
+            },
         };
         cfg.validate()?;
         Ok(cfg)

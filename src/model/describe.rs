@@ -12,10 +12,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::ops::{
+    Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp,
+};
+use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
-use super::ops::{ResampleMode, ResampleOp, ScaleShiftOp};
 use super::Tap;
 use crate::config::{DownBlockKind, UNetConfig, UpBlockKind};
 use crate::error::{unsupported, Result};
@@ -234,6 +236,35 @@ impl Builder<'_> {
         out
     }
 
+    /// `act_fn` of a `len`-float tensor: SiLU as its own op, the others as an activation op.
+    fn act(&mut self, name: String, input: TensorId, len: usize) -> TensorId {
+        match self.cfg.act_fn {
+            Activation::Silu => self.silu(name, input, len),
+            act => {
+                let out = self.tensor(name, len);
+                self.ops.push(Op::Activation(ActivationOp {
+                    input,
+                    len,
+                    act,
+                    out,
+                }));
+                out
+            }
+        }
+    }
+
+    /// GroupNorm then the resnets' `act_fn` (SiLU fused into the norm).
+    fn norm_act(&mut self, prefix: &str, x: Map, groups: usize) -> Result<Map> {
+        let silu = self.cfg.act_fn == Activation::Silu;
+        let n = self.group_norm(prefix, x, groups, silu)?;
+        if silu {
+            return Ok(n);
+        }
+        let len = n.channels() * n.h * n.w;
+        let out = self.act(format!("{prefix}+act"), n.tensor(), len);
+        Ok(Map::one(out, n.channels(), n.h, n.w))
+    }
+
     /// A plain 2x resample of a one-tensor map (the `down=True` / `up=True` resnet's paths).
     fn resample(&mut self, name: String, x: Map, mode: ResampleMode) -> Result<Map> {
         let input = match x.input {
@@ -277,7 +308,7 @@ impl Builder<'_> {
     ) -> Result<Map> {
         let groups = self.cfg.norm_num_groups;
         let scale_shift = self.cfg.scale_shift;
-        let h = self.group_norm(&format!("{p}.norm1"), x, groups, true)?;
+        let h = self.norm_act(&format!("{p}.norm1"), x, groups)?;
         let e = self.cfg.time_embed_dim;
         let proj_c = if scale_shift { 2 * out_c } else { out_c };
         let proj_w = self.packed_bias(&format!("{p}.time_emb_proj"), proj_c, e, None)?;
@@ -318,18 +349,25 @@ impl Builder<'_> {
         )?;
         let h = if scale_shift {
             let n = self.group_norm(&format!("{p}.norm2"), h, groups, false)?;
-            let out = self.tensor(format!("{p}.norm2+scale_shift"), out_c * n.h * n.w);
+            let len = out_c * n.h * n.w;
+            let out = self.tensor(format!("{p}.norm2+scale_shift"), len);
+            let silu = self.cfg.act_fn == Activation::Silu;
             self.ops.push(Op::ScaleShift(ScaleShiftOp {
                 input: n.tensor(),
                 scale_shift: proj,
                 channels: out_c,
                 pixels: n.h * n.w,
-                silu: true,
+                silu,
                 out,
             }));
+            let out = if silu {
+                out
+            } else {
+                self.act(format!("{p}.norm2+scale_shift+act"), out, len)
+            };
             Map::one(out, out_c, n.h, n.w)
         } else {
-            self.group_norm(&format!("{p}.norm2"), h, groups, true)?
+            self.norm_act(&format!("{p}.norm2"), h, groups)?
         };
         let shortcut = if x.channels() != out_c {
             self.conv(
@@ -486,12 +524,23 @@ pub fn describe(
         None => None,
     };
     let sinusoid = b.tensor("time_proj".into(), c0);
-    b.ops.push(Op::Sinusoid(SinusoidOp {
-        dim: c0,
-        flip_sin_to_cos: cfg.flip_sin_to_cos,
-        freq_shift: cfg.freq_shift as f32,
-        out: sinusoid,
-    }));
+    match cfg.learned_time_embedding {
+        None => b.ops.push(Op::Sinusoid(SinusoidOp {
+            dim: c0,
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            freq_shift: cfg.freq_shift as f32,
+            out: sinusoid,
+        })),
+        Some(steps) => {
+            let table = b.weight(&["time_proj.weight"], &[steps, c0])?;
+            b.ops.push(Op::TimestepTable(TimestepTableOp {
+                table,
+                steps,
+                dim: c0,
+                out: sinusoid,
+            }))
+        }
+    }
     let h = b.linear(
         "time_embedding.linear_1".into(),
         sinusoid,
@@ -524,15 +573,21 @@ pub fn describe(
         }));
         emb = out;
     }
-    // The SiLU every resnet applies to the embedding before its projection, done once.
-    b.temb = b.silu("time_embedding+silu".into(), emb, e);
+    // The nonlinearity every resnet applies to the embedding before its projection, done once.
+    let act = match cfg.act_fn {
+        Activation::Silu => "silu",
+        Activation::Mish => "mish",
+        Activation::Gelu => "gelu",
+        Activation::Relu => "relu",
+    };
+    b.temb = b.act(format!("time_embedding+{act}"), emb, e);
     // diffusers' `time_embedding` module output excludes the class embedding.
     let tap = if cfg.num_class_embeds.is_some() {
-        "embedding+class+silu"
+        format!("embedding+class+{act}")
     } else {
-        "time_embedding+silu"
+        format!("time_embedding+{act}")
     };
-    b.tap(tap, Map::one(b.temb, e, 1, 1));
+    b.tap(&tap, Map::one(b.temb, e, 1, 1));
 
     let mut h = b.conv(
         "conv_in",

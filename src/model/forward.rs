@@ -3,17 +3,19 @@
 
 use super::backend::{walk, walk_range, walk_timed, Backend};
 use super::ops::{
+    Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp,
+};
+use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, OutputOp, SiluOp,
     SinusoidOp, TensorId,
 };
-use super::ops::{ResampleMode, ResampleOp, ScaleShiftOp};
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
+use crate::kernels::scalar;
 use crate::kernels::{
     nchw_to_nhwc, nhwc_to_nchw, silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs,
     LinearArgs, Parallel, Sequential,
 };
-use crate::kernels::scalar;
 use crate::memory::carve;
 
 const EMPTY: (usize, usize) = (0, 0);
@@ -488,6 +490,58 @@ impl Backend for CpuBackend<'_, '_> {
         kernel(input, self.batch, op.in_h, op.in_w, op.channels, dst);
         Ok(())
     }
+
+    fn activation(&mut self, _: usize, op: &ActivationOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        activation(op.act, input, dst);
+        Ok(())
+    }
+
+    fn timestep_table(&mut self, _: usize, op: &TimestepTableOp) -> Result<()> {
+        let (s, l) = self.region(op.out);
+        let dst = &mut self.arena[s..s + l];
+        let table = self.model.weights.get(op.table);
+        for (b, row) in dst.chunks_exact_mut(op.dim).enumerate() {
+            let t = self.timesteps[if self.timesteps.len() == 1 { 0 } else { b }];
+            let index = timestep_index(t, op.steps)?;
+            for (o, w) in row
+                .iter_mut()
+                .zip(&table[index * op.dim..(index + 1) * op.dim])
+            {
+                *o = w.to_f32();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `out = act(x)` elementwise (the [`ActivationOp`]; the trainer's forward uses it too).
+pub fn activation(act: Activation, x: &[f32], out: &mut [f32]) {
+    let f: fn(f32) -> f32 = match act {
+        Activation::Silu => silu,
+        Activation::Mish => scalar::mish,
+        Activation::Gelu => scalar::gelu,
+        Activation::Relu => |v| v.max(0.0),
+    };
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = f(*v);
+    }
+}
+
+/// The row of a learned time embedding table for timestep `t`: torch's `nn.Embedding` takes
+/// only integer indices in range, so a fractional (continuous-time sampler) or out-of-range
+/// timestep is an error naming it.
+pub fn timestep_index(t: f32, steps: usize) -> Result<usize> {
+    if t.fract() != 0.0 || t < 0.0 || t >= steps as f32 {
+        return Err(Error::InvalidArgument {
+            what: "timestep",
+            message: alloc::format!(
+                "{t}: a learned time embedding (time_embedding_type \"learned\") takes integer \
+                 timesteps in 0..{steps}"
+            ),
+        });
+    }
+    Ok(t as usize)
 }
 
 /// diffusers' `get_timestep_embedding` for one timestep, in f32 as diffusers computes it (it

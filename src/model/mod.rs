@@ -31,11 +31,11 @@ pub mod load;
 pub mod ops;
 
 pub use description::{describe_config, describe_weights, ModelDescription};
+pub use ops::{Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 pub use ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
-pub use ops::{ResampleMode, ResampleOp, ScaleShiftOp};
 
 /// A named activation worth inspecting (diffusers module outputs, for parity debugging).
 #[derive(Debug, Clone, PartialEq)]

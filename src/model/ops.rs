@@ -198,6 +198,39 @@ impl ResampleOp {
     }
 }
 
+/// The resnets' nonlinearity (`act_fn`, diffusers' `get_activation`); SiLU is the [`SiluOp`]
+/// and GroupNorm's fused SiLU, the others run as an [`ActivationOp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu` / `swish`.
+    Silu,
+    /// `x * tanh(softplus(x))`, softplus linear above 20 as torch's.
+    Mish,
+    /// The exact (erf) GELU, torch's `nn.GELU()`.
+    Gelu,
+    Relu,
+}
+
+/// `out = act(x)`, elementwise over `len` floats per sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivationOp {
+    pub input: TensorId,
+    pub len: usize,
+    pub act: Activation,
+    pub out: TensorId,
+}
+
+/// `time_embedding_type: "learned"`: `out[b] = table[t_b]`, diffusers' `nn.Embedding` over the
+/// integer timestep (`table` is `[steps, dim]`); a fractional or out-of-range timestep is a
+/// typed error, as torch refuses a float index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimestepTableOp {
+    pub table: WeightRef,
+    pub steps: usize,
+    pub dim: usize,
+    pub out: TensorId,
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -212,6 +245,8 @@ pub enum Op {
     Output(OutputOp),
     ScaleShift(ScaleShiftOp),
     Resample(ResampleOp),
+    Activation(ActivationOp),
+    TimestepTable(TimestepTableOp),
 }
 
 impl Op {
@@ -229,6 +264,8 @@ impl Op {
             Op::Output(_) => "output",
             Op::ScaleShift(_) => "scale_shift",
             Op::Resample(_) => "resample",
+            Op::Activation(_) => "activation",
+            Op::TimestepTable(_) => "timestep_table",
         }
     }
 
@@ -257,6 +294,8 @@ impl Op {
             Op::Output(o) => input(Input::One(o.input)),
             Op::ScaleShift(o) => r.extend([o.input, o.scale_shift]),
             Op::Resample(o) => r.push(o.input),
+            Op::Activation(o) => r.push(o.input),
+            Op::TimestepTable(_) => {}
         }
         r
     }
@@ -275,6 +314,8 @@ impl Op {
             Op::Output(_) => None,
             Op::ScaleShift(o) => Some(o.out),
             Op::Resample(o) => Some(o.out),
+            Op::Activation(o) => Some(o.out),
+            Op::TimestepTable(o) => Some(o.out),
         }
     }
 
@@ -297,7 +338,8 @@ impl Op {
             Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
                 Vec::new()
             }
-            Op::ScaleShift(_) | Op::Resample(_) => Vec::new(),
+            Op::ScaleShift(_) | Op::Resample(_) | Op::Activation(_) => Vec::new(),
+            Op::TimestepTable(t) => alloc::vec![t.table],
         }
     }
 

@@ -19,11 +19,13 @@ use crate::error::{Error, Result};
 use crate::kernels::{nchw_to_nhwc, nhwc_to_nchw, ConvShape};
 use crate::memory::{carve, MemoryPlan, Reuse};
 use crate::model::backend::{walk, Backend};
+use crate::model::forward::{activation as act_forward, timestep_index};
+use crate::model::Input;
+use crate::model::{ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, ModelDescription, Op,
     OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
-use crate::model::{ResampleMode, ResampleOp, ScaleShiftOp};
 use crate::weights::WeightRef;
 
 /// The training graph of one model: op list, parameter table and memory plans.
@@ -76,6 +78,8 @@ fn saved_len(op: &Op) -> usize {
     match op {
         Op::GroupNorm(g) => group_norm::saved_len(g.groups),
         Op::Attention(a) => attention::saved_len(a.tokens, a.heads),
+        // The row each sample looked up.
+        Op::TimestepTable(_) => 1,
         _ => 0,
     }
 }
@@ -86,6 +90,19 @@ impl TrainGraph {
     /// The training graph of a described model ([`crate::model::describe_config`], or
     /// [`crate::model::describe_weights`] to take the parameter names a weights file uses).
     pub fn new(model: &ModelDescription) -> Result<TrainGraph> {
+        // Without a mid block the first up resnet reads the bottom map concatenated with
+        // itself; its backward would need the two halves' gradients in one buffer at once.
+        let self_concat = |i: Input| matches!(i, Input::Concat(a, b) if a == b);
+        if model.ops.iter().any(|op| match op {
+            Op::Conv(c) => self_concat(c.input),
+            Op::GroupNorm(g) => self_concat(g.input),
+            _ => false,
+        }) {
+            return Err(crate::error::unsupported(
+                "mid_block_type",
+                "null: the trainer cannot train a UNet without a mid block",
+            ));
+        }
         let ops = model.ops.clone();
         let tensors = model.tensors.clone();
         let n_ops = ops.len();
@@ -466,6 +483,23 @@ impl TrainGraph {
                     };
                     backward(d_out, batch, o.in_h, o.in_w, o.channels, d_in);
                 }
+                Op::Activation(o) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(o.input, batch), self.grad(o.out, batch)],
+                    )?;
+                    activation::act_backward(o.act, a(o.input), d_out, d_in);
+                }
+                Op::TimestepTable(o) => {
+                    let [d_out] = carve(&mut ws.grads, [self.grad(o.out, batch)])?;
+                    let [d_table] = carve(param_grads, [pr(o.table)])?;
+                    for (row, &index) in d_out.chunks_exact(o.dim).zip(saved(i)) {
+                        let at = index as usize * o.dim;
+                        for (t, d) in d_table[at..at + o.dim].iter_mut().zip(row) {
+                            *t += d;
+                        }
+                    }
+                }
                 Op::Attention(at) => {
                     let [dq, dk, dv, d_out] = carve(
                         &mut ws.grads,
@@ -717,6 +751,28 @@ impl Backend for TrainForward<'_> {
             ResampleMode::Nearest2 => resample::nearest2,
         };
         forward(input, self.batch, op.in_h, op.in_w, op.channels, out);
+        Ok(())
+    }
+
+    fn activation(&mut self, _: usize, op: &ActivationOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        act_forward(op.act, input, out);
+        Ok(())
+    }
+
+    fn timestep_table(&mut self, at: usize, op: &TimestepTableOp) -> Result<()> {
+        let regions = [self.graph.saved_region(at, self.batch), self.act(op.out)];
+        let [rows, out] = carve(self.acts, regions)?;
+        let table = &self.params[self.graph.params.range(op.table)];
+        for ((o, row), &t) in out
+            .chunks_exact_mut(op.dim)
+            .zip(rows.iter_mut())
+            .zip(self.t)
+        {
+            let index = timestep_index(t, op.steps)?;
+            *row = index as f32;
+            o.copy_from_slice(&table[index * op.dim..(index + 1) * op.dim]);
+        }
         Ok(())
     }
 }

@@ -28,12 +28,37 @@ MODELS = {
                    up_block_types=["AttnUpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"],
                    downsample_type="resnet", upsample_type="resnet", resnet_time_scale_shift="scale_shift",
                    attention_head_dim=4, norm_num_groups=4),
+    # learned time embedding (nn.Embedding over the integer timestep), act_fn mish through
+    # AdaGN, one-head attention (attention_head_dim None), resnet samplers.
+    "learned8": dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16],
+                     layers_per_block=1, down_block_types=["ResnetDownsampleBlock2D", "AttnDownBlock2D"],
+                     up_block_types=["AttnUpBlock2D", "ResnetUpsampleBlock2D"], time_embedding_type="learned",
+                     num_train_timesteps=1000, act_fn="mish", resnet_time_scale_shift="scale_shift",
+                     attention_head_dim=None, norm_num_groups=4),
+    # act_fn gelu, no mid block, centered input, downsample_padding 0, norm_eps,
+    # time_embedding_dim.
+    "gelu8": dict(sample_size=8, in_channels=2, out_channels=2, block_out_channels=[8, 16], layers_per_block=1,
+                  down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+                  act_fn="gelu", mid_block_type=None, center_input_sample=True, downsample_padding=0,
+                  norm_eps=1e-6, time_embedding_dim=24, attention_head_dim=8, norm_num_groups=4),
+    # act_fn relu with the mid attention's own groups (attn_norm_num_groups) under AdaGN.
+    "relu8": dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 8], layers_per_block=1,
+                  down_block_types=["AttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "AttnUpBlock2D"],
+                  act_fn="relu", resnet_time_scale_shift="scale_shift", attn_norm_num_groups=2,
+                  mid_block_scale_factor=1.4142, attention_head_dim=4, norm_num_groups=4),
 }
+
+# Models with a trainer gradient case (the others' layers are covered by these and by the
+# finite-difference checks).
+GRADIENT_CASES = {"iddpm8", "learned8"}
 
 SAMPLES = {
     "iddpm8": [
         ("ddpm20_learned_range", DDPMScheduler, dict(beta_schedule="squaredcos_cap_v2", variance_type="learned_range"), 20, None),
     ],
+    "learned8": [("ddpm20", DDPMScheduler, dict(), 20, None), ("ddim10_eta0", DDIMScheduler, dict(), 10, 0.0)],
+    "gelu8": [("ddpm20", DDPMScheduler, dict(), 20, None)],
+    "relu8": [("ddim10_eta0", DDIMScheduler, dict(), 10, 0.0)],
 }
 
 
@@ -124,6 +149,13 @@ for name, cfg in MODELS.items():
                       "inputs": inputs,
                       "expected": {"timesteps": f"{case}.timesteps", "traj": f"{case}.traj"}})
     # The trainer's gradient case: L_simple on the eps channels (the first in_channels).
+    if name not in GRADIENT_CASES:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "cases.safetensors"))
+        with open(os.path.join(d, "cases.json"), "w") as f:
+            json.dump({"model": name, "diffusers": diffusers.__version__, "cases": cases}, f, indent=1,
+                      default=lambda o: list(o) if isinstance(o, tuple) else str(o))
+        print("wrote", d)
+        continue
     abar = DDPMScheduler().alphas_cumprod.double()
     x0 = torch.randn(2, c, s, s)
     eps = torch.randn(2, c, s, s)
