@@ -18,7 +18,7 @@ use tinydiffusion::model::Op;
 use tinydiffusion::weights::LoadOptions;
 use tinydiffusion::Model;
 
-const MODELS: [&str; 11] = [
+const MODELS: [&str; 12] = [
     "tiny-rgb16",
     "tiny-gray8",
     "tiny-class16",
@@ -30,10 +30,11 @@ const MODELS: [&str; 11] = [
     "unet-a/learned8",
     "unet-a/gelu8",
     "unet-a/relu8",
+    "unet-a/classts8",
 ];
 
 /// Every op kind the model description has (`Op::kind`).
-const ALL_KINDS: [&str; 13] = [
+const ALL_KINDS: [&str; 14] = [
     "input",
     "sinusoid",
     "linear",
@@ -47,6 +48,7 @@ const ALL_KINDS: [&str; 13] = [
     "resample",
     "activation",
     "timestep_table",
+    "class_sinusoid",
 ];
 
 /// A fixture model with every tensor in its own workspace slot.

@@ -14,11 +14,12 @@ use tinydiffusion::sampler;
 use tinydiffusion::weights::LoadOptions;
 use tinydiffusion::Model;
 
-const MODELS: [&str; 4] = [
+const MODELS: [&str; 5] = [
     "unet-a/iddpm8",
     "unet-a/learned8",
     "unet-a/gelu8",
     "unet-a/relu8",
+    "unet-a/classts8",
 ];
 
 /// torch's activations in f64, for the taps taken after one (`time_embedding+mish`).
@@ -193,6 +194,8 @@ fn unknown_or_refused_values_are_typed_errors_naming_the_key() {
             json!(["DownBlock2D", "SkipDownBlock2D"]),
         ),
         ("up_block_types", json!(["CrossAttnUpBlock2D", "UpBlock2D"])),
+        ("class_embed_type", json!("identity")),
+        ("class_embed_type", json!("projection")),
     ] {
         let err = UNetConfig::from_json(&config_with(key, value.clone())).unwrap_err();
         assert!(
@@ -206,6 +209,10 @@ fn unknown_or_refused_values_are_typed_errors_naming_the_key() {
     cfg["num_train_timesteps"] = serde_json::Value::Null;
     let err = UNetConfig::from_json(&cfg.to_string()).unwrap_err();
     assert!(format!("{err}").contains("num_train_timesteps"), "{err}");
+    // "timestep" needs num_class_embeds here (the label range).
+    let err =
+        UNetConfig::from_json(&config_with("class_embed_type", json!("timestep"))).unwrap_err();
+    assert!(format!("{err}").contains("num_class_embeds"), "{err}");
     // Accepted: every get_activation name UNet2DModel's blocks use.
     for act in ["silu", "swish", "mish", "gelu", "relu"] {
         UNetConfig::from_json(&config_with("act_fn", json!(act))).unwrap();

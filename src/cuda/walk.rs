@@ -456,4 +456,9 @@ impl Backend for CudaWalk<'_> {
         // (integer, in range) without a round trip; the CPU backend runs this model.
         Err(unsupported_op("cuda", "timestep_table"))
     }
+
+    fn class_sinusoid(&mut self, _: usize, _op: &SinusoidOp) -> Result<()> {
+        // The labels live on the device as integers; the sinusoid kernel reads f32 timesteps.
+        Err(unsupported_op("cuda", "class_sinusoid"))
+    }
 }

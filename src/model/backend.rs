@@ -48,6 +48,8 @@ pub trait Backend {
     fn resample(&mut self, at: usize, op: &ResampleOp) -> Result<()>;
     fn activation(&mut self, at: usize, op: &ActivationOp) -> Result<()>;
     fn timestep_table(&mut self, at: usize, op: &TimestepTableOp) -> Result<()>;
+    /// The sinusoid of the class labels (`class_embed_type: "timestep"`).
+    fn class_sinusoid(&mut self, at: usize, op: &SinusoidOp) -> Result<()>;
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -67,6 +69,7 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::Resample(o) => backend.resample(at, o),
         Op::Activation(o) => backend.activation(at, o),
         Op::TimestepTable(o) => backend.timestep_table(at, o),
+        Op::ClassSinusoid(o) => backend.class_sinusoid(at, o),
     }
 }
 

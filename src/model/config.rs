@@ -70,6 +70,11 @@ pub struct UNetConfig {
     /// `time_embedding_type: "learned"`: an `nn.Embedding(num_train_timesteps, c0)` instead of
     /// the sinusoid; holds `num_train_timesteps`.
     pub learned_time_embedding: Option<usize>,
+    /// `class_embed_type: "timestep"`: the class label goes through the sinusoid and a second
+    /// `TimestepEmbedding` (`class_embedding.linear_1/2`) instead of a table. diffusers ignores
+    /// `num_class_embeds` then; here it is required and bounds the labels (0..n), which the
+    /// front ends need for their default labels and guidance's null class.
+    pub timestep_class_embedding: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +201,7 @@ impl UNetConfig {
         let mut act_fn = Activation::Silu;
         let mut learned_time = false;
         let mut num_train_timesteps = None;
+        let mut timestep_class = false;
 
         for (key, v) in obj {
             let k = key.as_str();
@@ -331,7 +337,20 @@ impl UNetConfig {
                         _ => return Err(unsupported(k, v)),
                     }
                 }
-                "class_embed_type" => expect_value(k, v, &Value::Null)?,
+                "class_embed_type" => {
+                    timestep_class =
+                        match v.as_str() {
+                            None if v.is_null() => false,
+                            Some("timestep") => true,
+                            // nn.Identity: the caller would pass embeddings, not labels.
+                            Some("identity") => return Err(unsupported(
+                                k,
+                                "\"identity\": class embeddings as model inputs (the API takes \
+                                 integer class labels)",
+                            )),
+                            _ => return Err(unsupported(k, v)),
+                        }
+                }
                 // Training-only or unused by the positional embedding.
                 "dropout" => {
                     as_f64(k, v)?;
@@ -391,6 +410,7 @@ impl UNetConfig {
             resnet_downsample,
             resnet_upsample,
             act_fn,
+            timestep_class_embedding: timestep_class,
             learned_time_embedding: match (learned_time, num_train_timesteps) {
                 (false, _) => None,
                 (true, Some(n)) if !n.is_null() => Some(as_size("num_train_timesteps", &n)?),
@@ -402,6 +422,20 @@ impl UNetConfig {
                 }
             },
         };
+        if cfg.timestep_class_embedding {
+            if cfg.num_class_embeds.is_none() {
+                return Err(bad(
+                    "num_class_embeds",
+                    "class_embed_type \"timestep\" needs it here: the number of class labels",
+                ));
+            }
+            if cfg.learned_time_embedding.is_some() {
+                return Err(unsupported(
+                    "class_embed_type",
+                    "\"timestep\" with time_embedding_type \"learned\"",
+                ));
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -569,13 +603,5 @@ impl UNetConfig {
             Some(d) => channels / d,
             None => 1,
         }
-    }
-}
-
-fn expect_value(key: &str, v: &Value, want: &Value) -> Result<()> {
-    if v == want {
-        Ok(())
-    } else {
-        Err(unsupported(key, v))
     }
 }

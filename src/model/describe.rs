@@ -520,8 +520,18 @@ pub fn describe(
     let linear_1 = b.packed_bias("time_embedding.linear_1", e, c0, None)?;
     let linear_2 = b.packed_bias("time_embedding.linear_2", e, e, None)?;
     let class_embedding = match cfg.num_class_embeds {
-        Some(n) => Some((b.weight(&["class_embedding.weight"], &[n, e])?, n)),
-        None => None,
+        Some(n) if !cfg.timestep_class_embedding => {
+            Some((b.weight(&["class_embedding.weight"], &[n, e])?, n))
+        }
+        _ => None,
+    };
+    let class_mlp = if cfg.timestep_class_embedding {
+        Some((
+            b.packed_bias("class_embedding.linear_1", e, c0, None)?,
+            b.packed_bias("class_embedding.linear_2", e, e, None)?,
+        ))
+    } else {
+        None
     };
     let sinusoid = b.tensor("time_proj".into(), c0);
     match cfg.learned_time_embedding {
@@ -562,6 +572,37 @@ pub fn describe(
         None,
         1.0,
     );
+    if let Some((linear_1, linear_2)) = class_mlp {
+        // emb += TimestepEmbedding(sinusoid(label)).
+        let sinusoid = b.tensor("class_proj".into(), c0);
+        b.ops.push(Op::ClassSinusoid(SinusoidOp {
+            dim: c0,
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            freq_shift: cfg.freq_shift as f32,
+            out: sinusoid,
+        }));
+        let h = b.linear(
+            "class_embedding.linear_1".into(),
+            sinusoid,
+            1,
+            c0,
+            e,
+            linear_1,
+            None,
+            1.0,
+        );
+        let h = b.silu("class_embedding.act".into(), h, e);
+        emb = b.linear(
+            "class_embedding.linear_2+time_embedding".into(),
+            h,
+            1,
+            e,
+            e,
+            linear_2,
+            Some(emb),
+            1.0,
+        );
+    }
     if let Some((table, classes)) = class_embedding {
         let out = b.tensor("class_embedding".into(), e);
         b.ops.push(Op::ClassEmbedding(ClassEmbeddingOp {

@@ -497,6 +497,10 @@ impl Backend for CpuBackend<'_, '_> {
         Ok(())
     }
 
+    fn class_sinusoid(&mut self, _: usize, op: &SinusoidOp) -> Result<()> {
+        self.class_sinusoid_impl(op)
+    }
+
     fn timestep_table(&mut self, _: usize, op: &TimestepTableOp) -> Result<()> {
         let (s, l) = self.region(op.out);
         let dst = &mut self.arena[s..s + l];
@@ -510,6 +514,20 @@ impl Backend for CpuBackend<'_, '_> {
             {
                 *o = w.to_f32();
             }
+        }
+        Ok(())
+    }
+}
+
+impl CpuBackend<'_, '_> {
+    fn class_sinusoid_impl(&mut self, op: &SinusoidOp) -> Result<()> {
+        let (s, l) = self.region(op.out);
+        let dst = &mut self.arena[s..s + l];
+        // Model::forward checked the labels against the model before the walk.
+        let labels = self.class_labels.unwrap_or(&[]);
+        for (b, row) in dst.chunks_exact_mut(op.dim.max(1)).enumerate() {
+            let label = labels[if labels.len() == 1 { 0 } else { b }];
+            sinusoid(label as f32, op.flip_sin_to_cos, op.freq_shift, row);
         }
         Ok(())
     }

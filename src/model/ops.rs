@@ -247,6 +247,8 @@ pub enum Op {
     Resample(ResampleOp),
     Activation(ActivationOp),
     TimestepTable(TimestepTableOp),
+    /// [`SinusoidOp`] of the class labels (`class_embed_type: "timestep"`).
+    ClassSinusoid(SinusoidOp),
 }
 
 impl Op {
@@ -266,6 +268,7 @@ impl Op {
             Op::Resample(_) => "resample",
             Op::Activation(_) => "activation",
             Op::TimestepTable(_) => "timestep_table",
+            Op::ClassSinusoid(_) => "class_sinusoid",
         }
     }
 
@@ -295,7 +298,7 @@ impl Op {
             Op::ScaleShift(o) => r.extend([o.input, o.scale_shift]),
             Op::Resample(o) => r.push(o.input),
             Op::Activation(o) => r.push(o.input),
-            Op::TimestepTable(_) => {}
+            Op::TimestepTable(_) | Op::ClassSinusoid(_) => {}
         }
         r
     }
@@ -316,6 +319,7 @@ impl Op {
             Op::Resample(o) => Some(o.out),
             Op::Activation(o) => Some(o.out),
             Op::TimestepTable(o) => Some(o.out),
+            Op::ClassSinusoid(o) => Some(o.out),
         }
     }
 
@@ -338,7 +342,9 @@ impl Op {
             Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
                 Vec::new()
             }
-            Op::ScaleShift(_) | Op::Resample(_) | Op::Activation(_) => Vec::new(),
+            Op::ScaleShift(_) | Op::Resample(_) | Op::Activation(_) | Op::ClassSinusoid(_) => {
+                Vec::new()
+            }
             Op::TimestepTable(t) => alloc::vec![t.table],
         }
     }

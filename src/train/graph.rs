@@ -148,7 +148,10 @@ impl TrainGraph {
         let mut needs_grad = alloc::vec![true; tensors.len()];
         // No gradient flows into the model's inputs (the sample and the timestep).
         for op in &ops {
-            if let Op::Input(InputOp { out, .. }) | Op::Sinusoid(SinusoidOp { out, .. }) = op {
+            if let Op::Input(InputOp { out, .. })
+            | Op::Sinusoid(SinusoidOp { out, .. })
+            | Op::ClassSinusoid(SinusoidOp { out, .. }) = op
+            {
                 needs_grad[*out] = false;
             }
         }
@@ -483,6 +486,8 @@ impl TrainGraph {
                     };
                     backward(d_out, batch, o.in_h, o.in_w, o.channels, d_in);
                 }
+                // No gradient flows into the labels.
+                Op::ClassSinusoid(_) => {}
                 Op::Activation(o) => {
                     let [d_in, d_out] = carve(
                         &mut ws.grads,
@@ -757,6 +762,15 @@ impl Backend for TrainForward<'_> {
     fn activation(&mut self, _: usize, op: &ActivationOp) -> Result<()> {
         let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
         act_forward(op.act, input, out);
+        Ok(())
+    }
+
+    fn class_sinusoid(&mut self, _: usize, op: &SinusoidOp) -> Result<()> {
+        let (s, l) = self.act(op.out);
+        let dst = &mut self.acts[s..s + l];
+        for (row, &label) in dst.chunks_exact_mut(op.dim).zip(self.labels) {
+            embedding::sinusoid(label as f32, op.flip_sin_to_cos, op.freq_shift, row);
+        }
         Ok(())
     }
 

@@ -46,7 +46,13 @@ MODELS = {
                   down_block_types=["AttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "AttnUpBlock2D"],
                   act_fn="relu", resnet_time_scale_shift="scale_shift", attn_norm_num_groups=2,
                   mid_block_scale_factor=1.4142, attention_head_dim=4, norm_num_groups=4),
+    # class_embed_type "timestep": the label through the sinusoid and its own TimestepEmbedding
+    # (num_class_embeds, ignored by diffusers, bounds the labels here).
+    "classts8": dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16], layers_per_block=1,
+                     down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+                     class_embed_type="timestep", num_class_embeds=10, attention_head_dim=8, norm_num_groups=4),
 }
+LABELS = {"classts8": [3, 7]}
 
 # Models with a trainer gradient case (the others' layers are covered by these and by the
 # finite-difference checks).
@@ -59,6 +65,7 @@ SAMPLES = {
     "learned8": [("ddpm20", DDPMScheduler, dict(), 20, None), ("ddim10_eta0", DDIMScheduler, dict(), 10, 0.0)],
     "gelu8": [("ddpm20", DDPMScheduler, dict(), 20, None)],
     "relu8": [("ddim10_eta0", DDIMScheduler, dict(), 10, 0.0)],
+    "classts8": [("ddpm20", DDPMScheduler, dict(), 20, None)],
 }
 
 
@@ -103,19 +110,28 @@ for name, cfg in MODELS.items():
     ref.load_state_dict({k: v.half().double() for k, v in model.state_dict().items()})
     ref = ref.double().eval()
     full = model.double().eval()  # its weights are f16 values already (saved as f16 above)
+    for m in (ref, full):
+        # diffusers casts the time sinusoid to the model's dtype but not the class label's
+        # ("timestep" class embedding): do it for the float64 run.
+        m.time_proj.forward = (lambda f: lambda ts: f(ts).double())(m.time_proj.forward)
     acts = block_outputs(ref)
     c, s = cfg["in_channels"], cfg["sample_size"]
     tensors, cases = {}, []
     x = torch.randn(2, c, s, s)
     t = torch.tensor([17, 803])
     kw = {}
+    labels = torch.tensor(LABELS[name]) if name in LABELS else None
     with torch.no_grad():
-        out = ref(x.double(), t).sample
-        out_f64 = full(x.double(), t).sample
+        out = ref(x.double(), t, class_labels=labels).sample
+        out_f64 = full(x.double(), t, class_labels=labels).sample
     tensors.update({"forward.x": x, "forward.t": t, "forward.out_f16w": out, "forward.out_f64": out_f64})
+    fwd_inputs = {"x": "forward.x", "t": "forward.t"}
+    if labels is not None:
+        tensors["forward.class_labels"] = labels
+        fwd_inputs["class_labels"] = "forward.class_labels"
     for k, v in acts.items():
         tensors[f"forward.act.{k}"] = v
-    cases.append({"name": "forward", "kind": "forward", "inputs": {"x": "forward.x", "t": "forward.t"},
+    cases.append({"name": "forward", "kind": "forward", "inputs": fwd_inputs,
                   "expected": {"out": "forward.out_f16w", "out_f64": "forward.out_f64",
                                "activations": {k: f"forward.act.{k}" for k in acts}}})
     for case, S, skw, steps, eta in SAMPLES[name]:
@@ -127,7 +143,7 @@ for name, cfg in MODELS.items():
         sample = x_t
         for i, ts in enumerate(sched.timesteps):
             with torch.no_grad():
-                mo = ref(sample, ts).sample
+                mo = ref(sample, ts, class_labels=labels).sample
             if S is DDPMScheduler:
                 orig = ddpm_module.randn_tensor
                 ddpm_module.randn_tensor = lambda *a, **k: noise[i]
@@ -137,6 +153,9 @@ for name, cfg in MODELS.items():
                 sample = sched.step(mo, ts, sample, eta=eta).prev_sample
             traj.append(sample)
         inputs = {"x_T": f"{case}.x_T"}
+        if labels is not None:
+            inputs["class_labels"] = f"{case}.class_labels"
+            tensors[f"{case}.class_labels"] = labels.clone()
         tensors[f"{case}.x_T"] = x_t.float()
         if S is DDPMScheduler:
             inputs["noise"] = f"{case}.noise"
@@ -144,7 +163,8 @@ for name, cfg in MODELS.items():
         tensors[f"{case}.timesteps"] = sched.timesteps.clone()
         tensors[f"{case}.traj"] = torch.stack(traj)
         cases.append({"name": case, "kind": "sample",
-                      "scheduler": dict(sched.config, _class_name=S.__name__),
+                      "scheduler": {k: (sorted(v) if k == "_use_default_values" else v)
+                                    for k, v in dict(sched.config, _class_name=S.__name__).items()},
                       "num_inference_steps": steps, "eta": eta, "guidance_w": None, "null_class": None,
                       "inputs": inputs,
                       "expected": {"timesteps": f"{case}.timesteps", "traj": f"{case}.traj"}})
