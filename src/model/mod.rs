@@ -30,12 +30,13 @@ pub mod forward;
 pub mod load;
 pub mod ops;
 
-pub use description::{describe_config, describe_weights, ModelDescription};
-pub use ops::{Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 pub use ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
+pub use description::{describe_config, describe_weights, ModelDescription};
+#[rustfmt::skip]
+pub use ops::{Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 
 /// A named activation worth inspecting (diffusers module outputs, for parity debugging).
 #[derive(Debug, Clone, PartialEq)]
