@@ -35,7 +35,7 @@ pub use ops::{
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 pub use description::{describe_config, describe_weights, ModelDescription};
-#[rustfmt::skip]
+
 pub use ops::{Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 
 /// A named activation worth inspecting (diffusers module outputs, for parity debugging).
