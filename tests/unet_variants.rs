@@ -248,3 +248,55 @@ fn trainer_refuses_a_unet_without_mid_block() {
         .unwrap();
     assert!(format!("{err}").contains("mid_block_type"), "{err}");
 }
+
+/// The `sample` binary on a variant fixture folder replays diffusers' DDPM run: injected x_T
+/// and step noise in, x_0 out.
+#[test]
+fn cli_replays_a_variant_ddpm_run() {
+    let dir = fixtures_dir().join("unet-a/learned8");
+    let tensors = TensorFile::open(dir.join("cases.safetensors"));
+    let scratch = std::env::temp_dir().join(format!("tinydiffusion-unet-a-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (x_t, noise, out) = (
+        scratch.join("x_T.safetensors"),
+        scratch.join("noise.safetensors"),
+        scratch.join("x_0.safetensors"),
+    );
+    let write = |path: &std::path::Path, name: &str, key: &str| {
+        let data = tensors.f32s(key);
+        let shape = tensors.shape(key);
+        tinydiffusion::io::write_tensors(path, &[(name, &shape[..], &data[..])]).unwrap();
+    };
+    write(&x_t, "x_T", "ddpm20.x_T");
+    write(&noise, "noise", "ddpm20.noise");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sample"))
+        .args([
+            "--model",
+            dir.to_str().unwrap(),
+            "--scheduler",
+            "ddpm",
+            "--steps",
+            "20",
+            "--init-noise",
+            x_t.to_str().unwrap(),
+            "--step-noise",
+            noise.to_str().unwrap(),
+            "--save-tensor",
+            out.to_str().unwrap(),
+            "--out",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ours = TensorFile::open(&out).f32s("x_0");
+    let traj = tensors.f64s("ddpm20.traj");
+    let err = rel_l2(&ours, &traj[traj.len() - ours.len()..]);
+    println!("sample CLI on unet-a/learned8, DDPM 20 steps: final rel L2 {err:.2e}");
+    assert!(err <= 1e-3, "{err:.3e}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}

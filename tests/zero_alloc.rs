@@ -132,8 +132,9 @@ fn forward_and_sampling_allocate_nothing() {
         "50-step DDPM allocated"
     );
 
-    // The UNet2DModel variants (AdaGN scale-shift, resnet down/upsamplers).
-    for name in ["unet-a/iddpm8"] {
+    // The UNet2DModel variants (AdaGN scale-shift, resnet down/upsamplers, learned time
+    // embedding, other activations, no mid block).
+    for name in ["unet-a/iddpm8", "unet-a/learned8", "unet-a/gelu8"] {
         let variant = Model::load(fixtures_dir().join(name)).unwrap();
         let (c, h, w) = variant.input_shape();
         let x = vec![0.5f32; 2 * c * h * w];
