@@ -288,11 +288,7 @@ fn cli_replays_a_variant_ddpm_run() {
         ])
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ours = TensorFile::open(&out).f32s("x_0");
     let traj = tensors.f64s("ddpm20.traj");
     let err = rel_l2(&ours, &traj[traj.len() - ours.len()..]);

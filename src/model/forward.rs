@@ -550,7 +550,7 @@ pub fn activation(act: Activation, x: &[f32], out: &mut [f32]) {
 /// only integer indices in range, so a fractional (continuous-time sampler) or out-of-range
 /// timestep is an error naming it.
 pub fn timestep_index(t: f32, steps: usize) -> Result<usize> {
-    if t.fract() != 0.0 || t < 0.0 || t >= steps as f32 {
+    if libm::truncf(t) != t || t < 0.0 || t >= steps as f32 {
         return Err(Error::InvalidArgument {
             what: "timestep",
             message: alloc::format!(
