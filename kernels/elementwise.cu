@@ -186,3 +186,56 @@ extern "C" __global__ void set_step(int* step, int value) {
 extern "C" __global__ void advance_step(int* step) {
     if (blockIdx.x == 0 && threadIdx.x == 0) *step += 1;
 }
+
+// Op::ScaleShift (AdaGN, kernels::scalar::scale_shift): y = x * (1 + scale) + shift per sample
+// and channel over NHWC x, then SiLU if `silu`; ss is [batch, 2c], scales first.
+extern "C" __global__ void scale_shift(const h16* x, const h16* ss, h16* y, int batch, int hw,
+                                       int c, int silu) {
+    long long i = gidx(), n = (long long)batch * hw * c;
+    if (i >= n) return;
+    int ch = (int)(i % c);
+    long long b = i / ((long long)hw * c);
+    const h16* row = ss + b * 2 * c;
+    float z = h2f(x[i]) * (1.0f + h2f(row[ch])) + h2f(row[c + ch]);
+    y[i] = f2h(silu ? silu_f(z) : z);
+}
+
+// Op::Resample (kernels::scalar::avg_pool2 / nearest2) over NHWC x of in_h x in_w: mode 0 is a
+// 2x2 average pool (window summed in row order, then divided), mode 1 a nearest 2x upsample.
+extern "C" __global__ void resample2x(const h16* x, h16* y, int batch, int in_h, int in_w, int c,
+                                      int mode) {
+    int oh = mode == 0 ? in_h / 2 : in_h * 2, ow = mode == 0 ? in_w / 2 : in_w * 2;
+    long long i = gidx(), n = (long long)batch * oh * ow * c;
+    if (i >= n) return;
+    int ch = (int)(i % c);
+    long long p = i / c;
+    int ox = (int)(p % ow), oy = (int)((p / ow) % oh);
+    long long b = p / ((long long)ow * oh);
+    if (mode == 0) {
+        const h16* base = x + ((b * in_h + 2 * oy) * in_w + 2 * ox) * c + ch;
+        long long row = (long long)in_w * c;
+        float s = h2f(base[0]) + h2f(base[c]) + h2f(base[row]) + h2f(base[row + c]);
+        y[i] = f2h(s / 4.0f);
+    } else {
+        y[i] = x[((b * in_h + oy / 2) * in_w + ox / 2) * c + ch];
+    }
+}
+
+// Op::Activation (model::forward::activation): the resnets' act_fn. kind 0 silu, 1 mish
+// (softplus linear above 20, as torch), 2 exact (erf) GELU, 3 relu.
+extern "C" __global__ void activation(const h16* x, h16* y, long long n, int kind) {
+    long long i = gidx();
+    if (i >= n) return;
+    float v = h2f(x[i]), r;
+    if (kind == 0) {
+        r = silu_f(v);
+    } else if (kind == 1) {
+        float sp = v > 20.0f ? v : log1pf(expf(v));
+        r = v * tanhf(sp);
+    } else if (kind == 2) {
+        r = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    } else {
+        r = fmaxf(v, 0.0f);
+    }
+    y[i] = f2h(r);
+}

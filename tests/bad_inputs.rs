@@ -570,7 +570,7 @@ fn bad_configs() {
             Err(Error::UnsupportedConfig { key, .. }) if key == "cross_attention_dim"),
         row!("unknown block type", || parse(cfg(|o| { o.insert("down_block_types".into(), json!(["DownBlock2D", "CrossAttnDownBlock2D"])); })),
             Err(Error::UnsupportedConfig { key, .. }) if key == "down_block_types"),
-        row!("unsupported activation", || parse(cfg(|o| { o.insert("act_fn".into(), json!("gelu")); })),
+        row!("unsupported activation", || parse(cfg(|o| { o.insert("act_fn".into(), json!("tanh")); })),
             Err(Error::UnsupportedConfig { key, .. }) if key == "act_fn"),
         row!(
             "non-finite norm_eps is not JSON",

@@ -128,3 +128,13 @@ fn gradients_match_pytorch_tiny_rgb16() {
 fn gradients_match_pytorch_tiny_gray8() {
     check("tiny-gray8");
 }
+
+#[test]
+fn gradients_match_pytorch_unet_a_iddpm8() {
+    check("unet-a/iddpm8");
+}
+
+#[test]
+fn gradients_match_pytorch_unet_a_learned8() {
+    check("unet-a/learned8");
+}

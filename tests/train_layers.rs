@@ -8,7 +8,9 @@
 #![cfg(feature = "train")]
 
 use tinydiffusion::kernels::ConvShape;
-use tinydiffusion::train::layers::{activation, attention, conv, embedding, group_norm, linear};
+use tinydiffusion::train::layers::{
+    activation, attention, conv, embedding, group_norm, linear, resample,
+};
 use tinydiffusion::train::rng::{Purpose, Stream};
 
 fn randn(seed: u64, n: usize, scale: f32) -> Vec<f32> {
@@ -667,4 +669,91 @@ fn attention_block(
         },
     );
     (out, g)
+}
+
+#[test]
+fn scale_shift_adagn() {
+    let (batch, pixels, c) = (2, 5, 3);
+    for silu in [true, false] {
+        let theta = vec![
+            randn(1, batch * pixels * c, 1.5),
+            randn(2, batch * 2 * c, 0.5),
+        ];
+        let fwd = |t: &[Vec<f32>]| {
+            let mut o = vec![0.0; t[0].len()];
+            resample::scale_shift_forward(&t[0], &t[1], batch, pixels, c, silu, &mut o);
+            o
+        };
+        let bwd = |t: &[Vec<f32>], d: &[f32]| {
+            let (mut dx, mut dss) = (vec![0.0; t[0].len()], vec![0.0; t[1].len()]);
+            resample::scale_shift_backward(
+                &t[0], &t[1], batch, pixels, c, silu, d, &mut dx, &mut dss,
+            );
+            vec![dx, dss]
+        };
+        let name = if silu {
+            "scale_shift+silu"
+        } else {
+            "scale_shift"
+        };
+        check(name, &theta, &["x", "scale_shift"], fwd, bwd);
+    }
+}
+
+#[test]
+fn avg_pool_and_nearest_upsample() {
+    let (batch, h, w, c) = (2, 4, 6, 3);
+    let theta = vec![randn(3, batch * h * w * c, 1.0)];
+    let fwd = |t: &[Vec<f32>]| {
+        let mut o = vec![0.0; t[0].len() / 4];
+        resample::avg_pool2(&t[0], batch, h, w, c, &mut o);
+        o
+    };
+    let bwd = |t: &[Vec<f32>], d: &[f32]| {
+        let mut g = vec![0.0; t[0].len()];
+        resample::avg_pool2_backward(d, batch, h, w, c, &mut g);
+        vec![g]
+    };
+    check("avg_pool2", &theta, &["x"], fwd, bwd);
+    let fwd = |t: &[Vec<f32>]| {
+        let mut o = vec![0.0; t[0].len() * 4];
+        resample::nearest2(&t[0], batch, h, w, c, &mut o);
+        o
+    };
+    let bwd = |t: &[Vec<f32>], d: &[f32]| {
+        let mut g = vec![0.0; t[0].len()];
+        resample::nearest2_backward(d, batch, h, w, c, &mut g);
+        vec![g]
+    };
+    check("nearest2", &theta, &["x"], fwd, bwd);
+}
+
+#[test]
+fn resnet_activations_mish_gelu_relu() {
+    use tinydiffusion::model::forward::activation as act_forward;
+    use tinydiffusion::model::Activation;
+    // Away from relu's kink at 0 (the finite difference straddles it there).
+    let mut x = randn(4, 60, 3.0);
+    x.iter_mut()
+        .filter(|v| v.abs() < 0.05)
+        .for_each(|v| *v += 0.1);
+    for (act, name) in [
+        (Activation::Mish, "mish"),
+        (Activation::Gelu, "gelu"),
+        (Activation::Relu, "relu"),
+        (Activation::Silu, "silu (act)"),
+    ] {
+        let theta = vec![x.clone()];
+        let fwd = |t: &[Vec<f32>]| {
+            let mut o = vec![0.0; t[0].len()];
+            act_forward(act, &t[0], &mut o);
+            o
+        };
+        let bwd = |t: &[Vec<f32>], d: &[f32]| {
+            let mut g = vec![0.0; t[0].len()];
+            activation::act_backward(act, &t[0], d, &mut g);
+            vec![g]
+        };
+        check(name, &theta, &["x"], fwd, bwd);
+    }
 }

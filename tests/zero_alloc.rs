@@ -133,6 +133,27 @@ fn forward_and_sampling_allocate_nothing() {
         "50-step DDPM allocated"
     );
 
+    // The UNet2DModel variants (AdaGN scale-shift, resnet down/upsamplers, learned time
+    // embedding, other activations, no mid block).
+    for name in ["unet-a/iddpm8", "unet-a/learned8", "unet-a/gelu8"] {
+        let variant = Model::load(fixtures_dir().join(name)).unwrap();
+        let (c, h, w) = variant.input_shape();
+        let x = vec![0.5f32; 2 * c * h * w];
+        let mut out = vec![0.0f32; 2 * variant.config.out_channels * h * w];
+        let mut ws = vec![0.0f32; variant.workspace_len(2)];
+        variant
+            .forward(&mut ws, &x, &[10.0, 500.0], None, &mut out)
+            .unwrap();
+        let n = allocations_during(|| {
+            variant
+                .forward(&mut ws, &x, &[10.0, 500.0], None, &mut out)
+                .unwrap()
+        });
+        assert_eq!(n, 0, "{name}: forward pass allocated {n} times");
+        let n = run(&variant, SchedulerKind::Ddpm, 10, false, None, None);
+        assert_eq!(n, 0, "{name}: 10-step DDPM allocated {n} times");
+    }
+
     let class = Model::load(fixtures_dir().join("tiny-class16")).unwrap();
     let g = Guidance::new(&class, 3.0).unwrap();
     assert_eq!(

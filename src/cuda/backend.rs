@@ -50,6 +50,9 @@ pub(super) struct Funcs {
     pub(super) scheduler_step: CudaFunction,
     pub(super) set_step: CudaFunction,
     pub(super) advance_step: CudaFunction,
+    pub(super) scale_shift: CudaFunction,
+    pub(super) resample2x: CudaFunction,
+    pub(super) activation: CudaFunction,
 }
 
 /// Largest head dimension the attention kernel supports (4 columns x 128 threads).
@@ -164,6 +167,9 @@ impl CudaBackend {
             scheduler_step: func("elementwise.cu", "scheduler_step")?,
             set_step: func("elementwise.cu", "set_step")?,
             advance_step: func("elementwise.cu", "advance_step")?,
+            scale_shift: func("elementwise.cu", "scale_shift")?,
+            resample2x: func("elementwise.cu", "resample2x")?,
+            activation: func("elementwise.cu", "activation")?,
         };
         for (func, d) in f.attention.iter().zip([128, 256, MAX_HEAD_DIM]) {
             cu(

@@ -3,7 +3,11 @@
 use super::backend::{attention_smem_bytes, grid1, Inner};
 use crate::error::{invalid_arg, Result};
 use crate::kernels::ConvShape;
+use crate::model::backend::unsupported_op;
 use crate::model::backend::{walk, Backend};
+use crate::model::{
+    Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp,
+};
 use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Model, OutputOp,
     SiluOp, SinusoidOp, TensorId,
@@ -383,5 +387,78 @@ impl Backend for CudaWalk<'_> {
             0,
             &mut kargs![src, out, b32, c, hw],
         )
+    }
+
+    fn scale_shift(&mut self, _: usize, op: &ScaleShiftOp) -> Result<()> {
+        let (src, ss, dst) = (self.t(op.input), self.t(op.scale_shift), self.t(op.out));
+        let n = self.batch * op.pixels * op.channels;
+        let (b32, hw, c, silu) = (
+            self.batch as i32,
+            op.pixels as i32,
+            op.channels as i32,
+            op.silu as i32,
+        );
+        self.inner.launch(
+            &self.inner.f.scale_shift,
+            grid1(n),
+            256,
+            0,
+            &mut kargs![src, ss, dst, b32, hw, c, silu],
+        )
+    }
+
+    fn resample(&mut self, _: usize, op: &ResampleOp) -> Result<()> {
+        let (src, dst) = (self.t(op.input), self.t(op.out));
+        let (oh, ow) = op.out_hw();
+        let n = self.batch * oh * ow * op.channels;
+        let mode = match op.mode {
+            ResampleMode::AvgPool2 => 0i32,
+            ResampleMode::Nearest2 => 1,
+        };
+        let (b32, h, w, c) = (
+            self.batch as i32,
+            op.in_h as i32,
+            op.in_w as i32,
+            op.channels as i32,
+        );
+        self.inner.launch(
+            &self.inner.f.resample2x,
+            grid1(n),
+            256,
+            0,
+            &mut kargs![src, dst, b32, h, w, c, mode],
+        )
+    }
+
+    fn activation(&mut self, _: usize, op: &ActivationOp) -> Result<()> {
+        let (src, dst, n) = (
+            self.t(op.input),
+            self.t(op.out),
+            (self.batch * op.len) as i64,
+        );
+        let kind = match op.act {
+            Activation::Silu => 0i32,
+            Activation::Mish => 1,
+            Activation::Gelu => 2,
+            Activation::Relu => 3,
+        };
+        self.inner.launch(
+            &self.inner.f.activation,
+            grid1(self.batch * op.len),
+            256,
+            0,
+            &mut kargs![src, dst, n, kind],
+        )
+    }
+
+    fn timestep_table(&mut self, _: usize, _op: &TimestepTableOp) -> Result<()> {
+        // The device walk holds the timesteps as f32 on the device and cannot check them
+        // (integer, in range) without a round trip; the CPU backend runs this model.
+        Err(unsupported_op("cuda", "timestep_table"))
+    }
+
+    fn class_sinusoid(&mut self, _: usize, _op: &SinusoidOp) -> Result<()> {
+        // The labels live on the device as integers; the sinusoid kernel reads f32 timesteps.
+        Err(unsupported_op("cuda", "class_sinusoid"))
     }
 }

@@ -202,3 +202,80 @@ pub fn attention(a: &AttentionArgs<'_>, scores: &mut [f32], out: &mut [f32]) {
         }
     }
 }
+
+/// AdaGN's `out = x * (1 + scale) + shift` (then SiLU if `silu`) over NHWC `x` of `batch`
+/// samples; `scale_shift` is `[batch, 2 * c]`, the scales first. Memory-bound, so every kernel
+/// table uses this one loop.
+pub fn scale_shift(
+    x: &[f32],
+    scale_shift: &[f32],
+    batch: usize,
+    pixels: usize,
+    c: usize,
+    silu: bool,
+    out: &mut [f32],
+) {
+    for b in 0..batch {
+        let ss = &scale_shift[b * 2 * c..(b + 1) * 2 * c];
+        let (scale, shift) = ss.split_at(c);
+        let n = pixels * c;
+        let (src, dst) = (&x[b * n..(b + 1) * n], &mut out[b * n..(b + 1) * n]);
+        for (xp, op) in src.chunks_exact(c).zip(dst.chunks_exact_mut(c)) {
+            for (((o, v), s), t) in op.iter_mut().zip(xp).zip(scale).zip(shift) {
+                let z = v * (1.0 + s) + t;
+                *o = if silu { super::silu(z) } else { z };
+            }
+        }
+    }
+}
+
+/// 2x2 average pool, stride 2, over NHWC `x` (`batch` samples of `h x w x c`, `h` and `w`
+/// even).
+pub fn avg_pool2(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
+    let (oh, ow) = (h / 2, w / 2);
+    for b in 0..batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let o = &mut out[((b * oh + oy) * ow + ox) * c..][..c];
+                let at = |dy: usize, dx: usize| {
+                    let p = (b * h + 2 * oy + dy) * w + 2 * ox + dx;
+                    &x[p * c..(p + 1) * c]
+                };
+                let (p00, p01, p10, p11) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                for ch in 0..c {
+                    // torch sums the window in row order, then divides.
+                    o[ch] = (p00[ch] + p01[ch] + p10[ch] + p11[ch]) / 4.0;
+                }
+            }
+        }
+    }
+}
+
+/// Nearest-neighbour 2x upsample over NHWC `x` (`batch` samples of `h x w x c`).
+pub fn nearest2(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
+    let (oh, ow) = (2 * h, 2 * w);
+    for b in 0..batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let p = (b * h + oy / 2) * w + ox / 2;
+                let q = (b * oh + oy) * ow + ox;
+                out[q * c..(q + 1) * c].copy_from_slice(&x[p * c..(p + 1) * c]);
+            }
+        }
+    }
+}
+
+/// `mish(x) = x * tanh(softplus(x))`; softplus is `x` above 20, as torch's.
+pub fn mish(x: f32) -> f32 {
+    let softplus = if x > 20.0 {
+        x
+    } else {
+        libm::log1pf(libm::expf(x))
+    };
+    x * libm::tanhf(softplus)
+}
+
+/// The exact GELU, `x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))` (torch's default).
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2))
+}

@@ -12,6 +12,7 @@
 //! the default [`unsupported_op`] error, typed and naming the backend), a backward in the
 //! trainer, and a case in `tests/backend_ops.rs`.
 
+use super::ops::{ActivationOp, ResampleOp, ScaleShiftOp, TimestepTableOp};
 use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp, SiluOp,
     SinusoidOp,
@@ -43,6 +44,12 @@ pub trait Backend {
     fn group_norm(&mut self, at: usize, op: &GroupNormOp) -> Result<()>;
     fn attention(&mut self, at: usize, op: &AttentionOp) -> Result<()>;
     fn output(&mut self, at: usize, op: &OutputOp) -> Result<()>;
+    fn scale_shift(&mut self, at: usize, op: &ScaleShiftOp) -> Result<()>;
+    fn resample(&mut self, at: usize, op: &ResampleOp) -> Result<()>;
+    fn activation(&mut self, at: usize, op: &ActivationOp) -> Result<()>;
+    fn timestep_table(&mut self, at: usize, op: &TimestepTableOp) -> Result<()>;
+    /// The sinusoid of the class labels (`class_embed_type: "timestep"`).
+    fn class_sinusoid(&mut self, at: usize, op: &SinusoidOp) -> Result<()>;
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -58,6 +65,11 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::GroupNorm(o) => backend.group_norm(at, o),
         Op::Attention(o) => backend.attention(at, o),
         Op::Output(o) => backend.output(at, o),
+        Op::ScaleShift(o) => backend.scale_shift(at, o),
+        Op::Resample(o) => backend.resample(at, o),
+        Op::Activation(o) => backend.activation(at, o),
+        Op::TimestepTable(o) => backend.timestep_table(at, o),
+        Op::ClassSinusoid(o) => backend.class_sinusoid(at, o),
     }
 }
 

@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 use serde_json::Value;
 
 use crate::error::{unsupported, Error, Result};
+use crate::model::ops::Activation;
 
 /// The kinds of down block diffusers' `UNet2DModel` can hold that this library runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub enum DownBlockKind {
     Plain,
     /// `AttnDownBlock2D`: each resnet followed by a self-attention block.
     Attention,
+    /// `ResnetDownsampleBlock2D`: resnets, downsampled by a resnet with `down=True`.
+    ResnetDownsample,
 }
 
 /// The kinds of up block.
@@ -25,6 +28,8 @@ pub enum UpBlockKind {
     Plain,
     /// `AttnUpBlock2D`.
     Attention,
+    /// `ResnetUpsampleBlock2D`: resnets, upsampled by a resnet with `up=True`.
+    ResnetUpsample,
 }
 
 /// A validated `UNet2DModel` configuration.
@@ -52,6 +57,24 @@ pub struct UNetConfig {
     pub norm_num_groups: usize,
     pub norm_eps: f64,
     pub num_class_embeds: Option<usize>,
+    /// `resnet_time_scale_shift: "scale_shift"` (AdaGN): the time projection gives a
+    /// per-channel scale and shift applied after `norm2`, instead of a bias before it.
+    pub scale_shift: bool,
+    /// `downsample_type: "resnet"`: `AttnDownBlock2D` downsamples with a resnet (`down=True`).
+    pub resnet_downsample: bool,
+    /// `upsample_type: "resnet"`: `AttnUpBlock2D` upsamples with a resnet (`up=True`).
+    pub resnet_upsample: bool,
+    /// `act_fn`: the resnets' nonlinearity (the time embedding MLP and `conv_act` are SiLU
+    /// whatever it is, as in diffusers).
+    pub act_fn: Activation,
+    /// `time_embedding_type: "learned"`: an `nn.Embedding(num_train_timesteps, c0)` instead of
+    /// the sinusoid; holds `num_train_timesteps`.
+    pub learned_time_embedding: Option<usize>,
+    /// `class_embed_type: "timestep"`: the class label goes through the sinusoid and a second
+    /// `TimestepEmbedding` (`class_embedding.linear_1/2`) instead of a table. diffusers ignores
+    /// `num_class_embeds` then; here it is required and bounds the labels (0..n), which the
+    /// front ends need for their default labels and guidance's null class.
+    pub timestep_class_embedding: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,8 +82,9 @@ pub struct MidBlockConfig {
     pub add_attention: bool,
     /// Output scale of the mid block's resnets and attention (`mid_block_scale_factor`).
     pub scale_factor: f64,
-    /// Groups of the mid attention's GroupNorm (`attn_norm_num_groups`, default `norm_num_groups`).
-    pub attn_groups: usize,
+    /// Groups of the mid attention's GroupNorm (`attn_norm_num_groups`; by default
+    /// `norm_num_groups` with `resnet_time_scale_shift` "default", else no GroupNorm at all).
+    pub attn_groups: Option<usize>,
 }
 
 const FILE: &str = "config.json";
@@ -171,6 +195,13 @@ impl UNetConfig {
         let mut norm_eps = 1e-5;
         let mut add_attention = true;
         let mut num_class_embeds = None;
+        let mut scale_shift = false;
+        let mut resnet_downsample = false;
+        let mut resnet_upsample = false;
+        let mut act_fn = Activation::Silu;
+        let mut learned_time = false;
+        let mut num_train_timesteps = None;
+        let mut timestep_class = false;
 
         for (key, v) in obj {
             let k = key.as_str();
@@ -268,17 +299,64 @@ impl UNetConfig {
                     }
                 }
                 // Options with one supported value.
-                "act_fn" => expect_value(k, v, &Value::from("silu"))?,
-                "time_embedding_type" => expect_value(k, v, &Value::from("positional"))?,
-                "downsample_type" => expect_value(k, v, &Value::from("conv"))?,
-                "upsample_type" => expect_value(k, v, &Value::from("conv"))?,
-                "resnet_time_scale_shift" => expect_value(k, v, &Value::from("default"))?,
-                "class_embed_type" => expect_value(k, v, &Value::Null)?,
+                // diffusers' get_activation names.
+                "act_fn" => {
+                    act_fn = match v.as_str() {
+                        Some("silu" | "swish") => Activation::Silu,
+                        Some("mish") => Activation::Mish,
+                        Some("gelu") => Activation::Gelu,
+                        Some("relu") => Activation::Relu,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                "time_embedding_type" => {
+                    learned_time = match v.as_str() {
+                        Some("positional") => false,
+                        Some("learned") => true,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                "downsample_type" => {
+                    resnet_downsample = match v.as_str() {
+                        Some("conv") => false,
+                        Some("resnet") => true,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                "upsample_type" => {
+                    resnet_upsample = match v.as_str() {
+                        Some("conv") => false,
+                        Some("resnet") => true,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                "resnet_time_scale_shift" => {
+                    scale_shift = match v.as_str() {
+                        Some("default") => false,
+                        Some("scale_shift") => true,
+                        _ => return Err(unsupported(k, v)),
+                    }
+                }
+                "class_embed_type" => {
+                    timestep_class =
+                        match v.as_str() {
+                            None if v.is_null() => false,
+                            Some("timestep") => true,
+                            // nn.Identity: the caller would pass embeddings, not labels.
+                            Some("identity") => return Err(unsupported(
+                                k,
+                                "\"identity\": class embeddings as model inputs (the API takes \
+                                 integer class labels)",
+                            )),
+                            _ => return Err(unsupported(k, v)),
+                        }
+                }
                 // Training-only or unused by the positional embedding.
                 "dropout" => {
                     as_f64(k, v)?;
                 }
-                "num_train_timesteps" => {}
+                // Only the learned time embedding uses it (checked there).
+                "num_train_timesteps" => num_train_timesteps = Some(v.clone()),
                 _ => return Err(unsupported(k, v)),
             }
         }
@@ -287,11 +365,13 @@ impl UNetConfig {
         let parse_down = |s: &String| match s.as_str() {
             "DownBlock2D" => Ok(DownBlockKind::Plain),
             "AttnDownBlock2D" => Ok(DownBlockKind::Attention),
+            "ResnetDownsampleBlock2D" => Ok(DownBlockKind::ResnetDownsample),
             other => Err(unsupported("down_block_types", other)),
         };
         let parse_up = |s: &String| match s.as_str() {
             "UpBlock2D" => Ok(UpBlockKind::Plain),
             "AttnUpBlock2D" => Ok(UpBlockKind::Attention),
+            "ResnetUpsampleBlock2D" => Ok(UpBlockKind::ResnetUpsample),
             other => Err(unsupported("up_block_types", other)),
         };
         let down_blocks = down_types
@@ -317,14 +397,45 @@ impl UNetConfig {
             mid_block: mid_block_type.then(|| MidBlockConfig {
                 add_attention,
                 scale_factor: mid_scale,
-                attn_groups: attn_norm_num_groups.unwrap_or(norm_num_groups),
+                // diffusers' UNetMidBlock2D: no attention GroupNorm unless asked for, except
+                // with the default time embedding norm.
+                attn_groups: attn_norm_num_groups.or((!scale_shift).then_some(norm_num_groups)),
             }),
             downsample_padding,
             attention_head_dim,
             norm_num_groups,
             norm_eps,
             num_class_embeds,
+            scale_shift,
+            resnet_downsample,
+            resnet_upsample,
+            act_fn,
+            timestep_class_embedding: timestep_class,
+            learned_time_embedding: match (learned_time, num_train_timesteps) {
+                (false, _) => None,
+                (true, Some(n)) if !n.is_null() => Some(as_size("num_train_timesteps", &n)?),
+                (true, _) => {
+                    return Err(bad(
+                        "num_train_timesteps",
+                        "time_embedding_type \"learned\" needs the table size",
+                    ))
+                }
+            },
         };
+        if cfg.timestep_class_embedding {
+            if cfg.num_class_embeds.is_none() {
+                return Err(bad(
+                    "num_class_embeds",
+                    "class_embed_type \"timestep\" needs it here: the number of class labels",
+                ));
+            }
+            if cfg.learned_time_embedding.is_some() {
+                return Err(unsupported(
+                    "class_embed_type",
+                    "\"timestep\" with time_embedding_type \"learned\"",
+                ));
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -360,7 +471,7 @@ impl UNetConfig {
         }
         if let Some(mid) = &self.mid_block {
             let c = self.block_out_channels[n - 1];
-            if mid.add_attention && !c.is_multiple_of(mid.attn_groups) {
+            if mid.add_attention && mid.attn_groups.is_some_and(|g| !c.is_multiple_of(g)) {
                 return Err(bad(
                     "attn_norm_num_groups",
                     alloc::format!("does not divide {c}"),
@@ -492,13 +603,5 @@ impl UNetConfig {
             Some(d) => channels / d,
             None => 1,
         }
-    }
-}
-
-fn expect_value(key: &str, v: &Value, want: &Value) -> Result<()> {
-    if v == want {
-        Ok(())
-    } else {
-        Err(unsupported(key, v))
     }
 }

@@ -12,6 +12,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::ops::{
+    Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp,
+};
+use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
@@ -233,23 +236,105 @@ impl Builder<'_> {
         out
     }
 
-    /// diffusers' `ResnetBlock2D` (time_embedding_norm "default"):
-    /// `(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`.
-    fn resnet(&mut self, p: &str, x: Map, out_c: usize, scale: f64) -> Result<Map> {
+    /// `act_fn` of a `len`-float tensor: SiLU as its own op, the others as an activation op.
+    fn act(&mut self, name: String, input: TensorId, len: usize) -> TensorId {
+        match self.cfg.act_fn {
+            Activation::Silu => self.silu(name, input, len),
+            act => {
+                let out = self.tensor(name, len);
+                self.ops.push(Op::Activation(ActivationOp {
+                    input,
+                    len,
+                    act,
+                    out,
+                }));
+                out
+            }
+        }
+    }
+
+    /// GroupNorm then the resnets' `act_fn` (SiLU fused into the norm).
+    fn norm_act(&mut self, prefix: &str, x: Map, groups: usize) -> Result<Map> {
+        let silu = self.cfg.act_fn == Activation::Silu;
+        let n = self.group_norm(prefix, x, groups, silu)?;
+        if silu {
+            return Ok(n);
+        }
+        let len = n.channels() * n.h * n.w;
+        let out = self.act(format!("{prefix}+act"), n.tensor(), len);
+        Ok(Map::one(out, n.channels(), n.h, n.w))
+    }
+
+    /// A plain 2x resample of a one-tensor map (the `down=True` / `up=True` resnet's paths).
+    fn resample(&mut self, name: String, x: Map, mode: ResampleMode) -> Result<Map> {
+        let input = match x.input {
+            Input::One(t) => t,
+            Input::Concat(..) => {
+                return Err(unsupported(
+                    "up_block_types",
+                    format!("{name}: resampling a skip concatenation"),
+                ))
+            }
+        };
+        let c = x.channels();
+        let op = ResampleOp {
+            input,
+            channels: c,
+            in_h: x.h,
+            in_w: x.w,
+            mode,
+            out: 0,
+        };
+        let (h, w) = op.out_hw();
+        let out = self.tensor(name, c * h * w);
+        self.ops.push(Op::Resample(ResampleOp { out, ..op }));
+        Ok(Map::one(out, c, h, w))
+    }
+
+    /// diffusers' `ResnetBlock2D`:
+    /// `(shortcut(x) + conv2(silu(norm2'(conv1(silu(norm1(x))))))) / scale`, where `norm2'` is
+    /// `norm2(h + proj(silu(temb)))` ("default") or `norm2(h) * (1 + scale) + shift` with
+    /// `scale, shift = proj(silu(temb))` ("scale_shift"). With `resample` (`down=True`:
+    /// average pool, `up=True`: nearest 2x) both `silu(norm1(x))` and `x` are resampled
+    /// before `conv1` and the shortcut; the nearest upsample of the former is folded into
+    /// `conv1`.
+    fn resnet(
+        &mut self,
+        p: &str,
+        x: Map,
+        out_c: usize,
+        scale: f64,
+        resample: Option<ResampleMode>,
+    ) -> Result<Map> {
         let groups = self.cfg.norm_num_groups;
-        let h = self.group_norm(&format!("{p}.norm1"), x, groups, true)?;
+        let scale_shift = self.cfg.scale_shift;
+        let h = self.norm_act(&format!("{p}.norm1"), x, groups)?;
         let e = self.cfg.time_embed_dim;
-        let proj_w = self.packed_bias(&format!("{p}.time_emb_proj"), out_c, e, None)?;
+        let proj_c = if scale_shift { 2 * out_c } else { out_c };
+        let proj_w = self.packed_bias(&format!("{p}.time_emb_proj"), proj_c, e, None)?;
         let proj = self.linear(
             format!("{p}.time_emb_proj"),
             self.temb,
             1,
             e,
-            out_c,
+            proj_c,
             proj_w,
             None,
             1.0,
         );
+        let (h, x, upsample_h) = match resample {
+            None => (h, x, false),
+            Some(ResampleMode::AvgPool2) => (
+                self.resample(format!("{p}.downsample(h)"), h, ResampleMode::AvgPool2)?,
+                self.resample(format!("{p}.downsample(x)"), x, ResampleMode::AvgPool2)?,
+                false,
+            ),
+            Some(ResampleMode::Nearest2) => (
+                h,
+                self.resample(format!("{p}.upsample(x)"), x, ResampleMode::Nearest2)?,
+                true,
+            ),
+        };
         let h = self.conv(
             &format!("{p}.conv1"),
             h,
@@ -257,12 +342,33 @@ impl Builder<'_> {
             3,
             1,
             1,
-            false,
-            Some(proj),
+            upsample_h,
+            (!scale_shift).then_some(proj),
             None,
             1.0,
         )?;
-        let h = self.group_norm(&format!("{p}.norm2"), h, groups, true)?;
+        let h = if scale_shift {
+            let n = self.group_norm(&format!("{p}.norm2"), h, groups, false)?;
+            let len = out_c * n.h * n.w;
+            let out = self.tensor(format!("{p}.norm2+scale_shift"), len);
+            let silu = self.cfg.act_fn == Activation::Silu;
+            self.ops.push(Op::ScaleShift(ScaleShiftOp {
+                input: n.tensor(),
+                scale_shift: proj,
+                channels: out_c,
+                pixels: n.h * n.w,
+                silu,
+                out,
+            }));
+            let out = if silu {
+                out
+            } else {
+                self.act(format!("{p}.norm2+scale_shift+act"), out, len)
+            };
+            Map::one(out, out_c, n.h, n.w)
+        } else {
+            self.norm_act(&format!("{p}.norm2"), h, groups)?
+        };
         let shortcut = if x.channels() != out_c {
             self.conv(
                 &format!("{p}.conv_shortcut"),
@@ -305,10 +411,14 @@ impl Builder<'_> {
     /// diffusers' `Attention` with a residual connection, as used by the Attn*Block2D blocks and
     /// the mid block. Accepts both the current (`to_q`, `to_out.0`) and the older
     /// (`query`, `proj_attn`) tensor names.
-    fn attention(&mut self, p: &str, x: Map, groups: usize, rescale: f64) -> Result<Map> {
+    /// `groups` `None`: no GroupNorm (diffusers' `norm_num_groups=None`).
+    fn attention(&mut self, p: &str, x: Map, groups: Option<usize>, rescale: f64) -> Result<Map> {
         let c = x.channels();
         let heads = self.cfg.heads(c);
-        let norm = self.weight_bias(&format!("{p}.group_norm"), &[c])?;
+        let norm = match groups {
+            Some(g) => Some((g, self.weight_bias(&format!("{p}.group_norm"), &[c])?)),
+            None => None,
+        };
         let mut proj = |new: &str, old: &str| -> Result<(WeightRef, WeightRef)> {
             let w = self.packed(
                 &[&format!("{p}.{new}.weight"), &format!("{p}.{old}.weight")],
@@ -328,19 +438,25 @@ impl Builder<'_> {
         let o = proj("to_out.0", "proj_attn")?;
         let tokens = x.h * x.w;
         let n = tokens * c;
-        let normed = self.tensor(format!("{p}.group_norm"), n);
-        self.ops.push(Op::GroupNorm(GroupNormOp {
-            input: x.input,
-            in_ca: x.ca,
-            in_cb: x.cb,
-            pixels: tokens,
-            groups,
-            eps: self.cfg.norm_eps as f32,
-            gamma: norm.0,
-            beta: norm.1,
-            silu: false,
-            out: normed,
-        }));
+        let normed = match norm {
+            Some((groups, (gamma, beta))) => {
+                let normed = self.tensor(format!("{p}.group_norm"), n);
+                self.ops.push(Op::GroupNorm(GroupNormOp {
+                    input: x.input,
+                    in_ca: x.ca,
+                    in_cb: x.cb,
+                    pixels: tokens,
+                    groups,
+                    eps: self.cfg.norm_eps as f32,
+                    gamma,
+                    beta,
+                    silu: false,
+                    out: normed,
+                }));
+                normed
+            }
+            None => x.tensor(),
+        };
         // V, K, Q in this order: the outputs are independent, and the trainer's reverse walk
         // then accumulates the norm's input gradient as Q, K, V.
         let v = self.linear(format!("{p}.to_v"), normed, tokens, c, c, v, None, 1.0);
@@ -404,16 +520,37 @@ pub fn describe(
     let linear_1 = b.packed_bias("time_embedding.linear_1", e, c0, None)?;
     let linear_2 = b.packed_bias("time_embedding.linear_2", e, e, None)?;
     let class_embedding = match cfg.num_class_embeds {
-        Some(n) => Some((b.weight(&["class_embedding.weight"], &[n, e])?, n)),
-        None => None,
+        Some(n) if !cfg.timestep_class_embedding => {
+            Some((b.weight(&["class_embedding.weight"], &[n, e])?, n))
+        }
+        _ => None,
+    };
+    let class_mlp = if cfg.timestep_class_embedding {
+        Some((
+            b.packed_bias("class_embedding.linear_1", e, c0, None)?,
+            b.packed_bias("class_embedding.linear_2", e, e, None)?,
+        ))
+    } else {
+        None
     };
     let sinusoid = b.tensor("time_proj".into(), c0);
-    b.ops.push(Op::Sinusoid(SinusoidOp {
-        dim: c0,
-        flip_sin_to_cos: cfg.flip_sin_to_cos,
-        freq_shift: cfg.freq_shift as f32,
-        out: sinusoid,
-    }));
+    match cfg.learned_time_embedding {
+        None => b.ops.push(Op::Sinusoid(SinusoidOp {
+            dim: c0,
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            freq_shift: cfg.freq_shift as f32,
+            out: sinusoid,
+        })),
+        Some(steps) => {
+            let table = b.weight(&["time_proj.weight"], &[steps, c0])?;
+            b.ops.push(Op::TimestepTable(TimestepTableOp {
+                table,
+                steps,
+                dim: c0,
+                out: sinusoid,
+            }))
+        }
+    }
     let h = b.linear(
         "time_embedding.linear_1".into(),
         sinusoid,
@@ -435,6 +572,37 @@ pub fn describe(
         None,
         1.0,
     );
+    if let Some((linear_1, linear_2)) = class_mlp {
+        // emb += TimestepEmbedding(sinusoid(label)).
+        let sinusoid = b.tensor("class_proj".into(), c0);
+        b.ops.push(Op::ClassSinusoid(SinusoidOp {
+            dim: c0,
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            freq_shift: cfg.freq_shift as f32,
+            out: sinusoid,
+        }));
+        let h = b.linear(
+            "class_embedding.linear_1".into(),
+            sinusoid,
+            1,
+            c0,
+            e,
+            linear_1,
+            None,
+            1.0,
+        );
+        let h = b.silu("class_embedding.act".into(), h, e);
+        emb = b.linear(
+            "class_embedding.linear_2+time_embedding".into(),
+            h,
+            1,
+            e,
+            e,
+            linear_2,
+            Some(emb),
+            1.0,
+        );
+    }
     if let Some((table, classes)) = class_embedding {
         let out = b.tensor("class_embedding".into(), e);
         b.ops.push(Op::ClassEmbedding(ClassEmbeddingOp {
@@ -446,15 +614,21 @@ pub fn describe(
         }));
         emb = out;
     }
-    // The SiLU every resnet applies to the embedding before its projection, done once.
-    b.temb = b.silu("time_embedding+silu".into(), emb, e);
+    // The nonlinearity every resnet applies to the embedding before its projection, done once.
+    let act = match cfg.act_fn {
+        Activation::Silu => "silu",
+        Activation::Mish => "mish",
+        Activation::Gelu => "gelu",
+        Activation::Relu => "relu",
+    };
+    b.temb = b.act(format!("time_embedding+{act}"), emb, e);
     // diffusers' `time_embedding` module output excludes the class embedding.
     let tap = if cfg.num_class_embeds.is_some() {
-        "embedding+class+silu"
+        format!("embedding+class+{act}")
     } else {
-        "time_embedding+silu"
+        format!("time_embedding+{act}")
     };
-    b.tap(tap, Map::one(b.temb, e, 1, 1));
+    b.tap(&tap, Map::one(b.temb, e, 1, 1));
 
     let mut h = b.conv(
         "conv_in",
@@ -474,13 +648,20 @@ pub fn describe(
     for (i, kind) in cfg.down_blocks.iter().enumerate() {
         let out_c = boc[i];
         for j in 0..cfg.layers_per_block {
-            h = b.resnet(&format!("down_blocks.{i}.resnets.{j}"), h, out_c, 1.0)?;
+            h = b.resnet(&format!("down_blocks.{i}.resnets.{j}"), h, out_c, 1.0, None)?;
             if *kind == DownBlockKind::Attention {
-                h = b.attention(&format!("down_blocks.{i}.attentions.{j}"), h, groups, 1.0)?;
+                let p = format!("down_blocks.{i}.attentions.{j}");
+                h = b.attention(&p, h, Some(groups), 1.0)?;
             }
             skips.push(h);
         }
-        if i + 1 < levels {
+        let resnet_down = *kind == DownBlockKind::ResnetDownsample
+            || (*kind == DownBlockKind::Attention && cfg.resnet_downsample);
+        if i + 1 < levels && resnet_down {
+            let p = format!("down_blocks.{i}.downsamplers.0");
+            h = b.resnet(&p, h, out_c, 1.0, Some(ResampleMode::AvgPool2))?;
+            skips.push(h);
+        } else if i + 1 < levels {
             let p = format!("down_blocks.{i}.downsamplers.0.conv");
             h = b.conv(
                 &p,
@@ -501,7 +682,7 @@ pub fn describe(
 
     if let Some(mid) = &cfg.mid_block {
         let c = boc[levels - 1];
-        h = b.resnet("mid_block.resnets.0", h, c, mid.scale_factor)?;
+        h = b.resnet("mid_block.resnets.0", h, c, mid.scale_factor, None)?;
         if mid.add_attention {
             h = b.attention(
                 "mid_block.attentions.0",
@@ -510,7 +691,7 @@ pub fn describe(
                 mid.scale_factor,
             )?;
         }
-        h = b.resnet("mid_block.resnets.1", h, c, mid.scale_factor)?;
+        h = b.resnet("mid_block.resnets.1", h, c, mid.scale_factor, None)?;
         b.tap("mid_block", h);
     }
 
@@ -533,12 +714,18 @@ pub fn describe(
                 h: h.h,
                 w: h.w,
             };
-            h = b.resnet(&format!("up_blocks.{i}.resnets.{j}"), cat, out_c, 1.0)?;
+            h = b.resnet(&format!("up_blocks.{i}.resnets.{j}"), cat, out_c, 1.0, None)?;
             if *kind == UpBlockKind::Attention {
-                h = b.attention(&format!("up_blocks.{i}.attentions.{j}"), h, groups, 1.0)?;
+                let p = format!("up_blocks.{i}.attentions.{j}");
+                h = b.attention(&p, h, Some(groups), 1.0)?;
             }
         }
-        if i + 1 < levels {
+        let resnet_up = *kind == UpBlockKind::ResnetUpsample
+            || (*kind == UpBlockKind::Attention && cfg.resnet_upsample);
+        if i + 1 < levels && resnet_up {
+            let p = format!("up_blocks.{i}.upsamplers.0");
+            h = b.resnet(&p, h, out_c, 1.0, Some(ResampleMode::Nearest2))?;
+        } else if i + 1 < levels {
             h = b.conv(
                 &format!("up_blocks.{i}.upsamplers.0.conv"),
                 h,

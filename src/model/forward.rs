@@ -3,11 +3,15 @@
 
 use super::backend::{walk, walk_range, walk_timed, Backend};
 use super::ops::{
+    Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp,
+};
+use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, OutputOp, SiluOp,
     SinusoidOp, TensorId,
 };
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
+use crate::kernels::scalar;
 use crate::kernels::{
     nchw_to_nhwc, nhwc_to_nchw, silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs,
     LinearArgs, Parallel, Sequential,
@@ -473,6 +477,105 @@ impl Backend for CpuBackend<'_, '_> {
         );
         Ok(())
     }
+
+    fn scale_shift(&mut self, _: usize, op: &ScaleShiftOp) -> Result<()> {
+        let regions = [
+            self.region(op.input),
+            self.region(op.scale_shift),
+            self.region(op.out),
+        ];
+        let [input, scale_shift, dst] = carve(self.arena, regions)?;
+        scalar::scale_shift(
+            input,
+            scale_shift,
+            self.batch,
+            op.pixels,
+            op.channels,
+            op.silu,
+            dst,
+        );
+        Ok(())
+    }
+
+    fn resample(&mut self, _: usize, op: &ResampleOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        let kernel = match op.mode {
+            ResampleMode::AvgPool2 => scalar::avg_pool2,
+            ResampleMode::Nearest2 => scalar::nearest2,
+        };
+        kernel(input, self.batch, op.in_h, op.in_w, op.channels, dst);
+        Ok(())
+    }
+
+    fn activation(&mut self, _: usize, op: &ActivationOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        activation(op.act, input, dst);
+        Ok(())
+    }
+
+    fn class_sinusoid(&mut self, _: usize, op: &SinusoidOp) -> Result<()> {
+        self.class_sinusoid_impl(op)
+    }
+
+    fn timestep_table(&mut self, _: usize, op: &TimestepTableOp) -> Result<()> {
+        let (s, l) = self.region(op.out);
+        let dst = &mut self.arena[s..s + l];
+        let table = self.model.weights.get(op.table);
+        for (b, row) in dst.chunks_exact_mut(op.dim).enumerate() {
+            let t = self.timesteps[if self.timesteps.len() == 1 { 0 } else { b }];
+            let index = timestep_index(t, op.steps)?;
+            for (o, w) in row
+                .iter_mut()
+                .zip(&table[index * op.dim..(index + 1) * op.dim])
+            {
+                *o = w.to_f32();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CpuBackend<'_, '_> {
+    fn class_sinusoid_impl(&mut self, op: &SinusoidOp) -> Result<()> {
+        let (s, l) = self.region(op.out);
+        let dst = &mut self.arena[s..s + l];
+        // Model::forward checked the labels against the model before the walk.
+        let labels = self.class_labels.unwrap_or(&[]);
+        for (b, row) in dst.chunks_exact_mut(op.dim.max(1)).enumerate() {
+            let label = labels[if labels.len() == 1 { 0 } else { b }];
+            sinusoid(label as f32, op.flip_sin_to_cos, op.freq_shift, row);
+        }
+        Ok(())
+    }
+}
+
+/// `out = act(x)` elementwise (the [`ActivationOp`]; the trainer's forward uses it too).
+pub fn activation(act: Activation, x: &[f32], out: &mut [f32]) {
+    let f: fn(f32) -> f32 = match act {
+        Activation::Silu => silu,
+        Activation::Mish => scalar::mish,
+        Activation::Gelu => scalar::gelu,
+        Activation::Relu => |v| v.max(0.0),
+    };
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = f(*v);
+    }
+}
+
+/// The row of a learned time embedding table for timestep `t`: torch's `nn.Embedding` takes
+/// only integer indices in range, so a fractional (continuous-time sampler) or out-of-range
+/// timestep is an error naming it.
+pub fn timestep_index(t: f32, steps: usize) -> Result<usize> {
+    if libm::truncf(t) != t || t < 0.0 || t >= steps as f32 {
+        return Err(Error::InvalidArgument {
+            what: "timestep",
+            message: alloc::format!(
+                "{t}: a learned time embedding (time_embedding_type \"learned\") takes integer \
+                 timesteps in 0..{steps}"
+            ),
+        });
+    }
+    Ok(t as usize)
 }
 
 /// diffusers' `get_timestep_embedding` for one timestep, in f32 as diffusers computes it (it

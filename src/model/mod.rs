@@ -36,6 +36,8 @@ pub use ops::{
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 
+pub use ops::{Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
+
 /// A named activation worth inspecting (diffusers module outputs, for parity debugging).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tap {

@@ -154,6 +154,83 @@ pub struct OutputOp {
     pub width: usize,
 }
 
+/// AdaGN (`resnet_time_scale_shift: "scale_shift"`): `out = x * (1 + scale) + shift` per
+/// sample and channel over NHWC `x`, optionally followed by SiLU; `scale_shift` is the time
+/// projection `[batch, 2 * channels]`, scales first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleShiftOp {
+    pub input: TensorId,
+    pub scale_shift: TensorId,
+    pub channels: usize,
+    pub pixels: usize,
+    pub silu: bool,
+    pub out: TensorId,
+}
+
+/// How [`ResampleOp`] changes the resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResampleMode {
+    /// 2x2 average pool, stride 2 (`in_h`, `in_w` even).
+    AvgPool2,
+    /// Nearest-neighbour 2x upsample.
+    Nearest2,
+}
+
+/// A plain resample of an NHWC tensor (the `down=True` / `up=True` resnet's paths);
+/// `in_h x in_w` is the input's resolution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResampleOp {
+    pub input: TensorId,
+    pub channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub mode: ResampleMode,
+    pub out: TensorId,
+}
+
+impl ResampleOp {
+    /// Output (height, width).
+    pub fn out_hw(&self) -> (usize, usize) {
+        match self.mode {
+            ResampleMode::AvgPool2 => (self.in_h / 2, self.in_w / 2),
+            ResampleMode::Nearest2 => (self.in_h * 2, self.in_w * 2),
+        }
+    }
+}
+
+/// The resnets' nonlinearity (`act_fn`, diffusers' `get_activation`); SiLU is the [`SiluOp`]
+/// and GroupNorm's fused SiLU, the others run as an [`ActivationOp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu` / `swish`.
+    Silu,
+    /// `x * tanh(softplus(x))`, softplus linear above 20 as torch's.
+    Mish,
+    /// The exact (erf) GELU, torch's `nn.GELU()`.
+    Gelu,
+    Relu,
+}
+
+/// `out = act(x)`, elementwise over `len` floats per sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivationOp {
+    pub input: TensorId,
+    pub len: usize,
+    pub act: Activation,
+    pub out: TensorId,
+}
+
+/// `time_embedding_type: "learned"`: `out[b] = table[t_b]`, diffusers' `nn.Embedding` over the
+/// integer timestep (`table` is `[steps, dim]`); a fractional or out-of-range timestep is a
+/// typed error, as torch refuses a float index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimestepTableOp {
+    pub table: WeightRef,
+    pub steps: usize,
+    pub dim: usize,
+    pub out: TensorId,
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -166,6 +243,12 @@ pub enum Op {
     GroupNorm(GroupNormOp),
     Attention(AttentionOp),
     Output(OutputOp),
+    ScaleShift(ScaleShiftOp),
+    Resample(ResampleOp),
+    Activation(ActivationOp),
+    TimestepTable(TimestepTableOp),
+    /// [`SinusoidOp`] of the class labels (`class_embed_type: "timestep"`).
+    ClassSinusoid(SinusoidOp),
 }
 
 impl Op {
@@ -181,6 +264,11 @@ impl Op {
             Op::GroupNorm(_) => "group_norm",
             Op::Attention(_) => "attention",
             Op::Output(_) => "output",
+            Op::ScaleShift(_) => "scale_shift",
+            Op::Resample(_) => "resample",
+            Op::Activation(_) => "activation",
+            Op::TimestepTable(_) => "timestep_table",
+            Op::ClassSinusoid(_) => "class_sinusoid",
         }
     }
 
@@ -207,6 +295,10 @@ impl Op {
             Op::GroupNorm(g) => input(g.input),
             Op::Attention(a) => r.extend([a.q, a.k, a.v]),
             Op::Output(o) => input(Input::One(o.input)),
+            Op::ScaleShift(o) => r.extend([o.input, o.scale_shift]),
+            Op::Resample(o) => r.push(o.input),
+            Op::Activation(o) => r.push(o.input),
+            Op::TimestepTable(_) | Op::ClassSinusoid(_) => {}
         }
         r
     }
@@ -223,6 +315,11 @@ impl Op {
             Op::GroupNorm(o) => Some(o.out),
             Op::Attention(o) => Some(o.out),
             Op::Output(_) => None,
+            Op::ScaleShift(o) => Some(o.out),
+            Op::Resample(o) => Some(o.out),
+            Op::Activation(o) => Some(o.out),
+            Op::TimestepTable(o) => Some(o.out),
+            Op::ClassSinusoid(o) => Some(o.out),
         }
     }
 
@@ -245,6 +342,10 @@ impl Op {
             Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
                 Vec::new()
             }
+            Op::ScaleShift(_) | Op::Resample(_) | Op::Activation(_) | Op::ClassSinusoid(_) => {
+                Vec::new()
+            }
+            Op::TimestepTable(t) => alloc::vec![t.table],
         }
     }
 

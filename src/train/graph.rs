@@ -13,12 +13,15 @@
 
 use alloc::vec::Vec;
 
-use super::layers::{activation, attention, conv, embedding, group_norm, linear};
+use super::layers::{activation, attention, conv, embedding, group_norm, linear, resample};
 use super::params::ParamTable;
 use crate::error::{Error, Result};
 use crate::kernels::{nchw_to_nhwc, nhwc_to_nchw, ConvShape};
 use crate::memory::{carve, MemoryPlan, Reuse};
 use crate::model::backend::{walk, Backend};
+use crate::model::forward::{activation as act_forward, timestep_index};
+use crate::model::Input;
+use crate::model::{ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, ModelDescription, Op,
     OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
@@ -75,6 +78,8 @@ fn saved_len(op: &Op) -> usize {
     match op {
         Op::GroupNorm(g) => group_norm::saved_len(g.groups),
         Op::Attention(a) => attention::saved_len(a.tokens, a.heads),
+        // The row each sample looked up.
+        Op::TimestepTable(_) => 1,
         _ => 0,
     }
 }
@@ -85,6 +90,19 @@ impl TrainGraph {
     /// The training graph of a described model ([`crate::model::describe_config`], or
     /// [`crate::model::describe_weights`] to take the parameter names a weights file uses).
     pub fn new(model: &ModelDescription) -> Result<TrainGraph> {
+        // Without a mid block the first up resnet reads the bottom map concatenated with
+        // itself; its backward would need the two halves' gradients in one buffer at once.
+        let self_concat = |i: Input| matches!(i, Input::Concat(a, b) if a == b);
+        if model.ops.iter().any(|op| match op {
+            Op::Conv(c) => self_concat(c.input),
+            Op::GroupNorm(g) => self_concat(g.input),
+            _ => false,
+        }) {
+            return Err(crate::error::unsupported(
+                "mid_block_type",
+                "null: the trainer cannot train a UNet without a mid block",
+            ));
+        }
         let ops = model.ops.clone();
         let tensors = model.tensors.clone();
         let n_ops = ops.len();
@@ -130,7 +148,10 @@ impl TrainGraph {
         let mut needs_grad = alloc::vec![true; tensors.len()];
         // No gradient flows into the model's inputs (the sample and the timestep).
         for op in &ops {
-            if let Op::Input(InputOp { out, .. }) | Op::Sinusoid(SinusoidOp { out, .. }) = op {
+            if let Op::Input(InputOp { out, .. })
+            | Op::Sinusoid(SinusoidOp { out, .. })
+            | Op::ClassSinusoid(SinusoidOp { out, .. }) = op
+            {
                 needs_grad[*out] = false;
             }
         }
@@ -433,6 +454,57 @@ impl TrainGraph {
                     };
                     group_norm::backward(&args, saved(i), d_out, grads);
                 }
+                Op::ScaleShift(o) => {
+                    let [d_in, d_ss, d_out] = carve(
+                        &mut ws.grads,
+                        [
+                            self.grad(o.input, batch),
+                            self.grad(o.scale_shift, batch),
+                            self.grad(o.out, batch),
+                        ],
+                    )?;
+                    resample::scale_shift_backward(
+                        a(o.input),
+                        a(o.scale_shift),
+                        batch,
+                        o.pixels,
+                        o.channels,
+                        o.silu,
+                        d_out,
+                        d_in,
+                        d_ss,
+                    );
+                }
+                Op::Resample(o) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(o.input, batch), self.grad(o.out, batch)],
+                    )?;
+                    let backward = match o.mode {
+                        ResampleMode::AvgPool2 => resample::avg_pool2_backward,
+                        ResampleMode::Nearest2 => resample::nearest2_backward,
+                    };
+                    backward(d_out, batch, o.in_h, o.in_w, o.channels, d_in);
+                }
+                // No gradient flows into the labels.
+                Op::ClassSinusoid(_) => {}
+                Op::Activation(o) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(o.input, batch), self.grad(o.out, batch)],
+                    )?;
+                    activation::act_backward(o.act, a(o.input), d_out, d_in);
+                }
+                Op::TimestepTable(o) => {
+                    let [d_out] = carve(&mut ws.grads, [self.grad(o.out, batch)])?;
+                    let [d_table] = carve(param_grads, [pr(o.table)])?;
+                    for (row, &index) in d_out.chunks_exact(o.dim).zip(saved(i)) {
+                        let at = index as usize * o.dim;
+                        for (t, d) in d_table[at..at + o.dim].iter_mut().zip(row) {
+                            *t += d;
+                        }
+                    }
+                }
                 Op::Attention(at) => {
                     let [dq, dk, dv, d_out] = carve(
                         &mut ws.grads,
@@ -662,6 +734,59 @@ impl Backend for TrainForward<'_> {
             op.channels,
             pixels,
         );
+        Ok(())
+    }
+
+    fn scale_shift(&mut self, _: usize, op: &ScaleShiftOp) -> Result<()> {
+        let regions = [
+            self.act(op.input),
+            self.act(op.scale_shift),
+            self.act(op.out),
+        ];
+        let [input, ss, out] = carve(self.acts, regions)?;
+        let (c, batch) = (op.channels, self.batch);
+        resample::scale_shift_forward(input, ss, batch, op.pixels, c, op.silu, out);
+        Ok(())
+    }
+
+    fn resample(&mut self, _: usize, op: &ResampleOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        let forward = match op.mode {
+            ResampleMode::AvgPool2 => resample::avg_pool2,
+            ResampleMode::Nearest2 => resample::nearest2,
+        };
+        forward(input, self.batch, op.in_h, op.in_w, op.channels, out);
+        Ok(())
+    }
+
+    fn activation(&mut self, _: usize, op: &ActivationOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        act_forward(op.act, input, out);
+        Ok(())
+    }
+
+    fn class_sinusoid(&mut self, _: usize, op: &SinusoidOp) -> Result<()> {
+        let (s, l) = self.act(op.out);
+        let dst = &mut self.acts[s..s + l];
+        for (row, &label) in dst.chunks_exact_mut(op.dim).zip(self.labels) {
+            embedding::sinusoid(label as f32, op.flip_sin_to_cos, op.freq_shift, row);
+        }
+        Ok(())
+    }
+
+    fn timestep_table(&mut self, at: usize, op: &TimestepTableOp) -> Result<()> {
+        let regions = [self.graph.saved_region(at, self.batch), self.act(op.out)];
+        let [rows, out] = carve(self.acts, regions)?;
+        let table = &self.params[self.graph.params.range(op.table)];
+        for ((o, row), &t) in out
+            .chunks_exact_mut(op.dim)
+            .zip(rows.iter_mut())
+            .zip(self.t)
+        {
+            let index = timestep_index(t, op.steps)?;
+            *row = index as f32;
+            o.copy_from_slice(&table[index * op.dim..(index + 1) * op.dim]);
+        }
         Ok(())
     }
 }

@@ -125,6 +125,8 @@ impl ParamTable {
                 Op::ClassEmbedding(c) => kinds.push((key(c.table), ParamKind::Embedding)),
                 Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
                 }
+                Op::ScaleShift(_) | Op::Resample(_) | Op::Activation(_) | Op::ClassSinusoid(_) => {}
+                Op::TimestepTable(t) => kinds.push((key(t.table), ParamKind::Embedding)),
             }
         }
         kinds.sort_by_key(|k| k.0);

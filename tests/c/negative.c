@@ -148,7 +148,7 @@ static void loading(const char *class_dir, const char *bad_json_dir, const char 
     EXPECT(td_model_from_memory(w, wlen, config, 0, NULL, 0, &m), TD_STATUS_INVALID_JSON);
     char *groups = replace(config, "\"norm_num_groups\": 8", "\"norm_num_groups\": 7");
     EXPECT(td_model_from_memory(w, wlen, groups, strlen(groups), NULL, 0, &m), TD_STATUS_INVALID_CONFIG);
-    char *act = replace(config, "\"act_fn\": \"silu\"", "\"act_fn\": \"gelu\"");
+    char *act = replace(config, "\"act_fn\": \"silu\"", "\"act_fn\": \"tanh\"");
     EXPECT(td_model_from_memory(w, wlen, act, strlen(act), NULL, 0, &m), TD_STATUS_UNSUPPORTED);
     char *chans = replace(config, "\"in_channels\": 3", "\"in_channels\": 1");
     EXPECT(td_model_from_memory(w, wlen, chans, strlen(chans), NULL, 0, &m), TD_STATUS_INVALID_WEIGHTS);

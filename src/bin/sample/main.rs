@@ -165,6 +165,7 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                 .map(|k| match k {
                     DownBlockKind::Plain => "DownBlock2D",
                     DownBlockKind::Attention => "AttnDownBlock2D",
+                    DownBlockKind::ResnetDownsample => "ResnetDownsampleBlock2D",
                 })
                 .collect()
         )
@@ -177,6 +178,7 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                 .map(|k| match k {
                     UpBlockKind::Plain => "UpBlock2D",
                     UpBlockKind::Attention => "AttnUpBlock2D",
+                    UpBlockKind::ResnetUpsample => "ResnetUpsampleBlock2D",
                 })
                 .collect()
         )
@@ -197,6 +199,18 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
         "classes          {}",
         c.num_class_embeds
             .map_or("unconditional".into(), |n| n.to_string())
+    );
+    println!(
+        "resnets          act_fn {:?}, time embedding norm {}, time embedding {}{}",
+        c.act_fn,
+        if c.scale_shift { "scale_shift" } else { "default" },
+        c.learned_time_embedding
+            .map_or("positional".into(), |n| format!("learned ({n} steps)")),
+        if c.timestep_class_embedding {
+            ", class labels through the sinusoid (class_embed_type timestep)"
+        } else {
+            ""
+        }
     );
     println!("parameters       {}", model.parameters());
     println!(

@@ -31,3 +31,35 @@ pub fn backward(x: &[f32], d_out: &[f32], d_x: &mut [f32]) {
         }
     }
 }
+
+/// `d_x += d_out * act'(x)` for the resnets' other nonlinearities (`act_fn` mish, gelu, relu;
+/// SiLU goes through [`backward`]). The forward is `crate::model::forward::activation`.
+pub fn act_backward(act: crate::model::Activation, x: &[f32], d_out: &[f32], d_x: &mut [f32]) {
+    use crate::model::Activation;
+    if act == Activation::Silu {
+        return backward(x, d_out, d_x);
+    }
+    // (Silu returned above; it shares the relu arm only to keep the match total.)
+    let grad: fn(f32) -> f32 = match act {
+        // d/dx x tanh(sp(x)) = tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)
+        Activation::Mish => |v| {
+            let sp = if v > 20.0 {
+                v
+            } else {
+                libm::log1pf(libm::expf(v))
+            };
+            let t = libm::tanhf(sp);
+            t + v * (1.0 - t * t) / (1.0 + libm::expf(-v))
+        },
+        // d/dx x Phi(x) = Phi(x) + x phi(x)
+        Activation::Gelu => |v| {
+            let cdf = 0.5 * (1.0 + libm::erff(v * core::f32::consts::FRAC_1_SQRT_2));
+            let pdf = libm::expf(-0.5 * v * v) * 0.398_942_3;
+            cdf + v * pdf
+        },
+        Activation::Relu | Activation::Silu => |v| if v > 0.0 { 1.0 } else { 0.0 },
+    };
+    for ((d, g), v) in d_x.iter_mut().zip(d_out).zip(x) {
+        *d += g * grad(*v);
+    }
+}
