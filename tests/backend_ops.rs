@@ -18,7 +18,7 @@ use tinydiffusion::model::Op;
 use tinydiffusion::weights::LoadOptions;
 use tinydiffusion::Model;
 
-const MODELS: [&str; 7] = [
+const MODELS: [&str; 8] = [
     "tiny-rgb16",
     "tiny-gray8",
     "tiny-class16",
@@ -26,10 +26,11 @@ const MODELS: [&str; 7] = [
     "extra/options-a",
     "extra/options-b",
     "extra/options-c",
+    "ncsnpp/tiny-ncsnpp8",
 ];
 
 /// Every op kind the model description has (`Op::kind`).
-const ALL_KINDS: [&str; 9] = [
+const ALL_KINDS: [&str; 12] = [
     "input",
     "sinusoid",
     "linear",
@@ -39,6 +40,9 @@ const ALL_KINDS: [&str; 9] = [
     "group_norm",
     "attention",
     "output",
+    "fourier_embedding",
+    "fir_resample",
+    "timestep_divide",
 ];
 
 /// A fixture model with every tensor in its own workspace slot.

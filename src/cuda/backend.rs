@@ -50,6 +50,9 @@ pub(super) struct Funcs {
     pub(super) scheduler_step: CudaFunction,
     pub(super) set_step: CudaFunction,
     pub(super) advance_step: CudaFunction,
+    pub(super) fourier_embedding: CudaFunction,
+    pub(super) fir_resample: CudaFunction,
+    pub(super) timestep_divide: CudaFunction,
 }
 
 /// Largest head dimension the attention kernel supports (4 columns x 128 threads).
@@ -164,6 +167,9 @@ impl CudaBackend {
             scheduler_step: func("elementwise.cu", "scheduler_step")?,
             set_step: func("elementwise.cu", "set_step")?,
             advance_step: func("elementwise.cu", "advance_step")?,
+            fourier_embedding: func("elementwise.cu", "fourier_embedding")?,
+            fir_resample: func("elementwise.cu", "fir_resample")?,
+            timestep_divide: func("elementwise.cu", "timestep_divide")?,
         };
         for (func, d) in f.attention.iter().zip([128, 256, MAX_HEAD_DIM]) {
             cu(

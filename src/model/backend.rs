@@ -16,6 +16,7 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp, SiluOp,
     SinusoidOp,
 };
+use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::schedule::{SampleOptions, Scheduler, StepInfo};
@@ -43,6 +44,9 @@ pub trait Backend {
     fn group_norm(&mut self, at: usize, op: &GroupNormOp) -> Result<()>;
     fn attention(&mut self, at: usize, op: &AttentionOp) -> Result<()>;
     fn output(&mut self, at: usize, op: &OutputOp) -> Result<()>;
+    fn fourier_embedding(&mut self, at: usize, op: &FourierEmbeddingOp) -> Result<()>;
+    fn fir_resample(&mut self, at: usize, op: &FirResampleOp) -> Result<()>;
+    fn timestep_divide(&mut self, at: usize, op: &TimestepDivideOp) -> Result<()>;
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -58,6 +62,9 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::GroupNorm(o) => backend.group_norm(at, o),
         Op::Attention(o) => backend.attention(at, o),
         Op::Output(o) => backend.output(at, o),
+        Op::FourierEmbedding(o) => backend.fourier_embedding(at, o),
+        Op::FirResample(o) => backend.fir_resample(at, o),
+        Op::TimestepDivide(o) => backend.timestep_divide(at, o),
     }
 }
 

@@ -35,6 +35,7 @@ pub use ops::{
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 pub use description::{describe_config, describe_weights, ModelDescription};
+pub use ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 
 /// A named activation worth inspecting (diffusers module outputs, for parity debugging).
 #[derive(Debug, Clone, PartialEq)]

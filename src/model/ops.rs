@@ -154,6 +154,54 @@ pub struct OutputOp {
     pub width: usize,
 }
 
+/// diffusers' `GaussianFourierProjection` (NCSN++ `time_embedding_type: "fourier"`) of the
+/// timestep input: `[batch, 2 * dim]`, `sin(2 pi W log t)` then `cos(...)` (swapped when
+/// `flip_sin_to_cos`), computed in f64 since `|2 pi W log t|` reaches the hundreds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FourierEmbeddingOp {
+    /// `embedding_size`: entries of `W`; the output has twice as many.
+    pub dim: usize,
+    /// `time_proj.W` (`[dim]`), fixed (not trained).
+    pub weight: WeightRef,
+    /// Project `log(t)` (diffusers' `log=True`) rather than `t`.
+    pub log: bool,
+    pub flip_sin_to_cos: bool,
+    pub out: TensorId,
+}
+
+/// diffusers' `upfirdn2d_native` with the `[1, 3, 3, 1]` FIR kernel as `upsample_2d` /
+/// `downsample_2d` use it (gain 1, zero padding): per channel, a separable 4-tap filter with
+/// factor-2 up- or down-sampling over NHWC activations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirResampleOp {
+    pub input: TensorId,
+    pub channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    /// Upsample (out = 2x in) or downsample (out = in / 2).
+    pub up: bool,
+    pub out: TensorId,
+}
+
+impl FirResampleOp {
+    pub fn out_hw(&self) -> (usize, usize) {
+        if self.up {
+            (2 * self.in_h, 2 * self.in_w)
+        } else {
+            (self.in_h / 2, self.in_w / 2)
+        }
+    }
+}
+
+/// `out[b] = input[b] / t[b]` over `len` floats per sample: the fourier model's output divided
+/// by its sigma (diffusers' `sample / timesteps`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimestepDivideOp {
+    pub input: TensorId,
+    pub len: usize,
+    pub out: TensorId,
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -166,6 +214,9 @@ pub enum Op {
     GroupNorm(GroupNormOp),
     Attention(AttentionOp),
     Output(OutputOp),
+    FourierEmbedding(FourierEmbeddingOp),
+    FirResample(FirResampleOp),
+    TimestepDivide(TimestepDivideOp),
 }
 
 impl Op {
@@ -181,6 +232,9 @@ impl Op {
             Op::GroupNorm(_) => "group_norm",
             Op::Attention(_) => "attention",
             Op::Output(_) => "output",
+            Op::FourierEmbedding(_) => "fourier_embedding",
+            Op::FirResample(_) => "fir_resample",
+            Op::TimestepDivide(_) => "timestep_divide",
         }
     }
 
@@ -207,6 +261,9 @@ impl Op {
             Op::GroupNorm(g) => input(g.input),
             Op::Attention(a) => r.extend([a.q, a.k, a.v]),
             Op::Output(o) => input(Input::One(o.input)),
+            Op::FourierEmbedding(_) => {}
+            Op::FirResample(f) => input(Input::One(f.input)),
+            Op::TimestepDivide(d) => input(Input::One(d.input)),
         }
         r
     }
@@ -223,6 +280,9 @@ impl Op {
             Op::GroupNorm(o) => Some(o.out),
             Op::Attention(o) => Some(o.out),
             Op::Output(_) => None,
+            Op::FourierEmbedding(o) => Some(o.out),
+            Op::FirResample(o) => Some(o.out),
+            Op::TimestepDivide(o) => Some(o.out),
         }
     }
 
@@ -242,6 +302,8 @@ impl Op {
             Op::Linear(l) => alloc::vec![l.weight, l.bias],
             Op::GroupNorm(g) => alloc::vec![g.gamma, g.beta],
             Op::ClassEmbedding(c) => alloc::vec![c.table],
+            Op::FourierEmbedding(f) => alloc::vec![f.weight],
+            Op::FirResample(_) | Op::TimestepDivide(_) => Vec::new(),
             Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
                 Vec::new()
             }
@@ -261,6 +323,12 @@ impl Op {
                 let (n, c) = (a.tokens as u64, a.channels as u64);
                 // Saturating: n * n overflows u64 for absurd (but valid) sample sizes.
                 4u64.saturating_mul(n).saturating_mul(n).saturating_mul(c)
+            }
+            Op::FirResample(f) => {
+                // 16 taps per downsampled output, 4 per upsampled one; a multiply-add each.
+                let (h, w) = f.out_hw();
+                let taps = if f.up { 4 } else { 16 };
+                2 * (h * w * f.channels * taps) as u64
             }
             _ => 0,
         }

@@ -165,6 +165,8 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                 .map(|k| match k {
                     DownBlockKind::Plain => "DownBlock2D",
                     DownBlockKind::Attention => "AttnDownBlock2D",
+                    DownBlockKind::Skip => "SkipDownBlock2D",
+                    DownBlockKind::AttentionSkip => "AttnSkipDownBlock2D",
                 })
                 .collect()
         )
@@ -177,6 +179,8 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                 .map(|k| match k {
                     UpBlockKind::Plain => "UpBlock2D",
                     UpBlockKind::Attention => "AttnUpBlock2D",
+                    UpBlockKind::Skip => "SkipUpBlock2D",
+                    UpBlockKind::AttentionSkip => "AttnSkipUpBlock2D",
                 })
                 .collect()
         )
@@ -192,6 +196,9 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
             },
             m.scale_factor
         ),
+    }
+    if c.time_fourier {
+        println!("time embedding   fourier (sigma-conditioned, output / sigma)");
     }
     println!(
         "classes          {}",

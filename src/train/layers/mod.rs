@@ -29,6 +29,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod group_norm;
 pub mod linear;
+pub mod ncsnpp;
 pub mod vmath;
 
 /// `sum a[i] * b[i]` with eight independent accumulators (vectorisable; fixed order, so
