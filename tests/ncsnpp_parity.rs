@@ -310,3 +310,26 @@ fn ncsnpp_config_refusals_name_the_key() {
         "resnet_time_scale_shift"
     );
 }
+
+/// 300 random skip-block configs: ours accepts exactly those diffusers can build (its GroupNorms
+/// refuse groups that do not divide the channels).
+#[test]
+fn skip_block_configs_accepted_exactly_when_diffusers_builds_them() {
+    use tinydiffusion::UNetConfig;
+    let cases = common::read_json(fixtures_dir().join("ncsnpp/config_cases.json"));
+    let mut disagree = Vec::new();
+    for case in cases.as_array().unwrap() {
+        let mut cfg = case.clone();
+        let builds = cfg.as_object_mut().unwrap().remove("builds").unwrap();
+        let levels = cfg["block_out_channels"].as_array().unwrap().len();
+        cfg["sample_size"] = (1u64 << levels).into();
+        cfg["time_embedding_type"] = "fourier".into();
+        cfg["norm_num_groups"] = serde_json::Value::Null;
+        cfg["attention_head_dim"] = serde_json::Value::Null;
+        let ours = UNetConfig::from_json(&cfg.to_string());
+        if ours.is_ok() != builds.as_bool().unwrap() {
+            disagree.push(format!("{cfg}: diffusers builds {builds}, ours {ours:?}"));
+        }
+    }
+    assert!(disagree.is_empty(), "{}", disagree.join("\n"));
+}

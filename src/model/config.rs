@@ -412,7 +412,9 @@ impl UNetConfig {
             ));
         }
         let g = self.norm_num_groups;
-        for &c in &self.block_out_channels {
+        // A null norm_num_groups leaves only conv_norm_out (over block 0) to these groups.
+        let grouped = if self.norm_groups_null { 1 } else { n };
+        for &c in &self.block_out_channels[..grouped] {
             if g == 0 || c % g != 0 {
                 return Err(bad(
                     "norm_num_groups",

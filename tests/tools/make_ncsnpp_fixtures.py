@@ -8,7 +8,7 @@ forward.safetensors: `x` [3,3,8,8], `t` [3] (sigmas 0.01, 1, 50, float32), `out`
 in float64 (its weights are f16), and `act.<module>` (float32) = each block's output (down/up blocks: the
 features; `act.conv_out` is conv_out plus the skip image, before the division by sigma).
 """
-import math, os
+import json, math, os
 import torch
 from diffusers import UNet2DModel
 from safetensors.torch import save_file
@@ -66,3 +66,29 @@ tensors = {"x": x.contiguous(), "t": t, "out": out.contiguous()}
 tensors.update({f"act.{k}": v.float().contiguous() for k, v in acts.items()})
 save_file(tensors, os.path.join(OUT, "forward.safetensors"))
 print("wrote", OUT, sum(p.numel() for p in model.parameters()), "parameters")
+
+# Which skip-block configs diffusers can build (GroupNorm groups must divide the channels; the
+# skip blocks choose their own, AttnSkipUpBlock2D as min(a + b // 4, 32)): config_cases.json.
+import logging, random, warnings
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+random.seed(1)
+cases = []
+for n in range(300):
+    levels = random.randint(1, 4)
+    case = dict(
+        block_out_channels=[random.choice([4, 8, 12, 16, 24, 32, 48, 64, 96, 128]) for _ in range(levels)],
+        down_block_types=[random.choice(["SkipDownBlock2D", "AttnSkipDownBlock2D"]) for _ in range(levels)],
+        up_block_types=[random.choice(["SkipUpBlock2D", "AttnSkipUpBlock2D"]) for _ in range(levels)],
+        layers_per_block=random.randint(1, 2),
+    )
+    try:
+        UNet2DModel(sample_size=2 ** levels, time_embedding_type="fourier", norm_num_groups=None,
+                    attention_head_dim=None, **case)
+        case["builds"] = True
+    except Exception:
+        case["builds"] = False
+    cases.append(case)
+with open(os.path.join(OUT, "..", "config_cases.json"), "w") as f:
+    json.dump(cases, f, separators=(",", ":"))
+print("config cases:", sum(c["builds"] for c in cases), "of", len(cases), "build")
