@@ -760,22 +760,19 @@ pub fn describe(
         b.tap(&format!("down_blocks.{i}"), h);
     }
 
-    if let Some(mid) = &cfg.mid_block {
-        let c = boc[levels - 1];
-        if cfg.norm_groups_null {
-            // diffusers' null norm_num_groups: the mid block's own groups (otherwise the same
-            // resnets as below).
-            let (g, scale) = (mid.resnet_groups, mid.scale_factor);
-            let p = "mid_block.resnets.0";
-            h = b.skip_block_resnet(p, h, c, g, g, scale, None, false)?;
-            if mid.add_attention {
-                let (p, g) = ("mid_block.attentions.0", mid.attn_groups);
-                h = b.attention(p, h, g, mid.scale_factor)?;
-            }
-            let p = "mid_block.resnets.1";
-            h = b.skip_block_resnet(p, h, c, g, g, scale, None, false)?;
-            b.tap("mid_block", h);
+    if let Some(mid) = cfg.mid_block.as_ref().filter(|_| cfg.norm_groups_null) {
+        // diffusers' null norm_num_groups: the mid block's own groups (otherwise the same
+        // resnets as below).
+        let (c, g, scale) = (boc[levels - 1], mid.resnet_groups, mid.scale_factor);
+        let p = "mid_block.resnets.0";
+        h = b.skip_block_resnet(p, h, c, g, g, scale, None, false)?;
+        if mid.add_attention {
+            let (p, g) = ("mid_block.attentions.0", mid.attn_groups);
+            h = b.attention(p, h, g, scale)?;
         }
+        let p = "mid_block.resnets.1";
+        h = b.skip_block_resnet(p, h, c, g, g, scale, None, false)?;
+        b.tap("mid_block", h);
     }
     if let Some(mid) = cfg.mid_block.as_ref().filter(|_| !cfg.norm_groups_null) {
         let c = boc[levels - 1];
