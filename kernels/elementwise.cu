@@ -187,6 +187,83 @@ extern "C" __global__ void advance_step(int* step) {
     if (blockIdx.x == 0 && threadIdx.x == 0) *step += 1;
 }
 
+// Op::FourierEmbedding (model::forward::fourier_embedding): diffusers' GaussianFourierProjection
+// of log t (t itself when !use_log), argument and sin / cos in f64; [batch, 2 * dim], sin first
+// unless flip. t = ts[(step ? *step : 0) + b * ts_per_sample].
+extern "C" __global__ void fourier_embedding(const float* ts, const int* step, int ts_per_sample,
+                                             const h16* w, h16* out, int batch, int dim,
+                                             int use_log, int flip) {
+    long long i = gidx();
+    if (i >= (long long)batch * 2 * dim) return;
+    int b = (int)(i / (2 * dim)), j = (int)(i % (2 * dim));
+    bool first = j < dim;
+    int f = first ? j : j - dim;
+    double t = (double)ts[(step ? *step : 0) + b * ts_per_sample];
+    double x = use_log ? log(t) : t;
+    double arg = x * (double)h2f(w[f]) * 2.0 * 3.141592653589793;
+    out[i] = f2h((float)((first != (flip != 0)) ? sin(arg) : cos(arg)));
+}
+
+// kernels::scalar::fir_taps: the inputs (and weights) of output o along an axis of n inputs for
+// the [1, 3, 3, 1] FIR kernel, factor 2, with diffusers' upfirdn2d padding. Returns the count.
+__device__ __forceinline__ int fir_taps(int up, int o, int n, int* idx, float* w) {
+    int k = 0;
+    int cand[4];
+    float cw[4];
+    int m;
+    if (up) {
+        int a = o / 2;
+        if (o % 2 == 0) {
+            cand[0] = a - 1; cw[0] = 0.25f; cand[1] = a; cw[1] = 0.75f;
+        } else {
+            cand[0] = a; cw[0] = 0.75f; cand[1] = a + 1; cw[1] = 0.25f;
+        }
+        m = 2;
+    } else {
+        const float kw[4] = {0.125f, 0.375f, 0.375f, 0.125f};
+        for (int t = 0; t < 4; t++) { cand[t] = 2 * o + t - 1; cw[t] = kw[t]; }
+        m = 4;
+    }
+    for (int t = 0; t < m; t++) {
+        if (cand[t] >= 0 && cand[t] < n) { idx[k] = cand[t]; w[k] = cw[t]; k++; }
+    }
+    return k;
+}
+
+// Op::FirResample (kernels::scalar::fir_resample): factor-2 FIR up- or downsampling of NHWC
+// f16, f32 sums in the CPU's tap order; one thread per output element.
+extern "C" __global__ void fir_resample(const h16* in, h16* out, int batch, int c, int in_h,
+                                        int in_w, int up) {
+    int oh = up ? 2 * in_h : in_h / 2, ow = up ? 2 * in_w : in_w / 2;
+    long long i = gidx(), n = (long long)batch * oh * ow * c;
+    if (i >= n) return;
+    int ch = (int)(i % c);
+    long long p = i / c;
+    int ox = (int)(p % ow);
+    p /= ow;
+    int oy = (int)(p % oh);
+    long long b = p / oh;
+    int iy[4], ix[4];
+    float wy[4], wx[4];
+    int ny = fir_taps(up, oy, in_h, iy, wy), nx = fir_taps(up, ox, in_w, ix, wx);
+    float acc = 0.0f;
+    for (int y = 0; y < ny; y++)
+        for (int x = 0; x < nx; x++)
+            acc += wy[y] * wx[x] * h2f(in[((b * in_h + iy[y]) * in_w + ix[x]) * c + ch]);
+    out[i] = f2h(acc);
+}
+
+// Op::TimestepDivide: out[b] = in[b] / t[b] over `per` elements a sample (the Fourier model's
+// sample / sigma). t = ts[(step ? *step : 0) + b * ts_per_sample].
+extern "C" __global__ void timestep_divide(const float* ts, const int* step, int ts_per_sample,
+                                           const h16* in, h16* out, int batch, long long per) {
+    long long i = gidx();
+    if (i >= (long long)batch * per) return;
+    long long b = i / per;
+    float t = ts[(step ? *step : 0) + b * ts_per_sample];
+    out[i] = f2h(h2f(in[i]) / t);
+}
+
 // Op::ScaleShift (AdaGN, kernels::scalar::scale_shift): y = x * (1 + scale) + shift per sample
 // and channel over NHWC x, then SiLU if `silu`; ss is [batch, 2c], scales first.
 extern "C" __global__ void scale_shift(const h16* x, const h16* ss, h16* y, int batch, int hw,

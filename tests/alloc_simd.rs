@@ -19,7 +19,7 @@ static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 fn main() {
     let mut checked = 0;
-    for name in ["tiny-rgb16", "tiny-gray8"] {
+    for name in ["tiny-rgb16", "tiny-gray8", "ncsnpp/tiny-ncsnpp8"] {
         let mut model = Model::load(fixtures_dir().join(name)).unwrap();
         let (c, h, w) = model.input_shape();
         let x = vec![0.25f32; 3 * c * h * w];

@@ -18,7 +18,7 @@ use tinydiffusion::model::Op;
 use tinydiffusion::weights::LoadOptions;
 use tinydiffusion::Model;
 
-const MODELS: [&str; 12] = [
+const MODELS: [&str; 13] = [
     "tiny-rgb16",
     "tiny-gray8",
     "tiny-class16",
@@ -31,10 +31,11 @@ const MODELS: [&str; 12] = [
     "unet-a/gelu8",
     "unet-a/relu8",
     "unet-a/classts8",
+    "ncsnpp/tiny-ncsnpp8",
 ];
 
 /// Every op kind the model description has (`Op::kind`).
-const ALL_KINDS: [&str; 14] = [
+const ALL_KINDS: [&str; 17] = [
     "input",
     "sinusoid",
     "linear",
@@ -49,6 +50,9 @@ const ALL_KINDS: [&str; 14] = [
     "activation",
     "timestep_table",
     "class_sinusoid",
+    "fourier_embedding",
+    "fir_resample",
+    "timestep_divide",
 ];
 
 /// A fixture model with every tensor in its own workspace slot.

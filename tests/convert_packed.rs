@@ -41,6 +41,7 @@ fn converted_folder_loads_without_copies_and_matches() {
         "tiny-gray8",
         "tiny-class16",
         "tiny-learnedvar8",
+        "ncsnpp/tiny-ncsnpp8",
     ] {
         let out = temp_dir(&format!("packed-{m}"));
         let report = convert_folder(&fixtures_dir().join(m), &out).unwrap();

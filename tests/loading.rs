@@ -225,8 +225,27 @@ fn bad_configs_name_the_key() {
     };
     assert_eq!(key_of(with("act_fn", "tanh".into())), "act_fn");
     assert_eq!(
-        key_of(with("time_embedding_type", "fourier".into())),
+        key_of(with("time_embedding_type", "gaussian".into())),
         "time_embedding_type"
+    );
+    // NCSN++: skip blocks all or none per path, a null norm_num_groups only with them.
+    assert_eq!(
+        key_of(with(
+            "down_block_types",
+            serde_json::json!(["SkipDownBlock2D", "AttnDownBlock2D"])
+        )),
+        "down_block_types"
+    );
+    assert_eq!(
+        key_of(with(
+            "up_block_types",
+            serde_json::json!(["AttnSkipUpBlock2D", "UpBlock2D"])
+        )),
+        "up_block_types"
+    );
+    assert_eq!(
+        key_of(with("norm_num_groups", serde_json::Value::Null)),
+        "norm_num_groups"
     );
     assert_eq!(
         key_of(with(

@@ -7,7 +7,9 @@
 //! so the bar is 2e-3 relative).
 #![cfg(feature = "train")]
 
+use tinydiffusion::kernels::scalar::FirArgs;
 use tinydiffusion::kernels::ConvShape;
+use tinydiffusion::train::layers::ncsnpp;
 use tinydiffusion::train::layers::{
     activation, attention, conv, embedding, group_norm, linear, resample,
 };
@@ -669,6 +671,81 @@ fn attention_block(
         },
     );
     (out, g)
+}
+
+fn fir_case(name: &str, up: bool, (h, w): (usize, usize)) {
+    let (batch, c) = (2, 3);
+    let theta = vec![randn(31, batch * h * w * c, 1.0)];
+    let out_len = if up { 4 * h * w * c } else { h * w * c / 4 } * batch;
+    let fwd = |t: &[Vec<f32>]| {
+        let mut o = vec![0.0; out_len];
+        let args = FirArgs {
+            batch,
+            channels: c,
+            in_h: h,
+            in_w: w,
+            up,
+            input: &t[0],
+        };
+        ncsnpp::fir_forward(&args, &mut o);
+        o
+    };
+    let bwd = |t: &[Vec<f32>], d: &[f32]| {
+        let mut g = vec![0.0; t[0].len()];
+        ncsnpp::fir_backward(batch, c, (h, w), up, d, &mut g);
+        vec![g]
+    };
+    check(name, &theta, &["x"], fwd, bwd);
+}
+
+#[test]
+fn fir_downsample() {
+    fir_case("fir_resample down", false, (6, 4));
+}
+
+#[test]
+fn fir_upsample() {
+    fir_case("fir_resample up", true, (3, 5));
+}
+
+#[test]
+fn fir_constant_image_keeps_its_value_inside() {
+    // The kernel is normalised: away from the zero-padded border a constant stays constant.
+    let (h, w, c) = (8, 8, 2);
+    let input = vec![1.5f32; h * w * c];
+    for up in [false, true] {
+        let args = FirArgs {
+            batch: 1,
+            channels: c,
+            in_h: h,
+            in_w: w,
+            up,
+            input: &input,
+        };
+        let (oh, ow) = if up { (16, 16) } else { (4, 4) };
+        let mut out = vec![0.0; oh * ow * c];
+        ncsnpp::fir_forward(&args, &mut out);
+        let v = out[((oh / 2) * ow + ow / 2) * c];
+        assert_eq!(v, 1.5, "up {up}");
+    }
+}
+
+#[test]
+fn timestep_divide() {
+    let per = 10;
+    let t = [0.01f32, 1.0, 50.0];
+    let theta = vec![randn(41, 3 * per, 1.0)];
+    let fwd = |th: &[Vec<f32>]| {
+        let mut o = vec![0.0; th[0].len()];
+        ncsnpp::timestep_divide_forward(&th[0], &t, per, &mut o);
+        o
+    };
+    let bwd = |th: &[Vec<f32>], d: &[f32]| {
+        let mut g = vec![0.0; th[0].len()];
+        ncsnpp::timestep_divide_backward(d, &t, per, &mut g);
+        vec![g]
+    };
+    check("timestep_divide", &theta, &["x"], fwd, bwd);
 }
 
 #[test]

@@ -53,6 +53,9 @@ pub(super) struct Funcs {
     pub(super) scale_shift: CudaFunction,
     pub(super) resample2x: CudaFunction,
     pub(super) activation: CudaFunction,
+    pub(super) fourier_embedding: CudaFunction,
+    pub(super) fir_resample: CudaFunction,
+    pub(super) timestep_divide: CudaFunction,
 }
 
 /// Largest head dimension the attention kernel supports (4 columns x 128 threads).
@@ -170,6 +173,9 @@ impl CudaBackend {
             scale_shift: func("elementwise.cu", "scale_shift")?,
             resample2x: func("elementwise.cu", "resample2x")?,
             activation: func("elementwise.cu", "activation")?,
+            fourier_embedding: func("elementwise.cu", "fourier_embedding")?,
+            fir_resample: func("elementwise.cu", "fir_resample")?,
+            timestep_divide: func("elementwise.cu", "timestep_divide")?,
         };
         for (func, d) in f.attention.iter().zip([128, 256, MAX_HEAD_DIM]) {
             cu(

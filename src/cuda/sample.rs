@@ -42,6 +42,14 @@ impl CudaBackend {
         mut on_step: Option<&mut dyn FnMut(&StepInfo<'_>)>,
     ) -> Result<()> {
         let cfg = scheduler.config();
+        if model.config.time_fourier {
+            // The device loop runs DDPM/DDIM, whose integer timesteps a sigma-conditioned
+            // (fourier) model cannot take; its forward passes run on the device all the same.
+            return Err(unsupported(
+                "time_embedding_type",
+                "fourier models are not sampled by the CUDA DDPM/DDIM loop",
+            ));
+        }
         if cfg.thresholding {
             return Err(unsupported(
                 "thresholding",

@@ -12,6 +12,7 @@ use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Model, OutputOp,
     SiluOp, SinusoidOp, TensorId,
 };
+use crate::model::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 
 /// Matches `struct ConvParams` in kernels/conv.cu.
 #[repr(C)]
@@ -460,5 +461,65 @@ impl Backend for CudaWalk<'_> {
     fn class_sinusoid(&mut self, _: usize, _op: &SinusoidOp) -> Result<()> {
         // The labels live on the device as integers; the sinusoid kernel reads f32 timesteps.
         Err(unsupported_op("cuda", "class_sinusoid"))
+    }
+
+    fn fourier_embedding(&mut self, at: usize, op: &FourierEmbeddingOp) -> Result<()> {
+        let (ts, step, per, w, dst) = (
+            self.ts,
+            self.step,
+            self.ts_per_sample,
+            self.weights(at)[0],
+            self.t(op.out),
+        );
+        let (b32, dim, log, flip) = (
+            self.batch as i32,
+            op.dim as i32,
+            op.log as i32,
+            op.flip_sin_to_cos as i32,
+        );
+        self.inner.launch(
+            &self.inner.f.fourier_embedding,
+            grid1(self.batch * 2 * op.dim),
+            256,
+            0,
+            &mut kargs![ts, step, per, w, dst, b32, dim, log, flip],
+        )
+    }
+
+    fn fir_resample(&mut self, _: usize, op: &FirResampleOp) -> Result<()> {
+        let (src, dst) = (self.t(op.input), self.t(op.out));
+        let (oh, ow) = op.out_hw();
+        let (b32, c, h, w, up) = (
+            self.batch as i32,
+            op.channels as i32,
+            op.in_h as i32,
+            op.in_w as i32,
+            op.up as i32,
+        );
+        self.inner.launch(
+            &self.inner.f.fir_resample,
+            grid1(self.batch * oh * ow * op.channels),
+            256,
+            0,
+            &mut kargs![src, dst, b32, c, h, w, up],
+        )
+    }
+
+    fn timestep_divide(&mut self, _: usize, op: &TimestepDivideOp) -> Result<()> {
+        let (ts, step, per, src, dst) = (
+            self.ts,
+            self.step,
+            self.ts_per_sample,
+            self.t(op.input),
+            self.t(op.out),
+        );
+        let (b32, len) = (self.batch as i32, op.len as i64);
+        self.inner.launch(
+            &self.inner.f.timestep_divide,
+            grid1(self.batch * op.len),
+            256,
+            0,
+            &mut kargs![ts, step, per, src, dst, b32, len],
+        )
     }
 }

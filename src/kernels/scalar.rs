@@ -203,6 +203,78 @@ pub fn attention(a: &AttentionArgs<'_>, scores: &mut [f32], out: &mut [f32]) {
     }
 }
 
+/// One FIR resampling ([`fir_resample`]): NHWC `input` of `batch x in_h x in_w x channels`.
+pub struct FirArgs<'a> {
+    pub batch: usize,
+    pub channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    /// Factor-2 upsampling (`upsample_2d`), else downsampling (`downsample_2d`).
+    pub up: bool,
+    pub input: &'a [f32],
+}
+
+/// The input indices and weights that make output index `o` along one axis of length `n_in`,
+/// for diffusers' `upfirdn2d_native` with the `[1, 3, 3, 1]` kernel (normalised to sum 1 per
+/// axis, times the factor when upsampling) and its padding: downsampling reads
+/// `x[2o - 1 ..= 2o + 2]` with weights `[1, 3, 3, 1] / 8`; upsampling gives
+/// `out[2a] = (x[a - 1] + 3 x[a]) / 4` and `out[2a + 1] = (3 x[a] + x[a + 1]) / 4`. Taps outside
+/// the input (zero padding) are left out. Returns the taps and how many are used.
+pub fn fir_taps(up: bool, o: usize, n_in: usize) -> ([(usize, f32); 4], usize) {
+    let mut taps = [(0usize, 0.0f32); 4];
+    let mut n = 0;
+    let mut push = |i: isize, w: f32| {
+        if i >= 0 && (i as usize) < n_in {
+            taps[n] = (i as usize, w);
+            n += 1;
+        }
+    };
+    let o = o as isize;
+    if up {
+        let a = o / 2;
+        if o % 2 == 0 {
+            push(a - 1, 0.25);
+            push(a, 0.75);
+        } else {
+            push(a, 0.75);
+            push(a + 1, 0.25);
+        }
+    } else {
+        for (t, w) in [0.125f32, 0.375, 0.375, 0.125].into_iter().enumerate() {
+            push(2 * o + t as isize - 1, w);
+        }
+    }
+    (taps, n)
+}
+
+/// FIR up- or downsampling by 2 of every channel (see [`fir_taps`]); `out` is NHWC at the new
+/// size. The weights are exact binary fractions, so the only rounding is the f32 sum.
+pub fn fir_resample(a: &FirArgs<'_>, out: &mut [f32]) {
+    let (h, w, c) = (a.in_h, a.in_w, a.channels);
+    let (oh, ow) = if a.up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
+    for b in 0..a.batch {
+        let src = &a.input[b * h * w * c..(b + 1) * h * w * c];
+        for oy in 0..oh {
+            let (ty, ny) = fir_taps(a.up, oy, h);
+            for ox in 0..ow {
+                let (tx, nx) = fir_taps(a.up, ox, w);
+                let o = ((b * oh + oy) * ow + ox) * c;
+                let dst = &mut out[o..o + c];
+                dst.fill(0.0);
+                for &(iy, wy) in &ty[..ny] {
+                    for &(ix, wx) in &tx[..nx] {
+                        let wt = wy * wx;
+                        let px = &src[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                        for (d, v) in dst.iter_mut().zip(px) {
+                            *d += wt * v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// AdaGN's `out = x * (1 + scale) + shift` (then SiLU if `silu`) over NHWC `x` of `batch`
 /// samples; `scale_shift` is `[batch, 2 * c]`, the scales first. Memory-bound, so every kernel
 /// table uses this one loop.

@@ -17,6 +17,7 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp, SiluOp,
     SinusoidOp,
 };
+use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::schedule::{SampleOptions, Scheduler, StepInfo};
@@ -50,6 +51,9 @@ pub trait Backend {
     fn timestep_table(&mut self, at: usize, op: &TimestepTableOp) -> Result<()>;
     /// The sinusoid of the class labels (`class_embed_type: "timestep"`).
     fn class_sinusoid(&mut self, at: usize, op: &SinusoidOp) -> Result<()>;
+    fn fourier_embedding(&mut self, at: usize, op: &FourierEmbeddingOp) -> Result<()>;
+    fn fir_resample(&mut self, at: usize, op: &FirResampleOp) -> Result<()>;
+    fn timestep_divide(&mut self, at: usize, op: &TimestepDivideOp) -> Result<()>;
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -70,6 +74,9 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::Activation(o) => backend.activation(at, o),
         Op::TimestepTable(o) => backend.timestep_table(at, o),
         Op::ClassSinusoid(o) => backend.class_sinusoid(at, o),
+        Op::FourierEmbedding(o) => backend.fourier_embedding(at, o),
+        Op::FirResample(o) => backend.fir_resample(at, o),
+        Op::TimestepDivide(o) => backend.timestep_divide(at, o),
     }
 }
 

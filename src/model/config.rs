@@ -19,6 +19,11 @@ pub enum DownBlockKind {
     Attention,
     /// `ResnetDownsampleBlock2D`: resnets, downsampled by a resnet with `down=True`.
     ResnetDownsample,
+    /// `SkipDownBlock2D` (NCSN++): resnets, then a FIR-downsampling resnet plus a 1x1 conv of
+    /// the FIR-downsampled input image.
+    Skip,
+    /// `AttnSkipDownBlock2D`: as [`DownBlockKind::Skip`], each resnet followed by attention.
+    AttentionSkip,
 }
 
 /// The kinds of up block.
@@ -30,6 +35,30 @@ pub enum UpBlockKind {
     Attention,
     /// `ResnetUpsampleBlock2D`: resnets, upsampled by a resnet with `up=True`.
     ResnetUpsample,
+    /// `SkipUpBlock2D` (NCSN++): resnets, then a FIR-upsampling resnet; the running output
+    /// image is FIR-upsampled and gets a 3x3 conv of the block's features added.
+    Skip,
+    /// `AttnSkipUpBlock2D`: as [`UpBlockKind::Skip`], one attention block after the resnets.
+    AttentionSkip,
+}
+
+impl DownBlockKind {
+    /// One of the NCSN++ skip blocks.
+    pub fn is_skip(self) -> bool {
+        matches!(self, DownBlockKind::Skip | DownBlockKind::AttentionSkip)
+    }
+}
+
+impl UpBlockKind {
+    /// One of the NCSN++ skip blocks.
+    pub fn is_skip(self) -> bool {
+        matches!(self, UpBlockKind::Skip | UpBlockKind::AttentionSkip)
+    }
+}
+
+/// GroupNorm groups diffusers' NCSN++ blocks (and a null `norm_num_groups`) use for `channels`.
+pub fn ncsnpp_groups(channels: usize) -> usize {
+    (channels / 4).min(32)
 }
 
 /// A validated `UNet2DModel` configuration.
@@ -75,6 +104,12 @@ pub struct UNetConfig {
     /// `num_class_embeds` then; here it is required and bounds the labels (0..n), which the
     /// front ends need for their default labels and guidance's null class.
     pub timestep_class_embedding: bool,
+    /// `time_embedding_type: "fourier"` (NCSN++): a Gaussian Fourier projection of
+    /// `log(sigma)` (the model is called with sigmas) and the output divided by sigma.
+    pub time_fourier: bool,
+    /// `norm_num_groups: null`: the mid block and `conv_norm_out` take `min(channels / 4, 32)`
+    /// groups (only the skip blocks, which choose their own groups, allow it).
+    pub norm_groups_null: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +120,8 @@ pub struct MidBlockConfig {
     /// Groups of the mid attention's GroupNorm (`attn_norm_num_groups`; by default
     /// `norm_num_groups` with `resnet_time_scale_shift` "default", else no GroupNorm at all).
     pub attn_groups: Option<usize>,
+    /// Groups of the mid resnets' GroupNorms (`norm_num_groups`, or its null default).
+    pub resnet_groups: usize,
 }
 
 const FILE: &str = "config.json";
@@ -202,6 +239,8 @@ impl UNetConfig {
         let mut learned_time = false;
         let mut num_train_timesteps = None;
         let mut timestep_class = false;
+        let mut time_fourier = false;
+        let mut norm_groups_null = false;
 
         for (key, v) in obj {
             let k = key.as_str();
@@ -272,10 +311,10 @@ impl UNetConfig {
                     }
                 }
                 "norm_num_groups" => {
-                    if v.is_null() {
-                        return Err(unsupported(k, v));
+                    norm_groups_null = v.is_null();
+                    if !norm_groups_null {
+                        norm_num_groups = as_size(k, v)?
                     }
-                    norm_num_groups = as_size(k, v)?
                 }
                 "attn_norm_num_groups" => {
                     attn_norm_num_groups = if v.is_null() {
@@ -310,9 +349,10 @@ impl UNetConfig {
                     }
                 }
                 "time_embedding_type" => {
-                    learned_time = match v.as_str() {
-                        Some("positional") => false,
-                        Some("learned") => true,
+                    (learned_time, time_fourier) = match v.as_str() {
+                        Some("positional") => (false, false),
+                        Some("learned") => (true, false),
+                        Some("fourier") => (false, true),
                         _ => return Err(unsupported(k, v)),
                     }
                 }
@@ -366,12 +406,16 @@ impl UNetConfig {
             "DownBlock2D" => Ok(DownBlockKind::Plain),
             "AttnDownBlock2D" => Ok(DownBlockKind::Attention),
             "ResnetDownsampleBlock2D" => Ok(DownBlockKind::ResnetDownsample),
+            "SkipDownBlock2D" => Ok(DownBlockKind::Skip),
+            "AttnSkipDownBlock2D" => Ok(DownBlockKind::AttentionSkip),
             other => Err(unsupported("down_block_types", other)),
         };
         let parse_up = |s: &String| match s.as_str() {
             "UpBlock2D" => Ok(UpBlockKind::Plain),
             "AttnUpBlock2D" => Ok(UpBlockKind::Attention),
             "ResnetUpsampleBlock2D" => Ok(UpBlockKind::ResnetUpsample),
+            "SkipUpBlock2D" => Ok(UpBlockKind::Skip),
+            "AttnSkipUpBlock2D" => Ok(UpBlockKind::AttentionSkip),
             other => Err(unsupported("up_block_types", other)),
         };
         let down_blocks = down_types
@@ -381,6 +425,16 @@ impl UNetConfig {
         let up_blocks = up_types.iter().map(parse_up).collect::<Result<Vec<_>>>()?;
         let time_embed_dim =
             time_embedding_dim.unwrap_or(block_out_channels.first().copied().unwrap_or(1) * 4);
+        // diffusers' UNetMidBlock2D: a null norm_num_groups means min(channels / 4, 32).
+        let mid_resnet_groups = if norm_groups_null {
+            ncsnpp_groups(block_out_channels.last().copied().unwrap_or(0))
+        } else {
+            norm_num_groups
+        };
+        if norm_groups_null {
+            // conv_norm_out's groups; the mid block's are above.
+            norm_num_groups = ncsnpp_groups(block_out_channels.first().copied().unwrap_or(0));
+        }
 
         let cfg = UNetConfig {
             sample_size,
@@ -399,13 +453,16 @@ impl UNetConfig {
                 scale_factor: mid_scale,
                 // diffusers' UNetMidBlock2D: no attention GroupNorm unless asked for, except
                 // with the default time embedding norm.
-                attn_groups: attn_norm_num_groups.or((!scale_shift).then_some(norm_num_groups)),
+                attn_groups: attn_norm_num_groups.or((!scale_shift).then_some(mid_resnet_groups)),
+                resnet_groups: mid_resnet_groups,
             }),
             downsample_padding,
             attention_head_dim,
             norm_num_groups,
             norm_eps,
             num_class_embeds,
+            time_fourier,
+            norm_groups_null,
             scale_shift,
             resnet_downsample,
             resnet_upsample,
@@ -461,16 +518,25 @@ impl UNetConfig {
             ));
         }
         let g = self.norm_num_groups;
-        for &c in &self.block_out_channels {
-            if c % g != 0 {
+        // A null norm_num_groups leaves only conv_norm_out (over block 0) to these groups.
+        let grouped = if self.norm_groups_null { 1 } else { n };
+        for &c in &self.block_out_channels[..grouped] {
+            if g == 0 || c % g != 0 {
                 return Err(bad(
                     "norm_num_groups",
                     alloc::format!("{g} groups do not divide block channels {c}"),
                 ));
             }
         }
+        self.validate_skip_blocks()?;
         if let Some(mid) = &self.mid_block {
             let c = self.block_out_channels[n - 1];
+            if mid.resnet_groups == 0 || !c.is_multiple_of(mid.resnet_groups) {
+                return Err(bad(
+                    "norm_num_groups",
+                    alloc::format!("the mid block's groups do not divide {c}"),
+                ));
+            }
             if mid.add_attention && mid.attn_groups.is_some_and(|g| !c.is_multiple_of(g)) {
                 return Err(bad(
                     "attn_norm_num_groups",
@@ -482,13 +548,15 @@ impl UNetConfig {
             .down_blocks
             .iter()
             .zip(&self.block_out_channels)
-            .filter(|(k, _)| **k == DownBlockKind::Attention)
+            .filter(|(k, _)| matches!(k, DownBlockKind::Attention | DownBlockKind::AttentionSkip))
             .map(|(_, c)| *c)
             .chain(
                 self.up_blocks
                     .iter()
                     .zip(self.block_out_channels.iter().rev())
-                    .filter(|(k, _)| **k == UpBlockKind::Attention)
+                    .filter(|(k, _)| {
+                        matches!(k, UpBlockKind::Attention | UpBlockKind::AttentionSkip)
+                    })
                     .map(|(_, c)| *c),
             )
             .chain(
@@ -595,6 +663,130 @@ impl UNetConfig {
             }
         }
         Ok(())
+    }
+
+    /// The NCSN++ skip blocks' constraints: all down blocks skip blocks or none (the skip image
+    /// must stay at the features' resolution), likewise the up blocks; they read and write a
+    /// 3-channel image; a null `norm_num_groups` only with skip blocks throughout (diffusers'
+    /// other blocks cannot take it); the groups each skip block's norms use must divide their
+    /// channels (diffusers refuses to build the model otherwise).
+    fn validate_skip_blocks(&self) -> Result<()> {
+        let down_skip = self.down_blocks.iter().filter(|k| k.is_skip()).count();
+        let up_skip = self.up_blocks.iter().filter(|k| k.is_skip()).count();
+        if down_skip != 0 && down_skip != self.down_blocks.len() {
+            return Err(bad(
+                "down_block_types",
+                "SkipDownBlock2D/AttnSkipDownBlock2D cannot be mixed with other down blocks",
+            ));
+        }
+        if up_skip != 0 && up_skip != self.up_blocks.len() {
+            return Err(bad(
+                "up_block_types",
+                "SkipUpBlock2D/AttnSkipUpBlock2D cannot be mixed with other up blocks",
+            ));
+        }
+        if self.norm_groups_null && (down_skip == 0 || up_skip == 0) {
+            return Err(unsupported("norm_num_groups", "null without skip blocks"));
+        }
+        // The skip blocks' resnets are the default-norm SiLU resnet here; diffusers would
+        // build the other combinations, which this library does not run yet.
+        if down_skip + up_skip > 0 || self.norm_groups_null {
+            if self.scale_shift {
+                return Err(unsupported(
+                    "resnet_time_scale_shift",
+                    "scale_shift together with skip blocks or a null norm_num_groups",
+                ));
+            }
+            if self.act_fn != Activation::Silu {
+                return Err(unsupported(
+                    "act_fn",
+                    "other than silu together with skip blocks or a null norm_num_groups",
+                ));
+            }
+        }
+        if self.time_fourier && self.timestep_class_embedding {
+            return Err(unsupported(
+                "class_embed_type",
+                "timestep together with time_embedding_type fourier",
+            ));
+        }
+        if self.time_fourier && (self.resnet_downsample || self.resnet_upsample) {
+            return Err(unsupported(
+                "time_embedding_type",
+                "fourier together with resnet down/upsampling",
+            ));
+        }
+        if down_skip > 0 && self.down_blocks.len() > 1 && self.in_channels != 3 {
+            return Err(bad(
+                "in_channels",
+                "skip down blocks read a 3-channel image (their skip_conv is 3 -> C)",
+            ));
+        }
+        if up_skip > 0 && self.up_blocks.len() > 1 && self.out_channels != 3 {
+            return Err(bad(
+                "out_channels",
+                "skip up blocks write a 3-channel image (their skip_conv is C -> 3)",
+            ));
+        }
+        let boc = &self.block_out_channels;
+        let n = boc.len();
+        let check = |key: &str, c: usize, g: usize| {
+            if g == 0 || !c.is_multiple_of(g) {
+                Err(bad(
+                    key,
+                    alloc::format!("{g} GroupNorm groups do not divide {c} channels"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if down_skip > 0 {
+            for (i, kind) in self.down_blocks.iter().enumerate() {
+                let c_in = if i == 0 { boc[0] } else { boc[i - 1] };
+                check("block_out_channels", c_in, ncsnpp_groups(c_in))?;
+                check("block_out_channels", boc[i], ncsnpp_groups(boc[i]))?;
+                if *kind == DownBlockKind::AttentionSkip {
+                    check("block_out_channels", boc[i], 32)?;
+                }
+            }
+        }
+        if up_skip > 0 {
+            let skips = self.skip_channels();
+            let mut taken = skips.len();
+            for (i, kind) in self.up_blocks.iter().enumerate() {
+                let out_c = boc[n - 1 - i];
+                let mut prev = if i == 0 { boc[n - 1] } else { boc[n - i] };
+                for _ in 0..=self.layers_per_block {
+                    taken = taken.saturating_sub(1);
+                    let skip = skips.get(taken).copied().unwrap_or(0);
+                    // AttnSkipUpBlock2D computes its groups as `min(a + b // 4, 32)`.
+                    let g = match kind {
+                        UpBlockKind::AttentionSkip => (prev + skip / 4).min(32),
+                        _ => ncsnpp_groups(prev + skip),
+                    };
+                    check("block_out_channels", prev + skip, g)?;
+                    prev = out_c;
+                }
+                check("block_out_channels", out_c, ncsnpp_groups(out_c))?;
+                if *kind == UpBlockKind::AttentionSkip {
+                    check("block_out_channels", out_c, 32)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Channels of the skip connections the down path leaves, in push order.
+    fn skip_channels(&self) -> Vec<usize> {
+        let boc = &self.block_out_channels;
+        let mut out = alloc::vec![boc[0]];
+        for (i, &c) in boc.iter().enumerate() {
+            out.extend(core::iter::repeat_n(c, self.layers_per_block));
+            if i + 1 < boc.len() {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Number of heads of an attention block over `channels`.

@@ -18,8 +18,9 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
+use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use super::Tap;
-use crate::config::{DownBlockKind, UNetConfig, UpBlockKind};
+use crate::config::{ncsnpp_groups, DownBlockKind, UNetConfig, UpBlockKind};
 use crate::error::{unsupported, Result};
 use crate::kernels::ConvShape;
 use crate::weights::{WeightLoader, WeightRef};
@@ -488,6 +489,252 @@ impl Builder<'_> {
     }
 }
 
+/// The output scale of every resnet and attention block of diffusers' skip blocks.
+const SKIP_BLOCK_SCALE: f64 = core::f64::consts::SQRT_2;
+
+/// NCSN++ (score-SDE) pieces: the Fourier time embedding, FIR resampling, the skip blocks'
+/// resnets.
+impl Builder<'_> {
+    /// `time_proj` of `time_embedding_type: "fourier"`: diffusers' `GaussianFourierProjection`
+    /// as `UNet2DModel` builds it (`embedding_size = block_out_channels[0]`, `log=True`,
+    /// `flip_sin_to_cos=False` whatever the config says); `2 * dim` floats per sample.
+    fn fourier_embedding(&mut self, dim: usize) -> Result<TensorId> {
+        let weight = self.weight(&["time_proj.weight", "time_proj.W"], &[dim])?;
+        let out = self.tensor("time_proj".into(), 2 * dim);
+        self.ops.push(Op::FourierEmbedding(FourierEmbeddingOp {
+            dim,
+            weight,
+            log: true,
+            flip_sin_to_cos: false,
+            out,
+        }));
+        Ok(out)
+    }
+
+    /// `upsample_2d` / `downsample_2d` with the `[1, 3, 3, 1]` kernel.
+    fn fir(&mut self, name: String, x: Map, up: bool) -> Result<Map> {
+        let Input::One(input) = x.input else {
+            return Err(unsupported(
+                "up_block_types",
+                "FIR resampling of a concatenation",
+            ));
+        };
+        if !up && (!x.h.is_multiple_of(2) || !x.w.is_multiple_of(2)) {
+            return Err(unsupported(
+                "sample_size",
+                format!("{name}: FIR downsampling of odd size {}x{}", x.h, x.w),
+            ));
+        }
+        let op = FirResampleOp {
+            input,
+            channels: x.channels(),
+            in_h: x.h,
+            in_w: x.w,
+            up,
+            out: 0,
+        };
+        let (h, w) = op.out_hw();
+        let out = self.tensor(name, x.channels() * h * w);
+        self.ops.push(Op::FirResample(FirResampleOp { out, ..op }));
+        Ok(Map::one(out, x.channels(), h, w))
+    }
+
+    /// diffusers' `ResnetBlock2D` as the skip blocks build it: their own GroupNorm groups,
+    /// output scale (sqrt(2) in the skip blocks), a 1x1 shortcut when `force_shortcut` (`use_in_shortcut=True`) or
+    /// the channels change, and with `fir_up = Some(up)` (`kernel="fir"`) both paths FIR-
+    /// resampled after `norm1` + SiLU.
+    #[allow(clippy::too_many_arguments)]
+    fn skip_block_resnet(
+        &mut self,
+        p: &str,
+        x: Map,
+        out_c: usize,
+        groups: usize,
+        groups_out: usize,
+        scale: f64,
+        fir_up: Option<bool>,
+        force_shortcut: bool,
+    ) -> Result<Map> {
+        let mut h = self.group_norm(&format!("{p}.norm1"), x, groups, true)?;
+        let mut x = x;
+        if let Some(up) = fir_up {
+            h = self.fir(format!("{p}.fir(norm1)"), h, up)?;
+            x = self.fir(format!("{p}.fir(input)"), x, up)?;
+        }
+        let e = self.cfg.time_embed_dim;
+        let proj_w = self.packed_bias(&format!("{p}.time_emb_proj"), out_c, e, None)?;
+        let proj = self.linear(
+            format!("{p}.time_emb_proj"),
+            self.temb,
+            1,
+            e,
+            out_c,
+            proj_w,
+            None,
+            1.0,
+        );
+        let h = self.conv(
+            &format!("{p}.conv1"),
+            h,
+            out_c,
+            3,
+            1,
+            1,
+            false,
+            Some(proj),
+            None,
+            1.0,
+        )?;
+        let h = self.group_norm(&format!("{p}.norm2"), h, groups_out, true)?;
+        let shortcut = match x.input {
+            Input::One(t) if !force_shortcut && x.channels() == out_c => t,
+            _ => self
+                .conv(
+                    &format!("{p}.conv_shortcut"),
+                    x,
+                    out_c,
+                    1,
+                    1,
+                    0,
+                    false,
+                    None,
+                    None,
+                    1.0,
+                )?
+                .tensor(),
+        };
+        self.conv(
+            &format!("{p}.conv2"),
+            h,
+            out_c,
+            3,
+            1,
+            1,
+            false,
+            None,
+            Some(shortcut),
+            scale,
+        )
+    }
+
+    /// `SkipDownBlock2D` / `AttnSkipDownBlock2D` `i`: returns the features and the running
+    /// skip image (FIR-downsampled when the block downsamples).
+    fn skip_down_block(
+        &mut self,
+        i: usize,
+        mut h: Map,
+        image: Map,
+        skips: &mut Vec<Map>,
+    ) -> Result<(Map, Map)> {
+        let cfg = self.cfg;
+        let out_c = cfg.block_out_channels[i];
+        for j in 0..cfg.layers_per_block {
+            let groups = ncsnpp_groups(h.channels());
+            let p = format!("down_blocks.{i}.resnets.{j}");
+            let g_out = ncsnpp_groups(out_c);
+            h =
+                self.skip_block_resnet(&p, h, out_c, groups, g_out, SKIP_BLOCK_SCALE, None, false)?;
+            if cfg.down_blocks[i] == DownBlockKind::AttentionSkip {
+                let p = format!("down_blocks.{i}.attentions.{j}");
+                h = self.attention(&p, h, Some(32), SKIP_BLOCK_SCALE)?;
+            }
+            skips.push(h);
+        }
+        if i + 1 == cfg.block_out_channels.len() {
+            return Ok((h, image));
+        }
+        let g = ncsnpp_groups(out_c);
+        let p = format!("down_blocks.{i}.resnet_down");
+        h = self.skip_block_resnet(&p, h, out_c, g, g, SKIP_BLOCK_SCALE, Some(false), true)?;
+        let image = self.fir(format!("down_blocks.{i}.downsamplers.0"), image, false)?;
+        let p = format!("down_blocks.{i}.skip_conv");
+        h = self.conv(
+            &p,
+            image,
+            out_c,
+            1,
+            1,
+            0,
+            false,
+            None,
+            Some(h.tensor()),
+            1.0,
+        )?;
+        skips.push(h);
+        Ok((h, image))
+    }
+
+    /// `SkipUpBlock2D` / `AttnSkipUpBlock2D` `i`: returns the features and the running output
+    /// image (`None` before the first block that writes one, diffusers' `skip_sample = 0`).
+    fn skip_up_block(
+        &mut self,
+        i: usize,
+        mut h: Map,
+        image: Option<Map>,
+        skips: &mut Vec<Map>,
+    ) -> Result<(Map, Option<Map>)> {
+        let cfg = self.cfg;
+        let levels = cfg.block_out_channels.len();
+        let out_c = cfg.block_out_channels[levels - 1 - i];
+        let kind = cfg.up_blocks[i];
+        for j in 0..=cfg.layers_per_block {
+            let skip = skips
+                .pop()
+                .ok_or_else(|| unsupported("layers_per_block", "skip connections exhausted"))?;
+            if skip.h != h.h || skip.w != h.w {
+                return Err(unsupported("sample_size", "skip sizes do not match"));
+            }
+            let (a, b) = (h.channels(), skip.channels());
+            // AttnSkipUpBlock2D computes `min(a + b // 4, 32)` (sic).
+            let groups = match kind {
+                UpBlockKind::AttentionSkip => (a + b / 4).min(32),
+                _ => ncsnpp_groups(a + b),
+            };
+            let cat = Map {
+                input: Input::Concat(h.tensor(), skip.tensor()),
+                ca: a,
+                cb: b,
+                h: h.h,
+                w: h.w,
+            };
+            let p = format!("up_blocks.{i}.resnets.{j}");
+            let g_out = ncsnpp_groups(out_c);
+            h = self.skip_block_resnet(
+                &p,
+                cat,
+                out_c,
+                groups,
+                g_out,
+                SKIP_BLOCK_SCALE,
+                None,
+                false,
+            )?;
+        }
+        if kind == UpBlockKind::AttentionSkip {
+            h = self.attention(
+                &format!("up_blocks.{i}.attentions.0"),
+                h,
+                Some(32),
+                SKIP_BLOCK_SCALE,
+            )?;
+        }
+        let mut image = match image {
+            Some(m) => Some(self.fir(format!("up_blocks.{i}.upsampler"), m, true)?),
+            None => None,
+        };
+        if i + 1 < levels {
+            let g = ncsnpp_groups(out_c);
+            let s = self.group_norm(&format!("up_blocks.{i}.skip_norm"), h, g, true)?;
+            let residual = image.map(|m| m.tensor());
+            let p = format!("up_blocks.{i}.skip_conv");
+            image = Some(self.conv(&p, s, 3, 3, 1, 1, false, None, residual, 1.0)?);
+            let p = format!("up_blocks.{i}.resnet_up");
+            h = self.skip_block_resnet(&p, h, out_c, g, g, SKIP_BLOCK_SCALE, Some(true), true)?;
+        }
+        Ok((h, image))
+    }
+}
+
 /// Builds the op list of `cfg` at resolution `(height, width)`.
 pub fn describe(
     cfg: &UNetConfig,
@@ -517,7 +764,9 @@ pub fn describe(
         out: x_in,
     }));
     let (c0, e) = (boc[0], cfg.time_embed_dim);
-    let linear_1 = b.packed_bias("time_embedding.linear_1", e, c0, None)?;
+    // The embedding MLP's input: the sinusoid's c0 floats, or the Fourier projection's 2 c0.
+    let t_in = if cfg.time_fourier { 2 * c0 } else { c0 };
+    let linear_1 = b.packed_bias("time_embedding.linear_1", e, t_in, None)?;
     let linear_2 = b.packed_bias("time_embedding.linear_2", e, e, None)?;
     let class_embedding = match cfg.num_class_embeds {
         Some(n) if !cfg.timestep_class_embedding => {
@@ -533,29 +782,35 @@ pub fn describe(
     } else {
         None
     };
-    let sinusoid = b.tensor("time_proj".into(), c0);
-    match cfg.learned_time_embedding {
-        None => b.ops.push(Op::Sinusoid(SinusoidOp {
-            dim: c0,
-            flip_sin_to_cos: cfg.flip_sin_to_cos,
-            freq_shift: cfg.freq_shift as f32,
-            out: sinusoid,
-        })),
+    let sinusoid = match cfg.learned_time_embedding {
+        _ if cfg.time_fourier => b.fourier_embedding(c0)?,
+        None => {
+            let sinusoid = b.tensor("time_proj".into(), c0);
+            b.ops.push(Op::Sinusoid(SinusoidOp {
+                dim: c0,
+                flip_sin_to_cos: cfg.flip_sin_to_cos,
+                freq_shift: cfg.freq_shift as f32,
+                out: sinusoid,
+            }));
+            sinusoid
+        }
         Some(steps) => {
+            let sinusoid = b.tensor("time_proj".into(), c0);
             let table = b.weight(&["time_proj.weight"], &[steps, c0])?;
             b.ops.push(Op::TimestepTable(TimestepTableOp {
                 table,
                 steps,
                 dim: c0,
                 out: sinusoid,
-            }))
+            }));
+            sinusoid
         }
-    }
+    };
     let h = b.linear(
         "time_embedding.linear_1".into(),
         sinusoid,
         1,
-        c0,
+        t_in,
         e,
         linear_1,
         None,
@@ -644,8 +899,15 @@ pub fn describe(
     )?;
     b.tap("conv_in", h);
     let mut skips: Vec<Map> = alloc::vec![h];
+    // NCSN++'s skip image: the input sample, FIR-downsampled along the skip down blocks.
+    let mut down_image = Map::one(x_in, cfg.in_channels, height, width);
 
     for (i, kind) in cfg.down_blocks.iter().enumerate() {
+        if kind.is_skip() {
+            (h, down_image) = b.skip_down_block(i, h, down_image, &mut skips)?;
+            b.tap(&format!("down_blocks.{i}"), h);
+            continue;
+        }
         let out_c = boc[i];
         for j in 0..cfg.layers_per_block {
             h = b.resnet(&format!("down_blocks.{i}.resnets.{j}"), h, out_c, 1.0, None)?;
@@ -680,7 +942,20 @@ pub fn describe(
         b.tap(&format!("down_blocks.{i}"), h);
     }
 
-    if let Some(mid) = &cfg.mid_block {
+    if let Some(mid) = cfg.mid_block.as_ref().filter(|_| cfg.norm_groups_null) {
+        // diffusers' null norm_num_groups: the mid block's own groups (otherwise the same
+        // resnets as below).
+        let (c, g, scale) = (boc[levels - 1], mid.resnet_groups, mid.scale_factor);
+        let p = "mid_block.resnets.0";
+        h = b.skip_block_resnet(p, h, c, g, g, scale, None, false)?;
+        if mid.add_attention {
+            h = b.attention("mid_block.attentions.0", h, mid.attn_groups, scale)?;
+        }
+        let p = "mid_block.resnets.1";
+        h = b.skip_block_resnet(p, h, c, g, g, scale, None, false)?;
+        b.tap("mid_block", h);
+    }
+    if let Some(mid) = cfg.mid_block.as_ref().filter(|_| !cfg.norm_groups_null) {
         let c = boc[levels - 1];
         h = b.resnet("mid_block.resnets.0", h, c, mid.scale_factor, None)?;
         if mid.add_attention {
@@ -695,7 +970,14 @@ pub fn describe(
         b.tap("mid_block", h);
     }
 
+    // NCSN++'s output image, built up along the skip up blocks and added to conv_out.
+    let mut up_image: Option<Map> = None;
     for (i, kind) in cfg.up_blocks.iter().enumerate() {
+        if kind.is_skip() {
+            (h, up_image) = b.skip_up_block(i, h, up_image, &mut skips)?;
+            b.tap(&format!("up_blocks.{i}"), h);
+            continue;
+        }
         let out_c = boc[levels - 1 - i];
         for j in 0..=cfg.layers_per_block {
             let skip = skips
@@ -753,10 +1035,21 @@ pub fn describe(
         1,
         false,
         None,
-        None,
+        up_image.map(|m| m.tensor()),
         1.0,
     )?;
     b.tap("conv_out", h);
+    if cfg.time_fourier {
+        // diffusers' `sample / timesteps` of the Fourier (sigma-conditioned) model.
+        let len = h.channels() * h.h * h.w;
+        let out = b.tensor("sample / timesteps".into(), len);
+        b.ops.push(Op::TimestepDivide(TimestepDivideOp {
+            input: h.tensor(),
+            len,
+            out,
+        }));
+        h = Map::one(out, h.channels(), h.h, h.w);
+    }
     b.ops.push(Op::Output(OutputOp {
         input: h.tensor(),
         channels: cfg.out_channels,

@@ -9,9 +9,11 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, OutputOp, SiluOp,
     SinusoidOp, TensorId,
 };
+use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::scalar;
+use crate::kernels::scalar::{fir_resample, FirArgs};
 use crate::kernels::{
     nchw_to_nhwc, nhwc_to_nchw, silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs,
     LinearArgs, Parallel, Sequential,
@@ -152,6 +154,12 @@ impl Model {
         if timesteps.iter().any(|t| !t.is_finite()) {
             return Err(invalid_arg("timestep", "must be finite"));
         }
+        if self.config.time_fourier && timesteps.iter().any(|t| *t <= 0.0) {
+            return Err(invalid_arg(
+                "timestep",
+                "must be positive: a fourier time embedding takes sigmas (and their log)",
+            ));
+        }
         match (self.config.num_class_embeds, class_labels) {
             (Some(_), None) => {
                 return Err(invalid_arg(
@@ -289,6 +297,11 @@ struct CpuBackend<'a, 'e> {
 }
 
 impl CpuBackend<'_, '_> {
+    /// Sample b's timestep (one for all is broadcast).
+    fn timestep(&self, b: usize) -> f32 {
+        self.timesteps[if self.timesteps.len() == 1 { 0 } else { b }]
+    }
+
     fn region(&self, t: TensorId) -> (usize, usize) {
         self.model.plan.region(t, self.batch)
     }
@@ -532,6 +545,73 @@ impl Backend for CpuBackend<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    fn fourier_embedding(&mut self, _: usize, op: &FourierEmbeddingOp) -> Result<()> {
+        let (s, l) = self.region(op.out);
+        let weight = self.model.weights.get(op.weight);
+        for b in 0..self.batch {
+            let t = self.timestep(b);
+            let row = &mut self.arena[s + b * 2 * op.dim..s + (b + 1) * 2 * op.dim];
+            let w = weight.iter().map(|w| w.to_f32());
+            fourier_embedding(t, w, op.log, op.flip_sin_to_cos, row);
+        }
+        debug_assert_eq!(l, self.batch * 2 * op.dim);
+        Ok(())
+    }
+
+    fn fir_resample(&mut self, _: usize, op: &FirResampleOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        let args = FirArgs {
+            batch: self.batch,
+            channels: op.channels,
+            in_h: op.in_h,
+            in_w: op.in_w,
+            up: op.up,
+            input,
+        };
+        fir_resample(&args, dst);
+        Ok(())
+    }
+
+    fn timestep_divide(&mut self, _: usize, op: &TimestepDivideOp) -> Result<()> {
+        let regions = [self.region(op.input), self.region(op.out)];
+        let timesteps = self.timesteps;
+        let [input, dst] = carve(self.arena, regions)?;
+        for b in 0..self.batch {
+            let t = timesteps[if timesteps.len() == 1 { 0 } else { b }];
+            let range = b * op.len..(b + 1) * op.len;
+            for (d, v) in dst[range.clone()].iter_mut().zip(&input[range]) {
+                *d = v / t;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// diffusers' `GaussianFourierProjection` of one timestep: `row[i] = sin(2 pi W[i] log t)`,
+/// `row[dim + i] = cos(...)` (swapped when `flip_sin_to_cos`; `t` itself when not `log`). In
+/// f64: the argument reaches the hundreds of radians, where f32 would lose about 1e-5. The
+/// trainer uses it too.
+pub fn fourier_embedding(
+    t: f32,
+    weight: impl ExactSizeIterator<Item = f32>,
+    log: bool,
+    flip_sin_to_cos: bool,
+    row: &mut [f32],
+) {
+    let dim = weight.len();
+    let x = if log { libm::log(t as f64) } else { t as f64 };
+    for (i, w) in weight.enumerate() {
+        let arg = x * w as f64 * 2.0 * core::f64::consts::PI;
+        let (sin, cos) = (libm::sin(arg) as f32, libm::cos(arg) as f32);
+        let (first, second) = if flip_sin_to_cos {
+            (cos, sin)
+        } else {
+            (sin, cos)
+        };
+        row[i] = first;
+        row[dim + i] = second;
     }
 }
 

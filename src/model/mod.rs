@@ -35,6 +35,7 @@ pub use ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
+pub use ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 
 pub use ops::{Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 

@@ -231,6 +231,54 @@ pub struct TimestepTableOp {
     pub out: TensorId,
 }
 
+/// diffusers' `GaussianFourierProjection` (NCSN++ `time_embedding_type: "fourier"`) of the
+/// timestep input: `[batch, 2 * dim]`, `sin(2 pi W log t)` then `cos(...)` (swapped when
+/// `flip_sin_to_cos`), computed in f64 since `|2 pi W log t|` reaches the hundreds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FourierEmbeddingOp {
+    /// `embedding_size`: entries of `W`; the output has twice as many.
+    pub dim: usize,
+    /// `time_proj.W` (`[dim]`), fixed (not trained).
+    pub weight: WeightRef,
+    /// Project `log(t)` (diffusers' `log=True`) rather than `t`.
+    pub log: bool,
+    pub flip_sin_to_cos: bool,
+    pub out: TensorId,
+}
+
+/// diffusers' `upfirdn2d_native` with the `[1, 3, 3, 1]` FIR kernel as `upsample_2d` /
+/// `downsample_2d` use it (gain 1, zero padding): per channel, a separable 4-tap filter with
+/// factor-2 up- or down-sampling over NHWC activations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirResampleOp {
+    pub input: TensorId,
+    pub channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    /// Upsample (out = 2x in) or downsample (out = in / 2).
+    pub up: bool,
+    pub out: TensorId,
+}
+
+impl FirResampleOp {
+    pub fn out_hw(&self) -> (usize, usize) {
+        if self.up {
+            (2 * self.in_h, 2 * self.in_w)
+        } else {
+            (self.in_h / 2, self.in_w / 2)
+        }
+    }
+}
+
+/// `out[b] = input[b] / t[b]` over `len` floats per sample: the fourier model's output divided
+/// by its sigma (diffusers' `sample / timesteps`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimestepDivideOp {
+    pub input: TensorId,
+    pub len: usize,
+    pub out: TensorId,
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -249,6 +297,9 @@ pub enum Op {
     TimestepTable(TimestepTableOp),
     /// [`SinusoidOp`] of the class labels (`class_embed_type: "timestep"`).
     ClassSinusoid(SinusoidOp),
+    FourierEmbedding(FourierEmbeddingOp),
+    FirResample(FirResampleOp),
+    TimestepDivide(TimestepDivideOp),
 }
 
 impl Op {
@@ -269,6 +320,9 @@ impl Op {
             Op::Activation(_) => "activation",
             Op::TimestepTable(_) => "timestep_table",
             Op::ClassSinusoid(_) => "class_sinusoid",
+            Op::FourierEmbedding(_) => "fourier_embedding",
+            Op::FirResample(_) => "fir_resample",
+            Op::TimestepDivide(_) => "timestep_divide",
         }
     }
 
@@ -299,6 +353,9 @@ impl Op {
             Op::Resample(o) => r.push(o.input),
             Op::Activation(o) => r.push(o.input),
             Op::TimestepTable(_) | Op::ClassSinusoid(_) => {}
+            Op::FourierEmbedding(_) => {}
+            Op::FirResample(f) => input(Input::One(f.input)),
+            Op::TimestepDivide(d) => input(Input::One(d.input)),
         }
         r
     }
@@ -320,6 +377,9 @@ impl Op {
             Op::Activation(o) => Some(o.out),
             Op::TimestepTable(o) => Some(o.out),
             Op::ClassSinusoid(o) => Some(o.out),
+            Op::FourierEmbedding(o) => Some(o.out),
+            Op::FirResample(o) => Some(o.out),
+            Op::TimestepDivide(o) => Some(o.out),
         }
     }
 
@@ -339,6 +399,8 @@ impl Op {
             Op::Linear(l) => alloc::vec![l.weight, l.bias],
             Op::GroupNorm(g) => alloc::vec![g.gamma, g.beta],
             Op::ClassEmbedding(c) => alloc::vec![c.table],
+            Op::FourierEmbedding(f) => alloc::vec![f.weight],
+            Op::FirResample(_) | Op::TimestepDivide(_) => Vec::new(),
             Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
                 Vec::new()
             }
@@ -362,6 +424,12 @@ impl Op {
                 let (n, c) = (a.tokens as u64, a.channels as u64);
                 // Saturating: n * n overflows u64 for absurd (but valid) sample sizes.
                 4u64.saturating_mul(n).saturating_mul(n).saturating_mul(c)
+            }
+            Op::FirResample(f) => {
+                // 16 taps per downsampled output, 4 per upsampled one; a multiply-add each.
+                let (h, w) = f.out_hw();
+                let taps = if f.up { 4 } else { 16 };
+                2 * (h * w * f.channels * taps) as u64
             }
             _ => 0,
         }

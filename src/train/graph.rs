@@ -13,7 +13,9 @@
 
 use alloc::vec::Vec;
 
-use super::layers::{activation, attention, conv, embedding, group_norm, linear, resample};
+use super::layers::{
+    activation, attention, conv, embedding, group_norm, linear, ncsnpp, resample,
+};
 use super::params::ParamTable;
 use crate::error::{Error, Result};
 use crate::kernels::{nchw_to_nhwc, nhwc_to_nchw, ConvShape};
@@ -26,6 +28,7 @@ use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, ModelDescription, Op,
     OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
+use crate::model::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use crate::weights::WeightRef;
 
 /// The training graph of one model: op list, parameter table and memory plans.
@@ -57,6 +60,8 @@ pub struct TrainWorkspace {
     pub d_out: Vec<f32>,
     /// Kernel scratch (the convolutions' gathered tiles), independent of the batch.
     scratch: Vec<f32>,
+    /// The forward pass's timesteps, for the backward of the division by sigma.
+    timesteps: Vec<f32>,
 }
 
 impl TrainWorkspace {
@@ -150,7 +155,8 @@ impl TrainGraph {
         for op in &ops {
             if let Op::Input(InputOp { out, .. })
             | Op::Sinusoid(SinusoidOp { out, .. })
-            | Op::ClassSinusoid(SinusoidOp { out, .. }) = op
+            | Op::ClassSinusoid(SinusoidOp { out, .. })
+            | Op::FourierEmbedding(FourierEmbeddingOp { out, .. }) = op
             {
                 needs_grad[*out] = false;
             }
@@ -224,6 +230,7 @@ impl TrainGraph {
             out: alloc::vec![0.0; batch * self.output_len()],
             d_out: alloc::vec![0.0; batch * self.output_len()],
             scratch: alloc::vec![0.0; self.scratch_len()],
+            timesteps: alloc::vec![0.0; batch],
         }
     }
 
@@ -290,6 +297,7 @@ impl TrainGraph {
         labels: Option<&[i64]>,
     ) -> Result<()> {
         self.check(ws, x, t, labels)?;
+        ws.timesteps.copy_from_slice(t);
         let TrainWorkspace {
             batch,
             acts,
@@ -339,6 +347,7 @@ impl TrainGraph {
             let (s, l) = self.saved_region(i, batch);
             &acts[s..s + l]
         };
+        let t = &ws.timesteps[..];
         for (i, op) in self.ops.iter().enumerate().rev() {
             for &t in &self.zero_at[i] {
                 let (s, l) = self.grads.region(t, batch);
@@ -527,6 +536,23 @@ impl TrainGraph {
                         dv,
                         &mut [],
                     );
+                }
+                // No gradient into the timestep, and `W` is fixed.
+                Op::FourierEmbedding(_) => {}
+                Op::FirResample(f) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(f.input, batch), self.grad(f.out, batch)],
+                    )?;
+                    let hw = (f.in_h, f.in_w);
+                    ncsnpp::fir_backward(batch, f.channels, hw, f.up, d_out, d_in);
+                }
+                Op::TimestepDivide(d) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(d.input, batch), self.grad(d.out, batch)],
+                    )?;
+                    ncsnpp::timestep_divide_backward(d_out, t, d.len, d_in);
                 }
             }
         }
@@ -787,6 +813,43 @@ impl Backend for TrainForward<'_> {
             *row = index as f32;
             o.copy_from_slice(&table[index * op.dim..(index + 1) * op.dim]);
         }
+        Ok(())
+    }
+
+    fn fourier_embedding(&mut self, _: usize, op: &FourierEmbeddingOp) -> Result<()> {
+        let (s, l) = self.act(op.out);
+        let dst = &mut self.acts[s..s + l];
+        let w = &self.params[self.graph.params.range(op.weight)];
+        for (b, row) in dst.chunks_exact_mut(2 * op.dim).enumerate() {
+            let weight = w.iter().copied();
+            crate::model::forward::fourier_embedding(
+                self.t[b],
+                weight,
+                op.log,
+                op.flip_sin_to_cos,
+                row,
+            );
+        }
+        Ok(())
+    }
+
+    fn fir_resample(&mut self, _: usize, op: &FirResampleOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        let args = crate::kernels::scalar::FirArgs {
+            batch: self.batch,
+            channels: op.channels,
+            in_h: op.in_h,
+            in_w: op.in_w,
+            up: op.up,
+            input,
+        };
+        ncsnpp::fir_forward(&args, out);
+        Ok(())
+    }
+
+    fn timestep_divide(&mut self, _: usize, op: &TimestepDivideOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        ncsnpp::timestep_divide_forward(input, self.t, op.len, out);
         Ok(())
     }
 }

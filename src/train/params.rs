@@ -46,6 +46,9 @@ pub enum ParamKind {
     NormShift,
     /// Class embedding table `[classes, dim]` (init N(0, 1), as `nn.Embedding`).
     Embedding,
+    /// `GaussianFourierProjection.W` (init N(0, 16^2) as `UNet2DModel` draws it; fixed in
+    /// diffusers, and it gets no gradient here).
+    FourierWeight,
 }
 
 /// One parameter tensor.
@@ -127,6 +130,8 @@ impl ParamTable {
                 }
                 Op::ScaleShift(_) | Op::Resample(_) | Op::Activation(_) | Op::ClassSinusoid(_) => {}
                 Op::TimestepTable(t) => kinds.push((key(t.table), ParamKind::Embedding)),
+                Op::FourierEmbedding(f) => kinds.push((key(f.weight), ParamKind::FourierWeight)),
+                Op::FirResample(_) | Op::TimestepDivide(_) => {}
             }
         }
         kinds.sort_by_key(|k| k.0);
@@ -329,6 +334,9 @@ impl ParamTable {
                 ParamKind::NormScale => dst.fill(1.0),
                 ParamKind::NormShift => dst.fill(0.0),
                 ParamKind::Embedding => dst.iter_mut().for_each(|v| *v = rng.gaussian() as f32),
+                ParamKind::FourierWeight => dst
+                    .iter_mut()
+                    .for_each(|v| *v = (16.0 * rng.gaussian()) as f32),
             }
         }
     }

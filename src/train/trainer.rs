@@ -199,6 +199,19 @@ pub struct Trainer {
     perm_epoch: u64,
 }
 
+/// The trainer's loss and schedule are DDPM's (integer timesteps, epsilon targets): a
+/// sigma-conditioned (fourier, score-SDE VE) model needs a denoising score-matching loss over
+/// sigmas, which it does not have. Its layers have forward and backward all the same.
+fn refuse_fourier(config: &UNetConfig) -> Result<()> {
+    if config.time_fourier {
+        return Err(crate::error::unsupported(
+            "time_embedding_type",
+            "fourier: the trainer's DDPM loss cannot train a sigma-conditioned (VE) model",
+        ));
+    }
+    Ok(())
+}
+
 impl Trainer {
     /// A new run of the UNet described by `config_json` (diffusers' `config.json`) on `data`.
     pub fn new(
@@ -208,6 +221,7 @@ impl Trainer {
         opts: TrainOptions,
     ) -> Result<Trainer> {
         let config = UNetConfig::from_json(config_json)?;
+        refuse_fourier(&config)?;
         // Initial weights from a file: the parameters take the names that file uses (old or
         // new diffusers names), as loading it for inference would.
         let description = match init {
@@ -347,6 +361,7 @@ impl Trainer {
         let config_json =
             String::from_utf8_lossy(&read(checkpoint_dir.join("unet/config.json"))?).into_owned();
         let config = UNetConfig::from_json(&config_json)?;
+        refuse_fourier(&config)?;
         let tensors = read(checkpoint_dir.join("training_state.safetensors"))?;
         let graph = TrainGraph::new(&describe_config(&config)?)?;
         let n = graph.params.buffer_len();

@@ -166,6 +166,8 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                     DownBlockKind::Plain => "DownBlock2D",
                     DownBlockKind::Attention => "AttnDownBlock2D",
                     DownBlockKind::ResnetDownsample => "ResnetDownsampleBlock2D",
+                    DownBlockKind::Skip => "SkipDownBlock2D",
+                    DownBlockKind::AttentionSkip => "AttnSkipDownBlock2D",
                 })
                 .collect()
         )
@@ -179,6 +181,8 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                     UpBlockKind::Plain => "UpBlock2D",
                     UpBlockKind::Attention => "AttnUpBlock2D",
                     UpBlockKind::ResnetUpsample => "ResnetUpsampleBlock2D",
+                    UpBlockKind::Skip => "SkipUpBlock2D",
+                    UpBlockKind::AttentionSkip => "AttnSkipUpBlock2D",
                 })
                 .collect()
         )
@@ -194,6 +198,9 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
             },
             m.scale_factor
         ),
+    }
+    if c.time_fourier {
+        println!("time embedding   fourier (sigma-conditioned, output / sigma)");
     }
     println!(
         "classes          {}",

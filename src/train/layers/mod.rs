@@ -30,6 +30,7 @@ pub mod gemm;
 pub mod group_norm;
 pub mod linear;
 pub mod resample;
+pub mod ncsnpp;
 pub mod vmath;
 
 /// `sum a[i] * b[i]` with eight independent accumulators (vectorisable; fixed order, so
