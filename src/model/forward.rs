@@ -130,11 +130,11 @@ impl Model {
             });
         }
         let batch = x.len() / per_sample;
-        let (c_out, _, _) = self.output_shape();
-        if out.len() != batch * c_out * h * w {
+        let (c_out, out_h, out_w) = self.output_shape();
+        if out.len() != batch * c_out * out_h * out_w {
             return Err(Error::BufferSize {
                 what: "model output",
-                expected: batch * c_out * h * w,
+                expected: batch * c_out * out_h * out_w,
                 found: out.len(),
             });
         }

@@ -1,0 +1,153 @@
+//! Latent diffusion against diffusers 0.42 (fixtures: `tests/tools/make_latent_fixtures.py`):
+//! the `VQModel` and `AutoencoderKL` decoders (output and per-block activations, <= 1e-4
+//! relative L2 against float64 with the f16 weights) and whole pipeline runs through the
+//! `Sampler` front end (an `LDMPipeline` folder with DDIM at eta 0 and 0.5, a UNet + KL
+//! pipeline; <= 1e-3), plus the workspace the decoder shares with the UNet.
+
+mod common;
+
+use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use tinydiffusion::memory::Reuse;
+use tinydiffusion::model::decoder::Decoder;
+use tinydiffusion::model::load::ModelFiles;
+use tinydiffusion::sampler::{SampleOptions, Sampler, SamplerKind};
+use tinydiffusion::{Error, Model};
+
+fn latent_dir() -> std::path::PathBuf {
+    fixtures_dir().join("latent")
+}
+
+#[test]
+fn decoders_match_diffusers() {
+    let meta = read_json(latent_dir().join("cases.json"));
+    let t = TensorFile::open(latent_dir().join("cases.safetensors"));
+    let mut report = String::new();
+    let mut worst = 0.0f64;
+    for case in meta["decoders"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let folder = latent_dir().join(case["folder"].as_str().unwrap());
+        let shape = t.shape(&format!("{name}.z"));
+        let (b, lh, lw) = (shape[0], shape[2], shape[3]);
+        // Every tensor kept (Reuse::None) so the taps can be read after the pass.
+        let dec = Decoder::load_with(&folder, (lh, lw), Default::default(), Reuse::None).unwrap();
+        let mut z = t.f32s(&format!("{name}.z"));
+        let (oc, oh, ow) = dec.image_shape();
+        let mut out = vec![0.0f32; b * oc * oh * ow];
+        let mut ws = vec![0.0f32; dec.workspace_len(b)];
+        dec.decode(0, &mut ws, &mut z, &mut out).unwrap();
+        let err = rel_l2(&out, &t.f64s(&format!("{name}.out")));
+        report += &format!("{name} out {err:.2e}\n");
+        worst = worst.max(err);
+        let net = dec.net();
+        for tap in net.taps() {
+            let key = format!("{name}.act.{}", tap.name);
+            let expected = t.f64s(&key);
+            let (s, l) = net.tensor_region(tap.tensor, b);
+            let nhwc = &ws[s..s + l];
+            let hw = tap.height * tap.width;
+            let mut ours = vec![0.0f32; l];
+            for bi in 0..b {
+                for p in 0..hw {
+                    for ch in 0..tap.channels {
+                        ours[(bi * tap.channels + ch) * hw + p] =
+                            nhwc[(bi * hw + p) * tap.channels + ch];
+                    }
+                }
+            }
+            let err = rel_l2(&ours, &expected);
+            report += &format!("  {:<28} {err:.2e}\n", tap.name);
+            worst = worst.max(err);
+        }
+    }
+    eprintln!("{report}");
+    assert!(worst <= 1e-4, "decoder parity: worst {worst:.2e}\n{report}");
+}
+
+#[test]
+fn latent_pipelines_match_diffusers() {
+    let meta = read_json(latent_dir().join("cases.json"));
+    let t = TensorFile::open(latent_dir().join("cases.safetensors"));
+    let mut report = String::new();
+    for run in meta["runs"].as_array().unwrap() {
+        let name = run["name"].as_str().unwrap();
+        let dir = latent_dir().join(run["folder"].as_str().unwrap());
+        let model = Model::load(&dir).unwrap();
+        assert!(model.decoder().is_some(), "{name}: no decoder loaded");
+        let cfg = ModelFiles::find(&dir)
+            .unwrap()
+            .load_scheduler_config()
+            .unwrap();
+        let steps = run["steps"].as_u64().unwrap() as usize;
+        let eta = run["eta"].as_f64().unwrap();
+        let sampler = Sampler::builder(SamplerKind::Ddim)
+            .steps(steps)
+            .eta(eta)
+            .build(&cfg)
+            .unwrap();
+        let x_t = t.f32s(&format!("{name}.x_T"));
+        let noise = t.f32s(&format!("{name}.noise"));
+        let opts = SampleOptions {
+            initial_noise: Some(&x_t),
+            step_noise: (eta > 0.0).then_some(&noise[..]),
+            ..SampleOptions::new(1, 0)
+        };
+        let (c, h, w) = model.image_shape();
+        let mut out = vec![0.0f32; c * h * w];
+        let len = sampler.workspace_len(&model, 1, false);
+        // The decoder's arena overlaps the UNet's: the run needs no more than the larger of
+        // the two plus the loop's buffers and the latents.
+        let (lc, lh, lw) = model.input_shape();
+        let dec = model.decoder().unwrap();
+        let model_ws = model.workspace_len(1).max(dec.workspace_len(1));
+        assert!(
+            len <= model_ws + 8 * lc * lh * lw,
+            "{name}: workspace {len}"
+        );
+        let mut short = vec![0.0f32; len - 1];
+        assert!(matches!(
+            sampler.sample(&model, &mut short, &opts, &mut out, None),
+            Err(Error::BufferSize { .. })
+        ));
+        let mut ws = vec![f32::NAN; len];
+        sampler
+            .sample(&model, &mut ws, &opts, &mut out, None)
+            .unwrap();
+        let err = rel_l2(&out, &t.f64s(&format!("{name}.image")));
+        report += &format!("{name}: {err:.2e}\n");
+        assert!(err <= 1e-3, "{name}: {err:.2e}");
+    }
+    eprintln!("{report}");
+}
+
+/// A pipeline whose output is the decoded image takes an image-sized output buffer and a
+/// latent-sized x_T; the wrong sizes are typed errors.
+#[test]
+fn latent_pipeline_buffers_are_checked() {
+    let dir = latent_dir().join("ldm");
+    let model = Model::load(&dir).unwrap();
+    let cfg = ModelFiles::find(&dir)
+        .unwrap()
+        .load_scheduler_config()
+        .unwrap();
+    let sampler = Sampler::builder(SamplerKind::Ddim)
+        .steps(2)
+        .build(&cfg)
+        .unwrap();
+    let mut ws = vec![0.0f32; sampler.workspace_len(&model, 2, false)];
+    let (c, h, w) = model.input_shape();
+    let opts = SampleOptions::new(2, 7);
+    let mut latent_sized = vec![0.0f32; 2 * c * h * w];
+    assert!(matches!(
+        sampler.sample(&model, &mut ws, &opts, &mut latent_sized, None),
+        Err(Error::BufferSize {
+            what: "sample output",
+            ..
+        })
+    ));
+    let (ic, ih, iw) = model.image_shape();
+    let mut image = vec![0.0f32; 2 * ic * ih * iw];
+    sampler
+        .sample(&model, &mut ws, &opts, &mut image, None)
+        .unwrap();
+    assert!(image.iter().all(|x| x.is_finite()));
+}
