@@ -151,3 +151,84 @@ fn latent_pipeline_buffers_are_checked() {
         .unwrap();
     assert!(image.iter().all(|x| x.is_finite()));
 }
+
+/// The C API loads an `LDMPipeline` folder, reports the decoded image's shape and returns the
+/// decoded image from `td_sample` (the same numbers as diffusers).
+#[test]
+fn c_api_samples_latent_pipelines() {
+    use tinydiffusion::capi::*;
+    let meta = read_json(latent_dir().join("cases.json"));
+    let t = TensorFile::open(latent_dir().join("cases.safetensors"));
+    let run = &meta["runs"][0];
+    let name = run["name"].as_str().unwrap();
+    let path = std::ffi::CString::new(
+        latent_dir()
+            .join(run["folder"].as_str().unwrap())
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let x_t = t.f32s(&format!("{name}.x_T"));
+    let mut model: *mut td_model = std::ptr::null_mut();
+    // SAFETY: valid C string and out-pointers; buffers sized as the library reports.
+    unsafe {
+        assert_eq!(td_model_load(path.as_ptr(), &mut model), td_status::Ok);
+        let mut info = td_model_info::default();
+        assert_eq!(td_model_get_info(model, &mut info), td_status::Ok);
+        assert_eq!(
+            (
+                info.image_channels,
+                info.image_height,
+                info.image_width,
+                info.image_len
+            ),
+            (3, 16, 16, 768)
+        );
+        assert_eq!(info.sample_len, x_t.len());
+        let desc = td_sampler_desc {
+            batch: 1,
+            initial_noise: x_t.as_ptr(),
+            initial_noise_len: x_t.len(),
+            scheduler: td_scheduler_desc {
+                kind: td_scheduler_kind::Ddim as i32,
+                steps: run["steps"].as_u64().unwrap() as usize,
+                eta: 0.0,
+                flags: 0,
+            },
+            ..td_sampler_desc_default()
+        };
+        let mut ws_len = 0;
+        assert_eq!(
+            td_sample_workspace_len(model, &desc, &mut ws_len),
+            td_status::Ok
+        );
+        let mut ws = vec![0.0f32; ws_len];
+        let mut latent_sized = vec![0.0f32; info.sample_len];
+        assert_eq!(
+            td_sample(
+                model,
+                &desc,
+                ws.as_mut_ptr(),
+                ws.len(),
+                latent_sized.as_mut_ptr(),
+                latent_sized.len()
+            ),
+            td_status::BufferTooSmall
+        );
+        let mut out = vec![0.0f32; info.image_len];
+        assert_eq!(
+            td_sample(
+                model,
+                &desc,
+                ws.as_mut_ptr(),
+                ws.len(),
+                out.as_mut_ptr(),
+                out.len()
+            ),
+            td_status::Ok
+        );
+        td_model_free(model);
+        let err = rel_l2(&out, &t.f64s(&format!("{name}.image")));
+        assert!(err <= 1e-3, "C API {name}: {err:.2e}");
+    }
+}
