@@ -17,6 +17,33 @@ fn latent_dir() -> std::path::PathBuf {
     fixtures_dir().join("latent")
 }
 
+/// A run's pipeline folder; `tiny` is assembled from kl/unet, kl/scheduler and tiny_vae (a
+/// UNet2DModel + AutoencoderTiny pipeline) so the fixture stores the UNet once.
+fn run_dir(folder: &str) -> std::path::PathBuf {
+    if folder != "tiny" {
+        return latent_dir().join(folder);
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("latent-tiny-{}", std::process::id()));
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    };
+    copy(&latent_dir().join("kl/unet"), &dir.join("unet"));
+    copy(&latent_dir().join("kl/scheduler"), &dir.join("scheduler"));
+    copy(&latent_dir().join("tiny_vae"), &dir.join("vae"));
+    std::fs::write(
+        dir.join("model_index.json"),
+        r#"{"_class_name": "DiffusionPipeline", "unet": ["diffusers", "UNet2DModel"],
+            "vae": ["diffusers", "AutoencoderTiny"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,
+    )
+    .unwrap();
+    dir
+}
+
 #[test]
 fn decoders_match_diffusers() {
     let meta = read_json(latent_dir().join("cases.json"));
@@ -70,7 +97,7 @@ fn latent_pipelines_match_diffusers() {
     let mut report = String::new();
     for run in meta["runs"].as_array().unwrap() {
         let name = run["name"].as_str().unwrap();
-        let dir = latent_dir().join(run["folder"].as_str().unwrap());
+        let dir = run_dir(run["folder"].as_str().unwrap());
         let model = Model::load(&dir).unwrap();
         assert!(model.decoder().is_some(), "{name}: no decoder loaded");
         let cfg = ModelFiles::find(&dir)

@@ -365,8 +365,6 @@ struct CheckedDesc {
     initial_noise: Option<Span>,
     step_noise: Option<Span>,
     guidance: Option<Guidance>,
-    /// Floats of the batch, batch * C * H * W.
-    n: usize,
 }
 
 /// Every check of a description that does not involve the workspace or the output, shared by
@@ -463,7 +461,6 @@ unsafe fn check_desc(
         initial_noise: init_span,
         step_noise: noise_span,
         guidance,
-        n,
     })
 }
 

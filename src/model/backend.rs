@@ -13,8 +13,8 @@
 //! trainer, and a case in `tests/backend_ops.rs`.
 
 use super::ops::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp, SiluOp,
-    SinusoidOp,
+    AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseOp, GroupNormOp, InputOp, LinearOp, Op,
+    OutputOp, SiluOp, SinusoidOp,
 };
 use super::Model;
 use crate::error::{Error, Result};
@@ -43,6 +43,10 @@ pub trait Backend {
     fn group_norm(&mut self, at: usize, op: &GroupNormOp) -> Result<()>;
     fn attention(&mut self, at: usize, op: &AttentionOp) -> Result<()>;
     fn output(&mut self, at: usize, op: &OutputOp) -> Result<()>;
+    /// Only the decoders emit it (`AutoencoderTiny`); a backend without it refuses it typed.
+    fn elementwise(&mut self, _at: usize, _op: &ElementwiseOp) -> Result<()> {
+        Err(unsupported_op(self.name(), "elementwise"))
+    }
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -58,6 +62,7 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::GroupNorm(o) => backend.group_norm(at, o),
         Op::Attention(o) => backend.attention(at, o),
         Op::Output(o) => backend.output(at, o),
+        Op::Elementwise(o) => backend.elementwise(at, o),
     }
 }
 

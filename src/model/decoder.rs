@@ -60,7 +60,7 @@ impl Decoder {
                 &["quantize.embedding.weight"],
                 &[num_vq_embeddings, vq_embed_dim],
             )?),
-            DecoderKind::Kl { .. } => None,
+            DecoderKind::Kl { .. } | DecoderKind::Tiny => None,
         };
         let mut described = describe_decoder(&config, &mut loader, latent_size)?;
         if let Some(c) = codebook {

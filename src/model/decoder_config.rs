@@ -21,6 +21,9 @@ pub enum DecoderKind {
     },
     /// `AutoencoderKL`: optional `post_quant_conv`, `decoder`.
     Kl { use_post_quant_conv: bool },
+    /// `AutoencoderTiny` (TAESD): `DecoderTiny`, the latent clamp `tanh(x / 3) * 3`, ReLU
+    /// blocks, nearest upsampling; output mapped from [0, 1] to [-1, 1].
+    Tiny,
 }
 
 /// A `VQModel` / `AutoencoderKL` decoder (diffusers' `Decoder` with `UNetMidBlock2D` and
@@ -43,6 +46,9 @@ pub struct DecoderConfig {
     pub scaling_factor: f64,
     /// `AutoencoderKL`'s `shift_factor` (added after the division), if set.
     pub shift_factor: Option<f64>,
+    /// `AutoencoderTiny`: `num_decoder_blocks` (AutoencoderTinyBlocks per level); empty
+    /// otherwise.
+    pub tiny_blocks: Vec<usize>,
 }
 
 fn json_err(message: impl Into<String>) -> Error {
@@ -110,10 +116,11 @@ impl DecoderConfig {
         let vq = match class {
             "VQModel" => true,
             "AutoencoderKL" => false,
+            "AutoencoderTiny" => return DecoderConfig::tiny_from_json(obj),
             other => {
                 return Err(unsupported(
                     "_class_name",
-                    alloc::format!("{other} (decoders: VQModel, AutoencoderKL)"),
+                    alloc::format!("{other} (decoders: VQModel, AutoencoderKL, AutoencoderTiny)"),
                 ))
             }
         };
@@ -239,6 +246,95 @@ impl DecoderConfig {
             sample_size,
             scaling_factor,
             shift_factor,
+            tiny_blocks: Vec::new(),
+        })
+    }
+
+    /// `AutoencoderTiny`'s keys (diffusers' defaults: TAESD's layout).
+    fn tiny_from_json(obj: &serde_json::Map<String, Value>) -> Result<DecoderConfig> {
+        let mut out_channels = 3;
+        let mut latent_channels = 4;
+        let mut block_out_channels = alloc::vec![64, 64, 64, 64];
+        let mut tiny_blocks = alloc::vec![3, 3, 3, 1];
+        let mut scaling_factor = 1.0;
+        let mut shift_factor = 0.0;
+        let sizes = |k: &str, v: &Value| -> Result<Vec<usize>> {
+            v.as_array()
+                .ok_or_else(|| bad(k, alloc::format!("expected a list, got {v}")))?
+                .iter()
+                .map(|c| size(k, c))
+                .collect()
+        };
+        for (key, v) in obj {
+            let k = key.as_str();
+            match k {
+                _ if k.starts_with('_') => {}
+                "out_channels" => out_channels = size(k, v)?,
+                "latent_channels" => latent_channels = size(k, v)?,
+                "decoder_block_out_channels" => block_out_channels = sizes(k, v)?,
+                "num_decoder_blocks" => {
+                    tiny_blocks = v
+                        .as_array()
+                        .ok_or_else(|| bad(k, alloc::format!("expected a list, got {v}")))?
+                        .iter()
+                        .map(|n| match n.as_u64() {
+                            Some(n) if n <= 64 => Ok(n as usize),
+                            _ => Err(bad(k, alloc::format!("expected 0..=64, got {n}"))),
+                        })
+                        .collect::<Result<_>>()?
+                }
+                "scaling_factor" => {
+                    scaling_factor = number(k, v)?;
+                    if scaling_factor == 0.0 {
+                        return Err(bad(k, "must not be 0 (latents are divided by it)"));
+                    }
+                }
+                "shift_factor" => shift_factor = number(k, v)?,
+                "act_fn" if v.as_str() == Some("relu") => {}
+                "upsample_fn" if v.as_str() == Some("nearest") => {}
+                "upsampling_scaling_factor" if v.as_u64() == Some(2) => {}
+                // Encoder and encode-side options.
+                "in_channels" => {
+                    size(k, v)?;
+                }
+                // diffusers registers `block_out_channels` = the encoder's too.
+                "encoder_block_out_channels" | "num_encoder_blocks" | "block_out_channels" => {
+                    sizes(k, v)?;
+                }
+                "latent_magnitude" | "latent_shift" => {
+                    number(k, v)?;
+                }
+                "force_upcast" => {
+                    flag(k, v)?;
+                }
+                _ => return Err(unsupported(k, v)),
+            }
+        }
+        let levels = block_out_channels.len();
+        if levels == 0 || levels > crate::config::MAX_BLOCKS {
+            return Err(bad(
+                "decoder_block_out_channels",
+                alloc::format!("{levels} blocks"),
+            ));
+        }
+        if tiny_blocks.len() != levels {
+            return Err(bad(
+                "num_decoder_blocks",
+                alloc::format!("{} entries for {levels} blocks", tiny_blocks.len()),
+            ));
+        }
+        Ok(DecoderConfig {
+            kind: DecoderKind::Tiny,
+            out_channels,
+            latent_channels,
+            block_out_channels,
+            layers_per_block: 0,
+            norm_num_groups: 1,
+            mid_block_add_attention: false,
+            sample_size: (0, 0),
+            scaling_factor,
+            shift_factor: Some(shift_factor),
+            tiny_blocks,
         })
     }
 
@@ -246,7 +342,7 @@ impl DecoderConfig {
     pub fn input_channels(&self) -> usize {
         match self.kind {
             DecoderKind::Vq { vq_embed_dim, .. } => vq_embed_dim,
-            DecoderKind::Kl { .. } => self.latent_channels,
+            DecoderKind::Kl { .. } | DecoderKind::Tiny => self.latent_channels,
         }
     }
 
@@ -260,6 +356,7 @@ impl DecoderConfig {
         match self.kind {
             DecoderKind::Vq { .. } => "VQModel",
             DecoderKind::Kl { .. } => "AutoencoderKL",
+            DecoderKind::Tiny => "AutoencoderTiny",
         }
     }
 }

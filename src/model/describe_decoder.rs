@@ -12,7 +12,8 @@ use alloc::vec::Vec;
 use super::decoder_config::{DecoderConfig, DecoderKind};
 use super::describe::Described;
 use super::ops::{
-    AttentionOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp, TensorId, TensorSpec,
+    AttentionOp, ConvOp, ElementwiseKind, ElementwiseOp, GroupNormOp, Input, InputOp, LinearOp, Op,
+    OutputOp, TensorId, TensorSpec,
 };
 use super::Tap;
 use crate::error::Result;
@@ -221,6 +222,9 @@ pub fn describe_decoder(
         taps: Vec::new(),
         parameters: 0,
     };
+    if cfg.kind == DecoderKind::Tiny {
+        return describe_tiny(cfg, b, (height, width));
+    }
     let c_in = cfg.input_channels();
     let x = b.tensor("latents".into(), c_in * height * width);
     b.ops.push(Op::Input(InputOp {
@@ -241,6 +245,7 @@ pub fn describe_decoder(
         DecoderKind::Kl {
             use_post_quant_conv,
         } => use_post_quant_conv,
+        DecoderKind::Tiny => false,
     };
     if post_quant {
         h = b.conv("post_quant_conv", h, cfg.latent_channels, 1, false, None)?;
@@ -272,6 +277,154 @@ pub fn describe_decoder(
     b.tap("decoder.conv_act", h);
     h = b.conv("decoder.conv_out", h, cfg.out_channels, 3, false, None)?;
     b.tap("decoder.conv_out", h);
+    b.ops.push(Op::Output(OutputOp {
+        input: h.t,
+        channels: cfg.out_channels,
+        height: h.h,
+        width: h.w,
+    }));
+    Ok(Described {
+        tensors: b.tensors,
+        ops: b.ops,
+        taps: b.taps,
+        parameters: b.parameters,
+    })
+}
+
+impl Builder<'_> {
+    fn elementwise(&mut self, name: String, x: Map, kind: ElementwiseKind) -> Map {
+        let len = x.c * x.h * x.w;
+        let out = self.tensor(name, len);
+        self.ops.push(Op::Elementwise(ElementwiseOp {
+            input: x.t,
+            len,
+            kind,
+            out,
+        }));
+        Map { t: out, ..x }
+    }
+
+    /// A 3x3 conv saved without a bias (`bias=False`): the op adds zeros.
+    fn conv_no_bias(&mut self, p: &str, x: Map, out_c: usize, upsample: bool) -> Result<Map> {
+        let weight = self
+            .loader
+            .take_packed(&[&format!("{p}.weight")], out_c, x.c, Some(3))?;
+        self.parameters += out_c * x.c * 9;
+        let bias = self.loader.zeros(out_c);
+        let f = if upsample { 2 } else { 1 };
+        let (h, w) = (x.h * f, x.w * f);
+        let out = self.tensor(p.into(), out_c * h * w);
+        self.ops.push(Op::Conv(ConvOp {
+            input: Input::One(x.t),
+            shape: ConvShape {
+                batch: 1,
+                in_h: x.h,
+                in_w: x.w,
+                in_ca: x.c,
+                in_cb: 0,
+                out_c,
+                out_h: h,
+                out_w: w,
+                kernel: 3,
+                stride: 1,
+                pad_top: 1,
+                pad_left: 1,
+                upsample,
+            },
+            weight,
+            bias,
+            channel_add: None,
+            residual: None,
+            out_scale: 1.0,
+            out,
+        }));
+        Ok(Map {
+            t: out,
+            c: out_c,
+            h,
+            w,
+        })
+    }
+}
+
+/// `AutoencoderTiny`'s `DecoderTiny`: `tanh(x / 3) * 3`, conv + ReLU, per level
+/// `num_decoder_blocks` AutoencoderTinyBlocks (`relu(conv(relu(conv(relu(conv(x))))) + x)`),
+/// then (but the last level) nearest-2x + a conv without bias, the last level's conv to the
+/// image channels, and `x * 2 - 1`. Weights are `decoder.layers.{k}` in `nn.Sequential`
+/// order; taps are named after those indices.
+fn describe_tiny(
+    cfg: &DecoderConfig,
+    mut b: Builder<'_>,
+    (height, width): (usize, usize),
+) -> Result<Described> {
+    let c_in = cfg.latent_channels;
+    let x = b.tensor("latents".into(), c_in * height * width);
+    b.ops.push(Op::Input(InputOp {
+        channels: c_in,
+        height,
+        width,
+        center: false,
+        out: x,
+    }));
+    let mut h = Map {
+        t: x,
+        c: c_in,
+        h: height,
+        w: width,
+    };
+    h = b.elementwise("decoder.clamp".into(), h, ElementwiseKind::TanhClamp(3.0));
+    let boc = &cfg.block_out_channels;
+    let levels = boc.len();
+    h = b.conv("decoder.layers.0", h, boc[0], 3, false, None)?;
+    h = b.elementwise("decoder.layers.1".into(), h, ElementwiseKind::Relu);
+    b.tap("decoder.layers.1", h);
+    let mut k = 2;
+    for (i, &blocks) in cfg.tiny_blocks.iter().enumerate() {
+        let c = boc[i];
+        if h.c != c {
+            // diffusers' blocks map c -> c; a width change comes from the previous conv.
+            return Err(crate::error::unsupported(
+                "decoder_block_out_channels",
+                format!("level {i}: {} channels into a {c}-channel block", h.c),
+            ));
+        }
+        for _ in 0..blocks {
+            let p = format!("decoder.layers.{k}");
+            let y = b.conv(&format!("{p}.conv.0"), h, c, 3, false, None)?;
+            let y = b.elementwise(format!("{p}.conv.1"), y, ElementwiseKind::Relu);
+            let y = b.conv(&format!("{p}.conv.2"), y, c, 3, false, None)?;
+            let y = b.elementwise(format!("{p}.conv.3"), y, ElementwiseKind::Relu);
+            let y = b.conv(&format!("{p}.conv.4"), y, c, 3, false, Some(h.t))?;
+            h = b.elementwise(format!("{p}.fuse"), y, ElementwiseKind::Relu);
+            b.tap(&p, h);
+            k += 1;
+        }
+        if i + 1 < levels {
+            // layers.{k} is the nn.Upsample, folded into the conv after it.
+            k += 1;
+            h = b.conv_no_bias(&format!("decoder.layers.{k}"), h, c, true)?;
+        } else {
+            h = b.conv(
+                &format!("decoder.layers.{k}"),
+                h,
+                cfg.out_channels,
+                3,
+                false,
+                None,
+            )?;
+        }
+        b.tap(&format!("decoder.layers.{k}"), h);
+        k += 1;
+    }
+    h = b.elementwise(
+        "decoder.out".into(),
+        h,
+        ElementwiseKind::Affine {
+            mul: 2.0,
+            add: -1.0,
+        },
+    );
+    b.tap("decoder", h);
     b.ops.push(Op::Output(OutputOp {
         input: h.t,
         channels: cfg.out_channels,

@@ -3,8 +3,8 @@
 
 use super::backend::{walk, walk_range, walk_timed, Backend};
 use super::ops::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, OutputOp, SiluOp,
-    SinusoidOp, TensorId,
+    AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseOp, GroupNormOp, Input, InputOp, LinearOp,
+    OutputOp, SiluOp, SinusoidOp, TensorId,
 };
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
@@ -471,6 +471,14 @@ impl Backend for CpuBackend<'_, '_> {
             op.channels,
             pixels,
         );
+        Ok(())
+    }
+
+    fn elementwise(&mut self, _: usize, op: &ElementwiseOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        for (d, v) in dst.iter_mut().zip(input.iter()) {
+            *d = op.kind.apply(*v);
+        }
         Ok(())
     }
 }

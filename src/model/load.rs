@@ -74,7 +74,7 @@ fn check_pipeline_components(
         if key == "unet" && class == "UNet2DModel" {
             continue;
         }
-        let decoder_class = matches!(class, "VQModel" | "AutoencoderKL");
+        let decoder_class = matches!(class, "VQModel" | "AutoencoderKL" | "AutoencoderTiny");
         if (key == "vqvae" || key == "vae") && decoder_class {
             if let Some(first) = &decoder {
                 return Err(crate::error::unsupported(

@@ -35,8 +35,8 @@ pub mod ops;
 
 pub use description::{describe_config, describe_weights, ModelDescription};
 pub use ops::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
-    SiluOp, SinusoidOp, TensorId, TensorSpec,
+    AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseKind, ElementwiseOp, GroupNormOp, Input,
+    InputOp, LinearOp, Op, OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 
 /// A named activation worth inspecting (diffusers module outputs, for parity debugging).

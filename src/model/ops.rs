@@ -154,6 +154,37 @@ pub struct OutputOp {
     pub width: usize,
 }
 
+/// What an [`ElementwiseOp`] computes per float.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ElementwiseKind {
+    /// `max(x, 0)`.
+    Relu,
+    /// `tanh(x / m) * m`: the soft clamp `AutoencoderTiny`'s decoder applies to its latents.
+    TanhClamp(f32),
+    /// `x * mul + add` (`DecoderTiny` maps its [0, 1] output to [-1, 1]: `x * 2 - 1`).
+    Affine { mul: f32, add: f32 },
+}
+
+/// `out = f(input)` elementwise over `len` floats per sample (layout-agnostic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElementwiseOp {
+    pub input: TensorId,
+    pub len: usize,
+    pub kind: ElementwiseKind,
+    pub out: TensorId,
+}
+
+impl ElementwiseKind {
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            ElementwiseKind::Relu => x.max(0.0),
+            ElementwiseKind::TanhClamp(m) => libm::tanhf(x / m) * m,
+            ElementwiseKind::Affine { mul, add } => x * mul + add,
+        }
+    }
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -166,6 +197,7 @@ pub enum Op {
     GroupNorm(GroupNormOp),
     Attention(AttentionOp),
     Output(OutputOp),
+    Elementwise(ElementwiseOp),
 }
 
 impl Op {
@@ -181,6 +213,7 @@ impl Op {
             Op::GroupNorm(_) => "group_norm",
             Op::Attention(_) => "attention",
             Op::Output(_) => "output",
+            Op::Elementwise(_) => "elementwise",
         }
     }
 
@@ -207,6 +240,7 @@ impl Op {
             Op::GroupNorm(g) => input(g.input),
             Op::Attention(a) => r.extend([a.q, a.k, a.v]),
             Op::Output(o) => input(Input::One(o.input)),
+            Op::Elementwise(e) => input(Input::One(e.input)),
         }
         r
     }
@@ -223,6 +257,7 @@ impl Op {
             Op::GroupNorm(o) => Some(o.out),
             Op::Attention(o) => Some(o.out),
             Op::Output(_) => None,
+            Op::Elementwise(o) => Some(o.out),
         }
     }
 
@@ -245,6 +280,7 @@ impl Op {
             Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
                 Vec::new()
             }
+            Op::Elementwise(_) => Vec::new(),
         }
     }
 

@@ -402,6 +402,13 @@ impl TrainGraph {
                     )?;
                     activation::backward(a(si.input), d_out, d_in);
                 }
+                // Only decoders emit it; the trainer builds UNets (its forward refuses it too).
+                Op::Elementwise(_) => {
+                    return Err(crate::model::backend::unsupported_op(
+                        "train",
+                        "elementwise",
+                    ))
+                }
                 Op::ClassEmbedding(ce) => {
                     let [d_in, d_out] = carve(
                         &mut ws.grads,

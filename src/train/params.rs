@@ -125,6 +125,7 @@ impl ParamTable {
                 Op::ClassEmbedding(c) => kinds.push((key(c.table), ParamKind::Embedding)),
                 Op::Input(_) | Op::Sinusoid(_) | Op::Silu(_) | Op::Attention(_) | Op::Output(_) => {
                 }
+                Op::Elementwise(_) => {}
             }
         }
         kinds.sort_by_key(|k| k.0);
