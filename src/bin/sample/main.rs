@@ -231,13 +231,14 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
     println!();
     if let Some(d) = model.decoder() {
         println!(
-            "decoder          {}, {:?} latents -> {:?} image, {} parameters, {} bytes for a \
-             decode at batch {batch} (inside the sampling workspace: it reuses the UNet's \
-             arena after the last step)",
+            "decoder          {}, {:?} latents -> {:?} image, {} parameters, {:.3} GFLOP per \
+             image, {} bytes for a decode at batch {batch} (inside the sampling workspace: it \
+             reuses the UNet's arena after the last step)",
             d.config.class_name(),
             d.latent_shape(),
             d.image_shape(),
             d.parameters(),
+            d.net().flops_per_sample() as f64 / 1e9,
             d.workspace_len(batch) * 4
         );
     }
