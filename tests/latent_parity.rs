@@ -259,3 +259,64 @@ fn c_api_samples_latent_pipelines() {
         assert!(err <= 1e-3, "C API {name}: {err:.2e}");
     }
 }
+
+/// Decoder configs this project cannot run are typed errors naming the key; bad latents are
+/// typed errors too.
+#[test]
+fn unsupported_decoder_configs_and_bad_latents_are_typed_errors() {
+    use tinydiffusion::model::decoder_config::DecoderConfig;
+    let base = std::fs::read_to_string(latent_dir().join("ldm/vqvae/config.json")).unwrap();
+    let with = |key: &str, value: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
+        v[key] = serde_json::from_str(value).unwrap();
+        v.to_string()
+    };
+    for (key, value) in [
+        ("norm_type", r#""spatial""#),
+        ("act_fn", r#""gelu""#),
+        (
+            "up_block_types",
+            r#"["AttnUpDecoderBlock2D", "UpDecoderBlock2D"]"#,
+        ),
+        ("_class_name", r#""AsymmetricAutoencoderKL""#),
+        ("some_new_option", "1"),
+    ] {
+        match DecoderConfig::from_json(&with(key, value)) {
+            Err(Error::UnsupportedConfig { key: k, .. }) => assert_eq!(k, key),
+            other => panic!("{key}: expected UnsupportedConfig, got {other:?}"),
+        }
+    }
+    for (key, value) in [
+        ("norm_num_groups", "3"),
+        ("scaling_factor", "0"),
+        ("block_out_channels", "[]"),
+    ] {
+        assert!(
+            matches!(
+                DecoderConfig::from_json(&with(key, value)),
+                Err(Error::InvalidConfig { .. })
+            ),
+            "{key}"
+        );
+    }
+    let dec = Decoder::load_with(
+        &latent_dir().join("ldm/vqvae"),
+        (8, 8),
+        Default::default(),
+        Reuse::Shared,
+    )
+    .unwrap();
+    let mut ws = vec![0.0f32; dec.workspace_len(1)];
+    let mut out = vec![0.0f32; 3 * 16 * 16];
+    let mut z = vec![0.0f32; 3 * 8 * 8];
+    z[5] = f32::NAN;
+    assert!(matches!(
+        dec.decode(0, &mut ws, &mut z, &mut out),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let mut short = vec![0.0f32; 3 * 8 * 8 - 1];
+    assert!(matches!(
+        dec.decode(0, &mut ws, &mut short, &mut out),
+        Err(Error::BufferSize { .. })
+    ));
+}
