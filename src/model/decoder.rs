@@ -189,7 +189,9 @@ impl Decoder {
             .forward_with_threads(threads, workspace, latents, &[0.0], None, out)
     }
 
-    /// The nearest codebook entry for every pixel of NCHW `latents`, in place.
+    /// The nearest codebook entry for every pixel of NCHW `latents`, in place. `VQModel`
+    /// builds its quantizer with `remap=None` and `legacy` only changes the training loss, so
+    /// the lookup is all `decode` does; `z + (z_q - z)` is `z_q` up to rounding.
     fn quantize(&self, book: &[half::f16], latents: &mut [f32], c: usize, pixels: usize) {
         for sample in latents.chunks_exact_mut(c * pixels) {
             for p in 0..pixels {
