@@ -365,6 +365,17 @@ typedef struct td_model_info {
    * The scheduler config's `num_train_timesteps`.
    */
   size_t num_train_timesteps;
+  /**
+   * What `td_sample` writes per image: the decoded image of a latent pipeline (a folder
+   * with a VQModel or AutoencoderKL decoder), else the sample (= the fields above).
+   */
+  size_t image_channels;
+  size_t image_height;
+  size_t image_width;
+  /**
+   * Floats of one `td_sample` output image, image_channels * image_height * image_width.
+   */
+  size_t image_len;
 } td_model_info;
 
 /**
@@ -814,7 +825,9 @@ td_status td_sample_workspace_len(const struct td_model *model,
 
 /**
  * Samples a batch: `out` (exactly `[batch, C, H, W]` floats, NCHW, roughly in [-1, 1])
- * receives x_0. The scheduler is built from `desc->scheduler` for this call (its tables are
+ * receives x_0; for a latent pipeline (a folder with a VQModel or AutoencoderKL decoder) the
+ * decoded image, `batch * td_model_info.image_len` floats, before diffusers maps it to
+ * [0, 1] (the latents never leave the workspace). The scheduler is built from `desc->scheduler` for this call (its tables are
  * the only allocation; use `td_scheduler_new` + `td_sample_with_scheduler` to sample with
  * none). `workspace`: at least `td_sample_workspace_len` floats for the same description
  * (the same `threads` included), scratch. A class-conditional model given no label samples

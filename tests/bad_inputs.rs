@@ -758,14 +758,23 @@ fn bad_scheduler_options() {
         row!(
             "cm: steps above num_train_timesteps",
             || tinydiffusion::schedule::ConsistencyScheduler::new(
-                SchedulerConfig::from_json(r#"{"_class_name": "CMStochasticIterativeScheduler"}"#)?, 41).map(|_| ()),
+                SchedulerConfig::from_json(r#"{"_class_name": "CMStochasticIterativeScheduler"}"#)?,
+                41
+            )
+            .map(|_| ()),
             Err(Error::InvalidArgument { what: "steps", .. })
         ),
         row!(
             "cm: custom timesteps not descending",
             || tinydiffusion::schedule::ConsistencyScheduler::with_timesteps(
-                SchedulerConfig::from_json(r#"{"_class_name": "CMStochasticIterativeScheduler"}"#)?, &[10, 22]).map(|_| ()),
-            Err(Error::InvalidArgument { what: "timesteps", .. })
+                SchedulerConfig::from_json(r#"{"_class_name": "CMStochasticIterativeScheduler"}"#)?,
+                &[10, 22]
+            )
+            .map(|_| ()),
+            Err(Error::InvalidArgument {
+                what: "timesteps",
+                ..
+            })
         ),
         row!("lcm: unknown key", || parse(r#"{"_class_name": "LCMScheduler", "gamma": 0.3}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "gamma"),
@@ -778,9 +787,16 @@ fn bad_scheduler_options() {
             Err(Error::UnsupportedConfig { key, .. }) if key == "thresholding"),
         row!("tcd: laplace betas (diffusers refuses)", || parse(r#"{"_class_name": "TCDScheduler", "beta_schedule": "laplace"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
-        row!("tcd: gamma above 1", || tinydiffusion::schedule::LcmScheduler::new(
-                SchedulerConfig::from_json(r#"{"_class_name": "TCDScheduler"}"#)?, 4, 1.5).map(|_| ()),
-            Err(Error::InvalidArgument { what: "eta", .. })),
+        row!(
+            "tcd: gamma above 1",
+            || tinydiffusion::schedule::LcmScheduler::new(
+                SchedulerConfig::from_json(r#"{"_class_name": "TCDScheduler"}"#)?,
+                4,
+                1.5
+            )
+            .map(|_| ()),
+            Err(Error::InvalidArgument { what: "eta", .. })
+        ),
         row!("unknown beta schedule", || parse(r#"{"beta_schedule": "cubic"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
         row!("unknown prediction type", || parse(r#"{"prediction_type": "flow"}"#),

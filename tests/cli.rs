@@ -408,3 +408,83 @@ fn any_channel_count_and_batch_from_init_noise() {
         "same run, same bits"
     );
 }
+
+/// `sample --model LDM_DIR --steps N --init-noise X [--step-noise Z] --save-tensor OUT` replays
+/// diffusers' `LDMPipeline` (the saved tensor is the decoder's output, before the pipeline maps
+/// it to [0, 1]); `sample decode` decodes a latents file with the pipeline's `vqvae`.
+#[test]
+fn latent_pipelines_replay_and_decode() {
+    let latent = fixtures_dir().join("latent");
+    let t = TensorFile::open(latent.join("cases.safetensors"));
+    let dir = scratch_dir("latent");
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let model = latent.join("ldm");
+    for (name, steps, eta) in [("ldm_eta0", "4", None), ("ldm_eta05", "5", Some("0.5"))] {
+        let x_t = t.f32s(&format!("{name}.x_T"));
+        write_f32(&dir.join("x_T.safetensors"), "x_T", &[1, 3, 8, 8], &x_t);
+        let mut args = vec![
+            "--model".to_string(),
+            model.to_str().unwrap().into(),
+            "--steps".into(),
+            steps.into(),
+            "--init-noise".into(),
+            p("x_T.safetensors"),
+            "--save-tensor".into(),
+            p("out.safetensors"),
+            "--out".into(),
+            p("out.png"),
+        ];
+        if let Some(eta) = eta {
+            let noise = t.f32s(&format!("{name}.noise"));
+            let rows = noise.len() / x_t.len();
+            write_f32(
+                &dir.join("noise.safetensors"),
+                "noise",
+                &[rows, 1, 3, 8, 8],
+                &noise,
+            );
+            args.extend(["--eta".into(), eta.into(), "--step-noise".into()]);
+            args.push(p("noise.safetensors"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = sample(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let out = TensorFile::open(dir.join("out.safetensors"));
+        assert_eq!(out.shape("x_0"), [1, 3, 16, 16]);
+        let err = rel_l2(&out.f32s("x_0"), &t.f64s(&format!("{name}.image")));
+        assert!(err <= 1e-3, "{name}: {err:.2e}");
+    }
+    write_f32(
+        &dir.join("z.safetensors"),
+        "z",
+        &[2, 3, 8, 8],
+        &t.f32s("vq.z"),
+    );
+    let vae = latent.join("ldm/vqvae");
+    let o = sample(&[
+        "decode",
+        "--vae",
+        vae.to_str().unwrap(),
+        "--latents",
+        &p("z.safetensors"),
+        "--save-tensor",
+        &p("dec.safetensors"),
+        "--out",
+        &p("dec.png"),
+    ]);
+    assert!(o.status.success(), "decode: {}", stderr(&o));
+    let dec = TensorFile::open(dir.join("dec.safetensors"));
+    let err = rel_l2(&dec.f32s("image"), &t.f64s("vq.out"));
+    assert!(err <= 1e-4, "decode: {err:.2e}");
+    // A decoder folder that is not one is a one-line error.
+    let o = sample(&[
+        "decode",
+        "--vae",
+        model.join("unet").to_str().unwrap(),
+        "--latents",
+        &p("z.safetensors"),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("_class_name"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

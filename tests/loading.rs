@@ -364,9 +364,36 @@ fn pipelines_with_other_components_are_refused() {
     };
     index(r#", "safety_checker": [null, null], "feature_extractor": null"#);
     Model::load(&dir).expect("absent components load");
+    // A VQModel or AutoencoderKL decoder is a latent pipeline's (tests/latent_parity.rs).
+    let latent = fixtures_dir().join("latent");
+    for (key, from) in [("vqvae", "ldm/vqvae"), ("vae", "kl/vae")] {
+        std::fs::create_dir_all(dir.join(key)).unwrap();
+        for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+            std::fs::copy(latent.join(from).join(f), dir.join(key).join(f)).unwrap();
+        }
+    }
+    index(r#", "vqvae": ["diffusers", "VQModel"]"#);
+    let model = Model::load(&dir).expect("a VQModel decoder loads");
+    assert_eq!(model.decoder().unwrap().config.class_name(), "VQModel");
+    assert_eq!(model.image_shape(), (3, 32, 32));
+    // The KL fixture takes 4-channel latents; this UNet samples 3.
+    index(r#", "vae": ["diffusers", "AutoencoderKL"]"#);
+    let e = Model::load(&dir)
+        .err()
+        .expect("a decoder of other latents is refused");
+    assert!(
+        matches!(e, Error::UnsupportedConfig { .. }) && e.to_string().contains("latents"),
+        "{e}"
+    );
     for (extra, culprit) in [
-        (r#", "vqvae": ["diffusers", "VQModel"]"#, "vqvae"),
-        (r#", "vae": ["diffusers", "AutoencoderKL"]"#, "vae"),
+        (
+            r#", "vae": ["diffusers", "AsymmetricAutoencoderKL"]"#,
+            "vae",
+        ),
+        (
+            r#", "vqvae": ["diffusers", "VQModel"], "vae": ["diffusers", "AutoencoderKL"]"#,
+            "second decoder",
+        ),
         (
             r#", "text_encoder": ["transformers", "CLIPTextModel"]"#,
             "text_encoder",

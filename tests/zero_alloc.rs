@@ -90,7 +90,8 @@ fn run_sigma(
         .unwrap();
     let batch = 2;
     let mut ws = vec![0.0f32; s.workspace_len(model, batch, guidance.is_some())];
-    let (c, h, w) = model.input_shape();
+    // A latent pipeline returns the decoded image.
+    let (c, h, w) = model.image_shape();
     let mut out = vec![0.0f32; batch * c * h * w];
     let opts = SampleOptions {
         class_labels: labels,
@@ -205,5 +206,18 @@ fn forward_and_sampling_allocate_nothing() {
         assert_eq!(n, 0, "{cfg:?} allocated {n} times");
         let n = run_sde(&class, cfg, Some(g), Some(&[1, 2]));
         assert_eq!(n, 0, "guided {cfg:?} allocated {n} times");
+    }
+
+    // Latent pipelines: the loop on the latents, the VQ lookup and each decoder.
+    for dir in ["latent/ldm", "latent/kl"] {
+        let latent = Model::load(fixtures_dir().join(dir)).unwrap();
+        for json in [
+            r#"{"_class_name": "DDIMScheduler"}"#,
+            r#"{"_class_name": "EulerDiscreteScheduler"}"#,
+        ] {
+            run_sigma(&latent, json, 3, None, None); // warm-up: the decoder's thread team
+            let n = run_sigma(&latent, json, 3, None, None);
+            assert_eq!(n, 0, "{dir} {json} allocated {n} times");
+        }
     }
 }

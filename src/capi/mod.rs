@@ -351,6 +351,13 @@ pub struct td_model_info {
     pub scheduler_kind: i32,
     /// The scheduler config's `num_train_timesteps`.
     pub num_train_timesteps: usize,
+    /// What `td_sample` writes per image: the decoded image of a latent pipeline (a folder
+    /// with a VQModel or AutoencoderKL decoder), else the sample (= the fields above).
+    pub image_channels: usize,
+    pub image_height: usize,
+    pub image_width: usize,
+    /// Floats of one `td_sample` output image, image_channels * image_height * image_width.
+    pub image_len: usize,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -275,6 +275,13 @@ pub unsafe extern "C" fn td_model_get_info(
                 SchedulerKind::Tcd => td_scheduler_kind::Tcd as i32,
             },
             num_train_timesteps: m.scheduler_config.num_train_timesteps,
+            image_channels: m.model.image_shape().0,
+            image_height: m.model.image_shape().1,
+            image_width: m.model.image_shape().2,
+            image_len: {
+                let (ic, ih, iw) = m.model.image_shape();
+                ic * ih * iw
+            },
         };
         // SAFETY: contract above.
         unsafe { write_out(out_info, info, "out_info") }

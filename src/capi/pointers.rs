@@ -213,6 +213,12 @@ pub(super) fn check_batch(model: &Model, batch: usize) -> Result<(), Fail> {
     // Model workspace + output + unconditional output + noise and SDE scratch (at most 4
     // images' worth) per image, plus one image of scratch.
     let per_image = model.workspace_len(1) + 2 * c_out * h * w + 4 * c * h * w;
+    // A latent pipeline: the decoder's arena (overlapping the UNet's) and its image.
+    let per_image = per_image
+        + model.decoder().map_or(0, |d| {
+            let (ic, ih, iw) = d.image_shape();
+            d.workspace_len(1) + ic * ih * iw + c * h * w
+        });
     let floats = per_image
         .checked_mul(batch)
         .and_then(|n| n.checked_add(c * h * w));

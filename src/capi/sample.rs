@@ -428,8 +428,6 @@ struct CheckedDesc {
     initial_noise: Option<Span>,
     step_noise: Option<Span>,
     guidance: Option<Guidance>,
-    /// Floats of the batch, batch * C * H * W.
-    n: usize,
 }
 
 /// Every check of a description that does not involve the workspace or the output, shared by
@@ -526,7 +524,6 @@ unsafe fn check_desc(
         initial_noise: init_span,
         step_noise: noise_span,
         guidance,
-        n,
     })
 }
 
@@ -548,7 +545,9 @@ unsafe fn run_sample(
     let checked = unsafe { check_desc(m, method, d) }?;
     let ws_span = Span::of(workspace as *const f32, workspace_len, "workspace")?;
     let out_span = Span::of(out as *const f32, out_len, "out")?;
-    check_out_len("out", out_len, checked.n)?;
+    // A latent pipeline's output is the decoded image (td_model_info.image_len per image).
+    let (ic, ih, iw) = model.image_shape();
+    check_out_len("out", out_len, d.batch * ic * ih * iw)?;
     let guidance = checked.guidance;
     check_workspace_len(
         workspace_len,
@@ -598,7 +597,9 @@ unsafe fn run_sample(
 }
 
 /// Samples a batch: `out` (exactly `[batch, C, H, W]` floats, NCHW, roughly in [-1, 1])
-/// receives x_0. The scheduler is built from `desc->scheduler` for this call (its tables are
+/// receives x_0; for a latent pipeline (a folder with a VQModel or AutoencoderKL decoder) the
+/// decoded image, `batch * td_model_info.image_len` floats, before diffusers maps it to
+/// [0, 1] (the latents never leave the workspace). The scheduler is built from `desc->scheduler` for this call (its tables are
 /// the only allocation; use `td_scheduler_new` + `td_sample_with_scheduler` to sample with
 /// none). `workspace`: at least `td_sample_workspace_len` floats for the same description
 /// (the same `threads` included), scratch. A class-conditional model given no label samples

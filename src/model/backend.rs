@@ -14,8 +14,8 @@
 
 use super::ops::{ActivationOp, ResampleOp, ScaleShiftOp, TimestepTableOp};
 use super::ops::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, Op, OutputOp, SiluOp,
-    SinusoidOp,
+    AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseOp, GroupNormOp, InputOp, LinearOp, Op,
+    OutputOp, SiluOp, SinusoidOp,
 };
 use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use super::Model;
@@ -54,6 +54,10 @@ pub trait Backend {
     fn fourier_embedding(&mut self, at: usize, op: &FourierEmbeddingOp) -> Result<()>;
     fn fir_resample(&mut self, at: usize, op: &FirResampleOp) -> Result<()>;
     fn timestep_divide(&mut self, at: usize, op: &TimestepDivideOp) -> Result<()>;
+    /// Only the decoders emit it (`AutoencoderTiny`); a backend without it refuses it typed.
+    fn elementwise(&mut self, _at: usize, _op: &ElementwiseOp) -> Result<()> {
+        Err(unsupported_op(self.name(), "elementwise"))
+    }
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -77,6 +81,7 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::FourierEmbedding(o) => backend.fourier_embedding(at, o),
         Op::FirResample(o) => backend.fir_resample(at, o),
         Op::TimestepDivide(o) => backend.timestep_divide(at, o),
+        Op::Elementwise(o) => backend.elementwise(at, o),
     }
 }
 

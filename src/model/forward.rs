@@ -6,8 +6,8 @@ use super::ops::{
     Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp,
 };
 use super::ops::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, OutputOp, SiluOp,
-    SinusoidOp, TensorId,
+    AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseOp, GroupNormOp, Input, InputOp, LinearOp,
+    OutputOp, SiluOp, SinusoidOp, TensorId,
 };
 use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use super::Model;
@@ -136,11 +136,11 @@ impl Model {
             });
         }
         let batch = x.len() / per_sample;
-        let (c_out, _, _) = self.output_shape();
-        if out.len() != batch * c_out * h * w {
+        let (c_out, out_h, out_w) = self.output_shape();
+        if out.len() != batch * c_out * out_h * out_w {
             return Err(Error::BufferSize {
                 what: "model output",
-                expected: batch * c_out * h * w,
+                expected: batch * c_out * out_h * out_w,
                 found: out.len(),
             });
         }
@@ -584,6 +584,14 @@ impl Backend for CpuBackend<'_, '_> {
             for (d, v) in dst[range.clone()].iter_mut().zip(&input[range]) {
                 *d = v / t;
             }
+        }
+        Ok(())
+    }
+
+    fn elementwise(&mut self, _: usize, op: &ElementwiseOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        for (d, v) in dst.iter_mut().zip(input.iter()) {
+            *d = op.kind.apply(*v);
         }
         Ok(())
     }

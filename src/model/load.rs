@@ -6,6 +6,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::string::ToString;
 
+use super::decoder::Decoder;
+use super::decoder_config::DecoderConfig;
 use super::Model;
 use crate::config::UNetConfig;
 use crate::error::{Error, Result};
@@ -25,6 +27,9 @@ pub struct ModelFiles {
     /// diffusers' `DDIMPipeline` and `PNDMPipeline` convert their scheduler with
     /// `from_config` when they are built (`model_index.json`'s `_class_name`).
     pub pipeline_scheduler: Option<SchedulerKind>,
+    /// A latent pipeline's decoder folder (`vqvae/` of an `LDMPipeline`: a `VQModel`; or
+    /// `vae/`: an `AutoencoderKL`), holding `config.json` and its safetensors weights.
+    pub decoder: Option<PathBuf>,
 }
 
 fn io_err(path: &Path, e: impl ToString) -> Error {
@@ -34,14 +39,19 @@ fn io_err(path: &Path, e: impl ToString) -> Error {
     }
 }
 
-/// A pipeline folder runs here only as a UNet2DModel and a scheduler: a folder whose
-/// `model_index.json` names any other component (a VQ-VAE or VAE decoder, a text encoder, a
-/// tokenizer...) or a UNet of another class is refused with a typed error naming it, never run
-/// as a plain UNet pipeline (its latents would come out as if they were images). Components
-/// saved as `[null, null]` (absent) are fine.
+/// A pipeline folder runs here as a UNet2DModel, a scheduler and at most one decoder (`vqvae`
+/// or `vae`: a `VQModel` or `AutoencoderKL`): a folder whose `model_index.json` names any other
+/// component (a text encoder, a tokenizer, another autoencoder class...) or a UNet of another
+/// class is refused with a typed error naming it, never run as a plain UNet pipeline (its
+/// latents would come out as if they were images). Components saved as `[null, null]`
+/// (absent) are fine.
 ///
-/// Returns the scheduler class the pipeline class forces ([`ModelFiles::pipeline_scheduler`]).
-fn check_pipeline_components(path: &Path, text: &str) -> Result<Option<SchedulerKind>> {
+/// Returns the scheduler class the pipeline class forces ([`ModelFiles::pipeline_scheduler`])
+/// and the decoder component's key.
+fn check_pipeline_components(
+    path: &Path,
+    text: &str,
+) -> Result<(Option<SchedulerKind>, Option<std::string::String>)> {
     let root: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::InvalidJson {
         file: "model_index.json",
         message: e.to_string(),
@@ -55,6 +65,7 @@ fn check_pipeline_components(path: &Path, text: &str) -> Result<Option<Scheduler
         serde_json::Value::Array(a) => a.iter().all(serde_json::Value::is_null),
         _ => false,
     };
+    let mut decoder = None;
     for (key, value) in obj {
         if key.starts_with('_') || key == "scheduler" || absent(value) {
             continue;
@@ -63,21 +74,34 @@ fn check_pipeline_components(path: &Path, text: &str) -> Result<Option<Scheduler
         if key == "unet" && class == "UNet2DModel" {
             continue;
         }
+        let decoder_class = matches!(class, "VQModel" | "AutoencoderKL" | "AutoencoderTiny");
+        if (key == "vqvae" || key == "vae") && decoder_class {
+            if let Some(first) = &decoder {
+                return Err(crate::error::unsupported(
+                    &std::format!("{key} (in {})", path.display()),
+                    std::format!("{class} (a second decoder beside {first})"),
+                ));
+            }
+            decoder = Some(key.clone());
+            continue;
+        }
         let what = if key == "unet" {
             "only a UNet2DModel runs here"
         } else {
-            "this project runs a UNet2DModel and a scheduler only"
+            "this project runs a UNet2DModel, a scheduler and one VQModel or AutoencoderKL \
+             decoder only"
         };
         return Err(crate::error::unsupported(
             &std::format!("{key} (in {})", path.display()),
             std::format!("{class} ({what})"),
         ));
     }
-    Ok(match obj.get("_class_name").and_then(|c| c.as_str()) {
+    let forced = match obj.get("_class_name").and_then(|c| c.as_str()) {
         Some("DDIMPipeline") => Some(SchedulerKind::Ddim),
         Some("PNDMPipeline") => Some(SchedulerKind::Pndm),
         _ => None,
-    })
+    };
+    Ok((forced, decoder))
 }
 
 impl ModelFiles {
@@ -89,11 +113,12 @@ impl ModelFiles {
             ));
         }
         let index = dir.join("model_index.json");
-        let (unet, scheduler_dir, pipeline_scheduler) = if index.is_file() {
-            let forced = check_pipeline_components(&index, &read_text(&index)?)?;
-            (dir.join("unet"), dir.join("scheduler"), forced)
+        let (unet, scheduler_dir, pipeline_scheduler, decoder) = if index.is_file() {
+            let (forced, decoder) = check_pipeline_components(&index, &read_text(&index)?)?;
+            let decoder = decoder.map(|key| dir.join(key));
+            (dir.join("unet"), dir.join("scheduler"), forced, decoder)
         } else {
-            (dir.to_path_buf(), dir.to_path_buf(), None)
+            (dir.to_path_buf(), dir.to_path_buf(), None, None)
         };
         let config = unet.join("config.json");
         if !config.is_file() {
@@ -116,6 +141,7 @@ impl ModelFiles {
             weights,
             scheduler_config,
             pipeline_scheduler,
+            decoder,
         })
     }
 
@@ -159,6 +185,44 @@ impl Model {
     pub fn load_with(dir: impl AsRef<Path>, options: LoadOptions, reuse: Reuse) -> Result<Model> {
         let files = ModelFiles::find(dir.as_ref())?;
         let config = UNetConfig::from_json(&read_text(&files.config)?)?;
-        Model::new(config, map_file(&files.weights)?, options, reuse)
+        let mut model = Model::new(config, map_file(&files.weights)?, options, reuse)?;
+        if let Some(dir) = &files.decoder {
+            let (_, h, w) = model.input_shape();
+            let decoder = Decoder::load_with(dir, (h, w), options, reuse)?;
+            model.set_decoder(Some(decoder))?;
+            // One thread team size for both nets.
+            let threads = model.threads();
+            model.set_threads(threads)?;
+        }
+        Ok(model)
+    }
+}
+
+impl Decoder {
+    /// Loads a `VQModel` / `AutoencoderKL` folder (`config.json` +
+    /// `diffusion_pytorch_model.safetensors`, memory-mapped) as the decoder of
+    /// `(height, width)` latents.
+    pub fn load_with(
+        dir: &Path,
+        latent_size: (usize, usize),
+        options: LoadOptions,
+        reuse: Reuse,
+    ) -> Result<Decoder> {
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            return Err(io_err(
+                &config,
+                "missing (a VQModel or AutoencoderKL folder holds config.json)",
+            ));
+        }
+        let weights = dir.join("diffusion_pytorch_model.safetensors");
+        if !weights.is_file() {
+            return Err(io_err(
+                &weights,
+                "missing (only safetensors weights are read)",
+            ));
+        }
+        let cfg = DecoderConfig::from_json(&read_text(&config)?)?;
+        Decoder::new(cfg, map_file(&weights)?, options, latent_size, reuse)
     }
 }

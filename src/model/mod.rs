@@ -23,7 +23,10 @@ pub mod backend;
 pub mod config;
 #[cfg(feature = "std")]
 pub mod convert;
+pub mod decoder;
+pub mod decoder_config;
 pub mod describe;
+pub mod describe_decoder;
 pub mod description;
 pub mod forward;
 #[cfg(feature = "std")]
@@ -32,8 +35,8 @@ pub mod ops;
 
 pub use description::{describe_config, describe_weights, ModelDescription};
 pub use ops::{
-    AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
-    SiluOp, SinusoidOp, TensorId, TensorSpec,
+    AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseKind, ElementwiseOp, GroupNormOp, Input,
+    InputOp, LinearOp, Op, OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 pub use ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 
@@ -76,6 +79,10 @@ pub struct Model {
     /// The GPU state when the model lives on a CUDA device ([`Model::to_device`]).
     /// The device the model runs on when not the CPU (`crate::device`'s `Model::to_device`).
     pub(crate) accelerator: Option<alloc::boxed::Box<dyn backend::Accelerator>>,
+    /// (height, width) of the output (a decoder's is larger than its input).
+    pub(crate) out_resolution: (usize, usize),
+    /// A latent pipeline's decoder, run after the sampling loop ([`Model::decoder`]).
+    pub(crate) decoder: Option<alloc::boxed::Box<decoder::Decoder>>,
 }
 
 impl Model {
@@ -97,7 +104,25 @@ impl Model {
         let mut loader = WeightLoader::new(weights, options)?;
         let resolution = config.sample_size;
         let described = describe::describe(&config, &mut loader, resolution)?;
-        let weights = loader.finish();
+        Model::assemble(
+            config,
+            described,
+            loader.finish(),
+            resolution,
+            resolution,
+            reuse,
+        )
+    }
+
+    /// A model of a described op list: its memory plan, kernels and thread team.
+    pub(crate) fn assemble(
+        config: UNetConfig,
+        described: describe::Described,
+        weights: WeightStore,
+        resolution: (usize, usize),
+        out_resolution: (usize, usize),
+        reuse: Reuse,
+    ) -> Result<Model> {
         let lifetimes = lifetimes(&described.ops, described.tensors.len());
         let lens: Vec<usize> = described.tensors.iter().map(|t| t.len).collect();
         let plan = MemoryPlan::new(&lens, &lifetimes, reuse);
@@ -117,6 +142,8 @@ impl Model {
             resolution,
             parameters: described.parameters,
             accelerator: None,
+            out_resolution,
+            decoder: None,
         };
         #[cfg(feature = "std")]
         model.set_threads(0)?;
@@ -135,6 +162,9 @@ impl Model {
     /// A path this CPU cannot run is an error and leaves the model unchanged.
     pub fn set_kernels(&mut self, path: KernelPath) -> Result<()> {
         self.kernels = path.table()?;
+        if let Some(d) = &mut self.decoder {
+            d.net.kernels = self.kernels;
+        }
         Ok(())
     }
 
@@ -144,6 +174,9 @@ impl Model {
     /// by the transformed-weight region ([`Model::workspace_len`] changes).
     pub fn set_winograd(&mut self, on: bool) {
         self.winograd = on;
+        if let Some(d) = &mut self.decoder {
+            d.net.winograd = on;
+        }
     }
 
     /// Whether convolutions may take the Winograd path.
@@ -189,6 +222,9 @@ impl Model {
                 "threads",
                 alloc::format!("{n} is more than 1024"),
             ));
+        }
+        if let Some(d) = &mut self.decoder {
+            d.net.set_threads(n)?;
         }
         if n == self.threads && (n == 1 || self.pool.is_some()) {
             return Ok(());
@@ -282,9 +318,43 @@ impl Model {
     pub fn output_shape(&self) -> (usize, usize, usize) {
         (
             self.config.out_channels,
-            self.resolution.0,
-            self.resolution.1,
+            self.out_resolution.0,
+            self.out_resolution.1,
         )
+    }
+
+    /// The decoder of a latent pipeline (a `VQModel` or `AutoencoderKL` beside the UNet), run
+    /// by the sampler after its last step.
+    pub fn decoder(&self) -> Option<&decoder::Decoder> {
+        self.decoder.as_deref()
+    }
+
+    /// Attaches a decoder whose latents are this model's samples (channels and size), or
+    /// removes it (`None`).
+    pub fn set_decoder(&mut self, decoder: Option<decoder::Decoder>) -> Result<()> {
+        if let Some(d) = &decoder {
+            if d.latent_shape() != self.input_shape() {
+                return Err(Error::UnsupportedConfig {
+                    key: "decoder".into(),
+                    value: alloc::format!(
+                        "takes {:?} latents, the UNet samples {:?} (channels, height, width)",
+                        d.latent_shape(),
+                        self.input_shape()
+                    ),
+                });
+            }
+        }
+        self.decoder = decoder.map(alloc::boxed::Box::new);
+        Ok(())
+    }
+
+    /// (channels, height, width) of one image of a sampling run: the decoder's output for a
+    /// latent pipeline, else the UNet's sample.
+    pub fn image_shape(&self) -> (usize, usize, usize) {
+        match &self.decoder {
+            Some(d) => d.image_shape(),
+            None => self.input_shape(),
+        }
     }
 
     /// Number of learned parameters.

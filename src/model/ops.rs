@@ -279,6 +279,37 @@ pub struct TimestepDivideOp {
     pub out: TensorId,
 }
 
+/// What an [`ElementwiseOp`] computes per float.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ElementwiseKind {
+    /// `max(x, 0)`.
+    Relu,
+    /// `tanh(x / m) * m`: the soft clamp `AutoencoderTiny`'s decoder applies to its latents.
+    TanhClamp(f32),
+    /// `x * mul + add` (`DecoderTiny` maps its [0, 1] output to [-1, 1]: `x * 2 - 1`).
+    Affine { mul: f32, add: f32 },
+}
+
+/// `out = f(input)` elementwise over `len` floats per sample (layout-agnostic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElementwiseOp {
+    pub input: TensorId,
+    pub len: usize,
+    pub kind: ElementwiseKind,
+    pub out: TensorId,
+}
+
+impl ElementwiseKind {
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            ElementwiseKind::Relu => x.max(0.0),
+            ElementwiseKind::TanhClamp(m) => libm::tanhf(x / m) * m,
+            ElementwiseKind::Affine { mul, add } => x * mul + add,
+        }
+    }
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -300,6 +331,7 @@ pub enum Op {
     FourierEmbedding(FourierEmbeddingOp),
     FirResample(FirResampleOp),
     TimestepDivide(TimestepDivideOp),
+    Elementwise(ElementwiseOp),
 }
 
 impl Op {
@@ -323,6 +355,7 @@ impl Op {
             Op::FourierEmbedding(_) => "fourier_embedding",
             Op::FirResample(_) => "fir_resample",
             Op::TimestepDivide(_) => "timestep_divide",
+            Op::Elementwise(_) => "elementwise",
         }
     }
 
@@ -356,6 +389,7 @@ impl Op {
             Op::FourierEmbedding(_) => {}
             Op::FirResample(f) => input(Input::One(f.input)),
             Op::TimestepDivide(d) => input(Input::One(d.input)),
+            Op::Elementwise(e) => input(Input::One(e.input)),
         }
         r
     }
@@ -380,6 +414,7 @@ impl Op {
             Op::FourierEmbedding(o) => Some(o.out),
             Op::FirResample(o) => Some(o.out),
             Op::TimestepDivide(o) => Some(o.out),
+            Op::Elementwise(o) => Some(o.out),
         }
     }
 
@@ -408,6 +443,7 @@ impl Op {
                 Vec::new()
             }
             Op::TimestepTable(t) => alloc::vec![t.table],
+            Op::Elementwise(_) => Vec::new(),
         }
     }
 

@@ -123,6 +123,9 @@ struct Layout {
     labels: usize,
     /// Sigma schedulers: the scaled model input `[B, C, H, W]` (0 when unscaled).
     model_in: usize,
+    /// Latent pipelines: the latents `[B, C, H, W]` the loop runs on (the caller's output
+    /// receives the decoded image); 0 without a decoder.
+    latents: usize,
 }
 
 impl Layout {
@@ -137,6 +140,7 @@ impl Layout {
             self.scratch,
             self.labels,
             self.model_in,
+            self.latents,
         ]
         .iter()
         .fold(self.model, |at, len| at.saturating_add(*len))
@@ -166,8 +170,14 @@ fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool, threads
         Method::Consistency(s) => (if s.noise_rows() > 0 { sample } else { 0 }, 0, sample),
         Method::Lcm(s) => (if s.noise_rows() > 0 { sample } else { 0 }, 0, 0),
     };
+    // The decoder runs after the loop, in the UNet's arena (free by then).
+    let decoder_ws = model
+        .decoder()
+        .map_or(0, |d| d.workspace_len_for_threads(batch, threads));
     Layout {
-        model: model.workspace_len_for_threads(batch, threads),
+        model: model
+            .workspace_len_for_threads(batch, threads)
+            .max(decoder_ws),
         output,
         uncond: if guided { output } else { 0 },
         noise,
@@ -178,6 +188,7 @@ fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool, threads
             0
         },
         model_in,
+        latents: if model.decoder().is_some() { sample } else { 0 },
     }
 }
 
@@ -360,10 +371,23 @@ pub fn sample_with(
             alloc::format!("{batch} samples are too many to address"),
         ));
     };
-    if out.len() != n {
+    // A latent pipeline's output is the decoded image.
+    let image_len = match model.decoder() {
+        Some(d) => {
+            let (ci, hi, wi) = d.image_shape();
+            batch.checked_mul(ci * hi * wi).ok_or_else(|| {
+                invalid_arg(
+                    "batch",
+                    alloc::format!("{batch} images are too many to address"),
+                )
+            })?
+        }
+        None => n,
+    };
+    if out.len() != image_len {
         return Err(Error::BufferSize {
             what: "sample output",
-            expected: n,
+            expected: image_len,
             found: out.len(),
         });
     }
@@ -456,9 +480,26 @@ pub fn sample_with(
                 });
             }
         }
-        return gpu.sample(model, scheduler, opts, out, on_step);
+        let Some(decoder) = model.decoder() else {
+            return gpu.sample(model, scheduler, opts, out, on_step);
+        };
+        // The device samples the latents; the decoder runs on the CPU in the UNet's arena.
+        let (model_ws, rest) = workspace.split_at_mut(lay.model);
+        let at = rest.len() - lay.latents;
+        let latents = &mut rest[at..];
+        gpu.sample(model, scheduler, opts, latents, on_step)?;
+        decoder.unscale(latents);
+        return decoder.decode(opts.threads, model_ws, latents, out);
     }
 
+    // A latent pipeline samples into the latent region and decodes into the caller's `out`.
+    let (model_region, rest) = workspace.split_at_mut(lay.model);
+    let at = rest.len() - lay.latents;
+    let (rest, latents) = rest.split_at_mut(at);
+    let (out, image) = match model.decoder() {
+        Some(d) => (latents, Some((d, out))),
+        None => (out, None),
+    };
     let noise = GaussianNoise::new(opts.seed);
     match opts.initial_noise {
         Some(x_t) if x_t.len() != n => {
@@ -490,7 +531,7 @@ pub fn sample_with(
         height: h,
         width: w,
     };
-    let (model_ws, rest) = workspace.split_at_mut(lay.model);
+    let model_ws = model_region;
     let (output, rest) = rest.split_at_mut(lay.output);
     let (uncond, rest) = rest.split_at_mut(lay.uncond);
     let (noise_buf, rest) = rest.split_at_mut(lay.noise);
@@ -678,6 +719,11 @@ pub fn sample_with(
                 }
             }
         }
+    }
+    if let Some((decoder, image)) = image {
+        let Denoiser { workspace, .. } = denoiser;
+        decoder.unscale(out);
+        decoder.decode(opts.threads, workspace, out, image)?;
     }
     Ok(())
 }

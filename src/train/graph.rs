@@ -13,9 +13,7 @@
 
 use alloc::vec::Vec;
 
-use super::layers::{
-    activation, attention, conv, embedding, group_norm, linear, ncsnpp, resample,
-};
+use super::layers::{activation, attention, conv, embedding, group_norm, linear, ncsnpp, resample};
 use super::params::ParamTable;
 use crate::error::{Error, Result};
 use crate::kernels::{nchw_to_nhwc, nhwc_to_nchw, ConvShape};
@@ -431,6 +429,13 @@ impl TrainGraph {
                         [self.grad(si.input, batch), self.grad(si.out, batch)],
                     )?;
                     activation::backward(a(si.input), d_out, d_in);
+                }
+                // Only decoders emit it; the trainer builds UNets (its forward refuses it too).
+                Op::Elementwise(_) => {
+                    return Err(crate::model::backend::unsupported_op(
+                        "train",
+                        "elementwise",
+                    ))
                 }
                 Op::ClassEmbedding(ce) => {
                     let [d_in, d_out] = carve(

@@ -409,6 +409,14 @@ impl WeightLoader {
         Ok(weight)
     }
 
+    /// `len` zeros in owned memory, for a layer saved without a bias (`bias=False`) whose op
+    /// adds one.
+    pub fn zeros(&mut self, len: usize) -> WeightRef {
+        let start = self.store.converted.len();
+        self.store.converted.resize(start + len, f16::ZERO);
+        WeightRef::Owned { start, len }
+    }
+
     /// [`WeightLoader::take`] without adding the tensor to [`WeightStore::named`].
     fn take_unrecorded(&mut self, names: &[&str], shape: &[usize]) -> Result<WeightRef> {
         if self.shapes_only {

@@ -14,6 +14,9 @@ USAGE:
     sample info [DIR] [--batch B] [--ops]
                                    print configuration, parameters, FLOPs, workspace bytes;
                                    --ops: the whole op list, one primitive op a line
+    sample decode --vae DIR --latents FILE [--out img.png] [--save-tensor FILE]
+                                   decode latents (safetensors, one tensor [B,C,h,w]) with a
+                                   VQModel or AutoencoderKL folder (no scaling_factor applied)
 
 FLAGS:
     --model DIR          UNet2DModel folder or diffusers pipeline folder   [default: weights]
@@ -128,6 +131,12 @@ pub enum Command {
         /// Print the whole op list.
         ops: bool,
     },
+    Decode {
+        vae: PathBuf,
+        latents: PathBuf,
+        out: PathBuf,
+        save_tensor: Option<PathBuf>,
+    },
     Help,
 }
 
@@ -167,6 +176,28 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 }
             }
             return Ok(Command::Info { model, batch, ops });
+        }
+        Some("decode") => {
+            let (mut vae, mut latents, mut out, mut save_tensor) = (None, None, None, None);
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                let mut value = || -> Result<PathBuf, String> {
+                    Ok(it.next().ok_or(format!("{a} needs a value"))?.into())
+                };
+                match a.as_str() {
+                    "--vae" => vae = Some(value()?),
+                    "--latents" => latents = Some(value()?),
+                    "--out" => out = Some(value()?),
+                    "--save-tensor" => save_tensor = Some(value()?),
+                    s => return Err(format!("decode: unknown argument '{s}' (see --help)")),
+                }
+            }
+            return Ok(Command::Decode {
+                vae: vae.ok_or("decode: --vae DIR is required")?,
+                latents: latents.ok_or("decode: --latents FILE is required")?,
+                out: out.unwrap_or_else(|| "decoded.png".into()),
+                save_tensor,
+            });
         }
         _ => {}
     }

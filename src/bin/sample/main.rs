@@ -39,6 +39,12 @@ fn main() -> ExitCode {
         Ok(Command::Convert { input, output }) => convert(&input, &output),
         Ok(Command::Info { model, batch, ops }) => info(&model_dir(model.as_deref()), batch, ops),
         Ok(Command::Sample(a)) => run(&a),
+        Ok(Command::Decode {
+            vae,
+            latents,
+            out,
+            save_tensor,
+        }) => decode(&vae, &latents, &out, save_tensor.as_deref()),
         Err(message) => Err(message),
     };
     match result {
@@ -210,7 +216,11 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
     println!(
         "resnets          act_fn {:?}, time embedding norm {}, time embedding {}{}",
         c.act_fn,
-        if c.scale_shift { "scale_shift" } else { "default" },
+        if c.scale_shift {
+            "scale_shift"
+        } else {
+            "default"
+        },
         c.learned_time_embedding
             .map_or("positional".into(), |n| format!("learned ({n} steps)")),
         if c.timestep_class_embedding {
@@ -244,6 +254,19 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
         );
     }
     println!();
+    if let Some(d) = model.decoder() {
+        println!(
+            "decoder          {}, {:?} latents -> {:?} image, {} parameters, {:.3} GFLOP per \
+             image, {} bytes for a decode at batch {batch} (inside the sampling workspace: it \
+             reuses the UNet's arena after the last step)",
+            d.config.class_name(),
+            d.latent_shape(),
+            d.image_shape(),
+            d.parameters(),
+            d.net().flops_per_sample() as f64 / 1e9,
+            d.workspace_len(batch) * 4
+        );
+    }
     println!("kernels          {}", model.kernels_name());
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for op in model.ops() {
@@ -311,7 +334,6 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     let steps = sampler.num_steps();
     let noise_rows = sampler.noise_rows();
 
-    let n = a.batch * c * h * w;
     let read = |path: &Option<PathBuf>,
                 name: &str,
                 expected: &[usize]|
@@ -358,7 +380,9 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         threads: 0,
     };
     let mut workspace = vec![0.0f32; sampler.workspace_len(&model, a.batch, guidance.is_some())];
-    let mut out = vec![0.0f32; n];
+    // A latent pipeline returns the decoded image; the loop's latents stay in the workspace.
+    let (c, h, w) = model.image_shape();
+    let mut out = vec![0.0f32; a.batch * c * h * w];
     let start = Instant::now();
     let setup_ms = t0.elapsed().as_secs_f64() * 1e3;
     let quiet = a.quiet;
@@ -436,6 +460,72 @@ fn run(a: &SampleArgs) -> Result<(), String> {
             }
         );
     }
+    Ok(())
+}
+
+/// `sample decode`: a decoder folder's `decode` of a latents file (its one tensor, or `x_0`).
+fn decode(vae: &Path, latents: &Path, out: &Path, save: Option<&Path>) -> Result<(), String> {
+    let file = std::fs::read(latents).map_err(|e| format!("{}: {e}", latents.display()))?;
+    let names = safetensors::SafeTensors::deserialize(&file)
+        .map_err(|e| format!("{}: {e}", latents.display()))?
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    let name = match names.as_slice() {
+        [one] => one.clone(),
+        _ if names.iter().any(|n| n == "x_0") => "x_0".into(),
+        _ => {
+            return Err(format!(
+                "{}: holds {} tensors; give a file with one (or one named x_0)",
+                latents.display(),
+                names.len()
+            ))
+        }
+    };
+    let (mut z, shape) = read_tensor(latents, &name).map_err(|e| e.to_string())?;
+    let [b, _, lh, lw] = shape[..] else {
+        return Err(format!(
+            "{}: tensor {name} has shape {shape:?}, expected [B, C, h, w]",
+            latents.display()
+        ));
+    };
+    let decoder = tinydiffusion::model::decoder::Decoder::load_with(
+        vae,
+        (lh, lw),
+        Default::default(),
+        tinydiffusion::memory::Reuse::Shared,
+    )
+    .map_err(|e| e.to_string())?;
+    let (c, _, _) = decoder.latent_shape();
+    if shape[1] != c {
+        return Err(format!(
+            "{}: tensor {name} has {} channels, the decoder takes {c}",
+            latents.display(),
+            shape[1]
+        ));
+    }
+    let (oc, oh, ow) = decoder.image_shape();
+    let mut image = vec![0.0f32; b * oc * oh * ow];
+    let mut ws = vec![0.0f32; decoder.workspace_len(b)];
+    let start = Instant::now();
+    decoder
+        .decode(0, &mut ws, &mut z, &mut image)
+        .map_err(|e| e.to_string())?;
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(path) = save {
+        write_tensors(path, &[("image", &[b, oc, oh, ow], &image)]).map_err(|e| e.to_string())?;
+    }
+    if out.as_os_str() != "none" {
+        let cols = (b as f64).sqrt().ceil() as usize;
+        write_png_grid(out, &image, b, oc, oh, ow, cols).map_err(|e| e.to_string())?;
+    }
+    eprintln!(
+        "decoded {b} x {:?} latents to {oc}x{oh}x{ow} in {secs:.2}s with {} ({} parameters)",
+        &shape[1..],
+        decoder.config.class_name(),
+        decoder.parameters()
+    );
     Ok(())
 }
 

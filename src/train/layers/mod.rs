@@ -29,8 +29,8 @@ pub mod embedding;
 pub mod gemm;
 pub mod group_norm;
 pub mod linear;
-pub mod resample;
 pub mod ncsnpp;
+pub mod resample;
 pub mod vmath;
 
 /// `sum a[i] * b[i]` with eight independent accumulators (vectorisable; fixed order, so
