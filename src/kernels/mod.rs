@@ -311,7 +311,13 @@ impl Parallel for Sequential {
 
 /// f32 elements of scratch each thread of a kernel call gets at least (the SIMD direct conv's
 /// packed input tile and weight panels, which is more than the other kernels need).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub const SCRATCH_PER_THREAD: usize = simd::SCRATCH_FLOATS;
+/// f32 elements of scratch each thread of a kernel call gets at least: none on a target with no
+/// SIMD path (thumbv7em, ...), whose scalar kernels use no scratch (attention keeps its score
+/// row in the arena), so a microcontroller's workspace is the activations alone.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub const SCRATCH_PER_THREAD: usize = 0;
 
 /// How the kernel scratch of one forward pass is laid out: `per_thread` floats for each thread,
 /// then `shared` floats one kernel call at a time uses as a whole (the Winograd conv's
