@@ -225,6 +225,7 @@ enum td_scheduler_kind
    * diffusers' `IPNDMScheduler`. `steps` 0 = min(50, T).
    */
   TD_SCHEDULER_KIND_IPNDM = 17,
+  /**
    * diffusers' `ScoreSdeVeScheduler` as `ScoreSdeVePipeline` runs it (`correct_steps`
    * Langevin steps, then a predictor step, each drawing noise). `steps` 0 = min(2000, T).
    */
