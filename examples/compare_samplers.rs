@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use tinydiffusion::io::write_png_grid;
 use tinydiffusion::model::load::ModelFiles;
-use tinydiffusion::sampler::{Guidance, SampleOptions, Sampler, SamplerKind};
+use tinydiffusion::sampler::{Guidance, SampleOptions, Sampler, SamplerKind, SamplerSpec};
 use tinydiffusion::schedule::{Predictor, SchedulerConfig};
 use tinydiffusion::train::data::Dataset;
 use tinydiffusion::train::quality::{
@@ -123,7 +123,17 @@ fn build(name: &str, evals: usize, base: &SchedulerConfig) -> Result<Sampler, St
         "pc" => Sampler::builder(Pc)
             .corrector_steps(1)
             .steps((evals - 1) / 2),
-        other => return Err(format!("unknown sampler {other}")),
+        // Any other `--scheduler` name: the most steps whose evaluations fit the budget.
+        other => {
+            let spec = SamplerSpec::named(other).ok_or_else(|| format!("unknown sampler {other}"))?;
+            for steps in (1..=evals).rev() {
+                let sampler = spec.clone().steps(steps).build(base).map_err(|e| e.to_string())?;
+                if sampler.model_evaluations() <= evals {
+                    return Ok(sampler);
+                }
+            }
+            return Err(format!("{other}: no step count fits {evals} evaluations"));
+        }
     };
     spec.build(base).map_err(|e| e.to_string())
 }
@@ -136,6 +146,21 @@ fn label(name: &str) -> &str {
         "ode" => "PF-ODE, Heun",
         "ode-euler" => "PF-ODE, Euler",
         "pc" => "PC (EM + 1 Langevin, snr 0.16)",
+        "euler" => "Euler",
+        "euler-a" => "Euler ancestral",
+        "dpm++2m" => "DPM-Solver++ 2M",
+        "dpm++2m-sde" => "SDE-DPM-Solver++ 2M",
+        "dpm++2s" => "DPM-Solver++ 2S (singlestep)",
+        "heun" => "Heun",
+        "unipc" => "UniPC (bh2, order 2)",
+        "pndm" => "PNDM (PLMS)",
+        "lms" => "LMS (order 4)",
+        "kdpm2" => "KDPM2",
+        "kdpm2-a" => "KDPM2 ancestral",
+        "deis" => "DEIS (order 2)",
+        "ipndm" => "IPNDM",
+        "lcm" => "LCM",
+        "tcd" => "TCD (gamma 0.3)",
         other => other,
     }
 }
