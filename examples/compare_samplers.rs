@@ -125,9 +125,14 @@ fn build(name: &str, evals: usize, base: &SchedulerConfig) -> Result<Sampler, St
             .steps((evals - 1) / 2),
         // Any other `--scheduler` name: the most steps whose evaluations fit the budget.
         other => {
-            let spec = SamplerSpec::named(other).ok_or_else(|| format!("unknown sampler {other}"))?;
+            let spec =
+                SamplerSpec::named(other).ok_or_else(|| format!("unknown sampler {other}"))?;
             for steps in (1..=evals).rev() {
-                let sampler = spec.clone().steps(steps).build(base).map_err(|e| e.to_string())?;
+                let sampler = spec
+                    .clone()
+                    .steps(steps)
+                    .build(base)
+                    .map_err(|e| e.to_string())?;
                 if sampler.model_evaluations() <= evals {
                     return Ok(sampler);
                 }

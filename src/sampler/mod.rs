@@ -563,13 +563,7 @@ pub fn sample_with(
             for (i, &t) in scheduler.timesteps().iter().enumerate() {
                 let m = denoiser.raw(out, t as f32)?;
                 let z: Option<&[f32]> = if scheduler.needs_noise(i) {
-                    match opts.step_noise {
-                        Some(z) => Some(&z[i * n..(i + 1) * n]),
-                        None => {
-                            noise.fill(i as u64 + 1, noise_buf);
-                            Some(&*noise_buf)
-                        }
-                    }
+                    Some(noise_row(opts.step_noise, noise, i, noise_buf))
                 } else {
                     None
                 };
@@ -599,13 +593,7 @@ pub fn sample_with(
                 };
                 let z: Option<&[f32]> = if sched.needs_noise(i) {
                     let row = sched.noise_row(i);
-                    match opts.step_noise {
-                        Some(z) => Some(&z[row * n..(row + 1) * n]),
-                        None => {
-                            noise.fill(row as u64 + 1, noise_buf);
-                            Some(&*noise_buf)
-                        }
-                    }
+                    Some(noise_row(opts.step_noise, noise, row, noise_buf))
                 } else {
                     None
                 };
@@ -672,13 +660,7 @@ pub fn sample_with(
                 }
                 let m = denoiser.raw(model_in, sched.model_timesteps()[i] as f32)?;
                 let z: Option<&[f32]> = if sched.needs_noise(i) {
-                    match opts.step_noise {
-                        Some(z) => Some(&z[i * n..(i + 1) * n]),
-                        None => {
-                            noise.fill(i as u64 + 1, noise_buf);
-                            Some(&*noise_buf)
-                        }
-                    }
+                    Some(noise_row(opts.step_noise, noise, i, noise_buf))
                 } else {
                     None
                 };
@@ -698,13 +680,7 @@ pub fn sample_with(
             for (i, &t) in sched.timesteps().iter().enumerate() {
                 let m = denoiser.raw(out, t as f32)?;
                 let z: Option<&[f32]> = if sched.needs_noise(i) {
-                    match opts.step_noise {
-                        Some(z) => Some(&z[i * n..(i + 1) * n]),
-                        None => {
-                            noise.fill(i as u64 + 1, noise_buf);
-                            Some(&*noise_buf)
-                        }
-                    }
+                    Some(noise_row(opts.step_noise, noise, i, noise_buf))
                 } else {
                     None
                 };
