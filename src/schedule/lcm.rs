@@ -16,7 +16,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use super::config::{PredictionType, SchedulerConfig, SchedulerKind};
-use super::score_ve::{check_noise, step_buffers};
+use super::score_ve::check_step;
 use super::StepShape;
 use crate::error::{invalid_arg, Error, Result};
 
@@ -129,21 +129,15 @@ impl LcmScheduler {
         noise: Option<&[f32]>,
     ) -> Result<()> {
         let steps = self.num_steps();
-        if i >= steps {
-            return Err(invalid_arg(
-                "step_index",
-                format!("{i} is past the last step ({steps} steps)"),
-            ));
-        }
-        let (per, stride) = step_buffers(shape, model_output, sample)?;
-        let noise = match (self.needs_noise(i), noise) {
-            (true, Some(z)) => {
-                check_noise(z, sample.len())?;
-                Some(z)
-            }
-            (true, None) => return Err(invalid_arg("step noise", "this step draws noise")),
-            (false, _) => None,
-        };
+        let (per, stride, noise) = check_step(
+            i,
+            steps,
+            shape,
+            model_output,
+            sample,
+            self.needs_noise(i),
+            noise,
+        )?;
         let t = self.timesteps[i];
         let ac = &self.alphas_cumprod;
         let abar_t = ac[t as usize];

@@ -80,6 +80,37 @@ pub(super) fn check_noise(noise: &[f32], n: usize) -> Result<()> {
     check_len("step noise [B, C, H, W]", n, noise.len())
 }
 
+/// The checks a consistency or LCM/TCD step starts with: `i` is one of the run's `steps`, the
+/// buffers have the step's shape ([`step_buffers`]), and `noise` is given (of the sample's
+/// length) when the step `draws` noise. Returns the per-sample length, the model output's
+/// stride, and the noise the step uses (`None` when it draws none).
+pub(super) fn check_step<'a>(
+    i: usize,
+    steps: usize,
+    shape: StepShape,
+    model_output: &[f32],
+    sample: &[f32],
+    draws: bool,
+    noise: Option<&'a [f32]>,
+) -> Result<(usize, usize, Option<&'a [f32]>)> {
+    if i >= steps {
+        return Err(invalid_arg(
+            "step_index",
+            format!("{i} is past the last step ({steps} steps)"),
+        ));
+    }
+    let (per, stride) = step_buffers(shape, model_output, sample)?;
+    let noise = match (draws, noise) {
+        (true, Some(z)) => {
+            check_noise(z, sample.len())?;
+            Some(z)
+        }
+        (true, None) => return Err(invalid_arg("step noise", "this step draws noise")),
+        (false, _) => None,
+    };
+    Ok((per, stride, noise))
+}
+
 impl ScoreVeScheduler {
     /// `set_timesteps(N)` and `set_sigmas(N)` of a `ScoreSdeVeScheduler` config. Errors: a
     /// config of another class, `steps` 0, `sigma_max <= sigma_min`.
