@@ -98,6 +98,22 @@ impl Builder<'_> {
                 .take_packed(&[&format!("{p}.weight")], out_c, x.c, Some(kernel))?;
         self.parameters += out_c * x.c * kernel * kernel;
         let bias = self.vector(&format!("{p}.bias"), out_c)?;
+        Ok(self.push_conv(p, x, out_c, kernel, upsample, residual, weight, bias))
+    }
+
+    /// The conv op of [`Builder::conv`] with its weights already taken.
+    #[allow(clippy::too_many_arguments)]
+    fn push_conv(
+        &mut self,
+        p: &str,
+        x: Map,
+        out_c: usize,
+        kernel: usize,
+        upsample: bool,
+        residual: Option<TensorId>,
+        weight: WeightRef,
+        bias: WeightRef,
+    ) -> Map {
         let f = if upsample { 2 } else { 1 };
         let (h, w) = (x.h * f, x.w * f);
         let out = self.tensor(p.into(), out_c * h * w);
@@ -125,12 +141,12 @@ impl Builder<'_> {
             out_scale: 1.0,
             out,
         }));
-        Ok(Map {
+        Map {
             t: out,
             c: out_c,
             h,
             w,
-        })
+        }
     }
 
     /// `ResnetBlock2D` without a time embedding:
@@ -311,39 +327,7 @@ impl Builder<'_> {
             .take_packed(&[&format!("{p}.weight")], out_c, x.c, Some(3))?;
         self.parameters += out_c * x.c * 9;
         let bias = self.loader.zeros(out_c);
-        let f = if upsample { 2 } else { 1 };
-        let (h, w) = (x.h * f, x.w * f);
-        let out = self.tensor(p.into(), out_c * h * w);
-        self.ops.push(Op::Conv(ConvOp {
-            input: Input::One(x.t),
-            shape: ConvShape {
-                batch: 1,
-                in_h: x.h,
-                in_w: x.w,
-                in_ca: x.c,
-                in_cb: 0,
-                out_c,
-                out_h: h,
-                out_w: w,
-                kernel: 3,
-                stride: 1,
-                pad_top: 1,
-                pad_left: 1,
-                upsample,
-            },
-            weight,
-            bias,
-            channel_add: None,
-            residual: None,
-            out_scale: 1.0,
-            out,
-        }));
-        Ok(Map {
-            t: out,
-            c: out_c,
-            h,
-            w,
-        })
+        Ok(self.push_conv(p, x, out_c, 3, upsample, None, weight, bias))
     }
 }
 
