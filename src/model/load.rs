@@ -88,8 +88,8 @@ fn check_pipeline_components(
         let what = if key == "unet" {
             "only a UNet2DModel runs here"
         } else {
-            "this project runs a UNet2DModel, a scheduler and one VQModel or AutoencoderKL \
-             decoder only"
+            "this project runs a UNet2DModel, a scheduler and one VQModel, AutoencoderKL or \
+             AutoencoderTiny decoder only"
         };
         return Err(crate::error::unsupported(
             &std::format!("{key} (in {})", path.display()),
