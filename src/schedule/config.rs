@@ -168,6 +168,8 @@ pub enum DpmAlgorithm {
     DpmSolver,
     /// Stochastic DPM-Solver++ (one Gaussian draw per step).
     SdeDpmSolverPP,
+    /// Stochastic noise-prediction DPM-Solver (multistep only; orders 1 and 2, as diffusers).
+    SdeDpmSolver,
 }
 
 /// `solver_type` (DPM-Solver, order 2): how the second-order term is formed. diffusers maps
@@ -342,6 +344,7 @@ names!(DpmAlgorithm, "algorithm_type" {
     DpmSolverPP = "dpmsolver++",
     DpmSolver = "dpmsolver",
     SdeDpmSolverPP = "sde-dpmsolver++",
+    SdeDpmSolver = "sde-dpmsolver",
 });
 names!(SolverType, "solver_type" {
     Midpoint = "midpoint",
@@ -392,6 +395,14 @@ pub struct SchedulerConfig {
     pub use_clipped_model_output: bool,
     /// Euler, DPM-Solver: Karras et al.'s rho = 7 sigma ramp between the schedule's ends.
     pub use_karras_sigmas: bool,
+    /// Euler, Heun, LMS, KDPM2 (+ ancestral), DPM-Solver (multi/singlestep), UniPC, DEIS:
+    /// sigmas evenly spaced in log sigma between the schedule's ends.
+    pub use_exponential_sigmas: bool,
+    /// The same classes: sigmas at the Beta(0.6, 0.6) quantiles between the schedule's ends
+    /// ("Beta Sampling is All You Need"; diffusers' `_convert_to_beta` defaults).
+    pub use_beta_sigmas: bool,
+    /// DPM-Solver multistep: log sigma evenly spaced (Lu et al.'s uniform-lambda schedule).
+    pub use_lu_lambdas: bool,
     /// Euler: the Karras ramp's ends (`None`: the schedule's own).
     pub sigma_min: Option<f64>,
     pub sigma_max: Option<f64>,
@@ -617,6 +628,9 @@ impl SchedulerConfig {
             ddim_prev_timestep: DdimPrevTimestep::Diffusers,
             use_clipped_model_output: false,
             use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            use_lu_lambdas: false,
             sigma_min: None,
             sigma_max: None,
             timestep_type: TimestepType::Discrete,
@@ -731,6 +745,8 @@ impl SchedulerConfig {
         let multistep = dpm || unipc || single || deis;
         let pndm = kind == SchedulerKind::Pndm;
         let mut cfg = SchedulerConfig::default_for(kind);
+        // DPM-Solver's `algorithm_type` "deis" (read as dpmsolver++).
+        let mut deis_algorithm = false;
         for (key, v) in obj {
             let k = key.as_str();
             if parse_consistency_or_ve_key(kind, k, v, &mut cfg)? {
@@ -804,7 +820,6 @@ impl SchedulerConfig {
                 "final_sigmas_type" if matches!(kind, SchedulerKind::Euler) || multistep => {
                     cfg.final_sigmas_type = FinalSigmas::parse(k, v)?
                 }
-                // Options of diffusers we do not run: only their "off" value is accepted.
                 "use_exponential_sigmas" | "use_beta_sigmas"
                     if matches!(
                         kind,
@@ -815,15 +830,15 @@ impl SchedulerConfig {
                             | SchedulerKind::Kdpm2Ancestral
                     ) || multistep =>
                 {
-                    if opt_bool(k, v)? {
-                        return Err(unsupported(k, v));
+                    let on = opt_bool(k, v)?;
+                    if k == "use_beta_sigmas" {
+                        cfg.use_beta_sigmas = on
+                    } else {
+                        cfg.use_exponential_sigmas = on
                     }
                 }
-                "use_lu_lambdas" if dpm => {
-                    if opt_bool(k, v)? {
-                        return Err(unsupported(k, v));
-                    }
-                }
+                "use_lu_lambdas" if dpm => cfg.use_lu_lambdas = opt_bool(k, v)?,
+                // Options of diffusers we do not run: only their "off" value is accepted.
                 "use_flow_sigmas" | "use_dynamic_shifting" if multistep => {
                     if opt_bool(k, v)? {
                         return Err(unsupported(k, v));
@@ -852,9 +867,10 @@ impl SchedulerConfig {
                     Some("logrho" | "midpoint" | "heun" | "bh1" | "bh2") => {}
                     _ => return Err(unsupported(k, v)),
                 },
-                // Singlestep reads `deis` as dpmsolver++, as diffusers does.
-                "algorithm_type" if single && v.as_str() == Some("deis") => {
-                    cfg.algorithm_type = DpmAlgorithm::DpmSolverPP
+                // Both DPM-Solvers read `deis` as dpmsolver++, as diffusers does.
+                "algorithm_type" if dpm_like && v.as_str() == Some("deis") => {
+                    cfg.algorithm_type = DpmAlgorithm::DpmSolverPP;
+                    deis_algorithm = true;
                 }
                 "algorithm_type" if dpm_like => cfg.algorithm_type = DpmAlgorithm::parse(k, v)?,
                 "solver_type" if unipc => {
@@ -920,6 +936,13 @@ impl SchedulerConfig {
         {
             // diffusers' Heun, UniPC and PNDM schedulers raise NotImplementedError for these.
             return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
+        }
+        if deis_algorithm && cfg.final_sigmas_type == FinalSigmas::Zero {
+            // diffusers checks the name it was given before reading it as dpmsolver++.
+            return Err(unsupported(
+                "final_sigmas_type",
+                "zero with algorithm_type deis (diffusers refuses it: use sigma_min)",
+            ));
         }
         if matches!(kind, SchedulerKind::Lcm | SchedulerKind::Tcd) {
             if matches!(
@@ -1025,6 +1048,20 @@ impl SchedulerConfig {
         }
         if !(1..=3).contains(&self.solver_order) {
             return Err(unsupported("solver_order", self.solver_order));
+        }
+        // diffusers raises ValueError for more than one sigma ramp.
+        let ramps = [
+            ("use_karras_sigmas", self.use_karras_sigmas),
+            ("use_exponential_sigmas", self.use_exponential_sigmas),
+            ("use_beta_sigmas", self.use_beta_sigmas),
+        ];
+        if ramps.iter().filter(|(_, on)| *on).count() > 1 {
+            let key = ramps.iter().rev().find(|(_, on)| *on).map_or("", |r| r.0);
+            return Err(bad(
+                key,
+                "only one of use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas can \
+                 be true",
+            ));
         }
         for (key, v) in [("sigma_min", self.sigma_min), ("sigma_max", self.sigma_max)] {
             if let Some(v) = v {

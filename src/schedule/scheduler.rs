@@ -85,7 +85,7 @@ impl X0Post {
 }
 
 /// `torch.clamp`: `min(max(x, lo), hi)`, with NaN propagated (Rust's `max`/`min` drop it).
-fn torch_clamp(x: f64, lo: f64, hi: f64) -> f64 {
+pub(super) fn torch_clamp(x: f64, lo: f64, hi: f64) -> f64 {
     if x.is_nan() || lo.is_nan() || hi.is_nan() {
         return f64::NAN;
     }
@@ -99,7 +99,7 @@ fn torch_clamp(x: f64, lo: f64, hi: f64) -> f64 {
 
 /// `torch.quantile(v, q)` with linear interpolation, for finite non-negative values (the
 /// caller handles NaN). Reorders `v`; O(n) by selection instead of a full sort.
-fn quantile(v: &mut [f32], q: f64) -> f64 {
+pub(super) fn quantile(v: &mut [f32], q: f64) -> f64 {
     let last = v.len().saturating_sub(1);
     let rank = q * last as f64;
     let lo = (libm::floor(rank) as usize).min(last);

@@ -38,8 +38,10 @@ impl SigmaScheduler {
         let slot = |j: usize| (j % slots) * n;
         let here = slot(i);
         let (a0, s0) = alpha_sigma(self.sigmas[i]);
+        // With thresholding, through the clamped x_0 as diffusers computes it.
+        let threshold = self.thresholds();
         convert_model_output(
-            false,
+            threshold,
             c.prediction_type,
             (a0, s0),
             sample,
@@ -47,6 +49,9 @@ impl SigmaScheduler {
             (per, stride),
             &mut history[here..here + n],
         );
+        if threshold {
+            self.threshold_slot(here, (n, per), history, Some(((a0, s0), &*sample)));
+        }
         let order = self.order_at(i);
         let (at, st) = alpha_sigma(self.sigmas[i + 1]);
         let rho = |j: usize| {

@@ -75,8 +75,6 @@ impl SigmaScheduler {
             c.algorithm_type,
             DpmAlgorithm::DpmSolverPP | DpmAlgorithm::SdeDpmSolverPP
         );
-        let (outs, start) = history.split_at_mut(slots * n);
-        let start = &mut start[..n];
         let here = slot(i);
         convert_model_output(
             data,
@@ -85,8 +83,15 @@ impl SigmaScheduler {
             sample,
             model_output,
             (per, stride),
-            &mut outs[here..here + n],
+            &mut history[here..here + n],
         );
+        // DPM-Solver++ only: diffusers fails for `dpmsolver` with thresholding (refused in
+        // `new`).
+        if self.thresholds() {
+            self.threshold_slot(here, (n, per), history, None);
+        }
+        let (outs, start) = history.split_at_mut(slots * n);
+        let start = &mut start[..n];
         let order = self.order_at(i);
         if order == 1 {
             start.copy_from_slice(&sample[..n]);
@@ -110,7 +115,8 @@ impl SigmaScheduler {
                 -(at * ((em + h) / (h * h) - 0.5)),
                 0.0,
             ),
-            DpmAlgorithm::DpmSolver => (
+            // sde-dpmsolver is refused for this class in `new`.
+            DpmAlgorithm::DpmSolver | DpmAlgorithm::SdeDpmSolver => (
                 at / a_s,
                 -(st * ep),
                 -0.5 * (st * ep),

@@ -28,8 +28,10 @@ impl SigmaScheduler {
         let (a0, s0) = alpha_sigma(self.sigmas[i]);
         let here = slot(i);
         let to = &mut history[here..here + n];
+        // Thresholding clamps the x_0 prediction, so noise prediction goes through it.
+        let threshold = self.thresholds();
         convert_model_output(
-            data,
+            data || threshold,
             c.prediction_type,
             (a0, s0),
             sample,
@@ -37,6 +39,10 @@ impl SigmaScheduler {
             (per, stride),
             to,
         );
+        if threshold {
+            let to_eps = (!data).then_some(((a0, s0), &*sample));
+            self.threshold_slot(here, (n, per), history, to_eps);
+        }
         let used = self.order_at(i);
         let sg = |j: usize| self.sigmas[j];
         let (at, st) = alpha_sigma(sg(i + 1));
@@ -53,6 +59,7 @@ impl SigmaScheduler {
             DpmAlgorithm::DpmSolverPP => (st / s0, 0.0),
             DpmAlgorithm::DpmSolver => (at / a0, 0.0),
             DpmAlgorithm::SdeDpmSolverPP => (st / s0 * libm::exp(-h), st * libm::sqrt(e2)),
+            DpmAlgorithm::SdeDpmSolver => (at / a0, st * libm::sqrt(libm::exp(2.0 * h) - 1.0)),
         };
         match c.algorithm_type {
             DpmAlgorithm::DpmSolverPP => {
@@ -84,6 +91,16 @@ impl SigmaScheduler {
                     _ => {
                         c1 = -(st * (ep / h - 1.0));
                         c2 = -(st * ((ep - h) / (h * h) - 0.5));
+                    }
+                }
+            }
+            // diffusers has no third-order sde-dpmsolver (refused in `new`).
+            DpmAlgorithm::SdeDpmSolver => {
+                c0 = -2.0 * (st * ep);
+                if used == 2 {
+                    c1 = match c.solver_type {
+                        SolverType::Midpoint => -(st * ep),
+                        SolverType::Heun => -2.0 * (st * (ep / h - 1.0)),
                     }
                 }
             }

@@ -22,13 +22,10 @@ impl SigmaScheduler {
         let n = per * batch;
         let slots = c.solver_order + 1;
         let slot = |j: usize| (j % slots) * n;
-        let (outs, last) = history.split_at_mut(slots * n);
-        let last = &mut last[..n];
         let x0 = c.predict_x0;
         // convert_model_output (from the uncorrected sample) into this step's slot.
         let (a0, s0) = alpha_sigma(self.sigmas[i]);
         let here = slot(i);
-        let to = &mut outs[here..here + n];
         convert_model_output(
             x0,
             c.prediction_type,
@@ -36,8 +33,13 @@ impl SigmaScheduler {
             sample,
             model_output,
             (per, stride),
-            to,
+            &mut history[here..here + n],
         );
+        if self.thresholds() {
+            self.threshold_slot(here, (n, per), history, None);
+        }
+        let (outs, last) = history.split_at_mut(slots * n);
+        let last = &mut last[..n];
         // Corrector: from the last sample at sigma_{i-1}, with the order step i-1 predicted with.
         if i > 0 && !c.disable_corrector.contains(&(i - 1)) {
             let order = self.order_at(i - 1);
