@@ -872,6 +872,10 @@ impl SchedulerConfig {
                     cfg.algorithm_type = DpmAlgorithm::DpmSolverPP;
                     deis_algorithm = true;
                 }
+                // The singlestep class has no sde-dpmsolver (diffusers raises NotImplementedError).
+                "algorithm_type" if single && v.as_str() == Some("sde-dpmsolver") => {
+                    return Err(unsupported(k, v))
+                }
                 "algorithm_type" if dpm_like => cfg.algorithm_type = DpmAlgorithm::parse(k, v)?,
                 "solver_type" if unipc => {
                     cfg.unipc_solver = match v.as_str() {
