@@ -705,6 +705,15 @@ fn bad_scheduler_options() {
             || sigma(r#"{"_class_name": "HeunDiscreteScheduler", "use_beta_sigmas": true}"#),
             Ok(())
         ),
+        row!("heun: rescale_betas_zero_snr (not an option of the class)", || parse(r#"{"_class_name": "HeunDiscreteScheduler", "rescale_betas_zero_snr": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "rescale_betas_zero_snr"),
+        row!(
+            "unipc: rescale_betas_zero_snr",
+            || sigma(
+                r#"{"_class_name": "UniPCMultistepScheduler", "rescale_betas_zero_snr": true, "prediction_type": "v_prediction"}"#
+            ),
+            Ok(())
+        ),
         row!("heun: beta and exponential sigmas (diffusers refuses two ramps)", || parse(r#"{"_class_name": "HeunDiscreteScheduler", "use_beta_sigmas": true, "use_exponential_sigmas": true}"#),
             Err(Error::InvalidConfig { key, .. }) if key == "use_beta_sigmas"),
         row!("heun: DPM-Solver option", || parse(r#"{"_class_name": "HeunDiscreteScheduler", "algorithm_type": "dpmsolver++"}"#),
@@ -852,8 +861,13 @@ fn bad_scheduler_options() {
         row!("lcm: original_inference_steps above T", || tinydiffusion::schedule::LcmScheduler::new(
                 SchedulerConfig::from_json(r#"{"_class_name": "LCMScheduler", "num_train_timesteps": 40}"#)?, 4, 0.3).map(|_| ()),
             Err(Error::InvalidConfig { key, .. }) if key == "original_inference_steps"),
-        row!("lcm: thresholding (not run)", || parse(r#"{"_class_name": "LCMScheduler", "thresholding": true}"#),
-            Err(Error::UnsupportedConfig { key, .. }) if key == "thresholding"),
+        row!(
+            "lcm: thresholding",
+            || parse(r#"{"_class_name": "LCMScheduler", "thresholding": true}"#),
+            Ok(())
+        ),
+        row!("lcm: thresholding ratio negative", || parse(r#"{"_class_name": "LCMScheduler", "thresholding": true, "dynamic_thresholding_ratio": -0.1}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "dynamic_thresholding_ratio"),
         row!("tcd: laplace betas (diffusers refuses)", || parse(r#"{"_class_name": "TCDScheduler", "beta_schedule": "laplace"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
         row!(

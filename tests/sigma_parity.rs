@@ -20,6 +20,37 @@ use tinydiffusion::Model;
 /// `sde-dpmsolver`, `algorithm_type` deis and dynamic thresholding (`make_sigma4_fixtures.py`).
 const SETS: [&str; 4] = ["sigma", "sigma2", "sigma3", "sigma4"];
 
+/// LCM's dynamic thresholding (its quantile found without a buffer), and TCD, which keeps the
+/// key but never reads it, against diffusers: chains of single steps with injected noise.
+#[test]
+fn lcm_thresholding_matches_diffusers() {
+    let (meta, t) = fixtures_in("sigma4");
+    let chains = meta["lcm_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 3);
+    let shape = StepShape::new(2, 3, 4, 4);
+    let mut worst = 0.0f64;
+    for case in chains {
+        let name = case["name"].as_str().unwrap();
+        let cfg = config(case);
+        assert!(cfg.thresholding, "{name}");
+        let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let gamma = case["gamma"].as_f64().unwrap_or(0.0);
+        let s = tinydiffusion::schedule::LcmScheduler::new(cfg, steps, gamma).unwrap();
+        for i in 0..case["steps"].as_u64().unwrap() as usize {
+            let key = format!("{name}.{i}");
+            let mut x = t.f32s(&format!("{key}.sample"));
+            let mo = t.f32s(&format!("{key}.model_output"));
+            let z = t.f32s(&format!("{key}.noise"));
+            let z = s.needs_noise(i).then_some(&z[..]);
+            s.step(i, shape, &mo, &mut x, z).unwrap();
+            let e = rel_l2(&x, &t.f64s(&format!("{key}.prev_sample")));
+            assert!(e <= 1e-5, "{key}: {e:.2e}");
+            worst = worst.max(e);
+        }
+    }
+    println!("lcm / tcd thresholding: worst per-step rel L2 {worst:.2e}");
+}
+
 /// The beta sigmas' inverse CDF against `scipy.stats.beta.ppf` (sigma4's `beta_ppf` grid).
 #[test]
 fn beta_ppf_matches_scipy() {

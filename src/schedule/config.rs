@@ -795,6 +795,22 @@ impl SchedulerConfig {
                 "sample_max_value" => cfg.sample_max_value = as_f64(k, v)?,
                 "timestep_spacing" => cfg.timestep_spacing = TimestepSpacing::parse(k, v)?,
                 "steps_offset" => cfg.steps_offset = as_count(k, v)?,
+                // Only some sigma classes take the key (diffusers' others would drop it): the
+                // rest accept its "off" value only.
+                "rescale_betas_zero_snr"
+                    if sigma
+                        && !matches!(
+                            kind,
+                            SchedulerKind::Euler
+                                | SchedulerKind::EulerAncestral
+                                | SchedulerKind::DpmSolverMultistep
+                                | SchedulerKind::UniPcMultistep
+                        ) =>
+                {
+                    if as_bool(k, v)? {
+                        return Err(unsupported(k, v));
+                    }
+                }
                 "rescale_betas_zero_snr" => cfg.rescale_betas_zero_snr = as_bool(k, v)?,
                 "set_alpha_to_one" => cfg.set_alpha_to_one = as_bool(k, v)?,
                 "use_karras_sigmas"
@@ -956,10 +972,8 @@ impl SchedulerConfig {
                 // diffusers' LCM and TCD schedulers raise NotImplementedError for these.
                 return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
             }
-            if cfg.thresholding {
-                // Dynamic thresholding of LCM's x_0 is not implemented here.
-                return Err(unsupported("thresholding", true));
-            }
+            // LCM thresholds its x_0 (`schedule::lcm`); TCD keeps the key but never reads it
+            // in diffusers 0.42 (nor `clip_sample`), so neither does this library.
         }
         cfg.validate()?;
         Ok(cfg)

@@ -115,7 +115,11 @@ pub(super) fn quantile(v: &mut [f32], q: f64) -> f64 {
     } else {
         below
     };
-    // torch.lerp's two-sided formula.
+    torch_lerp(below, above, weight)
+}
+
+/// torch.lerp's two-sided formula (the interpolation of `torch.quantile`).
+pub(super) fn torch_lerp(below: f64, above: f64, weight: f64) -> f64 {
     if weight < 0.5 {
         below + weight * (above - below)
     } else {

@@ -248,12 +248,6 @@ impl SigmaScheduler {
         // unscaled model input.
         let dpm = dpm_only || unipc || deis;
         if unipc {
-            if cfg.rescale_betas_zero_snr {
-                return Err(unsupported(
-                    "rescale_betas_zero_snr",
-                    "true (not implemented for UniPCMultistepScheduler here)",
-                ));
-            }
             if cfg.unipc_solver == UniPcSolver::Bh1 && cfg.final_sigmas_type == FinalSigmas::Zero {
                 return Err(unsupported(
                     "solver_type",
@@ -316,7 +310,14 @@ impl SigmaScheduler {
             return SigmaScheduler::new_ipndm(cfg, n);
         }
         let b = betas(&cfg)?;
-        let ac = alphas_cumprod(&b);
+        let mut ac = alphas_cumprod(&b);
+        if cfg.rescale_betas_zero_snr {
+            // diffusers: "close to 0 without being 0 so first sigma is not inf" (fp16's
+            // smallest subnormal), in Euler, Euler ancestral, DPM-Solver multistep and UniPC.
+            if let Some(last) = ac.last_mut() {
+                *last = libm::exp2(-24.0);
+            }
+        }
         if cfg.kind == SchedulerKind::Pndm {
             return SigmaScheduler::new_pndm(cfg, n, &ac);
         }
