@@ -61,7 +61,8 @@ fn beta_cf(x: f64, a: f64, b: f64) -> f64 {
 
 /// The regularized incomplete beta function I_x(a, b) (the Beta(a, b) CDF at x).
 pub fn beta_cdf(x: f64, a: f64, b: f64) -> f64 {
-    if !(x > 0.0) {
+    // NaN reads as 0, like the other end.
+    if x.is_nan() || x <= 0.0 {
         return 0.0;
     }
     if x >= 1.0 {

@@ -855,6 +855,11 @@ impl SchedulerConfig {
                 }
                 "use_lu_lambdas" if dpm => cfg.use_lu_lambdas = opt_bool(k, v)?,
                 // Options of diffusers we do not run: only their "off" value is accepted.
+                // Flow-matching sigmas (with `prediction_type` flow_prediction, which is
+                // refused too) are for flow-matching transformers, which this library does not
+                // load; dynamic shifting also needs the pipeline's `mu`, which no config holds.
+                // Euler's `interpolation_type` log_linear (below) gives N + 2 sigmas for N
+                // timesteps in diffusers 0.42; UniPC's `solver_p` is a second scheduler.
                 "use_flow_sigmas" | "use_dynamic_shifting" if multistep => {
                     if opt_bool(k, v)? {
                         return Err(unsupported(k, v));
@@ -964,16 +969,16 @@ impl SchedulerConfig {
                 "zero with algorithm_type deis (diffusers refuses it: use sigma_min)",
             ));
         }
-        if matches!(kind, SchedulerKind::Lcm | SchedulerKind::Tcd) {
-            if matches!(
+        // LCM thresholds its x_0 (`schedule::lcm`); TCD keeps the key but never reads it in
+        // diffusers 0.42 (nor `clip_sample`), so neither does this library.
+        if matches!(kind, SchedulerKind::Lcm | SchedulerKind::Tcd)
+            && matches!(
                 cfg.beta_schedule,
                 BetaSchedule::Sigmoid | BetaSchedule::Laplace
-            ) {
-                // diffusers' LCM and TCD schedulers raise NotImplementedError for these.
-                return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
-            }
-            // LCM thresholds its x_0 (`schedule::lcm`); TCD keeps the key but never reads it
-            // in diffusers 0.42 (nor `clip_sample`), so neither does this library.
+            )
+        {
+            // diffusers' LCM and TCD schedulers raise NotImplementedError for these.
+            return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
         }
         cfg.validate()?;
         Ok(cfg)
