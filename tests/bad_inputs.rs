@@ -705,6 +705,25 @@ fn bad_scheduler_options() {
             || sigma(r#"{"_class_name": "HeunDiscreteScheduler", "use_beta_sigmas": true}"#),
             Ok(())
         ),
+        row!(
+            "dpm: flow sigmas with flow_prediction",
+            || sigma(
+                r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "flow_shift": 3.0, "prediction_type": "flow_prediction"}"#
+            ),
+            Ok(())
+        ),
+        row!("dpm: flow_shift 0", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "flow_shift": 0}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "flow_shift"),
+        row!("dpm: flow sigmas with Karras sigmas (not run)", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "use_karras_sigmas": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_flow_sigmas"),
+        row!("dpm: flow_prediction with dpmsolver (diffusers refuses it)", || sigma(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "prediction_type": "flow_prediction", "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
+        row!("dpm: dynamic shifting (needs the pipeline's mu)", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "use_dynamic_shifting": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_dynamic_shifting"),
+        row!("euler: flow_prediction (not an Euler prediction type here)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "prediction_type": "flow_prediction"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
+        row!("ddpm: flow_prediction", || parse(r#"{"prediction_type": "flow_prediction"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
         row!("heun: rescale_betas_zero_snr (not an option of the class)", || parse(r#"{"_class_name": "HeunDiscreteScheduler", "rescale_betas_zero_snr": true}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "rescale_betas_zero_snr"),
         row!(

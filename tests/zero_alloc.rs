@@ -199,6 +199,7 @@ fn forward_and_sampling_allocate_nothing() {
         r#"{"_class_name": "UniPCMultistepScheduler", "use_exponential_sigmas": true, "thresholding": true}"#,
         r#"{"_class_name": "DEISMultistepScheduler", "use_beta_sigmas": true, "thresholding": true}"#,
         r#"{"_class_name": "LCMScheduler", "thresholding": true}"#,
+        r#"{"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true, "flow_shift": 3.0, "prediction_type": "flow_prediction"}"#,
     ] {
         let n = run_sigma(&model, json, 6, None, None);
         assert_eq!(n, 0, "{json} allocated {n} times");

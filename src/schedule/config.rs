@@ -243,6 +243,8 @@ pub enum PredictionType {
     Sample,
     /// v = sqrt(abar) eps - sqrt(1 - abar) x_0.
     VPrediction,
+    /// The flow-matching velocity eps - x_0 (DPM-Solver, UniPC, DEIS on flow sigmas only).
+    FlowPrediction,
 }
 
 /// `timestep_spacing`: how the inference timesteps are picked from the training ones.
@@ -331,6 +333,7 @@ names!(PredictionType, "prediction_type" {
     Epsilon = "epsilon",
     Sample = "sample",
     VPrediction = "v_prediction",
+    FlowPrediction = "flow_prediction",
 });
 names!(TimestepType, "timestep_type" {
     Discrete = "discrete",
@@ -403,6 +406,10 @@ pub struct SchedulerConfig {
     pub use_beta_sigmas: bool,
     /// DPM-Solver multistep: log sigma evenly spaced (Lu et al.'s uniform-lambda schedule).
     pub use_lu_lambdas: bool,
+    /// DPM-Solver (multi/singlestep), UniPC, DEIS: flow-matching sigmas (alpha = 1 - sigma)
+    /// on a linear grid, shifted by `flow_shift`.
+    pub use_flow_sigmas: bool,
+    pub flow_shift: f64,
     /// Euler: the Karras ramp's ends (`None`: the schedule's own).
     pub sigma_min: Option<f64>,
     pub sigma_max: Option<f64>,
@@ -631,6 +638,8 @@ impl SchedulerConfig {
             use_exponential_sigmas: false,
             use_beta_sigmas: false,
             use_lu_lambdas: false,
+            use_flow_sigmas: false,
+            flow_shift: 1.0,
             sigma_min: None,
             sigma_max: None,
             timestep_type: TimestepType::Discrete,
@@ -855,18 +864,16 @@ impl SchedulerConfig {
                 }
                 "use_lu_lambdas" if dpm => cfg.use_lu_lambdas = opt_bool(k, v)?,
                 // Options of diffusers we do not run: only their "off" value is accepted.
-                // Flow-matching sigmas (with `prediction_type` flow_prediction, which is
-                // refused too) are for flow-matching transformers, which this library does not
-                // load; dynamic shifting also needs the pipeline's `mu`, which no config holds.
+                // Dynamic shifting of flow sigmas needs the pipeline's `mu`, which no config
+                // holds.
                 // Euler's `interpolation_type` log_linear (below) gives N + 2 sigmas for N
                 // timesteps in diffusers 0.42; UniPC's `solver_p` is a second scheduler.
-                "use_flow_sigmas" | "use_dynamic_shifting" if multistep => {
+                "use_flow_sigmas" if multistep => cfg.use_flow_sigmas = opt_bool(k, v)?,
+                "flow_shift" if multistep => cfg.flow_shift = as_f64(k, v)?,
+                "use_dynamic_shifting" if multistep => {
                     if opt_bool(k, v)? {
                         return Err(unsupported(k, v));
                     }
-                }
-                "flow_shift" if multistep => {
-                    as_f64(k, v)?;
                 }
                 "time_shift_type" if multistep => {
                     if v.as_str() != Some("exponential") {
@@ -1071,6 +1078,45 @@ impl SchedulerConfig {
         }
         if !(1..=3).contains(&self.solver_order) {
             return Err(unsupported("solver_order", self.solver_order));
+        }
+        if !(self.flow_shift.is_finite() && self.flow_shift > 0.0) {
+            return Err(bad(
+                "flow_shift",
+                format!("{} must be finite and > 0", self.flow_shift),
+            ));
+        }
+        let flow_class = matches!(
+            self.kind,
+            SchedulerKind::DpmSolverMultistep
+                | SchedulerKind::DpmSolverSinglestep
+                | SchedulerKind::UniPcMultistep
+                | SchedulerKind::DeisMultistep
+        );
+        if self.prediction_type == PredictionType::FlowPrediction
+            && !(flow_class && self.use_flow_sigmas)
+        {
+            return Err(unsupported(
+                "prediction_type",
+                format!(
+                    "flow_prediction (run only by DPM-Solver, UniPC and DEIS with \
+                     use_flow_sigmas; not by {})",
+                    self.kind.class_name()
+                ),
+            ));
+        }
+        if self.use_flow_sigmas
+            && flow_class
+            && (self.use_karras_sigmas
+                || self.use_exponential_sigmas
+                || self.use_beta_sigmas
+                || self.use_lu_lambdas)
+        {
+            // diffusers lets another ramp win (UniPC: Karras rescaled to flow); not run here.
+            return Err(unsupported(
+                "use_flow_sigmas",
+                "true with another sigma ramp (use_karras / exponential / beta sigmas, \
+                 use_lu_lambdas)",
+            ));
         }
         // diffusers raises ValueError for more than one sigma ramp.
         let ramps = [

@@ -156,6 +156,8 @@ impl LcmScheduler {
                 PredictionType::Epsilon => ((x - sb * m) / sa, m),
                 PredictionType::Sample => (m, (x - sa * m) / sb),
                 PredictionType::VPrediction => (sa * x - sb * m, sa * m + sb * x),
+                // Refused by `SchedulerConfig::validate` for this class.
+                PredictionType::FlowPrediction => (f64::NAN, f64::NAN),
             }
         };
         match self.gamma {

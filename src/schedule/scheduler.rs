@@ -134,6 +134,8 @@ fn predict(kind: PredictionType, m: f64, x: f64, sqrt_a: f64, sqrt_b: f64) -> (f
         PredictionType::Epsilon => ((x - sqrt_b * m) / sqrt_a, m),
         PredictionType::Sample => (m, (x - sqrt_a * m) / sqrt_b),
         PredictionType::VPrediction => (sqrt_a * x - sqrt_b * m, sqrt_a * m + sqrt_b * x),
+        // Refused by `SchedulerConfig::validate` for this class.
+        PredictionType::FlowPrediction => (f64::NAN, f64::NAN),
     }
 }
 

@@ -1,4 +1,6 @@
-"""diffusers 0.42 references for the remaining options of the sigma-family schedulers (issue 18):
+"""diffusers 0.42 references for the remaining options of the sigma-family schedulers (issue 18),
+including flow-matching sigmas (`use_flow_sigmas`, `flow_shift`, flow_prediction) and
+`rescale_betas_zero_snr`:
 `use_exponential_sigmas` and `use_beta_sigmas` (Euler, Heun, LMS, KDPM2 (+ ancestral), DPM-Solver
 multistep and singlestep, UniPC, DEIS), DPM-Solver multistep's `use_lu_lambdas`, `sde-dpmsolver`,
 `algorithm_type` "deis" and `euler_at_final`, and dynamic `thresholding` (DPM-Solver multistep and
@@ -75,6 +77,7 @@ EXP = dict(use_exponential_sigmas=True)
 BETA = dict(use_beta_sigmas=True)
 # Thresholding that bites: a quantile below 1 of the |x_0| range, s allowed up to 3.
 THR = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)
+FLOW = dict(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
 ZSNR = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing", **SD)
 E, H, L, K, KA = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
                   "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
@@ -121,11 +124,15 @@ CONFIGS = [
     ("eulera_rescale_v", "EulerAncestralDiscreteScheduler", dict(**ZSNR)),
     ("dpm_rescale_v", D, dict(**ZSNR)),
     ("unipc_rescale_v", U, dict(**ZSNR)),
+    # Flow-matching sigmas (alpha = 1 - sigma), `flow_shift`, `prediction_type` flow_prediction.
+    ("dpm_flow_shift3", D, dict(**FLOW)),
+    ("dpms_flow_eps", DS, dict(use_flow_sigmas=True, flow_shift=2.0, solver_order=3)),
+    ("unipc_flow_sigmamin", U, dict(**FLOW, final_sigmas_type="sigma_min")),
+    ("deis_flow", DE, dict(**FLOW)),
 ]
 CFG = {name: (cls, kw) for name, cls, kw in CONFIGS}
-RUNS = [("euler_beta_sigmamin_v", 3), ("kdpm2a_beta", 3), ("dpm3_lu_cos_v", 5),
-        ("dpm_sde_dpmsolver", 4), ("dpm_thr_sde_sample", 3), ("dpms3_beta_thr", 3), ("unipc3_thr_bh1", 4),
-        ("deis_thr_v", 3), ("dpm_rescale_v", 3)]
+RUNS = [("euler_beta_sigmamin_v", 3), ("kdpm2a_beta", 3), ("dpm3_lu_cos_v", 4), ("dpm_sde_dpmsolver", 4),
+        ("dpms3_beta_thr", 3), ("unipc3_thr_bh1", 3), ("deis_thr_v", 3), ("dpm_flow_shift3", 3)]
 
 
 def make(name):

@@ -4,7 +4,7 @@
 
 use alloc::vec::Vec;
 
-use super::{alpha_sigma, convert_model_output, lambda, SigmaScheduler};
+use super::{convert_model_output, SigmaScheduler};
 use crate::schedule::config::{DpmAlgorithm, FinalSigmas, SchedulerConfig, SolverType};
 
 /// diffusers' `get_order_list` for `n` steps, after `set_timesteps` turns
@@ -79,7 +79,7 @@ impl SigmaScheduler {
         convert_model_output(
             data,
             c.prediction_type,
-            alpha_sigma(self.sigmas[i]),
+            self.alpha_sigma(self.sigmas[i]),
             sample,
             model_output,
             (per, stride),
@@ -98,10 +98,10 @@ impl SigmaScheduler {
         }
         // The group's first sigma, and the update's scalars from it to sigma_{i+1}.
         let s = i + 1 - order;
-        let (at, st) = alpha_sigma(self.sigmas[i + 1]);
-        let (a_s, s_s) = alpha_sigma(self.sigmas[s]);
-        let l_s = lambda(self.sigmas[s]);
-        let h = lambda(self.sigmas[i + 1]) - l_s;
+        let (at, st) = self.alpha_sigma(self.sigmas[i + 1]);
+        let (a_s, s_s) = self.alpha_sigma(self.sigmas[s]);
+        let l_s = self.lambda(self.sigmas[s]);
+        let h = self.lambda(self.sigmas[i + 1]) - l_s;
         let (em, ep) = (libm::exp(-h) - 1.0, libm::exp(h) - 1.0);
         let e2 = 1.0 - libm::exp(-2.0 * h);
         // c0: D0's weight; half: order-2 midpoint's D1 weight; g1, g2: the first- and
@@ -135,9 +135,9 @@ impl SigmaScheduler {
         };
         let heun = c.solver_type == SolverType::Heun;
         // r0 = h_0 / h (the newest output's lambda), r1 = h_1 / h (order 3's middle one).
-        let r0 = (lambda(self.sigmas[i]) - l_s) / h;
+        let r0 = (self.lambda(self.sigmas[i]) - l_s) / h;
         let r1 = if order == 3 {
-            (lambda(self.sigmas[i - 1]) - l_s) / h
+            (self.lambda(self.sigmas[i - 1]) - l_s) / h
         } else {
             0.0
         };

@@ -1,6 +1,6 @@
 //! `DPMSolverMultistepScheduler`'s step.
 
-use super::{alpha_sigma, convert_model_output, lambda, SigmaScheduler};
+use super::{convert_model_output, SigmaScheduler};
 use crate::schedule::config::{DpmAlgorithm, SchedulerConfig, SolverType};
 
 impl SigmaScheduler {
@@ -25,7 +25,7 @@ impl SigmaScheduler {
             DpmAlgorithm::DpmSolverPP | DpmAlgorithm::SdeDpmSolverPP
         );
         // convert_model_output into this step's history slot.
-        let (a0, s0) = alpha_sigma(self.sigmas[i]);
+        let (a0, s0) = self.alpha_sigma(self.sigmas[i]);
         let here = slot(i);
         let to = &mut history[here..here + n];
         // Thresholding clamps the x_0 prediction, so noise prediction goes through it.
@@ -45,9 +45,9 @@ impl SigmaScheduler {
         }
         let used = self.order_at(i);
         let sg = |j: usize| self.sigmas[j];
-        let (at, st) = alpha_sigma(sg(i + 1));
-        let lt = lambda(sg(i + 1));
-        let l0 = lambda(sg(i));
+        let (at, st) = self.alpha_sigma(sg(i + 1));
+        let lt = self.lambda(sg(i + 1));
+        let l0 = self.lambda(sg(i));
         let h = lt - l0;
         // x_t = cx * x + c0 * D0 + c1 * D1 + c2 * D2 + cz * z
         let c0;
@@ -123,10 +123,10 @@ impl SigmaScheduler {
         }
         // D1, D2 from the history: r0 = h_0 / h, r1 = h_1 / h.
         let (r0, r1) = if used >= 2 {
-            let l1 = lambda(sg(i - 1));
+            let l1 = self.lambda(sg(i - 1));
             let r0 = (l0 - l1) / h;
             let r1 = if used >= 3 {
-                (l1 - lambda(sg(i - 2))) / h
+                (l1 - self.lambda(sg(i - 2))) / h
             } else {
                 0.0
             };

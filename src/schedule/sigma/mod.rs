@@ -76,6 +76,8 @@ enum Ramp {
     Beta,
     /// DPM-Solver multistep's `use_lu_lambdas`.
     Lu,
+    /// Flow-matching sigmas (`use_flow_sigmas`, `flow_shift`) of DPM-Solver, UniPC and DEIS.
+    Flow,
 }
 
 impl Ramp {
@@ -103,6 +105,16 @@ impl Ramp {
             Ramp::Exponential
         } else if cfg.use_beta_sigmas && has_exp_beta {
             Ramp::Beta
+        } else if cfg.use_flow_sigmas
+            && matches!(
+                cfg.kind,
+                SchedulerKind::DpmSolverMultistep
+                    | SchedulerKind::DpmSolverSinglestep
+                    | SchedulerKind::UniPcMultistep
+                    | SchedulerKind::DeisMultistep
+            )
+        {
+            Ramp::Flow
         } else {
             Ramp::Interp
         }
@@ -203,11 +215,6 @@ fn alpha_sigma(s: f64) -> (f64, f64) {
     (alpha, s * alpha)
 }
 
-fn lambda(s: f64) -> f64 {
-    let (a, sg) = alpha_sigma(s);
-    libm::log(a) - libm::log(sg)
-}
-
 impl SigmaScheduler {
     /// Builds the schedule for `num_inference_steps` steps of `cfg.kind` (Euler, Euler
     /// ancestral or DPM-Solver multistep).
@@ -283,6 +290,20 @@ impl SigmaScheduler {
                 "thresholding",
                 "true with algorithm_type dpmsolver (DPMSolverSinglestepScheduler fails on it in \
                  diffusers 0.42: use dpmsolver++)",
+            ));
+        }
+        let noise_algorithm = matches!(
+            cfg.algorithm_type,
+            DpmAlgorithm::DpmSolver | DpmAlgorithm::SdeDpmSolver
+        );
+        if cfg.prediction_type == PredictionType::FlowPrediction
+            && ((dpm_only && noise_algorithm) || (unipc && !cfg.predict_x0))
+        {
+            // diffusers converts flow_prediction to x_0 only (ValueError otherwise).
+            return Err(unsupported(
+                "prediction_type",
+                "flow_prediction with a noise-prediction solver (diffusers refuses it: use \
+                 dpmsolver++ / sde-dpmsolver++, or UniPC with predict_x0)",
             ));
         }
         if single && cfg.algorithm_type == DpmAlgorithm::SdeDpmSolver {
@@ -409,7 +430,27 @@ impl SigmaScheduler {
         }
 
         let ramp = Ramp::of(&cfg);
-        let (mut sigmas, timesteps): (Vec<f64>, Vec<f64>) = if ramp != Ramp::Interp {
+        let (mut sigmas, timesteps): (Vec<f64>, Vec<f64>) = if ramp == Ramp::Flow {
+            // Flow matching: sigma = 1 - alpha on a linear grid, shifted by `flow_shift`; the
+            // model timestep sigma * T (truncated below, as the integer classes do).
+            let shift = cfg.flow_shift;
+            let shifted = |x: f64| shift * x / (1.0 + (shift - 1.0) * x);
+            let grid = linspace(1.0, 1.0 / t_train as f64, n + 1);
+            let mut s: Vec<f64> = if unipc {
+                grid[..n].iter().map(|&x| shifted(x)).collect()
+            } else {
+                let mut v: Vec<f64> = grid.iter().map(|&a| shifted(1.0 - a)).collect();
+                v.reverse();
+                v.truncate(n);
+                v
+            };
+            // UniPC: "to avoid inf torch.log(alpha_si)" at sigma 1.
+            if unipc && libm::fabs(s[0] - 1.0) < 1e-6 {
+                s[0] -= 1e-6;
+            }
+            let t = s.iter().map(|&x| x * t_train as f64).collect();
+            (s, t)
+        } else if ramp != Ramp::Interp {
             // The ramp's ends: the training sigmas' (DPM-Solver, UniPC, DEIS, and UniPC's
             // `sigma_min` / `sigma_max`), or the interpolated schedule's (Euler's overridable).
             let (lo, hi) = if unipc {
@@ -444,7 +485,7 @@ impl SigmaScheduler {
                         .map(|r| libm::exp(l_max + r * (l_min - l_max)))
                         .collect()
                 }
-                Ramp::Interp => unreachable!(),
+                Ramp::Interp | Ramp::Flow => unreachable!("handled above"),
             };
             let mut t: Vec<f64> = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
             let kdpm2 = matches!(
@@ -736,6 +777,27 @@ impl SigmaScheduler {
             }
     }
 
+    /// Whether the run is on flow-matching sigmas (`use_flow_sigmas`: alpha = 1 - sigma).
+    fn flow(&self) -> bool {
+        Ramp::of(&self.cfg) == Ramp::Flow
+    }
+
+    /// alpha_t, sigma_t of sigma `s` (`_sigma_to_alpha_sigma_t`): VP, or flow matching's
+    /// (1 - s, s).
+    fn alpha_sigma(&self, s: f64) -> (f64, f64) {
+        if self.flow() {
+            (1.0 - s, s)
+        } else {
+            alpha_sigma(s)
+        }
+    }
+
+    /// The log-SNR log alpha - log sigma of sigma `s`.
+    fn lambda(&self, s: f64) -> f64 {
+        let (a, sg) = self.alpha_sigma(s);
+        libm::log(a) - libm::log(sg)
+    }
+
     /// Whole samples of history the class keeps (the thresholding scratch comes after them).
     fn history_slots(&self) -> usize {
         match self.cfg.kind {
@@ -991,6 +1053,9 @@ fn convert_model_output(
                 (false, PredictionType::Epsilon) => mi,
                 (false, PredictionType::Sample) => (xi - a * mi) / s,
                 (false, PredictionType::VPrediction) => a * mi + s * xi,
+                // x_0 = x - sigma v (alpha = 1 - sigma); eps through it (DEIS, as diffusers).
+                (true, PredictionType::FlowPrediction) => xi - s * mi,
+                (false, PredictionType::FlowPrediction) => (xi - a * (xi - s * mi)) / s,
             };
             *o = v as f32;
         }
