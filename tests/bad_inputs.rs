@@ -644,8 +644,52 @@ fn bad_scheduler_options() {
             Err(Error::UnsupportedConfig { key, .. }) if key == "solver_order"),
         row!("interpolation_type log_linear (not run)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "interpolation_type"),
-        row!("exponential sigmas (not run)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true}"#),
+        row!(
+            "euler: exponential sigmas",
+            || sigma(
+                r#"{"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true}"#
+            ),
+            Ok(())
+        ),
+        row!("euler: exponential and Karras sigmas (diffusers refuses two ramps)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true, "use_karras_sigmas": true}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "use_exponential_sigmas"),
+        row!("euler: use_beta_sigmas not a bool", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "use_beta_sigmas": "yes"}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "use_beta_sigmas"),
+        row!("euler ancestral: exponential sigmas (not an option of the class)", || parse(r#"{"_class_name": "EulerAncestralDiscreteScheduler", "use_exponential_sigmas": true}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "use_exponential_sigmas"),
+        row!("pndm: beta sigmas (not an option of the class)", || parse(r#"{"_class_name": "PNDMScheduler", "use_beta_sigmas": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_beta_sigmas"),
+        row!(
+            "dpm: Lu lambdas",
+            || sigma(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_lu_lambdas": true}"#),
+            Ok(())
+        ),
+        row!("dpm: use_lu_lambdas not a bool", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_lu_lambdas": 1}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "use_lu_lambdas"),
+        row!("dpm singlestep: Lu lambdas (a multistep option)", || parse(r#"{"_class_name": "DPMSolverSinglestepScheduler", "use_lu_lambdas": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_lu_lambdas"),
+        row!("dpm: sde-dpmsolver with final sigma zero (diffusers refuses it)", || sigma(r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "final_sigmas_type"),
+        row!("dpm: sde-dpmsolver of order 3 (diffusers has no such update)", || sigma(r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver", "solver_order": 3, "final_sigmas_type": "sigma_min"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "solver_order"),
+        row!(
+            "dpm: sde-dpmsolver of order 2",
+            || sigma(
+                r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"}"#
+            ),
+            Ok(())
+        ),
+        row!("dpm: algorithm_type deis with final sigma zero (diffusers refuses it)", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "deis"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "final_sigmas_type"),
+        row!("dpm: thresholding ratio above 1", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "thresholding": true, "dynamic_thresholding_ratio": 1.5}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "dynamic_thresholding_ratio"),
+        row!("dpm: sample_max_value 0", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "thresholding": true, "sample_max_value": 0}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "sample_max_value"),
+        row!(
+            "dpm: thresholding",
+            || sigma(r#"{"_class_name": "DPMSolverMultistepScheduler", "thresholding": true}"#),
+            Ok(())
+        ),
         row!("DPM-Solver option on Euler", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "solver_order": 2}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "solver_order"),
         row!("dpmsolver with final sigma zero", || sigma(r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"}"#),
@@ -656,8 +700,41 @@ fn bad_scheduler_options() {
             Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
         row!("heun: sigmoid betas (diffusers refuses)", || parse(r#"{"_class_name": "HeunDiscreteScheduler", "beta_schedule": "sigmoid"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
-        row!("heun: beta sigmas (not run)", || parse(r#"{"_class_name": "HeunDiscreteScheduler", "use_beta_sigmas": true}"#),
-            Err(Error::UnsupportedConfig { key, .. }) if key == "use_beta_sigmas"),
+        row!(
+            "heun: beta sigmas",
+            || sigma(r#"{"_class_name": "HeunDiscreteScheduler", "use_beta_sigmas": true}"#),
+            Ok(())
+        ),
+        row!(
+            "dpm: flow sigmas with flow_prediction",
+            || sigma(
+                r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "flow_shift": 3.0, "prediction_type": "flow_prediction"}"#
+            ),
+            Ok(())
+        ),
+        row!("dpm: flow_shift 0", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "flow_shift": 0}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "flow_shift"),
+        row!("dpm: flow sigmas with Karras sigmas (not run)", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "use_karras_sigmas": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_flow_sigmas"),
+        row!("dpm: flow_prediction with dpmsolver (diffusers refuses it)", || sigma(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "prediction_type": "flow_prediction", "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
+        row!("dpm: dynamic shifting (needs the pipeline's mu)", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true, "use_dynamic_shifting": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_dynamic_shifting"),
+        row!("euler: flow_prediction (not an Euler prediction type here)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "prediction_type": "flow_prediction"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
+        row!("ddpm: flow_prediction", || parse(r#"{"prediction_type": "flow_prediction"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
+        row!("heun: rescale_betas_zero_snr (not an option of the class)", || parse(r#"{"_class_name": "HeunDiscreteScheduler", "rescale_betas_zero_snr": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "rescale_betas_zero_snr"),
+        row!(
+            "unipc: rescale_betas_zero_snr",
+            || sigma(
+                r#"{"_class_name": "UniPCMultistepScheduler", "rescale_betas_zero_snr": true, "prediction_type": "v_prediction"}"#
+            ),
+            Ok(())
+        ),
+        row!("heun: beta and exponential sigmas (diffusers refuses two ramps)", || parse(r#"{"_class_name": "HeunDiscreteScheduler", "use_beta_sigmas": true, "use_exponential_sigmas": true}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "use_beta_sigmas"),
         row!("heun: DPM-Solver option", || parse(r#"{"_class_name": "HeunDiscreteScheduler", "algorithm_type": "dpmsolver++"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "algorithm_type"),
         row!("unipc: unknown solver_type", || parse(r#"{"_class_name": "UniPCMultistepScheduler", "solver_type": "bh3"}"#),
@@ -672,8 +749,13 @@ fn bad_scheduler_options() {
             Err(Error::UnsupportedConfig { key, .. }) if key == "solver_type"),
         row!("unipc: no lower-order final step with final sigma zero (diffusers gives inf)", || sigma(r#"{"_class_name": "UniPCMultistepScheduler", "lower_order_final": false}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "lower_order_final"),
-        row!("unipc: thresholding (not run)", || sigma(r#"{"_class_name": "UniPCMultistepScheduler", "thresholding": true}"#),
-            Err(Error::UnsupportedConfig { key, .. }) if key == "thresholding"),
+        row!(
+            "unipc: thresholding",
+            || sigma(r#"{"_class_name": "UniPCMultistepScheduler", "thresholding": true}"#),
+            Ok(())
+        ),
+        row!("unipc: thresholding ratio NaN-like string", || parse(r#"{"_class_name": "UniPCMultistepScheduler", "thresholding": true, "dynamic_thresholding_ratio": "high"}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "dynamic_thresholding_ratio"),
         row!("lms: unknown timestep_spacing", || parse(r#"{"_class_name": "LMSDiscreteScheduler", "timestep_spacing": "even"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "timestep_spacing"),
         row!("lms: final_sigmas_type (not an LMS option)", || parse(r#"{"_class_name": "LMSDiscreteScheduler", "final_sigmas_type": "sigma_min"}"#),
@@ -686,20 +768,35 @@ fn bad_scheduler_options() {
             Err(Error::UnsupportedConfig { key, .. }) if key == "euler_at_final"),
         row!("dpm singlestep: dpmsolver with final sigma zero (diffusers refuses it)", || sigma(r#"{"_class_name": "DPMSolverSinglestepScheduler", "algorithm_type": "dpmsolver"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "final_sigmas_type"),
-        row!("dpm singlestep: thresholding (not run)", || sigma(r#"{"_class_name": "DPMSolverSinglestepScheduler", "thresholding": true}"#),
+        row!(
+            "dpm singlestep: thresholding",
+            || sigma(r#"{"_class_name": "DPMSolverSinglestepScheduler", "thresholding": true}"#),
+            Ok(())
+        ),
+        row!("dpm singlestep: thresholding with dpmsolver (diffusers fails on it)", || sigma(r#"{"_class_name": "DPMSolverSinglestepScheduler", "thresholding": true, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "thresholding"),
         row!("kdpm2: sample prediction (diffusers has none)", || sigma(r#"{"_class_name": "KDPM2DiscreteScheduler", "prediction_type": "sample"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
-        row!("kdpm2-a: use_beta_sigmas (not run)", || parse(r#"{"_class_name": "KDPM2AncestralDiscreteScheduler", "use_beta_sigmas": true}"#),
-            Err(Error::UnsupportedConfig { key, .. }) if key == "use_beta_sigmas"),
+        row!(
+            "kdpm2-a: beta sigmas",
+            || sigma(
+                r#"{"_class_name": "KDPM2AncestralDiscreteScheduler", "use_beta_sigmas": true}"#
+            ),
+            Ok(())
+        ),
         row!("kdpm2-a: unknown prediction_type", || parse(r#"{"_class_name": "KDPM2AncestralDiscreteScheduler", "prediction_type": "x0"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "prediction_type"),
         row!("deis: unknown algorithm_type", || parse(r#"{"_class_name": "DEISMultistepScheduler", "algorithm_type": "unipc"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "algorithm_type"),
         row!("deis: unknown solver_type", || parse(r#"{"_class_name": "DEISMultistepScheduler", "solver_type": "rk4"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "solver_type"),
-        row!("deis: thresholding (not run)", || sigma(r#"{"_class_name": "DEISMultistepScheduler", "thresholding": true}"#),
-            Err(Error::UnsupportedConfig { key, .. }) if key == "thresholding"),
+        row!(
+            "deis: thresholding",
+            || sigma(r#"{"_class_name": "DEISMultistepScheduler", "thresholding": true}"#),
+            Ok(())
+        ),
+        row!("deis: Lu lambdas (a DPM-Solver multistep option)", || parse(r#"{"_class_name": "DEISMultistepScheduler", "use_lu_lambdas": true}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_lu_lambdas"),
         row!("ipndm: trained_betas of the wrong length", || sigma_steps(r#"{"_class_name": "IPNDMScheduler", "trained_betas": [0.5, 0.1]}"#, 4),
             Err(Error::InvalidConfig { key, .. }) if key == "trained_betas"),
         row!("ipndm: trained_betas outside [0, 1]", || sigma_steps(r#"{"_class_name": "IPNDMScheduler", "trained_betas": [1.5, 0.1, 0.0]}"#, 2),
@@ -783,8 +880,13 @@ fn bad_scheduler_options() {
         row!("lcm: original_inference_steps above T", || tinydiffusion::schedule::LcmScheduler::new(
                 SchedulerConfig::from_json(r#"{"_class_name": "LCMScheduler", "num_train_timesteps": 40}"#)?, 4, 0.3).map(|_| ()),
             Err(Error::InvalidConfig { key, .. }) if key == "original_inference_steps"),
-        row!("lcm: thresholding (not run)", || parse(r#"{"_class_name": "LCMScheduler", "thresholding": true}"#),
-            Err(Error::UnsupportedConfig { key, .. }) if key == "thresholding"),
+        row!(
+            "lcm: thresholding",
+            || parse(r#"{"_class_name": "LCMScheduler", "thresholding": true}"#),
+            Ok(())
+        ),
+        row!("lcm: thresholding ratio negative", || parse(r#"{"_class_name": "LCMScheduler", "thresholding": true, "dynamic_thresholding_ratio": -0.1}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "dynamic_thresholding_ratio"),
         row!("tcd: laplace betas (diffusers refuses)", || parse(r#"{"_class_name": "TCDScheduler", "beta_schedule": "laplace"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "beta_schedule"),
         row!(

@@ -457,9 +457,10 @@ fn names_defaults_and_bad_values() {
             r#"{"_class_name": "TCDScheduler", "beta_schedule": "sigmoid"}"#,
             "beta_schedule",
         ),
+        // (TCD's `thresholding` is accepted and unread, as in diffusers 0.42; LCM runs it.)
         (
-            r#"{"_class_name": "TCDScheduler", "thresholding": true}"#,
-            "thresholding",
+            r#"{"_class_name": "TCDScheduler", "thresholding": true, "dynamic_thresholding_ratio": 2}"#,
+            "dynamic_thresholding_ratio",
         ),
         (r#"{"_class_name": "LCMScheduler", "snr": 0.1}"#, "snr"),
     ] {

@@ -1,7 +1,7 @@
 //! The sigma schedulers (Euler, Euler ancestral, DPM-Solver multistep; Heun, UniPC, PNDM; LMS,
-//! DPM-Solver singlestep, KDPM2, KDPM2 ancestral, DEIS, IPNDM) against diffusers 0.42 (`tests/fixtures/sigma/`, `sigma2/` and `sigma3/`, made by
-//! `tests/tools/make_sigma_fixtures.py`, `make_sigma2_fixtures.py` and
-//! `make_sigma3_fixtures.py`): `set_timesteps`
+//! DPM-Solver singlestep, KDPM2, KDPM2 ancestral, DEIS, IPNDM) against diffusers 0.42
+//! (`tests/fixtures/sigma/`, `sigma2/`, `sigma3/` and `sigma4/`, made by
+//! `tests/tools/make_sigma_fixtures.py` ... `make_sigma4_fixtures.py`): `set_timesteps`
 //! (timesteps, sigmas, init_noise_sigma) for every config and several step counts, chains of
 //! single steps with fixed model outputs (per step <= 1e-5 relative L2, the multistep history
 //! carried in the caller's buffer), and whole sampling runs with the tiny-rgb16 UNet and injected
@@ -16,8 +16,64 @@ use tinydiffusion::Model;
 
 /// `sigma/`: Euler, Euler ancestral, DPM-Solver (`make_sigma_fixtures.py`); `sigma2/`: Heun,
 /// UniPC, PNDM (`make_sigma2_fixtures.py`); `sigma3/`: LMS, DPM-Solver singlestep, KDPM2 (+ ancestral)
-/// (`make_sigma3_fixtures.py`).
-const SETS: [&str; 3] = ["sigma", "sigma2", "sigma3"];
+/// (`make_sigma3_fixtures.py`); `sigma4/`: the exponential, beta and Lu sigma ramps,
+/// `sde-dpmsolver`, `algorithm_type` deis and dynamic thresholding (`make_sigma4_fixtures.py`).
+const SETS: [&str; 4] = ["sigma", "sigma2", "sigma3", "sigma4"];
+
+/// LCM's dynamic thresholding (its quantile found without a buffer), and TCD, which keeps the
+/// key but never reads it, against diffusers: chains of single steps with injected noise.
+#[test]
+fn lcm_thresholding_matches_diffusers() {
+    let (meta, t) = fixtures_in("sigma4");
+    let chains = meta["lcm_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 3);
+    let shape = StepShape::new(2, 3, 4, 4);
+    let mut worst = 0.0f64;
+    for case in chains {
+        let name = case["name"].as_str().unwrap();
+        let cfg = config(case);
+        assert!(cfg.thresholding, "{name}");
+        let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let gamma = case["gamma"].as_f64().unwrap_or(0.0);
+        let s = tinydiffusion::schedule::LcmScheduler::new(cfg, steps, gamma).unwrap();
+        for i in 0..case["steps"].as_u64().unwrap() as usize {
+            let key = format!("{name}.{i}");
+            let mut x = t.f32s(&format!("{key}.sample"));
+            let mo = t.f32s(&format!("{key}.model_output"));
+            let z = t.f32s(&format!("{key}.noise"));
+            let z = s.needs_noise(i).then_some(&z[..]);
+            s.step(i, shape, &mo, &mut x, z).unwrap();
+            let e = rel_l2(&x, &t.f64s(&format!("{key}.prev_sample")));
+            assert!(e <= 1e-5, "{key}: {e:.2e}");
+            worst = worst.max(e);
+        }
+    }
+    println!("lcm / tcd thresholding: worst per-step rel L2 {worst:.2e}");
+}
+
+/// The beta sigmas' inverse CDF against `scipy.stats.beta.ppf` (sigma4's `beta_ppf` grid).
+#[test]
+fn beta_ppf_matches_scipy() {
+    let (meta, t) = fixtures_in("sigma4");
+    let mut worst = 0.0f64;
+    for case in meta["beta_ppf"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (a, b) = (case["a"].as_f64().unwrap(), case["b"].as_f64().unwrap());
+        let ps = t.f64s(&format!("{name}.p"));
+        let xs = t.f64s(&format!("{name}.x"));
+        for (&p, &x) in ps.iter().zip(&xs) {
+            let ours = tinydiffusion::schedule::beta_dist::beta_ppf(p, a, b);
+            let e = (ours - x).abs() / x.abs().max(1e-300);
+            let e = if x == 0.0 { ours.abs() } else { e };
+            assert!(
+                e <= 1e-12,
+                "{name}: ppf({p}) = {ours}, scipy {x} (rel {e:.2e})"
+            );
+            worst = worst.max(e);
+        }
+    }
+    println!("beta ppf: worst relative error {worst:.2e}");
+}
 
 fn fixtures_in(set: &str) -> (serde_json::Value, TensorFile) {
     let dir = fixtures_dir().join(set);

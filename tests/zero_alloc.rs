@@ -189,6 +189,17 @@ fn forward_and_sampling_allocate_nothing() {
         r#"{"_class_name": "CMStochasticIterativeScheduler"}"#,
         r#"{"_class_name": "LCMScheduler", "clip_sample": true}"#,
         r#"{"_class_name": "TCDScheduler", "prediction_type": "v_prediction"}"#,
+        // Issue 18's remaining options: the sigma ramps, sde-dpmsolver, thresholding (its
+        // quantile runs in the history's scratch).
+        r#"{"_class_name": "EulerDiscreteScheduler", "use_beta_sigmas": true}"#,
+        r#"{"_class_name": "KDPM2AncestralDiscreteScheduler", "use_exponential_sigmas": true}"#,
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "use_lu_lambdas": true, "thresholding": true}"#,
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min", "thresholding": true}"#,
+        r#"{"_class_name": "DPMSolverSinglestepScheduler", "solver_order": 3, "use_beta_sigmas": true, "thresholding": true}"#,
+        r#"{"_class_name": "UniPCMultistepScheduler", "use_exponential_sigmas": true, "thresholding": true}"#,
+        r#"{"_class_name": "DEISMultistepScheduler", "use_beta_sigmas": true, "thresholding": true}"#,
+        r#"{"_class_name": "LCMScheduler", "thresholding": true}"#,
+        r#"{"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true, "flow_shift": 3.0, "prediction_type": "flow_prediction"}"#,
     ] {
         let n = run_sigma(&model, json, 6, None, None);
         assert_eq!(n, 0, "{json} allocated {n} times");

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tinydiffusion::schedule::{
-    DdimPrevTimestep, Scheduler, SchedulerConfig, SchedulerKind, StepShape,
+    DdimPrevTimestep, Scheduler, SchedulerConfig, SchedulerKind, SigmaScheduler, StepShape,
 };
 use tinydiffusion_fuzz::Bytes;
 
@@ -30,6 +30,10 @@ fuzz_target!(|data: &[u8]| {
         cfg.ddim_prev_timestep = DdimPrevTimestep::NextInSchedule;
     }
     cfg.use_clipped_model_output = flags & 8 != 0;
+    if cfg.kind.is_sigma() {
+        sigma_run(cfg, steps);
+        return;
+    }
     let learned = cfg.variance_type.is_learned();
     let Ok(mut s) = Scheduler::new(cfg, steps) else {
         return;
@@ -55,3 +59,23 @@ fuzz_target!(|data: &[u8]| {
     let t = [s.timesteps()[0]];
     s.add_noise(&x0, &noise, &t, &mut noisy).expect("add_noise");
 });
+
+/// The sigma-family classes (Euler ... DEIS, with their sigma ramps, SDE variants and
+/// thresholding): the schedule, then every step on a 1x1x2x2 sample with the history buffer
+/// the scheduler asks for.
+fn sigma_run(cfg: SchedulerConfig, steps: usize) {
+    let Ok(s) = SigmaScheduler::new(cfg, steps) else {
+        return;
+    };
+    assert_eq!(s.sigmas().len(), s.num_steps() + 1);
+    let shape = StepShape::new(1, 1, 2, 2);
+    let eps = [-0.5f32, 0.25, 1.75, -3.0];
+    let mut x = [0.3f32, -0.7, 1.5, -2.0];
+    let noise = [0.1f32, -0.2, 0.3, -0.4];
+    let mut history = vec![0.0f32; s.history_len(shape)];
+    for i in 0..s.num_steps() {
+        let z = s.needs_noise(i).then_some(&noise[..]);
+        s.step(i, shape, &eps, &mut x, z, &mut history)
+            .expect("a valid step");
+    }
+}

@@ -99,6 +99,10 @@ impl CudaBackend {
                 PredictionType::Epsilon => 0,
                 PredictionType::Sample => 1,
                 PredictionType::VPrediction => 2,
+                PredictionType::FlowPrediction => {
+                    // Refused by `SchedulerConfig::validate` for DDPM/DDIM.
+                    return Err(unsupported("prediction_type", "flow_prediction"));
+                }
             },
             var: match (cfg.kind, cfg.variance_type) {
                 (SchedulerKind::Ddpm, VarianceType::Learned) => 1,

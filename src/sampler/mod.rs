@@ -294,6 +294,8 @@ impl EpsModel for Denoiser<'_> {
                     PredictionType::Epsilon => mi,
                     PredictionType::Sample => (xi - sa * mi) / sb,
                     PredictionType::VPrediction => sa * mi + sb * xi,
+                    // Refused by `SchedulerConfig::validate` for the VP samplers.
+                    PredictionType::FlowPrediction => f64::NAN,
                 } as f32;
             }
         }

@@ -168,6 +168,8 @@ pub enum DpmAlgorithm {
     DpmSolver,
     /// Stochastic DPM-Solver++ (one Gaussian draw per step).
     SdeDpmSolverPP,
+    /// Stochastic noise-prediction DPM-Solver (multistep only; orders 1 and 2, as diffusers).
+    SdeDpmSolver,
 }
 
 /// `solver_type` (DPM-Solver, order 2): how the second-order term is formed. diffusers maps
@@ -241,6 +243,8 @@ pub enum PredictionType {
     Sample,
     /// v = sqrt(abar) eps - sqrt(1 - abar) x_0.
     VPrediction,
+    /// The flow-matching velocity eps - x_0 (DPM-Solver, UniPC, DEIS on flow sigmas only).
+    FlowPrediction,
 }
 
 /// `timestep_spacing`: how the inference timesteps are picked from the training ones.
@@ -329,6 +333,7 @@ names!(PredictionType, "prediction_type" {
     Epsilon = "epsilon",
     Sample = "sample",
     VPrediction = "v_prediction",
+    FlowPrediction = "flow_prediction",
 });
 names!(TimestepType, "timestep_type" {
     Discrete = "discrete",
@@ -342,6 +347,7 @@ names!(DpmAlgorithm, "algorithm_type" {
     DpmSolverPP = "dpmsolver++",
     DpmSolver = "dpmsolver",
     SdeDpmSolverPP = "sde-dpmsolver++",
+    SdeDpmSolver = "sde-dpmsolver",
 });
 names!(SolverType, "solver_type" {
     Midpoint = "midpoint",
@@ -392,6 +398,18 @@ pub struct SchedulerConfig {
     pub use_clipped_model_output: bool,
     /// Euler, DPM-Solver: Karras et al.'s rho = 7 sigma ramp between the schedule's ends.
     pub use_karras_sigmas: bool,
+    /// Euler, Heun, LMS, KDPM2 (+ ancestral), DPM-Solver (multi/singlestep), UniPC, DEIS:
+    /// sigmas evenly spaced in log sigma between the schedule's ends.
+    pub use_exponential_sigmas: bool,
+    /// The same classes: sigmas at the Beta(0.6, 0.6) quantiles between the schedule's ends
+    /// ("Beta Sampling is All You Need"; diffusers' `_convert_to_beta` defaults).
+    pub use_beta_sigmas: bool,
+    /// DPM-Solver multistep: log sigma evenly spaced (Lu et al.'s uniform-lambda schedule).
+    pub use_lu_lambdas: bool,
+    /// DPM-Solver (multi/singlestep), UniPC, DEIS: flow-matching sigmas (alpha = 1 - sigma)
+    /// on a linear grid, shifted by `flow_shift`.
+    pub use_flow_sigmas: bool,
+    pub flow_shift: f64,
     /// Euler: the Karras ramp's ends (`None`: the schedule's own).
     pub sigma_min: Option<f64>,
     pub sigma_max: Option<f64>,
@@ -617,6 +635,11 @@ impl SchedulerConfig {
             ddim_prev_timestep: DdimPrevTimestep::Diffusers,
             use_clipped_model_output: false,
             use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            use_lu_lambdas: false,
+            use_flow_sigmas: false,
+            flow_shift: 1.0,
             sigma_min: None,
             sigma_max: None,
             timestep_type: TimestepType::Discrete,
@@ -731,6 +754,8 @@ impl SchedulerConfig {
         let multistep = dpm || unipc || single || deis;
         let pndm = kind == SchedulerKind::Pndm;
         let mut cfg = SchedulerConfig::default_for(kind);
+        // DPM-Solver's `algorithm_type` "deis" (read as dpmsolver++).
+        let mut deis_algorithm = false;
         for (key, v) in obj {
             let k = key.as_str();
             if parse_consistency_or_ve_key(kind, k, v, &mut cfg)? {
@@ -779,6 +804,22 @@ impl SchedulerConfig {
                 "sample_max_value" => cfg.sample_max_value = as_f64(k, v)?,
                 "timestep_spacing" => cfg.timestep_spacing = TimestepSpacing::parse(k, v)?,
                 "steps_offset" => cfg.steps_offset = as_count(k, v)?,
+                // Only some sigma classes take the key (diffusers' others would drop it): the
+                // rest accept its "off" value only.
+                "rescale_betas_zero_snr"
+                    if sigma
+                        && !matches!(
+                            kind,
+                            SchedulerKind::Euler
+                                | SchedulerKind::EulerAncestral
+                                | SchedulerKind::DpmSolverMultistep
+                                | SchedulerKind::UniPcMultistep
+                        ) =>
+                {
+                    if as_bool(k, v)? {
+                        return Err(unsupported(k, v));
+                    }
+                }
                 "rescale_betas_zero_snr" => cfg.rescale_betas_zero_snr = as_bool(k, v)?,
                 "set_alpha_to_one" => cfg.set_alpha_to_one = as_bool(k, v)?,
                 "use_karras_sigmas"
@@ -804,7 +845,6 @@ impl SchedulerConfig {
                 "final_sigmas_type" if matches!(kind, SchedulerKind::Euler) || multistep => {
                     cfg.final_sigmas_type = FinalSigmas::parse(k, v)?
                 }
-                // Options of diffusers we do not run: only their "off" value is accepted.
                 "use_exponential_sigmas" | "use_beta_sigmas"
                     if matches!(
                         kind,
@@ -815,22 +855,25 @@ impl SchedulerConfig {
                             | SchedulerKind::Kdpm2Ancestral
                     ) || multistep =>
                 {
+                    let on = opt_bool(k, v)?;
+                    if k == "use_beta_sigmas" {
+                        cfg.use_beta_sigmas = on
+                    } else {
+                        cfg.use_exponential_sigmas = on
+                    }
+                }
+                "use_lu_lambdas" if dpm => cfg.use_lu_lambdas = opt_bool(k, v)?,
+                // Options of diffusers we do not run: only their "off" value is accepted.
+                // Dynamic shifting of flow sigmas needs the pipeline's `mu`, which no config
+                // holds.
+                // Euler's `interpolation_type` log_linear (below) gives N + 2 sigmas for N
+                // timesteps in diffusers 0.42; UniPC's `solver_p` is a second scheduler.
+                "use_flow_sigmas" if multistep => cfg.use_flow_sigmas = opt_bool(k, v)?,
+                "flow_shift" if multistep => cfg.flow_shift = as_f64(k, v)?,
+                "use_dynamic_shifting" if multistep => {
                     if opt_bool(k, v)? {
                         return Err(unsupported(k, v));
                     }
-                }
-                "use_lu_lambdas" if dpm => {
-                    if opt_bool(k, v)? {
-                        return Err(unsupported(k, v));
-                    }
-                }
-                "use_flow_sigmas" | "use_dynamic_shifting" if multistep => {
-                    if opt_bool(k, v)? {
-                        return Err(unsupported(k, v));
-                    }
-                }
-                "flow_shift" if multistep => {
-                    as_f64(k, v)?;
                 }
                 "time_shift_type" if multistep => {
                     if v.as_str() != Some("exponential") {
@@ -852,9 +895,14 @@ impl SchedulerConfig {
                     Some("logrho" | "midpoint" | "heun" | "bh1" | "bh2") => {}
                     _ => return Err(unsupported(k, v)),
                 },
-                // Singlestep reads `deis` as dpmsolver++, as diffusers does.
-                "algorithm_type" if single && v.as_str() == Some("deis") => {
-                    cfg.algorithm_type = DpmAlgorithm::DpmSolverPP
+                // Both DPM-Solvers read `deis` as dpmsolver++, as diffusers does.
+                "algorithm_type" if dpm_like && v.as_str() == Some("deis") => {
+                    cfg.algorithm_type = DpmAlgorithm::DpmSolverPP;
+                    deis_algorithm = true;
+                }
+                // The singlestep class has no sde-dpmsolver (diffusers raises NotImplementedError).
+                "algorithm_type" if single && v.as_str() == Some("sde-dpmsolver") => {
+                    return Err(unsupported(k, v))
                 }
                 "algorithm_type" if dpm_like => cfg.algorithm_type = DpmAlgorithm::parse(k, v)?,
                 "solver_type" if unipc => {
@@ -921,18 +969,23 @@ impl SchedulerConfig {
             // diffusers' Heun, UniPC and PNDM schedulers raise NotImplementedError for these.
             return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
         }
-        if matches!(kind, SchedulerKind::Lcm | SchedulerKind::Tcd) {
-            if matches!(
+        if deis_algorithm && cfg.final_sigmas_type == FinalSigmas::Zero {
+            // diffusers checks the name it was given before reading it as dpmsolver++.
+            return Err(unsupported(
+                "final_sigmas_type",
+                "zero with algorithm_type deis (diffusers refuses it: use sigma_min)",
+            ));
+        }
+        // LCM thresholds its x_0 (`schedule::lcm`); TCD keeps the key but never reads it in
+        // diffusers 0.42 (nor `clip_sample`), so neither does this library.
+        if matches!(kind, SchedulerKind::Lcm | SchedulerKind::Tcd)
+            && matches!(
                 cfg.beta_schedule,
                 BetaSchedule::Sigmoid | BetaSchedule::Laplace
-            ) {
-                // diffusers' LCM and TCD schedulers raise NotImplementedError for these.
-                return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
-            }
-            if cfg.thresholding {
-                // Dynamic thresholding of LCM's x_0 is not implemented here.
-                return Err(unsupported("thresholding", true));
-            }
+            )
+        {
+            // diffusers' LCM and TCD schedulers raise NotImplementedError for these.
+            return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
         }
         cfg.validate()?;
         Ok(cfg)
@@ -1025,6 +1078,59 @@ impl SchedulerConfig {
         }
         if !(1..=3).contains(&self.solver_order) {
             return Err(unsupported("solver_order", self.solver_order));
+        }
+        if !(self.flow_shift.is_finite() && self.flow_shift > 0.0) {
+            return Err(bad(
+                "flow_shift",
+                format!("{} must be finite and > 0", self.flow_shift),
+            ));
+        }
+        let flow_class = matches!(
+            self.kind,
+            SchedulerKind::DpmSolverMultistep
+                | SchedulerKind::DpmSolverSinglestep
+                | SchedulerKind::UniPcMultistep
+                | SchedulerKind::DeisMultistep
+        );
+        if self.prediction_type == PredictionType::FlowPrediction
+            && !(flow_class && self.use_flow_sigmas)
+        {
+            return Err(unsupported(
+                "prediction_type",
+                format!(
+                    "flow_prediction (run only by DPM-Solver, UniPC and DEIS with \
+                     use_flow_sigmas; not by {})",
+                    self.kind.class_name()
+                ),
+            ));
+        }
+        if self.use_flow_sigmas
+            && flow_class
+            && (self.use_karras_sigmas
+                || self.use_exponential_sigmas
+                || self.use_beta_sigmas
+                || self.use_lu_lambdas)
+        {
+            // diffusers lets another ramp win (UniPC: Karras rescaled to flow); not run here.
+            return Err(unsupported(
+                "use_flow_sigmas",
+                "true with another sigma ramp (use_karras / exponential / beta sigmas, \
+                 use_lu_lambdas)",
+            ));
+        }
+        // diffusers raises ValueError for more than one sigma ramp.
+        let ramps = [
+            ("use_karras_sigmas", self.use_karras_sigmas),
+            ("use_exponential_sigmas", self.use_exponential_sigmas),
+            ("use_beta_sigmas", self.use_beta_sigmas),
+        ];
+        if ramps.iter().filter(|(_, on)| *on).count() > 1 {
+            let key = ramps.iter().rev().find(|(_, on)| *on).map_or("", |r| r.0);
+            return Err(bad(
+                key,
+                "only one of use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas can \
+                 be true",
+            ));
         }
         for (key, v) in [("sigma_min", self.sigma_min), ("sigma_max", self.sigma_max)] {
             if let Some(v) = v {

@@ -16,6 +16,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use super::config::{PredictionType, SchedulerConfig, SchedulerKind};
+use super::scheduler::{torch_clamp, torch_lerp};
 use super::score_ve::check_step;
 use super::StepShape;
 use crate::error::{invalid_arg, Error, Result};
@@ -149,6 +150,8 @@ impl LcmScheduler {
                 PredictionType::Epsilon => ((x - sb * m) / sa, m),
                 PredictionType::Sample => (m, (x - sa * m) / sb),
                 PredictionType::VPrediction => (sa * x - sb * m, sa * m + sb * x),
+                // Refused by `SchedulerConfig::validate` for this class.
+                PredictionType::FlowPrediction => (f64::NAN, f64::NAN),
             }
         };
         match self.gamma {
@@ -162,12 +165,21 @@ impl LcmScheduler {
                 let range = self.cfg.clip_sample_range;
                 for b in 0..shape.batch {
                     let m = &model_output[b * stride..b * stride + per];
+                    let xs = &sample[b * per..(b + 1) * per];
+                    // Dynamic thresholding's s of this sample (from its float32 x_0, as torch).
+                    let s = self.cfg.thresholding.then(|| {
+                        let x0 = |j: usize| split(m[j] as f64, xs[j] as f64).0 as f32;
+                        threshold_of(per, self.cfg.dynamic_thresholding_ratio, x0)
+                            .clamp_to(self.cfg.sample_max_value)
+                    });
                     for (j, (xi, &mi)) in
                         sample[b * per..(b + 1) * per].iter_mut().zip(m).enumerate()
                     {
                         let x = *xi as f64;
                         let mut x0 = split(mi as f64, x).0;
-                        if self.cfg.clip_sample {
+                        if let Some(s) = s {
+                            x0 = torch_clamp(x0 as f32 as f64, -s, s) / s;
+                        } else if self.cfg.clip_sample {
                             x0 = x0.clamp(-range, range);
                         }
                         let denoised = c_out * x0 + c_skip * x;
@@ -204,4 +216,45 @@ impl LcmScheduler {
         }
         Ok(())
     }
+}
+
+/// `torch.quantile(|x0|, ratio)` of one sample (NaN if any value is), before clamping.
+struct Quantile(f64);
+
+impl Quantile {
+    /// diffusers' `s = clamp(q, 1, sample_max_value)`, as the float32 torch holds.
+    fn clamp_to(self, max: f64) -> f64 {
+        torch_clamp(self.0, 1.0, max) as f32 as f64
+    }
+}
+
+/// The `ratio` quantile of `|x0(j)|` over `j < n`, without a buffer (LCM has no history to
+/// hold one): each order statistic is found by a binary search over the float32 bit patterns
+/// (ordered as the values are, for non-negative floats), one pass over the sample per bit.
+fn threshold_of(n: usize, ratio: f64, x0: impl Fn(usize) -> f32) -> Quantile {
+    if n == 0 || (0..n).any(|j| x0(j).is_nan()) {
+        return Quantile(f64::NAN);
+    }
+    let kth = |k: usize| {
+        let (mut lo, mut hi) = (0u32, f32::INFINITY.to_bits());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at_most = (0..n).filter(|&j| x0(j).abs().to_bits() <= mid).count();
+            if at_most > k {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        f32::from_bits(lo) as f64
+    };
+    let rank = ratio * (n - 1) as f64;
+    let (below_k, above_k) = (libm::floor(rank) as usize, libm::ceil(rank) as usize);
+    let below = kth(below_k.min(n - 1));
+    let above = if above_k > below_k {
+        kth(above_k.min(n - 1))
+    } else {
+        below
+    };
+    Quantile(torch_lerp(below, above, rank - below_k as f64))
 }

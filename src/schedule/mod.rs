@@ -2,6 +2,7 @@
 //! `DDPMScheduler` and `DDIMScheduler`.
 //!
 //! - [`config`]: `scheduler_config.json` → [`SchedulerConfig`] (both classes, validated).
+//! - [`beta_dist`]: the Beta distribution's inverse CDF (the beta sigma schedule).
 //! - [`betas`](mod@betas): training betas and alpha-bars, as diffusers' float32 tensors hold them.
 //! - [`timesteps`](mod@timesteps): `set_timesteps`, reproduced exactly (leading / trailing / linspace).
 //! - [`Scheduler`]: one run's schedule and the allocation-free, in-place `step`.
@@ -18,6 +19,7 @@
 //! `fixed_large_log` noise is finite here (diffusers returns NaN), and DDIM's previous timestep
 //! can follow the schedule ([`DdimPrevTimestep::NextInSchedule`]) instead of `t - T / N`.
 
+pub mod beta_dist;
 pub mod betas;
 pub mod config;
 pub mod eps;

@@ -85,7 +85,7 @@ impl X0Post {
 }
 
 /// `torch.clamp`: `min(max(x, lo), hi)`, with NaN propagated (Rust's `max`/`min` drop it).
-fn torch_clamp(x: f64, lo: f64, hi: f64) -> f64 {
+pub(super) fn torch_clamp(x: f64, lo: f64, hi: f64) -> f64 {
     if x.is_nan() || lo.is_nan() || hi.is_nan() {
         return f64::NAN;
     }
@@ -99,7 +99,7 @@ fn torch_clamp(x: f64, lo: f64, hi: f64) -> f64 {
 
 /// `torch.quantile(v, q)` with linear interpolation, for finite non-negative values (the
 /// caller handles NaN). Reorders `v`; O(n) by selection instead of a full sort.
-fn quantile(v: &mut [f32], q: f64) -> f64 {
+pub(super) fn quantile(v: &mut [f32], q: f64) -> f64 {
     let last = v.len().saturating_sub(1);
     let rank = q * last as f64;
     let lo = (libm::floor(rank) as usize).min(last);
@@ -115,7 +115,11 @@ fn quantile(v: &mut [f32], q: f64) -> f64 {
     } else {
         below
     };
-    // torch.lerp's two-sided formula.
+    torch_lerp(below, above, weight)
+}
+
+/// torch.lerp's two-sided formula (the interpolation of `torch.quantile`).
+pub(super) fn torch_lerp(below: f64, above: f64, weight: f64) -> f64 {
     if weight < 0.5 {
         below + weight * (above - below)
     } else {
@@ -130,6 +134,8 @@ fn predict(kind: PredictionType, m: f64, x: f64, sqrt_a: f64, sqrt_b: f64) -> (f
         PredictionType::Epsilon => ((x - sqrt_b * m) / sqrt_a, m),
         PredictionType::Sample => (m, (x - sqrt_a * m) / sqrt_b),
         PredictionType::VPrediction => (sqrt_a * x - sqrt_b * m, sqrt_a * m + sqrt_b * x),
+        // Refused by `SchedulerConfig::validate` for this class.
+        PredictionType::FlowPrediction => (f64::NAN, f64::NAN),
     }
 }
 

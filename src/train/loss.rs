@@ -67,6 +67,10 @@ fn target(pred: PredictionType) -> Result<Target> {
             "prediction_type",
             "sample (the trainer implements epsilon and v_prediction)",
         )),
+        PredictionType::FlowPrediction => Err(unsupported(
+            "prediction_type",
+            "flow_prediction (the trainer implements epsilon and v_prediction)",
+        )),
     }
 }
 

@@ -2,7 +2,7 @@
 //! extrapolated as a Lagrange polynomial in log rho (rho = sigma / alpha) and integrated in
 //! closed form.
 
-use super::{alpha_sigma, convert_model_output, lambda, SigmaScheduler};
+use super::{convert_model_output, SigmaScheduler};
 
 /// The integral of the order-2 Lagrange basis of node `b` (other node `c`) in log rho, as
 /// diffusers' `ind_fn`, at `t`.
@@ -37,9 +37,11 @@ impl SigmaScheduler {
         let slots = c.solver_order;
         let slot = |j: usize| (j % slots) * n;
         let here = slot(i);
-        let (a0, s0) = alpha_sigma(self.sigmas[i]);
+        let (a0, s0) = self.alpha_sigma(self.sigmas[i]);
+        // With thresholding, through the clamped x_0 as diffusers computes it.
+        let threshold = self.thresholds();
         convert_model_output(
-            false,
+            threshold,
             c.prediction_type,
             (a0, s0),
             sample,
@@ -47,18 +49,30 @@ impl SigmaScheduler {
             (per, stride),
             &mut history[here..here + n],
         );
+        if threshold {
+            self.threshold_slot(here, (n, per), history, Some(((a0, s0), &*sample)));
+        }
         let order = self.order_at(i);
-        let (at, st) = alpha_sigma(self.sigmas[i + 1]);
+        let (at, st) = self.alpha_sigma(self.sigmas[i + 1]);
         let rho = |j: usize| {
-            let (a, s) = alpha_sigma(self.sigmas[j]);
+            let (a, s) = self.alpha_sigma(self.sigmas[j]);
             s / a
         };
         // x_t = cx * x + sum_k coef_k * m_{i-k}
         let mut coef = [0.0f64; 3];
         let cx;
         match order {
+            // Flow sigmas near 1: alpha_t / alpha_s and e^h - 1 reach ~1e2 and cancel, so the
+            // float32 scalars diffusers forms them in decide the result; formed the same way.
+            1 if self.flow() => {
+                let (t32, s32) = (self.sigmas[i + 1] as f32, self.sigmas[i] as f32);
+                let (at32, a032) = (1.0 - t32, 1.0 - s32);
+                let h = (libm::logf(at32) - libm::logf(t32)) - (libm::logf(a032) - libm::logf(s32));
+                cx = (at32 / a032) as f64;
+                coef[0] = -(t32 * (libm::expf(h) - 1.0)) as f64;
+            }
             1 => {
-                let h = lambda(self.sigmas[i + 1]) - lambda(self.sigmas[i]);
+                let h = self.lambda(self.sigmas[i + 1]) - self.lambda(self.sigmas[i]);
                 cx = at / a0;
                 coef[0] = -(st * (libm::exp(h) - 1.0));
             }

@@ -4,7 +4,7 @@
 
 use alloc::vec::Vec;
 
-use super::{alpha_sigma, convert_model_output, lambda, SigmaScheduler};
+use super::{convert_model_output, SigmaScheduler};
 use crate::schedule::config::{DpmAlgorithm, FinalSigmas, SchedulerConfig, SolverType};
 
 /// diffusers' `get_order_list` for `n` steps, after `set_timesteps` turns
@@ -75,28 +75,33 @@ impl SigmaScheduler {
             c.algorithm_type,
             DpmAlgorithm::DpmSolverPP | DpmAlgorithm::SdeDpmSolverPP
         );
-        let (outs, start) = history.split_at_mut(slots * n);
-        let start = &mut start[..n];
         let here = slot(i);
         convert_model_output(
             data,
             c.prediction_type,
-            alpha_sigma(self.sigmas[i]),
+            self.alpha_sigma(self.sigmas[i]),
             sample,
             model_output,
             (per, stride),
-            &mut outs[here..here + n],
+            &mut history[here..here + n],
         );
+        // DPM-Solver++ only: diffusers fails for `dpmsolver` with thresholding (refused in
+        // `new`).
+        if self.thresholds() {
+            self.threshold_slot(here, (n, per), history, None);
+        }
+        let (outs, start) = history.split_at_mut(slots * n);
+        let start = &mut start[..n];
         let order = self.order_at(i);
         if order == 1 {
             start.copy_from_slice(&sample[..n]);
         }
         // The group's first sigma, and the update's scalars from it to sigma_{i+1}.
         let s = i + 1 - order;
-        let (at, st) = alpha_sigma(self.sigmas[i + 1]);
-        let (a_s, s_s) = alpha_sigma(self.sigmas[s]);
-        let l_s = lambda(self.sigmas[s]);
-        let h = lambda(self.sigmas[i + 1]) - l_s;
+        let (at, st) = self.alpha_sigma(self.sigmas[i + 1]);
+        let (a_s, s_s) = self.alpha_sigma(self.sigmas[s]);
+        let l_s = self.lambda(self.sigmas[s]);
+        let h = self.lambda(self.sigmas[i + 1]) - l_s;
         let (em, ep) = (libm::exp(-h) - 1.0, libm::exp(h) - 1.0);
         let e2 = 1.0 - libm::exp(-2.0 * h);
         // c0: D0's weight; half: order-2 midpoint's D1 weight; g1, g2: the first- and
@@ -110,7 +115,8 @@ impl SigmaScheduler {
                 -(at * ((em + h) / (h * h) - 0.5)),
                 0.0,
             ),
-            DpmAlgorithm::DpmSolver => (
+            // sde-dpmsolver is refused for this class in `new`.
+            DpmAlgorithm::DpmSolver | DpmAlgorithm::SdeDpmSolver => (
                 at / a_s,
                 -(st * ep),
                 -0.5 * (st * ep),
@@ -129,9 +135,9 @@ impl SigmaScheduler {
         };
         let heun = c.solver_type == SolverType::Heun;
         // r0 = h_0 / h (the newest output's lambda), r1 = h_1 / h (order 3's middle one).
-        let r0 = (lambda(self.sigmas[i]) - l_s) / h;
+        let r0 = (self.lambda(self.sigmas[i]) - l_s) / h;
         let r1 = if order == 3 {
-            (lambda(self.sigmas[i - 1]) - l_s) / h
+            (self.lambda(self.sigmas[i - 1]) - l_s) / h
         } else {
             0.0
         };

@@ -1,6 +1,6 @@
 //! `DPMSolverMultistepScheduler`'s step.
 
-use super::{alpha_sigma, convert_model_output, lambda, SigmaScheduler};
+use super::{convert_model_output, SigmaScheduler};
 use crate::schedule::config::{DpmAlgorithm, SchedulerConfig, SolverType};
 
 impl SigmaScheduler {
@@ -25,11 +25,13 @@ impl SigmaScheduler {
             DpmAlgorithm::DpmSolverPP | DpmAlgorithm::SdeDpmSolverPP
         );
         // convert_model_output into this step's history slot.
-        let (a0, s0) = alpha_sigma(self.sigmas[i]);
+        let (a0, s0) = self.alpha_sigma(self.sigmas[i]);
         let here = slot(i);
         let to = &mut history[here..here + n];
+        // Thresholding clamps the x_0 prediction, so noise prediction goes through it.
+        let threshold = self.thresholds();
         convert_model_output(
-            data,
+            data || threshold,
             c.prediction_type,
             (a0, s0),
             sample,
@@ -37,11 +39,15 @@ impl SigmaScheduler {
             (per, stride),
             to,
         );
+        if threshold {
+            let to_eps = (!data).then_some(((a0, s0), &*sample));
+            self.threshold_slot(here, (n, per), history, to_eps);
+        }
         let used = self.order_at(i);
         let sg = |j: usize| self.sigmas[j];
-        let (at, st) = alpha_sigma(sg(i + 1));
-        let lt = lambda(sg(i + 1));
-        let l0 = lambda(sg(i));
+        let (at, st) = self.alpha_sigma(sg(i + 1));
+        let lt = self.lambda(sg(i + 1));
+        let l0 = self.lambda(sg(i));
         let h = lt - l0;
         // x_t = cx * x + c0 * D0 + c1 * D1 + c2 * D2 + cz * z
         let c0;
@@ -53,6 +59,7 @@ impl SigmaScheduler {
             DpmAlgorithm::DpmSolverPP => (st / s0, 0.0),
             DpmAlgorithm::DpmSolver => (at / a0, 0.0),
             DpmAlgorithm::SdeDpmSolverPP => (st / s0 * libm::exp(-h), st * libm::sqrt(e2)),
+            DpmAlgorithm::SdeDpmSolver => (at / a0, st * libm::sqrt(libm::exp(2.0 * h) - 1.0)),
         };
         match c.algorithm_type {
             DpmAlgorithm::DpmSolverPP => {
@@ -87,6 +94,16 @@ impl SigmaScheduler {
                     }
                 }
             }
+            // diffusers has no third-order sde-dpmsolver (refused in `new`).
+            DpmAlgorithm::SdeDpmSolver => {
+                c0 = -2.0 * (st * ep);
+                if used == 2 {
+                    c1 = match c.solver_type {
+                        SolverType::Midpoint => -(st * ep),
+                        SolverType::Heun => -2.0 * (st * (ep / h - 1.0)),
+                    }
+                }
+            }
             DpmAlgorithm::SdeDpmSolverPP => {
                 c0 = at * e2;
                 match used {
@@ -106,10 +123,10 @@ impl SigmaScheduler {
         }
         // D1, D2 from the history: r0 = h_0 / h, r1 = h_1 / h.
         let (r0, r1) = if used >= 2 {
-            let l1 = lambda(sg(i - 1));
+            let l1 = self.lambda(sg(i - 1));
             let r0 = (l0 - l1) / h;
             let r1 = if used >= 3 {
-                (l1 - lambda(sg(i - 2))) / h
+                (l1 - self.lambda(sg(i - 2))) / h
             } else {
                 0.0
             };

@@ -45,6 +45,8 @@ impl SigmaScheduler {
                     PredictionType::Epsilon => xi - s_in * mi,
                     PredictionType::VPrediction => mi * v_m + xi / v_div,
                     PredictionType::Sample => mi,
+                    // Refused by `SchedulerConfig::validate` for this class.
+                    PredictionType::FlowPrediction => f64::NAN,
                 };
                 if c.clip_sample {
                     x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range);

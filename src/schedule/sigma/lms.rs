@@ -74,6 +74,8 @@ impl SigmaScheduler {
                     PredictionType::Epsilon => xi - s * mi,
                     PredictionType::VPrediction => mi * v_m + xi / v_div,
                     PredictionType::Sample => mi,
+                    // Refused by `SchedulerConfig::validate` for this class.
+                    PredictionType::FlowPrediction => f64::NAN,
                 };
                 let d = (xi - x0) / s;
                 history[here + j] = d as f32;

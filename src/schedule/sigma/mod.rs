@@ -36,12 +36,13 @@
 use alloc::format;
 use alloc::vec::Vec;
 
+use super::beta_dist::beta_ppf;
 use super::betas::{alphas_cumprod, betas};
 use super::config::{
     BetaSchedule, DpmAlgorithm, FinalSigmas, PredictionType, SchedulerConfig, SchedulerKind,
     TimestepSpacing, TimestepType, UniPcSolver,
 };
-use super::scheduler::{check_len, step_noise, StepShape};
+use super::scheduler::{check_len, quantile, step_noise, torch_clamp, StepShape};
 use super::timesteps::{arange_f64, round_half_even};
 use crate::error::{invalid_arg, unsupported, Error, Result};
 
@@ -61,6 +62,64 @@ use dpm_solver::lambda_clipped_count;
 
 /// Karras et al.'s rho.
 const RHO: f64 = 7.0;
+
+/// The alpha = beta of diffusers' `_convert_to_beta` (its defaults; no config key sets them).
+const BETA_SIGMA_AB: f64 = 0.6;
+
+/// How a class lays out its inference sigmas (diffusers' `use_*_sigmas` / `use_lu_lambdas`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ramp {
+    /// The training sigmas interpolated at the spaced timesteps.
+    Interp,
+    Karras,
+    Exponential,
+    Beta,
+    /// DPM-Solver multistep's `use_lu_lambdas`.
+    Lu,
+    /// Flow-matching sigmas (`use_flow_sigmas`, `flow_shift`) of DPM-Solver, UniPC and DEIS.
+    Flow,
+}
+
+impl Ramp {
+    /// The ramp of `cfg`, in diffusers' precedence (Karras, then Lu, exponential, beta). A
+    /// class without an option ignores it, as diffusers' `from_config` drops keys the class
+    /// does not take (a config converted with `with_kind`).
+    fn of(cfg: &SchedulerConfig) -> Ramp {
+        let has_exp_beta = matches!(
+            cfg.kind,
+            SchedulerKind::Euler
+                | SchedulerKind::Heun
+                | SchedulerKind::Lms
+                | SchedulerKind::Kdpm2
+                | SchedulerKind::Kdpm2Ancestral
+                | SchedulerKind::DpmSolverMultistep
+                | SchedulerKind::DpmSolverSinglestep
+                | SchedulerKind::UniPcMultistep
+                | SchedulerKind::DeisMultistep
+        );
+        if cfg.use_karras_sigmas {
+            Ramp::Karras
+        } else if cfg.use_lu_lambdas && cfg.kind == SchedulerKind::DpmSolverMultistep {
+            Ramp::Lu
+        } else if cfg.use_exponential_sigmas && has_exp_beta {
+            Ramp::Exponential
+        } else if cfg.use_beta_sigmas && has_exp_beta {
+            Ramp::Beta
+        } else if cfg.use_flow_sigmas
+            && matches!(
+                cfg.kind,
+                SchedulerKind::DpmSolverMultistep
+                    | SchedulerKind::DpmSolverSinglestep
+                    | SchedulerKind::UniPcMultistep
+                    | SchedulerKind::DeisMultistep
+            )
+        {
+            Ramp::Flow
+        } else {
+            Ramp::Interp
+        }
+    }
+}
 
 /// A Euler, Euler-ancestral, DPM-Solver multistep, Heun, UniPC or PNDM scheduler set up for
 /// one number of steps.
@@ -156,11 +215,6 @@ fn alpha_sigma(s: f64) -> (f64, f64) {
     (alpha, s * alpha)
 }
 
-fn lambda(s: f64) -> f64 {
-    let (a, sg) = alpha_sigma(s);
-    libm::log(a) - libm::log(sg)
-}
-
 impl SigmaScheduler {
     /// Builds the schedule for `num_inference_steps` steps of `cfg.kind` (Euler, Euler
     /// ancestral or DPM-Solver multistep).
@@ -201,17 +255,6 @@ impl SigmaScheduler {
         // unscaled model input.
         let dpm = dpm_only || unipc || deis;
         if unipc {
-            for (on, key) in [
-                (cfg.thresholding, "thresholding"),
-                (cfg.rescale_betas_zero_snr, "rescale_betas_zero_snr"),
-            ] {
-                if on {
-                    return Err(unsupported(
-                        key,
-                        "true (not implemented for UniPCMultistepScheduler here)",
-                    ));
-                }
-            }
             if cfg.unipc_solver == UniPcSolver::Bh1 && cfg.final_sigmas_type == FinalSigmas::Zero {
                 return Err(unsupported(
                     "solver_type",
@@ -241,26 +284,61 @@ impl SigmaScheduler {
                 format!("sample ({} does not implement it)", cfg.kind.class_name()),
             ));
         }
-        if (dpm_only || deis) && cfg.thresholding {
+        if single && cfg.thresholding && cfg.algorithm_type == DpmAlgorithm::DpmSolver {
+            // diffusers 0.42 indexes its alphas with a None timestep there and fails.
             return Err(unsupported(
                 "thresholding",
-                format!("true (not implemented for {} here)", cfg.kind.class_name()),
+                "true with algorithm_type dpmsolver (DPMSolverSinglestepScheduler fails on it in \
+                 diffusers 0.42: use dpmsolver++)",
+            ));
+        }
+        let noise_algorithm = matches!(
+            cfg.algorithm_type,
+            DpmAlgorithm::DpmSolver | DpmAlgorithm::SdeDpmSolver
+        );
+        if cfg.prediction_type == PredictionType::FlowPrediction
+            && ((dpm_only && noise_algorithm) || (unipc && !cfg.predict_x0))
+        {
+            // diffusers converts flow_prediction to x_0 only (ValueError otherwise).
+            return Err(unsupported(
+                "prediction_type",
+                "flow_prediction with a noise-prediction solver (diffusers refuses it: use \
+                 dpmsolver++ / sde-dpmsolver++, or UniPC with predict_x0)",
+            ));
+        }
+        if single && cfg.algorithm_type == DpmAlgorithm::SdeDpmSolver {
+            return Err(unsupported(
+                "algorithm_type",
+                "sde-dpmsolver (DPMSolverSinglestepScheduler does not implement it)",
             ));
         }
         if dpm_only
-            && cfg.algorithm_type == DpmAlgorithm::DpmSolver
+            && matches!(
+                cfg.algorithm_type,
+                DpmAlgorithm::DpmSolver | DpmAlgorithm::SdeDpmSolver
+            )
             && cfg.final_sigmas_type == FinalSigmas::Zero
         {
             return Err(unsupported(
                 "final_sigmas_type",
-                "zero with algorithm_type dpmsolver (diffusers refuses it: use sigma_min)",
+                format!(
+                    "zero with algorithm_type {} (diffusers refuses it: use sigma_min)",
+                    cfg.algorithm_type
+                ),
             ));
         }
         if cfg.kind == SchedulerKind::Ipndm {
             return SigmaScheduler::new_ipndm(cfg, n);
         }
         let b = betas(&cfg)?;
-        let ac = alphas_cumprod(&b);
+        let mut ac = alphas_cumprod(&b);
+        if cfg.rescale_betas_zero_snr {
+            // diffusers: "close to 0 without being 0 so first sigma is not inf" (fp16's
+            // smallest subnormal), in Euler, Euler ancestral, DPM-Solver multistep and UniPC.
+            if let Some(last) = ac.last_mut() {
+                *last = libm::exp2(-24.0);
+            }
+        }
         if cfg.kind == SchedulerKind::Pndm {
             return SigmaScheduler::new_pndm(cfg, n, &ac);
         }
@@ -351,7 +429,30 @@ impl SigmaScheduler {
             });
         }
 
-        let (mut sigmas, timesteps): (Vec<f64>, Vec<f64>) = if cfg.use_karras_sigmas {
+        let ramp = Ramp::of(&cfg);
+        let (mut sigmas, timesteps): (Vec<f64>, Vec<f64>) = if ramp == Ramp::Flow {
+            // Flow matching: sigma = 1 - alpha on a linear grid, shifted by `flow_shift`; the
+            // model timestep sigma * T (truncated below, as the integer classes do).
+            let shift = cfg.flow_shift;
+            let shifted = |x: f64| shift * x / (1.0 + (shift - 1.0) * x);
+            let grid = linspace(1.0, 1.0 / t_train as f64, n + 1);
+            let mut s: Vec<f64> = if unipc {
+                grid[..n].iter().map(|&x| shifted(x)).collect()
+            } else {
+                let mut v: Vec<f64> = grid.iter().map(|&a| shifted(1.0 - a)).collect();
+                v.reverse();
+                v.truncate(n);
+                v
+            };
+            // UniPC: "to avoid inf torch.log(alpha_si)" at sigma 1.
+            if unipc && libm::fabs(s[0] - 1.0) < 1e-6 {
+                s[0] -= 1e-6;
+            }
+            let t = s.iter().map(|&x| x * t_train as f64).collect();
+            (s, t)
+        } else if ramp != Ramp::Interp {
+            // The ramp's ends: the training sigmas' (DPM-Solver, UniPC, DEIS, and UniPC's
+            // `sigma_min` / `sigma_max`), or the interpolated schedule's (Euler's overridable).
             let (lo, hi) = if unipc {
                 (
                     cfg.sigma_min.unwrap_or(sig[0] as f64),
@@ -366,14 +467,35 @@ impl SigmaScheduler {
                     cfg.sigma_max.unwrap_or(interp_s[0]),
                 )
             };
-            let s = karras(lo, hi, n);
+            let s = match ramp {
+                Ramp::Karras => karras(lo, hi, n),
+                Ramp::Exponential => linspace(libm::log(hi), libm::log(lo), n)
+                    .into_iter()
+                    .map(libm::exp)
+                    .collect(),
+                Ramp::Beta => linspace(0.0, 1.0, n)
+                    .into_iter()
+                    .map(|r| lo + beta_ppf(1.0 - r, BETA_SIGMA_AB, BETA_SIGMA_AB) * (hi - lo))
+                    .collect(),
+                // Linear in log sigma between the float32 log sigmas' ends (rho = 1).
+                Ramp::Lu => {
+                    let (l_min, l_max) = (log_sigmas[0], log_sigmas[t_train - 1]);
+                    linspace(0.0, 1.0, n)
+                        .into_iter()
+                        .map(|r| libm::exp(l_max + r * (l_min - l_max)))
+                        .collect()
+                }
+                Ramp::Interp | Ramp::Flow => unreachable!("handled above"),
+            };
             let mut t: Vec<f64> = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
             let kdpm2 = matches!(
                 cfg.kind,
                 SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral
             );
-            if dpm || kdpm2 {
-                // Rounded, except for cosine betas where diffusers truncates (astype int64).
+            // Karras and Lu timesteps are rounded (DPM-Solver, UniPC, DEIS, KDPM2), except for
+            // cosine betas in the multistep DPM-Solver where diffusers truncates (astype
+            // int64); exponential and beta ones are not (the integer classes truncate below).
+            if matches!(ramp, Ramp::Karras | Ramp::Lu) && (dpm || kdpm2) {
                 for v in t.iter_mut() {
                     *v = if dpm_only
                         && !single
@@ -391,12 +513,12 @@ impl SigmaScheduler {
             (s, raw)
         };
         let last_sigma = match cfg.final_sigmas_type {
-            // DEIS has no final_sigmas_type: sigma_min (Karras: the ramp's last sigma).
-            _ if deis && cfg.use_karras_sigmas => sigmas[n - 1],
+            // DEIS has no final_sigmas_type: sigma_min (a ramp's: its last sigma).
+            _ if deis && ramp != Ramp::Interp => sigmas[n - 1],
             _ if deis => sig[0] as f64,
             FinalSigmas::Zero => 0.0,
-            // UniPC with Karras sigmas ends on the ramp's last sigma (its `sigma_min`).
-            FinalSigmas::SigmaMin if unipc && cfg.use_karras_sigmas => sigmas[n - 1],
+            // UniPC with a sigma ramp ends on the ramp's last sigma (its `sigma_min`).
+            FinalSigmas::SigmaMin if unipc && ramp != Ramp::Interp => sigmas[n - 1],
             FinalSigmas::SigmaMin => sig[0] as f64,
         };
         sigmas.push(last_sigma);
@@ -481,7 +603,7 @@ impl SigmaScheduler {
             (false, TimestepSpacing::Linspace | TimestepSpacing::Trailing) => max_sigma as f64,
             (false, TimestepSpacing::Leading) => libm::sqrtf(max_sigma * max_sigma + 1.0) as f64,
         };
-        Ok(SigmaScheduler {
+        let built = SigmaScheduler {
             cfg,
             num_inference_steps: n,
             timesteps,
@@ -493,7 +615,22 @@ impl SigmaScheduler {
             prk_len: 0,
             orders,
             ipndm_betas: Vec::new(),
-        })
+        };
+        if built.cfg.kind == SchedulerKind::DpmSolverMultistep
+            && built.cfg.algorithm_type == DpmAlgorithm::SdeDpmSolver
+        {
+            if let Some(i) = (0..built.num_steps()).find(|&i| built.order_at(i) == 3) {
+                // diffusers 0.42 has no third-order sde-dpmsolver update (UnboundLocalError).
+                return Err(unsupported(
+                    "solver_order",
+                    format!(
+                        "3 with algorithm_type sde-dpmsolver ({n} steps reach a third-order \
+                         step at {i}, which diffusers 0.42 does not implement: use solver_order 2)"
+                    ),
+                ));
+            }
+        }
+        Ok(built)
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -589,7 +726,10 @@ impl SigmaScheduler {
         match self.cfg.kind {
             SchedulerKind::EulerAncestral | SchedulerKind::Kdpm2Ancestral => true,
             SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverSinglestep => {
-                self.cfg.algorithm_type == DpmAlgorithm::SdeDpmSolverPP
+                matches!(
+                    self.cfg.algorithm_type,
+                    DpmAlgorithm::SdeDpmSolverPP | DpmAlgorithm::SdeDpmSolver
+                )
             }
             _ => false,
         }
@@ -607,56 +747,126 @@ impl SigmaScheduler {
         }
     }
 
-    /// f32 elements of multistep history [`SigmaScheduler::step`] needs for `shape`:
-    /// `solver_order` converted model outputs for DPM-Solver, else 0.
+    /// f32 elements of multistep history [`SigmaScheduler::step`] needs for `shape`: the
+    /// class's [`SigmaScheduler::history_slots`] samples, plus one sample's worth of scratch
+    /// for the per-sample quantile of dynamic thresholding when it is on.
     pub fn history_len(&self, shape: StepShape) -> usize {
+        let scratch = if self.thresholds() {
+            shape.sample_len().unwrap_or(usize::MAX)
+        } else {
+            0
+        };
+        shape
+            .len()
+            .and_then(|n| n.checked_mul(self.history_slots()))
+            .and_then(|h| h.checked_add(scratch))
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Whether the x_0 prediction is dynamically thresholded (DPM-Solver, UniPC with data
+    /// prediction, DEIS; diffusers' `thresholding`).
+    fn thresholds(&self) -> bool {
+        let c = &self.cfg;
+        c.thresholding
+            && match c.kind {
+                SchedulerKind::DpmSolverMultistep
+                | SchedulerKind::DpmSolverSinglestep
+                | SchedulerKind::DeisMultistep => true,
+                SchedulerKind::UniPcMultistep => c.predict_x0,
+                _ => false,
+            }
+    }
+
+    /// Whether the run is on flow-matching sigmas (`use_flow_sigmas`: alpha = 1 - sigma).
+    fn flow(&self) -> bool {
+        Ramp::of(&self.cfg) == Ramp::Flow
+    }
+
+    /// alpha_t, sigma_t of sigma `s` (`_sigma_to_alpha_sigma_t`): VP, or flow matching's
+    /// (1 - s, s).
+    fn alpha_sigma(&self, s: f64) -> (f64, f64) {
+        if self.flow() {
+            (1.0 - s, s)
+        } else {
+            alpha_sigma(s)
+        }
+    }
+
+    /// The log-SNR log alpha - log sigma of sigma `s`.
+    fn lambda(&self, s: f64) -> f64 {
+        let (a, sg) = self.alpha_sigma(s);
+        libm::log(a) - libm::log(sg)
+    }
+
+    /// Whole samples of history the class keeps (the thresholding scratch comes after them).
+    fn history_slots(&self) -> usize {
         match self.cfg.kind {
-            SchedulerKind::DpmSolverMultistep => shape
-                .len()
-                .and_then(|n| n.checked_mul(self.cfg.solver_order))
-                .unwrap_or(usize::MAX),
+            // `solver_order` converted model outputs.
+            SchedulerKind::DpmSolverMultistep => self.cfg.solver_order,
             // `solver_order` + 1 converted outputs (the corrector reads the previous
             // `solver_order` and this step's) and the last (corrected) sample.
-            SchedulerKind::UniPcMultistep => shape
-                .len()
-                .and_then(|n| n.checked_mul(self.cfg.solver_order + 2))
-                .unwrap_or(usize::MAX),
+            SchedulerKind::UniPcMultistep => self.cfg.solver_order + 2,
             // Four past model outputs, the sample the first steps start from and (PRK) the
             // Runge-Kutta sum.
-            SchedulerKind::Pndm => shape
-                .len()
-                .and_then(|n| n.checked_mul(if self.cfg.skip_prk_steps { 5 } else { 6 }))
-                .unwrap_or(usize::MAX),
-            // The last four combined outputs.
-            SchedulerKind::Ipndm => shape
-                .len()
-                .and_then(|n| n.checked_mul(4))
-                .unwrap_or(usize::MAX),
-            // `solver_order` noise predictions.
-            SchedulerKind::DeisMultistep => shape
-                .len()
-                .and_then(|n| n.checked_mul(self.cfg.solver_order))
-                .unwrap_or(usize::MAX),
-            // `solver_order` converted outputs and the sample the current group started from.
-            SchedulerKind::DpmSolverSinglestep => shape
-                .len()
-                .and_then(|n| n.checked_mul(self.cfg.solver_order + 1))
-                .unwrap_or(usize::MAX),
-            // The sample the first evaluation of a step started from.
-            SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral => {
-                shape.len().unwrap_or(usize::MAX)
+            SchedulerKind::Pndm => {
+                if self.cfg.skip_prk_steps {
+                    5
+                } else {
+                    6
+                }
             }
+            // The last four combined outputs.
+            SchedulerKind::Ipndm => 4,
+            // `solver_order` noise predictions.
+            SchedulerKind::DeisMultistep => self.cfg.solver_order,
+            // `solver_order` converted outputs and the sample the current group started from.
+            SchedulerKind::DpmSolverSinglestep => self.cfg.solver_order + 1,
+            // The sample the first evaluation of a step started from.
+            SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral => 1,
             // The derivatives of the last `LMS_ORDER` steps.
-            SchedulerKind::Lms => shape
-                .len()
-                .and_then(|n| n.checked_mul(lms::LMS_ORDER))
-                .unwrap_or(usize::MAX),
+            SchedulerKind::Lms => lms::LMS_ORDER,
             // The first-order derivative and the sample it started from.
-            SchedulerKind::Heun => shape
-                .len()
-                .and_then(|n| n.checked_mul(2))
-                .unwrap_or(usize::MAX),
+            SchedulerKind::Heun => 2,
             _ => 0,
+        }
+    }
+
+    /// diffusers' `_threshold_sample` on the x_0 prediction in `history[at..at + n]` (rows of
+    /// `per` floats), in place; the quantile's selection runs in the scratch after the
+    /// history slots. Then, for a noise-prediction slot (`to_eps`: the alpha and sigma of the
+    /// step's sample), back to eps = (x - alpha x_0) / sigma.
+    fn threshold_slot(
+        &self,
+        at: usize,
+        (n, per): (usize, usize),
+        history: &mut [f32],
+        to_eps: Option<((f64, f64), &[f32])>,
+    ) {
+        let c = &self.cfg;
+        let (head, scratch) = history.split_at_mut(self.history_slots() * n);
+        let scratch = &mut scratch[..per];
+        for row in head[at..at + n].chunks_exact_mut(per) {
+            let mut nan = false;
+            for (a, &v) in scratch.iter_mut().zip(row.iter()) {
+                nan |= v.is_nan();
+                *a = libm::fabsf(v);
+            }
+            // torch.quantile returns NaN when the row holds a NaN.
+            let q = if nan {
+                f64::NAN
+            } else {
+                quantile(scratch, c.dynamic_thresholding_ratio)
+            };
+            // float32, as torch holds s.
+            let s = torch_clamp(q, 1.0, c.sample_max_value) as f32 as f64;
+            for v in row.iter_mut() {
+                *v = (torch_clamp(*v as f64, -s, s) / s) as f32;
+            }
+        }
+        if let Some(((a, sg), sample)) = to_eps {
+            for (v, &x) in head[at..at + n].iter_mut().zip(sample) {
+                *v = ((x as f64 - a * *v as f64) / sg) as f32;
+            }
         }
     }
 
@@ -843,6 +1053,9 @@ fn convert_model_output(
                 (false, PredictionType::Epsilon) => mi,
                 (false, PredictionType::Sample) => (xi - a * mi) / s,
                 (false, PredictionType::VPrediction) => a * mi + s * xi,
+                // x_0 = x - sigma v (alpha = 1 - sigma); eps through it (DEIS, as diffusers).
+                (true, PredictionType::FlowPrediction) => xi - s * mi,
+                (false, PredictionType::FlowPrediction) => (xi - a * (xi - s * mi)) / s,
             };
             *o = v as f32;
         }

@@ -1,6 +1,6 @@
 //! `UniPCMultistepScheduler`'s step (UniP predictor, UniC corrector).
 
-use super::{alpha_sigma, convert_model_output, SigmaScheduler};
+use super::{convert_model_output, SigmaScheduler};
 use crate::schedule::config::UniPcSolver;
 
 impl SigmaScheduler {
@@ -22,13 +22,10 @@ impl SigmaScheduler {
         let n = per * batch;
         let slots = c.solver_order + 1;
         let slot = |j: usize| (j % slots) * n;
-        let (outs, last) = history.split_at_mut(slots * n);
-        let last = &mut last[..n];
         let x0 = c.predict_x0;
         // convert_model_output (from the uncorrected sample) into this step's slot.
-        let (a0, s0) = alpha_sigma(self.sigmas[i]);
+        let (a0, s0) = self.alpha_sigma(self.sigmas[i]);
         let here = slot(i);
-        let to = &mut outs[here..here + n];
         convert_model_output(
             x0,
             c.prediction_type,
@@ -36,8 +33,13 @@ impl SigmaScheduler {
             sample,
             model_output,
             (per, stride),
-            to,
+            &mut history[here..here + n],
         );
+        if self.thresholds() {
+            self.threshold_slot(here, (n, per), history, None);
+        }
+        let (outs, last) = history.split_at_mut(slots * n);
+        let last = &mut last[..n];
         // Corrector: from the last sample at sigma_{i-1}, with the order step i-1 predicted with.
         if i > 0 && !c.disable_corrector.contains(&(i - 1)) {
             let order = self.order_at(i - 1);
@@ -77,14 +79,14 @@ impl SigmaScheduler {
     fn unipc_coeffs(&self, s: usize, order: usize, corrector: bool) -> UniCoeffs {
         let c = &self.cfg;
         let sg = |j: usize| self.sigmas[j] as f32;
-        let (at, st) = alpha_sigma32(sg(s + 1));
-        let (a0, s0) = alpha_sigma32(sg(s));
-        let l0 = lambda32(sg(s));
-        let h = lambda32(sg(s + 1)) - l0;
+        let (at, st) = self.alpha_sigma32(sg(s + 1));
+        let (a0, s0) = self.alpha_sigma32(sg(s));
+        let l0 = self.lambda32(sg(s));
+        let h = self.lambda32(sg(s + 1)) - l0;
         // rks: (lambda_{s-j} - lambda_s) / h for j = 1..order-1, then 1.
         let mut rks = [1.0f32; 3];
         for j in 1..order {
-            rks[j - 1] = (lambda32(sg(s - j)) - l0) / h;
+            rks[j - 1] = (self.lambda32(sg(s - j)) - l0) / h;
         }
         rks[order - 1] = 1.0;
         let hh = if c.predict_x0 { -h } else { h };
@@ -140,16 +142,21 @@ impl SigmaScheduler {
     }
 }
 
-/// `_sigma_to_alpha_sigma_t` in float32.
-fn alpha_sigma32(s: f32) -> (f32, f32) {
-    let alpha = 1.0 / libm::sqrtf(s * s + 1.0);
-    (alpha, s * alpha)
-}
+impl SigmaScheduler {
+    /// `_sigma_to_alpha_sigma_t` in float32 (flow sigmas: 1 - sigma, sigma).
+    fn alpha_sigma32(&self, s: f32) -> (f32, f32) {
+        if self.flow() {
+            return (1.0 - s, s);
+        }
+        let alpha = 1.0 / libm::sqrtf(s * s + 1.0);
+        (alpha, s * alpha)
+    }
 
-/// log alpha - log sigma in float32.
-fn lambda32(s: f32) -> f32 {
-    let (a, sg) = alpha_sigma32(s);
-    libm::logf(a) - libm::logf(sg)
+    /// log alpha - log sigma in float32.
+    fn lambda32(&self, s: f32) -> f32 {
+        let (a, sg) = self.alpha_sigma32(s);
+        libm::logf(a) - libm::logf(sg)
+    }
 }
 
 /// One UniPC update's coefficients ([`SigmaScheduler::unipc_coeffs`]).
