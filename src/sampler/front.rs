@@ -19,6 +19,7 @@ use alloc::format;
 use super::{Method, SampleOptions, StepInfo};
 use crate::error::{invalid_arg, Result};
 use crate::model::Model;
+use crate::schedule::config::MAX_TRAIN_TIMESTEPS;
 use crate::schedule::lcm::TCD_DEFAULT_GAMMA;
 use crate::schedule::{ConsistencyScheduler, LcmScheduler, ScoreVeScheduler};
 use crate::schedule::{
@@ -387,8 +388,14 @@ impl SamplerSpec {
 
     /// Checks every given value (whatever the kind) and that the predictor fits the kind.
     pub fn validate(&self, cfg: &SchedulerConfig) -> Result<()> {
-        if self.steps == Some(0) {
-            return Err(invalid_arg("steps", "must be at least 1"));
+        if let Some(n) = self.steps {
+            // Every schedule holds a few floats per step; no sampler runs more than this.
+            if n == 0 || n > MAX_TRAIN_TIMESTEPS {
+                return Err(invalid_arg(
+                    "steps",
+                    format!("{n} is out of range 1..={MAX_TRAIN_TIMESTEPS}"),
+                ));
+            }
         }
         if let Some(eta) = self.eta {
             if !(eta.is_finite() && eta >= 0.0) {

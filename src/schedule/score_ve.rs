@@ -122,8 +122,15 @@ impl ScoreVeScheduler {
                 format!("{} is not ScoreSdeVeScheduler", cfg.kind.class_name()),
             ));
         }
-        if steps == 0 {
-            return Err(invalid_arg("steps", "must be at least 1"));
+        // The schedule holds a few floats per step: the same bound as the training schedules.
+        if steps == 0 || steps > super::config::MAX_TRAIN_TIMESTEPS {
+            return Err(invalid_arg(
+                "steps",
+                format!(
+                    "{steps} is out of range 1..={}",
+                    super::config::MAX_TRAIN_TIMESTEPS
+                ),
+            ));
         }
         let sigma_min = cfg.sigma_min.unwrap_or(DEFAULT_SIGMA_MIN);
         let sigma_max = cfg.sigma_max.unwrap_or(DEFAULT_SIGMA_MAX);
