@@ -82,6 +82,25 @@ impl Method<'_> {
         }
     }
 
+    /// Gaussian draws of a run, as diffusers makes them: for DDPM/DDIM the steps that use
+    /// noise (DDPM draws none at t = 0, DDIM none at eta 0); for the others
+    /// [`Method::noise_rows`].
+    pub fn noise_draws(&self) -> usize {
+        match self {
+            Method::Scheduler(s) => (0..s.timesteps().len())
+                .filter(|&i| s.needs_noise(i))
+                .count(),
+            _ => self.noise_rows(),
+        }
+    }
+
+    /// Whether `rows` rows of step noise fit the run: [`Method::noise_rows`] (DDPM/DDIM: row
+    /// i for step i) or [`Method::noise_draws`] (row k for the k-th draw, the order of
+    /// diffusers' pipelines: a `DDPMPipeline` run of N steps draws N - 1).
+    pub fn accepts_noise_rows(&self, rows: usize) -> bool {
+        rows == self.noise_rows() || rows == self.noise_draws()
+    }
+
     /// Model evaluations of a run (twice as many with guidance).
     pub fn model_evaluations(&self) -> usize {
         match self {
@@ -392,8 +411,12 @@ pub fn sample_with(
         });
     }
     let rows = method.noise_rows();
+    // DDPM/DDIM step noise given one row per draw (diffusers' draw order) rather than per step.
+    let mut per_draw = false;
     if let Some(z) = opts.step_noise {
-        if Some(z.len()) != rows.checked_mul(n) {
+        let draws = method.noise_draws();
+        per_draw = draws != rows && draws.checked_mul(n) == Some(z.len());
+        if Some(z.len()) != rows.checked_mul(n) && !per_draw {
             return Err(Error::BufferSize {
                 what: "step noise [steps, B, C, H, W]",
                 expected: rows.saturating_mul(n),
@@ -560,11 +583,14 @@ pub fn sample_with(
     match method {
         Method::Scheduler(scheduler) => {
             let steps = scheduler.timesteps().len();
+            let mut draw = 0;
             for (i, &t) in scheduler.timesteps().iter().enumerate() {
                 let m = denoiser.raw(out, t as f32)?;
                 let z: Option<&[f32]> = if scheduler.needs_noise(i) {
+                    let row = if per_draw { draw } else { i };
+                    draw += 1;
                     match opts.step_noise {
-                        Some(z) => Some(&z[i * n..(i + 1) * n]),
+                        Some(z) => Some(&z[row * n..(row + 1) * n]),
                         None => {
                             noise.fill(i as u64 + 1, noise_buf);
                             Some(&*noise_buf)
