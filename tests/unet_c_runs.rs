@@ -176,3 +176,89 @@ fn cli_replays_pipeline_folders() {
     println!("{report}");
     assert!(failures.is_empty(), "{failures:?}\n{report}");
 }
+
+/// `class_embed_type: "identity"`: the caller's float class embeddings `[batch,
+/// time_embed_dim]` added to the time embedding, against diffusers in float64 (<= 1e-4).
+#[test]
+fn identity_class_embeddings_match_diffusers() {
+    let dir = fixtures_dir().join("unet-c/identity8");
+    let t = TensorFile::open(dir.join("forward.safetensors"));
+    let model = Model::load(&dir).unwrap();
+    assert!(model.config.identity_class_embedding);
+    // diffusers ignores num_class_embeds with "identity": no table, no labels.
+    assert_eq!(model.config.num_class_embeds, None);
+    let (x, ts, emb) = (t.f32s("x"), t.f32s("t"), t.f32s("class_embeddings"));
+    let mut out = vec![0.0f32; x.len()];
+    let mut ws = vec![f32::NAN; model.workspace_len(3)];
+    model
+        .forward_with_class_embeddings(&mut ws, &x, &ts, &emb, &mut out)
+        .unwrap();
+    let err = rel_l2(&out, &t.f64s("out"));
+    println!("identity8 forward: {err:.2e}");
+    assert!(err <= 1e-4, "{err:.2e}");
+    // One row is every sample's.
+    let e = model.config.time_embed_dim;
+    let repeated: Vec<f32> = emb[..e].iter().cycle().take(3 * e).copied().collect();
+    let (mut one, mut all) = (vec![0.0f32; x.len()], vec![0.0f32; x.len()]);
+    model
+        .forward_with_class_embeddings(&mut ws, &x, &ts, &emb[..e], &mut one)
+        .unwrap();
+    model
+        .forward_with_class_embeddings(&mut ws, &x, &ts, &repeated, &mut all)
+        .unwrap();
+    assert_eq!(one, all);
+
+    // Typed errors, never a panic.
+    let key = |r: tinydiffusion::Result<()>| format!("{}", r.unwrap_err());
+    let e1 = key(model.forward(&mut ws, &x, &ts, None, &mut out));
+    assert!(e1.contains("class embeddings"), "{e1}");
+    let e2 = key(model.forward_with_class_embeddings(&mut ws, &x, &ts, &emb[..5], &mut out));
+    assert!(e2.contains("class embeddings"), "{e2}");
+    let plain = Model::load(fixtures_dir().join("unet-a/gelu8")).unwrap();
+    let (x2, mut out2) = (vec![0.0f32; 128], vec![0.0f32; 128]);
+    let mut ws2 = vec![0.0f32; plain.workspace_len(1)];
+    let e3 = key(plain.forward_with_class_embeddings(&mut ws2, &x2, &[1.0], &[0.0; 24], &mut out2));
+    assert!(e3.contains("class embeddings"), "{e3}");
+    // No sampler supplies embeddings: the front end refuses the model, naming the key.
+    let cfg = tinydiffusion::schedule::SchedulerConfig::ddpm_default();
+    let sampler = SamplerSpec::new(None).steps(2).build(&cfg).unwrap();
+    let mut ws = vec![0.0f32; sampler.workspace_len(&model, 1, false)];
+    let mut img = vec![0.0f32; 128];
+    let e4 = sampler
+        .sample(&model, &mut ws, &SampleOptions::new(1, 0), &mut img, None)
+        .unwrap_err();
+    assert!(
+        matches!(&e4, tinydiffusion::Error::UnsupportedConfig { key, .. } if key == "class_embed_type"),
+        "{e4}"
+    );
+    // The CLI says so in one line.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sample"))
+        .args([
+            "--model",
+            dir.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--out",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("class_embed_type"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn trainer_refuses_identity_class_embeddings() {
+    use tinydiffusion::model::describe_config;
+    use tinydiffusion::train::TrainGraph;
+    let model = Model::load(fixtures_dir().join("unet-c/identity8")).unwrap();
+    let err = TrainGraph::new(&describe_config(&model.config).unwrap())
+        .err()
+        .unwrap();
+    assert!(format!("{err}").contains("class_embed_type"), "{err}");
+}

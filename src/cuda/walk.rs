@@ -12,7 +12,7 @@ use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Model, OutputOp,
     SiluOp, SinusoidOp, TensorId,
 };
-use crate::model::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use crate::model::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 
 /// Matches `struct ConvParams` in kernels/conv.cu.
 #[repr(C)]
@@ -503,6 +503,11 @@ impl Backend for CudaWalk<'_> {
             0,
             &mut kargs![src, dst, b32, c, h, w, up],
         )
+    }
+
+    /// The accelerator's forward takes no class embeddings (`class_embed_type: "identity"`).
+    fn class_vector(&mut self, _: usize, _: &ClassVectorOp) -> Result<()> {
+        Err(unsupported_op("cuda", "class_vector"))
     }
 
     fn timestep_divide(&mut self, _: usize, op: &TimestepDivideOp) -> Result<()> {

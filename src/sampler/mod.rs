@@ -424,6 +424,13 @@ pub fn sample_with(
             });
         }
     }
+    if model.config.identity_class_embedding {
+        return Err(crate::error::unsupported(
+            "class_embed_type",
+            "identity: the model needs class embeddings per evaluation, which no sampler (nor \
+             diffusers pipeline) supplies; call Model::forward_with_class_embeddings",
+        ));
+    }
     let labels = opts.class_labels;
     if let (None, Some(_)) = (model.config.num_class_embeds, labels) {
         return Err(invalid_arg(

@@ -26,7 +26,7 @@ use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, ModelDescription, Op,
     OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
-use crate::model::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use crate::model::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use crate::weights::WeightRef;
 
 /// The training graph of one model: op list, parameter table and memory plans.
@@ -104,6 +104,12 @@ impl TrainGraph {
             return Err(crate::error::unsupported(
                 "mid_block_type",
                 "null: the trainer cannot train a UNet without a mid block",
+            ));
+        }
+        if model.ops.iter().any(|op| matches!(op, Op::ClassVector(_))) {
+            return Err(crate::error::unsupported(
+                "class_embed_type",
+                "identity: the trainer takes integer class labels, not class embeddings",
             ));
         }
         let ops = model.ops.clone();
@@ -429,6 +435,13 @@ impl TrainGraph {
                         [self.grad(si.input, batch), self.grad(si.out, batch)],
                     )?;
                     activation::backward(a(si.input), d_out, d_in);
+                }
+                // TrainGraph::new refuses a model with it.
+                Op::ClassVector(_) => {
+                    return Err(crate::model::backend::unsupported_op(
+                        "train",
+                        "class_vector",
+                    ))
                 }
                 // Only decoders emit it; the trainer builds UNets (its forward refuses it too).
                 Op::Elementwise(_) => {
@@ -850,6 +863,13 @@ impl Backend for TrainForward<'_> {
         };
         ncsnpp::fir_forward(&args, out);
         Ok(())
+    }
+
+    fn class_vector(&mut self, _: usize, _: &ClassVectorOp) -> Result<()> {
+        Err(crate::model::backend::unsupported_op(
+            "train",
+            "class_vector",
+        ))
     }
 
     fn timestep_divide(&mut self, _: usize, op: &TimestepDivideOp) -> Result<()> {

@@ -10,6 +10,8 @@ Writes tests/fixtures/unet-c/ (seeded; rerunning rewrites the same numbers):
   multi-head attention, num_class_embeds) and a `CMStochasticIterativeScheduler`.
 - `iddpm/`: a `DDPMPipeline` folder: an improved-DDPM UNet (scale_shift, learned variance,
   out_channels = 2 * in_channels) and a `DDPMScheduler` with variance_type learned_range.
+- `identity8/`: a UNet2DModel with `class_embed_type: "identity"` and its float64 forward pass
+  (`forward.safetensors`: x, t, class_embeddings, out).
 - `runs.json` + `runs.safetensors`: each run is the pipeline itself (`pipe(...)`), its UNet's
   f16 weights in float64, every Gaussian it draws recorded in draw order (`randn_tensor`
   replaced by a recorder: row 0 is x_T, the standard normal draw before init_noise_sigma; the
@@ -172,6 +174,29 @@ for run, folder, steps, labels in RUNS:
 save_file(tensors, os.path.join(OUT, "runs.safetensors"))
 with open(os.path.join(OUT, "runs.json"), "w") as f:
     json.dump(meta, f, indent=1)
+# class_embed_type "identity": diffusers' float class_labels [batch, time_embed_dim] added to the
+# time embedding (num_class_embeds is ignored). identity8/forward.safetensors: `x` [3,2,8,8], `t`
+# [3], `class_embeddings` [3,32], `out` = the f16 weights in float64.
+ID_CFG = dict(sample_size=8, in_channels=2, out_channels=2, block_out_channels=[8, 16], layers_per_block=1,
+              down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+              class_embed_type="identity", num_class_embeds=5, attention_head_dim=4, norm_num_groups=4,
+              resnet_time_scale_shift="scale_shift")
+model = UNet2DModel(**ID_CFG)
+randomize(model)
+model = model.half()
+model.save_pretrained(os.path.join(OUT, "identity8"))
+ref = UNet2DModel.from_config(model.config)
+ref.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+ref = ref.double().eval()
+x = torch.randn(3, 2, 8, 8)
+t = torch.tensor([3.0, 500.0, 999.0])
+emb = torch.randn(3, 32)
+with torch.no_grad():
+    out = ref(x.double(), t.double(), class_labels=emb.double()).sample
+save_file({"x": x, "t": t, "class_embeddings": emb, "out": out.contiguous()},
+          os.path.join(OUT, "identity8", "forward.safetensors"))
+print("identity8", sum(p.numel() for p in model.parameters()), "parameters")
+
 for root, _, files in os.walk(OUT):
     for f in files:
         os.chmod(os.path.join(root, f), 0o644)
