@@ -138,3 +138,9 @@ fn gradients_match_pytorch_unet_a_iddpm8() {
 fn gradients_match_pytorch_unet_a_learned8() {
     check("unet-a/learned8");
 }
+
+/// `mid_block_type: null`: the first up resnet reads the bottom map concatenated with itself.
+#[test]
+fn gradients_match_pytorch_unet_c_nomid8() {
+    check("unet-c/nomid8");
+}

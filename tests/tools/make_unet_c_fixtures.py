@@ -12,6 +12,7 @@ Writes tests/fixtures/unet-c/ (seeded; rerunning rewrites the same numbers):
   out_channels = 2 * in_channels) and a `DDPMScheduler` with variance_type learned_range.
 - `identity8/`: a UNet2DModel with `class_embed_type: "identity"` and its float64 forward pass
   (`forward.safetensors`: x, t, class_embeddings, out).
+- `nomid8/`, `ve/unet/cases.*`: trainer gradient cases (see the end of this script).
 - `runs.json` + `runs.safetensors`: each run is the pipeline itself (`pipe(...)`), its UNet's
   f16 weights in float64, every Gaussian it draws recorded in draw order (`randn_tensor`
   replaced by a recorder: row 0 is x_T, the standard normal draw before init_noise_sigma; the
@@ -52,10 +53,11 @@ for mod in (p_ve, p_cm, p_ddpm, s_ve, s_cm, s_ddpm):
 
 MODELS = {
     # NCSN++ (google/ncsnpp-*'s options, narrow): fourier embedding, FIR skip blocks.
-    "ve": dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=[8, 32], layers_per_block=1,
+    # (AttnSkip blocks need 32 channels: their forward is checked by tests/ncsnpp_parity.rs.)
+    "ve": dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=[8, 16], layers_per_block=1,
                time_embedding_type="fourier", norm_eps=1e-6, mid_block_scale_factor=math.sqrt(2.0),
                norm_num_groups=None, attention_head_dim=8, flip_sin_to_cos=True, freq_shift=1,
-               down_block_types=["SkipDownBlock2D", "AttnSkipDownBlock2D"],
+               down_block_types=["SkipDownBlock2D", "SkipDownBlock2D"],
                up_block_types=["SkipUpBlock2D", "SkipUpBlock2D"]),
     # openai/diffusers-cd_* (narrow): AdaGN, resnet samplers, heads of 4, 10 classes.
     "cm": dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=[8, 16], layers_per_block=1,
@@ -196,6 +198,71 @@ with torch.no_grad():
 save_file({"x": x, "t": t, "class_embeddings": emb, "out": out.contiguous()},
           os.path.join(OUT, "identity8", "forward.safetensors"))
 print("identity8", sum(p.numel() for p in model.parameters()), "parameters")
+
+
+# Trainer gradient cases (f16 weights, float64 autograd, float32 gradients; the format of
+# FORMAT.md's `gradient` case): `nomid8` (mid_block_type null: the first up resnet reads the
+# bottom map concatenated with itself) with DDPM's L_simple, and `ve/unet` (the NCSN++ of the
+# ScoreSdeVePipeline folder) with the score-SDE VE denoising score-matching loss
+#   loss = mean over every element of (sigma * model(x0 + sigma z, sigma) + z)^2.
+import diffusers
+from diffusers import DDPMScheduler
+
+
+def gradient_fixture(name, cfg, kind):
+    """`cfg`: a new model saved (f16 weights) in OUT/name; or the folder of a saved one."""
+    d = os.path.join(OUT, name)
+    if isinstance(cfg, dict):
+        model = UNet2DModel(**cfg)
+        randomize(model)
+        model = model.half()
+        model.save_pretrained(d)
+    else:
+        model = UNet2DModel.from_pretrained(d)
+    cfg = model.config
+    full = UNet2DModel.from_config(model.config)
+    full.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    full = full.double()
+    c, sz = cfg.in_channels, cfg.sample_size
+    x0 = torch.randn(2, c, sz, sz)
+    eps = torch.randn(2, c, sz, sz)
+    tensors = {"grad.x0": x0, "grad.eps": eps}
+    if kind == "ddpm":
+        abar = DDPMScheduler().alphas_cumprod.double()
+        tg = torch.tensor([40, 700])
+        a = abar[tg].view(-1, 1, 1, 1)
+        x_t = (a.sqrt() * x0.double() + (1 - a).sqrt() * eps.double()).float()
+        loss = ((full(x_t.double(), tg).sample[:, :c] - eps.double()) ** 2).mean()
+        tensors["grad.t"] = tg
+        desc = "ddpm L_simple (see FORMAT.md)"
+    else:
+        sigma = torch.tensor([0.05, 7.0], dtype=torch.float32)
+        s = sigma.double().view(-1, 1, 1, 1)
+        x_t = (x0.double() + s * eps.double()).float()
+        loss = ((s * full(x_t.double(), sigma.double()).sample + eps.double()) ** 2).mean()
+        tensors["grad.sigma"] = sigma
+        desc = "mean over every element of (sigma * model(x0 + sigma eps, sigma) + eps)^2"
+    loss.backward()
+    tensors.update({"grad.x_t": x_t, "grad.loss": loss.detach().view(1)})
+    for pn, p in full.named_parameters():
+        if p.grad is not None:
+            tensors[f"grad.param.{pn}"] = p.grad.detach().float()
+    inputs = {"x0": "grad.x0", "eps": "grad.eps", "x_t": "grad.x_t"}
+    inputs.update({"t": "grad.t"} if kind == "ddpm" else {"sigma": "grad.sigma"})
+    case = {"name": "grad", "kind": "gradient", "loss": desc, "inputs": inputs,
+            "expected": {"loss": "grad.loss", "param_grad_prefix": "grad.param."}}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "cases.safetensors"))
+    with open(os.path.join(d, "cases.json"), "w") as f:
+        json.dump({"model": name, "diffusers": diffusers.__version__, "cases": [case]}, f, indent=1)
+    print(name, sum(p.numel() for p in model.parameters()), "parameters, loss", float(loss))
+
+
+gradient_fixture("nomid8", dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 8],
+                                layers_per_block=1, down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+                                up_block_types=["AttnUpBlock2D", "UpBlock2D"], mid_block_type=None,
+                                resnet_time_scale_shift="scale_shift", attention_head_dim=4, norm_num_groups=4),
+                 "ddpm")
+gradient_fixture("ve/unet", "ve/unet", "ve")  # the ScoreSdeVePipeline's NCSN++ UNet
 
 for root, _, files in os.walk(OUT):
     for f in files:
