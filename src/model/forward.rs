@@ -196,6 +196,13 @@ impl Model {
                 "must be positive: a fourier time embedding takes sigmas (and their log)",
             ));
         }
+        // Checked here too (not only by the CPU op) so that a device walk, which cannot check
+        // them on the device, gets the same typed error.
+        if let Some(steps) = self.config.learned_time_embedding {
+            for &t in timesteps {
+                timestep_index(t, steps)?;
+            }
+        }
         match (self.config.num_class_embeds, class_labels) {
             (Some(_), None) => {
                 return Err(invalid_arg(

@@ -501,6 +501,12 @@ pub fn sample_with(
                 ),
             });
         };
+        // The device's learned time embedding trusts its timesteps: check them here.
+        if let Some(steps) = model.config.learned_time_embedding {
+            for &t in scheduler.timesteps() {
+                crate::model::forward::timestep_index(t as f32, steps)?;
+            }
+        }
         if let Some(x_t) = opts.initial_noise {
             if x_t.len() != n {
                 return Err(Error::BufferSize {
