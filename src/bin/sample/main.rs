@@ -444,15 +444,23 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         Some(a.out.display().to_string())
     } else {
         // No colour mapping for other channel counts (latents, learned-variance halves):
-        // each image is a row of its channels as gray tiles.
-        write_png_grid(&a.out, &out, a.batch * c, 1, h, w, c).map_err(|e| e.to_string())?;
-        if !quiet {
-            eprintln!(
-                "{c} channels: {} shows each image's channels as a row of gray tiles",
-                a.out.display()
-            );
+        // each image is a row of its channels as gray tiles. Only a preview: if it cannot be
+        // written the run still succeeds (its result is the tensor), with a one-line note.
+        match write_png_grid(&a.out, &out, a.batch * c, 1, h, w, c) {
+            Ok(()) => {
+                if !quiet {
+                    eprintln!(
+                        "{c} channels: {} shows each image's channels as a row of gray tiles",
+                        a.out.display()
+                    );
+                }
+                Some(a.out.display().to_string())
+            }
+            Err(e) => {
+                eprintln!("note: {c}-channel preview not written ({e})");
+                None
+            }
         }
-        Some(a.out.display().to_string())
     };
     if !quiet {
         eprintln!(
