@@ -35,14 +35,10 @@ extern "C" __global__ void nhwc_to_nchw(const h16* in, float* out, int batch, in
 
 // diffusers' get_timestep_embedding as the CPU's Sinusoid op (model::forward::sinusoid) computes it: exponent and
 // argument in f32, sin / cos in f64. t = ts[(step ? *step : 0) + b * ts_per_sample].
-extern "C" __global__ void timestep_sinusoid(const float* ts, const int* step, int ts_per_sample,
-                                             h16* out, int batch, int dim, int flip,
-                                             float freq_shift) {
-    long long i = gidx();
-    if (i >= (long long)batch * dim) return;
-    int b = (int)(i / dim), j = (int)(i % dim);
+// Entry j of diffusers' get_timestep_embedding(t) of width dim (the Sinusoid op's math).
+__device__ __forceinline__ float sinusoid_entry(float t, int j, int dim, int flip,
+                                                float freq_shift) {
     int half = dim / 2;
-    float t = ts[(step ? *step : 0) + b * ts_per_sample];
     float y = 0.0f;  // an odd width leaves the last entry zero
     if (j < 2 * half) {
         int f = j < half ? j : j - half;
@@ -54,7 +50,42 @@ extern "C" __global__ void timestep_sinusoid(const float* ts, const int* step, i
         // flip_sin_to_cos puts cos first.
         y = (float)((first != (flip != 0)) ? s : co);
     }
-    out[i] = f2h(y);
+    return y;
+}
+
+extern "C" __global__ void timestep_sinusoid(const float* ts, const int* step, int ts_per_sample,
+                                             h16* out, int batch, int dim, int flip,
+                                             float freq_shift) {
+    long long i = gidx();
+    if (i >= (long long)batch * dim) return;
+    int b = (int)(i / dim), j = (int)(i % dim);
+    float t = ts[(step ? *step : 0) + b * ts_per_sample];
+    out[i] = f2h(sinusoid_entry(t, j, dim, flip, freq_shift));
+}
+
+// The op list's ClassSinusoid op (class_embed_type "timestep"): the sinusoid of each sample's
+// class label. labels: one per sample, or one for all (n_labels == 1).
+extern "C" __global__ void class_sinusoid(const int* labels, int n_labels, h16* out, int batch,
+                                          int dim, int flip, float freq_shift) {
+    long long i = gidx();
+    if (i >= (long long)batch * dim) return;
+    int b = (int)(i / dim), j = (int)(i % dim);
+    float t = (float)labels[n_labels == 1 ? 0 : b];
+    out[i] = f2h(sinusoid_entry(t, j, dim, flip, freq_shift));
+}
+
+// The op list's TimestepTable op (time_embedding_type "learned"): out[b] = table[t_b] over
+// [batch, dim]. The host checked that every t_b is an integer in [0, steps); the clamp only
+// keeps a bad value inside the table.
+extern "C" __global__ void timestep_table(const float* ts, const int* step, int ts_per_sample,
+                                          const h16* table, h16* out, int batch, int dim,
+                                          int steps) {
+    long long i = gidx();
+    if (i >= (long long)batch * dim) return;
+    int b = (int)(i / dim), j = (int)(i % dim);
+    int t = (int)ts[(step ? *step : 0) + b * ts_per_sample];
+    t = t < 0 ? 0 : (t >= steps ? steps - 1 : t);
+    out[i] = table[(long long)t * dim + j];
 }
 
 // The op list's Silu op: y = x * sigmoid(x), elementwise (x and y may be the same buffer).

@@ -227,19 +227,9 @@ fn every_op_kind_is_listed() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_matches_scalar_op_by_op() {
-    // Op kinds the CUDA backend refuses with `unsupported_op` (the CPU runs those models).
-    const CUDA_UNSUPPORTED: [&str; 2] = ["timestep_table", "class_sinusoid"];
     for name in MODELS {
         let r = reference(name);
         let mut model = load(name);
-        if let Some(op) = model
-            .ops()
-            .iter()
-            .find(|o| CUDA_UNSUPPORTED.contains(&o.kind()))
-        {
-            println!("skipped {name}: no CUDA kernel for {}", op.kind());
-            continue;
-        }
         if let Err(e) = model.to_device(tinydiffusion::Device::Cuda(0)) {
             // .ci/cuda_gpu_check.sh sets this on the GPU machine, where a skip is a failure.
             if std::env::var("TINYDIFFUSION_REQUIRE_GPU").is_ok_and(|v| v == "1") {

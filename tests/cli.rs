@@ -402,6 +402,28 @@ fn any_channel_count_and_batch_from_init_noise() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!Path::new("none").exists());
+    // A preview that cannot be written is a one-line note, not an error after sampling.
+    let kept = dir.join("kept-x_0.safetensors");
+    let o = sample(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--init-noise",
+        init.to_str().unwrap(),
+        "--save-tensor",
+        kept.to_str().unwrap(),
+        "--out",
+        "/nonexistent-folder/grid.png",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let notes = err
+        .lines()
+        .filter(|l| l.contains("preview not written"))
+        .count();
+    assert_eq!(notes, 1, "{err}");
+    assert_eq!(TensorFile::open(&kept).shape("x_0"), vec![3, 2, 8, 16]);
     assert_eq!(
         TensorFile::open(&none).f32s("x_0"),
         t.f32s("x_0"),

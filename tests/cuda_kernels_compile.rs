@@ -21,6 +21,8 @@ const ENTRIES: &[(&str, &[&str])] = &[
             "timestep_sinusoid",
             "silu",
             "class_embed_add",
+            "class_sinusoid",
+            "timestep_table",
             "guidance_combine",
             "gaussian_noise",
             "scheduler_step",

@@ -1,5 +1,6 @@
 //! The CUDA backend against diffusers and against the CPU path (feature `cuda`, a GPU):
-//! - every fixture model's forward case within 5e-3 relative L2 of diffusers' float64 output;
+//! - every fixture model's forward case (the unet-a models: the learned time embedding's table
+//!   and the class label's sinusoid kernels) within 5e-3 relative L2 of diffusers' float64 output;
 //! - every fixture sampling run (injected noise) within 1e-2 of diffusers' x_0;
 //! - the CIFAR-10-sized model (random weights): GPU forward vs CPU forward within 5e-3, a
 //!   seeded 10-step DDIM run (noise generated on the GPU) within 1e-2 of the CPU run, and two
@@ -17,11 +18,15 @@ use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
 use tinydiffusion::testing::{random_model, CIFAR10_CONFIG};
 use tinydiffusion::{Device, Error, Model};
 
-const MODELS: [&str; 4] = [
+/// The unet-a models exercise the TimestepTable (`learned8`) and ClassSinusoid (`classts8`)
+/// kernels.
+const MODELS: [&str; 6] = [
     "tiny-rgb16",
     "tiny-gray8",
     "tiny-class16",
     "tiny-learnedvar8",
+    "unet-a/learned8",
+    "unet-a/classts8",
 ];
 
 /// Moves `model` to GPU 0; `false` (after printing why) when there is none.

@@ -65,7 +65,12 @@ objective:
   --timesteps T         (default 1000)
   --label-dropout P     probability of the null class (classifier-free guidance; default 0)
   --null-class K        (default: the model's last class)
-  --save-dtype D        f16 | f32 UNet weights in checkpoints (default f16)";
+  --save-dtype D        f16 | f32 UNet weights in checkpoints (default f16)
+  --sigma-min X, --sigma-max X
+                        a fourier (NCSN++, score-SDE VE) model trains with the VE denoising
+                        score-matching loss on sigmas log-uniform in [sigma-min, sigma-max]
+                        (default: the --init folder's ScoreSdeVeScheduler config, else 0.01
+                        and 1348); its checkpoints are ScoreSdeVePipeline folders";
 
 struct Args {
     data: PathBuf,
@@ -92,7 +97,7 @@ const RUN_FILE: &str = "run.json";
 
 /// The flags whose values the checkpoint records (`training_state.json` options and the
 /// UNet config).
-const RECORDED: [&str; 16] = [
+const RECORDED: [&str; 18] = [
     "--config",
     "--batch",
     "--seed",
@@ -109,6 +114,8 @@ const RECORDED: [&str; 16] = [
     "--label-dropout",
     "--null-class",
     "--save-dtype",
+    "--sigma-min",
+    "--sigma-max",
 ];
 
 fn parse() -> Result<Args, String> {
@@ -182,6 +189,8 @@ fn parse() -> Result<Args, String> {
                 })?
             }
             "--timesteps" => o.num_train_timesteps = num("--timesteps", val()?)?,
+            "--sigma-min" => o.sigma_min = num("--sigma-min", val()?)?,
+            "--sigma-max" => o.sigma_max = num("--sigma-max", val()?)?,
             "--label-dropout" => o.label_dropout = num("--label-dropout", val()?)?,
             "--null-class" => o.null_class = Some(num("--null-class", val()?)?),
             "--save-dtype" => {
@@ -278,6 +287,8 @@ fn check_given(args: &Args, ck: &TrainOptions, ck_config: &str) -> Result<(), St
             "--label-dropout" => cmp(o.label_dropout, ck.label_dropout),
             "--null-class" => cmp(o.null_class, ck.null_class),
             "--save-dtype" => cmp(o.save_dtype, ck.save_dtype),
+            "--sigma-min" => cmp(o.sigma_min, ck.sigma_min),
+            "--sigma-max" => cmp(o.sigma_max, ck.sigma_max),
             _ => continue,
         };
         if !same {
@@ -351,9 +362,20 @@ fn run(args: Args) -> Result<(), String> {
         eprintln!("resuming from {}", dir.display());
         Trainer::resume(dir, data).map_err(e)?
     } else {
+        let mut opts = args.opts.clone();
         let (config_path, weights) = match (&args.config, &args.init) {
             (_, Some(dir)) => {
                 let files = tinydiffusion::model::load::ModelFiles::find(dir).map_err(e)?;
+                // A VE folder's sigma range, unless the flags give one.
+                let sched = files.load_scheduler_config().map_err(e)?;
+                if sched.kind == tinydiffusion::schedule::SchedulerKind::ScoreSdeVe {
+                    if !args.given.contains(&"--sigma-min") {
+                        opts.sigma_min = sched.sigma_min.unwrap_or(opts.sigma_min);
+                    }
+                    if !args.given.contains(&"--sigma-max") {
+                        opts.sigma_max = sched.sigma_max.unwrap_or(opts.sigma_max);
+                    }
+                }
                 (
                     files.config,
                     Some(std::fs::read(&files.weights).map_err(|x| x.to_string())?),
@@ -369,7 +391,7 @@ fn run(args: Args) -> Result<(), String> {
             Some(w) => Init::Weights(w),
             None => Init::Seeded(args.opts.seed),
         };
-        Trainer::new(&cfg_text, init, data, args.opts.clone()).map_err(e)?
+        Trainer::new(&cfg_text, init, data, opts).map_err(e)?
     };
     let g = &trainer.graph;
     let b = trainer.opts.batch;

@@ -465,7 +465,11 @@ unsafe fn check_desc(
         ));
     }
     let steps = method.noise_rows();
-    if noise_span.is_some() && steps.checked_mul(n) != Some(d.step_noise_len) {
+    let draws = method.noise_draws();
+    if noise_span.is_some()
+        && steps.checked_mul(n) != Some(d.step_noise_len)
+        && draws.checked_mul(n) != Some(d.step_noise_len)
+    {
         return Err(fail(
             td_status::BadSize,
             std::format!(

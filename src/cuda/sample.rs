@@ -199,13 +199,18 @@ impl CudaBackend {
         }
         let s = inner.session.as_ref().expect("session");
         let graph = &s.graph.as_ref().expect("graph").1 .0;
+        // Step noise is one row per step, or one per draw (diffusers' order; the sampler
+        // checked which).
+        let mut draw = 0;
         for i in 0..steps {
             if let (Some(z), true) = (opts.step_noise, scheduler.needs_noise(i)) {
+                let row = if z.len() == steps * n { i } else { draw };
+                draw += 1;
                 // SAFETY: the noise buffer holds n floats; the row is n floats (checked by
                 // the sampler); the copy is ordered before the graph launch on the stream.
                 unsafe {
                     cu(
-                        result::memcpy_htod_async(s.noise, &z[i * n..(i + 1) * n], st),
+                        result::memcpy_htod_async(s.noise, &z[row * n..(row + 1) * n], st),
                         "copy step noise",
                     )?
                 };

@@ -12,7 +12,7 @@ use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Model, OutputOp,
     SiluOp, SinusoidOp, TensorId,
 };
-use crate::model::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use crate::model::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 
 /// Matches `struct ConvParams` in kernels/conv.cu.
 #[repr(C)]
@@ -452,15 +452,40 @@ impl Backend for CudaWalk<'_> {
         )
     }
 
-    fn timestep_table(&mut self, _: usize, _op: &TimestepTableOp) -> Result<()> {
-        // The device walk holds the timesteps as f32 on the device and cannot check them
-        // (integer, in range) without a round trip; the CPU backend runs this model.
-        Err(unsupported_op("cuda", "timestep_table"))
+    fn timestep_table(&mut self, at: usize, op: &TimestepTableOp) -> Result<()> {
+        // The host checked the timesteps (Model::forward, the sampler) before the walk.
+        let (ts, step, per, table, dst) = (
+            self.ts,
+            self.step,
+            self.ts_per_sample,
+            self.weights(at)[0],
+            self.t(op.out),
+        );
+        let (b32, dim, steps) = (self.batch as i32, op.dim as i32, op.steps as i32);
+        self.inner.launch(
+            &self.inner.f.timestep_table,
+            grid1(self.batch * op.dim),
+            256,
+            0,
+            &mut kargs![ts, step, per, table, dst, b32, dim, steps],
+        )
     }
 
-    fn class_sinusoid(&mut self, _: usize, _op: &SinusoidOp) -> Result<()> {
-        // The labels live on the device as integers; the sinusoid kernel reads f32 timesteps.
-        Err(unsupported_op("cuda", "class_sinusoid"))
+    fn class_sinusoid(&mut self, _: usize, op: &SinusoidOp) -> Result<()> {
+        let (labels, nl, dst) = (self.labels, self.n_labels, self.t(op.out));
+        let (b32, dim, flip, shift) = (
+            self.batch as i32,
+            op.dim as i32,
+            op.flip_sin_to_cos as i32,
+            op.freq_shift,
+        );
+        self.inner.launch(
+            &self.inner.f.class_sinusoid,
+            grid1(self.batch * op.dim),
+            256,
+            0,
+            &mut kargs![labels, nl, dst, b32, dim, flip, shift],
+        )
     }
 
     fn fourier_embedding(&mut self, at: usize, op: &FourierEmbeddingOp) -> Result<()> {
@@ -503,6 +528,11 @@ impl Backend for CudaWalk<'_> {
             0,
             &mut kargs![src, dst, b32, c, h, w, up],
         )
+    }
+
+    /// The accelerator's forward takes no class embeddings (`class_embed_type: "identity"`).
+    fn class_vector(&mut self, _: usize, _: &ClassVectorOp) -> Result<()> {
+        Err(unsupported_op("cuda", "class_vector"))
     }
 
     fn timestep_divide(&mut self, _: usize, op: &TimestepDivideOp) -> Result<()> {

@@ -17,7 +17,7 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseOp, GroupNormOp, InputOp, LinearOp, Op,
     OutputOp, SiluOp, SinusoidOp,
 };
-use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::schedule::{SampleOptions, Scheduler, StepInfo};
@@ -54,6 +54,8 @@ pub trait Backend {
     fn fourier_embedding(&mut self, at: usize, op: &FourierEmbeddingOp) -> Result<()>;
     fn fir_resample(&mut self, at: usize, op: &FirResampleOp) -> Result<()>;
     fn timestep_divide(&mut self, at: usize, op: &TimestepDivideOp) -> Result<()>;
+    /// The caller's class embeddings added (`class_embed_type: "identity"`).
+    fn class_vector(&mut self, at: usize, op: &ClassVectorOp) -> Result<()>;
     /// Only the decoders emit it (`AutoencoderTiny`); a backend without it refuses it typed.
     fn elementwise(&mut self, _at: usize, _op: &ElementwiseOp) -> Result<()> {
         Err(unsupported_op(self.name(), "elementwise"))
@@ -82,6 +84,7 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::FirResample(o) => backend.fir_resample(at, o),
         Op::TimestepDivide(o) => backend.timestep_divide(at, o),
         Op::Elementwise(o) => backend.elementwise(at, o),
+        Op::ClassVector(o) => backend.class_vector(at, o),
     }
 }
 

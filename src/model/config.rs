@@ -104,6 +104,11 @@ pub struct UNetConfig {
     /// `num_class_embeds` then; here it is required and bounds the labels (0..n), which the
     /// front ends need for their default labels and guidance's null class.
     pub timestep_class_embedding: bool,
+    /// `class_embed_type: "identity"`: the caller passes a class embedding per sample (a
+    /// `time_embed_dim` vector, diffusers' float `class_labels`), added to the time embedding
+    /// ([`crate::Model::forward_with_class_embeddings`]). diffusers ignores
+    /// `num_class_embeds` then; so does this (it is read as null).
+    pub identity_class_embedding: bool,
     /// `time_embedding_type: "fourier"` (NCSN++): a Gaussian Fourier projection of
     /// `log(sigma)` (the model is called with sigmas) and the output divided by sigma.
     pub time_fourier: bool,
@@ -239,6 +244,7 @@ impl UNetConfig {
         let mut learned_time = false;
         let mut num_train_timesteps = None;
         let mut timestep_class = false;
+        let mut identity_class = false;
         let mut time_fourier = false;
         let mut norm_groups_null = false;
 
@@ -378,18 +384,16 @@ impl UNetConfig {
                     }
                 }
                 "class_embed_type" => {
-                    timestep_class =
-                        match v.as_str() {
-                            None if v.is_null() => false,
-                            Some("timestep") => true,
-                            // nn.Identity: the caller would pass embeddings, not labels.
-                            Some("identity") => return Err(unsupported(
-                                k,
-                                "\"identity\": class embeddings as model inputs (the API takes \
-                                 integer class labels)",
-                            )),
-                            _ => return Err(unsupported(k, v)),
+                    timestep_class = match v.as_str() {
+                        None if v.is_null() => false,
+                        Some("timestep") => true,
+                        // nn.Identity: the caller passes embeddings, not labels.
+                        Some("identity") => {
+                            identity_class = true;
+                            false
                         }
+                        _ => return Err(unsupported(k, v)),
+                    }
                 }
                 // Training-only or unused by the positional embedding.
                 "dropout" => {
@@ -460,7 +464,9 @@ impl UNetConfig {
             attention_head_dim,
             norm_num_groups,
             norm_eps,
-            num_class_embeds,
+            // diffusers builds no table for "identity" and ignores num_class_embeds.
+            num_class_embeds: num_class_embeds.filter(|_| !identity_class),
+            identity_class_embedding: identity_class,
             time_fourier,
             norm_groups_null,
             scale_shift,

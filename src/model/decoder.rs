@@ -92,6 +92,7 @@ impl Decoder {
             act_fn: crate::model::Activation::Silu,
             learned_time_embedding: None,
             timestep_class_embedding: false,
+            identity_class_embedding: false,
             time_fourier: false,
             norm_groups_null: false,
         };

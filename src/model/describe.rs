@@ -18,7 +18,7 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, Input, InputOp, LinearOp, Op, OutputOp,
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
-use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use super::Tap;
 use crate::config::{ncsnpp_groups, DownBlockKind, UNetConfig, UpBlockKind};
 use crate::error::{unsupported, Result};
@@ -858,6 +858,15 @@ pub fn describe(
             1.0,
         );
     }
+    if cfg.identity_class_embedding {
+        let out = b.tensor("class_embedding(identity)".into(), e);
+        b.ops.push(Op::ClassVector(ClassVectorOp {
+            input: emb,
+            dim: e,
+            out,
+        }));
+        emb = out;
+    }
     if let Some((table, classes)) = class_embedding {
         let out = b.tensor("class_embedding".into(), e);
         b.ops.push(Op::ClassEmbedding(ClassEmbeddingOp {
@@ -878,7 +887,7 @@ pub fn describe(
     };
     b.temb = b.act(format!("time_embedding+{act}"), emb, e);
     // diffusers' `time_embedding` module output excludes the class embedding.
-    let tap = if cfg.num_class_embeds.is_some() {
+    let tap = if cfg.num_class_embeds.is_some() || cfg.identity_class_embedding {
         format!("embedding+class+{act}")
     } else {
         format!("time_embedding+{act}")

@@ -9,7 +9,7 @@ use super::ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseOp, GroupNormOp, Input, InputOp, LinearOp,
     OutputOp, SiluOp, SinusoidOp, TensorId,
 };
-use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::scalar;
@@ -48,7 +48,40 @@ impl Model {
         class_labels: Option<&[i64]>,
         out: &mut [f32],
     ) -> Result<()> {
-        self.forward_impl(workspace, x, timesteps, class_labels, out, Walk::All, 0)
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            class_labels,
+            None,
+            out,
+            Walk::All,
+            0,
+        )
+    }
+
+    /// [`Model::forward`] of a `class_embed_type: "identity"` model: `class_embeddings` are
+    /// diffusers' float `class_labels`, `[batch, time_embed_dim]` (or one row for all), added
+    /// to the time embedding. Such a model takes no integer labels; any other model takes no
+    /// embeddings (typed errors naming the argument).
+    pub fn forward_with_class_embeddings(
+        &self,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        class_embeddings: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            None,
+            Some(class_embeddings),
+            out,
+            Walk::All,
+            0,
+        )
     }
 
     /// [`Model::forward`] on at most `threads` threads (0: [`Model::threads`]), with a workspace
@@ -70,6 +103,7 @@ impl Model {
             x,
             timesteps,
             class_labels,
+            None,
             out,
             Walk::All,
             threads,
@@ -107,6 +141,7 @@ impl Model {
             x,
             timesteps,
             class_labels,
+            None,
             out,
             Walk::Range(ops),
             0,
@@ -122,6 +157,7 @@ impl Model {
         x: &[f32],
         timesteps: &[f32],
         class_labels: Option<&[i64]>,
+        class_embeddings: Option<&[f32]>,
         out: &mut [f32],
         walk_mode: Walk<'_>,
         threads: usize,
@@ -160,6 +196,13 @@ impl Model {
                 "must be positive: a fourier time embedding takes sigmas (and their log)",
             ));
         }
+        // Checked here too (not only by the CPU op) so that a device walk, which cannot check
+        // them on the device, gets the same typed error.
+        if let Some(steps) = self.config.learned_time_embedding {
+            for &t in timesteps {
+                timestep_index(t, steps)?;
+            }
+        }
         match (self.config.num_class_embeds, class_labels) {
             (Some(_), None) => {
                 return Err(invalid_arg(
@@ -187,8 +230,43 @@ impl Model {
             }
             (None, None) => {}
         }
+        let e = self.config.time_embed_dim;
+        match (self.config.identity_class_embedding, class_embeddings) {
+            (true, None) => {
+                return Err(invalid_arg(
+                    "class embeddings",
+                    "class_embed_type \"identity\": give a time_embed_dim vector per sample \
+                     (Model::forward_with_class_embeddings)",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(invalid_arg(
+                    "class embeddings",
+                    "only a class_embed_type \"identity\" model takes them",
+                ))
+            }
+            (true, Some(v)) => {
+                if v.len() != batch * e && v.len() != e {
+                    return Err(Error::BufferSize {
+                        what: "class embeddings [batch, time_embed_dim]",
+                        expected: batch * e,
+                        found: v.len(),
+                    });
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(invalid_arg("class embeddings", "must be finite"));
+                }
+            }
+            (false, None) => {}
+        }
         let need = self.workspace_len_for_threads(batch, threads);
         if let Some(gpu) = &self.accelerator {
+            if class_embeddings.is_some() {
+                return Err(crate::model::backend::unsupported_op(
+                    gpu.device_kind(),
+                    "class_vector",
+                ));
+            }
             if workspace.len() < need {
                 return Err(Error::BufferSize {
                     what: "workspace",
@@ -242,6 +320,7 @@ impl Model {
             x,
             timesteps,
             class_labels,
+            class_embeddings,
             out,
         };
         match walk_mode {
@@ -276,6 +355,7 @@ impl Model {
             x,
             timesteps,
             class_labels,
+            None,
             out,
             Walk::Timed(op_seconds, clock),
             0,
@@ -293,6 +373,7 @@ struct CpuBackend<'a, 'e> {
     x: &'a [f32],
     timesteps: &'a [f32],
     class_labels: Option<&'a [i64]>,
+    class_embeddings: Option<&'a [f32]>,
     out: &'a mut [f32],
 }
 
@@ -571,6 +652,22 @@ impl Backend for CpuBackend<'_, '_> {
             input,
         };
         fir_resample(&args, dst);
+        Ok(())
+    }
+
+    fn class_vector(&mut self, _: usize, op: &ClassVectorOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        // Model::forward checked their length: one row per sample, or one for all.
+        let vectors = self.class_embeddings.unwrap_or(&[]);
+        let e = op.dim;
+        for b in 0..self.batch {
+            let row = if vectors.len() == e { 0 } else { b };
+            let v = &vectors[row * e..(row + 1) * e];
+            let range = b * e..(b + 1) * e;
+            for ((d, x), c) in dst[range.clone()].iter_mut().zip(&input[range]).zip(v) {
+                *d = x + c;
+            }
+        }
         Ok(())
     }
 

@@ -38,7 +38,7 @@ pub use ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseKind, ElementwiseOp, GroupNormOp, Input,
     InputOp, LinearOp, Op, OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
-pub use ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+pub use ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 
 pub use ops::{Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 

@@ -270,6 +270,15 @@ impl FirResampleOp {
     }
 }
 
+/// `out[b] = input[b] + class_embeddings[b]` over `dim` floats per sample: the caller's class
+/// embeddings added to the time embedding (`class_embed_type: "identity"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassVectorOp {
+    pub input: TensorId,
+    pub dim: usize,
+    pub out: TensorId,
+}
+
 /// `out[b] = input[b] / t[b]` over `len` floats per sample: the fourier model's output divided
 /// by its sigma (diffusers' `sample / timesteps`).
 #[derive(Debug, Clone, PartialEq)]
@@ -332,6 +341,7 @@ pub enum Op {
     FirResample(FirResampleOp),
     TimestepDivide(TimestepDivideOp),
     Elementwise(ElementwiseOp),
+    ClassVector(ClassVectorOp),
 }
 
 impl Op {
@@ -356,6 +366,7 @@ impl Op {
             Op::FirResample(_) => "fir_resample",
             Op::TimestepDivide(_) => "timestep_divide",
             Op::Elementwise(_) => "elementwise",
+            Op::ClassVector(_) => "class_vector",
         }
     }
 
@@ -390,6 +401,7 @@ impl Op {
             Op::FirResample(f) => input(Input::One(f.input)),
             Op::TimestepDivide(d) => input(Input::One(d.input)),
             Op::Elementwise(e) => input(Input::One(e.input)),
+            Op::ClassVector(c) => input(Input::One(c.input)),
         }
         r
     }
@@ -415,6 +427,7 @@ impl Op {
             Op::FirResample(o) => Some(o.out),
             Op::TimestepDivide(o) => Some(o.out),
             Op::Elementwise(o) => Some(o.out),
+            Op::ClassVector(o) => Some(o.out),
         }
     }
 
@@ -443,7 +456,7 @@ impl Op {
                 Vec::new()
             }
             Op::TimestepTable(t) => alloc::vec![t.table],
-            Op::Elementwise(_) => Vec::new(),
+            Op::Elementwise(_) | Op::ClassVector(_) => Vec::new(),
         }
     }
 

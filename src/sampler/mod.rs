@@ -82,6 +82,25 @@ impl Method<'_> {
         }
     }
 
+    /// Gaussian draws of a run, as diffusers makes them: for DDPM/DDIM the steps that use
+    /// noise (DDPM draws none at t = 0, DDIM none at eta 0); for the others
+    /// [`Method::noise_rows`].
+    pub fn noise_draws(&self) -> usize {
+        match self {
+            Method::Scheduler(s) => (0..s.timesteps().len())
+                .filter(|&i| s.needs_noise(i))
+                .count(),
+            _ => self.noise_rows(),
+        }
+    }
+
+    /// Whether `rows` rows of step noise fit the run: [`Method::noise_rows`] (DDPM/DDIM: row
+    /// i for step i) or [`Method::noise_draws`] (row k for the k-th draw, the order of
+    /// diffusers' pipelines: a `DDPMPipeline` run of N steps draws N - 1).
+    pub fn accepts_noise_rows(&self, rows: usize) -> bool {
+        rows == self.noise_rows() || rows == self.noise_draws()
+    }
+
     /// Model evaluations of a run (twice as many with guidance).
     pub fn model_evaluations(&self) -> usize {
         match self {
@@ -394,14 +413,25 @@ pub fn sample_with(
         });
     }
     let rows = method.noise_rows();
+    // DDPM/DDIM step noise given one row per draw (diffusers' draw order) rather than per step.
+    let mut per_draw = false;
     if let Some(z) = opts.step_noise {
-        if Some(z.len()) != rows.checked_mul(n) {
+        let draws = method.noise_draws();
+        per_draw = draws != rows && draws.checked_mul(n) == Some(z.len());
+        if Some(z.len()) != rows.checked_mul(n) && !per_draw {
             return Err(Error::BufferSize {
                 what: "step noise [steps, B, C, H, W]",
                 expected: rows.saturating_mul(n),
                 found: z.len(),
             });
         }
+    }
+    if model.config.identity_class_embedding {
+        return Err(crate::error::unsupported(
+            "class_embed_type",
+            "identity: the model needs class embeddings per evaluation, which no sampler (nor \
+             diffusers pipeline) supplies; call Model::forward_with_class_embeddings",
+        ));
     }
     let labels = opts.class_labels;
     if let (None, Some(_)) = (model.config.num_class_embeds, labels) {
@@ -473,6 +503,12 @@ pub fn sample_with(
                 ),
             });
         };
+        // The device's learned time embedding trusts its timesteps: check them here.
+        if let Some(steps) = model.config.learned_time_embedding {
+            for &t in scheduler.timesteps() {
+                crate::model::forward::timestep_index(t as f32, steps)?;
+            }
+        }
         if let Some(x_t) = opts.initial_noise {
             if x_t.len() != n {
                 return Err(Error::BufferSize {
@@ -562,10 +598,15 @@ pub fn sample_with(
     match method {
         Method::Scheduler(scheduler) => {
             let steps = scheduler.timesteps().len();
+            let mut draw = 0;
             for (i, &t) in scheduler.timesteps().iter().enumerate() {
                 let m = denoiser.raw(out, t as f32)?;
                 let z: Option<&[f32]> = if scheduler.needs_noise(i) {
-                    Some(noise_row(opts.step_noise, noise, i, noise_buf))
+                    // Given rows may be one per draw; generated noise (per_draw false) is
+                    // seeded by step.
+                    let row = if per_draw { draw } else { i };
+                    draw += 1;
+                    Some(noise_row(opts.step_noise, noise, row, noise_buf))
                 } else {
                     None
                 };

@@ -52,16 +52,18 @@ pub struct CheckpointFiles {
     pub unet_config: String,
     pub unet_weights: Vec<u8>,
     pub scheduler_config: String,
+    /// The pipeline and scheduler classes of `model_index.json`.
+    pub pipeline: (&'static str, &'static str),
     pub state_json: String,
     pub state_tensors: Vec<u8>,
 }
 
-/// `model_index.json` of a `DDPMPipeline`.
-pub fn model_index() -> String {
+/// `model_index.json` of a `DDPMPipeline` (`ScoreSdeVePipeline` for a fourier model).
+pub fn model_index((pipeline, scheduler): (&str, &str)) -> String {
     let v = json!({
-        "_class_name": "DDPMPipeline",
+        "_class_name": pipeline,
         "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", "DDPMScheduler"],
+        "scheduler": ["diffusers", scheduler],
         "unet": ["diffusers", "UNet2DModel"],
     });
     serde_json::to_string_pretty(&v).unwrap_or_default()
@@ -96,7 +98,10 @@ pub fn save(out: &Path, files: &CheckpointFiles, keep: usize) -> Result<PathBuf>
     for sub in ["unet", "scheduler"] {
         std::fs::create_dir_all(tmp.join(sub)).map_err(|e| io_err(&tmp, e))?;
     }
-    write_atomic(&tmp.join("model_index.json"), model_index().as_bytes())?;
+    write_atomic(
+        &tmp.join("model_index.json"),
+        model_index(files.pipeline).as_bytes(),
+    )?;
     write_atomic(&tmp.join("unet/config.json"), files.unet_config.as_bytes())?;
     write_atomic(
         &tmp.join("unet/diffusion_pytorch_model.safetensors"),

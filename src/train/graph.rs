@@ -26,7 +26,7 @@ use crate::model::{
     AttentionOp, ClassEmbeddingOp, ConvOp, GroupNormOp, InputOp, LinearOp, ModelDescription, Op,
     OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
-use crate::model::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use crate::model::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
 use crate::weights::WeightRef;
 
 /// The training graph of one model: op list, parameter table and memory plans.
@@ -45,6 +45,8 @@ pub struct TrainGraph {
     in_shape: (usize, usize, usize),
     out_channels: usize,
     class_conditional: bool,
+    /// Floats per sample of the largest tensor read concatenated with itself (0: none).
+    self_concat_len: usize,
 }
 
 /// Everything one training step touches besides the weights, allocated once per batch size.
@@ -60,6 +62,9 @@ pub struct TrainWorkspace {
     scratch: Vec<f32>,
     /// The forward pass's timesteps, for the backward of the division by sigma.
     timesteps: Vec<f32>,
+    /// Without a mid block the first up resnet reads the bottom map concatenated with itself
+    /// (`Input::Concat(a, a)`): the second half's gradient lands here, then is added to `a`'s.
+    self_concat_grad: Vec<f32>,
 }
 
 impl TrainWorkspace {
@@ -89,21 +94,23 @@ fn saved_len(op: &Op) -> usize {
 
 const EMPTY: (usize, usize) = (0, 0);
 
+/// The tensor an input reads twice (`Concat(a, a)`: the first up block's skip of a UNet
+/// without a mid block).
+fn self_concat(input: Input) -> Option<TensorId> {
+    match input {
+        Input::Concat(a, b) if a == b => Some(a),
+        _ => None,
+    }
+}
+
 impl TrainGraph {
     /// The training graph of a described model ([`crate::model::describe_config`], or
     /// [`crate::model::describe_weights`] to take the parameter names a weights file uses).
     pub fn new(model: &ModelDescription) -> Result<TrainGraph> {
-        // Without a mid block the first up resnet reads the bottom map concatenated with
-        // itself; its backward would need the two halves' gradients in one buffer at once.
-        let self_concat = |i: Input| matches!(i, Input::Concat(a, b) if a == b);
-        if model.ops.iter().any(|op| match op {
-            Op::Conv(c) => self_concat(c.input),
-            Op::GroupNorm(g) => self_concat(g.input),
-            _ => false,
-        }) {
+        if model.ops.iter().any(|op| matches!(op, Op::ClassVector(_))) {
             return Err(crate::error::unsupported(
-                "mid_block_type",
-                "null: the trainer cannot train a UNet without a mid block",
+                "class_embed_type",
+                "identity: the trainer takes integer class labels, not class embeddings",
             ));
         }
         let ops = model.ops.clone();
@@ -160,7 +167,19 @@ impl TrainGraph {
             }
         }
         let params = ParamTable::new(model)?;
+        // The largest tensor read concatenated with itself (no mid block), per sample.
+        let self_concat_len = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Conv(c) => self_concat(c.input),
+                Op::GroupNorm(g) => self_concat(g.input),
+                _ => None,
+            })
+            .map(|t| tensors[t].len)
+            .max()
+            .unwrap_or(0);
         Ok(TrainGraph {
+            self_concat_len,
             ops,
             tensors,
             saved,
@@ -229,6 +248,7 @@ impl TrainGraph {
             d_out: alloc::vec![0.0; batch * self.output_len()],
             scratch: alloc::vec![0.0; self.scratch_len()],
             timesteps: alloc::vec![0.0; batch],
+            self_concat_grad: alloc::vec![0.0; batch * self.self_concat_len],
         }
     }
 
@@ -370,11 +390,16 @@ impl TrainGraph {
                     }
                 }
                 Op::Conv(c) => {
+                    let twice = self_concat(c.input).is_some();
                     let [d_a, d_b, d_chan, d_res, d_out] = carve(
                         &mut ws.grads,
                         [
                             self.grad(c.input.first(), batch),
-                            self.opt_grad(c.input.second(), batch),
+                            if twice {
+                                EMPTY
+                            } else {
+                                self.opt_grad(c.input.second(), batch)
+                            },
                             self.opt_grad(c.channel_add, batch),
                             self.opt_grad(c.residual, batch),
                             self.grad(c.out, batch),
@@ -391,15 +416,20 @@ impl TrainGraph {
                         residual: opt_a(c.residual),
                         out_scale: c.out_scale,
                     };
+                    let d_twice = &mut ws.self_concat_grad[..if twice { d_a.len() } else { 0 }];
+                    d_twice.fill(0.0);
                     let g = conv::ConvGrads {
-                        in_a: d_a,
-                        in_b: d_b,
+                        in_b: if twice { &mut *d_twice } else { d_b },
+                        in_a: &mut *d_a,
                         weight: d_w,
                         bias: d_bias,
                         channel_add: d_chan,
                         residual: d_res,
                     };
                     conv::backward(&args, d_out, g, &mut ws.scratch);
+                    for (d, g) in d_a.iter_mut().zip(d_twice.iter()) {
+                        *d += g;
+                    }
                 }
                 Op::Linear(l) => {
                     let [d_in, d_res, d_out] = carve(
@@ -430,6 +460,13 @@ impl TrainGraph {
                     )?;
                     activation::backward(a(si.input), d_out, d_in);
                 }
+                // TrainGraph::new refuses a model with it.
+                Op::ClassVector(_) => {
+                    return Err(crate::model::backend::unsupported_op(
+                        "train",
+                        "class_vector",
+                    ))
+                }
                 // Only decoders emit it; the trainer builds UNets (its forward refuses it too).
                 Op::Elementwise(_) => {
                     return Err(crate::model::backend::unsupported_op(
@@ -449,24 +486,34 @@ impl TrainGraph {
                     }
                 }
                 Op::GroupNorm(g) => {
+                    let twice = self_concat(g.input).is_some();
                     let [d_a, d_b, d_out] = carve(
                         &mut ws.grads,
                         [
                             self.grad(g.input.first(), batch),
-                            self.opt_grad(g.input.second(), batch),
+                            if twice {
+                                EMPTY
+                            } else {
+                                self.opt_grad(g.input.second(), batch)
+                            },
                             self.grad(g.out, batch),
                         ],
                     )?;
                     let [d_gamma, d_beta] = carve(param_grads, [pr(g.gamma), pr(g.beta)])?;
                     let args =
                         group_norm_args(g, batch, a(g.input.first()), opt_a(g.input.second()), p);
+                    let d_twice = &mut ws.self_concat_grad[..if twice { d_a.len() } else { 0 }];
+                    d_twice.fill(0.0);
                     let grads = group_norm::GroupNormGrads {
-                        in_a: d_a,
-                        in_b: d_b,
+                        in_b: if twice { &mut *d_twice } else { d_b },
+                        in_a: &mut *d_a,
                         gamma: d_gamma,
                         beta: d_beta,
                     };
                     group_norm::backward(&args, saved(i), d_out, grads);
+                    for (d, g) in d_a.iter_mut().zip(d_twice.iter()) {
+                        *d += g;
+                    }
                 }
                 Op::ScaleShift(o) => {
                     let [d_in, d_ss, d_out] = carve(
@@ -702,14 +749,21 @@ impl Backend for TrainForward<'_> {
     }
 
     fn conv(&mut self, _: usize, op: &ConvOp) -> Result<()> {
+        let twice = self_concat(op.input).is_some();
         let regions = [
             self.act(op.input.first()),
-            self.opt_act(op.input.second()),
+            if twice {
+                EMPTY
+            } else {
+                self.opt_act(op.input.second())
+            },
             self.opt_act(op.channel_add),
             self.opt_act(op.residual),
             self.act(op.out),
         ];
         let [in_a, in_b, chan, residual, out] = carve(self.acts, regions)?;
+        let in_a: &[f32] = in_a;
+        let in_b: &[f32] = if twice { in_a } else { in_b };
         let p = |r| &self.params[self.graph.params.range(r)];
         let args = conv::Conv {
             shape: ConvShape {
@@ -729,13 +783,20 @@ impl Backend for TrainForward<'_> {
     }
 
     fn group_norm(&mut self, at: usize, op: &GroupNormOp) -> Result<()> {
+        let twice = self_concat(op.input).is_some();
         let regions = [
             self.act(op.input.first()),
-            self.opt_act(op.input.second()),
+            if twice {
+                EMPTY
+            } else {
+                self.opt_act(op.input.second())
+            },
             self.graph.saved_region(at, self.batch),
             self.act(op.out),
         ];
         let [in_a, in_b, saved, out] = carve(self.acts, regions)?;
+        let in_a: &[f32] = in_a;
+        let in_b: &[f32] = if twice { in_a } else { in_b };
         let (g, params) = (self.graph, self.params);
         let args = group_norm_args(op, self.batch, in_a, in_b, |r| &params[g.params.range(r)]);
         group_norm::forward(&args, out, saved);
@@ -850,6 +911,13 @@ impl Backend for TrainForward<'_> {
         };
         ncsnpp::fir_forward(&args, out);
         Ok(())
+    }
+
+    fn class_vector(&mut self, _: usize, _: &ClassVectorOp) -> Result<()> {
+        Err(crate::model::backend::unsupported_op(
+            "train",
+            "class_vector",
+        ))
     }
 
     fn timestep_divide(&mut self, _: usize, op: &TimestepDivideOp) -> Result<()> {

@@ -318,3 +318,45 @@ pub fn vlb_term(
     }
     Ok(total / (dims * ln2))
 }
+
+/// The score-SDE VE denoising score-matching loss of a sigma-conditioned (fourier, NCSN++)
+/// model (Song et al. 2021, eq. 7 with lambda(sigma) = sigma^2): the model was called at
+/// `x0 + sigma z` with timestep `sigma` and `out` is its score estimate (diffusers' output,
+/// already divided by sigma); loss = mean over every element of `(sigma * out + z)^2`.
+/// Writes dLoss/d(out) to `d_out`. `sigmas`: one per sample; `z`, `out`: `[B, C, H, W]`.
+pub fn ve_score_matching_loss_and_grad(
+    sigmas: &[f32],
+    z: &[f32],
+    out: &[f32],
+    d_out: &mut [f32],
+) -> Result<LossValue> {
+    let n = out.len();
+    if sigmas.is_empty() || !n.is_multiple_of(sigmas.len()) || z.len() != n || d_out.len() != n {
+        return Err(crate::error::invalid_arg(
+            "score matching batch",
+            "sigmas (one per sample), noise, output and its gradient disagree in size",
+        ));
+    }
+    let per = n / sigmas.len();
+    let mut total = 0.0f64;
+    for (b, &sigma) in sigmas.iter().enumerate() {
+        let s = sigma as f64;
+        for i in b * per..(b + 1) * per {
+            let r = s * out[i] as f64 + z[i] as f64;
+            total += r * r;
+            d_out[i] = (2.0 * r * s / n as f64) as f32;
+        }
+    }
+    let total = total / n as f64;
+    Ok(LossValue {
+        total,
+        mse: total,
+        vlb: 0.0,
+    })
+}
+
+/// sigma = sigma_min (sigma_max / sigma_min)^u for u uniform in [0, 1): log-uniform, as the
+/// score-SDE VE training samples it.
+pub fn ve_sigma(sigma_min: f64, sigma_max: f64, u: f64) -> f64 {
+    sigma_min * (sigma_max / sigma_min).powf(u)
+}

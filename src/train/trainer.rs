@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::checkpoint::{self, CheckpointFiles};
 use super::data::Dataset;
 use super::graph::{TrainGraph, TrainWorkspace};
+use super::loss::ve_score_matching_loss_and_grad;
 use super::loss::{check_prediction, loss_and_grad, Batch, LossKind, LossValue, NoiseSchedule};
 use super::optim::{adamw_step, clip_grad_norm, ema_decay, ema_update, AdamWConfig};
 use super::rng::{permutation, Purpose, Stream};
@@ -45,7 +46,15 @@ pub struct TrainOptions {
     pub hflip: bool,
     /// Dtype of the checkpoint's UNet weights (F16 or F32).
     pub save_dtype: Dtype,
+    /// A sigma-conditioned (fourier, NCSN++) model trains on sigmas log-uniform in
+    /// [sigma_min, sigma_max] (the VE score-matching loss); default: `ScoreSdeVeScheduler`'s
+    /// 0.01 and 1348. Other models ignore them.
+    pub sigma_min: f64,
+    pub sigma_max: f64,
 }
+
+/// `ScoreSdeVeScheduler`'s default `sigma_min` and `sigma_max`.
+pub const VE_SIGMA_DEFAULTS: (f64, f64) = (0.01, 1348.0);
 
 impl Default for TrainOptions {
     fn default() -> Self {
@@ -64,6 +73,8 @@ impl Default for TrainOptions {
             null_class: None,
             hflip: false,
             save_dtype: Dtype::F16,
+            sigma_min: VE_SIGMA_DEFAULTS.0,
+            sigma_max: VE_SIGMA_DEFAULTS.1,
         }
     }
 }
@@ -81,6 +92,7 @@ impl TrainOptions {
             "beta_start": self.beta_start, "beta_end": self.beta_end,
             "label_dropout": self.label_dropout, "null_class": self.null_class, "hflip": self.hflip,
             "save_dtype": if self.save_dtype == Dtype::F16 { "f16" } else { "f32" },
+            "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
         })
     }
 
@@ -129,6 +141,9 @@ impl TrainOptions {
             } else {
                 Dtype::F16
             },
+            // States written before the VE loss existed have none.
+            sigma_min: v["sigma_min"].as_f64().unwrap_or(VE_SIGMA_DEFAULTS.0),
+            sigma_max: v["sigma_max"].as_f64().unwrap_or(VE_SIGMA_DEFAULTS.1),
         })
     }
 
@@ -199,14 +214,28 @@ pub struct Trainer {
     perm_epoch: u64,
 }
 
-/// The trainer's loss and schedule are DDPM's (integer timesteps, epsilon targets): a
-/// sigma-conditioned (fourier, score-SDE VE) model needs a denoising score-matching loss over
-/// sigmas, which it does not have. Its layers have forward and backward all the same.
-fn refuse_fourier(config: &UNetConfig) -> Result<()> {
-    if config.time_fourier {
-        return Err(crate::error::unsupported(
-            "time_embedding_type",
-            "fourier: the trainer's DDPM loss cannot train a sigma-conditioned (VE) model",
+/// A sigma-conditioned (fourier, score-SDE VE) model trains with the VE denoising
+/// score-matching loss ([`super::loss::ve_score_matching_loss_and_grad`]) on log-uniform
+/// sigmas; DDPM's options (hybrid loss, v-prediction) do not apply to it.
+fn check_fourier(config: &UNetConfig, opts: &TrainOptions) -> Result<()> {
+    if !config.time_fourier {
+        return Ok(());
+    }
+    if opts.loss != LossKind::Simple || opts.prediction != PredictionType::Epsilon {
+        return Err(invalid_arg(
+            "loss",
+            "a fourier (score-SDE VE) model trains with the score-matching loss only (no \
+             hybrid loss, no v-prediction)",
+        ));
+    }
+    if !(opts.sigma_min > 0.0 && opts.sigma_max > opts.sigma_min && opts.sigma_max.is_finite()) {
+        return Err(invalid_arg(
+            "sigma_min, sigma_max",
+            std::format!(
+                "need 0 < sigma_min < sigma_max, got {} and {}",
+                opts.sigma_min,
+                opts.sigma_max
+            ),
         ));
     }
     Ok(())
@@ -221,7 +250,6 @@ impl Trainer {
         opts: TrainOptions,
     ) -> Result<Trainer> {
         let config = UNetConfig::from_json(config_json)?;
-        refuse_fourier(&config)?;
         // Initial weights from a file: the parameters take the names that file uses (old or
         // new diffusers names), as loading it for inference would.
         let description = match init {
@@ -308,6 +336,7 @@ impl Trainer {
             }
         }
         check_prediction(opts.prediction)?;
+        check_fourier(&config, &opts)?;
         let b = opts.batch;
         let sched = NoiseSchedule::new(&opts.scheduler(learned))?;
         let n = graph.params.buffer_len();
@@ -361,7 +390,6 @@ impl Trainer {
         let config_json =
             String::from_utf8_lossy(&read(checkpoint_dir.join("unet/config.json"))?).into_owned();
         let config = UNetConfig::from_json(&config_json)?;
-        refuse_fourier(&config)?;
         let tensors = read(checkpoint_dir.join("training_state.safetensors"))?;
         let graph = TrainGraph::new(&describe_config(&config)?)?;
         let n = graph.params.buffer_len();
@@ -454,8 +482,24 @@ impl Trainer {
                 let drop = drops.uniform() < self.opts.label_dropout as f64;
                 self.labels[k] = if drop { null } else { labels[idx] };
             }
-            self.t[k] = times.below(self.sched.steps() as u64) as usize;
-            self.t_f32[k] = self.t[k] as f32;
+            if self.config.time_fourier {
+                let (lo, hi) = (self.opts.sigma_min, self.opts.sigma_max);
+                self.t[k] = 0;
+                self.t_f32[k] = super::loss::ve_sigma(lo, hi, times.uniform()) as f32;
+            } else {
+                self.t[k] = times.below(self.sched.steps() as u64) as usize;
+                self.t_f32[k] = self.t[k] as f32;
+            }
+        }
+        if self.config.time_fourier {
+            // x = x0 + sigma z: the VE perturbation.
+            for (k, &sigma) in self.t_f32.iter().enumerate() {
+                for i in k * sample..(k + 1) * sample {
+                    self.eps[i] = noise.gaussian() as f32;
+                    self.x_t[i] = self.x0[i] + sigma * self.eps[i];
+                }
+            }
+            return;
         }
         for (k, t) in self.t.iter().enumerate() {
             let abar = self.sched.alphas_cumprod[*t];
@@ -488,14 +532,18 @@ impl Trainer {
             timesteps: &self.t,
         };
         let ws = &mut self.ws;
-        let loss = loss_and_grad(
-            self.opts.loss,
-            self.opts.prediction,
-            &self.sched,
-            &batch,
-            &ws.out,
-            &mut ws.d_out,
-        )?;
+        let loss = if self.config.time_fourier {
+            ve_score_matching_loss_and_grad(&self.t_f32, &self.eps, &ws.out, &mut ws.d_out)?
+        } else {
+            loss_and_grad(
+                self.opts.loss,
+                self.opts.prediction,
+                &self.sched,
+                &batch,
+                &ws.out,
+                &mut ws.d_out,
+            )?
+        };
         if !loss.total.is_finite() {
             return Err(invalid_arg("loss", std::format!("not finite at step {s}")));
         }
@@ -541,6 +589,21 @@ impl Trainer {
 
     /// `scheduler/scheduler_config.json` for sampling what this run trains.
     pub fn scheduler_config(&self) -> String {
+        if self.config.time_fourier {
+            // What ScoreSdeVePipeline samples it with: the trained sigma range, the class's
+            // other defaults.
+            let v = json!({
+                "_class_name": "ScoreSdeVeScheduler",
+                "_diffusers_version": "0.42.1",
+                "num_train_timesteps": 2000,
+                "sigma_min": self.opts.sigma_min,
+                "sigma_max": self.opts.sigma_max,
+                "snr": 0.15,
+                "sampling_eps": 1e-5,
+                "correct_steps": 1,
+            });
+            return serde_json::to_string_pretty(&v).unwrap_or_default();
+        }
         let learned = self.config.out_channels == 2 * self.config.in_channels;
         let cfg = self.opts.scheduler(learned);
         let v = json!({
@@ -571,6 +634,11 @@ impl Trainer {
             unet_config: checkpoint::unet_config(&self.config_json)?,
             unet_weights: table.write_safetensors(&[("", &self.ema)], self.opts.save_dtype)?,
             scheduler_config: self.scheduler_config(),
+            pipeline: if self.config.time_fourier {
+                ("ScoreSdeVePipeline", "ScoreSdeVeScheduler")
+            } else {
+                ("DDPMPipeline", "DDPMScheduler")
+            },
             state_json: serde_json::to_string_pretty(&state).unwrap_or_default(),
             state_tensors: table.write_safetensors(
                 &[

@@ -58,7 +58,8 @@ FLAGS:
     --init-noise is the standard normal draw: euler, euler-a and heun multiply it by the
                          scheduler's init_noise_sigma, as diffusers does
     --step-noise FILE    safetensors with tensor noise [S,B,C,H,W] f32, row i for step i
-                         (sde/pc/sde-ve: row k for the k-th Gaussian draw; euler-a and
+                         (ddpm/ddim: or row k for the k-th draw, as diffusers draws them,
+                         none at DDPM's t = 0; sde/pc/sde-ve: row k for the k-th draw; euler-a and
                          dpm++2m-sde: one row per step; lcm/tcd: one per step but the last;
                          cm: one per step when steps > 1)
     --save-tensor FILE   also write the final sample as tensor x_0 [B,C,H,W] f32 (sde-ve:
@@ -323,14 +324,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     if s.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
-    if let Some(l) = &s.class_labels {
-        if l.len() != 1 && l.len() != s.batch {
-            return Err(format!(
-                "--class-label: give one label or {} (one per image), not {}",
-                s.batch,
-                l.len()
-            ));
-        }
+    // With --init-noise and no --batch the batch is x_T's: the label count is checked
+    // against it in `run`.
+    if let (Some(l), true) = (&s.class_labels, s.batch_given || s.init_noise.is_none()) {
+        check_label_count(l, s.batch)?;
     }
     if s.grid == Some(0) {
         return Err("--grid must be at least 1".into());
@@ -344,4 +341,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         return Err("--guidance must be a finite number".into());
     }
     Ok(Command::Sample(s))
+}
+
+/// `--class-label` gives one label for every image or one per image.
+pub fn check_label_count(labels: &[i64], batch: usize) -> Result<(), String> {
+    if labels.len() != 1 && labels.len() != batch {
+        return Err(format!(
+            "--class-label: give one label or {batch} (one per image), not {}",
+            labels.len()
+        ));
+    }
+    Ok(())
 }

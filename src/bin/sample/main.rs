@@ -300,6 +300,9 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     if let (false, Some(path)) = (a.batch_given, &a.init_noise) {
         let (_, shape) = read_tensor(path, "x_T").map_err(|e| e.to_string())?;
         a.batch = shape.first().copied().unwrap_or(a.batch);
+        if let Some(l) = &a.class_labels {
+            args::check_label_count(l, a.batch)?;
+        }
     }
     let a = &a;
     let dir = model_dir(a.model.as_deref());
@@ -349,7 +352,20 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         Ok(Some(data))
     };
     let init = read(&a.init_noise, "x_T", &[a.batch, c, h, w])?;
-    let step_noise = read(&a.step_noise, "noise", &[noise_rows, a.batch, c, h, w])?;
+    // DDPM/DDIM also take one row per draw (diffusers' order: no row for DDPM's t = 0).
+    let draws = sampler.method().noise_draws();
+    let rows = match &a.step_noise {
+        Some(path) if draws != noise_rows => {
+            let (_, shape) = read_tensor(path, "noise").map_err(|e| e.to_string())?;
+            if shape.first() == Some(&draws) {
+                draws
+            } else {
+                noise_rows
+            }
+        }
+        _ => noise_rows,
+    };
+    let step_noise = read(&a.step_noise, "noise", &[rows, a.batch, c, h, w])?;
 
     let labels: Option<Vec<i64>> = match model.config.num_class_embeds {
         // No --class-label: the sampler front end's default (`default_class_label`, shared
@@ -428,15 +444,23 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         Some(a.out.display().to_string())
     } else {
         // No colour mapping for other channel counts (latents, learned-variance halves):
-        // each image is a row of its channels as gray tiles.
-        write_png_grid(&a.out, &out, a.batch * c, 1, h, w, c).map_err(|e| e.to_string())?;
-        if !quiet {
-            eprintln!(
-                "{c} channels: {} shows each image's channels as a row of gray tiles",
-                a.out.display()
-            );
+        // each image is a row of its channels as gray tiles. Only a preview: if it cannot be
+        // written the run still succeeds (its result is the tensor), with a one-line note.
+        match write_png_grid(&a.out, &out, a.batch * c, 1, h, w, c) {
+            Ok(()) => {
+                if !quiet {
+                    eprintln!(
+                        "{c} channels: {} shows each image's channels as a row of gray tiles",
+                        a.out.display()
+                    );
+                }
+                Some(a.out.display().to_string())
+            }
+            Err(e) => {
+                eprintln!("note: {c}-channel preview not written ({e})");
+                None
+            }
         }
-        Some(a.out.display().to_string())
     };
     if !quiet {
         eprintln!(
