@@ -332,6 +332,7 @@ fn bench_linear_attention(c: &mut Criterion, model: &Model, path: KernelPath, te
         tokens: n,
         channels: ch,
         heads: 1,
+        causal: false,
         q: &q,
         k: &k,
         v: &v,

@@ -547,37 +547,41 @@ fn attention_matches_scalar() {
         (2, 70, 36, 2),
         (1, 5, 16, 4),
         (1, 129, 32, 1),
+        (2, 77, 32, 4),
     ] {
-        let n = batch * tokens * channels;
-        let (q, k, v) = (rng.vec(n), rng.vec(n), rng.vec(n));
-        // Larger logits, so the softmax is not flat.
-        let q: Vec<f32> = q.into_iter().map(|x| 3.0 * x).collect();
-        let args = AttentionArgs {
-            batch,
-            tokens,
-            channels,
-            heads,
-            q: &q,
-            k: &k,
-            v: &v,
-        };
-        let mut scores = vec![0.0f32; n.max(tokens)];
-        let mut reference = vec![0.0f32; n];
-        tinydiffusion::kernels::scalar::attention(&args, &mut scores, &mut reference);
-        for t in &tables {
-            let ours = both(&pool, |ex| {
-                let mut scores = vec![f32::NAN; n.max(tokens)];
-                let mut out = vec![f32::NAN; n];
-                (t.attention)(&args, &mut scores, &mut out, ex);
-                out
-            });
-            check(
-                &format!("attention b{batch} n{tokens} c{channels} h{heads}"),
-                t.path,
-                ours,
-                &reference,
-                2e-6,
-            );
+        for causal in [false, true] {
+            let n = batch * tokens * channels;
+            let (q, k, v) = (rng.vec(n), rng.vec(n), rng.vec(n));
+            // Larger logits, so the softmax is not flat.
+            let q: Vec<f32> = q.into_iter().map(|x| 3.0 * x).collect();
+            let args = AttentionArgs {
+                batch,
+                tokens,
+                channels,
+                heads,
+                causal,
+                q: &q,
+                k: &k,
+                v: &v,
+            };
+            let mut scores = vec![0.0f32; n.max(tokens)];
+            let mut reference = vec![0.0f32; n];
+            tinydiffusion::kernels::scalar::attention(&args, &mut scores, &mut reference);
+            for t in &tables {
+                let ours = both(&pool, |ex| {
+                    let mut scores = vec![f32::NAN; n.max(tokens)];
+                    let mut out = vec![f32::NAN; n];
+                    (t.attention)(&args, &mut scores, &mut out, ex);
+                    out
+                });
+                check(
+                    &format!("attention b{batch} n{tokens} c{channels} h{heads} causal {causal}"),
+                    t.path,
+                    ours,
+                    &reference,
+                    2e-6,
+                );
+            }
         }
     }
 }

@@ -263,6 +263,8 @@ pub struct AttentionArgs<'a> {
     pub tokens: usize,
     pub channels: usize,
     pub heads: usize,
+    /// Query `i` attends to keys `0..=i` only.
+    pub causal: bool,
     pub q: &'a [f32],
     pub k: &'a [f32],
     pub v: &'a [f32],

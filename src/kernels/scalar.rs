@@ -177,6 +177,8 @@ pub fn attention(a: &AttentionArgs<'_>, scores: &mut [f32], out: &mut [f32]) {
             let off = base + h * d;
             for i in 0..n {
                 let q = &a.q[off + i * c..off + i * c + d];
+                let keys = if a.causal { i + 1 } else { n };
+                let scores = &mut scores[..keys];
                 let mut max = f32::NEG_INFINITY;
                 for (j, s) in scores.iter_mut().enumerate() {
                     let k = &a.k[off + j * c..off + j * c + d];
@@ -350,4 +352,30 @@ pub fn mish(x: f32) -> f32 {
 /// The exact GELU, `x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))` (torch's default).
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// CLIP's `quick_gelu`, `x * sigmoid(1.702 x)`.
+pub fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-1.702 * x))
+}
+
+/// LayerNorm over rows of `dim` floats: `(x - mean) / sqrt(var + eps) * gamma + beta` with the
+/// biased variance, as torch's `nn.LayerNorm`. Two passes in f32 (the centred sum of squares
+/// keeps the variance accurate when the mean is large).
+pub fn layer_norm(
+    input: &[f32],
+    dim: usize,
+    eps: f32,
+    gamma: &[half::f16],
+    beta: &[half::f16],
+    out: &mut [f32],
+) {
+    for (x, o) in input.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let mean = x.iter().sum::<f32>() / dim as f32;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+        let inv = 1.0 / libm::sqrtf(var + eps);
+        for (((o, v), g), b) in o.iter_mut().zip(x).zip(gamma).zip(beta) {
+            *o = (v - mean) * inv * g.to_f32() + b.to_f32();
+        }
+    }
 }

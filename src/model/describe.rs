@@ -472,6 +472,7 @@ impl Builder<'_> {
             tokens,
             channels: c,
             heads,
+            causal: false,
             scratch,
             out: attended,
         }));
@@ -875,6 +876,7 @@ pub fn describe(
         Activation::Mish => "mish",
         Activation::Gelu => "gelu",
         Activation::Relu => "relu",
+        Activation::QuickGelu => "quick_gelu",
     };
     b.temb = b.act(format!("time_embedding+{act}"), emb, e);
     // diffusers' `time_embedding` module output excludes the class embedding.

@@ -198,6 +198,7 @@ impl Builder<'_> {
             tokens,
             channels: c,
             heads: 1,
+            causal: false,
             scratch,
             out: attended,
         }));

@@ -140,6 +140,8 @@ pub struct AttentionOp {
     pub tokens: usize,
     pub channels: usize,
     pub heads: usize,
+    /// Query `i` attends to keys `0..=i` only (the CLIP text encoder's causal mask).
+    pub causal: bool,
     /// Per sample `tokens * channels` floats the kernel may use (K^T, or a score row).
     pub scratch: TensorId,
     pub out: TensorId,
@@ -209,6 +211,8 @@ pub enum Activation {
     /// The exact (erf) GELU, torch's `nn.GELU()`.
     Gelu,
     Relu,
+    /// `x * sigmoid(1.702 x)`: CLIP's `quick_gelu`.
+    QuickGelu,
 }
 
 /// `out = act(x)`, elementwise over `len` floats per sample.
@@ -310,6 +314,34 @@ impl ElementwiseKind {
     }
 }
 
+/// LayerNorm over the last dimension: each of `rows` rows per sample of `dim` floats is
+/// normalised with its own mean and (biased) variance, in f32, then `* gamma + beta`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNormOp {
+    pub input: TensorId,
+    pub rows: usize,
+    pub dim: usize,
+    pub eps: f32,
+    pub gamma: WeightRef,
+    pub beta: WeightRef,
+    pub out: TensorId,
+}
+
+/// `out[b, i] = table[ids[b, i]] + positions[i]` for `tokens` token ids per sample (the forward
+/// pass's token ids): CLIP's token plus position embedding. An id outside `0..vocab` is a
+/// typed error naming it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEmbeddingOp {
+    /// `[vocab, dim]`.
+    pub table: WeightRef,
+    pub vocab: usize,
+    /// `[positions, dim]`, positions >= tokens; row `i` is added to token `i`.
+    pub positions: WeightRef,
+    pub tokens: usize,
+    pub dim: usize,
+    pub out: TensorId,
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -332,6 +364,8 @@ pub enum Op {
     FirResample(FirResampleOp),
     TimestepDivide(TimestepDivideOp),
     Elementwise(ElementwiseOp),
+    LayerNorm(LayerNormOp),
+    TokenEmbedding(TokenEmbeddingOp),
 }
 
 impl Op {
@@ -356,6 +390,8 @@ impl Op {
             Op::FirResample(_) => "fir_resample",
             Op::TimestepDivide(_) => "timestep_divide",
             Op::Elementwise(_) => "elementwise",
+            Op::LayerNorm(_) => "layer_norm",
+            Op::TokenEmbedding(_) => "token_embedding",
         }
     }
 
@@ -390,6 +426,8 @@ impl Op {
             Op::FirResample(f) => input(Input::One(f.input)),
             Op::TimestepDivide(d) => input(Input::One(d.input)),
             Op::Elementwise(e) => input(Input::One(e.input)),
+            Op::LayerNorm(l) => input(Input::One(l.input)),
+            Op::TokenEmbedding(_) => {}
         }
         r
     }
@@ -415,6 +453,8 @@ impl Op {
             Op::FirResample(o) => Some(o.out),
             Op::TimestepDivide(o) => Some(o.out),
             Op::Elementwise(o) => Some(o.out),
+            Op::LayerNorm(o) => Some(o.out),
+            Op::TokenEmbedding(o) => Some(o.out),
         }
     }
 
@@ -444,6 +484,8 @@ impl Op {
             }
             Op::TimestepTable(t) => alloc::vec![t.table],
             Op::Elementwise(_) => Vec::new(),
+            Op::LayerNorm(l) => alloc::vec![l.gamma, l.beta],
+            Op::TokenEmbedding(t) => alloc::vec![t.table, t.positions],
         }
     }
 
@@ -459,7 +501,13 @@ impl Op {
             Op::Attention(a) => {
                 let (n, c) = (a.tokens as u64, a.channels as u64);
                 // Saturating: n * n overflows u64 for absurd (but valid) sample sizes.
-                4u64.saturating_mul(n).saturating_mul(n).saturating_mul(c)
+                let full = 4u64.saturating_mul(n).saturating_mul(n).saturating_mul(c);
+                // A causal mask scores n (n + 1) / 2 of the n^2 pairs.
+                if a.causal {
+                    full / 2 + 2 * n * c
+                } else {
+                    full
+                }
             }
             Op::FirResample(f) => {
                 // 16 taps per downsampled output, 4 per upsampled one; a multiply-add each.

@@ -430,12 +430,10 @@ impl TrainGraph {
                     )?;
                     activation::backward(a(si.input), d_out, d_in);
                 }
-                // Only decoders emit it; the trainer builds UNets (its forward refuses it too).
-                Op::Elementwise(_) => {
-                    return Err(crate::model::backend::unsupported_op(
-                        "train",
-                        "elementwise",
-                    ))
+                // Only decoders and the text encoder emit these; the trainer builds UNets (its
+                // forward refuses them too).
+                Op::Elementwise(_) | Op::LayerNorm(_) | Op::TokenEmbedding(_) => {
+                    return Err(crate::model::backend::unsupported_op("train", op.kind()))
                 }
                 Op::ClassEmbedding(ce) => {
                     let [d_in, d_out] = carve(
@@ -750,6 +748,13 @@ impl Backend for TrainForward<'_> {
             self.graph.saved_region(at, self.batch),
             self.act(op.out),
         ];
+        if op.causal {
+            // Only the text encoder masks; the trainer builds UNets.
+            return Err(crate::model::backend::unsupported_op(
+                "train",
+                "attention (causal)",
+            ));
+        }
         let [q, k, v, probs, out] = carve(self.acts, regions)?;
         attention::core_forward(heads(op, self.batch), q, k, v, probs, out);
         Ok(())

@@ -132,6 +132,14 @@ impl ParamTable {
                 Op::TimestepTable(t) => kinds.push((key(t.table), ParamKind::Embedding)),
                 Op::FourierEmbedding(f) => kinds.push((key(f.weight), ParamKind::FourierWeight)),
                 Op::FirResample(_) | Op::TimestepDivide(_) | Op::Elementwise(_) => {}
+                Op::LayerNorm(l) => {
+                    kinds.push((key(l.gamma), ParamKind::NormScale));
+                    kinds.push((key(l.beta), ParamKind::NormShift));
+                }
+                Op::TokenEmbedding(t) => {
+                    kinds.push((key(t.table), ParamKind::Embedding));
+                    kinds.push((key(t.positions), ParamKind::Embedding));
+                }
             }
         }
         kinds.sort_by_key(|k| k.0);

@@ -56,6 +56,8 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     let (b, h) = (bh / a.heads, bh % a.heads);
     let q0 = qt * BQ;
     let nq = BQ.min(n - q0);
+    // Causal: no query of this task sees a key past its last row.
+    let keys = if a.causal { q0 + nq } else { n };
     let off = b * n * c + h * d;
     let scale = 1.0 / libm::sqrtf(d as f32);
     // Vectors per accumulator row: 4 rows x `nu` vectors + `nu` loads + 1 broadcast must fit
@@ -76,8 +78,8 @@ pub(crate) unsafe fn attention_task<S: Simd>(
             core::slice::from_raw_parts_mut(orow(i), d).fill(0.0);
         }
         let mut j0 = 0;
-        while j0 < n {
-            let bk = BK.min(n - j0);
+        while j0 < keys {
+            let bk = BK.min(keys - j0);
             // Scores S = Q K^T * scale from K^T rows (`ktb + dd * n`): 4 query rows x 4 (then
             // 1) vectors of keys per block, broadcasting one query element per row.
             let mut i = 0;
@@ -138,9 +140,20 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                 }
                 i += rows;
             }
-            // Online softmax.
+            // Online softmax over the keys row i sees (causal: keys up to q0 + i); the scores
+            // of the masked keys become 0, so the P V pass below adds nothing for them.
             for i in 0..nq {
-                let srow = &mut s[i * BK..i * BK + bk];
+                let seen = if a.causal {
+                    (q0 + i + 1).saturating_sub(j0).min(bk)
+                } else {
+                    bk
+                };
+                s[i * BK + seen..i * BK + bk].fill(0.0);
+                if seen == 0 {
+                    continue;
+                }
+                let srow = &mut s[i * BK..i * BK + seen];
+                let bk = seen;
                 let mut mx = mrow[i];
                 let mut j = 0;
                 if bk >= l {
