@@ -254,8 +254,8 @@ pub(crate) unsafe fn attention_task<S: Simd>(
             }
             j0 += bk;
         }
-        for i in 0..nq {
-            let inv = 1.0 / lrow[i];
+        for (i, total) in lrow.iter().enumerate().take(nq) {
+            let inv = 1.0 / total;
             let o = core::slice::from_raw_parts_mut(orow(i), d);
             for x in o.iter_mut() {
                 *x *= inv;
