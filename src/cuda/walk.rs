@@ -350,6 +350,10 @@ impl Backend for CudaWalk<'_> {
             // Only the text encoder masks; it runs on the CPU backend for now.
             return Err(unsupported_op("cuda", "attention (causal)"));
         }
+        if op.kv_tokens != op.tokens {
+            // Cross-attention (the conditional UNet's) has no device kernel yet.
+            return Err(unsupported_op("cuda", "attention (cross)"));
+        }
         let (q, k, v, attended) = (self.t(op.q), self.t(op.k), self.t(op.v), self.t(op.out));
         let d = op.channels / op.heads;
         let (nt, c32, h32, scale) = (

@@ -18,7 +18,7 @@ use super::ops::{
     OutputOp, SiluOp, SinusoidOp,
 };
 use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-use super::ops::{LayerNormOp, TokenEmbeddingOp};
+use super::ops::{GegluOp, LayerNormOp, TokenEmbeddingOp};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::schedule::{SampleOptions, Scheduler, StepInfo};
@@ -67,6 +67,10 @@ pub trait Backend {
     fn token_embedding(&mut self, _at: usize, _op: &TokenEmbeddingOp) -> Result<()> {
         Err(unsupported_op(self.name(), "token_embedding"))
     }
+    /// For the conditional UNet's feed-forward; a backend without it refuses it typed.
+    fn geglu(&mut self, _at: usize, _op: &GegluOp) -> Result<()> {
+        Err(unsupported_op(self.name(), "geglu"))
+    }
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -93,6 +97,7 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::Elementwise(o) => backend.elementwise(at, o),
         Op::LayerNorm(o) => backend.layer_norm(at, o),
         Op::TokenEmbedding(o) => backend.token_embedding(at, o),
+        Op::Geglu(o) => backend.geglu(at, o),
     }
 }
 

@@ -470,6 +470,7 @@ impl Builder<'_> {
             k,
             v,
             tokens,
+            kv_tokens: tokens,
             channels: c,
             heads,
             causal: false,

@@ -196,6 +196,7 @@ impl Builder<'_> {
             k,
             v,
             tokens,
+            kv_tokens: tokens,
             channels: c,
             heads: 1,
             causal: false,

@@ -10,7 +10,7 @@ use super::ops::{
     OutputOp, SiluOp, SinusoidOp, TensorId,
 };
 use super::ops::{FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-use super::ops::{LayerNormOp, TokenEmbeddingOp};
+use super::ops::{GegluOp, LayerNormOp, TokenEmbeddingOp};
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::scalar;
@@ -549,6 +549,7 @@ impl Backend for CpuBackend<'_, '_> {
         let args = AttentionArgs {
             batch: self.batch,
             tokens: op.tokens,
+            kv_tokens: op.kv_tokens,
             channels: op.channels,
             heads: op.heads,
             causal: op.causal,
@@ -682,6 +683,12 @@ impl Backend for CpuBackend<'_, '_> {
         let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
         let wt = |r| self.model.weights.get(r);
         scalar::layer_norm(input, op.dim, op.eps, wt(op.gamma), wt(op.beta), dst);
+        Ok(())
+    }
+
+    fn geglu(&mut self, _: usize, op: &GegluOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        scalar::geglu(input, op.dim, dst);
         Ok(())
     }
 

@@ -130,19 +130,21 @@ pub struct GroupNormOp {
 }
 
 /// The attention core: per head, `out = softmax(Q K^T / sqrt(d)) V` over `[tokens, channels]`
-/// tensors whose channels split into `heads` contiguous groups of width `d`. Projections,
-/// norm and residual are ops of their own.
+/// queries and `[kv_tokens, channels]` keys and values (`kv_tokens == tokens` for
+/// self-attention; the text states' count for cross-attention), channels split into `heads`
+/// contiguous groups of width `d`. Projections, norm and residual are ops of their own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionOp {
     pub q: TensorId,
     pub k: TensorId,
     pub v: TensorId,
     pub tokens: usize,
+    pub kv_tokens: usize,
     pub channels: usize,
     pub heads: usize,
     /// Query `i` attends to keys `0..=i` only (the CLIP text encoder's causal mask).
     pub causal: bool,
-    /// Per sample `tokens * channels` floats the kernel may use (K^T, or a score row).
+    /// Per sample `kv_tokens * channels` floats the kernel may use (K^T, or a score row).
     pub scratch: TensorId,
     pub out: TensorId,
 }
@@ -342,6 +344,17 @@ pub struct TokenEmbeddingOp {
     pub out: TensorId,
 }
 
+/// diffusers' `GEGLU` after its projection: each of `rows` rows per sample holds `2 * dim`
+/// floats `[hidden, gate]` (the `proj` Linear's output), and `out[r] = hidden * gelu(gate)`
+/// (exact GELU), `dim` floats per row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GegluOp {
+    pub input: TensorId,
+    pub rows: usize,
+    pub dim: usize,
+    pub out: TensorId,
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -366,6 +379,7 @@ pub enum Op {
     Elementwise(ElementwiseOp),
     LayerNorm(LayerNormOp),
     TokenEmbedding(TokenEmbeddingOp),
+    Geglu(GegluOp),
 }
 
 impl Op {
@@ -392,6 +406,7 @@ impl Op {
             Op::Elementwise(_) => "elementwise",
             Op::LayerNorm(_) => "layer_norm",
             Op::TokenEmbedding(_) => "token_embedding",
+            Op::Geglu(_) => "geglu",
         }
     }
 
@@ -428,6 +443,7 @@ impl Op {
             Op::Elementwise(e) => input(Input::One(e.input)),
             Op::LayerNorm(l) => input(Input::One(l.input)),
             Op::TokenEmbedding(_) => {}
+            Op::Geglu(g) => input(Input::One(g.input)),
         }
         r
     }
@@ -455,6 +471,7 @@ impl Op {
             Op::Elementwise(o) => Some(o.out),
             Op::LayerNorm(o) => Some(o.out),
             Op::TokenEmbedding(o) => Some(o.out),
+            Op::Geglu(o) => Some(o.out),
         }
     }
 
@@ -486,6 +503,7 @@ impl Op {
             Op::Elementwise(_) => Vec::new(),
             Op::LayerNorm(l) => alloc::vec![l.gamma, l.beta],
             Op::TokenEmbedding(t) => alloc::vec![t.table, t.positions],
+            Op::Geglu(_) => Vec::new(),
         }
     }
 
@@ -499,10 +517,10 @@ impl Op {
             .flops(),
             Op::Linear(l) => 2 * (l.rows * l.in_f * l.out_f) as u64,
             Op::Attention(a) => {
-                let (n, c) = (a.tokens as u64, a.channels as u64);
-                // Saturating: n * n overflows u64 for absurd (but valid) sample sizes.
-                let full = 4u64.saturating_mul(n).saturating_mul(n).saturating_mul(c);
-                // A causal mask scores n (n + 1) / 2 of the n^2 pairs.
+                let (n, m, c) = (a.tokens as u64, a.kv_tokens as u64, a.channels as u64);
+                // Saturating: n * m overflows u64 for absurd (but valid) sample sizes.
+                let full = 4u64.saturating_mul(n).saturating_mul(m).saturating_mul(c);
+                // A causal mask (n == m) scores n (n + 1) / 2 of the n^2 pairs.
                 if a.causal {
                     full / 2 + 2 * n * c
                 } else {

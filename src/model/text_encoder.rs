@@ -131,6 +131,7 @@ impl Builder<'_> {
             k,
             v,
             tokens: n,
+            kv_tokens: n,
             channels: c,
             heads: cfg.num_attention_heads,
             causal: true,

@@ -432,7 +432,7 @@ impl TrainGraph {
                 }
                 // Only decoders and the text encoder emit these; the trainer builds UNets (its
                 // forward refuses them too).
-                Op::Elementwise(_) | Op::LayerNorm(_) | Op::TokenEmbedding(_) => {
+                Op::Elementwise(_) | Op::LayerNorm(_) | Op::TokenEmbedding(_) | Op::Geglu(_) => {
                     return Err(crate::model::backend::unsupported_op("train", op.kind()))
                 }
                 Op::ClassEmbedding(ce) => {
@@ -748,11 +748,11 @@ impl Backend for TrainForward<'_> {
             self.graph.saved_region(at, self.batch),
             self.act(op.out),
         ];
-        if op.causal {
-            // Only the text encoder masks; the trainer builds UNets.
+        if op.causal || op.kv_tokens != op.tokens {
+            // Only the text encoder masks, and the trainer builds unconditional UNets.
             return Err(crate::model::backend::unsupported_op(
                 "train",
-                "attention (causal)",
+                "attention (causal or cross)",
             ));
         }
         let [q, k, v, probs, out] = carve(self.acts, regions)?;

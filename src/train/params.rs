@@ -131,7 +131,7 @@ impl ParamTable {
                 Op::ScaleShift(_) | Op::Resample(_) | Op::Activation(_) | Op::ClassSinusoid(_) => {}
                 Op::TimestepTable(t) => kinds.push((key(t.table), ParamKind::Embedding)),
                 Op::FourierEmbedding(f) => kinds.push((key(f.weight), ParamKind::FourierWeight)),
-                Op::FirResample(_) | Op::TimestepDivide(_) | Op::Elementwise(_) => {}
+                Op::FirResample(_) | Op::TimestepDivide(_) | Op::Elementwise(_) | Op::Geglu(_) => {}
                 Op::LayerNorm(l) => {
                     kinds.push((key(l.gamma), ParamKind::NormScale));
                     kinds.push((key(l.beta), ParamKind::NormShift));
