@@ -318,6 +318,11 @@ impl TextEncoder {
         self.net.workspace_len_for_threads(batch, threads)
     }
 
+    /// Bytes of [`TextEncoder::workspace_len`]`(batch)`.
+    pub fn workspace_bytes(&self, batch: usize) -> usize {
+        self.net.workspace_bytes(batch)
+    }
+
     /// [`TextEncoder::workspace_len_for_threads`] with `threads` 0.
     pub fn workspace_len(&self, batch: usize) -> usize {
         self.net.workspace_len(batch)
