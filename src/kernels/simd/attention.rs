@@ -7,7 +7,7 @@ use crate::kernels::AttentionArgs;
 /// `task * d * kv_tokens`, so the score blocks read keys as contiguous vectors.
 ///
 /// # Safety
-/// `AttentionArgs::check` passed and `kt` holds `tasks * d * tokens` floats; the task writes only its own `d * tokens` block.
+/// `AttentionArgs::check` passed and `kt` holds `tasks * d * kv_tokens` floats; the task writes only its own `d * kv_tokens` block.
 #[inline(always)]
 pub(crate) unsafe fn transpose_k(a: &AttentionArgs<'_>, kt: Shared<f32>, task: usize) {
     // Keys: `kv_tokens` of them (the text states' count in cross-attention).
@@ -57,8 +57,8 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     let (b, h) = (bh / a.heads, bh % a.heads);
     let q0 = qt * BQ;
     let nq = BQ.min(n - q0);
-    // Causal: no query of this task sees a key past its last row.
     let m = a.kv_tokens;
+    // Causal: no query of this task sees a key past its last row.
     let keys = if a.causal { (q0 + nq).min(m) } else { m };
     let off = b * n * c + h * d;
     let kv_off = b * m * c + h * d;
