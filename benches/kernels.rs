@@ -330,8 +330,10 @@ fn bench_linear_attention(c: &mut Criterion, model: &Model, path: KernelPath, te
     let args = AttentionArgs {
         batch: 1,
         tokens: n,
+        kv_tokens: n,
         channels: ch,
         heads: 1,
+        causal: false,
         q: &q,
         k: &k,
         v: &v,

@@ -330,7 +330,8 @@ extern "C" __global__ void resample2x(const h16* x, h16* y, int batch, int in_h,
 }
 
 // Op::Activation (model::forward::activation): the resnets' act_fn. kind 0 silu, 1 mish
-// (softplus linear above 20, as torch), 2 exact (erf) GELU, 3 relu.
+// (softplus linear above 20, as torch), 2 exact (erf) GELU, 3 relu, 4 quick_gelu (CLIP:
+// x * sigmoid(1.702 x)).
 extern "C" __global__ void activation(const h16* x, h16* y, long long n, int kind) {
     long long i = gidx();
     if (i >= n) return;
@@ -342,6 +343,8 @@ extern "C" __global__ void activation(const h16* x, h16* y, long long n, int kin
         r = v * tanhf(sp);
     } else if (kind == 2) {
         r = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    } else if (kind == 4) {
+        r = v / (1.0f + expf(-1.702f * v));
     } else {
         r = fmaxf(v, 0.0f);
     }

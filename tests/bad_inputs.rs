@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use tinydiffusion::capi::*;
 use tinydiffusion::memory::Reuse;
 use tinydiffusion::model::convert::to_packed_safetensors;
+use tinydiffusion::model::{TextEncoder, TextEncoderConfig};
 use tinydiffusion::sampler::{self, Guidance, SampleOptions};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
 use tinydiffusion::testing::random_weights;
@@ -1765,4 +1766,163 @@ fn non_utf8_paths() {
     let stderr = String::from_utf8_lossy(&bad_flag.stderr);
     assert_eq!(bad_flag.status.code(), Some(1), "non-UTF-8 flag: {stderr}");
     assert!(stderr.contains("UTF-8"), "{stderr}");
+}
+
+/// The CLIP text encoder fixture (`quick/`: f16 weights under `text_model.` names).
+fn clip_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/clip-text/quick/text_encoder")
+}
+
+fn clip_config(f: impl FnOnce(&mut Map<String, Value>)) -> String {
+    let text = std::fs::read_to_string(clip_dir().join("config.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    f(v.as_object_mut().unwrap());
+    v.to_string()
+}
+
+fn clip_weights() -> Vec<u8> {
+    std::fs::read(clip_dir().join("model.safetensors")).unwrap()
+}
+
+fn clip_load(config: String, weights: Vec<u8>, clip_skip: usize) -> Result<TextEncoder> {
+    TextEncoder::from_parts(&config, WeightBytes::Owned(weights), clip_skip)
+}
+
+#[test]
+fn bad_text_encoder_config_and_weights() {
+    let cfg = |f: fn(&mut Map<String, Value>)| clip_config(f);
+    let parse = |s: String| TextEncoderConfig::from_json(&s).map(|_| ());
+    let load = |c: String, w: Vec<u8>| clip_load(c, w, 0).map(|_| ());
+    let rows = vec![
+        row!("valid", || load(cfg(|_| {}), clip_weights()), Ok(())),
+        row!(
+            "not JSON",
+            || parse("{\"vocab_size\": ".into()),
+            Err(Error::InvalidJson { .. })
+        ),
+        row!(
+            "not an object",
+            || parse("[1]".into()),
+            Err(Error::InvalidJson { .. })
+        ),
+        row!("unknown key", || parse(cfg(|o| { o.insert("cross_attention_dim".into(), json!(8)); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "cross_attention_dim"),
+        row!("unknown hidden_act", || parse(cfg(|o| { o.insert("hidden_act".into(), json!("gelu_new")); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "hidden_act"),
+        row!("hidden_act not a string", || parse(cfg(|o| { o.insert("hidden_act".into(), json!(3)); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "hidden_act"),
+        row!("CLIPTextModelWithProjection", || parse(cfg(|o| { o.insert("architectures".into(), json!(["CLIPTextModelWithProjection"])); })),
+            Err(Error::UnsupportedConfig { key, value }) if key == "architectures" && value.contains("CLIPTextModelWithProjection")),
+        row!("a CLIPModel config", || parse(cfg(|o| { o.insert("model_type".into(), json!("clip")); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "model_type"),
+        row!("heads do not divide hidden_size", || parse(cfg(|o| { o.insert("num_attention_heads".into(), json!(5)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "num_attention_heads"),
+        row!("zero hidden_size", || parse(cfg(|o| { o.insert("hidden_size".into(), json!(0)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "hidden_size"),
+        row!("fractional vocab_size", || parse(cfg(|o| { o.insert("vocab_size".into(), json!(10.5)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "vocab_size"),
+        row!("layer_norm_eps 0", || parse(cfg(|o| { o.insert("layer_norm_eps".into(), json!(0.0)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "layer_norm_eps"),
+        row!("negative token id", || parse(cfg(|o| { o.insert("eos_token_id".into(), json!(-1)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "eos_token_id"),
+        row!("padding mask asked for", || parse(cfg(|o| { o.insert("use_attention_mask".into(), json!(true)); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "use_attention_mask"),
+        row!("huge max_position_embeddings", || parse(cfg(|o| {
+                o.insert("max_position_embeddings".into(), json!(60000));
+                o.insert("intermediate_size".into(), json!(1u64 << 20));
+            })),
+            Err(Error::InvalidConfig { key, .. }) if key == "max_position_embeddings"),
+        row!(
+            "generic PretrainedConfig keys are accepted",
+            || parse(cfg(|o| {
+                o.insert("torch_dtype".into(), json!("float32"));
+                o.insert(
+                    "_name_or_path".into(),
+                    json!("openai/clip-vit-large-patch14"),
+                );
+                o.insert("dropout".into(), json!(0.0));
+                o.insert("id2label".into(), json!({"0": "LABEL_0"}));
+            })),
+            Ok(())
+        ),
+        row!("missing tensor", || load(cfg(|_| {}), rewrite(&clip_weights(), |n, d, s, b| {
+                (n != "text_model.encoder.layers.1.mlp.fc2.bias").then(|| (n.into(), d, s.to_vec(), b.to_vec()))
+            })),
+            Err(Error::MissingTensor { name }) if name == "text_model.encoder.layers.1.mlp.fc2.bias"),
+        row!("vocab_size larger than the token table", || load(cfg(|o| { o.insert("vocab_size".into(), json!(1001)); }), clip_weights()),
+            Err(Error::ShapeMismatch { name, .. }) if name == "text_model.embeddings.token_embedding.weight"),
+        row!("fewer positions than max_position_embeddings", || load(cfg(|o| { o.insert("max_position_embeddings".into(), json!(78)); }), clip_weights()),
+            Err(Error::ShapeMismatch { name, .. }) if name == "text_model.embeddings.position_embedding.weight"),
+        row!("more layers than the file has", || load(cfg(|o| { o.insert("num_hidden_layers".into(), json!(3)); }), clip_weights()),
+            Err(Error::MissingTensor { name }) if name.starts_with("text_model.encoder.layers.2.")),
+        row!("wrong intermediate_size", || load(cfg(|o| { o.insert("intermediate_size".into(), json!(48)); }), clip_weights()),
+            Err(Error::ShapeMismatch { name, .. }) if name == "text_model.encoder.layers.0.mlp.fc1.weight"),
+        row!(
+            "clip_skip past the layers",
+            || clip_load(cfg(|_| {}), clip_weights(), 3).map(|_| ()),
+            Err(Error::InvalidArgument {
+                what: "clip_skip",
+                ..
+            })
+        ),
+    ];
+    run_table(rows);
+}
+
+#[test]
+fn bad_text_encoder_arguments() {
+    let enc = clip_load(clip_config(|_| {}), clip_weights(), 0).unwrap();
+    let n = enc.tokens();
+    let ws_len = enc.workspace_len_for_threads(1, 1);
+    let encode = |ids: Vec<u32>, out_len: usize, ws_len: usize| {
+        let mut ws = vec![0.0f32; ws_len];
+        let mut out = vec![0.0f32; out_len];
+        enc.encode(1, &mut ws, &ids, &mut out)
+    };
+    let per = enc.output_len();
+    let rows = vec![
+        row!("valid", || encode(vec![5; n], per, ws_len), Ok(())),
+        row!(
+            "no ids",
+            || encode(vec![], 0, ws_len),
+            Err(Error::BufferSize { .. })
+        ),
+        row!(
+            "ids not a multiple of the tokens",
+            || encode(vec![5; n + 1], per, ws_len),
+            Err(Error::BufferSize { .. })
+        ),
+        row!(
+            "output too short",
+            || encode(vec![5; n], per - 1, ws_len),
+            Err(Error::BufferSize {
+                what: "text encoder output",
+                ..
+            })
+        ),
+        row!(
+            "workspace too short",
+            || encode(vec![5; n], per, ws_len - 1),
+            Err(Error::BufferSize {
+                what: "workspace",
+                ..
+            })
+        ),
+        row!("id out of the vocabulary", || {
+                let mut ids = vec![5u32; n];
+                ids[7] = 1000;
+                encode(ids, per, ws_len)
+            },
+            Err(Error::InvalidArgument { what: "token id", message }) if message.contains("1000")),
+        row!(
+            "id u32::MAX",
+            || encode(vec![u32::MAX; n], per, ws_len),
+            Err(Error::InvalidArgument {
+                what: "token id",
+                ..
+            })
+        ),
+    ];
+    run_table(rows);
 }

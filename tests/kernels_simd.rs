@@ -539,45 +539,57 @@ fn attention_matches_scalar() {
     }
     let pool = ThreadPool::new(3).unwrap();
     let mut rng = Rng(4);
-    // (batch, tokens, channels, heads)
-    for (batch, tokens, channels, heads) in [
-        (1, 256, 64, 1),
-        (2, 16, 64, 1),
-        (1, 37, 24, 3),
-        (2, 70, 36, 2),
-        (1, 5, 16, 4),
-        (1, 129, 32, 1),
+    // (batch, tokens, kv_tokens, channels, heads); kv_tokens != tokens is cross-attention.
+    for (batch, tokens, kv_tokens, channels, heads) in [
+        (1, 256, 256, 64, 1),
+        (2, 16, 16, 64, 1),
+        (1, 37, 37, 24, 3),
+        (2, 70, 70, 36, 2),
+        (1, 5, 5, 16, 4),
+        (1, 129, 129, 32, 1),
+        (2, 77, 77, 32, 4),
+        (2, 64, 77, 40, 5),
+        (1, 16, 7, 16, 2),
+        (2, 3, 130, 24, 3),
     ] {
-        let n = batch * tokens * channels;
-        let (q, k, v) = (rng.vec(n), rng.vec(n), rng.vec(n));
-        // Larger logits, so the softmax is not flat.
-        let q: Vec<f32> = q.into_iter().map(|x| 3.0 * x).collect();
-        let args = AttentionArgs {
-            batch,
-            tokens,
-            channels,
-            heads,
-            q: &q,
-            k: &k,
-            v: &v,
-        };
-        let mut scores = vec![0.0f32; n.max(tokens)];
-        let mut reference = vec![0.0f32; n];
-        tinydiffusion::kernels::scalar::attention(&args, &mut scores, &mut reference);
-        for t in &tables {
-            let ours = both(&pool, |ex| {
-                let mut scores = vec![f32::NAN; n.max(tokens)];
-                let mut out = vec![f32::NAN; n];
-                (t.attention)(&args, &mut scores, &mut out, ex);
-                out
-            });
-            check(
-                &format!("attention b{batch} n{tokens} c{channels} h{heads}"),
-                t.path,
-                ours,
-                &reference,
-                2e-6,
-            );
+        for causal in [false, true] {
+            let n = batch * tokens * channels;
+            let m = batch * kv_tokens * channels;
+            let (q, k, v) = (rng.vec(n), rng.vec(m), rng.vec(m));
+            // Larger logits, so the softmax is not flat.
+            let q: Vec<f32> = q.into_iter().map(|x| 3.0 * x).collect();
+            let args = AttentionArgs {
+                batch,
+                tokens,
+                kv_tokens,
+                channels,
+                heads,
+                causal,
+                q: &q,
+                k: &k,
+                v: &v,
+            };
+            let mut scores = vec![0.0f32; m.max(kv_tokens)];
+            let mut reference = vec![0.0f32; n];
+            tinydiffusion::kernels::scalar::attention(&args, &mut scores, &mut reference);
+            for t in &tables {
+                let ours = both(&pool, |ex| {
+                    let mut scores = vec![f32::NAN; m.max(kv_tokens)];
+                    let mut out = vec![f32::NAN; n];
+                    (t.attention)(&args, &mut scores, &mut out, ex);
+                    out
+                });
+                check(
+                    &format!(
+                        "attention b{batch} n{tokens} m{kv_tokens} c{channels} h{heads} \
+                         causal {causal}"
+                    ),
+                    t.path,
+                    ours,
+                    &reference,
+                    2e-6,
+                );
+            }
         }
     }
 }

@@ -3,7 +3,8 @@
 //! the continuous-time samplers (reverse SDE, probability-flow ODE Euler and Heun,
 //! predictor-corrector; plain and guided), and the sigma schedulers (Euler with Karras sigmas,
 //! Euler ancestral, DPM-Solver++ order 3 with its multistep history, SDE-DPM-Solver++), and
-//! the score-SDE VE, consistency, LCM and TCD schedulers (seeded noise, plain and guided).
+//! the score-SDE VE, consistency, LCM and TCD schedulers (seeded noise, plain and guided), and
+//! the CLIP text encoder's forward pass.
 //!
 //! This file runs without libtest's harness (`harness = false`): the harness's own threads
 //! (its "running for over 60 seconds" notice) allocate, and the count is process-wide so that
@@ -12,6 +13,7 @@
 mod common;
 
 use common::fixtures_dir;
+use tinydiffusion::model::TextEncoder;
 use tinydiffusion::sampler::{self, Guidance, Method, SampleOptions};
 use tinydiffusion::schedule::{
     Predictor, Scheduler, SchedulerConfig, SchedulerKind, SdeConfig, SdeSampler,
@@ -229,6 +231,29 @@ fn forward_and_sampling_allocate_nothing() {
             run_sigma(&latent, json, 3, None, None); // warm-up: the decoder's thread team
             let n = run_sigma(&latent, json, 3, None, None);
             assert_eq!(n, 0, "{dir} {json} allocated {n} times");
+        }
+    }
+
+    // The CLIP text encoder: token ids to hidden states, on the model's threads and on one.
+    for (name, clip_skip) in [("quick", 0), ("gelu", 1)] {
+        let enc = TextEncoder::load(
+            fixtures_dir()
+                .join("clip-text")
+                .join(name)
+                .join("text_encoder"),
+            clip_skip,
+        )
+        .unwrap();
+        let ids: Vec<u32> = (0..2 * enc.tokens() as u32).map(|i| i % 300).collect();
+        let mut out = vec![0.0f32; 2 * enc.output_len()];
+        for threads in [0, 1] {
+            let mut ws = vec![0.0f32; enc.workspace_len_for_threads(2, threads)];
+            enc.encode(threads, &mut ws, &ids, &mut out).unwrap(); // warm-up
+            let n = allocations_during(|| enc.encode(threads, &mut ws, &ids, &mut out).unwrap());
+            assert_eq!(
+                n, 0,
+                "text encoder {name} ({threads} threads) allocated {n} times"
+            );
         }
     }
 }

@@ -346,6 +346,14 @@ impl Backend for CudaWalk<'_> {
     }
 
     fn attention(&mut self, _: usize, op: &AttentionOp) -> Result<()> {
+        if op.causal {
+            // Only the text encoder masks; it runs on the CPU backend for now.
+            return Err(unsupported_op("cuda", "attention (causal)"));
+        }
+        if op.kv_tokens != op.tokens {
+            // Cross-attention (the conditional UNet's) has no device kernel yet.
+            return Err(unsupported_op("cuda", "attention (cross)"));
+        }
         let (q, k, v, attended) = (self.t(op.q), self.t(op.k), self.t(op.v), self.t(op.out));
         let d = op.channels / op.heads;
         let (nt, c32, h32, scale) = (
@@ -442,6 +450,7 @@ impl Backend for CudaWalk<'_> {
             Activation::Mish => 1,
             Activation::Gelu => 2,
             Activation::Relu => 3,
+            Activation::QuickGelu => 4,
         };
         self.inner.launch(
             &self.inner.f.activation,

@@ -256,13 +256,17 @@ impl<'a> LinearArgs<'a> {
     }
 }
 
-/// Multi-head softmax(Q K^T * scale) V over `[batch, tokens, channels]` tensors whose channels
-/// are split into `heads` contiguous groups.
+/// Multi-head softmax(Q K^T * scale) V over `[batch, tokens, channels]` queries and
+/// `[batch, kv_tokens, channels]` keys and values (self-attention: `kv_tokens == tokens`;
+/// cross-attention: the text states' count), channels split into `heads` contiguous groups.
 pub struct AttentionArgs<'a> {
     pub batch: usize,
     pub tokens: usize,
+    pub kv_tokens: usize,
     pub channels: usize,
     pub heads: usize,
+    /// Query `i` attends to keys `0..=i` only (`0..=min(i, kv_tokens - 1)`).
+    pub causal: bool,
     pub q: &'a [f32],
     pub k: &'a [f32],
     pub v: &'a [f32],
@@ -271,12 +275,14 @@ pub struct AttentionArgs<'a> {
 impl AttentionArgs<'_> {
     pub fn check(&self, out: &[f32]) {
         let n = self.batch * self.tokens * self.channels;
+        let m = self.batch * self.kv_tokens * self.channels;
         assert!(
             self.heads > 0 && self.channels.is_multiple_of(self.heads),
             "attention: channels not divisible by heads"
         );
+        assert!(self.kv_tokens > 0, "attention: no keys");
         assert!(
-            self.q.len() >= n && self.k.len() >= n && self.v.len() >= n && out.len() >= n,
+            self.q.len() >= n && self.k.len() >= m && self.v.len() >= m && out.len() >= n,
             "attention buffers too short"
         );
     }
@@ -472,7 +478,7 @@ pub struct KernelTable {
     pub conv2d: fn(&ConvArgs<'_>, &mut [f32], &Exec<'_>),
     pub group_norm: fn(&GroupNormArgs<'_>, &mut [f32], &Exec<'_>),
     pub linear: fn(&LinearArgs<'_>, &mut [f32], &Exec<'_>),
-    /// `scratch` holds at least `batch * tokens * channels` floats (the SIMD paths keep K^T
+    /// `scratch` holds at least `batch * kv_tokens * channels` floats (the SIMD paths keep K^T
     /// there; the scalar path its score row).
     pub attention: fn(&AttentionArgs<'_>, &mut [f32], &mut [f32], &Exec<'_>),
     /// Scratch a convolution (at its shape's batch) needs for its fastest algorithm beyond

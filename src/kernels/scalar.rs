@@ -167,19 +167,21 @@ pub fn linear(a: &LinearArgs<'_>, out: &mut [f32]) {
 /// softmax(Q K^T / sqrt(d)) V per head, one query row at a time, so only `tokens` scores exist
 /// at once.
 pub fn attention(a: &AttentionArgs<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let (n, c) = (a.tokens, a.channels);
+    let (n, m, c) = (a.tokens, a.kv_tokens, a.channels);
     let d = c / a.heads;
     let scale = 1.0 / libm::sqrtf(d as f32);
-    let scores = &mut scores[..n];
+    let scores = &mut scores[..m];
     for b in 0..a.batch {
-        let base = b * n * c;
         for h in 0..a.heads {
-            let off = base + h * d;
+            let off = b * n * c + h * d;
+            let kv_off = b * m * c + h * d;
             for i in 0..n {
                 let q = &a.q[off + i * c..off + i * c + d];
+                let keys = if a.causal { (i + 1).min(m) } else { m };
+                let scores = &mut scores[..keys];
                 let mut max = f32::NEG_INFINITY;
                 for (j, s) in scores.iter_mut().enumerate() {
-                    let k = &a.k[off + j * c..off + j * c + d];
+                    let k = &a.k[kv_off + j * c..kv_off + j * c + d];
                     let dot: f32 = q.iter().zip(k).map(|(x, y)| x * y).sum();
                     *s = dot * scale;
                     max = max.max(*s);
@@ -192,7 +194,7 @@ pub fn attention(a: &AttentionArgs<'_>, scores: &mut [f32], out: &mut [f32]) {
                 let o = &mut out[off + i * c..off + i * c + d];
                 o.fill(0.0);
                 for (j, s) in scores.iter().enumerate() {
-                    let v = &a.v[off + j * c..off + j * c + d];
+                    let v = &a.v[kv_off + j * c..kv_off + j * c + d];
                     let p = s / total;
                     for (oe, ve) in o.iter_mut().zip(v) {
                         *oe += p * ve;
@@ -350,4 +352,41 @@ pub fn mish(x: f32) -> f32 {
 /// The exact GELU, `x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))` (torch's default).
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// diffusers' `GEGLU` after its projection: rows of `2 * dim` floats `[hidden, gate]` in,
+/// rows of `dim` floats `hidden * gelu(gate)` (exact GELU) out.
+pub fn geglu(input: &[f32], dim: usize, out: &mut [f32]) {
+    for (x, o) in input.chunks_exact(2 * dim).zip(out.chunks_exact_mut(dim)) {
+        let (hidden, gate) = x.split_at(dim);
+        for ((o, h), g) in o.iter_mut().zip(hidden).zip(gate) {
+            *o = h * gelu(*g);
+        }
+    }
+}
+
+/// CLIP's `quick_gelu`, `x * sigmoid(1.702 x)`.
+pub fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-1.702 * x))
+}
+
+/// LayerNorm over rows of `dim` floats: `(x - mean) / sqrt(var + eps) * gamma + beta` with the
+/// biased variance, as torch's `nn.LayerNorm`. Two passes in f32 (the centred sum of squares
+/// keeps the variance accurate when the mean is large).
+pub fn layer_norm(
+    input: &[f32],
+    dim: usize,
+    eps: f32,
+    gamma: &[half::f16],
+    beta: &[half::f16],
+    out: &mut [f32],
+) {
+    for (x, o) in input.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let mean = x.iter().sum::<f32>() / dim as f32;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+        let inv = 1.0 / libm::sqrtf(var + eps);
+        for (((o, v), g), b) in o.iter_mut().zip(x).zip(gamma).zip(beta) {
+            *o = (v - mean) * inv * g.to_f32() + b.to_f32();
+        }
+    }
 }

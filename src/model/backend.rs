@@ -18,6 +18,7 @@ use super::ops::{
     OutputOp, SiluOp, SinusoidOp,
 };
 use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use super::ops::{GegluOp, LayerNormOp, TokenEmbeddingOp};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::schedule::{SampleOptions, Scheduler, StepInfo};
@@ -60,6 +61,18 @@ pub trait Backend {
     fn elementwise(&mut self, _at: usize, _op: &ElementwiseOp) -> Result<()> {
         Err(unsupported_op(self.name(), "elementwise"))
     }
+    /// Only the text encoder emits it; a backend without it refuses it typed.
+    fn layer_norm(&mut self, _at: usize, _op: &LayerNormOp) -> Result<()> {
+        Err(unsupported_op(self.name(), "layer_norm"))
+    }
+    /// Only the text encoder emits it; a backend without it refuses it typed.
+    fn token_embedding(&mut self, _at: usize, _op: &TokenEmbeddingOp) -> Result<()> {
+        Err(unsupported_op(self.name(), "token_embedding"))
+    }
+    /// For the conditional UNet's feed-forward; a backend without it refuses it typed.
+    fn geglu(&mut self, _at: usize, _op: &GegluOp) -> Result<()> {
+        Err(unsupported_op(self.name(), "geglu"))
+    }
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -85,6 +98,9 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::TimestepDivide(o) => backend.timestep_divide(at, o),
         Op::Elementwise(o) => backend.elementwise(at, o),
         Op::ClassVector(o) => backend.class_vector(at, o),
+        Op::LayerNorm(o) => backend.layer_norm(at, o),
+        Op::TokenEmbedding(o) => backend.token_embedding(at, o),
+        Op::Geglu(o) => backend.geglu(at, o),
     }
 }
 

@@ -470,8 +470,10 @@ impl Builder<'_> {
             k,
             v,
             tokens,
+            kv_tokens: tokens,
             channels: c,
             heads,
+            causal: false,
             scratch,
             out: attended,
         }));
@@ -884,6 +886,7 @@ pub fn describe(
         Activation::Mish => "mish",
         Activation::Gelu => "gelu",
         Activation::Relu => "relu",
+        Activation::QuickGelu => "quick_gelu",
     };
     b.temb = b.act(format!("time_embedding+{act}"), emb, e);
     // diffusers' `time_embedding` module output excludes the class embedding.

@@ -212,8 +212,10 @@ impl Builder<'_> {
             k,
             v,
             tokens,
+            kv_tokens: tokens,
             channels: c,
             heads: 1,
+            causal: false,
             scratch,
             out: attended,
         }));

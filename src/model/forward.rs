@@ -10,6 +10,7 @@ use super::ops::{
     OutputOp, SiluOp, SinusoidOp, TensorId,
 };
 use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use super::ops::{GegluOp, LayerNormOp, TokenEmbeddingOp};
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::scalar;
@@ -21,6 +22,16 @@ use crate::kernels::{
 use crate::memory::carve;
 
 const EMPTY: (usize, usize) = (0, 0);
+
+/// What a forward pass reads besides its workspace: the UNet's sample, timesteps and labels,
+/// or the text encoder's token ids.
+struct Inputs<'a> {
+    x: &'a [f32],
+    ids: &'a [u32],
+    timesteps: &'a [f32],
+    class_labels: Option<&'a [i64]>,
+    class_embeddings: Option<&'a [f32]>,
+}
 
 /// Which ops a forward call runs.
 enum Walk<'a> {
@@ -259,6 +270,77 @@ impl Model {
             }
             (false, None) => {}
         }
+        self.execute(
+            batch,
+            Inputs {
+                x,
+                ids: &[],
+                timesteps,
+                class_labels,
+                class_embeddings,
+            },
+            workspace,
+            out,
+            walk_mode,
+            threads,
+        )
+    }
+
+    /// A forward pass over token ids (the text encoder's net, whose input is `ids`: its
+    /// `input_shape` channels are the tokens per sample): `ops` all, or a range of them (the
+    /// per-op backend tests). The caller checked `ids` (length, range) and `out`'s length.
+    pub(crate) fn forward_ids(
+        &self,
+        threads: usize,
+        workspace: &mut [f32],
+        ids: &[u32],
+        out: &mut [f32],
+        ops: Option<core::ops::Range<usize>>,
+    ) -> Result<()> {
+        let tokens = self.input_shape().0;
+        let batch = ids.len() / tokens.max(1);
+        let walk_mode = match ops {
+            None => Walk::All,
+            Some(r) if r.start <= r.end && r.end <= self.ops.len() => Walk::Range(r),
+            Some(r) => {
+                return Err(invalid_arg(
+                    "ops",
+                    alloc::format!(
+                        "{}..{} is not a range of the {} ops",
+                        r.start,
+                        r.end,
+                        self.ops.len()
+                    ),
+                ))
+            }
+        };
+        let inputs = Inputs {
+            x: &[],
+            ids,
+            timesteps: &[0.0],
+            class_labels: None,
+            class_embeddings: None,
+        };
+        self.execute(batch, inputs, workspace, out, walk_mode, threads)
+    }
+
+    /// The walk of a checked forward call, on the model's accelerator or the CPU backend.
+    fn execute(
+        &self,
+        batch: usize,
+        inputs: Inputs<'_>,
+        workspace: &mut [f32],
+        out: &mut [f32],
+        walk_mode: Walk<'_>,
+        threads: usize,
+    ) -> Result<()> {
+        let Inputs {
+            x,
+            ids,
+            timesteps,
+            class_labels,
+            class_embeddings,
+        } = inputs;
         let need = self.workspace_len_for_threads(batch, threads);
         if let Some(gpu) = &self.accelerator {
             if class_embeddings.is_some() {
@@ -318,6 +400,7 @@ impl Model {
             arena,
             exec: &exec,
             x,
+            ids,
             timesteps,
             class_labels,
             class_embeddings,
@@ -371,6 +454,8 @@ struct CpuBackend<'a, 'e> {
     arena: &'a mut [f32],
     exec: &'a Exec<'e>,
     x: &'a [f32],
+    /// Token ids, `tokens` per sample (text encoder only).
+    ids: &'a [u32],
     timesteps: &'a [f32],
     class_labels: Option<&'a [i64]>,
     class_embeddings: Option<&'a [f32]>,
@@ -549,8 +634,10 @@ impl Backend for CpuBackend<'_, '_> {
         let args = AttentionArgs {
             batch: self.batch,
             tokens: op.tokens,
+            kv_tokens: op.kv_tokens,
             channels: op.channels,
             heads: op.heads,
+            causal: op.causal,
             q,
             k,
             v,
@@ -692,6 +779,33 @@ impl Backend for CpuBackend<'_, '_> {
         }
         Ok(())
     }
+
+    fn layer_norm(&mut self, _: usize, op: &LayerNormOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        let wt = |r| self.model.weights.get(r);
+        scalar::layer_norm(input, op.dim, op.eps, wt(op.gamma), wt(op.beta), dst);
+        Ok(())
+    }
+
+    fn geglu(&mut self, _: usize, op: &GegluOp) -> Result<()> {
+        let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
+        scalar::geglu(input, op.dim, dst);
+        Ok(())
+    }
+
+    fn token_embedding(&mut self, _: usize, op: &TokenEmbeddingOp) -> Result<()> {
+        let (s, l) = self.region(op.out);
+        let dst = &mut self.arena[s..s + l];
+        token_embedding(
+            self.model.weights.get(op.table),
+            self.model.weights.get(op.positions),
+            op.vocab,
+            op.tokens,
+            op.dim,
+            self.ids,
+            dst,
+        )
+    }
 }
 
 /// diffusers' `GaussianFourierProjection` of one timestep: `row[i] = sin(2 pi W[i] log t)`,
@@ -734,6 +848,49 @@ impl CpuBackend<'_, '_> {
     }
 }
 
+/// `out[r] = table[ids[r]] + positions[r % tokens]` for every id (`tokens` per sample): the
+/// text encoder's token plus position embedding. An id outside `0..vocab` is a typed error
+/// naming it.
+pub fn token_embedding(
+    table: &[half::f16],
+    positions: &[half::f16],
+    vocab: usize,
+    tokens: usize,
+    dim: usize,
+    ids: &[u32],
+    out: &mut [f32],
+) -> Result<()> {
+    let rows = out.len() / dim.max(1);
+    if ids.len() != rows {
+        return Err(Error::BufferSize {
+            what: "token ids",
+            expected: rows,
+            found: ids.len(),
+        });
+    }
+    for (r, (row, &id)) in out.chunks_exact_mut(dim).zip(ids).enumerate() {
+        let id = id as usize;
+        if id >= vocab {
+            return Err(token_id_error(r, id, vocab));
+        }
+        let pos = r % tokens.max(1);
+        let e = &table[id * dim..(id + 1) * dim];
+        let p = &positions[pos * dim..(pos + 1) * dim];
+        for ((o, a), b) in row.iter_mut().zip(e).zip(p) {
+            *o = a.to_f32() + b.to_f32();
+        }
+    }
+    Ok(())
+}
+
+/// The error for token id `id` at flat index `at` of the ids, outside `0..vocab`.
+pub fn token_id_error(at: usize, id: usize, vocab: usize) -> Error {
+    Error::InvalidArgument {
+        what: "token id",
+        message: alloc::format!("{id} (at index {at}) is out of range 0..{vocab} (vocab_size)"),
+    }
+}
+
 /// `out = act(x)` elementwise (the [`ActivationOp`]; the trainer's forward uses it too).
 pub fn activation(act: Activation, x: &[f32], out: &mut [f32]) {
     let f: fn(f32) -> f32 = match act {
@@ -741,6 +898,7 @@ pub fn activation(act: Activation, x: &[f32], out: &mut [f32]) {
         Activation::Mish => scalar::mish,
         Activation::Gelu => scalar::gelu,
         Activation::Relu => |v| v.max(0.0),
+        Activation::QuickGelu => scalar::quick_gelu,
     };
     for (o, v) in out.iter_mut().zip(x) {
         *o = f(*v);

@@ -8,6 +8,8 @@ use std::string::ToString;
 
 use super::decoder::Decoder;
 use super::decoder_config::DecoderConfig;
+use super::text_encoder::TextEncoder;
+use super::text_encoder_config::TextEncoderConfig;
 use super::Model;
 use crate::config::UNetConfig;
 use crate::error::{Error, Result};
@@ -224,5 +226,42 @@ impl Decoder {
         }
         let cfg = DecoderConfig::from_json(&read_text(&config)?)?;
         Decoder::new(cfg, map_file(&weights)?, options, latent_size, reuse)
+    }
+}
+
+impl TextEncoder {
+    /// Loads a `CLIPTextModel` folder (a pipeline's `text_encoder/`: `config.json` +
+    /// `model.safetensors`, memory-mapped) for `clip_skip` (0: `last_hidden_state`).
+    pub fn load(dir: impl AsRef<Path>, clip_skip: usize) -> Result<TextEncoder> {
+        TextEncoder::load_with(
+            dir.as_ref(),
+            clip_skip,
+            LoadOptions::default(),
+            Reuse::Shared,
+        )
+    }
+
+    pub fn load_with(
+        dir: &Path,
+        clip_skip: usize,
+        options: LoadOptions,
+        reuse: Reuse,
+    ) -> Result<TextEncoder> {
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            return Err(io_err(
+                &config,
+                "missing (a CLIPTextModel folder holds config.json)",
+            ));
+        }
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(io_err(
+                &weights,
+                "missing (only safetensors weights are read)",
+            ));
+        }
+        let cfg = TextEncoderConfig::from_json(&read_text(&config)?)?;
+        TextEncoder::new(cfg, map_file(&weights)?, options, clip_skip, reuse)
     }
 }

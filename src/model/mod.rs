@@ -32,6 +32,8 @@ pub mod forward;
 #[cfg(feature = "std")]
 pub mod load;
 pub mod ops;
+pub mod text_encoder;
+pub mod text_encoder_config;
 
 pub use description::{describe_config, describe_weights, ModelDescription};
 pub use ops::{
@@ -39,6 +41,9 @@ pub use ops::{
     InputOp, LinearOp, Op, OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 pub use ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+pub use ops::{GegluOp, LayerNormOp, TokenEmbeddingOp};
+pub use text_encoder::TextEncoder;
+pub use text_encoder_config::TextEncoderConfig;
 
 pub use ops::{Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 

@@ -130,17 +130,21 @@ pub struct GroupNormOp {
 }
 
 /// The attention core: per head, `out = softmax(Q K^T / sqrt(d)) V` over `[tokens, channels]`
-/// tensors whose channels split into `heads` contiguous groups of width `d`. Projections,
-/// norm and residual are ops of their own.
+/// queries and `[kv_tokens, channels]` keys and values (`kv_tokens == tokens` for
+/// self-attention; the text states' count for cross-attention), channels split into `heads`
+/// contiguous groups of width `d`. Projections, norm and residual are ops of their own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionOp {
     pub q: TensorId,
     pub k: TensorId,
     pub v: TensorId,
     pub tokens: usize,
+    pub kv_tokens: usize,
     pub channels: usize,
     pub heads: usize,
-    /// Per sample `tokens * channels` floats the kernel may use (K^T, or a score row).
+    /// Query `i` attends to keys `0..=i` only (the CLIP text encoder's causal mask).
+    pub causal: bool,
+    /// Per sample `kv_tokens * channels` floats the kernel may use (K^T, or a score row).
     pub scratch: TensorId,
     pub out: TensorId,
 }
@@ -209,6 +213,8 @@ pub enum Activation {
     /// The exact (erf) GELU, torch's `nn.GELU()`.
     Gelu,
     Relu,
+    /// `x * sigmoid(1.702 x)`: CLIP's `quick_gelu`.
+    QuickGelu,
 }
 
 /// `out = act(x)`, elementwise over `len` floats per sample.
@@ -319,6 +325,45 @@ impl ElementwiseKind {
     }
 }
 
+/// LayerNorm over the last dimension: each of `rows` rows per sample of `dim` floats is
+/// normalised with its own mean and (biased) variance, in f32, then `* gamma + beta`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNormOp {
+    pub input: TensorId,
+    pub rows: usize,
+    pub dim: usize,
+    pub eps: f32,
+    pub gamma: WeightRef,
+    pub beta: WeightRef,
+    pub out: TensorId,
+}
+
+/// `out[b, i] = table[ids[b, i]] + positions[i]` for `tokens` token ids per sample (the forward
+/// pass's token ids): CLIP's token plus position embedding. An id outside `0..vocab` is a
+/// typed error naming it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEmbeddingOp {
+    /// `[vocab, dim]`.
+    pub table: WeightRef,
+    pub vocab: usize,
+    /// `[positions, dim]`, positions >= tokens; row `i` is added to token `i`.
+    pub positions: WeightRef,
+    pub tokens: usize,
+    pub dim: usize,
+    pub out: TensorId,
+}
+
+/// diffusers' `GEGLU` after its projection: each of `rows` rows per sample holds `2 * dim`
+/// floats `[hidden, gate]` (the `proj` Linear's output), and `out[r] = hidden * gelu(gate)`
+/// (exact GELU), `dim` floats per row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GegluOp {
+    pub input: TensorId,
+    pub rows: usize,
+    pub dim: usize,
+    pub out: TensorId,
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -342,6 +387,9 @@ pub enum Op {
     TimestepDivide(TimestepDivideOp),
     Elementwise(ElementwiseOp),
     ClassVector(ClassVectorOp),
+    LayerNorm(LayerNormOp),
+    TokenEmbedding(TokenEmbeddingOp),
+    Geglu(GegluOp),
 }
 
 impl Op {
@@ -367,6 +415,9 @@ impl Op {
             Op::TimestepDivide(_) => "timestep_divide",
             Op::Elementwise(_) => "elementwise",
             Op::ClassVector(_) => "class_vector",
+            Op::LayerNorm(_) => "layer_norm",
+            Op::TokenEmbedding(_) => "token_embedding",
+            Op::Geglu(_) => "geglu",
         }
     }
 
@@ -402,6 +453,9 @@ impl Op {
             Op::TimestepDivide(d) => input(Input::One(d.input)),
             Op::Elementwise(e) => input(Input::One(e.input)),
             Op::ClassVector(c) => input(Input::One(c.input)),
+            Op::LayerNorm(l) => input(Input::One(l.input)),
+            Op::TokenEmbedding(_) => {}
+            Op::Geglu(g) => input(Input::One(g.input)),
         }
         r
     }
@@ -428,6 +482,9 @@ impl Op {
             Op::TimestepDivide(o) => Some(o.out),
             Op::Elementwise(o) => Some(o.out),
             Op::ClassVector(o) => Some(o.out),
+            Op::LayerNorm(o) => Some(o.out),
+            Op::TokenEmbedding(o) => Some(o.out),
+            Op::Geglu(o) => Some(o.out),
         }
     }
 
@@ -457,6 +514,9 @@ impl Op {
             }
             Op::TimestepTable(t) => alloc::vec![t.table],
             Op::Elementwise(_) | Op::ClassVector(_) => Vec::new(),
+            Op::LayerNorm(l) => alloc::vec![l.gamma, l.beta],
+            Op::TokenEmbedding(t) => alloc::vec![t.table, t.positions],
+            Op::Geglu(_) => Vec::new(),
         }
     }
 
@@ -470,9 +530,15 @@ impl Op {
             .flops(),
             Op::Linear(l) => 2 * (l.rows * l.in_f * l.out_f) as u64,
             Op::Attention(a) => {
-                let (n, c) = (a.tokens as u64, a.channels as u64);
-                // Saturating: n * n overflows u64 for absurd (but valid) sample sizes.
-                4u64.saturating_mul(n).saturating_mul(n).saturating_mul(c)
+                let (n, m, c) = (a.tokens as u64, a.kv_tokens as u64, a.channels as u64);
+                // Saturating: n * m overflows u64 for absurd (but valid) sample sizes.
+                let full = 4u64.saturating_mul(n).saturating_mul(m).saturating_mul(c);
+                // A causal mask (n == m) scores n (n + 1) / 2 of the n^2 pairs.
+                if a.causal {
+                    full / 2 + 2 * n * c
+                } else {
+                    full
+                }
             }
             Op::FirResample(f) => {
                 // 16 taps per downsampled output, 4 per upsampled one; a multiply-add each.

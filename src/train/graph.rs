@@ -467,12 +467,10 @@ impl TrainGraph {
                         "class_vector",
                     ))
                 }
-                // Only decoders emit it; the trainer builds UNets (its forward refuses it too).
-                Op::Elementwise(_) => {
-                    return Err(crate::model::backend::unsupported_op(
-                        "train",
-                        "elementwise",
-                    ))
+                // Only decoders and the text encoder emit these; the trainer builds UNets (its
+                // forward refuses them too).
+                Op::Elementwise(_) | Op::LayerNorm(_) | Op::TokenEmbedding(_) | Op::Geglu(_) => {
+                    return Err(crate::model::backend::unsupported_op("train", op.kind()))
                 }
                 Op::ClassEmbedding(ce) => {
                     let [d_in, d_out] = carve(
@@ -811,6 +809,13 @@ impl Backend for TrainForward<'_> {
             self.graph.saved_region(at, self.batch),
             self.act(op.out),
         ];
+        if op.causal || op.kv_tokens != op.tokens {
+            // Only the text encoder masks, and the trainer builds unconditional UNets.
+            return Err(crate::model::backend::unsupported_op(
+                "train",
+                "attention (causal or cross)",
+            ));
+        }
         let [q, k, v, probs, out] = carve(self.acts, regions)?;
         attention::core_forward(heads(op, self.batch), q, k, v, probs, out);
         Ok(())

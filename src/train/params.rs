@@ -134,7 +134,16 @@ impl ParamTable {
                 Op::FirResample(_)
                 | Op::TimestepDivide(_)
                 | Op::Elementwise(_)
-                | Op::ClassVector(_) => {}
+                | Op::ClassVector(_)
+                | Op::Geglu(_) => {}
+                Op::LayerNorm(l) => {
+                    kinds.push((key(l.gamma), ParamKind::NormScale));
+                    kinds.push((key(l.beta), ParamKind::NormShift));
+                }
+                Op::TokenEmbedding(t) => {
+                    kinds.push((key(t.table), ParamKind::Embedding));
+                    kinds.push((key(t.positions), ParamKind::Embedding));
+                }
             }
         }
         kinds.sort_by_key(|k| k.0);

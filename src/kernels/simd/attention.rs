@@ -3,14 +3,15 @@
 use super::{Shared, Simd, BK, BQ};
 use crate::kernels::AttentionArgs;
 
-/// Writes K^T for (sample, head) `task` into `kt` as `[d][tokens]` at offset
-/// `task * d * tokens`, so the score blocks read keys as contiguous vectors.
+/// Writes K^T for (sample, head) `task` into `kt` as `[d][kv_tokens]` at offset
+/// `task * d * kv_tokens`, so the score blocks read keys as contiguous vectors.
 ///
 /// # Safety
-/// `AttentionArgs::check` passed and `kt` holds `tasks * d * tokens` floats; the task writes only its own `d * tokens` block.
+/// `AttentionArgs::check` passed and `kt` holds `tasks * d * kv_tokens` floats; the task writes only its own `d * kv_tokens` block.
 #[inline(always)]
 pub(crate) unsafe fn transpose_k(a: &AttentionArgs<'_>, kt: Shared<f32>, task: usize) {
-    let (n, c) = (a.tokens, a.channels);
+    // Keys: `kv_tokens` of them (the text states' count in cross-attention).
+    let (n, c) = (a.kv_tokens, a.channels);
     let d = c / a.heads;
     let (b, h) = (task / a.heads, task % a.heads);
     let src = &a.k[b * n * c + h * d..];
@@ -56,7 +57,11 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     let (b, h) = (bh / a.heads, bh % a.heads);
     let q0 = qt * BQ;
     let nq = BQ.min(n - q0);
+    let m = a.kv_tokens;
+    // Causal: no query of this task sees a key past its last row.
+    let keys = if a.causal { (q0 + nq).min(m) } else { m };
     let off = b * n * c + h * d;
+    let kv_off = b * m * c + h * d;
     let scale = 1.0 / libm::sqrtf(d as f32);
     // Vectors per accumulator row: 4 rows x `nu` vectors + `nu` loads + 1 broadcast must fit
     // the register file (AVX2's 16 ymm: 4 x 2).
@@ -65,9 +70,10 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     let mut mrow = [f32::NEG_INFINITY; BQ];
     let mut lrow = [0.0f32; BQ];
     let (q, v) = (a.q.as_ptr(), a.v.as_ptr());
-    // SAFETY: `kt` holds K^T for every (sample, head): `d x n` floats each (see `transpose_k`).
-    let ktb = unsafe { kt.add((b * a.heads + h) * d * n) };
-    // SAFETY (whole body): every row pointer is `off + token * c` with token < n plus up to
+    // SAFETY: `kt` holds K^T for every (sample, head): `d x m` floats each (see `transpose_k`).
+    let ktb = unsafe { kt.add((b * a.heads + h) * d * m) };
+    // SAFETY (whole body): every query/output row pointer is `off + token * c` with token < n,
+    // every value row `kv_off + key * c` with key < m, plus up to
     // `d` floats (AttentionArgs::check); output rows `q0..q0 + nq` of head `h` of sample `b`
     // belong to this task only.
     unsafe {
@@ -76,9 +82,9 @@ pub(crate) unsafe fn attention_task<S: Simd>(
             core::slice::from_raw_parts_mut(orow(i), d).fill(0.0);
         }
         let mut j0 = 0;
-        while j0 < n {
-            let bk = BK.min(n - j0);
-            // Scores S = Q K^T * scale from K^T rows (`ktb + dd * n`): 4 query rows x 4 (then
+        while j0 < keys {
+            let bk = BK.min(keys - j0);
+            // Scores S = Q K^T * scale from K^T rows (`ktb + dd * m`): 4 query rows x 4 (then
             // 1) vectors of keys per block, broadcasting one query element per row.
             let mut i = 0;
             while i < nq {
@@ -89,7 +95,7 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                 while j + nu * l <= bk {
                     let mut acc = [[S::zero(); 4]; 4];
                     for dd in 0..d {
-                        let kp = ktb.add(dd * n + j0 + j);
+                        let kp = ktb.add(dd * m + j0 + j);
                         let mut kv = [S::zero(); 4];
                         for (u, x) in kv.iter_mut().enumerate().take(nu) {
                             *x = S::load(kp.add(u * l));
@@ -114,7 +120,7 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                 while j + l <= bk {
                     let mut acc = [S::zero(); 4];
                     for dd in 0..d {
-                        let kv = S::load(ktb.add(dd * n + j0 + j));
+                        let kv = S::load(ktb.add(dd * m + j0 + j));
                         for (r, x) in acc.iter_mut().enumerate() {
                             *x = S::fma(S::bcast(qr[r].add(dd)), kv, *x);
                         }
@@ -131,16 +137,27 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     for jj in j..bk {
                         let mut dot = 0.0f32;
                         for dd in 0..d {
-                            dot += *qr[r].add(dd) * *ktb.add(dd * n + j0 + jj);
+                            dot += *qr[r].add(dd) * *ktb.add(dd * m + j0 + jj);
                         }
                         s[(i + r) * BK + jj] = dot * scale;
                     }
                 }
                 i += rows;
             }
-            // Online softmax.
+            // Online softmax over the keys row i sees (causal: keys up to q0 + i); the scores
+            // of the masked keys become 0, so the P V pass below adds nothing for them.
             for i in 0..nq {
-                let srow = &mut s[i * BK..i * BK + bk];
+                let seen = if a.causal {
+                    (q0 + i + 1).saturating_sub(j0).min(bk)
+                } else {
+                    bk
+                };
+                s[i * BK + seen..i * BK + bk].fill(0.0);
+                if seen == 0 {
+                    continue;
+                }
+                let srow = &mut s[i * BK..i * BK + seen];
+                let bk = seen;
                 let mut mx = mrow[i];
                 let mut j = 0;
                 if bk >= l {
@@ -193,7 +210,7 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                             }
                         }
                         for j in 0..bk {
-                            let vp = v.add(off + (j0 + j) * c + col);
+                            let vp = v.add(kv_off + (j0 + j) * c + col);
                             let mut vv = [S::zero(); 4];
                             for (u, x) in vv.iter_mut().enumerate().take(nu) {
                                 *x = S::load(vp.add(u * l));
@@ -221,7 +238,7 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                         for j in 0..bk {
                             acc = S::fma(
                                 S::splat(s[(i + r) * BK + j]),
-                                S::load(v.add(off + (j0 + j) * c + cc)),
+                                S::load(v.add(kv_off + (j0 + j) * c + cc)),
                                 acc,
                             );
                         }
@@ -231,7 +248,7 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     while cc < d {
                         let mut acc = *o.add(cc);
                         for j in 0..bk {
-                            acc += s[(i + r) * BK + j] * *v.add(off + (j0 + j) * c + cc);
+                            acc += s[(i + r) * BK + j] * *v.add(kv_off + (j0 + j) * c + cc);
                         }
                         *o.add(cc) = acc;
                         cc += 1;
@@ -241,8 +258,8 @@ pub(crate) unsafe fn attention_task<S: Simd>(
             }
             j0 += bk;
         }
-        for i in 0..nq {
-            let inv = 1.0 / lrow[i];
+        for (i, total) in lrow.iter().enumerate().take(nq) {
+            let inv = 1.0 / total;
             let o = core::slice::from_raw_parts_mut(orow(i), d);
             for x in o.iter_mut() {
                 *x *= inv;

@@ -185,10 +185,10 @@ macro_rules! simd_table {
                 ex: &Exec<'_>,
             ) {
                 a.check(out);
-                let n = a.batch * a.tokens * a.channels;
+                let n = a.batch * a.kv_tokens * a.channels;
                 assert!(
                     scratch.len() >= n,
-                    "attention scratch must hold batch * tokens * channels floats"
+                    "attention scratch must hold batch * kv_tokens * channels floats"
                 );
                 let kt = Shared(scratch.as_mut_ptr());
                 // SAFETY: features checked (see conv2d); each task writes its own (sample, head)

@@ -57,6 +57,11 @@ pub fn act_backward(act: crate::model::Activation, x: &[f32], d_out: &[f32], d_x
             let pdf = libm::expf(-0.5 * v * v) * 0.398_942_3;
             cdf + v * pdf
         },
+        // d/dx x s(a x) = s + a x s (1 - s)
+        Activation::QuickGelu => |v| {
+            let s = 1.0 / (1.0 + libm::expf(-1.702 * v));
+            s + 1.702 * v * s * (1.0 - s)
+        },
         Activation::Relu | Activation::Silu => |v| if v > 0.0 { 1.0 } else { 0.0 },
     };
     for ((d, g), v) in d_x.iter_mut().zip(d_out).zip(x) {
