@@ -215,4 +215,19 @@ fn sample_tokenize_prints_the_padded_ids() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("vocab.json"), "{stderr}");
+    // Missing flags: one line saying which, exit status 1.
+    for (args, says) in [
+        (&["tokenize", "--model", "x"][..], "--prompt"),
+        (&["tokenize", "--prompt", "x"][..], "--model"),
+        (&["tokenize", "--prompt"][..], "--prompt needs a value"),
+        (&["tokenize", "--seed", "1"][..], "unknown argument"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sample"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
