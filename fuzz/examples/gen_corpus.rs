@@ -252,7 +252,7 @@ fn byte_symbols() -> Vec<char> {
 fn clip_tokenizer_seeds(dir: &Path) {
     use tinydiffusion_fuzz::clip_tokenizer_input;
     let merges = [
-        "p h", "ph o", "pho t", "phot o</w>", "c a", "ca t</w>", "a </w>", "o f</w>",
+        "p h", "ph o", "pho t", "phot o</w>", "c a", "ca t</w>", "o f</w>", "t h", "th e</w>",
     ];
     let mut vocab: Vec<String> = Vec::new();
     for c in byte_symbols() {
