@@ -140,8 +140,7 @@ fn load_model_seeds(fixtures: &Path) {
             &format!("{name}-bf16"),
             &load_model_input(2, config, &retyped(&w, safetensors::Dtype::BF16)),
         );
-        if let Ok((packed, _)) = tinydiffusion::model::convert::to_packed_safetensors(config, &w)
-        {
+        if let Ok((packed, _)) = tinydiffusion::model::convert::to_packed_safetensors(config, &w) {
             write(
                 "load_model",
                 &format!("{name}-packed"),
@@ -236,7 +235,10 @@ fn main() {
 
 /// GPT-2's byte symbols in CLIP's vocabulary order.
 fn byte_symbols() -> Vec<char> {
-    let mut bytes: Vec<u32> = (0x21..=0x7e).chain(0xa1..=0xac).chain(0xae..=0xff).collect();
+    let mut bytes: Vec<u32> = (0x21..=0x7e)
+        .chain(0xa1..=0xac)
+        .chain(0xae..=0xff)
+        .collect();
     let mut chars = bytes.clone();
     let mut n = 0;
     for b in 0..256 {
@@ -246,13 +248,24 @@ fn byte_symbols() -> Vec<char> {
             n += 1;
         }
     }
-    chars.into_iter().map(|c| char::from_u32(c).unwrap()).collect()
+    chars
+        .into_iter()
+        .map(|c| char::from_u32(c).unwrap())
+        .collect()
 }
 
 fn clip_tokenizer_seeds(dir: &Path) {
     use tinydiffusion_fuzz::clip_tokenizer_input;
     let merges = [
-        "p h", "ph o", "pho t", "phot o</w>", "c a", "ca t</w>", "o f</w>", "t h", "th e</w>",
+        "p h",
+        "ph o",
+        "pho t",
+        "phot o</w>",
+        "c a",
+        "ca t</w>",
+        "o f</w>",
+        "t h",
+        "th e</w>",
     ];
     let mut vocab: Vec<String> = Vec::new();
     for c in byte_symbols() {

@@ -169,7 +169,12 @@ pub fn clip_tokenizer_input(
         | (u8::from(special_tokens_map.is_some()) << 1)
         | (u8::from(tokenizer_config.is_some()) << 2);
     let mut v = vec![flags];
-    for s in [first, second, special_tokens_map.unwrap_or(""), tokenizer_config.unwrap_or("")] {
+    for s in [
+        first,
+        second,
+        special_tokens_map.unwrap_or(""),
+        tokenizer_config.unwrap_or(""),
+    ] {
         v.extend_from_slice(&(s.len() as u16).to_le_bytes());
         v.extend_from_slice(s.as_bytes());
     }
