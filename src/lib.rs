@@ -36,6 +36,8 @@ pub mod sampler;
 pub mod schedule;
 #[cfg(feature = "std")]
 pub mod testing;
+#[cfg(feature = "std")]
+pub mod text;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod weights;

@@ -1923,6 +1923,297 @@ fn bad_text_encoder_arguments() {
                 ..
             })
         ),
+
+/// A tiny CLIP-style tokenizer: enough symbols for `ab` to merge.
+const TOK_VOCAB: &str = r#"{"a": 0, "b": 1, "a</w>": 2, "b</w>": 3, "ab</w>": 4, "!": 5,
+  "<|startoftext|>": 6, "<|endoftext|>": 7}"#;
+const TOK_MERGES: &str = "#version: 0.2\na b</w>\n";
+
+fn tokenizer_files(
+    vocab: &str,
+    merges: &str,
+    special: Option<&str>,
+    config: Option<&str>,
+) -> Result<tinydiffusion::text::ClipTokenizer> {
+    tinydiffusion::text::ClipTokenizer::from_files(tinydiffusion::text::tokenizer::TokenizerFiles {
+        vocab_json: Some(vocab),
+        merges_txt: Some(merges),
+        special_tokens_map_json: special,
+        tokenizer_config_json: config,
+        ..Default::default()
+    })
+}
+
+fn tokenizer_json(edit: impl FnOnce(&mut Value)) -> Result<tinydiffusion::text::ClipTokenizer> {
+    let mut tj = json!({
+        "added_tokens": [{"id": 7, "content": "<|endoftext|>", "lstrip": false, "rstrip": false,
+                          "normalized": false, "single_word": false, "special": true}],
+        "model": {"type": "BPE", "vocab": serde_json::from_str::<Value>(TOK_VOCAB).unwrap(),
+                  "merges": [["a", "b</w>"]], "end_of_word_suffix": "</w>",
+                  "unk_token": "<|endoftext|>"}
+    });
+    edit(&mut tj);
+    let text = tj.to_string();
+    tinydiffusion::text::ClipTokenizer::from_files(tinydiffusion::text::tokenizer::TokenizerFiles {
+        tokenizer_json: Some(&text),
+        ..Default::default()
+    })
+}
+
+/// A tokenizer folder with the given files (name, bytes), loaded with `from_dir`.
+fn tokenizer_dir(
+    name: &str,
+    files: &[(&str, &[u8])],
+) -> Result<tinydiffusion::text::ClipTokenizer> {
+    let dir = std::env::temp_dir().join(format!("td-bad-tok-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (f, bytes) in files {
+        std::fs::write(dir.join(f), bytes).unwrap();
+    }
+    let r = tinydiffusion::text::ClipTokenizer::from_dir(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    r
+}
+
+#[test]
+fn bad_tokenizer_files() {
+    let v = TOK_VOCAB;
+    let m = TOK_MERGES;
+    let rows = vec![
+        row!(
+            "valid files load and encode",
+            || tokenizer_files(v, m, None, None).map(|t| {
+                // `!</w>` is not in this vocabulary: the unknown token (the end token) stands in.
+                assert_eq!(&t.encode("AB! a")[..5], &[6, 4, 7, 2, 7]);
+                assert_eq!(t.encode("").len(), 77);
+            }),
+            Ok(())
+        ),
+        row!(
+            "valid tokenizer.json loads",
+            || tokenizer_json(|_| {}),
+            Ok(())
+        ),
+        row!(
+            "empty folder: vocab.json named",
+            || tokenizer_dir("empty", &[]),
+            Err(Error::Io { path, .. }) if path.ends_with("vocab.json")
+        ),
+        row!(
+            "vocab.json without merges.txt",
+            || tokenizer_dir("nomerges", &[("vocab.json", v.as_bytes())]),
+            Err(Error::Io { path, .. }) if path.ends_with("merges.txt")
+        ),
+        row!(
+            "merges.txt not UTF-8",
+            || tokenizer_dir("utf8", &[("vocab.json", v.as_bytes()), ("merges.txt", b"a \xff\n")]),
+            Err(Error::Io { path, .. }) if path.ends_with("merges.txt")
+        ),
+        row!(
+            "vocab.json not JSON",
+            || tokenizer_files("{\"a\": ", m, None, None),
+            Err(Error::InvalidJson {
+                file: "vocab.json",
+                ..
+            })
+        ),
+        row!(
+            "vocab.json not an object",
+            || tokenizer_files("[1, 2]", m, None, None),
+            Err(Error::InvalidJson {
+                file: "vocab.json",
+                ..
+            })
+        ),
+        row!(
+            "vocab.json negative id",
+            || tokenizer_files(r#"{"a": -1}"#, m, None, None),
+            Err(Error::InvalidJson {
+                file: "vocab.json",
+                ..
+            })
+        ),
+        row!(
+            "vocab.json id as a string",
+            || tokenizer_files(r#"{"a": "0"}"#, m, None, None),
+            Err(Error::InvalidJson {
+                file: "vocab.json",
+                ..
+            })
+        ),
+        row!(
+            "vocab.json empty",
+            || tokenizer_files("{}", m, None, None),
+            Err(Error::InvalidJson {
+                file: "vocab.json",
+                ..
+            })
+        ),
+        row!(
+            "vocab.json without the end token",
+            || tokenizer_files(r#"{"a": 0, "b</w>": 1, "ab</w>": 2, "<|startoftext|>": 3}"#, m, None, None),
+            Err(Error::InvalidConfig { key, .. }) if key == "eos_token"
+        ),
+        row!(
+            "merges.txt line of three symbols",
+            || tokenizer_files(v, "#version: 0.2\na b c\n", None, None),
+            Err(Error::InvalidConfig { key, .. }) if key == "merges.txt line 2"
+        ),
+        row!(
+            "merges.txt line of one symbol",
+            || tokenizer_files(v, "a\n", None, None),
+            Err(Error::InvalidConfig { key, .. }) if key == "merges.txt line 1"
+        ),
+        row!(
+            "merges.txt symbol not in the vocabulary",
+            || tokenizer_files(v, "a z\n", None, None),
+            Err(Error::InvalidConfig { key, .. }) if key == "merges.txt line 1"
+        ),
+        row!(
+            "merges.txt merged symbol not in the vocabulary",
+            || tokenizer_files(v, "a b\n", None, None),
+            Err(Error::InvalidConfig { key, .. }) if key == "merges.txt line 1"
+        ),
+        row!(
+            "special_tokens_map.json not JSON",
+            || tokenizer_files(v, m, Some("{"), None),
+            Err(Error::InvalidJson {
+                file: "special_tokens_map.json",
+                ..
+            })
+        ),
+        row!(
+            "special_tokens_map.json not an object",
+            || tokenizer_files(v, m, Some("[]"), None),
+            Err(Error::InvalidJson {
+                file: "special_tokens_map.json",
+                ..
+            })
+        ),
+        row!(
+            "special_tokens_map.json pad_token a number",
+            || tokenizer_files(v, m, Some(r#"{"pad_token": 5}"#), None),
+            Err(Error::InvalidJson {
+                file: "special_tokens_map.json",
+                ..
+            })
+        ),
+        row!(
+            "special_tokens_map.json token object without content",
+            || tokenizer_files(v, m, Some(r#"{"eos_token": {"normalized": true}}"#), None),
+            Err(Error::InvalidJson {
+                file: "special_tokens_map.json",
+                ..
+            })
+        ),
+        row!(
+            "special_tokens_map.json pad_token not in the vocabulary",
+            || tokenizer_files(v, m, Some(r#"{"pad_token": "[PAD]"}"#), None),
+            Err(Error::InvalidConfig { key, .. }) if key == "pad_token"
+        ),
+        row!(
+            "special_tokens_map.json lstrip",
+            || tokenizer_files(v, m, Some(r#"{"eos_token": {"content": "<|endoftext|>", "lstrip": true}}"#), None),
+            Err(Error::UnsupportedConfig { key, .. }) if key.starts_with("special_tokens_map.json")
+        ),
+        row!(
+            "tokenizer_config.json not JSON",
+            || tokenizer_files(v, m, None, Some("nope")),
+            Err(Error::InvalidJson {
+                file: "tokenizer_config.json",
+                ..
+            })
+        ),
+        row!(
+            "tokenizer_config.json model_max_length 1",
+            || tokenizer_files(v, m, None, Some(r#"{"model_max_length": 1}"#)),
+            Err(Error::InvalidConfig { key, .. }) if key.contains("model_max_length")
+        ),
+        row!(
+            "tokenizer_config.json added_tokens_decoder key not an id",
+            || tokenizer_files(
+                v,
+                m,
+                None,
+                Some(r#"{"added_tokens_decoder": {"x": {"content": "!"}}}"#)
+            ),
+            Err(Error::InvalidJson {
+                file: "tokenizer_config.json",
+                ..
+            })
+        ),
+        row!(
+            "tokenizer.json not JSON",
+            || tinydiffusion::text::ClipTokenizer::from_files(
+                tinydiffusion::text::tokenizer::TokenizerFiles {
+                    tokenizer_json: Some("{\"model\""),
+                    ..Default::default()
+                }
+            ),
+            Err(Error::InvalidJson {
+                file: "tokenizer.json",
+                ..
+            })
+        ),
+        row!(
+            "tokenizer.json without model",
+            || tokenizer_json(|tj| {
+                tj.as_object_mut().unwrap().remove("model");
+            }),
+            Err(Error::InvalidJson {
+                file: "tokenizer.json",
+                ..
+            })
+        ),
+        row!(
+            "tokenizer.json WordPiece model",
+            || tokenizer_json(|tj| tj["model"]["type"] = json!("WordPiece")),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "tokenizer.json: model.type"
+        ),
+        row!(
+            "tokenizer.json merges not an array",
+            || tokenizer_json(|tj| tj["model"]["merges"] = json!("a b")),
+            Err(Error::InvalidJson {
+                file: "tokenizer.json",
+                ..
+            })
+        ),
+        row!(
+            "tokenizer.json merge of three symbols",
+            || tokenizer_json(|tj| tj["model"]["merges"] = json!(["a b c"])),
+            Err(Error::InvalidConfig { key, .. }) if key == "tokenizer.json model.merges[0]"
+        ),
+        row!(
+            "tokenizer.json vocab missing",
+            || tokenizer_json(|tj| {
+                tj["model"].as_object_mut().unwrap().remove("vocab");
+            }),
+            Err(Error::InvalidJson {
+                file: "tokenizer.json",
+                ..
+            })
+        ),
+        row!(
+            "tokenizer.json added token without id",
+            || tokenizer_json(|tj| {
+                tj["added_tokens"][0].as_object_mut().unwrap().remove("id");
+            }),
+            Err(Error::InvalidJson {
+                file: "tokenizer.json",
+                ..
+            })
+        ),
+        row!(
+            "tokenizer.json added token rstrip",
+            || tokenizer_json(|tj| tj["added_tokens"][0]["rstrip"] = json!(true)),
+            Err(Error::UnsupportedConfig { key, .. }) if key.starts_with("tokenizer.json")
+        ),
+        row!(
+            "tokenizer.json continuing_subword_prefix",
+            || tokenizer_json(|tj| tj["model"]["continuing_subword_prefix"] = json!("##")),
+            Err(Error::UnsupportedConfig { key, .. }) if key.starts_with("tokenizer.json")
+        ),
     ];
     run_table(rows);
 }

@@ -261,6 +261,7 @@ fn help_lists_the_flags() {
         "--snr",
         "--sde-eps",
         "sde | ode | pc",
+        "sample tokenize --model DIR --prompt TEXT",
     ] {
         assert!(text.contains(flag), "help lacks {flag}");
     }

@@ -6,6 +6,8 @@
 //!   with their step counts, eta and flags.
 //! - `c_api`: each operation of the harness on each model, with default-ish fields.
 //! - `forward_bytes`: the tiny model's own weights and a few special-value patterns.
+//! - `clip_tokenizer`: each folder variant of `tests/fixtures/clip-tokenizer` with a small
+//!   byte-level vocabulary (the 512 byte symbols, a few merges, the two special tokens).
 //!
 //! `cargo run --release --example gen_corpus` from `fuzz/` (overwrites the seeds, keeps the rest).
 
@@ -138,8 +140,7 @@ fn load_model_seeds(fixtures: &Path) {
             &format!("{name}-bf16"),
             &load_model_input(2, config, &retyped(&w, safetensors::Dtype::BF16)),
         );
-        if let Ok((packed, _)) = tinydiffusion::model::convert::to_packed_safetensors(config, &w)
-        {
+        if let Ok((packed, _)) = tinydiffusion::model::convert::to_packed_safetensors(config, &w) {
             write(
                 "load_model",
                 &format!("{name}-packed"),
@@ -229,4 +230,89 @@ fn main() {
     scheduler_seeds(&fixtures);
     c_api_seeds();
     forward_seeds();
+    clip_tokenizer_seeds(&fixtures.join("clip-tokenizer"));
+}
+
+/// GPT-2's byte symbols in CLIP's vocabulary order.
+fn byte_symbols() -> Vec<char> {
+    let mut bytes: Vec<u32> = (0x21..=0x7e)
+        .chain(0xa1..=0xac)
+        .chain(0xae..=0xff)
+        .collect();
+    let mut chars = bytes.clone();
+    let mut n = 0;
+    for b in 0..256 {
+        if !bytes.contains(&b) {
+            bytes.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    chars
+        .into_iter()
+        .map(|c| char::from_u32(c).unwrap())
+        .collect()
+}
+
+fn clip_tokenizer_seeds(dir: &Path) {
+    use tinydiffusion_fuzz::clip_tokenizer_input;
+    let merges = [
+        "p h",
+        "ph o",
+        "pho t",
+        "phot o</w>",
+        "c a",
+        "ca t</w>",
+        "o f</w>",
+        "t h",
+        "th e</w>",
+    ];
+    let mut vocab: Vec<String> = Vec::new();
+    for c in byte_symbols() {
+        vocab.push(c.to_string());
+    }
+    for c in byte_symbols() {
+        vocab.push(format!("{c}</w>"));
+    }
+    vocab.extend(merges.iter().map(|m| m.replace(' ', "")));
+    vocab.push("<|startoftext|>".into());
+    vocab.push("<|endoftext|>".into());
+    let vocab_map: serde_json::Map<String, Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), Value::from(i)))
+        .collect();
+    let vocab_json = Value::Object(vocab_map.clone()).to_string();
+    let merges_txt = format!("#version: 0.2\n{}\n", merges.join("\n"));
+    let prompt = "A photo of a CAT, 8k!! <|endoftext|> don't \t caf\u{e9} \u{1F600}";
+    let read = |variant: &str, file: &str| fs::read_to_string(dir.join(variant).join(file)).ok();
+    for variant in [
+        "sd1-vocab-merges",
+        "sd2-vocab-merges",
+        "sd2-v4-config",
+        "sd1-tokenizer-json",
+        "sd2-tokenizer-json",
+        "tokenizer-json-only",
+    ] {
+        let special = read(variant, "special_tokens_map.json");
+        let config = read(variant, "tokenizer_config.json");
+        let input = match read(variant, "tokenizer.json") {
+            Some(tj) => {
+                let mut tj: Value = serde_json::from_str(&tj).unwrap();
+                tj["model"]["vocab"] = Value::Object(vocab_map.clone());
+                tj["model"]["merges"] = merges.iter().map(|&m| Value::from(m)).collect();
+                let tj = tj.to_string();
+                clip_tokenizer_input(true, &tj, "", special.as_deref(), config.as_deref(), prompt)
+            }
+            None => clip_tokenizer_input(
+                false,
+                &vocab_json,
+                &merges_txt,
+                special.as_deref(),
+                config.as_deref(),
+                prompt,
+            ),
+        };
+        write("clip_tokenizer", variant, &input);
+    }
 }

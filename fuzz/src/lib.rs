@@ -6,6 +6,8 @@
 //! - `c_api`: a byte stream decoded field by field ([`Bytes`]); missing bytes read as 0.
 //! - `forward_bytes`: `[timestep f32 LE][label u8][x byte count u8][bytes]`: the bytes fill the
 //!   input sample and then, cycled, the data section of [`TINY_CONFIG`]'s f16 weights file.
+//! - `clip_tokenizer`: `[flags u8]`, four `[len u16 LE][bytes]` files, then the prompt
+//!   ([`clip_tokenizer_sections`]).
 
 use std::sync::OnceLock;
 
@@ -116,4 +118,66 @@ impl<'a> Bytes<'a> {
             _ => self.u16() as usize,
         }
     }
+}
+
+/// The `clip_tokenizer` target's input, decoded by [`clip_tokenizer_sections`].
+pub struct ClipTokenizerInput {
+    /// `first` is `tokenizer.json` (else `vocab.json`, and `second` is `merges.txt`).
+    pub tokenizer_json: bool,
+    pub first: String,
+    pub second: String,
+    pub special_tokens_map: Option<String>,
+    pub tokenizer_config: Option<String>,
+    pub prompt: String,
+}
+
+/// `clip_tokenizer`: `[flags u8]` then four sections `[len u16 LE][bytes]` (first file, second
+/// file, special_tokens_map.json, tokenizer_config.json), then the prompt (the rest). Flags:
+/// bit 0 the first file is tokenizer.json, bit 1 special_tokens_map.json present, bit 2
+/// tokenizer_config.json present. Bytes that are not UTF-8 are replaced (lossy).
+pub fn clip_tokenizer_sections(data: &[u8]) -> ClipTokenizerInput {
+    let mut b = Bytes::new(data);
+    let flags = b.u8();
+    let mut section = || {
+        let n = b.u16() as usize;
+        String::from_utf8_lossy(b.take(n)).into_owned()
+    };
+    let first = section();
+    let second = section();
+    let special = section();
+    let config = section();
+    ClipTokenizerInput {
+        tokenizer_json: flags & 1 != 0,
+        first,
+        second,
+        special_tokens_map: (flags & 2 != 0).then_some(special),
+        tokenizer_config: (flags & 4 != 0).then_some(config),
+        prompt: String::from_utf8_lossy(b.rest()).into_owned(),
+    }
+}
+
+/// Encodes a `clip_tokenizer` input (the inverse of [`clip_tokenizer_sections`]).
+pub fn clip_tokenizer_input(
+    tokenizer_json: bool,
+    first: &str,
+    second: &str,
+    special_tokens_map: Option<&str>,
+    tokenizer_config: Option<&str>,
+    prompt: &str,
+) -> Vec<u8> {
+    let flags = u8::from(tokenizer_json)
+        | (u8::from(special_tokens_map.is_some()) << 1)
+        | (u8::from(tokenizer_config.is_some()) << 2);
+    let mut v = vec![flags];
+    for s in [
+        first,
+        second,
+        special_tokens_map.unwrap_or(""),
+        tokenizer_config.unwrap_or(""),
+    ] {
+        v.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        v.extend_from_slice(s.as_bytes());
+    }
+    v.extend_from_slice(prompt.as_bytes());
+    v
 }

@@ -17,6 +17,11 @@ USAGE:
     sample decode --vae DIR --latents FILE [--out img.png] [--save-tensor FILE]
                                    decode latents (safetensors, one tensor [B,C,h,w]) with a
                                    VQModel or AutoencoderKL folder (no scaling_factor applied)
+    sample tokenize --model DIR --prompt TEXT
+                                   print the CLIP token ids the text encoder receives (start,
+                                   prompt, end, padding: model_max_length ids) as one JSON
+                                   array; DIR: a pipeline folder with tokenizer/, or the
+                                   tokenizer folder itself
 
 FLAGS:
     --model DIR          UNet2DModel folder or diffusers pipeline folder   [default: weights]
@@ -132,6 +137,10 @@ pub enum Command {
         /// Print the whole op list.
         ops: bool,
     },
+    Tokenize {
+        model: PathBuf,
+        prompt: String,
+    },
     Decode {
         vae: PathBuf,
         latents: PathBuf,
@@ -177,6 +186,22 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 }
             }
             return Ok(Command::Info { model, batch, ops });
+        }
+        Some("tokenize") => {
+            let (mut model, mut prompt) = (None, None);
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                let mut value = || it.next().ok_or(format!("{a} needs a value"));
+                match a.as_str() {
+                    "--model" => model = Some(value()?.into()),
+                    "--prompt" => prompt = Some(value()?.clone()),
+                    s => return Err(format!("tokenize: unknown argument '{s}' (see --help)")),
+                }
+            }
+            return Ok(Command::Tokenize {
+                model: model.ok_or("tokenize: --model DIR is required")?,
+                prompt: prompt.ok_or("tokenize: --prompt TEXT is required")?,
+            });
         }
         Some("decode") => {
             let (mut vae, mut latents, mut out, mut save_tensor) = (None, None, None, None);

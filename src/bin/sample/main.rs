@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Ok(Command::Convert { input, output }) => convert(&input, &output),
         Ok(Command::Info { model, batch, ops }) => info(&model_dir(model.as_deref()), batch, ops),
         Ok(Command::Sample(a)) => run(&a),
+        Ok(Command::Tokenize { model, prompt }) => tokenize(&model, &prompt),
         Ok(Command::Decode {
             vae,
             latents,
@@ -54,6 +55,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sample tokenize`: the padded ids as one JSON array on stdout.
+fn tokenize(dir: &Path, prompt: &str) -> Result<(), String> {
+    let tokenizer = tinydiffusion::text::ClipTokenizer::from_dir(dir).map_err(|e| e.to_string())?;
+    let ids = tokenizer.encode(prompt);
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    println!("[{}]", list.join(", "));
+    Ok(())
 }
 
 /// The default model: `weights/` in the working directory, else the one beside the sources.
