@@ -1923,6 +1923,9 @@ fn bad_text_encoder_arguments() {
                 ..
             })
         ),
+    ];
+    run_table(rows);
+}
 
 /// A tiny CLIP-style tokenizer: enough symbols for `ab` to merge.
 const TOK_VOCAB: &str = r#"{"a": 0, "b": 1, "a</w>": 2, "b</w>": 3, "ab</w>": 4, "!": 5,
