@@ -127,17 +127,17 @@ fn build(name: &str, evals: usize, base: &SchedulerConfig) -> Result<Sampler, St
         other => {
             let spec =
                 SamplerSpec::named(other).ok_or_else(|| format!("unknown sampler {other}"))?;
+            // A step count the scheduler refuses (PNDM's warm-up needs 4) is skipped.
+            let mut refusal = None;
             for steps in (1..=evals).rev() {
-                let sampler = spec
-                    .clone()
-                    .steps(steps)
-                    .build(base)
-                    .map_err(|e| e.to_string())?;
-                if sampler.model_evaluations() <= evals {
-                    return Ok(sampler);
+                match spec.steps(steps).build(base) {
+                    Ok(sampler) if sampler.model_evaluations() <= evals => return Ok(sampler),
+                    Ok(_) => {}
+                    Err(e) => refusal = Some(e.to_string()),
                 }
             }
-            return Err(format!("{other}: no step count fits {evals} evaluations"));
+            let why = refusal.map(|e| format!(" ({e})")).unwrap_or_default();
+            return Err(format!("no step count fits {evals} evaluations{why}"));
         }
     };
     spec.build(base).map_err(|e| e.to_string())
@@ -234,10 +234,20 @@ fn run() -> Result<(), String> {
         let _ = write!(table, "---:|---:|---:|");
     }
     let _ = writeln!(table);
+    // The cells that got samples (and a grid).
+    let mut filled: Vec<(&str, usize)> = Vec::new();
     for name in &a.samplers {
         let _ = write!(table, "| {} |", label(name));
         for &e in &a.evals {
-            let sampler = build(name, e, &base)?;
+            let sampler = match build(name, e, &base) {
+                Ok(sampler) => sampler,
+                // A cell the sampler cannot fill is marked, not fatal to the whole table.
+                Err(why) => {
+                    eprintln!("{name:>9} {e:>3} evals: n/a: {why}");
+                    let _ = write!(table, " n/a | n/a | - |");
+                    continue;
+                }
+            };
             // Network evaluations: guidance runs the model twice per evaluation.
             let nfe = sampler.model_evaluations() * if guidance.is_some() { 2 } else { 1 };
             let mut ws = vec![0.0f32; sampler.workspace_len(&model, a.batch, guidance.is_some())];
@@ -273,6 +283,7 @@ fn run() -> Result<(), String> {
             let shown = a.images.min(100);
             let grid = a.out.join(format!("grid-{name}-{e}.png"));
             write_png_grid(&grid, &images[..shown * h * w], shown, 1, h, w, 10).map_err(s)?;
+            filled.push((name.as_str(), e));
             eprintln!(
                 "{name:>9} {e:>3} evals (NFE {nfe}): FD {fd:.3}, class {class_ok}, {:.1}s",
                 t.elapsed().as_secs_f64()
@@ -298,7 +309,11 @@ fn run() -> Result<(), String> {
         let _ = write!(grids, "| {} |", label(name));
         for e in &a.evals {
             let path = a.out.join(format!("grid-{name}-{e}.png"));
-            let _ = write!(grids, " ![{name} {e}]({}) |", path.display());
+            if filled.contains(&(name.as_str(), *e)) {
+                let _ = write!(grids, " ![{name} {e}]({}) |", path.display());
+            } else {
+                grids.push_str(" n/a |");
+            }
         }
         grids.push('\n');
     }
