@@ -95,6 +95,7 @@ impl Decoder {
             identity_class_embedding: false,
             time_fourier: false,
             norm_groups_null: false,
+            dropout: 0.0,
         };
         let net = Model::assemble(
             shapes,
