@@ -143,6 +143,11 @@ impl Decoder {
         &self.net
     }
 
+    /// The net, to choose its kernels ([`Model::set_kernels`]) or threads.
+    pub fn net_mut(&mut self) -> &mut Model {
+        &mut self.net
+    }
+
     /// Learned parameters (with the codebook).
     pub fn parameters(&self) -> usize {
         self.net.parameters()

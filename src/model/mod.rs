@@ -41,7 +41,7 @@ pub use ops::{
     InputOp, LinearOp, Op, OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 pub use ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-pub use ops::{GegluOp, LayerNormOp, TokenEmbeddingOp};
+pub use ops::{GegluOp, LayerNormOp, TokenEmbeddingOp, KINDS};
 pub use text_encoder::TextEncoder;
 pub use text_encoder_config::TextEncoderConfig;
 
