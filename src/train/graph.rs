@@ -49,6 +49,8 @@ pub struct TrainGraph {
     in_shape: (usize, usize, usize),
     out_channels: usize,
     class_conditional: bool,
+    /// `class_embed_type: "identity"`: the width of the class embedding each sample is given.
+    class_embedding_dim: Option<usize>,
     /// Floats per sample of the largest tensor read concatenated with itself (0: none).
     self_concat_len: usize,
     /// The config's `dropout` probability.
@@ -133,12 +135,6 @@ impl TrainGraph {
     /// The training graph of a described model ([`crate::model::describe_config`], or
     /// [`crate::model::describe_weights`] to take the parameter names a weights file uses).
     pub fn new(model: &ModelDescription) -> Result<TrainGraph> {
-        if model.ops.iter().any(|op| matches!(op, Op::ClassVector(_))) {
-            return Err(crate::error::unsupported(
-                "class_embed_type",
-                "identity: the trainer takes integer class labels, not class embeddings",
-            ));
-        }
         let ops = model.ops.clone();
         let tensors = model.tensors.clone();
         let n_ops = ops.len();
@@ -232,6 +228,8 @@ impl TrainGraph {
             in_shape: model.input_shape(),
             out_channels: model.output_shape().0,
             class_conditional: model.config.num_class_embeds.is_some(),
+            class_embedding_dim: (model.config.identity_class_embedding)
+                .then_some(model.config.time_embed_dim),
             dropout_p,
             dropout_sites,
             is_dropout_site,
@@ -319,6 +317,12 @@ impl TrainGraph {
         self.class_conditional
     }
 
+    /// `class_embed_type: "identity"`: the floats of the class embedding each sample takes
+    /// ([`TrainGraph::forward_with_class_embeddings`]).
+    pub fn class_embedding_dim(&self) -> Option<usize> {
+        self.class_embedding_dim
+    }
+
     pub fn tensors(&self) -> &[TensorSpec] {
         &self.tensors
     }
@@ -382,8 +386,40 @@ impl TrainGraph {
         x: &[f32],
         t: &[f32],
         labels: Option<&[i64]>,
+        class_embeddings: Option<&[f32]>,
     ) -> Result<()> {
         let b = ws.batch;
+        match (self.class_embedding_dim, class_embeddings) {
+            (Some(e), Some(v)) if v.len() == b * e => {
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(crate::error::invalid_arg(
+                        "class embeddings",
+                        "must be finite",
+                    ));
+                }
+            }
+            (Some(e), Some(v)) => {
+                return Err(Error::BufferSize {
+                    what: "class embeddings [batch, time_embed_dim]",
+                    expected: b * e,
+                    found: v.len(),
+                })
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(crate::error::invalid_arg(
+                    "class embeddings",
+                    "class_embed_type \"identity\": give one time_embed_dim vector per sample \
+                     (TrainGraph::forward_with_class_embeddings)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(crate::error::invalid_arg(
+                    "class embeddings",
+                    "only a class_embed_type \"identity\" model takes them",
+                ))
+            }
+        }
         if x.len() != b * self.input_len() {
             return Err(Error::BufferSize {
                 what: "training input",
@@ -433,7 +469,38 @@ impl TrainGraph {
         labels: Option<&[i64]>,
         dropout: Dropout,
     ) -> Result<()> {
-        self.check(ws, x, t, labels)?;
+        self.forward_impl(params, ws, x, t, labels, None, dropout)
+    }
+
+    /// [`TrainGraph::forward_with_dropout`] of a `class_embed_type: "identity"` model:
+    /// `class_embeddings` are diffusers' float `class_labels`, `[batch, time_embed_dim]`, added
+    /// to the time embedding. They are inputs: no gradient flows into them, and the time
+    /// embedding's gradient flows through the sum unchanged.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_class_embeddings(
+        &self,
+        params: &[f32],
+        ws: &mut TrainWorkspace,
+        x: &[f32],
+        t: &[f32],
+        class_embeddings: &[f32],
+        dropout: Dropout,
+    ) -> Result<()> {
+        self.forward_impl(params, ws, x, t, None, Some(class_embeddings), dropout)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_impl(
+        &self,
+        params: &[f32],
+        ws: &mut TrainWorkspace,
+        x: &[f32],
+        t: &[f32],
+        labels: Option<&[i64]>,
+        class_embeddings: Option<&[f32]>,
+        dropout: Dropout,
+    ) -> Result<()> {
+        self.check(ws, x, t, labels, class_embeddings)?;
         ws.dropout_on = false;
         ws.dropout_on = self.set_dropout_masks(ws, dropout)?;
         ws.timesteps.copy_from_slice(t);
@@ -455,6 +522,7 @@ impl TrainGraph {
             x,
             t,
             labels: labels.unwrap_or(&[]),
+            class_embeddings: class_embeddings.unwrap_or(&[]),
             dropout_on: *dropout_on,
         };
         walk(&self.ops, &mut fwd)
@@ -586,12 +654,14 @@ impl TrainGraph {
                     )?;
                     activation::backward(a(si.input), d_out, d_in);
                 }
-                // TrainGraph::new refuses a model with it.
-                Op::ClassVector(_) => {
-                    return Err(crate::model::backend::unsupported_op(
-                        "train",
-                        "class_vector",
-                    ))
+                // `out = in + embedding`: the gradient passes to the time embedding unchanged
+                // (the embeddings are inputs).
+                Op::ClassVector(o) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(o.input, batch), self.grad(o.out, batch)],
+                    )?;
+                    embedding::class_vector_backward(d_out, d_in);
                 }
                 // Only decoders and the text encoder emit these; the trainer builds UNets (its
                 // forward refuses them too).
@@ -832,6 +902,8 @@ struct TrainForward<'a> {
     x: &'a [f32],
     t: &'a [f32],
     labels: &'a [i64],
+    /// `[batch, dim]` class embeddings (`class_embed_type: "identity"`; else empty).
+    class_embeddings: &'a [f32],
     /// Apply the dropout masks (saved values of the site ops).
     dropout_on: bool,
 }
@@ -1088,11 +1160,10 @@ impl Backend for TrainForward<'_> {
         Ok(())
     }
 
-    fn class_vector(&mut self, _: usize, _: &ClassVectorOp) -> Result<()> {
-        Err(crate::model::backend::unsupported_op(
-            "train",
-            "class_vector",
-        ))
+    fn class_vector(&mut self, _: usize, op: &ClassVectorOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        embedding::class_vector_forward(input, self.class_embeddings, out);
+        Ok(())
     }
 
     fn timestep_divide(&mut self, _: usize, op: &TimestepDivideOp) -> Result<()> {

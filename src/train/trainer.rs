@@ -326,6 +326,13 @@ impl Trainer {
                 }
             }
         }
+        if config.identity_class_embedding {
+            return Err(crate::error::unsupported(
+                "class_embed_type",
+                "identity: the Trainer's datasets carry integer labels, not class embeddings \
+                 (TrainGraph::forward_with_class_embeddings trains such a model)",
+            ));
+        }
         let learned = config.out_channels == 2 * c;
         if let LossKind::Hybrid { .. } = opts.loss {
             if !learned {
