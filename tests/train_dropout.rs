@@ -409,3 +409,37 @@ fn trainer_applies_dropout_and_resumes_with_the_same_masks() {
     assert!(c.params() == d.params(), "params differ after resume");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// Every UNet2DModel family builds its dropout sites: one per `ResnetBlock2D` (each has one
+/// `conv2`), including the NCSN++ skip blocks' FIR resnets and the resnet samplers.
+#[test]
+fn every_family_has_one_dropout_site_per_resnet() {
+    for dir in [
+        "tiny-rgb16",
+        "tiny-class16",
+        "unet-a/iddpm8",
+        "unet-a/learned8",
+        "unet-a/gelu8",
+        "unet-a/relu8",
+        "unet-a/classts8",
+        "ncsnpp/tiny-ncsnpp8",
+        "unet-c/cm/unet",
+        "unet-c/ve/unet",
+        "unet-c/nomid8",
+        "unet-c/identity8",
+        "extra/options-c",
+    ] {
+        let config = config(dir, Some(0.1));
+        let graph = TrainGraph::new(&describe_config(&config).unwrap())
+            .unwrap_or_else(|e| panic!("{dir}: {e}"));
+        let resnets = (graph.params.specs().iter())
+            .filter(|s| s.name.ends_with(".conv2.weight"))
+            .count();
+        assert!(resnets > 0, "{dir}");
+        assert_eq!(graph.dropout_sites().len(), resnets, "{dir}");
+        for site in graph.dropout_sites() {
+            let (c, h, w) = graph.dropout_site_shape(site);
+            assert!(c * h * w > 0, "{dir}: {}", site.resnet);
+        }
+    }
+}
