@@ -342,6 +342,19 @@ fn bad_dropout_values_and_masks_are_typed_errors() {
             c * h * w
         })
         .sum();
+    // A model without dropout takes no masks.
+    let zero =
+        TrainGraph::new(&describe_config(&config("dropout/plain-drop8", Some(0.0))).unwrap())
+            .unwrap();
+    let mut ws0 = zero.workspace(1);
+    let masks = Dropout::Masks(&[1.0; 4]);
+    assert!(matches!(
+        zero.forward_with_dropout(&params, &mut ws0, &x, &[1.0], None, masks),
+        Err(Error::BufferSize {
+            what: "dropout masks",
+            ..
+        })
+    ));
     let mut flags = vec![1.0; total];
     flags[5] = 0.5;
     match run(&mut ws, &flags) {

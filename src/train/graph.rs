@@ -252,12 +252,11 @@ impl TrainGraph {
     /// Fills every site's mask for `dropout` into the workspace; returns whether the forward
     /// pass applies them.
     fn set_dropout_masks(&self, ws: &mut TrainWorkspace, dropout: Dropout) -> Result<bool> {
-        if self.dropout_sites.is_empty() {
-            return Ok(false);
-        }
         let batch = ws.batch;
         match dropout {
             Dropout::Off => Ok(false),
+            // Nothing to draw (`dropout` 0): exactly the undropped numbers.
+            Dropout::Seeded { .. } if self.dropout_sites.is_empty() => Ok(false),
             Dropout::Seeded { seed, step } => {
                 let mut draws = Stream::new(seed, Purpose::Dropout, step);
                 for site in &self.dropout_sites {
@@ -290,7 +289,7 @@ impl TrainGraph {
                     dropout::from_flags(self.dropout_p, &flags[at..at + l], mask);
                     at += l;
                 }
-                Ok(true)
+                Ok(!self.dropout_sites.is_empty())
             }
         }
     }
