@@ -834,3 +834,46 @@ fn resnet_activations_mish_gelu_relu() {
         check(name, &theta, &["x"], fwd, bwd);
     }
 }
+
+#[test]
+fn class_vector_identity_embedding() {
+    use tinydiffusion::train::layers::embedding as emb;
+    // The embeddings are inputs (no gradient); the time embedding's passes through.
+    let (input, vectors) = (randn(21, 24, 1.0), randn(22, 24, 1.0));
+    let theta = vec![input];
+    let fwd = |t: &[Vec<f32>]| {
+        let mut o = vec![0.0; t[0].len()];
+        emb::class_vector_forward(&t[0], &vectors, &mut o);
+        o
+    };
+    let bwd = |t: &[Vec<f32>], d: &[f32]| {
+        let mut g = vec![0.0; t[0].len()];
+        emb::class_vector_backward(d, &mut g);
+        vec![g]
+    };
+    check("class_vector", &theta, &["temb"], fwd, bwd);
+}
+
+#[test]
+fn dropout_fixed_mask() {
+    use tinydiffusion::train::layers::dropout;
+    let x = randn(23, 64, 1.0);
+    let mut draws = Stream::new(4, Purpose::Dropout, 0);
+    let mut mask = vec![0.0; x.len()];
+    dropout::draw(0.3, &mut draws, &mut mask);
+    let kept = mask.iter().filter(|&&m| m != 0.0).count();
+    assert!(kept > 0 && kept < mask.len());
+    assert!(mask.iter().all(|&m| m == 0.0 || m == 1.0 / 0.7));
+    let theta = vec![x];
+    let fwd = |t: &[Vec<f32>]| {
+        let mut o = t[0].clone();
+        dropout::forward(&mask, &mut o);
+        o
+    };
+    let bwd = |_: &[Vec<f32>], d: &[f32]| {
+        let mut g = d.to_vec();
+        dropout::backward(&mask, &mut g);
+        vec![g]
+    };
+    check("dropout", &theta, &["x"], fwd, bwd);
+}

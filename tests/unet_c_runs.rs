@@ -251,14 +251,100 @@ fn identity_class_embeddings_match_diffusers() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// The trainer's forward and backward of `class_embed_type: "identity"` (float class
+/// embeddings added to the time embedding) against PyTorch float64 autograd
+/// (`tests/tools/make_identity_grad_fixture.py`): loss and every parameter's gradient within
+/// 1e-3 relative L2. The `Trainer` (integer-labelled datasets) refuses the model by name.
 #[cfg(feature = "train")]
 #[test]
-fn trainer_refuses_identity_class_embeddings() {
+fn trainer_gradients_with_identity_class_embeddings_match_pytorch() {
     use tinydiffusion::model::describe_config;
-    use tinydiffusion::train::TrainGraph;
-    let model = Model::load(fixtures_dir().join("unet-c/identity8")).unwrap();
-    let err = TrainGraph::new(&describe_config(&model.config).unwrap())
-        .err()
+    use tinydiffusion::schedule::{PredictionType, SchedulerConfig};
+    use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, NoiseSchedule};
+    use tinydiffusion::train::{Dropout, TrainGraph};
+    let dir = fixtures_dir().join("unet-c/identity8");
+    let model = Model::load(&dir).unwrap();
+    let graph = TrainGraph::new(&describe_config(&model.config).unwrap()).unwrap();
+    assert_eq!(
+        graph.class_embedding_dim(),
+        Some(model.config.time_embed_dim)
+    );
+    let table = &graph.params;
+    let mut params = vec![0.0f32; table.buffer_len()];
+    let weights = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    table.read_safetensors(&weights, "", &mut params).unwrap();
+    let g = TensorFile::open(dir.join("grad.safetensors"));
+    let (x0, eps, x_t, emb) = (
+        g.f32s("x0"),
+        g.f32s("eps"),
+        g.f32s("x_t"),
+        g.f32s("class_embeddings"),
+    );
+    let t: Vec<usize> = g.i64s("t").iter().map(|&v| v as usize).collect();
+    let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+    let mut ws = graph.workspace(t.len());
+    // Labels or no embeddings are typed errors naming the argument.
+    let no_emb = graph
+        .forward(&params, &mut ws, &x_t, &tf, None)
+        .unwrap_err();
+    assert!(format!("{no_emb}").contains("class embeddings"), "{no_emb}");
+    let short = graph
+        .forward_with_class_embeddings(&params, &mut ws, &x_t, &tf, &emb[..3], Dropout::Off)
+        .unwrap_err();
+    assert!(format!("{short}").contains("class embeddings"), "{short}");
+    graph
+        .forward_with_class_embeddings(&params, &mut ws, &x_t, &tf, &emb, Dropout::Off)
         .unwrap();
+    let sched = NoiseSchedule::new(&SchedulerConfig::ddpm_default()).unwrap();
+    let (c, h, w) = model.input_shape();
+    let b = Batch {
+        channels: c,
+        pixels: h * w,
+        x0: &x0,
+        eps: &eps,
+        x_t: &x_t,
+        timesteps: &t,
+    };
+    let out = ws.out.clone();
+    let simple = (LossKind::Simple, PredictionType::Epsilon);
+    let loss = loss_and_grad(simple.0, simple.1, &sched, &b, &out, &mut ws.d_out).unwrap();
+    let want = g.f64s("loss")[0];
+    let loss_err = (loss.total - want).abs() / want.abs();
+    println!("identity8 loss {} vs {want} ({loss_err:.1e})", loss.total);
+    assert!(loss_err <= 1e-4);
+    let mut grads = vec![0.0f32; table.buffer_len()];
+    graph.backward(&params, &mut grads, &mut ws, None).unwrap();
+    let mut worst = (0.0f64, String::new());
+    for spec in table.specs() {
+        let expected = g.f64s(&format!("param.{}", spec.name));
+        if expected.iter().map(|v| v * v).sum::<f64>().sqrt() < 1e-8 {
+            continue;
+        }
+        let err = rel_l2(&table.export(spec, &grads), &expected);
+        assert!(err <= 1e-3, "{}: {err:.2e}", spec.name);
+        if err > worst.0 {
+            worst = (err, spec.name.clone());
+        }
+    }
+    println!("identity8 gradients: worst {:.2e} ({})", worst.0, worst.1);
+    let n_params = g.names().iter().filter(|n| n.starts_with("param.")).count();
+    assert_eq!(n_params, table.specs().len());
+
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let data = tinydiffusion::train::data::Dataset {
+        channels: c,
+        height: h,
+        width: w,
+        images: vec![0.0; c * h * w],
+        labels: None,
+    };
+    let err = tinydiffusion::train::Trainer::new(
+        &config,
+        tinydiffusion::train::trainer::Init::Seeded(1),
+        data,
+        Default::default(),
+    )
+    .err()
+    .unwrap();
     assert!(format!("{err}").contains("class_embed_type"), "{err}");
 }

@@ -115,6 +115,10 @@ pub struct UNetConfig {
     /// `norm_num_groups: null`: the mid block and `conv_norm_out` take `min(channels / 4, 32)`
     /// groups (only the skip blocks, which choose their own groups, allow it).
     pub norm_groups_null: bool,
+    /// `dropout`: the probability each `ResnetBlock2D` zeroes an input of its `conv2` while
+    /// training (`nn.Dropout` after `norm2` and the activation). Identity at inference; the
+    /// trainer applies it ([`crate::train::TrainGraph`]).
+    pub dropout: f32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -247,6 +251,7 @@ impl UNetConfig {
         let mut identity_class = false;
         let mut time_fourier = false;
         let mut norm_groups_null = false;
+        let mut dropout = 0.0f32;
 
         for (key, v) in obj {
             let k = key.as_str();
@@ -395,9 +400,13 @@ impl UNetConfig {
                         _ => return Err(unsupported(k, v)),
                     }
                 }
-                // Training-only or unused by the positional embedding.
+                // Training-only: `nn.Dropout` itself refuses a probability outside 0..=1.
                 "dropout" => {
-                    as_f64(k, v)?;
+                    let p = as_f64(k, v)?;
+                    if !(0.0..=1.0).contains(&p) {
+                        return Err(bad(k, alloc::format!("{p} is not a probability (0..=1)")));
+                    }
+                    dropout = p as f32;
                 }
                 // Only the learned time embedding uses it (checked there).
                 "num_train_timesteps" => num_train_timesteps = Some(v.clone()),
@@ -469,6 +478,7 @@ impl UNetConfig {
             identity_class_embedding: identity_class,
             time_fourier,
             norm_groups_null,
+            dropout,
             scale_shift,
             resnet_downsample,
             resnet_upsample,

@@ -95,6 +95,7 @@ impl Decoder {
             identity_class_embedding: false,
             time_fourier: false,
             norm_groups_null: false,
+            dropout: 0.0,
         };
         let net = Model::assemble(
             shapes,
@@ -140,6 +141,11 @@ impl Decoder {
     /// The decoder's op list, taps and memory plan, as a [`Model`] (for inspection and tests).
     pub fn net(&self) -> &Model {
         &self.net
+    }
+
+    /// The net, to choose its kernels ([`Model::set_kernels`]) or threads.
+    pub fn net_mut(&mut self) -> &mut Model {
+        &mut self.net
     }
 
     /// Learned parameters (with the codebook).

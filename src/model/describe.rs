@@ -11,6 +11,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use super::description::DropoutSite;
 use super::ops::{
     Activation, ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp,
 };
@@ -30,6 +31,8 @@ pub struct Described {
     pub ops: Vec<Op>,
     pub taps: Vec<Tap>,
     pub parameters: usize,
+    /// Every `ResnetBlock2D`'s `conv2`, where training applies the `dropout` of its input.
+    pub dropout_sites: Vec<DropoutSite>,
 }
 
 /// A feature map in the walk: which tensor, and its (channels, height, width).
@@ -67,6 +70,7 @@ struct Builder<'a> {
     ops: Vec<Op>,
     taps: Vec<Tap>,
     parameters: usize,
+    dropout_sites: Vec<DropoutSite>,
     /// Silu'd time embedding, `[embed_dim]` per sample.
     temb: TensorId,
 }
@@ -395,7 +399,7 @@ impl Builder<'_> {
                 }
             }
         };
-        self.conv(
+        let out = self.conv(
             &format!("{p}.conv2"),
             h,
             out_c,
@@ -406,7 +410,12 @@ impl Builder<'_> {
             None,
             Some(shortcut),
             scale,
-        )
+        )?;
+        self.dropout_sites.push(DropoutSite {
+            op: self.ops.len() - 1,
+            resnet: p.into(),
+        });
+        Ok(out)
     }
 
     /// diffusers' `Attention` with a residual connection, as used by the Attn*Block2D blocks and
@@ -605,7 +614,7 @@ impl Builder<'_> {
                 )?
                 .tensor(),
         };
-        self.conv(
+        let out = self.conv(
             &format!("{p}.conv2"),
             h,
             out_c,
@@ -616,7 +625,12 @@ impl Builder<'_> {
             None,
             Some(shortcut),
             scale,
-        )
+        )?;
+        self.dropout_sites.push(DropoutSite {
+            op: self.ops.len() - 1,
+            resnet: p.into(),
+        });
+        Ok(out)
     }
 
     /// `SkipDownBlock2D` / `AttnSkipDownBlock2D` `i`: returns the features and the running
@@ -750,6 +764,7 @@ pub fn describe(
         ops: Vec::new(),
         taps: Vec::new(),
         parameters: 0,
+        dropout_sites: Vec::new(),
         temb: 0,
     };
     let boc = &cfg.block_out_channels;
@@ -1074,5 +1089,6 @@ pub fn describe(
         ops: b.ops,
         taps: b.taps,
         parameters: b.parameters,
+        dropout_sites: b.dropout_sites,
     })
 }

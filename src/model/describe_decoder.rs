@@ -306,6 +306,7 @@ pub fn describe_decoder(
         ops: b.ops,
         taps: b.taps,
         parameters: b.parameters,
+        dropout_sites: Vec::new(),
     })
 }
 
@@ -422,5 +423,6 @@ fn describe_tiny(
         ops: b.ops,
         taps: b.taps,
         parameters: b.parameters,
+        dropout_sites: Vec::new(),
     })
 }

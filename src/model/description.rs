@@ -7,6 +7,7 @@
 //! against a real file, so each parameter is recorded under the name that file uses (older
 //! diffusers names are accepted, as at load) and shapes are checked.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::{describe, Op, Tap, TensorSpec};
@@ -31,6 +32,17 @@ pub struct ModelDescription {
     pub weights: Vec<NamedWeight>,
     /// Number of learned scalars.
     pub parameters: usize,
+    /// Where training applies `dropout` (config [`UNetConfig::dropout`]), in op order.
+    pub dropout_sites: Vec<DropoutSite>,
+}
+
+/// One `ResnetBlock2D`'s `nn.Dropout`: it acts on the input of the op `op` (the resnet's
+/// `conv2`), which no other op reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DropoutSite {
+    pub op: usize,
+    /// The resnet's diffusers module name (`down_blocks.0.resnets.1`).
+    pub resnet: String,
 }
 
 impl ModelDescription {
@@ -60,6 +72,7 @@ fn run(config: &UNetConfig, mut loader: WeightLoader) -> Result<ModelDescription
         tensors: d.tensors,
         ops: d.ops,
         taps: d.taps,
+        dropout_sites: d.dropout_sites,
         weights: loader.finish().named,
         parameters: d.parameters,
     })

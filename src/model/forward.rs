@@ -136,6 +136,44 @@ impl Model {
         class_labels: Option<&[i64]>,
         out: &mut [f32],
     ) -> Result<()> {
+        self.check_op_range(&ops)?;
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            class_labels,
+            None,
+            out,
+            Walk::Range(ops),
+            0,
+        )
+    }
+
+    /// [`Model::forward_ops`] of a `class_embed_type: "identity"` model: its arguments are
+    /// [`Model::forward_with_class_embeddings`]'s.
+    pub fn forward_ops_with_class_embeddings(
+        &self,
+        ops: core::ops::Range<usize>,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        class_embeddings: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.check_op_range(&ops)?;
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            None,
+            Some(class_embeddings),
+            out,
+            Walk::Range(ops),
+            0,
+        )
+    }
+
+    fn check_op_range(&self, ops: &core::ops::Range<usize>) -> Result<()> {
         if ops.start > ops.end || ops.end > self.ops.len() {
             return Err(invalid_arg(
                 "ops",
@@ -147,16 +185,7 @@ impl Model {
                 ),
             ));
         }
-        self.forward_impl(
-            workspace,
-            x,
-            timesteps,
-            class_labels,
-            None,
-            out,
-            Walk::Range(ops),
-            0,
-        )
+        Ok(())
     }
 
     /// `threads`: the most threads the call may use, and the count its workspace is sized for

@@ -35,13 +35,13 @@ pub mod ops;
 pub mod text_encoder;
 pub mod text_encoder_config;
 
-pub use description::{describe_config, describe_weights, ModelDescription};
+pub use description::{describe_config, describe_weights, DropoutSite, ModelDescription};
 pub use ops::{
     AttentionOp, ClassEmbeddingOp, ConvOp, ElementwiseKind, ElementwiseOp, GroupNormOp, Input,
     InputOp, LinearOp, Op, OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 pub use ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-pub use ops::{GegluOp, LayerNormOp, TokenEmbeddingOp};
+pub use ops::{GegluOp, LayerNormOp, TokenEmbeddingOp, KINDS};
 pub use text_encoder::TextEncoder;
 pub use text_encoder_config::TextEncoderConfig;
 

@@ -392,35 +392,51 @@ pub enum Op {
     Geglu(GegluOp),
 }
 
-impl Op {
-    /// A short name of the op kind (profiles, error messages).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::Input(_) => "input",
-            Op::Sinusoid(_) => "sinusoid",
-            Op::Linear(_) => "linear",
-            Op::Silu(_) => "silu",
-            Op::ClassEmbedding(_) => "class_embedding",
-            Op::Conv(_) => "conv",
-            Op::GroupNorm(_) => "group_norm",
-            Op::Attention(_) => "attention",
-            Op::Output(_) => "output",
-            Op::ScaleShift(_) => "scale_shift",
-            Op::Resample(_) => "resample",
-            Op::Activation(_) => "activation",
-            Op::TimestepTable(_) => "timestep_table",
-            Op::ClassSinusoid(_) => "class_sinusoid",
-            Op::FourierEmbedding(_) => "fourier_embedding",
-            Op::FirResample(_) => "fir_resample",
-            Op::TimestepDivide(_) => "timestep_divide",
-            Op::Elementwise(_) => "elementwise",
-            Op::ClassVector(_) => "class_vector",
-            Op::LayerNorm(_) => "layer_norm",
-            Op::TokenEmbedding(_) => "token_embedding",
-            Op::Geglu(_) => "geglu",
-        }
-    }
+/// One table of op kinds: `Op::kind` (an exhaustive match, so a new variant must get a name
+/// here) and [`KINDS`], the list the per-op backend tests check coverage against, come from it
+/// and cannot drift apart.
+macro_rules! op_kinds {
+    ($($variant:ident => $name:literal,)*) => {
+        /// Every op kind's name ([`Op::kind`]), in the order of the `Op` variants.
+        pub const KINDS: &[&str] = &[$($name),*];
 
+        impl Op {
+            /// A short name of the op kind (profiles, error messages); one of [`KINDS`].
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Op::$variant(_) => $name,)*
+                }
+            }
+        }
+    };
+}
+
+op_kinds! {
+    Input => "input",
+    Sinusoid => "sinusoid",
+    Linear => "linear",
+    Silu => "silu",
+    ClassEmbedding => "class_embedding",
+    Conv => "conv",
+    GroupNorm => "group_norm",
+    Attention => "attention",
+    Output => "output",
+    ScaleShift => "scale_shift",
+    Resample => "resample",
+    Activation => "activation",
+    TimestepTable => "timestep_table",
+    ClassSinusoid => "class_sinusoid",
+    FourierEmbedding => "fourier_embedding",
+    FirResample => "fir_resample",
+    TimestepDivide => "timestep_divide",
+    Elementwise => "elementwise",
+    ClassVector => "class_vector",
+    LayerNorm => "layer_norm",
+    TokenEmbedding => "token_embedding",
+    Geglu => "geglu",
+}
+
+impl Op {
     /// Tensors this op reads.
     pub fn reads(&self) -> Vec<TensorId> {
         let mut r = Vec::new();
@@ -548,5 +564,22 @@ impl Op {
             }
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod kinds_tests {
+    use super::KINDS;
+
+    #[test]
+    fn kinds_are_unique_snake_case_names() {
+        for (i, k) in KINDS.iter().enumerate() {
+            assert!(!KINDS[..i].contains(k), "{k} twice");
+            assert!(
+                k.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{k} is not snake_case"
+            );
+        }
+        assert_eq!(KINDS.len(), 22);
     }
 }

@@ -219,6 +219,7 @@ pub fn describe_text_encoder(
         ops: b.ops,
         taps: b.taps,
         parameters: b.parameters,
+        dropout_sites: Vec::new(),
     })
 }
 
@@ -264,6 +265,7 @@ impl TextEncoder {
             identity_class_embedding: false,
             time_fourier: false,
             norm_groups_null: false,
+            dropout: 0.0,
         };
         let net = Model::assemble(shapes, described, loader.finish(), (1, 1), (1, 1), reuse)?;
         Ok(TextEncoder {

@@ -13,13 +13,17 @@
 
 use alloc::vec::Vec;
 
-use super::layers::{activation, attention, conv, embedding, group_norm, linear, ncsnpp, resample};
+use super::layers::{
+    activation, attention, conv, dropout, embedding, group_norm, linear, ncsnpp, resample,
+};
 use super::params::ParamTable;
+use super::rng::{Purpose, Stream};
 use crate::error::{Error, Result};
 use crate::kernels::{nchw_to_nhwc, nhwc_to_nchw, ConvShape};
 use crate::memory::{carve, MemoryPlan, Reuse};
 use crate::model::backend::{walk, Backend};
 use crate::model::forward::{activation as act_forward, timestep_index};
+use crate::model::DropoutSite;
 use crate::model::Input;
 use crate::model::{ActivationOp, ResampleMode, ResampleOp, ScaleShiftOp, TimestepTableOp};
 use crate::model::{
@@ -45,8 +49,30 @@ pub struct TrainGraph {
     in_shape: (usize, usize, usize),
     out_channels: usize,
     class_conditional: bool,
+    /// `class_embed_type: "identity"`: the width of the class embedding each sample is given.
+    class_embedding_dim: Option<usize>,
     /// Floats per sample of the largest tensor read concatenated with itself (0: none).
     self_concat_len: usize,
+    /// The config's `dropout` probability.
+    dropout_p: f32,
+    /// Where dropout acts (none when `dropout_p` is 0); each site's mask is its op's saved
+    /// values.
+    dropout_sites: Vec<DropoutSite>,
+    /// Per op: whether it is a dropout site.
+    is_dropout_site: Vec<bool>,
+}
+
+/// Which dropout masks a training forward pass applies (config `dropout`, `ResnetBlock2D`).
+#[derive(Debug, Clone, Copy)]
+pub enum Dropout<'a> {
+    /// None: diffusers' `eval()` behaviour, what inference computes.
+    Off,
+    /// Masks drawn from the run's counter-based RNG stream for `(seed, step)`.
+    Seeded { seed: u64, step: u64 },
+    /// The caller's keep flags (`1` keep, `0` drop), every site of
+    /// [`TrainGraph::dropout_sites`] in order, each `[batch, pixels, channels]` (NHWC) of the
+    /// site's input ([`TrainGraph::dropout_site_shape`]).
+    Masks(&'a [f32]),
 }
 
 /// Everything one training step touches besides the weights, allocated once per batch size.
@@ -65,6 +91,8 @@ pub struct TrainWorkspace {
     /// Without a mid block the first up resnet reads the bottom map concatenated with itself
     /// (`Input::Concat(a, a)`): the second half's gradient lands here, then is added to `a`'s.
     self_concat_grad: Vec<f32>,
+    /// Whether the last forward pass applied dropout masks (its backward then applies them).
+    dropout_on: bool,
 }
 
 impl TrainWorkspace {
@@ -107,20 +135,29 @@ impl TrainGraph {
     /// The training graph of a described model ([`crate::model::describe_config`], or
     /// [`crate::model::describe_weights`] to take the parameter names a weights file uses).
     pub fn new(model: &ModelDescription) -> Result<TrainGraph> {
-        if model.ops.iter().any(|op| matches!(op, Op::ClassVector(_))) {
-            return Err(crate::error::unsupported(
-                "class_embed_type",
-                "identity: the trainer takes integer class labels, not class embeddings",
-            ));
-        }
         let ops = model.ops.clone();
         let tensors = model.tensors.clone();
         let n_ops = ops.len();
-        // Activation plan: model tensors, then one "saved" tensor per op that has any.
+        let dropout_p = model.config.dropout;
+        let dropout_sites = if dropout_p > 0.0 {
+            model.dropout_sites.clone()
+        } else {
+            Vec::new()
+        };
+        let mut is_dropout_site = alloc::vec![false; n_ops];
+        for site in &dropout_sites {
+            dropout_site_input(&ops, site)?;
+            is_dropout_site[site.op] = true;
+        }
+        // Activation plan: model tensors, then one "saved" tensor per op that has any (a
+        // dropout site's mask: its input's length).
         let mut lens: Vec<usize> = tensors.iter().map(|t| t.len).collect();
         let mut saved = Vec::with_capacity(n_ops);
-        for op in &ops {
-            let l = saved_len(op);
+        for (i, op) in ops.iter().enumerate() {
+            let l = match op {
+                Op::Conv(c) if is_dropout_site[i] => tensors[c.input.first()].len,
+                _ => saved_len(op),
+            };
             saved.push(if l > 0 {
                 lens.push(l);
                 Some(lens.len() - 1)
@@ -191,7 +228,70 @@ impl TrainGraph {
             in_shape: model.input_shape(),
             out_channels: model.output_shape().0,
             class_conditional: model.config.num_class_embeds.is_some(),
+            class_embedding_dim: (model.config.identity_class_embedding)
+                .then_some(model.config.time_embed_dim),
+            dropout_p,
+            dropout_sites,
+            is_dropout_site,
         })
+    }
+
+    /// Where training applies dropout, in op order (empty when the config's `dropout` is 0).
+    pub fn dropout_sites(&self) -> &[DropoutSite] {
+        &self.dropout_sites
+    }
+
+    /// (channels, height, width) of a dropout site's input.
+    pub fn dropout_site_shape(&self, site: &DropoutSite) -> (usize, usize, usize) {
+        match &self.ops[site.op] {
+            Op::Conv(c) => (c.shape.in_ca, c.shape.in_h, c.shape.in_w),
+            _ => (0, 0, 0),
+        }
+    }
+
+    /// Fills every site's mask for `dropout` into the workspace; returns whether the forward
+    /// pass applies them.
+    fn set_dropout_masks(&self, ws: &mut TrainWorkspace, dropout: Dropout) -> Result<bool> {
+        let batch = ws.batch;
+        match dropout {
+            Dropout::Off => Ok(false),
+            // Nothing to draw (`dropout` 0): exactly the undropped numbers.
+            Dropout::Seeded { .. } if self.dropout_sites.is_empty() => Ok(false),
+            Dropout::Seeded { seed, step } => {
+                let mut draws = Stream::new(seed, Purpose::Dropout, step);
+                for site in &self.dropout_sites {
+                    let (s, l) = self.saved_region(site.op, batch);
+                    dropout::draw(self.dropout_p, &mut draws, &mut ws.acts[s..s + l]);
+                }
+                Ok(true)
+            }
+            Dropout::Masks(flags) => {
+                let total: usize = (self.dropout_sites.iter())
+                    .map(|site| self.saved_region(site.op, batch).1)
+                    .sum();
+                if flags.len() != total {
+                    return Err(Error::BufferSize {
+                        what: "dropout masks",
+                        expected: total,
+                        found: flags.len(),
+                    });
+                }
+                if let Some(f) = flags.iter().find(|&&f| f != 0.0 && f != 1.0) {
+                    return Err(crate::error::invalid_arg(
+                        "dropout masks",
+                        alloc::format!("keep flags are 0 or 1, found {f}"),
+                    ));
+                }
+                let mut at = 0;
+                for site in &self.dropout_sites {
+                    let (s, l) = self.saved_region(site.op, batch);
+                    let mask = &mut ws.acts[s..s + l];
+                    dropout::from_flags(self.dropout_p, &flags[at..at + l], mask);
+                    at += l;
+                }
+                Ok(!self.dropout_sites.is_empty())
+            }
+        }
     }
 
     /// Floats of activations (incl. saved values) per sample.
@@ -214,6 +314,12 @@ impl TrainGraph {
 
     pub fn class_conditional(&self) -> bool {
         self.class_conditional
+    }
+
+    /// `class_embed_type: "identity"`: the floats of the class embedding each sample takes
+    /// ([`TrainGraph::forward_with_class_embeddings`]).
+    pub fn class_embedding_dim(&self) -> Option<usize> {
+        self.class_embedding_dim
     }
 
     pub fn tensors(&self) -> &[TensorSpec] {
@@ -249,6 +355,7 @@ impl TrainGraph {
             scratch: alloc::vec![0.0; self.scratch_len()],
             timesteps: alloc::vec![0.0; batch],
             self_concat_grad: alloc::vec![0.0; batch * self.self_concat_len],
+            dropout_on: false,
         }
     }
 
@@ -278,8 +385,40 @@ impl TrainGraph {
         x: &[f32],
         t: &[f32],
         labels: Option<&[i64]>,
+        class_embeddings: Option<&[f32]>,
     ) -> Result<()> {
         let b = ws.batch;
+        match (self.class_embedding_dim, class_embeddings) {
+            (Some(e), Some(v)) if v.len() == b * e => {
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(crate::error::invalid_arg(
+                        "class embeddings",
+                        "must be finite",
+                    ));
+                }
+            }
+            (Some(e), Some(v)) => {
+                return Err(Error::BufferSize {
+                    what: "class embeddings [batch, time_embed_dim]",
+                    expected: b * e,
+                    found: v.len(),
+                })
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(crate::error::invalid_arg(
+                    "class embeddings",
+                    "class_embed_type \"identity\": give one time_embed_dim vector per sample \
+                     (TrainGraph::forward_with_class_embeddings)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(crate::error::invalid_arg(
+                    "class embeddings",
+                    "only a class_embed_type \"identity\" model takes them",
+                ))
+            }
+        }
         if x.len() != b * self.input_len() {
             return Err(Error::BufferSize {
                 what: "training input",
@@ -305,7 +444,8 @@ impl TrainGraph {
     }
 
     /// Forward pass on the f32 weights in `params` (the flat buffer of [`ParamTable`]): writes
-    /// `ws.out` (NCHW) and keeps every activation for [`TrainGraph::backward`].
+    /// `ws.out` (NCHW) and keeps every activation for [`TrainGraph::backward`]. No dropout
+    /// (what inference computes); [`TrainGraph::forward_with_dropout`] applies it.
     pub fn forward(
         &self,
         params: &[f32],
@@ -314,13 +454,61 @@ impl TrainGraph {
         t: &[f32],
         labels: Option<&[i64]>,
     ) -> Result<()> {
-        self.check(ws, x, t, labels)?;
+        self.forward_with_dropout(params, ws, x, t, labels, Dropout::Off)
+    }
+
+    /// [`TrainGraph::forward`] with the config's `dropout` applied as `dropout` says; the
+    /// following [`TrainGraph::backward`] applies the same masks.
+    pub fn forward_with_dropout(
+        &self,
+        params: &[f32],
+        ws: &mut TrainWorkspace,
+        x: &[f32],
+        t: &[f32],
+        labels: Option<&[i64]>,
+        dropout: Dropout,
+    ) -> Result<()> {
+        self.forward_impl(params, ws, x, t, labels, None, dropout)
+    }
+
+    /// [`TrainGraph::forward_with_dropout`] of a `class_embed_type: "identity"` model:
+    /// `class_embeddings` are diffusers' float `class_labels`, `[batch, time_embed_dim]`, added
+    /// to the time embedding. They are inputs: no gradient flows into them, and the time
+    /// embedding's gradient flows through the sum unchanged.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_class_embeddings(
+        &self,
+        params: &[f32],
+        ws: &mut TrainWorkspace,
+        x: &[f32],
+        t: &[f32],
+        class_embeddings: &[f32],
+        dropout: Dropout,
+    ) -> Result<()> {
+        self.forward_impl(params, ws, x, t, None, Some(class_embeddings), dropout)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_impl(
+        &self,
+        params: &[f32],
+        ws: &mut TrainWorkspace,
+        x: &[f32],
+        t: &[f32],
+        labels: Option<&[i64]>,
+        class_embeddings: Option<&[f32]>,
+        dropout: Dropout,
+    ) -> Result<()> {
+        self.check(ws, x, t, labels, class_embeddings)?;
+        ws.dropout_on = false;
+        ws.dropout_on = self.set_dropout_masks(ws, dropout)?;
         ws.timesteps.copy_from_slice(t);
         let TrainWorkspace {
             batch,
             acts,
             out,
             scratch,
+            dropout_on,
             ..
         } = ws;
         let mut fwd = TrainForward {
@@ -333,6 +521,8 @@ impl TrainGraph {
             x,
             t,
             labels: labels.unwrap_or(&[]),
+            class_embeddings: class_embeddings.unwrap_or(&[]),
+            dropout_on: *dropout_on,
         };
         walk(&self.ops, &mut fwd)
     }
@@ -430,6 +620,9 @@ impl TrainGraph {
                     for (d, g) in d_a.iter_mut().zip(d_twice.iter()) {
                         *d += g;
                     }
+                    if ws.dropout_on && self.is_dropout_site[i] {
+                        dropout::backward(saved(i), d_a);
+                    }
                 }
                 Op::Linear(l) => {
                     let [d_in, d_res, d_out] = carve(
@@ -460,12 +653,14 @@ impl TrainGraph {
                     )?;
                     activation::backward(a(si.input), d_out, d_in);
                 }
-                // TrainGraph::new refuses a model with it.
-                Op::ClassVector(_) => {
-                    return Err(crate::model::backend::unsupported_op(
-                        "train",
-                        "class_vector",
-                    ))
+                // `out = in + embedding`: the gradient passes to the time embedding unchanged
+                // (the embeddings are inputs).
+                Op::ClassVector(o) => {
+                    let [d_in, d_out] = carve(
+                        &mut ws.grads,
+                        [self.grad(o.input, batch), self.grad(o.out, batch)],
+                    )?;
+                    embedding::class_vector_backward(d_out, d_in);
                 }
                 // Only decoders and the text encoder emit these; the trainer builds UNets (its
                 // forward refuses them too).
@@ -610,6 +805,39 @@ impl TrainGraph {
     }
 }
 
+/// A dropout site's input tensor, after checking that the site is a conv reading one tensor
+/// that no other op reads (so the mask may be applied to it in place).
+fn dropout_site_input(ops: &[Op], site: &DropoutSite) -> Result<TensorId> {
+    let bad = || {
+        crate::error::invalid_arg(
+            "dropout",
+            alloc::format!(
+                "{}: conv2 does not read the activated norm2 output alone",
+                site.resnet
+            ),
+        )
+    };
+    let input = match ops.get(site.op) {
+        Some(Op::Conv(ConvOp {
+            input: Input::One(t),
+            ..
+        })) => *t,
+        _ => return Err(bad()),
+    };
+    let readers = ops.iter().filter(|op| op.reads().contains(&input)).count();
+    // Its producer's backward must not read it (it holds the dropped values after the forward).
+    let produced_by_a_norm_or_activation = ops.iter().any(|op| match op {
+        Op::GroupNorm(g) => g.out == input,
+        Op::ScaleShift(o) => o.out == input,
+        Op::Activation(o) => o.out == input,
+        _ => false,
+    });
+    if readers != 1 || !produced_by_a_norm_or_activation {
+        return Err(bad());
+    }
+    Ok(input)
+}
+
 fn heads(a: &AttentionOp, batch: usize) -> attention::Heads {
     attention::Heads {
         batch,
@@ -673,6 +901,10 @@ struct TrainForward<'a> {
     x: &'a [f32],
     t: &'a [f32],
     labels: &'a [i64],
+    /// `[batch, dim]` class embeddings (`class_embed_type: "identity"`; else empty).
+    class_embeddings: &'a [f32],
+    /// Apply the dropout masks (saved values of the site ops).
+    dropout_on: bool,
 }
 
 impl TrainForward<'_> {
@@ -746,7 +978,16 @@ impl Backend for TrainForward<'_> {
         Ok(())
     }
 
-    fn conv(&mut self, _: usize, op: &ConvOp) -> Result<()> {
+    fn conv(&mut self, at: usize, op: &ConvOp) -> Result<()> {
+        if self.dropout_on && self.graph.is_dropout_site[at] {
+            // In place on the input: only this conv reads it (checked in `TrainGraph::new`).
+            let regions = [
+                self.graph.saved_region(at, self.batch),
+                self.act(op.input.first()),
+            ];
+            let [mask, input] = carve(self.acts, regions)?;
+            dropout::forward(mask, input);
+        }
         let twice = self_concat(op.input).is_some();
         let regions = [
             self.act(op.input.first()),
@@ -918,11 +1159,10 @@ impl Backend for TrainForward<'_> {
         Ok(())
     }
 
-    fn class_vector(&mut self, _: usize, _: &ClassVectorOp) -> Result<()> {
-        Err(crate::model::backend::unsupported_op(
-            "train",
-            "class_vector",
-        ))
+    fn class_vector(&mut self, _: usize, op: &ClassVectorOp) -> Result<()> {
+        let [input, out] = carve(self.acts, [self.act(op.input), self.act(op.out)])?;
+        embedding::class_vector_forward(input, self.class_embeddings, out);
+        Ok(())
     }
 
     fn timestep_divide(&mut self, _: usize, op: &TimestepDivideOp) -> Result<()> {

@@ -41,6 +41,6 @@ pub mod quality;
 pub mod rng;
 pub mod trainer;
 
-pub use graph::{TrainGraph, TrainWorkspace};
+pub use graph::{Dropout, TrainGraph, TrainWorkspace};
 pub use params::ParamTable;
 pub use trainer::{TrainOptions, Trainer};

@@ -24,6 +24,8 @@ pub enum Purpose {
     LabelDropout = 4,
     Flip = 5,
     Init = 6,
+    /// `ResnetBlock2D` dropout masks.
+    Dropout = 7,
 }
 
 /// SplitMix64's output function: a bijective 64-bit mixer.

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::checkpoint::{self, CheckpointFiles};
 use super::data::Dataset;
-use super::graph::{TrainGraph, TrainWorkspace};
+use super::graph::{Dropout, TrainGraph, TrainWorkspace};
 use super::loss::ve_score_matching_loss_and_grad;
 use super::loss::{check_prediction, loss_and_grad, Batch, LossKind, LossValue, NoiseSchedule};
 use super::optim::{adamw_step, clip_grad_norm, ema_decay, ema_update, AdamWConfig};
@@ -326,6 +326,13 @@ impl Trainer {
                 }
             }
         }
+        if config.identity_class_embedding {
+            return Err(crate::error::unsupported(
+                "class_embed_type",
+                "identity: the Trainer's datasets carry integer labels, not class embeddings \
+                 (TrainGraph::forward_with_class_embeddings trains such a model)",
+            ));
+        }
         let learned = config.out_channels == 2 * c;
         if let LossKind::Hybrid { .. } = opts.loss {
             if !learned {
@@ -520,8 +527,19 @@ impl Trainer {
         } else {
             None
         };
-        self.graph
-            .forward(&self.params, &mut self.ws, &self.x_t, &self.t_f32, labels)?;
+        // The config's dropout, masks drawn for this step (resuming redraws the same ones).
+        let dropout = Dropout::Seeded {
+            seed: self.opts.seed,
+            step: s,
+        };
+        self.graph.forward_with_dropout(
+            &self.params,
+            &mut self.ws,
+            &self.x_t,
+            &self.t_f32,
+            labels,
+            dropout,
+        )?;
         let (c, h, w) = self.input_shape();
         let batch = Batch {
             channels: c,

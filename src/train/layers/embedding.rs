@@ -163,3 +163,19 @@ pub fn backward(
         },
     );
 }
+
+/// `class_embed_type: "identity"`: `out = input + class_embeddings` (both `[batch, dim]`; the
+/// embeddings are the caller's float class labels).
+pub fn class_vector_forward(input: &[f32], class_embeddings: &[f32], out: &mut [f32]) {
+    for ((o, x), e) in out.iter_mut().zip(input).zip(class_embeddings) {
+        *o = x + e;
+    }
+}
+
+/// Backward of [`class_vector_forward`] into the input: `d_input += d_out` (the embeddings
+/// are inputs and get no gradient).
+pub fn class_vector_backward(d_out: &[f32], d_input: &mut [f32]) {
+    for (d, g) in d_input.iter_mut().zip(d_out) {
+        *d += g;
+    }
+}

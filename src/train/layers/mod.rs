@@ -25,6 +25,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod dropout;
 pub mod embedding;
 pub mod gemm;
 pub mod group_norm;
