@@ -95,6 +95,7 @@ impl Decoder {
             identity_class_embedding: false,
             time_fourier: false,
             norm_groups_null: false,
+            cross_attention: None,
         };
         let net = Model::assemble(
             shapes,

@@ -264,6 +264,7 @@ impl TextEncoder {
             identity_class_embedding: false,
             time_fourier: false,
             norm_groups_null: false,
+            cross_attention: None,
         };
         let net = Model::assemble(shapes, described, loader.finish(), (1, 1), (1, 1), reuse)?;
         Ok(TextEncoder {
