@@ -159,3 +159,31 @@ fn conditional_unet_inputs_are_checked() {
         .unwrap_err();
     assert!(e.to_string().contains("encoder_hidden_states"), "{e}");
 }
+
+#[test]
+fn conditional_unet_loads_from_its_folder() {
+    // A plain folder (config.json + weights) builds for CLIP's 77 text tokens.
+    let model = Model::load(fixtures_dir().join("unet-cond/sd2")).unwrap();
+    let cross = model.config.cross_attention.as_ref().unwrap();
+    assert_eq!(
+        (
+            cross.text_tokens,
+            cross.cross_attention_dim,
+            cross.linear_projection
+        ),
+        (77, 24, true)
+    );
+    assert_eq!(
+        (cross.heads.as_slice(), cross.layers.as_slice()),
+        (&[2, 4][..], &[1, 2][..])
+    );
+    let (c, h, w) = model.input_shape();
+    let x = vec![0.2f32; c * h * w];
+    let ctx = vec![0.1f32; 77 * 24];
+    let mut out = vec![f32::NAN; c * h * w];
+    let mut ws = vec![0.0f32; model.workspace_len(1)];
+    model
+        .forward_conditional(&mut ws, &x, &[500.0], &ctx, &mut out)
+        .unwrap();
+    assert!(out.iter().all(|v| v.is_finite()));
+}
