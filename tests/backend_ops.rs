@@ -36,7 +36,7 @@ const MODELS: [&str; 13] = [
 
 /// Every op kind the model description has (`Op::kind`). Not listed: `geglu`, which no model
 /// emits yet (the conditional UNet will; `tests/text_ops_parity.rs` checks its kernel).
-const ALL_KINDS: [&str; 19] = [
+const ALL_KINDS: [&str; 21] = [
     "input",
     "sinusoid",
     "linear",
@@ -56,6 +56,8 @@ const ALL_KINDS: [&str; 19] = [
     "timestep_divide",
     "layer_norm",
     "token_embedding",
+    "geglu",
+    "encoder_states",
 ];
 
 /// The CLIP text encoders (token ids in): layer_norm, token_embedding, causal attention,
@@ -207,6 +209,9 @@ fn cpu_paths_match_scalar_op_by_op() {
     for name in TEXT_ENCODERS {
         covered.extend(check_text_encoder(name));
     }
+    for name in ["sd1", "sd2"] {
+        covered.extend(check_conditional_unet(name));
+    }
     let missing: Vec<_> = ALL_KINDS.iter().filter(|k| !covered.contains(*k)).collect();
     assert!(
         missing.is_empty(),
@@ -316,4 +321,90 @@ fn cuda_matches_scalar_op_by_op() {
         }
         check_ops(name, "cuda", &model, &r, 5e-3);
     }
+}
+
+/// The conditional UNets (`tests/fixtures/unet-cond`, text states in): every SIMD path, with
+/// and without Winograd, op by op against the scalar reference; returns the kinds checked.
+fn check_conditional_unet(name: &str) -> Vec<&'static str> {
+    let dir = fixtures_dir().join("unet-cond").join(name);
+    let build = |path: KernelPath, winograd: bool| {
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let mut cfg = tinydiffusion::UNetConfig::from_json(&config).unwrap();
+        cfg.cross_attention.as_mut().unwrap().text_tokens = 7;
+        let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+        let mut m = Model::new(
+            cfg,
+            tinydiffusion::weights::WeightBytes::Owned(bytes),
+            LoadOptions::default(),
+            Reuse::None,
+        )
+        .unwrap();
+        m.set_kernels(path).unwrap();
+        m.set_winograd(winograd);
+        m
+    };
+    let scalar = build(KernelPath::Scalar, false);
+    let batch = 2;
+    let (c, h, w) = scalar.input_shape();
+    let dim = scalar
+        .config
+        .cross_attention
+        .as_ref()
+        .unwrap()
+        .cross_attention_dim;
+    let wave = |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin()).collect() };
+    let (x, ctx, t) = (
+        wave(batch * c * h * w, 0.37),
+        wave(batch * 7 * dim, 0.71),
+        [37.5, 981.0],
+    );
+    let mut reference = vec![0.0f32; scalar.workspace_len(batch)];
+    let mut ref_out = vec![0.0f32; x.len()];
+    scalar
+        .forward_conditional(&mut reference, &x, &t, &ctx, &mut ref_out)
+        .unwrap();
+    let mut kinds = Vec::new();
+    for path in KernelPath::ALL {
+        if path == KernelPath::Scalar || !path.is_available() {
+            continue;
+        }
+        for winograd in [true, false] {
+            let model = build(path, winograd);
+            let mut worst = (0.0f64, "");
+            for (at, op) in model.ops().iter().enumerate() {
+                let mut ws = reference.clone();
+                ws.resize(model.workspace_len(batch), 0.0);
+                let mut out = vec![f32::NAN; ref_out.len()];
+                model
+                    .forward_ops_conditional(at..at + 1, &mut ws, &x, &t, &ctx, &mut out)
+                    .unwrap_or_else(|e| panic!("{name} [{}] op {at}: {e}", path.name()));
+                let err = match op.output() {
+                    Some(id) => {
+                        let (s, l) = model.tensor_region(id, batch);
+                        rel_l2(&ws[s..s + l], &reference[s..s + l])
+                    }
+                    None => rel_l2(&out, &ref_out),
+                };
+                assert!(
+                    err <= 2e-5,
+                    "{name} [{}] op {at} ({}): rel L2 {err:.3e} against the scalar reference",
+                    path.name(),
+                    op.kind()
+                );
+                if err > worst.0 {
+                    worst = (err, op.kind());
+                }
+                kinds.push(op.kind());
+            }
+            println!(
+                "unet-cond/{name} [{}{}]: {} ops, worst rel L2 {:.2e} ({})",
+                path.name(),
+                if winograd { "" } else { ", direct conv" },
+                model.ops().len(),
+                worst.0,
+                worst.1
+            );
+        }
+    }
+    kinds
 }

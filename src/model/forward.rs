@@ -226,6 +226,41 @@ impl Model {
         )
     }
 
+    /// [`Model::forward_ops`] of a text-conditional UNet: the ops `ops` alone, with
+    /// [`Model::forward_conditional`]'s arguments and checks (the per-op backend tests).
+    pub fn forward_ops_conditional(
+        &self,
+        ops: core::ops::Range<usize>,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        encoder_hidden_states: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        if ops.start > ops.end || ops.end > self.ops.len() {
+            return Err(invalid_arg(
+                "ops",
+                alloc::format!(
+                    "{}..{} is not a range of the {} ops",
+                    ops.start,
+                    ops.end,
+                    self.ops.len()
+                ),
+            ));
+        }
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            None,
+            None,
+            Some(encoder_hidden_states),
+            out,
+            Walk::Range(ops),
+            0,
+        )
+    }
+
     /// `threads`: the most threads the call may use, and the count its workspace is sized for
     /// (0: [`Model::threads`]).
     #[allow(clippy::too_many_arguments)]
