@@ -2472,3 +2472,16 @@ fn trainer_refuses_the_conditional_unet() {
         "{err:?}"
     );
 }
+
+/// No CUDA kernels for the transformer ops: attaching a conditional UNet to a GPU is a typed
+/// error on any machine (checked before the driver).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_refuses_the_conditional_unet() {
+    let mut model = load(&cond_config(|_| {}), cond_weights()).unwrap();
+    let err = model.to_device(tinydiffusion::Device::Cuda(0)).err();
+    assert!(
+        matches!(&err, Some(Error::UnsupportedConfig { key, .. }) if key == "op encoder_states"),
+        "{err:?}"
+    );
+}
