@@ -44,12 +44,12 @@ const DECODERS: [&str; 3] = ["latent/ldm/vqvae", "latent/kl/vae", "latent/tiny_v
 
 /// Op kinds of the library's list ([`KINDS`]) that no model emits yet, with where their kernel
 /// is checked instead. The coverage test fails once a fixture emits one: it then belongs to the
-/// op-by-op checks like every other kind.
-const NOT_EMITTED: [(&str, &str); 1] = [(
-    "geglu",
-    "the conditional UNet's feed-forward gate: its one kernel (scalar, run by every path) \
-     against diffusers in tests/text_ops_parity.rs",
-)];
+/// op-by-op checks like every other kind. (None today: the conditional UNet emits `geglu`.)
+const NOT_EMITTED: [(&str, &str); 0] = [];
+
+/// The text-conditional UNets (`tests/fixtures/unet-cond`): cross-attention, layer_norm,
+/// geglu, encoder_states.
+const CONDITIONAL_UNETS: [&str; 2] = ["sd1", "sd2"];
 
 /// The CLIP text encoders (token ids in): layer_norm, token_embedding, causal attention,
 /// quick_gelu and gelu activations.
@@ -270,6 +270,9 @@ fn cpu_paths_match_scalar_op_by_op() {
     for name in TEXT_ENCODERS {
         covered.extend(check_text_encoder(name));
     }
+    for name in CONDITIONAL_UNETS {
+        covered.extend(check_conditional_unet(name));
+    }
     if !KernelPath::ALL
         .iter()
         .any(|p| *p != KernelPath::Scalar && p.is_available())
@@ -291,6 +294,32 @@ fn emitted_kinds() -> BTreeSet<&'static str> {
     }
     for name in TEXT_ENCODERS {
         kinds.extend(load_text(name).net().ops().iter().map(|op| op.kind()));
+    }
+    for name in CONDITIONAL_UNETS {
+        let text = std::fs::read_to_string(
+            fixtures_dir()
+                .join("unet-cond")
+                .join(name)
+                .join("config.json"),
+        )
+        .unwrap();
+        let cfg = tinydiffusion::UNetConfig::from_json(&text).unwrap();
+        let model = Model::new(
+            cfg,
+            tinydiffusion::weights::WeightBytes::Owned(
+                std::fs::read(
+                    fixtures_dir()
+                        .join("unet-cond")
+                        .join(name)
+                        .join("diffusion_pytorch_model.safetensors"),
+                )
+                .unwrap(),
+            ),
+            LoadOptions::default(),
+            Reuse::None,
+        )
+        .unwrap();
+        kinds.extend(model.ops().iter().map(|op| op.kind()));
     }
     kinds
 }
@@ -403,4 +432,90 @@ fn cuda_matches_scalar_op_by_op() {
         }
         check_ops(name, "cuda", &model, &r, 5e-3);
     }
+}
+
+/// The conditional UNets (`tests/fixtures/unet-cond`, text states in): every SIMD path, with
+/// and without Winograd, op by op against the scalar reference; returns the kinds checked.
+fn check_conditional_unet(name: &str) -> Vec<&'static str> {
+    let dir = fixtures_dir().join("unet-cond").join(name);
+    let build = |path: KernelPath, winograd: bool| {
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let mut cfg = tinydiffusion::UNetConfig::from_json(&config).unwrap();
+        cfg.cross_attention.as_mut().unwrap().text_tokens = 7;
+        let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+        let mut m = Model::new(
+            cfg,
+            tinydiffusion::weights::WeightBytes::Owned(bytes),
+            LoadOptions::default(),
+            Reuse::None,
+        )
+        .unwrap();
+        m.set_kernels(path).unwrap();
+        m.set_winograd(winograd);
+        m
+    };
+    let scalar = build(KernelPath::Scalar, false);
+    let batch = 2;
+    let (c, h, w) = scalar.input_shape();
+    let dim = scalar
+        .config
+        .cross_attention
+        .as_ref()
+        .unwrap()
+        .cross_attention_dim;
+    let wave = |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin()).collect() };
+    let (x, ctx, t) = (
+        wave(batch * c * h * w, 0.37),
+        wave(batch * 7 * dim, 0.71),
+        [37.5, 981.0],
+    );
+    let mut reference = vec![0.0f32; scalar.workspace_len(batch)];
+    let mut ref_out = vec![0.0f32; x.len()];
+    scalar
+        .forward_conditional(&mut reference, &x, &t, &ctx, &mut ref_out)
+        .unwrap();
+    let mut kinds = Vec::new();
+    for path in KernelPath::ALL {
+        if path == KernelPath::Scalar || !path.is_available() {
+            continue;
+        }
+        for winograd in [true, false] {
+            let model = build(path, winograd);
+            let mut worst = (0.0f64, "");
+            for (at, op) in model.ops().iter().enumerate() {
+                let mut ws = reference.clone();
+                ws.resize(model.workspace_len(batch), 0.0);
+                let mut out = vec![f32::NAN; ref_out.len()];
+                model
+                    .forward_ops_conditional(at..at + 1, &mut ws, &x, &t, &ctx, &mut out)
+                    .unwrap_or_else(|e| panic!("{name} [{}] op {at}: {e}", path.name()));
+                let err = match op.output() {
+                    Some(id) => {
+                        let (s, l) = model.tensor_region(id, batch);
+                        rel_l2(&ws[s..s + l], &reference[s..s + l])
+                    }
+                    None => rel_l2(&out, &ref_out),
+                };
+                assert!(
+                    err <= 2e-5,
+                    "{name} [{}] op {at} ({}): rel L2 {err:.3e} against the scalar reference",
+                    path.name(),
+                    op.kind()
+                );
+                if err > worst.0 {
+                    worst = (err, op.kind());
+                }
+                kinds.push(op.kind());
+            }
+            println!(
+                "unet-cond/{name} [{}{}]: {} ops, worst rel L2 {:.2e} ({})",
+                path.name(),
+                if winograd { "" } else { ", direct conv" },
+                model.ops().len(),
+                worst.0,
+                worst.1
+            );
+        }
+    }
+    kinds
 }

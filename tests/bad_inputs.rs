@@ -2220,3 +2220,268 @@ fn bad_tokenizer_files() {
     ];
     run_table(rows);
 }
+
+/// The SD 1.x-shaped conditional UNet fixture's config with some keys changed.
+fn cond_config(f: impl FnOnce(&mut Map<String, Value>)) -> String {
+    let dir = fixtures_dir_cond();
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    f(v.as_object_mut().unwrap());
+    v.to_string()
+}
+
+fn fixtures_dir_cond() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet-cond/sd1")
+}
+
+fn cond_weights() -> Vec<u8> {
+    std::fs::read(fixtures_dir_cond().join("diffusion_pytorch_model.safetensors")).unwrap()
+}
+
+#[test]
+fn bad_conditional_unet_configs_and_weights() {
+    let cfg = |f: fn(&mut Map<String, Value>)| cond_config(f);
+    let parse = |s: String| UNetConfig::from_json(&s).map(|_| ());
+    let null_keys = [
+        "class_embed_type",
+        "num_class_embeds",
+        "addition_embed_type",
+        "addition_time_embed_dim",
+        "encoder_hid_dim",
+        "encoder_hid_dim_type",
+        "time_cond_proj_dim",
+        "projection_class_embeddings_input_dim",
+        "cross_attention_norm",
+        "reverse_transformer_layers_per_block",
+        "time_embedding_act_fn",
+        "timestep_post_act",
+        "num_attention_heads",
+    ];
+    let mut rows = vec![
+        row!("valid", || load(&cfg(|_| {}), cond_weights()), Ok(())),
+        row!(
+            "SD 1.x-shaped defaults parse",
+            || parse(r#"{"_class_name": "UNet2DConditionModel", "sample_size": 64}"#.into()),
+            Ok(())
+        ),
+        row!("UNet2DModel-only block", || parse(cfg(|o| { o.insert("down_block_types".into(), json!(["AttnDownBlock2D", "DownBlock2D"])); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "down_block_types"),
+        row!("unknown up block", || parse(cfg(|o| { o.insert("up_block_types".into(), json!(["UpBlock2D", "SimpleCrossAttnUpBlock2D"])); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "up_block_types"),
+        row!("SDXL mid block", || parse(cfg(|o| { o.insert("mid_block_type".into(), json!("UNetMidBlock2DSimpleCrossAttn")); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "mid_block_type"),
+        row!("only_cross_attention", || parse(cfg(|o| { o.insert("only_cross_attention".into(), json!(true)); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "only_cross_attention"),
+        row!("only_cross_attention per block", || parse(cfg(|o| { o.insert("only_cross_attention".into(), json!([false, true])); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "only_cross_attention"),
+        row!("dual_cross_attention", || parse(cfg(|o| { o.insert("dual_cross_attention".into(), json!(true)); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "dual_cross_attention"),
+        row!("conv_in_kernel 1", || parse(cfg(|o| { o.insert("conv_in_kernel".into(), json!(1)); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "conv_in_kernel"),
+        row!("attention_type gated", || parse(cfg(|o| { o.insert("attention_type".into(), json!("gated")); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "attention_type"),
+        row!("scale_shift", || parse(cfg(|o| { o.insert("resnet_time_scale_shift".into(), json!("scale_shift")); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "resnet_time_scale_shift"),
+        row!("act_fn gelu", || parse(cfg(|o| { o.insert("act_fn".into(), json!("gelu")); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "act_fn"),
+        row!("fourier time embedding", || parse(cfg(|o| { o.insert("time_embedding_type".into(), json!("fourier")); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "time_embedding_type"),
+        row!("null norm_num_groups", || parse(cfg(|o| { o.insert("norm_num_groups".into(), json!(null)); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "norm_num_groups"),
+        row!("unknown key", || parse(cfg(|o| { o.insert("controlnet_conditioning_channel_order".into(), json!("rgb")); })),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "controlnet_conditioning_channel_order"),
+        row!("heads do not divide channels", || parse(cfg(|o| { o.insert("attention_head_dim".into(), json!(3)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "attention_head_dim"),
+        row!("heads list of the wrong length", || parse(cfg(|o| { o.insert("attention_head_dim".into(), json!([2, 2, 2])); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "attention_head_dim"),
+        row!("zero heads", || parse(cfg(|o| { o.insert("attention_head_dim".into(), json!([0, 2])); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "attention_head_dim"),
+        row!("transformer layers list too short", || parse(cfg(|o| { o.insert("transformer_layers_per_block".into(), json!([1])); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "transformer_layers_per_block"),
+        row!("nested transformer layers (SDXL refiner style)", || parse(cfg(|o| { o.insert("transformer_layers_per_block".into(), json!([[1], [1]])); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "transformer_layers_per_block"),
+        row!("huge transformer layers", || parse(cfg(|o| { o.insert("transformer_layers_per_block".into(), json!(1u64 << 19)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "transformer_layers_per_block"),
+        row!("cross_attention_dim 0", || parse(cfg(|o| { o.insert("cross_attention_dim".into(), json!(0)); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "cross_attention_dim"),
+        row!("cross_attention_dim per block", || parse(cfg(|o| { o.insert("cross_attention_dim".into(), json!([16, 16])); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "cross_attention_dim"),
+        row!("use_linear_projection not a bool", || parse(cfg(|o| { o.insert("use_linear_projection".into(), json!("yes")); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "use_linear_projection"),
+        row!("no sample_size", || parse(cfg(|o| { o.remove("sample_size"); })),
+            Err(Error::InvalidConfig { key, .. }) if key == "sample_size"),
+        // Weights: a linear-projection config over the conv projections' file is the same
+        // product (the loader takes trailing unit dimensions, as for older attention
+        // checkpoints); a missing cross-attention key, text width unlike the weights.
+        row!(
+            "linear projection over 1x1 conv weights",
+            || load(
+                &cfg(|o| {
+                    o.insert("use_linear_projection".into(), json!(true));
+                }),
+                cond_weights()
+            ),
+            Ok(())
+        ),
+        row!(
+            "cross_attention_dim unlike the weights",
+            || load(
+                &cfg(|o| {
+                    o.insert("cross_attention_dim".into(), json!(8));
+                }),
+                cond_weights()
+            ),
+            Err(Error::ShapeMismatch { .. })
+        ),
+        row!("missing attn2.to_k", || load(&cfg(|_| {}), rewrite(&cond_weights(), |n, d, s, b| {
+                (!n.ends_with("attn2.to_k.weight")).then(|| (n.to_string(), d, s.to_vec(), b.to_vec()))
+            })),
+            Err(Error::MissingTensor { name }) if name.contains("attn2.to_k")),
+    ];
+    for key in null_keys {
+        rows.push(Row {
+            name: key,
+            run: Box::new(move || {
+                UNetConfig::from_json(&cond_config(|o| {
+                    o.insert(key.into(), json!(4));
+                }))
+                .map(|_| ())
+            }),
+            check: |r| matches!(r, Err(Error::UnsupportedConfig { .. })),
+            want: "Err(UnsupportedConfig { key })",
+        });
+    }
+    run_table(rows);
+}
+
+#[test]
+fn bad_conditional_unet_calls() {
+    let model = load(&cond_config(|_| {}), cond_weights()).unwrap();
+    let cross = model.config.cross_attention.clone().unwrap();
+    assert_eq!(cross.text_tokens, 77);
+    let (c, h, w) = model.input_shape();
+    let x = vec![0.1f32; c * h * w];
+    let ctx = vec![0.0f32; 77 * cross.cross_attention_dim];
+    let run = |x: &[f32], t: &[f32], ctx: &[f32], ws_short: bool| {
+        let mut ws = vec![0.0f32; model.workspace_len(1) - usize::from(ws_short)];
+        let mut out = vec![0.0f32; c * h * w];
+        model.forward_conditional(&mut ws, x, t, ctx, &mut out)
+    };
+    let plain = || {
+        let mut ws = vec![0.0f32; model.workspace_len(1)];
+        let mut out = vec![0.0f32; c * h * w];
+        model.forward(&mut ws, &x, &[1.0], None, &mut out)
+    };
+    let mut bad_ctx = ctx.clone();
+    bad_ctx[0] = f32::INFINITY;
+    let rows = vec![
+        row!("valid", || run(&x, &[1.0], &ctx, false), Ok(())),
+        row!(
+            "plain forward of a conditional UNet",
+            plain,
+            Err(Error::InvalidArgument {
+                what: "encoder_hidden_states",
+                ..
+            })
+        ),
+        row!("states of another token count", || run(&x, &[1.0], &ctx[..76 * cross.cross_attention_dim], false),
+            Err(Error::BufferSize { what, .. }) if what.starts_with("encoder_hidden_states")),
+        row!("empty states", || run(&x, &[1.0], &[], false),
+            Err(Error::BufferSize { what, .. }) if what.starts_with("encoder_hidden_states")),
+        row!(
+            "non-finite states",
+            || run(&x, &[1.0], &bad_ctx, false),
+            Err(Error::InvalidArgument {
+                what: "encoder_hidden_states",
+                ..
+            })
+        ),
+        row!(
+            "workspace one short",
+            || run(&x, &[1.0], &ctx, true),
+            Err(Error::BufferSize {
+                what: "workspace",
+                ..
+            })
+        ),
+        row!(
+            "timesteps of another batch",
+            || run(&x, &[1.0, 2.0, 3.0], &ctx, false),
+            Err(Error::BufferSize {
+                what: "timesteps",
+                ..
+            })
+        ),
+        row!(
+            "UNet2DModel given states",
+            || {
+                let m = load(TINY, weights()).unwrap();
+                let (c, h, w) = m.input_shape();
+                let mut ws = vec![0.0f32; m.workspace_len(1)];
+                let mut out = vec![0.0f32; c * h * w];
+                m.forward_conditional(&mut ws, &vec![0.0; c * h * w], &[1.0], &[0.0; 3], &mut out)
+            },
+            Err(Error::InvalidArgument {
+                what: "encoder_hidden_states",
+                ..
+            })
+        ),
+        row!(
+            "the sampler loop (no text states yet)",
+            || {
+                let s = Scheduler::new(SchedulerConfig::ddpm_default(), 2)?;
+                let mut ws = vec![0.0f32; sampler::workspace_len(&model, &s, 1, false)];
+                let mut out = vec![0.0f32; c * h * w];
+                sampler::sample(
+                    &model,
+                    &s,
+                    &mut ws,
+                    &SampleOptions::new(1, 1),
+                    &mut out,
+                    None,
+                )
+            },
+            Err(Error::InvalidArgument {
+                what: "encoder_hidden_states",
+                ..
+            })
+        ),
+    ];
+    run_table(rows);
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn trainer_refuses_the_conditional_unet() {
+    use tinydiffusion::train::data::Dataset;
+    use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
+    let data = Dataset {
+        channels: 4,
+        height: 8,
+        width: 8,
+        images: vec![0.0; 2 * 4 * 8 * 8],
+        labels: None,
+    };
+    let opts = TrainOptions {
+        batch: 2,
+        ..TrainOptions::default()
+    };
+    let err = Trainer::new(&cond_config(|_| {}), Init::Seeded(1), data, opts).err();
+    assert!(
+        matches!(&err, Some(Error::UnsupportedConfig { value, .. }) if value.contains("UNet2DConditionModel")),
+        "{err:?}"
+    );
+}
+
+/// No CUDA kernels for the transformer ops: attaching a conditional UNet to a GPU is a typed
+/// error on any machine (checked before the driver).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_refuses_the_conditional_unet() {
+    let mut model = load(&cond_config(|_| {}), cond_weights()).unwrap();
+    let err = model.to_device(tinydiffusion::Device::Cuda(0)).err();
+    assert!(
+        matches!(&err, Some(Error::UnsupportedConfig { key, .. }) if key == "op encoder_states"),
+        "{err:?}"
+    );
+}

@@ -4,7 +4,7 @@
 //! predictor-corrector; plain and guided), and the sigma schedulers (Euler with Karras sigmas,
 //! Euler ancestral, DPM-Solver++ order 3 with its multistep history, SDE-DPM-Solver++), and
 //! the score-SDE VE, consistency, LCM and TCD schedulers (seeded noise, plain and guided), and
-//! the CLIP text encoder's forward pass.
+//! the CLIP text encoder's forward pass, and the conditional UNet's (`forward_conditional`).
 //!
 //! This file runs without libtest's harness (`harness = false`): the harness's own threads
 //! (its "running for over 60 seconds" notice) allocate, and the count is process-wide so that
@@ -255,5 +255,44 @@ fn forward_and_sampling_allocate_nothing() {
                 "text encoder {name} ({threads} threads) allocated {n} times"
             );
         }
+    }
+
+    // The conditional UNet (cross-attention to text states).
+    for name in ["sd1", "sd2"] {
+        let dir = fixtures_dir().join("unet-cond").join(name);
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let mut cfg = tinydiffusion::UNetConfig::from_json(&config).unwrap();
+        cfg.cross_attention.as_mut().unwrap().text_tokens = 7;
+        let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+        let model = Model::new(
+            cfg,
+            tinydiffusion::weights::WeightBytes::Owned(bytes),
+            Default::default(),
+            tinydiffusion::memory::Reuse::Shared,
+        )
+        .unwrap();
+        let (c, h, w) = model.input_shape();
+        let x = vec![0.3f32; 2 * c * h * w];
+        let ctx = vec![
+            0.2f32;
+            2 * 7
+                * model
+                    .config
+                    .cross_attention
+                    .as_ref()
+                    .unwrap()
+                    .cross_attention_dim
+        ];
+        let mut out = vec![0.0f32; x.len()];
+        let mut ws = vec![0.0f32; model.workspace_len(2)];
+        model
+            .forward_conditional(&mut ws, &x, &[5.0, 900.0], &ctx, &mut out)
+            .unwrap(); // warm-up
+        let n = allocations_during(|| {
+            model
+                .forward_conditional(&mut ws, &x, &[5.0, 900.0], &ctx, &mut out)
+                .unwrap()
+        });
+        assert_eq!(n, 0, "conditional UNet {name} allocated {n} times");
     }
 }

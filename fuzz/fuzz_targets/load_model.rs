@@ -48,13 +48,24 @@ fuzz_target!(|data: &[u8]| {
     let x = vec![0.5f32; c * h * w];
     let mut out = vec![0.0f32; c_out * h * w];
     let labels = model.config.num_class_embeds.map(|_| [0i64]);
-    model
-        .forward(
+    // A text-conditional UNet takes text states instead (zeros, as many as it was built for),
+    // a class_embed_type "identity" one class embeddings.
+    let result = match &model.config.cross_attention {
+        Some(cross) => {
+            let ctx = vec![0.0f32; cross.text_tokens * cross.cross_attention_dim];
+            model.forward_conditional(&mut ws, &x, &[10.0], &ctx, &mut out)
+        }
+        None if model.config.identity_class_embedding => {
+            let embedding = vec![0.0f32; model.config.time_embed_dim];
+            model.forward_with_class_embeddings(&mut ws, &x, &[10.0], &embedding, &mut out)
+        }
+        None => model.forward(
             &mut ws,
             &x,
             &[10.0],
             labels.as_ref().map(|l| &l[..]),
             &mut out,
-        )
-        .expect("a loaded model evaluates with valid arguments");
+        ),
+    };
+    result.expect("a loaded model evaluates with valid arguments");
 });

@@ -94,6 +94,14 @@ impl CudaBackend {
     /// panic, when either is missing), compiles the kernels for the GPU's architecture and
     /// uploads the weights.
     pub fn new(model: &Model, ordinal: usize) -> Result<CudaBackend> {
+        // Checked before the driver so the refusal is the same on any machine.
+        if model.config.cross_attention.is_some() {
+            // No kernels for the transformer ops (LayerNorm, GEGLU, cross-attention) yet.
+            return Err(crate::model::backend::unsupported_op(
+                "cuda",
+                "encoder_states",
+            ));
+        }
         if !kernels::driver_available() {
             return Err(device_err(
                 "no CUDA driver found (libcuda.so could not be loaded): is this a GPU machine \

@@ -18,7 +18,7 @@ use super::ops::{
     OutputOp, SiluOp, SinusoidOp,
 };
 use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-use super::ops::{GegluOp, LayerNormOp, TokenEmbeddingOp};
+use super::ops::{EncoderStatesOp, GegluOp, LayerNormOp, TokenEmbeddingOp};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::schedule::{SampleOptions, Scheduler, StepInfo};
@@ -73,6 +73,9 @@ pub trait Backend {
     fn geglu(&mut self, _at: usize, _op: &GegluOp) -> Result<()> {
         Err(unsupported_op(self.name(), "geglu"))
     }
+    fn encoder_states(&mut self, _at: usize, _op: &EncoderStatesOp) -> Result<()> {
+        Err(unsupported_op(self.name(), "encoder_states"))
+    }
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -101,6 +104,7 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::LayerNorm(o) => backend.layer_norm(at, o),
         Op::TokenEmbedding(o) => backend.token_embedding(at, o),
         Op::Geglu(o) => backend.geglu(at, o),
+        Op::EncoderStates(o) => backend.encoder_states(at, o),
     }
 }
 

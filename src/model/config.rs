@@ -24,6 +24,9 @@ pub enum DownBlockKind {
     Skip,
     /// `AttnSkipDownBlock2D`: as [`DownBlockKind::Skip`], each resnet followed by attention.
     AttentionSkip,
+    /// `CrossAttnDownBlock2D` (`UNet2DConditionModel`): each resnet followed by a
+    /// `Transformer2DModel` attending to the text states.
+    CrossAttention,
 }
 
 /// The kinds of up block.
@@ -40,6 +43,9 @@ pub enum UpBlockKind {
     Skip,
     /// `AttnSkipUpBlock2D`: as [`UpBlockKind::Skip`], one attention block after the resnets.
     AttentionSkip,
+    /// `CrossAttnUpBlock2D` (`UNet2DConditionModel`): each resnet followed by a
+    /// `Transformer2DModel`.
+    CrossAttention,
 }
 
 impl DownBlockKind {
@@ -119,6 +125,9 @@ pub struct UNetConfig {
     /// training (`nn.Dropout` after `norm2` and the activation). Identity at inference; the
     /// trainer applies it ([`crate::train::TrainGraph`]).
     pub dropout: f32,
+    /// `UNet2DConditionModel` (text-conditional): its transformers' settings; `None` for a
+    /// `UNet2DModel`.
+    pub cross_attention: Option<super::condition_config::CrossAttentionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,14 +144,14 @@ pub struct MidBlockConfig {
 
 const FILE: &str = "config.json";
 
-fn json_err(message: impl Into<String>) -> Error {
+pub(crate) fn json_err(message: impl Into<String>) -> Error {
     Error::InvalidJson {
         file: FILE,
         message: message.into(),
     }
 }
 
-fn bad(key: &str, message: impl Into<String>) -> Error {
+pub(crate) fn bad(key: &str, message: impl Into<String>) -> Error {
     Error::InvalidConfig {
         key: key.into(),
         message: message.into(),
@@ -162,7 +171,7 @@ pub const MAX_SAMPLE_SIZE: usize = 1 << 16;
 pub const MAX_TENSOR_ELEMS: usize = (u32::MAX as usize).saturating_add(1);
 
 /// A positive integer that fits comfortably in memory arithmetic (no overflow later on).
-fn as_size(key: &str, v: &Value) -> Result<usize> {
+pub(crate) fn as_size(key: &str, v: &Value) -> Result<usize> {
     const MAX: u64 = 1 << 20;
     match v.as_u64() {
         Some(n) if (1..=MAX).contains(&n) => Ok(n as usize),
@@ -174,24 +183,24 @@ fn as_size(key: &str, v: &Value) -> Result<usize> {
     }
 }
 
-fn as_bool(key: &str, v: &Value) -> Result<bool> {
+pub(crate) fn as_bool(key: &str, v: &Value) -> Result<bool> {
     v.as_bool()
         .ok_or_else(|| bad(key, alloc::format!("expected true or false, got {v}")))
 }
 
-fn as_f64(key: &str, v: &Value) -> Result<f64> {
+pub(crate) fn as_f64(key: &str, v: &Value) -> Result<f64> {
     match v.as_f64() {
         Some(x) if x.is_finite() => Ok(x),
         _ => Err(bad(key, alloc::format!("expected a number, got {v}"))),
     }
 }
 
-fn as_str<'a>(key: &str, v: &'a Value) -> Result<&'a str> {
+pub(crate) fn as_str<'a>(key: &str, v: &'a Value) -> Result<&'a str> {
     v.as_str()
         .ok_or_else(|| bad(key, alloc::format!("expected a string, got {v}")))
 }
 
-fn as_list<'a>(key: &str, v: &'a Value) -> Result<&'a Vec<Value>> {
+pub(crate) fn as_list<'a>(key: &str, v: &'a Value) -> Result<&'a Vec<Value>> {
     v.as_array()
         .ok_or_else(|| bad(key, alloc::format!("expected a list, got {v}")))
 }
@@ -203,6 +212,9 @@ impl UNetConfig {
         let obj = root
             .as_object()
             .ok_or_else(|| json_err("top level is not an object"))?;
+        if obj.get("_class_name").and_then(Value::as_str) == Some("UNet2DConditionModel") {
+            return super::condition_config::parse_condition(obj);
+        }
 
         // diffusers' defaults for UNet2DModel.
         let mut sample_size = None;
@@ -479,6 +491,7 @@ impl UNetConfig {
             time_fourier,
             norm_groups_null,
             dropout,
+            cross_attention: None,
             scale_shift,
             resnet_downsample,
             resnet_upsample,
@@ -600,6 +613,9 @@ impl UNetConfig {
                     "{h}x{w} is not divisible by {scale}, the total downsampling factor"
                 ),
             ));
+        }
+        if let Some(cross) = &self.cross_attention {
+            cross.validate(&self.block_out_channels, self.mid_block.is_some())?;
         }
         if self.time_embed_dim == 0 || self.block_out_channels[0] < 2 {
             return Err(bad(

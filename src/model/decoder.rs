@@ -96,6 +96,7 @@ impl Decoder {
             time_fourier: false,
             norm_groups_null: false,
             dropout: 0.0,
+            cross_attention: None,
         };
         let net = Model::assemble(
             shapes,

@@ -20,6 +20,7 @@ use super::ops::{
     SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
+use super::ops::{EncoderStatesOp, GegluOp, LayerNormOp};
 use super::Tap;
 use crate::config::{ncsnpp_groups, DownBlockKind, UNetConfig, UpBlockKind};
 use crate::error::{unsupported, Result};
@@ -73,6 +74,8 @@ struct Builder<'a> {
     dropout_sites: Vec<DropoutSite>,
     /// Silu'd time embedding, `[embed_dim]` per sample.
     temb: TensorId,
+    /// A conditional UNet's text states, `[text_tokens, cross_attention_dim]` per sample.
+    context: Option<TensorId>,
 }
 
 impl Builder<'_> {
@@ -500,6 +503,182 @@ impl Builder<'_> {
     }
 }
 
+/// The `UNet2DConditionModel` pieces: `Transformer2DModel` and its `BasicTransformerBlock`s.
+impl Builder<'_> {
+    /// `nn.LayerNorm(dim)` over `rows` rows (diffusers' default eps 1e-5).
+    fn layer_norm(&mut self, p: &str, x: TensorId, rows: usize, dim: usize) -> Result<TensorId> {
+        let (gamma, beta) = self.weight_bias(p, &[dim])?;
+        let out = self.tensor(p.into(), rows * dim);
+        self.ops.push(Op::LayerNorm(LayerNormOp {
+            input: x,
+            rows,
+            dim,
+            eps: 1e-5,
+            gamma,
+            beta,
+            out,
+        }));
+        Ok(out)
+    }
+
+    /// `nn.Linear(in_f, out_f)` over `rows` rows, `{p}.weight` and (if `bias`) `{p}.bias`;
+    /// without one (the attention projections' `bias=False`) the op adds zeros.
+    #[allow(clippy::too_many_arguments)]
+    fn dense(
+        &mut self,
+        p: &str,
+        x: TensorId,
+        rows: usize,
+        in_f: usize,
+        out_f: usize,
+        bias: bool,
+        residual: Option<TensorId>,
+    ) -> Result<TensorId> {
+        let weights = if bias {
+            self.packed_bias(p, out_f, in_f, None)?
+        } else {
+            let w = self.packed(&[&format!("{p}.weight")], out_f, in_f, None)?;
+            (w, self.loader.zeros(out_f))
+        };
+        Ok(self.linear(p.into(), x, rows, in_f, out_f, weights, residual, 1.0))
+    }
+
+    /// diffusers' `Attention` inside a `BasicTransformerBlock` (`attn1`: self, `attn2`: to the
+    /// text states): `to_q/k/v` without bias, `to_out.0` with, `+ residual`.
+    #[allow(clippy::too_many_arguments)]
+    fn transformer_attention(
+        &mut self,
+        p: &str,
+        normed: TensorId,
+        tokens: usize,
+        c: usize,
+        heads: usize,
+        kv: Option<(TensorId, usize, usize)>,
+        residual: TensorId,
+    ) -> Result<TensorId> {
+        // Keys and values from the text states (rows, width) or the normed tokens.
+        let (kv_in, kv_tokens, kv_dim) = kv.unwrap_or((normed, tokens, c));
+        let v = self.dense(
+            &format!("{p}.to_v"),
+            kv_in,
+            kv_tokens,
+            kv_dim,
+            c,
+            false,
+            None,
+        )?;
+        let k = self.dense(
+            &format!("{p}.to_k"),
+            kv_in,
+            kv_tokens,
+            kv_dim,
+            c,
+            false,
+            None,
+        )?;
+        let q = self.dense(&format!("{p}.to_q"), normed, tokens, c, c, false, None)?;
+        let scratch = self.tensor(format!("{p}.scratch"), kv_tokens * c);
+        let attended = self.tensor(format!("{p}.attended"), tokens * c);
+        self.ops.push(Op::Attention(AttentionOp {
+            q,
+            k,
+            v,
+            tokens,
+            kv_tokens,
+            channels: c,
+            heads,
+            causal: false,
+            scratch,
+            out: attended,
+        }));
+        let p = format!("{p}.to_out.0");
+        self.dense(&p, attended, tokens, c, c, true, Some(residual))
+    }
+
+    /// diffusers' `Transformer2DModel` (continuous input) after a resnet of cross-attention
+    /// block `level` (down-block numbering): GroupNorm (eps 1e-6), `proj_in` (1x1 conv, or
+    /// linear with `use_linear_projection`), `BasicTransformerBlock`s (LayerNorm,
+    /// self-attention, LayerNorm, cross-attention to the text states, LayerNorm, GEGLU
+    /// feed-forward, each `+ residual`), `proj_out`, `+ the input`.
+    fn transformer(&mut self, p: &str, x: Map, level: usize) -> Result<Map> {
+        let missing = || {
+            unsupported(
+                "down_block_types",
+                "cross-attention blocks outside a UNet2DConditionModel",
+            )
+        };
+        let cross = self.cfg.cross_attention.as_ref().ok_or_else(missing)?;
+        let context = self.context.ok_or_else(missing)?;
+        let (heads, layers) = (cross.heads[level], cross.layers[level]);
+        let (text_tokens, text_dim) = (cross.text_tokens, cross.cross_attention_dim);
+        let linear_projection = cross.linear_projection;
+        let Input::One(input) = x.input else {
+            return Err(unsupported(
+                "up_block_types",
+                format!("{p}: a transformer over a skip concatenation"),
+            ));
+        };
+        let (c, tokens) = (x.channels(), x.h * x.w);
+        let (gamma, beta) = self.weight_bias(&format!("{p}.norm"), &[c])?;
+        let normed = self.tensor(format!("{p}.norm"), tokens * c);
+        self.ops.push(Op::GroupNorm(GroupNormOp {
+            input: x.input,
+            in_ca: x.ca,
+            in_cb: x.cb,
+            pixels: tokens,
+            groups: self.cfg.norm_num_groups,
+            eps: 1e-6,
+            gamma,
+            beta,
+            silu: false,
+            out: normed,
+        }));
+        // NHWC: a 1x1 conv is the same product as a linear layer over the pixel rows; only the
+        // weight's saved shape differs.
+        let project = |b: &mut Self, name: &str, from: TensorId, residual: Option<TensorId>| {
+            if linear_projection {
+                b.dense(name, from, tokens, c, c, true, residual)
+            } else {
+                let m = Map::one(from, c, x.h, x.w);
+                Ok(b.conv(name, m, c, 1, 1, 0, false, None, residual, 1.0)?
+                    .tensor())
+            }
+        };
+        let mut h = project(self, &format!("{p}.proj_in"), normed, None)?;
+        for k in 0..layers {
+            let q = format!("{p}.transformer_blocks.{k}");
+            let n1 = self.layer_norm(&format!("{q}.norm1"), h, tokens, c)?;
+            h = self.transformer_attention(&format!("{q}.attn1"), n1, tokens, c, heads, None, h)?;
+            let n2 = self.layer_norm(&format!("{q}.norm2"), h, tokens, c)?;
+            let kv = Some((context, text_tokens, text_dim));
+            h = self.transformer_attention(&format!("{q}.attn2"), n2, tokens, c, heads, kv, h)?;
+            let n3 = self.layer_norm(&format!("{q}.norm3"), h, tokens, c)?;
+            // FeedForward(dim, mult 4, "geglu"): proj to 2 x 4c, hidden * gelu(gate), 4c -> c.
+            let inner = 4 * c;
+            let proj = format!("{q}.ff.net.0.proj");
+            let gates = self.dense(&proj, n3, tokens, c, 2 * inner, true, None)?;
+            let gated = self.tensor(format!("{q}.ff.net.0"), tokens * inner);
+            self.ops.push(Op::Geglu(GegluOp {
+                input: gates,
+                rows: tokens,
+                dim: inner,
+                out: gated,
+            }));
+            h = self.dense(
+                &format!("{q}.ff.net.2"),
+                gated,
+                tokens,
+                inner,
+                c,
+                true,
+                Some(h),
+            )?;
+        }
+        let out = project(self, &format!("{p}.proj_out"), h, Some(input))?;
+        Ok(Map::one(out, c, x.h, x.w))
+    }
+}
+
 /// The output scale of every resnet and attention block of diffusers' skip blocks.
 const SKIP_BLOCK_SCALE: f64 = core::f64::consts::SQRT_2;
 
@@ -766,6 +945,7 @@ pub fn describe(
         parameters: 0,
         dropout_sites: Vec::new(),
         temb: 0,
+        context: None,
     };
     let boc = &cfg.block_out_channels;
     let levels = boc.len();
@@ -780,6 +960,13 @@ pub fn describe(
         center: cfg.center_input_sample,
         out: x_in,
     }));
+    if let Some(cross) = &cfg.cross_attention {
+        let (tokens, dim) = (cross.text_tokens, cross.cross_attention_dim);
+        let out = b.tensor("encoder_hidden_states".into(), tokens * dim);
+        b.ops
+            .push(Op::EncoderStates(EncoderStatesOp { tokens, dim, out }));
+        b.context = Some(out);
+    }
     let (c0, e) = (boc[0], cfg.time_embed_dim);
     // The embedding MLP's input: the sinusoid's c0 floats, or the Fourier projection's 2 c0.
     let t_in = if cfg.time_fourier { 2 * c0 } else { c0 };
@@ -942,6 +1129,10 @@ pub fn describe(
                 let p = format!("down_blocks.{i}.attentions.{j}");
                 h = b.attention(&p, h, Some(groups), 1.0)?;
             }
+            if *kind == DownBlockKind::CrossAttention {
+                let p = format!("down_blocks.{i}.attentions.{j}");
+                h = b.transformer(&p, h, i)?;
+            }
             skips.push(h);
         }
         let resnet_down = *kind == DownBlockKind::ResnetDownsample
@@ -985,7 +1176,9 @@ pub fn describe(
     if let Some(mid) = cfg.mid_block.as_ref().filter(|_| !cfg.norm_groups_null) {
         let c = boc[levels - 1];
         h = b.resnet("mid_block.resnets.0", h, c, mid.scale_factor, None)?;
-        if mid.add_attention {
+        if cfg.cross_attention.is_some() {
+            h = b.transformer("mid_block.attentions.0", h, levels - 1)?;
+        } else if mid.add_attention {
             h = b.attention(
                 "mid_block.attentions.0",
                 h,
@@ -1027,6 +1220,10 @@ pub fn describe(
             if *kind == UpBlockKind::Attention {
                 let p = format!("up_blocks.{i}.attentions.{j}");
                 h = b.attention(&p, h, Some(groups), 1.0)?;
+            }
+            if *kind == UpBlockKind::CrossAttention {
+                let p = format!("up_blocks.{i}.attentions.{j}");
+                h = b.transformer(&p, h, levels - 1 - i)?;
             }
         }
         let resnet_up = *kind == UpBlockKind::ResnetUpsample

@@ -10,7 +10,7 @@ use super::ops::{
     OutputOp, SiluOp, SinusoidOp, TensorId,
 };
 use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-use super::ops::{GegluOp, LayerNormOp, TokenEmbeddingOp};
+use super::ops::{EncoderStatesOp, GegluOp, LayerNormOp, TokenEmbeddingOp};
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::scalar;
@@ -31,6 +31,8 @@ struct Inputs<'a> {
     timesteps: &'a [f32],
     class_labels: Option<&'a [i64]>,
     class_embeddings: Option<&'a [f32]>,
+    /// A conditional UNet's `encoder_hidden_states`, `[batch, tokens, dim]` (else empty).
+    context: &'a [f32],
 }
 
 /// Which ops a forward call runs.
@@ -65,6 +67,7 @@ impl Model {
             timesteps,
             class_labels,
             None,
+            None,
             out,
             Walk::All,
             0,
@@ -89,10 +92,72 @@ impl Model {
             timesteps,
             None,
             Some(class_embeddings),
+            None,
             out,
             Walk::All,
             0,
         )
+    }
+
+    /// One evaluation of a text-conditional UNet (`UNet2DConditionModel`):
+    /// `out = eps_theta(x, t, encoder_hidden_states)`, arguments as [`Model::forward`] plus
+    /// `encoder_hidden_states`, `[batch, text_tokens, cross_attention_dim]` (the text
+    /// encoder's last hidden state; `text_tokens` as the model was built,
+    /// [`crate::model::condition_config::CrossAttentionConfig::text_tokens`]). Allocates
+    /// nothing; the workspace is [`Model::workspace_len`]`(batch)` as for any model. Any other
+    /// model refuses the states, and a conditional one refuses [`Model::forward`] (typed
+    /// errors naming `encoder_hidden_states`).
+    pub fn forward_conditional(
+        &self,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        encoder_hidden_states: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            None,
+            None,
+            Some(encoder_hidden_states),
+            out,
+            Walk::All,
+            0,
+        )
+    }
+
+    /// `encoder_hidden_states` against the model: given exactly when it is text-conditional,
+    /// `batch * text_tokens * cross_attention_dim` finite floats.
+    fn check_context(&self, batch: usize, context: Option<&[f32]>) -> Result<()> {
+        const WHAT: &str = "encoder_hidden_states";
+        match (&self.config.cross_attention, context) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(invalid_arg(
+                WHAT,
+                "only a text-conditional UNet (UNet2DConditionModel) takes them",
+            )),
+            (Some(_), None) => Err(invalid_arg(
+                WHAT,
+                "the model is text-conditional (UNet2DConditionModel): give [batch, tokens, \
+                 cross_attention_dim] states (Model::forward_conditional)",
+            )),
+            (Some(cross), Some(c)) => {
+                let expected = batch * cross.text_tokens * cross.cross_attention_dim;
+                if c.len() != expected {
+                    return Err(Error::BufferSize {
+                        what: "encoder_hidden_states [batch, text_tokens, cross_attention_dim]",
+                        expected,
+                        found: c.len(),
+                    });
+                }
+                if c.iter().any(|v| !v.is_finite()) {
+                    return Err(invalid_arg(WHAT, "must be finite"));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// [`Model::forward`] on at most `threads` threads (0: [`Model::threads`]), with a workspace
@@ -114,6 +179,7 @@ impl Model {
             x,
             timesteps,
             class_labels,
+            None,
             None,
             out,
             Walk::All,
@@ -143,6 +209,7 @@ impl Model {
             timesteps,
             class_labels,
             None,
+            None,
             out,
             Walk::Range(ops),
             0,
@@ -167,6 +234,7 @@ impl Model {
             timesteps,
             None,
             Some(class_embeddings),
+            None,
             out,
             Walk::Range(ops),
             0,
@@ -188,6 +256,31 @@ impl Model {
         Ok(())
     }
 
+    /// [`Model::forward_ops`] of a text-conditional UNet: the ops `ops` alone, with
+    /// [`Model::forward_conditional`]'s arguments and checks (the per-op backend tests).
+    pub fn forward_ops_conditional(
+        &self,
+        ops: core::ops::Range<usize>,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        encoder_hidden_states: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.check_op_range(&ops)?;
+        self.forward_impl(
+            workspace,
+            x,
+            timesteps,
+            None,
+            None,
+            Some(encoder_hidden_states),
+            out,
+            Walk::Range(ops),
+            0,
+        )
+    }
+
     /// `threads`: the most threads the call may use, and the count its workspace is sized for
     /// (0: [`Model::threads`]).
     #[allow(clippy::too_many_arguments)]
@@ -198,6 +291,7 @@ impl Model {
         timesteps: &[f32],
         class_labels: Option<&[i64]>,
         class_embeddings: Option<&[f32]>,
+        context: Option<&[f32]>,
         out: &mut [f32],
         walk_mode: Walk<'_>,
         threads: usize,
@@ -299,6 +393,7 @@ impl Model {
             }
             (false, None) => {}
         }
+        self.check_context(batch, context)?;
         self.execute(
             batch,
             Inputs {
@@ -307,6 +402,7 @@ impl Model {
                 timesteps,
                 class_labels,
                 class_embeddings,
+                context: context.unwrap_or(&[]),
             },
             workspace,
             out,
@@ -349,6 +445,7 @@ impl Model {
             timesteps: &[0.0],
             class_labels: None,
             class_embeddings: None,
+            context: &[],
         };
         self.execute(batch, inputs, workspace, out, walk_mode, threads)
     }
@@ -369,6 +466,7 @@ impl Model {
             timesteps,
             class_labels,
             class_embeddings,
+            context,
         } = inputs;
         let need = self.workspace_len_for_threads(batch, threads);
         if let Some(gpu) = &self.accelerator {
@@ -376,6 +474,12 @@ impl Model {
                 return Err(crate::model::backend::unsupported_op(
                     gpu.device_kind(),
                     "class_vector",
+                ));
+            }
+            if self.config.cross_attention.is_some() {
+                return Err(crate::model::backend::unsupported_op(
+                    gpu.device_kind(),
+                    "encoder_states",
                 ));
             }
             if workspace.len() < need {
@@ -433,6 +537,7 @@ impl Model {
             timesteps,
             class_labels,
             class_embeddings,
+            context,
             out,
         };
         match walk_mode {
@@ -468,6 +573,7 @@ impl Model {
             timesteps,
             class_labels,
             None,
+            None,
             out,
             Walk::Timed(op_seconds, clock),
             0,
@@ -488,6 +594,8 @@ struct CpuBackend<'a, 'e> {
     timesteps: &'a [f32],
     class_labels: Option<&'a [i64]>,
     class_embeddings: Option<&'a [f32]>,
+    /// `encoder_hidden_states` (conditional UNet only).
+    context: &'a [f32],
     out: &'a mut [f32],
 }
 
@@ -819,6 +927,18 @@ impl Backend for CpuBackend<'_, '_> {
     fn geglu(&mut self, _: usize, op: &GegluOp) -> Result<()> {
         let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
         scalar::geglu(input, op.dim, dst);
+        Ok(())
+    }
+
+    fn encoder_states(&mut self, _: usize, op: &EncoderStatesOp) -> Result<()> {
+        let (s, l) = self.region(op.out);
+        // Model::forward_conditional checked the length: batch * tokens * dim.
+        let src = self.context.get(..l).ok_or(Error::BufferSize {
+            what: "encoder_hidden_states [batch, tokens, cross_attention_dim]",
+            expected: l,
+            found: self.context.len(),
+        })?;
+        self.arena[s..s + l].copy_from_slice(src);
         Ok(())
     }
 

@@ -20,6 +20,7 @@ use crate::memory::{MemoryPlan, Reuse};
 use crate::weights::{LoadOptions, WeightBytes, WeightLoader, WeightStore};
 
 pub mod backend;
+pub mod condition_config;
 pub mod config;
 #[cfg(feature = "std")]
 pub mod convert;
@@ -41,7 +42,7 @@ pub use ops::{
     InputOp, LinearOp, Op, OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 pub use ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-pub use ops::{GegluOp, LayerNormOp, TokenEmbeddingOp, KINDS};
+pub use ops::{EncoderStatesOp, GegluOp, LayerNormOp, TokenEmbeddingOp, KINDS};
 pub use text_encoder::TextEncoder;
 pub use text_encoder_config::TextEncoderConfig;
 

@@ -364,6 +364,15 @@ pub struct GegluOp {
     pub out: TensorId,
 }
 
+/// Copies the forward pass's `encoder_hidden_states` (`[tokens, dim]` per sample, the text
+/// states a conditional UNet's cross-attention reads) into the arena.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderStatesOp {
+    pub tokens: usize,
+    pub dim: usize,
+    pub out: TensorId,
+}
+
 /// One step of the forward walk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -390,6 +399,7 @@ pub enum Op {
     LayerNorm(LayerNormOp),
     TokenEmbedding(TokenEmbeddingOp),
     Geglu(GegluOp),
+    EncoderStates(EncoderStatesOp),
 }
 
 /// One table of op kinds: `Op::kind` (an exhaustive match, so a new variant must get a name
@@ -434,6 +444,7 @@ op_kinds! {
     LayerNorm => "layer_norm",
     TokenEmbedding => "token_embedding",
     Geglu => "geglu",
+    EncoderStates => "encoder_states",
 }
 
 impl Op {
@@ -470,7 +481,7 @@ impl Op {
             Op::Elementwise(e) => input(Input::One(e.input)),
             Op::ClassVector(c) => input(Input::One(c.input)),
             Op::LayerNorm(l) => input(Input::One(l.input)),
-            Op::TokenEmbedding(_) => {}
+            Op::TokenEmbedding(_) | Op::EncoderStates(_) => {}
             Op::Geglu(g) => input(Input::One(g.input)),
         }
         r
@@ -501,6 +512,7 @@ impl Op {
             Op::LayerNorm(o) => Some(o.out),
             Op::TokenEmbedding(o) => Some(o.out),
             Op::Geglu(o) => Some(o.out),
+            Op::EncoderStates(o) => Some(o.out),
         }
     }
 
@@ -532,7 +544,7 @@ impl Op {
             Op::Elementwise(_) | Op::ClassVector(_) => Vec::new(),
             Op::LayerNorm(l) => alloc::vec![l.gamma, l.beta],
             Op::TokenEmbedding(t) => alloc::vec![t.table, t.positions],
-            Op::Geglu(_) => Vec::new(),
+            Op::Geglu(_) | Op::EncoderStates(_) => Vec::new(),
         }
     }
 

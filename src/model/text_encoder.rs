@@ -266,6 +266,7 @@ impl TextEncoder {
             time_fourier: false,
             norm_groups_null: false,
             dropout: 0.0,
+            cross_attention: None,
         };
         let net = Model::assemble(shapes, described, loader.finish(), (1, 1), (1, 1), reuse)?;
         Ok(TextEncoder {

@@ -664,7 +664,11 @@ impl TrainGraph {
                 }
                 // Only decoders and the text encoder emit these; the trainer builds UNets (its
                 // forward refuses them too).
-                Op::Elementwise(_) | Op::LayerNorm(_) | Op::TokenEmbedding(_) | Op::Geglu(_) => {
+                Op::Elementwise(_)
+                | Op::LayerNorm(_)
+                | Op::TokenEmbedding(_)
+                | Op::Geglu(_)
+                | Op::EncoderStates(_) => {
                     return Err(crate::model::backend::unsupported_op("train", op.kind()))
                 }
                 Op::ClassEmbedding(ce) => {

@@ -135,7 +135,8 @@ impl ParamTable {
                 | Op::TimestepDivide(_)
                 | Op::Elementwise(_)
                 | Op::ClassVector(_)
-                | Op::Geglu(_) => {}
+                | Op::Geglu(_)
+                | Op::EncoderStates(_) => {}
                 Op::LayerNorm(l) => {
                     kinds.push((key(l.gamma), ParamKind::NormScale));
                     kinds.push((key(l.beta), ParamKind::NormShift));

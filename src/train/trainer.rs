@@ -214,6 +214,18 @@ pub struct Trainer {
     perm_epoch: u64,
 }
 
+/// The trainer takes no text states: a `UNet2DConditionModel` is inference only here.
+fn check_unconditional(config: &UNetConfig) -> Result<()> {
+    if config.cross_attention.is_some() {
+        return Err(crate::error::unsupported(
+            "_class_name",
+            "UNet2DConditionModel: the trainer trains UNet2DModel only (text-conditional \
+             training is not implemented)",
+        ));
+    }
+    Ok(())
+}
+
 /// A sigma-conditioned (fourier, score-SDE VE) model trains with the VE denoising
 /// score-matching loss ([`super::loss::ve_score_matching_loss_and_grad`]) on log-uniform
 /// sigmas; DDPM's options (hybrid loss, v-prediction) do not apply to it.
@@ -250,6 +262,7 @@ impl Trainer {
         opts: TrainOptions,
     ) -> Result<Trainer> {
         let config = UNetConfig::from_json(config_json)?;
+        check_unconditional(&config)?;
         // Initial weights from a file: the parameters take the names that file uses (old or
         // new diffusers names), as loading it for inference would.
         let description = match init {
@@ -291,6 +304,7 @@ impl Trainer {
         step: u64,
         data: Dataset,
     ) -> Result<Trainer> {
+        check_unconditional(&config)?;
         let (c, (h, w)) = (config.in_channels, config.sample_size);
         if (data.channels, data.height, data.width) != (c, h, w) {
             return Err(invalid_arg(

@@ -184,6 +184,7 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                     DownBlockKind::ResnetDownsample => "ResnetDownsampleBlock2D",
                     DownBlockKind::Skip => "SkipDownBlock2D",
                     DownBlockKind::AttentionSkip => "AttnSkipDownBlock2D",
+                    DownBlockKind::CrossAttention => "CrossAttnDownBlock2D",
                 })
                 .collect()
         )
@@ -199,6 +200,7 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
                     UpBlockKind::ResnetUpsample => "ResnetUpsampleBlock2D",
                     UpBlockKind::Skip => "SkipUpBlock2D",
                     UpBlockKind::AttentionSkip => "AttnSkipUpBlock2D",
+                    UpBlockKind::CrossAttention => "CrossAttnUpBlock2D",
                 })
                 .collect()
         )
