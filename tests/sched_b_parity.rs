@@ -469,7 +469,7 @@ fn names_defaults_and_bad_values() {
     // Steps past what the schedule allows, sigma_max below sigma_min, TCD gamma outside [0, 1].
     let lcm = SchedulerConfig::from_json(r#"{"_class_name": "LCMScheduler"}"#).unwrap();
     assert!(SamplerSpec::new(None).steps(51).build(&lcm).is_err());
-    let tcd = lcm.clone().with_kind(SchedulerKind::Tcd);
+    let tcd = lcm.clone().with_kind(SchedulerKind::Tcd).unwrap();
     assert!(SamplerSpec::new(None).eta(1.5).build(&tcd).is_err());
     let cm =
         SchedulerConfig::from_json(r#"{"_class_name": "CMStochasticIterativeScheduler"}"#).unwrap();

@@ -360,7 +360,7 @@ fn with_kind_converts_like_from_config() {
             "set_alpha_to_one": false, "timestep_spacing": "trailing"}"#,
     )
     .unwrap();
-    let ddim = ddpm.clone().with_kind(SchedulerKind::Ddim);
+    let ddim = ddpm.clone().with_kind(SchedulerKind::Ddim).unwrap();
     assert_eq!(ddim.kind, SchedulerKind::Ddim);
     assert!(!ddim.clip_sample);
     assert_eq!(ddim.timestep_spacing, TimestepSpacing::Trailing);
@@ -370,10 +370,12 @@ fn with_kind_converts_like_from_config() {
         VarianceType::FixedSmall,
         "DDPM-only key dropped"
     );
-    let back = ddim.with_kind(SchedulerKind::Ddpm);
+    let back = ddim.with_kind(SchedulerKind::Ddpm).unwrap();
     assert!(back.set_alpha_to_one, "DDIM-only key dropped");
     assert_eq!(
-        SchedulerConfig::ddpm_default().with_kind(SchedulerKind::Ddim),
+        SchedulerConfig::ddpm_default()
+            .with_kind(SchedulerKind::Ddim)
+            .unwrap(),
         SchedulerConfig::ddim_default()
     );
 }

@@ -488,12 +488,26 @@ fn class_defaults() {
         SigmaScheduler::new(pndm.clone(), 10).unwrap().num_steps(),
         19
     );
-    // diffusers: PNDMScheduler.from_config(DDPMScheduler().config) has set_alpha_to_one false,
-    // from a DDIM config DDIM's value.
-    let from_ddpm = SchedulerConfig::ddpm_default().with_kind(SchedulerKind::Pndm);
+    // diffusers: PNDMScheduler.from_config(DDPMScheduler().config) and from DDIMScheduler()'s
+    // config have set_alpha_to_one false (defaults are not passed on); from a DDIM config that
+    // gives the key, its value.
+    let from_ddpm = SchedulerConfig::ddpm_default()
+        .with_kind(SchedulerKind::Pndm)
+        .unwrap();
     assert!(!from_ddpm.set_alpha_to_one);
-    let from_ddim = SchedulerConfig::ddim_default().with_kind(SchedulerKind::Pndm);
-    assert!(from_ddim.set_alpha_to_one);
+    let from_ddim = SchedulerConfig::ddim_default()
+        .with_kind(SchedulerKind::Pndm)
+        .unwrap();
+    assert!(!from_ddim.set_alpha_to_one);
+    let given =
+        SchedulerConfig::from_json(r#"{"_class_name": "DDIMScheduler", "set_alpha_to_one": true}"#)
+            .unwrap();
+    assert!(
+        given
+            .with_kind(SchedulerKind::Pndm)
+            .unwrap()
+            .set_alpha_to_one
+    );
     let plms = SchedulerConfig {
         skip_prk_steps: true,
         ..pndm

@@ -451,15 +451,18 @@ impl SigmaScheduler {
             let t = s.iter().map(|&x| x * t_train as f64).collect();
             (s, t)
         } else if ramp != Ramp::Interp {
-            // The ramp's ends: the training sigmas' (DPM-Solver, UniPC, DEIS, and UniPC's
-            // `sigma_min` / `sigma_max`), or the interpolated schedule's (Euler's overridable).
-            let (lo, hi) = if unipc {
+            // The ramp's ends: the training sigmas' (DPM-Solver, UniPC, DEIS), or the
+            // interpolated schedule's, unless the config holds `sigma_min` / `sigma_max`: diffusers
+            // reads them wherever present, hidden keys included (`hasattr(self.config, ...)`),
+            // but for LMS's Karras ramp.
+            let (lo, hi) = if cfg.kind == SchedulerKind::Lms && ramp == Ramp::Karras {
+                let interp_s: Vec<f64> = raw.iter().map(|&t| interp(t, &sig)).collect();
+                (interp_s[interp_s.len() - 1], interp_s[0])
+            } else if dpm {
                 (
                     cfg.sigma_min.unwrap_or(sig[0] as f64),
                     cfg.sigma_max.unwrap_or(sig[t_train - 1] as f64),
                 )
-            } else if dpm {
-                (sig[0] as f64, sig[t_train - 1] as f64)
             } else {
                 let interp_s: Vec<f64> = raw.iter().map(|&t| interp(t, &sig)).collect();
                 (
