@@ -78,6 +78,11 @@ fn with_kind_builds_what_from_config_builds() {
         ours.given = None;
         theirs.given = None;
         assert_eq!(ours, theirs, "{}: converted config", case.name);
+        // The converted scheduler saved by diffusers (hidden keys and all) reads the same.
+        let mut saved = SchedulerConfig::from_json(&case.converted_json)
+            .unwrap_or_else(|e| panic!("{}: saved config: {e}", case.name));
+        saved.given = None;
+        assert_eq!(saved, theirs, "{}: saved converted config", case.name);
         let ts = t.f64s(&format!("{}.timesteps", case.name));
         let sig_key = format!("{}.sigmas", case.name);
         if case.class.is_sigma() {
@@ -223,4 +228,117 @@ fn cli_scheduler_flag_matches_diffusers() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A key the class's `__init__` does not take is hidden in diffusers: kept in the config, never
+/// read (but the ramps' `sigma_min` / `sigma_max`). Every such key, with each of a few values,
+/// is either refused with an error naming it or changes nothing: the same timesteps, sigmas,
+/// input scaling and steps, bit for bit, as the class's defaults.
+#[test]
+fn keys_a_class_does_not_take_change_nothing() {
+    use serde_json::json;
+    use tinydiffusion::schedule::StepShape;
+    let values: Vec<(&str, Vec<serde_json::Value>)> = vec![
+        ("beta_start", vec![json!(0.002)]),
+        ("beta_end", vec![json!(0.03)]),
+        (
+            "beta_schedule",
+            vec![json!("scaled_linear"), json!("squaredcos_cap_v2")],
+        ),
+        (
+            "variance_type",
+            vec![json!("fixed_large"), json!("learned_range")],
+        ),
+        ("clip_sample", vec![json!(true), json!(false)]),
+        ("clip_sample_range", vec![json!(0.5)]),
+        (
+            "prediction_type",
+            vec![json!("v_prediction"), json!("sample")],
+        ),
+        ("thresholding", vec![json!(true)]),
+        ("dynamic_thresholding_ratio", vec![json!(0.5)]),
+        ("sample_max_value", vec![json!(0.5)]),
+        (
+            "timestep_spacing",
+            vec![json!("leading"), json!("trailing")],
+        ),
+        ("steps_offset", vec![json!(1)]),
+        ("rescale_betas_zero_snr", vec![json!(true)]),
+        ("set_alpha_to_one", vec![json!(true), json!(false)]),
+        ("use_karras_sigmas", vec![json!(true)]),
+        ("use_exponential_sigmas", vec![json!(true)]),
+        ("use_beta_sigmas", vec![json!(true)]),
+        ("use_lu_lambdas", vec![json!(true)]),
+        ("use_flow_sigmas", vec![json!(true)]),
+        ("flow_shift", vec![json!(3.0)]),
+        ("timestep_type", vec![json!("continuous")]),
+        ("final_sigmas_type", vec![json!("sigma_min")]),
+        ("interpolation_type", vec![json!("linear")]),
+        ("solver_order", vec![json!(1), json!(3)]),
+        (
+            "algorithm_type",
+            vec![json!("dpmsolver"), json!("sde-dpmsolver++")],
+        ),
+        ("solver_type", vec![json!("heun"), json!("bh1")]),
+        ("lower_order_final", vec![json!(true), json!(false)]),
+        ("euler_at_final", vec![json!(true)]),
+        ("lambda_min_clipped", vec![json!(-5.0)]),
+        ("predict_x0", vec![json!(false)]),
+        ("disable_corrector", vec![json!([0])]),
+        ("skip_prk_steps", vec![json!(true), json!(false)]),
+        ("original_inference_steps", vec![json!(10)]),
+        ("timestep_scaling", vec![json!(5.0)]),
+    ];
+    let shape = StepShape::new(1, 1, 2, 2);
+    // Timesteps, sigmas, input divisors and the final sample of 6 steps with fixed outputs.
+    let trace = |cfg: SchedulerConfig| -> Option<Vec<f64>> {
+        let s = SigmaScheduler::new(cfg, 6).ok()?;
+        let mut out: Vec<f64> = s.timesteps().iter().map(|&t| t as f64).collect();
+        out.extend_from_slice(s.sigmas());
+        out.push(s.init_noise_sigma());
+        let mut x = [0.3f32, -0.7, 1.5, -2.0];
+        let mut history = vec![0.0f32; s.history_len(shape)];
+        for i in 0..s.num_steps() {
+            out.push(s.input_divisor(i));
+            let eps = [-0.5f32 + i as f32 * 0.1, 0.25, 0.75, -1.0];
+            let z = s.needs_noise(i).then_some(&[0.1f32, -0.2, 0.3, -0.4][..]);
+            s.step(i, shape, &eps, &mut x, z, &mut history).ok()?;
+        }
+        out.extend(x.iter().map(|&v| v as f64));
+        Some(out)
+    };
+    let (mut refused, mut checked, mut failures) = (0, 0, Vec::new());
+    for kind in SchedulerKind::ALL.into_iter().filter(|k| k.is_sigma()) {
+        let class = kind.class_name();
+        let base = trace(
+            SchedulerConfig::from_json(&json!({ "_class_name": class }).to_string()).unwrap(),
+        )
+        .unwrap();
+        for (key, vals) in &values {
+            if kind.init_keys().contains(key) {
+                continue;
+            }
+            for v in vals {
+                let text = json!({ "_class_name": class, *key: v }).to_string();
+                match SchedulerConfig::from_json(&text) {
+                    Err(e) => {
+                        assert!(e.to_string().contains(key), "{class}.{key}: {e}");
+                        refused += 1;
+                    }
+                    Ok(cfg) => {
+                        checked += 1;
+                        if trace(cfg).as_ref() != Some(&base) {
+                            failures.push(format!("{class}.{key} = {v}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("hidden keys: {checked} ignored, {refused} refused");
+    assert!(
+        failures.is_empty(),
+        "hidden keys that change the run:\n{}",
+        failures.join("\n")
+    );
 }

@@ -1,10 +1,11 @@
 //! `DDPMScheduler` / `DDIMScheduler` configuration: diffusers' `scheduler_config.json`, parsed
 //! and validated.
 //!
-//! One struct holds the options of both classes, because diffusers lets either class be built
-//! from the other's config (`DDIMScheduler.from_config(ddpm.config)`), and pipelines routinely
-//! swap them. Every key either class writes is understood; anything else is rejected with an
-//! error naming the key, so a config that would change the computation is never half-read.
+//! One struct holds the options of every class, because diffusers lets any class be built from
+//! another's config (`EulerDiscreteScheduler.from_config(pndm.config)`), and pipelines routinely
+//! swap them. Every key a diffusers scheduler class takes is understood (another class's is
+//! hidden, as diffusers keeps it); anything else is rejected with an error naming the key, so a
+//! config that would change the computation is never half-read.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -1105,9 +1106,12 @@ impl SchedulerConfig {
     /// Parses a diffusers `scheduler_config.json`.
     ///
     /// `_class_name` picks the class (absent: DDPM); other keys starting with `_` are ignored.
-    /// Keys of either class are accepted and kept (a DDPM config may carry `set_alpha_to_one`,
-    /// as diffusers keeps such keys for a later `from_config` into the other class). `null`
-    /// means "default" for `trained_betas`. Errors: invalid JSON → [`Error::InvalidJson`];
+    /// The class's own options (its `__init__`'s, [`SchedulerKind::init_keys`]) are parsed;
+    /// another class's option (a config saved after `from_config` holds them) is hidden, as in
+    /// diffusers: kept in [`SchedulerConfig::given`] for [`SchedulerConfig::with_kind`], never
+    /// read, but the sigma ramps' `sigma_min` / `sigma_max` ([`SchedulerKind::reads_sigma_ends`]).
+    /// Keys listed in `_use_default_values` are ignored, as diffusers does. `null` means
+    /// "default" for `trained_betas`. Errors: invalid JSON → [`Error::InvalidJson`];
     /// unknown key, unknown class or enum value → [`Error::UnsupportedConfig`]; wrong type or
     /// out-of-range value → [`Error::InvalidConfig`], each naming the key.
     pub fn from_json(text: &str) -> Result<SchedulerConfig> {
@@ -1156,6 +1160,13 @@ impl SchedulerConfig {
         let mut deis_algorithm = false;
         for (key, v) in &given {
             let k = key.as_str();
+            // Another class's option (a config saved after `from_config` holds them): diffusers
+            // keeps it hidden and never reads it (but the ramps' `sigma_min` / `sigma_max`), so
+            // neither does this parser. Keys no class takes are still refused, naming them.
+            let hidden_read = kind.reads_sigma_ends() && matches!(k, "sigma_min" | "sigma_max");
+            if ALL_INIT_KEYS.contains(&k) && !kind.init_keys().contains(&k) && !hidden_read {
+                continue;
+            }
             if parse_consistency_or_ve_key(kind, k, v, &mut cfg)? {
                 continue;
             }
