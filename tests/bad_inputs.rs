@@ -643,7 +643,9 @@ fn bad_scheduler_options() {
             Err(Error::UnsupportedConfig { key, .. }) if key == "final_sigmas_type"),
         row!("solver_order 4", || parse(r#"{"_class_name": "DPMSolverMultistepScheduler", "solver_order": 4}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "solver_order"),
-        row!("interpolation_type log_linear (not run)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear"}"#),
+        row!("interpolation_type log_linear with continuous v timesteps (diffusers steps past its schedule)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear", "timestep_type": "continuous", "prediction_type": "v_prediction"}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "interpolation_type"),
+        row!("interpolation_type unknown", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "interpolation_type": "cubic"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "interpolation_type"),
         row!(
             "euler: exponential sigmas",

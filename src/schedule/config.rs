@@ -527,6 +527,17 @@ pub enum TimestepType {
     Continuous,
 }
 
+/// `interpolation_type` (Euler): how the inference sigmas are laid out without a sigma ramp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterpolationType {
+    /// The training sigmas interpolated at the (fractional) inference timesteps.
+    Linear,
+    /// N + 1 sigmas evenly spaced in log sigma between the training sigmas' ends, the model still
+    /// called at the spaced timesteps. diffusers 0.42 appends the final sigma as an (N + 2)-th
+    /// it never reaches: the last step ends on the smallest training sigma.
+    LogLinear,
+}
+
 /// `final_sigmas_type`: the sigma after the last step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinalSigmas {
@@ -716,6 +727,10 @@ names!(TimestepType, "timestep_type" {
     Discrete = "discrete",
     Continuous = "continuous",
 });
+names!(InterpolationType, "interpolation_type" {
+    Linear = "linear",
+    LogLinear = "log_linear",
+});
 names!(FinalSigmas, "final_sigmas_type" {
     Zero = "zero",
     SigmaMin = "sigma_min",
@@ -792,6 +807,8 @@ pub struct SchedulerConfig {
     pub sigma_max: Option<f64>,
     /// Euler: `timestep_type`.
     pub timestep_type: TimestepType,
+    /// Euler: `interpolation_type`.
+    pub interpolation_type: InterpolationType,
     /// Euler, DPM-Solver: `final_sigmas_type`.
     pub final_sigmas_type: FinalSigmas,
     /// DPM-Solver: 1, 2 or 3.
@@ -1025,6 +1042,7 @@ impl SchedulerConfig {
             sigma_min: None,
             sigma_max: None,
             timestep_type: TimestepType::Discrete,
+            interpolation_type: InterpolationType::Linear,
             final_sigmas_type: FinalSigmas::Zero,
             solver_order: 2,
             algorithm_type: DpmAlgorithm::DpmSolverPP,
@@ -1245,9 +1263,7 @@ impl SchedulerConfig {
                     cfg.timestep_type = TimestepType::parse(k, v)?
                 }
                 "interpolation_type" if kind == SchedulerKind::Euler => {
-                    if v.as_str() != Some("linear") {
-                        return Err(unsupported(k, v));
-                    }
+                    cfg.interpolation_type = InterpolationType::parse(k, v)?
                 }
                 "final_sigmas_type" if matches!(kind, SchedulerKind::Euler) || multistep => {
                     cfg.final_sigmas_type = FinalSigmas::parse(k, v)?
@@ -1490,6 +1506,7 @@ impl SchedulerConfig {
             "sigma_min" => opt(self.sigma_min),
             "sigma_max" => opt(self.sigma_max),
             "timestep_type" => Value::from(self.timestep_type.as_str()),
+            "interpolation_type" => Value::from(self.interpolation_type.as_str()),
             "final_sigmas_type" => Value::from(self.final_sigmas_type.as_str()),
             "solver_order" => Value::from(self.solver_order),
             "algorithm_type" if self.kind == SchedulerKind::DeisMultistep => return None,
@@ -1637,6 +1654,18 @@ impl SchedulerConfig {
                     return Err(bad(key, format!("{v} must be finite and > 0")));
                 }
             }
+        }
+        if self.kind == SchedulerKind::Euler
+            && self.interpolation_type == InterpolationType::LogLinear
+            && self.timestep_type == TimestepType::Continuous
+            && self.prediction_type == PredictionType::VPrediction
+        {
+            // diffusers then makes N + 1 timesteps from its N + 2 sigmas and steps past the
+            // schedule it set.
+            return Err(unsupported(
+                "interpolation_type",
+                "log_linear with timestep_type continuous and v_prediction",
+            ));
         }
         if self.lambda_min_clipped.is_nan() {
             return Err(bad("lambda_min_clipped", "is NaN"));

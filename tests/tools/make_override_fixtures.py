@@ -62,6 +62,8 @@ EULERA = {"_class_name": "EulerAncestralDiscreteScheduler", "rescale_betas_zero_
           "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
 LCM = {"_class_name": "LCMScheduler", "original_inference_steps": 25, "timestep_spacing": "trailing",
        "clip_sample": False}
+EULER_LL = {"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear",
+            "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 KDPM2 = {"_class_name": "KDPM2DiscreteScheduler", "use_beta_sigmas": True, "prediction_type": "v_prediction"}
 
 E, EA, H, L = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
@@ -103,6 +105,12 @@ CASES = [
     ("eulera_to_euler", EULERA, E, 4),
     ("lcm_to_euler", LCM, E, 4),
     ("kdpm2_to_dpm", KDPM2, D, 4),
+    # Euler's interpolation_type log_linear (the class itself; N + 2 sigmas, the last never
+    # reached: the first N + 1 are compared), with a ramp, and dropped by Euler ancestral.
+    ("euler_loglin", EULER_LL, E, 4),
+    ("euler_loglin_leading", {**EULER_LL, "timestep_spacing": "leading", "steps_offset": 1}, E, 5),
+    ("euler_loglin_karras", {**EULER_LL, "use_karras_sigmas": True}, E, 4),
+    ("euler_loglin_to_eulera", EULER_LL, EA, 4),
 ]
 
 
@@ -146,7 +154,7 @@ for name, folder, cls, steps in CASES:
     tensors[f"{name}.traj"] = torch.stack(traj).float()
     tensors[f"{name}.timesteps"] = s.timesteps.to(torch.float64)
     if hasattr(s, "sigmas"):
-        tensors[f"{name}.sigmas"] = s.sigmas.to(torch.float64)
+        tensors[f"{name}.sigmas"] = s.sigmas[:len(s.timesteps) + 1].to(torch.float64)
     if drawn:
         tensors[f"{name}.noise"] = noise[:drawn]
     meta.append(dict(name=name, folder_json=json.dumps(folder), scheduler=cls, num_inference_steps=steps,

@@ -39,8 +39,8 @@ use alloc::vec::Vec;
 use super::beta_dist::beta_ppf;
 use super::betas::{alphas_cumprod, betas};
 use super::config::{
-    BetaSchedule, DpmAlgorithm, FinalSigmas, PredictionType, SchedulerConfig, SchedulerKind,
-    TimestepSpacing, TimestepType, UniPcSolver,
+    BetaSchedule, DpmAlgorithm, FinalSigmas, InterpolationType, PredictionType, SchedulerConfig,
+    SchedulerKind, TimestepSpacing, TimestepType, UniPcSolver,
 };
 use super::scheduler::{check_len, quantile, step_noise, torch_clamp, StepShape};
 use super::timesteps::{arange_f64, round_half_even};
@@ -430,6 +430,9 @@ impl SigmaScheduler {
         }
 
         let ramp = Ramp::of(&cfg);
+        // Euler's log-linear sigmas: a ramp then starts from the training sigmas' ends.
+        let log_linear = cfg.kind == SchedulerKind::Euler
+            && cfg.interpolation_type == InterpolationType::LogLinear;
         let (mut sigmas, timesteps): (Vec<f64>, Vec<f64>) = if ramp == Ramp::Flow {
             // Flow matching: sigma = 1 - alpha on a linear grid, shifted by `flow_shift`; the
             // model timestep sigma * T (truncated below, as the integer classes do).
@@ -466,8 +469,16 @@ impl SigmaScheduler {
             } else {
                 let interp_s: Vec<f64> = raw.iter().map(|&t| interp(t, &sig)).collect();
                 (
-                    cfg.sigma_min.unwrap_or(interp_s[interp_s.len() - 1]),
-                    cfg.sigma_max.unwrap_or(interp_s[0]),
+                    cfg.sigma_min.unwrap_or(if log_linear {
+                        sig[0] as f64
+                    } else {
+                        interp_s[interp_s.len() - 1]
+                    }),
+                    cfg.sigma_max.unwrap_or(if log_linear {
+                        sig[t_train - 1] as f64
+                    } else {
+                        interp_s[0]
+                    }),
                 )
             };
             let s = match ramp {
@@ -511,6 +522,12 @@ impl SigmaScheduler {
                 }
             }
             (s, t)
+        } else if log_linear {
+            // N + 1 sigmas, log-linear from the largest training sigma to the smallest (the
+            // last is where the run ends; diffusers' appended final sigma is never reached).
+            let (hi, lo) = (libm::log(sig[t_train - 1] as f64), libm::log(sig[0] as f64));
+            let s = linspace(hi, lo, n + 1).into_iter().map(libm::exp).collect();
+            (s, raw)
         } else {
             let s = raw.iter().map(|&t| interp(t, &sig)).collect();
             (s, raw)
@@ -524,7 +541,9 @@ impl SigmaScheduler {
             FinalSigmas::SigmaMin if unipc && ramp != Ramp::Interp => sigmas[n - 1],
             FinalSigmas::SigmaMin => sig[0] as f64,
         };
-        sigmas.push(last_sigma);
+        if !(log_linear && ramp == Ramp::Interp) {
+            sigmas.push(last_sigma);
+        }
         for s in sigmas.iter_mut() {
             *s = *s as f32 as f64;
         }
