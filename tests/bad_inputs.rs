@@ -645,6 +645,12 @@ fn bad_scheduler_options() {
             Err(Error::UnsupportedConfig { key, .. }) if key == "solver_order"),
         row!("interpolation_type log_linear with continuous v timesteps (diffusers steps past its schedule)", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear", "timestep_type": "continuous", "prediction_type": "v_prediction"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "interpolation_type"),
+        row!("unipc: shift_terminal without flow sigmas (diffusers raises)", || parse(r#"{"_class_name": "UniPCMultistepScheduler", "shift_terminal": 0.2}"#),
+            Err(Error::UnsupportedConfig { key, .. }) if key == "shift_terminal"),
+        row!("unipc: shift_terminal 1 (divides by zero)", || parse(r#"{"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true, "shift_terminal": 1.0}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "shift_terminal"),
+        row!("unipc: shift_terminal not a number", || parse(r#"{"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true, "shift_terminal": "x"}"#),
+            Err(Error::InvalidConfig { key, .. }) if key == "shift_terminal"),
         row!("interpolation_type unknown", || parse(r#"{"_class_name": "EulerDiscreteScheduler", "interpolation_type": "cubic"}"#),
             Err(Error::UnsupportedConfig { key, .. }) if key == "interpolation_type"),
         row!(

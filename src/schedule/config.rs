@@ -809,6 +809,9 @@ pub struct SchedulerConfig {
     pub timestep_type: TimestepType,
     /// Euler: `interpolation_type`.
     pub interpolation_type: InterpolationType,
+    /// UniPC with flow sigmas: the flow sigmas stretched so the last is this (`None`, or 0,
+    /// which diffusers reads as false: no stretch).
+    pub shift_terminal: Option<f64>,
     /// Euler, DPM-Solver: `final_sigmas_type`.
     pub final_sigmas_type: FinalSigmas,
     /// DPM-Solver: 1, 2 or 3.
@@ -1043,6 +1046,7 @@ impl SchedulerConfig {
             sigma_max: None,
             timestep_type: TimestepType::Discrete,
             interpolation_type: InterpolationType::Linear,
+            shift_terminal: None,
             final_sigmas_type: FinalSigmas::Zero,
             solver_order: 2,
             algorithm_type: DpmAlgorithm::DpmSolverPP,
@@ -1347,11 +1351,13 @@ impl SchedulerConfig {
                     }
                 }
                 // A second scheduler as the predictor, and flow-sigma options: only "off".
-                "solver_p" | "shift_terminal" if unipc => {
+                // A second scheduler as the predictor: only "none".
+                "solver_p" if unipc => {
                     if !v.is_null() {
                         return Err(unsupported(k, v));
                     }
                 }
+                "shift_terminal" if unipc => cfg.shift_terminal = opt_f64(k, v)?,
                 "solver_type" if dpm_like => {
                     cfg.solver_type = match v.as_str() {
                         Some("logrho" | "bh1" | "bh2") => SolverType::Midpoint,
@@ -1507,6 +1513,7 @@ impl SchedulerConfig {
             "sigma_max" => opt(self.sigma_max),
             "timestep_type" => Value::from(self.timestep_type.as_str()),
             "interpolation_type" => Value::from(self.interpolation_type.as_str()),
+            "shift_terminal" => opt(self.shift_terminal),
             "final_sigmas_type" => Value::from(self.final_sigmas_type.as_str()),
             "solver_order" => Value::from(self.solver_order),
             "algorithm_type" if self.kind == SchedulerKind::DeisMultistep => return None,
@@ -1666,6 +1673,18 @@ impl SchedulerConfig {
                 "interpolation_type",
                 "log_linear with timestep_type continuous and v_prediction",
             ));
+        }
+        if let Some(x) = self.shift_terminal {
+            if !self.use_flow_sigmas {
+                // diffusers raises ValueError.
+                return Err(unsupported(
+                    "shift_terminal",
+                    format!("{x} without use_flow_sigmas"),
+                ));
+            }
+            if !(x.is_finite() && x < 1.0) {
+                return Err(bad("shift_terminal", format!("{x} must be finite and < 1")));
+            }
         }
         if self.lambda_min_clipped.is_nan() {
             return Err(bad("lambda_min_clipped", "is NaN"));

@@ -64,6 +64,8 @@ LCM = {"_class_name": "LCMScheduler", "original_inference_steps": 25, "timestep_
        "clip_sample": False}
 EULER_LL = {"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear",
             "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+UNIPC_FT = {"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": True, "flow_shift": 3.0,
+            "shift_terminal": 0.2, "prediction_type": "flow_prediction"}
 KDPM2 = {"_class_name": "KDPM2DiscreteScheduler", "use_beta_sigmas": True, "prediction_type": "v_prediction"}
 
 E, EA, H, L = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
@@ -111,6 +113,10 @@ CASES = [
     ("euler_loglin_leading", {**EULER_LL, "timestep_spacing": "leading", "steps_offset": 1}, E, 5),
     ("euler_loglin_karras", {**EULER_LL, "use_karras_sigmas": True}, E, 4),
     ("euler_loglin_to_eulera", EULER_LL, EA, 4),
+    # UniPC's shift_terminal (flow sigmas stretched to end at it), and dropped by DPM-Solver.
+    ("unipc_flow_terminal", UNIPC_FT, U, 4),
+    ("unipc_flow_terminal_sigmamin", {**UNIPC_FT, "final_sigmas_type": "sigma_min"}, U, 5),
+    ("unipc_flow_terminal_to_dpm", UNIPC_FT, D, 4),
 ]
 
 

@@ -440,7 +440,16 @@ impl SigmaScheduler {
             let shifted = |x: f64| shift * x / (1.0 + (shift - 1.0) * x);
             let grid = linspace(1.0, 1.0 / t_train as f64, n + 1);
             let mut s: Vec<f64> = if unipc {
-                grid[..n].iter().map(|&x| shifted(x)).collect()
+                let mut v: Vec<f64> = grid[..n].iter().map(|&x| shifted(x)).collect();
+                // `shift_terminal` (0 reads as false in diffusers): 1 - sigma scaled so the
+                // last sigma is the terminal value.
+                if let Some(terminal) = cfg.shift_terminal.filter(|&x| x != 0.0) {
+                    let scale = (1.0 - v[n - 1]) / (1.0 - terminal);
+                    for x in v.iter_mut() {
+                        *x = 1.0 - (1.0 - *x) / scale;
+                    }
+                }
+                v
             } else {
                 let mut v: Vec<f64> = grid.iter().map(|&a| shifted(1.0 - a)).collect();
                 v.reverse();
