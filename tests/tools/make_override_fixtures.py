@@ -66,6 +66,8 @@ EULER_LL = {"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_
             "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 UNIPC_FT = {"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": True, "flow_shift": 3.0,
             "shift_terminal": 0.2, "prediction_type": "flow_prediction"}
+DPM_CLIP = {"_class_name": "DPMSolverMultistepScheduler", "beta_schedule": "squaredcos_cap_v2",
+            "lambda_min_clipped": -3.0, "prediction_type": "v_prediction"}
 KDPM2 = {"_class_name": "KDPM2DiscreteScheduler", "use_beta_sigmas": True, "prediction_type": "v_prediction"}
 
 E, EA, H, L = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
@@ -117,6 +119,9 @@ CASES = [
     ("unipc_flow_terminal", UNIPC_FT, U, 4),
     ("unipc_flow_terminal_sigmamin", {**UNIPC_FT, "final_sigmas_type": "sigma_min"}, U, 5),
     ("unipc_flow_terminal_to_dpm", UNIPC_FT, D, 4),
+    # lambda_min_clipped (the cosine schedule's clipped tail), multistep and singlestep.
+    ("dpm_lambda_clip", DPM_CLIP, D, 4),
+    ("dpm_lambda_clip_to_single", DPM_CLIP, DS, 4),
 ]
 
 
