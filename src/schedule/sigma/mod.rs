@@ -158,7 +158,7 @@ fn train_sigmas(ac: &[f64]) -> Vec<f32> {
 /// `np.interp(x, arange(len(fp)), fp)` for x within [0, len - 1] (clamped outside).
 fn interp(x: f64, fp: &[f32]) -> f64 {
     let last = fp.len() - 1;
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return fp[0] as f64;
     }
     if x >= last as f64 {
