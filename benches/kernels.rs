@@ -404,7 +404,9 @@ fn bench_forward(c: &mut Criterion, model: &Model) {
 
     // One full 50-step DDIM sample at batch 1 (the sampler's own loop, guidance off).
     let scheduler = Scheduler::new(
-        SchedulerConfig::ddpm_default().with_kind(SchedulerKind::Ddim),
+        SchedulerConfig::ddpm_default()
+            .with_kind(SchedulerKind::Ddim)
+            .unwrap(),
         50,
     )
     .unwrap();

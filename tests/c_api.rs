@@ -174,7 +174,11 @@ fn rust_sample(
 ) -> Vec<f32> {
     let model = Model::load(dir).unwrap();
     // The fixture folders have no scheduler_config.json: diffusers' DDPM defaults.
-    let scheduler = Scheduler::new(SchedulerConfig::ddpm_default().with_kind(kind), steps).unwrap();
+    let scheduler = Scheduler::new(
+        SchedulerConfig::ddpm_default().with_kind(kind).unwrap(),
+        steps,
+    )
+    .unwrap();
     let guidance = (w != 0.0).then(|| Guidance::new(&model, w).unwrap());
     let labels = label.map(|l| [l]);
     let opts = SampleOptions {

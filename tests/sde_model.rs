@@ -23,7 +23,9 @@ fn run(model: &Model, method: Method<'_>, opts: &SampleOptions<'_>) -> Vec<f32> 
 /// DDIM(eta = 0) on the same interval as the ODE: trailing spacing (first step at T - 1),
 /// stepping to the next listed timestep, no clipping (the ODE does not clip).
 fn ddim(steps: usize) -> Scheduler {
-    let mut cfg = SchedulerConfig::ddpm_default().with_kind(SchedulerKind::Ddim);
+    let mut cfg = SchedulerConfig::ddpm_default()
+        .with_kind(SchedulerKind::Ddim)
+        .unwrap();
     cfg.clip_sample = false;
     cfg.timestep_spacing = TimestepSpacing::Trailing;
     cfg.ddim_prev_timestep = tinydiffusion::schedule::DdimPrevTimestep::NextInSchedule;

@@ -36,7 +36,7 @@ fn run(
     guidance: Option<Guidance>,
     labels: Option<&[i64]>,
 ) -> usize {
-    let mut cfg = SchedulerConfig::ddpm_default().with_kind(kind);
+    let mut cfg = SchedulerConfig::ddpm_default().with_kind(kind).unwrap();
     cfg.thresholding = thresholding;
     let mut scheduler = Scheduler::new(cfg, steps).unwrap();
     scheduler.set_eta(0.5);

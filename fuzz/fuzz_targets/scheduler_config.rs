@@ -22,8 +22,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match flags & 3 {
-        1 => cfg = cfg.with_kind(SchedulerKind::Ddpm),
-        2 => cfg = cfg.with_kind(SchedulerKind::Ddim),
+        1 => match cfg.with_kind(SchedulerKind::Ddpm) {
+            Ok(c) => cfg = c,
+            Err(_) => return,
+        },
+        2 => match cfg.with_kind(SchedulerKind::Ddim) {
+            Ok(c) => cfg = c,
+            Err(_) => return,
+        },
         _ => {}
     }
     if flags & 4 != 0 {

@@ -158,7 +158,7 @@ impl ModelFiles {
             None => SchedulerConfig::ddpm_default(),
         };
         Ok(match self.pipeline_scheduler {
-            Some(kind) => cfg.with_kind(kind),
+            Some(kind) => cfg.with_kind(kind)?,
             None => cfg,
         })
     }

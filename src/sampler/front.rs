@@ -484,7 +484,7 @@ impl Sampler {
                 } else {
                     SchedulerKind::Ddim
                 };
-                let mut c = cfg.clone().with_kind(class);
+                let mut c = cfg.clone().with_kind(class)?;
                 if let Some(mode) = spec.ddim_prev_timestep {
                     c.ddim_prev_timestep = mode;
                 }
@@ -510,7 +510,7 @@ impl Sampler {
             | SamplerKind::DeisMultistep
             | SamplerKind::Ipndm => {
                 let class = kind.class().expect("a discrete-time kind");
-                let mut c = cfg.clone().with_kind(class);
+                let mut c = cfg.clone().with_kind(class)?;
                 if let Some(a) = spec.dpm_algorithm {
                     c.algorithm_type = a;
                 }
@@ -541,7 +541,7 @@ impl Sampler {
                 Built::Sde(SdeSampler::new(cfg, sde)?)
             }
             SamplerKind::ScoreSdeVe => {
-                let mut c = cfg.clone().with_kind(SchedulerKind::ScoreSdeVe);
+                let mut c = cfg.clone().with_kind(SchedulerKind::ScoreSdeVe)?;
                 if let Some(n) = spec.corrector_steps {
                     c.correct_steps = n;
                 }
@@ -551,13 +551,14 @@ impl Sampler {
                 Built::ScoreVe(ScoreVeScheduler::new(c, steps)?)
             }
             SamplerKind::Consistency => Built::Consistency(ConsistencyScheduler::new(
-                cfg.clone().with_kind(SchedulerKind::CmStochasticIterative),
+                cfg.clone()
+                    .with_kind(SchedulerKind::CmStochasticIterative)?,
                 steps,
             )?),
             SamplerKind::Lcm | SamplerKind::Tcd => {
                 let class = kind.class().expect("a discrete-time kind");
                 Built::Lcm(LcmScheduler::new(
-                    cfg.clone().with_kind(class),
+                    cfg.clone().with_kind(class)?,
                     steps,
                     spec.eta.unwrap_or(TCD_DEFAULT_GAMMA),
                 )?)

@@ -1,16 +1,17 @@
 //! `DDPMScheduler` / `DDIMScheduler` configuration: diffusers' `scheduler_config.json`, parsed
 //! and validated.
 //!
-//! One struct holds the options of both classes, because diffusers lets either class be built
-//! from the other's config (`DDIMScheduler.from_config(ddpm.config)`), and pipelines routinely
-//! swap them. Every key either class writes is understood; anything else is rejected with an
-//! error naming the key, so a config that would change the computation is never half-read.
+//! One struct holds the options of every class, because diffusers lets any class be built from
+//! another's config (`EulerDiscreteScheduler.from_config(pndm.config)`), and pipelines routinely
+//! swap them. Every key a diffusers scheduler class takes is understood (another class's is
+//! hidden, as diffusers keeps it); anything else is rejected with an error naming the key, so a
+//! config that would change the computation is never half-read.
 
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{unsupported, Error, Result};
 
@@ -122,6 +123,329 @@ impl SchedulerKind {
             .find(|k| k.class_name() == name)
     }
 
+    /// The options diffusers 0.42's `__init__` of the class takes: the keys `from_config`
+    /// passes on when converting to it (see [`SchedulerConfig::with_kind`]).
+    pub fn init_keys(self) -> &'static [&'static str] {
+        match self {
+            SchedulerKind::Ddpm => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "variance_type",
+                "clip_sample",
+                "prediction_type",
+                "thresholding",
+                "dynamic_thresholding_ratio",
+                "clip_sample_range",
+                "sample_max_value",
+                "timestep_spacing",
+                "steps_offset",
+                "rescale_betas_zero_snr",
+            ],
+            SchedulerKind::Ddim => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "clip_sample",
+                "set_alpha_to_one",
+                "steps_offset",
+                "prediction_type",
+                "thresholding",
+                "dynamic_thresholding_ratio",
+                "clip_sample_range",
+                "sample_max_value",
+                "timestep_spacing",
+                "rescale_betas_zero_snr",
+            ],
+            SchedulerKind::Euler => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "prediction_type",
+                "interpolation_type",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "sigma_min",
+                "sigma_max",
+                "timestep_spacing",
+                "timestep_type",
+                "steps_offset",
+                "rescale_betas_zero_snr",
+                "final_sigmas_type",
+            ],
+            SchedulerKind::EulerAncestral => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "prediction_type",
+                "timestep_spacing",
+                "steps_offset",
+                "rescale_betas_zero_snr",
+            ],
+            SchedulerKind::DpmSolverMultistep => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "solver_order",
+                "prediction_type",
+                "thresholding",
+                "dynamic_thresholding_ratio",
+                "sample_max_value",
+                "algorithm_type",
+                "solver_type",
+                "lower_order_final",
+                "euler_at_final",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "use_lu_lambdas",
+                "use_flow_sigmas",
+                "flow_shift",
+                "final_sigmas_type",
+                "lambda_min_clipped",
+                "variance_type",
+                "timestep_spacing",
+                "steps_offset",
+                "rescale_betas_zero_snr",
+                "use_dynamic_shifting",
+                "time_shift_type",
+            ],
+            SchedulerKind::Heun => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "prediction_type",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "clip_sample",
+                "clip_sample_range",
+                "timestep_spacing",
+                "steps_offset",
+            ],
+            SchedulerKind::UniPcMultistep => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "solver_order",
+                "prediction_type",
+                "thresholding",
+                "dynamic_thresholding_ratio",
+                "sample_max_value",
+                "predict_x0",
+                "solver_type",
+                "lower_order_final",
+                "disable_corrector",
+                "solver_p",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "use_flow_sigmas",
+                "flow_shift",
+                "timestep_spacing",
+                "steps_offset",
+                "final_sigmas_type",
+                "rescale_betas_zero_snr",
+                "use_dynamic_shifting",
+                "time_shift_type",
+                "sigma_min",
+                "sigma_max",
+                "shift_terminal",
+            ],
+            SchedulerKind::Pndm => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "skip_prk_steps",
+                "set_alpha_to_one",
+                "prediction_type",
+                "timestep_spacing",
+                "steps_offset",
+            ],
+            SchedulerKind::Lms => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "prediction_type",
+                "timestep_spacing",
+                "steps_offset",
+            ],
+            SchedulerKind::DpmSolverSinglestep => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "solver_order",
+                "prediction_type",
+                "thresholding",
+                "dynamic_thresholding_ratio",
+                "sample_max_value",
+                "algorithm_type",
+                "solver_type",
+                "lower_order_final",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "use_flow_sigmas",
+                "flow_shift",
+                "final_sigmas_type",
+                "lambda_min_clipped",
+                "variance_type",
+                "use_dynamic_shifting",
+                "time_shift_type",
+            ],
+            SchedulerKind::Kdpm2 => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "prediction_type",
+                "timestep_spacing",
+                "steps_offset",
+            ],
+            SchedulerKind::Kdpm2Ancestral => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "prediction_type",
+                "timestep_spacing",
+                "steps_offset",
+            ],
+            SchedulerKind::DeisMultistep => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "solver_order",
+                "prediction_type",
+                "thresholding",
+                "dynamic_thresholding_ratio",
+                "sample_max_value",
+                "algorithm_type",
+                "solver_type",
+                "lower_order_final",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "use_flow_sigmas",
+                "flow_shift",
+                "timestep_spacing",
+                "steps_offset",
+                "use_dynamic_shifting",
+                "time_shift_type",
+            ],
+            SchedulerKind::Ipndm => &["num_train_timesteps", "trained_betas"],
+            SchedulerKind::ScoreSdeVe => &[
+                "num_train_timesteps",
+                "snr",
+                "sigma_min",
+                "sigma_max",
+                "sampling_eps",
+                "correct_steps",
+            ],
+            SchedulerKind::CmStochasticIterative => &[
+                "num_train_timesteps",
+                "sigma_min",
+                "sigma_max",
+                "sigma_data",
+                "s_noise",
+                "rho",
+                "clip_denoised",
+            ],
+            SchedulerKind::Lcm => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "original_inference_steps",
+                "clip_sample",
+                "clip_sample_range",
+                "set_alpha_to_one",
+                "steps_offset",
+                "prediction_type",
+                "thresholding",
+                "dynamic_thresholding_ratio",
+                "sample_max_value",
+                "timestep_spacing",
+                "timestep_scaling",
+                "rescale_betas_zero_snr",
+            ],
+            SchedulerKind::Tcd => &[
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "original_inference_steps",
+                "clip_sample",
+                "clip_sample_range",
+                "set_alpha_to_one",
+                "steps_offset",
+                "prediction_type",
+                "thresholding",
+                "dynamic_thresholding_ratio",
+                "sample_max_value",
+                "timestep_spacing",
+                "timestep_scaling",
+                "rescale_betas_zero_snr",
+            ],
+        }
+    }
+
+    /// The classes whose sigma ramps (Karras, exponential, beta) end at `sigma_min` /
+    /// `sigma_max` when the config holds them: diffusers reads them with
+    /// `hasattr(self.config, ...)`, so a hidden key (given in the JSON, or carried by
+    /// `from_config`, though `__init__` does not take it) counts too. LMS reads them for its
+    /// exponential and beta ramps only.
+    pub fn reads_sigma_ends(self) -> bool {
+        matches!(
+            self,
+            SchedulerKind::Euler
+                | SchedulerKind::Heun
+                | SchedulerKind::Lms
+                | SchedulerKind::Kdpm2
+                | SchedulerKind::Kdpm2Ancestral
+                | SchedulerKind::DpmSolverMultistep
+                | SchedulerKind::DpmSolverSinglestep
+                | SchedulerKind::UniPcMultistep
+                | SchedulerKind::DeisMultistep
+        )
+    }
+
     /// The sigma-parameterised classes (`schedule::sigma`): Euler, Euler ancestral, DPM-Solver,
     /// Heun, UniPC, PNDM.
     pub fn is_sigma(self) -> bool {
@@ -141,6 +465,59 @@ impl SchedulerKind {
     }
 }
 
+/// Every option any class's `__init__` takes ([`SchedulerKind::init_keys`]).
+const ALL_INIT_KEYS: &[&str] = &[
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "variance_type",
+    "clip_sample",
+    "prediction_type",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "clip_sample_range",
+    "sample_max_value",
+    "timestep_spacing",
+    "steps_offset",
+    "rescale_betas_zero_snr",
+    "set_alpha_to_one",
+    "interpolation_type",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "sigma_min",
+    "sigma_max",
+    "timestep_type",
+    "final_sigmas_type",
+    "solver_order",
+    "algorithm_type",
+    "solver_type",
+    "lower_order_final",
+    "euler_at_final",
+    "use_lu_lambdas",
+    "use_flow_sigmas",
+    "flow_shift",
+    "lambda_min_clipped",
+    "use_dynamic_shifting",
+    "time_shift_type",
+    "predict_x0",
+    "disable_corrector",
+    "solver_p",
+    "shift_terminal",
+    "skip_prk_steps",
+    "snr",
+    "sampling_eps",
+    "correct_steps",
+    "sigma_data",
+    "s_noise",
+    "rho",
+    "clip_denoised",
+    "original_inference_steps",
+    "timestep_scaling",
+];
+
 /// `timestep_type` (Euler): the model timestep of each step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimestepType {
@@ -148,6 +525,17 @@ pub enum TimestepType {
     Discrete,
     /// `0.25 * ln(sigma)` (only with `v_prediction`, as in diffusers; otherwise discrete).
     Continuous,
+}
+
+/// `interpolation_type` (Euler): how the inference sigmas are laid out without a sigma ramp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterpolationType {
+    /// The training sigmas interpolated at the (fractional) inference timesteps.
+    Linear,
+    /// N + 1 sigmas evenly spaced in log sigma between the training sigmas' ends, the model still
+    /// called at the spaced timesteps. diffusers 0.42 appends the final sigma as an (N + 2)-th
+    /// it never reaches: the last step ends on the smallest training sigma.
+    LogLinear,
 }
 
 /// `final_sigmas_type`: the sigma after the last step.
@@ -339,6 +727,10 @@ names!(TimestepType, "timestep_type" {
     Discrete = "discrete",
     Continuous = "continuous",
 });
+names!(InterpolationType, "interpolation_type" {
+    Linear = "linear",
+    LogLinear = "log_linear",
+});
 names!(FinalSigmas, "final_sigmas_type" {
     Zero = "zero",
     SigmaMin = "sigma_min",
@@ -415,6 +807,11 @@ pub struct SchedulerConfig {
     pub sigma_max: Option<f64>,
     /// Euler: `timestep_type`.
     pub timestep_type: TimestepType,
+    /// Euler: `interpolation_type`.
+    pub interpolation_type: InterpolationType,
+    /// UniPC with flow sigmas: the flow sigmas stretched so the last is this (`None`, or 0,
+    /// which diffusers reads as false: no stretch).
+    pub shift_terminal: Option<f64>,
     /// Euler, DPM-Solver: `final_sigmas_type`.
     pub final_sigmas_type: FinalSigmas,
     /// DPM-Solver: 1, 2 or 3.
@@ -454,6 +851,11 @@ pub struct SchedulerConfig {
     pub original_inference_steps: usize,
     /// LCM: the timestep multiplier of the boundary-condition scalings.
     pub timestep_scaling: f64,
+    /// The keys the JSON gave, as written (diffusers' config less `_`-keys and those listed in
+    /// `_use_default_values`), the class's own and any other: [`SchedulerConfig::with_kind`]
+    /// converts from these as `from_config` does. `None` for a config built in code, whose
+    /// options that differ from its class's defaults count as given.
+    pub given: Option<Map<String, Value>>,
 }
 
 fn json_err(message: impl Into<String>) -> Error {
@@ -643,6 +1045,8 @@ impl SchedulerConfig {
             sigma_min: None,
             sigma_max: None,
             timestep_type: TimestepType::Discrete,
+            interpolation_type: InterpolationType::Linear,
+            shift_terminal: None,
             final_sigmas_type: FinalSigmas::Zero,
             solver_order: 2,
             algorithm_type: DpmAlgorithm::DpmSolverPP,
@@ -663,6 +1067,7 @@ impl SchedulerConfig {
             clip_denoised: true,
             original_inference_steps: 50,
             timestep_scaling: 10.0,
+            given: None,
         }
     }
 
@@ -723,9 +1128,12 @@ impl SchedulerConfig {
     /// Parses a diffusers `scheduler_config.json`.
     ///
     /// `_class_name` picks the class (absent: DDPM); other keys starting with `_` are ignored.
-    /// Keys of either class are accepted and kept (a DDPM config may carry `set_alpha_to_one`,
-    /// as diffusers keeps such keys for a later `from_config` into the other class). `null`
-    /// means "default" for `trained_betas`. Errors: invalid JSON → [`Error::InvalidJson`];
+    /// The class's own options (its `__init__`'s, [`SchedulerKind::init_keys`]) are parsed;
+    /// another class's option (a config saved after `from_config` holds them) is hidden, as in
+    /// diffusers: kept in [`SchedulerConfig::given`] for [`SchedulerConfig::with_kind`], never
+    /// read, but the sigma ramps' `sigma_min` / `sigma_max` ([`SchedulerKind::reads_sigma_ends`]).
+    /// Keys listed in `_use_default_values` are ignored, as diffusers does. `null` means
+    /// "default" for `trained_betas`. Errors: invalid JSON → [`Error::InvalidJson`];
     /// unknown key, unknown class or enum value → [`Error::UnsupportedConfig`]; wrong type or
     /// out-of-range value → [`Error::InvalidConfig`], each naming the key.
     pub fn from_json(text: &str) -> Result<SchedulerConfig> {
@@ -736,6 +1144,22 @@ impl SchedulerConfig {
         let obj = root
             .as_object()
             .ok_or_else(|| json_err("top level is not an object"))?;
+        SchedulerConfig::from_object(obj)
+    }
+
+    /// [`SchedulerConfig::from_json`] on parsed JSON.
+    fn from_object(obj: &Map<String, Value>) -> Result<SchedulerConfig> {
+        // Keys a diffusers object filled from its defaults (`_use_default_values`, kept when a
+        // config is copied in memory): diffusers ignores their values, and so does this parser.
+        let defaulted: Vec<&str> = match obj.get("_use_default_values") {
+            Some(Value::Array(keys)) => keys.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let given: Map<String, Value> = obj
+            .iter()
+            .filter(|(k, _)| !k.starts_with('_') && !defaulted.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let kind = match obj.get("_class_name") {
             None => SchedulerKind::Ddpm,
             Some(v) => match v.as_str().and_then(SchedulerKind::from_class_name) {
@@ -756,8 +1180,15 @@ impl SchedulerConfig {
         let mut cfg = SchedulerConfig::default_for(kind);
         // DPM-Solver's `algorithm_type` "deis" (read as dpmsolver++).
         let mut deis_algorithm = false;
-        for (key, v) in obj {
+        for (key, v) in &given {
             let k = key.as_str();
+            // Another class's option (a config saved after `from_config` holds them): diffusers
+            // keeps it hidden and never reads it (but the ramps' `sigma_min` / `sigma_max`), so
+            // neither does this parser. Keys no class takes are still refused, naming them.
+            let hidden_read = kind.reads_sigma_ends() && matches!(k, "sigma_min" | "sigma_max");
+            if ALL_INIT_KEYS.contains(&k) && !kind.init_keys().contains(&k) && !hidden_read {
+                continue;
+            }
             if parse_consistency_or_ve_key(kind, k, v, &mut cfg)? {
                 continue;
             }
@@ -828,19 +1259,15 @@ impl SchedulerConfig {
                 {
                     cfg.use_karras_sigmas = opt_bool(k, v)?
                 }
-                "sigma_min" if kind == SchedulerKind::Euler || unipc => {
-                    cfg.sigma_min = opt_f64(k, v)?
-                }
-                "sigma_max" if kind == SchedulerKind::Euler || unipc => {
-                    cfg.sigma_max = opt_f64(k, v)?
-                }
+                // Euler's and UniPC's own keys; a hidden key of the other ramp classes, which
+                // diffusers reads all the same (see `SchedulerKind::reads_sigma_ends`).
+                "sigma_min" if kind.reads_sigma_ends() => cfg.sigma_min = opt_f64(k, v)?,
+                "sigma_max" if kind.reads_sigma_ends() => cfg.sigma_max = opt_f64(k, v)?,
                 "timestep_type" if kind == SchedulerKind::Euler => {
                     cfg.timestep_type = TimestepType::parse(k, v)?
                 }
                 "interpolation_type" if kind == SchedulerKind::Euler => {
-                    if v.as_str() != Some("linear") {
-                        return Err(unsupported(k, v));
-                    }
+                    cfg.interpolation_type = InterpolationType::parse(k, v)?
                 }
                 "final_sigmas_type" if matches!(kind, SchedulerKind::Euler) || multistep => {
                     cfg.final_sigmas_type = FinalSigmas::parse(k, v)?
@@ -924,11 +1351,13 @@ impl SchedulerConfig {
                     }
                 }
                 // A second scheduler as the predictor, and flow-sigma options: only "off".
-                "solver_p" | "shift_terminal" if unipc => {
+                // A second scheduler as the predictor: only "none".
+                "solver_p" if unipc => {
                     if !v.is_null() {
                         return Err(unsupported(k, v));
                     }
                 }
+                "shift_terminal" if unipc => cfg.shift_terminal = opt_f64(k, v)?,
                 "solver_type" if dpm_like => {
                     cfg.solver_type = match v.as_str() {
                         Some("logrho" | "bh1" | "bh2") => SolverType::Midpoint,
@@ -988,38 +1417,132 @@ impl SchedulerConfig {
             return Err(unsupported("beta_schedule", cfg.beta_schedule.as_str()));
         }
         cfg.validate()?;
+        cfg.given = Some(given);
         Ok(cfg)
     }
 
-    /// The config as the other class's `from_config` would build it: what
-    /// `DDIMScheduler.from_config(ddpm.config)` (or the reverse) gives in diffusers 0.42.
+    /// The config `NewClass.from_config(folder_scheduler.config)` builds in diffusers 0.42
+    /// (`kind` is the new class): what `--scheduler NAME` runs.
     ///
-    /// Shared keys carry over unchanged. The target class's own key (`set_alpha_to_one` for
-    /// DDIM, `variance_type` for DDPM) keeps the value it has here: that is the JSON's value
-    /// when the key was present (diffusers keeps such keys as hidden config entries) and the
-    /// target's default otherwise, since absent keys are parsed as defaults and both classes
-    /// share every other default. The source class's own key is dropped by diffusers
-    /// (`unexpected_keys_from_orig`), so it returns to its default here. Our own fields
+    /// diffusers passes the new class exactly the given keys ([`SchedulerConfig::given`]) its
+    /// `__init__` takes ([`SchedulerKind::init_keys`]); every other option takes the new class's
+    /// default. The other given keys stay in its config, hidden, as diffusers keeps them: the
+    /// sigma ramps read hidden `sigma_min` / `sigma_max` ([`SchedulerKind::reads_sigma_ends`]),
+    /// and a later conversion sees them all. Our own fields
     /// (`ddim_prev_timestep`, `use_clipped_model_output`) carry over.
-    pub fn with_kind(mut self, kind: SchedulerKind) -> SchedulerConfig {
+    ///
+    /// Errors: a carried value the new class refuses (e.g. `algorithm_type` sde-dpmsolver++ onto
+    /// DEIS, which diffusers refuses too), as [`SchedulerConfig::from_json`] reports it.
+    pub fn with_kind(self, kind: SchedulerKind) -> Result<SchedulerConfig> {
         if kind == self.kind {
-            return self;
+            return Ok(self);
         }
-        let defaults = SchedulerConfig::ddpm_default();
-        match self.kind {
-            SchedulerKind::Ddpm => self.variance_type = defaults.variance_type,
-            SchedulerKind::Ddim if kind != SchedulerKind::Pndm => {
-                self.set_alpha_to_one = defaults.set_alpha_to_one
+        let given = match &self.given {
+            Some(map) => map.clone(),
+            None => self.non_default_keys(),
+        };
+        let new_keys = kind.init_keys();
+        let mut passed = Map::new();
+        passed.insert("_class_name".into(), Value::from(kind.class_name()));
+        let mut kept = Map::new();
+        for (k, v) in given {
+            // A key the new class does not take stays in its config, hidden; only the ramps of
+            // the classes that look for `sigma_min` / `sigma_max` read such keys.
+            let hidden_read =
+                kind.reads_sigma_ends() && matches!(k.as_str(), "sigma_min" | "sigma_max");
+            if new_keys.contains(&k.as_str()) || hidden_read {
+                passed.insert(k.clone(), v.clone());
             }
-            _ => {}
+            kept.insert(k, v);
         }
-        // PNDM also reads `set_alpha_to_one`, defaulting to false: only DDIM's (or PNDM's)
-        // value carries over, as only their configs hold the key.
-        if kind == SchedulerKind::Pndm && !matches!(self.kind, SchedulerKind::Ddim) {
-            self.set_alpha_to_one = false;
+        let mut out = SchedulerConfig::from_object(&passed)?;
+        out.given = self.given.is_some().then_some(kept);
+        out.ddim_prev_timestep = self.ddim_prev_timestep;
+        out.use_clipped_model_output = self.use_clipped_model_output;
+        Ok(out)
+    }
+
+    /// The options of a config built in code that differ from its class's defaults, as
+    /// diffusers writes them: what [`SchedulerConfig::with_kind`] counts as given when there is
+    /// no JSON.
+    fn non_default_keys(&self) -> Map<String, Value> {
+        let defaults = SchedulerConfig::default_for(self.kind);
+        let mut out = Map::new();
+        for key in ALL_INIT_KEYS {
+            if let Some(v) = self.key_value(key) {
+                if defaults.key_value(key).as_ref() != Some(&v) {
+                    out.insert((*key).into(), v);
+                }
+            }
         }
-        self.kind = kind;
-        self
+        out
+    }
+
+    /// The JSON value of one diffusers option as this config holds it (`None`: a key with no
+    /// field here, whose only accepted value is its default).
+    fn key_value(&self, key: &str) -> Option<Value> {
+        let f = |x: f64| Value::from(x);
+        let opt = |x: Option<f64>| x.map_or(Value::Null, Value::from);
+        Some(match key {
+            "num_train_timesteps" => Value::from(self.num_train_timesteps),
+            "beta_start" => f(self.beta_start),
+            "beta_end" => f(self.beta_end),
+            "beta_schedule" => Value::from(self.beta_schedule.as_str()),
+            "trained_betas" => match &self.trained_betas {
+                Some(b) => Value::from(b.clone()),
+                None => Value::Null,
+            },
+            "variance_type" => Value::from(self.variance_type.as_str()),
+            "clip_sample" => Value::from(self.clip_sample),
+            "clip_sample_range" => f(self.clip_sample_range),
+            "prediction_type" => Value::from(self.prediction_type.as_str()),
+            "thresholding" => Value::from(self.thresholding),
+            "dynamic_thresholding_ratio" => f(self.dynamic_thresholding_ratio),
+            "sample_max_value" => f(self.sample_max_value),
+            "timestep_spacing" => Value::from(self.timestep_spacing.as_str()),
+            "steps_offset" => Value::from(self.steps_offset),
+            "rescale_betas_zero_snr" => Value::from(self.rescale_betas_zero_snr),
+            "set_alpha_to_one" => Value::from(self.set_alpha_to_one),
+            "use_karras_sigmas" => Value::from(self.use_karras_sigmas),
+            "use_exponential_sigmas" => Value::from(self.use_exponential_sigmas),
+            "use_beta_sigmas" => Value::from(self.use_beta_sigmas),
+            "use_lu_lambdas" => Value::from(self.use_lu_lambdas),
+            "use_flow_sigmas" => Value::from(self.use_flow_sigmas),
+            "flow_shift" => f(self.flow_shift),
+            "sigma_min" => opt(self.sigma_min),
+            "sigma_max" => opt(self.sigma_max),
+            "timestep_type" => Value::from(self.timestep_type.as_str()),
+            "interpolation_type" => Value::from(self.interpolation_type.as_str()),
+            "shift_terminal" => opt(self.shift_terminal),
+            "final_sigmas_type" => Value::from(self.final_sigmas_type.as_str()),
+            "solver_order" => Value::from(self.solver_order),
+            "algorithm_type" if self.kind == SchedulerKind::DeisMultistep => return None,
+            "algorithm_type" => Value::from(self.algorithm_type.as_str()),
+            "solver_type" => match self.kind {
+                SchedulerKind::DeisMultistep => return None,
+                SchedulerKind::UniPcMultistep => Value::from(self.unipc_solver.as_str()),
+                _ => Value::from(self.solver_type.as_str()),
+            },
+            "lower_order_final" => Value::from(self.lower_order_final),
+            "euler_at_final" => Value::from(self.euler_at_final),
+            "lambda_min_clipped" if self.lambda_min_clipped == f64::NEG_INFINITY => {
+                Value::from(NEG_INF_TOKEN)
+            }
+            "lambda_min_clipped" => f(self.lambda_min_clipped),
+            "predict_x0" => Value::from(self.predict_x0),
+            "disable_corrector" => Value::from(self.disable_corrector.clone()),
+            "skip_prk_steps" => Value::from(self.skip_prk_steps),
+            "snr" => f(self.snr),
+            "sampling_eps" => f(self.sampling_eps),
+            "correct_steps" => Value::from(self.correct_steps),
+            "sigma_data" => f(self.sigma_data),
+            "s_noise" => f(self.s_noise),
+            "rho" => f(self.rho),
+            "clip_denoised" => Value::from(self.clip_denoised),
+            "original_inference_steps" => Value::from(self.original_inference_steps),
+            "timestep_scaling" => f(self.timestep_scaling),
+            _ => return None,
+        })
     }
 
     /// Checks every range the schedule and step arithmetic rely on. Called by
@@ -1137,6 +1660,30 @@ impl SchedulerConfig {
                 if !(v.is_finite() && v > 0.0) {
                     return Err(bad(key, format!("{v} must be finite and > 0")));
                 }
+            }
+        }
+        if self.kind == SchedulerKind::Euler
+            && self.interpolation_type == InterpolationType::LogLinear
+            && self.timestep_type == TimestepType::Continuous
+            && self.prediction_type == PredictionType::VPrediction
+        {
+            // diffusers then makes N + 1 timesteps from its N + 2 sigmas and steps past the
+            // schedule it set.
+            return Err(unsupported(
+                "interpolation_type",
+                "log_linear with timestep_type continuous and v_prediction",
+            ));
+        }
+        if let Some(x) = self.shift_terminal {
+            if !self.use_flow_sigmas {
+                // diffusers raises ValueError.
+                return Err(unsupported(
+                    "shift_terminal",
+                    format!("{x} without use_flow_sigmas"),
+                ));
+            }
+            if !(x.is_finite() && x < 1.0) {
+                return Err(bad("shift_terminal", format!("{x} must be finite and < 1")));
             }
         }
         if self.lambda_min_clipped.is_nan() {

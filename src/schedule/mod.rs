@@ -39,8 +39,9 @@ pub use score_ve::ScoreVeScheduler;
 
 pub use betas::{alphas_cumprod, betas};
 pub use config::{
-    BetaSchedule, DdimPrevTimestep, DpmAlgorithm, FinalSigmas, PredictionType, SchedulerConfig,
-    SchedulerKind, SolverType, TimestepSpacing, TimestepType, UniPcSolver, VarianceType,
+    BetaSchedule, DdimPrevTimestep, DpmAlgorithm, FinalSigmas, InterpolationType, PredictionType,
+    SchedulerConfig, SchedulerKind, SolverType, TimestepSpacing, TimestepType, UniPcSolver,
+    VarianceType,
 };
 pub use eps::{EpsModel, NoiseLevel};
 pub use noise::GaussianNoise;

@@ -37,10 +37,10 @@ impl SigmaScheduler {
         let (deriv, saved) = history.split_at_mut(n);
         for b in 0..batch {
             let m = &model_output[b * stride..b * stride + per];
-            for k in 0..per {
+            for (k, &mo) in m.iter().enumerate() {
                 let j = b * per + k;
                 let xi = sample[j] as f64;
-                let mi = m[k] as f64;
+                let mi = mo as f64;
                 let mut x0 = match c.prediction_type {
                     PredictionType::Epsilon => xi - s_in * mi,
                     PredictionType::VPrediction => mi * v_m + xi / v_div,

@@ -39,8 +39,8 @@ use alloc::vec::Vec;
 use super::beta_dist::beta_ppf;
 use super::betas::{alphas_cumprod, betas};
 use super::config::{
-    BetaSchedule, DpmAlgorithm, FinalSigmas, PredictionType, SchedulerConfig, SchedulerKind,
-    TimestepSpacing, TimestepType, UniPcSolver,
+    BetaSchedule, DpmAlgorithm, FinalSigmas, InterpolationType, PredictionType, SchedulerConfig,
+    SchedulerKind, TimestepSpacing, TimestepType, UniPcSolver,
 };
 use super::scheduler::{check_len, quantile, step_noise, torch_clamp, StepShape};
 use super::timesteps::{arange_f64, round_half_even};
@@ -158,7 +158,7 @@ fn train_sigmas(ac: &[f64]) -> Vec<f32> {
 /// `np.interp(x, arange(len(fp)), fp)` for x within [0, len - 1] (clamped outside).
 fn interp(x: f64, fp: &[f32]) -> f64 {
     let last = fp.len() - 1;
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return fp[0] as f64;
     }
     if x >= last as f64 {
@@ -430,6 +430,9 @@ impl SigmaScheduler {
         }
 
         let ramp = Ramp::of(&cfg);
+        // Euler's log-linear sigmas: a ramp then starts from the training sigmas' ends.
+        let log_linear = cfg.kind == SchedulerKind::Euler
+            && cfg.interpolation_type == InterpolationType::LogLinear;
         let (mut sigmas, timesteps): (Vec<f64>, Vec<f64>) = if ramp == Ramp::Flow {
             // Flow matching: sigma = 1 - alpha on a linear grid, shifted by `flow_shift`; the
             // model timestep sigma * T (truncated below, as the integer classes do).
@@ -437,7 +440,16 @@ impl SigmaScheduler {
             let shifted = |x: f64| shift * x / (1.0 + (shift - 1.0) * x);
             let grid = linspace(1.0, 1.0 / t_train as f64, n + 1);
             let mut s: Vec<f64> = if unipc {
-                grid[..n].iter().map(|&x| shifted(x)).collect()
+                let mut v: Vec<f64> = grid[..n].iter().map(|&x| shifted(x)).collect();
+                // `shift_terminal` (0 reads as false in diffusers): 1 - sigma scaled so the
+                // last sigma is the terminal value.
+                if let Some(terminal) = cfg.shift_terminal.filter(|&x| x != 0.0) {
+                    let scale = (1.0 - v[n - 1]) / (1.0 - terminal);
+                    for x in v.iter_mut() {
+                        *x = 1.0 - (1.0 - *x) / scale;
+                    }
+                }
+                v
             } else {
                 let mut v: Vec<f64> = grid.iter().map(|&a| shifted(1.0 - a)).collect();
                 v.reverse();
@@ -451,20 +463,31 @@ impl SigmaScheduler {
             let t = s.iter().map(|&x| x * t_train as f64).collect();
             (s, t)
         } else if ramp != Ramp::Interp {
-            // The ramp's ends: the training sigmas' (DPM-Solver, UniPC, DEIS, and UniPC's
-            // `sigma_min` / `sigma_max`), or the interpolated schedule's (Euler's overridable).
-            let (lo, hi) = if unipc {
+            // The ramp's ends: the training sigmas' (DPM-Solver, UniPC, DEIS), or the
+            // interpolated schedule's, unless the config holds `sigma_min` / `sigma_max`: diffusers
+            // reads them wherever present, hidden keys included (`hasattr(self.config, ...)`),
+            // but for LMS's Karras ramp.
+            let (lo, hi) = if cfg.kind == SchedulerKind::Lms && ramp == Ramp::Karras {
+                let interp_s: Vec<f64> = raw.iter().map(|&t| interp(t, &sig)).collect();
+                (interp_s[interp_s.len() - 1], interp_s[0])
+            } else if dpm {
                 (
                     cfg.sigma_min.unwrap_or(sig[0] as f64),
                     cfg.sigma_max.unwrap_or(sig[t_train - 1] as f64),
                 )
-            } else if dpm {
-                (sig[0] as f64, sig[t_train - 1] as f64)
             } else {
                 let interp_s: Vec<f64> = raw.iter().map(|&t| interp(t, &sig)).collect();
                 (
-                    cfg.sigma_min.unwrap_or(interp_s[interp_s.len() - 1]),
-                    cfg.sigma_max.unwrap_or(interp_s[0]),
+                    cfg.sigma_min.unwrap_or(if log_linear {
+                        sig[0] as f64
+                    } else {
+                        interp_s[interp_s.len() - 1]
+                    }),
+                    cfg.sigma_max.unwrap_or(if log_linear {
+                        sig[t_train - 1] as f64
+                    } else {
+                        interp_s[0]
+                    }),
                 )
             };
             let s = match ramp {
@@ -508,6 +531,12 @@ impl SigmaScheduler {
                 }
             }
             (s, t)
+        } else if log_linear {
+            // N + 1 sigmas, log-linear from the largest training sigma to the smallest (the
+            // last is where the run ends; diffusers' appended final sigma is never reached).
+            let (hi, lo) = (libm::log(sig[t_train - 1] as f64), libm::log(sig[0] as f64));
+            let s = linspace(hi, lo, n + 1).into_iter().map(libm::exp).collect();
+            (s, raw)
         } else {
             let s = raw.iter().map(|&t| interp(t, &sig)).collect();
             (s, raw)
@@ -521,7 +550,9 @@ impl SigmaScheduler {
             FinalSigmas::SigmaMin if unipc && ramp != Ramp::Interp => sigmas[n - 1],
             FinalSigmas::SigmaMin => sig[0] as f64,
         };
-        sigmas.push(last_sigma);
+        if !(log_linear && ramp == Ramp::Interp) {
+            sigmas.push(last_sigma);
+        }
         for s in sigmas.iter_mut() {
             *s = *s as f32 as f64;
         }

@@ -175,10 +175,11 @@ fn solve(a: &mut [[f64; 4]; 3], m: usize, x: &mut [f64; 3]) {
             .max_by(|&r1, &r2| libm::fabs(a[r1][col]).total_cmp(&libm::fabs(a[r2][col])))
             .unwrap_or(col);
         a.swap(col, p);
-        for r in col + 1..m {
-            let f = a[r][col] / a[col][col];
-            for k in col..4 {
-                a[r][k] -= f * a[col][k];
+        let pivot = a[col];
+        for row in a.iter_mut().take(m).skip(col + 1) {
+            let f = row[col] / pivot[col];
+            for (v, p) in row[col..].iter_mut().zip(&pivot[col..]) {
+                *v -= f * p;
             }
         }
     }
