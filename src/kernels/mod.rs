@@ -11,9 +11,11 @@
 //!   [`KernelPath::Neon`] (aarch64): hand-written `core::arch` microkernels, f32 accumulation,
 //!   f16 weights widened in registers. Under `std` the CPU is probed at run time; without
 //!   `std` a path is available when the build enables its target features.
+//! - [`KernelPath::NeonFp16`] (aarch64 with FEAT_FP16): f16 arithmetic in convolutions and
+//!   linears for the opt-in [`Precision::F16`] (`neon_f16.rs`); never picked by detection.
 //!
-//! `TINYDIFFUSION_KERNELS=scalar|avx2|avx512|neon` forces a path at model load (std); a path the
-//! CPU lacks is an error ([`KernelPath::table`]), never undefined behaviour.
+//! `TINYDIFFUSION_KERNELS=scalar|avx2|avx512|neon|neon-fp16` forces a path at model load (std);
+//! a path the CPU lacks is an error ([`KernelPath::table`]), never undefined behaviour.
 //!
 //! ## Convolution algorithms
 //! The SIMD paths run a 3x3 stride-1 "same" convolution over a map of at least 16 4x4 tiles
@@ -696,7 +698,7 @@ impl KernelPath {
             Ok(v) if !v.trim().is_empty() => KernelPath::parse(&v).map(Some).ok_or_else(|| {
                 crate::error::invalid_arg(
                     KERNELS_ENV,
-                    alloc::format!("`{v}`: expected scalar, avx2, avx512 or neon"),
+                    alloc::format!("`{v}`: expected scalar, avx2, avx512, neon or neon-fp16"),
                 )
             }),
             _ => Ok(None),
