@@ -24,7 +24,7 @@ fn main() {
         let (c, h, w) = model.input_shape();
         let x = vec![0.25f32; 3 * c * h * w];
         let mut out = vec![0.0f32; x.len()];
-        for path in KernelPath::ALL {
+        for path in KernelPath::ALL.into_iter().chain(KernelPath::F16) {
             if !path.is_available() {
                 println!(
                     "skipped: this CPU or build cannot run the {} kernels",
