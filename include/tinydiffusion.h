@@ -669,7 +669,8 @@ td_status td_model_set_device(struct td_model *model, int32_t device, int32_t or
  * or `TD_PRECISION_F16` (f16 arithmetic in convolutions and linears, a few 1e-3 relative
  * error per forward pass). Errors: `TD_STATUS_UNSUPPORTED` (f16 on a CPU without f16
  * arithmetic, which needs aarch64 FEAT_FP16; the model is unchanged),
- * `_INVALID_ARGUMENT` (unknown precision), `_NULL_POINTER`. Workspace sizes do not change.
+ * `_INVALID_ARGUMENT` (unknown precision), `_NULL_POINTER`. F16 runs no Winograd convolutions, so
+ * `td_model_workspace_len` may shrink; a workspace sized before the call still fits.
  * Not thread-safe: no other call may use `model` meanwhile.
  *
  * # Safety

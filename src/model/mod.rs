@@ -177,7 +177,10 @@ impl Model {
     /// [`Precision::F16`] (f16 arithmetic in convolutions and linears where the CPU has it, see
     /// [`Precision`]). F16 on a CPU without f16 arithmetic is an
     /// [`crate::Error::UnsupportedConfig`] naming the feature it needs, and leaves the model
-    /// unchanged; back to F32 restores the f32 path this machine prefers.
+    /// unchanged; back to F32 restores the f32 path this machine prefers. F16 runs no Winograd
+    /// convolutions, so [`Model::workspace_len`] may shrink (a workspace sized before still
+    /// fits); [`Model::workspace_len_for_threads`] does not change. The CPU kernels only: a
+    /// model moved to a GPU ([`Model::to_device`]) computes as its device does.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         let path = precision.kernel_path(self.kernels.path)?;
         self.set_kernels(path)
