@@ -311,6 +311,32 @@ typedef int32_t td_device_kind;
 #endif // __cplusplus
 
 /**
+ * Values of the `precision` argument of `td_model_set_precision`.
+ */
+enum td_precision
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * f32 arithmetic (every model starts here).
+   */
+  TD_PRECISION_F32 = 0,
+  /**
+   * f16 arithmetic in convolutions and linears, f32 accumulation across blocks, GroupNorm,
+   * softmax and scheduler state; needs a CPU with f16 arithmetic (aarch64 FEAT_FP16).
+   */
+  TD_PRECISION_F16 = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum td_precision td_precision;
+#else
+typedef int32_t td_precision;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A loaded model: weights, op list, memory plan and its scheduler config. Immutable.
  *
  * Threads: one model may be used by any number of threads at once (each with its own
@@ -637,6 +663,20 @@ void td_model_free(struct td_model *model);
  * `model` is NULL or a live model that no other thread is using.
  */
 td_status td_model_set_device(struct td_model *model, int32_t device, int32_t ordinal);
+
+/**
+ * Sets the arithmetic of the model's CPU forward passes: `TD_PRECISION_F32` (the default)
+ * or `TD_PRECISION_F16` (f16 arithmetic in convolutions and linears, a few 1e-3 relative
+ * error per forward pass). Errors: `TD_STATUS_UNSUPPORTED` (f16 on a CPU without f16
+ * arithmetic, which needs aarch64 FEAT_FP16; the model is unchanged),
+ * `_INVALID_ARGUMENT` (unknown precision), `_NULL_POINTER`. F16 runs no Winograd convolutions, so
+ * `td_model_workspace_len` may shrink; a workspace sized before the call still fits.
+ * Not thread-safe: no other call may use `model` meanwhile.
+ *
+ * # Safety
+ * `model` is NULL or a live model that no other thread is using.
+ */
+td_status td_model_set_precision(struct td_model *model, int32_t precision);
 
 /**
  * Sets the number of threads the model's forward passes use: `threads` in 1..=1024, or 0 for

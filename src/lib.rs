@@ -45,6 +45,7 @@ pub mod weights;
 pub use config::UNetConfig;
 pub use device::Device;
 pub use error::{Error, Result};
+pub use kernels::Precision;
 /// The `UNet2DModel` configuration; it lives in [`model::config`], beside the model description.
 pub use model::config;
 pub use model::Model;

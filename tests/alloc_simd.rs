@@ -47,7 +47,7 @@ fn main() {
             }
             .unwrap()
         };
-        for path in KernelPath::ALL {
+        for path in KernelPath::ALL.into_iter().chain(KernelPath::F16) {
             if !path.is_available() {
                 println!(
                     "skipped: this CPU or build cannot run the {} kernels",

@@ -731,3 +731,33 @@ fn scheduler_by_class_name_and_config_json() {
     // SAFETY: not used afterwards.
     unsafe { td_model_free(model) };
 }
+
+#[test]
+fn set_precision() {
+    let model = load(&fixtures_dir().join("tiny-rgb16"));
+    let f16_ok = tinydiffusion::kernels::KernelPath::F16
+        .iter()
+        .any(|p| p.is_available());
+    // SAFETY: a live model used by this thread only; NULL is refused.
+    unsafe {
+        assert_eq!(
+            td_model_set_precision(model, td_precision::F32 as i32),
+            td_status::Ok
+        );
+        let want = if f16_ok {
+            td_status::Ok
+        } else {
+            td_status::Unsupported
+        };
+        assert_eq!(
+            td_model_set_precision(model, td_precision::F16 as i32),
+            want
+        );
+        assert_eq!(td_model_set_precision(model, 7), td_status::InvalidArgument);
+        assert_eq!(
+            td_model_set_precision(std::ptr::null_mut(), 0),
+            td_status::NullPointer
+        );
+        td_model_free(model);
+    }
+}

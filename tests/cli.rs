@@ -221,7 +221,18 @@ fn bad_input_gives_one_line_and_nonzero_exit() {
             ],
             "nonexistent",
         ),
+        (
+            vec!["--model", &model, "--precision", "bf16"],
+            "--precision",
+        ),
     ];
+    // f16 where the CPU has no f16 arithmetic: the typed refusal, naming the feature.
+    let no_f16 = !tinydiffusion::kernels::KernelPath::F16
+        .iter()
+        .any(|p| p.is_available());
+    let cases = cases
+        .into_iter()
+        .chain(no_f16.then(|| (vec!["--model", &model, "--precision", "f16"], "FEAT_FP16")));
     for (args, needle) in cases {
         let mut all = args.clone();
         all.push("--quiet");
@@ -261,6 +272,7 @@ fn help_lists_the_flags() {
         "--snr",
         "--sde-eps",
         "sde | ode | pc",
+        "--precision",
         "sample tokenize --model DIR --prompt TEXT",
     ] {
         assert!(text.contains(flag), "help lacks {flag}");

@@ -97,6 +97,17 @@ pub enum td_device_kind {
     Cuda = 1,
 }
 
+/// Values of the `precision` argument of `td_model_set_precision`.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum td_precision {
+    /// f32 arithmetic (every model starts here).
+    F32 = 0,
+    /// f16 arithmetic in convolutions and linears, f32 accumulation across blocks, GroupNorm,
+    /// softmax and scheduler state; needs a CPU with f16 arithmetic (aarch64 FEAT_FP16).
+    F16 = 1,
+}
+
 /// Values of `td_scheduler_desc.kind`.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

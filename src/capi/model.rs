@@ -10,8 +10,8 @@ use super::pointers::{
     text, write_out, Span,
 };
 use super::{
-    fail, guard, invalid, null, td_device_kind, td_model, td_model_info, td_scheduler_kind,
-    td_status, Fail,
+    fail, guard, invalid, null, td_device_kind, td_model, td_model_info, td_precision,
+    td_scheduler_kind, td_status, Fail,
 };
 use crate::model::load::ModelFiles;
 use crate::model::Model;
@@ -187,6 +187,31 @@ pub unsafe extern "C" fn td_model_set_device(
             d => return Err(invalid(std::format!("unknown device kind {d}"))),
         };
         m.model.to_device(device)?;
+        Ok(())
+    })
+}
+
+/// Sets the arithmetic of the model's CPU forward passes: `TD_PRECISION_F32` (the default)
+/// or `TD_PRECISION_F16` (f16 arithmetic in convolutions and linears, a few 1e-3 relative
+/// error per forward pass). Errors: `TD_STATUS_UNSUPPORTED` (f16 on a CPU without f16
+/// arithmetic, which needs aarch64 FEAT_FP16; the model is unchanged),
+/// `_INVALID_ARGUMENT` (unknown precision), `_NULL_POINTER`. F16 runs no Winograd convolutions, so
+/// `td_model_workspace_len` may shrink; a workspace sized before the call still fits.
+/// Not thread-safe: no other call may use `model` meanwhile.
+///
+/// # Safety
+/// `model` is NULL or a live model that no other thread is using.
+#[no_mangle]
+pub unsafe extern "C" fn td_model_set_precision(model: *mut td_model, precision: i32) -> td_status {
+    guard(|| {
+        // SAFETY: NULL or a live, unshared model per the contract.
+        let m = unsafe { model.as_mut() }.ok_or_else(|| null("model"))?;
+        let precision = match precision {
+            p if p == td_precision::F32 as i32 => crate::Precision::F32,
+            p if p == td_precision::F16 as i32 => crate::Precision::F16,
+            p => return Err(invalid(std::format!("unknown precision {p}"))),
+        };
+        m.model.set_precision(precision)?;
         Ok(())
     })
 }

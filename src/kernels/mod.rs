@@ -11,9 +11,11 @@
 //!   [`KernelPath::Neon`] (aarch64): hand-written `core::arch` microkernels, f32 accumulation,
 //!   f16 weights widened in registers. Under `std` the CPU is probed at run time; without
 //!   `std` a path is available when the build enables its target features.
+//! - [`KernelPath::NeonFp16`] (aarch64 with FEAT_FP16): f16 arithmetic in convolutions and
+//!   linears for the opt-in [`Precision::F16`] (`neon_f16.rs`); never picked by detection.
 //!
-//! `TINYDIFFUSION_KERNELS=scalar|avx2|avx512|neon` forces a path at model load (std); a path the
-//! CPU lacks is an error ([`KernelPath::table`]), never undefined behaviour.
+//! `TINYDIFFUSION_KERNELS=scalar|avx2|avx512|neon|neon-fp16` forces a path at model load (std);
+//! a path the CPU lacks is an error ([`KernelPath::table`]), never undefined behaviour.
 //!
 //! ## Convolution algorithms
 //! The SIMD paths run a 3x3 stride-1 "same" convolution over a map of at least 16 4x4 tiles
@@ -73,6 +75,8 @@ pub(crate) mod x86;
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_f16;
 
 pub use pack::{pack_weight, packed_index, packed_len, PACK_OC};
 
@@ -518,6 +522,8 @@ where
         &x86::AVX512_TABLE,
         #[cfg(target_arch = "aarch64")]
         &neon::TABLE,
+        #[cfg(target_arch = "aarch64")]
+        &neon_f16::TABLE,
     ];
     // Only the tables' `conv_scratch` (plain size arithmetic, no CPU features) is called.
     tables.iter().fold(ScratchLayout::DIRECT, |acc, t| {
@@ -540,7 +546,70 @@ pub enum KernelPath {
     Avx512,
     /// aarch64 Advanced SIMD.
     Neon,
+    /// aarch64 Advanced SIMD with FEAT_FP16: f16 arithmetic in convolutions and linears
+    /// ([`Precision::F16`]); never chosen by [`KernelPath::detect`].
+    NeonFp16,
 }
+
+/// The arithmetic a model's forward pass computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// f32 arithmetic everywhere (the default; parity-exact against the scalar reference).
+    #[default]
+    F32,
+    /// f16 products and short f16 sums in convolutions and linears, f32 accumulation across
+    /// blocks of the reduction, f32 GroupNorm, softmax and scheduler state: about 2x the f32
+    /// rate on CPUs with f16 arithmetic, at a few 1e-3 relative error per forward pass.
+    F16,
+}
+
+impl Precision {
+    /// `f32` or `f16` (case-insensitive).
+    pub fn from_name(name: &str) -> crate::Result<Precision> {
+        match name.trim() {
+            n if n.eq_ignore_ascii_case("f32") => Ok(Precision::F32),
+            n if n.eq_ignore_ascii_case("f16") => Ok(Precision::F16),
+            _ => Err(crate::error::invalid_arg(
+                "precision",
+                alloc::format!("'{name}' is not one of: f32, f16"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// The kernel path that computes in this precision on this CPU, given the f32 path in use.
+    /// f16 on a CPU without f16 arithmetic is an [`crate::Error::UnsupportedConfig`] naming the
+    /// CPU feature it needs, never a silent f32 fallback.
+    pub fn kernel_path(self, current: KernelPath) -> crate::Result<KernelPath> {
+        match self {
+            Precision::F32 if current.precision() == Precision::F32 => Ok(current),
+            Precision::F32 => {
+                let p = KernelPath::preferred()?;
+                Ok(if p.precision() == Precision::F32 {
+                    p
+                } else {
+                    KernelPath::detect()
+                })
+            }
+            Precision::F16 if KernelPath::NeonFp16.is_available() => Ok(KernelPath::NeonFp16),
+            Precision::F16 => Err(crate::Error::UnsupportedConfig {
+                key: alloc::string::String::from("precision"),
+                value: alloc::string::String::from(F16_NEEDS),
+            }),
+        }
+    }
+}
+
+/// What [`Precision::F16`] needs from the CPU (the error text where it is missing).
+pub const F16_NEEDS: &str = "f16 needs f16 arithmetic in the CPU: aarch64 FEAT_FP16 \
+     (`fp16`, ARMv8.2-A, e.g. Cortex-A55/A76 or newer); this CPU or build has none \
+     (x86 AVX512-FP16 has no kernels yet)";
 
 /// Name of the environment variable that forces a kernel path at model load.
 pub const KERNELS_ENV: &str = "TINYDIFFUSION_KERNELS";
@@ -560,12 +629,23 @@ pub fn winograd_default() -> bool {
 }
 
 impl KernelPath {
+    /// The f32 paths (each parity-checked against the scalar reference at f32 tolerances).
     pub const ALL: [KernelPath; 4] = [
         KernelPath::Scalar,
         KernelPath::Avx2,
         KernelPath::Avx512,
         KernelPath::Neon,
     ];
+    /// The f16-arithmetic paths ([`Precision::F16`]).
+    pub const F16: [KernelPath; 1] = [KernelPath::NeonFp16];
+
+    /// The arithmetic the path computes in.
+    pub fn precision(self) -> Precision {
+        match self {
+            KernelPath::NeonFp16 => Precision::F16,
+            _ => Precision::F32,
+        }
+    }
 
     /// Whether this CPU (under `std`: probed at run time; without: the build's target
     /// features) can run the path.
@@ -578,6 +658,8 @@ impl KernelPath {
             KernelPath::Avx512 => x86::avx512_available(),
             #[cfg(target_arch = "aarch64")]
             KernelPath::Neon => neon::available(),
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::NeonFp16 => neon_f16::available(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -591,10 +673,11 @@ impl KernelPath {
             .unwrap_or(KernelPath::Scalar)
     }
 
-    /// `scalar`, `avx2`, `avx512` or `neon` (case-insensitive).
+    /// `scalar`, `avx2`, `avx512`, `neon` or `neon-fp16` (case-insensitive).
     pub fn parse(name: &str) -> Option<KernelPath> {
         KernelPath::ALL
             .into_iter()
+            .chain(KernelPath::F16)
             .find(|p| p.name().eq_ignore_ascii_case(name.trim()))
     }
 
@@ -603,7 +686,7 @@ impl KernelPath {
         KernelPath::parse(name).ok_or_else(|| {
             crate::error::invalid_arg(
                 "kernel path",
-                alloc::format!("'{name}' is not one of: scalar, avx2, avx512, neon"),
+                alloc::format!("'{name}' is not one of: scalar, avx2, avx512, neon, neon-fp16"),
             )
         })
     }
@@ -615,7 +698,7 @@ impl KernelPath {
             Ok(v) if !v.trim().is_empty() => KernelPath::parse(&v).map(Some).ok_or_else(|| {
                 crate::error::invalid_arg(
                     KERNELS_ENV,
-                    alloc::format!("`{v}`: expected scalar, avx2, avx512 or neon"),
+                    alloc::format!("`{v}`: expected scalar, avx2, avx512, neon or neon-fp16"),
                 )
             }),
             _ => Ok(None),
@@ -647,6 +730,8 @@ impl KernelPath {
             KernelPath::Avx512 => Ok(&x86::AVX512_TABLE),
             #[cfg(target_arch = "aarch64")]
             KernelPath::Neon => Ok(&neon::TABLE),
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::NeonFp16 => Ok(&neon_f16::TABLE),
             #[allow(unreachable_patterns)]
             _ => unreachable!("is_available() was checked"),
         }
@@ -658,6 +743,7 @@ impl KernelPath {
             KernelPath::Avx2 => "avx2",
             KernelPath::Avx512 => "avx512",
             KernelPath::Neon => "neon",
+            KernelPath::NeonFp16 => "neon-fp16",
         }
     }
 }

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 
 use crate::config::UNetConfig;
 use crate::error::{invalid_arg, Error, Result};
-use crate::kernels::{KernelPath, KernelTable};
+use crate::kernels::{KernelPath, KernelTable, Precision};
 use crate::memory::{MemoryPlan, Reuse};
 use crate::weights::{LoadOptions, WeightBytes, WeightLoader, WeightStore};
 
@@ -172,6 +172,24 @@ impl Model {
             d.net.kernels = self.kernels;
         }
         Ok(())
+    }
+
+    /// Chooses the arithmetic of the CPU forward pass: [`Precision::F32`] (the default) or
+    /// [`Precision::F16`] (f16 arithmetic in convolutions and linears where the CPU has it, see
+    /// [`Precision`]). F16 on a CPU without f16 arithmetic is an
+    /// [`crate::Error::UnsupportedConfig`] naming the feature it needs, and leaves the model
+    /// unchanged; back to F32 restores the f32 path this machine prefers. F16 runs no Winograd
+    /// convolutions, so [`Model::workspace_len`] may shrink (a workspace sized before still
+    /// fits); [`Model::workspace_len_for_threads`] does not change. The CPU kernels only: a
+    /// model moved to a GPU ([`Model::to_device`]) computes as its device does.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let path = precision.kernel_path(self.kernels.path)?;
+        self.set_kernels(path)
+    }
+
+    /// The arithmetic of the CPU forward pass.
+    pub fn precision(&self) -> Precision {
+        self.kernels.path.precision()
     }
 
     /// Lets 3x3 stride-1 convolutions take the Winograd F(4x4, 3x3) algorithm on the SIMD paths

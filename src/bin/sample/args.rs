@@ -76,6 +76,8 @@ FLAGS:
     --height H, --width W  must equal the model's sample_size          [default: the model's]
     --threads N          worker threads                                 [default: all cores]
     --kernels NAME       force a kernel path (scalar, ...)                [default: fastest]
+    --precision P        f32, or f16 (f16 arithmetic in convs and linears;
+                         needs an aarch64 CPU with FEAT_FP16)            [default: f32]
     --conv ALGO          winograd (3x3 convs where it pays) or direct     [default: winograd]
     --device DEV         cpu, cuda or cuda:N (needs a build with --features cuda)
                                                                             [default: cpu]
@@ -115,6 +117,7 @@ pub struct SampleArgs {
     pub width: Option<usize>,
     pub threads: Option<usize>,
     pub kernels: Option<String>,
+    pub precision: tinydiffusion::Precision,
     /// `--conv direct`: no Winograd convolutions.
     pub direct_conv: bool,
     pub device: tinydiffusion::Device,
@@ -253,6 +256,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         width: None,
         threads: None,
         kernels: None,
+        precision: tinydiffusion::Precision::F32,
         direct_conv: false,
         device: tinydiffusion::Device::Cpu,
         quiet: false,
@@ -333,6 +337,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--width" => s.width = Some(parse_num(flag, value()?)?),
             "--threads" => s.threads = Some(parse_num(flag, value()?)?),
             "--kernels" => s.kernels = Some(value()?.into()),
+            "--precision" => {
+                s.precision = tinydiffusion::Precision::from_name(value()?)
+                    .map_err(|e| format!("{flag}: {e}"))?
+            }
             "--conv" => {
                 s.direct_conv = match value()? {
                     "direct" => true,

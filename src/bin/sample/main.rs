@@ -323,6 +323,11 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         let path = KernelPath::from_name(k).map_err(|e| e.to_string())?;
         model.set_kernels(path).map_err(|e| e.to_string())?;
     }
+    if a.precision != tinydiffusion::Precision::F32 {
+        model
+            .set_precision(a.precision)
+            .map_err(|e| format!("--precision {}: {e}", a.precision.name()))?;
+    }
     if a.direct_conv {
         model.set_winograd(false);
     }

@@ -68,7 +68,7 @@ impl<'a> ConvPlan<'a> {
 
     /// (sample, first pixel, pixels) of tile `t`; tiles of a sample differ by at most one pixel.
     #[inline(always)]
-    fn tile(&self, t: usize) -> (usize, usize, usize) {
+    pub(crate) fn tile(&self, t: usize) -> (usize, usize, usize) {
         let (b, i) = (t / self.tiles_per_sample, t % self.tiles_per_sample);
         let start = i * self.out_hw / self.tiles_per_sample;
         let end = (i + 1) * self.out_hw / self.tiles_per_sample;
@@ -119,7 +119,7 @@ unsafe fn copy_run<S: Simd>(dst: *mut f32, src: *const f32, len: usize) {
 /// CPU features of `S`; `a_buf` holds `MR * kc` floats and the conv's inputs match `p.shape` (checked by `ConvArgs::check` before any task runs).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pack_a<S: Simd, const MR: usize>(
+pub(crate) unsafe fn pack_a<S: Simd, const MR: usize>(
     p: &ConvPlan<'_>,
     b: usize,
     p0: usize,

@@ -49,7 +49,7 @@ mod table;
 #[allow(unused_imports)]
 pub(crate) use attention::{attention_task, attention_tasks, transpose_k};
 #[allow(unused_imports)]
-pub(crate) use conv::{conv_task, ConvPlan};
+pub(crate) use conv::{conv_task, pack_a, ConvPlan};
 #[allow(unused_imports)]
 pub(crate) use linear::{gemv_task, GEMV_MAX_ROWS};
 #[allow(unused_imports)]
