@@ -31,8 +31,22 @@ struct Inputs<'a> {
     timesteps: &'a [f32],
     class_labels: Option<&'a [i64]>,
     class_embeddings: Option<&'a [f32]>,
-    /// A conditional UNet's `encoder_hidden_states`, `[batch, tokens, dim]` (else empty).
-    context: &'a [f32],
+    /// A conditional UNet's `encoder_hidden_states`, `[batch, tokens, dim]`.
+    context: Option<&'a [f32]>,
+}
+
+impl<'a> Inputs<'a> {
+    /// A UNet's sample and timesteps, without labels, class embeddings or text states.
+    fn sample(x: &'a [f32], timesteps: &'a [f32]) -> Inputs<'a> {
+        Inputs {
+            x,
+            ids: &[],
+            timesteps,
+            class_labels: None,
+            class_embeddings: None,
+            context: None,
+        }
+    }
 }
 
 /// Which ops a forward call runs.
@@ -63,11 +77,10 @@ impl Model {
     ) -> Result<()> {
         self.forward_impl(
             workspace,
-            x,
-            timesteps,
-            class_labels,
-            None,
-            None,
+            Inputs {
+                class_labels,
+                ..Inputs::sample(x, timesteps)
+            },
             out,
             Walk::All,
             0,
@@ -88,11 +101,10 @@ impl Model {
     ) -> Result<()> {
         self.forward_impl(
             workspace,
-            x,
-            timesteps,
-            None,
-            Some(class_embeddings),
-            None,
+            Inputs {
+                class_embeddings: Some(class_embeddings),
+                ..Inputs::sample(x, timesteps)
+            },
             out,
             Walk::All,
             0,
@@ -117,11 +129,10 @@ impl Model {
     ) -> Result<()> {
         self.forward_impl(
             workspace,
-            x,
-            timesteps,
-            None,
-            None,
-            Some(encoder_hidden_states),
+            Inputs {
+                context: Some(encoder_hidden_states),
+                ..Inputs::sample(x, timesteps)
+            },
             out,
             Walk::All,
             0,
@@ -176,11 +187,10 @@ impl Model {
     ) -> Result<()> {
         self.forward_impl(
             workspace,
-            x,
-            timesteps,
-            class_labels,
-            None,
-            None,
+            Inputs {
+                class_labels,
+                ..Inputs::sample(x, timesteps)
+            },
             out,
             Walk::All,
             threads,
@@ -205,11 +215,10 @@ impl Model {
         self.check_op_range(&ops)?;
         self.forward_impl(
             workspace,
-            x,
-            timesteps,
-            class_labels,
-            None,
-            None,
+            Inputs {
+                class_labels,
+                ..Inputs::sample(x, timesteps)
+            },
             out,
             Walk::Range(ops),
             0,
@@ -230,11 +239,10 @@ impl Model {
         self.check_op_range(&ops)?;
         self.forward_impl(
             workspace,
-            x,
-            timesteps,
-            None,
-            Some(class_embeddings),
-            None,
+            Inputs {
+                class_embeddings: Some(class_embeddings),
+                ..Inputs::sample(x, timesteps)
+            },
             out,
             Walk::Range(ops),
             0,
@@ -270,11 +278,10 @@ impl Model {
         self.check_op_range(&ops)?;
         self.forward_impl(
             workspace,
-            x,
-            timesteps,
-            None,
-            None,
-            Some(encoder_hidden_states),
+            Inputs {
+                context: Some(encoder_hidden_states),
+                ..Inputs::sample(x, timesteps)
+            },
             out,
             Walk::Range(ops),
             0,
@@ -283,19 +290,22 @@ impl Model {
 
     /// `threads`: the most threads the call may use, and the count its workspace is sized for
     /// (0: [`Model::threads`]).
-    #[allow(clippy::too_many_arguments)]
     fn forward_impl(
         &self,
         workspace: &mut [f32],
-        x: &[f32],
-        timesteps: &[f32],
-        class_labels: Option<&[i64]>,
-        class_embeddings: Option<&[f32]>,
-        context: Option<&[f32]>,
+        inputs: Inputs<'_>,
         out: &mut [f32],
         walk_mode: Walk<'_>,
         threads: usize,
     ) -> Result<()> {
+        let Inputs {
+            x,
+            timesteps,
+            class_labels,
+            class_embeddings,
+            context,
+            ..
+        } = inputs;
         let (c_in, h, w) = self.input_shape();
         let per_sample = c_in * h * w;
         if x.is_empty() || !x.len().is_multiple_of(per_sample) {
@@ -394,21 +404,7 @@ impl Model {
             (false, None) => {}
         }
         self.check_context(batch, context)?;
-        self.execute(
-            batch,
-            Inputs {
-                x,
-                ids: &[],
-                timesteps,
-                class_labels,
-                class_embeddings,
-                context: context.unwrap_or(&[]),
-            },
-            workspace,
-            out,
-            walk_mode,
-            threads,
-        )
+        self.execute(batch, inputs, workspace, out, walk_mode, threads)
     }
 
     /// A forward pass over token ids (the text encoder's net, whose input is `ids`: its
@@ -426,26 +422,14 @@ impl Model {
         let batch = ids.len() / tokens.max(1);
         let walk_mode = match ops {
             None => Walk::All,
-            Some(r) if r.start <= r.end && r.end <= self.ops.len() => Walk::Range(r),
             Some(r) => {
-                return Err(invalid_arg(
-                    "ops",
-                    alloc::format!(
-                        "{}..{} is not a range of the {} ops",
-                        r.start,
-                        r.end,
-                        self.ops.len()
-                    ),
-                ))
+                self.check_op_range(&r)?;
+                Walk::Range(r)
             }
         };
         let inputs = Inputs {
-            x: &[],
             ids,
-            timesteps: &[0.0],
-            class_labels: None,
-            class_embeddings: None,
-            context: &[],
+            ..Inputs::sample(&[], &[0.0])
         };
         self.execute(batch, inputs, workspace, out, walk_mode, threads)
     }
@@ -537,7 +521,7 @@ impl Model {
             timesteps,
             class_labels,
             class_embeddings,
-            context,
+            context: context.unwrap_or(&[]),
             out,
         };
         match walk_mode {
@@ -569,11 +553,10 @@ impl Model {
         }
         self.forward_impl(
             workspace,
-            x,
-            timesteps,
-            class_labels,
-            None,
-            None,
+            Inputs {
+                class_labels,
+                ..Inputs::sample(x, timesteps)
+            },
             out,
             Walk::Timed(op_seconds, clock),
             0,
