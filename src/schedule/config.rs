@@ -317,20 +317,7 @@ impl SchedulerKind {
                 "use_dynamic_shifting",
                 "time_shift_type",
             ],
-            SchedulerKind::Kdpm2 => &[
-                "num_train_timesteps",
-                "beta_start",
-                "beta_end",
-                "beta_schedule",
-                "trained_betas",
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "prediction_type",
-                "timestep_spacing",
-                "steps_offset",
-            ],
-            SchedulerKind::Kdpm2Ancestral => &[
+            SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Ancestral => &[
                 "num_train_timesteps",
                 "beta_start",
                 "beta_end",
