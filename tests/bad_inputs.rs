@@ -1691,12 +1691,7 @@ fn c_api_bad_calls() {
         ),
         (
             "load non-UTF-8 path",
-            unsafe {
-                td_model_load(
-                    b"/nonexistent/\xff\xfe\0".as_ptr() as *const c_char,
-                    &mut model_out,
-                )
-            },
+            unsafe { td_model_load(c"/nonexistent/\xff\xfe".as_ptr(), &mut model_out) },
             td_status::Io,
         ),
         (
