@@ -691,7 +691,8 @@ impl SigmaScheduler {
         &self.rounded
     }
 
-    /// sigma of every step and the final one (`num_steps() + 1` values, float32).
+    /// sigma of every step and the final one (`num_steps() + 1` values, float32); empty for
+    /// PNDM and IPNDM, which have no sigma ramp.
     pub fn sigmas(&self) -> &[f64] {
         &self.sigmas
     }
