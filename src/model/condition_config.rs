@@ -10,8 +10,8 @@ use alloc::vec::Vec;
 use serde_json::{Map, Value};
 
 use super::config::{
-    as_bool, as_f64, as_list, as_size, as_str, bad, DownBlockKind, MidBlockConfig, UNetConfig,
-    UpBlockKind, MAX_CHANNELS, MAX_LAYERS_PER_BLOCK,
+    as_bool, as_f64, as_opt_size, as_sample_size, as_size, as_size_list, as_string_list, bad,
+    DownBlockKind, MidBlockConfig, UNetConfig, UpBlockKind, MAX_CHANNELS, MAX_LAYERS_PER_BLOCK,
 };
 use crate::error::{unsupported, Result};
 use crate::model::ops::Activation;
@@ -104,46 +104,16 @@ pub(crate) fn parse_condition(obj: &Map<String, Value>) -> Result<UNetConfig> {
         let k = key.as_str();
         match k {
             _ if k.starts_with('_') => {}
-            "sample_size" => {
-                sample_size = Some(match v {
-                    Value::Array(hw) if hw.len() == 2 => (as_size(k, &hw[0])?, as_size(k, &hw[1])?),
-                    Value::Null => return Err(bad(k, "null: give the trained resolution")),
-                    _ => {
-                        let s = as_size(k, v)?;
-                        (s, s)
-                    }
-                })
-            }
+            "sample_size" => sample_size = Some(as_sample_size(k, v)?),
             "in_channels" => in_channels = as_size(k, v)?,
             "out_channels" => out_channels = as_size(k, v)?,
             "center_input_sample" => center_input_sample = as_bool(k, v)?,
             "flip_sin_to_cos" => flip_sin_to_cos = as_bool(k, v)?,
             "freq_shift" => freq_shift = as_f64(k, v)?,
-            "time_embedding_dim" => {
-                time_embedding_dim = if v.is_null() {
-                    None
-                } else {
-                    Some(as_size(k, v)?)
-                }
-            }
-            "down_block_types" => {
-                down_types = as_list(k, v)?
-                    .iter()
-                    .map(|s| as_str(k, s).map(String::from))
-                    .collect::<Result<_>>()?
-            }
-            "up_block_types" => {
-                up_types = as_list(k, v)?
-                    .iter()
-                    .map(|s| as_str(k, s).map(String::from))
-                    .collect::<Result<_>>()?
-            }
-            "block_out_channels" => {
-                block_out_channels = as_list(k, v)?
-                    .iter()
-                    .map(|c| as_size(k, c))
-                    .collect::<Result<_>>()?
-            }
+            "time_embedding_dim" => time_embedding_dim = as_opt_size(k, v)?,
+            "down_block_types" => down_types = as_string_list(k, v)?,
+            "up_block_types" => up_types = as_string_list(k, v)?,
+            "block_out_channels" => block_out_channels = as_size_list(k, v)?,
             "layers_per_block" => layers_per_block = as_size(k, v)?,
             "mid_block_type" => {
                 mid_block = match v {

@@ -205,6 +205,41 @@ pub(crate) fn as_list<'a>(key: &str, v: &'a Value) -> Result<&'a Vec<Value>> {
         .ok_or_else(|| bad(key, alloc::format!("expected a list, got {v}")))
 }
 
+/// `null` or [`as_size`].
+pub(crate) fn as_opt_size(key: &str, v: &Value) -> Result<Option<usize>> {
+    if v.is_null() {
+        Ok(None)
+    } else {
+        as_size(key, v).map(Some)
+    }
+}
+
+/// A list of strings (block type names).
+pub(crate) fn as_string_list(key: &str, v: &Value) -> Result<Vec<String>> {
+    as_list(key, v)?
+        .iter()
+        .map(|s| as_str(key, s).map(String::from))
+        .collect()
+}
+
+/// A list of [`as_size`] values (channels per block).
+pub(crate) fn as_size_list(key: &str, v: &Value) -> Result<Vec<usize>> {
+    as_list(key, v)?.iter().map(|c| as_size(key, c)).collect()
+}
+
+/// `sample_size`: one side or `[height, width]`; null is refused (the trained resolution is
+/// needed for the memory plan).
+pub(crate) fn as_sample_size(key: &str, v: &Value) -> Result<(usize, usize)> {
+    match v {
+        Value::Array(hw) if hw.len() == 2 => Ok((as_size(key, &hw[0])?, as_size(key, &hw[1])?)),
+        Value::Null => Err(bad(key, "null: give the trained resolution")),
+        _ => {
+            let s = as_size(key, v)?;
+            Ok((s, s))
+        }
+    }
+}
+
 impl UNetConfig {
     /// Parses diffusers' `config.json` for a `UNet2DModel`.
     pub fn from_json(text: &str) -> Result<UNetConfig> {
@@ -269,48 +304,16 @@ impl UNetConfig {
             let k = key.as_str();
             match k {
                 _ if k.starts_with('_') => {} // _class_name, _diffusers_version, _name_or_path
-                "sample_size" => {
-                    sample_size = Some(match v {
-                        Value::Array(hw) if hw.len() == 2 => {
-                            (as_size(k, &hw[0])?, as_size(k, &hw[1])?)
-                        }
-                        Value::Null => return Err(bad(k, "null: give the trained resolution")),
-                        _ => {
-                            let s = as_size(k, v)?;
-                            (s, s)
-                        }
-                    })
-                }
+                "sample_size" => sample_size = Some(as_sample_size(k, v)?),
                 "in_channels" => in_channels = as_size(k, v)?,
                 "out_channels" => out_channels = as_size(k, v)?,
                 "center_input_sample" => center_input_sample = as_bool(k, v)?,
                 "flip_sin_to_cos" => flip_sin_to_cos = as_bool(k, v)?,
                 "freq_shift" => freq_shift = as_f64(k, v)?,
-                "time_embedding_dim" => {
-                    time_embedding_dim = if v.is_null() {
-                        None
-                    } else {
-                        Some(as_size(k, v)?)
-                    }
-                }
-                "down_block_types" => {
-                    down_types = as_list(k, v)?
-                        .iter()
-                        .map(|s| as_str(k, s).map(String::from))
-                        .collect::<Result<_>>()?
-                }
-                "up_block_types" => {
-                    up_types = as_list(k, v)?
-                        .iter()
-                        .map(|s| as_str(k, s).map(String::from))
-                        .collect::<Result<_>>()?
-                }
-                "block_out_channels" => {
-                    block_out_channels = as_list(k, v)?
-                        .iter()
-                        .map(|c| as_size(k, c))
-                        .collect::<Result<_>>()?
-                }
+                "time_embedding_dim" => time_embedding_dim = as_opt_size(k, v)?,
+                "down_block_types" => down_types = as_string_list(k, v)?,
+                "up_block_types" => up_types = as_string_list(k, v)?,
+                "block_out_channels" => block_out_channels = as_size_list(k, v)?,
                 "layers_per_block" => layers_per_block = as_size(k, v)?,
                 "mid_block_type" => {
                     mid_block_type = match v {
@@ -326,26 +329,14 @@ impl UNetConfig {
                         _ => return Err(unsupported(k, v)),
                     }
                 }
-                "attention_head_dim" => {
-                    attention_head_dim = if v.is_null() {
-                        None
-                    } else {
-                        Some(as_size(k, v)?)
-                    }
-                }
+                "attention_head_dim" => attention_head_dim = as_opt_size(k, v)?,
                 "norm_num_groups" => {
                     norm_groups_null = v.is_null();
                     if !norm_groups_null {
                         norm_num_groups = as_size(k, v)?
                     }
                 }
-                "attn_norm_num_groups" => {
-                    attn_norm_num_groups = if v.is_null() {
-                        None
-                    } else {
-                        Some(as_size(k, v)?)
-                    }
-                }
+                "attn_norm_num_groups" => attn_norm_num_groups = as_opt_size(k, v)?,
                 "norm_eps" => {
                     norm_eps = as_f64(k, v)?;
                     if norm_eps <= 0.0 {
@@ -353,13 +344,7 @@ impl UNetConfig {
                     }
                 }
                 "add_attention" => add_attention = as_bool(k, v)?,
-                "num_class_embeds" => {
-                    num_class_embeds = if v.is_null() {
-                        None
-                    } else {
-                        Some(as_size(k, v)?)
-                    }
-                }
+                "num_class_embeds" => num_class_embeds = as_opt_size(k, v)?,
                 // Options with one supported value.
                 // diffusers' get_activation names.
                 "act_fn" => {
