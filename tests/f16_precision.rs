@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use common::{fixtures_dir, rel_l2};
 use tinydiffusion::kernels::{KernelPath, F16_NEEDS};
 use tinydiffusion::sampler::{SampleOptions, Sampler, SamplerKind};
 use tinydiffusion::schedule::SchedulerConfig;
@@ -83,34 +83,19 @@ fn precision_setting() {
     assert_eq!(model.kernels(), f32_path);
 }
 
-fn forward_case(name: &str) -> (Vec<f32>, Vec<f32>, Option<Vec<i64>>, Vec<f64>) {
-    let dir = fixtures_dir().join(name);
-    let cases = read_json(dir.join("cases.json"));
-    let case = cases["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "forward")
-        .unwrap()
-        .clone();
-    let tensors = TensorFile::open(dir.join("cases.safetensors"));
-    let inputs = &case["inputs"];
-    let x = tensors.f32s(inputs["x"].as_str().unwrap());
-    let t = tensors.f32s(inputs["t"].as_str().unwrap());
-    let labels = inputs
-        .get("class_labels")
-        .map(|n| tensors.i64s(n.as_str().unwrap()));
-    let expected = tensors.f64s(case["expected"]["out"].as_str().unwrap());
-    (x, t, labels, expected)
-}
-
 #[test]
 fn f16_forward_against_float64() {
     if !f16_available() {
         return;
     }
     for name in MODELS {
-        let (x, t, labels, expected) = forward_case(name);
+        let common::ForwardCase {
+            x,
+            t,
+            labels,
+            expected,
+            ..
+        } = common::forward_case(name);
         let mut model = Model::load(fixtures_dir().join(name)).unwrap();
         let (c, h, w) = model.input_shape();
         let batch = x.len() / (c * h * w);

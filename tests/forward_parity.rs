@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use common::{fixtures_dir, forward_case, rel_l2};
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::memory::Reuse;
 use tinydiffusion::weights::LoadOptions;
@@ -16,44 +16,6 @@ pub const MODELS: [&str; 4] = [
     "tiny-class16",
     "tiny-learnedvar8",
 ];
-
-struct ForwardCase {
-    x: Vec<f32>,
-    t: Vec<f32>,
-    labels: Option<Vec<i64>>,
-    expected: Vec<f64>,
-    activations: serde_json::Map<String, serde_json::Value>,
-    tensors: TensorFile,
-}
-
-fn forward_case(model: &str) -> ForwardCase {
-    let dir = fixtures_dir().join(model);
-    let cases = read_json(dir.join("cases.json"));
-    let case = cases["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "forward")
-        .unwrap()
-        .clone();
-    let tensors = TensorFile::open(dir.join("cases.safetensors"));
-    let inputs = &case["inputs"];
-    let x = tensors.f32s(inputs["x"].as_str().unwrap());
-    let t = tensors.f32s(inputs["t"].as_str().unwrap());
-    let labels = inputs
-        .get("class_labels")
-        .map(|n| tensors.i64s(n.as_str().unwrap()));
-    let expected = tensors.f64s(case["expected"]["out"].as_str().unwrap());
-    let activations = case["expected"]["activations"].as_object().unwrap().clone();
-    ForwardCase {
-        x,
-        t,
-        labels,
-        expected,
-        activations,
-        tensors,
-    }
-}
 
 fn check_model(name: &str, path: KernelPath) {
     let dir = fixtures_dir().join(name);

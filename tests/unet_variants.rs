@@ -37,23 +37,14 @@ fn post_act(name: &str, v: f64) -> f64 {
 /// bad block) and the output within 1e-4; returns the output's error.
 fn check_forward(name: &str, path: KernelPath) -> f64 {
     let dir = fixtures_dir().join(name);
-    let cases = read_json(dir.join("cases.json"));
-    let case = cases["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "forward")
-        .unwrap()
-        .clone();
-    let tensors = TensorFile::open(dir.join("cases.safetensors"));
-    let inputs = &case["inputs"];
-    let x = tensors.f32s(inputs["x"].as_str().unwrap());
-    let t = tensors.f32s(inputs["t"].as_str().unwrap());
-    let labels = inputs
-        .get("class_labels")
-        .map(|n| tensors.i64s(n.as_str().unwrap()));
-    let expected = tensors.f64s(case["expected"]["out"].as_str().unwrap());
-    let activations = case["expected"]["activations"].as_object().unwrap();
+    let common::ForwardCase {
+        x,
+        t,
+        labels,
+        expected,
+        activations,
+        tensors,
+    } = common::forward_case(name);
 
     let mut model = Model::load_with(&dir, LoadOptions::default(), Reuse::None).unwrap();
     model.set_kernels(path).unwrap();

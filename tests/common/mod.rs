@@ -186,3 +186,43 @@ impl SampleCase {
         traj[traj.len() - self.x_t.len()..].to_vec()
     }
 }
+
+/// The `forward` case of a fixture folder's `cases.json` / `cases.safetensors`: inputs, the
+/// float64 output and the per-block activations (names into `tensors`).
+pub struct ForwardCase {
+    pub x: Vec<f32>,
+    pub t: Vec<f32>,
+    pub labels: Option<Vec<i64>>,
+    pub expected: Vec<f64>,
+    pub activations: serde_json::Map<String, serde_json::Value>,
+    pub tensors: TensorFile,
+}
+
+pub fn forward_case(model: &str) -> ForwardCase {
+    let dir = fixtures_dir().join(model);
+    let cases = read_json(dir.join("cases.json"));
+    let case = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "forward")
+        .unwrap()
+        .clone();
+    let tensors = TensorFile::open(dir.join("cases.safetensors"));
+    let inputs = &case["inputs"];
+    let x = tensors.f32s(inputs["x"].as_str().unwrap());
+    let t = tensors.f32s(inputs["t"].as_str().unwrap());
+    let labels = inputs
+        .get("class_labels")
+        .map(|n| tensors.i64s(n.as_str().unwrap()));
+    let expected = tensors.f64s(case["expected"]["out"].as_str().unwrap());
+    let activations = case["expected"]["activations"].as_object().unwrap().clone();
+    ForwardCase {
+        x,
+        t,
+        labels,
+        expected,
+        activations,
+        tensors,
+    }
+}
