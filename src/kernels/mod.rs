@@ -61,6 +61,12 @@ use half::f16;
 
 pub mod pack;
 pub mod scalar;
+// Generic over the vector width; instantiated only by the x86-64 and aarch64 tables, so on
+// scalar-only targets (thumbv7em) it is compiled but unused.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 pub(crate) mod simd;
 #[cfg(feature = "std")]
 pub mod threads;

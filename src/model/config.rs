@@ -241,6 +241,46 @@ pub(crate) fn as_sample_size(key: &str, v: &Value) -> Result<(usize, usize)> {
 }
 
 impl UNetConfig {
+    /// The config of a net that is a [`crate::Model`] of its own ops but no UNet (the text
+    /// encoder, the decoders): only what the forward pass checks is stated (input channels
+    /// and size, output channels); there are no blocks, no classes and no time embedding.
+    pub(crate) fn io_only(
+        sample_size: (usize, usize),
+        in_channels: usize,
+        out_channels: usize,
+    ) -> UNetConfig {
+        UNetConfig {
+            sample_size,
+            in_channels,
+            out_channels,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            time_embed_dim: 1,
+            down_blocks: Vec::new(),
+            up_blocks: Vec::new(),
+            block_out_channels: Vec::new(),
+            layers_per_block: 0,
+            mid_block: None,
+            downsample_padding: 1,
+            attention_head_dim: None,
+            norm_num_groups: 1,
+            norm_eps: 1e-6,
+            num_class_embeds: None,
+            scale_shift: false,
+            resnet_downsample: false,
+            resnet_upsample: false,
+            act_fn: Activation::Silu,
+            learned_time_embedding: None,
+            timestep_class_embedding: false,
+            identity_class_embedding: false,
+            time_fourier: false,
+            norm_groups_null: false,
+            dropout: 0.0,
+            cross_attention: None,
+        }
+    }
+
     /// Parses diffusers' `config.json` for a `UNet2DModel`.
     pub fn from_json(text: &str) -> Result<UNetConfig> {
         let root: Value = serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;

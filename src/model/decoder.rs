@@ -7,8 +7,6 @@
 //! sampling loop decodes after its last step, in the same workspace: the decoder's arena
 //! overlaps the UNet's, which is free by then (`sampler::workspace_len_with` sizes both).
 
-use alloc::vec::Vec;
-
 use super::decoder_config::{DecoderConfig, DecoderKind};
 use super::describe_decoder::describe_decoder;
 use super::Model;
@@ -66,38 +64,7 @@ impl Decoder {
         if let Some(c) = codebook {
             described.parameters += c.len();
         }
-        // The net is a Model of the decoder's ops; its UNet config only states the shapes the
-        // forward pass checks (input channels and size, output channels, no classes).
-        let shapes = UNetConfig {
-            sample_size: latent_size,
-            in_channels: c_in,
-            out_channels: config.out_channels,
-            center_input_sample: false,
-            flip_sin_to_cos: true,
-            freq_shift: 0.0,
-            time_embed_dim: 1,
-            down_blocks: Vec::new(),
-            up_blocks: Vec::new(),
-            block_out_channels: config.block_out_channels.clone(),
-            layers_per_block: config.layers_per_block,
-            mid_block: None,
-            downsample_padding: 1,
-            attention_head_dim: None,
-            norm_num_groups: config.norm_num_groups,
-            norm_eps: 1e-6,
-            num_class_embeds: None,
-            scale_shift: false,
-            resnet_downsample: false,
-            resnet_upsample: false,
-            act_fn: crate::model::Activation::Silu,
-            learned_time_embedding: None,
-            timestep_class_embedding: false,
-            identity_class_embedding: false,
-            time_fourier: false,
-            norm_groups_null: false,
-            dropout: 0.0,
-            cross_attention: None,
-        };
+        let shapes = UNetConfig::io_only(latent_size, c_in, config.out_channels);
         let net = Model::assemble(
             shapes,
             described,

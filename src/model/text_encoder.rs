@@ -21,7 +21,7 @@ use super::ops::{
     TokenEmbeddingOp,
 };
 use super::text_encoder_config::TextEncoderConfig;
-use super::{Activation, Model, Tap};
+use super::{Model, Tap};
 use crate::config::UNetConfig;
 use crate::error::{invalid_arg, Error, Result};
 use crate::memory::Reuse;
@@ -236,38 +236,8 @@ impl TextEncoder {
         let mut loader = WeightLoader::new(weights, options)?;
         let described = describe_text_encoder(&config, &mut loader, clip_skip)?;
         let tokens = config.max_position_embeddings;
-        // The net is a Model of the encoder's ops; its UNet config only states the shapes
-        // the forward pass reads: `tokens` ids in, `tokens * hidden` floats out.
-        let shapes = UNetConfig {
-            sample_size: (1, 1),
-            in_channels: tokens,
-            out_channels: tokens * config.hidden_size,
-            center_input_sample: false,
-            flip_sin_to_cos: true,
-            freq_shift: 0.0,
-            time_embed_dim: 1,
-            down_blocks: Vec::new(),
-            up_blocks: Vec::new(),
-            block_out_channels: Vec::new(),
-            layers_per_block: 0,
-            mid_block: None,
-            downsample_padding: 1,
-            attention_head_dim: None,
-            norm_num_groups: 1,
-            norm_eps: config.layer_norm_eps as f64,
-            num_class_embeds: None,
-            scale_shift: false,
-            resnet_downsample: false,
-            resnet_upsample: false,
-            act_fn: Activation::Silu,
-            learned_time_embedding: None,
-            timestep_class_embedding: false,
-            identity_class_embedding: false,
-            time_fourier: false,
-            norm_groups_null: false,
-            dropout: 0.0,
-            cross_attention: None,
-        };
+        // The net reads `tokens` ids and writes `tokens * hidden` floats.
+        let shapes = UNetConfig::io_only((1, 1), tokens, tokens * config.hidden_size);
         let net = Model::assemble(shapes, described, loader.finish(), (1, 1), (1, 1), reuse)?;
         Ok(TextEncoder {
             config,
