@@ -2,12 +2,12 @@
 # Fuzzing in CI: every cargo-fuzz target (fuzz/) for a bounded time, first on the stable
 # toolchain without a sanitizer, then with AddressSanitizer where it builds (nightly features
 # through RUSTC_BOOTSTRAP=1). Fails on any crash, leak, timeout or out-of-memory.
-# Budget on 2 cores: about 4 x 60 s + 4 x 30 s of fuzzing, clip_tokenizer 20 s + 10 s, plus two
+# Budget on 2 cores: about 4 x 60 s + 4 x 30 s of fuzzing, clip_tokenizer 20 s + 10 s, text_encoder 30 s + 15 s, plus two
 # builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
-TARGETS=(load_model scheduler_config c_api forward_bytes clip_tokenizer)
+TARGETS=(load_model scheduler_config c_api forward_bytes clip_tokenizer text_encoder)
 SECS="${FUZZ_SECONDS:-60}"
 ASAN_SECS="${FUZZ_ASAN_SECONDS:-30}"
 # The tokenizer is small, plain Rust with no unsafe: a third of the time is plenty.
@@ -15,6 +15,9 @@ secs_for() {
     local target=$1 secs=$2
     if [ "$target" = clip_tokenizer ]; then
         echo $(( secs / 3 > 0 ? secs / 3 : 1 ))
+    elif [ "$target" = text_encoder ]; then
+        # Its kernels are the UNet's (fuzzed by load_model/forward_bytes): half the time.
+        echo $(( secs / 2 > 0 ? secs / 2 : 1 ))
     else
         echo "$secs"
     fi

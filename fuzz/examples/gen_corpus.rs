@@ -224,6 +224,29 @@ fn forward_seeds() {
     }
 }
 
+/// `text_encoder` inputs: flags, clip_skip, the config's length and text, the weights; the two
+/// CLIP text-encoder fixtures (the larger gelu one once; quick_gelu also with clip_skip 1 and
+/// with the checks off).
+fn text_encoder_seeds(dir: &Path) {
+    for variant in ["quick", "gelu"] {
+        let folder = dir.join(variant).join("text_encoder");
+        let config = fs::read_to_string(folder.join("config.json")).unwrap();
+        let weights = fs::read(folder.join("model.safetensors")).unwrap();
+        let variants: &[(&str, u8, u8)] = if variant == "quick" {
+            &[("", 0, 0), ("-skip1", 0, 1), ("-unchecked", 3, 0)]
+        } else {
+            &[("", 0, 0)]
+        };
+        for &(name, flags, clip_skip) in variants {
+            let mut v = vec![flags, clip_skip];
+            v.extend_from_slice(&(config.len() as u16).to_le_bytes());
+            v.extend_from_slice(config.as_bytes());
+            v.extend_from_slice(&weights);
+            write("text_encoder", &format!("clip-{variant}{name}"), &v);
+        }
+    }
+}
+
 fn main() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
     load_model_seeds(&fixtures);
@@ -231,6 +254,7 @@ fn main() {
     c_api_seeds();
     forward_seeds();
     clip_tokenizer_seeds(&fixtures.join("clip-tokenizer"));
+    text_encoder_seeds(&fixtures.join("clip-text"));
 }
 
 /// GPT-2's byte symbols in CLIP's vocabulary order.
