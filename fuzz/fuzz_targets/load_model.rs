@@ -5,33 +5,22 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tinydiffusion::memory::Reuse;
-use tinydiffusion::weights::{LoadOptions, WeightBytes};
+use tinydiffusion::weights::WeightBytes;
 use tinydiffusion::{Model, UNetConfig};
-use tinydiffusion_fuzz::Bytes;
+use tinydiffusion_fuzz::{config_and_weights, Bytes};
 
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes::new(data);
     let flags = b.u8();
-    let config_len = b.u16() as usize;
-    let Ok(config_text) = std::str::from_utf8(b.take(config_len)) else {
+    let Some((config_text, weights, options, reuse)) = config_and_weights(&mut b, flags) else {
         return;
     };
-    let weights = b.rest().to_vec();
     let Ok(config) = UNetConfig::from_json(config_text) else {
         return;
     };
     // Listing the parameters needs no file and must agree with any config that validates.
     let Ok(specs) = Model::parameter_specs(&config) else {
         return;
-    };
-    let options = LoadOptions {
-        check_finite: flags & 1 == 0,
-    };
-    let reuse = if flags & 2 == 0 {
-        Reuse::Shared
-    } else {
-        Reuse::None
     };
     let Ok(mut model) = Model::new(config, WeightBytes::Owned(weights), options, reuse) else {
         return;

@@ -10,29 +10,19 @@ use tinydiffusion::memory::Reuse;
 use tinydiffusion::model::text_encoder::TextEncoder;
 use tinydiffusion::model::text_encoder_config::TextEncoderConfig;
 use tinydiffusion::weights::{LoadOptions, WeightBytes};
-use tinydiffusion_fuzz::Bytes;
+use tinydiffusion_fuzz::{config_and_weights, Bytes};
 
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes::new(data);
     let flags = b.u8();
     let clip_skip = (b.u8() % 4) as usize;
-    let config_len = b.u16() as usize;
-    let Ok(config_text) = std::str::from_utf8(b.take(config_len)) else {
+    let Some((config_text, weights, options, reuse)) = config_and_weights(&mut b, flags) else {
         return;
     };
-    let weights = b.rest().to_vec();
     let Ok(config) = TextEncoderConfig::from_json(config_text) else {
         return;
     };
     let vocab = config.vocab_size;
-    let options = LoadOptions {
-        check_finite: flags & 1 == 0,
-    };
-    let reuse = if flags & 2 == 0 {
-        Reuse::Shared
-    } else {
-        Reuse::None
-    };
     let Ok(mut encoder) = TextEncoder::new(
         config,
         WeightBytes::Owned(weights),

@@ -11,6 +11,9 @@
 
 use std::sync::OnceLock;
 
+use tinydiffusion::memory::Reuse;
+use tinydiffusion::weights::LoadOptions;
+
 /// A tiny UNet2DModel (1 channel, 4x4, two blocks, one with attention, mid block with
 /// attention): every op kind, a forward pass in microseconds.
 pub const TINY_CONFIG: &str = r#"{
@@ -61,6 +64,27 @@ pub fn data_start(st: &[u8]) -> usize {
     let mut n = [0u8; 8];
     n.copy_from_slice(&st[..8]);
     8 + u64::from_le_bytes(n) as usize
+}
+
+/// A loader input's head and body: `[config_len u16 LE][config text][weights...]`, then the
+/// load options of `flags` (bit 0: finiteness check off, bit 1: no memory reuse). `None` when
+/// the config is not UTF-8.
+pub fn config_and_weights<'a>(
+    b: &mut Bytes<'a>,
+    flags: u8,
+) -> Option<(&'a str, Vec<u8>, LoadOptions, Reuse)> {
+    let config_len = b.u16() as usize;
+    let config = std::str::from_utf8(b.take(config_len)).ok()?;
+    let weights = b.rest().to_vec();
+    let options = LoadOptions {
+        check_finite: flags & 1 == 0,
+    };
+    let reuse = if flags & 2 == 0 {
+        Reuse::Shared
+    } else {
+        Reuse::None
+    };
+    Some((config, weights, options, reuse))
 }
 
 /// Reads fields off a fuzz input; past the end every read is 0.

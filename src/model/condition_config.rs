@@ -14,7 +14,6 @@ use super::config::{
     DownBlockKind, MidBlockConfig, UNetConfig, UpBlockKind, MAX_CHANNELS, MAX_LAYERS_PER_BLOCK,
 };
 use crate::error::{unsupported, Result};
-use crate::model::ops::Activation;
 
 /// Token rows of `encoder_hidden_states` a conditional UNet is built for by default: CLIP's
 /// `max_position_embeddings`.
@@ -218,9 +217,6 @@ pub(crate) fn parse_condition(obj: &Map<String, Value>) -> Result<UNetConfig> {
     let cfg = UNetConfig {
         // Read and checked above; only the trainer uses it, and it refuses this model.
         dropout: 0.0,
-        sample_size,
-        in_channels,
-        out_channels,
         center_input_sample,
         flip_sin_to_cos,
         freq_shift,
@@ -236,19 +232,8 @@ pub(crate) fn parse_condition(obj: &Map<String, Value>) -> Result<UNetConfig> {
             resnet_groups: norm_num_groups,
         }),
         downsample_padding,
-        attention_head_dim: None,
         norm_num_groups,
         norm_eps,
-        num_class_embeds: None,
-        scale_shift: false,
-        resnet_downsample: false,
-        resnet_upsample: false,
-        act_fn: Activation::Silu,
-        learned_time_embedding: None,
-        timestep_class_embedding: false,
-        identity_class_embedding: false,
-        time_fourier: false,
-        norm_groups_null: false,
         cross_attention: Some(CrossAttentionConfig {
             cross_attention_dim,
             linear_projection,
@@ -256,6 +241,9 @@ pub(crate) fn parse_condition(obj: &Map<String, Value>) -> Result<UNetConfig> {
             layers,
             text_tokens: DEFAULT_TEXT_TOKENS,
         }),
+        // No class embedding, AdaGN, resampling resnets or other time embeddings: the keys
+        // that would ask for them are refused above.
+        ..UNetConfig::io_only(sample_size, in_channels, out_channels)
     };
     cfg.validate()?;
     Ok(cfg)

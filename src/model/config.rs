@@ -244,6 +244,7 @@ impl UNetConfig {
     /// The config of a net that is a [`crate::Model`] of its own ops but no UNet (the text
     /// encoder, the decoders): only what the forward pass checks is stated (input channels
     /// and size, output channels); there are no blocks, no classes and no time embedding.
+    /// Also the base the conditional UNet's parser fills in (`..UNetConfig::io_only(..)`).
     pub(crate) fn io_only(
         sample_size: (usize, usize),
         in_channels: usize,
