@@ -5,6 +5,7 @@
 //! cargo run --release --features train --example compare_samplers -- \
 //!     --model weights --data data/mnist/t10k-images-idx3-ubyte.gz \
 //!     --images 1000 --evals 10,20,50 --out docs/samplers
+//! # the f16 arithmetic cost on an ARMv8.2+ CPU: the same table with --precision f16
 //! ```
 //!
 //! 1. Trains the feature classifier (`train::quality`, an MLP 1024-256-10) on images
@@ -32,7 +33,7 @@ use tinydiffusion::train::data::Dataset;
 use tinydiffusion::train::quality::{
     frechet_distance, Classifier, ClassifierOptions, FeatureStats,
 };
-use tinydiffusion::Model;
+use tinydiffusion::{Model, Precision};
 
 struct Args {
     model: PathBuf,
@@ -45,6 +46,7 @@ struct Args {
     seed: u64,
     threads: Option<usize>,
     samplers: Vec<String>,
+    precision: Precision,
 }
 
 fn parse() -> Result<Args, String> {
@@ -61,6 +63,7 @@ fn parse() -> Result<Args, String> {
         samplers: ["ddpm", "ddim", "sde", "ode", "pc"]
             .map(String::from)
             .to_vec(),
+        precision: Precision::F32,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -90,11 +93,14 @@ fn parse() -> Result<Args, String> {
             }
             "--seed" => a.seed = num(val()?)? as u64,
             "--threads" => a.threads = Some(num(val()?)?),
+            "--precision" => {
+                a.precision = Precision::from_name(&val()?).map_err(|e| e.to_string())?
+            }
             "-h" | "--help" => {
                 println!(
                     "compare_samplers [--model DIR] [--data IDX] [--images N] [--batch B] \
                      [--evals 10,20,50] [--samplers ddpm,ddim,sde,ode,pc] [--out DIR] \
-                     [--guidance W] [--seed S] [--threads N]"
+                     [--guidance W] [--seed S] [--threads N] [--precision f32|f16]"
                 );
                 std::process::exit(0);
             }
@@ -184,6 +190,9 @@ fn run() -> Result<(), String> {
     if let Some(n) = a.threads {
         model.set_threads(n).map_err(s)?;
     }
+    // f16 arithmetic (aarch64 with FEAT_FP16; a typed error elsewhere): its quality cost is
+    // this table at f16 against the same run at f32.
+    model.set_precision(a.precision).map_err(s)?;
     let base = ModelFiles::find(&a.model)
         .and_then(|f| f.load_scheduler_config())
         .map_err(s)?;
