@@ -154,6 +154,29 @@ impl WeightStore {
         }
     }
 
+    /// Hands the mapped file's pages under `len` bytes at `byte_start` back to the kernel, once
+    /// that tensor was packed into owned memory: the resident set at load is then the packed
+    /// copy plus one tensor, not the copy plus the whole file (an SD 1.5 UNet: 1.7 GB less).
+    /// The pages stay mapped; a read of a neighbouring tensor sharing a boundary page faults
+    /// it back in from the page cache. A no-op for bytes that are not a file map.
+    fn release_file_pages(&self, byte_start: usize, len: usize) {
+        #[cfg(all(feature = "std", unix))]
+        if let WeightBytes::Mapped(map) = &self.bytes {
+            const PAGE: usize = 4096;
+            let start = byte_start / PAGE * PAGE;
+            let end = (byte_start + len).min(map.len());
+            // SAFETY: the map is read-only and private and this process never writes it, so no
+            // page differs from the file: MADV_DONTNEED drops them and the next read faults the
+            // same bytes back in from the file; no reference sees other contents. (The file
+            // changing under the map is `map_file`'s contract.) The range lies in the map.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+        #[cfg(not(all(feature = "std", unix)))]
+        let _ = (byte_start, len);
+    }
+
     pub fn file_bytes(&self) -> &[u8] {
         self.bytes.as_slice()
     }
@@ -353,7 +376,10 @@ impl WeightLoader {
             let plain = self.take_unrecorded(names, &shape)?;
             let src: Vec<f16> = self.store.get(plain).to_vec();
             match plain {
-                WeightRef::File { .. } => self.store.in_place_tensors -= 1,
+                WeightRef::File { byte_start, len } => {
+                    self.store.in_place_tensors -= 1;
+                    self.store.release_file_pages(byte_start, 2 * len);
+                }
                 WeightRef::Owned { start, .. } => self.store.converted.truncate(start),
             }
             let start = self.store.converted.len();
