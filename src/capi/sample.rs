@@ -594,6 +594,7 @@ unsafe fn run_sample(
         step_noise,
         class_labels: labels,
         guidance,
+        text: None,
         threads: d.threads,
     };
     sampler::sample_with(model, method, ws, &opts, out, None)?;

@@ -410,6 +410,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         step_noise: step_noise.as_deref(),
         class_labels: labels.as_deref(),
         guidance,
+        text: None,
         threads: 0,
     };
     let mut workspace = vec![0.0f32; sampler.workspace_len(&model, a.batch, guidance.is_some())];
