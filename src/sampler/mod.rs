@@ -266,16 +266,30 @@ struct Denoiser<'a> {
     output: &'a mut [f32],
     uncond: &'a mut [f32],
     batch: usize,
-    /// A text-to-image run's encoder states: `[B, tokens, hidden]` of the prompts, of the
-    /// negative prompts when guided, and diffusers' `guidance_scale`.
-    text: Option<(&'a [f32], Option<&'a [f32]>, f32)>,
+    text: Option<TextStates<'a>>,
+}
+
+/// A text-to-image run's encoder states, in the workspace.
+#[derive(Clone, Copy)]
+struct TextStates<'a> {
+    /// `[B, tokens, hidden]` of the prompts.
+    cond: &'a [f32],
+    /// The same of the negative prompts, when guided.
+    uncond: Option<&'a [f32]>,
+    /// diffusers' `guidance_scale`.
+    scale: f32,
 }
 
 impl Denoiser<'_> {
     /// The guided model output `[B, C_out, H, W]` at `timestep`.
     fn raw(&mut self, x: &[f32], timestep: f32) -> Result<&[f32]> {
         let ts = [timestep];
-        if let Some((cond, uncond, scale)) = self.text {
+        if let Some(TextStates {
+            cond,
+            uncond,
+            scale,
+        }) = self.text
+        {
             self.model.forward_conditional_with_threads(
                 self.threads,
                 self.workspace,
@@ -391,7 +405,7 @@ fn check_text(model: &Model, text: Option<&TextConditioning<'_>>, batch: usize) 
     }
     let tokens = encoder.tokens();
     let prompts = t.prompt_ids.len() / tokens;
-    if t.prompt_ids.len() % tokens != 0 || prompts == 0 || batch % prompts != 0 {
+    if t.prompt_ids.len() % tokens != 0 || prompts == 0 || !batch.is_multiple_of(prompts) {
         return Err(Error::BufferSize {
             what: "prompt ids [prompts, tokens] (one prompt, or one per image)",
             expected: batch * tokens,
@@ -736,7 +750,11 @@ pub fn sample_with(
                 }
                 _ => None,
             };
-            Some((&*cond, uncond, t.guidance_scale))
+            Some(TextStates {
+                cond: &*cond,
+                uncond,
+                scale: t.guidance_scale,
+            })
         }
         _ => None,
     };
