@@ -370,16 +370,19 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         a.batch = 1;
     }
     let a = &a;
-    let mut model = load_model(&dir)?;
-    if text_pipeline && (a.height.is_some() || a.width.is_some()) {
+    let mut model = match (
+        &files,
+        text_pipeline && (a.height.is_some() || a.width.is_some()),
+    ) {
         // The UNet's and the decoder's op lists are built for the requested size.
-        let (_, h, w) = model.image_shape();
-        let size = (a.height.unwrap_or(h), a.width.unwrap_or(w));
-        if size != (h, w) {
-            model = Model::load_sized(&dir, Default::default(), Reuse::Shared, Some(size))
-                .map_err(|e| e.to_string())?;
+        (Some(f), true) => {
+            let (h, w) = default_image_size(f).map_err(|e| e.to_string())?;
+            let size = (a.height.unwrap_or(h), a.width.unwrap_or(w));
+            Model::load_sized(&dir, Default::default(), Reuse::Shared, Some(size))
+                .map_err(|e| e.to_string())?
         }
-    }
+        _ => load_model(&dir)?,
+    };
     let text_ids = match (&files, model.text_encoder()) {
         (Some(f), Some(encoder)) => Some(text_ids(f, encoder.tokens(), a)?),
         _ => None,
@@ -575,6 +578,26 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// diffusers' default image size of a pipeline folder: the UNet's `sample_size` times the
+/// decoder's upscale (`vae_scale_factor`), read from the configs without loading weights.
+fn default_image_size(files: &ModelFiles) -> Result<(usize, usize), Error> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| Error::Io {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let unet = tinydiffusion::UNetConfig::from_json(&read(&files.config)?)?;
+    let up = match &files.decoder {
+        Some(d) => tinydiffusion::model::decoder_config::DecoderConfig::from_json(&read(
+            &d.join("config.json"),
+        )?)?
+        .upscale(),
+        None => 1,
+    };
+    Ok((unet.sample_size.0 * up, unet.sample_size.1 * up))
 }
 
 /// A text-to-image run's ids: the prompt (one for every image), the negative prompt (`""`
