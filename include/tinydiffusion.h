@@ -559,6 +559,25 @@ typedef struct td_sampler_desc {
    * JSON, an unknown key or a bad value give the config error naming the key.
    */
   const char *scheduler_config_json;
+  /**
+   * Text-to-image pipelines (a `StableDiffusionPipeline` folder loaded with
+   * `td_model_load`): the prompt of every image, NUL-terminated UTF-8; NULL (the default)
+   * on every other model. NULL on a text pipeline gives `TD_STATUS_NULL_POINTER`, text that
+   * is not UTF-8 `TD_STATUS_INVALID_ARGUMENT`, a prompt on any other model
+   * `TD_STATUS_INVALID_ARGUMENT`. The prompt is tokenized for each call (a text run's only
+   * allocation, before sampling).
+   */
+  const char *prompt;
+  /**
+   * The negative prompt (NUL-terminated UTF-8), read only with guidance on; NULL (the
+   * default): none, which diffusers encodes as the empty prompt `""`.
+   */
+  const char *negative_prompt;
+  /**
+   * Text guidance: eps = uncond + s (cond - uncond), on when s > 1 (diffusers'
+   * `guidance_scale`). Default 7.5. Not the class guidance of `guidance`.
+   */
+  float guidance_scale;
 } td_sampler_desc;
 
 #ifdef __cplusplus

@@ -761,3 +761,91 @@ fn set_precision() {
         td_model_free(model);
     }
 }
+
+/// The text-to-image pipeline through the C API (`examples/c/text_to_image.c`): a prompt,
+/// negative prompt and guidance scale give the Rust API's bits; a NULL prompt on a text
+/// pipeline, a prompt that is not UTF-8 and a prompt on a model without text encoder are
+/// typed errors.
+#[test]
+fn c_text_to_image_matches_rust_api() {
+    use tinydiffusion::sampler::{SamplerSpec, TextConditioning};
+    let dir = scratch_dir("text");
+    let exe = dir.join("t2i_c");
+    compile_c(&root().join("examples/c/text_to_image.c"), &exe);
+    let model_dir = fixtures_dir().join("sd-pipeline").join("sd1");
+    let raw = dir.join("t2i.raw");
+    let out = run(Command::new(&exe)
+        .arg(&model_dir)
+        .arg(&raw)
+        .arg("a photo of a cat")
+        .args(["--negative", "blurry", "--guidance", "7.5", "--steps", "3"])
+        .args(["--seed", "4", "--batch", "2"]));
+    assert!(out.contains("2 images of 3x16x16"), "{out}");
+
+    let m = Model::load(&model_dir).unwrap();
+    let tok = tinydiffusion::text::ClipTokenizer::from_dir(&model_dir).unwrap();
+    let (ids, neg) = (tok.encode("a photo of a cat"), tok.encode("blurry"));
+    let cfg = tinydiffusion::model::load::ModelFiles::find(&model_dir)
+        .unwrap()
+        .load_scheduler_config()
+        .unwrap();
+    let s = Sampler::new(&SamplerSpec::new(None).steps(3), &cfg).unwrap();
+    let mut ws = vec![0.0f32; s.workspace_len(&m, 2, true)];
+    let mut expected = vec![0.0f32; 2 * 3 * 16 * 16];
+    let opts = SampleOptions {
+        text: Some(TextConditioning {
+            prompt_ids: &ids,
+            negative_ids: Some(&neg),
+            guidance_scale: 7.5,
+        }),
+        ..SampleOptions::new(2, 4)
+    };
+    s.sample(&m, &mut ws, &opts, &mut expected, None).unwrap();
+    assert_same_bits(&read_raw(&raw), &expected, "sd1 text-to-image");
+
+    // Typed errors, straight through the API.
+    let path = std::ffi::CString::new(model_dir.to_str().unwrap()).unwrap();
+    let mut model: *mut td_model = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path and a writable out-pointer.
+    assert_eq!(
+        unsafe { td_model_load(path.as_ptr(), &mut model) },
+        td_status::Ok
+    );
+    let mut n = 0usize;
+    let mut desc = td_sampler_desc_default();
+    // SAFETY: live model, readable description, writable out-pointer.
+    let st = unsafe { td_sample_workspace_len(model, &desc, &mut n) };
+    assert_eq!(st, td_status::NullPointer, "NULL prompt");
+    let bad = [b'a', 0xff, 0xfe, 0];
+    desc.prompt = bad.as_ptr().cast();
+    // SAFETY: as above (a NUL-terminated byte string).
+    let st = unsafe { td_sample_workspace_len(model, &desc, &mut n) };
+    assert_eq!(st, td_status::InvalidArgument, "prompt not UTF-8");
+    let prompt = std::ffi::CString::new("a cat").unwrap();
+    desc.prompt = prompt.as_ptr();
+    desc.negative_prompt = bad.as_ptr().cast();
+    // SAFETY: as above.
+    let st = unsafe { td_sample_workspace_len(model, &desc, &mut n) };
+    assert_eq!(st, td_status::InvalidArgument, "negative prompt not UTF-8");
+    desc.negative_prompt = std::ptr::null();
+    // SAFETY: as above.
+    let st = unsafe { td_sample_workspace_len(model, &desc, &mut n) };
+    assert_eq!(st, td_status::Ok);
+    assert_eq!(n, s.workspace_len(&m, 1, true));
+    // SAFETY: a model from td_model_load, freed once.
+    unsafe { td_model_free(model) };
+
+    let plain =
+        std::ffi::CString::new(fixtures_dir().join("tiny-gray8").to_str().unwrap()).unwrap();
+    let mut model: *mut td_model = std::ptr::null_mut();
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { td_model_load(plain.as_ptr(), &mut model) },
+        td_status::Ok
+    );
+    // SAFETY: as above.
+    let st = unsafe { td_sample_workspace_len(model, &desc, &mut n) };
+    assert_eq!(st, td_status::InvalidArgument, "a prompt on a UNet2DModel");
+    // SAFETY: as above.
+    unsafe { td_model_free(model) };
+}

@@ -4,7 +4,9 @@
 //! predictor-corrector; plain and guided), and the sigma schedulers (Euler with Karras sigmas,
 //! Euler ancestral, DPM-Solver++ order 3 with its multistep history, SDE-DPM-Solver++), and
 //! the score-SDE VE, consistency, LCM and TCD schedulers (seeded noise, plain and guided), and
-//! the CLIP text encoder's forward pass, and the conditional UNet's (`forward_conditional`).
+//! the CLIP text encoder's forward pass, and the conditional UNet's (`forward_conditional`), and
+//! whole text-to-image pipeline runs (`StableDiffusionPipeline` folders: prompt encoding,
+//! guided and unguided loops, decoding).
 //!
 //! This file runs without libtest's harness (`harness = false`): the harness's own threads
 //! (its "running for over 60 seconds" notice) allocate, and the count is process-wide so that
@@ -98,6 +100,40 @@ fn run_sigma(
     let opts = SampleOptions {
         class_labels: labels,
         guidance,
+        ..SampleOptions::new(batch, 7)
+    };
+    allocations_during(|| s.sample(model, &mut ws, &opts, &mut out, None).unwrap())
+}
+
+/// A `StableDiffusionPipeline` run (two prompts; guided with negative ids when `scale > 1`)
+/// with the folder's scheduler or `json`'s.
+fn run_text(model: &Model, json: Option<&str>, scale: f32) -> usize {
+    let dir = fixtures_dir().join("sd-pipeline").join("sd2");
+    let cfg = match json {
+        Some(j) => SchedulerConfig::from_json(j).unwrap(),
+        None => tinydiffusion::model::load::ModelFiles::find(&dir)
+            .unwrap()
+            .load_scheduler_config()
+            .unwrap(),
+    };
+    let s = sampler::SamplerSpec::new(None)
+        .steps(3)
+        .build(&cfg)
+        .unwrap();
+    let batch = 2;
+    let tokens = model.text_encoder().unwrap().tokens();
+    let ids: Vec<u32> = (0..batch * tokens).map(|i| (i % 500) as u32).collect();
+    let neg: Vec<u32> = (0..batch * tokens).map(|i| (i % 7) as u32).collect();
+    let text = sampler::TextConditioning {
+        prompt_ids: &ids,
+        negative_ids: Some(&neg),
+        guidance_scale: scale,
+    };
+    let mut ws = vec![0.0f32; s.workspace_len(model, batch, text.guided())];
+    let (c, h, w) = model.image_shape();
+    let mut out = vec![0.0f32; batch * c * h * w];
+    let opts = SampleOptions {
+        text: Some(text),
         ..SampleOptions::new(batch, 7)
     };
     allocations_during(|| s.sample(model, &mut ws, &opts, &mut out, None).unwrap())
@@ -231,6 +267,26 @@ fn forward_and_sampling_allocate_nothing() {
             run_sigma(&latent, json, 3, None, None); // warm-up: the decoder's thread team
             let n = run_sigma(&latent, json, 3, None, None);
             assert_eq!(n, 0, "{dir} {json} allocated {n} times");
+        }
+    }
+
+    // Text-to-image pipelines: encoder, guided loop, decoder in one workspace.
+    for name in ["sd1", "sd2"] {
+        let sd = Model::load(fixtures_dir().join("sd-pipeline").join(name)).unwrap();
+        for (json, scale) in [
+            (None, 7.5),
+            (None, 1.0),
+            (
+                Some(r#"{"_class_name": "EulerAncestralDiscreteScheduler"}"#),
+                5.0,
+            ),
+        ] {
+            run_text(&sd, json, scale); // warm-up: the thread teams
+            let n = run_text(&sd, json, scale);
+            assert_eq!(
+                n, 0,
+                "text pipeline {name} {json:?} {scale} allocated {n} times"
+            );
         }
     }
 

@@ -313,6 +313,19 @@ pub struct td_sampler_desc {
     /// (converted as diffusers' `from_config` does); its other keys are the options. Invalid
     /// JSON, an unknown key or a bad value give the config error naming the key.
     pub scheduler_config_json: *const c_char,
+    /// Text-to-image pipelines (a `StableDiffusionPipeline` folder loaded with
+    /// `td_model_load`): the prompt of every image, NUL-terminated UTF-8; NULL (the default)
+    /// on every other model. NULL on a text pipeline gives `TD_STATUS_NULL_POINTER`, text that
+    /// is not UTF-8 `TD_STATUS_INVALID_ARGUMENT`, a prompt on any other model
+    /// `TD_STATUS_INVALID_ARGUMENT`. The prompt is tokenized for each call (a text run's only
+    /// allocation, before sampling).
+    pub prompt: *const c_char,
+    /// The negative prompt (NUL-terminated UTF-8), read only with guidance on; NULL (the
+    /// default): none, which diffusers encodes as the empty prompt `""`.
+    pub negative_prompt: *const c_char,
+    /// Text guidance: eps = uncond + s (cond - uncond), on when s > 1 (diffusers'
+    /// `guidance_scale`). Default 7.5. Not the class guidance of `guidance`.
+    pub guidance_scale: f32,
 }
 
 /// A loaded model: weights, op list, memory plan and its scheduler config. Immutable.
@@ -332,6 +345,8 @@ pub struct td_model {
     /// (address, length) of the caller's weight bytes when loaded from memory, so that no
     /// buffer the library writes may overlap them.
     borrowed: Option<(usize, usize)>,
+    /// A text-to-image pipeline's tokenizer (`tokenizer/`), read by `td_model_load`.
+    tokenizer: Option<crate::text::ClipTokenizer>,
 }
 
 /// A scheduler built once (its tables are allocated here), for allocation-free sampling with

@@ -70,12 +70,31 @@ pub unsafe extern "C" fn td_model_load(
         }
         // SAFETY: non-NULL and NUL-terminated per the contract.
         let path = path_from_c(unsafe { CStr::from_ptr(dir) })?;
-        let scheduler_config = ModelFiles::find(&path)?.load_scheduler_config()?;
+        let files = ModelFiles::find(&path)?;
+        let scheduler_config = files.load_scheduler_config()?;
         let model = Model::load(&path)?;
+        let tokenizer = match (&files.tokenizer, model.text_encoder()) {
+            (Some(dir), Some(encoder)) => {
+                let t = crate::text::ClipTokenizer::from_dir(dir)?;
+                if t.max_length() != encoder.tokens() {
+                    return Err(fail(
+                        td_status::Unsupported,
+                        std::format!(
+                            "tokenizer: model_max_length {} but the text encoder takes {} tokens",
+                            t.max_length(),
+                            encoder.tokens()
+                        ),
+                    ));
+                }
+                Some(t)
+            }
+            _ => None,
+        };
         let handle = into_handle(td_model {
             model,
             scheduler_config,
             borrowed: None,
+            tokenizer,
         });
         // SAFETY: checked above.
         unsafe { out_model.write(handle) };
@@ -135,6 +154,7 @@ pub unsafe extern "C" fn td_model_from_memory(
             model,
             scheduler_config,
             borrowed,
+            tokenizer: None,
         });
         // SAFETY: checked above.
         unsafe { out_model.write(handle) };

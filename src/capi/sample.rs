@@ -13,7 +13,9 @@ use super::{
     KNOWN_SDE_FLAGS, TD_DEFAULT_NULL_CLASS, TD_NO_CLASS, TD_SCHEDULER_CLIPPED_MODEL_OUTPUT,
     TD_SCHEDULER_DDIM_NEXT_TIMESTEP, TD_SDE_NO_DENOISE,
 };
-use crate::sampler::{self, Guidance, Method, SampleOptions, Sampler, SamplerKind, SamplerSpec};
+use crate::sampler::{
+    self, Guidance, Method, SampleOptions, Sampler, SamplerKind, SamplerSpec, TextConditioning,
+};
 use crate::schedule::{DdimPrevTimestep, Predictor, SchedulerConfig};
 
 // ---------------------------------------------------------------------------------------------
@@ -69,6 +71,9 @@ pub extern "C" fn td_sampler_desc_default() -> td_sampler_desc {
         threads: 0,
         scheduler_class: core::ptr::null(),
         scheduler_config_json: core::ptr::null(),
+        prompt: core::ptr::null(),
+        negative_prompt: core::ptr::null(),
+        guidance_scale: 7.5,
     }
 }
 
@@ -408,12 +413,7 @@ pub unsafe extern "C" fn td_sample_workspace_len(
         let sampler = unsafe { build_for(m, &d) }?;
         // SAFETY: contract above (the description's pointers).
         let checked = unsafe { check_desc(m, sampler.method(), &d) }?;
-        let n = sampler.workspace_len_for_threads(
-            &m.model,
-            d.batch,
-            checked.guidance.is_some(),
-            d.threads,
-        );
+        let n = sampler.workspace_len_for_threads(&m.model, d.batch, checked.guided(), d.threads);
         // SAFETY: contract above.
         unsafe { write_out(out_floats, n, "out_floats") }
     })
@@ -428,6 +428,53 @@ struct CheckedDesc {
     initial_noise: Option<Span>,
     step_noise: Option<Span>,
     guidance: Option<Guidance>,
+    text: Option<TextIds>,
+}
+
+/// A text pipeline's ids: prompt, negative prompt (guided), guidance scale.
+type TextIds = (Vec<u32>, Option<Vec<u32>>, f32);
+
+impl CheckedDesc {
+    /// Whether the run evaluates an unconditional branch (class or text guidance).
+    fn guided(&self) -> bool {
+        self.guidance.is_some() || self.text.as_ref().is_some_and(|t| t.2 > 1.0)
+    }
+}
+
+/// A description's prompt against the model: ids for a text pipeline, nothing otherwise.
+///
+/// # Safety
+/// `d.prompt` and `d.negative_prompt` are NULL or NUL-terminated strings.
+unsafe fn text_ids(m: &td_model, d: &td_sampler_desc) -> Result<Option<TextIds>, Fail> {
+    let Some(tokenizer) = &m.tokenizer else {
+        if !d.prompt.is_null() || !d.negative_prompt.is_null() {
+            return Err(invalid(
+                "desc.prompt: the model is not a text-to-image pipeline (load its folder with \
+                 td_model_load)",
+            ));
+        }
+        return Ok(None);
+    };
+    // SAFETY: NULL-checked by c_text; NUL-terminated per the contract.
+    let prompt = unsafe { c_text(d.prompt, "desc.prompt") }?;
+    if !d.guidance_scale.is_finite() {
+        return Err(invalid(std::format!(
+            "desc.guidance_scale: {} is not finite",
+            d.guidance_scale
+        )));
+    }
+    let negative = if d.guidance_scale > 1.0 {
+        let text = if d.negative_prompt.is_null() {
+            ""
+        } else {
+            // SAFETY: as above.
+            unsafe { c_text(d.negative_prompt, "desc.negative_prompt") }?
+        };
+        Some(tokenizer.encode(text))
+    } else {
+        None
+    };
+    Ok(Some((tokenizer.encode(prompt), negative, d.guidance_scale)))
 }
 
 /// Every check of a description that does not involve the workspace or the output, shared by
@@ -523,11 +570,14 @@ unsafe fn check_desc(
     } else {
         None
     };
+    // SAFETY: the description's strings per the contract.
+    let text = unsafe { text_ids(m, d) }?;
     Ok(CheckedDesc {
         labels: labels_span,
         initial_noise: init_span,
         step_noise: noise_span,
         guidance,
+        text,
     })
 }
 
@@ -555,7 +605,7 @@ unsafe fn run_sample(
     let guidance = checked.guidance;
     check_workspace_len(
         workspace_len,
-        sampler::workspace_len_for_threads(model, method, d.batch, guidance.is_some(), d.threads),
+        sampler::workspace_len_for_threads(model, method, d.batch, checked.guided(), d.threads),
     )?;
     let weights = m
         .borrowed
@@ -594,6 +644,11 @@ unsafe fn run_sample(
         step_noise,
         class_labels: labels,
         guidance,
+        text: checked.text.as_ref().map(|t| TextConditioning {
+            prompt_ids: &t.0,
+            negative_ids: t.1.as_deref(),
+            guidance_scale: t.2,
+        }),
         threads: d.threads,
     };
     sampler::sample_with(model, method, ws, &opts, out, None)?;

@@ -139,6 +139,29 @@ impl Model {
         )
     }
 
+    /// [`Model::forward_conditional`] on at most `threads` threads (0: [`Model::threads`]),
+    /// with a workspace of [`Model::workspace_len_for_threads`]`(batch, threads)` floats.
+    pub fn forward_conditional_with_threads(
+        &self,
+        threads: usize,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        encoder_hidden_states: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.forward_impl(
+            workspace,
+            Inputs {
+                context: Some(encoder_hidden_states),
+                ..Inputs::sample(x, timesteps)
+            },
+            out,
+            Walk::All,
+            threads,
+        )
+    }
+
     /// `encoder_hidden_states` against the model: given exactly when it is text-conditional,
     /// `batch * text_tokens * cross_attention_dim` finite floats.
     fn check_context(&self, batch: usize, context: Option<&[f32]>) -> Result<()> {

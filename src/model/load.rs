@@ -4,7 +4,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::string::ToString;
+use std::string::{String, ToString};
+use std::vec::Vec;
 
 use super::decoder::Decoder;
 use super::decoder_config::DecoderConfig;
@@ -32,6 +33,22 @@ pub struct ModelFiles {
     /// A latent pipeline's decoder folder (`vqvae/` of an `LDMPipeline`: a `VQModel`; or
     /// `vae/`: an `AutoencoderKL`), holding `config.json` and its safetensors weights.
     pub decoder: Option<PathBuf>,
+    /// A text-to-image pipeline's `text_encoder/` (a `CLIPTextModel`).
+    pub text_encoder: Option<PathBuf>,
+    /// A text-to-image pipeline's `tokenizer/` (read by the std front ends, not the core).
+    pub tokenizer: Option<PathBuf>,
+    /// Components the folder holds that are neither loaded nor run (`safety_checker`,
+    /// `feature_extractor`, `image_encoder`): the front ends say so once.
+    pub not_run: Vec<String>,
+}
+
+/// What `model_index.json` names, checked ([`check_pipeline_components`]).
+struct Components {
+    forced: Option<SchedulerKind>,
+    decoder: Option<String>,
+    /// `text_encoder` and `tokenizer` (both or neither).
+    text: bool,
+    not_run: Vec<String>,
 }
 
 fn io_err(path: &Path, e: impl ToString) -> Error {
@@ -41,19 +58,15 @@ fn io_err(path: &Path, e: impl ToString) -> Error {
     }
 }
 
-/// A pipeline folder runs here as a UNet2DModel, a scheduler and at most one decoder (`vqvae`
-/// or `vae`: a `VQModel` or `AutoencoderKL`): a folder whose `model_index.json` names any other
-/// component (a text encoder, a tokenizer, another autoencoder class...) or a UNet of another
-/// class is refused with a typed error naming it, never run as a plain UNet pipeline (its
-/// latents would come out as if they were images). Components saved as `[null, null]`
-/// (absent) are fine.
-///
-/// Returns the scheduler class the pipeline class forces ([`ModelFiles::pipeline_scheduler`])
-/// and the decoder component's key.
-fn check_pipeline_components(
-    path: &Path,
-    text: &str,
-) -> Result<(Option<SchedulerKind>, Option<std::string::String>)> {
+/// A pipeline folder runs here as a UNet, a scheduler, at most one decoder (`vqvae` or `vae`: a
+/// `VQModel`, `AutoencoderKL` or `AutoencoderTiny`) and, for a `UNet2DConditionModel`, a
+/// `CLIPTextModel` `text_encoder` and a `CLIPTokenizer` `tokenizer` (a `StableDiffusionPipeline`).
+/// `safety_checker`, `feature_extractor` and `image_encoder` may be present: they are not
+/// loaded nor run ([`ModelFiles::not_run`]). A folder whose `model_index.json` names any other
+/// component or class, or a conditional UNet without its text encoder and tokenizer (or those
+/// without it), is refused with a typed error naming it, never run as a plain UNet pipeline.
+/// Components saved as `[null, null]` (absent) are fine.
+fn check_pipeline_components(path: &Path, text: &str) -> Result<Components> {
     let root: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::InvalidJson {
         file: "model_index.json",
         message: e.to_string(),
@@ -67,43 +80,92 @@ fn check_pipeline_components(
         serde_json::Value::Array(a) => a.iter().all(serde_json::Value::is_null),
         _ => false,
     };
+    let culprit = |key: &str| std::format!("{key} (in {})", path.display());
     let mut decoder = None;
+    let (mut conditional, mut text_encoder, mut tokenizer) = (false, false, false);
+    let mut not_run = Vec::new();
     for (key, value) in obj {
         if key.starts_with('_') || key == "scheduler" || absent(value) {
             continue;
         }
-        let class = value.get(1).and_then(|c| c.as_str()).unwrap_or("?");
-        if key == "unet" && class == "UNet2DModel" {
+        // Neither the flag `requires_safety_checker` nor a component.
+        if value.is_boolean() {
             continue;
+        }
+        let class = value.get(1).and_then(|c| c.as_str()).unwrap_or("?");
+        match (key.as_str(), class) {
+            ("unet", "UNet2DModel") => continue,
+            ("unet", "UNet2DConditionModel") => {
+                conditional = true;
+                continue;
+            }
+            ("text_encoder", "CLIPTextModel") => {
+                text_encoder = true;
+                continue;
+            }
+            ("tokenizer", "CLIPTokenizer" | "CLIPTokenizerFast") => {
+                tokenizer = true;
+                continue;
+            }
+            ("safety_checker" | "feature_extractor" | "image_encoder", _) => {
+                not_run.push(key.clone());
+                continue;
+            }
+            _ => {}
         }
         let decoder_class = matches!(class, "VQModel" | "AutoencoderKL" | "AutoencoderTiny");
         if (key == "vqvae" || key == "vae") && decoder_class {
             if let Some(first) = &decoder {
                 return Err(crate::error::unsupported(
-                    &std::format!("{key} (in {})", path.display()),
+                    &culprit(key),
                     std::format!("{class} (a second decoder beside {first})"),
                 ));
             }
             decoder = Some(key.clone());
             continue;
         }
-        let what = if key == "unet" {
-            "only a UNet2DModel runs here"
-        } else {
-            "this project runs a UNet2DModel, a scheduler and one VQModel, AutoencoderKL or \
-             AutoencoderTiny decoder only"
+        let what = match key.as_str() {
+            "unet" => "only a UNet2DModel or UNet2DConditionModel runs here",
+            "text_encoder" => "only a CLIPTextModel text encoder runs here",
+            "tokenizer" => "only a CLIPTokenizer is read here",
+            _ => {
+                "this project runs a UNet, a scheduler, one VQModel, AutoencoderKL or \
+                 AutoencoderTiny decoder and a CLIPTextModel text encoder with its CLIPTokenizer \
+                 only"
+            }
         };
         return Err(crate::error::unsupported(
-            &std::format!("{key} (in {})", path.display()),
+            &culprit(key),
             std::format!("{class} ({what})"),
         ));
+    }
+    let text = text_encoder || tokenizer;
+    if conditional || text {
+        for (present, key) in [
+            (conditional, "unet"),
+            (text_encoder, "text_encoder"),
+            (tokenizer, "tokenizer"),
+        ] {
+            if !present {
+                return Err(crate::error::unsupported(
+                    &culprit(key),
+                    "absent (a text-to-image pipeline needs a UNet2DConditionModel unet, a \
+                     CLIPTextModel text_encoder and a CLIPTokenizer tokenizer)",
+                ));
+            }
+        }
     }
     let forced = match obj.get("_class_name").and_then(|c| c.as_str()) {
         Some("DDIMPipeline") => Some(SchedulerKind::Ddim),
         Some("PNDMPipeline") => Some(SchedulerKind::Pndm),
         _ => None,
     };
-    Ok((forced, decoder))
+    Ok(Components {
+        forced,
+        decoder,
+        text,
+        not_run,
+    })
 }
 
 impl ModelFiles {
@@ -115,13 +177,19 @@ impl ModelFiles {
             ));
         }
         let index = dir.join("model_index.json");
-        let (unet, scheduler_dir, pipeline_scheduler, decoder) = if index.is_file() {
-            let (forced, decoder) = check_pipeline_components(&index, &read_text(&index)?)?;
-            let decoder = decoder.map(|key| dir.join(key));
-            (dir.join("unet"), dir.join("scheduler"), forced, decoder)
+        let (unet, scheduler_dir, parts) = if index.is_file() {
+            let parts = check_pipeline_components(&index, &read_text(&index)?)?;
+            (dir.join("unet"), dir.join("scheduler"), Some(parts))
         } else {
-            (dir.to_path_buf(), dir.to_path_buf(), None, None)
+            (dir.to_path_buf(), dir.to_path_buf(), None)
         };
+        let pipeline_scheduler = parts.as_ref().and_then(|p| p.forced);
+        let decoder = parts
+            .as_ref()
+            .and_then(|p| p.decoder.as_ref())
+            .map(|key| dir.join(key));
+        let text = parts.as_ref().is_some_and(|p| p.text);
+        let not_run = parts.map(|p| p.not_run).unwrap_or_default();
         let config = unet.join("config.json");
         if !config.is_file() {
             return Err(io_err(
@@ -144,6 +212,9 @@ impl ModelFiles {
             scheduler_config,
             pipeline_scheduler,
             decoder,
+            text_encoder: text.then(|| dir.join("text_encoder")),
+            tokenizer: text.then(|| dir.join("tokenizer")),
+            not_run,
         })
     }
 
@@ -185,17 +256,67 @@ impl Model {
     }
 
     pub fn load_with(dir: impl AsRef<Path>, options: LoadOptions, reuse: Reuse) -> Result<Model> {
+        Model::load_sized(dir, options, reuse, None)
+    }
+
+    /// [`Model::load_with`] for images of `image_size` (height, width) instead of the
+    /// pipeline's default (`unet.config.sample_size` times the decoder's upscale, diffusers'
+    /// `vae_scale_factor`): both multiples of 8, as diffusers' pipelines require (a typed error
+    /// naming `height` or `width` otherwise). The UNet's and the decoder's op lists are built
+    /// for the latents of that size.
+    pub fn load_sized(
+        dir: impl AsRef<Path>,
+        options: LoadOptions,
+        reuse: Reuse,
+        image_size: Option<(usize, usize)>,
+    ) -> Result<Model> {
         let files = ModelFiles::find(dir.as_ref())?;
-        let config = UNetConfig::from_json(&read_text(&files.config)?)?;
+        let mut config = UNetConfig::from_json(&read_text(&files.config)?)?;
+        if let Some((h, w)) = image_size {
+            let up = match &files.decoder {
+                Some(d) => DecoderConfig::from_json(&read_text(&d.join("config.json"))?)?.upscale(),
+                None => 1,
+            };
+            for (what, v) in [("height", h), ("width", w)] {
+                if v == 0 || !v.is_multiple_of(8) || !v.is_multiple_of(up) {
+                    return Err(crate::error::invalid_arg(
+                        what,
+                        std::format!("{v} is not a positive multiple of 8 (and of {up})"),
+                    ));
+                }
+            }
+            config.sample_size = (h / up, w / up);
+        }
+        let text_encoder = match &files.text_encoder {
+            Some(d) => Some(TextEncoder::load_with(d, 0, options, reuse)?),
+            None => None,
+        };
+        if let (Some(te), Some(cross)) = (&text_encoder, &mut config.cross_attention) {
+            if te.config.hidden_size != cross.cross_attention_dim {
+                return Err(Error::UnsupportedConfig {
+                    key: "cross_attention_dim".into(),
+                    value: std::format!(
+                        "{} (the text encoder's hidden_size is {})",
+                        cross.cross_attention_dim,
+                        te.config.hidden_size
+                    ),
+                });
+            }
+            // The cross-attention takes as many text rows as the encoder gives.
+            cross.text_tokens = te.tokens();
+        }
         let mut model = Model::new(config, map_file(&files.weights)?, options, reuse)?;
         if let Some(dir) = &files.decoder {
             let (_, h, w) = model.input_shape();
             let decoder = Decoder::load_with(dir, (h, w), options, reuse)?;
             model.set_decoder(Some(decoder))?;
-            // One thread team size for both nets.
-            let threads = model.threads();
-            model.set_threads(threads)?;
         }
+        if let Some(te) = text_encoder {
+            model.set_text_encoder(Some(te))?;
+        }
+        // One thread team size for every net.
+        let threads = model.threads();
+        model.set_threads(threads)?;
         Ok(model)
     }
 }

@@ -89,6 +89,9 @@ pub struct Model {
     pub(crate) out_resolution: (usize, usize),
     /// A latent pipeline's decoder, run after the sampling loop ([`Model::decoder`]).
     pub(crate) decoder: Option<alloc::boxed::Box<decoder::Decoder>>,
+    /// A text-to-image pipeline's text encoder, run by the sampler before its first step
+    /// ([`Model::text_encoder`]).
+    pub(crate) text_encoder: Option<alloc::boxed::Box<TextEncoder>>,
 }
 
 impl Model {
@@ -150,6 +153,7 @@ impl Model {
             accelerator: None,
             out_resolution,
             decoder: None,
+            text_encoder: None,
         };
         #[cfg(feature = "std")]
         model.set_threads(0)?;
@@ -170,6 +174,9 @@ impl Model {
         self.kernels = path.table()?;
         if let Some(d) = &mut self.decoder {
             d.net.kernels = self.kernels;
+        }
+        if let Some(t) = &mut self.text_encoder {
+            t.net_mut().kernels = self.kernels;
         }
         Ok(())
     }
@@ -200,6 +207,9 @@ impl Model {
         self.winograd = on;
         if let Some(d) = &mut self.decoder {
             d.net.winograd = on;
+        }
+        if let Some(t) = &mut self.text_encoder {
+            t.net_mut().winograd = on;
         }
     }
 
@@ -249,6 +259,9 @@ impl Model {
         }
         if let Some(d) = &mut self.decoder {
             d.net.set_threads(n)?;
+        }
+        if let Some(t) = &mut self.text_encoder {
+            t.net_mut().set_threads(n)?;
         }
         if n == self.threads && (n == 1 || self.pool.is_some()) {
             return Ok(());
@@ -369,6 +382,42 @@ impl Model {
             }
         }
         self.decoder = decoder.map(alloc::boxed::Box::new);
+        Ok(())
+    }
+
+    /// The text encoder of a text-to-image pipeline (a `CLIPTextModel` beside a
+    /// `UNet2DConditionModel`), run by the sampler on the prompt ids before the first step.
+    pub fn text_encoder(&self) -> Option<&TextEncoder> {
+        self.text_encoder.as_deref()
+    }
+
+    /// Attaches the text encoder whose hidden states this (conditional) model cross-attends to,
+    /// or removes it (`None`): its `hidden_size` must be the UNet's `cross_attention_dim` and
+    /// its token count the UNet's `text_tokens`.
+    pub fn set_text_encoder(&mut self, text_encoder: Option<TextEncoder>) -> Result<()> {
+        if let Some(t) = &text_encoder {
+            let Some(cross) = &self.config.cross_attention else {
+                return Err(invalid_arg(
+                    "text encoder",
+                    "only a text-conditional UNet (UNet2DConditionModel) takes one",
+                ));
+            };
+            if (t.tokens(), t.config.hidden_size) != (cross.text_tokens, cross.cross_attention_dim)
+            {
+                return Err(Error::UnsupportedConfig {
+                    key: "text_encoder".into(),
+                    value: alloc::format!(
+                        "gives {} x {} states, the UNet takes {} x {} (text_tokens x \
+                         cross_attention_dim)",
+                        t.tokens(),
+                        t.config.hidden_size,
+                        cross.text_tokens,
+                        cross.cross_attention_dim
+                    ),
+                });
+            }
+        }
+        self.text_encoder = text_encoder.map(alloc::boxed::Box::new);
         Ok(())
     }
 

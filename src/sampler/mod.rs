@@ -28,7 +28,7 @@ use crate::schedule::{PredictionType, Scheduler, SigmaScheduler, StepShape};
 mod front;
 
 pub use crate::schedule::eps::{EpsModel, NoiseLevel};
-pub use crate::schedule::run::{Guidance, SampleOptions, StepInfo};
+pub use crate::schedule::run::{Guidance, SampleOptions, StepInfo, TextConditioning};
 pub use front::{default_class_label, default_steps, Sampler, SamplerKind, SamplerSpec};
 
 impl Guidance {
@@ -126,7 +126,8 @@ impl Method<'_> {
     }
 }
 
-/// Where each buffer of a sampling run lives in the workspace, in this order (f32 lengths).
+/// Where each buffer of a sampling run lives in the workspace (f32 lengths), in the order
+/// model, output, uncond, noise, scratch, text, model_in, latents, labels.
 struct Layout {
     model: usize,
     /// Raw model output `[B, C_out, H, W]` (guided).
@@ -145,6 +146,10 @@ struct Layout {
     /// Latent pipelines: the latents `[B, C, H, W]` the loop runs on (the caller's output
     /// receives the decoded image); 0 without a decoder.
     latents: usize,
+    /// Text-to-image pipelines: the text encoder's states `[B, tokens, hidden]` of the prompts,
+    /// then (guided) of the negative prompts; 0 without a text encoder. Placed after
+    /// `scratch`, before `model_in`.
+    text: usize,
 }
 
 impl Layout {
@@ -160,6 +165,7 @@ impl Layout {
             self.labels,
             self.model_in,
             self.latents,
+            self.text,
         ]
         .iter()
         .fold(self.model, |at, len| at.saturating_add(*len))
@@ -193,10 +199,21 @@ fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool, threads
     let decoder_ws = model
         .decoder()
         .map_or(0, |d| d.workspace_len_for_threads(batch, threads));
+    // The text encoder runs before the loop, in the UNet's arena (not in use yet).
+    let text_ws = model
+        .text_encoder()
+        .map_or(0, |t| t.workspace_len_for_threads(batch, threads));
+    let text = model.text_encoder().map_or(0, |t| {
+        batch
+            .saturating_mul(t.output_len())
+            .saturating_mul(if guided { 2 } else { 1 })
+    });
     Layout {
         model: model
             .workspace_len_for_threads(batch, threads)
-            .max(decoder_ws),
+            .max(decoder_ws)
+            .max(text_ws),
+        text,
         output,
         uncond: if guided { output } else { 0 },
         noise,
@@ -249,12 +266,54 @@ struct Denoiser<'a> {
     output: &'a mut [f32],
     uncond: &'a mut [f32],
     batch: usize,
+    text: Option<TextStates<'a>>,
+}
+
+/// A text-to-image run's encoder states, in the workspace.
+#[derive(Clone, Copy)]
+struct TextStates<'a> {
+    /// `[B, tokens, hidden]` of the prompts.
+    cond: &'a [f32],
+    /// The same of the negative prompts, when guided.
+    uncond: Option<&'a [f32]>,
+    /// diffusers' `guidance_scale`.
+    scale: f32,
 }
 
 impl Denoiser<'_> {
     /// The guided model output `[B, C_out, H, W]` at `timestep`.
     fn raw(&mut self, x: &[f32], timestep: f32) -> Result<&[f32]> {
         let ts = [timestep];
+        if let Some(TextStates {
+            cond,
+            uncond,
+            scale,
+        }) = self.text
+        {
+            self.model.forward_conditional_with_threads(
+                self.threads,
+                self.workspace,
+                x,
+                &ts,
+                cond,
+                self.output,
+            )?;
+            if let Some(states) = uncond {
+                self.model.forward_conditional_with_threads(
+                    self.threads,
+                    self.workspace,
+                    x,
+                    &ts,
+                    states,
+                    self.uncond,
+                )?;
+                // diffusers' StableDiffusionPipeline: uncond + s * (text - uncond).
+                for (e, &u) in self.output.iter_mut().zip(self.uncond.iter()) {
+                    *e = u + scale * (*e - u);
+                }
+            }
+            return Ok(&*self.output);
+        }
         self.model.forward_with_threads(
             self.threads,
             self.workspace,
@@ -320,6 +379,84 @@ impl EpsModel for Denoiser<'_> {
         }
         Ok(())
     }
+}
+
+/// A text-to-image run's conditioning against the model and the batch (typed errors naming
+/// the argument).
+fn check_text(model: &Model, text: Option<&TextConditioning<'_>>, batch: usize) -> Result<()> {
+    let (encoder, t) = match (model.text_encoder(), text) {
+        (None, None) => return Ok(()),
+        (None, Some(_)) => {
+            return Err(invalid_arg(
+                "prompt",
+                "the model has no text encoder (not a text-to-image pipeline)",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(invalid_arg(
+                "prompt",
+                "a text-to-image pipeline needs prompt ids (SampleOptions::text)",
+            ))
+        }
+        (Some(e), Some(t)) => (e, t),
+    };
+    if !t.guidance_scale.is_finite() {
+        return Err(invalid_arg("guidance_scale", "must be finite"));
+    }
+    let tokens = encoder.tokens();
+    let prompts = t.prompt_ids.len() / tokens;
+    if t.prompt_ids.len() % tokens != 0 || prompts == 0 || !batch.is_multiple_of(prompts) {
+        return Err(Error::BufferSize {
+            what: "prompt ids [prompts, tokens] (one prompt, or one per image)",
+            expected: batch * tokens,
+            found: t.prompt_ids.len(),
+        });
+    }
+    if t.guided() {
+        match t.negative_ids {
+            None => {
+                return Err(invalid_arg(
+                    "negative prompt ids",
+                    "needed with guidance_scale > 1 (diffusers encodes the empty prompt \"\" \
+                     when there is no negative prompt: give its ids)",
+                ))
+            }
+            Some(n) if n.len() != t.prompt_ids.len() => {
+                return Err(Error::BufferSize {
+                    what: "negative prompt ids (one per prompt)",
+                    expected: t.prompt_ids.len(),
+                    found: n.len(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Encodes `ids` (`prompts` rows of the encoder's tokens) into `out` (`[batch, tokens, hidden]`):
+/// the prompts' states, then each copied to its images (image i gets prompt
+/// `i / (batch / prompts)`, diffusers' `num_images_per_prompt` order). Allocates nothing.
+fn encode_prompts(
+    encoder: &crate::model::TextEncoder,
+    threads: usize,
+    workspace: &mut [f32],
+    ids: &[u32],
+    out: &mut [f32],
+    batch: usize,
+) -> Result<()> {
+    let per = encoder.output_len();
+    let prompts = ids.len() / encoder.tokens();
+    encoder.encode(threads, workspace, ids, &mut out[..prompts * per])?;
+    let images_per_prompt = batch / prompts;
+    // From the last image down: prompt i / n <= i is still in place when row i is written.
+    for i in (0..batch).rev() {
+        let p = i / images_per_prompt;
+        if p != i {
+            out.copy_within(p * per..(p + 1) * per, i * per);
+        }
+    }
+    Ok(())
 }
 
 /// Noise row `k` of a run: the injected row, or seeded stream `k + 1` drawn into `buf`.
@@ -465,7 +602,16 @@ pub fn sample_with(
         }
         model.check_class_label(g.null_class)?;
     }
-    let lay = layout(model, method, batch, guidance.is_some(), opts.threads);
+    let text = opts.text;
+    check_text(model, text.as_ref(), batch)?;
+    let text_guided = text.is_some_and(|t| t.guided());
+    let lay = layout(
+        model,
+        method,
+        batch,
+        guidance.is_some() || text_guided,
+        opts.threads,
+    );
     if workspace.len() < lay.total() {
         return Err(Error::BufferSize {
             what: "sampling workspace",
@@ -492,6 +638,15 @@ pub fn sample_with(
     };
 
     if let Some(gpu) = model.accelerator() {
+        if model.text_encoder().is_some() {
+            return Err(crate::error::unsupported(
+                "text_encoder",
+                alloc::format!(
+                    "a text-to-image pipeline on a {} device (it runs on the CPU only for now)",
+                    gpu.device_kind()
+                ),
+            ));
+        }
         let Method::Scheduler(scheduler) = method else {
             return Err(Error::UnsupportedConfig {
                 key: "scheduler".into(),
@@ -569,12 +724,40 @@ pub fn sample_with(
         height: h,
         width: w,
     };
-    let model_ws = model_region;
     let (output, rest) = rest.split_at_mut(lay.output);
     let (uncond, rest) = rest.split_at_mut(lay.uncond);
     let (noise_buf, rest) = rest.split_at_mut(lay.noise);
     let (scratch, rest) = rest.split_at_mut(lay.scratch);
+    let (text_region, rest) = rest.split_at_mut(lay.text);
     let model_in = &mut rest[..lay.model_in];
+    // The prompts' (and, guided, the negative prompts') encoder states, encoded once in the
+    // UNet's arena before the loop uses it.
+    let text_states = match (model.text_encoder(), text) {
+        (Some(encoder), Some(t)) => {
+            let (cond, uncond) = text_region.split_at_mut(batch * encoder.output_len());
+            encode_prompts(
+                encoder,
+                opts.threads,
+                model_region,
+                t.prompt_ids,
+                cond,
+                batch,
+            )?;
+            let uncond = match (t.guided(), t.negative_ids) {
+                (true, Some(ids)) => {
+                    encode_prompts(encoder, opts.threads, model_region, ids, uncond, batch)?;
+                    Some(&*uncond)
+                }
+                _ => None,
+            };
+            Some(TextStates {
+                cond: &*cond,
+                uncond,
+                scale: t.guidance_scale,
+            })
+        }
+        _ => None,
+    };
     let prediction = match method {
         Method::Scheduler(s) => s.config().prediction_type,
         Method::Sde(s) => s.prediction_type(),
@@ -590,10 +773,11 @@ pub fn sample_with(
         guidance,
         threads: opts.threads,
         prediction,
-        workspace: model_ws,
+        workspace: model_region,
         output,
         uncond,
         batch,
+        text: text_states,
     };
     match method {
         Method::Scheduler(scheduler) => {
@@ -741,7 +925,13 @@ pub fn sample_with(
     }
     if let Some((decoder, image)) = image {
         let Denoiser { workspace, .. } = denoiser;
-        decoder.unscale(out);
+        if model.text_encoder().is_some() {
+            // StableDiffusionPipeline decodes `latents / scaling_factor` (no shift_factor).
+            let s = decoder.config.scaling_factor;
+            out.iter_mut().for_each(|x| *x = (*x as f64 / s) as f32);
+        } else {
+            decoder.unscale(out);
+        }
         decoder.decode(opts.threads, workspace, out, image)?;
     }
     Ok(())

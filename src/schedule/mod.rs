@@ -45,7 +45,7 @@ pub use config::{
 };
 pub use eps::{EpsModel, NoiseLevel};
 pub use noise::GaussianNoise;
-pub use run::{Guidance, SampleOptions, StepInfo};
+pub use run::{Guidance, SampleOptions, StepInfo, TextConditioning};
 pub use scheduler::{Scheduler, StepShape};
 pub use sde::{Predictor, SdeConfig, SdeSampler, VpSde};
 pub use sigma::SigmaScheduler;

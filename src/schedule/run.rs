@@ -10,6 +10,39 @@ pub struct Guidance {
     pub null_class: i64,
 }
 
+/// The text conditioning of a text-to-image pipeline (`StableDiffusionPipeline`): token ids,
+/// padded to the text encoder's length (77) by the tokenizer (the std front ends hold it; the
+/// core takes ids), and diffusers' `guidance_scale`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TextConditioning<'a> {
+    /// `[prompts, tokens]`: one prompt for the whole batch, or `batch` prompts (image i gets
+    /// prompt `i / (batch / prompts)`, diffusers' `num_images_per_prompt` order).
+    pub prompt_ids: &'a [u32],
+    /// `[prompts, tokens]`, one per prompt, read only with guidance on. With guidance and no
+    /// negative prompt diffusers encodes `""`: give its ids (the tokenizer's encoding of the
+    /// empty prompt); `None` with guidance on is a typed error.
+    pub negative_ids: Option<&'a [u32]>,
+    /// Guidance is on when `guidance_scale > 1` (diffusers' `do_classifier_free_guidance`):
+    /// `eps = uncond + guidance_scale * (cond - uncond)` (not the class-guidance convention).
+    pub guidance_scale: f32,
+}
+
+impl<'a> TextConditioning<'a> {
+    /// `prompt_ids` without a negative prompt, guidance 7.5 (diffusers' default).
+    pub fn new(prompt_ids: &'a [u32]) -> TextConditioning<'a> {
+        TextConditioning {
+            prompt_ids,
+            negative_ids: None,
+            guidance_scale: 7.5,
+        }
+    }
+
+    /// Whether the run evaluates the unconditional branch (`guidance_scale > 1`).
+    pub fn guided(&self) -> bool {
+        self.guidance_scale > 1.0
+    }
+}
+
 /// What to sample, and where the randomness comes from.
 #[derive(Debug, Clone, Copy)]
 pub struct SampleOptions<'a> {
@@ -26,6 +59,9 @@ pub struct SampleOptions<'a> {
     /// API do.
     pub class_labels: Option<&'a [i64]>,
     pub guidance: Option<Guidance>,
+    /// A text-to-image pipeline's prompt ids and guidance (`Model::text_encoder`); `None`
+    /// for every other model.
+    pub text: Option<TextConditioning<'a>>,
     /// The most threads the run may use, and the count its workspace is sized for
     /// (`sampler::workspace_len_for_threads`): 0 = the model's thread count (a size that
     /// depends on the machine), N >= 1 = a size that depends only on N, and at most
@@ -42,6 +78,7 @@ impl<'a> SampleOptions<'a> {
             step_noise: None,
             class_labels: None,
             guidance: None,
+            text: None,
             threads: 0,
         }
     }

@@ -161,6 +161,7 @@ impl SampleCase {
             step_noise: self.noise.as_deref(),
             class_labels: self.labels.as_deref(),
             guidance: self.guidance,
+            text: None,
             threads: 0,
         }
     }

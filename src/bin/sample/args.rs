@@ -6,7 +6,8 @@ use tinydiffusion::sampler::{SamplerKind, SamplerSpec};
 use tinydiffusion::schedule::Predictor;
 
 pub const HELP: &str = "\
-sample: draw images from a diffusers UNet2DModel with DDPM, DDIM or score-SDE samplers
+sample: draw images from a diffusers UNet2DModel or pipeline folder (DDPM, DDIM, latent,
+text-to-image StableDiffusionPipeline) with DDPM, DDIM, sigma or score-SDE samplers
 
 USAGE:
     sample [FLAGS]                 sample from --model (default: the model in weights/)
@@ -52,13 +53,19 @@ FLAGS:
                          tcd: gamma, in [0, 1]                                [default: 0.3]
     --ddim-prev MODE     DDIM previous timestep: diffusers (t - T/N) | next (the next
                          scheduled timestep, correct for trailing/linspace)  [default: diffusers]
-    --batch B            images per run         [default: the batch of --init-noise, else 4]
+    --batch B            images per run (text-to-image: images per prompt)
+                         [default: the batch of --init-noise, else 4 (text-to-image: 1)]
     --seed S             seed of the built-in noise generator                  [default: 0]
     --class-label K[,K..]  class of every image, or one per image (class-conditional
                          models)       [default: 0, 1, 2, ... cycling over all but the last class]
     --guidance W         classifier-free guidance weight w (eps = (1+w) eps_y - w eps_null)
                                                                                [default: 0]
     --null-class K       label used as 'no class' for guidance       [default: last class]
+    --prompt TEXT        text-to-image pipelines (StableDiffusionPipeline): the prompt of
+                         every image                         [default: the empty prompt \"\"]
+    --negative-prompt TEXT  the negative prompt (guidance only)   [default: \"\", as diffusers]
+    --guidance-scale S   text guidance: eps = uncond + S (cond - uncond), on when S > 1
+                                                                             [default: 7.5]
     --init-noise FILE    safetensors with tensor x_T [B,C,H,W] f32 to start from
     --init-noise is the standard normal draw: euler, euler-a and heun multiply it by the
                          scheduler's init_noise_sigma, as diffusers does
@@ -68,12 +75,15 @@ FLAGS:
                          dpm++2m-sde: one row per step; lcm/tcd: one per step but the last;
                          cm: one per step when steps > 1)
     --save-tensor FILE   also write the final sample as tensor x_0 [B,C,H,W] f32 (sde-ve:
-                         the last step's sample_mean, before the pipeline's clamp)
+                         the last step's sample_mean, before the pipeline's clamp; latent and
+                         text-to-image pipelines: the decoder output before (x/2+0.5).clamp)
     --out PATH           PNG grid of the batch, or `none`            [default: samples.png]
                          (a model with other than 1 or 3 channels: each image's channels
                          as a row of gray tiles)
     --grid COLS          images per row of the grid                 [default: ceil(sqrt(B))]
-    --height H, --width W  must equal the model's sample_size          [default: the model's]
+    --height H, --width W  text-to-image pipelines: image size, multiples of 8 (the UNet and
+                         decoder are built for it) [default: unet sample_size x vae scale];
+                         other models: must equal the model's sample_size
     --threads N          worker threads                                 [default: all cores]
     --kernels NAME       force a kernel path (scalar, ...)                [default: fastest]
     --precision P        f32, or f16 (f16 arithmetic in convs and linears;
@@ -124,6 +134,10 @@ pub struct SampleArgs {
     pub quiet: bool,
     /// `--scheduler-config FILE`: read instead of the folder's scheduler config.
     pub scheduler_config: Option<PathBuf>,
+    /// Text-to-image pipelines: `--prompt`, `--negative-prompt`, `--guidance-scale`.
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub guidance_scale: Option<f32>,
 }
 
 // Parsed once per run: the size of the `Sample` variant does not matter.
@@ -261,6 +275,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         device: tinydiffusion::Device::Cpu,
         quiet: false,
         scheduler_config: None,
+        prompt: None,
+        negative_prompt: None,
+        guidance_scale: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -327,6 +344,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 s.class_labels = Some(list);
             }
             "--guidance" => s.guidance = parse_num(flag, value()?)?,
+            "--prompt" => s.prompt = Some(value()?.into()),
+            "--negative-prompt" => s.negative_prompt = Some(value()?.into()),
+            "--guidance-scale" => s.guidance_scale = Some(parse_num(flag, value()?)?),
             "--null-class" => s.null_class = Some(parse_num(flag, value()?)?),
             "--init-noise" => s.init_noise = Some(value()?.into()),
             "--step-noise" => s.step_noise = Some(value()?.into()),
@@ -372,6 +392,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     // built (`Sampler::new`), as for every other front end.
     if !s.guidance.is_finite() {
         return Err("--guidance must be a finite number".into());
+    }
+    if s.guidance_scale.is_some_and(|g| !g.is_finite()) {
+        return Err("--guidance-scale must be a finite number".into());
     }
     Ok(Command::Sample(s))
 }

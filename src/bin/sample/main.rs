@@ -11,11 +11,13 @@ use args::{Command, SampleArgs};
 use tinydiffusion::config::{DownBlockKind, UpBlockKind};
 use tinydiffusion::io::{read_tensor, write_png_grid, write_tensors};
 use tinydiffusion::kernels::KernelPath;
+use tinydiffusion::memory::Reuse;
 use tinydiffusion::model::load::ModelFiles;
 use tinydiffusion::sampler::{
-    Guidance, SampleOptions, Sampler, SamplerKind, SamplerSpec, StepInfo,
+    Guidance, SampleOptions, Sampler, SamplerKind, SamplerSpec, StepInfo, TextConditioning,
 };
 use tinydiffusion::schedule::{DdimPrevTimestep, SchedulerConfig};
+use tinydiffusion::text::ClipTokenizer;
 use tinydiffusion::{Error, Model};
 
 fn main() -> ExitCode {
@@ -208,7 +210,12 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
     match &c.mid_block {
         None => println!("mid block        none"),
         Some(m) => println!(
-            "mid block        UNetMidBlock2D, {}, output scale {}",
+            "mid block        {}, {}, output scale {}",
+            if c.cross_attention.is_some() {
+                "UNetMidBlock2DCrossAttn"
+            } else {
+                "UNetMidBlock2D"
+            },
             if m.add_attention {
                 "with attention"
             } else {
@@ -259,7 +266,7 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
         "                 {} bytes for sampling at batch {batch}",
         floats * 4
     );
-    if model.config.num_class_embeds.is_some() {
+    if model.config.num_class_embeds.is_some() || model.text_encoder().is_some() {
         print!(
             " ({} with guidance)",
             sampler.workspace_len(&model, batch, true) * 4
@@ -278,6 +285,32 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
             d.net().flops_per_sample() as f64 / 1e9,
             d.workspace_len(batch) * 4
         );
+    }
+    if let Some(t) = model.text_encoder() {
+        println!(
+            "text encoder     CLIPTextModel, {} layers, hidden {}, {} heads, {}, {} tokens, \
+             vocabulary {}, {} parameters, {} bytes for encoding {batch} prompts (inside the \
+             sampling workspace: it runs in the UNet's arena before the first step)",
+            t.config.num_hidden_layers,
+            t.config.hidden_size,
+            t.config.num_attention_heads,
+            match t.config.hidden_act {
+                tinydiffusion::model::Activation::QuickGelu => "quick_gelu",
+                _ => "gelu",
+            },
+            t.tokens(),
+            t.config.vocab_size,
+            t.parameters(),
+            t.workspace_len(batch) * 4
+        );
+        if let Ok(files) = ModelFiles::find(dir) {
+            if !files.not_run.is_empty() {
+                println!(
+                    "not run          {} (present in the folder, not loaded)",
+                    files.not_run.join(", ")
+                );
+            }
+        }
     }
     println!("kernels          {}", model.kernels_name());
     let mut counts: Vec<(&str, usize)> = Vec::new();
@@ -316,9 +349,44 @@ fn run(a: &SampleArgs) -> Result<(), String> {
             args::check_label_count(l, a.batch)?;
         }
     }
-    let a = &a;
     let dir = model_dir(a.model.as_deref());
-    let mut model = load_model(&dir)?;
+    let files = ModelFiles::find(&dir).ok();
+    let text_pipeline = files.as_ref().is_some_and(|f| f.text_encoder.is_some());
+    if !text_pipeline {
+        for (given, flag) in [
+            (a.prompt.is_some(), "--prompt"),
+            (a.negative_prompt.is_some(), "--negative-prompt"),
+            (a.guidance_scale.is_some(), "--guidance-scale"),
+        ] {
+            if given {
+                return Err(format!(
+                    "{flag}: {} is not a text-to-image pipeline (no text_encoder)",
+                    dir.display()
+                ));
+            }
+        }
+    } else if !a.batch_given && a.init_noise.is_none() {
+        // diffusers' num_images_per_prompt default.
+        a.batch = 1;
+    }
+    let a = &a;
+    let mut model = match (
+        &files,
+        text_pipeline && (a.height.is_some() || a.width.is_some()),
+    ) {
+        // The UNet's and the decoder's op lists are built for the requested size.
+        (Some(f), true) => {
+            let (h, w) = default_image_size(f).map_err(|e| e.to_string())?;
+            let size = (a.height.unwrap_or(h), a.width.unwrap_or(w));
+            Model::load_sized(&dir, Default::default(), Reuse::Shared, Some(size))
+                .map_err(|e| e.to_string())?
+        }
+        _ => load_model(&dir)?,
+    };
+    let text_ids = match (&files, model.text_encoder()) {
+        (Some(f), Some(encoder)) => Some(text_ids(f, encoder.tokens(), a)?),
+        _ => None,
+    };
     if let Some(k) = &a.kernels {
         let path = KernelPath::from_name(k).map_err(|e| e.to_string())?;
         model.set_kernels(path).map_err(|e| e.to_string())?;
@@ -336,7 +404,9 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     }
     model.to_device(a.device).map_err(|e| e.to_string())?;
     let (c, h, w) = model.input_shape();
-    if a.height.is_some_and(|v| v != h) || a.width.is_some_and(|v| v != w) {
+    if text_pipeline {
+        // Checked by the load above.
+    } else if a.height.is_some_and(|v| v != h) || a.width.is_some_and(|v| v != w) {
         return Err(format!(
             "--height/--width: this model samples at {h}x{w} only"
         ));
@@ -410,9 +480,15 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         step_noise: step_noise.as_deref(),
         class_labels: labels.as_deref(),
         guidance,
+        text: text_ids.as_ref().map(|t| TextConditioning {
+            prompt_ids: &t.0,
+            negative_ids: t.1.as_deref(),
+            guidance_scale: t.2,
+        }),
         threads: 0,
     };
-    let mut workspace = vec![0.0f32; sampler.workspace_len(&model, a.batch, guidance.is_some())];
+    let guided = guidance.is_some() || opts.text.is_some_and(|t| t.guided());
+    let mut workspace = vec![0.0f32; sampler.workspace_len(&model, a.batch, guided)];
     // A latent pipeline returns the decoded image; the loop's latents stay in the workspace.
     let (c, h, w) = model.image_shape();
     let mut out = vec![0.0f32; a.batch * c * h * w];
@@ -482,7 +558,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
     if !quiet {
         eprintln!(
             "{steps} steps ({} model evaluations), batch {}, {:.2}s ({:.2} images/s), setup {:.0} ms, workspace {:.1} MiB, peak RSS {}, kernels {}; wrote {}",
-            sampler.model_evaluations() * if guidance.is_some() { 2 } else { 1 },
+            sampler.model_evaluations() * if guided { 2 } else { 1 },
             a.batch,
             secs,
             a.batch as f64 / secs,
@@ -502,6 +578,68 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// diffusers' default image size of a pipeline folder: the UNet's `sample_size` times the
+/// decoder's upscale (`vae_scale_factor`), read from the configs without loading weights.
+fn default_image_size(files: &ModelFiles) -> Result<(usize, usize), Error> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| Error::Io {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let unet = tinydiffusion::UNetConfig::from_json(&read(&files.config)?)?;
+    let up = match &files.decoder {
+        Some(d) => tinydiffusion::model::decoder_config::DecoderConfig::from_json(&read(
+            &d.join("config.json"),
+        )?)?
+        .upscale(),
+        None => 1,
+    };
+    Ok((unet.sample_size.0 * up, unet.sample_size.1 * up))
+}
+
+/// A text-to-image run's ids: the prompt (one for every image), the negative prompt (`""`
+/// when none is given, as diffusers) when guidance is on, and the guidance scale. Notes on
+/// stderr for a missing `--prompt` and for the components that are not run.
+type TextIds = (Vec<u32>, Option<Vec<u32>>, f32);
+
+fn text_ids(files: &ModelFiles, tokens: usize, a: &SampleArgs) -> Result<TextIds, String> {
+    let dir = files
+        .tokenizer
+        .as_ref()
+        .ok_or("tokenizer: not in the pipeline folder")?;
+    if !dir.is_dir() {
+        return Err(format!(
+            "tokenizer: {} is missing (a text-to-image pipeline folder holds tokenizer/)",
+            dir.display()
+        ));
+    }
+    let tokenizer = ClipTokenizer::from_dir(dir).map_err(|e| format!("tokenizer: {e}"))?;
+    if tokenizer.max_length() != tokens {
+        return Err(format!(
+            "tokenizer: model_max_length {} but the text encoder takes {tokens} tokens",
+            tokenizer.max_length()
+        ));
+    }
+    if !files.not_run.is_empty() && !a.quiet {
+        eprintln!(
+            "note: {} present in the folder, not loaded nor run",
+            files.not_run.join(", ")
+        );
+    }
+    let prompt = match &a.prompt {
+        Some(p) => p.as_str(),
+        None => {
+            eprintln!("note: no --prompt: sampling the empty prompt \"\"");
+            ""
+        }
+    };
+    let scale = a.guidance_scale.unwrap_or(7.5);
+    let negative =
+        (scale > 1.0).then(|| tokenizer.encode(a.negative_prompt.as_deref().unwrap_or("")));
+    Ok((tokenizer.encode(prompt), negative, scale))
 }
 
 /// `sample decode`: a decoder folder's `decode` of a latents file (its one tensor, or `x_0`).
