@@ -289,7 +289,7 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
     if let Some(t) = model.text_encoder() {
         println!(
             "text encoder     CLIPTextModel, {} layers, hidden {}, {} heads, {}, {} tokens, \
-             vocabulary {}, {} parameters, {} bytes for encoding {batch} prompts (inside the \
+             vocabulary {}, {} parameters, {} bytes for encoding {batch} prompt{} (inside the \
              sampling workspace: it runs in the UNet's arena before the first step)",
             t.config.num_hidden_layers,
             t.config.hidden_size,
@@ -301,7 +301,8 @@ fn info(dir: &Path, batch: usize, list_ops: bool) -> Result<(), String> {
             t.tokens(),
             t.config.vocab_size,
             t.parameters(),
-            t.workspace_len(batch) * 4
+            t.workspace_len(batch) * 4,
+            if batch == 1 { "" } else { "s" }
         );
         if let Ok(files) = ModelFiles::find(dir) {
             if !files.not_run.is_empty() {
