@@ -417,3 +417,83 @@ fn bad_text_to_image_inputs_are_typed_errors() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A tokenizer whose `model_max_length` (16) is below the text encoder's
+/// `max_position_embeddings` (77): diffusers pads prompts to the tokenizer's length and the
+/// encoder sees that many positions, so the pipeline builds the encoder and the UNet's
+/// cross-attention for 16 tokens. The causal mask makes the 16-token states the first 16 rows
+/// of the 77-token ones (checked against the 77-token encoder, itself checked against
+/// transformers in tests/text_encoder_parity.rs); a guided run on that folder completes.
+#[test]
+fn a_shorter_tokenizer_sets_the_text_length() {
+    use tinydiffusion::model::text_encoder::TextEncoder;
+    let dir = folder_without("none");
+    let config_path = dir.join("tokenizer/tokenizer_config.json");
+    let mut config = read_json(&config_path);
+    config["model_max_length"] = 16.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let model = Model::load(&dir).unwrap();
+    let short = model.text_encoder().unwrap();
+    assert_eq!(short.tokens(), 16);
+    let prompt = "a photo of a cat";
+    let ids16 = ClipTokenizer::from_dir(&dir).unwrap().encode(prompt);
+    let ids77 = ClipTokenizer::from_dir(sd_dir().join("sd1"))
+        .unwrap()
+        .encode(prompt);
+    assert_eq!((ids16.len(), &ids16[..]), (16, &ids77[..16]));
+    let full = TextEncoder::load(sd_dir().join("sd1/text_encoder"), 0).unwrap();
+    assert_eq!(full.tokens(), 77);
+    let encode = |enc: &TextEncoder, ids: &[u32]| {
+        let mut ws = vec![0.0f32; enc.workspace_len(1)];
+        let mut out = vec![0.0f32; enc.output_len()];
+        enc.encode(0, &mut ws, ids, &mut out).unwrap();
+        out
+    };
+    let (s16, s77) = (encode(short, &ids16), encode(&full, &ids77));
+    let err = rel_l2(&s16, &s77[..s16.len()]);
+    assert!(err < 1e-6, "16-token states vs the 77-token rows: {err:e}");
+
+    let cfg = ModelFiles::find(&dir)
+        .unwrap()
+        .load_scheduler_config()
+        .unwrap();
+    let sampler = Sampler::new(&SamplerSpec::new(None).steps(2), &cfg).unwrap();
+    let neg = ClipTokenizer::from_dir(&dir).unwrap().encode("");
+    let text = TextConditioning {
+        prompt_ids: &ids16,
+        negative_ids: Some(&neg),
+        guidance_scale: 7.5,
+    };
+    let opts = SampleOptions {
+        text: Some(text),
+        ..SampleOptions::new(1, 3)
+    };
+    let mut ws = vec![0.0f32; sampler.workspace_len(&model, 1, true)];
+    let (c, h, w) = model.image_shape();
+    let mut out = vec![0.0f32; c * h * w];
+    sampler
+        .sample(&model, &mut ws, &opts, &mut out, None)
+        .unwrap();
+    assert!(out.iter().all(|v| v.is_finite()));
+    // 77 ids on the 16-token pipeline: a typed size error, not a silent truncation.
+    let wrong = TextConditioning {
+        prompt_ids: &ids77,
+        negative_ids: None,
+        guidance_scale: 1.0,
+    };
+    let opts = SampleOptions {
+        text: Some(wrong),
+        ..SampleOptions::new(1, 3)
+    };
+    assert!(matches!(
+        sampler.sample(&model, &mut ws, &opts, &mut out, None),
+        Err(Error::BufferSize { .. })
+    ));
+    // Longer than the position table: refused naming the key.
+    config["model_max_length"] = 78.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    match Model::load(&dir) {
+        Err(Error::UnsupportedConfig { key, .. }) => assert_eq!(key, "model_max_length"),
+        other => panic!("model_max_length 78: {:?}", other.err()),
+    }
+}

@@ -288,7 +288,15 @@ impl Model {
             config.sample_size = (h / up, w / up);
         }
         let text_encoder = match &files.text_encoder {
-            Some(d) => Some(TextEncoder::load_with(d, 0, options, reuse)?),
+            // diffusers pads every prompt to the tokenizer's `model_max_length` and the
+            // encoder sees that many positions.
+            Some(d) => {
+                let tokens = match &files.tokenizer {
+                    Some(t) => Some(crate::text::ClipTokenizer::from_dir(t)?.max_length()),
+                    None => None,
+                };
+                Some(TextEncoder::load_for_tokens(d, 0, tokens, options, reuse)?)
+            }
             None => None,
         };
         if let (Some(te), Some(cross)) = (&text_encoder, &mut config.cross_attention) {
@@ -368,6 +376,18 @@ impl TextEncoder {
         options: LoadOptions,
         reuse: Reuse,
     ) -> Result<TextEncoder> {
+        TextEncoder::load_for_tokens(dir, clip_skip, None, options, reuse)
+    }
+
+    /// [`TextEncoder::load_with`] for prompts of `tokens` ids (a pipeline's tokenizer
+    /// `model_max_length`; `None`: `max_position_embeddings`).
+    pub fn load_for_tokens(
+        dir: &Path,
+        clip_skip: usize,
+        tokens: Option<usize>,
+        options: LoadOptions,
+        reuse: Reuse,
+    ) -> Result<TextEncoder> {
         let config = dir.join("config.json");
         if !config.is_file() {
             return Err(io_err(
@@ -383,6 +403,7 @@ impl TextEncoder {
             ));
         }
         let cfg = TextEncoderConfig::from_json(&read_text(&config)?)?;
-        TextEncoder::new(cfg, map_file(&weights)?, options, clip_skip, reuse)
+        let tokens = tokens.unwrap_or(cfg.max_position_embeddings);
+        TextEncoder::new_for_tokens(cfg, map_file(&weights)?, options, clip_skip, tokens, reuse)
     }
 }

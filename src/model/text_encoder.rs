@@ -32,6 +32,9 @@ pub struct TextEncoder {
     pub config: TextEncoderConfig,
     /// diffusers' `clip_skip` the op list was built with (0: `last_hidden_state`).
     pub clip_skip: usize,
+    /// Token ids per prompt the op list is built for (the tokenizer's `model_max_length`,
+    /// at most `max_position_embeddings`).
+    tokens: usize,
     net: Model,
 }
 
@@ -161,7 +164,20 @@ pub fn describe_text_encoder(
     cfg: &TextEncoderConfig,
     loader: &mut WeightLoader,
     clip_skip: usize,
+    tokens: usize,
 ) -> Result<Described> {
+    // The tokenizer's `model_max_length` may be below `max_position_embeddings` (the encoder
+    // then sees the first `tokens` positions, as transformers does); above it, transformers
+    // fails indexing the position table.
+    if tokens == 0 || tokens > cfg.max_position_embeddings {
+        return Err(Error::UnsupportedConfig {
+            key: "model_max_length".into(),
+            value: format!(
+                "{tokens} token ids per prompt (the text encoder has {} positions)",
+                cfg.max_position_embeddings
+            ),
+        });
+    }
     if clip_skip > cfg.num_hidden_layers {
         return Err(invalid_arg(
             "clip_skip",
@@ -178,7 +194,6 @@ pub fn describe_text_encoder(
         } else {
             "text_model."
         };
-    let tokens = cfg.max_position_embeddings;
     let c = cfg.hidden_size;
     let mut b = Builder {
         loader,
@@ -190,7 +205,11 @@ pub fn describe_text_encoder(
         parameters: 0,
     };
     let table = b.take("embeddings.token_embedding.weight", &[cfg.vocab_size, c])?;
-    let positions = b.take("embeddings.position_embedding.weight", &[tokens, c])?;
+    // The whole table is checked; the first `tokens` rows are read.
+    let positions = b.take(
+        "embeddings.position_embedding.weight",
+        &[cfg.max_position_embeddings, c],
+    )?;
     let mut h = b.tensor("embeddings".into(), tokens * c);
     b.ops.push(Op::TokenEmbedding(TokenEmbeddingOp {
         table,
@@ -233,15 +252,30 @@ impl TextEncoder {
         clip_skip: usize,
         reuse: Reuse,
     ) -> Result<TextEncoder> {
-        let mut loader = WeightLoader::new(weights, options)?;
-        let described = describe_text_encoder(&config, &mut loader, clip_skip)?;
         let tokens = config.max_position_embeddings;
+        TextEncoder::new_for_tokens(config, weights, options, clip_skip, tokens, reuse)
+    }
+
+    /// [`TextEncoder::new`] for prompts of `tokens` ids (a pipeline's tokenizer pads to its
+    /// `model_max_length`, which may be below `max_position_embeddings`; above it is a typed
+    /// error naming `model_max_length`).
+    pub fn new_for_tokens(
+        config: TextEncoderConfig,
+        weights: WeightBytes,
+        options: LoadOptions,
+        clip_skip: usize,
+        tokens: usize,
+        reuse: Reuse,
+    ) -> Result<TextEncoder> {
+        let mut loader = WeightLoader::new(weights, options)?;
+        let described = describe_text_encoder(&config, &mut loader, clip_skip, tokens)?;
         // The net reads `tokens` ids and writes `tokens * hidden` floats.
         let shapes = UNetConfig::io_only((1, 1), tokens, tokens * config.hidden_size);
         let net = Model::assemble(shapes, described, loader.finish(), (1, 1), (1, 1), reuse)?;
         Ok(TextEncoder {
             config,
             clip_skip,
+            tokens,
             net,
         })
     }
@@ -262,9 +296,11 @@ impl TextEncoder {
         )
     }
 
-    /// Token ids per prompt (`max_position_embeddings`, 77 for Stable Diffusion).
+    /// Token ids per prompt (77 for Stable Diffusion): `max_position_embeddings`, or the
+    /// tokenizer's `model_max_length` a pipeline built it for
+    /// ([`TextEncoder::new_for_tokens`]).
     pub fn tokens(&self) -> usize {
-        self.config.max_position_embeddings
+        self.tokens
     }
 
     /// Floats of output per prompt: `tokens * hidden_size`.
@@ -335,7 +371,7 @@ impl TextEncoder {
         let tokens = self.tokens();
         if ids.is_empty() || !ids.len().is_multiple_of(tokens) {
             return Err(Error::BufferSize {
-                what: "token ids (max_position_embeddings per prompt)",
+                what: "token ids (the encoder's tokens() per prompt)",
                 expected: tokens,
                 found: ids.len(),
             });
