@@ -585,6 +585,37 @@ impl Model {
             0,
         )
     }
+
+    /// [`Model::forward_conditional`] with per-op times, as [`Model::forward_profiled`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_conditional_profiled(
+        &self,
+        workspace: &mut [f32],
+        x: &[f32],
+        timesteps: &[f32],
+        encoder_hidden_states: &[f32],
+        out: &mut [f32],
+        op_seconds: &mut [f64],
+        clock: &dyn Fn() -> f64,
+    ) -> Result<()> {
+        if op_seconds.len() != self.ops.len() {
+            return Err(Error::BufferSize {
+                what: "op_seconds (one slot per op)",
+                expected: self.ops.len(),
+                found: op_seconds.len(),
+            });
+        }
+        self.forward_impl(
+            workspace,
+            Inputs {
+                context: Some(encoder_hidden_states),
+                ..Inputs::sample(x, timesteps)
+            },
+            out,
+            Walk::Timed(op_seconds, clock),
+            0,
+        )
+    }
 }
 
 /// The CPU backend: tensors are regions of the caller's workspace (the memory plan's

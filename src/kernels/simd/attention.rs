@@ -196,38 +196,43 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     }
                 }
             }
-            // O += P V: 4 query rows x 4 vectors of d at a time.
+            // O += P V: 4 query rows x up to `nu` vectors of d at a time (independent FMA
+            // chains; a head size under `nu` vectors, SD 1.5's 40 on AVX-512, still gets them),
+            // then the rows left over, then the columns past the last whole vector. Every output
+            // element sums its keys in order, so the blocking does not change the result.
+            let full = d - d % l;
             let mut i = 0;
             while i < nq {
                 let rows = 4.min(nq - i);
                 let mut col = 0;
                 if rows == 4 {
-                    while col + nu * l <= d {
+                    while col < full {
+                        let w = nu.min((full - col) / l);
                         let mut acc = [[S::zero(); 4]; 4];
                         for (r, ar) in acc.iter_mut().enumerate() {
-                            for (u, x) in ar.iter_mut().enumerate().take(nu) {
+                            for (u, x) in ar.iter_mut().enumerate().take(w) {
                                 *x = S::load(orow(i + r).add(col + u * l));
                             }
                         }
                         for j in 0..bk {
                             let vp = v.add(kv_off + (j0 + j) * c + col);
                             let mut vv = [S::zero(); 4];
-                            for (u, x) in vv.iter_mut().enumerate().take(nu) {
+                            for (u, x) in vv.iter_mut().enumerate().take(w) {
                                 *x = S::load(vp.add(u * l));
                             }
                             for (r, ar) in acc.iter_mut().enumerate() {
                                 let pv = S::splat(s[(i + r) * BK + j]);
-                                for u in 0..nu {
+                                for u in 0..w {
                                     ar[u] = S::fma(pv, vv[u], ar[u]);
                                 }
                             }
                         }
                         for (r, ar) in acc.iter().enumerate() {
-                            for (u, x) in ar.iter().enumerate().take(nu) {
+                            for (u, x) in ar.iter().enumerate().take(w) {
                                 S::store(orow(i + r).add(col + u * l), *x);
                             }
                         }
-                        col += nu * l;
+                        col += w * l;
                     }
                 }
                 for r in 0..rows {
@@ -245,16 +250,47 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                         S::store(o.add(cc), acc);
                         cc += l;
                     }
-                    while cc < d {
-                        let mut acc = *o.add(cc);
-                        for j in 0..bk {
-                            acc += s[(i + r) * BK + j] * *v.add(kv_off + (j0 + j) * c + cc);
-                        }
-                        *o.add(cc) = acc;
-                        cc += 1;
-                    }
                 }
                 i += rows;
+            }
+            // The columns past the last whole vector (`d % l`: SD 1.5's head size 40 is
+            // 2 x 16 + 8 on AVX-512): this key block's V columns are copied once into
+            // zero-padded vectors, then 4 query rows at a time add `p * v` lane-wise, a multiply
+            // then an add, which rounds as the scalar `o += p * v` it replaces.
+            let tail = d - full;
+            if tail > 0 {
+                let mut vt = [0.0f32; BK * 16];
+                for j in 0..bk {
+                    let vp = v.add(kv_off + (j0 + j) * c + full);
+                    for t in 0..tail {
+                        vt[j * l + t] = *vp.add(t);
+                    }
+                }
+                let mut i = 0;
+                while i < nq {
+                    let rows = 4.min(nq - i);
+                    let mut ob = [[0.0f32; 16]; 4];
+                    let mut acc = [S::zero(); 4];
+                    for r in 0..rows {
+                        for (t, x) in ob[r].iter_mut().enumerate().take(tail) {
+                            *x = *orow(i + r).add(full + t);
+                        }
+                        acc[r] = S::load(ob[r].as_ptr());
+                    }
+                    for j in 0..bk {
+                        let vv = S::load(vt.as_ptr().add(j * l));
+                        for (r, x) in acc.iter_mut().enumerate().take(rows) {
+                            *x = S::add(*x, S::mul(S::splat(s[(i + r) * BK + j]), vv));
+                        }
+                    }
+                    for r in 0..rows {
+                        S::store(ob[r].as_mut_ptr(), acc[r]);
+                        for (t, x) in ob[r].iter().enumerate().take(tail) {
+                            *orow(i + r).add(full + t) = *x;
+                        }
+                    }
+                    i += rows;
+                }
             }
             j0 += bk;
         }
