@@ -567,23 +567,11 @@ impl Model {
         op_seconds: &mut [f64],
         clock: &dyn Fn() -> f64,
     ) -> Result<()> {
-        if op_seconds.len() != self.ops.len() {
-            return Err(Error::BufferSize {
-                what: "op_seconds (one slot per op)",
-                expected: self.ops.len(),
-                found: op_seconds.len(),
-            });
-        }
-        self.forward_impl(
-            workspace,
-            Inputs {
-                class_labels,
-                ..Inputs::sample(x, timesteps)
-            },
-            out,
-            Walk::Timed(op_seconds, clock),
-            0,
-        )
+        let inputs = Inputs {
+            class_labels,
+            ..Inputs::sample(x, timesteps)
+        };
+        self.forward_timed(workspace, inputs, out, op_seconds, clock)
     }
 
     /// [`Model::forward_conditional`] with per-op times, as [`Model::forward_profiled`].
@@ -598,6 +586,22 @@ impl Model {
         op_seconds: &mut [f64],
         clock: &dyn Fn() -> f64,
     ) -> Result<()> {
+        let inputs = Inputs {
+            context: Some(encoder_hidden_states),
+            ..Inputs::sample(x, timesteps)
+        };
+        self.forward_timed(workspace, inputs, out, op_seconds, clock)
+    }
+
+    /// The profiled forward passes: `op_seconds` has one slot per op.
+    fn forward_timed(
+        &self,
+        workspace: &mut [f32],
+        inputs: Inputs<'_>,
+        out: &mut [f32],
+        op_seconds: &mut [f64],
+        clock: &dyn Fn() -> f64,
+    ) -> Result<()> {
         if op_seconds.len() != self.ops.len() {
             return Err(Error::BufferSize {
                 what: "op_seconds (one slot per op)",
@@ -605,16 +609,7 @@ impl Model {
                 found: op_seconds.len(),
             });
         }
-        self.forward_impl(
-            workspace,
-            Inputs {
-                context: Some(encoder_hidden_states),
-                ..Inputs::sample(x, timesteps)
-            },
-            out,
-            Walk::Timed(op_seconds, clock),
-            0,
-        )
+        self.forward_impl(workspace, inputs, out, Walk::Timed(op_seconds, clock), 0)
     }
 }
 
