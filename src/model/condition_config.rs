@@ -10,8 +10,8 @@ use alloc::vec::Vec;
 use serde_json::{Map, Value};
 
 use super::config::{
-    as_bool, as_f64, as_opt_size, as_sample_size, as_size, as_size_list, as_string_list, bad,
-    DownBlockKind, MidBlockConfig, UNetConfig, UpBlockKind, MAX_CHANNELS, MAX_LAYERS_PER_BLOCK,
+    as_bool, as_f64, as_size, bad, DownBlockKind, MidBlockConfig, SharedKeys, UNetConfig,
+    UpBlockKind, MAX_CHANNELS, MAX_LAYERS_PER_BLOCK,
 };
 use crate::error::{unsupported, Result};
 
@@ -69,30 +69,32 @@ fn only(key: &str, v: &Value, ok: bool) -> Result<()> {
 /// Parses a `UNet2DConditionModel` `config.json` object.
 pub(crate) fn parse_condition(obj: &Map<String, Value>) -> Result<UNetConfig> {
     // diffusers' defaults for UNet2DConditionModel (SD 1.x's shape).
-    let mut sample_size = None;
-    let mut in_channels = 4;
-    let mut out_channels = 4;
-    let mut center_input_sample = false;
-    let mut flip_sin_to_cos = true;
-    let mut freq_shift = 0.0;
-    let mut time_embedding_dim = None;
-    let mut down_types: Vec<String> = ["CrossAttnDownBlock2D"; 3]
-        .iter()
-        .chain(&["DownBlock2D"])
-        .map(|s| String::from(*s))
-        .collect();
-    let mut up_types: Vec<String> = ["UpBlock2D"]
-        .iter()
-        .chain(&["CrossAttnUpBlock2D"; 3])
-        .map(|s| String::from(*s))
-        .collect();
-    let mut block_out_channels = alloc::vec![320, 640, 1280, 1280];
-    let mut layers_per_block = 2;
+    let mut shared = SharedKeys {
+        sample_size: None,
+        in_channels: 4,
+        out_channels: 4,
+        center_input_sample: false,
+        flip_sin_to_cos: true,
+        freq_shift: 0.0,
+        time_embedding_dim: None,
+        down_types: ["CrossAttnDownBlock2D"; 3]
+            .iter()
+            .chain(&["DownBlock2D"])
+            .map(|s| String::from(*s))
+            .collect(),
+        up_types: ["UpBlock2D"]
+            .iter()
+            .chain(&["CrossAttnUpBlock2D"; 3])
+            .map(|s| String::from(*s))
+            .collect(),
+        block_out_channels: alloc::vec![320, 640, 1280, 1280],
+        layers_per_block: 2,
+        mid_scale: 1.0,
+        downsample_padding: 1,
+        norm_eps: 1e-5,
+    };
     let mut mid_block = true;
-    let mut mid_scale = 1.0;
-    let mut downsample_padding = 1;
     let mut norm_num_groups = 32;
-    let mut norm_eps = 1e-5;
     let mut cross_attention_dim = 1280;
     let mut linear_projection = false;
     // Parsed once the block count is known.
@@ -103,28 +105,11 @@ pub(crate) fn parse_condition(obj: &Map<String, Value>) -> Result<UNetConfig> {
         let k = key.as_str();
         match k {
             _ if k.starts_with('_') => {}
-            "sample_size" => sample_size = Some(as_sample_size(k, v)?),
-            "in_channels" => in_channels = as_size(k, v)?,
-            "out_channels" => out_channels = as_size(k, v)?,
-            "center_input_sample" => center_input_sample = as_bool(k, v)?,
-            "flip_sin_to_cos" => flip_sin_to_cos = as_bool(k, v)?,
-            "freq_shift" => freq_shift = as_f64(k, v)?,
-            "time_embedding_dim" => time_embedding_dim = as_opt_size(k, v)?,
-            "down_block_types" => down_types = as_string_list(k, v)?,
-            "up_block_types" => up_types = as_string_list(k, v)?,
-            "block_out_channels" => block_out_channels = as_size_list(k, v)?,
-            "layers_per_block" => layers_per_block = as_size(k, v)?,
+            _ if shared.read(k, v)? => {}
             "mid_block_type" => {
                 mid_block = match v {
                     Value::Null => false,
                     Value::String(s) if s == "UNetMidBlock2DCrossAttn" => true,
-                    _ => return Err(unsupported(k, v)),
-                }
-            }
-            "mid_block_scale_factor" => mid_scale = as_f64(k, v)?,
-            "downsample_padding" => {
-                downsample_padding = match v.as_u64() {
-                    Some(p @ (0 | 1)) => p as usize,
                     _ => return Err(unsupported(k, v)),
                 }
             }
@@ -133,12 +118,6 @@ pub(crate) fn parse_condition(obj: &Map<String, Value>) -> Result<UNetConfig> {
                     return Err(unsupported(k, v));
                 }
                 norm_num_groups = as_size(k, v)?
-            }
-            "norm_eps" => {
-                norm_eps = as_f64(k, v)?;
-                if norm_eps <= 0.0 {
-                    return Err(bad(k, "must be positive"));
-                }
             }
             "dropout" => {
                 as_f64(k, v)?;
@@ -192,6 +171,22 @@ pub(crate) fn parse_condition(obj: &Map<String, Value>) -> Result<UNetConfig> {
         }
     }
 
+    let SharedKeys {
+        sample_size,
+        in_channels,
+        out_channels,
+        center_input_sample,
+        flip_sin_to_cos,
+        freq_shift,
+        time_embedding_dim,
+        down_types,
+        up_types,
+        block_out_channels,
+        layers_per_block,
+        mid_scale,
+        downsample_padding,
+        norm_eps,
+    } = shared;
     let sample_size = sample_size.ok_or_else(|| bad("sample_size", "missing"))?;
     let down_blocks = down_types
         .iter()

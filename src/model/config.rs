@@ -240,6 +240,61 @@ pub(crate) fn as_sample_size(key: &str, v: &Value) -> Result<(usize, usize)> {
     }
 }
 
+/// The `config.json` keys `UNet2DModel` and `UNet2DConditionModel` read the same way: one
+/// reader for both parsers, each starting from its class's diffusers defaults.
+pub(crate) struct SharedKeys {
+    pub sample_size: Option<(usize, usize)>,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub center_input_sample: bool,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    pub time_embedding_dim: Option<usize>,
+    pub down_types: Vec<String>,
+    pub up_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub mid_scale: f64,
+    pub downsample_padding: usize,
+    pub norm_eps: f64,
+}
+
+impl SharedKeys {
+    /// Reads `key` if it is one of the shared keys (`true`), else leaves it to the caller
+    /// (`false`). A bad value is a typed error naming the key.
+    pub fn read(&mut self, key: &str, v: &Value) -> Result<bool> {
+        let k = key;
+        match k {
+            "sample_size" => self.sample_size = Some(as_sample_size(k, v)?),
+            "in_channels" => self.in_channels = as_size(k, v)?,
+            "out_channels" => self.out_channels = as_size(k, v)?,
+            "center_input_sample" => self.center_input_sample = as_bool(k, v)?,
+            "flip_sin_to_cos" => self.flip_sin_to_cos = as_bool(k, v)?,
+            "freq_shift" => self.freq_shift = as_f64(k, v)?,
+            "time_embedding_dim" => self.time_embedding_dim = as_opt_size(k, v)?,
+            "down_block_types" => self.down_types = as_string_list(k, v)?,
+            "up_block_types" => self.up_types = as_string_list(k, v)?,
+            "block_out_channels" => self.block_out_channels = as_size_list(k, v)?,
+            "layers_per_block" => self.layers_per_block = as_size(k, v)?,
+            "mid_block_scale_factor" => self.mid_scale = as_f64(k, v)?,
+            "downsample_padding" => {
+                self.downsample_padding = match v.as_u64() {
+                    Some(p @ (0 | 1)) => p as usize,
+                    _ => return Err(unsupported(k, v)),
+                }
+            }
+            "norm_eps" => {
+                self.norm_eps = as_f64(k, v)?;
+                if self.norm_eps <= 0.0 {
+                    return Err(bad(k, "must be positive"));
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 impl UNetConfig {
     /// The config of a net that is a [`crate::Model`] of its own ops but no UNet (the text
     /// encoder, the decoders): only what the forward pass checks is stated (input channels
@@ -293,40 +348,42 @@ impl UNetConfig {
         }
 
         // diffusers' defaults for UNet2DModel.
-        let mut sample_size = None;
-        let mut in_channels = 3;
-        let mut out_channels = 3;
-        let mut center_input_sample = false;
-        let mut flip_sin_to_cos = true;
-        let mut freq_shift = 0.0;
-        let mut time_embedding_dim = None;
-        let mut down_types: Vec<String> = [
-            "DownBlock2D",
-            "AttnDownBlock2D",
-            "AttnDownBlock2D",
-            "AttnDownBlock2D",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut up_types: Vec<String> = [
-            "AttnUpBlock2D",
-            "AttnUpBlock2D",
-            "AttnUpBlock2D",
-            "UpBlock2D",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut block_out_channels = alloc::vec![224, 448, 672, 896];
-        let mut layers_per_block = 2;
+        let mut shared = SharedKeys {
+            sample_size: None,
+            in_channels: 3,
+            out_channels: 3,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            time_embedding_dim: None,
+            down_types: [
+                "DownBlock2D",
+                "AttnDownBlock2D",
+                "AttnDownBlock2D",
+                "AttnDownBlock2D",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            up_types: [
+                "AttnUpBlock2D",
+                "AttnUpBlock2D",
+                "AttnUpBlock2D",
+                "UpBlock2D",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            block_out_channels: alloc::vec![224, 448, 672, 896],
+            layers_per_block: 2,
+            mid_scale: 1.0,
+            downsample_padding: 1,
+            norm_eps: 1e-5,
+        };
         let mut mid_block_type = true;
-        let mut mid_scale = 1.0;
-        let mut downsample_padding = 1;
         let mut attention_head_dim = Some(8);
         let mut norm_num_groups = 32;
         let mut attn_norm_num_groups = None;
-        let mut norm_eps = 1e-5;
         let mut add_attention = true;
         let mut num_class_embeds = None;
         let mut scale_shift = false;
@@ -345,28 +402,11 @@ impl UNetConfig {
             let k = key.as_str();
             match k {
                 _ if k.starts_with('_') => {} // _class_name, _diffusers_version, _name_or_path
-                "sample_size" => sample_size = Some(as_sample_size(k, v)?),
-                "in_channels" => in_channels = as_size(k, v)?,
-                "out_channels" => out_channels = as_size(k, v)?,
-                "center_input_sample" => center_input_sample = as_bool(k, v)?,
-                "flip_sin_to_cos" => flip_sin_to_cos = as_bool(k, v)?,
-                "freq_shift" => freq_shift = as_f64(k, v)?,
-                "time_embedding_dim" => time_embedding_dim = as_opt_size(k, v)?,
-                "down_block_types" => down_types = as_string_list(k, v)?,
-                "up_block_types" => up_types = as_string_list(k, v)?,
-                "block_out_channels" => block_out_channels = as_size_list(k, v)?,
-                "layers_per_block" => layers_per_block = as_size(k, v)?,
+                _ if shared.read(k, v)? => {}
                 "mid_block_type" => {
                     mid_block_type = match v {
                         Value::Null => false,
                         Value::String(s) if s == "UNetMidBlock2D" => true,
-                        _ => return Err(unsupported(k, v)),
-                    }
-                }
-                "mid_block_scale_factor" => mid_scale = as_f64(k, v)?,
-                "downsample_padding" => {
-                    downsample_padding = match v.as_u64() {
-                        Some(p @ (0 | 1)) => p as usize,
                         _ => return Err(unsupported(k, v)),
                     }
                 }
@@ -378,12 +418,6 @@ impl UNetConfig {
                     }
                 }
                 "attn_norm_num_groups" => attn_norm_num_groups = as_opt_size(k, v)?,
-                "norm_eps" => {
-                    norm_eps = as_f64(k, v)?;
-                    if norm_eps <= 0.0 {
-                        return Err(bad(k, "must be positive"));
-                    }
-                }
                 "add_attention" => add_attention = as_bool(k, v)?,
                 "num_class_embeds" => num_class_embeds = as_opt_size(k, v)?,
                 // Options with one supported value.
@@ -452,6 +486,22 @@ impl UNetConfig {
             }
         }
 
+        let SharedKeys {
+            sample_size,
+            in_channels,
+            out_channels,
+            center_input_sample,
+            flip_sin_to_cos,
+            freq_shift,
+            time_embedding_dim,
+            down_types,
+            up_types,
+            block_out_channels,
+            layers_per_block,
+            mid_scale,
+            downsample_padding,
+            norm_eps,
+        } = shared;
         let sample_size = sample_size.ok_or_else(|| bad("sample_size", "missing"))?;
         let parse_down = |s: &String| match s.as_str() {
             "DownBlock2D" => Ok(DownBlockKind::Plain),
