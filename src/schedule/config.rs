@@ -417,8 +417,15 @@ impl SchedulerKind {
     /// `sigma_max` when the config holds them: diffusers reads them with
     /// `hasattr(self.config, ...)`, so a hidden key (given in the JSON, or carried by
     /// `from_config`, though `__init__` does not take it) counts too. LMS reads them for its
-    /// exponential and beta ramps only.
+    /// exponential and beta ramps only. They are the classes with the exponential and beta
+    /// ramps ([`SchedulerKind::takes_exponential_and_beta_sigmas`]).
     pub fn reads_sigma_ends(self) -> bool {
+        self.takes_exponential_and_beta_sigmas()
+    }
+
+    /// The classes whose `__init__` takes `use_exponential_sigmas` and `use_beta_sigmas`; any
+    /// other ignores them, as diffusers' `from_config` drops keys a class does not take.
+    pub fn takes_exponential_and_beta_sigmas(self) -> bool {
         matches!(
             self,
             SchedulerKind::Euler

@@ -85,18 +85,7 @@ impl Ramp {
     /// class without an option ignores it, as diffusers' `from_config` drops keys the class
     /// does not take (a config converted with `with_kind`).
     fn of(cfg: &SchedulerConfig) -> Ramp {
-        let has_exp_beta = matches!(
-            cfg.kind,
-            SchedulerKind::Euler
-                | SchedulerKind::Heun
-                | SchedulerKind::Lms
-                | SchedulerKind::Kdpm2
-                | SchedulerKind::Kdpm2Ancestral
-                | SchedulerKind::DpmSolverMultistep
-                | SchedulerKind::DpmSolverSinglestep
-                | SchedulerKind::UniPcMultistep
-                | SchedulerKind::DeisMultistep
-        );
+        let has_exp_beta = cfg.kind.takes_exponential_and_beta_sigmas();
         if cfg.use_karras_sigmas {
             Ramp::Karras
         } else if cfg.use_lu_lambdas && cfg.kind == SchedulerKind::DpmSolverMultistep {
