@@ -17,7 +17,6 @@ ids up to the end token (the rest is padding, `pad_id` up to `max_length`).
 Run from the repository root:  /work/venv/bin/python tests/tools/make_clip_tokenizer_fixtures.py
 """
 
-import gzip
 import json
 import os
 import shutil
@@ -26,32 +25,9 @@ import tempfile
 import transformers
 from transformers import CLIPTokenizer
 
+from clip_vocab import EOT, SOT, clip_vocab
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "clip-tokenizer")
-GZ = os.path.join(ROOT, "bpe_simple_vocab_16e6.txt.gz")
-SOT, EOT = "<|startoftext|>", "<|endoftext|>"
-
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def clip_vocab():
-    lines = gzip.open(GZ).read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols]
-    vocab += ["".join(m.split()) for m in merges]
-    vocab += [SOT, EOT]
-    assert len(vocab) == 49408 and len(merges) == 48894
-    return vocab, merges
 
 
 def added(content, normalized):
@@ -145,6 +121,7 @@ VARIANTS = ["sd1-vocab-merges", "sd2-vocab-merges", "sd1-tokenizer-json", "sd2-t
 
 def main():
     vocab, merges = clip_vocab()
+    assert len(vocab) == 49408 and len(merges) == 48894
     work = tempfile.mkdtemp()
     try:
         def base(d):

@@ -12,7 +12,6 @@ Activations stay finite: the default inits (kaiming-uniform convs and linears, N
 embeddings) shrink rather than grow through the nets; the script checks a 64x64 UNet step and
 a text encoding for finite outputs and prints their scale.
 """
-import gzip
 import json
 import os
 import sys
@@ -22,8 +21,9 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from clip_vocab import clip_vocab
+
 OUT = sys.argv[1] if len(sys.argv) > 1 else "/work/sd15"
-GZ = os.path.join(os.path.dirname(__file__), "..", "fixtures", "clip-tokenizer", "bpe_simple_vocab_16e6.txt.gz")
 
 # runwayml/stable-diffusion-v1-5, unet/config.json
 UNET = dict(
@@ -55,25 +55,9 @@ SCHED = dict(
 )
 
 
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def tokenizer(tmp):
     """CLIP's vocabulary as CLIP builds it: bytes, bytes + </w>, 48894 merges, the two specials."""
-    lines = gzip.open(GZ).read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    vocab, merges = clip_vocab()
     assert len(vocab) == 49408
     with open(os.path.join(tmp, "vocab.json"), "w") as f:
         json.dump({v: i for i, v in enumerate(vocab)}, f, ensure_ascii=False)

@@ -19,7 +19,7 @@ Writes tests/fixtures/sd-pipeline/ (seeded; rerunning rewrites the same numbers)
 Each run loads the saved folder and calls the pipeline itself in float64 (`output_type="latent"`), then decodes
 `latents / scaling_factor` as the pipeline does.
 """
-import gzip, json, os, shutil, tempfile
+import json, os, shutil, tempfile
 import torch
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPImageProcessor
@@ -27,31 +27,16 @@ from diffusers import (AutoencoderKL, DDIMScheduler, EulerAncestralDiscreteSched
                        StableDiffusionPipeline, UNet2DConditionModel)
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_module
 
+from clip_vocab import EOT, SOT, clip_vocab
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "fixtures", "sd-pipeline")
-GZ = os.path.join(HERE, "..", "fixtures", "clip-tokenizer", "bpe_simple_vocab_16e6.txt.gz")
-SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 MERGES = 64
 torch.manual_seed(2024)
 
 
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def tokenizer(pad):
-    lines = gzip.open(GZ).read().decode("utf-8").split("\n")
-    merges = lines[1:1 + MERGES]
-    symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [SOT, EOT]
+    vocab, merges = clip_vocab(MERGES)
     d = tempfile.mkdtemp()
     json.dump({t: i for i, t in enumerate(vocab)}, open(os.path.join(d, "vocab.json"), "w"), ensure_ascii=False)
     open(os.path.join(d, "merges.txt"), "w").write("#version: 0.2\n" + "\n".join(merges) + "\n")
