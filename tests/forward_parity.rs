@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixtures_dir, forward_case, rel_l2};
+use common::{fixtures_dir, forward_case, rel_l2, tap_nchw};
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::memory::Reuse;
 use tinydiffusion::weights::LoadOptions;
@@ -47,18 +47,7 @@ fn check_model(name: &str, path: KernelPath) {
                 .for_each(|v| *v = *v / (1.0 + (-*v).exp()));
         }
         // Ours is NHWC (or [B, E] for embeddings); diffusers' is NCHW.
-        let (s, l) = model.tensor_region(tap.tensor, batch);
-        let ours_nhwc = &ws[s..s + l];
-        let hw = tap.height * tap.width;
-        let mut ours = vec![0.0f32; l];
-        for b in 0..batch {
-            for p in 0..hw {
-                for ch in 0..tap.channels {
-                    ours[(b * tap.channels + ch) * hw + p] =
-                        ours_nhwc[(b * hw + p) * tap.channels + ch];
-                }
-            }
-        }
+        let ours = tap_nchw(&model, &ws, tap, batch);
         report += &format!("  {:<22} {:.2e}\n", tap.name, rel_l2(&ours, &expected));
     }
     let err = rel_l2(&out, &case.expected);

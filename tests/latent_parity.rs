@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use common::{fixtures_dir, read_json, rel_l2, tap_nchw, TensorFile};
 use tinydiffusion::memory::Reuse;
 use tinydiffusion::model::decoder::Decoder;
 use tinydiffusion::model::load::ModelFiles;
@@ -69,18 +69,7 @@ fn decoders_match_diffusers() {
         for tap in net.taps() {
             let key = format!("{name}.act.{}", tap.name);
             let expected = t.f64s(&key);
-            let (s, l) = net.tensor_region(tap.tensor, b);
-            let nhwc = &ws[s..s + l];
-            let hw = tap.height * tap.width;
-            let mut ours = vec![0.0f32; l];
-            for bi in 0..b {
-                for p in 0..hw {
-                    for ch in 0..tap.channels {
-                        ours[(bi * tap.channels + ch) * hw + p] =
-                            nhwc[(bi * hw + p) * tap.channels + ch];
-                    }
-                }
-            }
+            let ours = tap_nchw(net, &ws, tap, b);
             let err = rel_l2(&ours, &expected);
             report += &format!("  {:<28} {err:.2e}\n", tap.name);
             worst = worst.max(err);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixtures_dir, rel_l2, TensorFile};
+use common::{fixtures_dir, rel_l2, tap_nchw, TensorFile};
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::memory::Reuse;
 use tinydiffusion::model::Op;
@@ -13,18 +13,6 @@ use tinydiffusion::weights::LoadOptions;
 use tinydiffusion::{Error, Model};
 
 const MODEL: &str = "ncsnpp/tiny-ncsnpp8";
-
-fn nhwc_to_nchw(v: &[f32], batch: usize, c: usize, hw: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; v.len()];
-    for b in 0..batch {
-        for p in 0..hw {
-            for ch in 0..c {
-                out[(b * c + ch) * hw + p] = v[(b * hw + p) * c + ch];
-            }
-        }
-    }
-    out
-}
 
 fn check(path: KernelPath) {
     let dir = fixtures_dir().join(MODEL);
@@ -53,8 +41,7 @@ fn check(path: KernelPath) {
         if post == Some("silu") {
             want.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp());
         }
-        let (s, l) = model.tensor_region(tap.tensor, batch);
-        let ours = nhwc_to_nchw(&ws[s..s + l], batch, tap.channels, tap.height * tap.width);
+        let ours = tap_nchw(&model, &ws, tap, batch);
         let err = rel_l2(&ours, &want);
         worst_tap = worst_tap.max(err);
         checked += 1;

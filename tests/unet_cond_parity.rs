@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{fixtures_dir, rel_l2, TensorFile};
+use common::{fixtures_dir, rel_l2, tap_nchw, TensorFile};
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::memory::Reuse;
 use tinydiffusion::weights::{LoadOptions, WeightBytes};
@@ -52,17 +52,7 @@ fn check(name: &str, path: KernelPath) {
             continue;
         }
         let want = t.f64s(&key);
-        let (s, l) = model.tensor_region(tap.tensor, batch);
-        let hw = tap.height * tap.width;
-        let mut ours = vec![0.0f32; l];
-        for b in 0..batch {
-            for p in 0..hw {
-                for ch in 0..tap.channels {
-                    ours[(b * tap.channels + ch) * hw + p] =
-                        ws[s + (b * hw + p) * tap.channels + ch];
-                }
-            }
-        }
+        let ours = tap_nchw(&model, &ws, tap, batch);
         let err = rel_l2(&ours, &want);
         worst_block = worst_block.max(err);
         report += &format!("  {:<14} {err:.2e}\n", tap.name);

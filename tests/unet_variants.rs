@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, SampleCase, TensorFile};
+use common::{fixtures_dir, read_json, rel_l2, tap_nchw, SampleCase, TensorFile};
 use tinydiffusion::kernels::KernelPath;
 use tinydiffusion::memory::Reuse;
 use tinydiffusion::sampler;
@@ -69,17 +69,7 @@ fn check_forward(name: &str, path: KernelPath) -> f64 {
         if let Some(post) = post {
             want.iter_mut().for_each(|v| *v = post_act(post, *v));
         }
-        let (s, l) = model.tensor_region(tap.tensor, batch);
-        let hw = tap.height * tap.width;
-        let mut ours = vec![0.0f32; l];
-        for b in 0..batch {
-            for p in 0..hw {
-                for ch in 0..tap.channels {
-                    ours[(b * tap.channels + ch) * hw + p] =
-                        ws[s + (b * hw + p) * tap.channels + ch];
-                }
-            }
-        }
+        let ours = tap_nchw(&model, &ws, tap, batch);
         let e = rel_l2(&ours, &want);
         worst_tap = worst_tap.max(e);
         report += &format!("  {:<24} {e:.2e}\n", tap.name);

@@ -227,3 +227,20 @@ pub fn forward_case(model: &str) -> ForwardCase {
         tensors,
     }
 }
+
+/// A tap's tensor, NHWC in the workspace `ws` of a forward pass of `model` (built with
+/// `Reuse::None`), as diffusers' NCHW (the library's own `nhwc_to_nchw`); `[B, E]`
+/// embeddings (1x1 taps) come out as they are.
+#[allow(dead_code)]
+pub fn tap_nchw(
+    model: &tinydiffusion::Model,
+    ws: &[f32],
+    tap: &tinydiffusion::model::Tap,
+    batch: usize,
+) -> Vec<f32> {
+    let (s, l) = model.tensor_region(tap.tensor, batch);
+    let mut out = vec![0.0f32; l];
+    let pixels = tap.height * tap.width;
+    tinydiffusion::kernels::nhwc_to_nchw(&ws[s..s + l], &mut out, batch, tap.channels, pixels);
+    out
+}
