@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use common::{fixtures_dir, read_json, rel_l2, simple_loss, TensorFile};
 use tinydiffusion::model::describe_config;
-use tinydiffusion::schedule::{PredictionType, SchedulerConfig};
-use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, NoiseSchedule};
+use tinydiffusion::schedule::SchedulerConfig;
+use tinydiffusion::train::loss::NoiseSchedule;
 use tinydiffusion::train::rng::{Purpose, Stream};
 use tinydiffusion::train::{Dropout, TrainGraph};
 use tinydiffusion::{Error, UNetConfig};
@@ -92,17 +92,7 @@ fn gradient_parity(model_name: &str) -> f64 {
         config.sample_size.0,
         config.sample_size.1,
     );
-    let b = Batch {
-        channels: c,
-        pixels: h * w,
-        x0: &x0,
-        eps: &eps,
-        x_t: &x_t,
-        timesteps: &t,
-    };
-    let out = ws.out.clone();
-    let simple = (LossKind::Simple, PredictionType::Epsilon);
-    let loss = loss_and_grad(simple.0, simple.1, &sched, &b, &out, &mut ws.d_out).unwrap();
+    let loss = simple_loss(&mut ws, &sched, c, h * w, &x0, &eps, &x_t, &t);
     let mut grads = vec![0.0f32; table.buffer_len()];
     graph.backward(&params, &mut grads, &mut ws, None).unwrap();
 

@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use common::{fixtures_dir, read_json, rel_l2, simple_loss, TensorFile};
 use tinydiffusion::model::describe_config;
-use tinydiffusion::schedule::{PredictionType, SchedulerConfig};
-use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, NoiseSchedule};
+use tinydiffusion::schedule::SchedulerConfig;
+use tinydiffusion::train::loss::NoiseSchedule;
 use tinydiffusion::train::TrainGraph;
 use tinydiffusion::Model;
 
@@ -48,24 +48,7 @@ fn check(model_name: &str) -> f64 {
     graph.forward(&params, &mut ws, &x_t, &tf, None).unwrap();
     let sched = NoiseSchedule::new(&SchedulerConfig::ddpm_default()).unwrap();
     let (c, h, w) = model.input_shape();
-    let b = Batch {
-        channels: c,
-        pixels: h * w,
-        x0: &x0,
-        eps: &eps,
-        x_t: &x_t,
-        timesteps: &t,
-    };
-    let out = ws.out.clone();
-    let loss = loss_and_grad(
-        LossKind::Simple,
-        PredictionType::Epsilon,
-        &sched,
-        &b,
-        &out,
-        &mut ws.d_out,
-    )
-    .unwrap();
+    let loss = simple_loss(&mut ws, &sched, c, h * w, &x0, &eps, &x_t, &t);
     let mut grads = vec![0.0f32; table.buffer_len()];
     graph.backward(&params, &mut grads, &mut ws, None).unwrap();
 

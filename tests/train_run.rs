@@ -5,12 +5,12 @@
 
 mod common;
 
-use common::{fixtures_dir, rel_l2};
+use common::{fixtures_dir, rel_l2, simple_loss};
 use half::f16;
 use tinydiffusion::model::describe_config;
 use tinydiffusion::schedule::{PredictionType, SchedulerConfig};
 use tinydiffusion::train::data::Dataset;
-use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, NoiseSchedule};
+use tinydiffusion::train::loss::{LossKind, NoiseSchedule};
 use tinydiffusion::train::rng::{Purpose, Stream};
 use tinydiffusion::train::trainer::{Init, TrainOptions, Trainer};
 use tinydiffusion::train::TrainGraph;
@@ -96,24 +96,7 @@ fn whole_model_finite_differences() {
         let mut loss = |params: &[f32], grads: Option<&mut Vec<f32>>| -> f64 {
             g.forward(params, &mut ws, &x_t, &tf, labels.as_deref())
                 .unwrap();
-            let b = Batch {
-                channels: c,
-                pixels: h * w,
-                x0: &x0,
-                eps: &eps,
-                x_t: &x_t,
-                timesteps: &t,
-            };
-            let out = ws.out.clone();
-            let l = loss_and_grad(
-                LossKind::Simple,
-                PredictionType::Epsilon,
-                &sched,
-                &b,
-                &out,
-                &mut ws.d_out,
-            )
-            .unwrap();
+            let l = simple_loss(&mut ws, &sched, c, h * w, &x0, &eps, &x_t, &t);
             if let Some(gr) = grads {
                 g.backward(params, gr, &mut ws, labels.as_deref()).unwrap();
             }

@@ -11,7 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use common::{fixtures_dir, read_json, rel_l2, simple_loss, TensorFile};
 use tinydiffusion::model::load::ModelFiles;
 use tinydiffusion::sampler::{SampleOptions, SamplerSpec};
 use tinydiffusion::Model;
@@ -259,8 +259,8 @@ fn identity_class_embeddings_match_diffusers() {
 #[test]
 fn trainer_gradients_with_identity_class_embeddings_match_pytorch() {
     use tinydiffusion::model::describe_config;
-    use tinydiffusion::schedule::{PredictionType, SchedulerConfig};
-    use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind, NoiseSchedule};
+    use tinydiffusion::schedule::SchedulerConfig;
+    use tinydiffusion::train::loss::NoiseSchedule;
     use tinydiffusion::train::{Dropout, TrainGraph};
     let dir = fixtures_dir().join("unet-c/identity8");
     let model = Model::load(&dir).unwrap();
@@ -297,17 +297,7 @@ fn trainer_gradients_with_identity_class_embeddings_match_pytorch() {
         .unwrap();
     let sched = NoiseSchedule::new(&SchedulerConfig::ddpm_default()).unwrap();
     let (c, h, w) = model.input_shape();
-    let b = Batch {
-        channels: c,
-        pixels: h * w,
-        x0: &x0,
-        eps: &eps,
-        x_t: &x_t,
-        timesteps: &t,
-    };
-    let out = ws.out.clone();
-    let simple = (LossKind::Simple, PredictionType::Epsilon);
-    let loss = loss_and_grad(simple.0, simple.1, &sched, &b, &out, &mut ws.d_out).unwrap();
+    let loss = simple_loss(&mut ws, &sched, c, h * w, &x0, &eps, &x_t, &t);
     let want = g.f64s("loss")[0];
     let loss_err = (loss.total - want).abs() / want.abs();
     println!("identity8 loss {} vs {want} ({loss_err:.1e})", loss.total);

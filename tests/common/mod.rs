@@ -244,3 +244,40 @@ pub fn tap_nchw(
     tinydiffusion::kernels::nhwc_to_nchw(&ws[s..s + l], &mut out, batch, tap.channels, pixels);
     out
 }
+
+/// The trainer's "simple" loss (epsilon prediction) of the forward output in `ws.out` for the
+/// batch `x0`, `eps`, `x_t` at integer `timesteps` (`channels` x `pixels` per sample), with its
+/// gradient written to `ws.d_out`: what every gradient test does after `forward`.
+#[cfg(feature = "train")]
+#[allow(dead_code, clippy::too_many_arguments)]
+pub fn simple_loss(
+    ws: &mut tinydiffusion::train::TrainWorkspace,
+    sched: &tinydiffusion::train::loss::NoiseSchedule,
+    channels: usize,
+    pixels: usize,
+    x0: &[f32],
+    eps: &[f32],
+    x_t: &[f32],
+    timesteps: &[usize],
+) -> tinydiffusion::train::loss::LossValue {
+    use tinydiffusion::schedule::PredictionType;
+    use tinydiffusion::train::loss::{loss_and_grad, Batch, LossKind};
+    let b = Batch {
+        channels,
+        pixels,
+        x0,
+        eps,
+        x_t,
+        timesteps,
+    };
+    let out = ws.out.clone();
+    loss_and_grad(
+        LossKind::Simple,
+        PredictionType::Epsilon,
+        sched,
+        &b,
+        &out,
+        &mut ws.d_out,
+    )
+    .unwrap()
+}
