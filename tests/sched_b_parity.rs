@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use common::{fixtures_dir, read_json, rel_l2, replay_x0, TensorFile};
 use tinydiffusion::sampler::{SampleOptions, Sampler, SamplerSpec, StepInfo};
 use tinydiffusion::schedule::{
     ConsistencyScheduler, LcmScheduler, SchedulerConfig, SchedulerKind, ScoreVeScheduler, StepShape,
@@ -343,14 +343,7 @@ fn cli_scheduler_config_replays_runs() {
             let l: Vec<String> = l.iter().map(|v| v.to_string()).collect();
             cmd.args(["--class-label", &l.join(",")]);
         }
-        let status = cmd.output().unwrap();
-        assert!(
-            status.status.success(),
-            "{}: {}",
-            run.name,
-            String::from_utf8_lossy(&status.stderr)
-        );
-        let got = TensorFile::open(&out).f32s("x_0");
+        let got = replay_x0(&mut cmd, &out, &run.name);
         let last = run.traj.len() - n;
         let err = rel_l2(&got, &run.traj[last..last + n]);
         println!("cli {:<28} final rel L2 {err:.2e}", run.name);

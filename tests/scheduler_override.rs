@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use common::{fixtures_dir, read_json, rel_l2, replay_x0, TensorFile};
 use tinydiffusion::sampler::{SampleOptions, SamplerSpec};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig, SchedulerKind, SigmaScheduler};
 use tinydiffusion::Model;
@@ -211,14 +211,7 @@ fn cli_scheduler_flag_matches_diffusers() {
             let p = write("noise", &z, vec![z.len() / n, 1, 3, 16, 16]);
             cmd.args(["--step-noise", p.to_str().unwrap()]);
         }
-        let status = cmd.output().unwrap();
-        assert!(
-            status.status.success(),
-            "{}: {}",
-            case.name,
-            String::from_utf8_lossy(&status.stderr)
-        );
-        let got = TensorFile::open(&out).f32s("x_0");
+        let got = replay_x0(&mut cmd, &out, &case.name);
         let traj = t.f32s(&format!("{}.traj", case.name));
         let err = rel_l2(&got, &traj[traj.len() - n..]);
         println!("cli {:<24} final rel L2 {err:.2e}", case.name);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, TensorFile};
+use common::{fixtures_dir, read_json, rel_l2, replay_x0, TensorFile};
 use tinydiffusion::sampler::{SampleOptions, Sampler, SamplerSpec};
 use tinydiffusion::schedule::{SchedulerConfig, SchedulerKind, SigmaScheduler, StepShape};
 use tinydiffusion::Model;
@@ -329,14 +329,7 @@ fn cli_replays_runs() {
             let p = write("noise", z, vec![z.len() / n, 2, 3, 16, 16]);
             cmd.args(["--step-noise", p.to_str().unwrap()]);
         }
-        let status = cmd.output().unwrap();
-        assert!(
-            status.status.success(),
-            "{}: {}",
-            run.name,
-            String::from_utf8_lossy(&status.stderr)
-        );
-        let got = TensorFile::open(&out).f32s("x_0");
+        let got = replay_x0(&mut cmd, &out, &run.name);
         let last = run.traj.len() - n;
         let err = rel_l2(&got, &run.traj[last..last + n]);
         println!("cli {:<40} final rel L2 {err:.2e}", run.name);

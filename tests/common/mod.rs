@@ -281,3 +281,16 @@ pub fn simple_loss(
     )
     .unwrap()
 }
+
+/// Runs a `sample` CLI replay (`cmd` ends with `--save-tensor out`) and returns the `x_0` it
+/// saved; a failed run panics with `what` and the CLI's stderr.
+#[allow(dead_code)]
+pub fn replay_x0(cmd: &mut std::process::Command, out: &std::path::Path, what: &str) -> Vec<f32> {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    TensorFile::open(out).f32s("x_0")
+}
