@@ -16,6 +16,7 @@ import diffusers
 from diffusers import UNet2DModel, DDPMScheduler
 from diffusers.models.resnet import ResnetBlock2D
 from safetensors.torch import save_file
+from unet_weights import randomize
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "dropout")
 torch.manual_seed(20261205)
@@ -36,17 +37,6 @@ MODELS = {
                         up_block_types=["AttnUpBlock2D", "UpBlock2D"], attention_head_dim=8,
                         norm_num_groups=4, dropout=0.2),
 }
-
-
-def randomize(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn_like(p) / (p[0].numel() ** 0.5))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
 
 
 class FixedMask(torch.nn.Module):

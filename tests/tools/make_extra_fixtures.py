@@ -9,6 +9,7 @@ import json, os
 import torch
 from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 from safetensors.torch import save_file
+from unet_weights import randomize
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "extra")
 torch.manual_seed(20261123)
@@ -30,17 +31,6 @@ MODELS = {
                       down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
                       mid_block_type=None, norm_num_groups=4, attention_head_dim=4),
 }
-
-
-def randomize(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn_like(p) / (p[0].numel() ** 0.5))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
 
 
 for name, cfg in MODELS.items():

@@ -13,6 +13,7 @@ import diffusers
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
 from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 from safetensors.torch import save_file
+from unet_weights import randomize
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "unet-a")
 torch.manual_seed(20261204)
@@ -67,17 +68,6 @@ SAMPLES = {
     "relu8": [("ddim10_eta0", DDIMScheduler, dict(), 10, 0.0)],
     "classts8": [("ddpm20", DDPMScheduler, dict(), 20, None)],
 }
-
-
-def randomize(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn_like(p) / (p[0].numel() ** 0.5))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
 
 
 def block_outputs(model):

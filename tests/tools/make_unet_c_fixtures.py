@@ -23,6 +23,8 @@ Writes tests/fixtures/unet-c/ (seeded; rerunning rewrites the same numbers):
 """
 import json, math, os
 import torch
+
+import unet_weights
 import diffusers.utils.torch_utils  # noqa: F401
 import diffusers.pipelines.deprecated.score_sde_ve.pipeline_score_sde_ve as p_ve
 import diffusers.pipelines.consistency_models.pipeline_consistency_models as p_cm
@@ -86,16 +88,8 @@ BATCH = 2
 
 
 def randomize(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name == "time_proj.weight":
-                continue  # GaussianFourierProjection's W: keep its N(0, 16^2) draw
-            if p.dim() > 1:
-                p.copy_(torch.randn_like(p) / (p[0].numel() ** 0.5))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
+    # GaussianFourierProjection's W keeps its N(0, 16^2) draw.
+    unet_weights.randomize(model, keep=("time_proj.weight",))
 
 
 def reference(model):

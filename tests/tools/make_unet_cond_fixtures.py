@@ -11,6 +11,7 @@ import json, os
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
+from unet_weights import randomize
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "unet-cond")
 TOKENS = 7
@@ -34,25 +35,13 @@ MODELS = {
 }
 
 
-def randomize(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn_like(p) / (p[0].numel() ** 0.5))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
-            p.copy_(p.half().float())
-
-
 def main():
     torch.manual_seed(20261204)
     for name, cfg in MODELS.items():
         d = os.path.join(OUT, name)
         os.makedirs(d, exist_ok=True)
         model = UNet2DConditionModel(**cfg).eval()
-        randomize(model)
+        randomize(model, round_f16=True)
         model.save_pretrained(d, safe_serialization=False)  # config.json
         os.remove(os.path.join(d, "diffusion_pytorch_model.bin"))
         save_file({k: v.half().contiguous() for k, v in model.state_dict().items()},
