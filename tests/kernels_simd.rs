@@ -551,6 +551,17 @@ fn attention_matches_scalar() {
         (2, 64, 77, 40, 5),
         (1, 16, 7, 16, 2),
         (2, 3, 130, 24, 3),
+        // Head sizes of real models, many not a multiple of the vector width: SD 1.5's 40
+        // (self- and cross-attention), 80, 160; small and odd ones (8, 3, 24); 64; 100.
+        (2, 70, 70, 80, 2),
+        (2, 70, 77, 80, 2),
+        (2, 37, 37, 80, 1),
+        (2, 33, 77, 160, 1),
+        (2, 50, 50, 24, 3),
+        (2, 45, 45, 6, 2),
+        (2, 40, 40, 48, 2),
+        (2, 64, 64, 128, 2),
+        (2, 20, 20, 100, 1),
     ] {
         for causal in [false, true] {
             let n = batch * tokens * channels;
