@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{fixtures_dir, read_json, rel_l2, SampleCase, TensorFile};
+use common::{fixtures_dir, forward_case, read_json, rel_l2, SampleCase, TensorFile};
 use tinydiffusion::sampler::{self, SampleOptions};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig};
 use tinydiffusion::testing::{random_model, CIFAR10_CONFIG};
@@ -60,34 +60,19 @@ fn forward_cases_match_diffusers_on_gpu() {
         let Some(model) = gpu_fixture(name) else {
             return;
         };
-        let dir = fixtures_dir().join(name);
-        let cases = read_json(dir.join("cases.json"));
-        let tensors = TensorFile::open(dir.join("cases.safetensors"));
-        for case in cases["cases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["kind"] == "forward")
-        {
-            let inputs = &case["inputs"];
-            let x = tensors.f32s(inputs["x"].as_str().unwrap());
-            let t = tensors.f32s(inputs["t"].as_str().unwrap());
-            let labels = inputs
-                .get("class_labels")
-                .map(|n| tensors.i64s(n.as_str().unwrap()));
-            let expected = tensors.f64s(case["expected"]["out"].as_str().unwrap());
-            let (c, h, w) = model.input_shape();
-            let batch = x.len() / (c * h * w);
-            let mut ws = vec![0.0f32; model.workspace_len(batch)];
-            let mut out = vec![0.0f32; expected.len()];
-            model
-                .forward(&mut ws, &x, &t, labels.as_deref(), &mut out)
-                .unwrap();
-            let err = rel_l2(&out, &expected);
-            println!("{name:<18} forward (batch {batch}) rel L2 {err:.2e} (bar 5e-3)");
-            if err.is_nan() || err > 5e-3 {
-                failures.push(format!("{name}: {err:.3e}"));
-            }
+        // Each fixture holds one forward case.
+        let case = forward_case(name);
+        let (c, h, w) = model.input_shape();
+        let batch = case.x.len() / (c * h * w);
+        let mut ws = vec![0.0f32; model.workspace_len(batch)];
+        let mut out = vec![0.0f32; case.expected.len()];
+        model
+            .forward(&mut ws, &case.x, &case.t, case.labels.as_deref(), &mut out)
+            .unwrap();
+        let err = rel_l2(&out, &case.expected);
+        println!("{name:<18} forward (batch {batch}) rel L2 {err:.2e} (bar 5e-3)");
+        if err.is_nan() || err > 5e-3 {
+            failures.push(format!("{name}: {err:.3e}"));
         }
     }
     assert!(failures.is_empty(), "GPU forward off: {failures:?}");
