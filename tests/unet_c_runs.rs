@@ -11,7 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixtures_dir, read_json, rel_l2, simple_loss, TensorFile};
+use common::{fixtures_dir, read_json, rel_l2, TensorFile};
 use tinydiffusion::model::load::ModelFiles;
 use tinydiffusion::sampler::{SampleOptions, SamplerSpec};
 use tinydiffusion::Model;
@@ -258,6 +258,7 @@ fn identity_class_embeddings_match_diffusers() {
 #[cfg(feature = "train")]
 #[test]
 fn trainer_gradients_with_identity_class_embeddings_match_pytorch() {
+    use common::simple_loss;
     use tinydiffusion::model::describe_config;
     use tinydiffusion::schedule::SchedulerConfig;
     use tinydiffusion::train::loss::NoiseSchedule;
