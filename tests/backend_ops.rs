@@ -193,6 +193,24 @@ fn reference(name: &str) -> Reference {
 }
 
 /// Runs each op of `model` alone on the reference's inputs; returns the op kinds checked.
+/// One op's result against the scalar reference's: its output tensor in the workspace, or the
+/// caller's buffer for the op that writes it (`Output`).
+fn op_error(
+    model: &Model,
+    op: &Op,
+    batch: usize,
+    (ws, ws_ref): (&[f32], &[f32]),
+    (out, out_ref): (&[f32], &[f32]),
+) -> f64 {
+    match op.output() {
+        Some(t) => {
+            let (s, l) = model.tensor_region(t, batch);
+            rel_l2(&ws[s..s + l], &ws_ref[s..s + l])
+        }
+        None => rel_l2(out, out_ref),
+    }
+}
+
 fn check_ops(
     name: &str,
     backend: &str,
@@ -219,13 +237,7 @@ fn check_ops_with(
         let mut out = vec![f32::NAN; r.out.len()];
         r.run(model, at..at + 1, &mut ws, &mut out)
             .unwrap_or_else(|e| panic!("{name} [{backend}] op {at} ({}): {e}", op.kind()));
-        let err = match op.output() {
-            Some(t) => {
-                let (s, l) = model.tensor_region(t, r.batch);
-                rel_l2(&ws[s..s + l], &r.workspace[s..s + l])
-            }
-            None => rel_l2(&out, &r.out),
-        };
+        let err = op_error(model, op, r.batch, (&ws, &r.workspace), (&out, &r.out));
         let bar = bar_of(op);
         assert!(
             err <= bar,
@@ -401,13 +413,7 @@ fn check_text_encoder(name: &str) -> Vec<&'static str> {
             let mut out = vec![f32::NAN; out_ref.len()];
             enc.encode_ops(at..at + 1, &mut ws, &ids, &mut out)
                 .unwrap_or_else(|e| panic!("{name} [{}] op {at}: {e}", path.name()));
-            let err = match op.output() {
-                Some(t) => {
-                    let (s, l) = enc.net().tensor_region(t, batch);
-                    rel_l2(&ws[s..s + l], &ws_ref[s..s + l])
-                }
-                None => rel_l2(&out, &out_ref),
-            };
+            let err = op_error(enc.net(), op, batch, (&ws, &ws_ref), (&out, &out_ref));
             assert!(
                 err <= 2e-5,
                 "text encoder {name} [{}] op {at} ({}): rel L2 {err:.3e}; op: {op:?}",
@@ -529,13 +535,7 @@ fn check_conditional_unet(name: &str) -> Vec<&'static str> {
                 model
                     .forward_ops_conditional(at..at + 1, &mut ws, &x, &t, &ctx, &mut out)
                     .unwrap_or_else(|e| panic!("{name} [{}] op {at}: {e}", path.name()));
-                let err = match op.output() {
-                    Some(id) => {
-                        let (s, l) = model.tensor_region(id, batch);
-                        rel_l2(&ws[s..s + l], &reference[s..s + l])
-                    }
-                    None => rel_l2(&out, &ref_out),
-                };
+                let err = op_error(&model, op, batch, (&ws, &reference), (&out, &ref_out));
                 assert!(
                     err <= 2e-5,
                     "{name} [{}] op {at} ({}): rel L2 {err:.3e} against the scalar reference",
