@@ -345,8 +345,6 @@ pub struct td_model {
     /// (address, length) of the caller's weight bytes when loaded from memory, so that no
     /// buffer the library writes may overlap them.
     borrowed: Option<(usize, usize)>,
-    /// A text-to-image pipeline's tokenizer (`tokenizer/`), read by `td_model_load`.
-    tokenizer: Option<crate::text::ClipTokenizer>,
 }
 
 /// A scheduler built once (its tables are allocated here), for allocation-free sampling with

@@ -73,28 +73,10 @@ pub unsafe extern "C" fn td_model_load(
         let files = ModelFiles::find(&path)?;
         let scheduler_config = files.load_scheduler_config()?;
         let model = Model::load(&path)?;
-        let tokenizer = match (&files.tokenizer, model.text_encoder()) {
-            (Some(dir), Some(encoder)) => {
-                let t = crate::text::ClipTokenizer::from_dir(dir)?;
-                if t.max_length() != encoder.tokens() {
-                    return Err(fail(
-                        td_status::Unsupported,
-                        std::format!(
-                            "tokenizer: model_max_length {} but the text encoder takes {} tokens",
-                            t.max_length(),
-                            encoder.tokens()
-                        ),
-                    ));
-                }
-                Some(t)
-            }
-            _ => None,
-        };
         let handle = into_handle(td_model {
             model,
             scheduler_config,
             borrowed: None,
-            tokenizer,
         });
         // SAFETY: checked above.
         unsafe { out_model.write(handle) };
@@ -154,7 +136,6 @@ pub unsafe extern "C" fn td_model_from_memory(
             model,
             scheduler_config,
             borrowed,
-            tokenizer: None,
         });
         // SAFETY: checked above.
         unsafe { out_model.write(handle) };

@@ -446,7 +446,8 @@ impl CheckedDesc {
 /// # Safety
 /// `d.prompt` and `d.negative_prompt` are NULL or NUL-terminated strings.
 unsafe fn text_ids(m: &td_model, d: &td_sampler_desc) -> Result<Option<TextIds>, Fail> {
-    let Some(tokenizer) = &m.tokenizer else {
+    // The tokenizer `td_model_load` read with a text-to-image pipeline folder.
+    let Some(tokenizer) = m.model.tokenizer() else {
         if !d.prompt.is_null() || !d.negative_prompt.is_null() {
             return Err(invalid(
                 "desc.prompt: the model is not a text-to-image pipeline (load its folder with \

@@ -287,14 +287,15 @@ impl Model {
             }
             config.sample_size = (h / up, w / up);
         }
+        let tokenizer = match &files.tokenizer {
+            Some(t) => Some(crate::text::ClipTokenizer::from_dir(t)?),
+            None => None,
+        };
         let text_encoder = match &files.text_encoder {
             // diffusers pads every prompt to the tokenizer's `model_max_length` and the
             // encoder sees that many positions.
             Some(d) => {
-                let tokens = match &files.tokenizer {
-                    Some(t) => Some(crate::text::ClipTokenizer::from_dir(t)?.max_length()),
-                    None => None,
-                };
+                let tokens = tokenizer.as_ref().map(|t| t.max_length());
                 Some(TextEncoder::load_for_tokens(d, 0, tokens, options, reuse)?)
             }
             None => None,
@@ -322,6 +323,7 @@ impl Model {
         if let Some(te) = text_encoder {
             model.set_text_encoder(Some(te))?;
         }
+        model.tokenizer = tokenizer;
         // One thread team size for every net.
         let threads = model.threads();
         model.set_threads(threads)?;

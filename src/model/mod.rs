@@ -92,6 +92,9 @@ pub struct Model {
     /// A text-to-image pipeline's text encoder, run by the sampler before its first step
     /// ([`Model::text_encoder`]).
     pub(crate) text_encoder: Option<alloc::boxed::Box<TextEncoder>>,
+    /// A text-to-image pipeline's tokenizer, read once at load ([`Model::tokenizer`]).
+    #[cfg(feature = "std")]
+    pub(crate) tokenizer: Option<crate::text::ClipTokenizer>,
 }
 
 impl Model {
@@ -154,6 +157,8 @@ impl Model {
             out_resolution,
             decoder: None,
             text_encoder: None,
+            #[cfg(feature = "std")]
+            tokenizer: None,
         };
         #[cfg(feature = "std")]
         model.set_threads(0)?;
@@ -383,6 +388,15 @@ impl Model {
         }
         self.decoder = decoder.map(alloc::boxed::Box::new);
         Ok(())
+    }
+
+    /// The tokenizer of a text-to-image pipeline folder (its `tokenizer/`), read once by
+    /// [`Model::load`]; the text encoder and the UNet's cross-attention were built for its
+    /// `model_max_length`. The front ends (CLI, C API) turn prompts into ids with it; the
+    /// `no_std` core takes ids.
+    #[cfg(feature = "std")]
+    pub fn tokenizer(&self) -> Option<&crate::text::ClipTokenizer> {
+        self.tokenizer.as_ref()
     }
 
     /// The text encoder of a text-to-image pipeline (a `CLIPTextModel` beside a

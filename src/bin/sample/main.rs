@@ -384,8 +384,9 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         }
         _ => load_model(&dir)?,
     };
-    let text_ids = match (&files, model.text_encoder()) {
-        (Some(f), Some(encoder)) => Some(text_ids(f, encoder.tokens(), a)?),
+    // The tokenizer the model was loaded with (a text-to-image pipeline's).
+    let text_ids = match (&files, model.tokenizer()) {
+        (Some(f), Some(tokenizer)) => Some(text_ids(tokenizer, f, a)?),
         _ => None,
     };
     if let Some(k) = &a.kernels {
@@ -606,24 +607,11 @@ fn default_image_size(files: &ModelFiles) -> Result<(usize, usize), Error> {
 /// stderr for a missing `--prompt` and for the components that are not run.
 type TextIds = (Vec<u32>, Option<Vec<u32>>, f32);
 
-fn text_ids(files: &ModelFiles, tokens: usize, a: &SampleArgs) -> Result<TextIds, String> {
-    let dir = files
-        .tokenizer
-        .as_ref()
-        .ok_or("tokenizer: not in the pipeline folder")?;
-    if !dir.is_dir() {
-        return Err(format!(
-            "tokenizer: {} is missing (a text-to-image pipeline folder holds tokenizer/)",
-            dir.display()
-        ));
-    }
-    let tokenizer = ClipTokenizer::from_dir(dir).map_err(|e| format!("tokenizer: {e}"))?;
-    if tokenizer.max_length() != tokens {
-        return Err(format!(
-            "tokenizer: model_max_length {} but the text encoder takes {tokens} tokens",
-            tokenizer.max_length()
-        ));
-    }
+fn text_ids(
+    tokenizer: &ClipTokenizer,
+    files: &ModelFiles,
+    a: &SampleArgs,
+) -> Result<TextIds, String> {
     if !files.not_run.is_empty() && !a.quiet {
         eprintln!(
             "note: {} present in the folder, not loaded nor run",
