@@ -333,6 +333,17 @@ fn bad_text_to_image_inputs_are_typed_errors() {
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a conditional UNet without text encoder loaded"),
     }
+    // A text pipeline whose vae is absent: refused, not sampled as latents.
+    let dir = folder_without("vae");
+    let index = std::fs::read_to_string(dir.join("model_index.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&index).unwrap();
+    v["vae"] = serde_json::json!([null, null]);
+    std::fs::write(dir.join("model_index.json"), v.to_string()).unwrap();
+    match Model::load(&dir) {
+        Err(Error::UnsupportedConfig { key, .. }) => assert!(key.contains("vae"), "{key}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a text pipeline without vae loaded"),
+    }
     // --prompt on a UNet2DModel folder.
     let unet = fixtures_dir().join("tiny-gray8");
     let o = sample_cli(&[

@@ -154,6 +154,13 @@ fn check_pipeline_components(path: &Path, text: &str) -> Result<Components> {
                 ));
             }
         }
+        // Without a decoder the run would hand back latents as if they were the image.
+        if decoder.is_none() {
+            return Err(crate::error::unsupported(
+                &culprit("vae"),
+                "absent (a text-to-image pipeline decodes its latents with its vae)",
+            ));
+        }
     }
     let forced = match obj.get("_class_name").and_then(|c| c.as_str()) {
         Some("DDIMPipeline") => Some(SchedulerKind::Ddim),
