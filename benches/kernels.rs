@@ -249,6 +249,8 @@ fn bench_group_norm(c: &mut Criterion, path: KernelPath, teams: &mut Teams) {
             gamma: &gamma,
             beta: &beta,
             silu: true,
+            stats: &[],
+            out_pixels: (0, pixels),
         };
         let mut out = vec![0.0f32; pixels * ch];
         let mut g = c.benchmark_group(format!(

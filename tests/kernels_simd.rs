@@ -509,6 +509,8 @@ fn group_norm_matches_scalar() {
                 gamma: &gamma,
                 beta: &beta,
                 silu,
+                stats: &[],
+                out_pixels: (0, pixels),
             };
             let n = batch * pixels * c;
             let mut reference = vec![0.0f32; n];
@@ -524,6 +526,42 @@ fn group_norm_matches_scalar() {
                     t.path,
                     ours,
                     &reference,
+                    2e-6,
+                );
+            }
+            // A band of pixels normalised with statistics given (the decoder's `norm_conv`):
+            // the same values as those pixels of the whole map, on every path.
+            let mut stats = vec![0.0f32; batch * groups * 2];
+            tinydiffusion::kernels::group_norm_stats(&args, &mut stats);
+            let (p0, p1) = (pixels / 3, pixels - pixels / 4);
+            let band = GroupNormArgs {
+                stats: &stats,
+                out_pixels: (p0, p1),
+                ..args
+            };
+            let expected: Vec<f32> = (0..batch)
+                .flat_map(|b| reference[(b * pixels + p0) * c..(b * pixels + p1) * c].to_vec())
+                .collect();
+            let mut scalar_band = vec![f32::NAN; expected.len()];
+            tinydiffusion::kernels::scalar::group_norm(&band, &mut scalar_band);
+            check(
+                &format!("group_norm band {p0}..{p1} of {batch}x{pixels}x({ca}+{cb})/{groups}"),
+                KernelPath::Scalar,
+                (scalar_band.clone(), scalar_band),
+                &expected,
+                2e-6,
+            );
+            for t in &tables {
+                let ours = both(&pool, |ex| {
+                    let mut out = vec![f32::NAN; expected.len()];
+                    (t.group_norm)(&band, &mut out, ex);
+                    out
+                });
+                check(
+                    &format!("group_norm band {p0}..{p1} of {batch}x{pixels}x({ca}+{cb})/{groups}"),
+                    t.path,
+                    ours,
+                    &expected,
                     2e-6,
                 );
             }

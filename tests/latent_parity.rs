@@ -79,6 +79,106 @@ fn decoders_match_diffusers() {
     assert!(worst <= 1e-4, "decoder parity: worst {worst:.2e}\n{report}");
 }
 
+/// The decoder's resnets run as banded `norm_conv` ops, written over their input when the
+/// plan shares memory: bands of one row (every band edge and halo case) and in place must give
+/// the whole-map result, and diffusers' within the same bar.
+#[test]
+fn decoder_bands_and_in_place_change_nothing() {
+    use tinydiffusion::model::decoder_config::{DecoderConfig, DecoderKind};
+    use tinydiffusion::model::describe_decoder::DecoderLayout;
+    use tinydiffusion::model::Op;
+    use tinydiffusion::weights::WeightBytes;
+    let meta = read_json(latent_dir().join("cases.json"));
+    let t = TensorFile::open(latent_dir().join("cases.safetensors"));
+    for case in meta["decoders"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let folder = latent_dir().join(case["folder"].as_str().unwrap());
+        let cfg = std::fs::read_to_string(folder.join("config.json")).unwrap();
+        let cfg = DecoderConfig::from_json(&cfg).unwrap();
+        if cfg.kind == DecoderKind::Tiny {
+            continue; // no GroupNorm, nothing banded
+        }
+        let weights = std::fs::read(folder.join("diffusion_pytorch_model.safetensors")).unwrap();
+        let shape = t.shape(&format!("{name}.z"));
+        let (b, lh, lw) = (shape[0], shape[2], shape[3]);
+        let expected = t.f64s(&format!("{name}.out"));
+        // The direct conv sums every output in one order whatever the band; Winograd (which
+        // bands too small for its tiles skip) differs from it by about 3e-6.
+        let decode = |reuse: Reuse, layout: DecoderLayout, winograd: bool| {
+            let mut dec = Decoder::with_layout(
+                cfg.clone(),
+                WeightBytes::Owned(weights.clone()),
+                Default::default(),
+                (lh, lw),
+                reuse,
+                layout,
+            )
+            .unwrap();
+            dec.net_mut().set_winograd(winograd);
+            let banded = dec.net().ops().iter().any(|op| match op {
+                Op::NormConv(n) => n.band_rows < n.shape.out_h,
+                _ => false,
+            });
+            let mut z = t.f32s(&format!("{name}.z"));
+            let (oc, oh, ow) = dec.image_shape();
+            let mut out = vec![0.0f32; b * oc * oh * ow];
+            let mut ws = vec![f32::NAN; dec.workspace_len(b)];
+            dec.decode(0, &mut ws, &mut z, &mut out).unwrap();
+            (out, banded, dec.workspace_len(b))
+        };
+        let whole = DecoderLayout {
+            in_place: false,
+            band_floats: usize::MAX,
+        };
+        let (reference, banded, _) = decode(Reuse::None, whole, false);
+        assert!(!banded, "{name}: one band per map");
+        for (reuse, in_place) in [
+            (Reuse::None, false),
+            (Reuse::Shared, false),
+            (Reuse::Shared, true),
+        ] {
+            let rows = DecoderLayout {
+                in_place,
+                band_floats: 1,
+            };
+            let (out, banded, _) = decode(reuse, rows, false);
+            assert!(banded, "{name}: bands of one row");
+            let vs_whole = rel_l2(&out, &reference);
+            let vs_diffusers = rel_l2(&decode(reuse, rows, true).0, &expected);
+            eprintln!("{name} {reuse:?} in place {in_place}: {vs_whole:.2e} vs whole maps, {vs_diffusers:.2e} vs diffusers");
+            assert!(
+                vs_whole <= 1e-6,
+                "{name}: bands changed the output by {vs_whole:.2e}"
+            );
+            assert!(
+                vs_diffusers <= 1e-4,
+                "{name}: {vs_diffusers:.2e} against diffusers"
+            );
+        }
+        // In place the resnets' outputs need no maps of their own.
+        let (_, _, shared) = decode(
+            Reuse::Shared,
+            DecoderLayout {
+                in_place: false,
+                band_floats: 1,
+            },
+            true,
+        );
+        let (_, _, in_place) = decode(
+            Reuse::Shared,
+            DecoderLayout {
+                in_place: true,
+                band_floats: 1,
+            },
+            true,
+        );
+        assert!(
+            in_place < shared,
+            "{name}: in place {in_place} floats, not below {shared}"
+        );
+    }
+}
+
 #[test]
 fn latent_pipelines_match_diffusers() {
     let meta = read_json(latent_dir().join("cases.json"));
@@ -253,7 +353,7 @@ fn c_api_samples_latent_pipelines() {
 /// typed errors too.
 #[test]
 fn unsupported_decoder_configs_and_bad_latents_are_typed_errors() {
-    use tinydiffusion::model::decoder_config::DecoderConfig;
+    use tinydiffusion::model::decoder_config::{DecoderConfig, DecoderKind};
     let base = std::fs::read_to_string(latent_dir().join("ldm/vqvae/config.json")).unwrap();
     let with = |key: &str, value: &str| {
         let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();

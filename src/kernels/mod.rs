@@ -199,12 +199,31 @@ pub struct GroupNormArgs<'a> {
     pub gamma: &'a [f16],
     pub beta: &'a [f16],
     pub silu: bool,
+    /// `[batch, groups, 2]` (mean, 1 / std) from [`group_norm_stats`], or empty: the kernel
+    /// computes them.
+    pub stats: &'a [f32],
+    /// Pixels `[first, end)` of every sample are normalised; `out` holds `end - first` pixels
+    /// per sample (a band of rows of a conv's input). The statistics stay over all pixels.
+    pub out_pixels: (usize, usize),
 }
 
 impl GroupNormArgs<'_> {
+    /// Pixels per sample normalised into `out`.
+    pub fn out_len_pixels(&self) -> usize {
+        self.out_pixels.1 - self.out_pixels.0
+    }
+
     pub fn check(&self, out: &[f32]) {
         let c = self.in_ca + self.in_cb;
         let px = self.batch * self.pixels;
+        assert!(
+            self.out_pixels.0 <= self.out_pixels.1 && self.out_pixels.1 <= self.pixels,
+            "group_norm out_pixels outside the input"
+        );
+        assert!(
+            self.stats.is_empty() || self.stats.len() >= self.batch * self.groups * 2,
+            "group_norm stats too short"
+        );
         assert!(
             self.groups > 0 && c.is_multiple_of(self.groups),
             "group_norm: channels not divisible by groups"
@@ -217,7 +236,52 @@ impl GroupNormArgs<'_> {
             self.gamma.len() >= c && self.beta.len() >= c,
             "group_norm affine too short"
         );
-        assert!(out.len() >= px * c, "group_norm output too short");
+        assert!(
+            out.len() >= self.batch * self.out_len_pixels() * c,
+            "group_norm output too short"
+        );
+    }
+}
+
+/// GroupNorm's statistics of `a`'s input: `(mean, 1 / sqrt(var + eps))` per sample and group
+/// into `stats` (`[batch, groups, 2]`), two passes in f64 as the scalar kernel. A kernel given
+/// them ([`GroupNormArgs::stats`]) normalises any band of pixels alike.
+pub fn group_norm_stats(a: &GroupNormArgs<'_>, stats: &mut [f32]) {
+    let (ca, cb) = (a.in_ca, a.in_cb);
+    let cpg = (ca + cb) / a.groups;
+    let count = (a.pixels * cpg) as f64;
+    for b in 0..a.batch {
+        for g in 0..a.groups {
+            let (c0, c1) = (g * cpg, (g + 1) * cpg);
+            // The group's channels in each part: (slice, stride, channel range in it).
+            let parts = [
+                (a.in_a, ca, c0.min(ca)..c1.min(ca)),
+                (a.in_b, cb, c0.max(ca) - ca..c1.max(ca) - ca),
+            ];
+            let mut sum = 0.0f64;
+            for (src, stride, chans) in parts.iter().cloned().filter(|p| !p.2.is_empty()) {
+                for px in
+                    src[b * a.pixels * stride..(b + 1) * a.pixels * stride].chunks_exact(stride)
+                {
+                    sum += px[chans.clone()].iter().map(|&x| x as f64).sum::<f64>();
+                }
+            }
+            let mean = sum / count;
+            let mut var = 0.0f64;
+            for (src, stride, chans) in parts.iter().cloned().filter(|p| !p.2.is_empty()) {
+                for px in
+                    src[b * a.pixels * stride..(b + 1) * a.pixels * stride].chunks_exact(stride)
+                {
+                    var += px[chans.clone()]
+                        .iter()
+                        .map(|&x| (x as f64 - mean) * (x as f64 - mean))
+                        .sum::<f64>();
+                }
+            }
+            let at = (b * a.groups + g) * 2;
+            stats[at] = mean as f32;
+            stats[at + 1] = (1.0 / libm::sqrt(var / count + a.eps as f64)) as f32;
+        }
     }
 }
 

@@ -105,6 +105,7 @@ pub fn group_norm(a: &GroupNormArgs<'_>, out: &mut [f32]) {
     let c = ca + cb;
     let cpg = c / a.groups;
     let count = (a.pixels * cpg) as f64;
+    let (p0, p1) = a.out_pixels;
     let at = |b: usize, p: usize, ch: usize| -> f32 {
         let pix = b * a.pixels + p;
         if ch < ca {
@@ -116,26 +117,35 @@ pub fn group_norm(a: &GroupNormArgs<'_>, out: &mut [f32]) {
     for b in 0..a.batch {
         for g in 0..a.groups {
             let chans = g * cpg..(g + 1) * cpg;
-            let mut sum = 0.0f64;
-            for p in 0..a.pixels {
-                for ch in chans.clone() {
-                    sum += at(b, p, ch) as f64;
+            let (mean, inv_std) = if a.stats.is_empty() {
+                let mut sum = 0.0f64;
+                for p in 0..a.pixels {
+                    for ch in chans.clone() {
+                        sum += at(b, p, ch) as f64;
+                    }
                 }
-            }
-            let mean = sum / count;
-            let mut var = 0.0f64;
-            for p in 0..a.pixels {
-                for ch in chans.clone() {
-                    let d = at(b, p, ch) as f64 - mean;
-                    var += d * d;
+                let mean = sum / count;
+                let mut var = 0.0f64;
+                for p in 0..a.pixels {
+                    for ch in chans.clone() {
+                        let d = at(b, p, ch) as f64 - mean;
+                        var += d * d;
+                    }
                 }
-            }
-            let inv_std = 1.0 / libm::sqrt(var / count + a.eps as f64);
-            for p in 0..a.pixels {
+                (
+                    mean as f32,
+                    (1.0 / libm::sqrt(var / count + a.eps as f64)) as f32,
+                )
+            } else {
+                let s = (b * a.groups + g) * 2;
+                (a.stats[s], a.stats[s + 1])
+            };
+            for p in p0..p1 {
                 for ch in chans.clone() {
-                    let scale = inv_std as f32 * a.gamma[ch].to_f32();
-                    let y = (at(b, p, ch) - mean as f32) * scale + a.beta[ch].to_f32();
-                    out[(b * a.pixels + p) * c + ch] = if a.silu { super::silu(y) } else { y };
+                    let scale = inv_std * a.gamma[ch].to_f32();
+                    let y = (at(b, p, ch) - mean) * scale + a.beta[ch].to_f32();
+                    out[(b * (p1 - p0) + p - p0) * c + ch] =
+                        if a.silu { super::silu(y) } else { y };
                 }
             }
         }

@@ -18,7 +18,7 @@ use super::ops::{
     OutputOp, SiluOp, SinusoidOp,
 };
 use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-use super::ops::{EncoderStatesOp, GegluOp, LayerNormOp, TokenEmbeddingOp};
+use super::ops::{EncoderStatesOp, GegluOp, LayerNormOp, NormConvOp, TokenEmbeddingOp};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::schedule::{SampleOptions, Scheduler, StepInfo};
@@ -76,6 +76,11 @@ pub trait Backend {
     fn encoder_states(&mut self, _at: usize, _op: &EncoderStatesOp) -> Result<()> {
         Err(unsupported_op(self.name(), "encoder_states"))
     }
+    /// Only the VAE decoders emit it (they run on the CPU); a backend without it refuses it
+    /// typed.
+    fn norm_conv(&mut self, _at: usize, _op: &NormConvOp) -> Result<()> {
+        Err(unsupported_op(self.name(), "norm_conv"))
+    }
 }
 
 /// Runs op `at` of a list on `backend`.
@@ -105,6 +110,7 @@ pub fn run_op<B: Backend + ?Sized>(backend: &mut B, at: usize, op: &Op) -> Resul
         Op::TokenEmbedding(o) => backend.token_embedding(at, o),
         Op::Geglu(o) => backend.geglu(at, o),
         Op::EncoderStates(o) => backend.encoder_states(at, o),
+        Op::NormConv(o) => backend.norm_conv(at, o),
     }
 }
 

@@ -8,7 +8,7 @@
 //! overlaps the UNet's, which is free by then (`sampler::workspace_len_with` sizes both).
 
 use super::decoder_config::{DecoderConfig, DecoderKind};
-use super::describe_decoder::describe_decoder;
+use super::describe_decoder::{describe_decoder, DecoderLayout};
 use super::Model;
 use crate::config::UNetConfig;
 use crate::error::{Error, Result};
@@ -33,6 +33,26 @@ impl Decoder {
         options: LoadOptions,
         latent_size: (usize, usize),
         reuse: Reuse,
+    ) -> Result<Decoder> {
+        Decoder::with_layout(
+            config,
+            weights,
+            options,
+            latent_size,
+            reuse,
+            DecoderLayout::for_reuse(reuse),
+        )
+    }
+
+    /// [`Decoder::new`] with the resnets' band size and in-place choice given (tests run the
+    /// bands small to check they change nothing).
+    pub fn with_layout(
+        config: DecoderConfig,
+        weights: WeightBytes,
+        options: LoadOptions,
+        latent_size: (usize, usize),
+        reuse: Reuse,
+        layout: DecoderLayout,
     ) -> Result<Decoder> {
         let (h, w) = latent_size;
         let up = config.upscale();
@@ -60,7 +80,7 @@ impl Decoder {
             )?),
             DecoderKind::Kl { .. } | DecoderKind::Tiny => None,
         };
-        let mut described = describe_decoder(&config, &mut loader, latent_size)?;
+        let mut described = describe_decoder(&config, &mut loader, latent_size, layout)?;
         if let Some(c) = codebook {
             described.parameters += c.len();
         }

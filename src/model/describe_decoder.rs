@@ -12,8 +12,8 @@ use alloc::vec::Vec;
 use super::decoder_config::{DecoderConfig, DecoderKind};
 use super::describe::Described;
 use super::ops::{
-    AttentionOp, ConvOp, ElementwiseKind, ElementwiseOp, GroupNormOp, Input, InputOp, LinearOp, Op,
-    OutputOp, TensorId, TensorSpec,
+    AttentionOp, ConvOp, ElementwiseKind, ElementwiseOp, GroupNormOp, Input, InputOp, LinearOp,
+    NormConvOp, Op, OutputOp, TensorId, TensorSpec,
 };
 use super::Tap;
 use crate::error::Result;
@@ -22,6 +22,30 @@ use crate::weights::{WeightLoader, WeightRef};
 
 /// diffusers' `Decoder` builds every norm with eps 1e-6.
 const EPS: f32 = 1e-6;
+
+/// Normalised-input floats a resnet conv's band holds ([`NormConvOp`]): 4 Mi (16 MiB), 24
+/// rows of SD's 256-channel 512-pixel-wide maps.
+pub const BAND_FLOATS: usize = 1 << 22;
+
+/// How the decoder's resnets use memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderLayout {
+    /// A resnet writes its output over its input (inference); off, every resnet output gets
+    /// its own tensor (taps, op-by-op checks).
+    pub in_place: bool,
+    /// Normalised-input floats per band (rows are whole; at least one row per band).
+    pub band_floats: usize,
+}
+
+impl DecoderLayout {
+    /// The layout for a memory plan: in place when tensors share memory.
+    pub fn for_reuse(reuse: crate::memory::Reuse) -> DecoderLayout {
+        DecoderLayout {
+            in_place: reuse == crate::memory::Reuse::Shared,
+            band_floats: BAND_FLOATS,
+        }
+    }
+}
 
 /// A feature map: tensor, channels, height, width.
 #[derive(Clone, Copy)]
@@ -34,6 +58,7 @@ struct Map {
 
 struct Builder<'a> {
     loader: &'a mut WeightLoader,
+    layout: DecoderLayout,
     groups: usize,
     tensors: Vec<TensorSpec>,
     ops: Vec<Op>,
@@ -150,18 +175,93 @@ impl Builder<'_> {
     }
 
     /// `ResnetBlock2D` without a time embedding:
-    /// `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`.
+    /// `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`, as two [`NormConvOp`]s: no
+    /// normalised map is ever whole, and (in place) the output is written over `x`.
     fn resnet(&mut self, p: &str, x: Map, out_c: usize) -> Result<Map> {
-        let h = self.group_norm(&format!("{p}.norm1"), x, true)?;
-        let h = self.conv(&format!("{p}.conv1"), h, out_c, 3, false, None)?;
-        let h = self.group_norm(&format!("{p}.norm2"), h, true)?;
-        let shortcut = if x.c != out_c {
-            self.conv(&format!("{p}.conv_shortcut"), x, out_c, 1, false, None)?
-                .t
-        } else {
-            x.t
+        let h = self.norm_conv(p, ("norm1", "conv1"), x, out_c, None)?;
+        self.norm_conv(p, ("norm2", "conv2"), h, out_c, Some(x))
+    }
+
+    /// `conv(silu(norm(x)))` of resnet `p` in bands, plus `residual` (through the resnet's
+    /// `conv_shortcut` when its channels differ) when given.
+    fn norm_conv(
+        &mut self,
+        p: &str,
+        (norm, conv): (&str, &str),
+        x: Map,
+        out_c: usize,
+        residual: Option<Map>,
+    ) -> Result<Map> {
+        let gamma = self.vector(&format!("{p}.{norm}.weight"), x.c)?;
+        let beta = self.vector(&format!("{p}.{norm}.bias"), x.c)?;
+        let shortcut = match residual {
+            Some(r) if r.c != out_c => {
+                let name = format!("{p}.conv_shortcut");
+                let w =
+                    self.loader
+                        .take_packed(&[&format!("{name}.weight")], out_c, r.c, Some(1))?;
+                self.parameters += out_c * r.c;
+                Some((w, self.vector(&format!("{name}.bias"), out_c)?))
+            }
+            _ => None,
         };
-        self.conv(&format!("{p}.conv2"), h, out_c, 3, false, Some(shortcut))
+        let weight =
+            self.loader
+                .take_packed(&[&format!("{p}.{conv}.weight")], out_c, x.c, Some(3))?;
+        self.parameters += out_c * x.c * 9;
+        let bias = self.vector(&format!("{p}.{conv}.bias"), out_c)?;
+        let row = x.w * x.c;
+        let band_rows = (self.layout.band_floats / row).saturating_sub(2);
+        // Whole multiples of 8 rows keep the Winograd tiles full.
+        let band_rows = if band_rows >= 8 {
+            band_rows / 8 * 8
+        } else {
+            band_rows
+        }
+        .clamp(1, x.h);
+        let out = match residual {
+            // Over the residual: its rows are read before a band overwrites them.
+            Some(r) if self.layout.in_place && r.c >= out_c => r.t,
+            _ => self.tensor(format!("{p}.{conv}"), out_c * x.h * x.w),
+        };
+        let mut op = NormConvOp {
+            input: x.t,
+            groups: self.groups,
+            eps: EPS,
+            gamma,
+            beta,
+            silu: true,
+            shape: ConvShape {
+                batch: 1,
+                in_h: x.h,
+                in_w: x.w,
+                in_ca: x.c,
+                in_cb: 0,
+                out_c,
+                out_h: x.h,
+                out_w: x.w,
+                kernel: 3,
+                stride: 1,
+                pad_top: 1,
+                pad_left: 1,
+                upsample: false,
+            },
+            weight,
+            bias,
+            residual: residual.map(|r| r.t),
+            residual_c: residual.map_or(0, |r| r.c),
+            shortcut,
+            band_rows,
+            scratch: 0,
+            out,
+        };
+        op.scratch = self.tensor(format!("{p}.{conv}.bands"), op.scratch_len());
+        self.ops.push(Op::NormConv(op));
+        Ok(Map {
+            t: out,
+            c: out_c,
+            ..x
+        })
     }
 
     /// The mid block's single-head `Attention` with its residual (current or legacy names).
@@ -231,9 +331,11 @@ pub fn describe_decoder(
     cfg: &DecoderConfig,
     loader: &mut WeightLoader,
     (height, width): (usize, usize),
+    layout: DecoderLayout,
 ) -> Result<Described> {
     let mut b = Builder {
         loader,
+        layout,
         groups: cfg.norm_num_groups,
         tensors: Vec::new(),
         ops: Vec::new(),

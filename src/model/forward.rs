@@ -10,14 +10,14 @@ use super::ops::{
     OutputOp, SiluOp, SinusoidOp, TensorId,
 };
 use super::ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-use super::ops::{EncoderStatesOp, GegluOp, LayerNormOp, TokenEmbeddingOp};
+use super::ops::{EncoderStatesOp, GegluOp, LayerNormOp, NormConvOp, TokenEmbeddingOp};
 use super::Model;
 use crate::error::{invalid_arg, Error, Result};
 use crate::kernels::scalar;
 use crate::kernels::scalar::{fir_resample, FirArgs};
 use crate::kernels::{
-    nchw_to_nhwc, nhwc_to_nchw, silu, AttentionArgs, ConvArgs, ConvShape, Exec, GroupNormArgs,
-    LinearArgs, Parallel, Sequential,
+    group_norm_stats, nchw_to_nhwc, nhwc_to_nchw, silu, AttentionArgs, ConvArgs, ConvShape, Exec,
+    GroupNormArgs, LinearArgs, Parallel, Sequential,
 };
 use crate::memory::carve;
 
@@ -656,6 +656,34 @@ impl CpuBackend<'_, '_> {
     }
 }
 
+/// The GroupNorm of a [`NormConvOp`] over `batch` samples of `x`, normalising input rows
+/// `rows` (with the given statistics, or computing them when `stats` is empty).
+fn band_norm_args<'a>(
+    op: &NormConvOp,
+    x: &'a [f32],
+    batch: usize,
+    stats: &'a [f32],
+    rows: (usize, usize),
+    (gamma, beta): (&'a [half::f16], &'a [half::f16]),
+) -> GroupNormArgs<'a> {
+    let s = &op.shape;
+    GroupNormArgs {
+        batch,
+        pixels: s.in_h * s.in_w,
+        in_ca: s.in_ca,
+        in_cb: 0,
+        groups: op.groups,
+        eps: op.eps,
+        in_a: x,
+        in_b: &[],
+        gamma,
+        beta,
+        silu: op.silu,
+        stats,
+        out_pixels: (rows.0 * s.in_w, rows.1 * s.in_w),
+    }
+}
+
 impl Backend for CpuBackend<'_, '_> {
     fn name(&self) -> &'static str {
         "cpu"
@@ -786,8 +814,106 @@ impl Backend for CpuBackend<'_, '_> {
             gamma: wt(op.gamma),
             beta: wt(op.beta),
             silu: op.silu,
+            stats: &[],
+            out_pixels: (0, op.pixels),
         };
         (self.model.kernels.group_norm)(&args, dst, self.exec);
+        Ok(())
+    }
+
+    fn norm_conv(&mut self, _: usize, op: &NormConvOp) -> Result<()> {
+        let s = &op.shape;
+        let (in_c, out_c, res_c) = (s.in_ca, s.out_c, op.residual_c);
+        let in_place = op.residual == Some(op.out);
+        if in_place && res_c < out_c {
+            // A band would overwrite residual rows a later band still reads.
+            return Err(invalid_arg(
+                "norm_conv",
+                alloc::format!("{out_c} output channels over a {res_c}-channel residual"),
+            ));
+        }
+        let residual_region = if in_place {
+            EMPTY
+        } else {
+            self.opt_region(op.residual)
+        };
+        let regions = [
+            self.region(op.input),
+            residual_region,
+            self.region(op.scratch),
+            self.region(op.out),
+        ];
+        let [input, residual, scratch, dst] = carve(self.arena, regions)?;
+        let (kernels, exec, batch) = (self.model.kernels, self.exec, self.batch);
+        let wt = |r| self.model.weights.get(r);
+        let (in_px, out_px) = (s.in_h * s.in_w, s.out_h * s.out_w);
+        let (gamma, beta) = (wt(op.gamma), wt(op.beta));
+        let norm_args = |x, b, stats, rows: (usize, usize)| {
+            band_norm_args(op, x, b, stats, rows, (gamma, beta))
+        };
+        // Statistics over the whole input first (GroupNorm's), then the bands.
+        let (stats, rest) = scratch.split_at_mut(batch * op.groups * 2);
+        group_norm_stats(&norm_args(input, batch, &[], (0, s.in_h)), stats);
+        let band = op.band_rows.min(s.out_h).max(1);
+        let norm_max = (band + 2 * op.halo()) * s.in_w * in_c;
+        let (norm, rest) = rest.split_at_mut(norm_max);
+        let (conv_out, shortcut_out) = rest.split_at_mut(band * s.out_w * out_c);
+        for b in 0..batch {
+            let x = &input[b * in_px * in_c..(b + 1) * in_px * in_c];
+            let stats_b = &stats[b * op.groups * 2..(b + 1) * op.groups * 2];
+            let mut r0 = 0;
+            while r0 < s.out_h {
+                let r1 = (r0 + band).min(s.out_h);
+                let (shape, lo, hi) = op.band_shape(r0, r1);
+                let normed = &mut norm[..(hi - lo) * s.in_w * in_c];
+                (kernels.group_norm)(&norm_args(x, 1, stats_b, (lo, hi)), normed, exec);
+                let band_px = (r1 - r0) * s.out_w;
+                let at = b * out_px + r0 * s.out_w;
+                let conv_band = &mut conv_out[..band_px * out_c];
+                {
+                    // The band's residual rows: the output tensor itself when in place.
+                    let res_rows: &[f32] = match op.residual {
+                        None => &[],
+                        Some(_) => {
+                            let src: &[f32] = if in_place { dst } else { residual };
+                            &src[at * res_c..(at + band_px) * res_c]
+                        }
+                    };
+                    let res_band: &[f32] = match op.shortcut {
+                        Some((w, bias)) => {
+                            let sc = &mut shortcut_out[..band_px * out_c];
+                            let args = ConvArgs {
+                                shape: op.shortcut_shape(r1 - r0),
+                                in_a: res_rows,
+                                in_b: &[],
+                                weight: wt(w),
+                                bias: wt(bias),
+                                channel_add: &[],
+                                residual: &[],
+                                out_scale: 1.0,
+                            };
+                            (kernels.conv2d)(&args, sc, exec);
+                            sc
+                        }
+                        None => res_rows,
+                    };
+                    let args = ConvArgs {
+                        shape,
+                        in_a: normed,
+                        in_b: &[],
+                        weight: wt(op.weight),
+                        bias: wt(op.bias),
+                        channel_add: &[],
+                        residual: res_band,
+                        out_scale: 1.0,
+                    };
+                    (kernels.conv2d)(&args, conv_band, exec);
+                }
+                // Every residual row this band covers has been read (see `NormConvOp`).
+                dst[at * out_c..(at + band_px) * out_c].copy_from_slice(conv_band);
+                r0 = r1;
+            }
+        }
         Ok(())
     }
 

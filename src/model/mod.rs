@@ -42,7 +42,7 @@ pub use ops::{
     InputOp, LinearOp, Op, OutputOp, SiluOp, SinusoidOp, TensorId, TensorSpec,
 };
 pub use ops::{ClassVectorOp, FirResampleOp, FourierEmbeddingOp, TimestepDivideOp};
-pub use ops::{EncoderStatesOp, GegluOp, LayerNormOp, TokenEmbeddingOp, KINDS};
+pub use ops::{EncoderStatesOp, GegluOp, LayerNormOp, NormConvOp, TokenEmbeddingOp, KINDS};
 pub use text_encoder::TextEncoder;
 pub use text_encoder_config::TextEncoderConfig;
 
@@ -229,10 +229,11 @@ impl Model {
         if !self.winograd {
             return crate::kernels::ScratchLayout::DIRECT;
         }
-        let convs = self.ops.iter().filter_map(|op| match op {
-            Op::Conv(c) => Some(crate::kernels::ConvShape { batch, ..c.shape }),
-            _ => None,
-        });
+        let convs = self
+            .ops
+            .iter()
+            .flat_map(|op| op.conv_shapes(batch))
+            .flatten();
         self.kernels.scratch_layout(convs)
     }
 
@@ -322,10 +323,11 @@ impl Model {
         if threads == 0 {
             return self.workspace_len(batch);
         }
-        let convs = self.ops.iter().filter_map(|op| match op {
-            Op::Conv(c) => Some(crate::kernels::ConvShape { batch, ..c.shape }),
-            _ => None,
-        });
+        let convs = self
+            .ops
+            .iter()
+            .flat_map(|op| op.conv_shapes(batch))
+            .flatten();
         self.plan
             .arena_len(batch)
             .saturating_add(crate::kernels::portable_scratch_layout(convs).len(threads))

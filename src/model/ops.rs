@@ -129,6 +129,114 @@ pub struct GroupNormOp {
     pub out: TensorId,
 }
 
+/// `conv(GroupNorm(input))` (SiLU after the norm when `silu`) with the conv's bias and an
+/// optional shortcut, computed in bands of `band_rows` output rows: the normalised input only
+/// ever exists one band (plus the conv's halo rows) at a time, in `scratch`, never whole. The
+/// statistics are over the whole input, as GroupNorm's, so the numbers are the unfused pair's.
+/// This is what keeps a VAE decoder's last level (256 channels at 512x512: 256 MiB per map in
+/// f32) from holding a normalised copy of its input.
+///
+/// The shortcut, added per band, is `residual` itself or its 1x1 conv (`shortcut`, from
+/// `residual_c` channels). When `out == residual` the result is written over the residual,
+/// band by band: a band's rows are written only after every residual row they cover has been
+/// read (`residual_c >= out_c`, and bands run in order), so the resnet's output needs no map of
+/// its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormConvOp {
+    pub input: TensorId,
+    pub groups: usize,
+    pub eps: f32,
+    pub gamma: WeightRef,
+    pub beta: WeightRef,
+    pub silu: bool,
+    /// The whole conv (`batch` 1, stride 1, no upsample, one input part); bands run per sample.
+    pub shape: ConvShape,
+    pub weight: WeightRef,
+    pub bias: WeightRef,
+    pub residual: Option<TensorId>,
+    pub residual_c: usize,
+    /// The 1x1 shortcut conv (weight, bias) from `residual_c` to `out_c` channels.
+    pub shortcut: Option<(WeightRef, WeightRef)>,
+    pub band_rows: usize,
+    /// Per sample [`NormConvOp::scratch_len`] floats: statistics, the normalised band, the
+    /// conv's band output and the shortcut's.
+    pub scratch: TensorId,
+    pub out: TensorId,
+}
+
+impl NormConvOp {
+    /// Rows of halo the conv reads above and below a band.
+    pub fn halo(&self) -> usize {
+        self.shape.kernel / 2
+    }
+
+    /// Floats per sample of `scratch`: the statistics (`groups * 2`; the batch's all fit in
+    /// `batch` times this), then one band's normalised input, output and shortcut.
+    pub fn scratch_len(&self) -> usize {
+        let s = &self.shape;
+        let band_px = self.band_rows.min(s.out_h) * s.out_w;
+        let norm = (self.band_rows.min(s.in_h) + 2 * self.halo()) * s.in_w * s.in_ca;
+        let shortcut = if self.shortcut.is_some() {
+            band_px * s.out_c
+        } else {
+            0
+        };
+        self.groups * 2 + norm + band_px * s.out_c + shortcut
+    }
+
+    /// The conv over output rows `[r0, r1)`: (its shape over the normalised rows `[lo, hi)`,
+    /// `lo`, `hi`).
+    pub fn band_shape(&self, r0: usize, r1: usize) -> (ConvShape, usize, usize) {
+        let s = &self.shape;
+        let halo = self.halo();
+        let lo = r0.saturating_sub(halo);
+        let hi = (r1 + halo).min(s.in_h);
+        let shape = ConvShape {
+            batch: 1,
+            in_h: hi - lo,
+            out_h: r1 - r0,
+            // Rows above the image are the conv's zero padding (only the first band has any).
+            pad_top: s.pad_top - (r0 - lo),
+            ..*s
+        };
+        (shape, lo, hi)
+    }
+
+    /// The shortcut's 1x1 conv over `rows` rows.
+    pub fn shortcut_shape(&self, rows: usize) -> ConvShape {
+        let s = &self.shape;
+        ConvShape {
+            batch: 1,
+            in_h: rows,
+            in_w: s.out_w,
+            in_ca: self.residual_c,
+            in_cb: 0,
+            out_c: s.out_c,
+            out_h: rows,
+            out_w: s.out_w,
+            kernel: 1,
+            stride: 1,
+            pad_top: 0,
+            pad_left: 0,
+            upsample: false,
+        }
+    }
+
+    /// The distinct conv shapes its bands run (first, middle, last band; the shortcut), for the
+    /// kernel scratch layout.
+    pub fn conv_shapes(&self) -> [Option<ConvShape>; 4] {
+        let h = self.shape.out_h;
+        let band = self.band_rows.min(h);
+        let last0 = (h - 1) / band * band;
+        [
+            Some(self.band_shape(0, band).0),
+            (band < h).then(|| self.band_shape(band, (2 * band).min(h)).0),
+            (band < h).then(|| self.band_shape(last0, h).0),
+            self.shortcut.map(|_| self.shortcut_shape(band)),
+        ]
+    }
+}
+
 /// The attention core: per head, `out = softmax(Q K^T / sqrt(d)) V` over `[tokens, channels]`
 /// queries and `[kv_tokens, channels]` keys and values (`kv_tokens == tokens` for
 /// self-attention; the text states' count for cross-attention), channels split into `heads`
@@ -400,6 +508,7 @@ pub enum Op {
     TokenEmbedding(TokenEmbeddingOp),
     Geglu(GegluOp),
     EncoderStates(EncoderStatesOp),
+    NormConv(NormConvOp),
 }
 
 /// One table of op kinds: `Op::kind` (an exhaustive match, so a new variant must get a name
@@ -445,6 +554,7 @@ op_kinds! {
     TokenEmbedding => "token_embedding",
     Geglu => "geglu",
     EncoderStates => "encoder_states",
+    NormConv => "norm_conv",
 }
 
 impl Op {
@@ -483,6 +593,10 @@ impl Op {
             Op::LayerNorm(l) => input(Input::One(l.input)),
             Op::TokenEmbedding(_) | Op::EncoderStates(_) => {}
             Op::Geglu(g) => input(Input::One(g.input)),
+            Op::NormConv(n) => {
+                r.push(n.input);
+                r.extend(n.residual);
+            }
         }
         r
     }
@@ -513,14 +627,17 @@ impl Op {
             Op::TokenEmbedding(o) => Some(o.out),
             Op::Geglu(o) => Some(o.out),
             Op::EncoderStates(o) => Some(o.out),
+            Op::NormConv(o) => Some(o.out),
         }
     }
 
     /// Tensors this op writes (its output and its scratch).
     pub fn writes(&self) -> Vec<TensorId> {
         let mut w: Vec<TensorId> = self.output().into_iter().collect();
-        if let Op::Attention(a) = self {
-            w.push(a.scratch);
+        match self {
+            Op::Attention(a) => w.push(a.scratch),
+            Op::NormConv(n) => w.push(n.scratch),
+            _ => {}
         }
         w
     }
@@ -545,6 +662,23 @@ impl Op {
             Op::LayerNorm(l) => alloc::vec![l.gamma, l.beta],
             Op::TokenEmbedding(t) => alloc::vec![t.table, t.positions],
             Op::Geglu(_) | Op::EncoderStates(_) => Vec::new(),
+            Op::NormConv(n) => {
+                let mut w = alloc::vec![n.gamma, n.beta, n.weight, n.bias];
+                if let Some((sw, sb)) = n.shortcut {
+                    w.extend([sw, sb]);
+                }
+                w
+            }
+        }
+    }
+
+    /// The convolution shapes this op runs at `batch` (a [`NormConvOp`] runs its bands one
+    /// sample at a time), for the kernel scratch layout.
+    pub fn conv_shapes(&self, batch: usize) -> [Option<ConvShape>; 4] {
+        match self {
+            Op::Conv(c) => [Some(ConvShape { batch, ..c.shape }), None, None, None],
+            Op::NormConv(n) => n.conv_shapes(),
+            _ => [None; 4],
         }
     }
 
@@ -556,6 +690,13 @@ impl Op {
                 ..c.shape
             }
             .flops(),
+            Op::NormConv(n) => {
+                let main = n.shape.flops();
+                let shortcut = n
+                    .shortcut
+                    .map_or(0, |_| n.shortcut_shape(n.shape.out_h).flops());
+                main + shortcut
+            }
             Op::Linear(l) => 2 * (l.rows * l.in_f * l.out_f) as u64,
             Op::Attention(a) => {
                 let (n, m, c) = (a.tokens as u64, a.kv_tokens as u64, a.channels as u64);
@@ -592,6 +733,6 @@ mod kinds_tests {
                 "{k} is not snake_case"
             );
         }
-        assert_eq!(KINDS.len(), 23, "one name per `Op` variant");
+        assert_eq!(KINDS.len(), 24, "one name per `Op` variant");
     }
 }

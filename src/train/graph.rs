@@ -668,7 +668,8 @@ impl TrainGraph {
                 | Op::LayerNorm(_)
                 | Op::TokenEmbedding(_)
                 | Op::Geglu(_)
-                | Op::EncoderStates(_) => {
+                | Op::EncoderStates(_)
+                | Op::NormConv(_) => {
                     return Err(crate::model::backend::unsupported_op("train", op.kind()))
                 }
                 Op::ClassEmbedding(ce) => {

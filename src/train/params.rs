@@ -136,7 +136,8 @@ impl ParamTable {
                 | Op::Elementwise(_)
                 | Op::ClassVector(_)
                 | Op::Geglu(_)
-                | Op::EncoderStates(_) => {}
+                | Op::EncoderStates(_)
+                | Op::NormConv(_) => {}
                 Op::LayerNorm(l) => {
                     kinds.push((key(l.gamma), ParamKind::NormScale));
                     kinds.push((key(l.beta), ParamKind::NormShift));

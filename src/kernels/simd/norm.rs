@@ -43,7 +43,8 @@ unsafe fn sigmoid_mul<S: Simd>(y: S::V) -> S::V {
 }
 
 /// GroupNorm task: sample `b`, groups `g0..g1` (statistics in f64 from f32 block sums, two
-/// passes as the scalar path), then normalise (and SiLU) their channels.
+/// passes as the scalar path, unless [`GroupNormArgs::stats`] gives them), then normalise (and
+/// SiLU) their channels over [`GroupNormArgs::out_pixels`].
 ///
 /// # Safety
 /// CPU features of `S`; `GroupNormArgs::check` passed; the task writes only sample `b`, groups `g0..g1` of `out`, disjoint from every other task.
@@ -64,6 +65,7 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(
     let n = a.pixels;
     let count = (n * cpg) as f64;
     let px0 = b * n;
+    let (p0, p1) = a.out_pixels;
     let mut segs: [Option<Seg>; 2] = [None, None];
     if c0 < a.in_ca {
         segs[0] = Some(Seg {
@@ -88,8 +90,16 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(
     let mut lanes = [0.0f32; 16];
     let group_of = |ch: usize| ch / cpg - g0;
 
-    // Pass 1 (sums) and pass 2 (squared deviations from the group mean).
-    for pass in 0..2 {
+    if !a.stats.is_empty() {
+        for g in g0..g1 {
+            let at = (b * a.groups + g) * 2;
+            mean[g - g0] = a.stats[at];
+            inv_std[g - g0] = a.stats[at + 1];
+        }
+    }
+    // Pass 1 (sums) and pass 2 (squared deviations from the group mean), unless given.
+    let passes = if a.stats.is_empty() { 0..2 } else { 0..0 };
+    for pass in passes {
         sums[..g1 - g0].fill(0.0);
         for seg in segs.iter().flatten() {
             let base = if seg.c0 < a.in_ca { 0 } else { a.in_ca };
@@ -189,18 +199,19 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(
                 sv[j] = inv_std[g] * a.gamma[ch + j].to_f32();
                 bv[j] = a.beta[ch + j].to_f32();
             }
-            // SAFETY: inputs as in pass 1; outputs: channels `ch..ch + width` of this
-            // sample's pixels, which only this task (sample `b`, groups `g0..g1`) writes.
+            // SAFETY: inputs as in pass 1, pixels `p0..p1 <= n` (check); outputs: channels
+            // `ch..ch + width` of this sample's `p1 - p0` output pixels, which only this task
+            // (sample `b`, groups `g0..g1`) writes.
             unsafe {
-                let col = seg.src.add(ch - base);
-                let dst = out.0.add(px0 * c + ch);
+                let col = seg.src.add(ch - base).add(p0 * seg.stride);
+                let dst = out.0.add(b * (p1 - p0) * c + ch);
                 if vec {
                     let (m, sc, be) = (
                         S::load(mv.as_ptr()),
                         S::load(sv.as_ptr()),
                         S::load(bv.as_ptr()),
                     );
-                    for q in 0..n {
+                    for q in 0..p1 - p0 {
                         let x = S::load(col.add(q * seg.stride));
                         let mut y = S::fma(S::sub(x, m), sc, be);
                         if a.silu {
@@ -209,7 +220,7 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(
                         S::store(dst.add(q * c), y);
                     }
                 } else {
-                    for q in 0..n {
+                    for q in 0..p1 - p0 {
                         let x = *col.add(q * seg.stride);
                         let y = (x - mv[0]) * sv[0] + bv[0];
                         *dst.add(q * c) = if a.silu { crate::kernels::silu(y) } else { y };
