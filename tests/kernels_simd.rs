@@ -660,6 +660,17 @@ fn winograd_case(
     extras: bool,
 ) {
     let shape = conv_shape(batch, size, parts, out_c, 3, 1, 1, upsample);
+    winograd_shape_case(rng, tables, pool, shape, extras);
+}
+
+/// [`winograd_case`] of any shape the Winograd path takes.
+fn winograd_shape_case(
+    rng: &mut Rng,
+    tables: &[&'static KernelTable],
+    pool: &ThreadPool,
+    shape: ConvShape,
+    extras: bool,
+) {
     let data = ConvData::new(rng, shape, extras);
     for t in tables {
         let layout = t.scratch_layout([shape]);
@@ -720,6 +731,45 @@ fn winograd_conv_matches_scalar() {
         winograd_case(
             &mut rng, &tables, &pool, batch, size, parts, out_c, upsample, extras,
         );
+    }
+}
+
+/// Bands of rows of a "same" conv (the decoder's `norm_conv`): the first band (padding above,
+/// one halo row below), a middle one (halo rows on both sides, no padding) and the last (one
+/// halo row above, padding below), at F(4x4) and F(2x2) sizes, on the Winograd path.
+#[test]
+fn winograd_conv_bands_match_scalar() {
+    let tables = tables();
+    if tables.is_empty() {
+        return;
+    }
+    let pool = ThreadPool::new(3).unwrap();
+    let mut rng = Rng(8);
+    // (batch, out rows, width, in channels, out channels, extras)
+    for (batch, rows, width, in_c, out_c, extras) in [
+        (1, 8, 16, 32, 32, true),
+        (1, 5, 12, 48, 16, false),
+        (2, 24, 20, 16, 48, true),
+        (1, 4, 4, 32, 32, true),
+    ] {
+        for (pad_top, in_h) in [(1, rows + 1), (0, rows + 2), (0, rows + 1)] {
+            let shape = ConvShape {
+                batch,
+                in_h,
+                in_w: width,
+                in_ca: in_c,
+                in_cb: 0,
+                out_c,
+                out_h: rows,
+                out_w: width,
+                kernel: 3,
+                stride: 1,
+                pad_top,
+                pad_left: 1,
+                upsample: false,
+            };
+            winograd_shape_case(&mut rng, &tables, &pool, shape, extras);
+        }
     }
 }
 

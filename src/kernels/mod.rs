@@ -244,43 +244,59 @@ impl GroupNormArgs<'_> {
 }
 
 /// GroupNorm's statistics of `a`'s input: `(mean, 1 / sqrt(var + eps))` per sample and group
-/// into `stats` (`[batch, groups, 2]`), two passes in f64 as the scalar kernel. A kernel given
-/// them ([`GroupNormArgs::stats`]) normalises any band of pixels alike.
+/// into `stats` (`[batch, groups, 2]`), two passes (sum, then squared deviations from the mean)
+/// accumulated in f64 per pixel, as the scalar kernel. One sweep over the pixels per pass
+/// serves every group: a map of hundreds of MiB is read twice, not twice per group. A kernel
+/// given them ([`GroupNormArgs::stats`]) normalises any band of pixels alike.
 pub fn group_norm_stats(a: &GroupNormArgs<'_>, stats: &mut [f32]) {
     let (ca, cb) = (a.in_ca, a.in_cb);
-    let cpg = (ca + cb) / a.groups;
+    let groups = a.groups;
+    let cpg = (ca + cb) / groups;
     let count = (a.pixels * cpg) as f64;
+    // At most 64 groups per sweep (the SIMD kernels' limit too); more take further sweeps.
+    const CHUNK: usize = 64;
     for b in 0..a.batch {
-        for g in 0..a.groups {
-            let (c0, c1) = (g * cpg, (g + 1) * cpg);
-            // The group's channels in each part: (slice, stride, channel range in it).
-            let parts = [
-                (a.in_a, ca, c0.min(ca)..c1.min(ca)),
-                (a.in_b, cb, c0.max(ca) - ca..c1.max(ca) - ca),
-            ];
-            let mut sum = 0.0f64;
-            for (src, stride, chans) in parts.iter().cloned().filter(|p| !p.2.is_empty()) {
-                for px in
-                    src[b * a.pixels * stride..(b + 1) * a.pixels * stride].chunks_exact(stride)
-                {
-                    sum += px[chans.clone()].iter().map(|&x| x as f64).sum::<f64>();
+        let mut g0 = 0;
+        while g0 < groups {
+            let g1 = (g0 + CHUNK).min(groups);
+            let mut mean = [0.0f64; CHUNK];
+            for pass in 0..2 {
+                let mut acc = [0.0f64; CHUNK];
+                for p in 0..a.pixels {
+                    let pix = b * a.pixels + p;
+                    let parts = [
+                        (&a.in_a[pix * ca..(pix + 1) * ca], 0),
+                        (&a.in_b[pix * cb..(pix + 1) * cb], ca),
+                    ];
+                    for (row, base) in parts {
+                        for g in g0..g1 {
+                            let (c0, c1) = (g * cpg, (g + 1) * cpg);
+                            let (lo, hi) = (c0.max(base), c1.min(base + row.len()));
+                            if lo >= hi {
+                                continue;
+                            }
+                            let xs = &row[lo - base..hi - base];
+                            acc[g - g0] += if pass == 0 {
+                                xs.iter().map(|&x| x as f64).sum::<f64>()
+                            } else {
+                                let m = mean[g - g0];
+                                xs.iter().map(|&x| (x as f64 - m) * (x as f64 - m)).sum()
+                            };
+                        }
+                    }
+                }
+                for g in g0..g1 {
+                    if pass == 0 {
+                        mean[g - g0] = acc[g - g0] / count;
+                    } else {
+                        let at = (b * groups + g) * 2;
+                        stats[at] = mean[g - g0] as f32;
+                        stats[at + 1] =
+                            (1.0 / libm::sqrt(acc[g - g0] / count + a.eps as f64)) as f32;
+                    }
                 }
             }
-            let mean = sum / count;
-            let mut var = 0.0f64;
-            for (src, stride, chans) in parts.iter().cloned().filter(|p| !p.2.is_empty()) {
-                for px in
-                    src[b * a.pixels * stride..(b + 1) * a.pixels * stride].chunks_exact(stride)
-                {
-                    var += px[chans.clone()]
-                        .iter()
-                        .map(|&x| (x as f64 - mean) * (x as f64 - mean))
-                        .sum::<f64>();
-                }
-            }
-            let at = (b * a.groups + g) * 2;
-            stats[at] = mean as f32;
-            stats[at + 1] = (1.0 / libm::sqrt(var / count + a.eps as f64)) as f32;
+            g0 = g1;
         }
     }
 }

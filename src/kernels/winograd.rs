@@ -61,16 +61,23 @@ const UPAD: usize = 16;
 const ROWS_TARGET: usize = 72;
 
 /// Whether a convolution can take the Winograd path: 3x3, stride 1, one pixel of padding all
-/// round (output as large as the, possibly upsampled, input), channel counts in whole 16-blocks
-/// (the packed GEMM operand's granule), and a map of at least 2x2. Whether it does, and with
-/// which tile, depends on the batch ([`mode_of`]).
+/// round (output as large as the, possibly upsampled, input) or a band of rows of such a conv
+/// (`pad_top` 0 or 1 and up to two input rows more than output rows: the decoder's banded
+/// `norm_conv`, whose rows past the band are its halo), channel counts in whole 16-blocks (the
+/// packed GEMM operand's granule), and a map of at least 2x2. Whether it does, and with which
+/// tile, depends on the batch ([`mode_of`]). Rows outside the input read as zeros, as in the
+/// direct kernel.
 pub(crate) fn applies(s: &ConvShape) -> bool {
     let (vh, vw) = s.virtual_in();
+    let rows_fit = match s.pad_top {
+        1 => vh == s.out_h || (!s.upsample && vh == s.out_h + 1),
+        0 => !s.upsample && (vh == s.out_h + 1 || vh == s.out_h + 2),
+        _ => false,
+    };
     s.kernel == 3
         && s.stride == 1
-        && s.pad_top == 1
+        && rows_fit
         && s.pad_left == 1
-        && s.out_h == vh
         && s.out_w == vw
         && s.out_h >= 2
         && s.out_w >= 2
@@ -523,7 +530,7 @@ unsafe fn input_transform<S: Simd, const F: usize>(
             };
             let mut d = [[S::zero(); 6]; 6];
             for (dy, row) in d.iter_mut().enumerate().take(alpha) {
-                let iy = (ty * F + dy) as isize - 1;
+                let iy = (ty * F + dy) as isize - s.pad_top as isize;
                 if iy < 0 || iy as usize >= vh {
                     continue;
                 }
