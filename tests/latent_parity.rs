@@ -353,7 +353,7 @@ fn c_api_samples_latent_pipelines() {
 /// typed errors too.
 #[test]
 fn unsupported_decoder_configs_and_bad_latents_are_typed_errors() {
-    use tinydiffusion::model::decoder_config::{DecoderConfig, DecoderKind};
+    use tinydiffusion::model::decoder_config::DecoderConfig;
     let base = std::fs::read_to_string(latent_dir().join("ldm/vqvae/config.json")).unwrap();
     let with = |key: &str, value: &str| {
         let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
