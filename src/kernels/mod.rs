@@ -440,6 +440,19 @@ impl ScratchLayout {
     }
 }
 
+/// A raw pointer handed to the tasks of one [`Exec::for_each_chunk`] call.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+
+impl SharedMut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the tasks of one `for_each_chunk` call write disjoint pieces through it (see there).
+unsafe impl Sync for SharedMut {}
+
 /// How a kernel call may run: the thread team, one scratch region per thread and one region
 /// shared by the call's tasks.
 #[cfg_attr(
@@ -512,6 +525,28 @@ impl<'a> Exec<'a> {
         } else {
             self.par.run(tasks, f)
         }
+    }
+
+    /// `f(i, chunk)` for the `i`-th `chunk`-float piece of `out` (the last may be shorter),
+    /// pieces spread over the team: for row-wise ops (LayerNorm, GEGLU) whose rows are
+    /// independent, so the result is the sequential one whatever the thread count.
+    pub fn for_each_chunk(
+        &self,
+        out: &mut [f32],
+        chunk: usize,
+        f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        let chunk = chunk.max(1);
+        let (len, tasks) = (out.len(), out.len().div_ceil(chunk));
+        let base = SharedMut(out.as_mut_ptr());
+        self.run(tasks, &|i, _| {
+            let start = i * chunk;
+            let n = chunk.min(len - start);
+            // SAFETY: task `i` alone gets floats `start..start + n` of `out`, which is borrowed
+            // mutably for the whole call; the pieces of different tasks are disjoint.
+            let piece = unsafe { core::slice::from_raw_parts_mut(base.get().add(start), n) };
+            f(i, piece)
+        });
     }
 
     /// The scratch region of thread `thread`.

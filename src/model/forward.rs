@@ -23,6 +23,10 @@ use crate::memory::carve;
 
 const EMPTY: (usize, usize) = (0, 0);
 
+/// Rows per task of the row-wise ops the CPU backend spreads over its threads (LayerNorm,
+/// GEGLU).
+const ROWS_PER_TASK: usize = 64;
+
 /// What a forward pass reads besides its workspace: the UNet's sample, timesteps and labels,
 /// or the text encoder's token ids.
 struct Inputs<'a> {
@@ -1077,14 +1081,28 @@ impl Backend for CpuBackend<'_, '_> {
 
     fn layer_norm(&mut self, _: usize, op: &LayerNormOp) -> Result<()> {
         let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
-        let wt = |r| self.model.weights.get(r);
-        scalar::layer_norm(input, op.dim, op.eps, wt(op.gamma), wt(op.beta), dst);
+        let (gamma, beta) = (
+            self.model.weights.get(op.gamma),
+            self.model.weights.get(op.beta),
+        );
+        let (dim, eps) = (op.dim, op.eps);
+        // Rows are independent: 64 per task over the team.
+        self.exec
+            .for_each_chunk(dst, ROWS_PER_TASK * dim, &|i, out| {
+                let x = &input[i * ROWS_PER_TASK * dim..][..out.len()];
+                scalar::layer_norm(x, dim, eps, gamma, beta, out)
+            });
         Ok(())
     }
 
     fn geglu(&mut self, _: usize, op: &GegluOp) -> Result<()> {
         let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
-        scalar::geglu(input, op.dim, dst);
+        let dim = op.dim;
+        self.exec
+            .for_each_chunk(dst, ROWS_PER_TASK * dim, &|i, out| {
+                let x = &input[i * ROWS_PER_TASK * 2 * dim..][..2 * out.len()];
+                scalar::geglu(x, dim, out)
+            });
         Ok(())
     }
 
