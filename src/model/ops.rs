@@ -226,8 +226,8 @@ impl NormConvOp {
     /// kernel scratch layout.
     pub fn conv_shapes(&self) -> [Option<ConvShape>; 4] {
         let h = self.shape.out_h;
-        let band = self.band_rows.min(h);
-        let last0 = (h - 1) / band * band;
+        let band = self.band_rows.min(h).max(1);
+        let last0 = h.saturating_sub(1) / band * band;
         [
             Some(self.band_shape(0, band).0),
             (band < h).then(|| self.band_shape(band, (2 * band).min(h)).0),
