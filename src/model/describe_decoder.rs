@@ -59,6 +59,27 @@ struct Map {
     w: usize,
 }
 
+/// A stride-1 conv of `x` with padding `kernel / 2` (output as large as the, optionally
+/// nearest-2x upsampled, input).
+fn same_conv(x: Map, out_c: usize, kernel: usize, upsample: bool) -> ConvShape {
+    let f = if upsample { 2 } else { 1 };
+    ConvShape {
+        batch: 1,
+        in_h: x.h,
+        in_w: x.w,
+        in_ca: x.c,
+        in_cb: 0,
+        out_c,
+        out_h: x.h * f,
+        out_w: x.w * f,
+        kernel,
+        stride: 1,
+        pad_top: kernel / 2,
+        pad_left: kernel / 2,
+        upsample,
+    }
+}
+
 struct Builder<'a> {
     loader: &'a mut WeightLoader,
     layout: DecoderLayout,
@@ -147,21 +168,7 @@ impl Builder<'_> {
         let out = self.tensor(p.into(), out_c * h * w);
         self.ops.push(Op::Conv(ConvOp {
             input: Input::One(x.t),
-            shape: ConvShape {
-                batch: 1,
-                in_h: x.h,
-                in_w: x.w,
-                in_ca: x.c,
-                in_cb: 0,
-                out_c,
-                out_h: h,
-                out_w: w,
-                kernel,
-                stride: 1,
-                pad_top: kernel / 2,
-                pad_left: kernel / 2,
-                upsample,
-            },
+            shape: same_conv(x, out_c, kernel, upsample),
             weight,
             bias,
             channel_add: None,
@@ -234,21 +241,7 @@ impl Builder<'_> {
             gamma,
             beta,
             silu: true,
-            shape: ConvShape {
-                batch: 1,
-                in_h: x.h,
-                in_w: x.w,
-                in_ca: x.c,
-                in_cb: 0,
-                out_c,
-                out_h: x.h,
-                out_w: x.w,
-                kernel: 3,
-                stride: 1,
-                pad_top: 1,
-                pad_left: 1,
-                upsample: false,
-            },
+            shape: same_conv(x, out_c, 3, false),
             weight,
             bias,
             residual: residual.map(|r| r.t),
