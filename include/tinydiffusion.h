@@ -714,6 +714,21 @@ td_status td_model_set_precision(struct td_model *model, int32_t precision);
 td_status td_model_set_threads(struct td_model *model, size_t threads);
 
 /**
+ * diffusers' `clip_skip` for a text-to-image pipeline loaded with `td_model_load`: the
+ * prompts' states become the text encoder's hidden state `clip_skip` layers before the last
+ * (through its final LayerNorm); the negative prompts keep the last hidden state, as diffusers'
+ * `encode_prompt` does. 0 (the default) is the last hidden state. Loads the text encoder
+ * again for that layer. `TD_STATUS_INVALID_ARGUMENT`: not a text-to-image pipeline loaded
+ * from a folder, or more layers than the encoder has (the message names `clip_skip`);
+ * `TD_STATUS_NULL_POINTER`. Workspace sizes do not grow. Not thread-safe: no other call may use `model` meanwhile.
+ *
+ * # Safety
+ * `model` is NULL or a live model that no other thread is using.
+ */
+td_status td_model_set_clip_skip(struct td_model *model,
+                                 size_t clip_skip);
+
+/**
  * `*out_threads` = the number of threads the model's forward passes use (the caller and
  * `*out_threads - 1` workers). Thread-safe.
  *

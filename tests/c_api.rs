@@ -832,6 +832,44 @@ fn c_text_to_image_matches_rust_api() {
     let st = unsafe { td_sample_workspace_len(model, &desc, &mut n) };
     assert_eq!(st, td_status::Ok);
     assert_eq!(n, s.workspace_len(&m, 1, true));
+    // diffusers' clip_skip: the prompt through layer 1 before the last, as the Rust API.
+    // SAFETY: a live model no other thread uses.
+    assert_eq!(unsafe { td_model_set_clip_skip(model, 1) }, td_status::Ok);
+    desc.scheduler.steps = 3;
+    desc.guidance_scale = 7.5;
+    let mut ours = vec![0.0f32; 3 * 16 * 16];
+    // SAFETY: live model, readable description, buffers of the lengths given.
+    unsafe {
+        assert_eq!(td_sample_workspace_len(model, &desc, &mut n), td_status::Ok);
+        let mut ws = vec![0.0f32; n];
+        let st = td_sample(
+            model,
+            &desc,
+            ws.as_mut_ptr(),
+            ws.len(),
+            ours.as_mut_ptr(),
+            ours.len(),
+        );
+        assert_eq!(st, td_status::Ok);
+    }
+    let mut m = Model::load(&model_dir).unwrap();
+    m.set_clip_skip(1).unwrap();
+    let (ids, neg) = (tok.encode("a cat"), tok.encode(""));
+    let opts = SampleOptions {
+        text: Some(TextConditioning {
+            prompt_ids: &ids,
+            negative_ids: Some(&neg),
+            guidance_scale: 7.5,
+        }),
+        ..SampleOptions::new(1, desc.seed)
+    };
+    let mut ws = vec![0.0f32; s.workspace_len(&m, 1, true)];
+    let mut expected = vec![0.0f32; 3 * 16 * 16];
+    s.sample(&m, &mut ws, &opts, &mut expected, None).unwrap();
+    assert_same_bits(&ours, &expected, "sd1 clip_skip 1");
+    // SAFETY: as above.
+    let st = unsafe { td_model_set_clip_skip(model, 99) };
+    assert_eq!(st, td_status::InvalidArgument, "clip_skip past the layers");
     // SAFETY: a model from td_model_load, freed once.
     unsafe { td_model_free(model) };
 
@@ -846,6 +884,9 @@ fn c_text_to_image_matches_rust_api() {
     // SAFETY: as above.
     let st = unsafe { td_sample_workspace_len(model, &desc, &mut n) };
     assert_eq!(st, td_status::InvalidArgument, "a prompt on a UNet2DModel");
+    // SAFETY: as above.
+    let st = unsafe { td_model_set_clip_skip(model, 1) };
+    assert_eq!(st, td_status::InvalidArgument, "clip_skip on a UNet2DModel");
     // SAFETY: as above.
     unsafe { td_model_free(model) };
 }

@@ -514,3 +514,96 @@ fn a_shorter_tokenizer_sets_the_text_length() {
         other => panic!("model_max_length 78: {:?}", other.err()),
     }
 }
+
+/// diffusers' `clip_skip` (`tests/tools/make_sd_clip_skip_fixture.py`, float64, clip_skip 1):
+/// the prompt's states are the second-to-last hidden state through the final LayerNorm, the
+/// negative prompt's the last hidden state (diffusers' `encode_prompt` skips for the prompt
+/// only); a guided 3-step run matches diffusers' within 1e-3. Back to 0 gives the plain
+/// encoder; a skip past the layers is an error naming `clip_skip`.
+#[test]
+fn clip_skip_matches_diffusers() {
+    let dir = sd_dir().join("sd1");
+    let reference = TensorFile::open(sd_dir().join("clip-skip.safetensors"));
+    let mut model = Model::load(&dir).unwrap();
+    assert_eq!(model.clip_skip(), 0);
+    model.set_clip_skip(1).unwrap();
+    assert_eq!(model.clip_skip(), 1);
+    let tok = ClipTokenizer::from_dir(&dir).unwrap();
+    let (ids, neg) = (tok.encode("a photo of a cat"), tok.encode("blurry"));
+    let encode = |enc: &tinydiffusion::model::TextEncoder, ids: &[u32]| {
+        let mut ws = vec![0.0f32; enc.workspace_len(1)];
+        let mut out = vec![0.0f32; enc.output_len()];
+        enc.encode(0, &mut ws, ids, &mut out).unwrap();
+        out
+    };
+    let cond = encode(model.prompt_encoder().unwrap(), &ids);
+    let uncond = encode(model.text_encoder().unwrap(), &neg);
+    for (name, ours) in [("cond", &cond), ("uncond", &uncond)] {
+        let err = rel_l2(ours, &reference.f64s(name));
+        println!("clip_skip 1 {name} states vs diffusers: {err:.2e}");
+        assert!(err <= 1e-4, "clip_skip 1 {name} states: {err:.3e}");
+    }
+    let cfg = ModelFiles::find(&dir)
+        .unwrap()
+        .load_scheduler_config()
+        .unwrap();
+    let sampler = Sampler::new(&SamplerSpec::new(None).steps(3), &cfg).unwrap();
+    let text = TextConditioning {
+        prompt_ids: &ids,
+        negative_ids: Some(&neg),
+        guidance_scale: 7.5,
+    };
+    let x_t = reference.f32s("x_T");
+    let opts = SampleOptions {
+        text: Some(text),
+        initial_noise: Some(&x_t),
+        ..SampleOptions::new(1, 3)
+    };
+    let mut ws = vec![f32::NAN; sampler.workspace_len(&model, 1, true)];
+    let (c, h, w) = model.image_shape();
+    let mut out = vec![0.0f32; c * h * w];
+    sampler
+        .sample(&model, &mut ws, &opts, &mut out, None)
+        .unwrap();
+    let err = rel_l2(&out, &reference.f64s("image"));
+    println!("clip_skip 1 pipeline run vs diffusers: rel L2 {err:.2e}");
+    assert!(err <= 1e-3, "clip_skip 1 pipeline run: {err:.3e}");
+    // The CLI's --clip-skip gives the library's bits.
+    let dir_tmp = tmp("clip-skip");
+    let (x_path, out_path) = (
+        dir_tmp.join("x_T.safetensors"),
+        dir_tmp.join("out.safetensors"),
+    );
+    let vs = 2; // the fixture's vae_scale_factor
+    write_tensor(&x_path, "x_T", &x_t, vec![1, 4, h / vs, w / vs]);
+    let o = sample_cli(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "a photo of a cat",
+        "--negative-prompt",
+        "blurry",
+        "--clip-skip",
+        "1",
+        "--steps",
+        "3",
+        "--init-noise",
+        x_path.to_str().unwrap(),
+        "--save-tensor",
+        out_path.to_str().unwrap(),
+        "--out",
+        "none",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cli = TensorFile::open(&out_path).f32s("x_0");
+    assert_eq!(cli, out, "CLI --clip-skip vs the library");
+    // Back to the last hidden state; past the layers is refused.
+    model.set_clip_skip(0).unwrap();
+    assert_eq!(model.clip_skip(), 0);
+    let layers = model.text_encoder().unwrap().config.num_hidden_layers;
+    match model.set_clip_skip(layers + 1) {
+        Err(Error::InvalidArgument { what, .. }) => assert_eq!(what, "clip_skip"),
+        other => panic!("clip_skip past the layers: {:?}", other.err()),
+    }
+}

@@ -239,6 +239,29 @@ pub unsafe extern "C" fn td_model_set_threads(model: *mut td_model, threads: usi
     })
 }
 
+/// diffusers' `clip_skip` for a text-to-image pipeline loaded with `td_model_load`: the
+/// prompts' states become the text encoder's hidden state `clip_skip` layers before the last
+/// (through its final LayerNorm); the negative prompts keep the last hidden state, as diffusers'
+/// `encode_prompt` does. 0 (the default) is the last hidden state. Loads the text encoder
+/// again for that layer. `TD_STATUS_INVALID_ARGUMENT`: not a text-to-image pipeline loaded
+/// from a folder, or more layers than the encoder has (the message names `clip_skip`);
+/// `TD_STATUS_NULL_POINTER`. Workspace sizes do not grow. Not thread-safe: no other call may use `model` meanwhile.
+///
+/// # Safety
+/// `model` is NULL or a live model that no other thread is using.
+#[no_mangle]
+pub unsafe extern "C" fn td_model_set_clip_skip(
+    model: *mut td_model,
+    clip_skip: usize,
+) -> td_status {
+    guard(|| {
+        // SAFETY: NULL or a live, unshared model per the contract.
+        let m = unsafe { model.as_mut() }.ok_or_else(|| null("model"))?;
+        m.model.set_clip_skip(clip_skip)?;
+        Ok(())
+    })
+}
+
 /// `*out_threads` = the number of threads the model's forward passes use (the caller and
 /// `*out_threads - 1` workers). Thread-safe.
 ///

@@ -330,11 +330,38 @@ impl Model {
         if let Some(te) = text_encoder {
             model.set_text_encoder(Some(te))?;
         }
+        model.text_encoder_source = files.text_encoder.clone().map(|d| (d, options));
         model.tokenizer = tokenizer;
         // One thread team size for every net.
         let threads = model.threads();
         model.set_threads(threads)?;
         Ok(model)
+    }
+}
+
+impl Model {
+    /// diffusers' `clip_skip` for the prompts of a text-to-image pipeline loaded from a folder:
+    /// their states become the text encoder's hidden state `skip` layers before the last,
+    /// through the final LayerNorm; the negative prompts keep the last hidden state, as
+    /// diffusers' `encode_prompt` does. 0 goes back to the last hidden state. Loads the text
+    /// encoder again for that layer (mapped: f16 weights are not copied); `skip` past the
+    /// encoder's layers is an error naming `clip_skip`.
+    pub fn set_clip_skip(&mut self, skip: usize) -> Result<()> {
+        let (Some((dir, options)), Some(text)) =
+            (self.text_encoder_source.clone(), self.text_encoder())
+        else {
+            return Err(crate::error::invalid_arg(
+                "clip_skip",
+                "only a text-to-image pipeline loaded from a folder has a text encoder to skip layers of",
+            ));
+        };
+        if skip == 0 {
+            return self.set_prompt_encoder(None);
+        }
+        let tokens = text.tokens();
+        let encoder =
+            TextEncoder::load_for_tokens(&dir, skip, Some(tokens), options, Reuse::Shared)?;
+        self.set_prompt_encoder(Some(encoder))
     }
 }
 

@@ -92,9 +92,16 @@ pub struct Model {
     /// A text-to-image pipeline's text encoder, run by the sampler before its first step
     /// ([`Model::text_encoder`]).
     pub(crate) text_encoder: Option<alloc::boxed::Box<TextEncoder>>,
+    /// The prompts' encoder when it differs from the negative prompts' (diffusers'
+    /// `clip_skip`, [`Model::prompt_encoder`]).
+    pub(crate) prompt_encoder: Option<alloc::boxed::Box<TextEncoder>>,
     /// A text-to-image pipeline's tokenizer, read once at load ([`Model::tokenizer`]).
     #[cfg(feature = "std")]
     pub(crate) tokenizer: Option<crate::text::ClipTokenizer>,
+    /// Where the text encoder was loaded from, and how ([`Model::set_clip_skip`] loads it
+    /// again for another layer).
+    #[cfg(feature = "std")]
+    pub(crate) text_encoder_source: Option<(std::path::PathBuf, LoadOptions)>,
 }
 
 impl Model {
@@ -157,8 +164,11 @@ impl Model {
             out_resolution,
             decoder: None,
             text_encoder: None,
+            prompt_encoder: None,
             #[cfg(feature = "std")]
             tokenizer: None,
+            #[cfg(feature = "std")]
+            text_encoder_source: None,
         };
         #[cfg(feature = "std")]
         model.set_threads(0)?;
@@ -177,11 +187,9 @@ impl Model {
     /// A path this CPU cannot run is an error and leaves the model unchanged.
     pub fn set_kernels(&mut self, path: KernelPath) -> Result<()> {
         self.kernels = path.table()?;
-        if let Some(d) = &mut self.decoder {
-            d.net.kernels = self.kernels;
-        }
-        if let Some(t) = &mut self.text_encoder {
-            t.net_mut().kernels = self.kernels;
+        let kernels = self.kernels;
+        for net in self.sub_nets_mut() {
+            net.kernels = kernels;
         }
         Ok(())
     }
@@ -210,12 +218,18 @@ impl Model {
     /// by the transformed-weight region ([`Model::workspace_len`] changes).
     pub fn set_winograd(&mut self, on: bool) {
         self.winograd = on;
-        if let Some(d) = &mut self.decoder {
-            d.net.winograd = on;
+        for net in self.sub_nets_mut() {
+            net.winograd = on;
         }
-        if let Some(t) = &mut self.text_encoder {
-            t.net_mut().winograd = on;
-        }
+    }
+
+    /// The nets a pipeline runs besides the UNet (decoder, text encoders): they follow its
+    /// kernels, Winograd switch and threads.
+    fn sub_nets_mut(&mut self) -> impl Iterator<Item = &mut Model> {
+        let decoder = self.decoder.as_deref_mut().map(|d| &mut d.net);
+        let text = self.text_encoder.as_deref_mut().map(TextEncoder::net_mut);
+        let prompt = self.prompt_encoder.as_deref_mut().map(TextEncoder::net_mut);
+        decoder.into_iter().chain(text).chain(prompt)
     }
 
     /// Whether convolutions may take the Winograd path.
@@ -263,11 +277,8 @@ impl Model {
                 alloc::format!("{n} is more than 1024"),
             ));
         }
-        if let Some(d) = &mut self.decoder {
-            d.net.set_threads(n)?;
-        }
-        if let Some(t) = &mut self.text_encoder {
-            t.net_mut().set_threads(n)?;
+        for net in self.sub_nets_mut() {
+            net.set_threads(n)?;
         }
         if n == self.threads && (n == 1 || self.pool.is_some()) {
             return Ok(());
@@ -407,10 +418,58 @@ impl Model {
         self.text_encoder.as_deref()
     }
 
+    /// The encoder of the prompts: the text encoder, or the one [`Model::set_prompt_encoder`]
+    /// (diffusers' `clip_skip`, [`Model::set_clip_skip`]) gave. The negative prompts always go
+    /// through [`Model::text_encoder`], as in diffusers' `encode_prompt`.
+    pub fn prompt_encoder(&self) -> Option<&TextEncoder> {
+        self.prompt_encoder.as_deref().or(self.text_encoder())
+    }
+
+    /// diffusers' `clip_skip` of the prompts' states (0: the last hidden state).
+    pub fn clip_skip(&self) -> usize {
+        self.prompt_encoder().map_or(0, |t| t.clip_skip)
+    }
+
+    /// Encodes the prompts (not the negative prompts) with `encoder` instead of the text
+    /// encoder, or goes back to it (`None`): diffusers' `clip_skip`, whose encoder is the same
+    /// `CLIPTextModel` built for an earlier layer ([`TextEncoder::new_for_tokens`]). It must
+    /// give the states the text encoder gives (tokens x hidden size).
+    pub fn set_prompt_encoder(&mut self, encoder: Option<TextEncoder>) -> Result<()> {
+        if let Some(e) = &encoder {
+            let Some(t) = self.text_encoder() else {
+                return Err(invalid_arg(
+                    "prompt encoder",
+                    "only a text-to-image pipeline (with a text encoder) takes one",
+                ));
+            };
+            if (e.tokens(), e.config.hidden_size) != (t.tokens(), t.config.hidden_size) {
+                return Err(invalid_arg(
+                    "prompt encoder",
+                    alloc::format!(
+                        "gives {} x {} states, the text encoder {} x {}",
+                        e.tokens(),
+                        e.config.hidden_size,
+                        t.tokens(),
+                        t.config.hidden_size
+                    ),
+                ));
+            }
+        }
+        self.prompt_encoder = encoder.map(alloc::boxed::Box::new);
+        if let Some(e) = &mut self.prompt_encoder {
+            e.net_mut().kernels = self.kernels;
+            e.net_mut().winograd = self.winograd;
+            #[cfg(feature = "std")]
+            e.net_mut().set_threads(self.threads)?;
+        }
+        Ok(())
+    }
+
     /// Attaches the text encoder whose hidden states this (conditional) model cross-attends to,
     /// or removes it (`None`): its `hidden_size` must be the UNet's `cross_attention_dim` and
-    /// its token count the UNet's `text_tokens`.
+    /// its token count the UNet's `text_tokens`. A prompt encoder set before is dropped.
     pub fn set_text_encoder(&mut self, text_encoder: Option<TextEncoder>) -> Result<()> {
+        self.prompt_encoder = None;
         if let Some(t) = &text_encoder {
             let Some(cross) = &self.config.cross_attention else {
                 return Err(invalid_arg(

@@ -200,9 +200,12 @@ fn layout(model: &Model, method: Method<'_>, batch: usize, guided: bool, threads
         .decoder()
         .map_or(0, |d| d.workspace_len_for_threads(batch, threads));
     // The text encoder runs before the loop, in the UNet's arena (not in use yet).
-    let text_ws = model
-        .text_encoder()
-        .map_or(0, |t| t.workspace_len_for_threads(batch, threads));
+    let text_ws = [model.text_encoder(), model.prompt_encoder()]
+        .into_iter()
+        .flatten()
+        .map(|t| t.workspace_len_for_threads(batch, threads))
+        .max()
+        .unwrap_or(0);
     let text = model.text_encoder().map_or(0, |t| {
         batch
             .saturating_mul(t.output_len())
@@ -732,11 +735,13 @@ pub fn sample_with(
     let model_in = &mut rest[..lay.model_in];
     // The prompts' (and, guided, the negative prompts') encoder states, encoded once in the
     // UNet's arena before the loop uses it.
-    let text_states = match (model.text_encoder(), text) {
-        (Some(encoder), Some(t)) => {
+    let text_states = match (model.text_encoder(), model.prompt_encoder(), text) {
+        (Some(encoder), Some(prompt_encoder), Some(t)) => {
             let (cond, uncond) = text_region.split_at_mut(batch * encoder.output_len());
+            // The prompts through the prompt encoder (diffusers' `clip_skip` applies to them
+            // only), the negative prompts through the text encoder.
             encode_prompts(
-                encoder,
+                prompt_encoder,
                 opts.threads,
                 model_region,
                 t.prompt_ids,

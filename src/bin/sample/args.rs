@@ -64,6 +64,9 @@ FLAGS:
     --prompt TEXT        text-to-image pipelines (StableDiffusionPipeline): the prompt of
                          every image                         [default: the empty prompt \"\"]
     --negative-prompt TEXT  the negative prompt (guidance only)   [default: \"\", as diffusers]
+    --clip-skip N        the prompt's states from the text encoder's layer N before the last
+                         (then its final LayerNorm), as diffusers' clip_skip; the negative
+                         prompt keeps the last hidden state, as diffusers         [default: 0]
     --guidance-scale S   text guidance: eps = uncond + S (cond - uncond), on when S > 1
                                                                              [default: 7.5]
     --init-noise FILE    safetensors with tensor x_T [B,C,H,W] f32 to start from
@@ -138,6 +141,8 @@ pub struct SampleArgs {
     pub prompt: Option<String>,
     pub negative_prompt: Option<String>,
     pub guidance_scale: Option<f32>,
+    /// `--clip-skip N` (diffusers' `clip_skip`).
+    pub clip_skip: Option<usize>,
 }
 
 // Parsed once per run: the size of the `Sample` variant does not matter.
@@ -278,6 +283,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         prompt: None,
         negative_prompt: None,
         guidance_scale: None,
+        clip_skip: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -347,6 +353,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--prompt" => s.prompt = Some(value()?.into()),
             "--negative-prompt" => s.negative_prompt = Some(value()?.into()),
             "--guidance-scale" => s.guidance_scale = Some(parse_num(flag, value()?)?),
+            "--clip-skip" => s.clip_skip = Some(parse_num(flag, value()?)?),
             "--null-class" => s.null_class = Some(parse_num(flag, value()?)?),
             "--init-noise" => s.init_noise = Some(value()?.into()),
             "--step-noise" => s.step_noise = Some(value()?.into()),

@@ -358,6 +358,7 @@ fn run(a: &SampleArgs) -> Result<(), String> {
             (a.prompt.is_some(), "--prompt"),
             (a.negative_prompt.is_some(), "--negative-prompt"),
             (a.guidance_scale.is_some(), "--guidance-scale"),
+            (a.clip_skip.is_some(), "--clip-skip"),
         ] {
             if given {
                 return Err(format!(
@@ -389,6 +390,11 @@ fn run(a: &SampleArgs) -> Result<(), String> {
         (Some(f), Some(tokenizer)) => Some(text_ids(tokenizer, f, a)?),
         _ => None,
     };
+    if let Some(skip) = a.clip_skip {
+        model
+            .set_clip_skip(skip)
+            .map_err(|e| format!("--clip-skip {skip}: {e}"))?;
+    }
     if let Some(k) = &a.kernels {
         let path = KernelPath::from_name(k).map_err(|e| e.to_string())?;
         model.set_kernels(path).map_err(|e| e.to_string())?;
