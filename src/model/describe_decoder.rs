@@ -42,10 +42,7 @@ impl DecoderLayout {
     pub fn for_reuse(reuse: crate::memory::Reuse) -> DecoderLayout {
         DecoderLayout {
             in_place: reuse == crate::memory::Reuse::Shared,
-            band_floats: std::env::var("TD_BAND")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(BAND_FLOATS),
+            band_floats: BAND_FLOATS,
         }
     }
 }
