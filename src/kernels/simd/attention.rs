@@ -30,18 +30,18 @@ pub(crate) unsafe fn transpose_k(a: &AttentionArgs<'_>, kt: Shared<f32>, task: u
     }
 }
 
-/// Most query rows one task takes.
-pub(crate) const QB_MAX: usize = 64;
+/// Most query rows one task takes (32 measured faster than 16 or 64 on Zen 4).
+pub(crate) const QB_MAX: usize = 32;
 
 /// Tiles of one attention task: (queries per task, keys per score tile). The task's scratch
 /// holds the `qb x kb` scores, its `qb` output rows and one `kb`-key tile of V, both with rows
 /// padded to whole vectors (`dp`): as large as fit, up to `QB_MAX x BK`, so each K^T / V tile
-/// read from cache serves up to 64 queries.
+/// read from cache serves up to `QB_MAX` queries.
 #[inline(always)]
 pub(crate) fn attention_plan<S: Simd>(a: &AttentionArgs<'_>) -> (usize, usize) {
     let d = a.channels / a.heads;
     let dp = d.div_ceil(S::LANES) * S::LANES;
-    let fits = |qb: usize, kb: usize| qb * kb + qb * dp + kb * dp <= SCRATCH_FLOATS;
+    let fits = |qb: usize, kb: usize| qb * kb + qb * dp + kb * dp + d * S::LANES <= SCRATCH_FLOATS;
     let mut qb = QB_MAX;
     while qb > 4 && !fits(qb, BK) {
         qb /= 2;
@@ -98,7 +98,8 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     let nu = if S::REGISTERS >= 32 { 4 } else { 2 };
     let (s, rest) = scratch[..SCRATCH_FLOATS].split_at_mut(qb * kb);
     let (ob, rest) = rest.split_at_mut(qb * dp);
-    let vt = &mut rest[..kb * dp];
+    let (vt, rest) = rest.split_at_mut(kb * dp);
+    let kpad = &mut rest[..d * l];
     ob.fill(0.0);
     vt.fill(0.0);
     let mut mrow = [f32::NEG_INFINITY; QB_MAX];
@@ -109,7 +110,7 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     // SAFETY (whole body): every query/output row pointer is `off + token * c` with token < n,
     // every value row `kv_off + key * c` with key < m, plus up to `d` floats
     // (AttentionArgs::check); output rows `q0..q0 + nq` of head `h` of sample `b` belong to this
-    // task only; `s`, `ob` and `vt` are this thread's scratch, indexed below their lengths
+    // task only; `s`, `ob`, `vt` and `kpad` are this thread's scratch, indexed below their lengths
     // (`i < qb`, `j < kb`, columns < `dp`).
     unsafe {
         let obp = ob.as_mut_ptr();
@@ -121,6 +122,20 @@ pub(crate) unsafe fn attention_task<S: Simd>(
             for j in 0..bk {
                 let src = v.add(kv_off + (j0 + j) * c);
                 core::ptr::copy_nonoverlapping(src, vtp.add(j * dp), d);
+            }
+            // The keys past the last whole vector (cross-attention's 77 = 4 x 16 + 13 on
+            // AVX-512), as `[d][l]` with zero lanes past them, so they take a vector too.
+            let jt = bk - bk % l;
+            if jt < bk {
+                for dd in 0..d {
+                    for t in 0..l {
+                        kpad[dd * l + t] = if jt + t < bk {
+                            *ktb.add(dd * m + j0 + jt + t)
+                        } else {
+                            0.0
+                        };
+                    }
+                }
             }
             // Scores S = Q K^T * scale from K^T rows (`ktb + dd * m`): 4 query rows x 4 (then
             // 1) vectors of keys per block, broadcasting one query element per row.
@@ -171,13 +186,18 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     }
                     j += l;
                 }
-                for r in 0..rows {
-                    for jj in j..bk {
-                        let mut dot = 0.0f32;
-                        for dd in 0..d {
-                            dot += *qr[r].add(dd) * *ktb.add(dd * m + j0 + jj);
+                if j < bk {
+                    let mut acc = [S::zero(); 4];
+                    for dd in 0..d {
+                        let kv = S::load(kpad.as_ptr().add(dd * l));
+                        for (r, x) in acc.iter_mut().enumerate() {
+                            *x = S::fma(S::bcast(qr[r].add(dd)), kv, *x);
                         }
-                        s[(i + r) * kb + jj] = dot * scale;
+                    }
+                    let mut tmp = [0.0f32; 16];
+                    for (r, x) in acc.iter().enumerate().take(rows) {
+                        S::store(tmp.as_mut_ptr(), S::mul(*x, S::splat(scale)));
+                        s[(i + r) * kb + j..(i + r) * kb + bk].copy_from_slice(&tmp[..bk - j]);
                     }
                 }
                 i += rows;

@@ -71,7 +71,9 @@ pub(crate) const BK: usize = 64;
 pub(crate) const TG: usize = 8;
 pub(crate) const SCRATCH_FLOATS: usize = TG * MR_MAX * KC + G_MAX * KC * PACK_OC;
 
-const _: () = assert!(attention::QB_MAX * BK + (attention::QB_MAX + BK) * 256 <= SCRATCH_FLOATS);
+// Head sizes up to 256 get the largest attention tiles.
+const _: () =
+    assert!(attention::QB_MAX * BK + (attention::QB_MAX + BK + 16) * 256 <= SCRATCH_FLOATS);
 
 /// One vector instruction set. All methods are `unsafe`: callers must run on a CPU with the
 /// implementing type's features, and pointers must be valid for `LANES` elements.
