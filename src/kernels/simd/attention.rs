@@ -1,6 +1,6 @@
 //! Attention.
 
-use super::{Shared, Simd, BK, BQ};
+use super::{Shared, Simd, BK, SCRATCH_FLOATS};
 use crate::kernels::AttentionArgs;
 
 /// Writes K^T for (sample, head) `task` into `kt` as `[d][kv_tokens]` at offset
@@ -30,17 +30,45 @@ pub(crate) unsafe fn transpose_k(a: &AttentionArgs<'_>, kt: Shared<f32>, task: u
     }
 }
 
-/// Query tasks of an attention call.
-pub(crate) fn attention_tasks(a: &AttentionArgs<'_>) -> usize {
-    a.batch * a.heads * a.tokens.div_ceil(BQ)
+/// Most query rows one task takes (32 measured faster than 16 or 64 on Zen 4).
+pub(crate) const QB_MAX: usize = 32;
+
+/// Tiles of one attention task: (queries per task, keys per score tile). The task's scratch
+/// holds the `qb x kb` scores, its `qb` output rows and one `kb`-key tile of V, both with rows
+/// padded to whole vectors (`dp`): as large as fit, up to `QB_MAX x BK`, so each K^T / V tile
+/// read from cache serves up to `QB_MAX` queries.
+#[inline(always)]
+pub(crate) fn attention_plan<S: Simd>(a: &AttentionArgs<'_>) -> (usize, usize) {
+    let d = a.channels / a.heads;
+    let dp = d.div_ceil(S::LANES) * S::LANES;
+    let fits = |qb: usize, kb: usize| qb * kb + qb * dp + kb * dp + d * S::LANES <= SCRATCH_FLOATS;
+    let mut qb = QB_MAX;
+    while qb > 4 && !fits(qb, BK) {
+        qb /= 2;
+    }
+    let mut kb = BK;
+    while kb > 1 && !fits(qb, kb) {
+        kb /= 2;
+    }
+    assert!(fits(qb, kb), "attention: head size {d} too large");
+    (qb, kb)
 }
 
-/// softmax(Q K^T / sqrt(d)) V for `BQ` queries of one (sample, head): key tiles of `BK` with an
-/// online softmax (running max and sum); the output rows accumulate in place in `out`. At most
-/// `BQ x BK` scores exist at once.
+/// Query tasks of an attention call.
+#[inline(always)]
+pub(crate) fn attention_tasks<S: Simd>(a: &AttentionArgs<'_>) -> usize {
+    a.batch * a.heads * a.tokens.div_ceil(attention_plan::<S>(a).0)
+}
+
+/// softmax(Q K^T / sqrt(d)) V for `qb` queries of one (sample, head) ([`attention_plan`]): key
+/// tiles of `kb` with an online softmax (running max and sum). The output rows accumulate in
+/// the task's scratch, padded to whole vectors, as does a copy of each V tile, so the P V
+/// product has no partial vectors (SD 1.5's head size 40 is 3 AVX-512 vectors, 5 AVX2 ones);
+/// they are scaled by 1 / sum and written to `out` at the end.
 ///
 /// # Safety
-/// CPU features of `S`; `AttentionArgs::check` passed, `kt` was filled by `transpose_k`; the task writes only its own `BQ` query rows of `out`.
+/// CPU features of `S`; `AttentionArgs::check` passed, `kt` was filled by `transpose_k`;
+/// `scratch` holds `SCRATCH_FLOATS`; the task writes only its own query rows of `out`.
 #[inline(always)]
 pub(crate) unsafe fn attention_task<S: Simd>(
     a: &AttentionArgs<'_>,
@@ -52,11 +80,13 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     let l = S::LANES;
     let (n, c) = (a.tokens, a.channels);
     let d = c / a.heads;
-    let qtasks = n.div_ceil(BQ);
+    let dp = d.div_ceil(l) * l;
+    let (qb, kb) = attention_plan::<S>(a);
+    let qtasks = n.div_ceil(qb);
     let (bh, qt) = (task / qtasks, task % qtasks);
     let (b, h) = (bh / a.heads, bh % a.heads);
-    let q0 = qt * BQ;
-    let nq = BQ.min(n - q0);
+    let q0 = qt * qb;
+    let nq = qb.min(n - q0);
     let m = a.kv_tokens;
     // Causal: no query of this task sees a key past its last row.
     let keys = if a.causal { (q0 + nq).min(m) } else { m };
@@ -66,24 +96,47 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     // Vectors per accumulator row: 4 rows x `nu` vectors + `nu` loads + 1 broadcast must fit
     // the register file (AVX2's 16 ymm: 4 x 2).
     let nu = if S::REGISTERS >= 32 { 4 } else { 2 };
-    let s = &mut scratch[..BQ * BK];
-    let mut mrow = [f32::NEG_INFINITY; BQ];
-    let mut lrow = [0.0f32; BQ];
+    let (s, rest) = scratch[..SCRATCH_FLOATS].split_at_mut(qb * kb);
+    let (ob, rest) = rest.split_at_mut(qb * dp);
+    let (vt, rest) = rest.split_at_mut(kb * dp);
+    let kpad = &mut rest[..d * l];
+    ob.fill(0.0);
+    vt.fill(0.0);
+    let mut mrow = [f32::NEG_INFINITY; QB_MAX];
+    let mut lrow = [0.0f32; QB_MAX];
     let (q, v) = (a.q.as_ptr(), a.v.as_ptr());
     // SAFETY: `kt` holds K^T for every (sample, head): `d x m` floats each (see `transpose_k`).
     let ktb = unsafe { kt.add((b * a.heads + h) * d * m) };
     // SAFETY (whole body): every query/output row pointer is `off + token * c` with token < n,
-    // every value row `kv_off + key * c` with key < m, plus up to
-    // `d` floats (AttentionArgs::check); output rows `q0..q0 + nq` of head `h` of sample `b`
-    // belong to this task only.
+    // every value row `kv_off + key * c` with key < m, plus up to `d` floats
+    // (AttentionArgs::check); output rows `q0..q0 + nq` of head `h` of sample `b` belong to this
+    // task only; `s`, `ob`, `vt` and `kpad` are this thread's scratch, indexed below their lengths
+    // (`i < qb`, `j < kb`, columns < `dp`).
     unsafe {
-        let orow = |i: usize| out.0.add(off + (q0 + i) * c);
-        for i in 0..nq {
-            core::slice::from_raw_parts_mut(orow(i), d).fill(0.0);
-        }
+        let obp = ob.as_mut_ptr();
+        let vtp = vt.as_mut_ptr();
         let mut j0 = 0;
         while j0 < keys {
-            let bk = BK.min(keys - j0);
+            let bk = kb.min(keys - j0);
+            // This key tile of V, rows padded to `dp` (the padding stays 0 from the fill).
+            for j in 0..bk {
+                let src = v.add(kv_off + (j0 + j) * c);
+                core::ptr::copy_nonoverlapping(src, vtp.add(j * dp), d);
+            }
+            // The keys past the last whole vector (cross-attention's 77 = 4 x 16 + 13 on
+            // AVX-512), as `[d][l]` with zero lanes past them, so they take a vector too.
+            let jt = bk - bk % l;
+            if jt < bk {
+                for dd in 0..d {
+                    for t in 0..l {
+                        kpad[dd * l + t] = if jt + t < bk {
+                            *ktb.add(dd * m + j0 + jt + t)
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
             // Scores S = Q K^T * scale from K^T rows (`ktb + dd * m`): 4 query rows x 4 (then
             // 1) vectors of keys per block, broadcasting one query element per row.
             let mut i = 0;
@@ -110,7 +163,7 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     for (r, ar) in acc.iter().enumerate().take(rows) {
                         for (u, x) in ar.iter().enumerate().take(nu) {
                             S::store(
-                                s.as_mut_ptr().add((i + r) * BK + j + u * l),
+                                s.as_mut_ptr().add((i + r) * kb + j + u * l),
                                 S::mul(*x, S::splat(scale)),
                             );
                         }
@@ -127,19 +180,24 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     }
                     for (r, x) in acc.iter().enumerate().take(rows) {
                         S::store(
-                            s.as_mut_ptr().add((i + r) * BK + j),
+                            s.as_mut_ptr().add((i + r) * kb + j),
                             S::mul(*x, S::splat(scale)),
                         );
                     }
                     j += l;
                 }
-                for r in 0..rows {
-                    for jj in j..bk {
-                        let mut dot = 0.0f32;
-                        for dd in 0..d {
-                            dot += *qr[r].add(dd) * *ktb.add(dd * m + j0 + jj);
+                if j < bk {
+                    let mut acc = [S::zero(); 4];
+                    for dd in 0..d {
+                        let kv = S::load(kpad.as_ptr().add(dd * l));
+                        for (r, x) in acc.iter_mut().enumerate() {
+                            *x = S::fma(S::bcast(qr[r].add(dd)), kv, *x);
                         }
-                        s[(i + r) * BK + jj] = dot * scale;
+                    }
+                    let mut tmp = [0.0f32; 16];
+                    for (r, x) in acc.iter().enumerate().take(rows) {
+                        S::store(tmp.as_mut_ptr(), S::mul(*x, S::splat(scale)));
+                        s[(i + r) * kb + j..(i + r) * kb + bk].copy_from_slice(&tmp[..bk - j]);
                     }
                 }
                 i += rows;
@@ -152,11 +210,11 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                 } else {
                     bk
                 };
-                s[i * BK + seen..i * BK + bk].fill(0.0);
+                s[i * kb + seen..i * kb + bk].fill(0.0);
                 if seen == 0 {
                     continue;
                 }
-                let srow = &mut s[i * BK..i * BK + seen];
+                let srow = &mut s[i * kb..i * kb + seen];
                 let bk = seen;
                 let mut mx = mrow[i];
                 let mut j = 0;
@@ -190,115 +248,61 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                 lrow[i] = lrow[i] * alpha + total;
                 mrow[i] = mx;
                 if alpha != 1.0 {
-                    let o = core::slice::from_raw_parts_mut(orow(i), d);
-                    for x in o.iter_mut() {
-                        *x *= alpha;
+                    let av = S::splat(alpha);
+                    let o = obp.add(i * dp);
+                    for cc in (0..dp).step_by(l) {
+                        S::store(o.add(cc), S::mul(S::load(o.add(cc)), av));
                     }
                 }
             }
-            // O += P V: 4 query rows x up to `nu` vectors of d at a time (independent FMA
-            // chains; a head size under `nu` vectors, SD 1.5's 40 on AVX-512, still gets them),
-            // then the rows left over, then the columns past the last whole vector. Every output
-            // element sums its keys in order, so the blocking does not change the result.
-            let full = d - d % l;
+            // O += P V: 4 query rows (past `nq`: the last one again, never stored) x up to
+            // `nu` vectors of the padded rows at a time, the vectors split evenly between the
+            // passes. Every output element sums its keys in order.
+            let nv = dp / l;
+            let passes = nv.div_ceil(nu);
             let mut i = 0;
             while i < nq {
                 let rows = 4.min(nq - i);
+                let ri = [0, 1, 2, 3].map(|r| i + r.min(rows - 1));
                 let mut col = 0;
-                if rows == 4 {
-                    while col < full {
-                        let w = nu.min((full - col) / l);
-                        let mut acc = [[S::zero(); 4]; 4];
-                        for (r, ar) in acc.iter_mut().enumerate() {
-                            for (u, x) in ar.iter_mut().enumerate().take(w) {
-                                *x = S::load(orow(i + r).add(col + u * l));
-                            }
+                for pass in 0..passes {
+                    // Vectors of this pass: `nv` split as evenly as `passes` allows.
+                    let w = (nv * (pass + 1)) / passes - (nv * pass) / passes;
+                    let mut acc = [[S::zero(); 4]; 4];
+                    for (r, ar) in acc.iter_mut().enumerate() {
+                        for (u, x) in ar.iter_mut().enumerate().take(w) {
+                            *x = S::load(obp.add(ri[r] * dp + col + u * l));
                         }
-                        for j in 0..bk {
-                            let vp = v.add(kv_off + (j0 + j) * c + col);
-                            let mut vv = [S::zero(); 4];
-                            for (u, x) in vv.iter_mut().enumerate().take(w) {
-                                *x = S::load(vp.add(u * l));
-                            }
-                            for (r, ar) in acc.iter_mut().enumerate() {
-                                let pv = S::splat(s[(i + r) * BK + j]);
-                                for u in 0..w {
-                                    ar[u] = S::fma(pv, vv[u], ar[u]);
-                                }
-                            }
-                        }
-                        for (r, ar) in acc.iter().enumerate() {
-                            for (u, x) in ar.iter().enumerate().take(w) {
-                                S::store(orow(i + r).add(col + u * l), *x);
-                            }
-                        }
-                        col += w * l;
-                    }
-                }
-                for r in 0..rows {
-                    let o = orow(i + r);
-                    let mut cc = col;
-                    while cc + l <= d {
-                        let mut acc = S::load(o.add(cc));
-                        for j in 0..bk {
-                            acc = S::fma(
-                                S::splat(s[(i + r) * BK + j]),
-                                S::load(v.add(kv_off + (j0 + j) * c + cc)),
-                                acc,
-                            );
-                        }
-                        S::store(o.add(cc), acc);
-                        cc += l;
-                    }
-                }
-                i += rows;
-            }
-            // The columns past the last whole vector (`d % l`: SD 1.5's head size 40 is
-            // 2 x 16 + 8 on AVX-512): this key block's V columns are copied once into
-            // zero-padded vectors, then 4 query rows at a time add `p * v` lane-wise, a multiply
-            // then an add, which rounds as the scalar `o += p * v` it replaces.
-            let tail = d - full;
-            if tail > 0 {
-                let mut vt = [0.0f32; BK * 16];
-                for j in 0..bk {
-                    let vp = v.add(kv_off + (j0 + j) * c + full);
-                    for t in 0..tail {
-                        vt[j * l + t] = *vp.add(t);
-                    }
-                }
-                let mut i = 0;
-                while i < nq {
-                    let rows = 4.min(nq - i);
-                    let mut ob = [[0.0f32; 16]; 4];
-                    let mut acc = [S::zero(); 4];
-                    for r in 0..rows {
-                        for (t, x) in ob[r].iter_mut().enumerate().take(tail) {
-                            *x = *orow(i + r).add(full + t);
-                        }
-                        acc[r] = S::load(ob[r].as_ptr());
                     }
                     for j in 0..bk {
-                        let vv = S::load(vt.as_ptr().add(j * l));
-                        for (r, x) in acc.iter_mut().enumerate().take(rows) {
-                            *x = S::add(*x, S::mul(S::splat(s[(i + r) * BK + j]), vv));
+                        let vp = vtp.add(j * dp + col);
+                        let mut vv = [S::zero(); 4];
+                        for (u, x) in vv.iter_mut().enumerate().take(w) {
+                            *x = S::load(vp.add(u * l));
+                        }
+                        for (r, ar) in acc.iter_mut().enumerate() {
+                            let pv = S::bcast(s.as_ptr().add(ri[r] * kb + j));
+                            for u in 0..w {
+                                ar[u] = S::fma(pv, vv[u], ar[u]);
+                            }
                         }
                     }
-                    for r in 0..rows {
-                        S::store(ob[r].as_mut_ptr(), acc[r]);
-                        for (t, x) in ob[r].iter().enumerate().take(tail) {
-                            *orow(i + r).add(full + t) = *x;
+                    for (r, ar) in acc.iter().enumerate().take(rows) {
+                        for (u, x) in ar.iter().enumerate().take(w) {
+                            S::store(obp.add((i + r) * dp + col + u * l), *x);
                         }
                     }
-                    i += rows;
+                    col += w * l;
                 }
+                i += rows;
             }
             j0 += bk;
         }
         for (i, total) in lrow.iter().enumerate().take(nq) {
             let inv = 1.0 / total;
-            let o = core::slice::from_raw_parts_mut(orow(i), d);
-            for x in o.iter_mut() {
-                *x *= inv;
+            let o = core::slice::from_raw_parts_mut(out.0.add(off + (q0 + i) * c), d);
+            for (x, y) in o.iter_mut().zip(&ob[i * dp..i * dp + d]) {
+                *x = *y * inv;
             }
         }
     }

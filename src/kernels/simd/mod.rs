@@ -65,14 +65,15 @@ pub(crate) const KC: usize = 256;
 pub(crate) const MR_MAX: usize = 16;
 /// Output-channel blocks whose panels a task keeps (`G_MAX * KC * 32` floats).
 pub(crate) const G_MAX: usize = 4;
-/// Attention tiles: queries per task, keys per score tile.
-pub(crate) const BQ: usize = 16;
+/// Attention: keys per score tile (at most; see `attention::attention_plan`).
 pub(crate) const BK: usize = 64;
 /// Tiles packed together (their A buffers live in L2 while each weight panel sweeps them).
 pub(crate) const TG: usize = 8;
 pub(crate) const SCRATCH_FLOATS: usize = TG * MR_MAX * KC + G_MAX * KC * PACK_OC;
 
-const _: () = assert!(BQ * BK <= SCRATCH_FLOATS);
+// Head sizes up to 256 get the largest attention tiles.
+const _: () =
+    assert!(attention::QB_MAX * BK + (attention::QB_MAX + BK + 16) * 256 <= SCRATCH_FLOATS);
 
 /// One vector instruction set. All methods are `unsafe`: callers must run on a CPU with the
 /// implementing type's features, and pointers must be valid for `LANES` elements.

@@ -197,7 +197,7 @@ macro_rules! simd_table {
                 let o = Shared(out.as_mut_ptr());
                 // SAFETY: features checked; `kt` is complete and now only read; tasks write
                 // disjoint query rows; `th` is the running thread.
-                ex.run(simd::attention_tasks(a), &|t, th| unsafe {
+                ex.run(simd::attention_tasks::<$S>(a), &|t, th| unsafe {
                     attn_task(a, kt.get(), o, t, ex.scratch(th))
                 });
             }
