@@ -28,20 +28,8 @@ use tinydiffusion::kernels::{
 use tinydiffusion::model::Op;
 use tinydiffusion::sampler::{self, SampleOptions};
 use tinydiffusion::schedule::{Scheduler, SchedulerConfig, SchedulerKind};
-use tinydiffusion::testing::{random_model, CIFAR10_CONFIG};
+use tinydiffusion::testing::{rand_vec, random_model, CIFAR10_CONFIG};
 use tinydiffusion::Model;
-
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn cores() -> usize {
     std::thread::available_parallelism()

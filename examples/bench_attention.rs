@@ -8,18 +8,7 @@ use std::time::Instant;
 
 use tinydiffusion::kernels::threads::ThreadPool;
 use tinydiffusion::kernels::{AttentionArgs, Exec, KernelPath, Sequential, SCRATCH_PER_THREAD};
-
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
-}
+use tinydiffusion::testing::rand_vec;
 
 fn main() {
     let path = match std::env::args().nth(1) {

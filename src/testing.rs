@@ -31,6 +31,20 @@ pub const CIFAR10_CONFIG: &str = r#"{
   "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
 }"#;
 
+/// `n` floats in [-1, 1) from a xorshift generator seeded with `seed` (kernel benchmarks'
+/// inputs: the same on every run and machine).
+pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// A diffusers-layout safetensors file (f16, diffusers names and shapes) holding seeded random
 /// weights for every tensor `config_json` needs.
 pub fn random_weights(config_json: &str, seed: u64) -> Result<Vec<u8>> {

@@ -253,6 +253,27 @@ fn cli_replays_the_library_run() {
     }
 }
 
+/// One image of a text run from the latents `x_t` (seed 3 for anything not injected).
+fn one_image_run(
+    model: &Model,
+    sampler: &Sampler,
+    text: TextConditioning,
+    x_t: &[f32],
+) -> Vec<f32> {
+    let opts = SampleOptions {
+        text: Some(text),
+        initial_noise: Some(x_t),
+        ..SampleOptions::new(1, 3)
+    };
+    let mut ws = vec![f32::NAN; sampler.workspace_len(model, 1, text.guided())];
+    let (c, h, w) = model.image_shape();
+    let mut out = vec![0.0f32; c * h * w];
+    sampler
+        .sample(model, &mut ws, &opts, &mut out, None)
+        .unwrap();
+    out
+}
+
 /// A copy of the SD 1.x fixture folder without `component`.
 fn folder_without(component: &str) -> PathBuf {
     let dir = tmp(&format!("without-{component}"));
@@ -477,18 +498,7 @@ fn a_shorter_tokenizer_sets_the_text_length() {
         guidance_scale: 7.5,
     };
     let reference = TensorFile::open(sd_dir().join("short-tokenizer.safetensors"));
-    let x_t = reference.f32s("x_T");
-    let opts = SampleOptions {
-        text: Some(text),
-        initial_noise: Some(&x_t),
-        ..SampleOptions::new(1, 3)
-    };
-    let mut ws = vec![0.0f32; sampler.workspace_len(&model, 1, true)];
-    let (c, h, w) = model.image_shape();
-    let mut out = vec![0.0f32; c * h * w];
-    sampler
-        .sample(&model, &mut ws, &opts, &mut out, None)
-        .unwrap();
+    let mut out = one_image_run(&model, &sampler, text, &reference.f32s("x_T"));
     let err = rel_l2(&out, &reference.f64s("image"));
     println!("16-token pipeline run vs diffusers: rel L2 {err:.2e}");
     assert!(err <= 1e-3, "16-token pipeline run vs diffusers: {err:.3e}");
@@ -502,6 +512,7 @@ fn a_shorter_tokenizer_sets_the_text_length() {
         text: Some(wrong),
         ..SampleOptions::new(1, 3)
     };
+    let mut ws = vec![0.0f32; sampler.workspace_len(&model, 1, true)];
     assert!(matches!(
         sampler.sample(&model, &mut ws, &opts, &mut out, None),
         Err(Error::BufferSize { .. })
@@ -554,17 +565,8 @@ fn clip_skip_matches_diffusers() {
         guidance_scale: 7.5,
     };
     let x_t = reference.f32s("x_T");
-    let opts = SampleOptions {
-        text: Some(text),
-        initial_noise: Some(&x_t),
-        ..SampleOptions::new(1, 3)
-    };
-    let mut ws = vec![f32::NAN; sampler.workspace_len(&model, 1, true)];
-    let (c, h, w) = model.image_shape();
-    let mut out = vec![0.0f32; c * h * w];
-    sampler
-        .sample(&model, &mut ws, &opts, &mut out, None)
-        .unwrap();
+    let out = one_image_run(&model, &sampler, text, &x_t);
+    let (_, h, w) = model.image_shape();
     let err = rel_l2(&out, &reference.f64s("image"));
     println!("clip_skip 1 pipeline run vs diffusers: rel L2 {err:.2e}");
     assert!(err <= 1e-3, "clip_skip 1 pipeline run: {err:.3e}");
