@@ -30,7 +30,7 @@ pub(crate) unsafe fn transpose_k(a: &AttentionArgs<'_>, kt: Shared<f32>, task: u
     }
 }
 
-/// Most query rows one task takes (32 measured faster than 16 or 64 on Zen 4).
+/// Most query rows one task takes (on Zen 4, 16 was slower than 32 and 64 within noise of it).
 pub(crate) const QB_MAX: usize = 32;
 
 /// Tiles of one attention task: (queries per task, keys per score tile). The task's scratch
@@ -137,70 +137,24 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     }
                 }
             }
-            // Scores S = Q K^T * scale from K^T rows (`ktb + dd * m`): 4 query rows x 4 (then
-            // 1) vectors of keys per block, broadcasting one query element per row.
-            let mut i = 0;
-            while i < nq {
-                let rows = 4.min(nq - i);
-                // Rows past `nq` repeat the last one (never stored), so the block stays square.
-                let qr = [0, 1, 2, 3].map(|r| q.add(off + (q0 + i + r.min(rows - 1)) * c));
-                let mut j = 0;
-                while j + nu * l <= bk {
-                    let mut acc = [[S::zero(); 4]; 4];
-                    for dd in 0..d {
-                        let kp = ktb.add(dd * m + j0 + j);
-                        let mut kv = [S::zero(); 4];
-                        for (u, x) in kv.iter_mut().enumerate().take(nu) {
-                            *x = S::load(kp.add(u * l));
-                        }
-                        for (r, ar) in acc.iter_mut().enumerate() {
-                            let qv = S::bcast(qr[r].add(dd));
-                            for u in 0..nu {
-                                ar[u] = S::fma(qv, kv[u], ar[u]);
-                            }
-                        }
-                    }
-                    for (r, ar) in acc.iter().enumerate().take(rows) {
-                        for (u, x) in ar.iter().enumerate().take(nu) {
-                            S::store(
-                                s.as_mut_ptr().add((i + r) * kb + j + u * l),
-                                S::mul(*x, S::splat(scale)),
-                            );
-                        }
-                    }
-                    j += nu * l;
-                }
-                while j + l <= bk {
-                    let mut acc = [S::zero(); 4];
-                    for dd in 0..d {
-                        let kv = S::load(ktb.add(dd * m + j0 + j));
-                        for (r, x) in acc.iter_mut().enumerate() {
-                            *x = S::fma(S::bcast(qr[r].add(dd)), kv, *x);
-                        }
-                    }
-                    for (r, x) in acc.iter().enumerate().take(rows) {
-                        S::store(
-                            s.as_mut_ptr().add((i + r) * kb + j),
-                            S::mul(*x, S::splat(scale)),
-                        );
-                    }
-                    j += l;
-                }
-                if j < bk {
-                    let mut acc = [S::zero(); 4];
-                    for dd in 0..d {
-                        let kv = S::load(kpad.as_ptr().add(dd * l));
-                        for (r, x) in acc.iter_mut().enumerate() {
-                            *x = S::fma(S::bcast(qr[r].add(dd)), kv, *x);
-                        }
-                    }
-                    let mut tmp = [0.0f32; 16];
-                    for (r, x) in acc.iter().enumerate().take(rows) {
-                        S::store(tmp.as_mut_ptr(), S::mul(*x, S::splat(scale)));
-                        s[(i + r) * kb + j..(i + r) * kb + bk].copy_from_slice(&tmp[..bk - j]);
-                    }
-                }
-                i += rows;
+            // Scores S = Q K^T * scale, from K^T rows (`ktb + dd * m`) and the padded tail.
+            let t = ScoreTile {
+                q: q.add(off + q0 * c),
+                c,
+                kt: ktb.add(j0),
+                m,
+                kpad: kpad.as_ptr(),
+                d,
+                s: s.as_mut_ptr(),
+                kb,
+                nq,
+                keys: bk,
+                scale,
+            };
+            if S::REGISTERS >= 32 {
+                scores::<S, 4, 4>(&t);
+            } else {
+                scores::<S, 4, 2>(&t);
             }
             // Online softmax over the keys row i sees (causal: keys up to q0 + i); the scores
             // of the masked keys become 0, so the P V pass below adds nothing for them.
@@ -255,46 +209,35 @@ pub(crate) unsafe fn attention_task<S: Simd>(
                     }
                 }
             }
-            // O += P V: 4 query rows (past `nq`: the last one again, never stored) x up to
-            // `nu` vectors of the padded rows at a time, the vectors split evenly between the
-            // passes. Every output element sums its keys in order.
+            // O += P V, one pass per group of up to `nu` vectors of the padded rows (the
+            // vectors split evenly between the passes). Every output element sums its keys in
+            // order, so the tiling does not change the bits.
             let nv = dp / l;
             let passes = nv.div_ceil(nu);
-            let mut i = 0;
-            while i < nq {
-                let rows = 4.min(nq - i);
-                let ri = [0, 1, 2, 3].map(|r| i + r.min(rows - 1));
-                let mut col = 0;
-                for pass in 0..passes {
-                    // Vectors of this pass: `nv` split as evenly as `passes` allows.
-                    let w = (nv * (pass + 1)) / passes - (nv * pass) / passes;
-                    let mut acc = [[S::zero(); 4]; 4];
-                    for (r, ar) in acc.iter_mut().enumerate() {
-                        for (u, x) in ar.iter_mut().enumerate().take(w) {
-                            *x = S::load(obp.add(ri[r] * dp + col + u * l));
-                        }
-                    }
-                    for j in 0..bk {
-                        let vp = vtp.add(j * dp + col);
-                        let mut vv = [S::zero(); 4];
-                        for (u, x) in vv.iter_mut().enumerate().take(w) {
-                            *x = S::load(vp.add(u * l));
-                        }
-                        for (r, ar) in acc.iter_mut().enumerate() {
-                            let pv = S::bcast(s.as_ptr().add(ri[r] * kb + j));
-                            for u in 0..w {
-                                ar[u] = S::fma(pv, vv[u], ar[u]);
-                            }
-                        }
-                    }
-                    for (r, ar) in acc.iter().enumerate().take(rows) {
-                        for (u, x) in ar.iter().enumerate().take(w) {
-                            S::store(obp.add((i + r) * dp + col + u * l), *x);
-                        }
-                    }
-                    col += w * l;
+            let mut col = 0;
+            for pass in 0..passes {
+                let w = (nv * (pass + 1)) / passes - (nv * pass) / passes;
+                let t = PvTile {
+                    s: s.as_ptr(),
+                    kb,
+                    o: obp,
+                    v: vtp,
+                    dp,
+                    col,
+                    nq,
+                    keys: bk,
+                };
+                // Rows x vectors: accumulators + one row of V + one broadcast within the
+                // register file (AVX-512 and NEON: 32, AVX2: 16).
+                match (S::REGISTERS >= 32, w) {
+                    (true, 1) => pv_pass::<S, 12, 1>(&t),
+                    (true, 2) => pv_pass::<S, 8, 2>(&t),
+                    (true, 3) => pv_pass::<S, 8, 3>(&t),
+                    (true, _) => pv_pass::<S, 6, 4>(&t),
+                    (false, 1) => pv_pass::<S, 8, 1>(&t),
+                    (false, _) => pv_pass::<S, 4, 2>(&t),
                 }
-                i += rows;
+                col += w * l;
             }
             j0 += bk;
         }
@@ -304,6 +247,167 @@ pub(crate) unsafe fn attention_task<S: Simd>(
             for (x, y) in o.iter_mut().zip(&ob[i * dp..i * dp + d]) {
                 *x = *y * inv;
             }
+        }
+    }
+}
+
+/// One P V pass of an attention task: output columns `col..col + W * LANES` of its `nq` rows.
+struct PvTile {
+    /// Probabilities, `nq` rows of `kb` (the first `keys` used).
+    s: *const f32,
+    kb: usize,
+    /// Output rows (`dp` floats apart), read, added to and written back.
+    o: *mut f32,
+    /// The V tile, `keys` rows of `dp`.
+    v: *const f32,
+    dp: usize,
+    col: usize,
+    nq: usize,
+    keys: usize,
+}
+
+/// `R` query rows x `W` vectors at a time, the accumulators in registers (compile-time sizes,
+/// so the compiler keeps them there); rows past `nq` repeat the last one and are not stored.
+///
+/// # Safety
+/// CPU features of `S`; the tile's pointers cover the extents documented on [`PvTile`], with
+/// `col + W * LANES <= dp`.
+#[inline(always)]
+unsafe fn pv_pass<S: Simd, const R: usize, const W: usize>(t: &PvTile) {
+    let l = S::LANES;
+    let mut i = 0;
+    // SAFETY: rows < nq, columns < col + W * l <= dp and keys < `keys` (see `PvTile`).
+    unsafe {
+        while i < t.nq {
+            let rows = R.min(t.nq - i);
+            let row: [usize; R] = core::array::from_fn(|r| i + r.min(rows - 1));
+            let mut acc = [[S::zero(); W]; R];
+            for r in 0..R {
+                for u in 0..W {
+                    acc[r][u] = S::load(t.o.add(row[r] * t.dp + t.col + u * l));
+                }
+            }
+            let sp: [*const f32; R] = core::array::from_fn(|r| t.s.add(row[r] * t.kb));
+            for j in 0..t.keys {
+                let vp = t.v.add(j * t.dp + t.col);
+                let vv: [S::V; W] = core::array::from_fn(|u| S::load(vp.add(u * l)));
+                for r in 0..R {
+                    let p = S::bcast(sp[r].add(j));
+                    for u in 0..W {
+                        acc[r][u] = S::fma(p, vv[u], acc[r][u]);
+                    }
+                }
+            }
+            for r in 0..rows {
+                for u in 0..W {
+                    S::store(t.o.add((i + r) * t.dp + t.col + u * l), acc[r][u]);
+                }
+            }
+            i += rows;
+        }
+    }
+}
+
+/// The score tile of an attention task: `nq` query rows x `keys` keys.
+struct ScoreTile {
+    /// The task's first query row (rows `c` floats apart, `d` used).
+    q: *const f32,
+    c: usize,
+    /// K^T at the tile's first key: `d` rows `m` floats apart.
+    kt: *const f32,
+    m: usize,
+    /// The keys past the last whole vector as `[d][LANES]`, zero lanes past them.
+    kpad: *const f32,
+    d: usize,
+    /// Scores out, `nq` rows of `kb`.
+    s: *mut f32,
+    kb: usize,
+    nq: usize,
+    keys: usize,
+    scale: f32,
+}
+
+/// `R` query rows x `U` vectors of keys, accumulated over the head size, scaled.
+///
+/// # Safety
+/// CPU features of `S`; `qr[r] + dd` readable for `dd < d`, `k + dd * stride + u * LANES`
+/// readable for `LANES` floats for `dd < d`, `u < U`.
+#[inline(always)]
+unsafe fn score_block<S: Simd, const R: usize, const U: usize>(
+    qr: &[*const f32; R],
+    k: *const f32,
+    stride: usize,
+    d: usize,
+    scale: S::V,
+) -> [[S::V; U]; R] {
+    let l = S::LANES;
+    // SAFETY: as documented above.
+    unsafe {
+        let mut acc = [[S::zero(); U]; R];
+        for dd in 0..d {
+            let kp = k.add(dd * stride);
+            let kv: [S::V; U] = core::array::from_fn(|u| S::load(kp.add(u * l)));
+            for r in 0..R {
+                let qv = S::bcast(qr[r].add(dd));
+                for u in 0..U {
+                    acc[r][u] = S::fma(qv, kv[u], acc[r][u]);
+                }
+            }
+        }
+        for row in acc.iter_mut() {
+            for x in row.iter_mut() {
+                *x = S::mul(*x, scale);
+            }
+        }
+        acc
+    }
+}
+
+/// Fills the score tile: `R` query rows x `U` vectors of keys per block (compile-time sizes,
+/// so the accumulators stay in registers), then single vectors, then the padded tail; rows
+/// past `nq` repeat the last one and are not stored.
+///
+/// # Safety
+/// CPU features of `S`; the pointers cover the extents documented on [`ScoreTile`], with
+/// `keys <= kb` and `keys` keys readable in every K^T row.
+#[inline(always)]
+unsafe fn scores<S: Simd, const R: usize, const U: usize>(t: &ScoreTile) {
+    let l = S::LANES;
+    // SAFETY: rows < nq, keys < `keys`, K^T rows < d (see `ScoreTile`).
+    unsafe {
+        let scale = S::splat(t.scale);
+        let mut i = 0;
+        while i < t.nq {
+            let rows = R.min(t.nq - i);
+            let qr: [*const f32; R] =
+                core::array::from_fn(|r| t.q.add((i + r.min(rows - 1)) * t.c));
+            let out = |r: usize, j: usize| t.s.add((i + r) * t.kb + j);
+            let mut j = 0;
+            while j + U * l <= t.keys {
+                let acc = score_block::<S, R, U>(&qr, t.kt.add(j), t.m, t.d, scale);
+                for (r, row) in acc.iter().enumerate().take(rows) {
+                    for (u, x) in row.iter().enumerate() {
+                        S::store(out(r, j + u * l), *x);
+                    }
+                }
+                j += U * l;
+            }
+            while j + l <= t.keys {
+                let acc = score_block::<S, R, 1>(&qr, t.kt.add(j), t.m, t.d, scale);
+                for (r, row) in acc.iter().enumerate().take(rows) {
+                    S::store(out(r, j), row[0]);
+                }
+                j += l;
+            }
+            if j < t.keys {
+                let acc = score_block::<S, R, 1>(&qr, t.kpad, l, t.d, scale);
+                let mut tmp = [0.0f32; 16];
+                for (r, row) in acc.iter().enumerate().take(rows) {
+                    S::store(tmp.as_mut_ptr(), row[0]);
+                    core::ptr::copy_nonoverlapping(tmp.as_ptr(), out(r, j), t.keys - j);
+                }
+            }
+            i += rows;
         }
     }
 }
