@@ -154,7 +154,7 @@ fn profile(
     let mut rows: Vec<_> = rows.into_iter().collect();
     rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
     println!("profile: {total:.2} s in ops");
-    for (key, (secs, flops, n)) in rows.iter().take(25) {
+    for (key, (secs, flops, n)) in rows.iter().take(60) {
         println!(
             "{secs:>8.2} s {:>5.1}% {:>6.1} GFLOP/s x{n:<3} {key}",
             100.0 * secs / total,
