@@ -138,11 +138,6 @@ impl Simd for Neon {
         // SAFETY: see the impl comment.
         unsafe { vaddvq_f32(v) }
     }
-    #[inline(always)]
-    unsafe fn hmax(v: float32x4_t) -> f32 {
-        // SAFETY: see the impl comment.
-        unsafe { vmaxvq_f32(v) }
-    }
 }
 
 simd_table!(

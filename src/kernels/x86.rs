@@ -145,11 +145,6 @@ impl Simd for Avx512 {
         // SAFETY: see the impl comment.
         unsafe { _mm512_reduce_add_ps(v) }
     }
-    #[inline(always)]
-    unsafe fn hmax(v: __m512) -> f32 {
-        // SAFETY: see the impl comment.
-        unsafe { _mm512_reduce_max_ps(v) }
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -253,19 +248,6 @@ impl Simd for Avx2 {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-            _mm_cvtss_f32(s)
-        }
-    }
-    ///
-    /// # Safety
-    /// the CPU has AVX (checked with the AVX2 path).
-    #[inline(always)]
-    unsafe fn hmax(v: __m256) -> f32 {
-        // SAFETY: see the impl comment.
-        unsafe {
-            let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_max_ss(s, _mm_shuffle_ps::<1>(s, s));
             _mm_cvtss_f32(s)
         }
     }

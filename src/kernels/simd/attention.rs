@@ -1,413 +1,334 @@
-//! Attention.
+//! Attention, vectorised across queries.
+//!
+//! A task takes `QV` vectors of queries (48 on AVX-512, 16 on AVX2) of one (sample, head) and
+//! keeps them transposed: the query tile as `[d][queries]`, the score tile of `BK` keys as
+//! `[keys][queries]` and the output accumulators as `[d][queries]`. Every lane is one query,
+//! so the online softmax (running max, sum, rescale) is plain vertical vector arithmetic with
+//! no horizontal reductions, keys and head sizes of any length need no padding (a key, or a
+//! channel of the head, is a broadcast), and K and V are read in place.
 
 use super::{Shared, Simd, BK, SCRATCH_FLOATS};
 use crate::kernels::AttentionArgs;
 
-/// Writes K^T for (sample, head) `task` into `kt` as `[d][kv_tokens]` at offset
-/// `task * d * kv_tokens`, so the score blocks read keys as contiguous vectors.
-///
-/// # Safety
-/// `AttentionArgs::check` passed and `kt` holds `tasks * d * kv_tokens` floats; the task writes only its own `d * kv_tokens` block.
+/// Query vectors per task and key (or head channel) rows per register block, by register
+/// file: `R x QV` accumulators + `QV` loads + one broadcast must fit (32 registers: 8 x 3 +
+/// 4 = 28; AVX2's 16: 6 x 2 + 3 = 15).
 #[inline(always)]
-pub(crate) unsafe fn transpose_k(a: &AttentionArgs<'_>, kt: Shared<f32>, task: usize) {
-    // Keys: `kv_tokens` of them (the text states' count in cross-attention).
-    let (n, c) = (a.kv_tokens, a.channels);
-    let d = c / a.heads;
-    let (b, h) = (task / a.heads, task % a.heads);
-    let src = &a.k[b * n * c + h * d..];
-    // SAFETY: the caller gives `kt` room for batch * heads * d * n floats; this task writes only
-    // its own `d * n` block.
-    let dst = unsafe { core::slice::from_raw_parts_mut(kt.0.add(task * d * n), d * n) };
-    let mut j0 = 0;
-    while j0 < n {
-        let j1 = (j0 + 16).min(n);
-        for dd in 0..d {
-            for j in j0..j1 {
-                dst[dd * n + j] = src[j * c + dd];
-            }
-        }
-        j0 = j1;
+const fn tile<S: Simd>() -> (usize, usize) {
+    if S::REGISTERS >= 32 {
+        (3, 8)
+    } else {
+        (2, 6)
     }
 }
 
-/// Most query rows one task takes (on Zen 4, 16 was slower than 32 and 64 within noise of it).
-pub(crate) const QB_MAX: usize = 32;
-
-/// Tiles of one attention task: (queries per task, keys per score tile). The task's scratch
-/// holds the `qb x kb` scores, its `qb` output rows and one `kb`-key tile of V, both with rows
-/// padded to whole vectors (`dp`): as large as fit, up to `QB_MAX x BK`, so each K^T / V tile
-/// read from cache serves up to `QB_MAX` queries.
+/// Queries per task.
 #[inline(always)]
-pub(crate) fn attention_plan<S: Simd>(a: &AttentionArgs<'_>) -> (usize, usize) {
-    let d = a.channels / a.heads;
-    let dp = d.div_ceil(S::LANES) * S::LANES;
-    let fits = |qb: usize, kb: usize| qb * kb + qb * dp + kb * dp + d * S::LANES <= SCRATCH_FLOATS;
-    let mut qb = QB_MAX;
-    while qb > 4 && !fits(qb, BK) {
-        qb /= 2;
-    }
-    let mut kb = BK;
-    while kb > 1 && !fits(qb, kb) {
-        kb /= 2;
-    }
-    assert!(fits(qb, kb), "attention: head size {d} too large");
-    (qb, kb)
+pub(crate) fn queries_per_task<S: Simd>() -> usize {
+    tile::<S>().0 * S::LANES
 }
 
 /// Query tasks of an attention call.
 #[inline(always)]
 pub(crate) fn attention_tasks<S: Simd>(a: &AttentionArgs<'_>) -> usize {
-    a.batch * a.heads * a.tokens.div_ceil(attention_plan::<S>(a).0)
+    a.batch * a.heads * a.tokens.div_ceil(queries_per_task::<S>())
 }
 
-/// softmax(Q K^T / sqrt(d)) V for `qb` queries of one (sample, head) ([`attention_plan`]): key
-/// tiles of `kb` with an online softmax (running max and sum). The output rows accumulate in
-/// the task's scratch, padded to whole vectors, as does a copy of each V tile, so the P V
-/// product has no partial vectors (SD 1.5's head size 40 is 3 AVX-512 vectors, 5 AVX2 ones);
-/// they are scaled by 1 / sum and written to `out` at the end.
+/// Keys per score tile: `BK`, or fewer when a large head leaves less scratch (the query and
+/// output tiles take `2 * d * queries` floats).
+#[inline(always)]
+fn key_tile<S: Simd>(d: usize) -> usize {
+    let qb = queries_per_task::<S>();
+    let room = SCRATCH_FLOATS.saturating_sub(2 * d * qb) / qb;
+    assert!(
+        room >= 1,
+        "attention: head size {d} too large for the scratch"
+    );
+    room.min(BK)
+}
+
+/// softmax(Q K^T / sqrt(d)) V for the queries of task `task` (see the module comment).
 ///
 /// # Safety
-/// CPU features of `S`; `AttentionArgs::check` passed, `kt` was filled by `transpose_k`;
-/// `scratch` holds `SCRATCH_FLOATS`; the task writes only its own query rows of `out`.
+/// CPU features of `S`; `AttentionArgs::check` passed; `scratch` holds `SCRATCH_FLOATS`; the
+/// task writes only its own query rows of head `h` of `out`.
 #[inline(always)]
 pub(crate) unsafe fn attention_task<S: Simd>(
     a: &AttentionArgs<'_>,
-    kt: *const f32,
+    out: Shared<f32>,
+    task: usize,
+    scratch: &mut [f32],
+) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        if S::REGISTERS >= 32 {
+            task_tiles::<S, 3, 8>(a, out, task, scratch)
+        } else {
+            task_tiles::<S, 2, 6>(a, out, task, scratch)
+        }
+    }
+}
+
+/// [`attention_task`] with `QV` query vectors and `R`-row register blocks.
+///
+/// # Safety
+/// As [`attention_task`], with `(QV, R) == tile::<S>()`.
+#[inline(always)]
+unsafe fn task_tiles<S: Simd, const QV: usize, const R: usize>(
+    a: &AttentionArgs<'_>,
     out: Shared<f32>,
     task: usize,
     scratch: &mut [f32],
 ) {
     let l = S::LANES;
-    let (n, c) = (a.tokens, a.channels);
+    let qb = QV * l;
+    let (n, c, m) = (a.tokens, a.channels, a.kv_tokens);
     let d = c / a.heads;
-    let dp = d.div_ceil(l) * l;
-    let (qb, kb) = attention_plan::<S>(a);
+    let kb = key_tile::<S>(d);
     let qtasks = n.div_ceil(qb);
     let (bh, qt) = (task / qtasks, task % qtasks);
     let (b, h) = (bh / a.heads, bh % a.heads);
     let q0 = qt * qb;
     let nq = qb.min(n - q0);
-    let m = a.kv_tokens;
     // Causal: no query of this task sees a key past its last row.
     let keys = if a.causal { (q0 + nq).min(m) } else { m };
     let off = b * n * c + h * d;
     let kv_off = b * m * c + h * d;
     let scale = 1.0 / libm::sqrtf(d as f32);
-    // Vectors per accumulator row: 4 rows x `nu` vectors + `nu` loads + 1 broadcast must fit
-    // the register file (AVX2's 16 ymm: 4 x 2).
-    let nu = if S::REGISTERS >= 32 { 4 } else { 2 };
-    let (s, rest) = scratch[..SCRATCH_FLOATS].split_at_mut(qb * kb);
-    let (ob, rest) = rest.split_at_mut(qb * dp);
-    let (vt, rest) = rest.split_at_mut(kb * dp);
-    let kpad = &mut rest[..d * l];
-    ob.fill(0.0);
-    vt.fill(0.0);
-    let mut mrow = [f32::NEG_INFINITY; QB_MAX];
-    let mut lrow = [0.0f32; QB_MAX];
-    let (q, v) = (a.q.as_ptr(), a.v.as_ptr());
-    // SAFETY: `kt` holds K^T for every (sample, head): `d x m` floats each (see `transpose_k`).
-    let ktb = unsafe { kt.add((b * a.heads + h) * d * m) };
-    // SAFETY (whole body): every query/output row pointer is `off + token * c` with token < n,
-    // every value row `kv_off + key * c` with key < m, plus up to `d` floats
-    // (AttentionArgs::check); output rows `q0..q0 + nq` of head `h` of sample `b` belong to this
-    // task only; `s`, `ob`, `vt` and `kpad` are this thread's scratch, indexed below their lengths
-    // (`i < qb`, `j < kb`, columns < `dp`).
+    let (qt_buf, rest) = scratch[..SCRATCH_FLOATS].split_at_mut(d * qb);
+    let (ot, rest) = rest.split_at_mut(d * qb);
+    let st = &mut rest[..kb * qb];
+    // The query tile, transposed; lanes past `nq` are 0 (their scores are 0, never stored).
+    for (dd, row) in qt_buf.chunks_exact_mut(qb).enumerate() {
+        for (i, x) in row.iter_mut().enumerate() {
+            *x = if i < nq {
+                a.q[off + (q0 + i) * c + dd]
+            } else {
+                0.0
+            };
+        }
+    }
+    ot.fill(0.0);
+    // SAFETY (whole body): K and V rows `kv_off + key * c` with key < keys <= m, plus up to `d`
+    // floats, are inside `a.k` / `a.v` (AttentionArgs::check); the tiles are this thread's
+    // scratch, `d * qb` and `kb * qb` floats, indexed below those lengths; output rows
+    // `q0..q0 + nq` of head `h` of sample `b` belong to this task only.
     unsafe {
-        let obp = ob.as_mut_ptr();
-        let vtp = vt.as_mut_ptr();
+        let (kp, vp) = (a.k.as_ptr().add(kv_off), a.v.as_ptr().add(kv_off));
+        let stp = st.as_mut_ptr();
+        let otp = ot.as_mut_ptr();
+        let mut mrow = [S::zero(); QV];
+        let mut lrow = [S::zero(); QV];
         let mut j0 = 0;
         while j0 < keys {
             let bk = kb.min(keys - j0);
-            // This key tile of V, rows padded to `dp` (the padding stays 0 from the fill).
-            for j in 0..bk {
-                let src = v.add(kv_off + (j0 + j) * c);
-                core::ptr::copy_nonoverlapping(src, vtp.add(j * dp), d);
-            }
-            // The keys past the last whole vector (cross-attention's 77 = 4 x 16 + 13 on
-            // AVX-512), as `[d][l]` with zero lanes past them, so they take a vector too.
-            let jt = bk - bk % l;
-            if jt < bk {
-                for dd in 0..d {
-                    for t in 0..l {
-                        kpad[dd * l + t] = if jt + t < bk {
-                            *ktb.add(dd * m + j0 + jt + t)
-                        } else {
-                            0.0
-                        };
+            scores::<S, QV, R>(qt_buf.as_ptr(), d, kp.add(j0 * c), c, bk, stp, scale);
+            // Causal: key j0 + j is hidden from query q0 + i when j0 + j > q0 + i. Key 0 is
+            // in the first tile and seen by every query, so each running max is finite.
+            let masked = a.causal && j0 + bk > q0 + 1;
+            let mask = |value: f32| {
+                for j in (q0 + 1).saturating_sub(j0)..bk {
+                    let hidden = (j0 + j - q0).min(qb);
+                    for i in 0..hidden {
+                        *stp.add(j * qb + i) = value;
                     }
                 }
-            }
-            // Scores S = Q K^T * scale, from K^T rows (`ktb + dd * m`) and the padded tail.
-            let t = ScoreTile {
-                q: q.add(off + q0 * c),
-                c,
-                kt: ktb.add(j0),
-                m,
-                kpad: kpad.as_ptr(),
-                d,
-                s: s.as_mut_ptr(),
-                kb,
-                nq,
-                keys: bk,
-                scale,
             };
-            if S::REGISTERS >= 32 {
-                scores::<S, 4, 4>(&t);
+            if masked {
+                mask(f32::NEG_INFINITY);
+            }
+            let first = j0 == 0;
+            let mut mnew = [S::zero(); QV];
+            for v in 0..QV {
+                let mut mt = S::load(stp.add(v * l));
+                for j in 1..bk {
+                    mt = S::max(mt, S::load(stp.add(j * qb + v * l)));
+                }
+                mnew[v] = if first { mt } else { S::max(mrow[v], mt) };
+            }
+            let mut sum = [S::zero(); QV];
+            for j in 0..bk {
+                for v in 0..QV {
+                    let p = stp.add(j * qb + v * l);
+                    let e = S::exp(S::sub(S::load(p), mnew[v]));
+                    S::store(p, e);
+                    sum[v] = S::add(sum[v], e);
+                }
+            }
+            if masked {
+                // exp(-inf) is clamped to a tiny number: make the hidden keys exactly 0 and
+                // sum again.
+                mask(0.0);
+                sum = [S::zero(); QV];
+                for j in 0..bk {
+                    for v in 0..QV {
+                        sum[v] = S::add(sum[v], S::load(stp.add(j * qb + v * l)));
+                    }
+                }
+            }
+            if first {
+                lrow = sum;
             } else {
-                scores::<S, 4, 2>(&t);
-            }
-            // Online softmax over the keys row i sees (causal: keys up to q0 + i); the scores
-            // of the masked keys become 0, so the P V pass below adds nothing for them.
-            for i in 0..nq {
-                let seen = if a.causal {
-                    (q0 + i + 1).saturating_sub(j0).min(bk)
-                } else {
-                    bk
-                };
-                s[i * kb + seen..i * kb + bk].fill(0.0);
-                if seen == 0 {
-                    continue;
+                let mut alpha = [S::zero(); QV];
+                for v in 0..QV {
+                    alpha[v] = S::exp(S::sub(mrow[v], mnew[v]));
+                    lrow[v] = S::fma(lrow[v], alpha[v], sum[v]);
                 }
-                let srow = &mut s[i * kb..i * kb + seen];
-                let bk = seen;
-                let mut mx = mrow[i];
-                let mut j = 0;
-                if bk >= l {
-                    let mut mv = S::splat(mx);
-                    while j + l <= bk {
-                        mv = S::max(mv, S::load(srow.as_ptr().add(j)));
-                        j += l;
-                    }
-                    mx = S::hmax(mv);
-                }
-                for x in &srow[j..] {
-                    mx = mx.max(*x);
-                }
-                let alpha = libm::expf(mrow[i] - mx);
-                let mut total = 0.0f32;
-                let mut j = 0;
-                let mv = S::splat(mx);
-                let mut tv = S::zero();
-                while j + l <= bk {
-                    let e = S::exp(S::sub(S::load(srow.as_ptr().add(j)), mv));
-                    S::store(srow.as_mut_ptr().add(j), e);
-                    tv = S::add(tv, e);
-                    j += l;
-                }
-                total += S::hsum(tv);
-                for x in &mut srow[j..] {
-                    *x = libm::expf(*x - mx);
-                    total += *x;
-                }
-                lrow[i] = lrow[i] * alpha + total;
-                mrow[i] = mx;
-                if alpha != 1.0 {
-                    let av = S::splat(alpha);
-                    let o = obp.add(i * dp);
-                    for cc in (0..dp).step_by(l) {
-                        S::store(o.add(cc), S::mul(S::load(o.add(cc)), av));
+                for dd in 0..d {
+                    for v in 0..QV {
+                        let o = otp.add(dd * qb + v * l);
+                        S::store(o, S::mul(S::load(o), alpha[v]));
                     }
                 }
             }
-            // O += P V, one pass per group of up to `nu` vectors of the padded rows (the
-            // vectors split evenly between the passes). Every output element sums its keys in
-            // order, so the tiling does not change the bits.
-            let nv = dp / l;
-            let passes = nv.div_ceil(nu);
-            let mut col = 0;
-            for pass in 0..passes {
-                let w = (nv * (pass + 1)) / passes - (nv * pass) / passes;
-                let t = PvTile {
-                    s: s.as_ptr(),
-                    kb,
-                    o: obp,
-                    v: vtp,
-                    dp,
-                    col,
-                    nq,
-                    keys: bk,
-                };
-                // Rows x vectors: accumulators + one row of V + one broadcast within the
-                // register file (AVX-512 and NEON: 32, AVX2: 16).
-                match (S::REGISTERS >= 32, w) {
-                    (true, 1) => pv_pass::<S, 12, 1>(&t),
-                    (true, 2) => pv_pass::<S, 8, 2>(&t),
-                    (true, 3) => pv_pass::<S, 8, 3>(&t),
-                    (true, _) => pv_pass::<S, 6, 4>(&t),
-                    (false, 1) => pv_pass::<S, 8, 1>(&t),
-                    (false, _) => pv_pass::<S, 4, 2>(&t),
-                }
-                col += w * l;
-            }
+            mrow = mnew;
+            pv::<S, QV, R>(stp, bk, vp.add(j0 * c), c, d, otp);
             j0 += bk;
         }
-        for (i, total) in lrow.iter().enumerate().take(nq) {
-            let inv = 1.0 / total;
+        // Scale by 1 / sum and write the rows back, transposed.
+        let mut inv = [0.0f32; 64];
+        for v in 0..QV {
+            S::store(inv.as_mut_ptr().add(v * l), S::div(S::splat(1.0), lrow[v]));
+        }
+        for (i, inv) in inv.iter().enumerate().take(nq) {
             let o = core::slice::from_raw_parts_mut(out.0.add(off + (q0 + i) * c), d);
-            for (x, y) in o.iter_mut().zip(&ob[i * dp..i * dp + d]) {
-                *x = *y * inv;
+            for (dd, x) in o.iter_mut().enumerate() {
+                *x = ot[dd * qb + i] * inv;
             }
         }
     }
 }
 
-/// One P V pass of an attention task: output columns `col..col + W * LANES` of its `nq` rows.
-struct PvTile {
-    /// Probabilities, `nq` rows of `kb` (the first `keys` used).
-    s: *const f32,
-    kb: usize,
-    /// Output rows (`dp` floats apart), read, added to and written back.
-    o: *mut f32,
-    /// The V tile, `keys` rows of `dp`.
-    v: *const f32,
-    dp: usize,
-    col: usize,
-    nq: usize,
-    keys: usize,
-}
-
-/// `R` query rows x `W` vectors at a time, the accumulators in registers (compile-time sizes,
-/// so the compiler keeps them there); rows past `nq` repeat the last one and are not stored.
+/// Score tile: `st[j][q] = scale * sum_dd qt[dd][q] * k[j * c + dd]` for `keys` keys, in
+/// blocks of `R` keys (then single keys), summing the head channels in order.
 ///
 /// # Safety
-/// CPU features of `S`; the tile's pointers cover the extents documented on [`PvTile`], with
-/// `col + W * LANES <= dp`.
+/// CPU features of `S`; `qt` holds `d * QV * LANES` floats, `k` rows `j * c` (j < keys) hold
+/// `d` floats, `st` holds `keys * QV * LANES`.
 #[inline(always)]
-unsafe fn pv_pass<S: Simd, const R: usize, const W: usize>(t: &PvTile) {
-    let l = S::LANES;
-    let mut i = 0;
-    // SAFETY: rows < nq, columns < col + W * l <= dp and keys < `keys` (see `PvTile`).
-    unsafe {
-        while i < t.nq {
-            let rows = R.min(t.nq - i);
-            let row: [usize; R] = core::array::from_fn(|r| i + r.min(rows - 1));
-            let mut acc = [[S::zero(); W]; R];
-            for r in 0..R {
-                for u in 0..W {
-                    acc[r][u] = S::load(t.o.add(row[r] * t.dp + t.col + u * l));
-                }
-            }
-            let sp: [*const f32; R] = core::array::from_fn(|r| t.s.add(row[r] * t.kb));
-            for j in 0..t.keys {
-                let vp = t.v.add(j * t.dp + t.col);
-                let vv: [S::V; W] = core::array::from_fn(|u| S::load(vp.add(u * l)));
-                for r in 0..R {
-                    let p = S::bcast(sp[r].add(j));
-                    for u in 0..W {
-                        acc[r][u] = S::fma(p, vv[u], acc[r][u]);
-                    }
-                }
-            }
-            for r in 0..rows {
-                for u in 0..W {
-                    S::store(t.o.add((i + r) * t.dp + t.col + u * l), acc[r][u]);
-                }
-            }
-            i += rows;
-        }
-    }
-}
-
-/// The score tile of an attention task: `nq` query rows x `keys` keys.
-struct ScoreTile {
-    /// The task's first query row (rows `c` floats apart, `d` used).
-    q: *const f32,
-    c: usize,
-    /// K^T at the tile's first key: `d` rows `m` floats apart.
-    kt: *const f32,
-    m: usize,
-    /// The keys past the last whole vector as `[d][LANES]`, zero lanes past them.
-    kpad: *const f32,
+unsafe fn scores<S: Simd, const QV: usize, const R: usize>(
+    qt: *const f32,
     d: usize,
-    /// Scores out, `nq` rows of `kb`.
-    s: *mut f32,
-    kb: usize,
-    nq: usize,
-    keys: usize,
-    scale: f32,
-}
-
-/// `R` query rows x `U` vectors of keys, accumulated over the head size, scaled.
-///
-/// # Safety
-/// CPU features of `S`; `qr[r] + dd` readable for `dd < d`, `k + dd * stride + u * LANES`
-/// readable for `LANES` floats for `dd < d`, `u < U`.
-#[inline(always)]
-unsafe fn score_block<S: Simd, const R: usize, const U: usize>(
-    qr: &[*const f32; R],
     k: *const f32,
-    stride: usize,
-    d: usize,
-    scale: S::V,
-) -> [[S::V; U]; R] {
-    let l = S::LANES;
+    c: usize,
+    keys: usize,
+    st: *mut f32,
+    scale: f32,
+) {
     // SAFETY: as documented above.
     unsafe {
-        let mut acc = [[S::zero(); U]; R];
-        for dd in 0..d {
-            let kp = k.add(dd * stride);
-            let kv: [S::V; U] = core::array::from_fn(|u| S::load(kp.add(u * l)));
-            for r in 0..R {
-                let qv = S::bcast(qr[r].add(dd));
-                for u in 0..U {
-                    acc[r][u] = S::fma(qv, kv[u], acc[r][u]);
-                }
-            }
+        let mut j = 0;
+        while j + R <= keys {
+            score_block::<S, QV, R>(qt, d, k.add(j * c), c, st.add(j * QV * S::LANES), scale);
+            j += R;
         }
-        for row in acc.iter_mut() {
-            for x in row.iter_mut() {
-                *x = S::mul(*x, scale);
-            }
+        while j < keys {
+            score_block::<S, QV, 1>(qt, d, k.add(j * c), c, st.add(j * QV * S::LANES), scale);
+            j += 1;
         }
-        acc
     }
 }
 
-/// Fills the score tile: `R` query rows x `U` vectors of keys per block (compile-time sizes,
-/// so the accumulators stay in registers), then single vectors, then the padded tail; rows
-/// past `nq` repeat the last one and are not stored.
+/// `RK` keys of the score tile (see [`scores`]), accumulators in registers.
 ///
 /// # Safety
-/// CPU features of `S`; the pointers cover the extents documented on [`ScoreTile`], with
-/// `keys <= kb` and `keys` keys readable in every K^T row.
+/// As [`scores`] for `RK` keys.
 #[inline(always)]
-unsafe fn scores<S: Simd, const R: usize, const U: usize>(t: &ScoreTile) {
+unsafe fn score_block<S: Simd, const QV: usize, const RK: usize>(
+    qt: *const f32,
+    d: usize,
+    k: *const f32,
+    c: usize,
+    st: *mut f32,
+    scale: f32,
+) {
     let l = S::LANES;
-    // SAFETY: rows < nq, keys < `keys`, K^T rows < d (see `ScoreTile`).
+    let qb = QV * l;
+    // SAFETY: as documented on `scores`.
     unsafe {
-        let scale = S::splat(t.scale);
-        let mut i = 0;
-        while i < t.nq {
-            let rows = R.min(t.nq - i);
-            let qr: [*const f32; R] =
-                core::array::from_fn(|r| t.q.add((i + r.min(rows - 1)) * t.c));
-            let out = |r: usize, j: usize| t.s.add((i + r) * t.kb + j);
-            let mut j = 0;
-            while j + U * l <= t.keys {
-                let acc = score_block::<S, R, U>(&qr, t.kt.add(j), t.m, t.d, scale);
-                for (r, row) in acc.iter().enumerate().take(rows) {
-                    for (u, x) in row.iter().enumerate() {
-                        S::store(out(r, j + u * l), *x);
-                    }
-                }
-                j += U * l;
-            }
-            while j + l <= t.keys {
-                let acc = score_block::<S, R, 1>(&qr, t.kt.add(j), t.m, t.d, scale);
-                for (r, row) in acc.iter().enumerate().take(rows) {
-                    S::store(out(r, j), row[0]);
-                }
-                j += l;
-            }
-            if j < t.keys {
-                let acc = score_block::<S, R, 1>(&qr, t.kpad, l, t.d, scale);
-                let mut tmp = [0.0f32; 16];
-                for (r, row) in acc.iter().enumerate().take(rows) {
-                    S::store(tmp.as_mut_ptr(), row[0]);
-                    core::ptr::copy_nonoverlapping(tmp.as_ptr(), out(r, j), t.keys - j);
+        let mut acc = [[S::zero(); QV]; RK];
+        for dd in 0..d {
+            let q: [S::V; QV] = core::array::from_fn(|v| S::load(qt.add(dd * qb + v * l)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let kv = S::bcast(k.add(r * c + dd));
+                for v in 0..QV {
+                    row[v] = S::fma(kv, q[v], row[v]);
                 }
             }
-            i += rows;
+        }
+        let sv = S::splat(scale);
+        for (r, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                S::store(st.add(r * qb + v * l), S::mul(*x, sv));
+            }
+        }
+    }
+}
+
+/// `ot[dd][q] += sum_j st[j][q] * v[j * c + dd]` over `keys` keys in order, in blocks of `R`
+/// head channels (then 4, then 1).
+///
+/// # Safety
+/// CPU features of `S`; `st` holds `keys * QV * LANES` floats, `v` rows `j * c` (j < keys)
+/// hold `d` floats, `ot` holds `d * QV * LANES`.
+#[inline(always)]
+unsafe fn pv<S: Simd, const QV: usize, const R: usize>(
+    st: *const f32,
+    keys: usize,
+    v: *const f32,
+    c: usize,
+    d: usize,
+    ot: *mut f32,
+) {
+    // SAFETY: as documented above.
+    unsafe {
+        let mut dd = 0;
+        while dd + R <= d {
+            pv_block::<S, QV, R>(st, keys, v.add(dd), c, ot.add(dd * QV * S::LANES));
+            dd += R;
+        }
+        while dd + 4 <= d {
+            pv_block::<S, QV, 4>(st, keys, v.add(dd), c, ot.add(dd * QV * S::LANES));
+            dd += 4;
+        }
+        while dd < d {
+            pv_block::<S, QV, 1>(st, keys, v.add(dd), c, ot.add(dd * QV * S::LANES));
+            dd += 1;
+        }
+    }
+}
+
+/// `RD` head channels of [`pv`], accumulators in registers.
+///
+/// # Safety
+/// As [`pv`] for channels `0..RD` of `v` and rows `0..RD` of `ot`.
+#[inline(always)]
+unsafe fn pv_block<S: Simd, const QV: usize, const RD: usize>(
+    st: *const f32,
+    keys: usize,
+    v: *const f32,
+    c: usize,
+    ot: *mut f32,
+) {
+    let l = S::LANES;
+    let qb = QV * l;
+    // SAFETY: as documented on `pv`.
+    unsafe {
+        let mut acc: [[S::V; QV]; RD] =
+            core::array::from_fn(|r| core::array::from_fn(|u| S::load(ot.add(r * qb + u * l))));
+        for j in 0..keys {
+            let p: [S::V; QV] = core::array::from_fn(|u| S::load(st.add(j * qb + u * l)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let vv = S::bcast(v.add(j * c + r));
+                for u in 0..QV {
+                    row[u] = S::fma(vv, p[u], row[u]);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (u, x) in row.iter().enumerate() {
+                S::store(ot.add(r * qb + u * l), *x);
+            }
         }
     }
 }

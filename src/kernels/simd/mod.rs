@@ -47,7 +47,7 @@ mod table;
 
 // `allow`: no SIMD path uses them on some targets (thumbv7em).
 #[allow(unused_imports)]
-pub(crate) use attention::{attention_task, attention_tasks, transpose_k};
+pub(crate) use attention::{attention_task, attention_tasks};
 #[allow(unused_imports)]
 pub(crate) use conv::{conv_task, pack_a, ConvPlan};
 #[allow(unused_imports)]
@@ -65,15 +65,14 @@ pub(crate) const KC: usize = 256;
 pub(crate) const MR_MAX: usize = 16;
 /// Output-channel blocks whose panels a task keeps (`G_MAX * KC * 32` floats).
 pub(crate) const G_MAX: usize = 4;
-/// Attention: keys per score tile (at most; see `attention::attention_plan`).
-pub(crate) const BK: usize = 64;
+/// Attention: keys per score tile (at most; see `attention::key_tile`).
+pub(crate) const BK: usize = 128;
 /// Tiles packed together (their A buffers live in L2 while each weight panel sweeps them).
 pub(crate) const TG: usize = 8;
 pub(crate) const SCRATCH_FLOATS: usize = TG * MR_MAX * KC + G_MAX * KC * PACK_OC;
 
-// Head sizes up to 256 get the largest attention tiles.
-const _: () =
-    assert!(attention::QB_MAX * BK + (attention::QB_MAX + BK + 16) * 256 <= SCRATCH_FLOATS);
+// Head sizes up to 256 get the largest attention tiles (48 queries on AVX-512).
+const _: () = assert!((2 * 256 + BK) * 48 <= SCRATCH_FLOATS);
 
 /// One vector instruction set. All methods are `unsafe`: callers must run on a CPU with the
 /// implementing type's features, and pointers must be valid for `LANES` elements.
@@ -105,7 +104,6 @@ pub(crate) trait Simd: Copy {
     /// `e^x`, within 2 ulp for |x| < 87; underflows to 0 below about -87.
     unsafe fn exp(x: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
-    unsafe fn hmax(v: Self::V) -> f32;
 
     ///
     /// # Safety

@@ -90,21 +90,12 @@ macro_rules! simd_table {
             #[target_feature(enable = $features)]
             unsafe fn attn_task(
                 a: &AttentionArgs<'_>,
-                kt: *const f32,
                 out: Shared<f32>,
                 task: usize,
                 scratch: &mut [f32],
             ) {
                 // SAFETY: forwarded contract.
-                unsafe { simd::attention_task::<$S>(a, kt, out, task, scratch) }
-            }
-            ///
-            /// # Safety
-            /// the CPU has `$features`; as [`simd::transpose_k`].
-            #[target_feature(enable = $features)]
-            unsafe fn kt_task(a: &AttentionArgs<'_>, kt: Shared<f32>, task: usize) {
-                // SAFETY: forwarded contract.
-                unsafe { simd::transpose_k(a, kt, task) }
+                unsafe { simd::attention_task::<$S>(a, out, task, scratch) }
             }
 
             ///
@@ -190,15 +181,11 @@ macro_rules! simd_table {
                     scratch.len() >= n,
                     "attention scratch must hold batch * kv_tokens * channels floats"
                 );
-                let kt = Shared(scratch.as_mut_ptr());
-                // SAFETY: features checked (see conv2d); each task writes its own (sample, head)
-                // block of `kt`, inside `scratch` (asserted).
-                ex.run(a.batch * a.heads, &|t, _| unsafe { kt_task(a, kt, t) });
                 let o = Shared(out.as_mut_ptr());
-                // SAFETY: features checked; `kt` is complete and now only read; tasks write
-                // disjoint query rows; `th` is the running thread.
+                // SAFETY: features checked; tasks write disjoint query rows; `th` is the
+                // running thread.
                 ex.run(simd::attention_tasks::<$S>(a), &|t, th| unsafe {
-                    attn_task(a, kt.get(), o, t, ex.scratch(th))
+                    attn_task(a, o, t, ex.scratch(th))
                 });
             }
             $crate::kernels::KernelTable {
