@@ -73,6 +73,8 @@ pub(crate) unsafe fn attention_task<S: Simd>(
 ///
 /// # Safety
 /// As [`attention_task`], with `(QV, R) == tile::<S>()`.
+// The per-vector loops index several `[S::V; QV]` arrays at once.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn task_tiles<S: Simd, const QV: usize, const R: usize>(
     a: &AttentionArgs<'_>,
