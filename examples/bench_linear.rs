@@ -23,7 +23,14 @@ fn main() {
     let pool = ThreadPool::new(cores).unwrap();
     let mut scratch1 = vec![0.0f32; SCRATCH_PER_THREAD];
     let mut scratch_n = vec![0.0f32; cores * SCRATCH_PER_THREAD];
-    println!("path {}, {cores} cores", path.name());
+    // The FMA loop's rate on one thread: the ceiling for the 1-thread figures.
+    let t = Instant::now();
+    let (flops, keep) = tinydiffusion::kernels::fma_probe(path, 20_000_000).unwrap();
+    let peak = flops / t.elapsed().as_secs_f64() / 1e9;
+    println!(
+        "path {}, {cores} cores, FMA peak {peak:.1} GFLOP/s per thread ({keep:.0})",
+        path.name()
+    );
     // (rows, in, out): batch 2 at 64x64, 32x32 and 16x16 latents.
     for (rows, in_f, out_f) in [
         (8192usize, 320usize, 320usize),
