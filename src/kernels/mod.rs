@@ -603,8 +603,8 @@ pub struct KernelTable {
     pub conv2d: fn(&ConvArgs<'_>, &mut [f32], &Exec<'_>),
     pub group_norm: fn(&GroupNormArgs<'_>, &mut [f32], &Exec<'_>),
     pub linear: fn(&LinearArgs<'_>, &mut [f32], &Exec<'_>),
-    /// `scratch` holds at least `batch * kv_tokens * channels` floats (the SIMD paths keep K^T
-    /// there; the scalar path its score row).
+    /// `scratch` holds at least `kv_tokens` floats: the scalar path's score row (the SIMD
+    /// paths keep their tiles in the per-thread scratch of `Exec`).
     pub attention: fn(&AttentionArgs<'_>, &mut [f32], &mut [f32], &Exec<'_>),
     /// Scratch a convolution (at its shape's batch) needs for its fastest algorithm beyond
     /// [`ScratchLayout::DIRECT`], as (f32 per thread, f32 shared); `None` when it runs the

@@ -475,7 +475,7 @@ impl Builder<'_> {
         let v = self.linear(format!("{p}.to_v"), normed, tokens, c, c, v, None, 1.0);
         let k = self.linear(format!("{p}.to_k"), normed, tokens, c, c, k, None, 1.0);
         let q = self.linear(format!("{p}.to_q"), normed, tokens, c, c, q, None, 1.0);
-        let scratch = self.tensor(format!("{p}.scratch"), n);
+        let scratch = self.tensor(format!("{p}.scratch"), tokens);
         let attended = self.tensor(format!("{p}.attended"), n);
         self.ops.push(Op::Attention(AttentionOp {
             q,
@@ -577,7 +577,7 @@ impl Builder<'_> {
             None,
         )?;
         let q = self.dense(&format!("{p}.to_q"), normed, tokens, c, c, false, None)?;
-        let scratch = self.tensor(format!("{p}.scratch"), kv_tokens * c);
+        let scratch = self.tensor(format!("{p}.scratch"), kv_tokens);
         let attended = self.tensor(format!("{p}.attended"), tokens * c);
         self.ops.push(Op::Attention(AttentionOp {
             q,

@@ -298,7 +298,7 @@ impl Builder<'_> {
         let v = linear(self, format!("{p}.to_v"), normed.t, v, None);
         let k = linear(self, format!("{p}.to_k"), normed.t, k, None);
         let q = linear(self, format!("{p}.to_q"), normed.t, q, None);
-        let scratch = self.tensor(format!("{p}.scratch"), tokens * c);
+        let scratch = self.tensor(format!("{p}.scratch"), tokens);
         let attended = self.tensor(format!("{p}.attended"), tokens * c);
         self.ops.push(Op::Attention(AttentionOp {
             q,

@@ -252,7 +252,7 @@ pub struct AttentionOp {
     pub heads: usize,
     /// Query `i` attends to keys `0..=i` only (the CLIP text encoder's causal mask).
     pub causal: bool,
-    /// Per sample `kv_tokens * channels` floats the kernel may use (K^T, or a score row).
+    /// `kv_tokens` floats per sample the kernel may use (the scalar path's score row).
     pub scratch: TensorId,
     pub out: TensorId,
 }

@@ -127,7 +127,7 @@ impl Builder<'_> {
         let q = self.linear(&format!("{p}.self_attn.q_proj"), normed, c, c, None)?;
         let k = self.linear(&format!("{p}.self_attn.k_proj"), normed, c, c, None)?;
         let v = self.linear(&format!("{p}.self_attn.v_proj"), normed, c, c, None)?;
-        let scratch = self.tensor(format!("{p}.self_attn.scratch"), n * c);
+        let scratch = self.tensor(format!("{p}.self_attn.scratch"), n);
         let attended = self.tensor(format!("{p}.self_attn.attended"), n * c);
         self.ops.push(Op::Attention(AttentionOp {
             q,
