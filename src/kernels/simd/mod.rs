@@ -30,7 +30,7 @@
 //! - `conv.rs`: the direct convolution (plan, packing, panels, tasks);
 //! - `linear.rs`: the matrix-vector product of linears with few rows;
 //! - `norm.rs`: GroupNorm (+ SiLU);
-//! - `attention.rs`: K^T and the online-softmax attention;
+//! - `attention.rs`: the online-softmax attention, vectorised across queries;
 //! - `table.rs`: the FMA throughput probe and `simd_table!`, which makes a path's
 //!   [`KernelTable`](crate::kernels::KernelTable) from its [`Simd`] type.
 
