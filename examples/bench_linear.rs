@@ -7,18 +7,12 @@ use std::time::Instant;
 
 use half::f16;
 use tinydiffusion::kernels::threads::ThreadPool;
-use tinydiffusion::kernels::{Exec, KernelPath, LinearArgs, Sequential, SCRATCH_PER_THREAD};
-use tinydiffusion::testing::rand_vec;
+use tinydiffusion::kernels::{Exec, LinearArgs, Sequential, SCRATCH_PER_THREAD};
+use tinydiffusion::testing::{kernel_path_from_args, median_secs_per_call, rand_vec};
 
 fn main() {
-    let path = match std::env::args().nth(1) {
-        Some(name) => *KernelPath::ALL
-            .iter()
-            .find(|p| p.name() == name)
-            .expect("unknown kernel path"),
-        None => KernelPath::detect(),
-    };
-    let table = path.table().expect("kernel path not available on this CPU");
+    let path = kernel_path_from_args();
+    let table = path.table().unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pool = ThreadPool::new(cores).unwrap();
     let mut scratch1 = vec![0.0f32; SCRATCH_PER_THREAD];
@@ -66,16 +60,7 @@ fn main() {
                 Exec::new(&pool, &mut scratch_n)
             };
             let reps = ((4e9 / flop) as usize).max(1);
-            let mut times = Vec::new();
-            for _ in 0..7 {
-                let t = Instant::now();
-                for _ in 0..reps {
-                    (table.linear)(&args, &mut out, &ex);
-                }
-                times.push(t.elapsed().as_secs_f64() / reps as f64);
-            }
-            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let med = times[times.len() / 2];
+            let med = median_secs_per_call(reps, || (table.linear)(&args, &mut out, &ex));
             line += &format!(
                 "  {threads}t {:6.1} GFLOP/s ({:7.2} ms)",
                 flop / med / 1e9,

@@ -45,6 +45,45 @@ pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The kernel path a kernel benchmark runs: the one its first command-line argument names
+/// (`avx512`, `avx2`, `neon`, ...), else the detected one. Panics with the known names on an
+/// unknown or unavailable one (benchmarks only).
+pub fn kernel_path_from_args() -> crate::kernels::KernelPath {
+    use crate::kernels::KernelPath;
+    let path = match std::env::args().nth(1) {
+        Some(name) => *KernelPath::ALL
+            .iter()
+            .find(|p| p.name() == name)
+            .unwrap_or_else(|| {
+                let names: Vec<_> = KernelPath::ALL.iter().map(|p| p.name()).collect();
+                panic!("unknown kernel path {name:?}: one of {names:?}")
+            }),
+        None => KernelPath::detect(),
+    };
+    assert!(
+        path.table().is_ok(),
+        "kernel path {} not available on this CPU",
+        path.name()
+    );
+    path
+}
+
+/// Median seconds per call of `call` over 7 timed runs of `reps` calls each (kernel
+/// benchmarks).
+pub fn median_secs_per_call(reps: usize, mut call: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                call();
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
 /// A diffusers-layout safetensors file (f16, diffusers names and shapes) holding seeded random
 /// weights for every tensor `config_json` needs.
 pub fn random_weights(config_json: &str, seed: u64) -> Result<Vec<u8>> {

@@ -177,9 +177,7 @@ unsafe fn conv_task_f16(p: &ConvPlan<'_>, task: usize, scratch: &mut [f32]) {
     let (og, tg) = (task / p.tile_groups, task % p.tile_groups);
     let ob0 = og * p.obs_per_task;
     let ob1 = (ob0 + p.obs_per_task).min(p.n_ob);
-    let n_tiles = s.batch * p.tiles_per_sample;
-    let t0 = tg * p.tiles_per_task;
-    let t1 = (t0 + p.tiles_per_task).min(n_tiles);
+    let (t0, t1) = p.tile_range(tg);
     let (a_region, panel_region) = scratch.split_at_mut(TG * MR_MAX * KC);
     let (pack_f32, a16_region) = a_region.split_at_mut(MR_MAX * KC);
     let tile_len = MR * KC;

@@ -15,7 +15,6 @@ pub(crate) struct ConvPlan<'a> {
     pub tiles_per_sample: usize,
     pub n_ob: usize,
     pub obs_per_task: usize,
-    pub tiles_per_task: usize,
     pub tile_groups: usize,
     pub tasks: usize,
 }
@@ -43,9 +42,9 @@ impl<'a> ConvPlan<'a> {
             obs_per_task = obs_per_task.div_ceil(2);
         }
         let ob_groups = n_ob.div_ceil(obs_per_task);
+        // Tile groups differ by at most one tile (`tile_range`), so `want` tasks stay `want`
+        // and balanced (19 tiles in 6 groups: 3 or 4 each, not 4 x 4 + 3 in 5 groups).
         let tile_groups = want.div_ceil(ob_groups).clamp(1, n_tiles.max(1));
-        let tiles_per_task = n_tiles.div_ceil(tile_groups).max(1);
-        let tile_groups = n_tiles.div_ceil(tiles_per_task);
         ConvPlan {
             args,
             out: Shared(out.as_mut_ptr()),
@@ -56,7 +55,6 @@ impl<'a> ConvPlan<'a> {
             tiles_per_sample,
             n_ob,
             obs_per_task,
-            tiles_per_task,
             tile_groups,
             tasks: if s.out_c == 0 || n_tiles == 0 || cin == 0 {
                 0
@@ -64,6 +62,16 @@ impl<'a> ConvPlan<'a> {
                 ob_groups * tile_groups
             },
         }
+    }
+
+    /// Tiles `t0..t1` of tile group `g` (`g < tile_groups`); groups differ by at most one tile.
+    #[inline(always)]
+    pub(crate) fn tile_range(&self, g: usize) -> (usize, usize) {
+        let n_tiles = self.args.shape.batch * self.tiles_per_sample;
+        (
+            g * n_tiles / self.tile_groups,
+            (g + 1) * n_tiles / self.tile_groups,
+        )
     }
 
     /// (sample, first pixel, pixels) of tile `t`; tiles of a sample differ by at most one pixel.
@@ -339,17 +347,13 @@ pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const MRS: usize, const
     task: usize,
     scratch: &mut [f32],
 ) {
-    let a = p.args;
-    let s = &a.shape;
     debug_assert!(
         p.mr == MR && MRS <= MR && PACK_OC.is_multiple_of(NV * S::LANES) && NV * S::LANES <= 64
     );
     let (og, tg) = (task / p.tile_groups, task % p.tile_groups);
     let ob0 = og * p.obs_per_task;
     let ob1 = (ob0 + p.obs_per_task).min(p.n_ob);
-    let n_tiles = s.batch * p.tiles_per_sample;
-    let t0 = tg * p.tiles_per_task;
-    let t1 = (t0 + p.tiles_per_task).min(n_tiles);
+    let (t0, t1) = p.tile_range(tg);
     let (a_bufs, panels) = scratch.split_at_mut(TG * MR_MAX * KC);
     // BLIS order: for a group of up to TG tiles (whose output rows stay in L2 across the
     // reduction chunks), chunk by chunk: widen the chunk's weight panels, pack the tiles (L2),
