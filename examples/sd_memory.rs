@@ -47,8 +47,8 @@ fn peak(net: &Model) -> (usize, usize, Vec<(String, usize)>) {
     best
 }
 
-/// The largest attention scratch tensor (K^T, per sample) and the tokens x kv_tokens score
-/// matrix of that op that is never stored.
+/// The largest attention scratch tensor (the scalar path's score row, per sample) and the
+/// tokens x kv_tokens score matrix of that op that is never stored.
 fn attention_scratch(net: &Model) -> (usize, usize) {
     net.ops()
         .iter()
@@ -139,11 +139,11 @@ fn main() {
         mib(loop_len)
     );
     println!("| **total** | | **{:.1}** |", mib(shared + loop_len));
-    let (kt, scores) = attention_scratch(&unet);
+    let (row, scores) = attention_scratch(&unet);
     println!(
-        "UNet attention scratch: largest K^T {:.1} MiB per sample (a stored {} x {} score \
-         matrix per head would be {:.1} MiB); SIMD: 16 x 64 scores per thread, scalar: one row",
-        mib(kt),
+        "UNet attention scratch: largest {row} floats per sample, one score row (a stored {} x {} \
+         score matrix per head would be {:.1} MiB); SIMD: 48 queries x 128 keys per thread \
+         (AVX-512), inside the kernel scratch",
         (scores as f64).sqrt() as usize,
         (scores as f64).sqrt() as usize,
         mib(scores)
