@@ -46,25 +46,17 @@ pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// The kernel path a kernel benchmark runs: the one its first command-line argument names
-/// (`avx512`, `avx2`, `neon`, ...), else the detected one. Panics with the known names on an
-/// unknown or unavailable one (benchmarks only).
+/// ([`KernelPath::from_name`](crate::kernels::KernelPath::from_name)), else the detected one.
+/// Panics on an unknown or unavailable one (benchmarks only).
 pub fn kernel_path_from_args() -> crate::kernels::KernelPath {
     use crate::kernels::KernelPath;
     let path = match std::env::args().nth(1) {
-        Some(name) => *KernelPath::ALL
-            .iter()
-            .find(|p| p.name() == name)
-            .unwrap_or_else(|| {
-                let names: Vec<_> = KernelPath::ALL.iter().map(|p| p.name()).collect();
-                panic!("unknown kernel path {name:?}: one of {names:?}")
-            }),
+        Some(name) => KernelPath::from_name(&name).unwrap_or_else(|e| panic!("{e}")),
         None => KernelPath::detect(),
     };
-    assert!(
-        path.table().is_ok(),
-        "kernel path {} not available on this CPU",
-        path.name()
-    );
+    if let Err(e) = path.table() {
+        panic!("{e}");
+    }
     path
 }
 

@@ -10,15 +10,20 @@
 use super::{Shared, Simd, BK, SCRATCH_FLOATS};
 use crate::kernels::AttentionArgs;
 
-/// Query vectors per task and key (or head channel) rows per register block, by register
-/// file: `R x QV` accumulators + `QV` loads + one broadcast must fit (32 registers: 8 x 3 +
-/// 4 = 28; AVX2's 16: 6 x 2 + 3 = 15).
+/// (query vectors per task, key or head-channel rows per register block) on a 32-register
+/// file: `R x QV` accumulators + `QV` loads + one broadcast must fit (8 x 3 + 4 = 28).
+const TILE_32: (usize, usize) = (3, 8);
+/// The same on AVX2's 16 registers: 6 x 2 + 3 = 15.
+const TILE_16: (usize, usize) = (2, 6);
+/// Most queries a task takes on any path (AVX-512: 3 vectors of 16).
+pub(crate) const MAX_QUERIES: usize = TILE_32.0 * 16;
+
 #[inline(always)]
 const fn tile<S: Simd>() -> (usize, usize) {
     if S::REGISTERS >= 32 {
-        (3, 8)
+        TILE_32
     } else {
-        (2, 6)
+        TILE_16
     }
 }
 
@@ -62,9 +67,9 @@ pub(crate) unsafe fn attention_task<S: Simd>(
     // SAFETY: the caller's contract, passed on.
     unsafe {
         if S::REGISTERS >= 32 {
-            task_tiles::<S, 3, 8>(a, out, task, scratch)
+            task_tiles::<S, { TILE_32.0 }, { TILE_32.1 }>(a, out, task, scratch)
         } else {
-            task_tiles::<S, 2, 6>(a, out, task, scratch)
+            task_tiles::<S, { TILE_16.0 }, { TILE_16.1 }>(a, out, task, scratch)
         }
     }
 }
@@ -188,7 +193,8 @@ unsafe fn task_tiles<S: Simd, const QV: usize, const R: usize>(
             j0 += bk;
         }
         // Scale by 1 / sum and write the rows back, transposed.
-        let mut inv = [0.0f32; 64];
+        const { assert!(QV * S::LANES <= MAX_QUERIES) };
+        let mut inv = [0.0f32; MAX_QUERIES];
         for v in 0..QV {
             S::store(inv.as_mut_ptr().add(v * l), S::div(S::splat(1.0), lrow[v]));
         }

@@ -76,8 +76,8 @@ pub(crate) const BK: usize = 128;
 pub(crate) const TG: usize = 16;
 pub(crate) const SCRATCH_FLOATS: usize = TG * MR_MAX * KC + G_MAX * KC * PACK_OC;
 
-// Head sizes up to 256 get the largest attention tiles (48 queries on AVX-512).
-const _: () = assert!((2 * 256 + BK) * 48 <= SCRATCH_FLOATS);
+// Head sizes up to 256 get the largest attention tiles.
+const _: () = assert!((2 * 256 + BK) * attention::MAX_QUERIES <= SCRATCH_FLOATS);
 
 /// One vector instruction set. All methods are `unsafe`: callers must run on a CPU with the
 /// implementing type's features, and pointers must be valid for `LANES` elements.
