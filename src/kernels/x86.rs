@@ -61,6 +61,18 @@ impl Simd for Avx512 {
     const REGISTERS: usize = 32;
     type V = __m512;
     #[inline(always)]
+    fn prefetch<const L2: bool>(p: *const f32) {
+        // SAFETY: `prefetcht0/t1` are hints that never fault, whatever the address; SSE is
+        // part of x86_64.
+        unsafe {
+            if L2 {
+                _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+            }
+        }
+    }
+    #[inline(always)]
     unsafe fn zero() -> __m512 {
         // SAFETY: see the impl comment.
         unsafe { _mm512_setzero_ps() }
@@ -156,6 +168,18 @@ impl Simd for Avx2 {
     const LANES: usize = 8;
     const REGISTERS: usize = 16;
     type V = __m256;
+    #[inline(always)]
+    fn prefetch<const L2: bool>(p: *const f32) {
+        // SAFETY: `prefetcht0/t1` are hints that never fault, whatever the address; SSE is
+        // part of x86_64.
+        unsafe {
+            if L2 {
+                _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+            }
+        }
+    }
     #[inline(always)]
     unsafe fn zero() -> __m256 {
         // SAFETY: see the impl comment.

@@ -84,6 +84,65 @@ impl<'a> ConvPlan<'a> {
     }
 }
 
+/// Prefetches into L1 the output rows (and residual rows when `last`) that the microkernel
+/// call for tile `t`, output block `ob` touches. Only addresses are computed (a prefetch never
+/// faults), so nothing here can read out of bounds.
+#[inline(always)]
+fn prefetch_out<S: Simd>(p: &ConvPlan<'_>, t: usize, ob: usize, last: bool) {
+    let a = p.args;
+    let oc = a.shape.out_c;
+    let (b, px0, m) = p.tile(t);
+    let first = (b * p.out_hw + px0) * oc + ob * PACK_OC;
+    let cols = PACK_OC.min(oc - ob * PACK_OC);
+    for i in 0..m {
+        let off = first + i * oc;
+        let mut c = 0;
+        while c < cols {
+            S::prefetch::<false>(p.out.get().wrapping_add(off + c));
+            if last && !a.residual.is_empty() {
+                S::prefetch::<false>(a.residual.as_ptr().wrapping_add(off + c));
+            }
+            c += 16;
+        }
+    }
+}
+
+/// Prefetches into L2 what `pack_a` will read for tile `t` at reduction chunk `k0`, for the
+/// convs whose tile input is a plain block of rows (1x1, stride 1, no upsample: linears and
+/// shortcuts); other convs read a few overlapping windows that stay in cache anyway.
+#[inline(always)]
+fn prefetch_input<S: Simd>(p: &ConvPlan<'_>, t: usize, k0: usize) {
+    let s = &p.args.shape;
+    if s.kernel != 1 || s.stride != 1 || s.upsample {
+        return;
+    }
+    let (b, px0, m) = p.tile(t);
+    let k1 = (k0 + KC).min(p.k_total);
+    let in_hw = s.in_h * s.in_w;
+    for (part, pc, c0, c1) in [
+        (p.args.in_a, s.in_ca, k0.min(s.in_ca), k1.min(s.in_ca)),
+        (
+            p.args.in_b,
+            s.in_cb,
+            k0.max(s.in_ca) - s.in_ca,
+            k1.max(s.in_ca) - s.in_ca,
+        ),
+    ] {
+        if c0 >= c1 {
+            continue;
+        }
+        for i in 0..m {
+            let row = (b * in_hw + px0 + i) * pc;
+            let mut c = c0;
+            while c < c1 {
+                S::prefetch::<true>(part.as_ptr().wrapping_add(row + c));
+                c += 16;
+            }
+            S::prefetch::<true>(part.as_ptr().wrapping_add(row + c1 - 1));
+        }
+    }
+}
+
 /// Copies `len <= 16` floats (or zeros when `src` is null) to `dst`.
 ///
 /// # Safety
@@ -384,10 +443,30 @@ pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const MRS: usize, const
                     }
                 }
             }
+            // What the next packing step reads (same tiles, next chunk; or the next tiles,
+            // first chunk): prefetched into L2 during this step's last output block.
+            let (next_tiles, next_k0) = if k0 + kc < p.k_total {
+                (g0..g1, k0 + kc)
+            } else {
+                (g1..(g1 + TG).min(t1), 0)
+            };
             for ob in ob0..ob1 {
                 for t in g0..g1 {
                     let (b, px0, m) = p.tile(t);
                     let buf = &a_bufs[(t - g0) * MR_MAX * KC..(t - g0 + 1) * MR_MAX * KC];
+                    // Output (and residual) rows of the next microkernel call, into L1: the
+                    // first chunk's stores and the last chunk's residual come from L3 or DRAM.
+                    let (nob, nt) = if t + 1 < g1 {
+                        (ob, t + 1)
+                    } else {
+                        (ob + 1, g0)
+                    };
+                    if nob < ob1 {
+                        prefetch_out::<S>(p, nt, nob, k0 + kc == p.k_total);
+                    }
+                    if ob + 1 == ob1 && next_tiles.start + (t - g0) < next_tiles.end {
+                        prefetch_input::<S>(p, next_tiles.start + (t - g0), next_k0);
+                    }
                     // SAFETY: as above; `buf` was packed for this tile and chunk just now.
                     unsafe {
                         if m <= MRS {

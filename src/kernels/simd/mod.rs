@@ -109,6 +109,11 @@ pub(crate) trait Simd: Copy {
     /// `e^x`, within 2 ulp for |x| < 87; underflows to 0 below about -87.
     unsafe fn exp(x: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
+    /// A hint to bring the cache line holding `p` into L1 (`L2`: into L2 only) before it is
+    /// used. A prefetch never faults, so `p` may be any address (made with `wrapping_add`).
+    /// No-op where the path has no prefetch instruction wired up.
+    #[inline(always)]
+    fn prefetch<const L2: bool>(_p: *const f32) {}
 
     ///
     /// # Safety
