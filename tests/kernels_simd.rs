@@ -834,3 +834,62 @@ fn winograd_declines_other_shapes() {
         }
     }
 }
+
+#[test]
+fn layer_norm_and_geglu_match_scalar() {
+    let tables = tables();
+    let mut rng = Rng(11);
+    // (rows, dim): SD's widths, odd widths with a scalar tail, one row, fewer than a vector.
+    for (rows, dim) in [
+        (5, 320),
+        (3, 768),
+        (2, 1280),
+        (7, 40),
+        (4, 37),
+        (1, 100),
+        (3, 5),
+    ] {
+        // An offset, so the two-pass statistics matter.
+        let x: Vec<f32> = rng
+            .vec(rows * dim)
+            .into_iter()
+            .map(|v| 3.0 + 2.0 * v)
+            .collect();
+        let gamma = rng.halves(dim, 1.0);
+        let beta = rng.halves(dim, 1.0);
+        let mut reference = vec![0.0f32; rows * dim];
+        tinydiffusion::kernels::scalar::layer_norm(&x, dim, 1e-5, &gamma, &beta, &mut reference);
+        // GEGLU over gates spanning erf's clamp (|x| / sqrt 2 > 4) and its middle.
+        let gg: Vec<f32> = rng
+            .vec(rows * 2 * dim)
+            .into_iter()
+            .map(|v| 7.0 * v)
+            .collect();
+        let mut geglu_ref = vec![0.0f32; rows * dim];
+        tinydiffusion::kernels::scalar::geglu(&gg, dim, &mut geglu_ref);
+        for t in &tables {
+            let mut out = vec![f32::NAN; rows * dim];
+            (t.layer_norm)(&x, dim, 1e-5, &gamma, &beta, &mut out);
+            check(
+                &format!("layer_norm {rows}x{dim}"),
+                t.path,
+                (out.clone(), out),
+                &reference,
+                1e-6,
+            );
+            // Same operations in the same order as the scalar GELU: equal bit for bit.
+            assert_eq!(
+                geglu_out(&t.geglu, &gg, dim),
+                geglu_ref,
+                "geglu {rows}x{dim} [{}]",
+                t.path.name()
+            );
+        }
+    }
+}
+
+fn geglu_out(geglu: &fn(&[f32], usize, &mut [f32]), x: &[f32], dim: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; x.len() / 2];
+    geglu(x, dim, &mut out);
+    out
+}

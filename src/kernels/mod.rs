@@ -594,6 +594,9 @@ impl<'a> Exec<'a> {
     }
 }
 
+/// A [`KernelTable::layer_norm`] entry: (`input`, `dim`, `eps`, `gamma`, `beta`, `out`).
+pub type LayerNormRows = fn(&[f32], usize, f32, &[half::f16], &[half::f16], &mut [f32]);
+
 /// One backend: the functions the forward walk calls. Output slices have exactly the size the
 /// arguments imply (the forward walk checks this before calling).
 #[derive(Clone, Copy)]
@@ -606,6 +609,11 @@ pub struct KernelTable {
     /// `scratch` holds at least `kv_tokens` floats: the scalar path's score row (the SIMD
     /// paths keep their tiles in the per-thread scratch of `Exec`).
     pub attention: fn(&AttentionArgs<'_>, &mut [f32], &mut [f32], &Exec<'_>),
+    /// LayerNorm of whole rows of `dim` floats (as [`scalar::layer_norm`]: `input`, `eps`,
+    /// `gamma`, `beta`, `out`); one call is one task's rows, the caller splits the rows.
+    pub layer_norm: LayerNormRows,
+    /// GEGLU of whole rows (as [`scalar::geglu`]: rows of `2 * dim` in, `dim` out).
+    pub geglu: fn(&[f32], usize, &mut [f32]),
     /// Scratch a convolution (at its shape's batch) needs for its fastest algorithm beyond
     /// [`ScratchLayout::DIRECT`], as (f32 per thread, f32 shared); `None` when it runs the
     /// direct kernel.

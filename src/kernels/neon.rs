@@ -103,6 +103,11 @@ impl Simd for Neon {
         unsafe { vdivq_f32(a, b) }
     }
     #[inline(always)]
+    unsafe fn min(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: see the impl comment.
+        unsafe { vminq_f32(a, b) }
+    }
+    #[inline(always)]
     unsafe fn max(a: float32x4_t, b: float32x4_t) -> float32x4_t {
         // SAFETY: see the impl comment.
         unsafe { vmaxq_f32(a, b) }

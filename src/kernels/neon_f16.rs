@@ -314,4 +314,6 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     linear,
     attention,
     conv_scratch,
+    layer_norm: super::neon::TABLE.layer_norm,
+    geglu: super::neon::TABLE.geglu,
 };

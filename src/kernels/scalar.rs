@@ -20,6 +20,8 @@ pub static TABLE: KernelTable = KernelTable {
     linear: |a, out, _| linear(a, out),
     attention: |a, scores, out, _: &Exec<'_>| attention(a, scores, out),
     conv_scratch: |_| None,
+    layer_norm,
+    geglu,
 };
 
 /// Direct convolution over NHWC input with packed f16 weights (see [`super::pack`]).

@@ -118,6 +118,11 @@ impl Simd for Avx512 {
         unsafe { _mm512_div_ps(a, b) }
     }
     #[inline(always)]
+    unsafe fn min(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_min_ps(a, b) }
+    }
+    #[inline(always)]
     unsafe fn max(a: __m512, b: __m512) -> __m512 {
         // SAFETY: see the impl comment.
         unsafe { _mm512_max_ps(a, b) }
@@ -224,6 +229,11 @@ impl Simd for Avx2 {
     unsafe fn div(a: __m256, b: __m256) -> __m256 {
         // SAFETY: see the impl comment.
         unsafe { _mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn min(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm256_min_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn max(a: __m256, b: __m256) -> __m256 {

@@ -1086,22 +1086,23 @@ impl Backend for CpuBackend<'_, '_> {
             self.model.weights.get(op.beta),
         );
         let (dim, eps) = (op.dim, op.eps);
+        let layer_norm = self.model.kernels.layer_norm;
         // Rows are independent: 64 per task over the team.
         self.exec
             .for_each_chunk(dst, ROWS_PER_TASK * dim, &|i, out| {
                 let x = &input[i * ROWS_PER_TASK * dim..][..out.len()];
-                scalar::layer_norm(x, dim, eps, gamma, beta, out)
+                layer_norm(x, dim, eps, gamma, beta, out)
             });
         Ok(())
     }
 
     fn geglu(&mut self, _: usize, op: &GegluOp) -> Result<()> {
         let [input, dst] = carve(self.arena, [self.region(op.input), self.region(op.out)])?;
-        let dim = op.dim;
+        let (dim, geglu) = (op.dim, self.model.kernels.geglu);
         self.exec
             .for_each_chunk(dst, ROWS_PER_TASK * dim, &|i, out| {
                 let x = &input[i * ROWS_PER_TASK * 2 * dim..][..2 * out.len()];
-                scalar::geglu(x, dim, out)
+                geglu(x, dim, out)
             });
         Ok(())
     }

@@ -55,7 +55,7 @@ pub(crate) use linear::{gemv_task, GEMV_MAX_ROWS};
 #[allow(unused_imports)]
 pub(crate) use micro::micro;
 #[allow(unused_imports)]
-pub(crate) use norm::{gn_split, group_norm_task};
+pub(crate) use norm::{geglu_rows, gn_split, group_norm_task, layer_norm_rows};
 #[allow(unused_imports)]
 pub(crate) use table::{fma_loop, simd_table};
 
@@ -104,6 +104,7 @@ pub(crate) trait Simd: Copy {
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c`, one rounding.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `e^x`, within 2 ulp for |x| < 87; underflows to 0 below about -87.

@@ -1,5 +1,7 @@
 //! GroupNorm (+ SiLU).
 
+use half::f16;
+
 use super::{Shared, Simd};
 use crate::kernels::GroupNormArgs;
 
@@ -228,6 +230,171 @@ pub(crate) unsafe fn group_norm_task<S: Simd>(
                 }
             }
             ch += width;
+        }
+    }
+}
+
+/// LayerNorm of whole rows of `dim` floats, as [`crate::kernels::scalar::layer_norm`]: the
+/// mean and the centred sum of squares are summed in four vector accumulators (a different
+/// order than the scalar reference, within a few ulps), then `(x - mean) * inv * gamma + beta`
+/// with the f16 affine widened a vector at a time. Rows past the shorter of `input` and `out`
+/// are left alone.
+///
+/// # Safety
+/// CPU features of `S` only: every access is inside the slices (see the block's argument).
+#[inline(always)]
+pub(crate) unsafe fn layer_norm_rows<S: Simd>(
+    input: &[f32],
+    dim: usize,
+    eps: f32,
+    gamma: &[f16],
+    beta: &[f16],
+    out: &mut [f32],
+) {
+    if dim == 0 {
+        return;
+    }
+    assert!(
+        gamma.len() >= dim && beta.len() >= dim,
+        "layer_norm: gamma and beta need dim values"
+    );
+    let l = S::LANES;
+    let full = dim / l * l;
+    let (gp, bp) = (gamma.as_ptr(), beta.as_ptr());
+    for (x, o) in input.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let (xp, op) = (x.as_ptr(), o.as_mut_ptr());
+        // SAFETY: `x` holds `dim >= full` floats.
+        let s = unsafe { row_sum::<S>(xp, full, |v| v) } + x[full..].iter().sum::<f32>();
+        let mean = s / dim as f32;
+        // SAFETY: register arithmetic.
+        let mv = unsafe { S::splat(mean) };
+        let centred = |v: S::V| {
+            // SAFETY: register arithmetic.
+            unsafe {
+                let d = S::sub(v, mv);
+                S::mul(d, d)
+            }
+        };
+        let tail: f32 = x[full..].iter().map(|v| (v - mean) * (v - mean)).sum();
+        // SAFETY: as for the first sum.
+        let q = unsafe { row_sum::<S>(xp, full, centred) } + tail;
+        let inv = 1.0 / libm::sqrtf(q / dim as f32 + eps);
+        // SAFETY: vector accesses at `j + LANES <= full <= dim`: inside the rows `x` and `o`
+        // (`dim` floats each) and inside `gamma` / `beta` (asserted to hold `dim`).
+        unsafe {
+            let iv = S::splat(inv);
+            let mut j = 0;
+            while j < full {
+                let n = S::mul(S::sub(S::load(xp.add(j)), mv), iv);
+                let y = S::add(S::mul(n, S::load_f16(gp.add(j))), S::load_f16(bp.add(j)));
+                S::store(op.add(j), y);
+                j += l;
+            }
+        }
+        for j in full..dim {
+            o[j] = (x[j] - mean) * inv * gamma[j].to_f32() + beta[j].to_f32();
+        }
+    }
+}
+
+/// The sum of `f(v)` over the vectors of `x[..full]` (`full` a multiple of `LANES`), in four
+/// vector accumulators.
+///
+/// # Safety
+/// CPU features of `S`; `x` is readable for `full` floats.
+#[inline(always)]
+unsafe fn row_sum<S: Simd>(x: *const f32, full: usize, f: impl Fn(S::V) -> S::V) -> f32 {
+    let l = S::LANES;
+    // SAFETY: loads at `j + LANES <= full`, readable by the contract.
+    unsafe {
+        let mut acc = [S::zero(); 4];
+        let mut j = 0;
+        while j + 4 * l <= full {
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = S::add(*a, f(S::load(x.add(j + u * l))));
+            }
+            j += 4 * l;
+        }
+        while j < full {
+            acc[0] = S::add(acc[0], f(S::load(x.add(j))));
+            j += l;
+        }
+        S::hsum(S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])))
+    }
+}
+
+/// `erf` as [`crate::kernels::scalar::erf`], the same operations in the same order (a
+/// multiply and an add per Horner step, not an FMA: near the clamp the polynomials cancel, and
+/// an FMA there moved GELU's tail by 1e-6), so results equal the scalar reference bit for bit.
+///
+/// # Safety
+/// CPU features of `S` only (register arithmetic).
+#[inline(always)]
+unsafe fn erf<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: register arithmetic.
+    unsafe {
+        let x = S::min(S::max(x, S::splat(-4.0)), S::splat(4.0));
+        let x2 = S::mul(x, x);
+        let horner = |c: &[f32]| {
+            let mut p = S::splat(c[0]);
+            for &k in &c[1..] {
+                p = S::add(S::mul(x2, p), S::splat(k));
+            }
+            p
+        };
+        let p = horner(&[
+            -2.726_142_3e-10,
+            2.770_681_4e-8,
+            -2.101_024e-6,
+            -5.692_506_4e-5,
+            -7.349_906e-4,
+            -2.954_6e-3,
+            -1.609_603_3e-2,
+        ]);
+        let q = horner(&[
+            -1.456_607_2e-5,
+            -2.133_740_6e-4,
+            -1.682_827e-3,
+            -7.373_329e-3,
+            -1.426_474e-2,
+        ]);
+        S::div(S::mul(x, p), q)
+    }
+}
+
+/// GEGLU of whole rows, as [`crate::kernels::scalar::geglu`]: rows of `2 * dim` floats
+/// `[hidden, gate]` in, `hidden * gelu(gate)` (exact GELU through [`erf`]) out. Rows past the
+/// shorter of `input` and `out` are left alone.
+///
+/// # Safety
+/// CPU features of `S` only: every access is inside the slices (see the block's argument).
+#[inline(always)]
+pub(crate) unsafe fn geglu_rows<S: Simd>(input: &[f32], dim: usize, out: &mut [f32]) {
+    if dim == 0 {
+        return;
+    }
+    let l = S::LANES;
+    let full = dim / l * l;
+    for (x, o) in input.chunks_exact(2 * dim).zip(out.chunks_exact_mut(dim)) {
+        let (hidden, gate) = x.split_at(dim);
+        // SAFETY: vector accesses at `j + LANES <= full <= dim`, inside `hidden`, `gate` and
+        // `o` (`dim` floats each).
+        unsafe {
+            let (half, rs2) = (S::splat(0.5), S::splat(core::f32::consts::FRAC_1_SQRT_2));
+            let one = S::splat(1.0);
+            let mut j = 0;
+            while j < full {
+                let g = S::load(gate.as_ptr().add(j));
+                let gelu = S::mul(S::mul(half, g), S::add(one, erf::<S>(S::mul(g, rs2))));
+                S::store(
+                    o.as_mut_ptr().add(j),
+                    S::mul(S::load(hidden.as_ptr().add(j)), gelu),
+                );
+                j += l;
+            }
+        }
+        for j in full..dim {
+            o[j] = hidden[j] * crate::kernels::scalar::gelu(gate[j]);
         }
     }
 }

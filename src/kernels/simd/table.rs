@@ -115,6 +115,46 @@ macro_rules! simd_table {
                 unsafe { winograd::phase2::<$S, $mr, $mrs, $nv>(p, task, scratch) }
             }
 
+            ///
+            /// # Safety
+            /// the CPU has `$features`.
+            #[target_feature(enable = $features)]
+            unsafe fn ln_rows(
+                x: &[f32],
+                dim: usize,
+                eps: f32,
+                gamma: &[half::f16],
+                beta: &[half::f16],
+                out: &mut [f32],
+            ) {
+                // SAFETY: forwarded contract (the kernel checks its slices itself).
+                unsafe { simd::layer_norm_rows::<$S>(x, dim, eps, gamma, beta, out) }
+            }
+            ///
+            /// # Safety
+            /// the CPU has `$features`.
+            #[target_feature(enable = $features)]
+            unsafe fn geglu_task(x: &[f32], dim: usize, out: &mut [f32]) {
+                // SAFETY: forwarded contract (the kernel checks its slices itself).
+                unsafe { simd::geglu_rows::<$S>(x, dim, out) }
+            }
+            fn layer_norm(
+                x: &[f32],
+                dim: usize,
+                eps: f32,
+                gamma: &[half::f16],
+                beta: &[half::f16],
+                out: &mut [f32],
+            ) {
+                // SAFETY: this table is only reachable through `KernelPath::table`, which
+                // checked the features.
+                unsafe { ln_rows(x, dim, eps, gamma, beta, out) }
+            }
+            fn geglu(x: &[f32], dim: usize, out: &mut [f32]) {
+                // SAFETY: as above.
+                unsafe { geglu_task(x, dim, out) }
+            }
+
             fn conv_scratch(s: &ConvShape) -> Option<(usize, usize)> {
                 winograd::scratch_need(s, $mr)
             }
@@ -196,6 +236,8 @@ macro_rules! simd_table {
                 linear,
                 attention,
                 conv_scratch,
+                layer_norm,
+                geglu,
             }
         };
     };
