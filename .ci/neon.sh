@@ -26,8 +26,9 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu max -L /
 export CARGO_PROFILE_TEST_OPT_LEVEL=2
 cargo test --target "$TARGET" --test forward_parity -- --nocapture --test-threads 1 neon 2>&1 | tee /tmp/neon-test.log
 grep -q "\[neon\]: out rel L2" /tmp/neon-test.log || { echo "the NEON path did not run" >&2; exit 1; }
-# The Winograd conv in both of its modes (the fixtures above only reach the weight-major one).
-cargo test --target "$TARGET" --test kernels_simd -- --test-threads 1 winograd
+# The Winograd conv in both of its modes (the fixtures above only reach the weight-major one),
+# the attention kernel, LayerNorm and GEGLU against the scalar reference.
+cargo test --target "$TARGET" --test kernels_simd -- --test-threads 1 winograd attention layer_norm
 # Every op of every fixture on the NEON kernels (Winograd on and off) against the scalar
 # reference, op by op.
 cargo test --target "$TARGET" --test backend_ops -- --nocapture --test-threads 1 2>&1 | tee /tmp/neon-ops.log
