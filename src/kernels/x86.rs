@@ -51,6 +51,20 @@ const P3: f32 = 4.166_579_6e-2;
 const P4: f32 = 1.666_666_5e-1;
 const P5: f32 = 5e-1;
 
+/// `Simd::prefetch` of both x86 paths.
+#[inline(always)]
+fn prefetch<const L2: bool>(p: *const f32) {
+    // SAFETY: `prefetcht0/t1` are hints that never fault, whatever the address; SSE is part of
+    // x86_64.
+    unsafe {
+        if L2 {
+            _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512;
 
@@ -62,15 +76,7 @@ impl Simd for Avx512 {
     type V = __m512;
     #[inline(always)]
     fn prefetch<const L2: bool>(p: *const f32) {
-        // SAFETY: `prefetcht0/t1` are hints that never fault, whatever the address; SSE is
-        // part of x86_64.
-        unsafe {
-            if L2 {
-                _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
-            } else {
-                _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
-            }
-        }
+        prefetch::<L2>(p)
     }
     #[inline(always)]
     unsafe fn zero() -> __m512 {
@@ -175,15 +181,7 @@ impl Simd for Avx2 {
     type V = __m256;
     #[inline(always)]
     fn prefetch<const L2: bool>(p: *const f32) {
-        // SAFETY: `prefetcht0/t1` are hints that never fault, whatever the address; SSE is
-        // part of x86_64.
-        unsafe {
-            if L2 {
-                _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
-            } else {
-                _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
-            }
-        }
+        prefetch::<L2>(p)
     }
     #[inline(always)]
     unsafe fn zero() -> __m256 {
