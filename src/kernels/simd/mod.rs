@@ -18,7 +18,10 @@
 //!   broadcasting one input value per pixel and reading one panel row per reduction step, all
 //!   addresses at constant offsets from two pointers. Partial sums of a chunk go back to the
 //!   output buffer; the first chunk starts from `bias + channel_add`, the last adds the
-//!   residual and applies `out_scale`.
+//!   residual and applies `out_scale`;
+//! - before each microkernel call the task prefetches ([`Simd::prefetch`]) the next call's
+//!   output (and residual) rows into L1, and during a tile group's last output block the rows
+//!   its next packing step reads into L2: otherwise those wait on L3 or DRAM.
 //!
 //! Tasks partition output pixels and output channels, never the reduction, and every output
 //! element is computed by the same sequence of operations whatever the thread count: results
@@ -29,7 +32,7 @@
 //! - `micro.rs`: the register-tiled microkernel ([`micro`](fn@micro)), also used by `winograd.rs`;
 //! - `conv.rs`: the direct convolution (plan, packing, panels, tasks);
 //! - `linear.rs`: the matrix-vector product of linears with few rows;
-//! - `norm.rs`: GroupNorm (+ SiLU);
+//! - `norm.rs`: GroupNorm (+ SiLU), LayerNorm and GEGLU;
 //! - `attention.rs`: the online-softmax attention, vectorised across queries;
 //! - `table.rs`: the FMA throughput probe and `simd_table!`, which makes a path's
 //!   [`KernelTable`](crate::kernels::KernelTable) from its [`Simd`] type.
