@@ -417,12 +417,16 @@ pub const SCRATCH_PER_THREAD: usize = 0;
 
 /// How the kernel scratch of one forward pass is laid out: `per_thread` floats for each thread,
 /// then `shared` floats one kernel call at a time uses as a whole (the Winograd conv's
-/// transformed weights). Computed from the model's convolutions by
-/// [`KernelTable::scratch_layout`] for one batch size.
+/// transformed inputs), and whether convs may run Winograd at all. Computed from the model's
+/// convolutions by [`KernelTable::scratch_layout`] for one batch size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScratchLayout {
     pub per_thread: usize,
     pub shared: usize,
+    /// Winograd where the conv's shape takes it and the scratch is large enough; `false`: the
+    /// direct kernel for every conv (bit-identical to the scalar reference's order), even where
+    /// the direct kernel's own scratch would hold a small conv's Winograd buffers.
+    pub winograd: bool,
 }
 
 impl ScratchLayout {
@@ -430,6 +434,7 @@ impl ScratchLayout {
     pub const DIRECT: ScratchLayout = ScratchLayout {
         per_thread: SCRATCH_PER_THREAD,
         shared: 0,
+        winograd: false,
     };
 
     /// Floats of scratch for `threads` threads.
@@ -464,6 +469,7 @@ pub struct Exec<'a> {
     scratch: *mut f32,
     per_thread: usize,
     shared_len: usize,
+    winograd: bool,
     _scratch: core::marker::PhantomData<&'a mut [f32]>,
 }
 
@@ -482,7 +488,8 @@ impl<'a> Exec<'a> {
     }
 
     /// `scratch` must hold `layout.len(par.threads())` floats; a conv whose faster algorithm
-    /// needs more scratch than the layout gives runs the direct kernel.
+    /// needs more scratch than the layout gives runs the direct kernel, as every conv does when
+    /// `layout.winograd` is false.
     pub fn with_layout(
         par: &'a dyn Parallel,
         scratch: &'a mut [f32],
@@ -491,7 +498,7 @@ impl<'a> Exec<'a> {
         let per_thread = layout.per_thread.max(SCRATCH_PER_THREAD);
         let layout = ScratchLayout {
             per_thread,
-            shared: layout.shared,
+            ..layout
         };
         assert!(
             scratch.len() >= layout.len(par.threads()),
@@ -502,12 +509,22 @@ impl<'a> Exec<'a> {
             scratch: scratch.as_mut_ptr(),
             per_thread,
             shared_len: layout.shared,
+            winograd: layout.winograd,
             _scratch: core::marker::PhantomData,
         }
     }
 
     pub fn threads(&self) -> usize {
         self.par.threads()
+    }
+
+    /// Whether convs may take the Winograd path ([`ScratchLayout::winograd`]).
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
+    pub(crate) fn winograd(&self) -> bool {
+        self.winograd
     }
 
     /// Floats of each thread's scratch region.
@@ -629,6 +646,7 @@ impl KernelTable {
             if let Some((per_thread, shared)) = (self.conv_scratch)(&s) {
                 layout.per_thread = layout.per_thread.max(per_thread);
                 layout.shared = layout.shared.max(shared);
+                layout.winograd = true;
             }
         }
         layout
@@ -660,6 +678,7 @@ where
         ScratchLayout {
             per_thread: acc.per_thread.max(l.per_thread),
             shared: acc.shared.max(l.shared),
+            winograd: acc.winograd || l.winograd,
         }
     })
 }

@@ -10,6 +10,10 @@ pub(crate) struct ConvPlan<'a> {
     pub out: Shared<f32>,
     pub cin: usize,
     pub k_total: usize,
+    /// Reduction chunk: `k_total` in the fewest chunks of at most [`KC`], of equal length
+    /// (rounded up to 16; the last may be shorter). A short last chunk (320 = 256 + 64) would
+    /// pay a whole round trip of the output tile for a quarter of the work.
+    pub kc: usize,
     pub out_hw: usize,
     pub mr: usize,
     pub tiles_per_sample: usize,
@@ -50,6 +54,10 @@ impl<'a> ConvPlan<'a> {
             out: Shared(out.as_mut_ptr()),
             cin,
             k_total: taps * cin,
+            kc: (taps * cin)
+                .div_ceil((taps * cin).div_ceil(KC).max(1))
+                .div_ceil(16)
+                * 16,
             out_hw,
             mr,
             tiles_per_sample,
@@ -117,7 +125,7 @@ fn prefetch_input<S: Simd>(p: &ConvPlan<'_>, t: usize, k0: usize) {
         return;
     }
     let (b, px0, m) = p.tile(t);
-    let k1 = (k0 + KC).min(p.k_total);
+    let k1 = (k0 + p.kc).min(p.k_total);
     let in_hw = s.in_h * s.in_w;
     for (part, pc, c0, c1) in [
         (p.args.in_a, s.in_ca, k0.min(s.in_ca), k1.min(s.in_ca)),
@@ -423,7 +431,7 @@ pub(crate) unsafe fn conv_task<S: Simd, const MR: usize, const MRS: usize, const
         let g1 = (g0 + TG).min(t1);
         let mut k0 = 0;
         while k0 < p.k_total {
-            let kc = KC.min(p.k_total - k0);
+            let kc = p.kc.min(p.k_total - k0);
             let kcp = kc.div_ceil(16) * 16;
             for ob in ob0..ob1 {
                 // SAFETY: the target features of `S` are enabled (our caller's contract).

@@ -6,7 +6,7 @@
 //! ## Convolution (and linear): an implicit GEMM
 //! `out[pixel, o] = sum_k A[pixel, k] * W[k, o]` with `k = tap * in_c + channel`. Work is cut
 //! into tiles of `MR` output pixels (never spanning two samples) times blocks of 32 output
-//! channels, and the reduction into chunks of [`KC`]:
+//! channels, and the reduction into equal chunks of at most [`KC`]:
 //! - the weight rows of a chunk, for up to [`G_MAX`] blocks, are widened from f16 to an f32
 //!   *panel* once per task and reused by every tile of the task (the widening then costs
 //!   nothing in the microkernel, where `vcvtph2ps` would take FMA ports);
@@ -62,20 +62,30 @@ pub(crate) use norm::{geglu_rows, gn_split, group_norm_task, layer_norm_rows};
 #[allow(unused_imports)]
 pub(crate) use table::{fma_loop, simd_table};
 
-/// Reduction chunk (a multiple of 16).
+/// Longest reduction chunk (a multiple of 32: the NEON f16 path's blocks). A conv splits its
+/// reduction into the fewest chunks of at most this, of equal length ([`ConvPlan::kc`]): each
+/// chunk costs a round trip of the output tile through L2. x86: 512 (on Zen 4 SD's UNet step
+/// went 6.03 -> 5.83 s against 256, medians of 6 alternating runs; SD's 320-deep linears
+/// +4 to 6% on one thread; 768 was no better). aarch64 keeps 256: its boards' L2 is 4x
+/// smaller, and nothing here could measure a change.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const KC: usize = 512;
+/// See above.
+#[cfg(not(target_arch = "x86_64"))]
 pub(crate) const KC: usize = 256;
 /// Largest pixel tile of any path.
 pub(crate) const MR_MAX: usize = 16;
-/// Output-channel blocks whose panels a task keeps (`G_MAX * KC * 32` floats, 320 KiB): each
+/// Output-channel blocks whose panels a task keeps (`G_MAX * kc * 32` floats: 320 KiB at a
+/// 256-deep chunk): each
 /// pass over the output blocks packs the input again, so SD's 320-wide linears take one pass
 /// (on Zen 4, 4 -> 10 took a 8192 x 320 -> 320 linear from 156-165 to 174 GFLOP/s on 2
 /// threads; 16 was no better).
 pub(crate) const G_MAX: usize = 10;
 /// Attention: keys per score tile (at most; see `attention::key_tile`).
 pub(crate) const BK: usize = 128;
-/// Tiles packed together (their A buffers, 228 KiB at MR 14, live in L2 while each weight
-/// panel sweeps them; with `G_MAX` panels well inside a 1 MiB L2: 16 measured faster than 8
-/// and 32 on Zen 4).
+/// Tiles packed together (their A buffers, 228 KiB at MR 14 and a 256-deep chunk, live in L2
+/// while each weight panel sweeps them; with `G_MAX` panels inside a 1 MiB L2: 16 measured
+/// faster than 8 and 32 on Zen 4, with 256-deep chunks).
 pub(crate) const TG: usize = 16;
 pub(crate) const SCRATCH_FLOATS: usize = TG * MR_MAX * KC + G_MAX * KC * PACK_OC;
 

@@ -164,9 +164,12 @@ macro_rules! simd_table {
                 // before this function returns (the plan keeps only its address, used by the
                 // tasks run below, which finish before we return).
                 let shared = unsafe { ex.shared() };
-                if let Some(plan) =
+                let plan = if ex.winograd() {
                     WinogradPlan::new(a, out, $mr, $mrs, ex.threads(), ex.per_thread(), shared)
-                {
+                } else {
+                    None
+                };
+                if let Some(plan) = plan {
                     // SAFETY: features checked (this table is only reachable through
                     // `KernelPath::table`); phase 1 tasks write disjoint blocks of the shared
                     // region; phase 2 starts after every phase 1 task returned (`run` waits),
