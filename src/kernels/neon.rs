@@ -6,7 +6,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 use half::f16;
 
-use super::simd::{simd_table, Simd};
+use super::simd::{simd_table, Simd, EXP2_LO, EXP2_POLY};
 use super::KernelPath;
 
 pub(crate) fn available() -> bool {
@@ -133,6 +133,22 @@ impl Simd for Neon {
             let y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), p, r2);
             let bits = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
             vmulq_f32(y, vreinterpretq_f32_s32(bits))
+        }
+    }
+    #[inline(always)]
+    unsafe fn exp2_nonpositive(x: float32x4_t) -> float32x4_t {
+        // SAFETY: see the impl comment.
+        unsafe {
+            let x = vmaxq_f32(x, vdupq_n_f32(EXP2_LO));
+            let n = vrndnq_f32(x);
+            let f = vsubq_f32(x, n);
+            let mut p = vdupq_n_f32(EXP2_POLY[0]);
+            for c in &EXP2_POLY[1..] {
+                p = vfmaq_f32(vdupq_n_f32(*c), p, f);
+            }
+            // 2^n for n in [-126, 0]: the exponent field.
+            let bits = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
+            vmulq_f32(p, vreinterpretq_f32_s32(bits))
         }
     }
     ///

@@ -7,7 +7,7 @@
 use core::arch::x86_64::*;
 use half::f16;
 
-use super::simd::{simd_table, Simd};
+use super::simd::{simd_table, Simd, EXP2_LO, EXP2_POLY};
 use super::KernelPath;
 
 pub(crate) fn avx2_available() -> bool {
@@ -160,6 +160,20 @@ impl Simd for Avx512 {
             _mm512_scalef_ps(y, n)
         }
     }
+    #[inline(always)]
+    unsafe fn exp2_nonpositive(x: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe {
+            let x = _mm512_max_ps(x, _mm512_set1_ps(EXP2_LO));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+            let f = _mm512_sub_ps(x, n);
+            let mut p = _mm512_set1_ps(EXP2_POLY[0]);
+            for c in &EXP2_POLY[1..] {
+                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
+            }
+            _mm512_scalef_ps(p, n)
+        }
+    }
     ///
     /// # Safety
     /// the CPU has AVX-512F.
@@ -268,6 +282,25 @@ impl Simd for Avx2 {
                 _mm256_set1_epi32(127),
             ));
             _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
+        }
+    }
+    #[inline(always)]
+    unsafe fn exp2_nonpositive(x: __m256) -> __m256 {
+        // SAFETY: see the impl comment.
+        unsafe {
+            let x = _mm256_max_ps(x, _mm256_set1_ps(EXP2_LO));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+            let f = _mm256_sub_ps(x, n);
+            let mut p = _mm256_set1_ps(EXP2_POLY[0]);
+            for c in &EXP2_POLY[1..] {
+                p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(*c));
+            }
+            // 2^n for n in [-126, 0]: the exponent field.
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
+            _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
         }
     }
     ///

@@ -101,7 +101,9 @@ unsafe fn task_tiles<S: Simd, const QV: usize, const R: usize>(
     let keys = if a.causal { (q0 + nq).min(m) } else { m };
     let off = b * n * c + h * d;
     let kv_off = b * m * c + h * d;
-    let scale = 1.0 / libm::sqrtf(d as f32);
+    // Scores are kept in base 2 (times log2(e)), so the softmax's exponentials are
+    // `exp2_nonpositive`, a third cheaper than `exp`: softmax(s) = 2^(s log2 e - max) / sum.
+    let scale = core::f32::consts::LOG2_E / libm::sqrtf(d as f32);
     let (qt_buf, rest) = scratch[..SCRATCH_FLOATS].split_at_mut(d * qb);
     let (ot, rest) = rest.split_at_mut(d * qb);
     let st = &mut rest[..kb * qb];
@@ -157,13 +159,13 @@ unsafe fn task_tiles<S: Simd, const QV: usize, const R: usize>(
             for j in 0..bk {
                 for v in 0..QV {
                     let p = stp.add(j * qb + v * l);
-                    let e = S::exp(S::sub(S::load(p), mnew[v]));
+                    let e = S::exp2_nonpositive(S::sub(S::load(p), mnew[v]));
                     S::store(p, e);
                     sum[v] = S::add(sum[v], e);
                 }
             }
             if masked {
-                // exp(-inf) is clamped to a tiny number: make the hidden keys exactly 0 and
+                // 2^-inf is clamped to a tiny number: make the hidden keys exactly 0 and
                 // sum again.
                 mask(0.0);
                 sum = [S::zero(); QV];
@@ -178,7 +180,7 @@ unsafe fn task_tiles<S: Simd, const QV: usize, const R: usize>(
             } else {
                 let mut alpha = [S::zero(); QV];
                 for v in 0..QV {
-                    alpha[v] = S::exp(S::sub(mrow[v], mnew[v]));
+                    alpha[v] = S::exp2_nonpositive(S::sub(mrow[v], mnew[v]));
                     lrow[v] = S::fma(lrow[v], alpha[v], sum[v]);
                 }
                 for dd in 0..d {

@@ -92,6 +92,22 @@ pub(crate) const SCRATCH_FLOATS: usize = TG * MR_MAX * KC + G_MAX * KC * PACK_OC
 // Head sizes up to 256 get the largest attention tiles.
 const _: () = assert!((2 * 256 + BK) * attention::MAX_QUERIES <= SCRATCH_FLOATS);
 
+/// `2^f` on `[-1/2, 1/2]` for [`Simd::exp2_nonpositive`]: Taylor coefficients of
+/// `e^(f ln 2)`, highest first (truncation error `(ln(2) / 2)^7 / 7! < 1.3e-7` relative).
+#[allow(dead_code)]
+pub(crate) const EXP2_POLY: [f32; 7] = [
+    1.540_353_1e-4,
+    1.333_355_8e-3,
+    9.618_129e-3,
+    5.550_411e-2,
+    2.402_265_1e-1,
+    6.931_472e-1,
+    1.0,
+];
+/// Where [`Simd::exp2_nonpositive`] clamps: 2^-126 is the smallest normal f32.
+#[allow(dead_code)]
+pub(crate) const EXP2_LO: f32 = -126.0;
+
 /// One vector instruction set. All methods are `unsafe`: callers must run on a CPU with the
 /// implementing type's features, and pointers must be valid for `LANES` elements.
 ///
@@ -122,6 +138,10 @@ pub(crate) trait Simd: Copy {
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `e^x`, within 2 ulp for |x| < 87; underflows to 0 below about -87.
     unsafe fn exp(x: Self::V) -> Self::V;
+    /// `2^x` for `x <= 0` (attention's scores less their running maximum, kept in base 2 so
+    /// no `x * log2(e)` is needed), within 2 ulp down to -126; below that, `-inf` included,
+    /// a tiny positive number (never NaN). Two thirds of [`Simd::exp`]'s instructions.
+    unsafe fn exp2_nonpositive(x: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
     /// A hint to bring the cache line holding `p` into L1 (`L2`: into L2 only) before it is
     /// used. A prefetch never faults, so `p` may be any address (made with `wrapping_add`).
