@@ -1,6 +1,6 @@
 //! Every backend against the scalar reference, one op at a time (ggml's `test-backend-ops`
 //! idea): the scalar kernels run a whole forward pass of each fixture model with every tensor
-//! in its own slot; then each other backend runs each op alone on a copy of that workspace
+//! in its own slot; then each other backend runs each op alone on a copy of that arena
 //! (the op's reference inputs) and its output must match the reference's.
 //!
 //! Backends: every SIMD path this CPU has (Winograd on and off), and the CUDA backend when the
@@ -193,6 +193,18 @@ fn reference(name: &str) -> Reference {
 }
 
 /// Runs each op of `model` alone on the reference's inputs; returns the op kinds checked.
+/// A new workspace for `model` at `batch` holding the activations of `src` (the arenas, which
+/// start on each buffer's first cache line, not the buffers, are copied).
+fn workspace_copy(model: &Model, src: &[f32], batch: usize) -> Vec<f32> {
+    let mut ws = vec![0.0f32; model.workspace_len(batch)];
+    let from = model.arena(src, batch).expect("reference workspace");
+    model
+        .arena_mut(&mut ws, batch)
+        .expect("workspace")
+        .copy_from_slice(from);
+    ws
+}
+
 /// One op's result against the scalar reference's: its output tensor in the workspace, or the
 /// caller's buffer for the op that writes it (`Output`).
 fn op_error(
@@ -204,8 +216,9 @@ fn op_error(
 ) -> f64 {
     match op.output() {
         Some(t) => {
-            let (s, l) = model.tensor_region(t, batch);
-            rel_l2(&ws[s..s + l], &ws_ref[s..s + l])
+            let ours = model.tensor_data(ws, t, batch).unwrap();
+            let reference = model.tensor_data(ws_ref, t, batch).unwrap();
+            rel_l2(ours, reference)
         }
         None => rel_l2(out, out_ref),
     }
@@ -232,8 +245,7 @@ fn check_ops_with(
     let mut kinds = Vec::new();
     let mut worst = (0.0f64, "");
     for (at, op) in model.ops().iter().enumerate() {
-        let mut ws = r.workspace.clone();
-        ws.resize(model.workspace_len(r.batch), 0.0);
+        let mut ws = workspace_copy(model, &r.workspace, r.batch);
         let mut out = vec![f32::NAN; r.out.len()];
         r.run(model, at..at + 1, &mut ws, &mut out)
             .unwrap_or_else(|e| panic!("{name} [{backend}] op {at} ({}): {e}", op.kind()));
@@ -408,8 +420,7 @@ fn check_text_encoder(name: &str) -> Vec<&'static str> {
         enc.net_mut().set_kernels(path).unwrap();
         let mut worst = (0.0f64, "");
         for (at, op) in enc.net().ops().iter().enumerate() {
-            let mut ws = ws_ref.clone();
-            ws.resize(enc.workspace_len(batch), 0.0);
+            let mut ws = workspace_copy(enc.net(), &ws_ref, batch);
             let mut out = vec![f32::NAN; out_ref.len()];
             enc.encode_ops(at..at + 1, &mut ws, &ids, &mut out)
                 .unwrap_or_else(|e| panic!("{name} [{}] op {at}: {e}", path.name()));
@@ -529,8 +540,7 @@ fn check_conditional_unet(name: &str) -> Vec<&'static str> {
             let model = build(path, winograd);
             let mut worst = (0.0f64, "");
             for (at, op) in model.ops().iter().enumerate() {
-                let mut ws = reference.clone();
-                ws.resize(model.workspace_len(batch), 0.0);
+                let mut ws = workspace_copy(&model, &reference, batch);
                 let mut out = vec![f32::NAN; ref_out.len()];
                 model
                     .forward_ops_conditional(at..at + 1, &mut ws, &x, &t, &ctx, &mut out)

@@ -644,6 +644,9 @@ impl KernelTable {
         let mut layout = ScratchLayout::DIRECT;
         for s in convs {
             if let Some((per_thread, shared)) = (self.conv_scratch)(&s) {
+                // Whole cache lines, so every thread's region starts on one.
+                let per_thread =
+                    per_thread.div_ceil(crate::memory::ALIGN_FLOATS) * crate::memory::ALIGN_FLOATS;
                 layout.per_thread = layout.per_thread.max(per_thread);
                 layout.shared = layout.shared.max(shared);
                 layout.winograd = true;

@@ -480,6 +480,16 @@ impl Model {
             context,
         } = inputs;
         let need = self.workspace_len_for_threads(batch, threads);
+        if workspace.len() < need {
+            return Err(Error::BufferSize {
+                what: "workspace",
+                expected: need,
+                found: workspace.len(),
+            });
+        }
+        // The arena and scratch start on a cache line (`WORKSPACE_SLACK`).
+        let start = crate::memory::aligned_start(workspace);
+        let workspace = &mut workspace[start..start + need - crate::memory::WORKSPACE_SLACK];
         if let Some(gpu) = &self.accelerator {
             if class_embeddings.is_some() {
                 return Err(crate::model::backend::unsupported_op(
@@ -493,13 +503,6 @@ impl Model {
                     "encoder_states",
                 ));
             }
-            if workspace.len() < need {
-                return Err(Error::BufferSize {
-                    what: "workspace",
-                    expected: need,
-                    found: workspace.len(),
-                });
-            }
             return match walk_mode {
                 Walk::All => gpu.forward(self, batch, x, timesteps, class_labels, out),
                 Walk::Range(ops) => {
@@ -512,14 +515,7 @@ impl Model {
                 )),
             };
         }
-        if workspace.len() < need {
-            return Err(Error::BufferSize {
-                what: "workspace",
-                expected: need,
-                found: workspace.len(),
-            });
-        }
-        let (arena, scratch) = workspace[..need].split_at_mut(self.plan.arena_len(batch));
+        let (arena, scratch) = workspace.split_at_mut(self.plan.arena_len(batch));
         #[cfg(feature = "std")]
         let run_threads = self.run_threads(threads);
         #[cfg(not(feature = "std"))]

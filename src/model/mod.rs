@@ -307,14 +307,16 @@ impl Model {
 
     /// f32 elements of workspace one forward pass at `batch` needs: the activations
     /// (`batch` times the per-sample plan) followed by the kernel scratch (a region per thread
-    /// of [`Model::threads`], then the Winograd conv's transformed weights; see
-    /// [`crate::kernels::ScratchLayout`]).
+    /// of [`Model::threads`], then the Winograd conv's transformed inputs; see
+    /// [`crate::kernels::ScratchLayout`]), plus [`crate::memory::WORKSPACE_SLACK`] floats so
+    /// the activations can start on a cache line wherever the buffer is.
     /// Saturates at `usize::MAX` for a batch too large to address (no buffer is that long,
     /// so every length check against it fails cleanly).
     pub fn workspace_len(&self, batch: usize) -> usize {
         self.plan
             .arena_len(batch)
             .saturating_add(self.scratch_len(batch))
+            .saturating_add(crate::memory::WORKSPACE_SLACK)
     }
 
     /// Kernel scratch at the end of the workspace for a forward pass at `batch`.
@@ -342,6 +344,7 @@ impl Model {
         self.plan
             .arena_len(batch)
             .saturating_add(crate::kernels::portable_scratch_layout(convs).len(threads))
+            .saturating_add(crate::memory::WORKSPACE_SLACK)
     }
 
     /// Threads a forward pass capped at `threads` (0: no cap) runs on.
@@ -534,10 +537,39 @@ impl Model {
         &self.taps
     }
 
-    /// The per-sample planned memory of a tensor, for reading taps out of a workspace after a
-    /// forward pass made with [`Reuse::None`].
+    /// The planned memory of a tensor at `batch`, as (start, len) from the start of the arena
+    /// (see [`Model::tensor_data`]).
     pub fn tensor_region(&self, id: TensorId, batch: usize) -> (usize, usize) {
         self.plan.region(id, batch)
+    }
+
+    /// The activation arena inside a workspace at `batch` (it starts on the workspace's first
+    /// 64-byte boundary, so copying a workspace to a buffer of another alignment does not copy
+    /// the state: copy the arenas). `None` if the workspace is too short.
+    pub fn arena<'a>(&self, workspace: &'a [f32], batch: usize) -> Option<&'a [f32]> {
+        let start = crate::memory::aligned_start(workspace);
+        workspace.get(start..start.checked_add(self.plan.arena_len(batch))?)
+    }
+
+    /// [`Model::arena`], writable.
+    pub fn arena_mut<'a>(&self, workspace: &'a mut [f32], batch: usize) -> Option<&'a mut [f32]> {
+        let start = crate::memory::aligned_start(workspace);
+        let end = start.checked_add(self.plan.arena_len(batch))?;
+        workspace.get_mut(start..end)
+    }
+
+    /// A tensor's values in a workspace after a forward pass at `batch` (a tap, with a model
+    /// built with [`Reuse::None`]; with shared memory a later tensor may have overwritten it).
+    /// `None` if the workspace is too short to hold it.
+    pub fn tensor_data<'a>(
+        &self,
+        workspace: &'a [f32],
+        id: TensorId,
+        batch: usize,
+    ) -> Option<&'a [f32]> {
+        let (start, len) = self.plan.region(id, batch);
+        let start = crate::memory::aligned_start(workspace).checked_add(start)?;
+        workspace.get(start..start.checked_add(len)?)
     }
 
     /// Checks a class label against the model (and that the model takes labels at all).

@@ -238,10 +238,12 @@ pub fn tap_nchw(
     tap: &tinydiffusion::model::Tap,
     batch: usize,
 ) -> Vec<f32> {
-    let (s, l) = model.tensor_region(tap.tensor, batch);
-    let mut out = vec![0.0f32; l];
+    let data = model
+        .tensor_data(ws, tap.tensor, batch)
+        .expect("tap in workspace");
+    let mut out = vec![0.0f32; data.len()];
     let pixels = tap.height * tap.width;
-    tinydiffusion::kernels::nhwc_to_nchw(&ws[s..s + l], &mut out, batch, tap.channels, pixels);
+    tinydiffusion::kernels::nhwc_to_nchw(data, &mut out, batch, tap.channels, pixels);
     out
 }
 
