@@ -30,9 +30,9 @@
 //!   output block, which runs its weights over every tile, then the output transform with the
 //!   epilogue (bias, channel add, residual, scale).
 //! - *tile-major* (more tiles: batch 8): no phase 1; each task takes a block of up to
-//!   [`ROWS_TARGET`] tiles and a group of output blocks, transforms its tiles' inputs into
-//!   its own scratch once, then for each output block runs the weight chunks over them and
-//!   does the output transform.
+//!   [`ROWS_TARGET`] tiles (fewer for many input channels: [`V_BUDGET_FLOATS`]) and a group
+//!   of output blocks, transforms its tiles' inputs into its own scratch once, then for each
+//!   output block runs the weight chunks over them and does the output transform.
 //!
 //! Every output element goes through the same operations whatever the thread count.
 
@@ -61,6 +61,12 @@ const V_PREFETCH_BYTES: usize = 8 << 20;
 /// floats, are reused by every output block's weights). Blocks are balanced and rounded up to
 /// whole microkernel tiles.
 const ROWS_TARGET: usize = 72;
+/// Most floats of transformed inputs one tile-major task keeps (8 MiB: fewer tiles for more
+/// input channels): every output block streams them again, so they should stay in L3. SD's
+/// 32x32 1920 -> 640 up-block conv, 72 tiles a task: 36 x 72 x 1920 floats (20 MiB) each,
+/// streamed from DRAM, 380-490 GFLOP/s (`bench_conv3x3`, Zen 4); 6 blocks of 22 tiles:
+/// 460-580 (a 12 MiB budget, 4 blocks of 32: no better than 72).
+const V_BUDGET_FLOATS: usize = 2 << 20;
 
 /// Whether a convolution can take the Winograd path: 3x3, stride 1, one pixel of padding all
 /// round (output as large as the, possibly upsampled, input) or a band of rows of such a conv
@@ -316,7 +322,12 @@ impl<'a> WinogradPlan<'a> {
             blocks: 1,
         };
         if mode == Mode::TileMajor {
-            let blocks = n_tiles.div_ceil(ROWS_TARGET);
+            let target = (V_BUDGET_FLOATS / (positions(f) * s.in_c())).clamp(mr, ROWS_TARGET);
+            // A whole number of blocks per thread (9 blocks on 2 threads: one waits 11%).
+            let blocks = n_tiles
+                .div_ceil(target)
+                .next_multiple_of(threads.max(1))
+                .min(n_tiles);
             let tiles_per_block = n_tiles.div_ceil(blocks);
             let wg = tiles_per_block.div_ceil(mr).clamp(1, micro_tiles_max(mr));
             let rows = mr * wg;
