@@ -23,7 +23,12 @@ pub const ALIGN_FLOATS: usize = 16;
 /// from `malloc` or `Vec` is only 16-byte aligned, and with the arena 16 bytes off every
 /// 64-byte vector load and store of the kernels straddled two cache lines: 3.5% of an SD UNet
 /// step on Zen 4.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub const WORKSPACE_SLACK: usize = ALIGN_FLOATS - 1;
+/// None on a target with no SIMD path (thumbv7em, ...): its scalar kernels gain nothing from
+/// the alignment, and a microcontroller's workspace stays the activations alone.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub const WORKSPACE_SLACK: usize = 0;
 
 /// Where the arena starts in a workspace: the first float on a 64-byte boundary (0 to
 /// [`WORKSPACE_SLACK`] floats in). Tensor regions ([`MemoryPlan::region`]) count from there.
@@ -31,8 +36,9 @@ pub fn aligned_start(workspace: &[f32]) -> usize {
     let skip = workspace
         .as_ptr()
         .align_offset(ALIGN_FLOATS * core::mem::size_of::<f32>());
-    if skip <= WORKSPACE_SLACK {
-        skip
+    // `min`: no skip where there is no slack.
+    if skip < ALIGN_FLOATS {
+        skip.min(WORKSPACE_SLACK)
     } else {
         0
     }
