@@ -192,7 +192,6 @@ fn reference(name: &str) -> Reference {
     r
 }
 
-/// Runs each op of `model` alone on the reference's inputs; returns the op kinds checked.
 /// A new workspace for `model` at `batch` holding the activations of `src` (the arenas, which
 /// start on each buffer's first cache line, not the buffers, are copied).
 fn workspace_copy(model: &Model, src: &[f32], batch: usize) -> Vec<f32> {
@@ -224,6 +223,7 @@ fn op_error(
     }
 }
 
+/// Runs each op of `model` alone on the reference's inputs; returns the op kinds checked.
 fn check_ops(
     name: &str,
     backend: &str,

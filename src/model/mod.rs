@@ -547,15 +547,19 @@ impl Model {
     /// 64-byte boundary, so copying a workspace to a buffer of another alignment does not copy
     /// the state: copy the arenas). `None` if the workspace is too short.
     pub fn arena<'a>(&self, workspace: &'a [f32], batch: usize) -> Option<&'a [f32]> {
-        let start = crate::memory::aligned_start(workspace);
-        workspace.get(start..start.checked_add(self.plan.arena_len(batch))?)
+        workspace.get(self.arena_range(workspace, batch)?)
     }
 
     /// [`Model::arena`], writable.
     pub fn arena_mut<'a>(&self, workspace: &'a mut [f32], batch: usize) -> Option<&'a mut [f32]> {
+        let range = self.arena_range(workspace, batch)?;
+        workspace.get_mut(range)
+    }
+
+    /// Where [`Model::arena`] lies in `workspace` (not checked against its length).
+    fn arena_range(&self, workspace: &[f32], batch: usize) -> Option<core::ops::Range<usize>> {
         let start = crate::memory::aligned_start(workspace);
-        let end = start.checked_add(self.plan.arena_len(batch))?;
-        workspace.get_mut(start..end)
+        Some(start..start.checked_add(self.plan.arena_len(batch))?)
     }
 
     /// A tensor's values in a workspace after a forward pass at `batch` (a tap, with a model
@@ -568,8 +572,8 @@ impl Model {
         batch: usize,
     ) -> Option<&'a [f32]> {
         let (start, len) = self.plan.region(id, batch);
-        let start = crate::memory::aligned_start(workspace).checked_add(start)?;
-        workspace.get(start..start.checked_add(len)?)
+        self.arena(workspace, batch)?
+            .get(start..start.checked_add(len)?)
     }
 
     /// Checks a class label against the model (and that the model takes labels at all).

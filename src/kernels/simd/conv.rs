@@ -49,15 +49,14 @@ impl<'a> ConvPlan<'a> {
         // Tile groups differ by at most one tile (`tile_range`), so `want` tasks stay `want`
         // and balanced (19 tiles in 6 groups: 3 or 4 each, not 4 x 4 + 3 in 5 groups).
         let tile_groups = want.div_ceil(ob_groups).clamp(1, n_tiles.max(1));
+        let k_total = taps * cin;
+        let chunks = k_total.div_ceil(KC).max(1);
         ConvPlan {
             args,
             out: Shared(out.as_mut_ptr()),
             cin,
-            k_total: taps * cin,
-            kc: (taps * cin)
-                .div_ceil((taps * cin).div_ceil(KC).max(1))
-                .div_ceil(16)
-                * 16,
+            k_total,
+            kc: k_total.div_ceil(chunks).div_ceil(16) * 16,
             out_hw,
             mr,
             tiles_per_sample,

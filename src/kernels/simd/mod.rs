@@ -76,10 +76,9 @@ pub(crate) const KC: usize = 256;
 /// Largest pixel tile of any path.
 pub(crate) const MR_MAX: usize = 16;
 /// Output-channel blocks whose panels a task keeps (`G_MAX * kc * 32` floats: 320 KiB at a
-/// 256-deep chunk): each
-/// pass over the output blocks packs the input again, so SD's 320-wide linears take one pass
-/// (on Zen 4, 4 -> 10 took a 8192 x 320 -> 320 linear from 156-165 to 174 GFLOP/s on 2
-/// threads; 16 was no better).
+/// 256-deep chunk): each pass over the output blocks packs the input again, so SD's 320-wide
+/// linears take one pass (on Zen 4, 4 -> 10 took a 8192 x 320 -> 320 linear from 156-165 to
+/// 174 GFLOP/s on 2 threads; 16 was no better).
 pub(crate) const G_MAX: usize = 10;
 /// Attention: keys per score tile (at most; see `attention::key_tile`).
 pub(crate) const BK: usize = 128;
@@ -94,6 +93,7 @@ const _: () = assert!((2 * 256 + BK) * attention::MAX_QUERIES <= SCRATCH_FLOATS)
 
 /// `2^f` on `[-1/2, 1/2]` for [`Simd::exp2_nonpositive`]: Taylor coefficients of
 /// `e^(f ln 2)`, highest first (truncation error `(ln(2) / 2)^7 / 7! < 1.3e-7` relative).
+// `allow`: no SIMD path uses them on some targets (thumbv7em).
 #[allow(dead_code)]
 pub(crate) const EXP2_POLY: [f32; 7] = [
     1.540_353_1e-4,
